@@ -1,0 +1,123 @@
+import type { PrismaClient } from '../db/database.js';
+import { ConflictError, NotFoundError } from '../errors.js';
+import { displayPrefix, generateToken, hashToken, isWellFormedToken } from './api-token.js';
+
+/** The authenticated caller of a request. */
+export interface Viewer {
+  userId: string;
+  userName: string;
+  tokenId: string;
+}
+
+interface CachedViewer {
+  viewer: Viewer;
+  expiresAt: number;
+}
+
+export interface AuthServiceOptions {
+  /** How long a verified token is trusted without the database: revocation takes effect within it. */
+  cacheTtlMs: number;
+  /** Bound on cached tokens, so unbounded distinct tokens cannot grow memory. */
+  cacheMaxEntries?: number;
+  now?: () => number;
+}
+
+/**
+ * Users and their API tokens. Token checks hit the database once per token per `cacheTtlMs`,
+ * not on every request.
+ */
+export class AuthService {
+  private readonly cache = new Map<string, CachedViewer>();
+  private readonly maxEntries: number;
+  private readonly now: () => number;
+
+  constructor(
+    private readonly prisma: PrismaClient,
+    private readonly opts: AuthServiceOptions,
+  ) {
+    this.maxEntries = opts.cacheMaxEntries ?? 10_000;
+    this.now = opts.now ?? Date.now;
+  }
+
+  async createUser(name: string): Promise<{ userId: string; token: string }> {
+    const token = generateToken();
+    try {
+      const user = await this.prisma.user.create({
+        data: { name, tokens: { create: { tokenHash: hashToken(token), prefix: displayPrefix(token) } } },
+      });
+      return { userId: user.id, token };
+    } catch (err) {
+      if (isUniqueViolation(err)) throw new ConflictError(`A user named "${name}" already exists.`);
+      throw err;
+    }
+  }
+
+  async createToken(userName: string): Promise<{ tokenId: string; token: string }> {
+    const user = await this.prisma.user.findUnique({ where: { name: userName } });
+    if (!user) throw new NotFoundError('User', userName);
+    const token = generateToken();
+    const row = await this.prisma.apiToken.create({
+      data: { userId: user.id, tokenHash: hashToken(token), prefix: displayPrefix(token) },
+    });
+    return { tokenId: row.id, token };
+  }
+
+  async listTokens(userName: string) {
+    const user = await this.prisma.user.findUnique({ where: { name: userName } });
+    if (!user) throw new NotFoundError('User', userName);
+    return this.prisma.apiToken.findMany({
+      where: { userId: user.id },
+      orderBy: { createdAt: 'asc' },
+      select: { id: true, prefix: true, createdAt: true, lastUsedAt: true, revokedAt: true },
+    });
+  }
+
+  /** Revokes by token id or by display prefix. Cached copies expire within `cacheTtlMs`. */
+  async revokeToken(idOrPrefix: string): Promise<number> {
+    const byId = /^[0-9a-f-]{36}$/i.test(idOrPrefix);
+    const { count } = await this.prisma.apiToken.updateMany({
+      where: { ...(byId ? { id: idOrPrefix } : { prefix: idOrPrefix }), revokedAt: null },
+      data: { revokedAt: new Date() },
+    });
+    return count;
+  }
+
+  async countUsers(): Promise<number> {
+    return this.prisma.user.count();
+  }
+
+  /** The viewer a token belongs to, or null for an unknown, revoked or malformed token. */
+  async verify(token: string): Promise<Viewer | null> {
+    if (!isWellFormedToken(token)) return null;
+    const hash = hashToken(token);
+    const now = this.now();
+    const hit = this.cache.get(hash);
+    if (hit && hit.expiresAt > now) return hit.viewer;
+    if (hit) this.cache.delete(hash);
+
+    const row = await this.prisma.apiToken.findUnique({
+      where: { tokenHash: hash },
+      select: { id: true, revokedAt: true, user: { select: { id: true, name: true } } },
+    });
+    if (!row || row.revokedAt) return null;
+    const viewer: Viewer = { userId: row.user.id, userName: row.user.name, tokenId: row.id };
+    this.remember(hash, { viewer, expiresAt: now + this.opts.cacheTtlMs });
+    // Recorded at most once per cache lifetime; a failure here must not fail the request.
+    this.prisma.apiToken.update({ where: { id: row.id }, data: { lastUsedAt: new Date(now) } }).catch(() => undefined);
+    return viewer;
+  }
+
+  private remember(hash: string, entry: CachedViewer): void {
+    if (this.opts.cacheTtlMs <= 0) return;
+    if (this.cache.size >= this.maxEntries) {
+      // Map iterates in insertion order: drop the oldest entry.
+      const oldest = this.cache.keys().next();
+      if (!oldest.done) this.cache.delete(oldest.value);
+    }
+    this.cache.set(hash, entry);
+  }
+}
+
+export function isUniqueViolation(err: unknown): boolean {
+  return typeof err === 'object' && err !== null && (err as { code?: unknown }).code === 'P2002';
+}

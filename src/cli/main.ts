@@ -1,0 +1,91 @@
+import { parseArgs } from 'node:util';
+import { ConfigError, loadConfig } from '../config/config.js';
+import { DomainError } from '../errors.js';
+import { createLogger } from '../logging.js';
+import { openRuntime } from '../runtime.js';
+import { assertNoEmbeddedServer } from '../db/embedded-lock.js';
+
+const USAGE = `usage: pvegraph <command>
+
+  migrate                         apply prisma/migrations to the database
+  user create --name NAME         create a user; prints its API token (last line)
+  token create --user NAME        print a new API token for an existing user
+  token list --user NAME          list a user's tokens (prefix, created, last used, revoked)
+  token revoke ID|PREFIX          revoke a token (takes effect within TOKEN_CACHE_TTL_MS)
+
+Uses DATABASE_URL, or the embedded database in PVEGRAPH_DATA_DIR when it is unset.`;
+
+async function main(argv: string[]): Promise<number> {
+  const { positionals, values } = parseArgs({
+    args: argv,
+    allowPositionals: true,
+    options: { name: { type: 'string' }, user: { type: 'string' }, help: { type: 'boolean', short: 'h' } },
+  });
+  const [command, sub, arg] = positionals;
+  if (values.help || !command) {
+    process.stdout.write(USAGE + '\n');
+    return command || values.help ? 0 : 2;
+  }
+
+  const config = loadConfig();
+  // Diagnostics go to stderr so stdout carries only what a script wants (the token).
+  const log = createLogger(config.logLevel === 'info' ? 'warn' : config.logLevel, process.stderr);
+  if (!config.databaseUrl) await assertNoEmbeddedServer(config.dataDir);
+  const runtime = await openRuntime(config, log);
+  try {
+    const { auth } = runtime.services;
+    switch (`${command} ${sub ?? ''}`.trim()) {
+      case 'migrate':
+        // openRuntime has migrated already; say so.
+        process.stdout.write('database is up to date\n');
+        return 0;
+      case 'user create': {
+        const name = required(values.name, '--name');
+        const { token } = await auth.createUser(name);
+        process.stdout.write(`created user "${name}". API token (shown once):\n${token}\n`);
+        return 0;
+      }
+      case 'token create': {
+        const name = required(values.user, '--user');
+        const { token } = await auth.createToken(name);
+        process.stdout.write(`new API token for "${name}" (shown once):\n${token}\n`);
+        return 0;
+      }
+      case 'token list': {
+        const rows = await auth.listTokens(required(values.user, '--user'));
+        for (const t of rows) {
+          const state = t.revokedAt ? `revoked ${t.revokedAt.toISOString()}` : 'active';
+          process.stdout.write(`${t.id}  ${t.prefix}…  created ${t.createdAt.toISOString()}  last used ${t.lastUsedAt?.toISOString() ?? 'never'}  ${state}\n`);
+        }
+        return 0;
+      }
+      case 'token revoke': {
+        const count = await auth.revokeToken(required(arg, 'ID|PREFIX'));
+        if (count === 0) throw new CliError('no active token matches');
+        process.stdout.write(`revoked ${count} token(s)\n`);
+        return 0;
+      }
+      default:
+        process.stderr.write(`pvegraph: unknown command "${positionals.join(' ')}"\n${USAGE}\n`);
+        return 2;
+    }
+  } finally {
+    await runtime.close();
+  }
+}
+
+class CliError extends Error {}
+
+function required(value: string | undefined, flag: string): string {
+  if (!value || !value.trim()) throw new CliError(`${flag} is required`);
+  return value.trim();
+}
+
+main(process.argv.slice(2)).then(
+  (code) => process.exit(code),
+  (err: unknown) => {
+    const known = err instanceof ConfigError || err instanceof CliError || err instanceof DomainError;
+    process.stderr.write(`pvegraph: ${known ? (err as Error).message : `failed: ${(err as Error).message}`}\n`);
+    process.exit(1);
+  },
+);

@@ -1,0 +1,150 @@
+import path from 'node:path';
+import { z } from 'zod';
+
+/**
+ * Every environment variable of the contract, parsed once at start-up. A bad value stops the
+ * process with one line naming the variable (see `ConfigError`).
+ */
+const bool = (name: string, fallback: boolean) =>
+  z
+    .string()
+    .optional()
+    .transform((v, ctx) => {
+      if (v === undefined || v === '') return fallback;
+      const s = v.trim().toLowerCase();
+      if (['1', 'true', 'yes', 'on'].includes(s)) return true;
+      if (['0', 'false', 'no', 'off'].includes(s)) return false;
+      ctx.addIssue({ code: 'custom', message: `${name} must be true or false (got "${v}")` });
+      return z.NEVER;
+    });
+
+const int = (name: string, fallback: number, min: number, max: number) =>
+  z
+    .string()
+    .optional()
+    .transform((v, ctx) => {
+      if (v === undefined || v.trim() === '') return fallback;
+      const n = Number(v);
+      if (!Number.isInteger(n) || n < min || n > max) {
+        ctx.addIssue({ code: 'custom', message: `${name} must be an integer from ${min} to ${max} (got "${v}")` });
+        return z.NEVER;
+      }
+      return n;
+    });
+
+const url = (name: string, protocols: string[]) =>
+  z
+    .string()
+    .optional()
+    .transform((v, ctx) => {
+      if (v === undefined || v.trim() === '') return undefined;
+      let parsed: URL;
+      try {
+        parsed = new URL(v);
+      } catch {
+        ctx.addIssue({ code: 'custom', message: `${name} is not a valid URL` });
+        return z.NEVER;
+      }
+      if (!protocols.includes(parsed.protocol)) {
+        ctx.addIssue({ code: 'custom', message: `${name} must start with ${protocols.map((p) => `${p}//`).join(' or ')}` });
+        return z.NEVER;
+      }
+      return v;
+    });
+
+/** 32 bytes, base64. Several keys (for rotation) are given comma-separated; the first encrypts. */
+const encryptionKeys = (name: string) =>
+  z
+    .string()
+    .optional()
+    .transform((v, ctx) => {
+      if (v === undefined || v.trim() === '') return [];
+      const keys = v.split(',').map((part) => Buffer.from(part.trim(), 'base64'));
+      if (keys.some((k) => k.length !== 32)) {
+        ctx.addIssue({ code: 'custom', message: `${name} must be 32 bytes, base64-encoded (e.g. \`openssl rand -base64 32\`)` });
+        return z.NEVER;
+      }
+      return keys;
+    });
+
+const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
+
+const envSchema = z.object({
+  HOST: z.string().default('127.0.0.1'),
+  PORT: int('PORT', 4000, 0, 65535),
+  DATABASE_URL: url('DATABASE_URL', ['postgresql:', 'postgres:']),
+  REDIS_URL: url('REDIS_URL', ['redis:', 'rediss:']),
+  REDIS_KEY_PREFIX: z.string().default('pvegraph:'),
+  ENCRYPTION_KEY: encryptionKeys('ENCRYPTION_KEY'),
+  ENCRYPTION_KEYS_PREVIOUS: encryptionKeys('ENCRYPTION_KEYS_PREVIOUS'),
+  PVEGRAPH_DATA_DIR: z.string().default('./.data'),
+  VMID_CACHE_TTL_S: int('VMID_CACHE_TTL_S', 300, 1, 86_400),
+  PROXMOX_TIMEOUT_MS: int('PROXMOX_TIMEOUT_MS', 10_000, 100, 300_000),
+  ALLOW_PRIVATE_NODE_HOSTS: bool('ALLOW_PRIVATE_NODE_HOSTS', true),
+  ALLOW_LOOPBACK_NODE_HOSTS: bool('ALLOW_LOOPBACK_NODE_HOSTS', false),
+  LOG_LEVEL: z.string().default('info').refine((v) => (LOG_LEVELS as readonly string[]).includes(v), {
+    message: `LOG_LEVEL must be one of ${LOG_LEVELS.join(', ')}`,
+  }),
+  TOKEN_CACHE_TTL_MS: int('TOKEN_CACHE_TTL_MS', 30_000, 0, 3_600_000),
+  NODE_ENV: z.string().default('development'),
+});
+
+export type LogLevel = (typeof LOG_LEVELS)[number];
+
+export interface Config {
+  host: string;
+  port: number;
+  /** `embedded` when DATABASE_URL is unset: PGlite in `dataDir`. */
+  databaseUrl: string | undefined;
+  /** Unset: in-process cache and pub/sub (single instance only). */
+  redisUrl: string | undefined;
+  redisKeyPrefix: string;
+  /** Empty when none was configured; embedded mode then generates one into `dataDir`. */
+  encryptionKeys: Buffer[];
+  dataDir: string;
+  vmidCacheTtlS: number;
+  proxmoxTimeoutMs: number;
+  allowPrivateNodeHosts: boolean;
+  allowLoopbackNodeHosts: boolean;
+  logLevel: LogLevel;
+  /** How long a verified API token is trusted without asking the database again. */
+  tokenCacheTtlMs: number;
+  production: boolean;
+}
+
+export class ConfigError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'ConfigError';
+  }
+}
+
+export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
+  const parsed = envSchema.safeParse(env);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0]!;
+    const variable = String(issue.path[0] ?? 'environment');
+    const message = issue.message.startsWith(variable) ? issue.message : `${variable}: ${issue.message}`;
+    throw new ConfigError(`invalid configuration: ${message}`);
+  }
+  const e = parsed.data;
+  if (e.DATABASE_URL && e.ENCRYPTION_KEY.length === 0) {
+    throw new ConfigError('invalid configuration: ENCRYPTION_KEY is required when DATABASE_URL is set (32 bytes, base64)');
+  }
+  return {
+    host: e.HOST,
+    port: e.PORT,
+    databaseUrl: e.DATABASE_URL,
+    redisUrl: e.REDIS_URL,
+    redisKeyPrefix: e.REDIS_KEY_PREFIX,
+    encryptionKeys: [...e.ENCRYPTION_KEY, ...e.ENCRYPTION_KEYS_PREVIOUS],
+    dataDir: path.resolve(e.PVEGRAPH_DATA_DIR),
+    vmidCacheTtlS: e.VMID_CACHE_TTL_S,
+    proxmoxTimeoutMs: e.PROXMOX_TIMEOUT_MS,
+    allowPrivateNodeHosts: e.ALLOW_PRIVATE_NODE_HOSTS,
+    allowLoopbackNodeHosts: e.ALLOW_LOOPBACK_NODE_HOSTS,
+    logLevel: e.LOG_LEVEL as LogLevel,
+    tokenCacheTtlMs: e.TOKEN_CACHE_TTL_MS,
+    production: e.NODE_ENV === 'production',
+  };
+}

@@ -1,0 +1,79 @@
+import { mkdir } from 'node:fs/promises';
+import path from 'node:path';
+import { PGlite } from '@electric-sql/pglite';
+import { PrismaPg } from '@prisma/adapter-pg';
+import pg from 'pg';
+import { PrismaPGlite } from 'pglite-prisma-adapter';
+import { PrismaClient } from './generated/prisma/client.js';
+import type { SqlSession } from './migrate.js';
+
+export { PrismaClient };
+export type { Prisma } from './generated/prisma/client.js';
+
+/**
+ * The database a server runs on: PostgreSQL when DATABASE_URL is set, otherwise PGlite in
+ * the data directory (embedded mode). Both take the same migrations and the same Prisma client.
+ */
+export interface Database {
+  readonly kind: 'postgresql' | 'embedded';
+  readonly prisma: PrismaClient;
+  /** A raw session for migrations. */
+  withSession<T>(fn: (session: SqlSession) => Promise<T>): Promise<T>;
+  ping(): Promise<void>;
+  close(): Promise<void>;
+}
+
+export async function openPostgres(url: string, opts: { poolMax?: number } = {}): Promise<Database> {
+  const adapter = new PrismaPg({ connectionString: url, max: opts.poolMax ?? 10, connectionTimeoutMillis: 5_000 });
+  const prisma = new PrismaClient({ adapter });
+  return {
+    kind: 'postgresql',
+    prisma,
+    async withSession(fn) {
+      const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: 5_000 });
+      await client.connect();
+      try {
+        return await fn({
+          query: (sql, params) => client.query(sql, params as unknown[]) as never,
+          exec: async (sql) => {
+            await client.query(sql);
+          },
+        });
+      } finally {
+        await client.end();
+      }
+    },
+    async ping() {
+      await prisma.$queryRaw`SELECT 1`;
+    },
+    async close() {
+      await prisma.$disconnect();
+    },
+  };
+}
+
+export async function openEmbedded(dataDir: string): Promise<Database> {
+  const dir = path.join(dataDir, 'pglite');
+  await mkdir(dir, { recursive: true });
+  const pglite = await PGlite.create(dir);
+  const prisma = new PrismaClient({ adapter: new PrismaPGlite(pglite) });
+  const session: SqlSession = {
+    query: (sql, params) => pglite.query(sql, params) as never,
+    exec: async (sql) => {
+      await pglite.exec(sql);
+    },
+  };
+  return {
+    kind: 'embedded',
+    prisma,
+    // PGlite has one session underneath: migrations run before Prisma is used.
+    withSession: (fn) => fn(session),
+    async ping() {
+      await pglite.query('SELECT 1');
+    },
+    async close() {
+      await prisma.$disconnect();
+      await pglite.close();
+    },
+  };
+}

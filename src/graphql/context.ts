@@ -1,0 +1,22 @@
+import type { Logger } from 'pino';
+import type { Viewer } from '../auth/auth-service.js';
+import type { Services } from '../services.js';
+
+/**
+ * What every resolver gets. `viewer` is never null inside a resolver: the `useRequireViewer`
+ * plugin stops any operation that reaches a resolver without a valid token (HTTP and
+ * WebSocket alike), so resolvers need no check of their own.
+ */
+export interface GraphQLContext {
+  viewer: Viewer;
+  services: Services;
+  requestId: string;
+  log: Logger;
+}
+
+/** The context before authentication is settled (what Yoga's context factory builds). */
+export interface RequestContext extends Omit<GraphQLContext, 'viewer'> {
+  viewer: Viewer | null;
+  /** Why `viewer` is null: no token, or a token that does not verify. */
+  authFailure: 'missing' | 'invalid' | null;
+}

@@ -1,0 +1,38 @@
+import { type DocumentNode, Kind, type OperationDefinitionNode } from 'graphql';
+import type { Plugin } from 'graphql-yoga';
+import { UnauthenticatedError } from '../../errors.js';
+import type { RequestContext } from '../context.js';
+
+/**
+ * Deny by default: an operation reaches resolvers only with a valid token. Introspection-only
+ * operations pass, so GraphiQL can load the schema before a token is pasted in. Runs for
+ * HTTP and WebSocket operations alike (WebSocket goes through Yoga's envelop too).
+ */
+export function useRequireViewer(): Plugin<RequestContext> {
+  const check = (document: DocumentNode, operationName: string | null | undefined, ctx: RequestContext) => {
+    if (ctx.viewer || isIntrospectionOnly(document, operationName)) return null;
+    return new UnauthenticatedError(
+      ctx.authFailure === 'invalid'
+        ? 'The API token is not valid (unknown or revoked).'
+        : 'A valid API token is required (Authorization: Bearer <token>).',
+    );
+  };
+  return {
+    onExecute({ args, setResultAndStopExecution }) {
+      const error = check(args.document, args.operationName, args.contextValue);
+      if (error) setResultAndStopExecution({ errors: [error] });
+    },
+    onSubscribe({ args, setResultAndStopExecution }) {
+      const error = check(args.document, args.operationName, args.contextValue);
+      if (error) setResultAndStopExecution({ errors: [error] });
+    },
+  };
+}
+
+function isIntrospectionOnly(document: DocumentNode, operationName: string | null | undefined): boolean {
+  const operations = document.definitions.filter((d): d is OperationDefinitionNode => d.kind === Kind.OPERATION_DEFINITION);
+  const operation = operationName ? operations.find((o) => o.name?.value === operationName) : operations[0];
+  if (!operation || operation.operation !== 'query') return false;
+  // Conservative: fragments at the root count as "not introspection".
+  return operation.selectionSet.selections.every((s) => s.kind === Kind.FIELD && s.name.value.startsWith('__'));
+}

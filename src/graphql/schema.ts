@@ -1,0 +1,8 @@
+import { assertValidSchema } from 'graphql';
+import { builder } from './builder.js';
+// Each capability registers its types and root fields on import.
+import '../users/user.graphql.js';
+
+export const schema = builder.toSchema();
+// Fail at start-up, not on the first request.
+assertValidSchema(schema);

@@ -1,0 +1,570 @@
+import { setTimeout as sleep } from 'node:timers/promises';
+import { Pool } from 'undici';
+import type { Dispatcher } from 'undici';
+import type { z } from 'zod';
+import { BadUserInputError, ConflictError, DomainError, ErrorCode } from '../errors.js';
+import {
+  ProxmoxApiError,
+  ProxmoxAuthFailedError,
+  ProxmoxForbiddenError,
+  ProxmoxTimeoutError,
+  ProxmoxUnreachableError,
+} from './errors.js';
+import { assertLiteralAllowed, bareHost, urlHost, type HostPolicy } from './host-policy.js';
+import {
+  clusterStatusSchema,
+  envelopeSchema,
+  errorBodySchema,
+  nextIdSchema,
+  nodeGuestsSchema,
+  resourcesSchema,
+  versionSchema,
+} from './schemas.js';
+import { makeConnector, networkError, normalizeFingerprint, type TlsMode } from './tls.js';
+
+export interface ProxmoxTarget {
+  host: string;
+  port: number;
+  /** USER@REALM!TOKENID */
+  tokenId: string;
+  tokenSecret: string;
+  /** Pinned SHA-256 fingerprint (any case, with or without colons). Wins over allowInsecureTls. */
+  tlsFingerprint?: string | null;
+  allowInsecureTls?: boolean;
+}
+
+/** Minimal logger interface (pino-compatible). Never receives secrets. */
+export interface ProxmoxLogger {
+  debug?(obj: object, msg?: string): void;
+  warn?(obj: object, msg?: string): void;
+}
+
+export interface ProxmoxClientOptions {
+  /** Whole-request bound (DNS + connect + TLS + headers + body, retries included). */
+  timeoutMs: number;
+  allowPrivateHosts: boolean;
+  allowLoopbackHosts: boolean;
+  /** Default 16 MiB. */
+  maxResponseBytes?: number;
+  /** Extra attempts for idempotent GETs after network errors and transient 5xx. Default 2. */
+  retries?: number;
+  logger?: ProxmoxLogger;
+  /** Distinct (host, port, TLS mode) connection pools kept open. Default 64. */
+  maxPools?: number;
+  /** Sockets per pool. Default 4. */
+  connectionsPerNode?: number;
+  /** Extra CA certificates (PEM) trusted in verify mode, on top of the system CAs. */
+  caCerts?: readonly string[];
+}
+
+export interface ProxmoxVersion {
+  version: string;
+  release: string;
+  repoid?: string;
+}
+
+export interface ProxmoxClusterStatus {
+  /** null for a standalone node */
+  clusterName: string | null;
+  nodeNames: string[];
+}
+
+export interface ProxmoxGuest {
+  vmid: number;
+  type: 'qemu' | 'lxc';
+  node: string;
+  status: string;
+  name?: string;
+  template?: boolean;
+}
+
+export interface ConnectionTestResult {
+  ok: boolean;
+  latencyMs: number;
+  version: string | null;
+  release: string | null;
+  fingerprint: string | null;
+  clusterName: string | null;
+  pveNodeNames: string[];
+  errorCode: string | null;
+  message: string | null;
+}
+
+export const DEFAULT_MAX_RESPONSE_BYTES = 16 * 1024 * 1024;
+const MIN_VMID = 100;
+const MAX_VMID = 999_999_999;
+/** 5xx statuses worth another try on an idempotent GET (596 = TLS failure between nodes: no). */
+const RETRY_STATUSES = new Set([500, 502, 503, 504, 595]);
+const BACKOFF_MS = [100, 300, 900];
+
+interface PoolEntry {
+  key: string;
+  pool: Pool;
+  /** Fingerprint of the last certificate this pool's host presented. */
+  fingerprint: string | null;
+}
+
+interface RawResponse {
+  status: number;
+  statusText: string;
+  text: string;
+}
+
+function isDomain(err: unknown): err is DomainError {
+  return err instanceof DomainError;
+}
+
+function tlsModeOf(t: ProxmoxTarget, caCerts: readonly string[] | undefined): TlsMode {
+  if (t.tlsFingerprint != null && t.tlsFingerprint.trim() !== '') {
+    const fp = normalizeFingerprint(t.tlsFingerprint);
+    if (!fp) {
+      throw new BadUserInputError('The TLS fingerprint must be a SHA-256 fingerprint (32 hex bytes).', {
+        tlsFingerprint: 'not a SHA-256 fingerprint',
+      });
+    }
+    return { kind: 'pinned', fingerprint: fp };
+  }
+  if (t.allowInsecureTls) return { kind: 'insecure' };
+  return caCerts && caCerts.length > 0 ? { kind: 'verify', ca: caCerts } : { kind: 'verify' };
+}
+
+function modeKey(m: TlsMode): string {
+  return m.kind === 'pinned' ? `pin:${m.fingerprint}` : m.kind;
+}
+
+/** Removes the secret from the message and string extensions of an error. */
+function redact<E>(err: E, secret: string): E {
+  if (!secret || secret.length < 4 || !(err instanceof Error)) return err;
+  const scrub = (s: string) => s.split(secret).join('***');
+  if (err.message.includes(secret)) err.message = scrub(err.message);
+  const ext = (err as { extensions?: Record<string, unknown> }).extensions;
+  if (ext) {
+    for (const [k, v] of Object.entries(ext)) {
+      if (typeof v === 'string' && v.includes(secret)) ext[k] = scrub(v);
+    }
+  }
+  return err;
+}
+
+/** Maps an error thrown by undici into a DomainError. */
+function mapTransportError(err: unknown, t: ProxmoxTarget, timeoutMs: number): Error {
+  if (isDomain(err)) return err;
+  const code = (err as { code?: string } | undefined)?.code ?? '';
+  if (
+    code === 'UND_ERR_CONNECT_TIMEOUT' ||
+    code === 'UND_ERR_HEADERS_TIMEOUT' ||
+    code === 'UND_ERR_BODY_TIMEOUT' ||
+    code === 'UND_ERR_ABORTED' ||
+    (err as Error | undefined)?.name === 'AbortError'
+  ) {
+    return new ProxmoxTimeoutError(timeoutMs);
+  }
+  if (code === 'UND_ERR_SOCKET') {
+    return new ProxmoxUnreachableError(
+      `Connection to Proxmox at ${bareHost(t.host)}:${t.port} was closed unexpectedly.`,
+      { host: bareHost(t.host), port: t.port, cause: 'ECONNRESET' },
+    );
+  }
+  if (code === 'UND_ERR_CLOSED' || code === 'UND_ERR_DESTROYED') {
+    return new ProxmoxUnreachableError('The Proxmox client was closed.', { cause: code });
+  }
+  return networkError(err, bareHost(t.host), t.port);
+}
+
+function isRetryable(err: unknown): boolean {
+  if (err instanceof ProxmoxUnreachableError) {
+    // DNS answers are not retried (a missing name stays missing within a request).
+    const cause = err.extensions['cause'];
+    return cause !== 'ENOTFOUND';
+  }
+  if (err instanceof ProxmoxApiError) return err.status !== null && RETRY_STATUSES.has(err.status);
+  return false;
+}
+
+export class ProxmoxClient {
+  private readonly opts: Required<Omit<ProxmoxClientOptions, 'logger' | 'caCerts'>> &
+    Pick<ProxmoxClientOptions, 'logger' | 'caCerts'>;
+  private readonly pools = new Map<string, PoolEntry>();
+
+  constructor(opts: ProxmoxClientOptions) {
+    if (!Number.isFinite(opts.timeoutMs) || opts.timeoutMs <= 0) {
+      throw new TypeError('timeoutMs must be a positive number');
+    }
+    this.opts = {
+      maxResponseBytes: DEFAULT_MAX_RESPONSE_BYTES,
+      retries: 2,
+      maxPools: 64,
+      connectionsPerNode: 4,
+      ...opts,
+    };
+  }
+
+  private get policy(): HostPolicy {
+    return {
+      allowLoopbackHosts: this.opts.allowLoopbackHosts,
+      allowPrivateHosts: this.opts.allowPrivateHosts,
+    };
+  }
+
+  // ---------------------------------------------------------------- public API
+
+  async version(t: ProxmoxTarget): Promise<ProxmoxVersion> {
+    const v = await this.get(t, '/version', versionSchema);
+    return {
+      version: v.version,
+      release: v.release ?? v.version.replace(/^(\d+\.\d+).*$/, '$1'),
+      ...(v.repoid !== undefined ? { repoid: v.repoid } : {}),
+    };
+  }
+
+  async clusterStatus(t: ProxmoxTarget): Promise<ProxmoxClusterStatus> {
+    const entries = await this.get(t, '/cluster/status', clusterStatusSchema);
+    const cluster = entries.find((e) => e.type === 'cluster');
+    const nodeNames = entries
+      .filter((e) => e.type === 'node' && typeof e.name === 'string' && e.name !== '')
+      .map((e) => e.name as string);
+    return {
+      clusterName: cluster?.name ?? null,
+      nodeNames: [...new Set(nodeNames)].sort(),
+    };
+  }
+
+  /** Every guest (QEMU and LXC) of the cluster the token may audit, ascending by vmid. */
+  async guests(t: ProxmoxTarget): Promise<ProxmoxGuest[]> {
+    const entries = await this.get(t, '/cluster/resources?type=vm', resourcesSchema);
+    const out: ProxmoxGuest[] = [];
+    for (const e of entries) {
+      if (e.type !== 'qemu' && e.type !== 'lxc') continue;
+      let vmid = e.vmid;
+      if (vmid === undefined && e.id) {
+        const m = /^(?:qemu|lxc)\/(\d+)$/.exec(e.id);
+        if (m?.[1]) vmid = Number.parseInt(m[1], 10);
+      }
+      if (vmid === undefined) {
+        throw new ProxmoxApiError('Proxmox returned a guest without a vmid.', null, {
+          path: '/cluster/resources',
+        });
+      }
+      out.push({
+        vmid,
+        type: e.type,
+        node: e.node ?? '',
+        status: e.status ?? 'unknown',
+        ...(e.name !== undefined ? { name: e.name } : {}),
+        ...(e.template !== undefined ? { template: e.template } : {}),
+      });
+    }
+    return out.sort((a, b) => a.vmid - b.vmid);
+  }
+
+  /** Guests of one Proxmox node from /nodes/{node}/qemu and /lxc, ascending by vmid. */
+  async nodeGuests(t: ProxmoxTarget, node: string): Promise<ProxmoxGuest[]> {
+    const n = encodeURIComponent(node);
+    const [qemu, lxc] = await Promise.all([
+      this.get(t, `/nodes/${n}/qemu`, nodeGuestsSchema),
+      this.get(t, `/nodes/${n}/lxc`, nodeGuestsSchema),
+    ]);
+    const map = (type: 'qemu' | 'lxc') => (e: z.infer<typeof nodeGuestsSchema>[number]) => ({
+      vmid: e.vmid,
+      type,
+      node,
+      status: e.status ?? 'unknown',
+      ...(e.name !== undefined ? { name: e.name } : {}),
+      ...(e.template !== undefined ? { template: e.template } : {}),
+    });
+    return [...qemu.map(map('qemu')), ...lxc.map(map('lxc'))].sort((a, b) => a.vmid - b.vmid);
+  }
+
+  /**
+   * Without vmid: the lowest free VMID Proxmox reports. With vmid: returns it when it is
+   * free in the whole cluster, throws CONFLICT ("VM N already exists") when it is taken.
+   * Reserves nothing.
+   */
+  async nextId(t: ProxmoxTarget, vmid?: number): Promise<number> {
+    if (vmid === undefined) return this.get(t, '/cluster/nextid', nextIdSchema);
+    if (!Number.isInteger(vmid) || vmid < MIN_VMID || vmid > MAX_VMID) {
+      throw new BadUserInputError(`VMID must be an integer from ${MIN_VMID} to ${MAX_VMID}.`, {
+        vmid: `must be an integer from ${MIN_VMID} to ${MAX_VMID}`,
+      });
+    }
+    try {
+      return await this.get(t, `/cluster/nextid?vmid=${vmid}`, nextIdSchema);
+    } catch (err) {
+      if (err instanceof ProxmoxApiError && err.status === 400) {
+        const errors = err.extensions['proxmoxErrors'] as Record<string, unknown> | undefined;
+        const msg = errors?.['vmid'];
+        if (typeof msg === 'string' && /already exists/i.test(msg)) {
+          throw new ConflictError(`VM ${vmid} already exists`, { vmid });
+        }
+      }
+      throw err;
+    }
+  }
+
+  /** Never throws for Proxmox-side failures; input errors (bad fingerprint format) do throw. */
+  async testConnection(t: ProxmoxTarget): Promise<ConnectionTestResult> {
+    const started = performance.now();
+    const elapsed = () => Math.max(0, Math.round(performance.now() - started));
+    let version: ProxmoxVersion | null = null;
+    let latencyMs = 0;
+    try {
+      version = await this.version(t);
+      latencyMs = elapsed();
+      const cs = await this.clusterStatus(t);
+      return {
+        ok: true,
+        latencyMs,
+        version: version.version,
+        release: version.release,
+        fingerprint: this.lastFingerprint(t),
+        clusterName: cs.clusterName,
+        pveNodeNames: cs.nodeNames,
+        errorCode: null,
+        message: null,
+      };
+    } catch (err) {
+      if (!isDomain(err) || err.code === ErrorCode.BAD_USER_INPUT) throw err;
+      const extFp = err.extensions['fingerprint'];
+      return {
+        ok: false,
+        latencyMs: version ? latencyMs : elapsed(),
+        version: version?.version ?? null,
+        release: version?.release ?? null,
+        fingerprint: typeof extFp === 'string' ? extFp : this.lastFingerprint(t),
+        clusterName: null,
+        pveNodeNames: [],
+        errorCode: err.code,
+        message: err.message,
+      };
+    }
+  }
+
+  /**
+   * Fingerprint of the certificate last presented by this target's host over this client's
+   * pooled connections (null before the first connection).
+   */
+  lastFingerprint(t: ProxmoxTarget): string | null {
+    try {
+      return this.pools.get(this.poolKey(t))?.fingerprint ?? null;
+    } catch {
+      return null;
+    }
+  }
+
+  /** Closes every pooled connection. The client can still be used afterwards. */
+  async close(): Promise<void> {
+    const entries = [...this.pools.values()];
+    this.pools.clear();
+    await Promise.all(entries.map((e) => e.pool.destroy().catch(() => undefined)));
+  }
+
+  // ---------------------------------------------------------------- internals
+
+  private poolKey(t: ProxmoxTarget): string {
+    return `${bareHost(t.host).toLowerCase()}|${t.port}|${modeKey(tlsModeOf(t, this.opts.caCerts))}`;
+  }
+
+  private poolFor(t: ProxmoxTarget): PoolEntry {
+    const mode = tlsModeOf(t, this.opts.caCerts);
+    const host = bareHost(t.host);
+    const key = `${host.toLowerCase()}|${t.port}|${modeKey(mode)}`;
+    const existing = this.pools.get(key);
+    if (existing) {
+      // LRU: move to the end.
+      this.pools.delete(key);
+      this.pools.set(key, existing);
+      return existing;
+    }
+    const entry: PoolEntry = { key, pool: undefined as unknown as Pool, fingerprint: null };
+    entry.pool = new Pool(`https://${urlHost(host)}:${t.port}`, {
+      connections: this.opts.connectionsPerNode,
+      pipelining: 1,
+      keepAliveTimeout: 4_000,
+      keepAliveMaxTimeout: 30_000,
+      headersTimeout: this.opts.timeoutMs,
+      bodyTimeout: this.opts.timeoutMs,
+      connect: makeConnector({
+        host,
+        port: t.port,
+        tls: mode,
+        policy: this.policy,
+        timeoutMs: this.opts.timeoutMs,
+        onFingerprint: (fp) => {
+          entry.fingerprint = fp;
+        },
+      }),
+    });
+    this.pools.set(key, entry);
+    while (this.pools.size > this.opts.maxPools) {
+      const oldest = this.pools.keys().next().value as string;
+      const old = this.pools.get(oldest);
+      this.pools.delete(oldest);
+      this.opts.logger?.debug?.({ pool: oldest.replace(/\|pin:.*/, '|pin') }, 'proxmox pool evicted');
+      // Graceful: requests already running on it finish.
+      old?.pool.close().catch(() => undefined);
+    }
+    return entry;
+  }
+
+  private validateTarget(t: ProxmoxTarget): void {
+    if (!Number.isInteger(t.port) || t.port < 1 || t.port > 65535) {
+      throw new BadUserInputError('The port must be an integer from 1 to 65535.', { port: 'out of range' });
+    }
+    if (!/^[^\s=\0]+$/.test(t.tokenId)) {
+      throw new BadUserInputError('The token id must look like USER@REALM!TOKENID.', {
+        tokenId: 'invalid token id',
+      });
+    }
+    if (t.tokenSecret === '' || /[\r\n\0]/.test(t.tokenSecret)) {
+      throw new BadUserInputError('The token secret is empty or contains control characters.', {
+        tokenSecret: 'invalid token secret',
+      });
+    }
+    assertLiteralAllowed(t.host, this.policy);
+  }
+
+  /** GET `path` (relative to /api2/json), with retries, deadline and validation of `data`. */
+  private async get<S extends z.ZodType>(t: ProxmoxTarget, path: string, schema: S): Promise<z.output<S>> {
+    try {
+      this.validateTarget(t);
+      const entry = this.poolFor(t);
+      const timeoutMs = this.opts.timeoutMs;
+      const deadline = Date.now() + timeoutMs;
+      const ac = new AbortController();
+      let timer: NodeJS.Timeout | undefined;
+      const expired = new Promise<never>((_, reject) => {
+        timer = setTimeout(() => {
+          ac.abort();
+          reject(new ProxmoxTimeoutError(timeoutMs));
+        }, timeoutMs);
+      });
+      const work = this.attempts(t, entry, path, deadline, ac.signal);
+      work.catch(() => undefined); // may settle after the deadline
+      try {
+        const raw = await Promise.race([work, expired]);
+        return this.parse(raw, path, schema);
+      } finally {
+        // Do not abort `ac` here: aborting a finished request would destroy its
+        // (reusable) keep-alive socket.
+        clearTimeout(timer);
+      }
+    } catch (err) {
+      throw redact(err, t.tokenSecret);
+    }
+  }
+
+  private async attempts(
+    t: ProxmoxTarget,
+    entry: PoolEntry,
+    path: string,
+    deadline: number,
+    signal: AbortSignal,
+  ): Promise<RawResponse> {
+    const retries = Math.max(0, this.opts.retries);
+    for (let attempt = 0; ; attempt++) {
+      try {
+        const raw = await this.once(t, entry, path, signal);
+        this.checkStatus(raw, path);
+        return raw;
+      } catch (e) {
+        const err = signal.aborted ? new ProxmoxTimeoutError(this.opts.timeoutMs) : mapTransportError(e, t, this.opts.timeoutMs);
+        if (signal.aborted || attempt >= retries || !isRetryable(err)) throw err;
+        const base = BACKOFF_MS[Math.min(attempt, BACKOFF_MS.length - 1)] ?? 300;
+        const delay = Math.round(base * (1 + Math.random() * 0.5));
+        // Never sleep past the deadline: give up with the real error instead of a timeout.
+        if (Date.now() + delay + 20 >= deadline) throw err;
+        this.opts.logger?.debug?.(
+          { host: bareHost(t.host), port: t.port, path, attempt: attempt + 1, delayMs: delay, code: err instanceof DomainError ? err.code : undefined, message: err.message },
+          'retrying Proxmox request',
+        );
+        try {
+          await sleep(delay, undefined, { signal });
+        } catch {
+          throw new ProxmoxTimeoutError(this.opts.timeoutMs);
+        }
+      }
+    }
+  }
+
+  private async once(t: ProxmoxTarget, entry: PoolEntry, path: string, signal: AbortSignal): Promise<RawResponse> {
+    const res: Dispatcher.ResponseData = await entry.pool.request({
+      path: `/api2/json${path}`,
+      method: 'GET',
+      headers: {
+        authorization: `PVEAPIToken=${t.tokenId}=${t.tokenSecret}`,
+        accept: 'application/json',
+      },
+      signal,
+    });
+    const max = this.opts.maxResponseBytes;
+    const tooLarge = () =>
+      new ProxmoxApiError(`Proxmox response too large (over ${max} bytes).`, res.statusCode, { path, maxResponseBytes: max });
+    const declared = Number(res.headers['content-length']);
+    if (Number.isFinite(declared) && declared > max) {
+      res.body.destroy();
+      throw tooLarge();
+    }
+    const chunks: Buffer[] = [];
+    let size = 0;
+    for await (const chunk of res.body) {
+      const buf = chunk as Buffer;
+      size += buf.length;
+      if (size > max) {
+        res.body.destroy();
+        throw tooLarge();
+      }
+      chunks.push(buf);
+    }
+    return {
+      status: res.statusCode,
+      statusText: (res.statusText ?? '').trim(),
+      text: Buffer.concat(chunks).toString('utf8'),
+    };
+  }
+
+  /** Throws the DomainError for a non-2xx response. */
+  private checkStatus(raw: RawResponse, path: string): void {
+    const { status } = raw;
+    if (status >= 200 && status < 300) return;
+    let body: z.infer<typeof errorBodySchema> = {};
+    try {
+      body = errorBodySchema.parse(JSON.parse(raw.text));
+    } catch {
+      // error bodies are optional
+    }
+    const reason = (body.message?.trim() || raw.statusText || `HTTP ${status}`).trim();
+    if (status === 401) throw new ProxmoxAuthFailedError(reason);
+    if (status === 403) throw new ProxmoxForbiddenError(reason, path.replace(/\?.*$/, ''));
+    const ext: Record<string, unknown> = { path: path.replace(/\?.*$/, '') };
+    let message = `Proxmox error ${status}: ${reason}`;
+    if (body.errors && typeof body.errors === 'object') {
+      ext['proxmoxErrors'] = body.errors;
+      const details = Object.entries(body.errors)
+        .map(([k, v]) => `${k}: ${typeof v === 'string' ? v.trim() : JSON.stringify(v)}`)
+        .join('; ');
+      if (details) message += ` (${details})`;
+    }
+    throw new ProxmoxApiError(message, status, ext);
+  }
+
+  private parse<S extends z.ZodType>(raw: RawResponse, path: string, schema: S): z.output<S> {
+    const p = path.replace(/\?.*$/, '');
+    let json: unknown;
+    try {
+      json = JSON.parse(raw.text);
+    } catch {
+      throw new ProxmoxApiError(`Proxmox returned malformed JSON for ${p}.`, raw.status, { path: p });
+    }
+    const env = envelopeSchema.safeParse(json);
+    if (!env.success) {
+      throw new ProxmoxApiError(`Proxmox returned an unexpected response for ${p} (no data).`, raw.status, { path: p });
+    }
+    const data = schema.safeParse(env.data.data);
+    if (!data.success) {
+      const issue = data.error.issues[0];
+      const where = issue ? `${issue.path.join('.') || '(root)'}: ${issue.message}` : 'invalid';
+      throw new ProxmoxApiError(`Proxmox returned an unexpected response for ${p} (${where}).`, raw.status, { path: p });
+    }
+    return data.data as z.output<S>;
+  }
+}

@@ -1,0 +1,224 @@
+import { lookup } from 'node:dns/promises';
+import { BlockList, isIP } from 'node:net';
+import { HostNotAllowedError, ProxmoxUnreachableError } from './errors.js';
+
+/**
+ * Host policy for node hosts, applied to the *resolved* addresses right before a
+ * connection is opened (the connection then goes to the checked address, so a DNS answer
+ * that changes between check and connect cannot smuggle in another address).
+ */
+export interface HostPolicy {
+  allowPrivateHosts: boolean;
+  allowLoopbackHosts: boolean;
+}
+
+export type AddressClass =
+  | 'public'
+  | 'loopback'
+  | 'private'
+  | 'link-local'
+  | 'metadata'
+  | 'unspecified'
+  | 'multicast'
+  | 'reserved';
+
+function list(entries: Array<[string, number, 'ipv4' | 'ipv6']>): BlockList {
+  const bl = new BlockList();
+  for (const [net, prefix, family] of entries) {
+    if ((family === 'ipv4' && prefix === 32) || (family === 'ipv6' && prefix === 128)) {
+      bl.addAddress(net, family);
+    } else {
+      bl.addSubnet(net, prefix, family);
+    }
+  }
+  return bl;
+}
+
+// Order of the checks matters: metadata before private (100.100.100.200 is in 100.64/10,
+// fd00:ec2::254 in fc00::/7), link-local before anything else.
+const METADATA = list([
+  ['169.254.169.254', 32, 'ipv4'],
+  ['100.100.100.200', 32, 'ipv4'],
+  ['fd00:ec2::254', 128, 'ipv6'],
+]);
+const LINK_LOCAL = list([
+  ['169.254.0.0', 16, 'ipv4'],
+  ['fe80::', 10, 'ipv6'],
+]);
+const UNSPECIFIED = list([
+  ['0.0.0.0', 8, 'ipv4'],
+  ['::', 128, 'ipv6'],
+]);
+const MULTICAST = list([
+  ['224.0.0.0', 4, 'ipv4'],
+  ['ff00::', 8, 'ipv6'],
+]);
+const RESERVED = list([
+  ['240.0.0.0', 4, 'ipv4'], // includes 255.255.255.255
+  ['::', 96, 'ipv6'], // deprecated IPv4-compatible addresses
+]);
+const LOOPBACK = list([
+  ['127.0.0.0', 8, 'ipv4'],
+  ['::1', 128, 'ipv6'],
+]);
+const PRIVATE = list([
+  ['10.0.0.0', 8, 'ipv4'],
+  ['172.16.0.0', 12, 'ipv4'],
+  ['192.168.0.0', 16, 'ipv4'],
+  ['100.64.0.0', 10, 'ipv4'],
+  ['fc00::', 7, 'ipv6'],
+]);
+
+/** Expands an IPv6 literal into 8 16-bit groups (no zone id). Returns null if invalid. */
+function ipv6Groups(ip: string): number[] | null {
+  if (isIP(ip) !== 6) return null;
+  let s = ip.toLowerCase();
+  const zone = s.indexOf('%');
+  if (zone >= 0) s = s.slice(0, zone);
+  let tail: number[] = [];
+  // Embedded dotted IPv4 at the end.
+  const dotted = /(\d+\.\d+\.\d+\.\d+)$/.exec(s);
+  if (dotted?.[1]) {
+    const p = dotted[1].split('.').map(Number);
+    tail = [((p[0] ?? 0) << 8) | (p[1] ?? 0), ((p[2] ?? 0) << 8) | (p[3] ?? 0)];
+    s = s.slice(0, s.length - dotted[1].length);
+    if (s.endsWith(':') && !s.endsWith('::')) s = s.slice(0, -1);
+  }
+  const [head, rest] = s.includes('::') ? s.split('::') : [s, undefined];
+  const parse = (part: string | undefined) =>
+    part ? part.split(':').filter((x) => x !== '').map((x) => parseInt(x, 16)) : [];
+  const h = parse(head);
+  const r = parse(rest);
+  const missing = 8 - h.length - r.length - tail.length;
+  if (rest === undefined && missing !== 0) return null;
+  if (missing < 0) return null;
+  return [...h, ...new Array<number>(rest === undefined ? 0 : missing).fill(0), ...r, ...tail];
+}
+
+/**
+ * Canonical form of an IP literal for checking and connecting: IPv4-mapped IPv6
+ * (`::ffff:127.0.0.1`, `::ffff:7f00:1`) becomes its IPv4 address; brackets and zone ids
+ * are dropped. Returns null when `ip` is not an IP literal.
+ */
+export function normalizeIp(ip: string): { address: string; family: 4 | 6 } | null {
+  let s = ip.trim();
+  if (s.startsWith('[') && s.endsWith(']')) s = s.slice(1, -1);
+  const fam = isIP(s);
+  if (fam === 4) return { address: s, family: 4 };
+  if (fam !== 6) return null;
+  const g = ipv6Groups(s);
+  if (!g) return null;
+  if (g.slice(0, 5).every((x) => x === 0) && g[5] === 0xffff) {
+    const hi = g[6] ?? 0;
+    const lo = g[7] ?? 0;
+    return { address: `${hi >> 8}.${hi & 0xff}.${lo >> 8}.${lo & 0xff}`, family: 4 };
+  }
+  const zone = s.indexOf('%');
+  return { address: (zone >= 0 ? s.slice(0, zone) : s).toLowerCase(), family: 6 };
+}
+
+/** Classifies an IP literal (already normalized or not). */
+export function classifyAddress(ip: string): AddressClass {
+  const n = normalizeIp(ip);
+  if (!n) throw new TypeError(`not an IP address: ${ip}`);
+  const fam = n.family === 4 ? 'ipv4' : 'ipv6';
+  const a = n.address;
+  if (METADATA.check(a, fam)) return 'metadata';
+  if (LINK_LOCAL.check(a, fam)) return 'link-local';
+  if (UNSPECIFIED.check(a, fam)) return 'unspecified';
+  if (MULTICAST.check(a, fam)) return 'multicast';
+  if (LOOPBACK.check(a, fam)) return 'loopback';
+  if (RESERVED.check(a, fam)) return 'reserved';
+  if (PRIVATE.check(a, fam)) return 'private';
+  return 'public';
+}
+
+const REASONS: Record<Exclude<AddressClass, 'public'>, string> = {
+  metadata: 'cloud metadata addresses are never allowed',
+  'link-local': 'link-local addresses are never allowed',
+  unspecified: 'the unspecified address is never allowed',
+  multicast: 'multicast addresses are never allowed',
+  reserved: 'reserved addresses are never allowed',
+  loopback: 'loopback addresses are not allowed (ALLOW_LOOPBACK_NODE_HOSTS=false)',
+  private: 'private-range addresses are not allowed (ALLOW_PRIVATE_NODE_HOSTS=false)',
+};
+
+/** Why `ip` is refused under `policy`, or null when it is allowed. */
+export function addressRefusal(ip: string, policy: HostPolicy): string | null {
+  const c = classifyAddress(ip);
+  if (c === 'public') return null;
+  if (c === 'loopback' && policy.allowLoopbackHosts) return null;
+  if (c === 'private' && policy.allowPrivateHosts) return null;
+  return REASONS[c];
+}
+
+const HOSTNAME_RE = /^(?=.{1,253}$)([a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?)(\.[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?)*\.?$/i;
+
+/** Strips brackets from an IPv6 literal; leaves names alone. */
+export function bareHost(host: string): string {
+  const h = host.trim();
+  return h.startsWith('[') && h.endsWith(']') ? h.slice(1, -1) : h;
+}
+
+/** `host` as it goes in a URL authority (IPv6 literals bracketed). */
+export function urlHost(host: string): string {
+  const h = bareHost(host);
+  return isIP(h) === 6 ? `[${h}]` : h;
+}
+
+export interface ResolvedAddress {
+  address: string;
+  family: 4 | 6;
+}
+
+/**
+ * Resolves `host` (name or IP literal) and checks every address against the policy.
+ * Any refused address refuses the host (a name that resolves to a public and to a
+ * loopback address is refused). Throws HostNotAllowedError / ProxmoxUnreachableError.
+ */
+export async function resolveAllowed(host: string, policy: HostPolicy): Promise<ResolvedAddress[]> {
+  const h = bareHost(host);
+  const literal = normalizeIp(h);
+  if (literal) {
+    const refusal = addressRefusal(literal.address, policy);
+    if (refusal) throw new HostNotAllowedError(h, refusal, literal.address);
+    return [literal];
+  }
+  if (!HOSTNAME_RE.test(h)) {
+    throw new HostNotAllowedError(h, 'it is not a valid host name or IP address');
+  }
+  let answers: Array<{ address: string; family: number }>;
+  try {
+    answers = await lookup(h, { all: true, verbatim: true });
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code ?? 'ERROR';
+    throw new ProxmoxUnreachableError(`Cannot resolve host "${h}" (${code}).`, { host: h, cause: code });
+  }
+  if (answers.length === 0) {
+    throw new ProxmoxUnreachableError(`Cannot resolve host "${h}" (no addresses).`, { host: h });
+  }
+  const out: ResolvedAddress[] = [];
+  for (const a of answers) {
+    const n = normalizeIp(a.address);
+    if (!n) continue;
+    const refusal = addressRefusal(n.address, policy);
+    if (refusal) throw new HostNotAllowedError(h, refusal, n.address);
+    if (!out.some((o) => o.address === n.address)) out.push(n);
+  }
+  if (out.length === 0) {
+    throw new ProxmoxUnreachableError(`Cannot resolve host "${h}" (no usable addresses).`, { host: h });
+  }
+  return out;
+}
+
+/** Synchronous pre-check for IP literals (names are checked when connecting). */
+export function assertLiteralAllowed(host: string, policy: HostPolicy): void {
+  const h = bareHost(host);
+  const literal = normalizeIp(h);
+  if (literal) {
+    const refusal = addressRefusal(literal.address, policy);
+    if (refusal) throw new HostNotAllowedError(h, refusal, literal.address);
+  } else if (!HOSTNAME_RE.test(h)) {
+    throw new HostNotAllowedError(h, 'it is not a valid host name or IP address');
+  }
+}

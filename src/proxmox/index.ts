@@ -1,0 +1,28 @@
+export {
+  ProxmoxClient,
+  DEFAULT_MAX_RESPONSE_BYTES,
+  type ProxmoxTarget,
+  type ProxmoxClientOptions,
+  type ProxmoxLogger,
+  type ProxmoxVersion,
+  type ProxmoxClusterStatus,
+  type ProxmoxGuest,
+  type ConnectionTestResult,
+} from './client.js';
+export {
+  fetchCertificateFingerprint,
+  normalizeFingerprint,
+  fingerprintsEqual,
+  type FingerprintProbeOptions,
+  type TlsMode,
+} from './tls.js';
+export {
+  classifyAddress,
+  addressRefusal,
+  normalizeIp,
+  resolveAllowed,
+  urlHost,
+  type AddressClass,
+  type HostPolicy,
+} from './host-policy.js';
+export * from './errors.js';

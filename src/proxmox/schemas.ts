@@ -1,0 +1,82 @@
+import { z } from 'zod';
+
+/**
+ * Response schemas, tolerant of what real Proxmox servers send: numbers as strings,
+ * missing optional fields on offline nodes, and any number of extra fields.
+ */
+
+/** An integer sent as a number or as a decimal string ("105"). */
+export const intLike = z.union([
+  z.number().int(),
+  z
+    .string()
+    .trim()
+    .regex(/^\d+$/, 'not an integer')
+    .transform((s) => Number.parseInt(s, 10)),
+]);
+
+const stringLike = z.union([z.string(), z.number().transform((n) => String(n))]);
+
+/** 0/1, "0"/"1" or booleans. */
+const boolLike = z
+  .union([z.boolean(), z.number(), z.string()])
+  .transform((v) => v === true || v === 1 || v === '1' || v === 'true');
+
+export const versionSchema = z.looseObject({
+  version: stringLike,
+  release: stringLike.optional(),
+  repoid: stringLike.optional(),
+});
+
+export const clusterStatusEntrySchema = z.looseObject({
+  type: z.string(),
+  name: stringLike.optional(),
+  nodeid: intLike.optional(),
+  local: intLike.optional(),
+  online: intLike.optional(),
+  ip: z.string().optional(),
+  quorate: intLike.optional(),
+});
+export const clusterStatusSchema = z.array(clusterStatusEntrySchema);
+
+const guestType = z.enum(['qemu', 'lxc']);
+
+export const resourceEntrySchema = z.looseObject({
+  id: z.string().optional(),
+  type: z.string(),
+  vmid: intLike.optional(),
+  node: z.string().optional(),
+  status: z.string().optional(),
+  name: stringLike.optional(),
+  template: boolLike.optional(),
+});
+export const resourcesSchema = z.array(resourceEntrySchema);
+
+export const nodeGuestEntrySchema = z.looseObject({
+  vmid: intLike,
+  status: z.string().optional(),
+  name: stringLike.optional(),
+  template: boolLike.optional(),
+});
+export const nodeGuestsSchema = z.array(nodeGuestEntrySchema);
+
+export const nodesSchema = z.array(
+  z.looseObject({
+    node: z.string(),
+    status: z.string().optional(),
+    ssl_fingerprint: z.string().optional(),
+  }),
+);
+
+export const nextIdSchema = intLike;
+
+export const envelopeSchema = z.looseObject({ data: z.unknown() });
+
+export const errorBodySchema = z
+  .looseObject({
+    message: z.string().optional(),
+    errors: z.record(z.string(), z.unknown()).nullable().optional(),
+  })
+  .catch({});
+
+export { guestType };

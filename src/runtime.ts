@@ -1,0 +1,59 @@
+import type { Logger } from 'pino';
+import { AuthService } from './auth/auth-service.js';
+import type { Config } from './config/config.js';
+import { loadOrCreateKeyFile } from './crypto/key-file.js';
+import { SecretBox } from './crypto/secret-box.js';
+import { type Database, openEmbedded, openPostgres } from './db/database.js';
+import { migrate } from './db/migrate.js';
+import { connectRedis } from './redis/redis.js';
+import type { Services } from './services.js';
+import { UserService } from './users/user-service.js';
+
+export interface Runtime {
+  services: Services;
+  secretBox: SecretBox;
+  mode: 'embedded' | 'postgresql';
+  close(): Promise<void>;
+}
+
+/** Opens the database (migrating it), Redis and the key, and builds the services. */
+export async function openRuntime(config: Config, log: Logger, opts: { migrate?: boolean } = {}): Promise<Runtime> {
+  const db: Database = config.databaseUrl ? await openPostgres(config.databaseUrl) : await openEmbedded(config.dataDir);
+  const closers: Array<() => Promise<unknown>> = [() => db.close()];
+  try {
+    if (opts.migrate !== false) {
+      const report = await db.withSession((session) => migrate(session));
+      if (report.applied.length > 0) log.info({ applied: report.applied }, 'database migrations applied');
+    }
+
+    let keys = config.encryptionKeys;
+    if (keys.length === 0) {
+      // Only reachable in embedded mode: config refuses a DATABASE_URL without a key.
+      const { key, created, file } = await loadOrCreateKeyFile(config.dataDir);
+      if (created) log.warn({ file }, 'ENCRYPTION_KEY not set: generated one into the data directory; back it up with the data');
+      keys = [key];
+    }
+    const secretBox = new SecretBox(keys);
+
+    const redis = config.redisUrl ? await connectRedis(config.redisUrl, config.redisKeyPrefix, log) : null;
+    if (redis) closers.push(() => redis.quit().catch(() => redis.disconnect()));
+
+    const services: Services = {
+      db,
+      redis,
+      auth: new AuthService(db.prisma, { cacheTtlMs: config.tokenCacheTtlMs }),
+      users: new UserService(db.prisma),
+    };
+    return {
+      services,
+      secretBox,
+      mode: db.kind,
+      async close() {
+        for (const close of closers.reverse()) await close().catch((err: unknown) => log.warn({ err }, 'error while closing'));
+      },
+    };
+  } catch (err) {
+    for (const close of closers.reverse()) await close().catch(() => undefined);
+    throw err;
+  }
+}

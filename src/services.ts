@@ -1,0 +1,13 @@
+import type { AuthService } from './auth/auth-service.js';
+import type { Database } from './db/database.js';
+import type { Redis } from './redis/redis.js';
+import type { UserService } from './users/user-service.js';
+
+/** Everything resolvers call, built once per server process (see runtime.ts). */
+export interface Services {
+  db: Database;
+  /** Null in embedded mode (in-process cache and pub/sub). */
+  redis: Redis | null;
+  auth: AuthService;
+  users: UserService;
+}

@@ -1,0 +1,145 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { type Client, createClient } from 'graphql-ws';
+import WebSocket from 'ws';
+import { graphql } from '../gql/index.js';
+import { TEST_REDIS_URL } from '../support/env.js';
+import { startTcpProxy, type TcpProxy } from '../support/tcp-proxy.js';
+import { startTestServer, type TestServer } from '../support/test-server.js';
+
+const Me = graphql(`
+  query Me {
+    me {
+      id
+      name
+    }
+  }
+`);
+
+describe('API token authentication', () => {
+  let server: TestServer;
+  beforeAll(async () => {
+    server = await startTestServer({ env: { TOKEN_CACHE_TTL_MS: '1500' } });
+  });
+  afterAll(() => server.stop());
+
+  it('answers me for the owner of a valid token', async () => {
+    const alice = await server.createUser('alice');
+    const res = await server.gql(Me, {}, alice.token);
+    expect(res.errors).toBeUndefined();
+    expect(res.data?.me).toEqual({ id: alice.userId, name: 'alice' });
+  });
+
+  it('answers UNAUTHENTICATED (401) for a wrong, a malformed and a missing token', async () => {
+    const wrong = await server.gql(Me, {}, 'pvg_' + 'A'.repeat(43));
+    const malformed = await server.gql(Me, {}, 'not-a-token');
+    const missing = await server.gql(Me, {});
+    for (const res of [wrong, malformed, missing]) {
+      expect(res.status).toBe(401);
+      expect(res.data ?? null).toBeNull();
+      expect(res.errors?.[0]?.extensions?.code).toBe('UNAUTHENTICATED');
+    }
+    expect(wrong.errors?.[0]?.message).toMatch(/not valid/);
+    expect(missing.errors?.[0]?.message).toMatch(/required/);
+  });
+
+  it('lets introspection through without a token, so GraphiQL can load the schema', async () => {
+    const res = await fetch(server.graphqlUrl, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ query: '{ __schema { queryType { name } } }' }),
+    });
+    expect(await res.json()).toEqual({ data: { __schema: { queryType: { name: 'Query' } } } });
+  });
+
+  it('trusts a verified token without the database until the cache lifetime, then sees its revocation', async () => {
+    const bob = await server.createUser('bob');
+    expect((await server.gql(Me, {}, bob.token)).data?.me?.name).toBe('bob');
+    const tokens = await server.runtime.services.auth.listTokens('bob');
+    expect(await server.runtime.services.auth.revokeToken(tokens[0]!.id)).toBe(1);
+
+    // Still served from the in-process cache: no database round trip saw the revocation.
+    expect((await server.gql(Me, {}, bob.token)).data?.me?.name).toBe('bob');
+
+    const revokedAt = Date.now();
+    let code: unknown;
+    while (Date.now() - revokedAt < 5_000) {
+      code = (await server.gql(Me, {}, bob.token)).errors?.[0]?.extensions?.code;
+      if (code) break;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    expect(code).toBe('UNAUTHENTICATED');
+    // Within the configured lifetime (1.5 s) plus scheduling slack.
+    expect(Date.now() - revokedAt).toBeLessThan(3_000);
+  });
+
+  it('records when a token was last used', async () => {
+    const carol = await server.createUser('carol');
+    await server.gql(Me, {}, carol.token);
+    await expect
+      .poll(async () => (await server.runtime.services.auth.listTokens('carol'))[0]?.lastUsedAt ?? null)
+      .not.toBeNull();
+  });
+
+  it('closes a WebSocket with 4403 when its token is bad or missing, and serves a good one', async () => {
+    const closeCode = (authorization?: string) =>
+      new Promise<number>((resolve) => {
+        const client: Client = createClient({
+          url: server.wsUrl,
+          webSocketImpl: WebSocket,
+          retryAttempts: 0,
+          lazy: false,
+          connectionParams: authorization ? { authorization } : {},
+          on: { closed: (event) => resolve((event as { code: number }).code) },
+          onNonLazyError: () => undefined,
+        });
+        setTimeout(() => void client.dispose(), 5_000);
+      });
+    expect(await closeCode('Bearer pvg_' + 'B'.repeat(43))).toBe(4403);
+    expect(await closeCode()).toBe(4403);
+
+    const dave = await server.createUser('dave');
+    const client = createClient({ url: server.wsUrl, webSocketImpl: WebSocket, retryAttempts: 0, connectionParams: { authorization: `Bearer ${dave.token}` } });
+    try {
+      const result = await new Promise<unknown>((resolve, reject) => {
+        client.subscribe({ query: '{ me { name } }' }, { next: resolve, error: reject, complete: () => undefined });
+      });
+      expect(result).toEqual({ data: { me: { name: 'dave' } } });
+    } finally {
+      await client.dispose();
+    }
+  });
+});
+
+describe('health endpoints', () => {
+  let server: TestServer;
+  let redisRelay: TcpProxy;
+  beforeAll(async () => {
+    const redisUrl = new URL(TEST_REDIS_URL);
+    redisRelay = await startTcpProxy(redisUrl.hostname, Number(redisUrl.port || 6379));
+    server = await startTestServer({ env: { REDIS_URL: redisRelay.url('redis') } });
+  });
+  afterAll(async () => {
+    await server.stop();
+    await redisRelay.close();
+  });
+
+  it('reports the process up and its dependencies ready', async () => {
+    const health = await fetch(`${server.url}/healthz`);
+    expect(health.status).toBe(200);
+    const ready = await fetch(`${server.url}/readyz`);
+    expect(ready.status).toBe(200);
+    expect(await ready.json()).toEqual({ ready: true, checks: { database: 'ok', redis: 'ok' } });
+  });
+
+  it('answers 503 from /readyz while Redis is unreachable and 200 once it is back, without a restart', async () => {
+    await redisRelay.down();
+    const down = await fetch(`${server.url}/readyz`);
+    expect(down.status).toBe(503);
+    expect(await down.json()).toEqual({ ready: false, checks: { database: 'ok', redis: 'fail' } });
+    // Liveness is not readiness: the process itself is fine.
+    expect((await fetch(`${server.url}/healthz`)).status).toBe(200);
+
+    await redisRelay.up();
+    await expect.poll(async () => (await fetch(`${server.url}/readyz`)).status, { timeout: 10_000 }).toBe(200);
+  });
+});

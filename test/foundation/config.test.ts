@@ -1,0 +1,53 @@
+import { describe, expect, it } from 'vitest';
+import { ConfigError, loadConfig } from '../../src/config/config.js';
+
+const KEY = Buffer.alloc(32, 7).toString('base64');
+
+describe('configuration', () => {
+  it('applies the contract defaults with an empty environment (embedded mode)', () => {
+    const c = loadConfig({});
+    expect(c).toMatchObject({
+      host: '127.0.0.1',
+      port: 4000,
+      databaseUrl: undefined,
+      redisUrl: undefined,
+      vmidCacheTtlS: 300,
+      proxmoxTimeoutMs: 10_000,
+      allowPrivateNodeHosts: true,
+      allowLoopbackNodeHosts: false,
+      logLevel: 'info',
+      encryptionKeys: [],
+    });
+    expect(c.dataDir).toMatch(/\.data$/);
+  });
+
+  it.each([
+    [{ PORT: 'abc' }, /PORT must be an integer/],
+    [{ PORT: '70000' }, /PORT must be an integer from 0 to 65535/],
+    [{ VMID_CACHE_TTL_S: '-1' }, /VMID_CACHE_TTL_S/],
+    [{ PROXMOX_TIMEOUT_MS: '1.5' }, /PROXMOX_TIMEOUT_MS/],
+    [{ ALLOW_LOOPBACK_NODE_HOSTS: 'maybe' }, /ALLOW_LOOPBACK_NODE_HOSTS must be true or false/],
+    [{ DATABASE_URL: 'mysql://x' }, /DATABASE_URL must start with postgresql:\/\//],
+    [{ REDIS_URL: 'not a url' }, /REDIS_URL is not a valid URL/],
+    [{ ENCRYPTION_KEY: 'c2hvcnQ=' }, /ENCRYPTION_KEY must be 32 bytes/],
+    [{ LOG_LEVEL: 'loud' }, /LOG_LEVEL must be one of/],
+    [{ DATABASE_URL: 'postgresql://localhost/x' }, /ENCRYPTION_KEY is required when DATABASE_URL is set/],
+  ])('stops with one line naming the variable for %o', (env, message) => {
+    let error: unknown;
+    try {
+      loadConfig(env);
+    } catch (err) {
+      error = err;
+    }
+    expect(error).toBeInstanceOf(ConfigError);
+    expect((error as Error).message).toMatch(message);
+    expect((error as Error).message).not.toContain('\n');
+  });
+
+  it('reads service mode with a key, and previous keys for rotation after the current one', () => {
+    const old = Buffer.alloc(32, 1).toString('base64');
+    const c = loadConfig({ DATABASE_URL: 'postgresql://localhost/x', ENCRYPTION_KEY: KEY, ENCRYPTION_KEYS_PREVIOUS: old, ALLOW_LOOPBACK_NODE_HOSTS: 'true' });
+    expect(c.encryptionKeys.map((k) => k.toString('base64'))).toEqual([KEY, old]);
+    expect(c.allowLoopbackNodeHosts).toBe(true);
+  });
+});

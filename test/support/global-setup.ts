@@ -1,0 +1,60 @@
+import { randomBytes } from 'node:crypto';
+import { Redis } from 'ioredis';
+import pg from 'pg';
+import type { TestProject } from 'vitest/node';
+import { openPostgres } from '../../src/db/database.js';
+import { migrate } from '../../src/db/migrate.js';
+import { databaseUrl, TEST_POSTGRES_URL, TEST_REDIS_URL } from './env.js';
+
+/**
+ * Once per run: a fresh, migrated template database. Each test file clones it (fast, and
+ * files cannot see each other's rows). Teardown drops every database and Redis key of the run.
+ */
+export default async function setup(project: TestProject) {
+  const runId = `pvgtest_${Date.now().toString(36)}_${randomBytes(3).toString('hex')}`;
+  const templateDatabase = `${runId}_tpl`;
+  await admin(`CREATE DATABASE "${templateDatabase}"`);
+  const db = await openPostgres(databaseUrl(templateDatabase));
+  try {
+    await db.withSession((session) => migrate(session));
+  } finally {
+    await db.close();
+  }
+  project.provide('runId', runId);
+  project.provide('templateDatabase', templateDatabase);
+
+  return async () => {
+    const client = new pg.Client({ connectionString: TEST_POSTGRES_URL });
+    await client.connect();
+    try {
+      const { rows } = await client.query<{ datname: string }>('SELECT datname FROM pg_database WHERE datname LIKE $1', [`${runId}%`]);
+      for (const { datname } of rows) await client.query(`DROP DATABASE IF EXISTS "${datname}" WITH (FORCE)`);
+    } finally {
+      await client.end();
+    }
+    const redis = new Redis(TEST_REDIS_URL, { lazyConnect: true });
+    try {
+      await redis.connect();
+      let cursor = '0';
+      do {
+        const [next, keys] = await redis.scan(cursor, 'MATCH', `${runId}*`, 'COUNT', 1000);
+        if (keys.length) await redis.unlink(...keys);
+        cursor = next;
+      } while (cursor !== '0');
+    } catch {
+      // Redis down at teardown: nothing of ours can be left in it that outlives its TTLs.
+    } finally {
+      redis.disconnect();
+    }
+  };
+}
+
+async function admin(sql: string): Promise<void> {
+  const client = new pg.Client({ connectionString: TEST_POSTGRES_URL });
+  await client.connect();
+  try {
+    await client.query(sql);
+  } finally {
+    await client.end();
+  }
+}
