@@ -5,6 +5,10 @@ import { loadOrCreateKeyFile } from './crypto/key-file.js';
 import { SecretBox } from './crypto/secret-box.js';
 import { type Database, openEmbedded, openPostgres } from './db/database.js';
 import { migrate } from './db/migrate.js';
+import { ContainerService } from './nodes/container-service.js';
+import { NodeService } from './nodes/node-service.js';
+import { noVmidHooks } from './nodes/vmid-hooks.js';
+import { ProxmoxClient } from './proxmox/index.js';
 import { connectRedis } from './redis/redis.js';
 import type { Services } from './services.js';
 import { UserService } from './users/user-service.js';
@@ -17,8 +21,17 @@ export interface Runtime {
 }
 
 /** Opens the database (migrating it), Redis and the key, and builds the services. */
-export async function openRuntime(config: Config, log: Logger, opts: { migrate?: boolean } = {}): Promise<Runtime> {
-  const db: Database = config.databaseUrl ? await openPostgres(config.databaseUrl) : await openEmbedded(config.dataDir);
+export interface RuntimeOptions {
+  /** Default true; tests that clone a migrated template skip it. */
+  migrate?: boolean;
+  /** Sees every SQL statement (PostgreSQL only; tests count round trips). */
+  onQuery?: (sql: string) => void;
+}
+
+export async function openRuntime(config: Config, log: Logger, opts: RuntimeOptions = {}): Promise<Runtime> {
+  const db: Database = config.databaseUrl
+    ? await openPostgres(config.databaseUrl, opts.onQuery ? { onQuery: opts.onQuery } : {})
+    : await openEmbedded(config.dataDir);
   const closers: Array<() => Promise<unknown>> = [() => db.close()];
   try {
     if (opts.migrate !== false) {
@@ -38,11 +51,23 @@ export async function openRuntime(config: Config, log: Logger, opts: { migrate?:
     const redis = config.redisUrl ? await connectRedis(config.redisUrl, config.redisKeyPrefix, log) : null;
     if (redis) closers.push(() => redis.quit().catch(() => redis.disconnect()));
 
+    const proxmox = new ProxmoxClient({
+      timeoutMs: config.proxmoxTimeoutMs,
+      allowPrivateHosts: config.allowPrivateNodeHosts,
+      allowLoopbackHosts: config.allowLoopbackNodeHosts,
+      logger: log.child({ component: 'proxmox' }),
+    });
+    closers.push(() => proxmox.close());
+    const vmidHooks = noVmidHooks;
+    const nodes = new NodeService(db.prisma, secretBox, proxmox, vmidHooks);
     const services: Services = {
       db,
       redis,
       auth: new AuthService(db.prisma, { cacheTtlMs: config.tokenCacheTtlMs }),
       users: new UserService(db.prisma),
+      proxmox,
+      nodes,
+      containers: new ContainerService(db.prisma, nodes, vmidHooks),
     };
     return {
       services,

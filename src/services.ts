@@ -1,5 +1,8 @@
 import type { AuthService } from './auth/auth-service.js';
 import type { Database } from './db/database.js';
+import type { ContainerService } from './nodes/container-service.js';
+import type { NodeService } from './nodes/node-service.js';
+import type { ProxmoxClient } from './proxmox/index.js';
 import type { Redis } from './redis/redis.js';
 import type { UserService } from './users/user-service.js';
 
@@ -10,4 +13,7 @@ export interface Services {
   redis: Redis | null;
   auth: AuthService;
   users: UserService;
+  proxmox: ProxmoxClient;
+  nodes: NodeService;
+  containers: ContainerService;
 }

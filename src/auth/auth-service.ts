@@ -1,4 +1,5 @@
 import type { PrismaClient } from '../db/database.js';
+import { isUniqueViolation } from '../db/prisma-errors.js';
 import { ConflictError, NotFoundError } from '../errors.js';
 import { displayPrefix, generateToken, hashToken, isWellFormedToken } from './api-token.js';
 
@@ -116,8 +117,4 @@ export class AuthService {
     }
     this.cache.set(hash, entry);
   }
-}
-
-export function isUniqueViolation(err: unknown): boolean {
-  return typeof err === 'object' && err !== null && (err as { code?: unknown }).code === 'P2002';
 }

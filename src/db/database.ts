@@ -23,9 +23,17 @@ export interface Database {
   close(): Promise<void>;
 }
 
-export async function openPostgres(url: string, opts: { poolMax?: number } = {}): Promise<Database> {
+export interface OpenOptions {
+  poolMax?: number;
+  /** Called with every SQL statement Prisma sends (tests count round trips with it). */
+  onQuery?: (sql: string) => void;
+}
+
+export async function openPostgres(url: string, opts: OpenOptions = {}): Promise<Database> {
   const adapter = new PrismaPg({ connectionString: url, max: opts.poolMax ?? 10, connectionTimeoutMillis: 5_000 });
-  const prisma = new PrismaClient({ adapter });
+  const prisma = opts.onQuery
+    ? withQueryListener(new PrismaClient({ adapter, log: [{ emit: 'event', level: 'query' }] }), opts.onQuery)
+    : new PrismaClient({ adapter });
   return {
     kind: 'postgresql',
     prisma,
@@ -50,6 +58,11 @@ export async function openPostgres(url: string, opts: { poolMax?: number } = {})
       await prisma.$disconnect();
     },
   };
+}
+
+function withQueryListener(prisma: PrismaClient<'query'>, onQuery: (sql: string) => void): PrismaClient {
+  prisma.$on('query', (event) => onQuery(event.query));
+  return prisma as unknown as PrismaClient;
 }
 
 export async function openEmbedded(dataDir: string): Promise<Database> {

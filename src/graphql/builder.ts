@@ -61,3 +61,4 @@ function parseDateTime(value: unknown): Date {
 }
 
 builder.queryType({});
+builder.mutationType({});

@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto';
-import { createYoga, type YogaServerInstance } from 'graphql-yoga';
+import { GraphQLError } from 'graphql';
+import { createYoga, type YogaLogger, type YogaServerInstance } from 'graphql-yoga';
 import type { Logger } from 'pino';
 import { bearerToken } from '../auth/api-token.js';
 import type { Viewer } from '../auth/auth-service.js';
@@ -29,7 +30,7 @@ export function createPvegraphYoga({ services, log, graphiql }: YogaOptions): Pv
     graphqlEndpoint: '/graphql',
     landingPage: false,
     graphiql: graphiql ? { title: 'pvegraph', defaultQuery: DEFAULT_QUERY, headers: '{\n  "Authorization": "Bearer <paste your token>"\n}' } : false,
-    logging: log,
+    logging: yogaLogger(log),
     maskedErrors: maskErrors(log),
     plugins: [useRequireViewer()],
     context: async (initial): Promise<RequestContext> => {
@@ -42,6 +43,21 @@ export function createPvegraphYoga({ services, log, graphiql }: YogaOptions): Pv
       return { ...base, viewer, authFailure: viewer ? null : 'invalid' };
     },
   });
+}
+
+/**
+ * Yoga logs the original of every error its masking replaced. Those are either client errors
+ * (whose messages may quote the request's variables, secrets included) or unexpected errors
+ * that maskErrors has logged already with their stack: skip GraphQLErrors here.
+ */
+function yogaLogger(log: Logger): YogaLogger {
+  const forward = (level: 'debug' | 'info' | 'warn' | 'error') => (...args: unknown[]) => {
+    const [first, ...rest] = args;
+    if (first instanceof GraphQLError) return;
+    if (first instanceof Error) log[level]({ err: first }, first.message);
+    else log[level]({ details: rest.length ? rest : undefined }, String(first));
+  };
+  return { debug: forward('debug'), info: forward('info'), warn: forward('warn'), error: forward('error') };
 }
 
 const DEFAULT_QUERY = `# Welcome to pvegraph. Put your API token into the Headers tab below

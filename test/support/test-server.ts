@@ -38,6 +38,10 @@ export interface TestServerOptions {
   /** false: embedded in-process cache and pub/sub. */
   redis?: boolean;
   env?: Record<string, string>;
+  /** Receives every SQL statement the server sends. */
+  onQuery?: (sql: string) => void;
+  /** Receives the server's log lines (pino JSON); LOG_LEVEL from `env` applies. */
+  logStream?: { write(line: string): void };
 }
 
 const TEST_KEY = randomBytes(32).toString('base64');
@@ -56,9 +60,9 @@ export async function startTestServer(opts: TestServerOptions = {}): Promise<Tes
     LOG_LEVEL: process.env.TEST_LOG_LEVEL ?? 'silent',
     ...opts.env,
   });
-  const log = createLogger(config.logLevel);
+  const log = createLogger(config.logLevel, opts.logStream);
   // The template is migrated already; a shared database was migrated by its first server.
-  const runtime = await openRuntime(config, log, { migrate: false });
+  const runtime = await openRuntime(config, log, { migrate: false, ...(opts.onQuery ? { onQuery: opts.onQuery } : {}) });
   const app = createApp({ services: runtime.services, log });
   const url = await app.listen(0, '127.0.0.1');
 

@@ -37,6 +37,8 @@ CREATE TABLE "proxmox_nodes" (
     "pve_version" TEXT,
     "cluster_name" TEXT,
     "pve_node_names" TEXT[] NOT NULL DEFAULT ARRAY[]::TEXT[],
+    "presented_fingerprint" TEXT,
+    "last_tested_at" TIMESTAMPTZ(3),
     "created_at" TIMESTAMPTZ(3) NOT NULL DEFAULT CURRENT_TIMESTAMP,
     "updated_at" TIMESTAMPTZ(3) NOT NULL,
     CONSTRAINT "proxmox_nodes_pkey" PRIMARY KEY ("id"),

@@ -4,8 +4,8 @@ import type { Logger } from 'pino';
 import { DomainError, ErrorCode } from '../../errors.js';
 
 /**
- * Errors a client can act on (DomainError, GraphQL syntax/validation errors) pass unchanged;
- * anything else is logged with its stack and answered as INTERNAL_SERVER_ERROR, so a
+ * Errors a client can act on (DomainError, GraphQL syntax/validation errors) pass with a
+ * code; anything else is logged with its stack and answered as INTERNAL_SERVER_ERROR, so a
  * database or driver message never reaches a client.
  */
 export function maskErrors(log: Logger): YogaMaskedErrorOpts {
@@ -14,8 +14,10 @@ export function maskErrors(log: Logger): YogaMaskedErrorOpts {
     maskError(error) {
       if (error instanceof GraphQLError) {
         const original = error.originalError;
-        if (!original || original instanceof DomainError) return withDefaultCode(error);
-        if (original instanceof GraphQLError && !original.originalError) return withDefaultCode(error);
+        if (original instanceof DomainError) return error;
+        const variableError = asVariableError(error);
+        if (variableError) return variableError;
+        if (!original || (original instanceof GraphQLError && !original.originalError)) return withDefaultCode(error);
         log.error({ err: original, path: error.path }, 'unexpected error in resolver');
       } else {
         log.error({ err: error }, 'unexpected error');
@@ -26,6 +28,28 @@ export function maskErrors(log: Logger): YogaMaskedErrorOpts {
       });
     },
   };
+}
+
+/**
+ * graphql-js words a bad variable as `Variable "$v" got invalid value <the whole value> …`,
+ * which would echo a secret a client sent (a token secret in a malformed input) back into
+ * responses and logs. Keep the path and the reason, drop the value, and say BAD_USER_INPUT.
+ */
+function asVariableError(error: GraphQLError): GraphQLError | null {
+  const match = /^Variable "\$([^"]+)" got invalid value/.exec(error.message);
+  if (!match) return null;
+  const reason = error.originalError?.message ?? 'invalid value';
+  const head = error.message.endsWith(`; ${reason}`) ? error.message.slice(0, -(reason.length + 2)) : '';
+  const at = /at "([^"]+)"$/.exec(head)?.[1] ?? match[1]!;
+  // A missing field is reported on its parent object: name the field itself.
+  const missing = /^Field "([^"]+)" of required type/.exec(reason)?.[1];
+  const field = missing ? `${at}.${missing}` : at;
+  return new GraphQLError(`Variable "$${match[1]}" has an invalid value at "${field}": ${reason}`, {
+    nodes: error.nodes,
+    source: error.source,
+    positions: error.positions,
+    extensions: { code: ErrorCode.BAD_USER_INPUT, fields: { [field]: reason } },
+  });
 }
 
 /** Parse and validation errors get a code too, so clients can switch on every error. */

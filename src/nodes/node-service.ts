@@ -1,0 +1,277 @@
+import { randomUUID } from 'node:crypto';
+import type { Viewer } from '../auth/auth-service.js';
+import type { SecretBox } from '../crypto/secret-box.js';
+import type { Prisma, PrismaClient } from '../db/database.js';
+import { isForeignKeyViolation, isUniqueViolation } from '../db/prisma-errors.js';
+import type { ProxmoxNode } from '../db/generated/prisma/client.js';
+import { ConflictError, DomainError, ErrorCode, FailedPreconditionError, NotFoundError } from '../errors.js';
+import type { ConnectionTestResult, ProxmoxClient, ProxmoxTarget } from '../proxmox/index.js';
+import { isUuid } from './node-validation.js';
+import type { NodeRef, VmidHooks } from './vmid-hooks.js';
+
+export type { ProxmoxNode };
+
+/** What Pothos asks the database for (relations it will resolve from the same query). */
+export type NodeQuery = { include?: Prisma.ProxmoxNodeInclude; select?: Prisma.ProxmoxNodeSelect };
+
+export interface CreateNodeInput {
+  name: string;
+  host: string;
+  port?: number | null;
+  tokenId: string;
+  tokenSecret: string;
+  sshPassword?: string | null;
+  tlsFingerprint?: string | null;
+  allowInsecureTls?: boolean | null;
+}
+
+/** `undefined`/`null` keep a value, except: `tlsFingerprint: null` or `""` removes the pin. */
+export interface UpdateNodeInput {
+  id: string;
+  name?: string | null;
+  host?: string | null;
+  port?: number | null;
+  tokenId?: string | null;
+  /** Omitted or empty: keep the stored one. */
+  tokenSecret?: string | null;
+  /** Omitted: keep; empty string: remove. */
+  sshPassword?: string | null;
+  tlsFingerprint?: string | null;
+  allowInsecureTls?: boolean | null;
+}
+
+const TLS_CODES: readonly string[] = [ErrorCode.PROXMOX_TLS_UNTRUSTED, ErrorCode.PROXMOX_TLS_FINGERPRINT_MISMATCH];
+
+/**
+ * A user's Proxmox nodes. Every method takes the viewer and sees only the viewer's rows:
+ * another user's id answers NOT_FOUND exactly like an id that does not exist.
+ */
+export class NodeService {
+  constructor(
+    private readonly prisma: PrismaClient,
+    private readonly secrets: SecretBox,
+    private readonly proxmox: ProxmoxClient,
+    private readonly vmids: VmidHooks,
+  ) {}
+
+  list(viewer: Viewer, query: NodeQuery = {}) {
+    return this.prisma.proxmoxNode.findMany({ ...query, where: { userId: viewer.userId }, orderBy: [{ createdAt: 'asc' }, { id: 'asc' }] });
+  }
+
+  async get(viewer: Viewer, id: string, query: NodeQuery = {}): Promise<ProxmoxNode> {
+    const node = isUuid(id) ? await this.prisma.proxmoxNode.findFirst({ ...query, where: { id, userId: viewer.userId } }) : null;
+    if (!node) throw new NotFoundError('Node', id);
+    return node;
+  }
+
+  defaultNode(viewer: Viewer, query: NodeQuery = {}) {
+    return this.prisma.proxmoxNode.findFirst({ ...query, where: { userId: viewer.userId, isDefault: true } });
+  }
+
+  /** Ids of every node of the viewer (for "all my nodes" subscriptions). */
+  async ids(viewer: Viewer): Promise<string[]> {
+    const rows = await this.prisma.proxmoxNode.findMany({ where: { userId: viewer.userId }, select: { id: true }, orderBy: { createdAt: 'asc' } });
+    return rows.map((r) => r.id);
+  }
+
+  /** Tests the connection first; on any failure nothing is stored. */
+  async create(viewer: Viewer, input: CreateNodeInput, query: NodeQuery = {}): Promise<ProxmoxNode> {
+    await this.assertNameFree(viewer, input.name);
+    const target: ProxmoxTarget = {
+      host: input.host,
+      port: input.port ?? 8006,
+      tokenId: input.tokenId,
+      tokenSecret: input.tokenSecret,
+      tlsFingerprint: input.tlsFingerprint ?? null,
+      allowInsecureTls: input.allowInsecureTls ?? false,
+    };
+    const test = await this.proveReachable(target);
+
+    const id = randomUUID();
+    const data = {
+      id,
+      userId: viewer.userId,
+      name: input.name,
+      host: target.host,
+      port: target.port,
+      tokenId: target.tokenId,
+      tokenSecretEnc: this.secrets.encrypt(input.tokenSecret, secretContext(id, 'tokenSecret')),
+      sshPasswordEnc: input.sshPassword ? this.secrets.encrypt(input.sshPassword, secretContext(id, 'sshPassword')) : null,
+      tlsFingerprint: target.tlsFingerprint ?? null,
+      allowInsecureTls: target.allowInsecureTls ?? false,
+      ...testedFields(test),
+    };
+    // The first node becomes the default. Under concurrent creates several may believe they
+    // are first; the partial unique index lets exactly one win, the others are stored plain.
+    const hasDefault = (await this.prisma.proxmoxNode.count({ where: { userId: viewer.userId, isDefault: true } })) > 0;
+    try {
+      return await this.prisma.proxmoxNode.create({ ...query, data: { ...data, isDefault: !hasDefault } });
+    } catch (err) {
+      if (!isUniqueViolation(err)) throw err;
+      await this.assertNameFree(viewer, input.name);
+      try {
+        return await this.prisma.proxmoxNode.create({ ...query, data: { ...data, isDefault: false } });
+      } catch (again) {
+        if (isUniqueViolation(again)) throw nameTaken(input.name);
+        throw again;
+      }
+    }
+  }
+
+  /** Re-tests the connection when anything it depends on changes; stores nothing on failure. */
+  async update(viewer: Viewer, input: UpdateNodeInput, query: NodeQuery = {}): Promise<ProxmoxNode> {
+    const node = await this.get(viewer, input.id);
+    const data: Prisma.ProxmoxNodeUpdateInput = {};
+    if (input.name != null && input.name !== node.name) {
+      await this.assertNameFree(viewer, input.name);
+      data.name = input.name;
+    }
+    const target = this.targetOf(node);
+    let connectionChanged = false;
+    const change = <K extends keyof ProxmoxTarget>(key: K, value: ProxmoxTarget[K]) => {
+      if (value !== target[key]) {
+        target[key] = value;
+        connectionChanged = true;
+      }
+    };
+    if (input.host != null) change('host', input.host);
+    if (input.port != null) change('port', input.port);
+    if (input.tokenId != null) change('tokenId', input.tokenId);
+    if (input.tokenSecret) change('tokenSecret', input.tokenSecret);
+    if (input.tlsFingerprint !== undefined) change('tlsFingerprint', input.tlsFingerprint || null);
+    if (input.allowInsecureTls != null) change('allowInsecureTls', input.allowInsecureTls);
+
+    if (connectionChanged) {
+      const test = await this.proveReachable(target);
+      Object.assign(data, testedFields(test), {
+        host: target.host,
+        port: target.port,
+        tokenId: target.tokenId,
+        tlsFingerprint: target.tlsFingerprint ?? null,
+        allowInsecureTls: target.allowInsecureTls ?? false,
+      });
+      if (input.tokenSecret) data.tokenSecretEnc = this.secrets.encrypt(input.tokenSecret, secretContext(node.id, 'tokenSecret'));
+    }
+    if (input.sshPassword !== undefined && input.sshPassword !== null) {
+      data.sshPasswordEnc = input.sshPassword === '' ? null : this.secrets.encrypt(input.sshPassword, secretContext(node.id, 'sshPassword'));
+    }
+
+    let updated: ProxmoxNode;
+    try {
+      updated = await this.prisma.proxmoxNode.update({ ...query, where: { id: node.id }, data });
+    } catch (err) {
+      if (isUniqueViolation(err)) throw nameTaken(input.name ?? node.name);
+      throw err;
+    }
+    if (connectionChanged && (target.host !== node.host || target.port !== node.port || target.tokenId !== node.tokenId)) {
+      await this.vmids.nodeConnectionChanged(refOf(node));
+    }
+    return updated;
+  }
+
+  /** Refuses while containers are registered; promotes the oldest node when the default goes. */
+  async delete(viewer: Viewer, id: string): Promise<boolean> {
+    const node = await this.get(viewer, id);
+    try {
+      await this.prisma.$transaction(async (tx) => {
+        const containers = await tx.container.count({ where: { nodeId: node.id } });
+        if (containers > 0) throw hasContainers(containers);
+        const deleted = await tx.proxmoxNode.deleteMany({ where: { id: node.id, userId: viewer.userId } });
+        if (deleted.count === 0) throw new NotFoundError('Node', id);
+        if (node.isDefault) {
+          const oldest = await tx.proxmoxNode.findFirst({ where: { userId: viewer.userId }, orderBy: [{ createdAt: 'asc' }, { id: 'asc' }] });
+          if (oldest) await tx.proxmoxNode.update({ where: { id: oldest.id }, data: { isDefault: true } });
+        }
+      });
+    } catch (err) {
+      // A container registered between the count and the delete: the foreign key refuses.
+      if (isForeignKeyViolation(err)) throw hasContainers(1);
+      throw err;
+    }
+    await this.vmids.nodeDeleted(refOf(node));
+    return true;
+  }
+
+  async setDefault(viewer: Viewer, id: string, query: NodeQuery = {}): Promise<ProxmoxNode> {
+    const node = await this.get(viewer, id);
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return await this.prisma.$transaction(async (tx) => {
+          await tx.proxmoxNode.updateMany({ where: { userId: viewer.userId, isDefault: true, NOT: { id: node.id } }, data: { isDefault: false } });
+          return tx.proxmoxNode.update({ ...query, where: { id: node.id }, data: { isDefault: true } });
+        });
+      } catch (err) {
+        // Two switches at once: one transaction sees the other's default; try again.
+        if (!isUniqueViolation(err) || attempt >= 3) throw err;
+      }
+    }
+  }
+
+  /** Never throws for Proxmox-side failures; a successful test refreshes what the node shows. */
+  async testConnection(viewer: Viewer, id: string): Promise<ConnectionTestResult> {
+    const node = await this.get(viewer, id);
+    const result = await this.proxmox.testConnection(this.targetOf(node));
+    if (result.ok) {
+      await this.prisma.proxmoxNode.updateMany({ where: { id: node.id }, data: testedFields(result) });
+    }
+    return result;
+  }
+
+  /** VMIDs of every guest on the node's cluster (the VMID capability's source of truth). */
+  async guestVmids(nodeId: string): Promise<number[]> {
+    const node = await this.prisma.proxmoxNode.findUnique({ where: { id: nodeId } });
+    if (!node) throw new NotFoundError('Node', nodeId);
+    const guests = await this.proxmox.guests(this.targetOf(node));
+    return guests.map((g) => g.vmid);
+  }
+
+  private targetOf(node: ProxmoxNode): ProxmoxTarget {
+    return {
+      host: node.host,
+      port: node.port,
+      tokenId: node.tokenId,
+      tokenSecret: this.secrets.decrypt(node.tokenSecretEnc, secretContext(node.id, 'tokenSecret')),
+      tlsFingerprint: node.tlsFingerprint,
+      allowInsecureTls: node.allowInsecureTls,
+    };
+  }
+
+  private async proveReachable(target: ProxmoxTarget): Promise<ConnectionTestResult> {
+    const test = await this.proxmox.testConnection(target);
+    if (test.ok) return test;
+    const code = (test.errorCode ?? ErrorCode.PROXMOX_ERROR) as ErrorCode;
+    throw new DomainError(code, test.message ?? 'The Proxmox connection test failed.', TLS_CODES.includes(code) && test.fingerprint ? { fingerprint: test.fingerprint } : {});
+  }
+
+  private async assertNameFree(viewer: Viewer, name: string): Promise<void> {
+    const existing = await this.prisma.proxmoxNode.findFirst({ where: { userId: viewer.userId, name }, select: { id: true } });
+    if (existing) throw nameTaken(name);
+  }
+}
+
+export function refOf(node: Pick<ProxmoxNode, 'id' | 'userId'>): NodeRef {
+  return { id: node.id, userId: node.userId };
+}
+
+/** Bound into each ciphertext, so a value copied to another row or column will not decrypt. */
+function secretContext(nodeId: string, field: 'tokenSecret' | 'sshPassword'): string {
+  return `proxmox_node:${nodeId}:${field}`;
+}
+
+function testedFields(test: ConnectionTestResult) {
+  return {
+    pveVersion: test.version,
+    clusterName: test.clusterName,
+    pveNodeNames: test.pveNodeNames,
+    presentedFingerprint: test.fingerprint,
+    lastTestedAt: new Date(),
+  };
+}
+
+function nameTaken(name: string): ConflictError {
+  return new ConflictError(`You already have a node named "${name}".`, { field: 'name' });
+}
+
+function hasContainers(count: number): FailedPreconditionError {
+  return new FailedPreconditionError(`The node still has ${count} registered container(s); unregister them first.`);
+}

@@ -1,0 +1,127 @@
+import type { ConnectionTestResult } from '../proxmox/index.js';
+import { builder } from '../graphql/builder.js';
+import * as rules from './node-validation.js';
+
+builder.prismaObject('ProxmoxNode', {
+  description: 'A Proxmox VE endpoint of the caller. tokenSecret and sshPassword are write-only.',
+  fields: (t) => ({
+    id: t.exposeID('id'),
+    name: t.exposeString('name', { description: 'Unique per user.' }),
+    host: t.exposeString('host'),
+    port: t.exposeInt('port'),
+    tokenId: t.exposeString('tokenId', { description: 'USER@REALM!TOKENID' }),
+    isDefault: t.exposeBoolean('isDefault'),
+    hasSshPassword: t.boolean({ select: { sshPasswordEnc: true }, resolve: (node) => node.sshPasswordEnc !== null }),
+    tlsFingerprint: t.exposeString('tlsFingerprint', { nullable: true, description: 'Pinned SHA-256 of the certificate, upper-case colon hex.' }),
+    allowInsecureTls: t.exposeBoolean('allowInsecureTls'),
+    pveVersion: t.exposeString('pveVersion', { nullable: true, description: 'From the last successful connection test.' }),
+    clusterName: t.exposeString('clusterName', { nullable: true, description: 'Null for a standalone node.' }),
+    pveNodeNames: t.exposeStringList('pveNodeNames', { description: 'Node names seen at the last test.' }),
+    presentedFingerprint: t.exposeString('presentedFingerprint', {
+      nullable: true,
+      description: 'SHA-256 of the certificate the host presented at the last successful test.',
+    }),
+    lastTestedAt: t.expose('lastTestedAt', { type: 'DateTime', nullable: true }),
+    createdAt: t.expose('createdAt', { type: 'DateTime' }),
+    updatedAt: t.expose('updatedAt', { type: 'DateTime' }),
+    containers: t.relation('containers', { query: { orderBy: { vmid: 'asc' } } }),
+  }),
+});
+
+builder.prismaObjectField('User', 'nodes', (t) => t.relation('nodes', { query: { orderBy: [{ createdAt: 'asc' }, { id: 'asc' }] } }));
+
+export const ConnectionTestRef = builder.objectRef<ConnectionTestResult>('ConnectionTest').implement({
+  description: 'Outcome of asking a node for /version and /cluster/status.',
+  fields: (t) => ({
+    ok: t.exposeBoolean('ok'),
+    latencyMs: t.exposeInt('latencyMs'),
+    version: t.exposeString('version', { nullable: true, description: 'Proxmox /version .version' }),
+    release: t.exposeString('release', { nullable: true }),
+    fingerprint: t.exposeString('fingerprint', { nullable: true, description: 'SHA-256 of the certificate the host presented.' }),
+    clusterName: t.exposeString('clusterName', { nullable: true }),
+    pveNodeNames: t.exposeStringList('pveNodeNames'),
+    errorCode: t.exposeString('errorCode', { nullable: true, description: 'A PROXMOX_* or HOST_NOT_ALLOWED code when ok is false.' }),
+    message: t.exposeString('message', { nullable: true }),
+  }),
+});
+
+const CreateNodeInput = builder.inputType('CreateNodeInput', {
+  fields: (t) => ({
+    name: t.string({ required: true, validate: { schema: rules.nodeName } }),
+    host: t.string({ required: true, validate: { schema: rules.nodeHost } }),
+    port: t.int({ defaultValue: 8006, validate: { schema: rules.nodePort } }),
+    tokenId: t.string({ required: true, validate: { schema: rules.tokenId } }),
+    tokenSecret: t.string({ required: true, validate: { schema: rules.tokenSecret } }),
+    sshPassword: t.string({ validate: { schema: rules.sshPassword } }),
+    tlsFingerprint: t.string({ validate: { schema: rules.tlsFingerprint } }),
+    allowInsecureTls: t.boolean({ defaultValue: false }),
+  }),
+});
+
+const UpdateNodeInput = builder.inputType('UpdateNodeInput', {
+  fields: (t) => ({
+    id: t.id({ required: true }),
+    name: t.string({ validate: { schema: rules.nodeName } }),
+    host: t.string({ validate: { schema: rules.nodeHost } }),
+    port: t.int({ validate: { schema: rules.nodePort } }),
+    tokenId: t.string({ validate: { schema: rules.tokenId } }),
+    tokenSecret: t.string({
+      description: 'Omitted or empty: keep the stored one.',
+      validate: { schema: rules.tokenSecret.or(rules.emptyString) },
+    }),
+    sshPassword: t.string({ description: 'Omitted: keep; empty string: remove.', validate: { schema: rules.sshPassword } }),
+    tlsFingerprint: t.string({ description: 'null or empty: remove the pin.', validate: { schema: rules.tlsFingerprint.or(rules.emptyString) } }),
+    allowInsecureTls: t.boolean(),
+  }),
+});
+
+builder.queryFields((t) => ({
+  nodes: t.prismaField({
+    type: ['ProxmoxNode'],
+    description: "The caller's nodes, oldest first.",
+    resolve: (query, _root, _args, ctx) => ctx.services.nodes.list(ctx.viewer, query),
+  }),
+  node: t.prismaField({
+    type: 'ProxmoxNode',
+    nullable: true,
+    description: 'One of the caller\'s nodes; NOT_FOUND for any other id.',
+    args: { id: t.arg.id({ required: true }) },
+    resolve: (query, _root, args, ctx) => ctx.services.nodes.get(ctx.viewer, String(args.id), query),
+  }),
+  defaultNode: t.prismaField({
+    type: 'ProxmoxNode',
+    nullable: true,
+    resolve: (query, _root, _args, ctx) => ctx.services.nodes.defaultNode(ctx.viewer, query),
+  }),
+}));
+
+builder.mutationFields((t) => ({
+  createNode: t.prismaField({
+    type: 'ProxmoxNode',
+    description: 'Tests the connection first; nothing is stored on failure. The first node becomes the default.',
+    args: { input: t.arg({ type: CreateNodeInput, required: true }) },
+    resolve: (query, _root, { input }, ctx) => ctx.services.nodes.create(ctx.viewer, input, query),
+  }),
+  updateNode: t.prismaField({
+    type: 'ProxmoxNode',
+    description: 'Re-tests the connection when host, port, token or TLS settings change.',
+    args: { input: t.arg({ type: UpdateNodeInput, required: true }) },
+    resolve: (query, _root, { input }, ctx) => ctx.services.nodes.update(ctx.viewer, { ...input, id: String(input.id) }, query),
+  }),
+  deleteNode: t.boolean({
+    description: 'FAILED_PRECONDITION while containers are registered. Deleting the default promotes the oldest node.',
+    args: { id: t.arg.id({ required: true }) },
+    resolve: (_root, args, ctx) => ctx.services.nodes.delete(ctx.viewer, String(args.id)),
+  }),
+  setDefaultNode: t.prismaField({
+    type: 'ProxmoxNode',
+    args: { id: t.arg.id({ required: true }) },
+    resolve: (query, _root, args, ctx) => ctx.services.nodes.setDefault(ctx.viewer, String(args.id), query),
+  }),
+  testNodeConnection: t.field({
+    type: ConnectionTestRef,
+    description: 'Never throws for Proxmox failures: they come back as ok = false with errorCode.',
+    args: { id: t.arg.id({ required: true }) },
+    resolve: (_root, args, ctx) => ctx.services.nodes.testConnection(ctx.viewer, String(args.id)),
+  }),
+}));

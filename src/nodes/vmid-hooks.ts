@@ -1,0 +1,25 @@
+/** A node as the VMID capability needs it: its id and its owner. */
+export interface NodeRef {
+  id: string;
+  userId: string;
+}
+
+/**
+ * What node management tells the VMID capability. Node code calls these and nothing else of
+ * it, so neither capability reaches into the other's storage.
+ */
+export interface VmidHooks {
+  /** A container was recorded for `vmid`: consume a reservation of it, refresh the set. */
+  containerRegistered(node: NodeRef, vmid: number): Promise<void>;
+  containerUnregistered(node: NodeRef, vmid: number): Promise<void>;
+  /** Host, port or credentials changed: the cached set may be another cluster's. */
+  nodeConnectionChanged(node: NodeRef): Promise<void>;
+  nodeDeleted(node: NodeRef): Promise<void>;
+}
+
+export const noVmidHooks: VmidHooks = {
+  containerRegistered: async () => undefined,
+  containerUnregistered: async () => undefined,
+  nodeConnectionChanged: async () => undefined,
+  nodeDeleted: async () => undefined,
+};
