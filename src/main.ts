@@ -44,9 +44,9 @@ async function main(): Promise<void> {
     );
   }
 
-  const app = createApp({ services: runtime.services, log, graphiql: !config.production });
+  const app = createApp({ services: runtime.services, log, config });
   const url = await app.listen(config.port, config.host);
-  log.info({ url: `${url}/graphql` }, `pvegraph listening: GraphiQL at ${url}/graphql`);
+  log.info({ url: `${url}/graphql` }, config.graphiql ? `pvegraph listening: GraphiQL at ${url}/graphql` : `pvegraph listening at ${url}/graphql`);
 
   let stopping = false;
   const shutdown = async (signal: string) => {

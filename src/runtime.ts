@@ -8,7 +8,9 @@ import { migrate } from './db/migrate.js';
 import { ContainerService } from './nodes/container-service.js';
 import { NodeService } from './nodes/node-service.js';
 import { noVmidHooks } from './nodes/vmid-hooks.js';
+import { Metrics } from './observability/metrics.js';
 import { ProxmoxClient } from './proxmox/index.js';
+import { RateLimiter } from './ratelimit/rate-limiter.js';
 import { connectRedis } from './redis/redis.js';
 import type { Services } from './services.js';
 import { UserService } from './users/user-service.js';
@@ -51,11 +53,13 @@ export async function openRuntime(config: Config, log: Logger, opts: RuntimeOpti
     const redis = config.redisUrl ? await connectRedis(config.redisUrl, config.redisKeyPrefix, log) : null;
     if (redis) closers.push(() => redis.quit().catch(() => redis.disconnect()));
 
+    const metrics = new Metrics();
     const proxmox = new ProxmoxClient({
       timeoutMs: config.proxmoxTimeoutMs,
       allowPrivateHosts: config.allowPrivateNodeHosts,
       allowLoopbackHosts: config.allowLoopbackNodeHosts,
       logger: log.child({ component: 'proxmox' }),
+      onCall: (call) => metrics.proxmoxCalls.observe({ path: Metrics.proxmoxPathLabel(call.path), outcome: call.outcome }, call.durationMs / 1000),
     });
     closers.push(() => proxmox.close());
     const vmidHooks = noVmidHooks;
@@ -64,6 +68,8 @@ export async function openRuntime(config: Config, log: Logger, opts: RuntimeOpti
       db,
       redis,
       auth: new AuthService(db.prisma, { cacheTtlMs: config.tokenCacheTtlMs }),
+      metrics,
+      rateLimiter: new RateLimiter(config.rateLimits, redis),
       users: new UserService(db.prisma),
       proxmox,
       nodes,

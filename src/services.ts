@@ -2,7 +2,9 @@ import type { AuthService } from './auth/auth-service.js';
 import type { Database } from './db/database.js';
 import type { ContainerService } from './nodes/container-service.js';
 import type { NodeService } from './nodes/node-service.js';
+import type { Metrics } from './observability/metrics.js';
 import type { ProxmoxClient } from './proxmox/index.js';
+import type { RateLimiter } from './ratelimit/rate-limiter.js';
 import type { Redis } from './redis/redis.js';
 import type { UserService } from './users/user-service.js';
 
@@ -12,6 +14,8 @@ export interface Services {
   /** Null in embedded mode (in-process cache and pub/sub). */
   redis: Redis | null;
   auth: AuthService;
+  metrics: Metrics;
+  rateLimiter: RateLimiter;
   users: UserService;
   proxmox: ProxmoxClient;
   nodes: NodeService;

@@ -87,6 +87,14 @@ const envSchema = z.object({
   }),
   TOKEN_CACHE_TTL_MS: int('TOKEN_CACHE_TTL_MS', 30_000, 0, 3_600_000),
   NODE_ENV: z.string().default('development'),
+  GRAPHQL_INTROSPECTION: z.string().optional(),
+  GRAPHIQL: z.string().optional(),
+  MAX_REQUEST_BODY_BYTES: int('MAX_REQUEST_BODY_BYTES', 1_000_000, 1_000, 100_000_000),
+  RATE_LIMIT_PROXMOX_PER_MIN: int('RATE_LIMIT_PROXMOX_PER_MIN', 30, 0, 1_000_000),
+  RATE_LIMIT_RESERVATIONS_PER_MIN: int('RATE_LIMIT_RESERVATIONS_PER_MIN', 600, 0, 10_000_000),
+  WS_MAX_CONNECTIONS_PER_USER: int('WS_MAX_CONNECTIONS_PER_USER', 100, 1, 1_000_000),
+  MAX_SUBSCRIPTIONS_PER_USER: int('MAX_SUBSCRIPTIONS_PER_USER', 1_000, 1, 10_000_000),
+  METRICS_TOKEN: z.string().optional(),
 });
 
 export type LogLevel = (typeof LOG_LEVELS)[number];
@@ -110,6 +118,16 @@ export interface Config {
   /** How long a verified API token is trusted without asking the database again. */
   tokenCacheTtlMs: number;
   production: boolean;
+  /** Default: on outside production. Off also hides field suggestions in errors. */
+  introspection: boolean;
+  graphiql: boolean;
+  maxRequestBodyBytes: number;
+  /** Per user and minute; 0 disables the limit. */
+  rateLimits: { proxmoxCallsPerMin: number; reservationsPerMin: number };
+  wsMaxConnectionsPerUser: number;
+  maxSubscriptionsPerUser: number;
+  /** When set, /metrics requires `Authorization: Bearer <METRICS_TOKEN>`. */
+  metricsToken: string | undefined;
 }
 
 export class ConfigError extends Error {
@@ -131,6 +149,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   if (e.DATABASE_URL && e.ENCRYPTION_KEY.length === 0) {
     throw new ConfigError('invalid configuration: ENCRYPTION_KEY is required when DATABASE_URL is set (32 bytes, base64)');
   }
+  const production = e.NODE_ENV === 'production';
+  const introspection = parseFlag('GRAPHQL_INTROSPECTION', e.GRAPHQL_INTROSPECTION, !production);
   return {
     host: e.HOST,
     port: e.PORT,
@@ -145,6 +165,20 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     allowLoopbackNodeHosts: e.ALLOW_LOOPBACK_NODE_HOSTS,
     logLevel: e.LOG_LEVEL as LogLevel,
     tokenCacheTtlMs: e.TOKEN_CACHE_TTL_MS,
-    production: e.NODE_ENV === 'production',
+    production,
+    introspection,
+    graphiql: parseFlag('GRAPHIQL', e.GRAPHIQL, !production) && introspection,
+    maxRequestBodyBytes: e.MAX_REQUEST_BODY_BYTES,
+    rateLimits: { proxmoxCallsPerMin: e.RATE_LIMIT_PROXMOX_PER_MIN, reservationsPerMin: e.RATE_LIMIT_RESERVATIONS_PER_MIN },
+    wsMaxConnectionsPerUser: e.WS_MAX_CONNECTIONS_PER_USER,
+    maxSubscriptionsPerUser: e.MAX_SUBSCRIPTIONS_PER_USER,
+    metricsToken: e.METRICS_TOKEN || undefined,
   };
+}
+
+/** Booleans whose default depends on another setting (NODE_ENV). */
+function parseFlag(name: string, value: string | undefined, fallback: boolean): boolean {
+  const parsed = bool(name, fallback).safeParse(value);
+  if (!parsed.success) throw new ConfigError(`invalid configuration: ${parsed.error.issues[0]!.message}`);
+  return parsed.data;
 }

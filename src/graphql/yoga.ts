@@ -1,13 +1,19 @@
 import { randomUUID } from 'node:crypto';
+import { EnvelopArmorPlugin } from '@escape.tech/graphql-armor';
+import { useCSRFPrevention } from '@graphql-yoga/plugin-csrf-prevention';
+import { useDisableIntrospection } from '@graphql-yoga/plugin-disable-introspection';
 import { GraphQLError } from 'graphql';
-import { createYoga, type YogaLogger, type YogaServerInstance } from 'graphql-yoga';
+import { createYoga, type Plugin, type YogaLogger, type YogaServerInstance } from 'graphql-yoga';
 import type { Logger } from 'pino';
 import { bearerToken } from '../auth/api-token.js';
 import type { Viewer } from '../auth/auth-service.js';
+import type { Metrics } from '../observability/metrics.js';
 import type { Services } from '../services.js';
 import type { RequestContext } from './context.js';
 import { maskErrors } from './plugins/mask-errors.js';
+import { useObserveOperations } from './plugins/observe-operations.js';
 import { useRequireViewer } from './plugins/require-viewer.js';
+import { useSubscriptionCap } from './plugins/subscription-cap.js';
 import { schema } from './schema.js';
 
 /** Extra context the WebSocket transport hands in: the viewer it settled in onConnect. */
@@ -21,18 +27,59 @@ export type PvegraphYoga = YogaServerInstance<ServerContext, RequestContext>;
 export interface YogaOptions {
   services: Services;
   log: Logger;
+  metrics: Metrics;
   graphiql: boolean;
+  introspection: boolean;
+  maxRequestBodyBytes: number;
+  maxSubscriptionsPerUser: number;
 }
 
-export function createPvegraphYoga({ services, log, graphiql }: YogaOptions): PvegraphYoga {
+/**
+ * Limits on what one document may ask for. Generous for dashboards (the deepest real query,
+ * me → nodes → containers → node → containers, is 5 levels), tight for abuse. GraphiQL's
+ * introspection query is exempt from depth and cost.
+ */
+export const QUERY_LIMITS = {
+  maxDepth: 10,
+  maxAliases: 15,
+  maxTokens: 2_000,
+  maxDirectives: 20,
+  maxCost: 5_000,
+} as const;
+
+export function createPvegraphYoga(opts: YogaOptions): PvegraphYoga {
+  const { services, log, metrics } = opts;
+  const plugins: Array<Plugin<RequestContext>> = [
+    // First, so it also sees operations that a later plugin stops (UNAUTHENTICATED, caps).
+    useObserveOperations(metrics),
+    EnvelopArmorPlugin({
+      maxDepth: { n: QUERY_LIMITS.maxDepth, ignoreIntrospection: true, flattenFragments: true },
+      maxAliases: { n: QUERY_LIMITS.maxAliases },
+      maxTokens: { n: QUERY_LIMITS.maxTokens },
+      maxDirectives: { n: QUERY_LIMITS.maxDirectives },
+      costLimit: { maxCost: QUERY_LIMITS.maxCost, ignoreIntrospection: true },
+      // "Did you mean …?" would hand out the schema that introspection hides.
+      blockFieldSuggestion: { enabled: !opts.introspection },
+    }) as Plugin<RequestContext>,
+    // Browsers can only send these headers after a CORS preflight, so a cross-site form or
+    // <img> cannot trigger an operation. Authenticated requests carry Authorization anyway.
+    useCSRFPrevention({ requestHeaders: ['authorization', 'x-graphql-yoga-csrf', 'graphql-require-preflight'] }) as Plugin<RequestContext>,
+    useRequireViewer(),
+    useSubscriptionCap(opts.maxSubscriptionsPerUser),
+  ];
+  if (!opts.introspection) plugins.push(useDisableIntrospection() as Plugin<RequestContext>);
+
   return createYoga<ServerContext, RequestContext>({
     schema,
     graphqlEndpoint: '/graphql',
     landingPage: false,
-    graphiql: graphiql ? { title: 'pvegraph', defaultQuery: DEFAULT_QUERY, headers: '{\n  "Authorization": "Bearer <paste your token>"\n}' } : false,
+    graphiql: opts.graphiql
+      ? { title: 'pvegraph', defaultQuery: DEFAULT_QUERY, headers: '{\n  "Authorization": "Bearer <paste your token>"\n}' }
+      : false,
     logging: yogaLogger(log),
     maskedErrors: maskErrors(log),
-    plugins: [useRequireViewer()],
+    maxRequestBodySize: opts.maxRequestBodyBytes,
+    plugins,
     context: async (initial): Promise<RequestContext> => {
       const requestId = initial.requestId ?? initial.request.headers.get('x-request-id') ?? randomUUID();
       const base = { services, requestId, log: log.child({ requestId }) };

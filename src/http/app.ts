@@ -1,26 +1,36 @@
 import { randomUUID } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import type { ExecutionArgs } from 'graphql';
+import { type ExecutionArgs, GraphQLError } from 'graphql';
 import { useServer } from 'graphql-ws/use/ws';
 import type { Logger } from 'pino';
 import { WebSocketServer } from 'ws';
-import { bearerToken } from '../auth/api-token.js';
+import { bearerToken, sameSecret } from '../auth/api-token.js';
 import type { Viewer } from '../auth/auth-service.js';
+import type { Config } from '../config/config.js';
 import { createPvegraphYoga, type PvegraphYoga } from '../graphql/yoga.js';
 import type { Services } from '../services.js';
 import { checkReadiness } from './health.js';
 
-/** graphql-ws close codes we send ourselves (the library names its own). */
+/** WebSocket close codes we send ourselves (graphql-ws names its own). */
 export const enum WsCloseCode {
+  /** Server shutting down (RFC 6455). */
   GoingAway = 1001,
+  /** Over the per-user connection cap (RFC 6455 policy violation). */
+  PolicyViolation = 1008,
+  /** Bad or missing token (graphql-ws Forbidden). */
   Forbidden = 4403,
 }
+
+export type AppConfig = Pick<
+  Config,
+  'graphiql' | 'introspection' | 'maxRequestBodyBytes' | 'maxSubscriptionsPerUser' | 'wsMaxConnectionsPerUser' | 'metricsToken'
+>;
 
 export interface AppOptions {
   services: Services;
   log: Logger;
-  graphiql?: boolean;
+  config: AppConfig;
 }
 
 export interface App {
@@ -35,32 +45,57 @@ type WsExtra = {
   viewer?: Viewer;
 };
 
-export function createApp({ services, log, graphiql = true }: AppOptions): App {
-  const yoga = createPvegraphYoga({ services, log, graphiql });
+export function createApp({ services, log, config }: AppOptions): App {
+  const { metrics } = services;
+  const yoga = createPvegraphYoga({
+    services,
+    log,
+    metrics,
+    graphiql: config.graphiql,
+    introspection: config.introspection,
+    maxRequestBodyBytes: config.maxRequestBodyBytes,
+    maxSubscriptionsPerUser: config.maxSubscriptionsPerUser,
+  });
 
   const server = createServer((req, res) => {
-    void route(req, res).catch((err: unknown) => {
-      log.error({ err }, 'unhandled error in HTTP handler');
+    const requestId = requestIdOf(req);
+    res.setHeader('x-request-id', requestId);
+    const route = routeOf(req);
+    res.once('finish', () => metrics.httpRequests.inc({ route, status: `${Math.floor(res.statusCode / 100)}xx` }));
+    void handle(route, requestId, req, res).catch((err: unknown) => {
+      log.error({ err, requestId }, 'unhandled error in HTTP handler');
       if (!res.headersSent) res.writeHead(500, { 'content-type': 'text/plain' });
       res.end('internal error');
     });
   });
 
-  async function route(req: IncomingMessage, res: ServerResponse): Promise<void> {
-    const path = (req.url ?? '/').split('?')[0];
-    if (path === '/healthz') return sendJson(res, 200, { status: 'ok' });
-    if (path === '/readyz') {
-      const readiness = await checkReadiness(services);
-      return sendJson(res, readiness.ready ? 200 : 503, readiness);
+  async function handle(route: string, requestId: string, req: IncomingMessage, res: ServerResponse): Promise<void> {
+    switch (route) {
+      case '/healthz':
+        return sendJson(res, 200, { status: 'ok' });
+      case '/readyz': {
+        const readiness = await checkReadiness(services);
+        return sendJson(res, readiness.ready ? 200 : 503, readiness);
+      }
+      case '/metrics': {
+        if (config.metricsToken && !sameSecret(bearerToken(req.headers.authorization) ?? '', config.metricsToken)) {
+          res.writeHead(401, { 'www-authenticate': 'Bearer' }).end();
+          return;
+        }
+        res.writeHead(200, { 'content-type': metrics.registry.contentType });
+        res.end(await metrics.registry.metrics());
+        return;
+      }
+      case '/':
+        res.writeHead(302, { location: '/graphql' }).end();
+        return;
+      default:
+        await yoga.handle(req, res, { requestId });
     }
-    if (path === '/' && req.method === 'GET') {
-      res.writeHead(302, { location: '/graphql' }).end();
-      return;
-    }
-    await yoga.handle(req, res, { requestId: requestIdOf(req) });
   }
 
-  const wss = new WebSocketServer({ server, path: '/graphql' });
+  const wss = new WebSocketServer({ server, path: '/graphql', maxPayload: config.maxRequestBodyBytes });
+  const socketsPerUser = new Map<string, number>();
   useServer<Record<string, unknown>, WsExtra>(
     {
       // Decided once per socket: returning false closes it with 4403 Forbidden.
@@ -68,8 +103,23 @@ export function createApp({ services, log, graphiql = true }: AppOptions): App {
         const token = bearerToken(String(ctx.connectionParams?.authorization ?? ''));
         const viewer = token ? await services.auth.verify(token) : null;
         if (!viewer) return false;
+        const open = socketsPerUser.get(viewer.userId) ?? 0;
+        if (open >= config.wsMaxConnectionsPerUser) {
+          ctx.extra.socket.close(WsCloseCode.PolicyViolation, `At most ${config.wsMaxConnectionsPerUser} connections per user`);
+          return false;
+        }
+        socketsPerUser.set(viewer.userId, open + 1);
+        metrics.webSockets.inc();
         ctx.extra.viewer = viewer;
         return true;
+      },
+      onClose: (ctx) => {
+        const userId = ctx.extra.viewer?.userId;
+        if (!userId || !ctx.acknowledged) return;
+        metrics.webSockets.dec();
+        const left = (socketsPerUser.get(userId) ?? 1) - 1;
+        if (left <= 0) socketsPerUser.delete(userId);
+        else socketsPerUser.set(userId, left);
       },
       // Every WebSocket operation goes through Yoga's envelop, so its plugins guard it too.
       onSubscribe: async (ctx, _id, payload) => {
@@ -81,16 +131,31 @@ export function createApp({ services, log, graphiql = true }: AppOptions): App {
           wsViewer: ctx.extra.viewer,
           requestId: randomUUID(),
         });
+        let document;
+        try {
+          document = parse(payload.query);
+        } catch (err) {
+          // Syntax errors and the token/depth limits that run while parsing: tell the client.
+          if (err instanceof GraphQLError) return [withCode(err, 'GRAPHQL_PARSE_FAILED')];
+          throw err;
+        }
+        let errors: readonly GraphQLError[];
+        try {
+          errors = validate(schema, document);
+        } catch (err) {
+          // Some limit rules (graphql-armor's depth) throw instead of reporting.
+          if (err instanceof GraphQLError) return [withCode(err, 'GRAPHQL_VALIDATION_FAILED')];
+          throw err;
+        }
+        if (errors.length) return errors.map((e) => withCode(e, 'GRAPHQL_VALIDATION_FAILED'));
         const args: ExecutionArgs & { rootValue: { execute: typeof execute; subscribe: typeof subscribe } } = {
           schema,
           operationName: payload.operationName,
-          document: parse(payload.query),
+          document,
           variableValues: payload.variables,
           contextValue: await contextFactory(),
           rootValue: { execute, subscribe },
         };
-        const errors = validate(args.schema, args.document);
-        if (errors.length) return errors;
         return args;
       },
       execute: (args) => (args.rootValue as { execute: (a: ExecutionArgs) => unknown }).execute(args) as never,
@@ -126,9 +191,23 @@ export function createApp({ services, log, graphiql = true }: AppOptions): App {
   };
 }
 
+const KNOWN_ROUTES = new Set(['/healthz', '/readyz', '/metrics', '/', '/graphql']);
+
+/** The path, or "other": metric labels must stay a small fixed set. */
+function routeOf(req: IncomingMessage): string {
+  const path = (req.url ?? '/').split('?')[0]!;
+  return KNOWN_ROUTES.has(path) ? path : 'other';
+}
+
 function requestIdOf(req: IncomingMessage): string {
   const given = req.headers['x-request-id'];
   return typeof given === 'string' && /^[\w.-]{1,128}$/.test(given) ? given : randomUUID();
+}
+
+/** Over HTTP, Yoga's masking adds codes; WebSocket parse/validation errors bypass it. */
+function withCode(error: GraphQLError, code: string): GraphQLError {
+  if (error.extensions?.code) return error;
+  return new GraphQLError(error.message, { nodes: error.nodes, source: error.source, positions: error.positions, extensions: { ...error.extensions, code } });
 }
 
 function sendJson(res: ServerResponse, status: number, body: unknown): void {

@@ -98,15 +98,21 @@ builder.queryFields((t) => ({
 builder.mutationFields((t) => ({
   createNode: t.prismaField({
     type: 'ProxmoxNode',
-    description: 'Tests the connection first; nothing is stored on failure. The first node becomes the default.',
+    description: 'Tests the connection first; nothing is stored on failure. The first node becomes the default. Rate-limited per user.',
     args: { input: t.arg({ type: CreateNodeInput, required: true }) },
-    resolve: (query, _root, { input }, ctx) => ctx.services.nodes.create(ctx.viewer, input, query),
+    resolve: async (query, _root, { input }, ctx) => {
+      await ctx.services.rateLimiter.consume('proxmox', ctx.viewer.userId);
+      return ctx.services.nodes.create(ctx.viewer, input, query);
+    },
   }),
   updateNode: t.prismaField({
     type: 'ProxmoxNode',
     description: 'Re-tests the connection when host, port, token or TLS settings change.',
     args: { input: t.arg({ type: UpdateNodeInput, required: true }) },
-    resolve: (query, _root, { input }, ctx) => ctx.services.nodes.update(ctx.viewer, { ...input, id: String(input.id) }, query),
+    resolve: async (query, _root, { input }, ctx) => {
+      await ctx.services.rateLimiter.consume('proxmox', ctx.viewer.userId);
+      return ctx.services.nodes.update(ctx.viewer, { ...input, id: String(input.id) }, query);
+    },
   }),
   deleteNode: t.boolean({
     description: 'FAILED_PRECONDITION while containers are registered. Deleting the default promotes the oldest node.',
@@ -122,6 +128,9 @@ builder.mutationFields((t) => ({
     type: ConnectionTestRef,
     description: 'Never throws for Proxmox failures: they come back as ok = false with errorCode.',
     args: { id: t.arg.id({ required: true }) },
-    resolve: (_root, args, ctx) => ctx.services.nodes.testConnection(ctx.viewer, String(args.id)),
+    resolve: async (_root, args, ctx) => {
+      await ctx.services.rateLimiter.consume('proxmox', ctx.viewer.userId);
+      return ctx.services.nodes.testConnection(ctx.viewer, String(args.id));
+    },
   }),
 }));

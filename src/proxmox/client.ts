@@ -55,6 +55,14 @@ export interface ProxmoxClientOptions {
   connectionsPerNode?: number;
   /** Extra CA certificates (PEM) trusted in verify mode, on top of the system CAs. */
   caCerts?: readonly string[];
+  /** Told about every finished call (metrics): path without query, outcome 'ok' or an error code. */
+  onCall?: (call: ProxmoxCall) => void;
+}
+
+export interface ProxmoxCall {
+  path: string;
+  outcome: string;
+  durationMs: number;
 }
 
 export interface ProxmoxVersion {
@@ -182,8 +190,8 @@ function isRetryable(err: unknown): boolean {
 }
 
 export class ProxmoxClient {
-  private readonly opts: Required<Omit<ProxmoxClientOptions, 'logger' | 'caCerts'>> &
-    Pick<ProxmoxClientOptions, 'logger' | 'caCerts'>;
+  private readonly opts: Required<Omit<ProxmoxClientOptions, 'logger' | 'caCerts' | 'onCall'>> &
+    Pick<ProxmoxClientOptions, 'logger' | 'caCerts' | 'onCall'>;
   private readonly pools = new Map<string, PoolEntry>();
 
   constructor(opts: ProxmoxClientOptions) {
@@ -425,6 +433,20 @@ export class ProxmoxClient {
 
   /** GET `path` (relative to /api2/json), with retries, deadline and validation of `data`. */
   private async get<S extends z.ZodType>(t: ProxmoxTarget, path: string, schema: S): Promise<z.output<S>> {
+    const started = performance.now();
+    const report = (outcome: string) =>
+      this.opts.onCall?.({ path: path.split('?')[0]!, outcome, durationMs: performance.now() - started });
+    try {
+      const data = await this.getUnreported(t, path, schema);
+      report('ok');
+      return data;
+    } catch (err) {
+      report(err instanceof DomainError ? err.code : 'INTERNAL');
+      throw err;
+    }
+  }
+
+  private async getUnreported<S extends z.ZodType>(t: ProxmoxTarget, path: string, schema: S): Promise<z.output<S>> {
     try {
       this.validateTarget(t);
       const entry = this.poolFor(t);

@@ -8,6 +8,7 @@ export {
   type ProxmoxClusterStatus,
   type ProxmoxGuest,
   type ConnectionTestResult,
+  type ProxmoxCall,
 } from './client.js';
 export {
   fetchCertificateFingerprint,

@@ -58,12 +58,15 @@ export async function startTestServer(opts: TestServerOptions = {}): Promise<Tes
     ALLOW_LOOPBACK_NODE_HOSTS: 'true',
     PROXMOX_TIMEOUT_MS: '3000',
     LOG_LEVEL: process.env.TEST_LOG_LEVEL ?? 'silent',
+    // Suites create many nodes per user; the rate-limit tests set their own budgets.
+    RATE_LIMIT_PROXMOX_PER_MIN: '100000',
+    RATE_LIMIT_RESERVATIONS_PER_MIN: '1000000',
     ...opts.env,
   });
   const log = createLogger(config.logLevel, opts.logStream);
   // The template is migrated already; a shared database was migrated by its first server.
   const runtime = await openRuntime(config, log, { migrate: false, ...(opts.onQuery ? { onQuery: opts.onQuery } : {}) });
-  const app = createApp({ services: runtime.services, log });
+  const app = createApp({ services: runtime.services, log, config });
   const url = await app.listen(0, '127.0.0.1');
 
   const gql: TestServer['gql'] = async (document, variables, token) => {

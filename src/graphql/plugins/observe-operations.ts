@@ -1,0 +1,41 @@
+import { getOperationAST } from 'graphql';
+import type { Plugin } from 'graphql-yoga';
+import type { Metrics } from '../../observability/metrics.js';
+import type { RequestContext } from '../context.js';
+
+/**
+ * Per operation: a duration and outcome metric, error codes, and one access-log line with
+ * the request id (never variables). Subscriptions count as active while they stream.
+ */
+export function useObserveOperations(metrics: Metrics): Plugin<RequestContext> {
+  return {
+    onExecute({ args }) {
+      const started = performance.now();
+      const type = getOperationAST(args.document, args.operationName)?.operation ?? 'unknown';
+      return {
+        onExecuteDone({ result }) {
+          if (!('errors' in result) && !('data' in result)) return; // incremental delivery: not used here
+          const errors = result.errors ?? [];
+          const seconds = (performance.now() - started) / 1000;
+          metrics.graphqlOperations.observe({ type, outcome: errors.length ? 'error' : 'ok' }, seconds);
+          const codes = errors.map((e) => String(e.extensions?.code ?? 'INTERNAL_SERVER_ERROR'));
+          for (const code of codes) metrics.graphqlErrors.inc({ code });
+          const ctx = args.contextValue;
+          ctx.log.info(
+            { operation: args.operationName ?? null, type, ms: Math.round(seconds * 1000), user: ctx.viewer?.userId ?? null, errors: codes.length ? codes : undefined },
+            'graphql operation',
+          );
+        },
+      };
+    },
+    onSubscribe() {
+      return {
+        onSubscribeResult({ result }) {
+          if (!(Symbol.asyncIterator in result)) return;
+          metrics.activeSubscriptions.inc();
+          return { onEnd: () => metrics.activeSubscriptions.dec() };
+        },
+      };
+    },
+  };
+}

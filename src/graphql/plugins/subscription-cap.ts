@@ -1,0 +1,42 @@
+import type { Plugin } from 'graphql-yoga';
+import { DomainError, ErrorCode } from '../../errors.js';
+import type { RequestContext } from '../context.js';
+
+/**
+ * At most `max` streaming subscriptions per user on this instance, over WebSocket and SSE
+ * alike (both run through envelop's subscribe). A slot is freed when its stream ends.
+ */
+export function useSubscriptionCap(max: number): Plugin<RequestContext> {
+  const open = new Map<string, number>();
+  const release = (userId: string) => {
+    const n = (open.get(userId) ?? 1) - 1;
+    if (n <= 0) open.delete(userId);
+    else open.set(userId, n);
+  };
+  return {
+    onSubscribe({ args, setResultAndStopExecution }) {
+      const userId = args.contextValue.viewer?.userId;
+      if (!userId) return;
+      const current = open.get(userId) ?? 0;
+      if (current >= max) {
+        setResultAndStopExecution({
+          errors: [new DomainError(ErrorCode.RATE_LIMITED, `At most ${max} subscriptions per user are allowed at once.`, { limit: max })],
+        });
+        return;
+      }
+      open.set(userId, current + 1);
+      return {
+        onSubscribeResult({ result }) {
+          if (!(Symbol.asyncIterator in result)) {
+            release(userId);
+            return;
+          }
+          return { onEnd: () => release(userId) };
+        },
+        onSubscribeError() {
+          release(userId);
+        },
+      };
+    },
+  };
+}

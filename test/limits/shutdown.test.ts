@@ -1,0 +1,84 @@
+import { type ChildProcess, spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import WebSocket from 'ws';
+import { AuthService } from '../../src/auth/auth-service.js';
+import { openPostgres } from '../../src/db/database.js';
+import { TEST_REDIS_URL } from '../support/env.js';
+import { nodeInputFor, type Simulator, startTestSimulator } from '../support/simulator.js';
+import { createTestDatabase } from '../support/test-database.js';
+import { uniqueRedisPrefix } from '../support/test-server.js';
+
+const ROOT = path.resolve(import.meta.dirname, '../..');
+
+describe('graceful shutdown on SIGTERM', () => {
+  let db: Awaited<ReturnType<typeof createTestDatabase>>;
+  let sim: Simulator;
+  let child: ChildProcess | undefined;
+
+  beforeAll(async () => {
+    [db, sim] = await Promise.all([createTestDatabase(), startTestSimulator()]);
+  });
+  afterAll(async () => {
+    child?.kill('SIGKILL');
+    await sim.stop();
+    await db.drop();
+  });
+
+  it('finishes in-flight requests, closes WebSockets with 1001 and exits 0', { timeout: 60_000 }, async () => {
+    const handle = await openPostgres(db.url);
+    const { token } = await new AuthService(handle.prisma, { cacheTtlMs: 0 }).createUser('ops');
+    await handle.close();
+
+    const { VITEST: _v, NODE_ENV: _n, ...env } = process.env;
+    child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts'], {
+      cwd: ROOT,
+      env: {
+        ...env,
+        DATABASE_URL: db.url,
+        REDIS_URL: TEST_REDIS_URL,
+        REDIS_KEY_PREFIX: uniqueRedisPrefix(),
+        ENCRYPTION_KEY: randomBytes(32).toString('base64'),
+        ALLOW_LOOPBACK_NODE_HOSTS: 'true',
+        PORT: '0',
+        LOG_LEVEL: 'info',
+      },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let out = '';
+    child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+    child.stderr!.on('data', (d: Buffer) => (out += d.toString()));
+    const exited = new Promise<number | null>((resolve) => child!.once('exit', (code) => resolve(code)));
+    await expect.poll(() => /listening at (http:\/\/[^\s"]+)\/graphql|GraphiQL at (http:\/\/[^\s"]+)\/graphql/.test(out), { timeout: 30_000 }).toBe(true);
+    const url = /(http:\/\/127\.0\.0\.1:\d+)\/graphql/.exec(out)![1]!;
+
+    const gql = (query: string, variables?: unknown) =>
+      fetch(`${url}/graphql`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', authorization: `Bearer ${token}` },
+        body: JSON.stringify({ query, variables }),
+      }).then((r) => r.json() as Promise<{ data?: Record<string, { id?: string; ok?: boolean }>; errors?: unknown }>);
+    const created = await gql('mutation($i: CreateNodeInput!) { createNode(input: $i) { id } }', { i: nodeInputFor(sim) });
+    const nodeId = created.data!.createNode!.id!;
+
+    const socket = new WebSocket(url.replace('http', 'ws') + '/graphql', 'graphql-transport-ws');
+    const wsClosed = new Promise<number>((resolve) => socket.once('close', (code) => resolve(code)));
+    await new Promise<void>((resolve) => {
+      socket.once('open', () => socket.send(JSON.stringify({ type: 'connection_init', payload: { authorization: `Bearer ${token}` } })));
+      socket.on('message', (m) => JSON.parse(String(m)).type === 'connection_ack' && resolve());
+    });
+
+    // A request that is still waiting on Proxmox when the signal arrives.
+    sim.addFault({ kind: 'latency', ms: 1_500, pathPrefix: '/version' });
+    const inFlight = gql('mutation($id: ID!) { testNodeConnection(id: $id) { ok } }', { id: nodeId });
+    await new Promise((r) => setTimeout(r, 300));
+    child.kill('SIGTERM');
+
+    expect(await wsClosed).toBe(1001);
+    expect((await inFlight).data?.testNodeConnection?.ok).toBe(true);
+    expect(await exited).toBe(0);
+    expect(out).toMatch(/"signal":"SIGTERM"/);
+    await expect(fetch(`${url}/healthz`)).rejects.toThrow();
+  });
+});
