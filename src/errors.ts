@@ -19,6 +19,8 @@ export const ErrorCode = {
   PROXMOX_TLS_FINGERPRINT_MISMATCH: 'PROXMOX_TLS_FINGERPRINT_MISMATCH',
   PROXMOX_ERROR: 'PROXMOX_ERROR',
   RATE_LIMITED: 'RATE_LIMITED',
+  /** A shared dependency (Redis) is unreachable right now; retry later. */
+  SERVICE_UNAVAILABLE: 'SERVICE_UNAVAILABLE',
   INTERNAL_SERVER_ERROR: 'INTERNAL_SERVER_ERROR',
 } as const;
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];

@@ -7,13 +7,13 @@ import { type Database, openEmbedded, openPostgres } from './db/database.js';
 import { migrate } from './db/migrate.js';
 import { ContainerService } from './nodes/container-service.js';
 import { NodeService } from './nodes/node-service.js';
-import { noVmidHooks } from './nodes/vmid-hooks.js';
 import { Metrics } from './observability/metrics.js';
 import { ProxmoxClient } from './proxmox/index.js';
 import { RateLimiter } from './ratelimit/rate-limiter.js';
 import { connectRedis } from './redis/redis.js';
 import type { Services } from './services.js';
 import { UserService } from './users/user-service.js';
+import { createVmidStore, VmidService } from './vmids/index.js';
 
 export interface Runtime {
   services: Services;
@@ -62,8 +62,20 @@ export async function openRuntime(config: Config, log: Logger, opts: RuntimeOpti
       onCall: (call) => metrics.proxmoxCalls.observe({ path: Metrics.proxmoxPathLabel(call.path), outcome: call.outcome }, call.durationMs / 1000),
     });
     closers.push(() => proxmox.close());
-    const vmidHooks = noVmidHooks;
-    const nodes = new NodeService(db.prisma, secretBox, proxmox, vmidHooks);
+    // The VMID capability asks node management for a cluster's guests; node management tells
+    // the VMID capability about containers and connection changes (through VmidHooks).
+    let nodes: NodeService | undefined;
+    const vmids = new VmidService({
+      store: createVmidStore(redis, log.child({ component: 'vmids' })),
+      fetchTakenVmids: (nodeId) => nodes!.guestVmids(nodeId),
+      cacheTtlSeconds: config.vmidCacheTtlS,
+      // A slow but live filler (bounded by PROXMOX_TIMEOUT_MS) is not overtaken.
+      fillLockMs: config.proxmoxTimeoutMs + 5_000,
+      log: log.child({ component: 'vmids' }),
+      onLookup: (hit) => metrics.vmidCacheLookups.inc({ result: hit ? 'hit' : 'miss' }),
+    });
+    closers.push(() => vmids.close());
+    nodes = new NodeService(db.prisma, secretBox, proxmox, vmids);
     const services: Services = {
       db,
       redis,
@@ -73,7 +85,8 @@ export async function openRuntime(config: Config, log: Logger, opts: RuntimeOpti
       users: new UserService(db.prisma),
       proxmox,
       nodes,
-      containers: new ContainerService(db.prisma, nodes, vmidHooks),
+      containers: new ContainerService(db.prisma, nodes, vmids),
+      vmids,
     };
     return {
       services,

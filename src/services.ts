@@ -7,6 +7,7 @@ import type { ProxmoxClient } from './proxmox/index.js';
 import type { RateLimiter } from './ratelimit/rate-limiter.js';
 import type { Redis } from './redis/redis.js';
 import type { UserService } from './users/user-service.js';
+import type { VmidService } from './vmids/index.js';
 
 /** Everything resolvers call, built once per server process (see runtime.ts). */
 export interface Services {
@@ -20,4 +21,5 @@ export interface Services {
   proxmox: ProxmoxClient;
   nodes: NodeService;
   containers: ContainerService;
+  vmids: VmidService;
 }

@@ -62,3 +62,4 @@ function parseDateTime(value: unknown): Date {
 
 builder.queryType({});
 builder.mutationType({});
+builder.subscriptionType({});

@@ -4,6 +4,7 @@ import { builder } from './builder.js';
 import '../users/user.graphql.js';
 import '../nodes/node.graphql.js';
 import '../nodes/container.graphql.js';
+import '../vmids/vmid.graphql.js';
 
 export const schema = builder.toSchema();
 // Fail at start-up, not on the first request.

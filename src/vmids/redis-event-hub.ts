@@ -1,0 +1,134 @@
+import type { Redis } from 'ioredis';
+import type { Logger } from 'pino';
+import { CacheUnavailableError } from './errors.js';
+import type { ConnectionWatch } from './redis-store.js';
+
+type Listener = { onMessage: (message: string) => void; onResync?: (() => void) | undefined };
+
+interface Channel {
+  listeners: Set<Listener>;
+  /** Settles when Redis confirmed the SUBSCRIBE. */
+  subscribed: Promise<void>;
+}
+
+/**
+ * One Redis SUBSCRIBE per channel per process, fanned out to any number of local listeners:
+ * 10,000 GraphQL subscriptions of one user on one instance are one Redis subscription.
+ *
+ * Uses its own connection (a connection in subscriber mode cannot run other commands).
+ * ioredis re-subscribes by itself after a reconnect (autoResubscribe); messages published
+ * while the connection was down are lost, so listeners are told to resync once the
+ * subscriptions are active again.
+ */
+export class RedisEventHub {
+  private readonly channels = new Map<string, Channel>();
+  /**
+   * Channels whose UNSUBSCRIBE failed (connection down): ioredis would re-subscribe them on
+   * reconnect, so they are unsubscribed again once the connection is back.
+   */
+  private readonly stale = new Set<string>();
+  private lost = false;
+
+  constructor(
+    private readonly subscriber: Redis,
+    private readonly connection: ConnectionWatch,
+    private readonly log?: Logger,
+  ) {
+    subscriber.on('message', (channel: string, message: string) => {
+      const entry = this.channels.get(channel);
+      if (!entry) return;
+      for (const listener of [...entry.listeners]) {
+        try {
+          listener.onMessage(message);
+        } catch (err) {
+          this.log?.warn({ err }, 'vmid event listener failed');
+        }
+      }
+    });
+    subscriber.on('close', () => {
+      this.lost = true;
+    });
+    subscriber.on('ready', () => {
+      if (!this.lost) return;
+      this.lost = false;
+      // ioredis emits 'ready' before it re-sends the SUBSCRIBEs; a PING sent after them is
+      // answered after them, so when it returns the channels are live again.
+      setImmediate(() => {
+        subscriber
+          .ping()
+          .then(() => {
+            for (const channel of [...this.stale]) {
+              this.stale.delete(channel);
+              if (!this.channels.has(channel)) this.unsubscribe(channel);
+            }
+            for (const entry of this.channels.values()) for (const l of [...entry.listeners]) l.onResync?.();
+          })
+          .catch((err: unknown) => this.log?.warn({ err }, 'vmid events: resubscribe check failed'));
+      });
+    });
+  }
+
+  /** Resolves once the channel is subscribed in Redis; the returned function stops listening. */
+  async listen(channel: string, onMessage: (message: string) => void, onResync?: () => void): Promise<() => void> {
+    const listener: Listener = { onMessage, onResync };
+    if (this.connection.down()) throw unavailable();
+    let entry = this.channels.get(channel);
+    if (!entry) {
+      this.stale.delete(channel);
+      const created: Channel = {
+        listeners: new Set(),
+        subscribed: this.subscriber.subscribe(channel).then(() => undefined),
+      };
+      entry = created;
+      this.channels.set(channel, created);
+      // A failed SUBSCRIBE must not stay cached for later listeners.
+      created.subscribed.catch(() => {
+        if (this.channels.get(channel) === created && created.listeners.size === 0) this.channels.delete(channel);
+      });
+    }
+    entry.listeners.add(listener);
+    try {
+      await entry.subscribed;
+    } catch (err) {
+      this.remove(channel, entry, listener);
+      throw unavailable(err);
+    }
+    let active = true;
+    const current = entry;
+    return () => {
+      if (!active) return;
+      active = false;
+      this.remove(channel, current, listener);
+    };
+  }
+
+  private remove(channel: string, entry: Channel, listener: Listener): void {
+    entry.listeners.delete(listener);
+    if (entry.listeners.size > 0 || this.channels.get(channel) !== entry) return;
+    this.channels.delete(channel);
+    // Redis handles commands of one connection in order: a later SUBSCRIBE of the same
+    // channel (a new first listener) still wins over this UNSUBSCRIBE.
+    this.unsubscribe(channel);
+  }
+
+  private unsubscribe(channel: string): void {
+    this.subscriber.unsubscribe(channel).catch(() => {
+      if (!this.channels.has(channel)) this.stale.add(channel);
+    });
+  }
+
+  /** Local listeners, for tests and metrics. */
+  listenerCount(channel?: string): number {
+    if (channel !== undefined) return this.channels.get(channel)?.listeners.size ?? 0;
+    let n = 0;
+    for (const entry of this.channels.values()) n += entry.listeners.size;
+    return n;
+  }
+
+  channelCount(): number {
+    return this.channels.size;
+  }
+}
+
+const unavailable = (cause?: unknown) =>
+  new CacheUnavailableError('Cannot subscribe to VMID events: Redis cannot be reached; try again shortly.', cause);

@@ -1,0 +1,198 @@
+/**
+ * The Lua scripts of RedisVmidStore. Each runs atomically in Redis, so "check, change, bump
+ * the version, publish the event" is one step: two instances never reserve the same VMID, and
+ * events leave Redis in version order. Time comes from Redis (TIME), not from the instances,
+ * so expiries do not depend on their clocks.
+ *
+ * Keys of one node (nodeId in braces: one Redis Cluster hash slot per node):
+ *   vmid-cache:{id}         SET of taken VMIDs (absent when the set is empty)  TTL
+ *   vmid-meta:{id}          HASH refreshedAt, expiresAt (ms) — marks "cached"  TTL
+ *   vmid-reservations:{id}  ZSET vmid → expiry (ms); expires with its last member
+ *   vmid-version:{id}       HASH version, digest (of the last announced set),
+ *                           epoch (bumped by invalidations) — never expires
+ *   vmid-cache-tmp:{id}     scratch SET, only inside vmid_refresh
+ *   vmid-lock:{id}          fill lock (SET NX PX)
+ */
+
+const COMMON = `
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function int(n)
+  return string.format('%d', n)
+end
+-- Bumps the node's version and publishes the event in the same atomic step.
+-- node_json is the JSON-encoded node id; vmids_json a JSON array or 'null'.
+local function bump(state_key, channel, node_json, kind, vmids_json, now)
+  local v = redis.call('HINCRBY', state_key, 'version', 1)
+  redis.call('PUBLISH', channel, '{"nodeId":' .. node_json .. ',"kind":"' .. kind .. '","version":' .. int(v) ..
+    ',"at":' .. int(now) .. ',"vmids":' .. vmids_json .. '}')
+  return v
+end
+local function purge(reservations_key, now)
+  redis.call('ZREMRANGEBYSCORE', reservations_key, '-inf', now)
+end
+`;
+
+/**
+ * KEYS: cache, meta, reservations, state
+ * → { version, now, reservations(flat vmid, expiry…), refreshedAt|'', expiresAt|'', taken(unordered) }
+ * (the caller sorts: reads are the hot path, and sorting is cheaper outside Redis's one thread)
+ */
+export const READ = `${COMMON}
+local now = now_ms()
+local meta = redis.call('HMGET', KEYS[2], 'refreshedAt', 'expiresAt')
+local version = redis.call('HGET', KEYS[4], 'version') or '0'
+local reserved = redis.call('ZRANGEBYSCORE', KEYS[3], '(' .. int(now), '+inf', 'WITHSCORES')
+if not meta[1] then
+  return { version, int(now), reserved, '', '', {} }
+end
+return { version, int(now), reserved, meta[1], meta[2], redis.call('SMEMBERS', KEYS[1]) }
+`;
+
+/**
+ * KEYS: cache, meta, state, tmp
+ * ARGV: ttlMs, expectedEpoch ('' = unconditional), channel, nodeJson, vmid…
+ * → { 'STALE', version } | { 'OK', changed(0|1), version, refreshedAt, expiresAt }
+ */
+export const REFRESH = `${COMMON}
+local epoch = redis.call('HGET', KEYS[3], 'epoch') or '0'
+if ARGV[2] ~= '' and epoch ~= ARGV[2] then
+  return { 'STALE', redis.call('HGET', KEYS[3], 'version') or '0' }
+end
+local now = now_ms()
+redis.call('DEL', KEYS[4])
+local n = #ARGV
+-- unpack() has a stack limit: add in chunks.
+for i = 5, n, 1000 do
+  redis.call('SADD', KEYS[4], unpack(ARGV, i, math.min(i + 999, n)))
+end
+local sorted = redis.call('SORT', KEYS[4])
+local joined = table.concat(sorted, ',')
+local expires_at = now + tonumber(ARGV[1])
+if #sorted > 0 then
+  redis.call('RENAME', KEYS[4], KEYS[1])
+  redis.call('PEXPIREAT', KEYS[1], expires_at)
+else
+  redis.call('DEL', KEYS[1])
+end
+redis.call('HSET', KEYS[2], 'refreshedAt', int(now), 'expiresAt', int(expires_at))
+redis.call('PEXPIREAT', KEYS[2], expires_at)
+local digest = redis.sha1hex(joined)
+local changed = 0
+local version
+if redis.call('HGET', KEYS[3], 'digest') ~= digest then
+  redis.call('HSET', KEYS[3], 'digest', digest)
+  version = bump(KEYS[3], ARGV[3], ARGV[4], 'REFRESHED', '[' .. joined .. ']', now)
+  changed = 1
+else
+  version = redis.call('HGET', KEYS[3], 'version') or '0'
+end
+return { 'OK', changed, int(version), int(now), int(expires_at) }
+`;
+
+/**
+ * KEYS: cache, meta, state
+ * ARGV: channel, nodeJson
+ * → { existed(0|1), version }
+ */
+export const INVALIDATE = `${COMMON}
+local now = now_ms()
+local existed = redis.call('EXISTS', KEYS[2])
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('HDEL', KEYS[3], 'digest')
+redis.call('HINCRBY', KEYS[3], 'epoch', 1)
+local v = bump(KEYS[3], ARGV[1], ARGV[2], 'INVALIDATED', 'null', now)
+return { existed, v }
+`;
+
+/**
+ * KEYS: cache, meta, reservations, state
+ * ARGV: vmid ('' = lowest free ≥ min), min, ttlMs, channel, nodeJson, maxVmid
+ * → { 'OK', vmid, expiresAt, version } | { 'MISS' } | { 'TAKEN', vmid } | { 'RESERVED', vmid } | { 'EXHAUSTED' }
+ *
+ * Without a vmid: one pass over the taken and reserved ids ≥ min builds a lookup table, then
+ * the first gap is found in at most (taken + reserved + 1) steps — O(taken + reserved).
+ */
+export const RESERVE = `${COMMON}
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  return { 'MISS' }
+end
+local now = now_ms()
+purge(KEYS[3], now)
+local vmid
+if ARGV[1] ~= '' then
+  vmid = tonumber(ARGV[1])
+  if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then return { 'TAKEN', vmid } end
+  if redis.call('ZSCORE', KEYS[3], ARGV[1]) then return { 'RESERVED', vmid } end
+else
+  local min = tonumber(ARGV[2])
+  local used = {}
+  for _, v in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+    local n = tonumber(v)
+    if n >= min then used[n] = true end
+  end
+  for _, v in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do
+    local n = tonumber(v)
+    if n >= min then used[n] = true end
+  end
+  vmid = min
+  while used[vmid] do vmid = vmid + 1 end
+  if vmid > tonumber(ARGV[6]) then return { 'EXHAUSTED' } end
+end
+local expires_at = now + tonumber(ARGV[3])
+redis.call('ZADD', KEYS[3], expires_at, int(vmid))
+local last = redis.call('ZRANGE', KEYS[3], -1, -1, 'WITHSCORES')
+redis.call('PEXPIREAT', KEYS[3], last[2])
+local v = bump(KEYS[4], ARGV[4], ARGV[5], 'RESERVED', '[' .. int(vmid) .. ']', now)
+return { 'OK', vmid, int(expires_at), v }
+`;
+
+/**
+ * KEYS: reservations, state
+ * ARGV: vmid, channel, nodeJson
+ * → 1 | 0
+ */
+export const RELEASE = `${COMMON}
+local now = now_ms()
+purge(KEYS[1], now)
+local removed = redis.call('ZREM', KEYS[1], ARGV[1])
+if removed == 1 then
+  bump(KEYS[2], ARGV[2], ARGV[3], 'RELEASED', '[' .. ARGV[1] .. ']', now)
+end
+return removed
+`;
+
+/**
+ * KEYS: cache, meta, reservations, state
+ * ARGV: vmid, channel, nodeJson
+ * → { released(0|1), added(0|1) }
+ */
+export const CONSUME = `${COMMON}
+local now = now_ms()
+purge(KEYS[3], now)
+local released = redis.call('ZREM', KEYS[3], ARGV[1])
+local expires_at = redis.call('HGET', KEYS[2], 'expiresAt')
+local added = 0
+if expires_at then
+  added = redis.call('SADD', KEYS[1], ARGV[1])
+  redis.call('PEXPIREAT', KEYS[1], expires_at)
+end
+if added == 1 then
+  local joined = table.concat(redis.call('SORT', KEYS[1]), ',')
+  redis.call('HSET', KEYS[4], 'digest', redis.sha1hex(joined))
+  bump(KEYS[4], ARGV[2], ARGV[3], 'REFRESHED', '[' .. joined .. ']', now)
+elseif released == 1 then
+  bump(KEYS[4], ARGV[2], ARGV[3], 'RELEASED', '[' .. ARGV[1] .. ']', now)
+end
+return { released, added }
+`;
+
+/** KEYS: lock; ARGV: token. Deletes the lock only if it is still ours. */
+export const UNLOCK = `
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+`;

@@ -1,0 +1,298 @@
+import { randomUUID } from 'node:crypto';
+import { type Redis, ReplyError } from 'ioredis';
+import type { Logger } from 'pino';
+import { DomainError } from '../errors.js';
+import { CacheUnavailableError } from './errors.js';
+import { RedisEventHub } from './redis-event-hub.js';
+import * as scripts from './redis-scripts.js';
+import type { RefreshOutcome, ReserveOutcome, ReserveRequest, VmidSnapshot, VmidStore } from './store.js';
+import { type NodeRef, type VmidEvent, VMID_MAX } from './types.js';
+
+/** The scripts as ioredis commands (EVALSHA, reloaded by ioredis on NOSCRIPT). */
+interface ScriptCommands {
+  pvgVmidRead(cache: string, meta: string, reservations: string, state: string): Promise<unknown[]>;
+  pvgVmidRefresh(cache: string, meta: string, state: string, tmp: string, ...argv: string[]): Promise<unknown[]>;
+  pvgVmidInvalidate(cache: string, meta: string, state: string, channel: string, nodeJson: string): Promise<[number, number]>;
+  pvgVmidReserve(cache: string, meta: string, reservations: string, state: string, ...argv: string[]): Promise<unknown[]>;
+  pvgVmidRelease(reservations: string, state: string, vmid: string, channel: string, nodeJson: string): Promise<number>;
+  pvgVmidConsume(
+    cache: string,
+    meta: string,
+    reservations: string,
+    state: string,
+    vmid: string,
+    channel: string,
+    nodeJson: string,
+  ): Promise<[number, number]>;
+  pvgVmidUnlock(lock: string, token: string): Promise<number>;
+}
+
+const SCRIPTS: Record<keyof ScriptCommands, { keys: number; lua: string }> = {
+  pvgVmidRead: { keys: 4, lua: scripts.READ },
+  pvgVmidRefresh: { keys: 4, lua: scripts.REFRESH },
+  pvgVmidInvalidate: { keys: 3, lua: scripts.INVALIDATE },
+  pvgVmidReserve: { keys: 4, lua: scripts.RESERVE },
+  pvgVmidRelease: { keys: 2, lua: scripts.RELEASE },
+  pvgVmidConsume: { keys: 4, lua: scripts.CONSUME },
+  pvgVmidUnlock: { keys: 1, lua: scripts.UNLOCK },
+};
+
+/** Key names relative to the connection's keyPrefix (ioredis adds it to every key). */
+const keys = (nodeId: string) => ({
+  cache: `vmid-cache:{${nodeId}}`,
+  meta: `vmid-meta:{${nodeId}}`,
+  reservations: `vmid-reservations:{${nodeId}}`,
+  state: `vmid-version:{${nodeId}}`,
+  tmp: `vmid-cache-tmp:{${nodeId}}`,
+  lock: `vmid-lock:{${nodeId}}`,
+});
+
+export interface RedisVmidStoreOptions {
+  /**
+   * The pub/sub connection. Default: `redis.duplicate()`, made on first use and closed by
+   * close(). A given one is left open.
+   */
+  subscriber?: Redis;
+  log?: Logger;
+}
+
+/**
+ * The VMID store of a deployment with REDIS_URL: shared by every instance, so the cache,
+ * reservations, versions and events are the same whichever instance a request reaches.
+ *
+ * Connection failures surface as CacheUnavailableError (SERVICE_UNAVAILABLE); Redis replies
+ * that are errors (a bug, a wrong key type) are not wrapped and end up masked as internal.
+ */
+export class RedisVmidStore implements VmidStore {
+  private readonly redis: Redis & ScriptCommands;
+  private readonly keyPrefix: string;
+  private readonly log: Logger | undefined;
+  private subscriber: Redis | null;
+  private readonly ownsSubscriber: boolean;
+  private hub: RedisEventHub | null = null;
+  private readonly connection: ConnectionWatch;
+
+  constructor(redis: Redis, opts: RedisVmidStoreOptions = {}) {
+    for (const [name, { keys: numberOfKeys, lua }] of Object.entries(SCRIPTS)) {
+      redis.defineCommand(name, { numberOfKeys, lua });
+    }
+    this.redis = redis as Redis & ScriptCommands;
+    this.connection = watchConnection(redis);
+    // ioredis prefixes keys but not pub/sub channels: channels get the prefix from us.
+    this.keyPrefix = redis.options.keyPrefix ?? '';
+    this.log = opts.log;
+    this.subscriber = opts.subscriber ?? null;
+    this.ownsSubscriber = !opts.subscriber;
+  }
+
+  /** Channel of every VMID event of one user's nodes (node subscriptions filter it). */
+  channel(userId: string): string {
+    return `${this.keyPrefix}vmid-events:${userId}`;
+  }
+
+  private async run<T>(op: () => Promise<T>): Promise<T> {
+    // While ioredis reconnects, a command would wait in its offline queue for up to two
+    // reconnect intervals (seconds) before failing: answer at once instead.
+    if (this.connection.down()) throw new CacheUnavailableError();
+    try {
+      return await op();
+    } catch (err) {
+      if (err instanceof DomainError || err instanceof ReplyError) throw err;
+      throw new CacheUnavailableError(undefined, err);
+    }
+  }
+
+  async read(nodeId: string): Promise<VmidSnapshot> {
+    const k = keys(nodeId);
+    const reply = await this.run(() => this.redis.pvgVmidRead(k.cache, k.meta, k.reservations, k.state));
+    const [version, , reservedFlat, refreshedAt, expiresAt, taken] = reply as [
+      string,
+      string,
+      string[],
+      string,
+      string,
+      string[],
+    ];
+    const reserved: VmidSnapshot['reserved'] = [];
+    for (let i = 0; i + 1 < reservedFlat.length; i += 2) {
+      reserved.push({ vmid: Number(reservedFlat[i]), expiresAt: new Date(Number(reservedFlat[i + 1])) });
+    }
+    reserved.sort((a, b) => a.vmid - b.vmid);
+    return {
+      version: Number(version),
+      reserved,
+      cache:
+        refreshedAt === ''
+          ? null
+          : { taken: taken.map(Number).sort((x, y) => x - y), refreshedAt: new Date(Number(refreshedAt)), expiresAt: new Date(Number(expiresAt)) },
+    };
+  }
+
+  async state(nodeId: string) {
+    const [version, epoch] = await this.run(() => this.redis.hmget(keys(nodeId).state, 'version', 'epoch'));
+    return { version: Number(version ?? 0), epoch: Number(epoch ?? 0) };
+  }
+
+  async refresh(node: NodeRef, taken: readonly number[], ttlSeconds: number, expectedEpoch: number | null): Promise<RefreshOutcome> {
+    const k = keys(node.id);
+    const reply = await this.run(() =>
+      this.redis.pvgVmidRefresh(
+        k.cache,
+        k.meta,
+        k.state,
+        k.tmp,
+        String(ttlSeconds * 1000),
+        expectedEpoch === null ? '' : String(expectedEpoch),
+        this.channel(node.userId),
+        JSON.stringify(node.id),
+        ...taken.map(String),
+      ),
+    );
+    if (reply[0] === 'STALE') return { written: false, version: Number(reply[1]) };
+    const [, changed, version, refreshedAt, expiresAt] = reply as [string, number, string, string, string];
+    return {
+      written: true,
+      changed: changed === 1,
+      version: Number(version),
+      refreshedAt: new Date(Number(refreshedAt)),
+      expiresAt: new Date(Number(expiresAt)),
+    };
+  }
+
+  async invalidate(node: NodeRef) {
+    const k = keys(node.id);
+    const [existed, version] = await this.run(() =>
+      this.redis.pvgVmidInvalidate(k.cache, k.meta, k.state, this.channel(node.userId), JSON.stringify(node.id)),
+    );
+    return { existed: existed === 1, version: Number(version) };
+  }
+
+  async reserve(node: NodeRef, request: ReserveRequest): Promise<ReserveOutcome> {
+    const k = keys(node.id);
+    const reply = await this.run(() =>
+      this.redis.pvgVmidReserve(
+        k.cache,
+        k.meta,
+        k.reservations,
+        k.state,
+        request.vmid === null ? '' : String(request.vmid),
+        String(request.min),
+        String(request.ttlSeconds * 1000),
+        this.channel(node.userId),
+        JSON.stringify(node.id),
+        String(VMID_MAX),
+      ),
+    );
+    switch (reply[0]) {
+      case 'OK':
+        return { status: 'reserved', vmid: Number(reply[1]), expiresAt: new Date(Number(reply[2])), version: Number(reply[3]) };
+      case 'MISS':
+        return { status: 'miss' };
+      case 'TAKEN':
+        return { status: 'taken', vmid: Number(reply[1]) };
+      case 'RESERVED':
+        return { status: 'already-reserved', vmid: Number(reply[1]) };
+      case 'EXHAUSTED':
+        return { status: 'exhausted' };
+      default:
+        throw new Error(`unexpected reply of the reserve script: ${String(reply[0])}`);
+    }
+  }
+
+  async release(node: NodeRef, vmid: number) {
+    const k = keys(node.id);
+    const removed = await this.run(() =>
+      this.redis.pvgVmidRelease(k.reservations, k.state, String(vmid), this.channel(node.userId), JSON.stringify(node.id)),
+    );
+    return removed === 1;
+  }
+
+  async consume(node: NodeRef, vmid: number) {
+    const k = keys(node.id);
+    const [released, added] = await this.run(() =>
+      this.redis.pvgVmidConsume(k.cache, k.meta, k.reservations, k.state, String(vmid), this.channel(node.userId), JSON.stringify(node.id)),
+    );
+    return { released: released === 1, added: added === 1 };
+  }
+
+  async forget(nodeId: string) {
+    const k = keys(nodeId);
+    await this.run(() => this.redis.unlink(k.cache, k.meta, k.reservations, k.state, k.tmp, k.lock));
+  }
+
+  async tryLock(nodeId: string, ttlMs: number) {
+    const token = randomUUID();
+    const ok = await this.run(() => this.redis.set(keys(nodeId).lock, token, 'PX', ttlMs, 'NX'));
+    return ok === 'OK' ? token : null;
+  }
+
+  async unlock(nodeId: string, token: string) {
+    await this.run(() => this.redis.pvgVmidUnlock(keys(nodeId).lock, token));
+  }
+
+  async isLocked(nodeId: string) {
+    return (await this.run(() => this.redis.exists(keys(nodeId).lock))) === 1;
+  }
+
+  async listen(userId: string, onEvent: (event: VmidEvent) => void, onResync?: () => void) {
+    return this.eventHub().listen(
+      this.channel(userId),
+      (message) => {
+        const event = parseEvent(message);
+        if (event) onEvent(event);
+        else this.log?.warn({ message: message.slice(0, 200) }, 'ignored a malformed VMID event');
+      },
+      onResync,
+    );
+  }
+
+  /** The pub/sub multiplexer (created with the first listener). */
+  eventHub(): RedisEventHub {
+    if (!this.hub) {
+      if (!this.subscriber) {
+        const sub = this.redis.duplicate();
+        // Without a listener ioredis prints every connection error; the command connection
+        // reports outages already.
+        sub.on('error', (err: Error) => this.log?.debug({ err: { message: err.message } }, 'redis subscriber error'));
+        this.subscriber = sub;
+      }
+      this.hub = new RedisEventHub(this.subscriber, watchConnection(this.subscriber), this.log);
+    }
+    return this.hub;
+  }
+
+  async close() {
+    const sub = this.subscriber;
+    this.hub = null;
+    if (sub && this.ownsSubscriber) {
+      this.subscriber = null;
+      await sub.quit().catch(() => sub.disconnect());
+    }
+  }
+}
+
+/** Whether a connection that has worked before is currently reconnecting. */
+export interface ConnectionWatch {
+  down(): boolean;
+}
+
+export function watchConnection(redis: Redis): ConnectionWatch {
+  let wasReady = redis.status === 'ready';
+  redis.on('ready', () => {
+    wasReady = true;
+  });
+  return { down: () => wasReady && redis.status !== 'ready' };
+}
+
+function parseEvent(message: string): VmidEvent | null {
+  try {
+    const raw = JSON.parse(message) as { nodeId?: unknown; kind?: unknown; version?: unknown; at?: unknown; vmids?: unknown };
+    if (typeof raw.nodeId !== 'string' || typeof raw.kind !== 'string' || typeof raw.version !== 'number' || typeof raw.at !== 'number') {
+      return null;
+    }
+    const vmids = Array.isArray(raw.vmids) ? raw.vmids.filter((v): v is number => typeof v === 'number') : null;
+    return { nodeId: raw.nodeId, kind: raw.kind as VmidEvent['kind'], version: raw.version, at: new Date(raw.at), vmids };
+  } catch {
+    return null;
+  }
+}

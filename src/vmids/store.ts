@@ -1,0 +1,85 @@
+import type { NodeRef, VmidEvent } from './types.js';
+
+/**
+ * Where a node's VMID state lives: the cached taken set (with a TTL), reservations, the
+ * version counter and the fill lock, plus the pub/sub that carries VmidEvents. Two
+ * implementations share this contract and one test suite: RedisVmidStore (shared by every
+ * instance of a deployment) and MemoryVmidStore (embedded mode, one process).
+ *
+ * Every mutation that changes a node's set bumps its version and publishes the event in the
+ * same atomic step, so events reach subscribers in version order.
+ */
+export interface VmidStore {
+  /** A consistent snapshot; `cache` is null when the set is not cached (missing or expired). */
+  read(nodeId: string): Promise<VmidSnapshot>;
+  /** The node's version and invalidation epoch (both survive the cache's expiry). */
+  state(nodeId: string): Promise<{ version: number; epoch: number }>;
+  /**
+   * Replaces the cached set with `taken` and sets its TTL. `expectedEpoch` (read before asking
+   * Proxmox) makes the write conditional: if the cache was invalidated meanwhile, the fetched
+   * set may predate the change, so nothing is written and `written` is false.
+   */
+  refresh(node: NodeRef, taken: readonly number[], ttlSeconds: number, expectedEpoch: number | null): Promise<RefreshOutcome>;
+  /** Drops the cached set; always bumps the version (INVALIDATED). */
+  invalidate(node: NodeRef): Promise<{ existed: boolean; version: number }>;
+  reserve(node: NodeRef, request: ReserveRequest): Promise<ReserveOutcome>;
+  release(node: NodeRef, vmid: number): Promise<boolean>;
+  /** A guest was created for `vmid`: drop its reservation, add it to a cached set. */
+  consume(node: NodeRef, vmid: number): Promise<{ released: boolean; added: boolean }>;
+  /** Deletes everything kept for a node (the node itself was deleted). */
+  forget(nodeId: string): Promise<void>;
+
+  /** The fill lock: one filler per node across every instance sharing the store. */
+  tryLock(nodeId: string, ttlMs: number): Promise<string | null>;
+  unlock(nodeId: string, token: string): Promise<void>;
+  isLocked(nodeId: string): Promise<boolean>;
+
+  /**
+   * Receives every event of the user's nodes. Resolves once events are being received, so a
+   * caller can read the version afterwards without missing anything. `onResync` is called
+   * after a lost pub/sub connection is back (events may have been missed meanwhile).
+   */
+  listen(userId: string, onEvent: (event: VmidEvent) => void, onResync?: () => void): Promise<() => void>;
+  close(): Promise<void>;
+}
+
+export interface CachedSet {
+  taken: number[];
+  refreshedAt: Date;
+  expiresAt: Date;
+}
+
+export interface VmidSnapshot {
+  version: number;
+  cache: CachedSet | null;
+  /** Live reservations, ascending by vmid. */
+  reserved: Array<{ vmid: number; expiresAt: Date }>;
+}
+
+export type RefreshOutcome =
+  | { written: true; changed: boolean; version: number; refreshedAt: Date; expiresAt: Date }
+  | { written: false; version: number };
+
+export interface ReserveRequest {
+  /** null: the lowest VMID ≥ min that is neither taken nor reserved. */
+  vmid: number | null;
+  min: number;
+  ttlSeconds: number;
+}
+
+export type ReserveOutcome =
+  | { status: 'reserved'; vmid: number; expiresAt: Date; version: number }
+  /** The node's set is not cached: fill it first, then try again. */
+  | { status: 'miss' }
+  | { status: 'taken'; vmid: number }
+  | { status: 'already-reserved'; vmid: number }
+  | { status: 'exhausted' };
+
+/** The lowest id ≥ min in none of the sets (ids above VMID_MAX mean none is left). */
+export function lowestFree(min: number, ...used: Iterable<number>[]): number {
+  const seen = new Set<number>();
+  for (const it of used) for (const v of it) if (v >= min) seen.add(v);
+  let candidate = min;
+  while (seen.has(candidate)) candidate++;
+  return candidate;
+}

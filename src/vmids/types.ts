@@ -1,0 +1,53 @@
+/**
+ * The shapes the VMID capability hands to its callers. They mirror the GraphQL types of the
+ * contract (VmidSet, VmidReservation, VmidEvent) so resolvers can return them unchanged.
+ */
+
+/** Proxmox accepts guest ids from 100 to 999,999,999 (pve-common `pve-vmid`). */
+export const VMID_MIN = 100;
+export const VMID_MAX = 999_999_999;
+
+/** A node as this capability needs it: its id and its owner (events are routed per owner). */
+export interface NodeRef {
+  id: string;
+  userId: string;
+}
+
+export interface VmidSet {
+  nodeId: string;
+  /** Guests (LXC and QEMU) Proxmox reported, ascending. */
+  taken: number[];
+  /** Live reservations, ascending. */
+  reserved: number[];
+  /** false when this request found no cached set and the set had to come from Proxmox. */
+  fromCache: boolean;
+  refreshedAt: Date;
+  expiresAt: Date;
+  /** Grows by one on every change to this node's set (see VmidEvent). */
+  version: number;
+}
+
+export interface VmidReservation {
+  nodeId: string;
+  vmid: number;
+  expiresAt: Date;
+}
+
+/**
+ * `SYNC` is never published: a subscription emits it first (and again after a lost pub/sub
+ * connection came back with a newer version) to tell the subscriber the node's current
+ * version, so it can tell whether it missed anything.
+ */
+export type VmidEventKind = 'INVALIDATED' | 'REFRESHED' | 'RESERVED' | 'RELEASED' | 'SYNC';
+
+export interface VmidEvent {
+  nodeId: string;
+  kind: VmidEventKind;
+  version: number;
+  at: Date;
+  /**
+   * REFRESHED: the whole taken set after the change, ascending. RESERVED / RELEASED: the one
+   * VMID. INVALIDATED and SYNC: null.
+   */
+  vmids: number[] | null;
+}

@@ -1,0 +1,278 @@
+import { setTimeout as sleep } from 'node:timers/promises';
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { MemoryVmidStore, type NodeRef, VmidService } from '../../src/vmids/index.js';
+import { expectCode } from '../proxmox/helpers.js';
+import { uniqueRedisPrefix } from '../support/test-server.js';
+import { brief, expectConsecutive, makeService, newNode, type OpenStore, openStore, type Proxmox, startProxmox, take } from './helpers.js';
+
+// 10 guests, a gap after every 4th: taken 100-103, 105-108, 110-111; lowest free 104.
+const TAKEN = [100, 101, 102, 103, 105, 106, 107, 108, 110, 111];
+
+describe.each(['memory', 'redis'] as const)('VMID cache and reservations (%s store)', (kind) => {
+  let proxmox: Proxmox;
+  let opened: OpenStore;
+  let service: VmidService;
+  let node: NodeRef;
+
+  beforeAll(async () => {
+    proxmox = await startProxmox({ guests: 10, vmidGapEvery: 4 });
+  });
+  afterAll(async () => {
+    await proxmox.close();
+  });
+  beforeEach(async () => {
+    opened = await openStore(kind, uniqueRedisPrefix());
+    service = makeService(opened.store, proxmox);
+    node = newNode();
+    proxmox.sim.stats.reset();
+    proxmox.sim.clearFaults();
+  });
+  afterEach(async () => {
+    await opened.close();
+    for (const g of proxmox.sim.guests()) if (!TAKEN.includes(g.vmid)) proxmox.sim.removeGuest(g.vmid);
+  });
+
+  it('reads through on a miss, then serves from the cache', async () => {
+    const first = await service.getCachedVmids(node);
+    expect(first).toMatchObject({ nodeId: node.id, taken: TAKEN, reserved: [], fromCache: false, version: 1 });
+    expect(first.expiresAt.getTime() - first.refreshedAt.getTime()).toBe(60_000);
+    expect(Math.abs(first.refreshedAt.getTime() - Date.now())).toBeLessThan(2_000);
+    const second = await service.getCachedVmids(node);
+    expect(second).toEqual({ ...first, fromCache: true });
+    expect(proxmox.resourceCalls()).toBe(1);
+  });
+
+  it('asks Proxmox again once the TTL is over; an unchanged set keeps its version', async () => {
+    const short = makeService(opened.store, proxmox, { cacheTtlSeconds: 1 });
+    const first = await short.getCachedVmids(node);
+    expect((await short.getCachedVmids(node)).fromCache).toBe(true);
+    await sleep(1_100);
+    const again = await short.getCachedVmids(node);
+    expect(again.fromCache).toBe(false);
+    expect(again.version).toBe(first.version);
+    expect(proxmox.resourceCalls()).toBe(2);
+  });
+
+  it('refresh always asks Proxmox and replaces the set; the version grows only on a change', async () => {
+    const before = await service.getCachedVmids(node);
+    proxmox.sim.addGuest({ vmid: 500 });
+    proxmox.sim.removeGuest(100);
+    try {
+      const after = await service.refreshVmidCache(node);
+      expect(after.taken).toEqual([...TAKEN.filter((v) => v !== 100), 500]);
+      expect(after.fromCache).toBe(false);
+      expect(after.version).toBe(before.version + 1);
+      const same = await service.refreshVmidCache(node);
+      expect(same.version).toBe(after.version);
+      expect(proxmox.resourceCalls()).toBe(3);
+      expect(await service.getCachedVmids(node)).toMatchObject({ taken: after.taken, fromCache: true });
+    } finally {
+      proxmox.sim.addGuest({ vmid: 100 });
+    }
+  });
+
+  it('readers never see a half-replaced set', async () => {
+    await service.getCachedVmids(node);
+    const a = TAKEN;
+    const b = Array.from({ length: 3_000 }, (_, i) => 1_000 + i);
+    let next = a;
+    const writer = new VmidService({
+      store: opened.store,
+      cacheTtlSeconds: 60,
+      fetchTakenVmids: async () => (next = next === a ? b : a),
+    });
+    const seen = new Set<string>();
+    let writing = true;
+    const readers = Promise.all(
+      Array.from({ length: 4 }, async () => {
+        while (writing) {
+          const s = await service.getCachedVmids(node);
+          seen.add(s.taken.length === a.length ? 'a' : s.taken.length === b.length ? 'b' : `other:${s.taken.length}`);
+          if (s.taken.length === b.length) expect(s.taken).toEqual(b);
+          if (s.taken.length === a.length) expect(s.taken).toEqual(a);
+          await sleep(0);
+        }
+      }),
+    );
+    for (let i = 0; i < 10; i++) await writer.refreshVmidCache(node);
+    writing = false;
+    await readers;
+    expect([...seen].filter((s) => s.startsWith('other'))).toEqual([]);
+  });
+
+  it('every change grows the version by exactly one, with one event each', async () => {
+    const events = service.subscribeNode(node);
+    try {
+      expect(brief(await take(events, 1))).toEqual(['SYNC@0']);
+      await service.getCachedVmids(node); // REFRESHED 1 (first fill)
+      await service.getCachedVmids(node); // cached: no change
+      await service.reserveVmid(node, 104, 60); // RESERVED 2
+      expect(await service.releaseVmid(node, 104)).toBe(true); // RELEASED 3
+      expect(await service.releaseVmid(node, 104)).toBe(false); // nothing
+      expect(await service.invalidateVmidCache(node)).toBe(true); // INVALIDATED 4
+      expect(await service.invalidateVmidCache(node)).toBe(false); // INVALIDATED 5 (no cache, still a signal)
+      await service.getCachedVmids(node); // REFRESHED 6: first fill after an invalidation is announced
+      await service.refreshVmidCache(node); // unchanged: nothing
+      await service.reserveVmid(node, 104, 60); // RESERVED 7
+      await service.consumeReservation(node, 104); // REFRESHED 8: 104 moves to taken
+      const got = await take(events, 8);
+      expect(brief(got)).toEqual([
+        'REFRESHED@1',
+        'RESERVED@2',
+        'RELEASED@3',
+        'INVALIDATED@4',
+        'INVALIDATED@5',
+        'REFRESHED@6',
+        'RESERVED@7',
+        'REFRESHED@8',
+      ]);
+      expectConsecutive(got);
+      expect(got[0]!.vmids).toEqual(TAKEN);
+      expect(got[1]!.vmids).toEqual([104]);
+      expect(got[3]!.vmids).toBeNull();
+      expect(got[7]!.vmids).toEqual([...TAKEN, 104].sort((x, y) => x - y));
+      expect(got.every((e) => e.nodeId === node.id && e.at instanceof Date)).toBe(true);
+      expect((await service.getCachedVmids(node)).version).toBe(8);
+    } finally {
+      await events.return?.();
+    }
+  });
+
+  it('reserves a free VMID, refuses a taken or reserved one (CONFLICT), releases', async () => {
+    const r = await service.reserveVmid(node, 104, 120);
+    expect(r.nodeId).toBe(node.id);
+    expect(r.vmid).toBe(104);
+    expect(Math.abs(r.expiresAt.getTime() - (Date.now() + 120_000))).toBeLessThan(2_000);
+    const dup = await expectCode(service.reserveVmid(node, 104, 120), 'CONFLICT');
+    expect(dup.extensions['vmid']).toBe(104);
+    await expectCode(service.reserveVmid(node, 100, 120), 'CONFLICT');
+    expect((await service.getCachedVmids(node)).reserved).toEqual([104]);
+    expect(await service.releaseVmid(node, 104)).toBe(true);
+    expect(await service.releaseVmid(node, 104)).toBe(false);
+    expect((await service.reserveVmid(node, 104, 120)).vmid).toBe(104);
+    // Another node's VMIDs are its own.
+    expect((await service.reserveVmid(newNode(node.userId), 104, 120)).vmid).toBe(104);
+  });
+
+  it('a reservation on an uncached node checks the guests Proxmox knows first', async () => {
+    await expectCode(service.reserveVmid(node, 105, 60), 'CONFLICT');
+    expect(proxmox.resourceCalls()).toBe(1);
+    const other = newNode();
+    expect((await service.reserveVmid(other, undefined, 60)).vmid).toBe(104);
+  });
+
+  it('without a vmid reserves the lowest free VMID ≥ min', async () => {
+    expect((await service.reserveVmid(node, undefined, 60)).vmid).toBe(104);
+    expect((await service.reserveVmid(node, null, 60)).vmid).toBe(109);
+    expect((await service.reserveVmid(node, undefined, 60)).vmid).toBe(112);
+    expect((await service.reserveVmid(node, undefined, 60, 105)).vmid).toBe(113);
+    expect((await service.reserveVmid(node, undefined, 60, 5_000)).vmid).toBe(5_000);
+    expect((await service.getCachedVmids(node)).reserved).toEqual([104, 109, 112, 113, 5_000]);
+  });
+
+  it('reserved VMIDs count as taken for isVmidTaken and nextFreeVmid', async () => {
+    expect(await service.isVmidTaken(node, 100)).toBe(true);
+    expect(await service.isVmidTaken(node, 104)).toBe(false);
+    expect(await service.nextFreeVmid(node)).toBe(104);
+    await service.reserveVmid(node, 104, 60);
+    expect(await service.isVmidTaken(node, 104)).toBe(true);
+    expect(await service.nextFreeVmid(node)).toBe(109);
+    expect(await service.nextFreeVmid(node, 110)).toBe(112);
+    expect(await service.nextFreeVmid(node, 7_777)).toBe(7_777);
+    expect(proxmox.resourceCalls()).toBe(1);
+  });
+
+  it('reservations expire by themselves', async () => {
+    await service.reserveVmid(node, 104, 1);
+    expect(await service.isVmidTaken(node, 104)).toBe(true);
+    await sleep(1_100);
+    expect(await service.isVmidTaken(node, 104)).toBe(false);
+    expect((await service.getCachedVmids(node)).reserved).toEqual([]);
+    expect(await service.releaseVmid(node, 104)).toBe(false);
+    expect((await service.reserveVmid(node, undefined, 60)).vmid).toBe(104);
+  });
+
+  it('consuming a reservation moves the VMID to the taken set', async () => {
+    await service.reserveVmid(node, 104, 60);
+    expect(await service.consumeReservation(node, 104)).toEqual({ released: true, added: true });
+    const s = await service.getCachedVmids(node);
+    expect(s.reserved).toEqual([]);
+    expect(s.taken).toContain(104);
+    await expectCode(service.reserveVmid(node, 104, 60), 'CONFLICT');
+    // Without a cached set only the reservation ends.
+    const other = newNode();
+    expect(await service.consumeReservation(other, 104)).toEqual({ released: false, added: false });
+  });
+
+  it('a guest created in Proxmox shows up after an invalidation and after a refresh', async () => {
+    expect((await service.getCachedVmids(node)).taken).not.toContain(104);
+    proxmox.sim.addGuest({ vmid: 104, type: 'lxc' });
+    expect((await service.getCachedVmids(node)).taken).not.toContain(104); // still cached
+    expect(await service.invalidateVmidCache(node)).toBe(true);
+    const s = await service.getCachedVmids(node);
+    expect(s.fromCache).toBe(false);
+    expect(s.taken).toContain(104);
+    expect(await service.nextFreeVmid(node)).toBe(109);
+
+    // Created through the API, as a client of Proxmox would.
+    const res = await fetch(`${proxmox.sim.apiUrl}/nodes/pve/lxc`, {
+      method: 'POST',
+      headers: {
+        authorization: `PVEAPIToken=${proxmox.sim.token.id}=${proxmox.sim.token.secret}`,
+        'content-type': 'application/x-www-form-urlencoded',
+      },
+      body: 'vmid=109',
+      // The simulator's certificate is self-signed.
+      dispatcher: new (await import('undici')).Agent({ connect: { rejectUnauthorized: false } }),
+    } as RequestInit);
+    expect(res.status).toBe(200);
+    expect((await service.getCachedVmids(node)).taken).not.toContain(109);
+    expect((await service.refreshVmidCache(node)).taken).toContain(109);
+    expect(await service.isVmidTaken(node, 109)).toBe(true);
+  });
+
+  it('passes Proxmox errors through unchanged', async () => {
+    const failing = new VmidService({
+      store: opened.store,
+      cacheTtlSeconds: 60,
+      fetchTakenVmids: async () => (await proxmox.client.guests(proxmox.sim.target({ tokenSecret: 'wrong' }))).map((g) => g.vmid),
+    });
+    await expectCode(failing.getCachedVmids(node), 'PROXMOX_AUTH_FAILED');
+    await expectCode(failing.reserveVmid(node, undefined, 60), 'PROXMOX_AUTH_FAILED');
+    await expectCode(failing.refreshVmidCache(node), 'PROXMOX_AUTH_FAILED');
+  });
+
+  it('validates its inputs (BAD_USER_INPUT naming the field)', async () => {
+    const cases: Array<[Promise<unknown>, string]> = [
+      [service.reserveVmid(node, 99, 60), 'vmid'],
+      [service.reserveVmid(node, 1_000_000_000, 60), 'vmid'],
+      [service.reserveVmid(node, 150.5, 60), 'vmid'],
+      [service.reserveVmid(node, 150, 0), 'ttlSeconds'],
+      [service.reserveVmid(node, 150, 86_401), 'ttlSeconds'],
+      [service.reserveVmid(node, undefined, 60, 10), 'min'],
+      [service.releaseVmid(node, 0), 'vmid'],
+      [service.isVmidTaken(node, 99), 'vmid'],
+      [service.nextFreeVmid(node, 99), 'min'],
+      [service.nextFreeVmid(node, 1_000_000_000), 'min'],
+      [service.consumeReservation(node, -1), 'vmid'],
+    ];
+    for (const [p, field] of cases) {
+      const err = await expectCode(p, 'BAD_USER_INPUT');
+      expect(Object.keys(err.extensions['fields'] as object)).toEqual([field]);
+    }
+    expect(proxmox.resourceCalls()).toBe(0);
+  });
+
+  it('subscriptions end cleanly: no listener is left behind', async () => {
+    const its = Array.from({ length: 5 }, () => service.subscribeNode(node));
+    for (const it of its) expect(brief(await take(it, 1))).toEqual(['SYNC@0']);
+    await service.reserveVmid(node, undefined, 60);
+    for (const it of its) expect(brief(await take(it, 2))).toEqual(['REFRESHED@1', 'RESERVED@2']);
+    // return() while a next() is pending ends that next() too.
+    const pending = its[0]!.next();
+    for (const it of its) await it.return?.();
+    expect((await pending).done).toBe(true);
+    if (opened.store instanceof MemoryVmidStore) expect(opened.store.listenerCount()).toBe(0);
+    else expect((opened.store as import('../../src/vmids/index.js').RedisVmidStore).eventHub().listenerCount()).toBe(0);
+  });
+});

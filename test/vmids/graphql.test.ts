@@ -1,0 +1,321 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { type Client, createClient } from 'graphql-ws';
+import WebSocket from 'ws';
+import { CreateNode, RegisterContainer, UnregisterContainer } from '../nodes/documents.js';
+import { TEST_REDIS_URL } from '../support/env.js';
+import { nodeInputFor, type Simulator, startTestSimulator } from '../support/simulator.js';
+import { startTcpProxy } from '../support/tcp-proxy.js';
+import { startTestServer, type TestServer } from '../support/test-server.js';
+import {
+  InvalidateVmidCache,
+  IsVmidTaken,
+  NextFreeVmid,
+  NodeVmids,
+  RefreshVmidCache,
+  ReleaseVmid,
+  ReserveVmid,
+  VmidEvents,
+  VmidsTaken,
+} from './documents.js';
+
+interface Event {
+  nodeId: string;
+  kind: string;
+  version: number;
+  at: string;
+  vmids: number[] | null;
+}
+
+const code = (res: { errors?: Array<{ extensions?: Record<string, unknown> }> }) => res.errors?.[0]?.extensions?.code;
+
+/** A graphql-ws subscription collecting events. */
+function subscribe(server: TestServer, token: string, nodeId?: string) {
+  const events: Event[] = [];
+  const errors: unknown[] = [];
+  const client: Client = createClient({ url: server.wsUrl, webSocketImpl: WebSocket, retryAttempts: 0, connectionParams: { authorization: `Bearer ${token}` } });
+  const dispose = client.subscribe<{ vmidEvents: Event }>(
+    { query: VmidEvents, variables: nodeId ? { nodeId } : {} },
+    { next: (r) => (r.data ? events.push(r.data.vmidEvents) : errors.push(r.errors)), error: (e) => errors.push(e), complete: () => undefined },
+  );
+  return {
+    events,
+    errors,
+    async close() {
+      dispose();
+      await client.dispose();
+    },
+  };
+}
+
+/** The simulator's guest ids, as Proxmox would list them. */
+const guestIds = (sim: Simulator) => sim.guests().map((g) => g.vmid).sort((a, b) => a - b);
+
+describe.each([
+  ['Redis', true],
+  ['embedded (in-process)', false],
+] as const)('VMIDs over GraphQL with %s cache and pub/sub', (_name, redis) => {
+  let server: TestServer;
+  let sim: Simulator;
+  let token: string;
+  let nodeId: string;
+
+  beforeAll(async () => {
+    [server, sim] = await Promise.all([startTestServer({ redis }), startTestSimulator({ guests: 8, clusterName: 'lab', nodes: 2 })]);
+    token = (await server.createUser()).token;
+    nodeId = (await server.gql(CreateNode, { input: nodeInputFor(sim) as never }, token)).data!.createNode.id;
+  });
+  afterAll(async () => {
+    await Promise.all([server.stop(), sim.stop()]);
+  });
+
+  it('serves vmidsTaken from Proxmox on a miss, then from the cache, and node.vmids agrees', async () => {
+    const first = (await server.gql(VmidsTaken, { nodeId }, token)).data!.vmidsTaken;
+    expect(first).toMatchObject({ nodeId, taken: guestIds(sim), reserved: [], fromCache: false });
+    expect(new Date(first.expiresAt).getTime() - new Date(first.refreshedAt).getTime()).toBe(server.config.vmidCacheTtlS * 1000);
+    const calls = sim.stats.count('/cluster/resources');
+    const second = (await server.gql(VmidsTaken, { nodeId }, token)).data!.vmidsTaken;
+    expect(second).toMatchObject({ taken: first.taken, fromCache: true, version: first.version });
+    expect(sim.stats.count('/cluster/resources')).toBe(calls);
+    expect((await server.gql(NodeVmids, { id: nodeId }, token)).data!.node!.vmids).toMatchObject({ taken: first.taken });
+  });
+
+  it('shows a guest created at Proxmox after invalidate (read-through) and after refresh', async () => {
+    const a = sim.addGuest({ vmid: 4100, node: 'pve2', type: 'lxc' }).vmid;
+    expect((await server.gql(VmidsTaken, { nodeId }, token)).data!.vmidsTaken.taken).not.toContain(a);
+    expect((await server.gql(InvalidateVmidCache, { nodeId }, token)).data!.invalidateVmidCache).toBe(true);
+    const reread = (await server.gql(VmidsTaken, { nodeId }, token)).data!.vmidsTaken;
+    expect(reread).toMatchObject({ fromCache: false });
+    expect(reread.taken).toContain(a);
+
+    const b = sim.addGuest({ vmid: 4101, type: 'qemu' }).vmid;
+    const refreshed = (await server.gql(RefreshVmidCache, { nodeId }, token)).data!.refreshVmidCache;
+    expect(refreshed.taken).toEqual(guestIds(sim));
+    expect(refreshed.taken).toContain(b);
+    expect(refreshed.version).toBeGreaterThan(reread.version);
+  });
+
+  it('reserves atomically: lowest free by default, CONFLICT when taken or reserved, counted as taken until released', async () => {
+    const taken = guestIds(sim);
+    const lowestFree = (() => {
+      let v = 100;
+      while (taken.includes(v)) v++;
+      return v;
+    })();
+    const r = (await server.gql(ReserveVmid, { nodeId, ttlSeconds: 120 }, token)).data!.reserveVmid;
+    expect(r).toMatchObject({ nodeId, vmid: lowestFree });
+    expect(new Date(r.expiresAt).getTime()).toBeGreaterThan(Date.now() + 100_000);
+    expect((await server.gql(IsVmidTaken, { nodeId, vmid: r.vmid }, token)).data!.isVmidTaken).toBe(true);
+    expect((await server.gql(NextFreeVmid, { nodeId }, token)).data!.nextFreeVmid).not.toBe(r.vmid);
+    expect((await server.gql(VmidsTaken, { nodeId }, token)).data!.vmidsTaken.reserved).toEqual([r.vmid]);
+
+    expect(code(await server.gql(ReserveVmid, { nodeId, vmid: r.vmid }, token))).toBe('CONFLICT');
+    expect(code(await server.gql(ReserveVmid, { nodeId, vmid: taken[0]! }, token))).toBe('CONFLICT');
+    const bad = await server.gql(ReserveVmid, { nodeId, vmid: 99, ttlSeconds: 0 }, token);
+    expect(code(bad)).toBe('BAD_USER_INPUT');
+
+    expect((await server.gql(ReleaseVmid, { nodeId, vmid: r.vmid }, token)).data!.releaseVmid).toBe(true);
+    expect((await server.gql(ReleaseVmid, { nodeId, vmid: r.vmid }, token)).data!.releaseVmid).toBe(false);
+    expect((await server.gql(IsVmidTaken, { nodeId, vmid: r.vmid }, token)).data!.isVmidTaken).toBe(false);
+  });
+
+  it('consumes a reservation when a container is registered for it', async () => {
+    const r = (await server.gql(ReserveVmid, { nodeId, vmid: 7000 }, token)).data!.reserveVmid;
+    const container = (await server.gql(RegisterContainer, { input: { nodeId, vmid: r.vmid, hostname: 'ct-7000' } }, token)).data!.registerContainer;
+    const set = (await server.gql(VmidsTaken, { nodeId }, token)).data!.vmidsTaken;
+    expect(set.reserved).not.toContain(7000);
+    expect(set.taken).toContain(7000);
+    await server.gql(UnregisterContainer, { id: container.id }, token);
+  });
+
+  it('streams every change in order with consecutive versions, starting with SYNC (WebSocket)', async () => {
+    // Fill the cache first: a reservation against an empty cache fills it (a REFRESHED event).
+    await server.gql(VmidsTaken, { nodeId }, token);
+    const sub = subscribe(server, token, nodeId);
+    try {
+      await expect.poll(() => sub.events.length).toBe(1);
+      const sync = sub.events[0]!;
+      expect(sync).toMatchObject({ kind: 'SYNC', nodeId, vmids: null });
+      await server.gql(ReserveVmid, { nodeId, vmid: 8000 }, token);
+      await server.gql(ReleaseVmid, { nodeId, vmid: 8000 }, token);
+      await server.gql(InvalidateVmidCache, { nodeId }, token);
+      sim.addGuest({ vmid: 8001 });
+      await server.gql(VmidsTaken, { nodeId }, token);
+      await expect.poll(() => sub.events.length).toBe(5);
+      expect(sub.events.slice(1).map((e) => [e.kind, e.version])).toEqual([
+        ['RESERVED', sync.version + 1],
+        ['RELEASED', sync.version + 2],
+        ['INVALIDATED', sync.version + 3],
+        ['REFRESHED', sync.version + 4],
+      ]);
+      expect(sub.events[1]!.vmids).toEqual([8000]);
+      expect(sub.events[4]!.vmids).toEqual(guestIds(sim));
+      expect(sub.errors).toEqual([]);
+    } finally {
+      await sub.close();
+    }
+  });
+
+  it('streams over SSE too, and all of the caller\'s nodes when nodeId is omitted', async () => {
+    const second = (await server.gql(CreateNode, { input: nodeInputFor(sim) as never }, token)).data!.createNode.id;
+    const ac = new AbortController();
+    const res = await fetch(server.graphqlUrl, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', accept: 'text/event-stream', authorization: `Bearer ${token}` },
+      body: JSON.stringify({ query: VmidEvents }),
+      signal: ac.signal,
+    });
+    expect(res.headers.get('content-type')).toMatch(/text\/event-stream/);
+    const reader = res.body!.getReader();
+    const seen: Event[] = [];
+    let buffer = '';
+    const readUntil = async (count: number) => {
+      while (seen.length < count) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buffer += new TextDecoder().decode(value);
+        let idx;
+        while ((idx = buffer.indexOf('\n\n')) >= 0) {
+          const chunk = buffer.slice(0, idx);
+          buffer = buffer.slice(idx + 2);
+          const data = chunk.split('\n').find((l) => l.startsWith('data:'));
+          if (data && data.length > 6) seen.push((JSON.parse(data.slice(5)) as { data: { vmidEvents: Event } }).data.vmidEvents);
+        }
+      }
+    };
+    try {
+      await readUntil(2);
+      expect(seen.map((e) => e.kind)).toEqual(['SYNC', 'SYNC']);
+      expect(seen.map((e) => e.nodeId).sort()).toEqual([nodeId, second].sort());
+      await server.gql(InvalidateVmidCache, { nodeId: second }, token);
+      await readUntil(3);
+      expect(seen[2]).toMatchObject({ kind: 'INVALIDATED', nodeId: second });
+    } finally {
+      ac.abort();
+    }
+  });
+
+  it("answers NOT_FOUND for another user's node on every VMID operation and subscription", async () => {
+    const other = (await server.createUser()).token;
+    for (const res of [
+      await server.gql(VmidsTaken, { nodeId }, other),
+      await server.gql(IsVmidTaken, { nodeId, vmid: 100 }, other),
+      await server.gql(NextFreeVmid, { nodeId }, other),
+      await server.gql(RefreshVmidCache, { nodeId }, other),
+      await server.gql(InvalidateVmidCache, { nodeId }, other),
+      await server.gql(ReserveVmid, { nodeId }, other),
+      await server.gql(ReleaseVmid, { nodeId, vmid: 100 }, other),
+    ]) {
+      expect(code(res)).toBe('NOT_FOUND');
+    }
+    const sub = subscribe(server, other, nodeId);
+    try {
+      await expect.poll(() => sub.errors.length).toBe(1);
+      expect(JSON.stringify(sub.errors[0])).toContain('NOT_FOUND');
+      expect(sub.events).toEqual([]);
+    } finally {
+      await sub.close();
+    }
+  });
+});
+
+describe('VMIDs across two instances of one deployment', () => {
+  let a: TestServer;
+  let b: TestServer;
+  let sim: Simulator;
+  let token: string;
+  let nodeId: string;
+
+  beforeAll(async () => {
+    sim = await startTestSimulator({ guests: 50 });
+    a = await startTestServer();
+    b = await startTestServer({ databaseUrl: a.databaseUrl, redisKeyPrefix: a.config.redisKeyPrefix });
+    token = (await a.createUser()).token;
+    nodeId = (await a.gql(CreateNode, { input: nodeInputFor(sim) as never }, token)).data!.createNode.id;
+  });
+  afterAll(async () => {
+    await b.stop();
+    await a.stop();
+    await sim.stop();
+  });
+
+  it('delivers a mutation on instance A to a subscriber on instance B, in order with versions', async () => {
+    await a.gql(VmidsTaken, { nodeId }, token);
+    const sub = subscribe(b, token, nodeId);
+    try {
+      await expect.poll(() => sub.events.length).toBe(1);
+      const base = sub.events[0]!.version;
+      for (let i = 0; i < 5; i++) await a.gql(ReserveVmid, { nodeId, vmid: 9000 + i }, token);
+      await expect.poll(() => sub.events.length).toBe(6);
+      expect(sub.events.slice(1).map((e) => [e.kind, e.version, e.vmids])).toEqual(
+        [0, 1, 2, 3, 4].map((i) => ['RESERVED', base + 1 + i, [9000 + i]]),
+      );
+    } finally {
+      await sub.close();
+    }
+  });
+
+  it('never hands the same VMID to two of 200 concurrent reservations split over both instances', async () => {
+    const results = await Promise.all(
+      Array.from({ length: 200 }, (_, i) => (i % 2 ? a : b).gql(ReserveVmid, { nodeId, ttlSeconds: 60 }, token)),
+    );
+    for (const r of results) expect(r.errors, JSON.stringify(r.errors)).toBeUndefined();
+    const vmids = results.map((r) => r.data!.reserveVmid.vmid);
+    expect(new Set(vmids).size).toBe(200);
+    const taken = new Set(guestIds(sim));
+    expect(vmids.some((v) => taken.has(v))).toBe(false);
+  });
+});
+
+describe('VMIDs while Redis is unreachable', () => {
+  it('falls back to Proxmox for reads, refuses reservations with SERVICE_UNAVAILABLE, and recovers by itself', async () => {
+    const url = new URL(TEST_REDIS_URL);
+    const relay = await startTcpProxy(url.hostname, Number(url.port || 6379));
+    const sim = await startTestSimulator();
+    const server = await startTestServer({ env: { REDIS_URL: relay.url('redis') } });
+    try {
+      const { token } = await server.createUser();
+      const nodeId = (await server.gql(CreateNode, { input: nodeInputFor(sim) as never }, token)).data!.createNode.id;
+      expect((await server.gql(VmidsTaken, { nodeId }, token)).data!.vmidsTaken.fromCache).toBe(false);
+
+      await relay.down();
+      const read = await server.gql(VmidsTaken, { nodeId }, token);
+      expect(read.errors).toBeUndefined();
+      expect(read.data!.vmidsTaken).toMatchObject({ fromCache: false, taken: guestIds(sim), reserved: [] });
+      expect(code(await server.gql(ReserveVmid, { nodeId }, token))).toBe('SERVICE_UNAVAILABLE');
+
+      await relay.up();
+      await expect.poll(async () => (await server.gql(ReserveVmid, { nodeId }, token)).errors, { timeout: 15_000 }).toBeUndefined();
+      expect((await server.gql(VmidsTaken, { nodeId }, token)).data!.vmidsTaken.reserved).toHaveLength(1);
+    } finally {
+      await server.stop();
+      await sim.stop();
+      await relay.close();
+    }
+  });
+});
+
+describe('subscriptions per user', () => {
+  it('answers RATE_LIMITED past MAX_SUBSCRIPTIONS_PER_USER and frees the slot when one ends', async () => {
+    const sim = await startTestSimulator();
+    const server = await startTestServer({ env: { MAX_SUBSCRIPTIONS_PER_USER: '2' } });
+    const subs: Array<ReturnType<typeof subscribe>> = [];
+    try {
+      const { token } = await server.createUser();
+      const nodeId = (await server.gql(CreateNode, { input: nodeInputFor(sim) as never }, token)).data!.createNode.id;
+      subs.push(subscribe(server, token, nodeId), subscribe(server, token, nodeId));
+      await expect.poll(() => subs.every((s) => s.events.length === 1)).toBe(true);
+      const third = subscribe(server, token, nodeId);
+      subs.push(third);
+      await expect.poll(() => third.errors.length).toBe(1);
+      expect(JSON.stringify(third.errors[0])).toContain('RATE_LIMITED');
+      await subs[0]!.close();
+      const fourth = subscribe(server, token, nodeId);
+      subs.push(fourth);
+      await expect.poll(() => fourth.events.length).toBe(1);
+    } finally {
+      for (const s of subs) await s.close();
+      await server.stop();
+      await sim.stop();
+    }
+  });
+});

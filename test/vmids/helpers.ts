@@ -1,0 +1,140 @@
+import { randomUUID } from 'node:crypto';
+import type { Redis } from 'ioredis';
+import pino from 'pino';
+import { expect } from 'vitest';
+import type { ProxmoxClient } from '../../src/proxmox/index.js';
+import { connectRedis } from '../../src/redis/redis.js';
+import { startSimulator, type Simulator, type SimulatorOptions } from '../../src/sim/index.js';
+import { MemoryVmidStore, type NodeRef, RedisVmidStore, type VmidEvent, VmidService, type VmidStore } from '../../src/vmids/index.js';
+import { makeClient } from '../proxmox/helpers.js';
+import { TEST_REDIS_URL } from '../support/env.js';
+
+export const silentLog = pino({ level: process.env.TEST_LOG_LEVEL ?? 'silent' });
+
+/** A Redis command connection as the server makes it (src/redis/redis.ts). */
+export function connect(keyPrefix: string, url = TEST_REDIS_URL): Promise<Redis> {
+  return connectRedis(url, keyPrefix, silentLog);
+}
+
+/** The simulator plus a real ProxmoxClient, and the fetcher the node service will provide. */
+export interface Proxmox {
+  sim: Simulator;
+  client: ProxmoxClient;
+  fetchTakenVmids: (nodeId: string) => Promise<number[]>;
+  /** /cluster/resources requests so far. */
+  resourceCalls(): number;
+  close(): Promise<void>;
+}
+
+export async function startProxmox(opts: SimulatorOptions = {}): Promise<Proxmox> {
+  const sim = await startSimulator({ host: '127.0.0.1', port: 0, ...opts });
+  const client = makeClient();
+  return {
+    sim,
+    client,
+    fetchTakenVmids: async () => (await client.guests(sim.target())).map((g) => g.vmid),
+    resourceCalls: () => sim.stats.count('/cluster/resources'),
+    async close() {
+      await client.close();
+      await sim.stop();
+    },
+  };
+}
+
+export function newNode(userId: string = randomUUID()): NodeRef {
+  return { id: randomUUID(), userId };
+}
+
+/** A store of one kind, with whatever must be closed after the test. */
+export interface OpenStore {
+  store: VmidStore;
+  /** The command connection (Redis stores only). */
+  redis?: Redis;
+  close(): Promise<void>;
+}
+
+export type StoreKind = 'memory' | 'redis';
+
+/** `prefix`: share one Redis key prefix between stores (instances of one deployment). */
+export async function openStore(kind: StoreKind, prefix: string, url = TEST_REDIS_URL): Promise<OpenStore> {
+  if (kind === 'memory') {
+    const store = new MemoryVmidStore();
+    return { store, close: () => store.close() };
+  }
+  const redis = await connect(prefix, url);
+  const store = new RedisVmidStore(redis, { log: silentLog });
+  return {
+    store,
+    redis,
+    async close() {
+      await store.close();
+      await redis.quit().catch(() => redis.disconnect());
+    },
+  };
+}
+
+export function makeService(store: VmidStore, proxmox: Proxmox, overrides: { cacheTtlSeconds?: number; fillWaitMs?: number } = {}) {
+  return new VmidService({
+    store,
+    fetchTakenVmids: proxmox.fetchTakenVmids,
+    cacheTtlSeconds: overrides.cacheTtlSeconds ?? 60,
+    log: silentLog,
+    ...(overrides.fillWaitMs !== undefined ? { fillWaitMs: overrides.fillWaitMs } : {}),
+  });
+}
+
+/** Pulls `n` events from `it` or fails after `timeoutMs`. */
+export async function take(it: AsyncIterator<VmidEvent>, n: number, timeoutMs = 5_000): Promise<VmidEvent[]> {
+  const out: VmidEvent[] = [];
+  const deadline = Date.now() + timeoutMs;
+  while (out.length < n) {
+    const left = deadline - Date.now();
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`timed out after ${out.length}/${n} events: ${JSON.stringify(brief(out))}`)), Math.max(left, 1));
+    });
+    try {
+      const r = await Promise.race([it.next(), timeout]);
+      if (r.done) throw new Error(`iterator ended after ${out.length}/${n} events`);
+      out.push(r.value);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+  return out;
+}
+
+/** kind@version pairs, for readable assertions. */
+export function brief(events: VmidEvent[]): string[] {
+  return events.map((e) => `${e.kind}@${e.version}`);
+}
+
+/** Asserts `events` carry consecutive versions. */
+export function expectConsecutive(events: VmidEvent[]): void {
+  for (let i = 1; i < events.length; i++) {
+    expect(events[i]!.version, brief(events).join(' ')).toBe(events[i - 1]!.version + 1);
+  }
+}
+
+/** Polls `check` until it returns true (or throws after timeoutMs). */
+export async function eventually(check: () => Promise<boolean> | boolean, timeoutMs = 5_000, what = 'condition'): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    if (await check()) return;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+/** Subscribers of `channel` in Redis, counted by Redis itself (on a connection of its own). */
+export async function numsub(channel: string): Promise<number> {
+  const { Redis: RedisClient } = await import('ioredis');
+  const r = new RedisClient(TEST_REDIS_URL, { lazyConnect: true });
+  try {
+    await r.connect();
+    const reply = (await r.pubsub('NUMSUB', channel)) as [string, number];
+    return Number(reply[1]);
+  } finally {
+    r.disconnect();
+  }
+}
