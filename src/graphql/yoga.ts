@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { EnvelopArmorPlugin } from '@escape.tech/graphql-armor';
 import { useCSRFPrevention } from '@graphql-yoga/plugin-csrf-prevention';
 import { useDisableIntrospection } from '@graphql-yoga/plugin-disable-introspection';
+import { renderGraphiQL } from '@graphql-yoga/render-graphiql';
 import { GraphQLError } from 'graphql';
 import { createYoga, type Plugin, type YogaLogger, type YogaServerInstance } from 'graphql-yoga';
 import type { Logger } from 'pino';
@@ -76,6 +77,9 @@ export function createPvegraphYoga(opts: YogaOptions): PvegraphYoga {
     graphiql: opts.graphiql
       ? { title: 'pvegraph', defaultQuery: DEFAULT_QUERY, headers: '{\n  "Authorization": "Bearer <paste your token>"\n}' }
       : false,
+    // Self-contained page: the default one loads GraphiQL from unpkg.com, which an operator's
+    // network (or this project's CI) may not reach.
+    renderGraphiQL,
     logging: yogaLogger(log),
     maskedErrors: maskErrors(log),
     maxRequestBodySize: opts.maxRequestBodyBytes,

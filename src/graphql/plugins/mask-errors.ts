@@ -17,6 +17,8 @@ export function maskErrors(log: Logger): YogaMaskedErrorOpts {
         if (original instanceof DomainError) return error;
         const variableError = asVariableError(error);
         if (variableError) return variableError;
+        const requestError = asRequestError(error);
+        if (requestError) return requestError;
         if (!original || (original instanceof GraphQLError && !original.originalError)) return withDefaultCode(error);
         log.error({ err: original, path: error.path }, 'unexpected error in resolver');
       } else {
@@ -49,6 +51,27 @@ function asVariableError(error: GraphQLError): GraphQLError | null {
     source: error.source,
     positions: error.positions,
     extensions: { code: ErrorCode.BAD_USER_INPUT, fields: { [field]: reason } },
+  });
+}
+
+/**
+ * Yoga's answers to a malformed HTTP request (not JSON, no query, a mutation over GET, no CSRF
+ * header…) carry their own codes or none, and the invalid-JSON one quotes the whole body —
+ * secrets included — in extensions.originalError. Keep the message and the HTTP status and
+ * headers (e.g. `Allow: POST` on a 405), answer BAD_REQUEST, drop the quote.
+ */
+function asRequestError(error: GraphQLError): GraphQLError | null {
+  const http = error.extensions?.http as { status?: number; headers?: Record<string, string> } | undefined;
+  const status = http?.status ?? 0;
+  const yogaCode = error.extensions?.code;
+  const isRequestError =
+    yogaCode === 'BAD_REQUEST' ||
+    yogaCode === 'OPERATION_RESOLUTION_FAILURE' ||
+    // Uncoded 4xx about the request, not the document: documents' errors have locations.
+    (yogaCode === undefined && status >= 400 && status < 500 && !error.locations?.length && !error.message.startsWith('Syntax Error'));
+  if (!isRequestError) return null;
+  return new GraphQLError(error.message, {
+    extensions: { code: ErrorCode.BAD_REQUEST, http: { status: status || 400, ...(http?.headers ? { headers: http.headers } : {}) } },
   });
 }
 
