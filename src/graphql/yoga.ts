@@ -86,7 +86,7 @@ export function createPvegraphYoga(opts: YogaOptions): PvegraphYoga {
     plugins,
     context: async (initial): Promise<RequestContext> => {
       const requestId = initial.requestId ?? initial.request.headers.get('x-request-id') ?? randomUUID();
-      const base = { services, requestId, log: log.child({ requestId }) };
+      const base = { services, requestId, log };
       if (initial.wsViewer) return { ...base, viewer: initial.wsViewer, authFailure: null };
       const token = bearerToken(initial.request.headers.get('authorization'));
       if (!token) return { ...base, viewer: null, authFailure: 'missing' };

@@ -8,7 +8,9 @@ import { WebSocketServer } from 'ws';
 import { bearerToken, sameSecret } from '../auth/api-token.js';
 import type { Viewer } from '../auth/auth-service.js';
 import type { Config } from '../config/config.js';
+import type { RequestContext } from '../graphql/context.js';
 import { createPvegraphYoga, type PvegraphYoga } from '../graphql/yoga.js';
+import { requestScope } from '../observability/request-context.js';
 import type { Services } from '../services.js';
 import { checkReadiness } from './health.js';
 
@@ -62,7 +64,7 @@ export function createApp({ services, log, config }: AppOptions): App {
     res.setHeader('x-request-id', requestId);
     const route = routeOf(req);
     res.once('finish', () => metrics.httpRequests.inc({ route, status: `${Math.floor(res.statusCode / 100)}xx` }));
-    void handle(route, requestId, req, res).catch((err: unknown) => {
+    void requestScope.run({ requestId }, () => handle(route, requestId, req, res)).catch((err: unknown) => {
       log.error({ err, requestId }, 'unhandled error in HTTP handler');
       if (!res.headersSent) res.writeHead(500, { 'content-type': 'text/plain' });
       res.end('internal error');
@@ -158,8 +160,15 @@ export function createApp({ services, log, config }: AppOptions): App {
         };
         return args;
       },
-      execute: (args) => (args.rootValue as { execute: (a: ExecutionArgs) => unknown }).execute(args) as never,
-      subscribe: (args) => (args.rootValue as { subscribe: (a: ExecutionArgs) => unknown }).subscribe(args) as never,
+      // Later work of the operation logs under its request id, as over HTTP.
+      execute: (args) =>
+        requestScope.run({ requestId: (args.contextValue as RequestContext).requestId }, () =>
+          (args.rootValue as { execute: (a: ExecutionArgs) => unknown }).execute(args),
+        ) as never,
+      subscribe: (args) =>
+        requestScope.run({ requestId: (args.contextValue as RequestContext).requestId }, () =>
+          (args.rootValue as { subscribe: (a: ExecutionArgs) => unknown }).subscribe(args),
+        ) as never,
     },
     wss,
   );

@@ -3,6 +3,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import https from 'node:https';
 import type { AddressInfo, Socket } from 'node:net';
 import { isIP } from 'node:net';
+import type { ProxmoxTarget } from '../proxmox/index.js';
 import { generateSelfSigned, pemFingerprint } from './cert.js';
 
 /**
@@ -127,14 +128,8 @@ export interface Simulator {
   stop(): Promise<void>;
 }
 
-export interface SimTarget {
-  host: string;
-  port: number;
-  tokenId: string;
-  tokenSecret: string;
-  tlsFingerprint?: string | null;
-  allowInsecureTls?: boolean;
-}
+/** What the project's Proxmox client needs to reach the simulator. */
+export type SimTarget = ProxmoxTarget;
 
 const API = '/api2/json';
 const MIN_VMID = 100;

@@ -26,8 +26,9 @@ export async function createTestDatabase(): Promise<{ url: string; name: string;
   };
 }
 
-export async function adminQuery(sql: string, params: unknown[] = []): Promise<pg.QueryResult> {
-  const client = new pg.Client({ connectionString: TEST_POSTGRES_URL });
+/** A statement on the shared server (`database` unset) or in one test database. */
+export async function adminQuery(sql: string, params: unknown[] = [], database?: string): Promise<pg.QueryResult> {
+  const client = new pg.Client({ connectionString: database ? databaseUrl(database) : TEST_POSTGRES_URL });
   await client.connect();
   try {
     return await client.query(sql, params);

@@ -1,6 +1,7 @@
 import { GraphQLError } from 'graphql';
 import type { YogaMaskedErrorOpts } from 'graphql-yoga';
 import type { Logger } from 'pino';
+import { isDatabaseUnavailable } from '../../db/prisma-errors.js';
 import { DomainError, ErrorCode } from '../../errors.js';
 
 /**
@@ -19,6 +20,13 @@ export function maskErrors(log: Logger): YogaMaskedErrorOpts {
         if (variableError) return variableError;
         const requestError = asRequestError(error);
         if (requestError) return requestError;
+        if (isDatabaseUnavailable(original)) {
+          log.warn({ err: { message: (original as Error).message, code: (original as { code?: string }).code }, path: error.path }, 'database unavailable');
+          return new GraphQLError('The database is unreachable right now; try again shortly.', {
+            path: error.path,
+            extensions: { code: ErrorCode.SERVICE_UNAVAILABLE },
+          });
+        }
         if (!original || (original instanceof GraphQLError && !original.originalError)) return withDefaultCode(error);
         log.error({ err: original, path: error.path }, 'unexpected error in resolver');
       } else {
