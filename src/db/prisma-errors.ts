@@ -15,5 +15,12 @@ export const isForeignKeyViolation = (err: unknown): boolean => hasCode(err, 'P2
  * timed out, P1017 server closed the connection, P2024 no pool connection in time.
  */
 export function isDatabaseUnavailable(err: unknown): boolean {
-  return ['P1001', 'P1002', 'P1008', 'P1017', 'P2024'].some((code) => hasCode(err, code));
+  if (['P1001', 'P1002', 'P1008', 'P1017', 'P2024'].some((code) => hasCode(err, code))) return true;
+  // A connection that dies mid-query reaches us as the pg driver's own error, unwrapped:
+  // socket errors, SQLSTATE class 08 (connection exception) and 57P01–57P03 (shutting down,
+  // starting up).
+  const code = (err as { code?: unknown } | null)?.code;
+  if (typeof code === 'string' && (/^(ECONNRESET|ECONNREFUSED|EPIPE|ETIMEDOUT)$/.test(code) || /^(08...|57P0[123])$/.test(code))) return true;
+  const message = err instanceof Error ? err.message : '';
+  return /^Connection terminated|^timeout exceeded when trying to connect|^Client has encountered a connection error/.test(message);
 }

@@ -33,7 +33,15 @@ export class RateLimiter {
       this.limiters.set(
         bucket,
         redis
-          ? new RateLimiterRedis({ storeClient: redis, points, duration: 60, keyPrefix: `rl:${bucket}`, insuranceLimiter: memory })
+          ? new RateLimiterRedis({
+              storeClient: redis,
+              points,
+              duration: 60,
+              keyPrefix: `rl:${bucket}`,
+              insuranceLimiter: memory,
+              // While Redis reconnects, count in-process at once instead of waiting on a command.
+              rejectIfRedisNotReady: true,
+            })
           : memory,
       );
     };
