@@ -41,19 +41,21 @@ export async function openRuntime(config: Config, log: Logger, opts: RuntimeOpti
       if (report.applied.length > 0) log.info({ applied: report.applied }, 'database migrations applied');
     }
 
-    let keys = config.encryptionKeys;
-    if (keys.length === 0) {
+    let key = config.encryptionKey;
+    if (!key) {
       // Only reachable in embedded mode: config refuses a DATABASE_URL without a key.
-      const { key, created, file } = await loadOrCreateKeyFile(config.dataDir);
-      if (created) log.warn({ file }, 'ENCRYPTION_KEY not set: generated one into the data directory; back it up with the data');
-      keys = [key];
+      const file = await loadOrCreateKeyFile(config.dataDir);
+      if (file.created) log.warn({ file: file.file }, 'ENCRYPTION_KEY not set: generated one into the data directory; back it up with the data');
+      key = file.key;
     }
+    const keys = [key, ...config.previousEncryptionKeys];
     const secretBox = new SecretBox(keys);
 
     const redis = config.redisUrl ? await connectRedis(config.redisUrl, config.redisKeyPrefix, log) : null;
     if (redis) closers.push(() => redis.quit().catch(() => redis.disconnect()));
 
     const metrics = new Metrics();
+    const rateLimiter = new RateLimiter(config.rateLimits, redis);
     const proxmox = new ProxmoxClient({
       timeoutMs: config.proxmoxTimeoutMs,
       allowPrivateHosts: config.allowPrivateNodeHosts,
@@ -67,7 +69,12 @@ export async function openRuntime(config: Config, log: Logger, opts: RuntimeOpti
     let nodes: NodeService | undefined;
     const vmids = new VmidService({
       store: createVmidStore(redis, log.child({ component: 'vmids' })),
-      fetchTakenVmids: (nodeId) => nodes!.guestVmids(nodeId),
+      // Every fill reaches Proxmox: it spends the owner's Proxmox budget, so invalidate-and-read
+      // loops cannot turn the cache into an unmetered proxy.
+      fetchTakenVmids: async (node) => {
+        await rateLimiter.consume('proxmox', node.userId);
+        return nodes!.guestVmids(node.id);
+      },
       cacheTtlSeconds: config.vmidCacheTtlS,
       // A slow but live filler (bounded by PROXMOX_TIMEOUT_MS) is not overtaken.
       fillLockMs: config.proxmoxTimeoutMs + 5_000,
@@ -81,7 +88,7 @@ export async function openRuntime(config: Config, log: Logger, opts: RuntimeOpti
       redis,
       auth: new AuthService(db.prisma, { cacheTtlMs: config.tokenCacheTtlMs }),
       metrics,
-      rateLimiter: new RateLimiter(config.rateLimits, redis),
+      rateLimiter,
       users: new UserService(db.prisma),
       proxmox,
       nodes,

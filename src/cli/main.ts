@@ -1,9 +1,10 @@
 import { parseArgs } from 'node:util';
+import { AuthService } from '../auth/auth-service.js';
 import { ConfigError, loadConfig } from '../config/config.js';
-import { DomainError } from '../errors.js';
-import { createLogger } from '../logging.js';
-import { openRuntime } from '../runtime.js';
+import { openEmbedded, openPostgres } from '../db/database.js';
 import { assertNoEmbeddedServer } from '../db/embedded-lock.js';
+import { migrate } from '../db/migrate.js';
+import { DomainError } from '../errors.js';
 
 const USAGE = `usage: pvegraph <command>
 
@@ -27,17 +28,18 @@ async function main(argv: string[]): Promise<number> {
     return command || values.help ? 0 : 2;
   }
 
-  const config = loadConfig();
-  // Diagnostics go to stderr so stdout carries only what a script wants (the token).
-  const log = createLogger(config.logLevel === 'info' ? 'warn' : config.logLevel, process.stderr);
+  // These commands touch no secrets and no cache: the database is all they need, so they run
+  // where the server's ENCRYPTION_KEY and Redis are not (a deploy step, a CI job).
+  const config = loadConfig(process.env, { requireEncryptionKey: false });
   if (!config.databaseUrl) await assertNoEmbeddedServer(config.dataDir);
-  const runtime = await openRuntime(config, log);
+  const db = config.databaseUrl ? await openPostgres(config.databaseUrl, { poolMax: 2 }) : await openEmbedded(config.dataDir);
   try {
-    const { auth } = runtime.services;
+    const report = await db.withSession((session) => migrate(session));
+    const auth = new AuthService(db.prisma, { cacheTtlMs: 0 });
     switch (`${command} ${sub ?? ''}`.trim()) {
       case 'migrate':
-        // openRuntime has migrated already; say so.
-        process.stdout.write('database is up to date\n');
+        for (const name of report.applied) process.stdout.write(`applied ${name}\n`);
+        process.stdout.write(`database is up to date (${report.applied.length + report.alreadyApplied.length} migrations)\n`);
         return 0;
       case 'user create': {
         const name = required(values.name, '--name');
@@ -70,7 +72,7 @@ async function main(argv: string[]): Promise<number> {
         return 2;
     }
   } finally {
-    await runtime.close();
+    await db.close();
   }
 }
 

@@ -107,8 +107,10 @@ export interface Config {
   /** Unset: in-process cache and pub/sub (single instance only). */
   redisUrl: string | undefined;
   redisKeyPrefix: string;
-  /** Empty when none was configured; embedded mode then generates one into `dataDir`. */
-  encryptionKeys: Buffer[];
+  /** Encrypts new values. Unset: embedded mode generates one into `dataDir`. */
+  encryptionKey: Buffer | undefined;
+  /** Older keys that still decrypt (rotation); never encrypt. */
+  previousEncryptionKeys: Buffer[];
   dataDir: string;
   vmidCacheTtlS: number;
   proxmoxTimeoutMs: number;
@@ -137,7 +139,12 @@ export class ConfigError extends Error {
   }
 }
 
-export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
+export interface LoadOptions {
+  /** The server needs ENCRYPTION_KEY with DATABASE_URL; `pvegraph migrate` and the token commands do not. */
+  requireEncryptionKey?: boolean;
+}
+
+export function loadConfig(env: NodeJS.ProcessEnv = process.env, opts: LoadOptions = {}): Config {
   const parsed = envSchema.safeParse(env);
   if (!parsed.success) {
     const issue = parsed.error.issues[0]!;
@@ -146,7 +153,10 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     throw new ConfigError(`invalid configuration: ${message}`);
   }
   const e = parsed.data;
-  if (e.DATABASE_URL && e.ENCRYPTION_KEY.length === 0) {
+  if (e.ENCRYPTION_KEY.length > 1) {
+    throw new ConfigError('invalid configuration: ENCRYPTION_KEY holds one key; put older ones in ENCRYPTION_KEYS_PREVIOUS');
+  }
+  if (opts.requireEncryptionKey !== false && e.DATABASE_URL && e.ENCRYPTION_KEY.length === 0) {
     throw new ConfigError('invalid configuration: ENCRYPTION_KEY is required when DATABASE_URL is set (32 bytes, base64)');
   }
   const production = e.NODE_ENV === 'production';
@@ -157,7 +167,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     databaseUrl: e.DATABASE_URL,
     redisUrl: e.REDIS_URL,
     redisKeyPrefix: e.REDIS_KEY_PREFIX,
-    encryptionKeys: [...e.ENCRYPTION_KEY, ...e.ENCRYPTION_KEYS_PREVIOUS],
+    encryptionKey: e.ENCRYPTION_KEY[0],
+    previousEncryptionKeys: e.ENCRYPTION_KEYS_PREVIOUS,
     dataDir: path.resolve(e.PVEGRAPH_DATA_DIR),
     vmidCacheTtlS: e.VMID_CACHE_TTL_S,
     proxmoxTimeoutMs: e.PROXMOX_TIMEOUT_MS,

@@ -6,6 +6,9 @@ function hasCode(err: unknown, code: string): boolean {
 /** A unique constraint or unique index refused the write. */
 export const isUniqueViolation = (err: unknown): boolean => hasCode(err, 'P2002');
 
+/** The row an update or delete addressed is gone (deleted meanwhile). */
+export const isRecordNotFound = (err: unknown): boolean => hasCode(err, 'P2025');
+
 /** A foreign key refused the write (a referenced row is missing, or a referencing row exists). */
 export const isForeignKeyViolation = (err: unknown): boolean => hasCode(err, 'P2003');
 

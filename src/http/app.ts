@@ -4,13 +4,14 @@ import type { AddressInfo } from 'node:net';
 import { type ExecutionArgs, GraphQLError } from 'graphql';
 import { useServer } from 'graphql-ws/use/ws';
 import type { Logger } from 'pino';
-import { WebSocketServer } from 'ws';
+import { WebSocket, WebSocketServer } from 'ws';
 import { bearerToken, sameSecret } from '../auth/api-token.js';
 import type { Viewer } from '../auth/auth-service.js';
 import type { Config } from '../config/config.js';
 import type { RequestContext } from '../graphql/context.js';
 import { createPvegraphYoga, type PvegraphYoga } from '../graphql/yoga.js';
 import { requestScope } from '../observability/request-context.js';
+import { UnauthenticatedError } from '../errors.js';
 import type { Services } from '../services.js';
 import { checkReadiness } from './health.js';
 
@@ -26,8 +27,11 @@ export const enum WsCloseCode {
 
 export type AppConfig = Pick<
   Config,
-  'graphiql' | 'introspection' | 'maxRequestBodyBytes' | 'maxSubscriptionsPerUser' | 'wsMaxConnectionsPerUser' | 'metricsToken'
+  'graphiql' | 'introspection' | 'maxRequestBodyBytes' | 'maxSubscriptionsPerUser' | 'wsMaxConnectionsPerUser' | 'metricsToken' | 'tokenCacheTtlMs'
 >;
+
+/** How long shutdown waits for in-flight requests and WebSocket close handshakes. */
+const SHUTDOWN_GRACE_MS = 10_000;
 
 export interface AppOptions {
   services: Services;
@@ -45,6 +49,10 @@ export interface App {
 
 type WsExtra = {
   viewer?: Viewer;
+  /** The socket's token, re-checked so a revoked token loses its open sockets too. */
+  token?: string;
+  /** This socket holds a slot in socketsPerUser (released exactly once). */
+  counted?: boolean;
 };
 
 export function createApp({ services, log, config }: AppOptions): App {
@@ -97,6 +105,7 @@ export function createApp({ services, log, config }: AppOptions): App {
   }
 
   const wss = new WebSocketServer({ server, path: '/graphql', maxPayload: config.maxRequestBodyBytes });
+  const tokens = new WeakMap<WebSocket, string>();
   const socketsPerUser = new Map<string, number>();
   useServer<Record<string, unknown>, WsExtra>(
     {
@@ -105,6 +114,8 @@ export function createApp({ services, log, config }: AppOptions): App {
         const token = bearerToken(String(ctx.connectionParams?.authorization ?? ''));
         const viewer = token ? await services.auth.verify(token) : null;
         if (!viewer) return false;
+        // Closed while the token was being checked: onClose has run already, count nothing.
+        if (ctx.extra.socket.readyState !== WebSocket.OPEN) return false;
         const open = socketsPerUser.get(viewer.userId) ?? 0;
         if (open >= config.wsMaxConnectionsPerUser) {
           ctx.extra.socket.close(WsCloseCode.PolicyViolation, `At most ${config.wsMaxConnectionsPerUser} connections per user`);
@@ -113,11 +124,15 @@ export function createApp({ services, log, config }: AppOptions): App {
         socketsPerUser.set(viewer.userId, open + 1);
         metrics.webSockets.inc();
         ctx.extra.viewer = viewer;
+        ctx.extra.token = token!;
+        ctx.extra.counted = true;
+        tokens.set(ctx.extra.socket, token!);
         return true;
       },
       onClose: (ctx) => {
         const userId = ctx.extra.viewer?.userId;
-        if (!userId || !ctx.acknowledged) return;
+        if (!userId || !ctx.extra.counted) return;
+        ctx.extra.counted = false;
         metrics.webSockets.dec();
         const left = (socketsPerUser.get(userId) ?? 1) - 1;
         if (left <= 0) socketsPerUser.delete(userId);
@@ -125,6 +140,12 @@ export function createApp({ services, log, config }: AppOptions): App {
       },
       // Every WebSocket operation goes through Yoga's envelop, so its plugins guard it too.
       onSubscribe: async (ctx, _id, payload) => {
+        // Verified per operation (cached), so a revoked token stops working on open sockets
+        // within TOKEN_CACHE_TTL_MS, as it does over HTTP.
+        if (!ctx.extra.token || !(await services.auth.verify(ctx.extra.token))) {
+          ctx.extra.socket.close(WsCloseCode.Forbidden, 'Forbidden');
+          return [new UnauthenticatedError('The API token is not valid (unknown or revoked).')];
+        }
         const { schema, execute, subscribe, contextFactory, parse, validate } = yoga.getEnveloped({
           ...ctx,
           req: ctx.extra.request,
@@ -173,6 +194,17 @@ export function createApp({ services, log, config }: AppOptions): App {
     wss,
   );
 
+  // Idle sockets of a revoked token are closed too, not only those that send something.
+  const revocationSweep = setInterval(() => {
+    for (const socket of wss.clients) void closeIfRevoked(socket);
+  }, Math.max(1_000, config.tokenCacheTtlMs));
+  revocationSweep.unref();
+  async function closeIfRevoked(socket: WebSocket): Promise<void> {
+    const token = tokens.get(socket);
+    // A failed check (database down) is not a revocation: keep the socket.
+    if (token && (await services.auth.verify(token).catch(() => 'unknown')) === null) socket.close(WsCloseCode.Forbidden, 'Forbidden');
+  }
+
   return {
     server,
     yoga,
@@ -188,13 +220,17 @@ export function createApp({ services, log, config }: AppOptions): App {
       });
     },
     async stop() {
+      clearInterval(revocationSweep);
       const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+      // In-flight requests finish; sockets and connections still open after the grace period
+      // (a peer that never completes the close handshake) are cut.
+      const grace = setTimeout(() => {
+        for (const client of wss.clients) client.terminate();
+        server.closeAllConnections();
+      }, SHUTDOWN_GRACE_MS);
       for (const client of wss.clients) client.close(WsCloseCode.GoingAway, 'server shutting down');
-      await new Promise<void>((resolve) => wss.close(() => resolve()));
       server.closeIdleConnections();
-      // In-flight requests finish; connections that stay open past the grace period are cut.
-      const grace = setTimeout(() => server.closeAllConnections(), 10_000);
-      await closed;
+      await Promise.all([closed, new Promise<void>((resolve) => wss.close(() => resolve()))]);
       clearTimeout(grace);
     },
   };

@@ -23,7 +23,8 @@ const RegisterContainerInput = builder.inputType('RegisterContainerInput', {
 builder.mutationFields((t) => ({
   registerContainer: t.prismaField({
     type: 'Container',
-    description: "Records a container; CONFLICT when the VMID is registered on the node already. Invalidates the node's VMID cache.",
+    description:
+      "Records a container; CONFLICT when the VMID is registered on the node already. Uses up a reservation of the VMID and invalidates the node's VMID cache.",
     args: { input: t.arg({ type: RegisterContainerInput, required: true }) },
     resolve: (query, _root, { input }, ctx) =>
       ctx.services.containers.register(ctx.viewer, { ...input, nodeId: String(input.nodeId) }, query),

@@ -2,9 +2,9 @@ import { randomUUID } from 'node:crypto';
 import type { Viewer } from '../auth/auth-service.js';
 import type { SecretBox } from '../crypto/secret-box.js';
 import type { Prisma, PrismaClient } from '../db/database.js';
-import { isForeignKeyViolation, isUniqueViolation } from '../db/prisma-errors.js';
+import { isForeignKeyViolation, isRecordNotFound, isUniqueViolation } from '../db/prisma-errors.js';
 import type { ProxmoxNode } from '../db/generated/prisma/client.js';
-import { ConflictError, DomainError, ErrorCode, FailedPreconditionError, NotFoundError } from '../errors.js';
+import { BadUserInputError, ConflictError, DomainError, ErrorCode, FailedPreconditionError, NotFoundError } from '../errors.js';
 import type { ConnectionTestResult, ProxmoxClient, ProxmoxTarget } from '../proxmox/index.js';
 import { isUuid } from './node-validation.js';
 import type { NodeRef, VmidHooks } from './vmid-hooks.js';
@@ -101,20 +101,16 @@ export class NodeService {
       allowInsecureTls: target.allowInsecureTls ?? false,
       ...testedFields(test),
     };
-    // The first node becomes the default. Under concurrent creates several may believe they
-    // are first; the partial unique index lets exactly one win, the others are stored plain.
-    const hasDefault = (await this.prisma.proxmoxNode.count({ where: { userId: viewer.userId, isDefault: true } })) > 0;
+    // The first node becomes the default: decided under the user's lock, so concurrent creates
+    // and deletes see each other (the partial unique index stays the last line of defence).
     try {
-      return await this.prisma.proxmoxNode.create({ ...query, data: { ...data, isDefault: !hasDefault } });
+      return await this.withUserLock(viewer.userId, async (tx) => {
+        const hasDefault = (await tx.proxmoxNode.count({ where: { userId: viewer.userId, isDefault: true } })) > 0;
+        return tx.proxmoxNode.create({ ...query, data: { ...data, isDefault: !hasDefault } });
+      });
     } catch (err) {
-      if (!isUniqueViolation(err)) throw err;
-      await this.assertNameFree(viewer, input.name);
-      try {
-        return await this.prisma.proxmoxNode.create({ ...query, data: { ...data, isDefault: false } });
-      } catch (again) {
-        if (isUniqueViolation(again)) throw nameTaken(input.name);
-        throw again;
-      }
+      if (isUniqueViolation(err)) throw nameTaken(input.name);
+      throw err;
     }
   }
 
@@ -125,6 +121,19 @@ export class NodeService {
     if (input.name != null && input.name !== node.name) {
       await this.assertNameFree(viewer, input.name);
       data.name = input.name;
+    }
+    // The stored secret only ever goes to the host it was given for: pointing the node
+    // somewhere else, or trusting other certificates, needs the secret again. Otherwise a
+    // stolen API token could send the Proxmox token to a host of the thief's choosing.
+    const retargets =
+      (input.host != null && input.host !== node.host) ||
+      (input.port != null && input.port !== node.port) ||
+      (input.allowInsecureTls === true && !node.allowInsecureTls) ||
+      (input.tlsFingerprint !== undefined && (input.tlsFingerprint || null) !== node.tlsFingerprint);
+    if (retargets && !input.tokenSecret) {
+      throw new BadUserInputError('Changing host, port or TLS trust needs the token secret again.', {
+        'input.tokenSecret': 'required when host, port or TLS settings change',
+      });
     }
     const target = this.targetOf(node);
     let connectionChanged = false;
@@ -161,6 +170,8 @@ export class NodeService {
       updated = await this.prisma.proxmoxNode.update({ ...query, where: { id: node.id }, data });
     } catch (err) {
       if (isUniqueViolation(err)) throw nameTaken(input.name ?? node.name);
+      // Deleted while the connection test ran.
+      if (isRecordNotFound(err)) throw new NotFoundError('Node', input.id);
       throw err;
     }
     if (connectionChanged && (target.host !== node.host || target.port !== node.port || target.tokenId !== node.tokenId)) {
@@ -173,7 +184,7 @@ export class NodeService {
   async delete(viewer: Viewer, id: string): Promise<boolean> {
     const node = await this.get(viewer, id);
     try {
-      await this.prisma.$transaction(async (tx) => {
+      await this.withUserLock(viewer.userId, async (tx) => {
         const containers = await tx.container.count({ where: { nodeId: node.id } });
         if (containers > 0) throw hasContainers(containers);
         const deleted = await tx.proxmoxNode.deleteMany({ where: { id: node.id, userId: viewer.userId } });
@@ -193,18 +204,13 @@ export class NodeService {
   }
 
   async setDefault(viewer: Viewer, id: string, query: NodeQuery = {}): Promise<ProxmoxNode> {
-    const node = await this.get(viewer, id);
-    for (let attempt = 0; ; attempt++) {
-      try {
-        return await this.prisma.$transaction(async (tx) => {
-          await tx.proxmoxNode.updateMany({ where: { userId: viewer.userId, isDefault: true, NOT: { id: node.id } }, data: { isDefault: false } });
-          return tx.proxmoxNode.update({ ...query, where: { id: node.id }, data: { isDefault: true } });
-        });
-      } catch (err) {
-        // Two switches at once: one transaction sees the other's default; try again.
-        if (!isUniqueViolation(err) || attempt >= 3) throw err;
-      }
-    }
+    if (!isUuid(id)) throw new NotFoundError('Node', id);
+    return this.withUserLock(viewer.userId, async (tx) => {
+      const node = await tx.proxmoxNode.findFirst({ where: { id, userId: viewer.userId }, select: { id: true } });
+      if (!node) throw new NotFoundError('Node', id);
+      await tx.proxmoxNode.updateMany({ where: { userId: viewer.userId, isDefault: true, NOT: { id: node.id } }, data: { isDefault: false } });
+      return tx.proxmoxNode.update({ ...query, where: { id: node.id }, data: { isDefault: true } });
+    });
   }
 
   /** Never throws for Proxmox-side failures; a successful test refreshes what the node shows. */
@@ -223,6 +229,18 @@ export class NodeService {
     if (!node) throw new NotFoundError('Node', nodeId);
     const guests = await this.proxmox.guests(this.targetOf(node));
     return guests.map((g) => g.vmid);
+  }
+
+  /**
+   * Runs `fn` in a transaction holding the user's row lock: creates, deletes and default
+   * switches of one user take turns, so "exactly one default" holds under any interleaving.
+   * Never hold it across a Proxmox call.
+   */
+  private withUserLock<T>(userId: string, fn: (tx: Prisma.TransactionClient) => Promise<T>): Promise<T> {
+    return this.prisma.$transaction(async (tx) => {
+      await tx.$queryRaw`SELECT 1 FROM users WHERE id = ${userId}::uuid FOR UPDATE`;
+      return fn(tx);
+    });
   }
 
   private targetOf(node: ProxmoxNode): ProxmoxTarget {

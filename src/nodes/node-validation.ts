@@ -1,5 +1,6 @@
 import { isIP } from 'node:net';
 import { z } from 'zod';
+import { VMID_MAX, VMID_MIN } from '../vmids/types.js';
 
 /**
  * Input rules for nodes and containers. Each schema normalises what it accepts (trimmed
@@ -47,8 +48,6 @@ export const tlsFingerprint = z
   .refine((v) => /^[0-9A-F]{64}$/.test(v), 'must be a SHA-256 fingerprint (32 bytes of hex, colon-separated)')
   .transform((v) => v.match(/../g)!.join(':'));
 
-export const VMID_MIN = 100;
-export const VMID_MAX = 999_999_999;
 export const vmid = z.number().int('must be an integer').min(VMID_MIN, `must be from ${VMID_MIN} to ${VMID_MAX}`).max(VMID_MAX, `must be from ${VMID_MIN} to ${VMID_MAX}`);
 
 export const containerHostname = z

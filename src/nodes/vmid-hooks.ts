@@ -1,8 +1,6 @@
-/** A node as the VMID capability needs it: its id and its owner. */
-export interface NodeRef {
-  id: string;
-  userId: string;
-}
+import type { NodeRef } from '../vmids/types.js';
+
+export type { NodeRef };
 
 /**
  * What node management tells the VMID capability. Node code calls these and nothing else of

@@ -496,7 +496,7 @@ export class ProxmoxClient {
         // Never sleep past the deadline: give up with the real error instead of a timeout.
         if (Date.now() + delay + 20 >= deadline) throw err;
         this.opts.logger?.debug?.(
-          { host: bareHost(t.host), port: t.port, path, attempt: attempt + 1, delayMs: delay, code: err instanceof DomainError ? err.code : undefined, message: err.message },
+          { host: bareHost(t.host), port: t.port, path, attempt: attempt + 1, delayMs: delay, code: err instanceof DomainError ? err.code : undefined, message: redact(err, t.tokenSecret).message },
           'retrying Proxmox request',
         );
         try {

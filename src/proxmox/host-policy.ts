@@ -55,7 +55,16 @@ const MULTICAST = list([
 ]);
 const RESERVED = list([
   ['240.0.0.0', 4, 'ipv4'], // includes 255.255.255.255
+  ['192.0.0.0', 24, 'ipv4'], // IETF protocol assignments
+  ['198.18.0.0', 15, 'ipv4'], // benchmarking
   ['::', 96, 'ipv6'], // deprecated IPv4-compatible addresses
+  // Translation and tunnelling prefixes embed IPv4 addresses the policy cannot see through
+  // reliably (local-use NAT64, 6to4, Teredo, IPv4-translated): never allowed.
+  ['64:ff9b:1::', 48, 'ipv6'],
+  ['2002::', 16, 'ipv6'],
+  ['2001::', 32, 'ipv6'],
+  ['::ffff:0:0:0', 96, 'ipv6'],
+  ['fec0::', 10, 'ipv6'], // deprecated site-local
 ]);
 const LOOPBACK = list([
   ['127.0.0.0', 8, 'ipv4'],
@@ -108,11 +117,11 @@ export function normalizeIp(ip: string): { address: string; family: 4 | 6 } | nu
   if (fam !== 6) return null;
   const g = ipv6Groups(s);
   if (!g) return null;
-  if (g.slice(0, 5).every((x) => x === 0) && g[5] === 0xffff) {
-    const hi = g[6] ?? 0;
-    const lo = g[7] ?? 0;
-    return { address: `${hi >> 8}.${hi & 0xff}.${lo >> 8}.${lo & 0xff}`, family: 4 };
-  }
+  const embedded = (hi: number, lo: number) => ({ address: `${hi >> 8}.${hi & 0xff}.${lo >> 8}.${lo & 0xff}`, family: 4 as const });
+  if (g.slice(0, 5).every((x) => x === 0) && g[5] === 0xffff) return embedded(g[6] ?? 0, g[7] ?? 0);
+  // Well-known NAT64 prefix 64:ff9b::/96: on a DNS64 network it reaches the embedded IPv4
+  // address, so it is judged as that address (64:ff9b::7f00:1 is loopback).
+  if (g[0] === 0x64 && g[1] === 0xff9b && g.slice(2, 6).every((x) => x === 0)) return embedded(g[6] ?? 0, g[7] ?? 0);
   const zone = s.indexOf('%');
   return { address: (zone >= 0 ? s.slice(0, zone) : s).toLowerCase(), family: 6 };
 }
@@ -202,7 +211,9 @@ export async function resolveAllowed(host: string, policy: HostPolicy): Promise<
     const n = normalizeIp(a.address);
     if (!n) continue;
     const refusal = addressRefusal(n.address, policy);
-    if (refusal) throw new HostNotAllowedError(h, refusal, n.address);
+    // The address stays out of the message: it would turn refusals into a way to read
+    // internal DNS answers.
+    if (refusal) throw new HostNotAllowedError(h, refusal);
     if (!out.some((o) => o.address === n.address)) out.push(n);
   }
   if (out.length === 0) {

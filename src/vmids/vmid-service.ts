@@ -8,7 +8,7 @@ import { type NodeRef, VMID_MAX, VMID_MIN, type VmidEvent, type VmidReservation,
 import { checkMin, checkTtlSeconds, checkVmid, DEFAULT_RESERVATION_TTL_S } from './validation.js';
 
 /** Asks Proxmox which VMIDs exist on the node's cluster (errors: DomainErrors, PROXMOX_*). */
-export type FetchTakenVmids = (nodeId: string) => Promise<number[]>;
+export type FetchTakenVmids = (node: NodeRef) => Promise<number[]>;
 
 export interface VmidServiceOptions {
   store: VmidStore;
@@ -96,7 +96,7 @@ export class VmidService {
     let taken: number[] | undefined;
     try {
       const { epoch } = await this.store.state(node.id);
-      taken = await this.fetchTakenVmids(node.id);
+      taken = await this.fetchTakenVmids(node);
       const snapshot = await this.write(node, taken, epoch);
       return this.toSet(node.id, snapshot, false);
     } catch (err) {
@@ -189,9 +189,14 @@ export class VmidService {
 
   // ------------------------------------------------------------------ hooks of node management
 
-  /** registerContainer: see consumeReservation. Best effort: the container is recorded already. */
+  /**
+   * registerContainer: the reservation of `vmid` is used up, and the cached set is dropped
+   * (the contract: registering invalidates), so the next read sees the guest as Proxmox does.
+   * Best effort: the container is recorded already.
+   */
   async containerRegistered(node: NodeRef, vmid: number): Promise<void> {
     await this.bestEffort('consume a reservation', () => this.consumeReservation(node, vmid));
+    await this.bestEffort('invalidate the VMID cache', () => this.invalidateVmidCache(node));
   }
 
   /** unregisterContainer: the guest may be gone; the next read asks Proxmox. */
@@ -210,13 +215,17 @@ export class VmidService {
     await this.bestEffort('forget the node', () => this.store.forget(node.id));
   }
 
-  /** While Redis is down the TTLs bound what stays stale; the caller's change stands. */
+  /**
+   * The caller's database change has committed: it stands whatever happens here (failing
+   * the request now would make a client retry something that succeeded). While Redis is down
+   * the TTLs bound what stays stale; anything else is a bug worth an error log.
+   */
   private async bestEffort(what: string, op: () => Promise<unknown>): Promise<void> {
     try {
       await op();
     } catch (err) {
-      if (!(err instanceof CacheUnavailableError)) throw err;
-      this.log?.warn({ err: { message: err.message } }, `could not ${what}: VMID cache unavailable`);
+      if (err instanceof CacheUnavailableError) this.log?.warn({ err: { message: err.message } }, `could not ${what}: VMID cache unavailable`);
+      else this.log?.error({ err }, `could not ${what}`);
     }
   }
 
@@ -275,7 +284,9 @@ export class VmidService {
             try {
               for (const nodeId of syncNodeIds) {
                 const { version } = await store.state(nodeId);
-                if (active && version > (floors.get(nodeId) ?? 0)) {
+                // Not only "newer": a Redis that lost its data (restart without persistence,
+                // failover) starts versions again; the lower floor lets new events through.
+                if (active && version !== (floors.get(nodeId) ?? 0)) {
                   floors.set(nodeId, version);
                   send(syncEvent(nodeId, version));
                 }
@@ -359,7 +370,7 @@ export class VmidService {
   }
 
   private async fetchAndWrite(node: NodeRef, epoch: number): Promise<Fill> {
-    const taken = await this.fetchTakenVmids(node.id);
+    const taken = await this.fetchTakenVmids(node);
     const snapshot = await this.write(node, taken, epoch);
     return { snapshot, written: snapshot.cache !== null };
   }
@@ -397,7 +408,7 @@ export class VmidService {
     this.log?.warn({ nodeId: node.id, err: { message: cause.message } }, 'vmid cache unavailable: answering from Proxmox directly');
     let pending = fetched ? Promise.resolve(fetched) : this.directReads.get(node.id);
     if (!pending) {
-      pending = this.fetchTakenVmids(node.id).finally(() => this.directReads.delete(node.id));
+      pending = this.fetchTakenVmids(node).finally(() => this.directReads.delete(node.id));
       this.directReads.set(node.id, pending);
     }
     const taken = [...new Set(await pending)].sort((a, b) => a - b);

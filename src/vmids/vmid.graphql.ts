@@ -81,13 +81,9 @@ builder.queryFields((t) => ({
 builder.mutationFields((t) => ({
   refreshVmidCache: t.field({
     type: VmidSetRef,
-    description: 'Asks Proxmox now and replaces the cached set. Counts against the Proxmox rate limit.',
+    description: 'Asks Proxmox now and replaces the cached set. Counts against the Proxmox rate limit (as every cache fill does).',
     args: { nodeId: t.arg.id({ required: true }) },
-    resolve: async (_root, args, ctx) => {
-      const node = await ownedNode(ctx, args.nodeId);
-      await ctx.services.rateLimiter.consume('proxmox', ctx.viewer.userId);
-      return ctx.services.vmids.refreshVmidCache(node);
-    },
+    resolve: async (_root, args, ctx) => ctx.services.vmids.refreshVmidCache(await ownedNode(ctx, args.nodeId)),
   }),
   invalidateVmidCache: t.boolean({
     description: 'Drops the cached set (the next read asks Proxmox). True when a cached set existed.',

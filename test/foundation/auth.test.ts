@@ -110,6 +110,29 @@ describe('API token authentication', () => {
   });
 });
 
+describe('revoking a token with WebSockets open', () => {
+  let server: TestServer;
+  beforeAll(async () => {
+    server = await startTestServer({ env: { TOKEN_CACHE_TTL_MS: '1000' } });
+  });
+  afterAll(() => server.stop());
+
+  it('closes the open sockets of a revoked token with 4403 within the token cache lifetime', async () => {
+    const erin = await server.createUser('erin');
+    const socket = new WebSocket(server.wsUrl, 'graphql-transport-ws');
+    const closed = new Promise<number>((resolve) => socket.once('close', (c) => resolve(c)));
+    await new Promise<void>((resolve) => {
+      socket.once('open', () => socket.send(JSON.stringify({ type: 'connection_init', payload: { authorization: `Bearer ${erin.token}` } })));
+      socket.on('message', (m) => JSON.parse(String(m)).type === 'connection_ack' && resolve());
+    });
+    const [token] = await server.runtime.services.auth.listTokens('erin');
+    await server.runtime.services.auth.revokeToken(token!.id);
+    const revokedAt = Date.now();
+    expect(await closed).toBe(4403);
+    expect(Date.now() - revokedAt).toBeLessThan(5_000);
+  });
+});
+
 describe('health endpoints', () => {
   let server: TestServer;
   let redisRelay: TcpProxy;

@@ -5,7 +5,9 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createTestDatabase } from '../support/test-database.js';
+import { inject } from 'vitest';
+import { databaseUrl } from '../support/env.js';
+import { adminQuery, createTestDatabase } from '../support/test-database.js';
 
 const run = promisify(execFile);
 const ROOT = path.resolve(import.meta.dirname, '../..');
@@ -69,9 +71,20 @@ describe('npx pvegraph (CLI) against PostgreSQL', () => {
     });
   });
 
-  it('migrate reports an up-to-date database', async () => {
-    const { stdout } = await run(BIN, ['migrate'], { env, cwd: ROOT });
-    expect(stdout).toContain('up to date');
+  it('migrate applies the migrations to an empty database, without ENCRYPTION_KEY or Redis', async () => {
+    const name = `${inject('runId')}_cli_migrate`;
+    await adminQuery(`CREATE DATABASE "${name}"`);
+    try {
+      // A deploy step has the database URL, not the app's secrets; a dead REDIS_URL is ignored.
+      const bare = cleanEnv({ DATABASE_URL: databaseUrl(name), REDIS_URL: 'redis://127.0.0.1:1' });
+      const first = await run(BIN, ['migrate'], { env: bare, cwd: ROOT });
+      expect(first.stdout).toMatch(/^applied 20261126000000_init$/m);
+      const second = await run(BIN, ['migrate'], { env: bare, cwd: ROOT });
+      expect(second.stdout).not.toMatch(/^applied/m);
+      expect(second.stdout).toMatch(/database is up to date/);
+    } finally {
+      await adminQuery(`DROP DATABASE IF EXISTS "${name}" WITH (FORCE)`);
+    }
   });
 });
 

@@ -16,7 +16,8 @@ describe('configuration', () => {
       allowPrivateNodeHosts: true,
       allowLoopbackNodeHosts: false,
       logLevel: 'info',
-      encryptionKeys: [],
+      encryptionKey: undefined,
+      previousEncryptionKeys: [],
     });
     expect(c.dataDir).toMatch(/\.data$/);
   });
@@ -32,6 +33,7 @@ describe('configuration', () => {
     [{ ENCRYPTION_KEY: 'c2hvcnQ=' }, /ENCRYPTION_KEY must be 32 bytes/],
     [{ LOG_LEVEL: 'loud' }, /LOG_LEVEL must be one of/],
     [{ DATABASE_URL: 'postgresql://localhost/x' }, /ENCRYPTION_KEY is required when DATABASE_URL is set/],
+    [{ ENCRYPTION_KEY: `${KEY},${KEY}` }, /ENCRYPTION_KEY holds one key/],
   ])('stops with one line naming the variable for %o', (env, message) => {
     let error: unknown;
     try {
@@ -44,10 +46,15 @@ describe('configuration', () => {
     expect((error as Error).message).not.toContain('\n');
   });
 
+  it('lets commands that never touch secrets run without ENCRYPTION_KEY', () => {
+    expect(loadConfig({ DATABASE_URL: 'postgresql://localhost/x' }, { requireEncryptionKey: false }).encryptionKey).toBeUndefined();
+  });
+
   it('reads service mode with a key, and previous keys for rotation after the current one', () => {
     const old = Buffer.alloc(32, 1).toString('base64');
     const c = loadConfig({ DATABASE_URL: 'postgresql://localhost/x', ENCRYPTION_KEY: KEY, ENCRYPTION_KEYS_PREVIOUS: old, ALLOW_LOOPBACK_NODE_HOSTS: 'true' });
-    expect(c.encryptionKeys.map((k) => k.toString('base64'))).toEqual([KEY, old]);
+    expect(c.encryptionKey?.toString('base64')).toBe(KEY);
+    expect(c.previousEncryptionKeys.map((k) => k.toString('base64'))).toEqual([old]);
     expect(c.allowLoopbackNodeHosts).toBe(true);
   });
 });

@@ -121,7 +121,9 @@ describe('production mode', () => {
 describe('WebSocket connections per user', () => {
   let server: TestServer;
   beforeAll(async () => {
-    server = await startTestServer({ env: { WS_MAX_CONNECTIONS_PER_USER: '2' } });
+    // No token cache: every connection's check takes a database round trip, the window in
+    // which a client can hang up before it finishes.
+    server = await startTestServer({ env: { WS_MAX_CONNECTIONS_PER_USER: '2', TOKEN_CACHE_TTL_MS: '0' } });
   });
   afterAll(() => server.stop());
 
@@ -148,5 +150,34 @@ describe('WebSocket connections per user', () => {
     expect(d.socket.readyState).toBe(WebSocket.OPEN);
     b.socket.close();
     d.socket.close();
+  });
+
+  it('does not lose slots to clients that hang up while their token is being checked', async () => {
+    const { token } = await server.createUser();
+    await Promise.all(
+      Array.from({ length: 20 }, () =>
+        new Promise<void>((resolve) => {
+          const socket = new WebSocket(server.wsUrl, 'graphql-transport-ws');
+          socket.once('open', () => {
+            socket.send(JSON.stringify({ type: 'connection_init', payload: { authorization: `Bearer ${token}` } }));
+            socket.close();
+          });
+          socket.once('close', () => resolve());
+          socket.once('error', () => resolve());
+        }),
+      ),
+    );
+    await new Promise((r) => setTimeout(r, 300));
+    const acked = () =>
+      new Promise<boolean>((resolve) => {
+        const socket = new WebSocket(server.wsUrl, 'graphql-transport-ws');
+        socket.once('open', () => socket.send(JSON.stringify({ type: 'connection_init', payload: { authorization: `Bearer ${token}` } })));
+        socket.on('message', (m) => {
+          if (JSON.parse(String(m)).type === 'connection_ack') resolve(true);
+        });
+        socket.once('close', () => resolve(false));
+        setTimeout(() => socket.close(), 2_000);
+      });
+    expect(await Promise.all([acked(), acked()])).toEqual([true, true]);
   });
 });

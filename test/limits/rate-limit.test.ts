@@ -1,5 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CreateNode, TestNodeConnection } from '../nodes/documents.js';
+import { InvalidateVmidCache, VmidsTaken } from '../vmids/documents.js';
 import { nodeInputFor, type Simulator, startTestSimulator } from '../support/simulator.js';
 import { startTestServer, type TestServer } from '../support/test-server.js';
 
@@ -33,8 +34,13 @@ describe('per-user rate limit on Proxmox operations, shared across instances', (
     expect(limited.errors?.[0]?.extensions?.code).toBe('RATE_LIMITED');
     expect(limited.errors?.[0]?.extensions?.retryAfterSeconds).toBeGreaterThan(0);
     expect((await b.gql(CreateNode, { input: nodeInputFor(sim) as never }, alice.token)).errors?.[0]?.extensions?.code).toBe('RATE_LIMITED');
+    // Cache fills reach Proxmox too: invalidate-and-read cannot bypass the budget.
+    const resourceCalls = sim.stats.count('/cluster/resources');
+    await a.gql(InvalidateVmidCache, { nodeId: node.id }, alice.token);
+    expect((await b.gql(VmidsTaken, { nodeId: node.id }, alice.token)).errors?.[0]?.extensions?.code).toBe('RATE_LIMITED');
     // A limited call never reaches Proxmox.
     expect(sim.stats.count('/version')).toBe(versionCalls);
+    expect(sim.stats.count('/cluster/resources')).toBe(resourceCalls);
 
     // Another user has a budget of their own.
     const bob = await b.createUser();

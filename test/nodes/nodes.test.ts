@@ -223,11 +223,11 @@ describe('updateNode', () => {
   it('re-tests when the connection changes and stores nothing when the test fails', async () => {
     const { token } = await newUser();
     const node = await createNode(token, { name: 'keep' });
-    const badPort = await server.gql(UpdateNode, { input: { id: node.id, port: 1, name: 'changed' } }, token);
+    const badPort = await server.gql(UpdateNode, { input: { id: node.id, port: 1, name: 'changed', tokenSecret: sim.token.secret } }, token);
     expect(code(badPort)).toBe('PROXMOX_UNREACHABLE');
     const badSecret = await server.gql(UpdateNode, { input: { id: node.id, tokenSecret: 'wrong' } }, token);
     expect(code(badSecret)).toBe('PROXMOX_AUTH_FAILED');
-    const badPin = await server.gql(UpdateNode, { input: { id: node.id, tlsFingerprint: null } }, token);
+    const badPin = await server.gql(UpdateNode, { input: { id: node.id, tlsFingerprint: null, tokenSecret: sim.token.secret } }, token);
     expect(code(badPin)).toBe('PROXMOX_TLS_UNTRUSTED');
     const unchanged = (await server.gql(NodeById, { id: node.id }, token)).data?.node;
     expect(unchanged?.name).toBe('keep');
@@ -239,6 +239,28 @@ describe('updateNode', () => {
     expect(moved.errors).toBeUndefined();
     expect(moved.data?.updateNode.tokenId).toBe('ops@pve!dash');
     expect((await server.gql(TestNodeConnection, { id: node.id }, token)).data?.testNodeConnection.ok).toBe(true);
+  });
+
+  it('never sends the stored token secret to a new host or under weaker TLS trust', async () => {
+    const { token } = await newUser();
+    const node = await createNode(token);
+    const other = await startTestSimulator();
+    try {
+      for (const change of [
+        { host: 'localhost', port: other.port },
+        { port: other.port },
+        { allowInsecureTls: true },
+        { tlsFingerprint: other.fingerprint },
+      ]) {
+        const res = await server.gql(UpdateNode, { input: { id: node.id, ...change } }, token);
+        expect(code(res)).toBe('BAD_USER_INPUT');
+        expect(res.errors![0]!.extensions!.fields).toEqual({ 'input.tokenSecret': expect.stringMatching(/required/) });
+      }
+      // Nothing reached the other host: not even a TLS handshake.
+      expect(other.stats.connections).toBe(0);
+    } finally {
+      await other.stop();
+    }
   });
 
   it('answers CONFLICT when renaming onto another node of the user', async () => {

@@ -82,6 +82,26 @@ describe('address classification', () => {
     await expectCode(resolveAllowed('bad host!', ALL_ALLOWED), 'HOST_NOT_ALLOWED');
     await expectCode(resolveAllowed('', ALL_ALLOWED), 'HOST_NOT_ALLOWED');
   });
+
+  it('does not tell a refused name\'s internal address (no DNS oracle)', async () => {
+    const err = await expectCode(resolveAllowed('localhost', DEFAULTS), 'HOST_NOT_ALLOWED');
+    expect(err.message).not.toMatch(/127\.0\.0\.1|::1/);
+    expect(err.extensions['address']).toBeUndefined();
+  });
+
+  it.each([
+    ['64:ff9b::7f00:1', 'loopback'],
+    ['64:ff9b::10.0.0.5', 'private'],
+    ['64:ff9b::a9fe:a9fe', 'metadata'],
+    ['64:ff9b::8.8.8.8', 'public'],
+    ['64:ff9b:1::1', 'reserved'],
+    ['2002:7f00:1::', 'reserved'],
+    ['2001:0:4136:e378::1', 'reserved'],
+    ['::ffff:0:7f00:1', 'reserved'],
+    ['198.18.0.1', 'reserved'],
+  ])('sees through translation prefixes: %s is %s', (ip, expected) => {
+    expect(classifyAddress(ip)).toBe(expected);
+  });
 });
 
 describe('host policy in the client (checked before any connection)', () => {

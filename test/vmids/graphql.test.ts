@@ -118,10 +118,13 @@ describe.each([
     expect((await server.gql(IsVmidTaken, { nodeId, vmid: r.vmid }, token)).data!.isVmidTaken).toBe(false);
   });
 
-  it('consumes a reservation when a container is registered for it', async () => {
+  it('consumes a reservation when a container is registered for it, and invalidates the cache', async () => {
     const r = (await server.gql(ReserveVmid, { nodeId, vmid: 7000 }, token)).data!.reserveVmid;
+    // The client creates the container at Proxmox with its reserved VMID, then registers it.
+    sim.addGuest({ vmid: r.vmid, type: 'lxc' });
     const container = (await server.gql(RegisterContainer, { input: { nodeId, vmid: r.vmid, hostname: 'ct-7000' } }, token)).data!.registerContainer;
     const set = (await server.gql(VmidsTaken, { nodeId }, token)).data!.vmidsTaken;
+    expect(set.fromCache).toBe(false);
     expect(set.reserved).not.toContain(7000);
     expect(set.taken).toContain(7000);
     await server.gql(UnregisterContainer, { id: container.id }, token);

@@ -20,7 +20,7 @@ export function connect(keyPrefix: string, url = TEST_REDIS_URL): Promise<Redis>
 export interface Proxmox {
   sim: Simulator;
   client: ProxmoxClient;
-  fetchTakenVmids: (nodeId: string) => Promise<number[]>;
+  fetchTakenVmids: (node: NodeRef) => Promise<number[]>;
   /** /cluster/resources requests so far. */
   resourceCalls(): number;
   close(): Promise<void>;
