@@ -82,7 +82,7 @@ export async function openRuntime(config: Config, log: Logger, opts: RuntimeOpti
       onLookup: (hit) => metrics.vmidCacheLookups.inc({ result: hit ? 'hit' : 'miss' }),
     });
     closers.push(() => vmids.close());
-    nodes = new NodeService(db.prisma, secretBox, proxmox, vmids);
+    nodes = new NodeService(db.prisma, secretBox, proxmox, vmids, config.tokenCacheTtlMs);
     const services: Services = {
       db,
       redis,

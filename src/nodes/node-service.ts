@@ -47,12 +47,36 @@ const TLS_CODES: readonly string[] = [ErrorCode.PROXMOX_TLS_UNTRUSTED, ErrorCode
  * another user's id answers NOT_FOUND exactly like an id that does not exist.
  */
 export class NodeService {
+  /** viewer+node → NodeRef, for the hot VMID reads (a node never changes owner). */
+  private readonly owned = new Map<string, { ref: NodeRef; expiresAt: number }>();
+
   constructor(
     private readonly prisma: PrismaClient,
     private readonly secrets: SecretBox,
     private readonly proxmox: ProxmoxClient,
     private readonly vmids: VmidHooks,
+    /** How long "this viewer owns this node" is trusted without the database (like tokens). */
+    private readonly ownershipCacheTtlMs = 30_000,
   ) {}
+
+  /**
+   * The viewer's node as a NodeRef (NOT_FOUND for anyone else's), cached: VMID reads are the
+   * hot path and ownership cannot change, only end — a node deleted through another instance
+   * is still answered for at most the cache lifetime (its VMID state is gone already, so a
+   * read then fails with NOT_FOUND when it asks Proxmox).
+   */
+  async ref(viewer: Viewer, nodeId: string): Promise<NodeRef> {
+    const key = `${viewer.userId}:${nodeId}`;
+    const now = Date.now();
+    const hit = this.owned.get(key);
+    if (hit && hit.expiresAt > now) return hit.ref;
+    const ref = refOf(await this.get(viewer, nodeId, { select: { id: true, userId: true } }));
+    if (this.ownershipCacheTtlMs > 0) {
+      if (this.owned.size >= 10_000) this.owned.delete(this.owned.keys().next().value!);
+      this.owned.set(key, { ref, expiresAt: now + this.ownershipCacheTtlMs });
+    }
+    return ref;
+  }
 
   list(viewer: Viewer, query: NodeQuery = {}) {
     return this.prisma.proxmoxNode.findMany({ ...query, where: { userId: viewer.userId }, orderBy: [{ createdAt: 'asc' }, { id: 'asc' }] });
@@ -199,6 +223,7 @@ export class NodeService {
       if (isForeignKeyViolation(err)) throw hasContainers(1);
       throw err;
     }
+    this.owned.delete(`${viewer.userId}:${node.id}`);
     await this.vmids.nodeDeleted(refOf(node));
     return true;
   }

@@ -69,6 +69,24 @@ export class RedisEventHub {
   }
 
   /** Resolves once the channel is subscribed in Redis; the returned function stops listening. */
+  /** Resolves once the subscriber connection can take SUBSCRIBE (bounded: 5 s). */
+  private whenReady(): Promise<void> {
+    const sub = this.subscriber;
+    if (sub.status === 'ready') return Promise.resolve();
+    if (sub.status === 'wait') sub.connect().catch(() => undefined);
+    return new Promise((resolve, reject) => {
+      const onReady = () => {
+        clearTimeout(timer);
+        resolve();
+      };
+      const timer = setTimeout(() => {
+        sub.off('ready', onReady);
+        reject(new Error('Redis subscriber connection not ready'));
+      }, 5_000);
+      sub.once('ready', onReady);
+    });
+  }
+
   async listen(channel: string, onMessage: (message: string) => void, onResync?: () => void): Promise<() => void> {
     const listener: Listener = { onMessage, onResync };
     if (this.connection.down()) throw unavailable();
@@ -77,7 +95,11 @@ export class RedisEventHub {
       this.stale.delete(channel);
       const created: Channel = {
         listeners: new Set(),
-        subscribed: this.subscriber.subscribe(channel).then(() => undefined),
+        // SUBSCRIBE sent during the subscriber connection's own handshake fails in ioredis ≥ 5.8
+        // ("Connection in subscriber mode…", ioredis#2037): wait until it is ready.
+        subscribed: this.whenReady()
+          .then(() => this.subscriber.subscribe(channel))
+          .then(() => undefined),
       };
       entry = created;
       this.channels.set(channel, created);

@@ -46,8 +46,8 @@ const VmidEventRef = builder.objectRef<VmidEvent>('VmidEvent').implement({
 });
 
 /** The caller's node as the VMID capability needs it; NOT_FOUND for anyone else's. */
-async function ownedNode(ctx: GraphQLContext, nodeId: string | number): Promise<NodeRef> {
-  return refOf(await ctx.services.nodes.get(ctx.viewer, String(nodeId), { select: { id: true, userId: true } }));
+function ownedNode(ctx: GraphQLContext, nodeId: string | number): Promise<NodeRef> {
+  return ctx.services.nodes.ref(ctx.viewer, String(nodeId));
 }
 
 builder.prismaObjectField('ProxmoxNode', 'vmids', (t) =>

@@ -322,3 +322,31 @@ describe('subscriptions per user', () => {
     }
   });
 });
+
+describe('the first subscriptions of a freshly started instance', () => {
+  it('all start, for many users at once (none fails while the pub/sub connection is still connecting)', async () => {
+    const sim = await startTestSimulator();
+    const seed = await startTestServer();
+    const owners = await Promise.all(
+      Array.from({ length: 20 }, async () => {
+        const { token } = await seed.createUser();
+        const nodeId = (await seed.gql(CreateNode, { input: nodeInputFor(sim) as never }, token)).data!.createNode.id;
+        return { token, nodeId };
+      }),
+    );
+    // Another instance of the deployment, started now: its pub/sub connection is brand new,
+    // and each user's first subscription SUBSCRIBEs a channel of its own.
+    const fresh = await startTestServer({ databaseUrl: seed.databaseUrl, redisKeyPrefix: seed.config.redisKeyPrefix });
+    const subs = owners.flatMap(({ token, nodeId }) => [subscribe(fresh, token, nodeId), subscribe(fresh, token, nodeId)]);
+    try {
+      await expect.poll(() => subs.every((s) => s.events.length === 1 || s.errors.length > 0), { timeout: 10_000 }).toBe(true);
+      expect(subs.flatMap((s) => s.errors)).toEqual([]);
+      expect(subs.every((s) => s.events[0]?.kind === 'SYNC')).toBe(true);
+    } finally {
+      for (const s of subs) await s.close();
+      await fresh.stop();
+      await seed.stop();
+      await sim.stop();
+    }
+  });
+});

@@ -1,0 +1,276 @@
+import { type ChildProcess, fork, spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import net from 'node:net';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+/**
+ * Where the server under test is started from: this checkout, or BENCH_SERVER_ROOT (a scratch
+ * copy with a prototyped patch, to measure before/after without touching src/).
+ */
+export const SERVER_ROOT = process.env.BENCH_SERVER_ROOT ? path.resolve(process.env.BENCH_SERVER_ROOT) : ROOT;
+
+/** One clock for every process of the bench: wall-clock milliseconds with sub-ms resolution. */
+export const now = (): number => performance.timeOrigin + performance.now();
+
+export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.once('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const port = (s.address() as net.AddressInfo).port;
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+/** Every child the bench started: killed on exit, whatever happens. */
+const children = new Set<ChildProcess>();
+export function track(child: ChildProcess): ChildProcess {
+  children.add(child);
+  child.once('exit', () => children.delete(child));
+  return child;
+}
+export function killAll(signal: NodeJS.Signals = 'SIGKILL'): void {
+  for (const c of children) if (c.exitCode === null && c.pid) c.kill(signal);
+}
+export async function stopChild(child: ChildProcess, timeoutMs = 5_000): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  const exited = new Promise<void>((r) => child.once('exit', () => r()));
+  child.kill('SIGTERM');
+  const t = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+  await exited;
+  clearTimeout(t);
+}
+
+export interface ServerChild {
+  child: ChildProcess;
+  port: number;
+  url: string;
+  graphqlUrl: string;
+  wsUrl: string;
+  pid: number;
+  stderr: () => string;
+}
+
+export interface ServerEnv {
+  databaseUrl: string;
+  redisUrl: string;
+  redisKeyPrefix: string;
+  encryptionKey: string;
+  /** Extra node flags before the script (e.g. --cpu-prof, which NODE_OPTIONS refuses). */
+  nodeArgs?: string[];
+  extraEnv?: Record<string, string>;
+}
+
+/** `node --import tsx src/main.ts` on a free loopback port; resolves once /healthz answers. */
+export async function spawnServer(env: ServerEnv, name = 'server'): Promise<ServerChild> {
+  const port = await freePort();
+  const child = track(
+    spawn(process.execPath, [...(env.nodeArgs ?? []), '--import', 'tsx', 'src/main.ts'], {
+      cwd: SERVER_ROOT,
+      stdio: ['ignore', 'ignore', 'pipe'],
+      env: {
+        PATH: process.env.PATH ?? '',
+        HOME: process.env.HOME ?? '/tmp',
+        NODE_ENV: 'development',
+        HOST: '127.0.0.1',
+        PORT: String(port),
+        DATABASE_URL: env.databaseUrl,
+        REDIS_URL: env.redisUrl,
+        REDIS_KEY_PREFIX: env.redisKeyPrefix,
+        ENCRYPTION_KEY: env.encryptionKey,
+        ALLOW_LOOPBACK_NODE_HOSTS: 'true',
+        LOG_LEVEL: 'warn',
+        RATE_LIMIT_PROXMOX_PER_MIN: '0',
+        RATE_LIMIT_RESERVATIONS_PER_MIN: '0',
+        WS_MAX_CONNECTIONS_PER_USER: '20000',
+        MAX_SUBSCRIPTIONS_PER_USER: '20000',
+        ...env.extraEnv,
+      },
+    }),
+  );
+  let err = '';
+  child.stderr!.on('data', (d: Buffer) => {
+    err += d.toString();
+    if (err.length > 20_000) err = err.slice(-10_000);
+  });
+  const url = `http://127.0.0.1:${port}`;
+  const deadline = Date.now() + 30_000;
+  for (;;) {
+    if (child.exitCode !== null) throw new Error(`${name} exited during start (${child.exitCode}): ${err}`);
+    try {
+      const res = await fetch(`${url}/healthz`);
+      if (res.ok) break;
+    } catch {
+      /* not yet */
+    }
+    if (Date.now() > deadline) throw new Error(`${name} did not start in 30 s: ${err}`);
+    await sleep(100);
+  }
+  return { child, port, url, graphqlUrl: `${url}/graphql`, wsUrl: `ws://127.0.0.1:${port}/graphql`, pid: child.pid!, stderr: () => err };
+}
+
+/** A TypeScript child with IPC (subscriber fleets, baselines). */
+export function forkTs(file: string, args: string[] = [], env: Record<string, string> = {}, execArgv: string[] = []): ChildProcess {
+  return track(
+    fork(path.join(ROOT, file), args, {
+      cwd: ROOT,
+      execArgv: ['--import', 'tsx', ...execArgv],
+      env: { ...process.env, ...env },
+      stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+    }),
+  );
+}
+
+/** Waits for the first IPC message that satisfies `match`. */
+export function nextMessage<T>(child: ChildProcess, match: (m: any) => boolean, timeoutMs = 120_000): Promise<T> {
+  return new Promise((resolve, reject) => {
+    const onMsg = (m: unknown) => {
+      if (!match(m)) return;
+      cleanup();
+      resolve(m as T);
+    };
+    const onExit = (code: number | null) => {
+      cleanup();
+      reject(new Error(`child exited (${code}) while waiting for a message`));
+    };
+    const t = setTimeout(() => {
+      cleanup();
+      reject(new Error('timed out waiting for a child message'));
+    }, timeoutMs);
+    const cleanup = () => {
+      clearTimeout(t);
+      child.off('message', onMsg);
+      child.off('exit', onExit);
+    };
+    child.on('message', onMsg);
+    child.on('exit', onExit);
+  });
+}
+
+export function rssKb(pid: number): number {
+  const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+  const m = /VmRSS:\s+(\d+)\s+kB/.exec(status);
+  return m ? Number(m[1]) : NaN;
+}
+
+export function percentile(sorted: number[], p: number): number {
+  if (sorted.length === 0) return NaN;
+  const idx = Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1));
+  return sorted[idx]!;
+}
+
+export interface Dist {
+  n: number;
+  p50: number;
+  p99: number;
+  max: number;
+  min: number;
+}
+export function dist(values: number[]): Dist {
+  const s = [...values].sort((a, b) => a - b);
+  return { n: s.length, p50: percentile(s, 50), p99: percentile(s, 99), max: s[s.length - 1] ?? NaN, min: s[0] ?? NaN };
+}
+export const median = (values: number[]) => dist(values).p50;
+
+export interface GqlResult<T = any> {
+  status: number;
+  data?: T;
+  errors?: Array<{ message: string; extensions?: Record<string, unknown> }>;
+}
+
+export async function gql<T = any>(url: string, token: string, query: string, variables: Record<string, unknown> = {}): Promise<GqlResult<T>> {
+  const res = await fetch(url, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', accept: 'application/graphql-response+json, application/json', authorization: `Bearer ${token}` },
+    body: JSON.stringify({ query, variables }),
+  });
+  return { status: res.status, ...((await res.json()) as object) } as GqlResult<T>;
+}
+
+/** Like gql but throws on any error. */
+export async function gqlOk<T = any>(url: string, token: string, query: string, variables: Record<string, unknown> = {}): Promise<T> {
+  const r = await gql<T>(url, token, query, variables);
+  if (r.errors?.length || !r.data) throw new Error(`GraphQL error (${r.status}): ${JSON.stringify(r.errors)}`);
+  return r.data;
+}
+
+export const fmt = (n: number, digits = 1) => (Number.isFinite(n) ? n.toFixed(digits) : 'n/a');
+
+export const runTag = () => `${Date.now().toString(36)}_${randomBytes(2).toString('hex')}`;
+
+/** Runs `fn` over `items` with at most `limit` in flight. */
+export async function pool<T, R>(items: T[], limit: number, fn: (item: T, i: number) => Promise<R>): Promise<R[]> {
+  const out: R[] = new Array(items.length);
+  let next = 0;
+  const worker = async () => {
+    for (;;) {
+      const i = next++;
+      if (i >= items.length) return;
+      out[i] = await fn(items[i]!, i);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+  return out;
+}
+
+/**
+ * Open-loop load at a fixed rate: request i is due at start + i/rate and its latency counts
+ * from that due time (no coordinated omission). autocannon's overallRate is a per-second
+ * budget per connection — each connection fires back-to-back until its budget is used, then
+ * waits for the next second — so its "fixed rate" runs are bursts at full speed.
+ */
+export async function pacedLoad(opts: {
+  url: string;
+  headers: Record<string, string>;
+  body: string;
+  rate: number;
+  seconds: number;
+  connections: number;
+}): Promise<{ latencies: number[]; errors: number; sent: number; achievedRate: number }> {
+  const { Pool } = await import('undici');
+  const u = new URL(opts.url);
+  const pool = new Pool(u.origin, { connections: opts.connections, pipelining: 1 });
+  const latencies: number[] = [];
+  let errors = 0;
+  let sent = 0;
+  const total = Math.floor(opts.rate * opts.seconds);
+  const interval = 1000 / opts.rate;
+  const inflight: Promise<void>[] = [];
+  const start = now() + 20;
+  await new Promise<void>((resolve) => {
+    const tick = () => {
+      const due = Math.min(total, Math.floor((now() - start) / interval) + 1);
+      while (sent < due) {
+        const scheduled = start + sent * interval;
+        sent++;
+        inflight.push(
+          pool
+            .request({ path: u.pathname, method: 'POST', headers: opts.headers, body: opts.body })
+            .then(async (res) => {
+              await res.body.text();
+              if (res.statusCode !== 200) errors++;
+              latencies.push(now() - scheduled);
+            })
+            .catch(() => {
+              errors++;
+            }),
+        );
+      }
+      if (sent >= total) {
+        clearInterval(timer);
+        resolve();
+      }
+    };
+    const timer = setInterval(tick, 1);
+  });
+  await Promise.all(inflight);
+  const elapsed = (now() - start) / 1000;
+  await pool.close();
+  return { latencies, errors, sent, achievedRate: latencies.length / elapsed };
+}

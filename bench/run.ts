@@ -1,0 +1,705 @@
+/**
+ * pvegraph benchmark orchestrator: `npm run bench [-- 1 3 5]`.
+ *
+ * Creates its own database (pvgbench_<ts>) and Redis key prefix, starts the HTTPS Proxmox
+ * simulator in this process, spawns the server(s) and the baselines as child processes, drives
+ * load from here or from child processes (never inside the server), prints every figure next
+ * to a baseline measured in the same run, and updates BENCHMARKS.md. Loopback only. Cleans up
+ * (children, database, Redis keys) whatever happens.
+ *
+ * env: BENCH_SECONDS (8) per autocannon run · BENCH_ROUNDS (2) · BENCH_CONNECTIONS (32) ·
+ *      BENCH_SUBSCRIBERS (10000) · BENCH_SAMPLES (200, scenario 3) · BENCH_PROFILE=1 (server
+ *      children run with --cpu-prof into /tmp/bench-prof-<ts>) · BENCH_NO_WRITE=1 (do not touch
+ *      BENCHMARKS.md) · BENCH_DATABASE_URL / BENCH_REDIS_URL (admin URLs, loopback only) ·
+ *      BENCH_SERVER_ROOT (start the server from a scratch copy, to measure a prototyped patch)
+ */
+import { randomBytes } from 'node:crypto';
+import { mkdirSync, readFileSync, writeFileSync, existsSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import autocannon, { type Result } from 'autocannon';
+import { type Client, createClient } from 'graphql-ws';
+import { Redis } from 'ioredis';
+import pg from 'pg';
+import { Agent, request } from 'undici';
+import WebSocket from 'ws';
+import { AuthService } from '../src/auth/auth-service.js';
+import { openPostgres, type Database } from '../src/db/database.js';
+import { migrate } from '../src/db/migrate.js';
+import { type Simulator, startSimulator } from '../src/sim/index.js';
+import {
+  dist,
+  type Dist,
+  fmt,
+  forkTs,
+  freePort,
+  gql,
+  gqlOk,
+  killAll,
+  median,
+  nextMessage,
+  now,
+  pacedLoad,
+  pool,
+  ROOT,
+  rssKb,
+  type ServerChild,
+  sleep,
+  spawnServer,
+  stopChild,
+} from './lib.js';
+
+// ------------------------------------------------------------------ settings
+const SECONDS = num('BENCH_SECONDS', 8);
+const ROUNDS = num('BENCH_ROUNDS', 2);
+const CONNECTIONS = num('BENCH_CONNECTIONS', 32);
+const SUBSCRIBERS = num('BENCH_SUBSCRIBERS', 10_000);
+const SAMPLES = num('BENCH_SAMPLES', 200);
+const PROFILE = process.env.BENCH_PROFILE === '1';
+const ADMIN_PG = process.env.BENCH_DATABASE_URL ?? 'postgresql://postgres@127.0.0.1:5432/postgres';
+const REDIS_URL = process.env.BENCH_REDIS_URL ?? 'redis://127.0.0.1:6379';
+const ALL = [1, 2, 3, 4, 5];
+const selected = (() => {
+  const args = process.argv.slice(2).map(Number).filter((n) => ALL.includes(n));
+  return args.length ? [...new Set(args)].sort() : ALL;
+})();
+
+function num(name: string, fallback: number): number {
+  const v = process.env[name];
+  if (v === undefined || v === '') return fallback;
+  const n = Number(v);
+  if (!Number.isFinite(n) || n <= 0) throw new Error(`${name} must be a positive number (got "${v}")`);
+  return n;
+}
+
+for (const u of [ADMIN_PG, REDIS_URL]) {
+  const host = new URL(u).hostname;
+  if (!['127.0.0.1', 'localhost', '::1', '[::1]'].includes(host)) throw new Error(`bench targets loopback only (got ${host})`);
+}
+
+// ------------------------------------------------------------------ results
+interface Row {
+  scenario: number;
+  metric: string;
+  server: string;
+  baseline: string;
+  ratio: string;
+  goal: string;
+  status: 'PASS' | 'MISS' | '—';
+}
+const rows: Row[] = [];
+const notes = new Map<number, string[]>();
+function row(r: Row) {
+  rows.push(r);
+  const tag = r.status === '—' ? '    ' : r.status;
+  console.log(`  [${tag}] ${r.metric}: server ${r.server} | baseline ${r.baseline} | ratio ${r.ratio}${r.goal ? ` | goal ${r.goal}` : ''}`);
+}
+function note(s: number, text: string) {
+  notes.set(s, [...(notes.get(s) ?? []), text]);
+  console.log(`  note: ${text}`);
+}
+const ratio = (a: number, b: number, digits = 2) => (b > 0 && Number.isFinite(a) ? `${(a / b).toFixed(digits)}×` : 'n/a');
+const ms = (n: number) => `${fmt(n, 2)} ms`;
+const distStr = (d: Dist) => `p50 ${fmt(d.p50, 1)} / p99 ${fmt(d.p99, 1)} / max ${fmt(d.max, 1)} ms`;
+
+// ------------------------------------------------------------------ environment
+const ts = `${Date.now().toString(36)}_${randomBytes(2).toString('hex')}`;
+const dbName = `pvgbench_${ts}`;
+const prefix = `pvgbench_${ts}:`;
+const encryptionKey = randomBytes(32).toString('base64');
+const profDir = `/tmp/bench-prof-${ts}`;
+const dbUrl = (() => {
+  const u = new URL(ADMIN_PG);
+  u.pathname = `/${dbName}`;
+  return u.toString();
+})();
+
+let db: Database | null = null;
+let auth: AuthService;
+const sims: Simulator[] = [];
+const servers: ServerChild[] = [];
+
+async function adminQuery(sql: string) {
+  const c = new pg.Client({ connectionString: ADMIN_PG });
+  await c.connect();
+  try {
+    await c.query(sql);
+  } finally {
+    await c.end();
+  }
+}
+
+async function setup() {
+  await adminQuery(`CREATE DATABASE "${dbName}"`);
+  db = await openPostgres(dbUrl, { poolMax: 4 });
+  await db.withSession((s) => migrate(s));
+  auth = new AuthService(db.prisma, { cacheTtlMs: 0 });
+  if (PROFILE) mkdirSync(profDir, { recursive: true });
+}
+
+let cleaned = false;
+async function cleanup() {
+  if (cleaned) return;
+  cleaned = true;
+  await Promise.allSettled(servers.map((s) => stopChild(s.child)));
+  killAll();
+  await Promise.allSettled(sims.map((s) => s.stop()));
+  await db?.close().catch(() => undefined);
+  await adminQuery(`DROP DATABASE IF EXISTS "${dbName}" WITH (FORCE)`).catch((e: Error) => console.error(`could not drop ${dbName}: ${e.message}`));
+  const redis = new Redis(REDIS_URL, { lazyConnect: true, maxRetriesPerRequest: 1 });
+  try {
+    await redis.connect();
+    let cursor = '0';
+    do {
+      const [next, keys] = await redis.scan(cursor, 'MATCH', `${prefix}*`, 'COUNT', 1000);
+      if (keys.length) await redis.unlink(...keys);
+      cursor = next;
+    } while (cursor !== '0');
+  } catch (e) {
+    console.error(`could not clean Redis prefix ${prefix}: ${(e as Error).message}`);
+  } finally {
+    redis.disconnect();
+  }
+}
+
+async function startServer(name: string): Promise<ServerChild> {
+  const s = await spawnServer(
+    {
+      databaseUrl: dbUrl,
+      redisUrl: REDIS_URL,
+      redisKeyPrefix: prefix,
+      encryptionKey,
+      ...(PROFILE ? { nodeArgs: ['--cpu-prof', `--cpu-prof-dir=${profDir}/${name}`] } : {}),
+    },
+    name,
+  );
+  servers.push(s);
+  return s;
+}
+async function stopServer(s: ServerChild) {
+  await stopChild(s.child, 15_000);
+  servers.splice(servers.indexOf(s), 1);
+}
+
+async function startSim(guests: number): Promise<Simulator> {
+  const sim = await startSimulator({ host: '127.0.0.1', port: 0, guests });
+  sims.push(sim);
+  return sim;
+}
+
+let userSeq = 0;
+async function createUser(): Promise<{ token: string; userId: string }> {
+  return auth.createUser(`bench-${ts}-${userSeq++}`);
+}
+
+const CREATE_NODE = 'mutation($i:CreateNodeInput!){createNode(input:$i){id}}';
+async function createNode(server: ServerChild, token: string, sim: Simulator): Promise<string> {
+  const d = await gqlOk<{ createNode: { id: string } }>(server.graphqlUrl, token, CREATE_NODE, {
+    i: {
+      name: `pve-${randomBytes(4).toString('hex')}`,
+      host: sim.host,
+      port: sim.port,
+      tokenId: sim.token.id,
+      tokenSecret: sim.token.secret,
+      tlsFingerprint: sim.fingerprint,
+    },
+  });
+  return d.createNode.id;
+}
+
+const VMIDS_TAKEN = 'query($n:ID!){vmidsTaken(nodeId:$n){taken reserved version}}';
+const INVALIDATE = 'mutation($n:ID!){invalidateVmidCache(nodeId:$n)}';
+
+function cannon(opts: Parameters<typeof autocannon>[0]): Promise<Result> {
+  return autocannon({ timeout: 10, ...opts });
+}
+function checkCannon(label: string, r: Result) {
+  if (r.errors || r.timeouts || r.non2xx) console.log(`  ! ${label}: errors ${r.errors}, timeouts ${r.timeouts}, non-2xx ${r.non2xx}`);
+}
+
+// ------------------------------------------------------------------ scenario 1
+async function scenario1(sim: Simulator) {
+  console.log('\n== 1. vmidsTaken, cache hit, authenticated');
+  const server = await startServer('s1');
+  const { token } = await createUser();
+  const nodeId = await createNode(server, token, sim);
+  const body = JSON.stringify({ query: VMIDS_TAKEN, variables: { n: nodeId } });
+  const fromServer = await gqlOk(server.graphqlUrl, token, VMIDS_TAKEN, { n: nodeId }); // warms the cache
+
+  const port = await freePort();
+  const baseline = forkTs('bench/baseline-server.ts', [], { PORT: String(port), DATABASE_URL: dbUrl, REDIS_URL, REDIS_KEY_PREFIX: prefix });
+  await nextMessage(baseline, (m) => m?.type === 'listening');
+  const baseUrl = `http://127.0.0.1:${port}/graphql`;
+  const fromBaseline = await gqlOk(baseUrl, token, VMIDS_TAKEN, { n: nodeId });
+  if (JSON.stringify(fromBaseline) !== JSON.stringify(fromServer)) {
+    throw new Error(`baseline answers differently: ${JSON.stringify(fromBaseline).slice(0, 200)} vs ${JSON.stringify(fromServer).slice(0, 200)}`);
+  }
+
+  const headers = { 'content-type': 'application/json', authorization: `Bearer ${token}` };
+  const run = (url: string, extra: Partial<Parameters<typeof autocannon>[0]> = {}) =>
+    cannon({ url, method: 'POST', headers, body, connections: CONNECTIONS, duration: SECONDS, ...extra });
+
+  // Warm-up (JIT, connection pools): 2 s each, not counted.
+  await run(baseUrl, { duration: 2 });
+  await run(server.graphqlUrl, { duration: 2 });
+  const b: Result[] = [];
+  const s: Result[] = [];
+  for (let i = 0; i < ROUNDS; i++) {
+    const rb = await run(baseUrl);
+    checkCannon('baseline', rb);
+    b.push(rb);
+    const rs = await run(server.graphqlUrl);
+    checkCannon('server', rs);
+    s.push(rs);
+    console.log(`  round ${i + 1}: baseline ${fmt(rb.requests.average, 0)} req/s, server ${fmt(rs.requests.average, 0)} req/s`);
+  }
+  const avg = (rs: Result[], f: (r: Result) => number) => rs.reduce((a, r) => a + f(r), 0) / rs.length;
+  const sRps = avg(s, (r) => r.requests.average);
+  const bRps = avg(b, (r) => r.requests.average);
+  row({ scenario: 1, metric: `req/s at ${CONNECTIONS} connections (mean of ${ROUNDS} × ${SECONDS} s)`, server: fmt(sRps, 0), baseline: fmt(bRps, 0), ratio: ratio(sRps, bRps), goal: '≥ 0.6× baseline', status: sRps >= 0.6 * bRps ? 'PASS' : 'MISS' });
+  row({ scenario: 1, metric: 'latency p50 at full load', server: ms(avg(s, (r) => r.latency.p50)), baseline: ms(avg(b, (r) => r.latency.p50)), ratio: ratio(avg(s, (r) => r.latency.p50), avg(b, (r) => r.latency.p50)), goal: '', status: '—' });
+  row({ scenario: 1, metric: 'latency p99 at full load', server: ms(avg(s, (r) => r.latency.p99)), baseline: ms(avg(b, (r) => r.latency.p99)), ratio: ratio(avg(s, (r) => r.latency.p99), avg(b, (r) => r.latency.p99)), goal: '', status: '—' });
+
+  const rate = Math.max(1, Math.floor(sRps / 2));
+  // The goal is judged on an open-loop paced run (see pacedLoad); autocannon's overallRate
+  // figure is kept for reference, but it measures bursts at full speed.
+  const pacedS = await pacedLoad({ url: server.graphqlUrl, headers, body, rate, seconds: SECONDS, connections: CONNECTIONS });
+  const pacedB = await pacedLoad({ url: baseUrl, headers, body, rate, seconds: SECONDS, connections: CONNECTIONS });
+  const ps = dist(pacedS.latencies);
+  const pb = dist(pacedB.latencies);
+  row({ scenario: 1, metric: `p99 at half the server's peak: ${rate} req/s open-loop, evenly paced`, server: `${ms(ps.p99)} (p50 ${ms(ps.p50)})`, baseline: `${ms(pb.p99)} (p50 ${ms(pb.p50)})`, ratio: ratio(ps.p99, pb.p99), goal: 'server p99 < 10 ms', status: ps.p99 < 10 && pacedS.errors === 0 ? 'PASS' : 'MISS' });
+  const hs = await run(server.graphqlUrl, { overallRate: rate });
+  checkCannon('server @ half', hs);
+  const hb = await run(baseUrl, { overallRate: rate });
+  checkCannon('baseline @ same rate', hb);
+  row({ scenario: 1, metric: `p99 at ${rate} req/s with autocannon overallRate (bursty, reference)`, server: ms(hs.latency.p99), baseline: ms(hb.latency.p99), ratio: ratio(hs.latency.p99, hb.latency.p99), goal: '', status: '—' });
+  note(1, `paced runs: server ${pacedS.latencies.length}/${pacedS.sent} answered at ${fmt(pacedS.achievedRate, 0)} req/s (${pacedS.errors} errors), baseline ${pacedB.latencies.length}/${pacedB.sent} (${pacedB.errors} errors); max ${ms(ps.max)} vs ${ms(pb.max)}.`);
+  note(1, "autocannon's overallRate gives each connection a per-second budget that it spends back-to-back, then idles until the next second: its p99 is the p99 of full-speed bursts, so the goal uses the evenly paced open-loop generator (bench/lib.ts pacedLoad, latency counted from each request's due time).");
+  note(1, `answer: ${fromServer.vmidsTaken.taken.length} taken VMIDs (simulator with ${sim.guests().length} guests); baseline answer byte-identical to the server's.`);
+
+  await stopChild(baseline);
+  await stopServer(server);
+  return { serverRps: sRps };
+}
+
+// ------------------------------------------------------------------ scenario 2
+interface Fleet {
+  child: ReturnType<typeof forkTs>;
+  offset: number;
+  open(url: string, groups: Array<{ token: string; nodeId: string | null; count: number }>): Promise<{ ok: number; failed: number; errors: string[]; ms: number }>;
+  arm(): Promise<void>;
+  received(timeoutMs: number): Promise<{ times: number[]; groups: number[]; partial: boolean }>;
+  close(): Promise<void>;
+}
+
+async function startFleet(): Promise<Fleet> {
+  const child = forkTs('bench/subscribers.ts', [], {}, ['--max-old-space-size=3072']);
+  await nextMessage(child, (m) => m?.type === 'ready');
+  // Clock offset child − orchestrator, from the round trip with the smallest delay.
+  let best = { rtt: Infinity, offset: 0 };
+  for (let i = 0; i < 30; i++) {
+    const t = now();
+    const p = nextMessage<{ child: number }>(child, (m) => m?.type === 'clock' && m.t === t);
+    child.send({ type: 'clock', t });
+    const r = await p;
+    const back = now();
+    if (back - t < best.rtt) best = { rtt: back - t, offset: r.child - (t + back) / 2 };
+  }
+  return {
+    child,
+    offset: best.offset,
+    async open(url, groups) {
+      const p = nextMessage<any>(child, (m) => m?.type === 'opened', 300_000);
+      child.send({ type: 'open', url, groups, concurrency: 100 });
+      return p;
+    },
+    async arm() {
+      const p = nextMessage(child, (m) => m?.type === 'armed');
+      child.send({ type: 'arm' });
+      await p;
+    },
+    async received(timeoutMs) {
+      try {
+        return await nextMessage<any>(child, (m) => m?.type === 'received', timeoutMs);
+      } catch {
+        const p = nextMessage<any>(child, (m) => m?.type === 'received');
+        child.send({ type: 'collect' });
+        return p;
+      }
+    },
+    async close() {
+      const p = nextMessage(child, (m) => m?.type === 'closed', 120_000);
+      child.send({ type: 'close' });
+      await p;
+    },
+  };
+}
+
+/** Latencies (ms) of every subscriber: receive time (child clock, corrected) − send time of its group. */
+function latencies(fleet: Fleet, r: { times: number[]; groups: number[] }, sentAt: (group: number) => number) {
+  const out: number[] = [];
+  let missing = 0;
+  r.times.forEach((t, i) => {
+    if (Number.isNaN(t) || t === null) missing++;
+    else out.push(t - fleet.offset - sentAt(r.groups[i]!));
+  });
+  return { d: dist(out), missing };
+}
+
+async function settleRss(pid: number, ms = 2_000) {
+  await sleep(ms);
+  return rssKb(pid);
+}
+
+async function scenario2(sim: Simulator) {
+  console.log(`\n== 2. Invalidation fan-out to ${SUBSCRIBERS} graphql-ws subscribers`);
+  const server = await startServer('s2');
+  const fleet = await startFleet();
+  console.log(`  clock offset subscriber process − orchestrator: ${fmt(fleet.offset, 3)} ms (corrected)`);
+  const users = 100;
+  const perNode = Math.floor(SUBSCRIBERS / users);
+
+  // ---- baseline: bare ws broadcast
+  const wsPort = await freePort();
+  const wsBase = forkTs('bench/ws-baseline-server.ts', [], { PORT: String(wsPort) });
+  await nextMessage(wsBase, (m) => m?.type === 'listening');
+  const baseRss0 = await settleRss(wsBase.pid!, 1_000);
+  const bo = await fleet.open(`ws://127.0.0.1:${wsPort}/graphql`, [{ token: 'none', nodeId: null, count: perNode * users }]);
+  const baseRss1 = await settleRss(wsBase.pid!);
+  console.log(`  baseline: ${bo.ok} subscribed in ${fmt(bo.ms / 1000, 1)} s (${bo.failed} failed)`);
+  await fleet.arm();
+  const bSent = now();
+  await fetch(`http://127.0.0.1:${wsPort}/broadcast`, { method: 'POST' });
+  const br = await fleet.received(30_000);
+  const bLat = latencies(fleet, br, () => bSent);
+  await fleet.close();
+  await stopChild(wsBase);
+  const baseKb = (baseRss1 - baseRss0) / Math.max(1, bo.ok);
+
+  // ---- phase A: 100 users × 1 node × 100 subscribers
+  const tenants = await pool(Array.from({ length: users }), 10, async () => {
+    const u = await createUser();
+    const nodeId = await createNode(server, u.token, sim);
+    await gqlOk(server.graphqlUrl, u.token, VMIDS_TAKEN, { n: nodeId });
+    return { ...u, nodeId };
+  });
+  const rss0 = await settleRss(server.pid);
+  const ao = await fleet.open(server.wsUrl, tenants.map((t) => ({ token: t.token, nodeId: t.nodeId, count: perNode })));
+  console.log(`  phase A: ${ao.ok} subscribed in ${fmt(ao.ms / 1000, 1)} s (${ao.failed} failed${ao.errors.length ? `: ${ao.errors.join('; ')}` : ''})`);
+  const rss1 = await settleRss(server.pid);
+  const kbPerSub = (rss1 - rss0) / Math.max(1, ao.ok);
+  await fleet.arm();
+  const sentA: number[] = new Array(users);
+  const mutA = await Promise.all(
+    tenants.map((t, i) => {
+      sentA[i] = now();
+      return gql(server.graphqlUrl, t.token, INVALIDATE, { n: t.nodeId });
+    }),
+  );
+  const mutErrors = mutA.filter((r) => r.errors?.length).length;
+  const ar = await fleet.received(60_000);
+  const aLat = latencies(fleet, ar, (g) => sentA[g]!);
+  await fleet.close();
+
+  // ---- phase B: one node, every subscriber
+  const hot = await createUser();
+  const hotNode = await createNode(server, hot.token, sim);
+  await gqlOk(server.graphqlUrl, hot.token, VMIDS_TAKEN, { n: hotNode });
+  const rssB0 = await settleRss(server.pid);
+  const bo2 = await fleet.open(server.wsUrl, [{ token: hot.token, nodeId: hotNode, count: perNode * users }]);
+  console.log(`  phase B: ${bo2.ok} subscribed in ${fmt(bo2.ms / 1000, 1)} s (${bo2.failed} failed${bo2.errors.length ? `: ${bo2.errors.join('; ')}` : ''})`);
+  const rssB1 = await settleRss(server.pid);
+  await fleet.arm();
+  const sentB = now();
+  const mutB = await gql(server.graphqlUrl, hot.token, INVALIDATE, { n: hotNode });
+  const mutBDone = now();
+  const hr = await fleet.received(60_000);
+  const hLat = latencies(fleet, hr, () => sentB);
+  await fleet.close();
+  fleet.child.kill('SIGTERM');
+
+  const n = perNode * users;
+  row({ scenario: 2, metric: `A: delivery latency, 100 nodes × ${perNode} subscribers, 100 invalidations at once`, server: distStr(aLat.d), baseline: distStr(bLat.d), ratio: `p99 ${ratio(aLat.d.p99, bLat.d.p99, 1)}`, goal: 'p99 < 250 ms', status: aLat.d.p99 < 250 && aLat.missing === 0 ? 'PASS' : 'MISS' });
+  row({ scenario: 2, metric: `B: delivery latency, 1 node × ${n} subscribers, 1 invalidation`, server: distStr(hLat.d), baseline: distStr(bLat.d), ratio: `p99 ${ratio(hLat.d.p99, bLat.d.p99, 1)}`, goal: 'p99 < 250 ms', status: hLat.d.p99 < 250 && hLat.missing === 0 ? 'PASS' : 'MISS' });
+  row({ scenario: 2, metric: `A: server RSS per idle subscriber (${fmt(rss0 / 1024, 0)} → ${fmt(rss1 / 1024, 0)} MB)`, server: `${fmt(kbPerSub, 1)} KB`, baseline: `${fmt(baseKb, 1)} KB`, ratio: ratio(kbPerSub, baseKb, 1), goal: '< 30 KB', status: kbPerSub < 30 ? 'PASS' : 'MISS' });
+  row({ scenario: 2, metric: `B: server RSS per idle subscriber (${fmt(rssB0 / 1024, 0)} → ${fmt(rssB1 / 1024, 0)} MB)`, server: `${fmt((rssB1 - rssB0) / Math.max(1, bo2.ok), 1)} KB`, baseline: `${fmt(baseKb, 1)} KB`, ratio: ratio((rssB1 - rssB0) / Math.max(1, bo2.ok), baseKb, 1), goal: '', status: '—' });
+  row({ scenario: 2, metric: `time to subscribe ${n} (100 in flight)`, server: `A ${fmt(ao.ms / 1000, 1)} s, B ${fmt(bo2.ms / 1000, 1)} s`, baseline: `${fmt(bo.ms / 1000, 1)} s`, ratio: ratio(ao.ms, bo.ms, 1), goal: '', status: '—' });
+  note(2, `missing deliveries: A ${aLat.missing}, B ${hLat.missing}, baseline ${bLat.missing}; failed subscribes: A ${ao.failed}, B ${bo2.failed}, baseline ${bo.failed}; invalidate errors: A ${mutErrors}, B ${mutB.errors?.length ?? 0}.`);
+  note(2, `B: the invalidateVmidCache HTTP response took ${ms(mutBDone - sentB)}; baseline /broadcast queues all sends before answering.`);
+  note(2, `baseline: bare ws server (bench/ws-baseline-server.ts) broadcasting one pre-serialised graphql-transport-ws "next" to all ${n} subscriptions after one POST; the same graphql-ws client fleet receives both. RSS per idle client of the baseline ${fmt(baseRss0 / 1024, 0)} → ${fmt(baseRss1 / 1024, 0)} MB.`);
+  await stopServer(server);
+}
+
+// ------------------------------------------------------------------ scenario 3
+async function scenario3(sim: Simulator) {
+  console.log('\n== 3. Across instances: mutation on A → event on B, vs raw Redis PUBLISH → message');
+  const [a, b] = await Promise.all([startServer('s3a'), startServer('s3b')]);
+  const { token } = await createUser();
+  const nodeId = await createNode(a, token, sim);
+  await gqlOk(a.graphqlUrl, token, VMIDS_TAKEN, { n: nodeId });
+
+  let waiting: ((t: number, e: { kind: string; version: number }) => void) | null = null;
+  const client: Client = createClient({ url: b.wsUrl, webSocketImpl: WebSocket, retryAttempts: 0, connectionParams: { authorization: `Bearer ${token}` } });
+  let synced!: () => void;
+  const syncP = new Promise<void>((r) => (synced = r));
+  client.subscribe<{ vmidEvents: { kind: string; version: number } }>(
+    { query: 'subscription($n:ID){vmidEvents(nodeId:$n){kind version}}', variables: { n: nodeId } },
+    {
+      next: (r) => {
+        const t = now();
+        const e = r.data!.vmidEvents;
+        if (e.kind === 'SYNC') return synced();
+        waiting?.(t, e);
+      },
+      error: (e) => console.error('  subscription error', e),
+      complete: () => undefined,
+    },
+  );
+  await syncP;
+
+  const pub = new Redis(REDIS_URL);
+  const sub = new Redis(REDIS_URL);
+  const channel = `${prefix}bench-raw`;
+  let rawWaiting: ((t: number) => void) | null = null;
+  sub.on('message', () => rawWaiting?.(now()));
+  await sub.subscribe(channel);
+
+  const raw: number[] = [];
+  const total: number[] = [];
+  const afterResponse: number[] = [];
+  const VMID = 90_000;
+  const RESERVE = `mutation($n:ID!){reserveVmid(nodeId:$n,vmid:${VMID},ttlSeconds:600){vmid}}`;
+  const RELEASE = `mutation($n:ID!){releaseVmid(nodeId:$n,vmid:${VMID})}`;
+  // Keep-alive dispatcher for the mutations, like a dashboard backend would have.
+  const agent = new Agent({ connections: 1 });
+  const mutate = async (query: string) => {
+    const res = await request(a.graphqlUrl, {
+      method: 'POST',
+      dispatcher: agent,
+      headers: { 'content-type': 'application/json', authorization: `Bearer ${token}` },
+      body: JSON.stringify({ query, variables: { n: nodeId } }),
+    });
+    const body = (await res.body.json()) as { errors?: unknown[] };
+    if (body.errors) throw new Error(JSON.stringify(body.errors));
+  };
+  for (let i = 0; i < 10; i++) await mutate(i % 2 === 0 ? RESERVE : RELEASE); // warm-up, ends released
+
+  for (let i = 0; i < SAMPLES; i++) {
+    // raw Redis
+    {
+      const got = new Promise<number>((r) => (rawWaiting = r));
+      const t0 = now();
+      await pub.publish(channel, `{"i":${i}}`);
+      raw.push((await got) - t0);
+    }
+    // pvegraph: A → Redis → B → WebSocket
+    {
+      const got = new Promise<number>((r) => (waiting = (t) => r(t)));
+      const t0 = now();
+      await mutate(i % 2 === 0 ? RESERVE : RELEASE);
+      const t1 = now();
+      const t2 = await got;
+      total.push(t2 - t0);
+      afterResponse.push(t2 - t1);
+    }
+  }
+  if (SAMPLES % 2 === 1) await mutate(RELEASE);
+  const dr = dist(raw);
+  const dt = dist(total);
+  const da = dist(afterResponse);
+  row({ scenario: 3, metric: `mutation sent on A → event received on B (${SAMPLES} sequential reserve/release)`, server: `p50 ${ms(dt.p50)} / p99 ${ms(dt.p99)}`, baseline: `p50 ${ms(dr.p50)} / p99 ${ms(dr.p99)}`, ratio: `Δp50 +${fmt(dt.p50 - dr.p50, 2)} ms`, goal: 'p50 within 5 ms of raw', status: dt.p50 - dr.p50 <= 5 ? 'PASS' : 'MISS' });
+  row({ scenario: 3, metric: 'mutation response on A → event on B (negative: event first)', server: `p50 ${ms(da.p50)} / p99 ${ms(da.p99)}`, baseline: '—', ratio: '—', goal: '', status: '—' });
+  note(3, 'raw baseline: ioredis PUBLISH on one connection → message on a second subscribed connection, in this process, interleaved sample by sample with the server path.');
+  await client.dispose();
+  pub.disconnect();
+  sub.disconnect();
+  await agent.close();
+  return { a, b };
+}
+
+// ------------------------------------------------------------------ scenario 4
+async function scenario4(server: ServerChild) {
+  console.log('\n== 4. refreshVmidCache with 10,000 guests');
+  const sim = await startSim(10_000);
+  const { token } = await createUser();
+  const nodeId = await createNode(server, token, sim);
+  const agent = new Agent({ connect: { rejectUnauthorized: false } });
+  const simGet = async () => {
+    const t0 = now();
+    const res = await request(`${sim.apiUrl}/cluster/resources?type=vm`, {
+      dispatcher: agent,
+      headers: { authorization: `PVEAPIToken=${sim.token.id}=${sim.token.secret}` },
+    });
+    const text = await res.body.text();
+    if (res.statusCode !== 200) throw new Error(`simulator answered ${res.statusCode}`);
+    return { ms: now() - t0, bytes: text.length };
+  };
+  const REFRESH_FULL = 'mutation($n:ID!){refreshVmidCache(nodeId:$n){version taken}}';
+  const REFRESH_SLIM = 'mutation($n:ID!){refreshVmidCache(nodeId:$n){version fromCache}}';
+  const refresh = async (q: string) => {
+    const t0 = now();
+    const d = await gqlOk<{ refreshVmidCache: { taken?: number[] } }>(server.graphqlUrl, token, q, { n: nodeId });
+    return { ms: now() - t0, n: d.refreshVmidCache.taken?.length };
+  };
+  for (let i = 0; i < 3; i++) {
+    await simGet();
+    await refresh(REFRESH_FULL);
+  }
+  const simMs: number[] = [];
+  const full: number[] = [];
+  const slim: number[] = [];
+  let bytes = 0;
+  let count = 0;
+  for (let i = 0; i < 20; i++) {
+    const s = await simGet();
+    simMs.push(s.ms);
+    bytes = s.bytes;
+    const f = await refresh(REFRESH_FULL);
+    full.push(f.ms);
+    count = f.n ?? 0;
+    slim.push((await refresh(REFRESH_SLIM)).ms);
+  }
+  const sm = median(simMs);
+  const fm = median(full);
+  const lm = median(slim);
+  row({ scenario: 4, metric: 'refreshVmidCache {version taken}, median of 20, minus simulator', server: `${ms(fm)} − ${ms(sm)} = ${ms(fm - sm)}`, baseline: `simulator GET ${ms(sm)}`, ratio: ratio(fm, sm), goal: 'overhead < 50 ms', status: fm - sm < 50 ? 'PASS' : 'MISS' });
+  row({ scenario: 4, metric: 'refreshVmidCache {version fromCache} (no list in the answer)', server: `${ms(lm)} − ${ms(sm)} = ${ms(lm - sm)}`, baseline: `simulator GET ${ms(sm)}`, ratio: ratio(lm, sm), goal: '', status: '—' });
+  note(4, `simulator answer: ${(bytes / 1024).toFixed(0)} KB for ${sim.guests().length} guests; refresh returned ${count} VMIDs. The simulator runs in the orchestrator process (same event loop as the timing client) for both measurements.`);
+  await agent.close();
+}
+
+// ------------------------------------------------------------------ scenario 5
+async function scenario5(sim: Simulator, pair: { a: ServerChild; b: ServerChild }) {
+  console.log('\n== 5. Reservation throughput from two instances');
+  const { a, b } = pair;
+  const { token } = await createUser();
+  const nodeId = await createNode(a, token, sim);
+  await gqlOk(a.graphqlUrl, token, VMIDS_TAKEN, { n: nodeId });
+  const headers = { 'content-type': 'application/json', authorization: `Bearer ${token}` };
+  const per = Math.max(1, Math.floor(CONNECTIONS / 2));
+
+  // Baseline: the same two-instance load with vmidsTaken cache hits (same HTTP, GraphQL,
+  // auth and ownership path; only the resolver's Redis work differs).
+  const readBody = JSON.stringify({ query: VMIDS_TAKEN, variables: { n: nodeId } });
+  await Promise.all([a, b].map((s) => cannon({ url: s.graphqlUrl, method: 'POST', headers, body: readBody, connections: per, duration: 2 })));
+  const reads = await Promise.all([a, b].map((s) => cannon({ url: s.graphqlUrl, method: 'POST', headers, body: readBody, connections: per, duration: SECONDS })));
+  reads.forEach((r, i) => checkCannon(`read ${i}`, r));
+  const readRps = reads.reduce((x, r) => x + r.requests.average, 0);
+
+  const vmids: number[] = [];
+  const errors = new Map<string, number>();
+  const reserveBody = JSON.stringify({ query: 'mutation($n:ID!){reserveVmid(nodeId:$n,ttlSeconds:600){vmid}}', variables: { n: nodeId } });
+  const onResponse = (status: number, body: string) => {
+    try {
+      const j = JSON.parse(body) as { data?: { reserveVmid?: { vmid: number } }; errors?: Array<{ extensions?: { code?: string } }> };
+      if (j.data?.reserveVmid) vmids.push(j.data.reserveVmid.vmid);
+      else {
+        const c = String(j.errors?.[0]?.extensions?.code ?? status);
+        errors.set(c, (errors.get(c) ?? 0) + 1);
+      }
+    } catch {
+      errors.set(`unparsable ${status}`, (errors.get(`unparsable ${status}`) ?? 0) + 1);
+    }
+  };
+  const t0 = now();
+  const res = await Promise.all(
+    [a, b].map((s) => cannon({ url: s.graphqlUrl, connections: per, duration: SECONDS, requests: [{ method: 'POST', path: '/graphql', headers, body: reserveBody, onResponse }] })),
+  );
+  const elapsed = (now() - t0) / 1000;
+  res.forEach((r, i) => checkCannon(`reserve ${i}`, r));
+  const unique = new Set(vmids).size;
+  const dups = vmids.length - unique;
+  const rps = vmids.length / elapsed;
+  const redis = new Redis(REDIS_URL);
+  const zkey = `${prefix}vmid-reservations:{${nodeId}}`;
+  const zcard = await redis.zcard(zkey);
+  const held = new Set((await redis.zrange(zkey, 0, -1)).map(Number));
+  redis.disconnect();
+  const notHeld = [...new Set(vmids)].filter((v) => !held.has(v)).length;
+  const takenOverlap = vmids.filter((v) => sim.guests().some((g) => g.vmid === v)).length;
+  const p99 = Math.max(...res.map((r) => r.latency.p99));
+  row({ scenario: 5, metric: `reservations/s, 2 instances × ${per} connections, ${SECONDS} s`, server: `${fmt(rps, 0)} /s (p99 ${ms(p99)})`, baseline: `${fmt(readRps, 0)} vmidsTaken/s`, ratio: ratio(rps, readRps), goal: '', status: '—' });
+  row({ scenario: 5, metric: `duplicate VMIDs among ${vmids.length} reservations`, server: String(dups), baseline: '0', ratio: '—', goal: '0 duplicates', status: dups === 0 && notHeld === 0 && takenOverlap === 0 ? 'PASS' : 'MISS' });
+  note(5, `errors: ${errors.size ? JSON.stringify(Object.fromEntries(errors)) : 'none'}; ${unique} distinct VMIDs answered (range ${Math.min(...vmids)}…${Math.max(...vmids)}), all ${notHeld === 0 ? '' : 'but ' + notHeld + ' '}held in Redis (ZCARD ${zcard}: the extra ones were answered after autocannon stopped counting), ${takenOverlap} overlap with guests.`);
+  note(5, 'baseline: the same two-instance autocannon load reading vmidsTaken (cache hit) — identical HTTP/GraphQL/auth/ownership path, so the ratio isolates the reservation itself (Lua script, rate-limit check, event publish).');
+}
+
+// ------------------------------------------------------------------ BENCHMARKS.md
+function writeReport() {
+  const file = path.join(ROOT, 'BENCHMARKS.md');
+  const date = new Date().toISOString().replace(/\.\d+Z$/, 'Z');
+  const command = `${selected.length === ALL.length ? 'npm run bench' : `npm run bench -- ${selected.join(' ')}`}` + envSuffix();
+  const machine = `${os.cpus().length} cores (nproc ${os.availableParallelism()}), ${os.cpus()[0]?.model ?? 'unknown CPU'}, ${(os.totalmem() / 2 ** 30).toFixed(1)} GiB, Node ${process.version}, ${os.platform()} ${os.release()}`;
+  let text = existsSync(file) ? readFileSync(file, 'utf8') : '# pvegraph benchmarks\n\n';
+  for (const s of selected) {
+    const mine = rows.filter((r) => r.scenario === s);
+    const section = [
+      `<!-- bench:s${s}:start -->`,
+      `_Measured ${date} on ${machine}; command: \`${command}\`._`,
+      '',
+      '| metric | server | baseline | ratio | goal | result |',
+      '|---|---|---|---|---|---|',
+      ...mine.map((r) => `| ${r.metric} | ${r.server} | ${r.baseline} | ${r.ratio} | ${r.goal || '—'} | ${r.status} |`),
+      '',
+      ...(notes.get(s) ?? []).map((n) => `- ${n}`),
+      `<!-- bench:s${s}:end -->`,
+    ].join('\n');
+    const re = new RegExp(`<!-- bench:s${s}:start -->[\\s\\S]*?<!-- bench:s${s}:end -->`);
+    text = re.test(text) ? text.replace(re, section) : `${text.trimEnd()}\n\n### Scenario ${s}\n\n${section}\n`;
+  }
+  writeFileSync(file, text);
+  console.log(`\nBENCHMARKS.md updated (scenarios ${selected.join(', ')}).`);
+}
+function envSuffix() {
+  const set = ['BENCH_SECONDS', 'BENCH_ROUNDS', 'BENCH_CONNECTIONS', 'BENCH_SUBSCRIBERS', 'BENCH_SAMPLES'].filter((k) => process.env[k]);
+  return set.length ? ` (with ${set.map((k) => `${k}=${process.env[k]}`).join(' ')})` : '';
+}
+
+// ------------------------------------------------------------------ main
+async function main() {
+  const started = Date.now();
+  console.log(`pvegraph bench: scenarios ${selected.join(', ')}; ${os.availableParallelism()} cores, Node ${process.version}; db ${dbName}, Redis prefix ${prefix}`);
+  await setup();
+  const sim = await startSim(50);
+  if (selected.includes(1)) await scenario1(sim);
+  if (selected.includes(2)) await scenario2(sim);
+  let pair: { a: ServerChild; b: ServerChild } | null = null;
+  if (selected.includes(3)) pair = await scenario3(sim);
+  if (selected.includes(4) || selected.includes(5)) {
+    if (!pair) {
+      const [a, b] = await Promise.all([startServer('s45a'), startServer('s45b')]);
+      pair = { a, b };
+    }
+    if (selected.includes(4)) await scenario4(pair.a);
+    if (selected.includes(5)) await scenario5(sim, pair);
+  }
+  console.log('\n== Summary');
+  console.log('| # | metric | server | baseline | ratio | goal | result |');
+  for (const r of rows) console.log(`| ${r.scenario} | ${r.metric} | ${r.server} | ${r.baseline} | ${r.ratio} | ${r.goal || '—'} | ${r.status} |`);
+  if (process.env.BENCH_NO_WRITE !== '1') writeReport();
+  console.log(`total ${((Date.now() - started) / 1000).toFixed(0)} s${PROFILE ? `; CPU profiles in ${profDir}` : ''}`);
+}
+
+let exitCode = 0;
+const onSignal = () => {
+  console.error('interrupted: cleaning up');
+  void cleanup().finally(() => process.exit(130));
+};
+process.on('SIGINT', onSignal);
+process.on('SIGTERM', onSignal);
+// Hard bound: the bench must never hang a machine.
+const watchdog = setTimeout(() => {
+  console.error('bench exceeded 10 minutes: aborting');
+  void cleanup().finally(() => process.exit(2));
+}, 10 * 60_000);
+watchdog.unref();
+
+try {
+  await main();
+} catch (err) {
+  console.error('bench failed:', err);
+  exitCode = 1;
+} finally {
+  await cleanup();
+}
+process.exit(exitCode);
