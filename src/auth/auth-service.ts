@@ -10,6 +10,8 @@ export interface Viewer {
   tokenId: string;
 }
 
+const NEGATIVE_TTL_MS = 5_000;
+
 interface CachedViewer {
   viewer: Viewer;
   expiresAt: number;
@@ -29,6 +31,12 @@ export interface AuthServiceOptions {
  */
 export class AuthService {
   private readonly cache = new Map<string, CachedViewer>();
+  /**
+   * Recently refused token hashes: a client retrying a bad token (or guessing) costs one
+   * database query per NEGATIVE_TTL_MS, not one per request. Tokens are random 256-bit values,
+   * so a refused hash cannot become valid later.
+   */
+  private readonly refused = new Map<string, number>();
   private readonly maxEntries: number;
   private readonly now: () => number;
 
@@ -96,11 +104,20 @@ export class AuthService {
     if (hit && hit.expiresAt > now) return hit.viewer;
     if (hit) this.cache.delete(hash);
 
+    const refusedUntil = this.refused.get(hash);
+    if (refusedUntil !== undefined && refusedUntil > now) return null;
+
     const row = await this.prisma.apiToken.findUnique({
       where: { tokenHash: hash },
       select: { id: true, revokedAt: true, user: { select: { id: true, name: true } } },
     });
-    if (!row || row.revokedAt) return null;
+    if (!row || row.revokedAt) {
+      if (this.opts.cacheTtlMs > 0) {
+        if (this.refused.size >= this.maxEntries) this.refused.delete(this.refused.keys().next().value!);
+        this.refused.set(hash, now + Math.min(this.opts.cacheTtlMs, NEGATIVE_TTL_MS));
+      }
+      return null;
+    }
     const viewer: Viewer = { userId: row.user.id, userName: row.user.name, tokenId: row.id };
     this.remember(hash, { viewer, expiresAt: now + this.opts.cacheTtlMs });
     // Recorded at most once per cache lifetime; a failure here must not fail the request.

@@ -110,6 +110,25 @@ describe('API token authentication', () => {
   });
 });
 
+describe('refused tokens', () => {
+  let server: TestServer;
+  let statements = 0;
+  beforeAll(async () => {
+    server = await startTestServer({ onQuery: () => void statements++ });
+  });
+  afterAll(() => server.stop());
+
+  it('cost one database query however often the same bad token is retried', async () => {
+    const bad = 'pvg_' + 'Z'.repeat(43);
+    statements = 0;
+    for (let i = 0; i < 20; i++) expect((await server.gql(Me, {}, bad)).errors?.[0]?.extensions?.code).toBe('UNAUTHENTICATED');
+    expect(statements).toBe(1);
+    // Malformed tokens never reach the database at all.
+    for (let i = 0; i < 5; i++) await server.gql(Me, {}, 'garbage');
+    expect(statements).toBe(1);
+  });
+});
+
 describe('revoking a token with WebSockets open', () => {
   let server: TestServer;
   beforeAll(async () => {

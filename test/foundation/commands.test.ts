@@ -7,6 +7,7 @@ import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { inject } from 'vitest';
 import { databaseUrl } from '../support/env.js';
+import { nodeInputFor, startTestSimulator } from '../support/simulator.js';
 import { adminQuery, createTestDatabase } from '../support/test-database.js';
 
 const run = promisify(execFile);
@@ -103,7 +104,7 @@ describe('npm start in embedded mode (no DATABASE_URL, no REDIS_URL)', () => {
   function start(): Promise<{ child: ChildProcess; stdout: () => string; url: string }> {
     const child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts'], {
       cwd: ROOT,
-      env: cleanEnv({ PVEGRAPH_DATA_DIR: dataDir, PORT: '0', LOG_LEVEL: 'info' }),
+      env: cleanEnv({ PVEGRAPH_DATA_DIR: dataDir, PORT: '0', LOG_LEVEL: 'info', ALLOW_LOOPBACK_NODE_HOSTS: 'true' }),
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     children.push(child);
@@ -139,6 +140,29 @@ describe('npm start in embedded mode (no DATABASE_URL, no REDIS_URL)', () => {
     expect((await graphqlMe(first.url, 'pvg_' + 'C'.repeat(43))).errors?.[0]?.extensions.code).toBe('UNAUTHENTICATED');
     const page = await fetch(`${first.url}/graphql`, { headers: { accept: 'text/html' } });
     expect(await page.text()).toMatch(/<title>pvegraph<\/title>/);
+
+    // The whole API on PGlite and the in-process VMID store: nodes, the cache, reservations.
+    const sim = await startTestSimulator({ guests: 5 });
+    try {
+      const gql = async (query: string, variables: unknown) =>
+        (await (
+          await fetch(`${first.url}/graphql`, {
+            method: 'POST',
+            headers: { 'content-type': 'application/json', authorization: `Bearer ${token}` },
+            body: JSON.stringify({ query, variables }),
+          })
+        ).json()) as { data?: Record<string, Record<string, unknown>>; errors?: unknown[] };
+      const created = await gql('mutation($i: CreateNodeInput!) { createNode(input: $i) { id isDefault } }', { i: nodeInputFor(sim) });
+      expect(created.errors).toBeUndefined();
+      expect(created.data!.createNode!.isDefault).toBe(true);
+      const nodeId = created.data!.createNode!.id;
+      const set = await gql('query($n: ID!) { vmidsTaken(nodeId: $n) { taken fromCache } }', { n: nodeId });
+      expect(set.data!.vmidsTaken).toEqual({ taken: [100, 101, 102, 103, 104], fromCache: false });
+      const reserved = await gql('mutation($n: ID!) { reserveVmid(nodeId: $n) { vmid } }', { n: nodeId });
+      expect(reserved.data!.reserveVmid).toEqual({ vmid: 105 });
+    } finally {
+      await sim.stop();
+    }
 
     // The CLI must not open the PGlite directory while the server holds it.
     await expect(run(BIN, ['user', 'create', '--name', 'x'], { env: cleanEnv({ PVEGRAPH_DATA_DIR: dataDir }), cwd: ROOT })).rejects.toMatchObject({
