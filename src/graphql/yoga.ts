@@ -14,6 +14,7 @@ import type { RequestContext } from './context.js';
 import { maskErrors } from './plugins/mask-errors.js';
 import { useObserveOperations } from './plugins/observe-operations.js';
 import { useRequireViewer } from './plugins/require-viewer.js';
+import { useShareSubscriptionEvents } from './plugins/share-subscription-events.js';
 import { useSubscriptionCap } from './plugins/subscription-cap.js';
 import { schema } from './schema.js';
 
@@ -67,6 +68,8 @@ export function createPvegraphYoga(opts: YogaOptions): PvegraphYoga {
     useCSRFPrevention({ requestHeaders: ['authorization', 'x-graphql-yoga-csrf', 'graphql-require-preflight'] }) as Plugin<RequestContext>,
     useRequireViewer(),
     useSubscriptionCap(opts.maxSubscriptionsPerUser),
+    // Last: replaces the subscribe function (one execution per event and operation).
+    useShareSubscriptionEvents(),
   ];
   if (!opts.introspection) plugins.push(useDisableIntrospection() as Plugin<RequestContext>);
 

@@ -238,12 +238,23 @@ export class RedisVmidStore implements VmidStore {
     return this.eventHub().listen(
       this.channel(userId),
       (message) => {
-        const event = parseEvent(message);
+        const event = this.parsed(message);
         if (event) onEvent(event);
-        else this.log?.warn({ message: message.slice(0, 200) }, 'ignored a malformed VMID event');
       },
       onResync,
     );
+  }
+
+  /** The hub hands one message to every local listener in a row: parse it once, share the event. */
+  private lastMessage: string | null = null;
+  private lastEvent: VmidEvent | null = null;
+  private parsed(message: string): VmidEvent | null {
+    if (message === this.lastMessage) return this.lastEvent;
+    const event = parseEvent(message);
+    if (!event) this.log?.warn({ message: message.slice(0, 200) }, 'ignored a malformed VMID event');
+    this.lastMessage = message;
+    this.lastEvent = event;
+    return event;
   }
 
   /** The pub/sub multiplexer (created with the first listener). */

@@ -1,8 +1,8 @@
 import { setTimeout as sleep } from 'node:timers/promises';
-import { Repeater } from 'graphql-yoga';
 import type { Logger } from 'pino';
 import { ConflictError } from '../errors.js';
 import { CacheUnavailableError } from './errors.js';
+import { EventStream } from './event-stream.js';
 import { lowestFree, type VmidSnapshot, type VmidStore } from './store.js';
 import { type NodeRef, VMID_MAX, VMID_MIN, type VmidEvent, type VmidReservation, type VmidSet } from './types.js';
 import { checkMin, checkTtlSeconds, checkVmid, DEFAULT_RESERVATION_TTL_S } from './validation.js';
@@ -246,7 +246,7 @@ export class VmidService {
 
   private subscribe(userId: string, syncNodeIds: readonly string[], onlyNode: string | null): AsyncIterableIterator<VmidEvent> {
     const store = this.store;
-    return new Repeater<VmidEvent>(async (push, stop) => {
+    return new EventStream<VmidEvent>(async (push, stop) => {
       // Until the SYNCs are out, live events wait here; afterwards an event passes only if it
       // is newer than what this subscriber has been told (so nothing is lost or repeated
       // between "listening" and "read the version").
@@ -262,11 +262,11 @@ export class VmidService {
         floors.set(event.nodeId, event.version);
         send(event);
       };
-      // A consumer that stopped reading (Repeater allows 1024 pending pushes) is ended with an
-      // error rather than silently losing events.
+      // A consumer that stopped reading (EventStream allows 1024 pending events) is ended with
+      // an error rather than silently losing events.
       const send = (event: VmidEvent) => {
         try {
-          void push(event);
+          push(event);
         } catch (err) {
           stop(err);
         }
