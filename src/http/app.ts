@@ -9,6 +9,8 @@ import { bearerToken, sameSecret } from '../auth/api-token.js';
 import type { Viewer } from '../auth/auth-service.js';
 import type { Config } from '../config/config.js';
 import type { RequestContext } from '../graphql/context.js';
+// Over HTTP, Yoga's masking adds codes; WebSocket parse/validation errors bypass it.
+import { withCode } from '../graphql/plugins/mask-errors.js';
 import { createPvegraphYoga, type PvegraphYoga } from '../graphql/yoga.js';
 import { requestScope } from '../observability/request-context.js';
 import { UnauthenticatedError } from '../errors.js';
@@ -49,8 +51,6 @@ export interface App {
 
 type WsExtra = {
   viewer?: Viewer;
-  /** The socket's token, re-checked so a revoked token loses its open sockets too. */
-  token?: string;
   /** This socket holds a slot in socketsPerUser (released exactly once). */
   counted?: boolean;
 };
@@ -105,6 +105,7 @@ export function createApp({ services, log, config }: AppOptions): App {
   }
 
   const wss = new WebSocketServer({ server, path: '/graphql', maxPayload: config.maxRequestBodyBytes });
+  /** Each socket's token: re-checked per operation and by the revocation sweep. */
   const tokens = new WeakMap<WebSocket, string>();
   const socketsPerUser = new Map<string, number>();
   useServer<Record<string, unknown>, WsExtra>(
@@ -124,7 +125,6 @@ export function createApp({ services, log, config }: AppOptions): App {
         socketsPerUser.set(viewer.userId, open + 1);
         metrics.webSockets.inc();
         ctx.extra.viewer = viewer;
-        ctx.extra.token = token!;
         ctx.extra.counted = true;
         tokens.set(ctx.extra.socket, token!);
         return true;
@@ -142,7 +142,8 @@ export function createApp({ services, log, config }: AppOptions): App {
       onSubscribe: async (ctx, _id, payload) => {
         // Verified per operation (cached), so a revoked token stops working on open sockets
         // within TOKEN_CACHE_TTL_MS, as it does over HTTP.
-        if (!ctx.extra.token || !(await services.auth.verify(ctx.extra.token))) {
+        const token = tokens.get(ctx.extra.socket);
+        if (!token || !(await services.auth.verify(token))) {
           ctx.extra.socket.close(WsCloseCode.Forbidden, 'Forbidden');
           return [new UnauthenticatedError('The API token is not valid (unknown or revoked).')];
         }
@@ -247,12 +248,6 @@ function routeOf(req: IncomingMessage): string {
 function requestIdOf(req: IncomingMessage): string {
   const given = req.headers['x-request-id'];
   return typeof given === 'string' && /^[\w.-]{1,128}$/.test(given) ? given : randomUUID();
-}
-
-/** Over HTTP, Yoga's masking adds codes; WebSocket parse/validation errors bypass it. */
-function withCode(error: GraphQLError, code: string): GraphQLError {
-  if (error.extensions?.code) return error;
-  return new GraphQLError(error.message, { nodes: error.nodes, source: error.source, positions: error.positions, extensions: { ...error.extensions, code } });
 }
 
 function sendJson(res: ServerResponse, status: number, body: unknown): void {

@@ -14,10 +14,3 @@ export interface VmidHooks {
   nodeConnectionChanged(node: NodeRef): Promise<void>;
   nodeDeleted(node: NodeRef): Promise<void>;
 }
-
-export const noVmidHooks: VmidHooks = {
-  containerRegistered: async () => undefined,
-  containerUnregistered: async () => undefined,
-  nodeConnectionChanged: async () => undefined,
-  nodeDeleted: async () => undefined,
-};

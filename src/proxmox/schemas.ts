@@ -39,8 +39,6 @@ export const clusterStatusEntrySchema = z.looseObject({
 });
 export const clusterStatusSchema = z.array(clusterStatusEntrySchema);
 
-const guestType = z.enum(['qemu', 'lxc']);
-
 export const resourceEntrySchema = z.looseObject({
   id: z.string().optional(),
   type: z.string(),
@@ -60,14 +58,6 @@ export const nodeGuestEntrySchema = z.looseObject({
 });
 export const nodeGuestsSchema = z.array(nodeGuestEntrySchema);
 
-export const nodesSchema = z.array(
-  z.looseObject({
-    node: z.string(),
-    status: z.string().optional(),
-    ssl_fingerprint: z.string().optional(),
-  }),
-);
-
 export const nextIdSchema = intLike;
 
 export const envelopeSchema = z.looseObject({ data: z.unknown() });
@@ -79,4 +69,3 @@ export const errorBodySchema = z
   })
   .catch({});
 
-export { guestType };

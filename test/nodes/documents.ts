@@ -1,10 +1,5 @@
 import { graphql } from '../gql/index.js';
 
-export const NodeFields = `
-  id name host port tokenId isDefault hasSshPassword tlsFingerprint allowInsecureTls
-  pveVersion clusterName pveNodeNames presentedFingerprint lastTestedAt createdAt updatedAt
-`;
-
 export const CreateNode = graphql(`
   mutation CreateNode($input: CreateNodeInput!) {
     createNode(input: $input) {

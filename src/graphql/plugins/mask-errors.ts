@@ -27,7 +27,7 @@ export function maskErrors(log: Logger): YogaMaskedErrorOpts {
             extensions: { code: ErrorCode.SERVICE_UNAVAILABLE },
           });
         }
-        if (!original || (original instanceof GraphQLError && !original.originalError)) return withDefaultCode(error);
+        if (!original || (original instanceof GraphQLError && !original.originalError)) return withCode(error, 'GRAPHQL_VALIDATION_FAILED');
         log.error({ err: original, path: error.path }, 'unexpected error in resolver');
       } else {
         log.error({ err: error }, 'unexpected error');
@@ -84,7 +84,7 @@ function asRequestError(error: GraphQLError): GraphQLError | null {
 }
 
 /** Parse and validation errors get a code too, so clients can switch on every error. */
-function withDefaultCode(error: GraphQLError): GraphQLError {
+export function withCode(error: GraphQLError, code: string): GraphQLError {
   if (error.extensions?.code) return error;
   return new GraphQLError(error.message, {
     nodes: error.nodes,
@@ -92,6 +92,6 @@ function withDefaultCode(error: GraphQLError): GraphQLError {
     positions: error.positions,
     path: error.path,
     originalError: error.originalError,
-    extensions: { ...error.extensions, code: 'GRAPHQL_VALIDATION_FAILED' },
+    extensions: { ...error.extensions, code },
   });
 }
