@@ -1,6 +1,5 @@
 import pino, { type Logger } from 'pino';
 import type { LogLevel } from './config/config.js';
-import { currentRequestId } from './observability/request-context.js';
 
 /**
  * Paths pino blanks out wherever they appear in a logged object: tokens, node secrets and
@@ -30,11 +29,6 @@ export function createLogger(level: LogLevel, destination?: pino.DestinationStre
       level,
       redact: { paths: REDACT_PATHS, censor: '[redacted]' },
       base: { service: 'pvegraph' },
-      // Every line written while serving a request names it (see request-context.ts).
-      mixin: () => {
-        const requestId = currentRequestId();
-        return requestId ? { requestId } : {};
-      },
     },
     destination,
   );

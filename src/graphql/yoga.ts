@@ -11,16 +11,20 @@ import type { Viewer } from '../auth/auth-service.js';
 import type { Metrics } from '../observability/metrics.js';
 import type { Services } from '../services.js';
 import type { RequestContext } from './context.js';
-import { maskErrors } from './plugins/mask-errors.js';
+import { createErrorMasker, maskErrors, useMaskExecutionErrors } from './plugins/mask-errors.js';
 import { useObserveOperations } from './plugins/observe-operations.js';
 import { useRequireViewer } from './plugins/require-viewer.js';
 import { useShareSubscriptionEvents } from './plugins/share-subscription-events.js';
 import { useSubscriptionCap } from './plugins/subscription-cap.js';
+import { type PreparedQueries, useLearnPreparedQueries } from './prepared-queries.js';
 import { schema } from './schema.js';
 
-/** Extra context the WebSocket transport hands in: the viewer it settled in onConnect. */
+/**
+ * Extra context a transport hands in: the viewer it has authenticated already (the WebSocket
+ * in onConnect, the prepared-query path per request), and the request id of its log lines.
+ */
 export interface ServerContext {
-  wsViewer?: Viewer;
+  viewer?: Viewer;
   requestId?: string;
 }
 
@@ -34,6 +38,8 @@ export interface YogaOptions {
   introspection: boolean;
   maxRequestBodyBytes: number;
   maxSubscriptionsPerUser: number;
+  /** Filled with the query documents this Yoga has parsed and validated. */
+  prepared?: PreparedQueries;
 }
 
 /**
@@ -51,8 +57,11 @@ export const QUERY_LIMITS = {
 
 export function createPvegraphYoga(opts: YogaOptions): PvegraphYoga {
   const { services, log, metrics } = opts;
+  const masker = createErrorMasker(log);
   const plugins: Array<Plugin<RequestContext>> = [
-    // First, so it also sees operations that a later plugin stops (UNAUTHENTICATED, caps).
+    // Before the metrics and access log, whose onExecuteDone then sees the masked codes.
+    useMaskExecutionErrors(masker),
+    // Before the plugins that may stop an operation, so it also sees those (UNAUTHENTICATED, caps).
     useObserveOperations(metrics),
     EnvelopArmorPlugin({
       maxDepth: { n: QUERY_LIMITS.maxDepth, ignoreIntrospection: true, flattenFragments: true },
@@ -68,6 +77,7 @@ export function createPvegraphYoga(opts: YogaOptions): PvegraphYoga {
     useCSRFPrevention({ requestHeaders: ['authorization', 'x-graphql-yoga-csrf', 'graphql-require-preflight'] }) as Plugin<RequestContext>,
     useRequireViewer(),
     useSubscriptionCap(opts.maxSubscriptionsPerUser),
+    ...(opts.prepared ? [useLearnPreparedQueries(opts.prepared)] : []),
     // Last: replaces the subscribe function (one execution per event and operation).
     useShareSubscriptionEvents(),
   ];
@@ -84,13 +94,13 @@ export function createPvegraphYoga(opts: YogaOptions): PvegraphYoga {
     // network (or this project's CI) may not reach.
     renderGraphiQL,
     logging: yogaLogger(log),
-    maskedErrors: maskErrors(log),
+    maskedErrors: maskErrors(masker),
     maxRequestBodySize: opts.maxRequestBodyBytes,
     plugins,
     context: async (initial): Promise<RequestContext> => {
       const requestId = initial.requestId ?? initial.request.headers.get('x-request-id') ?? randomUUID();
       const base = { services, requestId, log };
-      if (initial.wsViewer) return { ...base, viewer: initial.wsViewer, authFailure: null };
+      if (initial.viewer) return { ...base, viewer: initial.viewer, authFailure: null };
       const token = bearerToken(initial.request.headers.get('authorization'));
       if (!token) return { ...base, viewer: null, authFailure: 'missing' };
       const viewer = await services.auth.verify(token);

@@ -8,14 +8,14 @@ import { WebSocket, WebSocketServer } from 'ws';
 import { bearerToken, sameSecret } from '../auth/api-token.js';
 import type { Viewer } from '../auth/auth-service.js';
 import type { Config } from '../config/config.js';
-import type { RequestContext } from '../graphql/context.js';
 // Over HTTP, Yoga's masking adds codes; WebSocket parse/validation errors bypass it.
 import { withCode } from '../graphql/plugins/mask-errors.js';
+import { PreparedQueries } from '../graphql/prepared-queries.js';
 import { createPvegraphYoga, type PvegraphYoga } from '../graphql/yoga.js';
-import { requestScope } from '../observability/request-context.js';
 import { UnauthenticatedError } from '../errors.js';
 import type { Services } from '../services.js';
 import { checkReadiness } from './health.js';
+import { createPreparedQueryPath } from './prepared-query-path.js';
 
 /** WebSocket close codes we send ourselves (graphql-ws names its own). */
 export const enum WsCloseCode {
@@ -57,7 +57,9 @@ type WsExtra = {
 
 export function createApp({ services, log, config }: AppOptions): App {
   const { metrics } = services;
+  const prepared = new PreparedQueries();
   const yoga = createPvegraphYoga({
+    prepared,
     services,
     log,
     metrics,
@@ -67,12 +69,20 @@ export function createApp({ services, log, config }: AppOptions): App {
     maxSubscriptionsPerUser: config.maxSubscriptionsPerUser,
   });
 
+  const tryPreparedQuery = createPreparedQueryPath({
+    yoga,
+    prepared,
+    auth: services.auth,
+    metrics,
+    maxRequestBodyBytes: config.maxRequestBodyBytes,
+  });
+
   const server = createServer((req, res) => {
     const requestId = requestIdOf(req);
     res.setHeader('x-request-id', requestId);
     const route = routeOf(req);
     res.once('finish', () => metrics.httpRequests.inc({ route, status: `${Math.floor(res.statusCode / 100)}xx` }));
-    void requestScope.run({ requestId }, () => handle(route, requestId, req, res)).catch((err: unknown) => {
+    void handle(route, requestId, req, res).catch((err: unknown) => {
       log.error({ err, requestId }, 'unhandled error in HTTP handler');
       if (!res.headersSent) res.writeHead(500, { 'content-type': 'text/plain' });
       res.end('internal error');
@@ -98,6 +108,10 @@ export function createApp({ services, log, config }: AppOptions): App {
       }
       case '/':
         res.writeHead(302, { location: '/graphql' }).end();
+        return;
+      case '/graphql':
+        if (await tryPreparedQuery(req, res, requestId)) return;
+        await yoga.handle(req, res, { requestId });
         return;
       default:
         await yoga.handle(req, res, { requestId });
@@ -152,7 +166,7 @@ export function createApp({ services, log, config }: AppOptions): App {
           req: ctx.extra.request,
           socket: ctx.extra.socket,
           params: payload,
-          wsViewer: ctx.extra.viewer,
+          viewer: ctx.extra.viewer,
           requestId: randomUUID(),
         });
         let document;
@@ -182,15 +196,9 @@ export function createApp({ services, log, config }: AppOptions): App {
         };
         return args;
       },
-      // Later work of the operation logs under its request id, as over HTTP.
-      execute: (args) =>
-        requestScope.run({ requestId: (args.contextValue as RequestContext).requestId }, () =>
-          (args.rootValue as { execute: (a: ExecutionArgs) => unknown }).execute(args),
-        ) as never,
-      subscribe: (args) =>
-        requestScope.run({ requestId: (args.contextValue as RequestContext).requestId }, () =>
-          (args.rootValue as { subscribe: (a: ExecutionArgs) => unknown }).subscribe(args),
-        ) as never,
+      // Yoga's envelop execute/subscribe (handed over in onSubscribe), so its plugins run.
+      execute: (args) => (args.rootValue as { execute: (a: ExecutionArgs) => unknown }).execute(args) as never,
+      subscribe: (args) => (args.rootValue as { subscribe: (a: ExecutionArgs) => unknown }).subscribe(args) as never,
     },
     wss,
   );

@@ -30,6 +30,13 @@ export class Metrics {
     registers: [this.registry],
   });
 
+  readonly preparedRequests = new Counter({
+    name: 'pvegraph_graphql_prepared_requests_total',
+    help: 'HTTP GraphQL requests by how they were served: answered on the prepared-query path, or handed to Yoga (and why).',
+    labelNames: ['path'] as const,
+    registers: [this.registry],
+  });
+
   readonly activeSubscriptions = new Gauge({
     name: 'pvegraph_active_subscriptions',
     help: 'Subscriptions currently streaming (WebSocket and SSE).',

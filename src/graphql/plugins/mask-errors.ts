@@ -1,41 +1,79 @@
 import { GraphQLError } from 'graphql';
-import type { YogaMaskedErrorOpts } from 'graphql-yoga';
+import type { Plugin, YogaMaskedErrorOpts } from 'graphql-yoga';
 import type { Logger } from 'pino';
 import { isDatabaseUnavailable } from '../../db/prisma-errors.js';
 import { DomainError, ErrorCode } from '../../errors.js';
+import type { RequestContext } from '../context.js';
+
+/** Decides what a client sees of an error, and logs what it hides. */
+export interface ErrorMasker {
+  /**
+   * Errors a client can act on (DomainError, GraphQL syntax/validation errors) pass with a
+   * code; anything else is logged with its stack (and the request id when known) and answered
+   * as INTERNAL_SERVER_ERROR, so a database or driver message never reaches a client.
+   * Idempotent: an error this masker returned comes back unchanged (and is not logged again).
+   */
+  mask(error: unknown, requestId?: string): GraphQLError;
+}
+
+export function createErrorMasker(log: Logger): ErrorMasker {
+  const answered = new WeakSet<GraphQLError>();
+  const decide = (error: unknown, requestId: string | undefined): GraphQLError => {
+    const at = requestId ? { requestId } : {};
+    if (error instanceof GraphQLError) {
+      const original = error.originalError;
+      if (original instanceof DomainError) return error;
+      const variableError = asVariableError(error);
+      if (variableError) return variableError;
+      const requestError = asRequestError(error);
+      if (requestError) return requestError;
+      if (isDatabaseUnavailable(original)) {
+        log.warn({ ...at, err: { message: (original as Error).message, code: (original as { code?: string }).code }, path: error.path }, 'database unavailable');
+        return new GraphQLError('The database is unreachable right now; try again shortly.', {
+          path: error.path,
+          extensions: { code: ErrorCode.SERVICE_UNAVAILABLE },
+        });
+      }
+      if (!original || (original instanceof GraphQLError && !original.originalError)) return withCode(error, 'GRAPHQL_VALIDATION_FAILED');
+      log.error({ ...at, err: original, path: error.path }, 'unexpected error in resolver');
+    } else {
+      log.error({ ...at, err: error }, 'unexpected error');
+    }
+    return new GraphQLError('Unexpected error.', {
+      path: error instanceof GraphQLError ? error.path : undefined,
+      extensions: { code: ErrorCode.INTERNAL_SERVER_ERROR },
+    });
+  };
+  return {
+    mask(error, requestId) {
+      if (error instanceof GraphQLError && answered.has(error)) return error;
+      const masked = decide(error, requestId);
+      answered.add(masked);
+      return masked;
+    },
+  };
+}
+
+/** Yoga's masking: every error of every phase that reaches a client passes the masker. */
+export function maskErrors(masker: ErrorMasker): YogaMaskedErrorOpts {
+  return { errorMessage: 'Unexpected error.', maskError: (error) => masker.mask(error) };
+}
 
 /**
- * Errors a client can act on (DomainError, GraphQL syntax/validation errors) pass with a
- * code; anything else is logged with its stack and answered as INTERNAL_SERVER_ERROR, so a
- * database or driver message never reaches a client.
+ * Masks execution results where the operation's context is at hand, so what the masker logs
+ * names the request, and the plugins after this one (metrics, access log) see the codes the
+ * client gets. Yoga's own masking then leaves these errors as they are.
  */
-export function maskErrors(log: Logger): YogaMaskedErrorOpts {
+export function useMaskExecutionErrors(masker: ErrorMasker): Plugin<RequestContext> {
   return {
-    errorMessage: 'Unexpected error.',
-    maskError(error) {
-      if (error instanceof GraphQLError) {
-        const original = error.originalError;
-        if (original instanceof DomainError) return error;
-        const variableError = asVariableError(error);
-        if (variableError) return variableError;
-        const requestError = asRequestError(error);
-        if (requestError) return requestError;
-        if (isDatabaseUnavailable(original)) {
-          log.warn({ err: { message: (original as Error).message, code: (original as { code?: string }).code }, path: error.path }, 'database unavailable');
-          return new GraphQLError('The database is unreachable right now; try again shortly.', {
-            path: error.path,
-            extensions: { code: ErrorCode.SERVICE_UNAVAILABLE },
-          });
-        }
-        if (!original || (original instanceof GraphQLError && !original.originalError)) return withCode(error, 'GRAPHQL_VALIDATION_FAILED');
-        log.error({ err: original, path: error.path }, 'unexpected error in resolver');
-      } else {
-        log.error({ err: error }, 'unexpected error');
-      }
-      return new GraphQLError('Unexpected error.', {
-        path: error instanceof GraphQLError ? error.path : undefined,
-        extensions: { code: ErrorCode.INTERNAL_SERVER_ERROR },
-      });
+    onExecute() {
+      return {
+        onExecuteDone({ args, result, setResult }) {
+          if (!('errors' in result) || !result.errors?.length) return;
+          const requestId = (args.contextValue as RequestContext).requestId;
+          setResult({ ...result, errors: result.errors.map((e) => masker.mask(e, requestId)) });
+        },
+      };
     },
   };
 }

@@ -22,7 +22,7 @@ export function useObserveOperations(metrics: Metrics): Plugin<RequestContext> {
           for (const code of codes) metrics.graphqlErrors.inc({ code });
           const ctx = args.contextValue;
           ctx.log.info(
-            { operation: args.operationName ?? null, type, ms: Math.round(seconds * 1000), user: ctx.viewer?.userId ?? null, errors: codes.length ? codes : undefined },
+            { requestId: ctx.requestId, operation: args.operationName ?? null, type, ms: Math.round(seconds * 1000), user: ctx.viewer?.userId ?? null, errors: codes.length ? codes : undefined },
             'graphql operation',
           );
         },

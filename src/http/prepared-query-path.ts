@@ -1,0 +1,195 @@
+import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http';
+import type { ExecutionResult } from 'graphql';
+import { processRegularResult } from 'graphql-yoga';
+import { bearerToken } from '../auth/api-token.js';
+import type { AuthService } from '../auth/auth-service.js';
+import { MAX_PREPARED_QUERY_LENGTH, type PreparedQueries } from '../graphql/prepared-queries.js';
+import type { PvegraphYoga } from '../graphql/yoga.js';
+import type { Metrics } from '../observability/metrics.js';
+
+/** Bodies above this go straight to Yoga (a prepared query plus its variables is far smaller). */
+const MAX_PREPARED_BODY_BYTES = MAX_PREPARED_QUERY_LENGTH + 8_192;
+
+/** Why a request was handed to Yoga (the metric's label values: a small fixed set). */
+type Handover = 'not_eligible' | 'not_prepared' | 'unauthenticated';
+
+export interface PreparedQueryPathOptions {
+  yoga: PvegraphYoga;
+  prepared: PreparedQueries;
+  auth: AuthService;
+  metrics: Metrics;
+  maxRequestBodyBytes: number;
+}
+
+/**
+ * The common case of a dashboard — an authenticated POST of a query it has sent before — is
+ * answered here, without the Fetch-API translation and per-request plugin chain of Yoga's
+ * HTTP handling (which cost ~4× a bare Node handler: BENCHMARKS.md, scenario 1). What it
+ * keeps is everything that gives the answer its meaning: the document is one Yoga itself has
+ * parsed and validated (PreparedQueries), and execution goes through Yoga's envelop, so the
+ * same context factory, viewer check, error masking and operation metrics/logs apply.
+ *
+ * Everything else goes to Yoga, with the body already read handed along: other methods and
+ * content types, unknown documents, extensions, missing or bad tokens (Yoga words
+ * UNAUTHENTICATED). A result with errors is formatted by Yoga's own result processor (status
+ * code by error kind, internals stripped), so both paths answer byte for byte alike.
+ *
+ * Returns true when the request has been answered.
+ */
+export function createPreparedQueryPath(opts: PreparedQueryPathOptions) {
+  const { yoga, prepared, auth, metrics } = opts;
+  const maxBody = Math.min(MAX_PREPARED_BODY_BYTES, opts.maxRequestBodyBytes);
+  const count = {
+    prepared: metrics.preparedRequests.labels({ path: 'prepared' }),
+    not_eligible: metrics.preparedRequests.labels({ path: 'not_eligible' }),
+    not_prepared: metrics.preparedRequests.labels({ path: 'not_prepared' }),
+    unauthenticated: metrics.preparedRequests.labels({ path: 'unauthenticated' }),
+  } satisfies Record<Handover | 'prepared', unknown>;
+
+  async function answer(headers: IncomingHttpHeaders, raw: Buffer, mediaType: string, requestId: string, res: ServerResponse): Promise<Handover | null> {
+    const params = graphqlParamsOf(raw);
+    if (!params) return 'not_eligible';
+    const document = prepared.get(params.query, params.operationName);
+    if (!document) return 'not_prepared';
+    const token = bearerToken(headers.authorization);
+    const viewer = token ? await auth.verify(token) : null;
+    if (!viewer) return 'unauthenticated';
+
+    const enveloped = yoga.getEnveloped({ requestId, viewer });
+    const contextValue = await enveloped.contextFactory({ params });
+    const result = (await enveloped.execute({
+      schema: enveloped.schema,
+      document,
+      contextValue,
+      variableValues: params.variables,
+      operationName: params.operationName,
+    })) as ExecutionResult;
+
+    const origin = headers.origin;
+    if (result.errors?.length || result.extensions) {
+      // Yoga's own formatting: status code by error kind, internals stripped.
+      const response = await processRegularResult(result, yoga.fetchAPI, mediaType);
+      const out: Record<string, string> = {};
+      response.headers.forEach((value, name) => (out[name] = value));
+      if (origin !== undefined) Object.assign(out, corsHeaders(origin));
+      res.writeHead(response.status, out).end(await response.text());
+      return null;
+    }
+    const body = JSON.stringify(result);
+    const out: Record<string, string | number> = { 'content-type': `${mediaType}; charset=utf-8`, 'content-length': Buffer.byteLength(body) };
+    if (origin !== undefined) Object.assign(out, corsHeaders(origin));
+    res.writeHead(200, out).end(body);
+    return null;
+  }
+
+  return async function tryPreparedQuery(req: IncomingMessage, res: ServerResponse, requestId: string): Promise<boolean> {
+    const headers = req.headers;
+    const length = Number(headers['content-length']);
+    const mediaType = req.method === 'POST' ? resultMediaType(headers.accept) : null;
+    if (
+      !mediaType ||
+      !isJsonContentType(headers['content-type']) ||
+      !Number.isInteger(length) ||
+      length <= 0 ||
+      length > maxBody ||
+      headers['content-encoding'] !== undefined ||
+      // Yoga's CORS answers these with extra headers; leave them to it.
+      headers['access-control-request-method'] !== undefined ||
+      headers['access-control-request-headers'] !== undefined
+    ) {
+      count.not_eligible.inc();
+      return false;
+    }
+    const raw = await readBody(req, length);
+    if (!raw) return true; // the client went away mid-body: nobody to answer
+    const handover = await answer(headers, raw, mediaType, requestId, res);
+    if (!handover) {
+      count.prepared.inc();
+      return true;
+    }
+    count[handover].inc();
+    // whatwg-node takes an already-read body from `req.body` (as behind a body parser).
+    (req as IncomingMessage & { body?: Buffer }).body = raw;
+    return false;
+  };
+}
+
+export type PreparedQueryPath = ReturnType<typeof createPreparedQueryPath>;
+
+interface PreparedParams {
+  query: string;
+  operationName: string | null;
+  variables: Record<string, unknown> | undefined;
+}
+
+/** The GraphQL-over-HTTP body, when it is the plain kind this path serves. */
+function graphqlParamsOf(raw: Buffer): PreparedParams | null {
+  let body: unknown;
+  try {
+    body = JSON.parse(raw.toString('utf8'));
+  } catch {
+    return null;
+  }
+  if (typeof body !== 'object' || body === null || Array.isArray(body)) return null;
+  const { query, operationName, variables, extensions, ...rest } = body as Record<string, unknown>;
+  if (typeof query !== 'string' || Object.keys(rest).length > 0) return null;
+  if (operationName != null && typeof operationName !== 'string') return null;
+  if (variables != null && (typeof variables !== 'object' || Array.isArray(variables))) return null;
+  // Extensions (persisted-query hashes and the like) are Yoga's to interpret.
+  if (extensions != null) return null;
+  return { query, operationName: (operationName as string | null | undefined) ?? null, variables: (variables as Record<string, unknown> | null) ?? undefined };
+}
+
+function isJsonContentType(value: string | undefined): boolean {
+  if (!value) return false;
+  const [type, ...params] = value.toLowerCase().replace(/\s/g, '').split(';');
+  if (type !== 'application/json') return false;
+  return params.every((p) => p === 'charset=utf-8');
+}
+
+const RESULT_MEDIA_TYPES = ['application/graphql-response+json', 'application/json'] as const;
+
+/**
+ * The media type Yoga answers a single (non-streamed) result with for this Accept header, or
+ * null when Yoga would pick no JSON type (406, or a streaming format). Mirrors Yoga's
+ * negotiation (graphql-yoga result-processor/accept.js and use-result-processor.js): utf-8
+ * only, q-values ignored, of all matches the one for the earliest listed type wins.
+ */
+export function resultMediaType(accept: string | undefined): string | null {
+  const asked: string[] = [];
+  for (const entry of (accept || '*/*').replace(/\s/g, '').toLowerCase().split(',')) {
+    const [mediaType, ...params] = entry.split(';');
+    const charset = params.find((p) => p.includes('charset=')) ?? 'charset=utf-8';
+    if (mediaType === undefined || charset !== 'charset=utf-8') continue;
+    asked.push(mediaType);
+  }
+  let chosen: string | null = null;
+  for (const mediaType of asked.reverse()) {
+    const [pre, suf] = mediaType.split('/');
+    for (const candidate of RESULT_MEDIA_TYPES) {
+      const [cPre, cSuf] = candidate.split('/');
+      if ((pre === '*' || pre === cPre) && (suf === '*' || suf === cSuf)) chosen = candidate;
+    }
+  }
+  return chosen;
+}
+
+/** What Yoga's default CORS (any origin, credentials) adds to a simple request's answer. */
+function corsHeaders(origin: string): Record<string, string> {
+  return { 'access-control-allow-origin': origin, vary: 'Origin', 'access-control-allow-credentials': 'true' };
+}
+
+/** The request body, or null when the client aborted before sending all of it. */
+function readBody(req: IncomingMessage, length: number): Promise<Buffer | null> {
+  return new Promise((resolve) => {
+    const chunks: Buffer[] = [];
+    let received = 0;
+    req.on('data', (chunk: Buffer) => {
+      received += chunk.length;
+      chunks.push(chunk);
+    });
+    req.once('end', () => resolve(received === length ? (chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks)) : null));
+    req.once('error', () => resolve(null));
+    req.once('close', () => resolve(null)); // after 'end' this is a no-op: the promise is settled
+  });
+}
