@@ -73,7 +73,7 @@ export async function spawnServer(env: ServerEnv, name = 'server'): Promise<Serv
   const child = track(
     spawn(process.execPath, [...(env.nodeArgs ?? []), '--import', 'tsx', 'src/main.ts'], {
       cwd: SERVER_ROOT,
-      stdio: ['ignore', 'ignore', 'pipe'],
+      stdio: ['ignore', process.env.BENCH_SERVER_STDOUT ? 'inherit' : 'ignore', 'pipe'],
       env: {
         PATH: process.env.PATH ?? '',
         HOME: process.env.HOME ?? '/tmp',

@@ -170,7 +170,7 @@ async function startServer(name: string): Promise<ServerChild> {
       redisUrl: REDIS_URL,
       redisKeyPrefix: prefix,
       encryptionKey,
-      ...(PROFILE ? { nodeArgs: ['--cpu-prof', `--cpu-prof-dir=${profDir}/${name}`] } : {}),
+      ...(PROFILE ? { nodeArgs: ['--cpu-prof', `--cpu-prof-dir=${profDir}/${name}`] } : process.env.BENCH_NODE_ARGS ? { nodeArgs: process.env.BENCH_NODE_ARGS.split(' ') } : {}),
     },
     name,
   );

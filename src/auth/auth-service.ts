@@ -2,6 +2,7 @@ import type { PrismaClient } from '../db/database.js';
 import { isUniqueViolation } from '../db/prisma-errors.js';
 import { ConflictError, NotFoundError } from '../errors.js';
 import { displayPrefix, generateToken, hashToken, isWellFormedToken } from './api-token.js';
+import { dueForRefresh, SingleFlight } from '../concurrency/single-flight.js';
 
 /** The authenticated caller of a request. */
 export interface Viewer {
@@ -37,6 +38,7 @@ export class AuthService {
    * so a refused hash cannot become valid later.
    */
   private readonly refused = new Map<string, number>();
+  private readonly lookups = new SingleFlight<string, Viewer | null>();
   private readonly maxEntries: number;
   private readonly now: () => number;
 
@@ -101,28 +103,40 @@ export class AuthService {
     const hash = hashToken(token);
     const now = this.now();
     const hit = this.cache.get(hash);
-    if (hit && hit.expiresAt > now) return hit.viewer;
+    if (hit && hit.expiresAt > now) {
+      if (dueForRefresh(hit.expiresAt, now, this.opts.cacheTtlMs)) void this.lookup(hash).catch(() => undefined);
+      return hit.viewer;
+    }
     if (hit) this.cache.delete(hash);
 
     const refusedUntil = this.refused.get(hash);
     if (refusedUntil !== undefined && refusedUntil > now) return null;
+    return this.lookup(hash);
+  }
 
-    const row = await this.prisma.apiToken.findUnique({
-      where: { tokenHash: hash },
-      select: { id: true, revokedAt: true, user: { select: { id: true, name: true } } },
-    });
-    if (!row || row.revokedAt) {
-      if (this.opts.cacheTtlMs > 0) {
-        if (this.refused.size >= this.maxEntries) this.refused.delete(this.refused.keys().next().value!);
-        this.refused.set(hash, now + Math.min(this.opts.cacheTtlMs, NEGATIVE_TTL_MS));
+  /** The database lookup behind verify: one at a time per token, shared by concurrent callers. */
+  private lookup(hash: string): Promise<Viewer | null> {
+    return this.lookups.run(hash, async () => {
+      const row = await this.prisma.apiToken.findUnique({
+        where: { tokenHash: hash },
+        select: { id: true, revokedAt: true, user: { select: { id: true, name: true } } },
+      });
+      const now = this.now();
+      if (!row || row.revokedAt) {
+        // A background refresh can find the token revoked: forget the cached viewer too.
+        this.cache.delete(hash);
+        if (this.opts.cacheTtlMs > 0) {
+          if (this.refused.size >= this.maxEntries) this.refused.delete(this.refused.keys().next().value!);
+          this.refused.set(hash, now + Math.min(this.opts.cacheTtlMs, NEGATIVE_TTL_MS));
+        }
+        return null;
       }
-      return null;
-    }
-    const viewer: Viewer = { userId: row.user.id, userName: row.user.name, tokenId: row.id };
-    this.remember(hash, { viewer, expiresAt: now + this.opts.cacheTtlMs });
-    // Recorded at most once per cache lifetime; a failure here must not fail the request.
-    this.prisma.apiToken.update({ where: { id: row.id }, data: { lastUsedAt: new Date(now) } }).catch(() => undefined);
-    return viewer;
+      const viewer: Viewer = { userId: row.user.id, userName: row.user.name, tokenId: row.id };
+      this.remember(hash, { viewer, expiresAt: now + this.opts.cacheTtlMs });
+      // Recorded at most once per cache lifetime; a failure here must not fail the request.
+      this.prisma.apiToken.update({ where: { id: row.id }, data: { lastUsedAt: new Date(now) } }).catch(() => undefined);
+      return viewer;
+    });
   }
 
   private remember(hash: string, entry: CachedViewer): void {
@@ -132,6 +146,8 @@ export class AuthService {
       const oldest = this.cache.keys().next();
       if (!oldest.done) this.cache.delete(oldest.value);
     }
+    // Re-inserted, so a refreshed entry counts as the newest for eviction.
+    this.cache.delete(hash);
     this.cache.set(hash, entry);
   }
 }

@@ -20,3 +20,8 @@ export interface RequestContext extends Omit<GraphQLContext, 'viewer'> {
   /** Why `viewer` is null: no token, or a token that does not verify. */
   authFailure: 'missing' | 'invalid' | null;
 }
+
+/** The context of an operation whose viewer the transport has authenticated already. */
+export function viewerContext(base: Omit<GraphQLContext, 'viewer'>, viewer: Viewer): RequestContext {
+  return { ...base, viewer, authFailure: null };
+}

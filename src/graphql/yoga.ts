@@ -10,8 +10,8 @@ import { bearerToken } from '../auth/api-token.js';
 import type { Viewer } from '../auth/auth-service.js';
 import type { Metrics } from '../observability/metrics.js';
 import type { Services } from '../services.js';
-import type { RequestContext } from './context.js';
-import { createErrorMasker, maskErrors, useMaskExecutionErrors } from './plugins/mask-errors.js';
+import { type RequestContext, viewerContext } from './context.js';
+import { type ErrorMasker, maskErrors, useMaskExecutionErrors } from './plugins/mask-errors.js';
 import { useObserveOperations } from './plugins/observe-operations.js';
 import { useRequireViewer } from './plugins/require-viewer.js';
 import { useShareSubscriptionEvents } from './plugins/share-subscription-events.js';
@@ -38,6 +38,8 @@ export interface YogaOptions {
   introspection: boolean;
   maxRequestBodyBytes: number;
   maxSubscriptionsPerUser: number;
+  /** Decides what clients see of errors (shared with the prepared-query path). */
+  masker: ErrorMasker;
   /** Filled with the query documents this Yoga has parsed and validated. */
   prepared?: PreparedQueries;
 }
@@ -57,7 +59,7 @@ export const QUERY_LIMITS = {
 
 export function createPvegraphYoga(opts: YogaOptions): PvegraphYoga {
   const { services, log, metrics } = opts;
-  const masker = createErrorMasker(log);
+  const { masker } = opts;
   const plugins: Array<Plugin<RequestContext>> = [
     // Before the metrics and access log, whose onExecuteDone then sees the masked codes.
     useMaskExecutionErrors(masker),
@@ -100,7 +102,7 @@ export function createPvegraphYoga(opts: YogaOptions): PvegraphYoga {
     context: async (initial): Promise<RequestContext> => {
       const requestId = initial.requestId ?? initial.request.headers.get('x-request-id') ?? randomUUID();
       const base = { services, requestId, log };
-      if (initial.viewer) return { ...base, viewer: initial.viewer, authFailure: null };
+      if (initial.viewer) return viewerContext(base, initial.viewer);
       const token = bearerToken(initial.request.headers.get('authorization'));
       if (!token) return { ...base, viewer: null, authFailure: 'missing' };
       const viewer = await services.auth.verify(token);

@@ -9,8 +9,9 @@ import { bearerToken, sameSecret } from '../auth/api-token.js';
 import type { Viewer } from '../auth/auth-service.js';
 import type { Config } from '../config/config.js';
 // Over HTTP, Yoga's masking adds codes; WebSocket parse/validation errors bypass it.
-import { withCode } from '../graphql/plugins/mask-errors.js';
+import { createErrorMasker, withCode } from '../graphql/plugins/mask-errors.js';
 import { PreparedQueries } from '../graphql/prepared-queries.js';
+import { schema } from '../graphql/schema.js';
 import { createPvegraphYoga, type PvegraphYoga } from '../graphql/yoga.js';
 import { UnauthenticatedError } from '../errors.js';
 import type { Services } from '../services.js';
@@ -57,9 +58,11 @@ type WsExtra = {
 
 export function createApp({ services, log, config }: AppOptions): App {
   const { metrics } = services;
-  const prepared = new PreparedQueries();
+  const prepared = new PreparedQueries(schema);
+  const masker = createErrorMasker(log);
   const yoga = createPvegraphYoga({
     prepared,
+    masker,
     services,
     log,
     metrics,
@@ -72,8 +75,9 @@ export function createApp({ services, log, config }: AppOptions): App {
   const tryPreparedQuery = createPreparedQueryPath({
     yoga,
     prepared,
-    auth: services.auth,
-    metrics,
+    services,
+    log,
+    masker,
     maxRequestBodyBytes: config.maxRequestBodyBytes,
   });
 

@@ -1,69 +1,75 @@
 import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http';
-import type { ExecutionResult } from 'graphql';
 import { processRegularResult } from 'graphql-yoga';
+import type { Logger } from 'pino';
 import { bearerToken } from '../auth/api-token.js';
-import type { AuthService } from '../auth/auth-service.js';
+import { viewerContext } from '../graphql/context.js';
+import type { ErrorMasker } from '../graphql/plugins/mask-errors.js';
+import { recordOperation } from '../graphql/plugins/observe-operations.js';
 import { MAX_PREPARED_QUERY_LENGTH, type PreparedQueries } from '../graphql/prepared-queries.js';
 import type { PvegraphYoga } from '../graphql/yoga.js';
-import type { Metrics } from '../observability/metrics.js';
+import type { Services } from '../services.js';
 
 /** Bodies above this go straight to Yoga (a prepared query plus its variables is far smaller). */
 const MAX_PREPARED_BODY_BYTES = MAX_PREPARED_QUERY_LENGTH + 8_192;
 
 /** Why a request was handed to Yoga (the metric's label values: a small fixed set). */
-type Handover = 'not_eligible' | 'not_prepared' | 'unauthenticated';
+type Handover = 'not_eligible' | 'not_prepared' | 'unauthenticated' | 'invalid_variables';
 
 export interface PreparedQueryPathOptions {
   yoga: PvegraphYoga;
   prepared: PreparedQueries;
-  auth: AuthService;
-  metrics: Metrics;
+  services: Services;
+  log: Logger;
+  masker: ErrorMasker;
   maxRequestBodyBytes: number;
 }
 
 /**
  * The common case of a dashboard — an authenticated POST of a query it has sent before — is
- * answered here, without the Fetch-API translation and per-request plugin chain of Yoga's
- * HTTP handling (which cost ~4× a bare Node handler: BENCHMARKS.md, scenario 1). What it
- * keeps is everything that gives the answer its meaning: the document is one Yoga itself has
- * parsed and validated (PreparedQueries), and execution goes through Yoga's envelop, so the
- * same context factory, viewer check, error masking and operation metrics/logs apply.
+ * answered here, without the Fetch-API translation, per-request plugin chain and graphql-js
+ * execution of Yoga's HTTP handling (together ~4× the CPU of a bare Node handler:
+ * BENCHMARKS.md, scenario 1). What it keeps is everything that gives the answer its meaning:
+ * the document is one Yoga itself has parsed and validated (PreparedQueries), the viewer is
+ * checked as Yoga's context factory does, resolvers are the schema's own (run by the query
+ * graphql-jit compiled), errors pass the same masker, and the same metrics and access-log
+ * line are recorded.
  *
  * Everything else goes to Yoga, with the body already read handed along: other methods and
  * content types, unknown documents, extensions, missing or bad tokens (Yoga words
- * UNAUTHENTICATED). A result with errors is formatted by Yoga's own result processor (status
- * code by error kind, internals stripped), so both paths answer byte for byte alike.
+ * UNAUTHENTICATED), refused variables (nothing ran; Yoga words the error). A result with
+ * errors is formatted by Yoga's own result processor (status code by error kind, internals
+ * stripped), so both paths answer byte for byte alike.
  *
  * Returns true when the request has been answered.
  */
 export function createPreparedQueryPath(opts: PreparedQueryPathOptions) {
-  const { yoga, prepared, auth, metrics } = opts;
+  const { yoga, prepared, services, log, masker } = opts;
+  const { auth, metrics } = services;
   const maxBody = Math.min(MAX_PREPARED_BODY_BYTES, opts.maxRequestBodyBytes);
   const count = {
     prepared: metrics.preparedRequests.labels({ path: 'prepared' }),
     not_eligible: metrics.preparedRequests.labels({ path: 'not_eligible' }),
     not_prepared: metrics.preparedRequests.labels({ path: 'not_prepared' }),
     unauthenticated: metrics.preparedRequests.labels({ path: 'unauthenticated' }),
+    invalid_variables: metrics.preparedRequests.labels({ path: 'invalid_variables' }),
   } satisfies Record<Handover | 'prepared', unknown>;
 
   async function answer(headers: IncomingHttpHeaders, raw: Buffer, mediaType: string, requestId: string, res: ServerResponse): Promise<Handover | null> {
     const params = graphqlParamsOf(raw);
     if (!params) return 'not_eligible';
-    const document = prepared.get(params.query, params.operationName);
-    if (!document) return 'not_prepared';
+    const entry = prepared.get(params.query, params.operationName);
+    if (!entry) return 'not_prepared';
     const token = bearerToken(headers.authorization);
     const viewer = token ? await auth.verify(token) : null;
     if (!viewer) return 'unauthenticated';
 
-    const enveloped = yoga.getEnveloped({ requestId, viewer });
-    const contextValue = await enveloped.contextFactory({ params });
-    const result = (await enveloped.execute({
-      schema: enveloped.schema,
-      document,
-      contextValue,
-      variableValues: params.variables,
-      operationName: params.operationName,
-    })) as ExecutionResult;
+    const context = viewerContext({ services, log, requestId }, viewer);
+    const started = performance.now();
+    let result = await prepared.execute(entry, context, params.variables);
+    if (!result) return 'not_prepared';
+    if (!('data' in result) || result.data === undefined) return 'invalid_variables';
+    if (result.errors?.length) result = { ...result, errors: result.errors.map((e) => masker.mask(e, requestId)) };
+    recordOperation(metrics, context, { type: 'query', operationName: params.operationName, errors: result.errors, started });
 
     const origin = headers.origin;
     if (result.errors?.length || result.extensions) {
@@ -140,11 +146,10 @@ function graphqlParamsOf(raw: Buffer): PreparedParams | null {
   return { query, operationName: (operationName as string | null | undefined) ?? null, variables: (variables as Record<string, unknown> | null) ?? undefined };
 }
 
+/** Exactly the test Yoga's JSON body parser applies (graphql-yoga request-parser/utils.js). */
 function isJsonContentType(value: string | undefined): boolean {
-  if (!value) return false;
-  const [type, ...params] = value.toLowerCase().replace(/\s/g, '').split(';');
-  if (type !== 'application/json') return false;
-  return params.every((p) => p === 'charset=utf-8');
+  const type = value?.split(',')[0];
+  return type === 'application/json' || !!type?.startsWith('application/json;');
 }
 
 const RESULT_MEDIA_TYPES = ['application/graphql-response+json', 'application/json'] as const;

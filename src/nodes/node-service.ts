@@ -8,6 +8,7 @@ import { BadUserInputError, ConflictError, DomainError, ErrorCode, FailedPrecond
 import type { ConnectionTestResult, ProxmoxClient, ProxmoxTarget } from '../proxmox/index.js';
 import { isUuid } from './node-validation.js';
 import type { NodeRef, VmidHooks } from './vmid-hooks.js';
+import { dueForRefresh, SingleFlight } from '../concurrency/single-flight.js';
 
 export type { ProxmoxNode };
 
@@ -49,6 +50,7 @@ const TLS_CODES: readonly string[] = [ErrorCode.PROXMOX_TLS_UNTRUSTED, ErrorCode
 export class NodeService {
   /** viewer+node → NodeRef, for the hot VMID reads (a node never changes owner). */
   private readonly owned = new Map<string, { ref: NodeRef; expiresAt: number }>();
+  private readonly ownershipLookups = new SingleFlight<string, NodeRef>();
 
   constructor(
     private readonly prisma: PrismaClient,
@@ -69,13 +71,31 @@ export class NodeService {
     const key = `${viewer.userId}:${nodeId}`;
     const now = Date.now();
     const hit = this.owned.get(key);
-    if (hit && hit.expiresAt > now) return hit.ref;
-    const ref = refOf(await this.get(viewer, nodeId, { select: { id: true, userId: true } }));
-    if (this.ownershipCacheTtlMs > 0) {
-      if (this.owned.size >= 10_000) this.owned.delete(this.owned.keys().next().value!);
-      this.owned.set(key, { ref, expiresAt: now + this.ownershipCacheTtlMs });
+    if (hit && hit.expiresAt > now) {
+      if (dueForRefresh(hit.expiresAt, now, this.ownershipCacheTtlMs)) void this.lookupRef(viewer, nodeId, key).catch(() => undefined);
+      return hit.ref;
     }
-    return ref;
+    return this.lookupRef(viewer, nodeId, key);
+  }
+
+  /** The database check behind ref: one at a time per viewer and node, shared. */
+  private lookupRef(viewer: Viewer, nodeId: string, key: string): Promise<NodeRef> {
+    return this.ownershipLookups.run(key, async () => {
+      let ref: NodeRef;
+      try {
+        ref = refOf(await this.get(viewer, nodeId, { select: { id: true, userId: true } }));
+      } catch (err) {
+        // Gone (deleted through another instance): stop answering for it at once.
+        if (err instanceof NotFoundError) this.owned.delete(key);
+        throw err;
+      }
+      if (this.ownershipCacheTtlMs > 0) {
+        this.owned.delete(key);
+        if (this.owned.size >= 10_000) this.owned.delete(this.owned.keys().next().value!);
+        this.owned.set(key, { ref, expiresAt: Date.now() + this.ownershipCacheTtlMs });
+      }
+      return ref;
+    });
   }
 
   list(viewer: Viewer, query: NodeQuery = {}) {

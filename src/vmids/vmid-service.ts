@@ -6,6 +6,7 @@ import { EventStream } from './event-stream.js';
 import { lowestFree, type VmidSnapshot, type VmidStore } from './store.js';
 import { type NodeRef, VMID_MAX, VMID_MIN, type VmidEvent, type VmidReservation, type VmidSet } from './types.js';
 import { checkMin, checkTtlSeconds, checkVmid, DEFAULT_RESERVATION_TTL_S } from './validation.js';
+import { SingleFlight } from '../concurrency/single-flight.js';
 
 /** Asks Proxmox which VMIDs exist on the node's cluster (errors: DomainErrors, PROXMOX_*). */
 export type FetchTakenVmids = (node: NodeRef) => Promise<number[]>;
@@ -53,7 +54,7 @@ export class VmidService {
   private readonly fillPollMs: number;
   private readonly onLookup: ((hit: boolean) => void) | undefined;
   /** In-process single-flight: concurrent misses of one node share one fill. */
-  private readonly fills = new Map<string, Promise<Fill>>();
+  private readonly fills = new SingleFlight<string, Fill>();
   /** Same for direct Proxmox reads while the store is down. */
   private readonly directReads = new Map<string, Promise<number[]>>();
   /** The last version this process saw per node, for answers given while the store is down. */
@@ -333,12 +334,7 @@ export class VmidService {
    * asks Proxmox itself rather than fail.
    */
   private fill(node: NodeRef): Promise<Fill> {
-    let pending = this.fills.get(node.id);
-    if (!pending) {
-      pending = this.fillOnce(node).finally(() => this.fills.delete(node.id));
-      this.fills.set(node.id, pending);
-    }
-    return pending;
+    return this.fills.run(node.id, () => this.fillOnce(node));
   }
 
   private async fillOnce(node: NodeRef): Promise<Fill> {

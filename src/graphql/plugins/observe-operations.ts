@@ -1,4 +1,4 @@
-import { getOperationAST } from 'graphql';
+import { getOperationAST, type GraphQLError } from 'graphql';
 import type { Plugin } from 'graphql-yoga';
 import type { Metrics } from '../../observability/metrics.js';
 import type { RequestContext } from '../context.js';
@@ -15,16 +15,7 @@ export function useObserveOperations(metrics: Metrics): Plugin<RequestContext> {
       return {
         onExecuteDone({ result }) {
           if (!('errors' in result) && !('data' in result)) return; // incremental delivery: not used here
-          const errors = result.errors ?? [];
-          const seconds = (performance.now() - started) / 1000;
-          metrics.graphqlOperations.observe({ type, outcome: errors.length ? 'error' : 'ok' }, seconds);
-          const codes = errors.map((e) => String(e.extensions?.code ?? 'INTERNAL_SERVER_ERROR'));
-          for (const code of codes) metrics.graphqlErrors.inc({ code });
-          const ctx = args.contextValue;
-          ctx.log.info(
-            { requestId: ctx.requestId, operation: args.operationName ?? null, type, ms: Math.round(seconds * 1000), user: ctx.viewer?.userId ?? null, errors: codes.length ? codes : undefined },
-            'graphql operation',
-          );
+          recordOperation(metrics, args.contextValue, { type, operationName: args.operationName ?? null, errors: result.errors, started });
         },
       };
     },
@@ -38,4 +29,25 @@ export function useObserveOperations(metrics: Metrics): Plugin<RequestContext> {
       };
     },
   };
+}
+
+/**
+ * The duration and outcome metric, error codes and the access-log line of one executed
+ * operation (also called by the prepared-query path, which executes without envelop).
+ * `errors` are the masked ones, so codes are those the client sees.
+ */
+export function recordOperation(
+  metrics: Metrics,
+  ctx: RequestContext,
+  op: { type: string; operationName: string | null; errors: readonly GraphQLError[] | undefined; started: number },
+): void {
+  const errors = op.errors ?? [];
+  const seconds = (performance.now() - op.started) / 1000;
+  metrics.graphqlOperations.observe({ type: op.type, outcome: errors.length ? 'error' : 'ok' }, seconds);
+  const codes = errors.map((e) => String(e.extensions?.code ?? 'INTERNAL_SERVER_ERROR'));
+  for (const code of codes) metrics.graphqlErrors.inc({ code });
+  ctx.log.info(
+    { requestId: ctx.requestId, operation: op.operationName, type: op.type, ms: Math.round(seconds * 1000), user: ctx.viewer?.userId ?? null, errors: codes.length ? codes : undefined },
+    'graphql operation',
+  );
 }
