@@ -135,7 +135,7 @@ async function setup() {
   db = await openPostgres(dbUrl, { poolMax: 4 });
   await db.withSession((s) => migrate(s));
   auth = new AuthService(db.prisma, { cacheTtlMs: 0 });
-  if (PROFILE) mkdirSync(profDir, { recursive: true });
+  if (PROFILE || WINDOW) mkdirSync(profDir, { recursive: true });
 }
 
 let cleaned = false;
@@ -163,6 +163,18 @@ async function cleanup() {
   }
 }
 
+const WINDOW = !!process.env.BENCH_PROFILE_WINDOW;
+/** Extra node flags of a server child: whole-run or per-phase profiling, or BENCH_NODE_ARGS. */
+function serverNodeArgs(name: string): string[] {
+  const args = process.env.BENCH_NODE_ARGS?.split(' ').filter(Boolean) ?? [];
+  if (PROFILE) args.push('--cpu-prof', `--cpu-prof-dir=${profDir}/${name}`);
+  if (WINDOW) {
+    mkdirSync(`${profDir}/${name}`, { recursive: true });
+    args.push('--import', path.join(ROOT, 'bench/profile-window.mjs'));
+  }
+  return args;
+}
+
 async function startServer(name: string): Promise<ServerChild> {
   const s = await spawnServer(
     {
@@ -170,7 +182,8 @@ async function startServer(name: string): Promise<ServerChild> {
       redisUrl: REDIS_URL,
       redisKeyPrefix: prefix,
       encryptionKey,
-      ...(PROFILE ? { nodeArgs: ['--cpu-prof', `--cpu-prof-dir=${profDir}/${name}`] } : process.env.BENCH_NODE_ARGS ? { nodeArgs: process.env.BENCH_NODE_ARGS.split(' ') } : {}),
+      nodeArgs: serverNodeArgs(name),
+      ...(WINDOW ? { extraEnv: { BENCH_PROFILE_DIR: `${profDir}/${name}` } } : {}),
     },
     name,
   );
@@ -404,6 +417,7 @@ async function scenario2(sim: Simulator) {
   const rss1 = await settleRss(server.pid);
   const kbPerSub = (rss1 - rss0) / Math.max(1, ao.ok);
   await fleet.arm();
+  profileWindow(server, 'A');
   const sentA: number[] = new Array(users);
   const mutA = await Promise.all(
     tenants.map((t, i) => {
@@ -413,6 +427,7 @@ async function scenario2(sim: Simulator) {
   );
   const mutErrors = mutA.filter((r) => r.errors?.length).length;
   const ar = await fleet.received(60_000);
+  profileWindow(server, 'A');
   const aLat = latencies(fleet, ar, (g) => sentA[g]!);
   await fleet.close();
 
@@ -425,10 +440,12 @@ async function scenario2(sim: Simulator) {
   console.log(`  phase B: ${bo2.ok} subscribed in ${fmt(bo2.ms / 1000, 1)} s (${bo2.failed} failed${bo2.errors.length ? `: ${bo2.errors.join('; ')}` : ''})`);
   const rssB1 = await settleRss(server.pid);
   await fleet.arm();
+  profileWindow(server, 'B');
   const sentB = now();
   const mutB = await gql(server.graphqlUrl, hot.token, INVALIDATE, { n: hotNode });
   const mutBDone = now();
   const hr = await fleet.received(60_000);
+  profileWindow(server, 'B');
   const hLat = latencies(fleet, hr, () => sentB);
   await fleet.close();
   fleet.child.kill('SIGTERM');
@@ -443,6 +460,11 @@ async function scenario2(sim: Simulator) {
   note(2, `B: the invalidateVmidCache HTTP response took ${ms(mutBDone - sentB)}; baseline /broadcast queues all sends before answering.`);
   note(2, `baseline: bare ws server (bench/ws-baseline-server.ts) broadcasting one pre-serialised graphql-transport-ws "next" to all ${n} subscriptions after one POST; the same graphql-ws client fleet receives both. RSS per idle client of the baseline ${fmt(baseRss0 / 1024, 0)} → ${fmt(baseRss1 / 1024, 0)} MB.`);
   await stopServer(server);
+}
+
+/** BENCH_PROFILE_WINDOW=A|B: toggles the server's window profiler (bench/profile-window.mjs). */
+function profileWindow(server: ServerChild, phase: string): void {
+  if (process.env.BENCH_PROFILE_WINDOW?.includes(phase)) server.child.kill('SIGUSR2');
 }
 
 // ------------------------------------------------------------------ scenario 3
@@ -692,7 +714,7 @@ async function main() {
   console.log('| # | metric | server | baseline | ratio | goal | result |');
   for (const r of rows) console.log(`| ${r.scenario} | ${r.metric} | ${r.server} | ${r.baseline} | ${r.ratio} | ${r.goal || '—'} | ${r.status} |`);
   if (process.env.BENCH_NO_WRITE !== '1') writeReport();
-  console.log(`total ${((Date.now() - started) / 1000).toFixed(0)} s${PROFILE ? `; CPU profiles in ${profDir}` : ''}`);
+  console.log(`total ${((Date.now() - started) / 1000).toFixed(0)} s${PROFILE ? `; CPU profiles in ${profDir}` : WINDOW ? `; window profiles in ${profDir}` : ''}`);
 }
 
 let exitCode = 0;

@@ -26,6 +26,9 @@ export interface AuthServiceOptions {
   now?: () => number;
 }
 
+/** How precisely `lastUsedAt` follows use (shown by `pvegraph token list`). */
+export const LAST_USED_RESOLUTION_MS = 5 * 60_000;
+
 /**
  * Users and their API tokens. Token checks hit the database once per token per `cacheTtlMs`,
  * not on every request.
@@ -119,13 +122,14 @@ export class AuthService {
     return this.lookups.run(hash, async () => {
       const row = await this.prisma.apiToken.findUnique({
         where: { tokenHash: hash },
-        select: { id: true, revokedAt: true, user: { select: { id: true, name: true } } },
+        select: { id: true, revokedAt: true, lastUsedAt: true, user: { select: { id: true, name: true } } },
       });
       const now = this.now();
       if (!row || row.revokedAt) {
         // A background refresh can find the token revoked: forget the cached viewer too.
         this.cache.delete(hash);
         if (this.opts.cacheTtlMs > 0) {
+          this.refused.delete(hash);
           if (this.refused.size >= this.maxEntries) this.refused.delete(this.refused.keys().next().value!);
           this.refused.set(hash, now + Math.min(this.opts.cacheTtlMs, NEGATIVE_TTL_MS));
         }
@@ -133,21 +137,25 @@ export class AuthService {
       }
       const viewer: Viewer = { userId: row.user.id, userName: row.user.name, tokenId: row.id };
       this.remember(hash, { viewer, expiresAt: now + this.opts.cacheTtlMs });
-      // Recorded at most once per cache lifetime; a failure here must not fail the request.
-      this.prisma.apiToken.update({ where: { id: row.id }, data: { lastUsedAt: new Date(now) } }).catch(() => undefined);
+      // A write per token at most every LAST_USED_RESOLUTION_MS (not per lookup: a busy
+      // deployment refreshes every token each cache lifetime); a failure must not fail the request.
+      if (!row.lastUsedAt || now - row.lastUsedAt.getTime() >= LAST_USED_RESOLUTION_MS) {
+        this.prisma.apiToken.update({ where: { id: row.id }, data: { lastUsedAt: new Date(now) } }).catch(() => undefined);
+      }
       return viewer;
     });
   }
 
   private remember(hash: string, entry: CachedViewer): void {
     if (this.opts.cacheTtlMs <= 0) return;
+    // Re-inserted, so a refreshed entry counts as the newest for eviction (and a refresh of a
+    // full cache does not evict another token).
+    this.cache.delete(hash);
     if (this.cache.size >= this.maxEntries) {
       // Map iterates in insertion order: drop the oldest entry.
       const oldest = this.cache.keys().next();
       if (!oldest.done) this.cache.delete(oldest.value);
     }
-    // Re-inserted, so a refreshed entry counts as the newest for eviction.
-    this.cache.delete(hash);
     this.cache.set(hash, entry);
   }
 }

@@ -51,6 +51,8 @@ export class NodeService {
   /** viewer+node → NodeRef, for the hot VMID reads (a node never changes owner). */
   private readonly owned = new Map<string, { ref: NodeRef; expiresAt: number }>();
   private readonly ownershipLookups = new SingleFlight<string, NodeRef>();
+  /** Counts node deletions by this instance, so an ownership lookup that raced one is not cached. */
+  private deletions = 0;
 
   constructor(
     private readonly prisma: PrismaClient,
@@ -81,6 +83,7 @@ export class NodeService {
   /** The database check behind ref: one at a time per viewer and node, shared. */
   private lookupRef(viewer: Viewer, nodeId: string, key: string): Promise<NodeRef> {
     return this.ownershipLookups.run(key, async () => {
+      const deletionsBefore = this.deletions;
       let ref: NodeRef;
       try {
         ref = refOf(await this.get(viewer, nodeId, { select: { id: true, userId: true } }));
@@ -89,7 +92,8 @@ export class NodeService {
         if (err instanceof NotFoundError) this.owned.delete(key);
         throw err;
       }
-      if (this.ownershipCacheTtlMs > 0) {
+      // A delete that committed while this lookup read the row must not be undone here.
+      if (this.ownershipCacheTtlMs > 0 && this.deletions === deletionsBefore) {
         this.owned.delete(key);
         if (this.owned.size >= 10_000) this.owned.delete(this.owned.keys().next().value!);
         this.owned.set(key, { ref, expiresAt: Date.now() + this.ownershipCacheTtlMs });
@@ -243,6 +247,7 @@ export class NodeService {
       if (isForeignKeyViolation(err)) throw hasContainers(1);
       throw err;
     }
+    this.deletions++;
     this.owned.delete(`${viewer.userId}:${node.id}`);
     await this.vmids.nodeDeleted(refOf(node));
     return true;
