@@ -11,7 +11,7 @@ import type { Viewer } from '../auth/auth-service.js';
 import type { Metrics } from '../observability/metrics.js';
 import type { Services } from '../services.js';
 import { type RequestContext, viewerContext } from './context.js';
-import { type ErrorMasker, maskErrors, useMaskExecutionErrors } from './plugins/mask-errors.js';
+import { type ErrorMasker, useMaskErrors } from './plugins/mask-errors.js';
 import { useObserveOperations } from './plugins/observe-operations.js';
 import { useRequireViewer } from './plugins/require-viewer.js';
 import { useShareSubscriptionEvents } from './plugins/share-subscription-events.js';
@@ -62,7 +62,7 @@ export function createPvegraphYoga(opts: YogaOptions): PvegraphYoga {
   const { masker } = opts;
   const plugins: Array<Plugin<RequestContext>> = [
     // Before the metrics and access log, whose onExecuteDone then sees the masked codes.
-    useMaskExecutionErrors(masker),
+    useMaskErrors(masker),
     // Before the plugins that may stop an operation, so it also sees those (UNAUTHENTICATED, caps).
     useObserveOperations(metrics),
     EnvelopArmorPlugin({
@@ -81,7 +81,7 @@ export function createPvegraphYoga(opts: YogaOptions): PvegraphYoga {
     useSubscriptionCap(opts.maxSubscriptionsPerUser),
     ...(opts.prepared ? [useLearnPreparedQueries(opts.prepared)] : []),
     // Last: replaces the subscribe function (one execution per event and operation).
-    useShareSubscriptionEvents(),
+    useShareSubscriptionEvents(masker),
   ];
   if (!opts.introspection) plugins.push(useDisableIntrospection() as Plugin<RequestContext>);
 
@@ -96,7 +96,9 @@ export function createPvegraphYoga(opts: YogaOptions): PvegraphYoga {
     // network (or this project's CI) may not reach.
     renderGraphiQL,
     logging: yogaLogger(log),
-    maskedErrors: maskErrors(masker),
+    // useMaskErrors masks every result instead (per shared event, with request ids); Yoga's
+    // masking plugin would wrap every subscriber's stream once more.
+    maskedErrors: false,
     maxRequestBodySize: opts.maxRequestBodyBytes,
     plugins,
     context: async (initial): Promise<RequestContext> => {

@@ -1,9 +1,10 @@
-import { GraphQLError } from 'graphql';
-import type { Plugin, YogaMaskedErrorOpts } from 'graphql-yoga';
+import { type ExecutionResult, GraphQLError } from 'graphql';
+import type { Plugin } from 'graphql-yoga';
 import type { Logger } from 'pino';
 import { isDatabaseUnavailable } from '../../db/prisma-errors.js';
 import { DomainError, ErrorCode } from '../../errors.js';
 import type { RequestContext } from '../context.js';
+import { isSharedStream } from './share-subscription-events.js';
 
 /** Decides what a client sees of an error, and logs what it hides. */
 export interface ErrorMasker {
@@ -54,26 +55,54 @@ export function createErrorMasker(log: Logger): ErrorMasker {
   };
 }
 
-/** Yoga's masking: every error of every phase that reaches a client passes the masker. */
-export function maskErrors(masker: ErrorMasker): YogaMaskedErrorOpts {
-  return { errorMessage: 'Unexpected error.', maskError: (error) => masker.mask(error) };
-}
-
 /**
- * Masks execution results where the operation's context is at hand, so what the masker logs
- * names the request, and the plugins after this one (metrics, access log) see the codes the
- * client gets. Yoga's own masking then leaves these errors as they are.
+ * The masking of every error that reaches a client, in place of Yoga's built-in masking
+ * plugin (`maskedErrors: false`): operation results, subscription events and errors, context
+ * errors, and — in onResultProcess — whatever failed before an operation started (a malformed
+ * request, a syntax error), which Yoga hands over unmasked. Two differences from Yoga's:
+ * - results are masked where the operation's context is at hand, so what the masker logs
+ *   names the request, and the plugins after this one (metrics, access log) see the codes the
+ *   client gets;
+ * - a shared subscription stream (share-subscription-events) is masked once per event and
+ *   operation, not wrapped per subscriber (which cost more than anything else per delivery).
  */
-export function useMaskExecutionErrors(masker: ErrorMasker): Plugin<RequestContext> {
+export function useMaskErrors(masker: ErrorMasker): Plugin<RequestContext> {
+  const maskResult = (result: ExecutionResult, requestId: string | undefined): ExecutionResult =>
+    result.errors?.length ? { ...result, errors: result.errors.map((e) => masker.mask(e, requestId)) } : result;
   return {
+    onPluginInit({ registerContextErrorHandler }) {
+      registerContextErrorHandler(({ error, setError }) => setError(masker.mask(error)));
+    },
     onExecute() {
       return {
         onExecuteDone({ args, result, setResult }) {
           if (!('errors' in result) || !result.errors?.length) return;
-          const requestId = (args.contextValue as RequestContext).requestId;
-          setResult({ ...result, errors: result.errors.map((e) => masker.mask(e, requestId)) });
+          setResult(maskResult(result, (args.contextValue as RequestContext).requestId));
         },
       };
+    },
+    onSubscribe({ args }) {
+      const requestId = (args.contextValue as RequestContext | undefined)?.requestId;
+      return {
+        onSubscribeResult({ result, setResult }) {
+          if (!(Symbol.asyncIterator in result)) {
+            setResult(maskResult(result, requestId));
+            return;
+          }
+          if (isSharedStream(result)) return;
+          return { onNext: ({ result: next, setResult: setNext }) => setNext(maskResult(next, requestId)) };
+        },
+        onSubscribeError({ error, setError }) {
+          // A client that went away (SSE) is not an error to mask or log.
+          if (error instanceof Error && error.name === 'AbortError') return;
+          setError(masker.mask(error, requestId));
+        },
+      };
+    },
+    onResultProcess({ result, setResult, serverContext }) {
+      if (Symbol.asyncIterator in result) return; // streams: masked per event above
+      const requestId = (serverContext as { requestId?: string } | undefined)?.requestId;
+      setResult(Array.isArray(result) ? result.map((r) => maskResult(r, requestId)) : maskResult(result as ExecutionResult, requestId));
     },
   };
 }

@@ -2,6 +2,7 @@ import { getOperationAST, type GraphQLError } from 'graphql';
 import type { Plugin } from 'graphql-yoga';
 import type { Metrics } from '../../observability/metrics.js';
 import type { RequestContext } from '../context.js';
+import { onStreamEnd } from './share-subscription-events.js';
 
 /**
  * Per operation: a duration and outcome metric, error codes, and one access-log line with
@@ -24,7 +25,7 @@ export function useObserveOperations(metrics: Metrics): Plugin<RequestContext> {
         onSubscribeResult({ result }) {
           if (!(Symbol.asyncIterator in result)) return;
           metrics.activeSubscriptions.inc();
-          return { onEnd: () => metrics.activeSubscriptions.dec() };
+          return onStreamEnd(result, () => metrics.activeSubscriptions.dec());
         },
       };
     },

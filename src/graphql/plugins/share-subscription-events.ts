@@ -10,6 +10,7 @@ import {
 } from 'graphql';
 import type { Plugin } from 'graphql-yoga';
 import type { RequestContext } from '../context.js';
+import type { ErrorMasker } from './mask-errors.js';
 
 type Result = ExecutionResult | Promise<ExecutionResult>;
 
@@ -29,7 +30,7 @@ type Result = ExecutionResult | Promise<ExecutionResult>;
  * Non-subscription operations and variable errors go through the default subscribe
  * function, so those answers stay identical.
  */
-export function useShareSubscriptionEvents(): Plugin<RequestContext> {
+export function useShareSubscriptionEvents(masker: ErrorMasker): Plugin<RequestContext> {
   const results = new WeakMap<object, Map<string, Result>>();
   const documentIds = new WeakMap<DocumentNode, number>();
   let nextDocumentId = 1;
@@ -46,13 +47,20 @@ export function useShareSubscriptionEvents(): Plugin<RequestContext> {
         const operation = getOperationAST(args.document, args.operationName);
         if (!operation || operation.operation !== 'subscription') return fallback(args);
         const ctx = args.contextValue as RequestContext | undefined;
+        // Masked once per shared result (see useMaskErrors), not once per subscriber.
+        const mask = (result: ExecutionResult): ExecutionResult =>
+          result.errors?.length ? { ...result, errors: result.errors.map((e) => masker.mask(e, ctx?.requestId)) } : result;
+        const run = (event: unknown): Result => {
+          const result = execute({ ...args, rootValue: event }) as Result;
+          return isPromiseLike<ExecutionResult>(result) ? Promise.resolve(result).then(mask) : mask(result);
+        };
         const key = `${documentId(args.document)}\u0000${args.operationName ?? ''}\u0000${ctx?.viewer?.userId ?? ''}\u0000${JSON.stringify(args.variableValues ?? {})}`;
         const executeEvent = (event: unknown): Result => {
-          if (typeof event !== 'object' || event === null) return execute({ ...args, rootValue: event }) as Result;
+          if (typeof event !== 'object' || event === null) return run(event);
           let perEvent = results.get(event);
           if (!perEvent) results.set(event, (perEvent = new Map()));
           let result = perEvent.get(key);
-          if (!result) perEvent.set(key, (result = execute({ ...args, rootValue: event }) as Result));
+          if (!result) perEvent.set(key, (result = run(event)));
           return result;
         };
         const started = (source: unknown) => {
@@ -75,6 +83,35 @@ export function useShareSubscriptionEvents(): Plugin<RequestContext> {
   };
 }
 
+/**
+ * Marks a stream whose results are masked already and which calls its own end callbacks, so
+ * the plugins that would otherwise wrap every subscriber's stream in one more async layer per
+ * concern (envelop's onNext/onEnd wrappers: masking, the active-subscription gauge, the
+ * subscription cap) register with it instead — at 10,000 subscribers those layers were about
+ * half the JavaScript cost of delivering one event (BENCHMARKS.md, scenario 2).
+ */
+const SHARED_STREAM = Symbol('pvegraph.sharedStream');
+
+interface SharedStream {
+  [SHARED_STREAM]: { onEnd(callback: () => void): void };
+}
+
+export function isSharedStream(value: unknown): value is SharedStream {
+  return typeof value === 'object' && value !== null && SHARED_STREAM in value;
+}
+
+/**
+ * Runs `callback` once when a subscription stream ends (done, returned, thrown or failed):
+ * registered with a shared stream directly, otherwise through envelop's onEnd hook.
+ */
+export function onStreamEnd(stream: unknown, callback: () => void): { onEnd: () => void } | undefined {
+  if (isSharedStream(stream)) {
+    stream[SHARED_STREAM].onEnd(callback);
+    return undefined;
+  }
+  return { onEnd: callback };
+}
+
 /** One mapping layer: next() → the shared result of the next event. */
 function mapEvents(
   source: AsyncIterable<unknown>,
@@ -82,24 +119,46 @@ function mapEvents(
   operation: OperationDefinitionNode,
 ): AsyncGenerator<ExecutionResult, void, void> {
   const iterator = source[Symbol.asyncIterator]();
+  const endCallbacks: Array<() => void> = [];
+  let ended = false;
+  const end = () => {
+    if (ended) return;
+    ended = true;
+    for (const callback of endCallbacks) callback();
+  };
   const onValue = (step: IteratorResult<unknown>): IteratorResult<ExecutionResult> | Promise<IteratorResult<ExecutionResult>> => {
-    if (step.done) return step as IteratorResult<ExecutionResult>;
+    if (step.done) {
+      end();
+      return step as IteratorResult<ExecutionResult>;
+    }
     const result = map(step.value);
     return isPromiseLike(result) ? result.then((value) => ({ value, done: false })) : { value: result, done: false };
   };
   // Errors of the source stream (a subscriber that fell behind, Redis gone) carry the
   // operation, as graphql-tools reports them; the original stays for error masking.
   const onError = (error: unknown): never => {
+    end();
     const original = error instanceof Error ? error : new Error(String(error));
     throw new GraphQLError(original.message, { originalError: original, nodes: [operation] });
   };
   const gen: AsyncGenerator<ExecutionResult, void, void> = {
     next: () => iterator.next().then(onValue, onError),
-    return: () =>
-      typeof iterator.return === 'function'
+    return: () => {
+      end();
+      return typeof iterator.return === 'function'
         ? iterator.return().then(() => ({ value: undefined, done: true }) as const)
-        : Promise.resolve({ value: undefined, done: true } as const),
-    throw: (error: unknown) => (typeof iterator.throw === 'function' ? iterator.throw(error).then(onValue, onError) : Promise.reject(error)),
+        : Promise.resolve({ value: undefined, done: true } as const);
+    },
+    throw: (error: unknown) => {
+      end();
+      return typeof iterator.throw === 'function' ? iterator.throw(error).then(onValue, onError) : Promise.reject(error);
+    },
+    [SHARED_STREAM]: {
+      onEnd(callback: () => void) {
+        if (ended) callback();
+        else endCallbacks.push(callback);
+      },
+    },
     [Symbol.asyncIterator]() {
       return this;
     },

@@ -1,6 +1,7 @@
 import type { Plugin } from 'graphql-yoga';
 import { DomainError, ErrorCode } from '../../errors.js';
 import type { RequestContext } from '../context.js';
+import { onStreamEnd } from './share-subscription-events.js';
 
 /**
  * At most `max` streaming subscriptions per user on this instance, over WebSocket and SSE
@@ -31,7 +32,7 @@ export function useSubscriptionCap(max: number): Plugin<RequestContext> {
             release(userId);
             return;
           }
-          return { onEnd: () => release(userId) };
+          return onStreamEnd(result, () => release(userId));
         },
         onSubscribeError() {
           release(userId);
