@@ -1,3 +1,4 @@
+import DataLoader from 'dataloader';
 import { randomUUID } from 'node:crypto';
 import type { Viewer } from '../auth/auth-service.js';
 import type { SecretBox } from '../crypto/secret-box.js';
@@ -51,6 +52,15 @@ export class NodeService {
   /** viewer+node → NodeRef, for the hot VMID reads (a node never changes owner). */
   private readonly owned = new Map<string, { ref: NodeRef; expiresAt: number }>();
   private readonly ownershipLookups = new SingleFlight<string, NodeRef>();
+  /** Node owners by id, looked up together when several are needed at once (batching only). */
+  private readonly ownerRows = new DataLoader<string, { id: string; userId: string } | null>(
+    async (ids) => {
+      const rows = await this.prisma.proxmoxNode.findMany({ where: { id: { in: [...ids] } }, select: { id: true, userId: true } });
+      const byId = new Map(rows.map((r) => [r.id, r]));
+      return ids.map((id) => byId.get(id) ?? null);
+    },
+    { cache: false, maxBatchSize: 500 },
+  );
   /** Counts node deletions by this instance, so an ownership lookup that raced one is not cached. */
   private deletions = 0;
 
@@ -84,14 +94,13 @@ export class NodeService {
   private lookupRef(viewer: Viewer, nodeId: string, key: string): Promise<NodeRef> {
     return this.ownershipLookups.run(key, async () => {
       const deletionsBefore = this.deletions;
-      let ref: NodeRef;
-      try {
-        ref = refOf(await this.get(viewer, nodeId, { select: { id: true, userId: true } }));
-      } catch (err) {
+      const row = isUuid(nodeId) ? await this.ownerRows.load(nodeId) : null;
+      if (!row || row.userId !== viewer.userId) {
         // Gone (deleted through another instance): stop answering for it at once.
-        if (err instanceof NotFoundError) this.owned.delete(key);
-        throw err;
+        this.owned.delete(key);
+        throw new NotFoundError('Node', nodeId);
       }
+      const ref: NodeRef = { id: row.id, userId: row.userId };
       // A delete that committed while this lookup read the row must not be undone here.
       if (this.ownershipCacheTtlMs > 0 && this.deletions === deletionsBefore) {
         this.owned.delete(key);

@@ -121,11 +121,14 @@ describe('refused tokens', () => {
   it('cost one database query however often the same bad token is retried', async () => {
     const bad = 'pvg_' + 'Z'.repeat(43);
     statements = 0;
-    for (let i = 0; i < 20; i++) expect((await server.gql(Me, {}, bad)).errors?.[0]?.extensions?.code).toBe('UNAUTHENTICATED');
-    expect(statements).toBe(1);
+    expect((await server.gql(Me, {}, bad)).errors?.[0]?.extensions?.code).toBe('UNAUTHENTICATED');
+    const firstLookup = statements; // the token row with its user
+    expect(firstLookup).toBeGreaterThan(0);
+    for (let i = 0; i < 19; i++) expect((await server.gql(Me, {}, bad)).errors?.[0]?.extensions?.code).toBe('UNAUTHENTICATED');
+    expect(statements).toBe(firstLookup);
     // Malformed tokens never reach the database at all.
     for (let i = 0; i < 5; i++) await server.gql(Me, {}, 'garbage');
-    expect(statements).toBe(1);
+    expect(statements).toBe(firstLookup);
   });
 });
 
