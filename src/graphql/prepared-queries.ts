@@ -6,10 +6,11 @@ import type { RequestContext } from './context.js';
 /** Longest query text worth remembering (dashboards' hot queries are a few hundred bytes). */
 export const MAX_PREPARED_QUERY_LENGTH = 8_192;
 
-/** A query document known to pass every check, compiled on first use. */
+/** A query or mutation document known to pass every check, compiled on first use. */
 export interface PreparedQuery {
   readonly document: DocumentNode;
   readonly operationName: string | null;
+  readonly type: 'query' | 'mutation';
   /** undefined: not compiled yet; null: graphql-jit cannot compile it (always use Yoga). */
   compiled?: CompiledQuery | null;
 }
@@ -21,7 +22,8 @@ export interface PreparedQuery {
  * depend only on the text and the schema, so a document listed here would pass them again:
  * the prepared path (http/prepared-query-path.ts) runs it without repeating them, compiled
  * by graphql-jit (same resolvers, a tenth of graphql-js's per-request execution cost here).
- * Only queries are listed: mutations and subscriptions always take the full path.
+ * Queries and mutations are listed (graphql-jit runs a mutation's root fields one after
+ * another, as the spec requires); subscriptions always take the full path.
  *
  * Bounded, least recently used first out, so clients that send ever-new texts (ids inlined
  * instead of variables) cannot grow it.
@@ -52,17 +54,19 @@ export class PreparedQueries {
   /** Called only with documents that passed parsing and validation. */
   remember(query: string, operationName: string | null, document: DocumentNode): void {
     if (query.length > MAX_PREPARED_QUERY_LENGTH) return;
-    if (getOperationAST(document, operationName)?.operation !== 'query') return;
+    const type = getOperationAST(document, operationName)?.operation;
+    if (type !== 'query' && type !== 'mutation') return;
     const key = keyOf(query, operationName);
     if (this.entries.has(key)) return;
     if (this.entries.size >= this.maxEntries) this.entries.delete(this.entries.keys().next().value!);
-    this.entries.set(key, { document, operationName });
+    this.entries.set(key, { document, operationName, type });
   }
 
   /**
-   * Executes a prepared query; null when graphql-jit cannot compile it (the caller hands the
-   * request to Yoga). Variables are coerced by the compiled query: a result with errors and
-   * no `data` means they were refused and nothing ran.
+   * Executes a prepared operation; null when graphql-jit cannot compile it (the caller hands
+   * the request to Yoga). Variables are coerced by the compiled query before any resolver
+   * runs: a result with errors and no `data` means they were refused and nothing ran (so a
+   * mutation handed to Yoga then cannot run twice).
    */
   async execute(entry: PreparedQuery, context: RequestContext, variables: Record<string, unknown> | undefined): Promise<ExecutionResult | null> {
     if (entry.compiled === undefined) {

@@ -25,7 +25,7 @@ export interface PreparedQueryPathOptions {
 }
 
 /**
- * The common case of a dashboard — an authenticated POST of a query it has sent before — is
+ * The common case of a dashboard — an authenticated POST of an operation it has sent before — is
  * answered here, without the Fetch-API translation, per-request plugin chain and graphql-js
  * execution of Yoga's HTTP handling (together ~4× the CPU of a bare Node handler:
  * BENCHMARKS.md, scenario 1). What it keeps is everything that gives the answer its meaning:
@@ -69,7 +69,7 @@ export function createPreparedQueryPath(opts: PreparedQueryPathOptions) {
     if (!result) return 'not_prepared';
     if (!('data' in result) || result.data === undefined) return 'invalid_variables';
     if (result.errors?.length) result = { ...result, errors: result.errors.map((e) => masker.mask(e, requestId)) };
-    recordOperation(metrics, context, { type: 'query', operationName: params.operationName, errors: result.errors, started });
+    recordOperation(metrics, context, { type: entry.type, operationName: params.operationName, errors: result.errors, started });
 
     const origin = headers.origin;
     if (result.errors?.length || result.extensions) {
