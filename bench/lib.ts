@@ -67,11 +67,22 @@ export interface ServerEnv {
   extraEnv?: Record<string, string>;
 }
 
-/** `node --import tsx src/main.ts` on a free loopback port; resolves once /healthz answers. */
+/**
+ * The node flags of `npm start` (package.json, e.g. `--max-semi-space-size=32 --import tsx`):
+ * the bench runs the server exactly as a deployment does.
+ */
+const START_NODE_ARGS: string[] = (() => {
+  const pkg = JSON.parse(readFileSync(path.join(SERVER_ROOT, 'package.json'), 'utf8')) as { scripts: { start: string } };
+  const match = /^node\s+(.*?)\s*src\/main\.ts$/.exec(pkg.scripts.start);
+  if (!match) throw new Error(`bench: cannot read the node flags of "npm start": ${pkg.scripts.start}`);
+  return match[1]!.split(/\s+/).filter(Boolean);
+})();
+
+/** The server as `npm start` runs it, on a free loopback port; resolves once /healthz answers. */
 export async function spawnServer(env: ServerEnv, name = 'server'): Promise<ServerChild> {
   const port = await freePort();
   const child = track(
-    spawn(process.execPath, [...(env.nodeArgs ?? []), '--import', 'tsx', 'src/main.ts'], {
+    spawn(process.execPath, [...(env.nodeArgs ?? []), ...START_NODE_ARGS, 'src/main.ts'], {
       cwd: SERVER_ROOT,
       stdio: ['ignore', process.env.BENCH_SERVER_STDOUT ? 'inherit' : 'ignore', 'pipe'],
       env: {
@@ -225,54 +236,88 @@ export async function pool<T, R>(items: T[], limit: number, fn: (item: T, i: num
  * budget per connection — each connection fires back-to-back until its budget is used, then
  * waits for the next second — so its "fixed rate" runs are bursts at full speed.
  */
-export async function pacedLoad(opts: {
+export interface PacedLoadOptions {
   url: string;
   headers: Record<string, string>;
   body: string;
   rate: number;
   seconds: number;
   connections: number;
-}): Promise<{ latencies: number[]; errors: number; sent: number; achievedRate: number }> {
+}
+export interface PacedLoadResult {
+  latencies: number[];
+  errors: number;
+  sent: number;
+  achievedRate: number;
+}
+
+/**
+ * Open-loop, evenly paced load: request k is due at start + k/rate and its latency counts
+ * from that due time (no coordinated omission). Runs in its own child process
+ * (bench/paced-load.ts), so the orchestrator's heap and timers (the simulator, autocannon's
+ * leftovers) do not add their pauses to the measured tails.
+ */
+export async function pacedLoad(opts: PacedLoadOptions): Promise<PacedLoadResult> {
+  const child = forkTs('bench/paced-load.ts');
+  child.send({ type: 'run', opts });
+  const { result } = await nextMessage<{ result: PacedLoadResult }>(child, (m) => m?.type === 'done', opts.seconds * 1000 + 60_000);
+  await stopChild(child);
+  return result;
+}
+
+/**
+ * The generator itself (called in the child). A first second at the same rate is not
+ * counted: a fresh process compiles its code and opens its connections then, and those
+ * stalls would otherwise be the p99 of whatever is measured.
+ */
+export async function runPacedLoad(opts: PacedLoadOptions): Promise<PacedLoadResult> {
   const { Pool } = await import('undici');
   const u = new URL(opts.url);
   const pool = new Pool(u.origin, { connections: opts.connections, pipelining: 1 });
+  const send = () => pool.request({ path: u.pathname, method: 'POST', headers: opts.headers, body: opts.body });
+  await paced(send, opts.rate, Math.min(1, opts.seconds));
+  const result = await paced(send, opts.rate, opts.seconds);
+  await pool.close();
+  return result;
+}
+
+async function paced(
+  send: () => Promise<{ statusCode: number; body: { text(): Promise<string> } }>,
+  rate: number,
+  seconds: number,
+): Promise<PacedLoadResult> {
   const latencies: number[] = [];
   let errors = 0;
   let sent = 0;
-  const total = Math.floor(opts.rate * opts.seconds);
-  const interval = 1000 / opts.rate;
-  const inflight: Promise<void>[] = [];
+  let settled = 0;
+  const total = Math.floor(rate * seconds);
+  const interval = 1000 / rate;
   const start = now() + 20;
   await new Promise<void>((resolve) => {
+    const finish = () => {
+      if (++settled === total) resolve();
+    };
     const tick = () => {
       const due = Math.min(total, Math.floor((now() - start) / interval) + 1);
       while (sent < due) {
         const scheduled = start + sent * interval;
         sent++;
-        inflight.push(
-          pool
-            .request({ path: u.pathname, method: 'POST', headers: opts.headers, body: opts.body })
-            .then(async (res) => {
-              await res.body.text();
-              if (res.statusCode !== 200) errors++;
-              latencies.push(now() - scheduled);
-            })
-            .catch(() => {
-              errors++;
-            }),
-        );
+        send()
+          .then(async (res) => {
+            await res.body.text();
+            if (res.statusCode !== 200) errors++;
+            latencies.push(now() - scheduled);
+          })
+          .catch(() => {
+            errors++;
+          })
+          .finally(finish);
       }
-      if (sent >= total) {
-        clearInterval(timer);
-        resolve();
-      }
+      if (sent >= total) clearInterval(timer);
     };
     const timer = setInterval(tick, 1);
   });
-  await Promise.all(inflight);
-  const elapsed = (now() - start) / 1000;
-  await pool.close();
-  return { latencies, errors, sent, achievedRate: latencies.length / elapsed };
+  return { latencies, errors, sent, achievedRate: latencies.length / ((now() - start) / 1000) };
 }
 
 /** User + system CPU time a process has used so far, in ms (Linux /proc; clock ticks of 10 ms). */
