@@ -146,8 +146,10 @@ export class AuthService {
   /** The database lookup behind verify: one at a time per token, shared by concurrent callers. */
   private lookup(hash: string): Promise<Viewer | null> {
     return this.lookups.run(hash, async () => {
-      const row = await this.tokenRows.load(hash);
+      // Lifetimes count from before the read: a revocation committed while it was in flight
+      // is still seen within cacheTtlMs of that commit.
       const now = this.now();
+      const row = await this.tokenRows.load(hash);
       if (!row || row.revokedAt) {
         // A background refresh can find the token revoked: forget the cached viewer too.
         this.cache.delete(hash);

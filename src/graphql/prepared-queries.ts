@@ -90,9 +90,19 @@ function asGraphQLJsError(error: GraphQLError, source: Source | undefined): Grap
     source: positions?.length ? source : undefined,
     positions,
     path: error.path,
-    originalError: error.originalError ?? undefined,
+    originalError: error.originalError ?? originalOf(error),
     extensions: error.extensions,
   });
+}
+
+/**
+ * graphql-jit reports a value that failed to serialise (a scalar's serialize threw) by its
+ * message alone, where graphql-js keeps the thrown error: give it one back, so the masker
+ * hides and logs it as unexpected. graphql-js's own null-violation errors have none.
+ */
+function originalOf(error: GraphQLError): Error | undefined {
+  if (!error.path || error.message.startsWith('Cannot return null for non-nullable field')) return undefined;
+  return new Error(error.message);
 }
 
 /** Offset of a 1-based line and column in a document's text (line ends as graphql-js counts them). */

@@ -13,7 +13,7 @@ import type { Services } from '../services.js';
 const MAX_PREPARED_BODY_BYTES = MAX_PREPARED_QUERY_LENGTH + 8_192;
 
 /** Why a request was handed to Yoga (the metric's label values: a small fixed set). */
-type Handover = 'not_eligible' | 'not_prepared' | 'unauthenticated' | 'invalid_variables';
+type Handover = 'not_eligible' | 'not_prepared' | 'unauthenticated' | 'auth_error' | 'invalid_variables';
 
 export interface PreparedQueryPathOptions {
   yoga: PvegraphYoga;
@@ -51,6 +51,7 @@ export function createPreparedQueryPath(opts: PreparedQueryPathOptions) {
     not_eligible: metrics.preparedRequests.labels({ path: 'not_eligible' }),
     not_prepared: metrics.preparedRequests.labels({ path: 'not_prepared' }),
     unauthenticated: metrics.preparedRequests.labels({ path: 'unauthenticated' }),
+    auth_error: metrics.preparedRequests.labels({ path: 'auth_error' }),
     invalid_variables: metrics.preparedRequests.labels({ path: 'invalid_variables' }),
   } satisfies Record<Handover | 'prepared', unknown>;
 
@@ -60,7 +61,14 @@ export function createPreparedQueryPath(opts: PreparedQueryPathOptions) {
     const entry = prepared.get(params.query, params.operationName);
     if (!entry) return 'not_prepared';
     const token = bearerToken(headers.authorization);
-    const viewer = token ? await auth.verify(token) : null;
+    let viewer;
+    try {
+      viewer = token ? await auth.verify(token) : null;
+    } catch {
+      // The token could not be checked (database down): nothing has run; Yoga answers it
+      // (masked, with its status) exactly as for a request it sees first.
+      return 'auth_error';
+    }
     if (!viewer) return 'unauthenticated';
 
     const context = viewerContext({ services, log, requestId }, viewer);
@@ -139,7 +147,8 @@ function graphqlParamsOf(raw: Buffer): PreparedParams | null {
   if (typeof body !== 'object' || body === null || Array.isArray(body)) return null;
   const { query, operationName, variables, extensions, ...rest } = body as Record<string, unknown>;
   if (typeof query !== 'string' || Object.keys(rest).length > 0) return null;
-  if (operationName != null && typeof operationName !== 'string') return null;
+  // An empty name selects no operation (Yoga refuses it); it must not share null's entry.
+  if (operationName != null && (typeof operationName !== 'string' || operationName === '')) return null;
   if (variables != null && (typeof variables !== 'object' || Array.isArray(variables))) return null;
   // Extensions (persisted-query hashes and the like) are Yoga's to interpret.
   if (extensions != null) return null;

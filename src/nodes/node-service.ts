@@ -94,6 +94,7 @@ export class NodeService {
   private lookupRef(viewer: Viewer, nodeId: string, key: string): Promise<NodeRef> {
     return this.ownershipLookups.run(key, async () => {
       const deletionsBefore = this.deletions;
+      const readAt = Date.now(); // the lifetime counts from before the read
       const row = isUuid(nodeId) ? await this.ownerRows.load(nodeId) : null;
       if (!row || row.userId !== viewer.userId) {
         // Gone (deleted through another instance): stop answering for it at once.
@@ -105,7 +106,7 @@ export class NodeService {
       if (this.ownershipCacheTtlMs > 0 && this.deletions === deletionsBefore) {
         this.owned.delete(key);
         if (this.owned.size >= 10_000) this.owned.delete(this.owned.keys().next().value!);
-        this.owned.set(key, { ref, expiresAt: Date.now() + this.ownershipCacheTtlMs });
+        this.owned.set(key, { ref, expiresAt: readAt + this.ownershipCacheTtlMs });
       }
       return ref;
     });

@@ -71,7 +71,7 @@ export function useMaskErrors(masker: ErrorMasker): Plugin<RequestContext> {
     result.errors?.length ? { ...result, errors: result.errors.map((e) => masker.mask(e, requestId)) } : result;
   return {
     onPluginInit({ registerContextErrorHandler }) {
-      registerContextErrorHandler(({ error, setError }) => setError(masker.mask(error)));
+      registerContextErrorHandler(({ context, error, setError }) => setError(masker.mask(error, (context as { requestId?: string }).requestId)));
     },
     onExecute() {
       return {
@@ -93,8 +93,8 @@ export function useMaskErrors(masker: ErrorMasker): Plugin<RequestContext> {
           return { onNext: ({ result: next, setResult: setNext }) => setNext(maskResult(next, requestId)) };
         },
         onSubscribeError({ error, setError }) {
-          // A client that went away (SSE) is not an error to mask or log.
-          if (error instanceof Error && error.name === 'AbortError') return;
+          // A client that went away (SSE) is not an error to mask or log (Yoga's own test).
+          if (isAbortError(error)) return;
           setError(masker.mask(error, requestId));
         },
       };
@@ -105,6 +105,16 @@ export function useMaskErrors(masker: ErrorMasker): Plugin<RequestContext> {
       setResult(Array.isArray(result) ? result.map((r) => maskResult(r, requestId)) : maskResult(result as ExecutionResult, requestId));
     },
   };
+}
+
+/** What Yoga treats as a request aborted by its client (graphql-yoga error.js, not exported). */
+function isAbortError(error: unknown): boolean {
+  return (
+    typeof error === 'object' &&
+    error !== null &&
+    error.constructor?.name === 'DOMException' &&
+    ((error as Error).name === 'AbortError' || (error as Error).name === 'TimeoutError')
+  );
 }
 
 /**

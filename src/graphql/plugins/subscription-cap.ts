@@ -26,16 +26,23 @@ export function useSubscriptionCap(max: number): Plugin<RequestContext> {
         return;
       }
       open.set(userId, current + 1);
+      // A failing stream can report both its end and the error: free the slot once.
+      let held = true;
+      const releaseOnce = () => {
+        if (!held) return;
+        held = false;
+        release(userId);
+      };
       return {
         onSubscribeResult({ result }) {
           if (!(Symbol.asyncIterator in result)) {
-            release(userId);
+            releaseOnce();
             return;
           }
-          return onStreamEnd(result, () => release(userId));
+          return onStreamEnd(result, releaseOnce);
         },
         onSubscribeError() {
-          release(userId);
+          releaseOnce();
         },
       };
     },
