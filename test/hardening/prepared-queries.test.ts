@@ -1,7 +1,10 @@
 import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CreateNode } from '../nodes/documents.js';
+import { TEST_POSTGRES_URL } from '../support/env.js';
 import { nodeInputFor, type Simulator, startTestSimulator } from '../support/simulator.js';
+import { startTcpProxy } from '../support/tcp-proxy.js';
+import { adminQuery, createTestDatabase } from '../support/test-database.js';
 import { startTestServer, type TestServer } from '../support/test-server.js';
 
 /**
@@ -257,5 +260,64 @@ describe('prepared-query path', () => {
     const yoga = await post(body, odd);
     await post(body); // learned through a plain application/json request
     expect(visible(await post(body, odd))).toEqual(visible(yoga));
+  });
+
+  // `operationName: ""` names no operation: Yoga refuses it, and learning the same text sent
+  // without a name must not turn that refusal into data.
+  it('refuses an empty operationName as Yoga does, before and after the document is learned', async () => {
+    const body = { ...fresh(DOCUMENTS.me), operationName: '' };
+    const before = await post(body);
+    expect(before.status).toBe(400);
+    await yogaThenPrepared({ query: body.query });
+    const after = await pathsDuring(() => post(body));
+    expect(after.took.prepared).toBe(0);
+    expect(visible(after.result)).toEqual(visible(before));
+  });
+
+  // A stored value that cannot be serialised (a timestamp past JavaScript's Date range) is an
+  // unexpected error on both paths: masked as INTERNAL_SERVER_ERROR, never its raw message.
+  it('masks a value that fails to serialise as Yoga does', async () => {
+    const owner = await server.createUser();
+    const nodeId = (await server.gql(CreateNode, { input: nodeInputFor(sim) as never }, owner.token)).data!.createNode.id;
+    await adminQuery(`UPDATE proxmox_nodes SET last_tested_at = '294000-01-01Z' WHERE id = $1`, [nodeId], new URL(server.databaseUrl).pathname.slice(1));
+    const body = fresh((name) => ({ query: `query ${name}($n: ID!) { node(id: $n) { id lastTestedAt } }`, variables: { n: nodeId } }));
+    const [yoga, prepared] = await yogaThenPrepared(body, { token: owner.token });
+    expect(JSON.parse(yoga.body).errors).toEqual([{ message: 'Unexpected error.', path: ['node', 'lastTestedAt'], extensions: { code: 'INTERNAL_SERVER_ERROR' } }]);
+    expect(visible(prepared)).toEqual(visible(yoga));
+  });
+});
+
+// PostgreSQL unreachable and the token not cached: a learned document is answered exactly as
+// Yoga answers a never-seen one (masked JSON, Yoga's status), not with a bare 500.
+describe('prepared-query path while PostgreSQL is unreachable', () => {
+  it('hands a request whose token cannot be checked to Yoga', async () => {
+    const target = new URL(TEST_POSTGRES_URL);
+    const [db, relay] = await Promise.all([createTestDatabase(), startTcpProxy(target.hostname, Number(target.port || 5432))]);
+    const viaRelay = new URL(db.url);
+    viaRelay.host = `127.0.0.1:${relay.port}`;
+    const srv = await startTestServer({ databaseUrl: viaRelay.toString(), env: { TOKEN_CACHE_TTL_MS: '0' } });
+    try {
+      const { token } = await srv.createUser();
+      const send = async (query: string) => {
+        const res = await fetch(srv.graphqlUrl, { method: 'POST', headers: { 'content-type': 'application/json', authorization: `Bearer ${token}` }, body: JSON.stringify({ query }) });
+        return { status: res.status, contentType: res.headers.get('content-type'), body: await res.text() };
+      };
+      const authErrors = async () => metricValue(await (await fetch(`${srv.url}/metrics`)).text(), 'pvegraph_graphql_prepared_requests_total{path="auth_error"}');
+      const learned = '{ learned: me { id } }';
+      await send(learned);
+      expect(JSON.parse((await send(learned)).body).data.learned.id).toBeTruthy();
+
+      await relay.down();
+      const yoga = await send('{ unseen: me { id } }');
+      expect(yoga.contentType).toMatch(/^application\/json/);
+      expect(JSON.parse(yoga.body).errors[0].extensions.code).toBe('SERVICE_UNAVAILABLE');
+      const before = await authErrors();
+      expect(await send(learned)).toEqual(yoga);
+      expect(await authErrors()).toBe(before + 1);
+    } finally {
+      await srv.stop();
+      await relay.close();
+      await db.drop();
+    }
   });
 });

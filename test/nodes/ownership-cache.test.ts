@@ -67,4 +67,32 @@ describe('node ownership cache', () => {
     await expect(nodes.ref(owner, nodeId)).resolves.toEqual({ id: nodeId, userId: owner.userId });
     await expect.poll(() => nodes.ref(owner, nodeId).then(() => 'answered', (e: { code?: string }) => e.code)).toBe('NOT_FOUND');
   });
+
+  // A node deleted while its ownership was being read is not put back in the cache by that
+  // read: once deleteNode has answered, the node's VMIDs are NOT_FOUND at once.
+  it('does not cache a lookup that read the row before a delete through the same service', async () => {
+    const nodes = new NodeService(db.prisma, {} as never, {} as never, { nodeDeleted: async () => undefined } as never, TTL);
+    const owner = await viewer();
+    const nodeId = await nodeOf(owner);
+    let read!: () => void;
+    let release!: () => void;
+    const rowRead = new Promise<void>((r) => (read = r));
+    const gate = new Promise<void>((r) => (release = r));
+    const findMany = db.prisma.proxmoxNode.findMany.bind(db.prisma.proxmoxNode);
+    vi.spyOn(db.prisma.proxmoxNode, 'findMany').mockImplementationOnce((async (args: never) => {
+      const rows = await findMany(args); // the row as it was before the delete
+      read();
+      await gate;
+      return rows;
+    }) as never);
+    sql = [];
+    const racing = nodes.ref(owner, nodeId);
+    await rowRead;
+    expect(nodeSelects()).toBe(1);
+    await nodes.delete(owner, nodeId);
+    release();
+    await expect(racing).resolves.toEqual({ id: nodeId, userId: owner.userId });
+    await expect(nodes.ref(owner, nodeId)).rejects.toMatchObject({ code: 'NOT_FOUND' });
+    expect(nodeSelects()).toBe(3); // the lookup, delete's own read, and the database again (not the cache)
+  });
 });

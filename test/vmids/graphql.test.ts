@@ -321,6 +321,44 @@ describe('subscriptions per user', () => {
       await sim.stop();
     }
   });
+
+  // A subscription that fails (Redis gone when it starts) frees its one slot, not two: the cap
+  // still holds afterwards (with 2 allowed and one open, one more opens, the next is refused).
+  it('frees the slot of a failed subscription once', async () => {
+    const url = new URL(TEST_REDIS_URL);
+    const relay = await startTcpProxy(url.hostname, Number(url.port || 6379));
+    const sim = await startTestSimulator();
+    const server = await startTestServer({ env: { MAX_SUBSCRIPTIONS_PER_USER: '2', REDIS_URL: relay.url('redis') } });
+    const subs: Array<ReturnType<typeof subscribe>> = [];
+    let token = '';
+    let nodeId = '';
+    const open = () => subs[subs.push(subscribe(server, token, nodeId)) - 1]!;
+    try {
+      ({ token } = await server.createUser());
+      nodeId = (await server.gql(CreateNode, { input: nodeInputFor(sim) as never }, token)).data!.createNode.id;
+      const first = open();
+      await expect.poll(() => first.events.length).toBe(1);
+
+      await relay.down();
+      const failed = open();
+      await expect.poll(() => failed.errors.length).toBe(1);
+      expect(JSON.stringify(failed.errors[0])).toContain('SERVICE_UNAVAILABLE');
+      await relay.up();
+      await expect.poll(async () => (await server.gql(ReserveVmid, { nodeId }, token)).errors, { timeout: 15_000 }).toBeUndefined();
+
+      const second = open();
+      await expect.poll(() => second.events.length, { timeout: 5_000 }).toBeGreaterThan(0);
+      const third = open();
+      await expect.poll(() => third.errors.length + third.events.length).toBeGreaterThan(0);
+      expect(JSON.stringify(third.errors)).toContain('RATE_LIMITED');
+      expect(first.errors).toEqual([]); // the first one held its slot throughout
+    } finally {
+      for (const s of subs) await s.close();
+      await server.stop();
+      await sim.stop();
+      await relay.close();
+    }
+  });
 });
 
 describe('the first subscriptions of a freshly started instance', () => {

@@ -19,6 +19,13 @@ export interface ErrorMasker {
 
 export function createErrorMasker(log: Logger): ErrorMasker {
   const answered = new WeakSet<GraphQLError>();
+  const databaseUnavailable = (cause: unknown, path: GraphQLError['path'], at: object): GraphQLError => {
+    log.warn({ ...at, err: { message: (cause as Error).message, code: (cause as { code?: string }).code }, path }, 'database unavailable');
+    return new GraphQLError('The database is unreachable right now; try again shortly.', {
+      path,
+      extensions: { code: ErrorCode.SERVICE_UNAVAILABLE },
+    });
+  };
   const decide = (error: unknown, requestId: string | undefined): GraphQLError => {
     const at = requestId ? { requestId } : {};
     if (error instanceof GraphQLError) {
@@ -28,15 +35,12 @@ export function createErrorMasker(log: Logger): ErrorMasker {
       if (variableError) return variableError;
       const requestError = asRequestError(error);
       if (requestError) return requestError;
-      if (isDatabaseUnavailable(original)) {
-        log.warn({ ...at, err: { message: (original as Error).message, code: (original as { code?: string }).code }, path: error.path }, 'database unavailable');
-        return new GraphQLError('The database is unreachable right now; try again shortly.', {
-          path: error.path,
-          extensions: { code: ErrorCode.SERVICE_UNAVAILABLE },
-        });
-      }
+      if (isDatabaseUnavailable(original)) return databaseUnavailable(original, error.path, at);
       if (!original || (original instanceof GraphQLError && !original.originalError)) return withCode(error, 'GRAPHQL_VALIDATION_FAILED');
       log.error({ ...at, err: original, path: error.path }, 'unexpected error in resolver');
+    } else if (isDatabaseUnavailable(error)) {
+      // Raised outside any resolver: checking the request's token while PostgreSQL is down.
+      return databaseUnavailable(error, undefined, at);
     } else {
       log.error({ ...at, err: error }, 'unexpected error');
     }
