@@ -462,6 +462,11 @@ async function scenario2(sim: Simulator) {
   await stopServer(server);
 }
 
+/** A full collection in this process when node runs with --expose-gc (npm run bench does). */
+function collectGarbage(): void {
+  (globalThis as { gc?: () => void }).gc?.();
+}
+
 /** BENCH_PROFILE_WINDOW=A|B: toggles the server's window profiler (bench/profile-window.mjs). */
 function profileWindow(server: ServerChild, phase: string): void {
   if (process.env.BENCH_PROFILE_WINDOW?.includes(phase)) server.child.kill('SIGUSR2');
@@ -588,12 +593,18 @@ async function scenario4(server: ServerChild) {
   let bytes = 0;
   let count = 0;
   for (let i = 0; i < 20; i++) {
+    // This process serves the simulator's 2.7 MB answers and times both paths: start every
+    // pair with its heap collected, so garbage left by earlier scenarios (or samples) is not
+    // collected inside one measurement and not the other.
+    collectGarbage();
     const s = await simGet();
+    collectGarbage();
     simMs.push(s.ms);
     bytes = s.bytes;
     const f = await refresh(REFRESH_FULL);
     full.push(f.ms);
     count = f.n ?? 0;
+    collectGarbage();
     slim.push((await refresh(REFRESH_SLIM)).ms);
   }
   const sm = median(simMs);
