@@ -47,6 +47,8 @@ export function recordOperation(
   metrics.graphqlOperations.observe({ type: op.type, outcome: errors.length ? 'error' : 'ok' }, seconds);
   const codes = errors.map((e) => String(e.extensions?.code ?? 'INTERNAL_SERVER_ERROR'));
   for (const code of codes) metrics.graphqlErrors.inc({ code });
+  // Checked first: the line's object would be built per operation even at LOG_LEVEL=warn.
+  if (!ctx.log.isLevelEnabled('info')) return;
   ctx.log.info(
     { requestId: ctx.requestId, operation: op.operationName, type: op.type, ms: Math.round(seconds * 1000), user: ctx.viewer?.userId ?? null, errors: codes.length ? codes : undefined },
     'graphql operation',
