@@ -128,8 +128,6 @@ export function createPreparedQueryPath(opts: PreparedQueryPathOptions) {
   };
 }
 
-export type PreparedQueryPath = ReturnType<typeof createPreparedQueryPath>;
-
 interface PreparedParams {
   query: string;
   operationName: string | null;
