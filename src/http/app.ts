@@ -208,14 +208,24 @@ export function createApp({ services, log, config }: AppOptions): App {
   );
 
   // Idle sockets of a revoked token are closed too, not only those that send something.
+  // Each token is checked once per sweep, however many sockets share it (a dashboard fleet
+  // behind one token may hold thousands).
   const revocationSweep = setInterval(() => {
-    for (const socket of wss.clients) void closeIfRevoked(socket);
+    const socketsByToken = new Map<string, WebSocket[]>();
+    for (const socket of wss.clients) {
+      const token = tokens.get(socket);
+      if (!token) continue;
+      const sockets = socketsByToken.get(token);
+      if (sockets) sockets.push(socket);
+      else socketsByToken.set(token, [socket]);
+    }
+    for (const [token, sockets] of socketsByToken) void closeIfRevoked(token, sockets);
   }, Math.max(1_000, config.tokenCacheTtlMs));
   revocationSweep.unref();
-  async function closeIfRevoked(socket: WebSocket): Promise<void> {
-    const token = tokens.get(socket);
-    // A failed check (database down) is not a revocation: keep the socket.
-    if (token && (await services.auth.verify(token).catch(() => 'unknown')) === null) socket.close(WsCloseCode.Forbidden, 'Forbidden');
+  async function closeIfRevoked(token: string, sockets: WebSocket[]): Promise<void> {
+    // A failed check (database down) is not a revocation: keep the sockets.
+    if ((await services.auth.verify(token).catch(() => 'unknown')) !== null) return;
+    for (const socket of sockets) socket.close(WsCloseCode.Forbidden, 'Forbidden');
   }
 
   return {
