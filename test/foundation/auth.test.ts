@@ -141,17 +141,26 @@ describe('revoking a token with WebSockets open', () => {
 
   it('closes the open sockets of a revoked token with 4403 within the token cache lifetime', async () => {
     const erin = await server.createUser('erin');
-    const socket = new WebSocket(server.wsUrl, 'graphql-transport-ws');
-    const closed = new Promise<number>((resolve) => socket.once('close', (c) => resolve(c)));
-    await new Promise<void>((resolve) => {
-      socket.once('open', () => socket.send(JSON.stringify({ type: 'connection_init', payload: { authorization: `Bearer ${erin.token}` } })));
-      socket.on('message', (m) => JSON.parse(String(m)).type === 'connection_ack' && resolve());
-    });
+    // Two idle sockets of one token (the sweep checks the token once and closes both), and
+    // one of another user that must stay open.
+    const open = async (token: string) => {
+      const socket = new WebSocket(server.wsUrl, 'graphql-transport-ws');
+      const closed = new Promise<number>((resolve) => socket.once('close', (c) => resolve(c)));
+      await new Promise<void>((resolve) => {
+        socket.once('open', () => socket.send(JSON.stringify({ type: 'connection_init', payload: { authorization: `Bearer ${token}` } })));
+        socket.on('message', (m) => JSON.parse(String(m)).type === 'connection_ack' && resolve());
+      });
+      return { socket, closed };
+    };
+    const frank = await server.createUser('frank');
+    const [first, second, other] = await Promise.all([open(erin.token), open(erin.token), open(frank.token)]);
     const [token] = await server.runtime.services.auth.listTokens('erin');
     await server.runtime.services.auth.revokeToken(token!.id);
     const revokedAt = Date.now();
-    expect(await closed).toBe(4403);
+    expect(await Promise.all([first.closed, second.closed])).toEqual([4403, 4403]);
     expect(Date.now() - revokedAt).toBeLessThan(5_000);
+    expect(other.socket.readyState).toBe(WebSocket.OPEN);
+    other.socket.close();
   });
 });
 
