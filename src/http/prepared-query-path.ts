@@ -76,7 +76,7 @@ export function createPreparedQueryPath(opts: PreparedQueryPathOptions) {
     let result = await prepared.execute(entry, context, params.variables);
     if (!result) return 'not_prepared';
     if (!('data' in result) || result.data === undefined) return 'invalid_variables';
-    if (result.errors?.length) result = { ...result, errors: result.errors.map((e) => masker.mask(e, requestId)) };
+    result = masker.maskResult(result, requestId);
     recordOperation(metrics, context, { type: entry.type, operationName: params.operationName, errors: result.errors, started });
 
     const origin = headers.origin;

@@ -15,6 +15,8 @@ export interface ErrorMasker {
    * Idempotent: an error this masker returned comes back unchanged (and is not logged again).
    */
   mask(error: unknown, requestId?: string): GraphQLError;
+  /** The result with every error masked (the same object when it has none). */
+  maskResult(result: ExecutionResult, requestId?: string): ExecutionResult;
 }
 
 export function createErrorMasker(log: Logger): ErrorMasker {
@@ -49,13 +51,15 @@ export function createErrorMasker(log: Logger): ErrorMasker {
       extensions: { code: ErrorCode.INTERNAL_SERVER_ERROR },
     });
   };
+  const mask = (error: unknown, requestId?: string): GraphQLError => {
+    if (error instanceof GraphQLError && answered.has(error)) return error;
+    const masked = decide(error, requestId);
+    answered.add(masked);
+    return masked;
+  };
   return {
-    mask(error, requestId) {
-      if (error instanceof GraphQLError && answered.has(error)) return error;
-      const masked = decide(error, requestId);
-      answered.add(masked);
-      return masked;
-    },
+    mask,
+    maskResult: (result, requestId) => (result.errors?.length ? { ...result, errors: result.errors.map((e) => mask(e, requestId)) } : result),
   };
 }
 
@@ -71,8 +75,7 @@ export function createErrorMasker(log: Logger): ErrorMasker {
  *   operation, not wrapped per subscriber (which cost more than anything else per delivery).
  */
 export function useMaskErrors(masker: ErrorMasker): Plugin<RequestContext> {
-  const maskResult = (result: ExecutionResult, requestId: string | undefined): ExecutionResult =>
-    result.errors?.length ? { ...result, errors: result.errors.map((e) => masker.mask(e, requestId)) } : result;
+  const { maskResult } = masker;
   return {
     onPluginInit({ registerContextErrorHandler }) {
       registerContextErrorHandler(({ context, error, setError }) => setError(masker.mask(error, (context as { requestId?: string }).requestId)));

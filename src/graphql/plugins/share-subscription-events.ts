@@ -48,8 +48,7 @@ export function useShareSubscriptionEvents(masker: ErrorMasker): Plugin<RequestC
         if (!operation || operation.operation !== 'subscription') return fallback(args);
         const ctx = args.contextValue as RequestContext | undefined;
         // Masked once per shared result (see useMaskErrors), not once per subscriber.
-        const mask = (result: ExecutionResult): ExecutionResult =>
-          result.errors?.length ? { ...result, errors: result.errors.map((e) => masker.mask(e, ctx?.requestId)) } : result;
+        const mask = (result: ExecutionResult): ExecutionResult => masker.maskResult(result, ctx?.requestId);
         const run = (event: unknown): Result => {
           const result = execute({ ...args, rootValue: event }) as Result;
           return isPromiseLike<ExecutionResult>(result) ? Promise.resolve(result).then(mask) : mask(result);
