@@ -113,11 +113,8 @@ export function createApp({ services, log, config }: AppOptions): App {
       case '/':
         res.writeHead(302, { location: '/graphql' }).end();
         return;
-      case '/graphql':
-        if (await tryPreparedQuery(req, res, requestId)) return;
-        await yoga.handle(req, res, { requestId });
-        return;
       default:
+        if (route === '/graphql' && (await tryPreparedQuery(req, res, requestId))) return;
         await yoga.handle(req, res, { requestId });
     }
   }
