@@ -30,8 +30,11 @@ const yoga = createPvegraphYoga({ services, log, metrics, masker: createErrorMas
 
 const server = makeServer<Record<string, unknown>, { viewer: typeof viewer }>({
   onConnect: (ctx) => { ctx.extra.viewer = viewer; return true; },
-  onSubscribe: async (ctx, _id, payload) => {
-    const { schema, execute, subscribe, contextFactory, parse, validate } = yoga.getEnveloped({ ...ctx, params: payload, viewer: ctx.extra.viewer, requestId: 'r' } as any);
+  onSubscribe: async (ctx, id, payload) => {
+    // As src/http/app.ts: events are written through the operation's sink (graphql-ws-sink.ts).
+    const head = `{"id":${JSON.stringify(id)},"type":"next","payload":`;
+    const sink = { next: (serialized: string) => count(`${head}${serialized}}`) };
+    const { schema, execute, subscribe, contextFactory, parse, validate } = yoga.getEnveloped({ ...ctx, params: payload, viewer: ctx.extra.viewer, requestId: 'r', sink } as any);
     const document = parse(payload.query);
     const errors = validate(schema, document);
     if (errors.length) return errors as GraphQLError[];
@@ -44,10 +47,13 @@ const server = makeServer<Record<string, unknown>, { viewer: typeof viewer }>({
 let nexts = 0;
 let target = 0;
 let done: () => void = () => {};
+function count(data: string) {
+  if (data.includes('"next"') && ++nexts === target) done();
+}
 const q = JSON.stringify({ query: 'subscription($n:ID){vmidEvents(nodeId:$n){kind version}}', variables: { n: 'n1' } });
 for (let i = 0; i < N; i++) {
   let onMessage!: (data: string) => Promise<void>;
-  server.opened({ protocol: 'graphql-transport-ws', send: (data: string) => { if (data.includes('"next"') && ++nexts === target) done(); }, close: () => {}, onMessage: (cb) => { onMessage = cb; } }, { viewer } as any);
+  server.opened({ protocol: 'graphql-transport-ws', send: (data: string) => count(data), close: () => {}, onMessage: (cb) => { onMessage = cb; } }, { viewer } as any);
   await onMessage(JSON.stringify({ type: 'connection_init', payload: {} }));
   void onMessage(`{"id":"s${i}","type":"subscribe","payload":${q}}`);
 }

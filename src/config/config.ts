@@ -94,6 +94,7 @@ const envSchema = z.object({
   RATE_LIMIT_RESERVATIONS_PER_MIN: int('RATE_LIMIT_RESERVATIONS_PER_MIN', 600, 0, 10_000_000),
   WS_MAX_CONNECTIONS_PER_USER: int('WS_MAX_CONNECTIONS_PER_USER', 100, 1, 1_000_000),
   MAX_SUBSCRIPTIONS_PER_USER: int('MAX_SUBSCRIPTIONS_PER_USER', 1_000, 1, 10_000_000),
+  WS_MAX_BUFFERED_BYTES: int('WS_MAX_BUFFERED_BYTES', 4 * 1024 * 1024, 0, 1_073_741_824),
   METRICS_TOKEN: z.string().optional(),
 });
 
@@ -127,6 +128,8 @@ export interface Config {
   /** Per user and minute; 0 disables the limit. */
   rateLimits: { proxmoxCallsPerMin: number; reservationsPerMin: number };
   wsMaxConnectionsPerUser: number;
+  /** Unsent bytes a WebSocket may hold before an event ends its subscription (client not reading). */
+  wsMaxBufferedBytes: number;
   maxSubscriptionsPerUser: number;
   /** When set, /metrics requires `Authorization: Bearer <METRICS_TOKEN>`. */
   metricsToken: string | undefined;
@@ -182,6 +185,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, opts: LoadOptio
     maxRequestBodyBytes: e.MAX_REQUEST_BODY_BYTES,
     rateLimits: { proxmoxCallsPerMin: e.RATE_LIMIT_PROXMOX_PER_MIN, reservationsPerMin: e.RATE_LIMIT_RESERVATIONS_PER_MIN },
     wsMaxConnectionsPerUser: e.WS_MAX_CONNECTIONS_PER_USER,
+    wsMaxBufferedBytes: e.WS_MAX_BUFFERED_BYTES,
     maxSubscriptionsPerUser: e.MAX_SUBSCRIPTIONS_PER_USER,
     metricsToken: e.METRICS_TOKEN || undefined,
   };

@@ -19,6 +19,18 @@ export interface RequestContext extends Omit<GraphQLContext, 'viewer'> {
   viewer: Viewer | null;
   /** Why `viewer` is null: no token, or a token that does not verify. */
   authFailure: 'missing' | 'invalid' | null;
+  /** Given by a transport that can write a subscription's events itself (graphql-ws over ws). */
+  sink?: SubscriptionSink;
+}
+
+/**
+ * Where a subscription's events can go without a promise and a JSON.stringify per subscriber
+ * (share-subscription-events): the transport writes one already-serialised ExecutionResult as
+ * this operation's next message. Throws to end the subscription with that error (a client
+ * that stopped reading).
+ */
+export interface SubscriptionSink {
+  next(serializedResult: string): void;
 }
 
 /** The context of an operation whose viewer the transport has authenticated already. */

@@ -10,7 +10,7 @@ import { bearerToken } from '../auth/api-token.js';
 import type { Viewer } from '../auth/auth-service.js';
 import type { Metrics } from '../observability/metrics.js';
 import type { Services } from '../services.js';
-import { type RequestContext, viewerContext } from './context.js';
+import { type RequestContext, type SubscriptionSink, viewerContext } from './context.js';
 import { type ErrorMasker, useMaskErrors } from './plugins/mask-errors.js';
 import { useObserveOperations } from './plugins/observe-operations.js';
 import { useRequireViewer } from './plugins/require-viewer.js';
@@ -26,6 +26,8 @@ import { schema } from './schema.js';
 export interface ServerContext {
   viewer?: Viewer;
   requestId?: string;
+  /** graphql-ws over ws: where this operation's subscription events are written. */
+  sink?: SubscriptionSink;
 }
 
 export type PvegraphYoga = YogaServerInstance<ServerContext, RequestContext>;

@@ -16,6 +16,7 @@ import { createPvegraphYoga, type PvegraphYoga } from '../graphql/yoga.js';
 import { UnauthenticatedError } from '../errors.js';
 import type { Services } from '../services.js';
 import { checkReadiness } from './health.js';
+import { graphqlWsSink } from './graphql-ws-sink.js';
 import { createPreparedQueryPath } from './prepared-query-path.js';
 
 /** WebSocket close codes we send ourselves (graphql-ws names its own). */
@@ -30,7 +31,7 @@ export const enum WsCloseCode {
 
 export type AppConfig = Pick<
   Config,
-  'graphiql' | 'introspection' | 'maxRequestBodyBytes' | 'maxSubscriptionsPerUser' | 'wsMaxConnectionsPerUser' | 'metricsToken' | 'tokenCacheTtlMs'
+  'graphiql' | 'introspection' | 'maxRequestBodyBytes' | 'maxSubscriptionsPerUser' | 'wsMaxConnectionsPerUser' | 'wsMaxBufferedBytes' | 'metricsToken' | 'tokenCacheTtlMs'
 >;
 
 /** How long shutdown waits for in-flight requests and WebSocket close handshakes. */
@@ -154,7 +155,7 @@ export function createApp({ services, log, config }: AppOptions): App {
         else socketsPerUser.set(userId, left);
       },
       // Every WebSocket operation goes through Yoga's envelop, so its plugins guard it too.
-      onSubscribe: async (ctx, _id, payload) => {
+      onSubscribe: async (ctx, id, payload) => {
         // Verified per operation (cached), so a revoked token stops working on open sockets
         // within TOKEN_CACHE_TTL_MS, as it does over HTTP.
         const token = tokens.get(ctx.extra.socket);
@@ -169,6 +170,8 @@ export function createApp({ services, log, config }: AppOptions): App {
           params: payload,
           viewer: ctx.extra.viewer,
           requestId: randomUUID(),
+          // A subscription's events are written to the socket directly (share-subscription-events).
+          sink: graphqlWsSink(ctx.extra.socket, id, config.wsMaxBufferedBytes),
         });
         let document;
         try {

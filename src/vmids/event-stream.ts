@@ -2,8 +2,21 @@
 export type Stop = ((error?: unknown) => void) & PromiseLike<void>;
 export type Push<T> = (value: T) => void;
 
+import { DomainError, ErrorCode } from '../errors.js';
+
 /** Values pushed while the consumer is not reading; more ends the stream with an error. */
 export const MAX_PENDING = 1024;
+
+/**
+ * Ends a subscription whose client does not read its events (MAX_PENDING events waiting here,
+ * or a socket whose unwritten bytes grew too large): its memory would otherwise grow without
+ * bound. The client can subscribe again and starts with a SYNC.
+ */
+export class SubscriberBehindError extends DomainError {
+  constructor() {
+    super(ErrorCode.SERVICE_UNAVAILABLE, 'This subscription fell behind (its client did not read events fast enough) and was ended; subscribe again.');
+  }
+}
 
 /**
  * A minimal push-based async iterator with Repeater's executor API (`new EventStream((push,
@@ -16,6 +29,9 @@ export class EventStream<T> implements AsyncIterableIterator<T> {
   private readonly queue: T[] = [];
   private head = 0;
   private waiter: { resolve: (r: IteratorResult<T>) => void; reject: (e: unknown) => void } | null = null;
+  /** Set by drain(): values go straight to it as they are pushed. */
+  private sink: ((value: T) => void) | null = null;
+  private drainer: { resolve: () => void; reject: (e: unknown) => void } | null = null;
   private state: 'initial' | 'running' | 'stopped' | 'done' = 'initial';
   private error: { value: unknown } | null = null;
   private stopped!: () => void;
@@ -37,6 +53,11 @@ export class EventStream<T> implements AsyncIterableIterator<T> {
 
   private push(value: T): void {
     if (this.state !== 'running' && this.state !== 'initial') return;
+    if (this.sink) {
+      // Throws what the sink throws: the pusher ends the stream with it (as with MAX_PENDING).
+      this.sink(value);
+      return;
+    }
     const waiter = this.waiter;
     if (waiter) {
       this.waiter = null;
@@ -44,7 +65,7 @@ export class EventStream<T> implements AsyncIterableIterator<T> {
       return;
     }
     if (this.queue.length - this.head >= MAX_PENDING) {
-      throw new Error(`No more than ${MAX_PENDING} pending events are allowed on a subscription.`);
+      throw new SubscriberBehindError();
     }
     this.queue.push(value);
   }
@@ -56,6 +77,16 @@ export class EventStream<T> implements AsyncIterableIterator<T> {
     this.executor = null;
     this.stopped();
     this.settleWaiter();
+    this.settleDrainer();
+  }
+
+  /** After a stop: a drain() settles (nothing is queued in sink mode). */
+  private settleDrainer(): void {
+    const drainer = this.drainer;
+    if (!drainer) return;
+    this.drainer = null;
+    this.sink = null;
+    this.finish(() => drainer.resolve(), drainer.reject);
   }
 
   /** After a stop: a waiting consumer gets the end (or the error). */
@@ -86,6 +117,36 @@ export class EventStream<T> implements AsyncIterableIterator<T> {
     } catch (err) {
       this.stop(err);
     }
+  }
+
+  /**
+   * Consumes the stream without a promise per value, for fan-out to many subscribers: each
+   * value (queued ones first) is handed to `onValue` synchronously as it is pushed. Settles when
+   * the stream ends, or rejects with its error; `onValue` throwing ends the stream with that
+   * error, as falling MAX_PENDING behind does. The stream's only consumer: no next() besides.
+   */
+  drain(onValue: (value: T) => void): Promise<void> {
+    if (this.sink || this.waiter) return Promise.reject(new Error('This event stream has a consumer already.'));
+    return new Promise<void>((resolve, reject) => {
+      this.drainer = { resolve, reject };
+      try {
+        while (this.head < this.queue.length) {
+          const value = this.queue[this.head]!;
+          this.queue[this.head++] = undefined as T;
+          onValue(value);
+        }
+      } catch (err) {
+        this.queue.length = 0;
+        this.head = 0;
+        this.stop(err);
+        return;
+      }
+      this.queue.length = 0;
+      this.head = 0;
+      if (this.state === 'stopped' || this.state === 'done') return this.settleDrainer();
+      this.sink = onValue;
+      if (this.state === 'initial') this.start();
+    });
   }
 
   next(): Promise<IteratorResult<T>> {

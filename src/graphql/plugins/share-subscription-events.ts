@@ -6,10 +6,10 @@ import {
   type ExecutionResult,
   getOperationAST,
   GraphQLError,
-  type OperationDefinitionNode,
 } from 'graphql';
 import type { Plugin } from 'graphql-yoga';
-import type { RequestContext } from '../context.js';
+import { EventStream } from '../../vmids/event-stream.js';
+import type { RequestContext, SubscriptionSink } from '../context.js';
 import type { ErrorMasker } from './mask-errors.js';
 
 type Result = ExecutionResult | Promise<ExecutionResult>;
@@ -26,6 +26,12 @@ type Result = ExecutionResult | Promise<ExecutionResult>;
  * the user is part of the key anyway. Results are never mutated downstream (envelop's error
  * masking and graphql-ws copy them). Envelop's onSubscribeResult hooks (masking, metrics, the
  * subscription cap) still wrap the returned stream as before.
+ *
+ * When the transport gives a sink (graphql-ws over ws, see RequestContext.sink) and the source
+ * is an EventStream, events skip graphql-ws's per-subscriber loop altogether: each event is
+ * handed to every subscriber synchronously, and the shared result is serialised once and
+ * written by the sink. graphql-ws still owns the operation (subscribe, complete, errors, the
+ * final complete message); its onNext hook does not run for these events (none is set).
  *
  * Non-subscription operations and variable errors go through the default subscribe
  * function, so those answers stay identical.
@@ -49,6 +55,12 @@ export function useShareSubscriptionEvents(masker: ErrorMasker): Plugin<RequestC
         const ctx = args.contextValue as RequestContext | undefined;
         // Masked once per shared result (see useMaskErrors), not once per subscriber.
         const mask = (result: ExecutionResult): ExecutionResult => masker.maskResult(result, ctx?.requestId);
+        // Errors of the source stream (a subscriber that fell behind, Redis gone) carry the
+        // operation, as graphql-tools reports them, and are masked like any other error.
+        const fail = (error: unknown): GraphQLError => {
+          const original = error instanceof Error ? error : new Error(String(error));
+          return masker.mask(new GraphQLError(original.message, { originalError: original, nodes: [operation] }), ctx?.requestId);
+        };
         const run = (event: unknown): Result => {
           const result = execute({ ...args, rootValue: event }) as Result;
           return isPromiseLike<ExecutionResult>(result) ? Promise.resolve(result).then(mask) : mask(result);
@@ -63,7 +75,8 @@ export function useShareSubscriptionEvents(masker: ErrorMasker): Plugin<RequestC
           return result;
         };
         const started = (source: unknown) => {
-          if (isAsyncIterable(source)) return mapEvents(source, executeEvent, operation);
+          if (ctx?.sink && source instanceof EventStream) return sinkEvents(source, executeEvent, ctx.sink, fail);
+          if (isAsyncIterable(source)) return mapEvents(source, executeEvent, fail);
           // The subscribe resolver failed (located errors, as graphql-tools reports them):
           // answer that. Other errors (variables) come from the default path unchanged.
           const errors = (source as ExecutionResult).errors;
@@ -111,20 +124,35 @@ export function onStreamEnd(stream: unknown, callback: () => void): { onEnd: () 
   return { onEnd: callback };
 }
 
+/** The end callbacks of one shared stream, run once. */
+function endHooks(): { end: () => void; hooks: SharedStream[typeof SHARED_STREAM] } {
+  const callbacks: Array<() => void> = [];
+  let ended = false;
+  return {
+    end: () => {
+      if (ended) return;
+      ended = true;
+      for (const callback of callbacks) callback();
+    },
+    hooks: {
+      onEnd(callback: () => void) {
+        if (ended) callback();
+        else callbacks.push(callback);
+      },
+    },
+  };
+}
+
+const DONE = { value: undefined, done: true } as const;
+
 /** One mapping layer: next() → the shared result of the next event. */
 function mapEvents(
   source: AsyncIterable<unknown>,
   map: (event: unknown) => Result,
-  operation: OperationDefinitionNode,
+  fail: (error: unknown) => GraphQLError,
 ): AsyncGenerator<ExecutionResult, void, void> {
   const iterator = source[Symbol.asyncIterator]();
-  const endCallbacks: Array<() => void> = [];
-  let ended = false;
-  const end = () => {
-    if (ended) return;
-    ended = true;
-    for (const callback of endCallbacks) callback();
-  };
+  const { end, hooks } = endHooks();
   const onValue = (step: IteratorResult<unknown>): IteratorResult<ExecutionResult> | Promise<IteratorResult<ExecutionResult>> => {
     if (step.done) {
       end();
@@ -133,31 +161,101 @@ function mapEvents(
     const result = map(step.value);
     return isPromiseLike(result) ? result.then((value) => ({ value, done: false })) : { value: result, done: false };
   };
-  // Errors of the source stream (a subscriber that fell behind, Redis gone) carry the
-  // operation, as graphql-tools reports them; the original stays for error masking.
   const onError = (error: unknown): never => {
     end();
-    const original = error instanceof Error ? error : new Error(String(error));
-    throw new GraphQLError(original.message, { originalError: original, nodes: [operation] });
+    throw fail(error);
   };
   const gen: AsyncGenerator<ExecutionResult, void, void> = {
     next: () => iterator.next().then(onValue, onError),
     return: () => {
       end();
-      return typeof iterator.return === 'function'
-        ? iterator.return().then(() => ({ value: undefined, done: true }) as const)
-        : Promise.resolve({ value: undefined, done: true } as const);
+      return typeof iterator.return === 'function' ? iterator.return().then(() => DONE) : Promise.resolve(DONE);
     },
     throw: (error: unknown) => {
       end();
       return typeof iterator.throw === 'function' ? iterator.throw(error).then(onValue, onError) : Promise.reject(error);
     },
-    [SHARED_STREAM]: {
-      onEnd(callback: () => void) {
-        if (ended) callback();
-        else endCallbacks.push(callback);
-      },
+    [SHARED_STREAM]: hooks,
+    [Symbol.asyncIterator]() {
+      return this;
     },
+    [Symbol.asyncDispose]() {
+      return gen.return().then(() => undefined);
+    },
+  } as AsyncGenerator<ExecutionResult, void, void>;
+  return gen;
+}
+
+/** Each shared result serialised once, for all the sinks it goes to. */
+const serializedResults = new WeakMap<ExecutionResult, string>();
+
+/** The payload graphql-ws would write for a result: its fields, then the errors. */
+function serialize(result: ExecutionResult): string {
+  let json = serializedResults.get(result);
+  if (json === undefined) {
+    const { errors, ...rest } = result;
+    json = JSON.stringify(errors ? { ...rest, errors: errors.map((e) => e.toJSON()) } : rest);
+    serializedResults.set(result, json);
+  }
+  return json;
+}
+
+/**
+ * A subscription whose events go straight from the source to the transport's sink. The stream
+ * graphql-ws iterates yields nothing: its first next() settles when the subscription ends
+ * (done, or the located error graphql-ws then reports), so graphql-ws's own messages (error,
+ * complete) still come after the last event.
+ */
+function sinkEvents(
+  source: EventStream<unknown>,
+  map: (event: unknown) => Result,
+  sink: SubscriptionSink,
+  fail: (error: unknown) => GraphQLError,
+): AsyncGenerator<ExecutionResult, void, void> {
+  const { end, hooks } = endHooks();
+  // Results that are promises (an asynchronous field resolver) are written in event order.
+  let queued: Promise<void> | null = null;
+  let failure: { error: unknown } | null = null;
+  const write = (result: ExecutionResult) => {
+    if (!failure) sink.next(serialize(result));
+  };
+  const deliver = (event: unknown) => {
+    if (failure) return;
+    const result = map(event);
+    if (!queued && !isPromiseLike<ExecutionResult>(result)) return write(result);
+    queued = (queued ?? Promise.resolve())
+      .then(() => result)
+      .then(write)
+      .catch((error: unknown) => {
+        failure ??= { error };
+        void source.return();
+      });
+  };
+  let running: Promise<IteratorResult<ExecutionResult>> | null = null;
+  const run = () =>
+    source
+      .drain(deliver)
+      .then(() => queued)
+      .then(() => {
+        if (failure) throw failure.error;
+        end();
+        return DONE;
+      })
+      .catch((error: unknown) => {
+        end();
+        throw fail(error);
+      });
+  const gen: AsyncGenerator<ExecutionResult, void, void> = {
+    next: () => (running ??= run()),
+    return: () => {
+      end();
+      return source.return().then(() => DONE);
+    },
+    throw: (error: unknown) => {
+      end();
+      return source.return().then(() => Promise.reject(error));
+    },
+    [SHARED_STREAM]: hooks,
     [Symbol.asyncIterator]() {
       return this;
     },
