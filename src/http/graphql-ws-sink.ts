@@ -7,10 +7,12 @@ import { SubscriberBehindError } from '../vmids/event-stream.js';
  * graphql-ws's stringifyMessage({ id, type: 'next', payload }) would write, byte for byte,
  * around a payload serialised once for every subscriber that shares it.
  *
- * `maxBufferedBytes` (WS_MAX_BUFFERED_BYTES): once the socket holds more unsent bytes than
+ * `maxBufferedBytes` (WS_MAX_BUFFERED_BYTES): once the socket holds more unsent data than
  * this, the next event ends the subscription with SubscriberBehindError, so a client that
- * stopped reading cannot grow the server's memory. (graphql-ws alone waited for each write
- * before taking the next event, which then queued in the EventStream, up to MAX_PENDING.)
+ * stopped reading cannot grow the server's memory. ws's bufferedAmount counts characters for
+ * text it has not encoded yet, bytes otherwise; our JSON is nearly all ASCII. (graphql-ws
+ * alone waited for each write before taking the next event, which then queued in the
+ * EventStream, up to MAX_PENDING.)
  */
 export function graphqlWsSink(socket: WebSocket, id: string, maxBufferedBytes: number): SubscriptionSink {
   const head = `{"id":${JSON.stringify(id)},"type":"next","payload":`;

@@ -54,8 +54,14 @@ export class EventStream<T> implements AsyncIterableIterator<T> {
   private push(value: T): void {
     if (this.state !== 'running' && this.state !== 'initial') return;
     if (this.sink) {
-      // Throws what the sink throws: the pusher ends the stream with it (as with MAX_PENDING).
-      this.sink(value);
+      // A failing sink ends the stream with its error, whoever pushed; the pusher is told too,
+      // as with MAX_PENDING.
+      try {
+        this.sink(value);
+      } catch (err) {
+        this.stop(err);
+        throw err;
+      }
       return;
     }
     const waiter = this.waiter;

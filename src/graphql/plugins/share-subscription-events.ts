@@ -216,26 +216,36 @@ function sinkEvents(
   // Results that are promises (an asynchronous field resolver) are written in event order.
   let queued: Promise<void> | null = null;
   let failure: { error: unknown } | null = null;
+  // Returned (the client completed, the socket closed): nothing more is written for this id.
+  let closed = false;
   const write = (result: ExecutionResult) => {
-    if (!failure) sink.next(serialize(result));
+    if (!failure && !closed) sink.next(serialize(result));
   };
   const deliver = (event: unknown) => {
-    if (failure) return;
+    if (failure || closed) return;
     const result = map(event);
     if (!queued && !isPromiseLike<ExecutionResult>(result)) return write(result);
-    queued = (queued ?? Promise.resolve())
+    const link: Promise<void> = (queued ?? Promise.resolve())
       .then(() => result)
       .then(write)
       .catch((error: unknown) => {
         failure ??= { error };
         void source.return();
+      })
+      .then(() => {
+        if (queued === link) queued = null; // back to the synchronous path
       });
+    queued = link;
   };
   let running: Promise<IteratorResult<ExecutionResult>> | null = null;
   const run = () =>
     source
       .drain(deliver)
-      .then(() => queued)
+      .then(
+        () => queued,
+        // Results of the events before the error are written before graphql-ws sends it.
+        (error: unknown) => Promise.resolve(queued).then(() => void (failure ??= { error })),
+      )
       .then(() => {
         if (failure) throw failure.error;
         end();
@@ -248,10 +258,12 @@ function sinkEvents(
   const gen: AsyncGenerator<ExecutionResult, void, void> = {
     next: () => (running ??= run()),
     return: () => {
+      closed = true;
       end();
       return source.return().then(() => DONE);
     },
     throw: (error: unknown) => {
+      closed = true;
       end();
       return source.return().then(() => Promise.reject(error));
     },
