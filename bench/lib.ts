@@ -82,7 +82,8 @@ const START_NODE_ARGS: string[] = (() => {
 export async function spawnServer(env: ServerEnv, name = 'server'): Promise<ServerChild> {
   const port = await freePort();
   const child = track(
-    spawn(process.execPath, [...(env.nodeArgs ?? []), ...START_NODE_ARGS, 'src/main.ts'], {
+    // The bench's own flags last, so BENCH_NODE_ARGS can override npm start's.
+    spawn(process.execPath, [...START_NODE_ARGS, ...(env.nodeArgs ?? []), 'src/main.ts'], {
       cwd: SERVER_ROOT,
       stdio: ['ignore', process.env.BENCH_SERVER_STDOUT ? 'inherit' : 'ignore', 'pipe'],
       env: {
