@@ -3,6 +3,7 @@ import type { NodeRef, VmidEvent, VmidEventKind } from './types.js';
 import { VMID_MAX } from './types.js';
 import {
   lowestFree,
+  type FilledSnapshot,
   type RefreshOutcome,
   type ReserveOutcome,
   type ReserveRequest,
@@ -91,7 +92,7 @@ export class MemoryVmidStore implements VmidStore {
       s.digest = digest;
       this.bump(node, s, 'REFRESHED', list);
     }
-    return { written: true, changed, version: s.version, refreshedAt: new Date(now), expiresAt: new Date(s.cache.expiresAt) };
+    return { written: true, changed, snapshot: (await this.read(node.id)) as FilledSnapshot };
   }
 
   async invalidate(node: NodeRef) {

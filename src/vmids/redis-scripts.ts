@@ -52,9 +52,10 @@ return { version, int(now), reserved, meta[1], meta[2], redis.call('SMEMBERS', K
 `;
 
 /**
- * KEYS: cache, meta, state, tmp
- * ARGV: ttlMs, expectedEpoch ('' = unconditional), channel, nodeJson, vmid…
- * → { 'STALE', version } | { 'OK', changed(0|1), version, refreshedAt, expiresAt }
+ * KEYS: cache, meta, state, tmp, reservations
+ * ARGV: ttlMs, expectedEpoch ('' = unconditional), channel, nodeJson, vmid… (ascending, unique)
+ * → { 'STALE', version } | { 'OK', changed(0|1), version, refreshedAt, expiresAt, reservations(flat vmid, expiry…) }
+ * The caller sorts (cheaper outside Redis's one thread); the digest is of that canonical list.
  */
 export const REFRESH = `${COMMON}
 local epoch = redis.call('HGET', KEYS[3], 'epoch') or '0'
@@ -68,10 +69,9 @@ local n = #ARGV
 for i = 5, n, 1000 do
   redis.call('SADD', KEYS[4], unpack(ARGV, i, math.min(i + 999, n)))
 end
-local sorted = redis.call('SORT', KEYS[4])
-local joined = table.concat(sorted, ',')
+local joined = table.concat(ARGV, ',', 5, n)
 local expires_at = now + tonumber(ARGV[1])
-if #sorted > 0 then
+if n >= 5 then
   redis.call('RENAME', KEYS[4], KEYS[1])
   redis.call('PEXPIREAT', KEYS[1], expires_at)
 else
@@ -89,7 +89,8 @@ if redis.call('HGET', KEYS[3], 'digest') ~= digest then
 else
   version = redis.call('HGET', KEYS[3], 'version') or '0'
 end
-return { 'OK', changed, int(version), int(now), int(expires_at) }
+local reserved = redis.call('ZRANGEBYSCORE', KEYS[5], '(' .. int(now), '+inf', 'WITHSCORES')
+return { 'OK', changed, int(version), int(now), int(expires_at), reserved }
 `;
 
 /**

@@ -11,7 +11,7 @@ import { type NodeRef, type VmidEvent, VMID_MAX } from './types.js';
 /** The scripts as ioredis commands (EVALSHA, reloaded by ioredis on NOSCRIPT). */
 interface ScriptCommands {
   pvgVmidRead(cache: string, meta: string, reservations: string, state: string): Promise<unknown[]>;
-  pvgVmidRefresh(cache: string, meta: string, state: string, tmp: string, ...argv: string[]): Promise<unknown[]>;
+  pvgVmidRefresh(cache: string, meta: string, state: string, tmp: string, reservations: string, ...argv: string[]): Promise<unknown[]>;
   pvgVmidInvalidate(cache: string, meta: string, state: string, channel: string, nodeJson: string): Promise<[number, number]>;
   pvgVmidReserve(cache: string, meta: string, reservations: string, state: string, ...argv: string[]): Promise<unknown[]>;
   pvgVmidRelease(reservations: string, state: string, vmid: string, channel: string, nodeJson: string): Promise<number>;
@@ -29,7 +29,7 @@ interface ScriptCommands {
 
 const SCRIPTS: Record<keyof ScriptCommands, { keys: number; lua: string }> = {
   pvgVmidRead: { keys: 4, lua: scripts.READ },
-  pvgVmidRefresh: { keys: 4, lua: scripts.REFRESH },
+  pvgVmidRefresh: { keys: 5, lua: scripts.REFRESH },
   pvgVmidInvalidate: { keys: 3, lua: scripts.INVALIDATE },
   pvgVmidReserve: { keys: 4, lua: scripts.RESERVE },
   pvgVmidRelease: { keys: 2, lua: scripts.RELEASE },
@@ -113,14 +113,9 @@ export class RedisVmidStore implements VmidStore {
       string,
       string[],
     ];
-    const reserved: VmidSnapshot['reserved'] = [];
-    for (let i = 0; i + 1 < reservedFlat.length; i += 2) {
-      reserved.push({ vmid: Number(reservedFlat[i]), expiresAt: new Date(Number(reservedFlat[i + 1])) });
-    }
-    reserved.sort((a, b) => a.vmid - b.vmid);
     return {
       version: Number(version),
-      reserved,
+      reserved: reservations(reservedFlat),
       cache:
         refreshedAt === ''
           ? null
@@ -135,29 +130,34 @@ export class RedisVmidStore implements VmidStore {
 
   async refresh(node: NodeRef, taken: readonly number[], ttlSeconds: number, expectedEpoch: number | null): Promise<RefreshOutcome> {
     const k = keys(node.id);
+    const list = ascendingUnique(taken);
     const reply = await this.run(() =>
       this.redis.pvgVmidRefresh(
         k.cache,
         k.meta,
         k.state,
         k.tmp,
+        k.reservations,
         String(ttlSeconds * 1000),
         expectedEpoch === null ? '' : String(expectedEpoch),
         this.channel(node.userId),
         JSON.stringify(node.id),
-        ...taken.map(String),
+        ...list.map(String),
       ),
     );
     if (reply[0] === 'STALE') return { written: false, version: Number(reply[1]) };
-    const [, changed, version, refreshedAt, expiresAt] = reply as [string, number, string, string, string];
+    const [, changed, version, refreshedAt, expiresAt, reservedFlat] = reply as [string, number, string, string, string, string[]];
     return {
       written: true,
       changed: changed === 1,
-      version: Number(version),
-      refreshedAt: new Date(Number(refreshedAt)),
-      expiresAt: new Date(Number(expiresAt)),
+      snapshot: {
+        version: Number(version),
+        reserved: reservations(reservedFlat),
+        cache: { taken: list, refreshedAt: new Date(Number(refreshedAt)), expiresAt: new Date(Number(expiresAt)) },
+      },
     };
   }
+
 
   async invalidate(node: NodeRef) {
     const k = keys(node.id);
@@ -306,4 +306,21 @@ function parseEvent(message: string): VmidEvent | null {
   } catch {
     return null;
   }
+}
+
+/** ZRANGEBYSCORE … WITHSCORES (vmid, expiry, …) → reservations ascending by vmid. */
+function reservations(flat: string[]): VmidSnapshot['reserved'] {
+  const reserved: VmidSnapshot['reserved'] = [];
+  for (let i = 0; i + 1 < flat.length; i += 2) {
+    reserved.push({ vmid: Number(flat[i]), expiresAt: new Date(Number(flat[i + 1])) });
+  }
+  return reserved.sort((a, b) => a.vmid - b.vmid);
+}
+
+/** `values` itself when it is ascending without duplicates already (Proxmox lists usually are), else a sorted copy. */
+function ascendingUnique(values: readonly number[]): number[] {
+  for (let i = 1; i < values.length; i++) {
+    if (!(values[i - 1]! < values[i]!)) return [...new Set(values)].sort((a, b) => a - b);
+  }
+  return values as number[];
 }

@@ -15,9 +15,10 @@ export interface VmidStore {
   /** The node's version and invalidation epoch (both survive the cache's expiry). */
   state(nodeId: string): Promise<{ version: number; epoch: number }>;
   /**
-   * Replaces the cached set with `taken` and sets its TTL. `expectedEpoch` (read before asking
-   * Proxmox) makes the write conditional: if the cache was invalidated meanwhile, the fetched
-   * set may predate the change, so nothing is written and `written` is false.
+   * Replaces the cached set with `taken` (ascending, no duplicates) and sets its TTL.
+   * `expectedEpoch` (read before asking Proxmox) makes the write conditional: if the cache was
+   * invalidated meanwhile, the fetched set may predate the change, so nothing is written and
+   * `written` is false. A write answers the snapshot it made (no second read of 10,000 VMIDs).
    */
   refresh(node: NodeRef, taken: readonly number[], ttlSeconds: number, expectedEpoch: number | null): Promise<RefreshOutcome>;
   /** Drops the cached set; always bumps the version (INVALIDATED). */
@@ -56,8 +57,12 @@ export interface VmidSnapshot {
   reserved: Array<{ vmid: number; expiresAt: Date }>;
 }
 
+/** A snapshot whose set is cached. */
+export type FilledSnapshot = VmidSnapshot & { cache: CachedSet };
+
 export type RefreshOutcome =
-  | { written: true; changed: boolean; version: number; refreshedAt: Date; expiresAt: Date }
+  /** `snapshot`: the set just written, the live reservations and the version after the write. */
+  | { written: true; changed: boolean; snapshot: FilledSnapshot }
   | { written: false; version: number };
 
 export interface ReserveRequest {

@@ -3,7 +3,7 @@ import type { Logger } from 'pino';
 import { ConflictError } from '../errors.js';
 import { CacheUnavailableError } from './errors.js';
 import { EventStream } from './event-stream.js';
-import { lowestFree, type VmidSnapshot, type VmidStore } from './store.js';
+import { type FilledSnapshot, lowestFree, type VmidSnapshot, type VmidStore } from './store.js';
 import { type NodeRef, VMID_MAX, VMID_MIN, type VmidEvent, type VmidReservation, type VmidSet } from './types.js';
 import { checkMin, checkTtlSeconds, checkVmid, DEFAULT_RESERVATION_TTL_S } from './validation.js';
 import { SingleFlight } from '../concurrency/single-flight.js';
@@ -96,6 +96,8 @@ export class VmidService {
   async refreshVmidCache(node: NodeRef): Promise<VmidSet> {
     let taken: number[] | undefined;
     try {
+      // Read before Proxmox is asked (not alongside): an invalidation after this read must
+      // make the write below stale, whatever Proxmox answers.
       const { epoch } = await this.store.state(node.id);
       taken = await this.fetchTakenVmids(node);
       const snapshot = await this.write(node, taken, epoch);
@@ -377,9 +379,10 @@ export class VmidService {
    */
   private async write(node: NodeRef, taken: number[], epoch: number): Promise<FilledSnapshot | VmidSnapshot> {
     const outcome = await this.store.refresh(node, taken, this.ttlS, epoch);
+    if (outcome.written) return outcome.snapshot;
     const snap = await this.store.read(node.id);
     if (snap.cache) return snap;
-    const at = outcome.written ? outcome.refreshedAt : new Date();
+    const at = new Date();
     return {
       ...snap,
       cache: { taken: [...new Set(taken)].sort((a, b) => a - b), refreshedAt: at, expiresAt: at },
@@ -435,7 +438,6 @@ export class VmidService {
   }
 }
 
-type FilledSnapshot = VmidSnapshot & { cache: NonNullable<VmidSnapshot['cache']> };
 
 interface Fill {
   /** Always carries a set; `written` false when it could not be cached (invalidated meanwhile). */

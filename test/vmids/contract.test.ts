@@ -71,6 +71,23 @@ describe.each(['memory', 'redis'] as const)('VMID cache and reservations (%s sto
     }
   });
 
+  it('a refresh answers what a read then sees: the set ascending and once each, the live reservations', async () => {
+    await service.getCachedVmids(node);
+    await service.reserveVmid(node, 7000, 600, 100);
+    const answered = await service.refreshVmidCache(node);
+    expect(answered.reserved).toEqual([7000]);
+    expect(await service.getCachedVmids(node)).toEqual({ ...answered, fromCache: true });
+    // The store itself, given a list out of order with a repeat: cached canonical, so the same
+    // set in order is "unchanged".
+    const written = await opened.store.refresh(node, [TAKEN[2]!, TAKEN[0]!, TAKEN[2]!, TAKEN[1]!], 60, null);
+    expect(written).toMatchObject({ written: true, changed: true });
+    const snapshot = written.written ? written.snapshot : null;
+    expect(snapshot?.cache.taken).toEqual(TAKEN.slice(0, 3));
+    expect(snapshot?.reserved.map((r) => r.vmid)).toEqual([7000]);
+    expect(await opened.store.read(node.id)).toEqual(snapshot);
+    expect(await opened.store.refresh(node, TAKEN.slice(0, 3), 60, null)).toMatchObject({ written: true, changed: false });
+  });
+
   it('readers never see a half-replaced set', async () => {
     await service.getCachedVmids(node);
     const a = TAKEN;
