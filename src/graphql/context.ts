@@ -35,5 +35,6 @@ export interface SubscriptionSink {
 
 /** The context of an operation whose viewer the transport has authenticated already. */
 export function viewerContext(base: Omit<GraphQLContext, 'viewer'>, viewer: Viewer): RequestContext {
-  return { ...base, viewer, authFailure: null };
+  // Spelled out rather than spread: built per request on the hot path, and a literal is cheaper.
+  return { services: base.services, requestId: base.requestId, log: base.log, viewer, authFailure: null };
 }

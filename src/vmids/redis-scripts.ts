@@ -6,7 +6,8 @@
  *
  * Keys of one node (nodeId in braces: one Redis Cluster hash slot per node):
  *   vmid-cache:{id}         SET of taken VMIDs (absent when the set is empty)  TTL
- *   vmid-meta:{id}          HASH refreshedAt, expiresAt (ms) — marks "cached"  TTL
+ *   vmid-meta:{id}          HASH refreshedAt, expiresAt (ms) — marks "cached" — and list
+ *                           (the set ascending, comma-separated: what READ answers)  TTL
  *   vmid-reservations:{id}  ZSET vmid → expiry (ms); expires with its last member
  *   vmid-version:{id}       HASH version, digest (of the last announced set),
  *                           epoch (bumped by invalidations) — never expires
@@ -37,18 +38,19 @@ end
 
 /**
  * KEYS: cache, meta, reservations, state
- * → { version, now, reservations(flat vmid, expiry…), refreshedAt|'', expiresAt|'', taken(unordered) }
- * (the caller sorts: reads are the hot path, and sorting is cheaper outside Redis's one thread)
+ * → { version, now, reservations(flat vmid, expiry…), refreshedAt|'', expiresAt|'', taken }
+ * taken: the ascending comma-separated list kept in meta (one string to send and parse, on
+ * the hot path), or — for a set cached before meta had it — the unordered members.
  */
 export const READ = `${COMMON}
 local now = now_ms()
-local meta = redis.call('HMGET', KEYS[2], 'refreshedAt', 'expiresAt')
+local meta = redis.call('HMGET', KEYS[2], 'refreshedAt', 'expiresAt', 'list')
 local version = redis.call('HGET', KEYS[4], 'version') or '0'
 local reserved = redis.call('ZRANGEBYSCORE', KEYS[3], '(' .. int(now), '+inf', 'WITHSCORES')
 if not meta[1] then
   return { version, int(now), reserved, '', '', {} }
 end
-return { version, int(now), reserved, meta[1], meta[2], redis.call('SMEMBERS', KEYS[1]) }
+return { version, int(now), reserved, meta[1], meta[2], meta[3] or redis.call('SMEMBERS', KEYS[1]) }
 `;
 
 /**
@@ -77,7 +79,7 @@ if n >= 5 then
 else
   redis.call('DEL', KEYS[1])
 end
-redis.call('HSET', KEYS[2], 'refreshedAt', int(now), 'expiresAt', int(expires_at))
+redis.call('HSET', KEYS[2], 'refreshedAt', int(now), 'expiresAt', int(expires_at), 'list', joined)
 redis.call('PEXPIREAT', KEYS[2], expires_at)
 local digest = redis.sha1hex(joined)
 local changed = 0
@@ -182,6 +184,7 @@ if expires_at then
 end
 if added == 1 then
   local joined = table.concat(redis.call('SORT', KEYS[1]), ',')
+  redis.call('HSET', KEYS[2], 'list', joined)
   redis.call('HSET', KEYS[4], 'digest', redis.sha1hex(joined))
   bump(KEYS[4], ARGV[2], ARGV[3], 'REFRESHED', '[' .. joined .. ']', now)
 elseif released == 1 then

@@ -111,7 +111,7 @@ export class RedisVmidStore implements VmidStore {
       string[],
       string,
       string,
-      string[],
+      string | string[],
     ];
     return {
       version: Number(version),
@@ -119,7 +119,7 @@ export class RedisVmidStore implements VmidStore {
       cache:
         refreshedAt === ''
           ? null
-          : { taken: taken.map(Number).sort((x, y) => x - y), refreshedAt: new Date(Number(refreshedAt)), expiresAt: new Date(Number(expiresAt)) },
+          : { taken: takenList(taken), refreshedAt: new Date(Number(refreshedAt)), expiresAt: new Date(Number(expiresAt)) },
     };
   }
 
@@ -323,4 +323,10 @@ function ascendingUnique(values: readonly number[]): number[] {
     if (!(values[i - 1]! < values[i]!)) return [...new Set(values)].sort((a, b) => a - b);
   }
   return values as number[];
+}
+
+/** READ's taken: the kept list ("100,101,…", ascending), or the members of an older cache. */
+function takenList(taken: string | string[]): number[] {
+  if (typeof taken !== 'string') return taken.map(Number).sort((x, y) => x - y);
+  return taken === '' ? [] : taken.split(',').map(Number);
 }
