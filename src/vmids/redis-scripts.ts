@@ -7,7 +7,8 @@
  * Keys of one node (nodeId in braces: one Redis Cluster hash slot per node):
  *   vmid-cache:{id}         SET of taken VMIDs (absent when the set is empty)  TTL
  *   vmid-meta:{id}          HASH refreshedAt, expiresAt (ms) — marks "cached" — and list
- *                           (the set ascending, comma-separated: what READ answers)  TTL
+ *                           (the set ascending, comma-separated: what READ answers) with
+ *                           listAt/listCard (the refreshedAt and size it was made for)  TTL
  *   vmid-reservations:{id}  ZSET vmid → expiry (ms); expires with its last member
  *   vmid-version:{id}       HASH version, digest (of the last announced set),
  *                           epoch (bumped by invalidations) — never expires
@@ -40,17 +41,23 @@ end
  * KEYS: cache, meta, reservations, state
  * → { version, now, reservations(flat vmid, expiry…), refreshedAt|'', expiresAt|'', taken }
  * taken: the ascending comma-separated list kept in meta (one string to send and parse, on
- * the hot path), or — for a set cached before meta had it — the unordered members.
+ * the hot path), or the unordered members when there is no list or it may be stale: an
+ * instance of an earlier version (during a rolling upgrade) refreshes or consumes without
+ * keeping the list, which changes refreshedAt or the set's size.
  */
 export const READ = `${COMMON}
 local now = now_ms()
-local meta = redis.call('HMGET', KEYS[2], 'refreshedAt', 'expiresAt', 'list')
+local meta = redis.call('HMGET', KEYS[2], 'refreshedAt', 'expiresAt', 'list', 'listAt', 'listCard')
 local version = redis.call('HGET', KEYS[4], 'version') or '0'
 local reserved = redis.call('ZRANGEBYSCORE', KEYS[3], '(' .. int(now), '+inf', 'WITHSCORES')
 if not meta[1] then
   return { version, int(now), reserved, '', '', {} }
 end
-return { version, int(now), reserved, meta[1], meta[2], meta[3] or redis.call('SMEMBERS', KEYS[1]) }
+local list = meta[3]
+if list and (meta[4] ~= meta[1] or tonumber(meta[5]) ~= redis.call('SCARD', KEYS[1])) then
+  list = false
+end
+return { version, int(now), reserved, meta[1], meta[2], list or redis.call('SMEMBERS', KEYS[1]) }
 `;
 
 /**
@@ -79,7 +86,8 @@ if n >= 5 then
 else
   redis.call('DEL', KEYS[1])
 end
-redis.call('HSET', KEYS[2], 'refreshedAt', int(now), 'expiresAt', int(expires_at), 'list', joined)
+redis.call('HSET', KEYS[2], 'refreshedAt', int(now), 'expiresAt', int(expires_at),
+  'list', joined, 'listAt', int(now), 'listCard', int(n - 4))
 redis.call('PEXPIREAT', KEYS[2], expires_at)
 local digest = redis.sha1hex(joined)
 local changed = 0
@@ -184,7 +192,8 @@ if expires_at then
 end
 if added == 1 then
   local joined = table.concat(redis.call('SORT', KEYS[1]), ',')
-  redis.call('HSET', KEYS[2], 'list', joined)
+  redis.call('HSET', KEYS[2], 'list', joined, 'listAt', redis.call('HGET', KEYS[2], 'refreshedAt'),
+    'listCard', redis.call('SCARD', KEYS[1]))
   redis.call('HSET', KEYS[4], 'digest', redis.sha1hex(joined))
   bump(KEYS[4], ARGV[2], ARGV[3], 'REFRESHED', '[' .. joined .. ']', now)
 elseif released == 1 then

@@ -93,6 +93,24 @@ describe.each(['memory', 'redis'] as const)('VMID cache and reservations (%s sto
     }
   });
 
+  it('an empty set is cached as empty, and a kept list that no longer matches the set is not trusted (rolling upgrade)', async () => {
+    const empty = await opened.store.refresh(node, [], 60, null);
+    expect(empty.written && empty.snapshot.cache.taken).toEqual([]);
+    expect(await opened.store.read(node.id)).toEqual(empty.written && empty.snapshot);
+    await opened.store.refresh(node, [100, 101], 60, null);
+    if (opened.redis) {
+      // What an instance of the earlier version does: its consume adds to the set, its
+      // refresh rewrites refreshedAt; neither keeps the list.
+      await opened.redis.sadd(`vmid-cache:{${node.id}}`, '104');
+      expect((await opened.store.read(node.id)).cache?.taken).toEqual([100, 101, 104]);
+      await opened.store.refresh(node, [100, 101], 60, null);
+      await opened.redis.hset(`vmid-meta:{${node.id}}`, 'refreshedAt', String(Date.now() + 5));
+      await opened.redis.srem(`vmid-cache:{${node.id}}`, '101');
+      await opened.redis.sadd(`vmid-cache:{${node.id}}`, '200');
+      expect((await opened.store.read(node.id)).cache?.taken).toEqual([100, 200]);
+    }
+  });
+
   it('readers never see a half-replaced set', async () => {
     await service.getCachedVmids(node);
     const a = TAKEN;
