@@ -145,6 +145,23 @@ function endHooks(): { end: () => void; hooks: SharedStream[typeof SHARED_STREAM
 
 const DONE = { value: undefined, done: true } as const;
 
+type StreamMethods = Pick<AsyncGenerator<ExecutionResult, void, void>, 'next' | 'return' | 'throw'>;
+
+/** The async generator graphql-ws and envelop see, marked as a shared stream. */
+function sharedStream(hooks: SharedStream[typeof SHARED_STREAM], methods: StreamMethods): AsyncGenerator<ExecutionResult, void, void> {
+  const gen = {
+    ...methods,
+    [SHARED_STREAM]: hooks,
+    [Symbol.asyncIterator]() {
+      return this;
+    },
+    [Symbol.asyncDispose]() {
+      return gen.return(undefined).then(() => undefined);
+    },
+  } as AsyncGenerator<ExecutionResult, void, void>;
+  return gen;
+}
+
 /** One mapping layer: next() → the shared result of the next event. */
 function mapEvents(
   source: AsyncIterable<unknown>,
@@ -165,7 +182,7 @@ function mapEvents(
     end();
     throw fail(error);
   };
-  const gen: AsyncGenerator<ExecutionResult, void, void> = {
+  return sharedStream(hooks, {
     next: () => iterator.next().then(onValue, onError),
     return: () => {
       end();
@@ -175,15 +192,7 @@ function mapEvents(
       end();
       return typeof iterator.throw === 'function' ? iterator.throw(error).then(onValue, onError) : Promise.reject(error);
     },
-    [SHARED_STREAM]: hooks,
-    [Symbol.asyncIterator]() {
-      return this;
-    },
-    [Symbol.asyncDispose]() {
-      return gen.return().then(() => undefined);
-    },
-  } as AsyncGenerator<ExecutionResult, void, void>;
-  return gen;
+  });
 }
 
 /** Each shared result serialised once, for all the sinks it goes to. */
@@ -255,7 +264,7 @@ function sinkEvents(
         end();
         throw fail(error);
       });
-  const gen: AsyncGenerator<ExecutionResult, void, void> = {
+  return sharedStream(hooks, {
     next: () => (running ??= run()),
     return: () => {
       closed = true;
@@ -267,15 +276,7 @@ function sinkEvents(
       end();
       return source.return().then(() => Promise.reject(error));
     },
-    [SHARED_STREAM]: hooks,
-    [Symbol.asyncIterator]() {
-      return this;
-    },
-    [Symbol.asyncDispose]() {
-      return gen.return().then(() => undefined);
-    },
-  } as AsyncGenerator<ExecutionResult, void, void>;
-  return gen;
+  });
 }
 
 function isAsyncIterable(value: unknown): value is AsyncIterable<unknown> {
