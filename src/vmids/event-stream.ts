@@ -1,8 +1,8 @@
+import { DomainError, ErrorCode } from '../errors.js';
+
 /** Like Repeater's `stop`: call it to end the stream (with an error to fail it), await it to learn that it ended. */
 export type Stop = ((error?: unknown) => void) & PromiseLike<void>;
 export type Push<T> = (value: T) => void;
-
-import { DomainError, ErrorCode } from '../errors.js';
 
 /** Values pushed while the consumer is not reading; more ends the stream with an error. */
 export const MAX_PENDING = 1024;
