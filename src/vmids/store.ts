@@ -15,7 +15,7 @@ export interface VmidStore {
   /** The node's version and invalidation epoch (both survive the cache's expiry). */
   state(nodeId: string): Promise<{ version: number; epoch: number }>;
   /**
-   * Replaces the cached set with `taken` (ascending, no duplicates) and sets its TTL.
+   * Replaces the cached set with `taken` (kept ascending, once each) and sets its TTL.
    * `expectedEpoch` (read before asking Proxmox) makes the write conditional: if the cache was
    * invalidated meanwhile, the fetched set may predate the change, so nothing is written and
    * `written` is false. A write answers the snapshot it made (no second read of 10,000 VMIDs).
