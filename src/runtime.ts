@@ -82,11 +82,22 @@ export async function openRuntime(config: Config, log: Logger, opts: RuntimeOpti
       onLookup: (hit) => metrics.vmidCacheLookups.inc({ result: hit ? 'hit' : 'miss' }),
     });
     closers.push(() => vmids.close());
-    nodes = new NodeService(db.prisma, secretBox, proxmox, vmids, config.tokenCacheTtlMs);
+    const backgroundCheckFailed = (cache: 'token' | 'ownership') => {
+      // One warning a minute per cache: during an outage every request past the re-check
+      // point would otherwise log one.
+      let lastWarned = -Infinity;
+      return (err: unknown) => {
+        metrics.backgroundCheckFailures.inc({ cache });
+        if (Date.now() - lastWarned < 60_000) return;
+        lastWarned = Date.now();
+        log.warn({ cache, err: { message: (err as Error).message } }, 'cache: background re-check failed; cached entries answer until they expire');
+      };
+    };
+    nodes = new NodeService(db.prisma, secretBox, proxmox, vmids, config.tokenCacheTtlMs, backgroundCheckFailed('ownership'));
     const services: Services = {
       db,
       redis,
-      auth: new AuthService(db.prisma, { cacheTtlMs: config.tokenCacheTtlMs }),
+      auth: new AuthService(db.prisma, { cacheTtlMs: config.tokenCacheTtlMs, onBackgroundCheckFailed: backgroundCheckFailed('token') }),
       metrics,
       rateLimiter,
       users: new UserService(db.prisma),

@@ -25,6 +25,11 @@ export interface AuthServiceOptions {
   /** Bound on cached tokens, so unbounded distinct tokens cannot grow memory. */
   cacheMaxEntries?: number;
   now?: () => number;
+  /**
+   * A background re-check of a cached token failed (the database is unreachable). The entry
+   * keeps answering until it expires; this only reports it (metric, log).
+   */
+  onBackgroundCheckFailed?: (err: unknown) => void;
 }
 
 interface TokenRow {
@@ -133,7 +138,7 @@ export class AuthService {
     const now = this.now();
     const hit = this.cache.get(hash);
     if (hit && hit.expiresAt > now) {
-      if (dueForRefresh(hit.expiresAt, now, this.opts.cacheTtlMs)) void this.lookup(hash).catch(() => undefined);
+      if (dueForRefresh(hit.expiresAt, now, this.opts.cacheTtlMs)) void this.lookup(hash).catch((err: unknown) => this.opts.onBackgroundCheckFailed?.(err));
       return hit.viewer;
     }
     if (hit) this.cache.delete(hash);

@@ -71,6 +71,8 @@ export class NodeService {
     private readonly vmids: VmidHooks,
     /** How long "this viewer owns this node" is trusted without the database (like tokens). */
     private readonly ownershipCacheTtlMs = 30_000,
+    /** A background re-check of a cached ownership failed (not: found the node gone). Reporting only. */
+    private readonly onBackgroundCheckFailed?: (err: unknown) => void,
   ) {}
 
   /**
@@ -84,7 +86,12 @@ export class NodeService {
     const now = Date.now();
     const hit = this.owned.get(key);
     if (hit && hit.expiresAt > now) {
-      if (dueForRefresh(hit.expiresAt, now, this.ownershipCacheTtlMs)) void this.lookupRef(viewer, nodeId, key).catch(() => undefined);
+      if (dueForRefresh(hit.expiresAt, now, this.ownershipCacheTtlMs)) {
+        // NOT_FOUND is the re-check doing its job (the node is gone and was dropped).
+        void this.lookupRef(viewer, nodeId, key).catch((err: unknown) => {
+          if (!(err instanceof NotFoundError)) this.onBackgroundCheckFailed?.(err);
+        });
+      }
       return hit.ref;
     }
     return this.lookupRef(viewer, nodeId, key);

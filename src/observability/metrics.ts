@@ -37,6 +37,13 @@ export class Metrics {
     registers: [this.registry],
   });
 
+  readonly backgroundCheckFailures = new Counter({
+    name: 'pvegraph_cache_background_check_failures_total',
+    help: 'Background re-checks of a cached token or node ownership that failed (database unreachable); the entry kept answering until it expired.',
+    labelNames: ['cache'] as const,
+    registers: [this.registry],
+  });
+
   readonly activeSubscriptions = new Gauge({
     name: 'pvegraph_active_subscriptions',
     help: 'Subscriptions currently streaming (WebSocket and SSE).',

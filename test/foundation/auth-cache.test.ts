@@ -128,4 +128,25 @@ describe('token lookup while PostgreSQL is unreachable', () => {
     await relay.up();
     expect((await auth.verify(token))?.userId).toBe(userId);
   });
+
+  it('keeps answering from a cached token while its background re-check fails, and reports each failure', async () => {
+    let t = 0;
+    const failures: unknown[] = [];
+    const auth = new AuthService(db.prisma, { cacheTtlMs: 10_000, now: () => t, onBackgroundCheckFailed: (err) => failures.push(err) });
+    const { token, userId } = await auth.createUser('outage-recheck');
+    expect((await auth.verify(token))?.userId).toBe(userId);
+    await relay.down();
+    try {
+      t = 9_000; // in the last fifth: answered from the cache, re-checked in the background
+      expect((await auth.verify(token))?.userId).toBe(userId);
+      await expect.poll(() => failures.length, { timeout: 5_000 }).toBe(1);
+      expect(failures[0]).toBeInstanceOf(Error);
+      expect((await auth.verify(token))?.userId).toBe(userId); // still cached, a new re-check
+      await expect.poll(() => failures.length, { timeout: 5_000 }).toBe(2);
+      t = 10_001; // expired: now the request itself needs the database
+      await expect(auth.verify(token)).rejects.toBeInstanceOf(Error);
+    } finally {
+      await relay.up();
+    }
+  });
 });
