@@ -60,8 +60,7 @@ export const QUERY_LIMITS = {
 } as const;
 
 export function createPvegraphYoga(opts: YogaOptions): PvegraphYoga {
-  const { services, log, metrics } = opts;
-  const { masker } = opts;
+  const { services, log, metrics, masker } = opts;
   const plugins: Array<Plugin<RequestContext>> = [
     // Before the metrics and access log, whose onExecuteDone then sees the masked codes.
     useMaskErrors(masker),

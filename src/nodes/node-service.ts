@@ -108,7 +108,7 @@ export class NodeService {
         this.owned.delete(key);
         throw new NotFoundError('Node', nodeId);
       }
-      const ref: NodeRef = { id: row.id, userId: row.userId };
+      const ref = refOf(row);
       // A delete that committed while this lookup read the row must not be undone here.
       if (this.ownershipCacheTtlMs > 0 && this.deletions === deletionsBefore) {
         this.owned.delete(key);
