@@ -247,6 +247,8 @@ export interface PacedLoadOptions {
 }
 export interface PacedLoadResult {
   latencies: number[];
+  /** How late the generator itself sent each request (ms after its due time): its own stalls. */
+  sendLags: number[];
   errors: number;
   sent: number;
   achievedRate: number;
@@ -305,6 +307,7 @@ type Send = (done: (ok: boolean) => void) => void;
 
 async function paced(send: Send, rate: number, seconds: number): Promise<PacedLoadResult> {
   const latencies: number[] = [];
+  const sendLags: number[] = [];
   let errors = 0;
   let sent = 0;
   let settled = 0;
@@ -316,6 +319,7 @@ async function paced(send: Send, rate: number, seconds: number): Promise<PacedLo
       const due = Math.min(total, Math.floor((now() - start) / interval) + 1);
       while (sent < due) {
         const scheduled = start + sent * interval;
+        sendLags.push(now() - scheduled);
         sent++;
         send((ok) => {
           if (ok) latencies.push(now() - scheduled);
@@ -327,7 +331,7 @@ async function paced(send: Send, rate: number, seconds: number): Promise<PacedLo
     };
     const timer = setInterval(tick, 1);
   });
-  return { latencies, errors, sent, achievedRate: latencies.length / ((now() - start) / 1000) };
+  return { latencies, sendLags, errors, sent, achievedRate: latencies.length / ((now() - start) / 1000) };
 }
 
 /** User + system CPU time a process has used so far, in ms (Linux /proc; clock ticks of 10 ms). */

@@ -8,9 +8,11 @@ import { createYoga, type Plugin, type YogaLogger, type YogaServerInstance } fro
 import type { Logger } from 'pino';
 import { bearerToken } from '../auth/api-token.js';
 import type { Viewer } from '../auth/auth-service.js';
+import type { RevocationWatch } from '../auth/revocation-watch.js';
 import type { Metrics } from '../observability/metrics.js';
 import type { Services } from '../services.js';
 import { type RequestContext, type SubscriptionSink, viewerContext } from './context.js';
+import { useEndRevokedSubscriptions } from './plugins/end-revoked-subscriptions.js';
 import { type ErrorMasker, useMaskErrors } from './plugins/mask-errors.js';
 import { useObserveOperations } from './plugins/observe-operations.js';
 import { useRequireViewer } from './plugins/require-viewer.js';
@@ -44,6 +46,8 @@ export interface YogaOptions {
   masker: ErrorMasker;
   /** Filled with the query documents this Yoga has parsed and validated. */
   prepared?: PreparedQueries;
+  /** Where SSE subscriptions are watched, so a revoked token's streams end. */
+  revocations?: RevocationWatch;
 }
 
 /**
@@ -81,6 +85,9 @@ export function createPvegraphYoga(opts: YogaOptions): PvegraphYoga {
     useRequireViewer(),
     useSubscriptionCap(opts.maxSubscriptionsPerUser),
     ...(opts.prepared ? [useLearnPreparedQueries(opts.prepared)] : []),
+    // After the plugins that register with a subscription's stream (its gauge and slot are
+    // released through the stream it wraps).
+    ...(opts.revocations ? [useEndRevokedSubscriptions(opts.revocations)] : []),
     // Last: replaces the subscribe function (one execution per event and operation).
     useShareSubscriptionEvents(masker),
   ];

@@ -7,6 +7,7 @@ import type { Logger } from 'pino';
 import { WebSocket, WebSocketServer } from 'ws';
 import { bearerToken, sameSecret } from '../auth/api-token.js';
 import type { Viewer } from '../auth/auth-service.js';
+import { RevocationWatch } from '../auth/revocation-watch.js';
 import type { Config } from '../config/config.js';
 // Over HTTP, Yoga's masking adds codes; WebSocket parse/validation errors bypass it.
 import { createErrorMasker, withCode } from '../graphql/plugins/mask-errors.js';
@@ -61,7 +62,10 @@ export function createApp({ services, log, config }: AppOptions): App {
   const { metrics } = services;
   const prepared = new PreparedQueries(schema);
   const masker = createErrorMasker(log);
+  // Sockets and SSE subscriptions of a revoked token are ended too, idle or not.
+  const revocations = new RevocationWatch({ verify: (token) => services.auth.verify(token), intervalMs: Math.max(1_000, config.tokenCacheTtlMs) });
   const yoga = createPvegraphYoga({
+    revocations,
     prepared,
     masker,
     services,
@@ -121,7 +125,7 @@ export function createApp({ services, log, config }: AppOptions): App {
   }
 
   const wss = new WebSocketServer({ server, path: '/graphql', maxPayload: config.maxRequestBodyBytes });
-  /** Each socket's token: re-checked per operation and by the revocation sweep. */
+  /** Each socket's token: re-checked per operation. */
   const tokens = new WeakMap<WebSocket, string>();
   const socketsPerUser = new Map<string, number>();
   useServer<Record<string, unknown>, WsExtra>(
@@ -143,6 +147,8 @@ export function createApp({ services, log, config }: AppOptions): App {
         ctx.extra.viewer = viewer;
         ctx.extra.counted = true;
         tokens.set(ctx.extra.socket, token!);
+        const socket = ctx.extra.socket;
+        socket.once('close', revocations.watch(token!, { revoke: () => socket.close(WsCloseCode.Forbidden, 'Forbidden') }));
         return true;
       },
       onClose: (ctx) => {
@@ -207,27 +213,6 @@ export function createApp({ services, log, config }: AppOptions): App {
     wss,
   );
 
-  // Idle sockets of a revoked token are closed too, not only those that send something.
-  // Each token is checked once per sweep, however many sockets share it (a dashboard fleet
-  // behind one token may hold thousands).
-  const revocationSweep = setInterval(() => {
-    const socketsByToken = new Map<string, WebSocket[]>();
-    for (const socket of wss.clients) {
-      const token = tokens.get(socket);
-      if (!token) continue;
-      const sockets = socketsByToken.get(token);
-      if (sockets) sockets.push(socket);
-      else socketsByToken.set(token, [socket]);
-    }
-    for (const [token, sockets] of socketsByToken) void closeIfRevoked(token, sockets);
-  }, Math.max(1_000, config.tokenCacheTtlMs));
-  revocationSweep.unref();
-  async function closeIfRevoked(token: string, sockets: WebSocket[]): Promise<void> {
-    // A failed check (database down) is not a revocation: keep the sockets.
-    if ((await services.auth.verify(token).catch(() => 'unknown')) !== null) return;
-    for (const socket of sockets) socket.close(WsCloseCode.Forbidden, 'Forbidden');
-  }
-
   return {
     server,
     yoga,
@@ -243,7 +228,7 @@ export function createApp({ services, log, config }: AppOptions): App {
       });
     },
     async stop() {
-      clearInterval(revocationSweep);
+      revocations.stop();
       const closed = new Promise<void>((resolve) => server.close(() => resolve()));
       // In-flight requests finish; sockets and connections still open after the grace period
       // (a peer that never completes the close handshake) are cut.

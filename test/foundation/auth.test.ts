@@ -132,7 +132,7 @@ describe('refused tokens', () => {
   });
 });
 
-describe('revoking a token with WebSockets open', () => {
+describe('revoking a token with streams open', () => {
   let server: TestServer;
   beforeAll(async () => {
     server = await startTestServer({ env: { TOKEN_CACHE_TTL_MS: '1000' } });
@@ -162,6 +162,81 @@ describe('revoking a token with WebSockets open', () => {
     expect(other.socket.readyState).toBe(WebSocket.OPEN);
     other.socket.close();
   });
+
+  // An SSE subscription was authenticated once, by its request: it must not stream for a
+  // revoked token either. Its last event says why (UNAUTHENTICATED), then it completes.
+  it('ends the SSE subscriptions of a revoked token with UNAUTHENTICATED, then complete', async () => {
+    const gina = await server.createUser('gina');
+    const hugo = await server.createUser('hugo');
+    const activeBefore = await activeSubscriptions();
+    const [first, second, other] = await Promise.all([openSse(gina.token), openSse(gina.token), openSse(hugo.token)]);
+    await expect.poll(activeSubscriptions).toBe(activeBefore + 3);
+
+    const [token] = await server.runtime.services.auth.listTokens('gina');
+    await server.runtime.services.auth.revokeToken(token!.id);
+    const revokedAt = Date.now();
+    await expect.poll(() => first.closed && second.closed, { timeout: 5_000 }).toBe(true);
+    for (const stream of [first, second]) {
+      expect(await stream.events).toEqual([
+        { event: 'next', data: { errors: [{ message: 'The API token has been revoked.', extensions: { code: 'UNAUTHENTICATED' } }] } },
+        { event: 'complete', data: null },
+      ]);
+    }
+    expect(Date.now() - revokedAt).toBeLessThan(5_000);
+    // The subscriptions are gone on the server too (gauge, per-user slots, Redis listeners).
+    await expect.poll(activeSubscriptions).toBe(activeBefore + 1);
+    expect(other.closed).toBe(false);
+    other.abort();
+    await expect.poll(activeSubscriptions).toBe(activeBefore);
+  });
+
+  /** Subscriptions streaming on the server (its gauge). */
+  async function activeSubscriptions(): Promise<number> {
+    const text = await (await fetch(`${server.url}/metrics`)).text();
+    const line = text.split('\n').find((l) => l.startsWith('pvegraph_active_subscriptions '));
+    return Number(line?.split(' ')[1] ?? NaN);
+  }
+
+  /** A `vmidEvents` subscription over SSE (no nodes: it streams nothing until it ends). */
+  async function openSse(token: string) {
+    const ac = new AbortController();
+    const res = await fetch(server.graphqlUrl, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', accept: 'text/event-stream', authorization: `Bearer ${token}` },
+      body: JSON.stringify({ query: 'subscription { vmidEvents { kind } }' }),
+      signal: ac.signal,
+    });
+    expect(res.status).toBe(200);
+    const reader = res.body!.getReader();
+    const decoder = new TextDecoder();
+    let text = '';
+    const state = { closed: false };
+    /** Every event (pings left out), once the server has ended the response. */
+    const events = (async () => {
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        text += decoder.decode(value, { stream: true });
+      }
+      state.closed = true;
+      return text
+        .split('\n\n')
+        .filter((chunk) => chunk.startsWith('event:'))
+        .map((chunk) => {
+          const [event, data] = chunk.split('\n');
+          const json = data!.slice('data:'.length).trim();
+          return { event: event!.slice('event:'.length).trim(), data: json ? (JSON.parse(json) as unknown) : null };
+        });
+    })();
+    events.catch(() => undefined); // the aborted one
+    return {
+      events,
+      abort: () => ac.abort(),
+      get closed() {
+        return state.closed;
+      },
+    };
+  }
 });
 
 describe('health endpoints', () => {

@@ -1,0 +1,104 @@
+import type { ExecutionResult } from 'graphql';
+import type { Plugin } from 'graphql-yoga';
+import { bearerToken } from '../../auth/api-token.js';
+import type { RevocationWatch } from '../../auth/revocation-watch.js';
+import { UnauthenticatedError } from '../../errors.js';
+import type { RequestContext } from '../context.js';
+
+type ResultStream = AsyncIterable<ExecutionResult>;
+
+const DONE: IteratorResult<ExecutionResult> = { value: undefined, done: true };
+
+/**
+ * An SSE subscription is authenticated once, when its request arrives, and may then stream for
+ * days. When its token is revoked, the stream's last event is an UNAUTHENTICATED error and the
+ * stream completes (within about one token cache lifetime; RevocationWatch), as a revoked
+ * token's WebSocket is closed with 4403. WebSocket operations are left to the socket's own
+ * watch (app.ts): they have a sink.
+ */
+export function useEndRevokedSubscriptions(watch: RevocationWatch): Plugin<RequestContext> {
+  return {
+    onSubscribe({ args }) {
+      const ctx = args.contextValue as RequestContext & { request?: Request };
+      if (ctx.sink || !ctx.viewer) return;
+      const token = bearerToken(ctx.request?.headers.get('authorization'));
+      if (!token) return;
+      return {
+        onSubscribeResult({ result, setResult }) {
+          if (Symbol.asyncIterator in result) setResult(endOnRevocation(result as ResultStream, watch, token));
+        },
+      };
+    },
+  };
+}
+
+/** `stream`, until the token is revoked: then one error result, and done. */
+function endOnRevocation(stream: ResultStream, watch: RevocationWatch, token: string): AsyncGenerator<ExecutionResult, void, void> {
+  const source = stream[Symbol.asyncIterator]();
+  const revokedStep: IteratorResult<ExecutionResult> = {
+    value: { errors: [new UnauthenticatedError('The API token has been revoked.')] },
+    done: false,
+  };
+  let state: 'open' | 'revoked' | 'done' = 'open';
+  /** The consumer's pending next(), answered by the source or by a revocation, whichever is first. */
+  let waiting: ((step: IteratorResult<ExecutionResult>) => void) | null = null;
+  /** Ends this stream; a pending next() gets `last`. */
+  const close = (last: IteratorResult<ExecutionResult> = DONE) => {
+    state = 'done';
+    const pending = waiting;
+    waiting = null;
+    unwatch();
+    pending?.(last);
+  };
+  const unwatch = watch.watch(token, {
+    revoke() {
+      if (state !== 'open') return;
+      state = 'revoked';
+      // Ends the source: the subscription's slot, gauge and Redis listener are released.
+      void Promise.resolve(source.return?.()).catch(() => undefined);
+      if (waiting) close(revokedStep); // else the next next() answers it
+    },
+  });
+  const next = (): Promise<IteratorResult<ExecutionResult>> => {
+    if (state === 'done') return Promise.resolve(DONE);
+    if (state === 'revoked') {
+      close();
+      return Promise.resolve(revokedStep);
+    }
+    return new Promise((resolve, reject) => {
+      waiting = resolve;
+      source.next().then(
+        (step) => {
+          if (waiting !== resolve) return; // answered already (revoked, or returned)
+          waiting = null;
+          if (step.done) close();
+          resolve(step);
+        },
+        (error: unknown) => {
+          if (waiting !== resolve) return;
+          waiting = null;
+          close();
+          reject(error);
+        },
+      );
+    });
+  };
+  const gen = {
+    next,
+    return: () => {
+      close();
+      return (source.return?.() ?? Promise.resolve()).then(() => DONE);
+    },
+    throw: (error: unknown) => {
+      close();
+      return (source.return?.() ?? Promise.resolve()).then(() => Promise.reject(error));
+    },
+    [Symbol.asyncIterator]() {
+      return gen;
+    },
+    [Symbol.asyncDispose]() {
+      return gen.return().then(() => undefined);
+    },
+  };
+  return gen as AsyncGenerator<ExecutionResult, void, void>;
+}
