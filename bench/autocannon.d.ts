@@ -42,6 +42,8 @@ declare module 'autocannon' {
     non2xx: number;
     duration: number;
     '2xx': number;
+    /** Answers per HTTP status code. */
+    statusCodeStats?: Record<string, { count: number }>;
   }
   function autocannon(opts: Options): Promise<Result> & { stop(): void };
   export default autocannon;

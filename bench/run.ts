@@ -301,6 +301,19 @@ async function scenario1(sim: Simulator) {
   const hb = await run(baseUrl, { overallRate: rate });
   checkCannon('baseline @ same rate', hb);
   row({ scenario: 1, metric: `p99 at ${rate} req/s with autocannon overallRate (bursty, reference)`, server: ms(hs.latency.p99), baseline: ms(hb.latency.p99), ratio: ratio(hs.latency.p99, hb.latency.p99), goal: '', status: '—' });
+  // A client with a revoked or mistyped token (a dashboard left running, a scanner) must not
+  // cost the server more than one with a valid token does.
+  const refusedHeaders = { ...headers, authorization: `Bearer pvg_${'R'.repeat(43)}` };
+  const refused = async (pid: number, url: string) => {
+    const before = processCpuMs(pid);
+    const r = await run(url, { headers: refusedHeaders, duration: Math.max(2, SECONDS / 2) });
+    const wrong = Object.entries(r.statusCodeStats ?? {}).reduce((n, [code, { count }]) => (code === '401' ? n : n + count), 0);
+    if (wrong > 0 || r.errors) console.log(`  ! refused run against ${url}: ${wrong} answers other than 401, ${r.errors} errors`);
+    return { rps: r.requests.average, cpuUs: ((processCpuMs(pid) - before) * 1000) / Math.max(1, r.requests.total) };
+  };
+  const refusedB = await refused(baseline.pid!, baseUrl);
+  const refusedS = await refused(server.pid, server.graphqlUrl);
+  row({ scenario: 1, metric: `unknown token (401 UNAUTHENTICATED): req/s at ${CONNECTIONS} connections, CPU per request`, server: `${fmt(refusedS.rps, 0)} req/s, ${fmt(refusedS.cpuUs, 0)} µs`, baseline: `${fmt(refusedB.rps, 0)} req/s, ${fmt(refusedB.cpuUs, 0)} µs`, ratio: ratio(refusedS.rps, refusedB.rps), goal: '', status: '—' });
   note(1, `paced runs: server ${pacedS.latencies.length}/${pacedS.sent} answered at ${fmt(pacedS.achievedRate, 0)} req/s (${pacedS.errors} errors), baseline ${pacedB.latencies.length}/${pacedB.sent} (${pacedB.errors} errors); max ${ms(ps.max)} vs ${ms(pb.max)}.`);
   const lag = (r: typeof pacedS) => `p99 ${ms(dist(r.sendLags).p99)}, max ${ms(dist(r.sendLags).max)}`;
   note(1, `the generator's own lateness (send time − due time, counted in the latency): server run ${lag(pacedS)}, baseline run ${lag(pacedB)}.`);

@@ -2,6 +2,7 @@ import { type DocumentNode, type ExecutionResult, getOperationAST, GraphQLError,
 import { type CompiledQuery, compileQuery, isCompiledQuery } from 'graphql-jit';
 import type { GraphQLParams, Plugin } from 'graphql-yoga';
 import type { RequestContext } from './context.js';
+import { isIntrospectionOnly } from './plugins/require-viewer.js';
 
 /** Longest query text worth remembering (dashboards' hot queries are a few hundred bytes). */
 export const MAX_PREPARED_QUERY_LENGTH = 8_192;
@@ -11,6 +12,8 @@ export interface PreparedQuery {
   readonly document: DocumentNode;
   readonly operationName: string | null;
   readonly type: 'query' | 'mutation';
+  /** Runs without a token (useRequireViewer lets introspection through). */
+  readonly introspectionOnly: boolean;
   /** undefined: not compiled yet; null: graphql-jit cannot compile it (always use Yoga). */
   compiled?: CompiledQuery | null;
 }
@@ -59,7 +62,7 @@ export class PreparedQueries {
     const key = keyOf(query, operationName);
     if (this.entries.has(key)) return;
     if (this.entries.size >= this.maxEntries) this.entries.delete(this.entries.keys().next().value!);
-    this.entries.set(key, { document, operationName, type });
+    this.entries.set(key, { document, operationName, type, introspectionOnly: isIntrospectionOnly(document, operationName) });
   }
 
   /**

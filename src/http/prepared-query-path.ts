@@ -1,12 +1,14 @@
 import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http';
+import type { ExecutionResult } from 'graphql';
 import { processRegularResult } from 'graphql-yoga';
 import type { Logger } from 'pino';
 import { bearerToken } from '../auth/api-token.js';
-import { viewerContext } from '../graphql/context.js';
+import { type RequestContext, viewerContext } from '../graphql/context.js';
 import type { ErrorMasker } from '../graphql/plugins/mask-errors.js';
 import { recordOperation } from '../graphql/plugins/observe-operations.js';
 import { MAX_PREPARED_QUERY_LENGTH, type PreparedQueries } from '../graphql/prepared-queries.js';
 import type { PvegraphYoga } from '../graphql/yoga.js';
+import { unauthenticated } from '../graphql/plugins/require-viewer.js';
 import type { Services } from '../services.js';
 
 /** Bodies above this go straight to Yoga (a prepared query plus its variables is far smaller). */
@@ -14,6 +16,8 @@ const MAX_PREPARED_BODY_BYTES = MAX_PREPARED_QUERY_LENGTH + 8_192;
 
 /** Why a request was handed to Yoga (the metric's label values: a small fixed set). */
 type Handover = 'not_eligible' | 'not_prepared' | 'unauthenticated' | 'auth_error' | 'invalid_variables';
+/** How a request was answered here: run, or refused for its token. */
+type Answered = 'prepared' | 'refused';
 
 export interface PreparedQueryPathOptions {
   yoga: PvegraphYoga;
@@ -32,11 +36,13 @@ export interface PreparedQueryPathOptions {
  * the document is one Yoga itself has parsed and validated (PreparedQueries), the viewer is
  * checked as Yoga's context factory does, resolvers are the schema's own (run by the query
  * graphql-jit compiled), errors pass the same masker, and the same metrics and access-log
- * line are recorded.
+ * line are recorded. A known document sent with a missing or bad token is refused here with
+ * the error and status Yoga's useRequireViewer gives it, so a client retrying a revoked
+ * token costs no more than one with a valid token.
  *
  * Everything else goes to Yoga, with the body already read handed along: other methods and
- * content types, unknown documents, extensions, missing or bad tokens (Yoga words
- * UNAUTHENTICATED), refused variables (nothing ran; Yoga words the error). A result with
+ * content types, unknown documents, extensions, introspection without a token, tokens that
+ * could not be checked, refused variables (nothing ran; Yoga words the error). A result with
  * errors is formatted by Yoga's own result processor (status code by error kind, internals
  * stripped), so both paths answer byte for byte alike.
  *
@@ -48,14 +54,15 @@ export function createPreparedQueryPath(opts: PreparedQueryPathOptions) {
   const maxBody = Math.min(MAX_PREPARED_BODY_BYTES, opts.maxRequestBodyBytes);
   const count = {
     prepared: metrics.preparedRequests.labels({ path: 'prepared' }),
+    refused: metrics.preparedRequests.labels({ path: 'refused' }),
     not_eligible: metrics.preparedRequests.labels({ path: 'not_eligible' }),
     not_prepared: metrics.preparedRequests.labels({ path: 'not_prepared' }),
     unauthenticated: metrics.preparedRequests.labels({ path: 'unauthenticated' }),
     auth_error: metrics.preparedRequests.labels({ path: 'auth_error' }),
     invalid_variables: metrics.preparedRequests.labels({ path: 'invalid_variables' }),
-  } satisfies Record<Handover | 'prepared', unknown>;
+  } satisfies Record<Handover | Answered, unknown>;
 
-  async function answer(headers: IncomingHttpHeaders, raw: Buffer, mediaType: string, requestId: string, res: ServerResponse): Promise<Handover | null> {
+  async function answer(headers: IncomingHttpHeaders, raw: Buffer, mediaType: string, requestId: string, res: ServerResponse): Promise<Handover | Answered> {
     const params = graphqlParamsOf(raw);
     if (!params) return 'not_eligible';
     const entry = prepared.get(params.query, params.operationName);
@@ -69,14 +76,23 @@ export function createPreparedQueryPath(opts: PreparedQueryPathOptions) {
       // (masked, with its status) exactly as for a request it sees first.
       return 'auth_error';
     }
-    if (!viewer) return 'unauthenticated';
-
-    const context = viewerContext({ services, log, requestId }, viewer);
     const started = performance.now();
-    let result = await prepared.execute(entry, context, params.variables);
-    if (!result) return 'not_prepared';
-    if (!('data' in result) || result.data === undefined) return 'invalid_variables';
-    result = masker.maskResult(result, requestId);
+    let context: RequestContext;
+    let result: ExecutionResult;
+    if (viewer) {
+      context = viewerContext({ services, log, requestId }, viewer);
+      const executed = await prepared.execute(entry, context, params.variables);
+      if (!executed) return 'not_prepared';
+      if (!('data' in executed) || executed.data === undefined) return 'invalid_variables';
+      result = masker.maskResult(executed, requestId);
+    } else {
+      // Refused here as useRequireViewer refuses it in Yoga (same error, same 401): a client
+      // with a revoked or mistyped token would otherwise cost Yoga's whole pipeline per request.
+      if (entry.introspectionOnly) return 'unauthenticated';
+      const authFailure = token ? 'invalid' : 'missing';
+      context = { services, log, requestId, viewer: null, authFailure };
+      result = { errors: [unauthenticated(authFailure)] };
+    }
     recordOperation(metrics, context, { type: entry.type, operationName: params.operationName, errors: result.errors, started });
 
     const origin = headers.origin;
@@ -87,13 +103,13 @@ export function createPreparedQueryPath(opts: PreparedQueryPathOptions) {
       response.headers.forEach((value, name) => (out[name] = value));
       if (origin !== undefined) Object.assign(out, corsHeaders(origin));
       res.writeHead(response.status, out).end(await response.text());
-      return null;
+      return viewer ? 'prepared' : 'refused';
     }
     const body = JSON.stringify(result);
     const out: Record<string, string | number> = { 'content-type': `${mediaType}; charset=utf-8`, 'content-length': Buffer.byteLength(body) };
     if (origin !== undefined) Object.assign(out, corsHeaders(origin));
     res.writeHead(200, out).end(body);
-    return null;
+    return viewer ? 'prepared' : 'refused';
   }
 
   return async function tryPreparedQuery(req: IncomingMessage, res: ServerResponse, requestId: string): Promise<boolean> {
@@ -116,12 +132,9 @@ export function createPreparedQueryPath(opts: PreparedQueryPathOptions) {
     }
     const raw = await readBody(req, length);
     if (!raw) return true; // the client went away mid-body: nobody to answer
-    const handover = await answer(headers, raw, mediaType, requestId, res);
-    if (!handover) {
-      count.prepared.inc();
-      return true;
-    }
-    count[handover].inc();
+    const outcome = await answer(headers, raw, mediaType, requestId, res);
+    count[outcome].inc();
+    if (outcome === 'prepared' || outcome === 'refused') return true;
     // whatwg-node takes an already-read body from `req.body` (as behind a body parser).
     (req as IncomingMessage & { body?: Buffer }).body = raw;
     return false;

@@ -32,7 +32,7 @@ export class Metrics {
 
   readonly preparedRequests = new Counter({
     name: 'pvegraph_graphql_prepared_requests_total',
-    help: 'HTTP GraphQL requests by how they were served: answered on the prepared-query path, or handed to Yoga (and why).',
+    help: 'HTTP GraphQL requests by how they were served: answered on the prepared-query path (prepared; refused for a missing or bad token), or handed to Yoga (and why).',
     labelNames: ['path'] as const,
     registers: [this.registry],
   });

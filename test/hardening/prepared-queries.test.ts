@@ -27,7 +27,7 @@ interface Send {
   headers?: Record<string, string>;
 }
 
-type Path = 'prepared' | 'not_eligible' | 'not_prepared' | 'unauthenticated' | 'invalid_variables';
+type Path = 'prepared' | 'refused' | 'not_eligible' | 'not_prepared' | 'unauthenticated' | 'invalid_variables';
 
 let server: TestServer;
 let sim: Simulator;
@@ -63,7 +63,7 @@ function metricValue(text: string, series: string): number {
 
 /** How many requests took each path while `fn` ran. */
 async function pathsDuring<T>(fn: () => Promise<T>): Promise<{ result: T; took: Record<Path, number> }> {
-  const paths: Path[] = ['prepared', 'not_eligible', 'not_prepared', 'unauthenticated', 'invalid_variables'];
+  const paths: Path[] = ['prepared', 'refused', 'not_eligible', 'not_prepared', 'unauthenticated', 'invalid_variables'];
   const read = async () => {
     const text = await metricsText();
     return paths.map((p) => metricValue(text, `pvegraph_graphql_prepared_requests_total{path="${p}"}`));
@@ -74,7 +74,7 @@ async function pathsDuring<T>(fn: () => Promise<T>): Promise<{ result: T; took: 
   return { result, took: Object.fromEntries(paths.map((p, i) => [p, after[i]! - before[i]!])) as Record<Path, number> };
 }
 
-const none = { prepared: 0, not_eligible: 0, not_prepared: 0, unauthenticated: 0, invalid_variables: 0 };
+const none = { prepared: 0, refused: 0, not_eligible: 0, not_prepared: 0, unauthenticated: 0, invalid_variables: 0 };
 
 /** What a client sees of an answer (headers that differ by nature — date — left out). */
 const visible = (a: Answer, extra: string[] = []) => ({
@@ -168,24 +168,46 @@ describe('prepared-query path', () => {
     const [tokenRow] = await server.runtime.services.auth.listTokens(revoked.name);
     expect(await server.runtime.services.auth.revokeToken(tokenRow!.id)).toBe(1);
     const body = fresh(DOCUMENTS.vmidsTaken);
-    const badTokens: Send[] = [{ token: null }, { token: 'not-a-token' }, { token: revoked.token }];
+    const cors = ['access-control-allow-origin', 'vary', 'access-control-allow-credentials'];
+    const badTokens: Send[] = [
+      { token: null },
+      { token: 'not-a-token' },
+      { token: revoked.token },
+      { token: revoked.token, accept: 'application/graphql-response+json', headers: { origin: 'https://dash.example' } },
+    ];
 
     const before: Answer[] = [];
     for (const send of badTokens) before.push(await post(body, send));
     await post(body); // learns the document (if the refused requests have not already)
     expect((await pathsDuring(() => post(body))).took).toEqual({ ...none, prepared: 1 });
 
+    // Refused on the prepared path now (no Yoga pipeline per bad request), answered alike and
+    // counted alike (the UNAUTHENTICATED error metric, as Yoga's path records it).
+    const errorsBefore = metricValue(await metricsText(), 'pvegraph_graphql_errors_total{code="UNAUTHENTICATED"}');
     const after = await pathsDuring(async () => Promise.all(badTokens.map((send) => post(body, send))));
-    expect(after.took).toEqual({ ...none, unauthenticated: 3 });
+    expect(after.took).toEqual({ ...none, refused: badTokens.length });
     for (const [i, answer] of after.result.entries()) {
+      expect(answer.status).toBe(401);
       expect(JSON.parse(answer.body).errors[0].extensions.code).toBe('UNAUTHENTICATED');
-      expect(visible(answer)).toEqual(visible(before[i]!));
+      expect(visible(answer, cors)).toEqual(visible(before[i]!, cors));
     }
+    expect(metricValue(await metricsText(), 'pvegraph_graphql_errors_total{code="UNAUTHENTICATED"}') - errorsBefore).toBe(badTokens.length);
 
     const bob = await server.createUser();
     const asBob = await pathsDuring(() => post(body, { token: bob.token }));
     expect(asBob.took).toEqual({ ...none, prepared: 1 });
     expect(JSON.parse(asBob.result.body)).toMatchObject({ data: null, errors: [{ extensions: { code: 'NOT_FOUND' } }] });
+  });
+
+  // Introspection needs no token (GraphiQL loads the schema before one is pasted in): a known
+  // introspection-only document without a token is Yoga's to answer, not refused.
+  it('leaves introspection without a token to Yoga', async () => {
+    const body = { query: fresh((name) => `query ${name} { __typename }`) };
+    await post(body); // learns it
+    const { result, took } = await pathsDuring(() => post(body, { token: null }));
+    expect(took).toEqual({ ...none, unauthenticated: 1 });
+    expect(result.status).toBe(200);
+    expect(JSON.parse(result.body)).toEqual({ data: { __typename: 'Query' } });
   });
 
   // A repeated mutation is a second mutation: each reserveVmid hands out its own VMID, on

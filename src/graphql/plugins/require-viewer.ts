@@ -11,11 +11,7 @@ import type { RequestContext } from '../context.js';
 export function useRequireViewer(): Plugin<RequestContext> {
   const check = (document: DocumentNode, operationName: string | null | undefined, ctx: RequestContext) => {
     if (ctx.viewer || isIntrospectionOnly(document, operationName)) return null;
-    return new UnauthenticatedError(
-      ctx.authFailure === 'invalid'
-        ? 'The API token is not valid (unknown or revoked).'
-        : 'A valid API token is required (Authorization: Bearer <token>).',
-    );
+    return unauthenticated(ctx.authFailure);
   };
   return {
     onExecute({ args, setResultAndStopExecution }) {
@@ -29,7 +25,15 @@ export function useRequireViewer(): Plugin<RequestContext> {
   };
 }
 
-function isIntrospectionOnly(document: DocumentNode, operationName: string | null | undefined): boolean {
+/** The error of an operation refused for its token (also raised by the prepared-query path). */
+export function unauthenticated(failure: RequestContext['authFailure']): UnauthenticatedError {
+  return new UnauthenticatedError(
+    failure === 'invalid' ? 'The API token is not valid (unknown or revoked).' : 'A valid API token is required (Authorization: Bearer <token>).',
+  );
+}
+
+/** Operations that only introspect may run without a token (GraphiQL loads the schema first). */
+export function isIntrospectionOnly(document: DocumentNode, operationName: string | null | undefined): boolean {
   const operations = document.definitions.filter((d): d is OperationDefinitionNode => d.kind === Kind.OPERATION_DEFINITION);
   const operation = operationName ? operations.find((o) => o.name?.value === operationName) : operations[0];
   if (!operation || operation.operation !== 'query') return false;
