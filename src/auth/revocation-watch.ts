@@ -41,7 +41,7 @@ export class RevocationWatch {
     };
   }
 
-  /** How many connections are watched (for tests and metrics). */
+  /** How many connections are watched. */
   get size(): number {
     let n = 0;
     for (const items of this.byToken.values()) n += items.size;

@@ -6,9 +6,9 @@ import { bearerToken } from '../auth/api-token.js';
 import { type RequestContext, viewerContext } from '../graphql/context.js';
 import type { ErrorMasker } from '../graphql/plugins/mask-errors.js';
 import { recordOperation } from '../graphql/plugins/observe-operations.js';
+import { unauthenticated } from '../graphql/plugins/require-viewer.js';
 import { MAX_PREPARED_QUERY_LENGTH, type PreparedQueries } from '../graphql/prepared-queries.js';
 import type { PvegraphYoga } from '../graphql/yoga.js';
-import { unauthenticated } from '../graphql/plugins/require-viewer.js';
 import type { Services } from '../services.js';
 
 /** Bodies above this go straight to Yoga (a prepared query plus its variables is far smaller). */
