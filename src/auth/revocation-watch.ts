@@ -1,12 +1,14 @@
 /**
  * Long-lived connections authenticated once when they opened — WebSockets, SSE subscriptions —
  * must not outlive their token. Each is watched under its token, and a periodic sweep checks
- * every watched token and ends what belongs to a revoked one, idle or not, within about one
- * token cache lifetime of the revocation.
+ * every watched token and ends what belongs to a revoked one, idle or not.
  *
  * Each token is checked once per sweep, however many connections share it (a dashboard fleet
  * behind one token may hold thousands), and through AuthService.verify, so the check is the
- * cached one: the database is asked at most once per token per cache lifetime.
+ * cached one: the database is asked at most once per token per cache lifetime. A verified
+ * token is trusted for one cache lifetime, and a sweep in the last fifth of it starts the
+ * re-check, so with sweeps every fifth of the lifetime a revocation ends everything within
+ * about 1.2 × TOKEN_CACHE_TTL_MS (plus the database round trip).
  */
 export interface Revocable {
   /** Ends the connection or stream because its token no longer verifies. Called at most once. */
@@ -18,6 +20,8 @@ export interface RevocationWatchOptions {
   verify: (token: string) => Promise<unknown>;
   /** How often every watched token is checked. */
   intervalMs: number;
+  /** A connection's revoke() threw (a bug: the others of its token are still ended). */
+  onRevokeFailed?: (err: unknown) => void;
 }
 
 export class RevocationWatch {
@@ -25,6 +29,7 @@ export class RevocationWatch {
   private readonly timer: NodeJS.Timeout;
 
   constructor(private readonly opts: RevocationWatchOptions) {
+    // sweep() does not reject: each token's check and each revoke() catch their own errors.
     this.timer = setInterval(() => void this.sweep(), opts.intervalMs);
     this.timer.unref();
   }
@@ -67,6 +72,12 @@ export class RevocationWatch {
     if (viewer !== null) return;
     const items = this.byToken.get(token);
     this.byToken.delete(token);
-    for (const item of items ?? []) item.revoke();
+    for (const item of items ?? []) {
+      try {
+        item.revoke();
+      } catch (err) {
+        this.opts.onRevokeFailed?.(err);
+      }
+    }
   }
 }

@@ -126,11 +126,14 @@ function keyOf(query: string, operationName: string | null): string {
 
 /**
  * Learns prepared queries from operations Yoga executes. onExecute runs only after the
- * document parsed and validated, so what it sees has passed every limit.
+ * document parsed and validated, so what it sees has passed every limit. Only from
+ * authenticated requests: tokenless clients (introspection needs none) must not be able to
+ * push dashboards' documents out of the bounded list.
  */
 export function useLearnPreparedQueries(prepared: PreparedQueries): Plugin<RequestContext> {
   return {
     onExecute({ args }) {
+      if (!args.contextValue.viewer) return;
       const params = (args.contextValue as { params?: GraphQLParams }).params;
       if (typeof params?.query !== 'string') return;
       prepared.remember(params.query, params.operationName ?? null, args.document);

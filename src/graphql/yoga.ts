@@ -13,6 +13,7 @@ import type { Metrics } from '../observability/metrics.js';
 import type { Services } from '../services.js';
 import { type RequestContext, type SubscriptionSink, viewerContext } from './context.js';
 import { useEndRevokedSubscriptions } from './plugins/end-revoked-subscriptions.js';
+import { useEndUnansweredStreams } from './plugins/end-unanswered-streams.js';
 import { type ErrorMasker, useMaskErrors } from './plugins/mask-errors.js';
 import { useObserveOperations } from './plugins/observe-operations.js';
 import { useRequireViewer } from './plugins/require-viewer.js';
@@ -90,6 +91,7 @@ export function createPvegraphYoga(opts: YogaOptions): PvegraphYoga {
     ...(opts.revocations ? [useEndRevokedSubscriptions(opts.revocations)] : []),
     // Last: replaces the subscribe function (one execution per event and operation).
     useShareSubscriptionEvents(masker),
+    useEndUnansweredStreams(),
   ];
   if (!opts.introspection) plugins.push(useDisableIntrospection() as Plugin<RequestContext>);
 

@@ -62,8 +62,13 @@ export function createApp({ services, log, config }: AppOptions): App {
   const { metrics } = services;
   const prepared = new PreparedQueries(schema);
   const masker = createErrorMasker(log);
-  // Sockets and SSE subscriptions of a revoked token are ended too, idle or not.
-  const revocations = new RevocationWatch({ verify: (token) => services.auth.verify(token), intervalMs: Math.max(1_000, config.tokenCacheTtlMs) });
+  // Sockets and SSE subscriptions of a revoked token are ended too, idle or not: a sweep every
+  // fifth of the token cache lifetime ends them within about 1.2 × that lifetime.
+  const revocations = new RevocationWatch({
+    verify: (token) => services.auth.verify(token),
+    intervalMs: Math.max(1_000, config.tokenCacheTtlMs / 5),
+    onRevokeFailed: (err) => log.error({ err }, 'could not end a connection of a revoked token'),
+  });
   const yoga = createPvegraphYoga({
     revocations,
     prepared,

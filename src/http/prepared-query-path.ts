@@ -1,5 +1,5 @@
 import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http';
-import type { ExecutionResult } from 'graphql';
+import type { GraphQLError } from 'graphql';
 import { processRegularResult } from 'graphql-yoga';
 import type { Logger } from 'pino';
 import { bearerToken } from '../auth/api-token.js';
@@ -18,6 +18,14 @@ const MAX_PREPARED_BODY_BYTES = MAX_PREPARED_QUERY_LENGTH + 8_192;
 type Handover = 'not_eligible' | 'not_prepared' | 'unauthenticated' | 'auth_error' | 'invalid_variables';
 /** How a request was answered here: run, or refused for its token. */
 type Answered = 'prepared' | 'refused';
+
+/** A refused token's answer, as Yoga formats it (see refusalOf). */
+interface Refusal {
+  status: number;
+  headers: Record<string, string>;
+  body: string;
+  errors: readonly GraphQLError[];
+}
 
 export interface PreparedQueryPathOptions {
   yoga: PvegraphYoga;
@@ -77,25 +85,26 @@ export function createPreparedQueryPath(opts: PreparedQueryPathOptions) {
       return 'auth_error';
     }
     const started = performance.now();
-    let context: RequestContext;
-    let result: ExecutionResult;
-    if (viewer) {
-      context = viewerContext({ services, log, requestId }, viewer);
-      const executed = await prepared.execute(entry, context, params.variables);
-      if (!executed) return 'not_prepared';
-      if (!('data' in executed) || executed.data === undefined) return 'invalid_variables';
-      result = masker.maskResult(executed, requestId);
-    } else {
+    const origin = headers.origin;
+    if (!viewer) {
       // Refused here as useRequireViewer refuses it in Yoga (same error, same 401): a client
       // with a revoked or mistyped token would otherwise cost Yoga's whole pipeline per request.
       if (entry.introspectionOnly) return 'unauthenticated';
       const authFailure = token ? 'invalid' : 'missing';
-      context = { services, log, requestId, viewer: null, authFailure };
-      result = { errors: [unauthenticated(authFailure)] };
+      const refusal = await refusalOf(authFailure, mediaType);
+      const context: RequestContext = { services, log, requestId, viewer: null, authFailure };
+      recordOperation(metrics, context, { type: entry.type, operationName: params.operationName, errors: refusal.errors, started });
+      res.writeHead(refusal.status, origin === undefined ? refusal.headers : { ...refusal.headers, ...corsHeaders(origin) }).end(refusal.body);
+      return 'refused';
     }
+
+    const context = viewerContext({ services, log, requestId }, viewer);
+    const executed = await prepared.execute(entry, context, params.variables);
+    if (!executed) return 'not_prepared';
+    if (!('data' in executed) || executed.data === undefined) return 'invalid_variables';
+    const result = masker.maskResult(executed, requestId);
     recordOperation(metrics, context, { type: entry.type, operationName: params.operationName, errors: result.errors, started });
 
-    const origin = headers.origin;
     if (result.errors?.length || result.extensions) {
       // Yoga's own formatting: status code by error kind, internals stripped.
       const response = await processRegularResult(result, yoga.fetchAPI, mediaType);
@@ -103,13 +112,35 @@ export function createPreparedQueryPath(opts: PreparedQueryPathOptions) {
       response.headers.forEach((value, name) => (out[name] = value));
       if (origin !== undefined) Object.assign(out, corsHeaders(origin));
       res.writeHead(response.status, out).end(await response.text());
-      return viewer ? 'prepared' : 'refused';
+      return 'prepared';
     }
     const body = JSON.stringify(result);
     const out: Record<string, string | number> = { 'content-type': `${mediaType}; charset=utf-8`, 'content-length': Buffer.byteLength(body) };
     if (origin !== undefined) Object.assign(out, corsHeaders(origin));
     res.writeHead(200, out).end(body);
-    return viewer ? 'prepared' : 'refused';
+    return 'prepared';
+  }
+
+  /**
+   * The answer to a refused token never changes: Yoga's formatting of each (failure, media
+   * type) pair is made once, so a refusal costs no error object, Response or stringify.
+   */
+  const refusals = new Map<string, Promise<Refusal>>();
+  function refusalOf(failure: 'missing' | 'invalid', mediaType: string): Promise<Refusal> {
+    const key = `${failure} ${mediaType}`;
+    let refusal = refusals.get(key);
+    if (!refusal) {
+      const errors = [unauthenticated(failure)];
+      refusal = (async () => {
+        const response = await processRegularResult({ errors }, yoga.fetchAPI, mediaType);
+        const headers: Record<string, string> = {};
+        response.headers.forEach((value, name) => (headers[name] = value));
+        return { status: response.status, headers, body: await response.text(), errors };
+      })();
+      refusal.catch(() => refusals.delete(key)); // not kept if it failed: the next one retries
+      refusals.set(key, refusal);
+    }
+    return refusal;
   }
 
   return async function tryPreparedQuery(req: IncomingMessage, res: ServerResponse, requestId: string): Promise<boolean> {

@@ -45,6 +45,24 @@ describe('RevocationWatch', () => {
     watch.stop();
   });
 
+  it('ends the other connections of a token when ending one throws, and reports it', async () => {
+    const failures: unknown[] = [];
+    const watch = new RevocationWatch({ verify: async () => null, intervalMs: 60_000, onRevokeFailed: (err) => failures.push(err) });
+    const revoked: string[] = [];
+    watch.watch('bad', { revoke: () => void revoked.push('first') });
+    watch.watch('bad', {
+      revoke: () => {
+        throw new Error('socket already gone');
+      },
+    });
+    watch.watch('bad', { revoke: () => void revoked.push('third') });
+    await expect(watch.sweep()).resolves.toBeUndefined();
+    expect(revoked).toEqual(['first', 'third']);
+    expect(failures).toHaveLength(1);
+    expect(watch.size).toBe(0);
+    watch.stop();
+  });
+
   it('forgets what is unwatched, and unwatching twice is harmless', async () => {
     const { watch, checked, revoked, item } = setup({});
     const unwatch = watch.watch('bad', item('closed-by-client'));

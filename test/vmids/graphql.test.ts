@@ -322,6 +322,40 @@ describe('subscriptions per user', () => {
     }
   });
 
+  // Yoga answers 406 to a subscription whose Accept allows no streaming format, after the
+  // subscription has started: it must not keep a slot (nor the gauge) for ever.
+  it('frees the slot of a subscription answered 406 (no streaming format accepted)', async () => {
+    const sim = await startTestSimulator();
+    const server = await startTestServer({ env: { MAX_SUBSCRIPTIONS_PER_USER: '1' } });
+    const subs: Array<ReturnType<typeof subscribe>> = [];
+    try {
+      const { token } = await server.createUser();
+      const nodeId = (await server.gql(CreateNode, { input: nodeInputFor(sim) as never }, token)).data!.createNode.id;
+      for (const accept of ['application/json', 'application/graphql-response+json']) {
+        const res = await fetch(server.graphqlUrl, {
+          method: 'POST',
+          headers: { 'content-type': 'application/json', accept, authorization: `Bearer ${token}` },
+          body: JSON.stringify({ query: VmidEvents, variables: { nodeId } }),
+        });
+        expect(res.status).toBe(406);
+      }
+      const active = async () => {
+        const text = await (await fetch(`${server.url}/metrics`)).text();
+        return Number(text.split('\n').find((l) => l.startsWith('pvegraph_active_subscriptions '))?.split(' ')[1]);
+      };
+      await expect.poll(active).toBe(0);
+      // The one slot is free: a real subscription gets its SYNC.
+      const sub = subscribe(server, token, nodeId);
+      subs.push(sub);
+      await expect.poll(() => sub.events.length).toBe(1);
+      expect(sub.errors).toEqual([]);
+    } finally {
+      for (const s of subs) await s.close();
+      await server.stop();
+      await sim.stop();
+    }
+  });
+
   // A subscription that fails (Redis gone when it starts) frees its one slot, not two: the cap
   // still holds afterwards (with 2 allowed and one open, one more opens, the next is refused).
   it('frees the slot of a failed subscription once', async () => {

@@ -12,7 +12,7 @@ const DONE: IteratorResult<ExecutionResult> = { value: undefined, done: true };
 /**
  * An SSE subscription is authenticated once, when its request arrives, and may then stream for
  * days. When its token is revoked, the stream's last event is an UNAUTHENTICATED error and the
- * stream completes (within about one token cache lifetime; RevocationWatch), as a revoked
+ * stream completes (within about 1.2 token cache lifetimes; RevocationWatch), as a revoked
  * token's WebSocket is closed with 4403. WebSocket operations are left to the socket's own
  * watch (app.ts): they have a sink.
  */
@@ -33,15 +33,23 @@ export function useEndRevokedSubscriptions(watch: RevocationWatch): Plugin<Reque
 }
 
 /** `stream`, until the token is revoked: then one error result, and done. */
-function endOnRevocation(stream: ResultStream, watch: RevocationWatch, token: string): AsyncGenerator<ExecutionResult, void, void> {
+export function endOnRevocation(stream: ResultStream, watch: RevocationWatch, token: string): AsyncGenerator<ExecutionResult, void, void> {
   const source = stream[Symbol.asyncIterator]();
-  const revokedStep: IteratorResult<ExecutionResult> = {
+  const revokedStep = (): IteratorResult<ExecutionResult> => ({
     value: { errors: [new UnauthenticatedError('The API token has been revoked.')] },
     done: false,
-  };
+  });
   let state: 'open' | 'revoked' | 'done' = 'open';
   /** The consumer's pending next(), answered by the source or by a revocation, whichever is first. */
   let waiting: ((step: IteratorResult<ExecutionResult>) => void) | null = null;
+  /** next() calls made before the previous one settled wait for it (one `waiting` at a time). */
+  let previous: Promise<unknown> = Promise.resolve();
+  let sourceEnded: Promise<void> | null = null;
+  /** Ends the source once: its end hooks release the subscription's slot, gauge and Redis listener. */
+  const endSource = (): Promise<void> =>
+    (sourceEnded ??= (async () => {
+      await source.return?.();
+    })().catch(() => undefined));
   /** Ends this stream; a pending next() gets `last`. */
   const close = (last: IteratorResult<ExecutionResult> = DONE) => {
     state = 'done';
@@ -54,25 +62,24 @@ function endOnRevocation(stream: ResultStream, watch: RevocationWatch, token: st
     revoke() {
       if (state !== 'open') return;
       state = 'revoked';
-      // Ends the source: the subscription's slot, gauge and Redis listener are released.
-      void Promise.resolve(source.return?.()).catch(() => undefined);
-      if (waiting) close(revokedStep); // else the next next() answers it
+      void endSource();
+      if (waiting) close(revokedStep()); // else the next next() answers it
     },
   });
-  const next = (): Promise<IteratorResult<ExecutionResult>> => {
+  const step = (): Promise<IteratorResult<ExecutionResult>> => {
     if (state === 'done') return Promise.resolve(DONE);
     if (state === 'revoked') {
       close();
-      return Promise.resolve(revokedStep);
+      return Promise.resolve(revokedStep());
     }
     return new Promise((resolve, reject) => {
       waiting = resolve;
       source.next().then(
-        (step) => {
+        (result) => {
           if (waiting !== resolve) return; // answered already (revoked, or returned)
           waiting = null;
-          if (step.done) close();
-          resolve(step);
+          if (result.done) close();
+          resolve(result);
         },
         (error: unknown) => {
           if (waiting !== resolve) return;
@@ -83,15 +90,20 @@ function endOnRevocation(stream: ResultStream, watch: RevocationWatch, token: st
       );
     });
   };
+  const settled = () => undefined;
   const gen = {
-    next,
+    next: () => {
+      const result = previous.then(step);
+      previous = result.then(settled, settled);
+      return result;
+    },
     return: () => {
       close();
-      return (source.return?.() ?? Promise.resolve()).then(() => DONE);
+      return endSource().then(() => DONE);
     },
     throw: (error: unknown) => {
       close();
-      return (source.return?.() ?? Promise.resolve()).then(() => Promise.reject(error));
+      return endSource().then(() => Promise.reject(error));
     },
     [Symbol.asyncIterator]() {
       return gen;
