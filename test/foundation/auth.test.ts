@@ -4,7 +4,7 @@ import WebSocket from 'ws';
 import { graphql } from '../gql/index.js';
 import { TEST_REDIS_URL } from '../support/env.js';
 import { startTcpProxy, type TcpProxy } from '../support/tcp-proxy.js';
-import { startTestServer, type TestServer } from '../support/test-server.js';
+import { metricValue, startTestServer, type TestServer } from '../support/test-server.js';
 
 const Me = graphql(`
   query Me {
@@ -191,11 +191,7 @@ describe('revoking a token with streams open', () => {
   });
 
   /** Subscriptions streaming on the server (its gauge). */
-  async function activeSubscriptions(): Promise<number> {
-    const text = await (await fetch(`${server.url}/metrics`)).text();
-    const line = text.split('\n').find((l) => l.startsWith('pvegraph_active_subscriptions '));
-    return Number(line?.split(' ')[1] ?? NaN);
-  }
+  const activeSubscriptions = () => metricValue(server, 'pvegraph_active_subscriptions');
 
   /** A `vmidEvents` subscription over SSE (no nodes: it streams nothing until it ends). */
   async function openSse(token: string) {

@@ -104,6 +104,13 @@ export async function startTestServer(opts: TestServerOptions = {}): Promise<Tes
   };
 }
 
+/** The current value of one Prometheus series on the server's /metrics (NaN when absent). */
+export async function metricValue(server: Pick<TestServer, 'url'>, series: string): Promise<number> {
+  const text = await (await fetch(`${server.url}/metrics`)).text();
+  const line = text.split('\n').find((l) => l.startsWith(`${series} `));
+  return line ? Number(line.slice(series.length + 1)) : Number.NaN;
+}
+
 export function uniqueRedisPrefix(): string {
   return `${inject('runId')}:${randomBytes(4).toString('hex')}:`;
 }

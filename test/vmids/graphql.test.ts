@@ -5,7 +5,7 @@ import { CreateNode, RegisterContainer, UnregisterContainer } from '../nodes/doc
 import { TEST_REDIS_URL } from '../support/env.js';
 import { nodeInputFor, type Simulator, startTestSimulator } from '../support/simulator.js';
 import { startTcpProxy } from '../support/tcp-proxy.js';
-import { startTestServer, type TestServer } from '../support/test-server.js';
+import { metricValue, startTestServer, type TestServer } from '../support/test-server.js';
 import {
   InvalidateVmidCache,
   IsVmidTaken,
@@ -339,11 +339,7 @@ describe('subscriptions per user', () => {
         });
         expect(res.status).toBe(406);
       }
-      const active = async () => {
-        const text = await (await fetch(`${server.url}/metrics`)).text();
-        return Number(text.split('\n').find((l) => l.startsWith('pvegraph_active_subscriptions '))?.split(' ')[1]);
-      };
-      await expect.poll(active).toBe(0);
+      await expect.poll(() => metricValue(server, 'pvegraph_active_subscriptions')).toBe(0);
       // The one slot is free: a real subscription gets its SYNC.
       const sub = subscribe(server, token, nodeId);
       subs.push(sub);

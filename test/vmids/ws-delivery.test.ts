@@ -3,7 +3,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
 import { CreateNode } from '../nodes/documents.js';
 import { nodeInputFor, type Simulator, startTestSimulator } from '../support/simulator.js';
-import { startTestServer, type TestServer } from '../support/test-server.js';
+import { metricValue, startTestServer, type TestServer } from '../support/test-server.js';
 import { ReleaseVmid, ReserveVmid, VmidEvents, VmidsTaken } from './documents.js';
 
 /**
@@ -72,10 +72,7 @@ async function connect(server: TestServer, token: string): Promise<RawClient> {
   return client;
 }
 
-async function activeSubscriptions(server: TestServer): Promise<number> {
-  const text = await (await fetch(`${server.url}/metrics`)).text();
-  return Number(/^pvegraph_active_subscriptions (\d+)/m.exec(text)?.[1]);
-}
+const activeSubscriptions = (server: TestServer) => metricValue(server, 'pvegraph_active_subscriptions');
 
 const ofId = (frames: Frame[], id: string) => frames.filter((f) => f.message.id === id);
 const nexts = (frames: Frame[], id: string) => ofId(frames, id).filter((f) => f.message.type === 'next');
