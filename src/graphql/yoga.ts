@@ -88,7 +88,7 @@ export function createPvegraphYoga(opts: YogaOptions): PvegraphYoga {
     ...(opts.prepared ? [useLearnPreparedQueries(opts.prepared)] : []),
     // After the plugins that register with a subscription's stream (its gauge and slot are
     // released through the stream it wraps).
-    ...(opts.revocations ? [useEndRevokedSubscriptions(opts.revocations)] : []),
+    ...(opts.revocations ? [useEndRevokedSubscriptions(opts.revocations, () => metrics.revokedConnections.inc({ transport: 'sse' }))] : []),
     // Last: replaces the subscribe function (one execution per event and operation).
     useShareSubscriptionEvents(masker),
     useEndUnansweredStreams(),

@@ -153,7 +153,15 @@ export function createApp({ services, log, config }: AppOptions): App {
         ctx.extra.counted = true;
         tokens.set(ctx.extra.socket, token!);
         const socket = ctx.extra.socket;
-        socket.once('close', revocations.watch(token!, { revoke: () => socket.close(WsCloseCode.Forbidden, 'Forbidden') }));
+        socket.once(
+          'close',
+          revocations.watch(token!, {
+            revoke: () => {
+              metrics.revokedConnections.inc({ transport: 'websocket' });
+              socket.close(WsCloseCode.Forbidden, 'Forbidden');
+            },
+          }),
+        );
         return true;
       },
       onClose: (ctx) => {

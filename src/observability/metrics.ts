@@ -50,6 +50,13 @@ export class Metrics {
     registers: [this.registry],
   });
 
+  readonly revokedConnections = new Counter({
+    name: 'pvegraph_revoked_connections_total',
+    help: 'WebSockets closed (4403) and SSE subscriptions ended because their API token was revoked.',
+    labelNames: ['transport'] as const,
+    registers: [this.registry],
+  });
+
   readonly webSockets = new Gauge({
     name: 'pvegraph_websocket_connections',
     help: 'Open graphql-ws connections.',

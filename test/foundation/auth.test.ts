@@ -154,12 +154,15 @@ describe('revoking a token with streams open', () => {
     };
     const frank = await server.createUser('frank');
     const [first, second, other] = await Promise.all([open(erin.token), open(erin.token), open(frank.token)]);
+    const revokedBefore = await metricValue(server, 'pvegraph_revoked_connections_total{transport="websocket"}');
     const [token] = await server.runtime.services.auth.listTokens('erin');
     await server.runtime.services.auth.revokeToken(token!.id);
     const revokedAt = Date.now();
     expect(await Promise.all([first.closed, second.closed])).toEqual([4403, 4403]);
     expect(Date.now() - revokedAt).toBeLessThan(5_000);
     expect(other.socket.readyState).toBe(WebSocket.OPEN);
+    // Counted, so an operator can see the revocation take effect.
+    expect((await metricValue(server, 'pvegraph_revoked_connections_total{transport="websocket"}')) - (revokedBefore || 0)).toBe(2);
     other.socket.close();
   });
 
@@ -171,6 +174,7 @@ describe('revoking a token with streams open', () => {
     const activeBefore = await activeSubscriptions();
     const [first, second, other] = await Promise.all([openSse(gina.token), openSse(gina.token), openSse(hugo.token)]);
     await expect.poll(activeSubscriptions).toBe(activeBefore + 3);
+    const revokedBefore = (await metricValue(server, 'pvegraph_revoked_connections_total{transport="sse"}')) || 0;
 
     const [token] = await server.runtime.services.auth.listTokens('gina');
     await server.runtime.services.auth.revokeToken(token!.id);
@@ -185,6 +189,7 @@ describe('revoking a token with streams open', () => {
     expect(Date.now() - revokedAt).toBeLessThan(5_000);
     // The subscriptions are gone on the server too (gauge, per-user slots, Redis listeners).
     await expect.poll(activeSubscriptions).toBe(activeBefore + 1);
+    expect((await metricValue(server, 'pvegraph_revoked_connections_total{transport="sse"}')) - revokedBefore).toBe(2);
     expect(other.closed).toBe(false);
     other.abort();
     await expect.poll(activeSubscriptions).toBe(activeBefore);

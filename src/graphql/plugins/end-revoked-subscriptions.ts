@@ -16,7 +16,7 @@ const DONE: IteratorResult<ExecutionResult> = { value: undefined, done: true };
  * token's WebSocket is closed with 4403. WebSocket operations are left to the socket's own
  * watch (app.ts): they have a sink.
  */
-export function useEndRevokedSubscriptions(watch: RevocationWatch): Plugin<RequestContext> {
+export function useEndRevokedSubscriptions(watch: RevocationWatch, onRevoked?: () => void): Plugin<RequestContext> {
   return {
     onSubscribe({ args }) {
       const ctx = args.contextValue as RequestContext & { request?: Request };
@@ -25,7 +25,7 @@ export function useEndRevokedSubscriptions(watch: RevocationWatch): Plugin<Reque
       if (!token) return;
       return {
         onSubscribeResult({ result, setResult }) {
-          if (Symbol.asyncIterator in result) setResult(endOnRevocation(result as ResultStream, watch, token));
+          if (Symbol.asyncIterator in result) setResult(endOnRevocation(result as ResultStream, watch, token, onRevoked));
         },
       };
     },
@@ -33,7 +33,7 @@ export function useEndRevokedSubscriptions(watch: RevocationWatch): Plugin<Reque
 }
 
 /** `stream`, until the token is revoked: then one error result, and done. */
-export function endOnRevocation(stream: ResultStream, watch: RevocationWatch, token: string): AsyncGenerator<ExecutionResult, void, void> {
+export function endOnRevocation(stream: ResultStream, watch: RevocationWatch, token: string, onRevoked?: () => void): AsyncGenerator<ExecutionResult, void, void> {
   const source = stream[Symbol.asyncIterator]();
   const revokedStep = (): IteratorResult<ExecutionResult> => ({
     value: { errors: [new UnauthenticatedError('The API token has been revoked.')] },
@@ -62,6 +62,7 @@ export function endOnRevocation(stream: ResultStream, watch: RevocationWatch, to
     revoke() {
       if (state !== 'open') return;
       state = 'revoked';
+      onRevoked?.();
       void endSource();
       if (waiting) close(revokedStep()); // else the next next() answers it
     },
