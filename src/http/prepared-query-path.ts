@@ -108,8 +108,7 @@ export function createPreparedQueryPath(opts: PreparedQueryPathOptions) {
     if (result.errors?.length || result.extensions) {
       // Yoga's own formatting: status code by error kind, internals stripped.
       const response = await processRegularResult(result, yoga.fetchAPI, mediaType);
-      const out: Record<string, string> = {};
-      response.headers.forEach((value, name) => (out[name] = value));
+      const out = headersOf(response);
       if (origin !== undefined) Object.assign(out, corsHeaders(origin));
       res.writeHead(response.status, out).end(await response.text());
       return 'prepared';
@@ -133,9 +132,7 @@ export function createPreparedQueryPath(opts: PreparedQueryPathOptions) {
       const errors = [unauthenticated(failure)];
       refusal = (async () => {
         const response = await processRegularResult({ errors }, yoga.fetchAPI, mediaType);
-        const headers: Record<string, string> = {};
-        response.headers.forEach((value, name) => (headers[name] = value));
-        return { status: response.status, headers, body: await response.text(), errors };
+        return { status: response.status, headers: headersOf(response), body: await response.text(), errors };
       })();
       refusal.catch(() => refusals.delete(key)); // not kept if it failed: the next one retries
       refusals.set(key, refusal);
@@ -228,6 +225,13 @@ export function resultMediaType(accept: string | undefined): string | null {
     }
   }
   return chosen;
+}
+
+/** A Fetch response's headers as Node's writeHead takes them. */
+function headersOf(response: Response): Record<string, string> {
+  const out: Record<string, string> = {};
+  response.headers.forEach((value, name) => (out[name] = value));
+  return out;
 }
 
 /** What Yoga's default CORS (any origin, credentials) adds to a simple request's answer. */
