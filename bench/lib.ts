@@ -4,6 +4,7 @@ import { readFileSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { type Dispatcher, request } from 'undici';
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 /**
@@ -203,6 +204,22 @@ export async function gql<T = any>(url: string, token: string, query: string, va
     body: JSON.stringify({ query, variables }),
   });
   return { status: res.status, ...((await res.json()) as object) } as GqlResult<T>;
+}
+
+/**
+ * `gql` through undici's `request` on a given keep-alive dispatcher. For load that runs while
+ * a measurement is taken: `fetch` costs ~0.7–1.3 ms of CPU per request here (WHATWG streams,
+ * Request/Response objects), `request` ~0.25 ms, and on two cores that CPU is taken from the
+ * server being measured and from the receiving clients.
+ */
+export async function gqlVia<T = any>(dispatcher: Dispatcher, url: string, token: string, query: string, variables: Record<string, unknown> = {}): Promise<GqlResult<T>> {
+  const res = await request(url, {
+    method: 'POST',
+    dispatcher,
+    headers: { 'content-type': 'application/json', accept: 'application/graphql-response+json, application/json', authorization: `Bearer ${token}` },
+    body: JSON.stringify({ query, variables }),
+  });
+  return { status: res.statusCode, ...((await res.body.json()) as object) } as GqlResult<T>;
 }
 
 /** Like gql but throws on any error. */

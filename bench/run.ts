@@ -35,6 +35,7 @@ import {
   freePort,
   gql,
   gqlOk,
+  gqlVia,
   killAll,
   median,
   nextMessage,
@@ -402,6 +403,10 @@ async function scenario2(sim: Simulator) {
   console.log(`  clock offset subscriber process − orchestrator: ${fmt(fleet.offset, 3)} ms (corrected)`);
   const users = 100;
   const perNode = Math.floor(SUBSCRIBERS / users);
+  // Every fan-out's trigger (the broadcast POST, the mutations) goes through undici's request,
+  // not fetch: on two cores, the trigger's own CPU is taken from the server and the
+  // subscribers being measured (gqlVia; finding 23).
+  const triggers = new Agent();
 
   // ---- baseline: bare ws broadcast
   const wsPort = await freePort();
@@ -411,12 +416,14 @@ async function scenario2(sim: Simulator) {
   const bo = await fleet.open(`ws://127.0.0.1:${wsPort}/graphql`, [{ token: 'none', nodeId: null, count: perNode * users }]);
   const baseRss1 = await settleRss(wsBase.pid!);
   console.log(`  baseline: ${bo.ok} subscribed in ${fmt(bo.ms / 1000, 1)} s (${bo.failed} failed)`);
-  const broadcast = () => fetch(`http://127.0.0.1:${wsPort}/broadcast`, { method: 'POST' });
+  const broadcast = () => request(`http://127.0.0.1:${wsPort}/broadcast`, { method: 'POST', dispatcher: triggers }).then((r) => r.body.dump());
   await warmUpRound(fleet, broadcast);
   await fleet.arm();
+  const bCpu = cpuWindow([wsBase.pid!, fleet.child.pid!]);
   const bSent = now();
   await broadcast();
   const br = await fleet.received(30_000);
+  const bCpuMs = bCpu();
   const bLat = latencies(fleet, br, () => bSent);
   await fleet.close();
   await stopChild(wsBase);
@@ -439,15 +446,17 @@ async function scenario2(sim: Simulator) {
     Promise.all(
       tenants.map((t, i) => {
         sentA[i] = now();
-        return gql(server.graphqlUrl, t.token, INVALIDATE, { n: t.nodeId });
+        return gqlVia(triggers, server.graphqlUrl, t.token, INVALIDATE, { n: t.nodeId });
       }),
     );
   await warmUpRound(fleet, invalidateAll);
   await fleet.arm();
   profileWindow(server, 'A');
+  const aCpu = cpuWindow([server.pid, fleet.child.pid!]);
   const mutA = await invalidateAll();
   const mutErrors = mutA.filter((r) => r.errors?.length).length;
   const ar = await fleet.received(60_000);
+  const aCpuMs = aCpu();
   profileWindow(server, 'A');
   const aLat = latencies(fleet, ar, (g) => sentA[g]!);
   await fleet.close();
@@ -460,17 +469,20 @@ async function scenario2(sim: Simulator) {
   const bo2 = await fleet.open(server.wsUrl, [{ token: hot.token, nodeId: hotNode, count: perNode * users }]);
   console.log(`  phase B: ${bo2.ok} subscribed in ${fmt(bo2.ms / 1000, 1)} s (${bo2.failed} failed${bo2.errors.length ? `: ${bo2.errors.join('; ')}` : ''})`);
   const rssB1 = await settleRss(server.pid);
-  await warmUpRound(fleet, () => gql(server.graphqlUrl, hot.token, INVALIDATE, { n: hotNode }));
+  await warmUpRound(fleet, () => gqlVia(triggers, server.graphqlUrl, hot.token, INVALIDATE, { n: hotNode }));
   await fleet.arm();
   profileWindow(server, 'B');
+  const hCpu = cpuWindow([server.pid, fleet.child.pid!]);
   const sentB = now();
-  const mutB = await gql(server.graphqlUrl, hot.token, INVALIDATE, { n: hotNode });
+  const mutB = await gqlVia(triggers, server.graphqlUrl, hot.token, INVALIDATE, { n: hotNode });
   const mutBDone = now();
   const hr = await fleet.received(60_000);
+  const hCpuMs = hCpu();
   profileWindow(server, 'B');
   const hLat = latencies(fleet, hr, () => sentB);
   await fleet.close();
   fleet.child.kill('SIGTERM');
+  await triggers.close();
 
   const n = perNode * users;
   row({ scenario: 2, metric: `A: delivery latency, 100 nodes × ${perNode} subscribers, 100 invalidations at once`, server: distStr(aLat.d), baseline: distStr(bLat.d), ratio: `p99 ${ratio(aLat.d.p99, bLat.d.p99, 1)}`, goal: 'p99 < 250 ms', status: aLat.d.p99 < 250 && aLat.missing === 0 ? 'PASS' : 'MISS' });
@@ -478,6 +490,8 @@ async function scenario2(sim: Simulator) {
   row({ scenario: 2, metric: `A: server RSS per idle subscriber (${fmt(rss0 / 1024, 0)} → ${fmt(rss1 / 1024, 0)} MB)`, server: `${fmt(kbPerSub, 1)} KB`, baseline: `${fmt(baseKb, 1)} KB`, ratio: ratio(kbPerSub, baseKb, 1), goal: '< 30 KB', status: kbPerSub < 30 ? 'PASS' : 'MISS' });
   row({ scenario: 2, metric: `time to subscribe ${n} (100 in flight)`, server: `A ${fmt(ao.ms / 1000, 1)} s, B ${fmt(bo2.ms / 1000, 1)} s`, baseline: `${fmt(bo.ms / 1000, 1)} s`, ratio: ratio(ao.ms, bo.ms, 1), goal: '', status: '—' });
   note(2, `missing deliveries: A ${aLat.missing}, B ${hLat.missing}, baseline ${bLat.missing}; failed subscribes: A ${ao.failed}, B ${bo2.failed}, baseline ${bo.failed}; invalidate errors: A ${mutErrors}, B ${mutB.errors?.length ?? 0}.`);
+  const cpuStr = (c: number[]) => `server ${fmt(c[0]!, 0)}, subscribers ${fmt(c[1]!, 0)}, orchestrator ${fmt(c[2]!, 0)} ms`;
+  note(2, `CPU used from the trigger until the last delivery (10 ms ticks): baseline ${cpuStr(bCpuMs)}; A ${cpuStr(aCpuMs)}; B ${cpuStr(hCpuMs)}.`);
   note(2, `B: the invalidateVmidCache HTTP response took ${ms(mutBDone - sentB)}; baseline /broadcast queues all sends before answering.`);
   note(2, `memory is measured in phase A only: phase B's subscribers reuse the heap phase A's left behind (RSS ${fmt(rssB0 / 1024, 0)} → ${fmt(rssB1 / 1024, 0)} MB), which says nothing per subscriber.`);
   note(2, 'each measured fan-out (baseline, A, B) follows one unmeasured round of the same fan-out, so the server has compiled its delivery path and the clients hold keep-alive connections, as on a server that has been running.');
@@ -495,6 +509,20 @@ async function warmUpRound(fleet: Fleet, trigger: () => Promise<unknown>): Promi
   await fleet.arm();
   await trigger();
   await fleet.received(60_000);
+}
+
+/**
+ * CPU time (user + system) the given child processes and this one use from now until the
+ * returned function is called: [...children, orchestrator], in ms. Tells where the 2 cores
+ * went during a fan-out: the server, the receiving fleet, or the process sending the trigger.
+ */
+function cpuWindow(pids: number[]): () => number[] {
+  const start = pids.map(processCpuMs);
+  const self = process.cpuUsage();
+  return () => {
+    const own = process.cpuUsage(self);
+    return [...pids.map((pid, i) => processCpuMs(pid) - start[i]!), (own.user + own.system) / 1000];
+  };
 }
 
 /** A full collection in this process when node runs with --expose-gc (npm run bench does). */
