@@ -351,6 +351,50 @@ async function paced(send: Send, rate: number, seconds: number): Promise<PacedLo
   return { latencies, sendLags, errors, sent, achievedRate: latencies.length / ((now() - start) / 1000) };
 }
 
+/**
+ * A server's own account of a window, from its /metrics (prom-client's default metrics):
+ * call once before the window, and the returned function after it. prom-client restarts its
+ * event-loop delay histogram at every scrape, so the worst delay is the window's own.
+ */
+export async function serverVitals(server: ServerChild): Promise<() => Promise<{ gcMs: number; gcPauses: number; majorGcs: number; worstLoopDelayMs: number }>> {
+  const before = await scrapeMetrics(server);
+  return async () => {
+    const after = await scrapeMetrics(server);
+    const delta = (series: string) => (after.get(series) ?? 0) - (before.get(series) ?? 0);
+    const kinds = ['major', 'minor', 'incremental', 'weakcb'];
+    return {
+      gcMs: kinds.reduce((sum, k) => sum + delta(`pvegraph_nodejs_gc_duration_seconds_sum{kind="${k}"}`), 0) * 1000,
+      gcPauses: kinds.reduce((sum, k) => sum + delta(`pvegraph_nodejs_gc_duration_seconds_count{kind="${k}"}`), 0),
+      majorGcs: delta('pvegraph_nodejs_gc_duration_seconds_count{kind="major"}'),
+      worstLoopDelayMs: (after.get('pvegraph_nodejs_eventloop_lag_max_seconds') ?? NaN) * 1000,
+    };
+  };
+}
+
+/** Prometheus text exposition → series (name with its labels, as printed) → value. */
+async function scrapeMetrics(server: ServerChild): Promise<Map<string, number>> {
+  const res = await request(`${server.url}/metrics`);
+  const text = await res.body.text();
+  const series = new Map<string, number>();
+  for (const line of text.split('\n')) {
+    if (!line || line.startsWith('#')) continue;
+    const space = line.lastIndexOf(' ');
+    series.set(line.slice(0, space), Number(line.slice(space + 1)));
+  }
+  return series;
+}
+
+/**
+ * CPU time the whole machine lost to the hypervisor (steal) from now until the returned
+ * function is called, in ms summed over all cores (/proc/stat, 10 ms ticks). Tells a slow
+ * minute of the VM from a slow server.
+ */
+export function machineSteal(): () => number {
+  const read = () => Number(readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/)[8]) * (1000 / CLOCK_TICKS_PER_SECOND);
+  const start = read();
+  return () => read() - start;
+}
+
 /** User + system CPU time a process has used so far, in ms (Linux /proc; clock ticks of 10 ms). */
 export function processCpuMs(pid: number): number {
   const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');

@@ -41,6 +41,8 @@ import {
   nextMessage,
   now,
   pacedLoad,
+  machineSteal,
+  serverVitals,
   pool,
   processCpuMs,
   ROOT,
@@ -292,7 +294,11 @@ async function scenario1(sim: Simulator) {
   const rate = Math.max(1, Math.floor(sRps / 2));
   // The goal is judged on an open-loop paced run (see pacedLoad); autocannon's overallRate
   // figure is kept for reference, but it measures bursts at full speed.
+  const vitals = await serverVitals(server);
+  const steal = machineSteal();
   const pacedS = await pacedLoad({ url: server.graphqlUrl, headers, body, rate, seconds: SECONDS, connections: CONNECTIONS });
+  const pacedVitals = await vitals();
+  const pacedSteal = steal();
   const pacedB = await pacedLoad({ url: baseUrl, headers, body, rate, seconds: SECONDS, connections: CONNECTIONS });
   const ps = dist(pacedS.latencies);
   const pb = dist(pacedB.latencies);
@@ -319,6 +325,7 @@ async function scenario1(sim: Simulator) {
   note(1, `paced runs: server ${pacedS.latencies.length}/${pacedS.sent} answered at ${fmt(pacedS.achievedRate, 0)} req/s (${pacedS.errors} errors), baseline ${pacedB.latencies.length}/${pacedB.sent} (${pacedB.errors} errors); max ${ms(ps.max)} vs ${ms(pb.max)}.`);
   const lag = (r: typeof pacedS) => `p99 ${ms(dist(r.sendLags).p99)}, max ${ms(dist(r.sendLags).max)}`;
   note(1, `the generator's own lateness (send time − due time, counted in the latency): server run ${lag(pacedS)}, baseline run ${lag(pacedB)}.`);
+  note(1, `the server during its paced run (its warm-up second included), from its /metrics: GC ${fmt(pacedVitals.gcMs, 0)} ms in ${pacedVitals.gcPauses} pauses (${pacedVitals.majorGcs} mark-compact), worst event-loop delay ${ms(pacedVitals.worstLoopDelayMs)}; CPU stolen from the VM meanwhile: ${fmt(pacedSteal, 0)} ms.`);
   note(1, "autocannon's overallRate gives each connection a per-second budget that it spends back-to-back, then idles until the next second: its p99 is the p99 of full-speed bursts, so the goal uses the evenly paced open-loop generator (bench/lib.ts pacedLoad in its own process, latency counted from each request's due time).");
   note(1, `answer: ${fromServer.vmidsTaken.taken.length} taken VMIDs (simulator with ${sim.guests().length} guests); baseline answer byte-identical to the server's.`);
 
@@ -509,6 +516,11 @@ async function warmUpRound(fleet: Fleet, trigger: () => Promise<unknown>): Promi
   await fleet.arm();
   await trigger();
   await fleet.received(60_000);
+  // The measured round comes next: the orchestrator's garbage (scenario 1's load, the
+  // subscribers' reports) is collected now rather than during it, on the cores it measures,
+  // and V8's sweeper threads get time to finish after the collection.
+  collectGarbage();
+  await new Promise((resolve) => setTimeout(resolve, 250));
 }
 
 /**
