@@ -356,19 +356,44 @@ async function paced(send: Send, rate: number, seconds: number): Promise<PacedLo
  * call once before the window, and the returned function after it. prom-client restarts its
  * event-loop delay histogram at every scrape, so the worst delay is the window's own.
  */
-export async function serverVitals(server: ServerChild): Promise<() => Promise<{ gcMs: number; gcPauses: number; majorGcs: number; worstLoopDelayMs: number }>> {
+export async function serverVitals(server: ServerChild): Promise<() => Promise<ServerVitals>> {
   const before = await scrapeMetrics(server);
   return async () => {
     const after = await scrapeMetrics(server);
-    const delta = (series: string) => (after.get(series) ?? 0) - (before.get(series) ?? 0);
-    const kinds = ['major', 'minor', 'incremental', 'weakcb'];
+    const delta = (name: string, labels: Record<string, string> = {}) => sumSeries(after, name, labels) - sumSeries(before, name, labels);
+    const queries = { type: 'query', outcome: 'ok' };
     return {
-      gcMs: kinds.reduce((sum, k) => sum + delta(`pvegraph_nodejs_gc_duration_seconds_sum{kind="${k}"}`), 0) * 1000,
-      gcPauses: kinds.reduce((sum, k) => sum + delta(`pvegraph_nodejs_gc_duration_seconds_count{kind="${k}"}`), 0),
-      majorGcs: delta('pvegraph_nodejs_gc_duration_seconds_count{kind="major"}'),
-      worstLoopDelayMs: (after.get('pvegraph_nodejs_eventloop_lag_max_seconds') ?? NaN) * 1000,
+      gcMs: delta('pvegraph_nodejs_gc_duration_seconds_sum') * 1000,
+      gcPauses: delta('pvegraph_nodejs_gc_duration_seconds_count'),
+      majorGcs: delta('pvegraph_nodejs_gc_duration_seconds_count', { kind: 'major' }),
+      worstLoopDelayMs: sumSeries(after, 'pvegraph_nodejs_eventloop_lag_max_seconds') * 1000,
+      queries: delta('pvegraph_graphql_operation_duration_seconds_count', queries),
+      queriesOver10ms:
+        delta('pvegraph_graphql_operation_duration_seconds_count', queries) -
+        delta('pvegraph_graphql_operation_duration_seconds_bucket', { ...queries, le: '0.01' }),
     };
   };
+}
+
+export interface ServerVitals {
+  gcMs: number;
+  gcPauses: number;
+  majorGcs: number;
+  worstLoopDelayMs: number;
+  /** Successful queries, and those the server's own histogram put over 10 ms (from execution start). */
+  queries: number;
+  queriesOver10ms: number;
+}
+
+/** The sum of every series of `name` whose labels include `labels`. */
+function sumSeries(series: Map<string, number>, name: string, labels: Record<string, string> = {}): number {
+  let sum = 0;
+  for (const [key, value] of series) {
+    const brace = key.indexOf('{');
+    if ((brace < 0 ? key : key.slice(0, brace)) !== name) continue;
+    if (Object.entries(labels).every(([k, v]) => key.includes(`${k}="${v}"`))) sum += value;
+  }
+  return sum;
 }
 
 /** Prometheus text exposition → series (name with its labels, as printed) → value. */
