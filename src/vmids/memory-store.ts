@@ -20,6 +20,8 @@ interface NodeState {
   digest: string | null;
   epoch: number;
   lock: { token: string; until: number } | null;
+  /** The owner, known from the first call that names the node's NodeRef (events go to them). */
+  userId: string | null;
 }
 
 /**
@@ -36,21 +38,31 @@ export class MemoryVmidStore implements VmidStore {
     this.now = opts.now ?? Date.now;
   }
 
-  private node(nodeId: string): NodeState {
+  /** The node's state, its expired set dropped and its lapsed reservations ended (announced). */
+  private node(nodeId: string, ref?: NodeRef): NodeState {
     let s = this.nodes.get(nodeId);
     if (!s) {
-      s = { cache: null, reservations: new Map(), version: 0, digest: null, epoch: 0, lock: null };
+      s = { cache: null, reservations: new Map(), version: 0, digest: null, epoch: 0, lock: null, userId: null };
       this.nodes.set(nodeId, s);
     }
+    if (ref) s.userId = ref.userId;
     const now = this.now();
     if (s.cache && s.cache.expiresAt <= now) s.cache = null;
-    for (const [vmid, until] of s.reservations) if (until <= now) s.reservations.delete(vmid);
+    const lapsed: number[] = [];
+    for (const [vmid, until] of s.reservations) {
+      if (until > now) continue;
+      s.reservations.delete(vmid);
+      lapsed.push(vmid);
+    }
+    // Reservations are only made through reserve(node), so their owner is known.
+    if (lapsed.length > 0 && s.userId !== null) this.bump({ id: nodeId, userId: s.userId }, s, 'RELEASED', sorted(lapsed));
     return s;
   }
 
-  private bump(node: NodeRef, s: NodeState, kind: VmidEventKind, vmids: number[] | null): number {
+  private bump(node: NodeRef, s: NodeState, kind: VmidEventKind, vmids: number[] | null, expiresAt?: number): number {
     s.version += 1;
     const event: VmidEvent = { nodeId: node.id, kind, version: s.version, at: new Date(this.now()), vmids };
+    if (expiresAt !== undefined) event.expiresAt = new Date(expiresAt);
     for (const listener of [...(this.listeners.get(node.userId) ?? [])]) {
       try {
         listener(event);
@@ -61,8 +73,8 @@ export class MemoryVmidStore implements VmidStore {
     return s.version;
   }
 
-  async read(nodeId: string): Promise<VmidSnapshot> {
-    const s = this.node(nodeId);
+  async read(node: NodeRef): Promise<VmidSnapshot> {
+    const s = this.node(node.id, node);
     return {
       version: s.version,
       cache: s.cache
@@ -80,7 +92,7 @@ export class MemoryVmidStore implements VmidStore {
   }
 
   async refresh(node: NodeRef, taken: readonly number[], ttlSeconds: number, expectedEpoch: number | null): Promise<RefreshOutcome> {
-    const s = this.node(node.id);
+    const s = this.node(node.id, node);
     if (expectedEpoch !== null && expectedEpoch !== s.epoch) return { written: false, version: s.version };
     const now = this.now();
     const set = new Set(taken);
@@ -92,11 +104,11 @@ export class MemoryVmidStore implements VmidStore {
       s.digest = digest;
       this.bump(node, s, 'REFRESHED', list);
     }
-    return { written: true, changed, snapshot: (await this.read(node.id)) as FilledSnapshot };
+    return { written: true, changed, snapshot: (await this.read(node)) as FilledSnapshot };
   }
 
   async invalidate(node: NodeRef) {
-    const s = this.node(node.id);
+    const s = this.node(node.id, node);
     const existed = s.cache !== null;
     s.cache = null;
     s.digest = null;
@@ -105,7 +117,7 @@ export class MemoryVmidStore implements VmidStore {
   }
 
   async reserve(node: NodeRef, request: ReserveRequest): Promise<ReserveOutcome> {
-    const s = this.node(node.id);
+    const s = this.node(node.id, node);
     if (!s.cache) return { status: 'miss' };
     let vmid: number;
     if (request.vmid !== null) {
@@ -118,19 +130,19 @@ export class MemoryVmidStore implements VmidStore {
     }
     const expiresAt = this.now() + request.ttlSeconds * 1000;
     s.reservations.set(vmid, expiresAt);
-    const version = this.bump(node, s, 'RESERVED', [vmid]);
+    const version = this.bump(node, s, 'RESERVED', [vmid], expiresAt);
     return { status: 'reserved', vmid, expiresAt: new Date(expiresAt), version };
   }
 
   async release(node: NodeRef, vmid: number) {
-    const s = this.node(node.id);
+    const s = this.node(node.id, node);
     if (!s.reservations.delete(vmid)) return false;
     this.bump(node, s, 'RELEASED', [vmid]);
     return true;
   }
 
   async consume(node: NodeRef, vmid: number) {
-    const s = this.node(node.id);
+    const s = this.node(node.id, node);
     const released = s.reservations.delete(vmid);
     const added = s.cache !== null && !s.cache.taken.has(vmid);
     if (added && s.cache) {
@@ -142,6 +154,13 @@ export class MemoryVmidStore implements VmidStore {
       this.bump(node, s, 'RELEASED', [vmid]);
     }
     return { released, added };
+  }
+
+  async expireDue(node: NodeRef) {
+    const s = this.node(node.id, node);
+    let next = Infinity;
+    for (const until of s.reservations.values()) next = Math.min(next, until);
+    return { nextInMs: next === Infinity ? null : Math.max(0, next - this.now()) };
   }
 
   async forget(nodeId: string) {

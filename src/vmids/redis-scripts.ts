@@ -25,21 +25,36 @@ local function int(n)
   return string.format('%d', n)
 end
 -- Bumps the node's version and publishes the event in the same atomic step.
--- node_json is the JSON-encoded node id; vmids_json a JSON array or 'null'.
-local function bump(state_key, channel, node_json, kind, vmids_json, now)
+-- node_json is the JSON-encoded node id; vmids_json a JSON array or 'null'; extra_json ''
+-- or more members of the event (',"expiresAt":…').
+local function bump(state_key, channel, node_json, kind, vmids_json, now, extra_json)
   local v = redis.call('HINCRBY', state_key, 'version', 1)
   redis.call('PUBLISH', channel, '{"nodeId":' .. node_json .. ',"kind":"' .. kind .. '","version":' .. int(v) ..
-    ',"at":' .. int(now) .. ',"vmids":' .. vmids_json .. '}')
+    ',"at":' .. int(now) .. ',"vmids":' .. vmids_json .. (extra_json or '') .. '}')
   return v
 end
-local function purge(reservations_key, now)
+-- Ends the reservations whose time is up. A lapse is a change like a release: if any lapsed,
+-- the version grows by one and one RELEASED event carries them all, ascending.
+local function lapse(reservations_key, state_key, channel, node_json, now)
+  local due = redis.call('ZRANGEBYSCORE', reservations_key, '-inf', now)
+  if #due == 0 then return end
   redis.call('ZREMRANGEBYSCORE', reservations_key, '-inf', now)
+  local ids = {}
+  for i, v in ipairs(due) do ids[i] = tonumber(v) end
+  table.sort(ids)
+  for i, n in ipairs(ids) do ids[i] = int(n) end
+  bump(state_key, channel, node_json, 'RELEASED', '[' .. table.concat(ids, ',') .. ']', now)
 end
+-- A reservation set outlives its last member by a day, so a lapse nobody was watching is
+-- still found (and announced) by the next script that looks, instead of vanishing with the key.
+local LAPSE_GRACE_MS = 86400000
 `;
 
 /**
  * KEYS: cache, meta, reservations, state
+ * ARGV: channel, nodeJson
  * → { version, now, reservations(flat vmid, expiry…), refreshedAt|'', expiresAt|'', taken }
+ * Announces lapsed reservations first (a read never shows a lapse without its version).
  * taken: the ascending comma-separated list kept in meta (one string to send and parse, on
  * the hot path), or the unordered members when there is no list or it may be stale: an
  * instance of an earlier version (during a rolling upgrade) refreshes or consumes without
@@ -47,9 +62,10 @@ end
  */
 export const READ = `${COMMON}
 local now = now_ms()
+lapse(KEYS[3], KEYS[4], ARGV[1], ARGV[2], now)
 local meta = redis.call('HMGET', KEYS[2], 'refreshedAt', 'expiresAt', 'list', 'listAt', 'listCard')
 local version = redis.call('HGET', KEYS[4], 'version') or '0'
-local reserved = redis.call('ZRANGEBYSCORE', KEYS[3], '(' .. int(now), '+inf', 'WITHSCORES')
+local reserved = redis.call('ZRANGE', KEYS[3], 0, -1, 'WITHSCORES')
 if not meta[1] then
   return { version, int(now), reserved, '', '', {} }
 end
@@ -72,6 +88,7 @@ if ARGV[2] ~= '' and epoch ~= ARGV[2] then
   return { 'STALE', redis.call('HGET', KEYS[3], 'version') or '0' }
 end
 local now = now_ms()
+lapse(KEYS[5], KEYS[3], ARGV[3], ARGV[4], now)
 redis.call('DEL', KEYS[4])
 local n = #ARGV
 -- unpack() has a stack limit: add in chunks.
@@ -99,7 +116,7 @@ if redis.call('HGET', KEYS[3], 'digest') ~= digest then
 else
   version = redis.call('HGET', KEYS[3], 'version') or '0'
 end
-local reserved = redis.call('ZRANGEBYSCORE', KEYS[5], '(' .. int(now), '+inf', 'WITHSCORES')
+local reserved = redis.call('ZRANGE', KEYS[5], 0, -1, 'WITHSCORES')
 return { 'OK', changed, int(version), int(now), int(expires_at), reserved }
 `;
 
@@ -131,7 +148,7 @@ if redis.call('EXISTS', KEYS[2]) == 0 then
   return { 'MISS' }
 end
 local now = now_ms()
-purge(KEYS[3], now)
+lapse(KEYS[3], KEYS[4], ARGV[4], ARGV[5], now)
 local vmid
 if ARGV[1] ~= '' then
   vmid = tonumber(ARGV[1])
@@ -155,8 +172,8 @@ end
 local expires_at = now + tonumber(ARGV[3])
 redis.call('ZADD', KEYS[3], expires_at, int(vmid))
 local last = redis.call('ZRANGE', KEYS[3], -1, -1, 'WITHSCORES')
-redis.call('PEXPIREAT', KEYS[3], last[2])
-local v = bump(KEYS[4], ARGV[4], ARGV[5], 'RESERVED', '[' .. int(vmid) .. ']', now)
+redis.call('PEXPIREAT', KEYS[3], int(tonumber(last[2]) + LAPSE_GRACE_MS))
+local v = bump(KEYS[4], ARGV[4], ARGV[5], 'RESERVED', '[' .. int(vmid) .. ']', now, ',"expiresAt":' .. int(expires_at))
 return { 'OK', vmid, int(expires_at), v }
 `;
 
@@ -167,7 +184,7 @@ return { 'OK', vmid, int(expires_at), v }
  */
 export const RELEASE = `${COMMON}
 local now = now_ms()
-purge(KEYS[1], now)
+lapse(KEYS[1], KEYS[2], ARGV[2], ARGV[3], now)
 local removed = redis.call('ZREM', KEYS[1], ARGV[1])
 if removed == 1 then
   bump(KEYS[2], ARGV[2], ARGV[3], 'RELEASED', '[' .. ARGV[1] .. ']', now)
@@ -182,7 +199,7 @@ return removed
  */
 export const CONSUME = `${COMMON}
 local now = now_ms()
-purge(KEYS[3], now)
+lapse(KEYS[3], KEYS[4], ARGV[2], ARGV[3], now)
 local released = redis.call('ZREM', KEYS[3], ARGV[1])
 local expires_at = redis.call('HGET', KEYS[2], 'expiresAt')
 local added = 0
@@ -200,6 +217,20 @@ elseif released == 1 then
   bump(KEYS[4], ARGV[2], ARGV[3], 'RELEASED', '[' .. ARGV[1] .. ']', now)
 end
 return { released, added }
+`;
+
+/**
+ * KEYS: reservations, state
+ * ARGV: channel, nodeJson
+ * → { now, next expiry | '' }
+ * Announces the lapsed reservations (see lapse) and tells when the next one is due, in
+ * Redis's time, so the caller's timer does not depend on its own clock.
+ */
+export const EXPIRE_DUE = `${COMMON}
+local now = now_ms()
+lapse(KEYS[1], KEYS[2], ARGV[1], ARGV[2], now)
+local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+return { int(now), first[2] or '' }
 `;
 
 /** KEYS: lock; ARGV: token. Deletes the lock only if it is still ours. */

@@ -10,7 +10,7 @@ import { type NodeRef, type VmidEvent, VMID_MAX } from './types.js';
 
 /** The scripts as ioredis commands (EVALSHA, reloaded by ioredis on NOSCRIPT). */
 interface ScriptCommands {
-  pvgVmidRead(cache: string, meta: string, reservations: string, state: string): Promise<unknown[]>;
+  pvgVmidRead(cache: string, meta: string, reservations: string, state: string, channel: string, nodeJson: string): Promise<unknown[]>;
   pvgVmidRefresh(cache: string, meta: string, state: string, tmp: string, reservations: string, ...argv: string[]): Promise<unknown[]>;
   pvgVmidInvalidate(cache: string, meta: string, state: string, channel: string, nodeJson: string): Promise<[number, number]>;
   pvgVmidReserve(cache: string, meta: string, reservations: string, state: string, ...argv: string[]): Promise<unknown[]>;
@@ -24,6 +24,7 @@ interface ScriptCommands {
     channel: string,
     nodeJson: string,
   ): Promise<[number, number]>;
+  pvgVmidExpireDue(reservations: string, state: string, channel: string, nodeJson: string): Promise<[string, string]>;
   pvgVmidUnlock(lock: string, token: string): Promise<number>;
 }
 
@@ -34,6 +35,7 @@ const SCRIPTS: Record<keyof ScriptCommands, { keys: number; lua: string }> = {
   pvgVmidReserve: { keys: 4, lua: scripts.RESERVE },
   pvgVmidRelease: { keys: 2, lua: scripts.RELEASE },
   pvgVmidConsume: { keys: 4, lua: scripts.CONSUME },
+  pvgVmidExpireDue: { keys: 2, lua: scripts.EXPIRE_DUE },
   pvgVmidUnlock: { keys: 1, lua: scripts.UNLOCK },
 };
 
@@ -102,9 +104,11 @@ export class RedisVmidStore implements VmidStore {
     }
   }
 
-  async read(nodeId: string): Promise<VmidSnapshot> {
-    const k = keys(nodeId);
-    const reply = await this.run(() => this.redis.pvgVmidRead(k.cache, k.meta, k.reservations, k.state));
+  async read(node: NodeRef): Promise<VmidSnapshot> {
+    const k = keys(node.id);
+    const reply = await this.run(() =>
+      this.redis.pvgVmidRead(k.cache, k.meta, k.reservations, k.state, this.channel(node.userId), JSON.stringify(node.id)),
+    );
     const [version, , reservedFlat, refreshedAt, expiresAt, taken] = reply as [
       string,
       string,
@@ -215,6 +219,14 @@ export class RedisVmidStore implements VmidStore {
     return { released: released === 1, added: added === 1 };
   }
 
+  async expireDue(node: NodeRef) {
+    const k = keys(node.id);
+    const [now, next] = await this.run(() =>
+      this.redis.pvgVmidExpireDue(k.reservations, k.state, this.channel(node.userId), JSON.stringify(node.id)),
+    );
+    return { nextInMs: next === '' ? null : Math.max(0, Number(next) - Number(now)) };
+  }
+
   async forget(nodeId: string) {
     const k = keys(nodeId);
     await this.run(() => this.redis.unlink(k.cache, k.meta, k.reservations, k.state, k.tmp, k.lock));
@@ -297,12 +309,14 @@ export function watchConnection(redis: Redis): ConnectionWatch {
 
 function parseEvent(message: string): VmidEvent | null {
   try {
-    const raw = JSON.parse(message) as { nodeId?: unknown; kind?: unknown; version?: unknown; at?: unknown; vmids?: unknown };
+    const raw = JSON.parse(message) as { nodeId?: unknown; kind?: unknown; version?: unknown; at?: unknown; vmids?: unknown; expiresAt?: unknown };
     if (typeof raw.nodeId !== 'string' || typeof raw.kind !== 'string' || typeof raw.version !== 'number' || typeof raw.at !== 'number') {
       return null;
     }
     const vmids = Array.isArray(raw.vmids) ? raw.vmids.filter((v): v is number => typeof v === 'number') : null;
-    return { nodeId: raw.nodeId, kind: raw.kind as VmidEvent['kind'], version: raw.version, at: new Date(raw.at), vmids };
+    const event: VmidEvent = { nodeId: raw.nodeId, kind: raw.kind as VmidEvent['kind'], version: raw.version, at: new Date(raw.at), vmids };
+    if (typeof raw.expiresAt === 'number') event.expiresAt = new Date(raw.expiresAt);
+    return event;
   } catch {
     return null;
   }

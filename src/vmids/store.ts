@@ -10,8 +10,11 @@ import type { NodeRef, VmidEvent } from './types.js';
  * same atomic step, so events reach subscribers in version order.
  */
 export interface VmidStore {
-  /** A consistent snapshot; `cache` is null when the set is not cached (missing or expired). */
-  read(nodeId: string): Promise<VmidSnapshot>;
+  /**
+   * A consistent snapshot; `cache` is null when the set is not cached (missing or expired).
+   * Reservations whose time is up are ended first, with their event (see expireDue).
+   */
+  read(node: NodeRef): Promise<VmidSnapshot>;
   /** The node's version and invalidation epoch (both survive the cache's expiry). */
   state(nodeId: string): Promise<{ version: number; epoch: number }>;
   /**
@@ -27,6 +30,13 @@ export interface VmidStore {
   release(node: NodeRef, vmid: number): Promise<boolean>;
   /** A guest was created for `vmid`: drop its reservation, add it to a cached set. */
   consume(node: NodeRef, vmid: number): Promise<{ released: boolean; added: boolean }>;
+  /**
+   * Ends the node's reservations whose time is up: removed, the version bumped once and one
+   * RELEASED event with them all (ascending). Every method that looks at reservations does
+   * this first; this one exists so a lapse is announced when nobody calls them (LapseSweeper).
+   * `nextInMs`: how long until the next reservation is due, null when none is left.
+   */
+  expireDue(node: NodeRef): Promise<{ nextInMs: number | null }>;
   /** Deletes everything kept for a node (the node itself was deleted). */
   forget(nodeId: string): Promise<void>;
 

@@ -50,4 +50,6 @@ export interface VmidEvent {
    * VMID. INVALIDATED and SYNC: null.
    */
   vmids: number[] | null;
+  /** RESERVED: when the reservation lapses unless it is released or consumed first. */
+  expiresAt?: Date;
 }

@@ -3,6 +3,7 @@ import type { Logger } from 'pino';
 import { ConflictError } from '../errors.js';
 import { CacheUnavailableError } from './errors.js';
 import { EventStream } from './event-stream.js';
+import { LapseSweeper } from './lapse-sweeper.js';
 import { type FilledSnapshot, lowestFree, type VmidSnapshot, type VmidStore } from './store.js';
 import { type NodeRef, VMID_MAX, VMID_MIN, type VmidEvent, type VmidReservation, type VmidSet } from './types.js';
 import { checkMin, checkTtlSeconds, checkVmid, DEFAULT_RESERVATION_TTL_S } from './validation.js';
@@ -59,6 +60,8 @@ export class VmidService {
   private readonly directReads = new Map<string, Promise<number[]>>();
   /** The last version this process saw per node, for answers given while the store is down. */
   private readonly lastVersions = new Map<string, number>();
+  /** Announces lapsed reservations of the nodes this process has subscribers of. */
+  private readonly lapses: LapseSweeper;
 
   constructor(opts: VmidServiceOptions) {
     this.store = opts.store;
@@ -69,10 +72,12 @@ export class VmidService {
     this.fillWaitMs = opts.fillWaitMs ?? this.fillLockMs;
     this.fillPollMs = opts.fillPollMs ?? 25;
     this.onLookup = opts.onLookup;
+    this.lapses = new LapseSweeper(this.store, this.log);
   }
 
-  /** Ends subscriptions' pub/sub connection and timers of the store. */
+  /** Ends subscriptions' pub/sub connection and timers of the store, and the lapse timers. */
   close(): Promise<void> {
+    this.lapses.close();
     return this.store.close();
   }
 
@@ -81,7 +86,7 @@ export class VmidService {
   /** The node's set from the cache; on a miss asks Proxmox once (for all concurrent callers). */
   async getCachedVmids(node: NodeRef): Promise<VmidSet> {
     try {
-      const snap = await this.store.read(node.id);
+      const snap = await this.store.read(node);
       this.onLookup?.(snap.cache !== null);
       if (snap.cache) return this.toSet(node.id, snap, true);
       const fill = await this.fill(node);
@@ -249,14 +254,25 @@ export class VmidService {
 
   private subscribe(userId: string, syncNodeIds: readonly string[], onlyNode: string | null): AsyncIterableIterator<VmidEvent> {
     const store = this.store;
+    const lapses = this.lapses;
     return new EventStream<VmidEvent>(async (push, stop) => {
       // Until the SYNCs are out, live events wait here; afterwards an event passes only if it
       // is newer than what this subscriber has been told (so nothing is lost or repeated
       // between "listening" and "read the version").
       let floors: Map<string, number> | null = null;
       const early: VmidEvent[] = [];
+      // The nodes this subscription covers, watched for lapsing reservations: the SYNC'd ones,
+      // and (every node of a user) any other that shows up with a reservation.
+      const watched = new Map<string, () => void>();
+      const watch = (nodeId: string) => {
+        if (!watched.has(nodeId)) watched.set(nodeId, lapses.watch({ id: nodeId, userId }));
+      };
       const deliver = (event: VmidEvent) => {
         if (onlyNode !== null && event.nodeId !== onlyNode) return;
+        if (event.kind === 'RESERVED') {
+          watch(event.nodeId);
+          lapses.observe(event);
+        }
         if (!floors) {
           early.push(event);
           return;
@@ -315,15 +331,23 @@ export class VmidService {
           send(syncEvent(nodeId, version));
         }
         for (const event of early.splice(0)) deliver(event);
+        for (const nodeId of syncNodeIds) watch(nodeId);
       } catch (err) {
         unlisten?.();
+        for (const unwatch of watched.values()) unwatch();
         stop(err);
         return;
       }
       await stop;
       active = false;
       unlisten();
+      for (const unwatch of watched.values()) unwatch();
     });
+  }
+
+  /** Nodes with a lapse timer (tests: none is left once their subscriptions end). */
+  nodesWatchedForLapses(): number {
+    return this.lapses.watchedCount();
   }
 
   // ------------------------------------------------------------------ filling
@@ -347,7 +371,7 @@ export class VmidService {
         try {
           const { epoch } = await this.store.state(node.id);
           // Someone may have filled between our miss and our lock.
-          const current = await this.store.read(node.id);
+          const current = await this.store.read(node);
           if (current.cache) return { snapshot: current, written: true };
           return await this.fetchAndWrite(node, epoch);
         } finally {
@@ -356,7 +380,7 @@ export class VmidService {
       }
       while (Date.now() < deadline) {
         await sleep(this.fillPollMs);
-        const snap = await this.store.read(node.id);
+        const snap = await this.store.read(node);
         if (snap.cache) return { snapshot: snap, written: true };
         if (!(await this.store.isLocked(node.id))) break;
       }
@@ -380,7 +404,7 @@ export class VmidService {
   private async write(node: NodeRef, taken: number[], epoch: number): Promise<FilledSnapshot | VmidSnapshot> {
     const outcome = await this.store.refresh(node, taken, this.ttlS, epoch);
     if (outcome.written) return outcome.snapshot;
-    const snap = await this.store.read(node.id);
+    const snap = await this.store.read(node);
     if (snap.cache) return snap;
     const at = new Date();
     return {
@@ -392,7 +416,7 @@ export class VmidService {
   /** A snapshot with a filled cache, filling it first if needed. */
   private async filledSnapshot(node: NodeRef): Promise<FilledSnapshot> {
     for (let attempt = 1; ; attempt++) {
-      const snap = await this.store.read(node.id);
+      const snap = await this.store.read(node);
       if (snap.cache) return snap as FilledSnapshot;
       const fill = await this.fill(node);
       if (fill.snapshot.cache) return fill.snapshot as FilledSnapshot;

@@ -30,7 +30,10 @@ const VmidEventKindEnum = builder.enumType('VmidEventKind', {
     INVALIDATED: { description: 'The cached set was dropped; the next read asks Proxmox.' },
     REFRESHED: { description: 'The set changed after asking Proxmox (or a container was registered); vmids is the new set.' },
     RESERVED: { description: 'vmids holds the VMID just reserved.' },
-    RELEASED: { description: 'vmids holds the VMID whose reservation ended.' },
+    RELEASED: {
+      description:
+        'vmids holds the VMIDs whose reservations ended, ascending: the one released (or consumed), or every one that lapsed at once when its time was up.',
+    },
     SYNC: { description: "A subscription's first event (and after a reconnect): the current version, nothing changed." },
   } as const,
 });
@@ -42,6 +45,12 @@ const VmidEventRef = builder.objectRef<VmidEvent>('VmidEvent').implement({
     version: t.exposeInt('version'),
     at: t.expose('at', { type: 'DateTime' }),
     vmids: t.exposeIntList('vmids', { nullable: true }),
+    expiresAt: t.field({
+      type: 'DateTime',
+      nullable: true,
+      description: 'RESERVED: when the reservation lapses unless it is released or consumed first (a RELEASED event follows then). Null for other kinds.',
+      resolve: (e) => e.expiresAt ?? null,
+    }),
   }),
 });
 

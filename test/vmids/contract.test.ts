@@ -3,7 +3,7 @@ import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from
 import { MemoryVmidStore, type NodeRef, VmidService } from '../../src/vmids/index.js';
 import { expectCode } from '../proxmox/helpers.js';
 import { uniqueRedisPrefix } from '../support/test-server.js';
-import { brief, expectConsecutive, makeService, newNode, type OpenStore, openStore, type Proxmox, startProxmox, take } from './helpers.js';
+import { brief, eventually, expectConsecutive, makeService, newNode, type OpenStore, openStore, type Proxmox, startProxmox, take } from './helpers.js';
 
 // 10 guests, a gap after every 4th: taken 100-103, 105-108, 110-111; lowest free 104.
 const TAKEN = [100, 101, 102, 103, 105, 106, 107, 108, 110, 111];
@@ -84,30 +84,30 @@ describe.each(['memory', 'redis'] as const)('VMID cache and reservations (%s sto
     const snapshot = written.written ? written.snapshot : null;
     expect(snapshot?.cache.taken).toEqual(TAKEN.slice(0, 3));
     expect(snapshot?.reserved.map((r) => r.vmid)).toEqual([7000]);
-    expect(await opened.store.read(node.id)).toEqual(snapshot);
+    expect(await opened.store.read(node)).toEqual(snapshot);
     expect(await opened.store.refresh(node, TAKEN.slice(0, 3), 60, null)).toMatchObject({ written: true, changed: false });
     if (opened.redis) {
       // A set cached by an earlier version has no kept list: read from its members instead.
       expect(await opened.redis.hdel(`vmid-meta:{${node.id}}`, 'list')).toBe(1);
-      expect((await opened.store.read(node.id)).cache?.taken).toEqual(TAKEN.slice(0, 3));
+      expect((await opened.store.read(node)).cache?.taken).toEqual(TAKEN.slice(0, 3));
     }
   });
 
   it('an empty set is cached as empty, and a kept list that no longer matches the set is not trusted (rolling upgrade)', async () => {
     const empty = await opened.store.refresh(node, [], 60, null);
     expect(empty.written && empty.snapshot.cache.taken).toEqual([]);
-    expect(await opened.store.read(node.id)).toEqual(empty.written && empty.snapshot);
+    expect(await opened.store.read(node)).toEqual(empty.written && empty.snapshot);
     await opened.store.refresh(node, [100, 101], 60, null);
     if (opened.redis) {
       // What an instance of the earlier version does: its consume adds to the set, its
       // refresh rewrites refreshedAt; neither keeps the list.
       await opened.redis.sadd(`vmid-cache:{${node.id}}`, '104');
-      expect((await opened.store.read(node.id)).cache?.taken).toEqual([100, 101, 104]);
+      expect((await opened.store.read(node)).cache?.taken).toEqual([100, 101, 104]);
       await opened.store.refresh(node, [100, 101], 60, null);
       await opened.redis.hset(`vmid-meta:{${node.id}}`, 'refreshedAt', String(Date.now() + 5));
       await opened.redis.srem(`vmid-cache:{${node.id}}`, '101');
       await opened.redis.sadd(`vmid-cache:{${node.id}}`, '200');
-      expect((await opened.store.read(node.id)).cache?.taken).toEqual([100, 200]);
+      expect((await opened.store.read(node)).cache?.taken).toEqual([100, 200]);
     }
   });
 
@@ -232,6 +232,48 @@ describe.each(['memory', 'redis'] as const)('VMID cache and reservations (%s sto
     expect((await service.reserveVmid(node, undefined, 60)).vmid).toBe(104);
   });
 
+  it('a reservation that lapses is announced to subscribers by itself: RELEASED, one version more', async () => {
+    await service.getCachedVmids(node); // REFRESHED 1
+    const events = service.subscribeNode(node);
+    try {
+      expect(brief(await take(events, 1))).toEqual(['SYNC@1']);
+      const held = await service.reserveVmid(node, 104, 1); // RESERVED 2
+      await service.reserveVmid(node, 109, 600); // RESERVED 3: outlives the test
+      // Nothing else is called: the lapse must come from the node's timer.
+      const got = await take(events, 3, 4_000);
+      expect(brief(got)).toEqual(['RESERVED@2', 'RESERVED@3', 'RELEASED@4']);
+      expect(got[0]).toMatchObject({ vmids: [104], expiresAt: held.expiresAt });
+      expect(got[2]!.vmids).toEqual([104]);
+      expect(got[2]!.at.getTime()).toBeGreaterThanOrEqual(held.expiresAt.getTime());
+      expect(Date.now() - held.expiresAt.getTime()).toBeLessThan(1_000);
+      expect(await service.getCachedVmids(node)).toMatchObject({ version: 4, reserved: [109] });
+    } finally {
+      await events.return?.();
+    }
+    expect(service.nodesWatchedForLapses()).toBe(0);
+  });
+
+  it('lapses nobody watched are announced by the next read, together, before it answers', async () => {
+    await service.getCachedVmids(node); // REFRESHED 1
+    const heard: string[] = [];
+    // The store's own channel, no subscription: nothing sweeps this node.
+    const unlisten = await opened.store.listen(node.userId, (e) => heard.push(`${e.kind}@${e.version}:${e.vmids?.join(',')}`));
+    try {
+      await service.reserveVmid(node, 109, 1); // RESERVED 2
+      await service.reserveVmid(node, 104, 1); // RESERVED 3
+      await sleep(1_150);
+      expect(heard).toEqual(['RESERVED@2:109', 'RESERVED@3:104']);
+      expect(await service.getCachedVmids(node)).toMatchObject({ version: 4, reserved: [] });
+      await eventually(() => heard.length === 3, 2_000, 'the lapse event');
+      expect(heard[2]).toBe('RELEASED@4:104,109');
+      // Ended once: the next look finds nothing more to announce.
+      expect(await service.isVmidTaken(node, 104)).toBe(false);
+      expect((await service.getCachedVmids(node)).version).toBe(4);
+    } finally {
+      unlisten();
+    }
+  });
+
   it('consuming a reservation moves the VMID to the taken set', async () => {
     await service.reserveVmid(node, 104, 60);
     expect(await service.consumeReservation(node, 104)).toEqual({ released: true, added: true });
@@ -312,6 +354,7 @@ describe.each(['memory', 'redis'] as const)('VMID cache and reservations (%s sto
     const pending = its[0]!.next();
     for (const it of its) await it.return?.();
     expect((await pending).done).toBe(true);
+    expect(service.nodesWatchedForLapses()).toBe(0);
     if (opened.store instanceof MemoryVmidStore) expect(opened.store.listenerCount()).toBe(0);
     else expect((opened.store as import('../../src/vmids/index.js').RedisVmidStore).eventHub().listenerCount()).toBe(0);
   });

@@ -148,6 +148,35 @@ describe('VMID events across instances (Redis pub/sub)', () => {
     await eventually(async () => (await numsub(channel)) === 0, 2_000, 'PUBSUB NUMSUB 0');
   });
 
+  it('a lapse watched from two instances is announced once, to the subscribers of both; a user subscription sees it too', async () => {
+    const node = newNode();
+    await serviceA.getCachedVmids(node); // REFRESHED 1
+    const onA = serviceA.subscribeNode(node);
+    const onB = serviceB.subscribeNode(node);
+    // Every node of the user, SYNC'd for another one (the node was added after it subscribed):
+    // the node is watched from its RESERVED event on.
+    const other = newNode(node.userId);
+    const allOnB = serviceB.subscribeUser(node.userId, [other.id]);
+    try {
+      expect(brief(await take(onA, 1))).toEqual(['SYNC@1']);
+      expect(brief(await take(onB, 1))).toEqual(['SYNC@1']);
+      expect(brief(await take(allOnB, 1))).toEqual(['SYNC@0']);
+      await serviceB.reserveVmid(node, 4100, 1); // RESERVED 2, lapses after 1 s
+      for (const it of [onA, onB, allOnB]) {
+        const got = await take(it, 2, 4_000);
+        expect(brief(got)).toEqual(['RESERVED@2', 'RELEASED@3']);
+        expect(got[1]!.vmids).toEqual([4100]);
+      }
+      // Both instances' timers fired; only one found something to end.
+      const more = await Promise.race([onA.next().then(() => 'event'), new Promise((r) => setTimeout(() => r('nothing'), 300))]);
+      expect(more).toBe('nothing');
+      expect((await serviceA.getCachedVmids(node)).version).toBe(3);
+    } finally {
+      await Promise.all([onA.return?.(), onB.return?.(), allOnB.return?.()]);
+    }
+    expect(serviceA.nodesWatchedForLapses() + serviceB.nodesWatchedForLapses()).toBe(0);
+  });
+
   it('channel names carry the deployment prefix; another prefix hears nothing', async () => {
     const other = await openStore('redis', uniqueRedisPrefix());
     try {

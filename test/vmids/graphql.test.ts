@@ -24,6 +24,7 @@ interface Event {
   version: number;
   at: string;
   vmids: number[] | null;
+  expiresAt: string | null;
 }
 
 const code = (res: { errors?: Array<{ extensions?: Record<string, unknown> }> }) => res.errors?.[0]?.extensions?.code;
@@ -138,7 +139,7 @@ describe.each([
       await expect.poll(() => sub.events.length).toBe(1);
       const sync = sub.events[0]!;
       expect(sync).toMatchObject({ kind: 'SYNC', nodeId, vmids: null });
-      await server.gql(ReserveVmid, { nodeId, vmid: 8000 }, token);
+      const held = (await server.gql(ReserveVmid, { nodeId, vmid: 8000 }, token)).data!.reserveVmid;
       await server.gql(ReleaseVmid, { nodeId, vmid: 8000 }, token);
       await server.gql(InvalidateVmidCache, { nodeId }, token);
       sim.addGuest({ vmid: 8001 });
@@ -151,6 +152,9 @@ describe.each([
         ['REFRESHED', sync.version + 4],
       ]);
       expect(sub.events[1]!.vmids).toEqual([8000]);
+      // RESERVED says until when; no other kind carries an expiry.
+      expect(sub.events[1]!.expiresAt).toBe(held.expiresAt);
+      expect(sub.events.filter((e) => e.expiresAt !== null).length).toBe(1);
       expect(sub.events[4]!.vmids).toEqual(guestIds(sim));
       expect(sub.errors).toEqual([]);
     } finally {
