@@ -17,8 +17,6 @@ interface Watched {
   timer: NodeJS.Timeout | undefined;
   /** performance.now() at which the timer fires. */
   due: number;
-  /** The last sweep failed (logged once per outage, not every retry). */
-  failing: boolean;
 }
 
 /**
@@ -33,6 +31,11 @@ interface Watched {
  */
 export class LapseSweeper {
   private readonly nodes = new Map<string, Watched>();
+  /** The last sweep failed: logged once per outage, not once per node and retry. */
+  private failing = false;
+  private closed = false;
+  /** Every local subscription sees the same event object: only the first needs looking at. */
+  private lastObserved: VmidEvent | null = null;
 
   constructor(
     private readonly store: Pick<VmidStore, 'expireDue'>,
@@ -41,11 +44,15 @@ export class LapseSweeper {
 
   /** One more local subscription covers the node; the returned function ends it. */
   watch(node: NodeRef): () => void {
+    if (this.closed) return () => undefined;
     let entry = this.nodes.get(node.id);
     if (!entry) {
-      entry = { node, refs: 0, timer: undefined, due: Infinity, failing: false };
-      this.nodes.set(node.id, entry);
-      void this.sweep(entry);
+      const created: Watched = { node, refs: 0, timer: undefined, due: Infinity };
+      entry = created;
+      this.nodes.set(node.id, created);
+      // Not synchronously: watch() runs inside an event's delivery, and the in-process store
+      // would announce a lapse in the middle of delivering that event to its listeners.
+      queueMicrotask(() => void this.sweep(created));
     }
     entry.refs++;
     const watched = entry;
@@ -61,10 +68,22 @@ export class LapseSweeper {
 
   /** Sees every event a local subscription receives; RESERVED may bring the next lapse closer. */
   observe(event: VmidEvent): void {
-    if (event.kind !== 'RESERVED' || !event.expiresAt) return;
+    if (event.kind !== 'RESERVED' || !event.expiresAt || event === this.lastObserved) return;
+    this.lastObserved = event;
     const entry = this.nodes.get(event.nodeId);
     // Both times are the store's: the delay does not depend on this instance's clock.
     if (entry) this.arm(entry, event.expiresAt.getTime() - event.at.getTime());
+  }
+
+  /**
+   * Sweeps the given watched nodes now: after a lost pub/sub connection is back, RESERVED
+   * events (and the timers they would have moved) may have been missed.
+   */
+  resweep(nodeIds: Iterable<string>): void {
+    for (const nodeId of nodeIds) {
+      const entry = this.nodes.get(nodeId);
+      if (entry) void this.sweep(entry);
+    }
   }
 
   /** Nodes with a timer or a sweep pending (tests, metrics). */
@@ -73,6 +92,7 @@ export class LapseSweeper {
   }
 
   close(): void {
+    this.closed = true;
     for (const entry of this.nodes.values()) clearTimeout(entry.timer);
     this.nodes.clear();
   }
@@ -94,12 +114,12 @@ export class LapseSweeper {
     let nextInMs: number | null;
     try {
       ({ nextInMs } = await this.store.expireDue(entry.node));
-      entry.failing = false;
+      this.failing = false;
     } catch (err) {
-      if (!entry.failing) {
+      if (!this.failing) {
         this.log?.warn({ err: { message: (err as Error).message }, nodeId: entry.node.id }, 'vmid reservations: lapse sweep failed; retrying');
       }
-      entry.failing = true;
+      this.failing = true;
       nextInMs = RETRY_MS;
     }
     if (this.nodes.get(entry.node.id) !== entry || nextInMs === null) return;

@@ -20,8 +20,6 @@ interface NodeState {
   digest: string | null;
   epoch: number;
   lock: { token: string; until: number } | null;
-  /** The owner, known from the first call that names the node's NodeRef (events go to them). */
-  userId: string | null;
 }
 
 /**
@@ -38,25 +36,30 @@ export class MemoryVmidStore implements VmidStore {
     this.now = opts.now ?? Date.now;
   }
 
-  /** The node's state, its expired set dropped and its lapsed reservations ended (announced). */
-  private node(nodeId: string, ref?: NodeRef): NodeState {
+  /** The node's state, its expired set dropped. */
+  private node(nodeId: string): NodeState {
     let s = this.nodes.get(nodeId);
     if (!s) {
-      s = { cache: null, reservations: new Map(), version: 0, digest: null, epoch: 0, lock: null, userId: null };
+      s = { cache: null, reservations: new Map(), version: 0, digest: null, epoch: 0, lock: null };
       this.nodes.set(nodeId, s);
     }
-    if (ref) s.userId = ref.userId;
+    if (s.cache && s.cache.expiresAt <= this.now()) s.cache = null;
+    return s;
+  }
+
+  /**
+   * Ends the reservations whose time is up, announced as one RELEASED (the Lua lapse()): at
+   * the same points as the Redis scripts, so both stores number events alike.
+   */
+  private lapse(node: NodeRef, s: NodeState): void {
     const now = this.now();
-    if (s.cache && s.cache.expiresAt <= now) s.cache = null;
     const lapsed: number[] = [];
     for (const [vmid, until] of s.reservations) {
       if (until > now) continue;
       s.reservations.delete(vmid);
       lapsed.push(vmid);
     }
-    // Reservations are only made through reserve(node), so their owner is known.
-    if (lapsed.length > 0 && s.userId !== null) this.bump({ id: nodeId, userId: s.userId }, s, 'RELEASED', sorted(lapsed));
-    return s;
+    if (lapsed.length > 0) this.bump(node, s, 'RELEASED', sorted(lapsed));
   }
 
   private bump(node: NodeRef, s: NodeState, kind: VmidEventKind, vmids: number[] | null, expiresAt?: number): number {
@@ -74,7 +77,8 @@ export class MemoryVmidStore implements VmidStore {
   }
 
   async read(node: NodeRef): Promise<VmidSnapshot> {
-    const s = this.node(node.id, node);
+    const s = this.node(node.id);
+    this.lapse(node, s);
     return {
       version: s.version,
       cache: s.cache
@@ -92,8 +96,9 @@ export class MemoryVmidStore implements VmidStore {
   }
 
   async refresh(node: NodeRef, taken: readonly number[], ttlSeconds: number, expectedEpoch: number | null): Promise<RefreshOutcome> {
-    const s = this.node(node.id, node);
+    const s = this.node(node.id);
     if (expectedEpoch !== null && expectedEpoch !== s.epoch) return { written: false, version: s.version };
+    this.lapse(node, s);
     const now = this.now();
     const set = new Set(taken);
     const list = sorted(set);
@@ -108,7 +113,7 @@ export class MemoryVmidStore implements VmidStore {
   }
 
   async invalidate(node: NodeRef) {
-    const s = this.node(node.id, node);
+    const s = this.node(node.id);
     const existed = s.cache !== null;
     s.cache = null;
     s.digest = null;
@@ -117,8 +122,9 @@ export class MemoryVmidStore implements VmidStore {
   }
 
   async reserve(node: NodeRef, request: ReserveRequest): Promise<ReserveOutcome> {
-    const s = this.node(node.id, node);
+    const s = this.node(node.id);
     if (!s.cache) return { status: 'miss' };
+    this.lapse(node, s);
     let vmid: number;
     if (request.vmid !== null) {
       vmid = request.vmid;
@@ -135,14 +141,16 @@ export class MemoryVmidStore implements VmidStore {
   }
 
   async release(node: NodeRef, vmid: number) {
-    const s = this.node(node.id, node);
+    const s = this.node(node.id);
+    this.lapse(node, s);
     if (!s.reservations.delete(vmid)) return false;
     this.bump(node, s, 'RELEASED', [vmid]);
     return true;
   }
 
   async consume(node: NodeRef, vmid: number) {
-    const s = this.node(node.id, node);
+    const s = this.node(node.id);
+    this.lapse(node, s);
     const released = s.reservations.delete(vmid);
     const added = s.cache !== null && !s.cache.taken.has(vmid);
     if (added && s.cache) {
@@ -157,7 +165,8 @@ export class MemoryVmidStore implements VmidStore {
   }
 
   async expireDue(node: NodeRef) {
-    const s = this.node(node.id, node);
+    const s = this.node(node.id);
+    this.lapse(node, s);
     let next = Infinity;
     for (const until of s.reservations.values()) next = Math.min(next, until);
     return { nextInMs: next === Infinity ? null : Math.max(0, next - this.now()) };

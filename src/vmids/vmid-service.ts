@@ -310,6 +310,8 @@ export class VmidService {
                   send(syncEvent(nodeId, version));
                 }
               }
+              // A RESERVED missed meanwhile did not move its node's lapse timer.
+              if (active) lapses.resweep(watched.keys());
               return;
             } catch (err) {
               if (attempt === 0) this.log?.warn({ err: { message: (err as Error).message } }, 'vmid events: resync delayed');

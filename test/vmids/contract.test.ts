@@ -259,15 +259,16 @@ describe.each(['memory', 'redis'] as const)('VMID cache and reservations (%s sto
     // The store's own channel, no subscription: nothing sweeps this node.
     const unlisten = await opened.store.listen(node.userId, (e) => heard.push(`${e.kind}@${e.version}:${e.vmids?.join(',')}`));
     try {
-      await service.reserveVmid(node, 109, 1); // RESERVED 2
-      await service.reserveVmid(node, 104, 1); // RESERVED 3
+      // 999 before 1000 only in numeric order.
+      await service.reserveVmid(node, 1000, 1); // RESERVED 2
+      await service.reserveVmid(node, 999, 1); // RESERVED 3
       await sleep(1_150);
-      expect(heard).toEqual(['RESERVED@2:109', 'RESERVED@3:104']);
+      expect(heard).toEqual(['RESERVED@2:1000', 'RESERVED@3:999']);
       expect(await service.getCachedVmids(node)).toMatchObject({ version: 4, reserved: [] });
       await eventually(() => heard.length === 3, 2_000, 'the lapse event');
-      expect(heard[2]).toBe('RELEASED@4:104,109');
+      expect(heard[2]).toBe('RELEASED@4:999,1000');
       // Ended once: the next look finds nothing more to announce.
-      expect(await service.isVmidTaken(node, 104)).toBe(false);
+      expect(await service.isVmidTaken(node, 999)).toBe(false);
       expect((await service.getCachedVmids(node)).version).toBe(4);
     } finally {
       unlisten();

@@ -93,4 +93,25 @@ describe('Redis going away and coming back', () => {
     expect(await numsub((behindProxy.store as RedisVmidStore).channel(node.userId))).toBe(1);
     await events.return?.();
   });
+
+  it('a lapse whose RESERVED was missed during an outage is still announced once pub/sub is back', async () => {
+    const node = newNode();
+    expect((await flaky.getCachedVmids(node)).version).toBe(1);
+    const events = flaky.subscribeNode(node);
+    try {
+      expect(brief(await take(events, 1))).toEqual(['SYNC@1']);
+      // The subscription's first sweep (one round trip, nothing due) ends before the outage; a
+      // sweep cut by the outage would be retried after 5 s and find the lapse by itself.
+      await sleep(300);
+      await proxy.down();
+      // The flaky instance cannot hear this, so its lapse timer for the node is not moved…
+      await healthy.reserveVmid(node, 999, 4); // version 2
+      await proxy.up();
+      // …and nothing reads or changes the node afterwards: the resync must set it.
+      expect(brief(await take(events, 2, 15_000))).toEqual(['SYNC@2', 'RELEASED@3']);
+      expect(await healthy.getCachedVmids(node)).toMatchObject({ reserved: [], version: 3 });
+    } finally {
+      await events.return?.();
+    }
+  });
 });
