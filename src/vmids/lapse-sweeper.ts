@@ -17,6 +17,12 @@ interface Watched {
   timer: NodeJS.Timeout | undefined;
   /** performance.now() at which the timer fires. */
   due: number;
+  /**
+   * A sweep is in flight; requests meanwhile (every subscription of the node resweeps after a
+   * reconnect) make one more sweep after it, not one each.
+   */
+  sweeping: boolean;
+  again: boolean;
 }
 
 /**
@@ -47,7 +53,7 @@ export class LapseSweeper {
     if (this.closed) return () => undefined;
     let entry = this.nodes.get(node.id);
     if (!entry) {
-      const created: Watched = { node, refs: 0, timer: undefined, due: Infinity };
+      const created: Watched = { node, refs: 0, timer: undefined, due: Infinity, sweeping: false, again: false };
       entry = created;
       this.nodes.set(node.id, created);
       // Not synchronously: watch() runs inside an event's delivery, and the in-process store
@@ -111,6 +117,12 @@ export class LapseSweeper {
   }
 
   private async sweep(entry: Watched): Promise<void> {
+    if (entry.sweeping) {
+      entry.again = true;
+      return;
+    }
+    entry.sweeping = true;
+    entry.again = false;
     let nextInMs: number | null;
     try {
       ({ nextInMs } = await this.store.expireDue(entry.node));
@@ -121,8 +133,11 @@ export class LapseSweeper {
       }
       this.failing = true;
       nextInMs = RETRY_MS;
+    } finally {
+      entry.sweeping = false;
     }
-    if (this.nodes.get(entry.node.id) !== entry || nextInMs === null) return;
-    this.arm(entry, nextInMs);
+    if (this.nodes.get(entry.node.id) !== entry) return;
+    if (entry.again) return this.sweep(entry);
+    if (nextInMs !== null) this.arm(entry, nextInMs);
   }
 }
