@@ -17,7 +17,7 @@ import { randomBytes } from 'node:crypto';
 import { mkdirSync, readFileSync, writeFileSync, existsSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import autocannon, { type Result } from 'autocannon';
+import autocannon, { type Request, type Result } from 'autocannon';
 import { type Client, createClient } from 'graphql-ws';
 import { Redis } from 'ioredis';
 import pg from 'pg';
@@ -311,17 +311,36 @@ async function scenario1(sim: Simulator) {
   // A client with a revoked or mistyped token (a dashboard left running, a scanner) must not
   // cost the server more than one with a valid token does.
   const refusedHeaders = { ...headers, authorization: `Bearer pvg_${'R'.repeat(43)}` };
-  const refused = async (pid: number, url: string) => {
-    await run(url, { headers: refusedHeaders, duration: 1 }); // warm-up: this path has not run yet
+  // Each request a document nobody has sent before (a new operation name): what a scanner
+  // sends, and what neither the prepared path nor Yoga's parse cache has seen. The server
+  // runs with the default per-address budget for such requests (RATE_LIMIT_ANONYMOUS_PER_MIN),
+  // so after the first ones of the minute it answers 429 (finding 25).
+  let unseen = 0;
+  const unseenDocuments = [
+    {
+      setupRequest: (req: Request) => ({ ...req, body: JSON.stringify({ query: `query Probe${unseen++} { me { id } }` }) }),
+    },
+  ];
+  const refused = async (pid: number, url: string, extra: Partial<Parameters<typeof autocannon>[0]> = {}) => {
+    await run(url, { headers: refusedHeaders, duration: 1, ...extra }); // warm-up: this path has not run yet
     const before = processCpuMs(pid);
-    const r = await run(url, { headers: refusedHeaders, duration: Math.max(2, SECONDS / 2) });
-    const wrong = Object.entries(r.statusCodeStats ?? {}).reduce((n, [code, { count }]) => (code === '401' ? n : n + count), 0);
-    if (wrong > 0 || r.errors) console.log(`  ! refused run against ${url}: ${wrong} answers other than 401, ${r.errors} errors`);
-    return { rps: r.requests.average, cpuUs: ((processCpuMs(pid) - before) * 1000) / Math.max(1, r.requests.total) };
+    const r = await run(url, { headers: refusedHeaders, duration: Math.max(2, SECONDS / 2), ...extra });
+    const statuses = Object.fromEntries(Object.entries(r.statusCodeStats ?? {}).map(([code, { count }]) => [code, count]));
+    const wrong = Object.entries(statuses).reduce((n, [code, count]) => (code === '401' || code === '429' ? n : n + count), 0);
+    if (wrong > 0 || r.errors) console.log(`  ! refused run against ${url}: ${wrong} answers other than 401 or 429, ${r.errors} errors`);
+    return { rps: r.requests.average, cpuUs: ((processCpuMs(pid) - before) * 1000) / Math.max(1, r.requests.total), statuses };
   };
+  const answers = (statuses: Record<string, number>) =>
+    Object.entries(statuses)
+      .map(([code, count]) => `${count} × ${code}`)
+      .join(', ');
   const refusedB = await refused(baseline.pid!, baseUrl);
   const refusedS = await refused(server.pid, server.graphqlUrl);
   row({ scenario: 1, metric: `unknown token (401 UNAUTHENTICATED): req/s at ${CONNECTIONS} connections, CPU per request`, server: `${fmt(refusedS.rps, 0)} req/s, ${fmt(refusedS.cpuUs, 0)} µs`, baseline: `${fmt(refusedB.rps, 0)} req/s, ${fmt(refusedB.cpuUs, 0)} µs`, ratio: ratio(refusedS.rps, refusedB.rps), goal: '', status: '—' });
+  const unseenB = await refused(baseline.pid!, baseUrl, { requests: unseenDocuments });
+  const unseenS = await refused(server.pid, server.graphqlUrl, { requests: unseenDocuments });
+  row({ scenario: 1, metric: `unknown token, a new document each request (401, then 429 past the address's budget): req/s, CPU per request`, server: `${fmt(unseenS.rps, 0)} req/s, ${fmt(unseenS.cpuUs, 0)} µs`, baseline: `${fmt(unseenB.rps, 0)} req/s, ${fmt(unseenB.cpuUs, 0)} µs`, ratio: ratio(unseenS.rps, unseenB.rps), goal: '', status: '—' });
+  note(1, `a new document each request, answers of the measured run: server ${answers(unseenS.statuses)}; baseline ${answers(unseenB.statuses)} (it has no such budget).`);
   note(1, `paced runs: server ${pacedS.latencies.length}/${pacedS.sent} answered at ${fmt(pacedS.achievedRate, 0)} req/s (${pacedS.errors} errors), baseline ${pacedB.latencies.length}/${pacedB.sent} (${pacedB.errors} errors); max ${ms(ps.max)} vs ${ms(pb.max)}.`);
   const lag = (r: typeof pacedS) => `p99 ${ms(dist(r.sendLags).p99)}, max ${ms(dist(r.sendLags).max)}`;
   note(1, `the generator's own lateness (send time − due time, counted in the latency): server run ${lag(pacedS)}, baseline run ${lag(pacedB)}.`);

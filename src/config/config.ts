@@ -1,4 +1,5 @@
 import path from 'node:path';
+import proxyAddr from 'proxy-addr';
 import { z } from 'zod';
 
 /**
@@ -52,6 +53,26 @@ const url = (name: string, protocols: string[]) =>
       return v;
     });
 
+/**
+ * Reverse proxies whose X-Forwarded-For is believed: addresses, CIDR ranges, or proxy-addr's
+ * names `loopback`, `linklocal`, `uniquelocal`, comma-separated. Unset: none (the peer's
+ * address is the client's, and the header is ignored, so it cannot be spoofed).
+ */
+const trustedProxies = (name: string) =>
+  z
+    .string()
+    .optional()
+    .transform((v, ctx) => {
+      const entries = (v ?? '').split(',').map((s) => s.trim()).filter(Boolean);
+      try {
+        proxyAddr.compile(entries);
+      } catch (err) {
+        ctx.addIssue({ code: 'custom', message: `${name}: ${(err as Error).message} (addresses, CIDR ranges, loopback, linklocal or uniquelocal)` });
+        return z.NEVER;
+      }
+      return entries;
+    });
+
 /** 32 bytes, base64. Several keys (for rotation) are given comma-separated; the first encrypts. */
 const encryptionKeys = (name: string) =>
   z
@@ -92,6 +113,8 @@ const envSchema = z.object({
   MAX_REQUEST_BODY_BYTES: int('MAX_REQUEST_BODY_BYTES', 1_000_000, 1_000, 100_000_000),
   RATE_LIMIT_PROXMOX_PER_MIN: int('RATE_LIMIT_PROXMOX_PER_MIN', 60, 0, 1_000_000),
   RATE_LIMIT_RESERVATIONS_PER_MIN: int('RATE_LIMIT_RESERVATIONS_PER_MIN', 600, 0, 10_000_000),
+  RATE_LIMIT_ANONYMOUS_PER_MIN: int('RATE_LIMIT_ANONYMOUS_PER_MIN', 120, 0, 10_000_000),
+  TRUST_PROXY: trustedProxies('TRUST_PROXY'),
   WS_MAX_CONNECTIONS_PER_USER: int('WS_MAX_CONNECTIONS_PER_USER', 100, 1, 1_000_000),
   MAX_SUBSCRIPTIONS_PER_USER: int('MAX_SUBSCRIPTIONS_PER_USER', 1_000, 1, 10_000_000),
   WS_MAX_BUFFERED_BYTES: int('WS_MAX_BUFFERED_BYTES', 4 * 1024 * 1024, 1_024, 1_073_741_824),
@@ -125,8 +148,10 @@ export interface Config {
   introspection: boolean;
   graphiql: boolean;
   maxRequestBodyBytes: number;
-  /** Per user and minute; 0 disables the limit. */
-  rateLimits: { proxmoxCallsPerMin: number; reservationsPerMin: number };
+  /** Per user (per client address for anonymous requests) and minute; 0 disables the limit. */
+  rateLimits: { proxmoxCallsPerMin: number; reservationsPerMin: number; anonymousRequestsPerMin: number };
+  /** Proxies whose X-Forwarded-For names the client (proxy-addr's trust list); empty: none. */
+  trustProxy: string[];
   wsMaxConnectionsPerUser: number;
   /** Unsent bytes a WebSocket may hold before an event ends its subscription (client not reading). */
   wsMaxBufferedBytes: number;
@@ -183,7 +208,12 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, opts: LoadOptio
     introspection,
     graphiql: parseFlag('GRAPHIQL', e.GRAPHIQL, !production) && introspection,
     maxRequestBodyBytes: e.MAX_REQUEST_BODY_BYTES,
-    rateLimits: { proxmoxCallsPerMin: e.RATE_LIMIT_PROXMOX_PER_MIN, reservationsPerMin: e.RATE_LIMIT_RESERVATIONS_PER_MIN },
+    rateLimits: {
+      proxmoxCallsPerMin: e.RATE_LIMIT_PROXMOX_PER_MIN,
+      reservationsPerMin: e.RATE_LIMIT_RESERVATIONS_PER_MIN,
+      anonymousRequestsPerMin: e.RATE_LIMIT_ANONYMOUS_PER_MIN,
+    },
+    trustProxy: e.TRUST_PROXY,
     wsMaxConnectionsPerUser: e.WS_MAX_CONNECTIONS_PER_USER,
     wsMaxBufferedBytes: e.WS_MAX_BUFFERED_BYTES,
     maxSubscriptionsPerUser: e.MAX_SUBSCRIPTIONS_PER_USER,

@@ -16,6 +16,8 @@ import { schema } from '../graphql/schema.js';
 import { createPvegraphYoga, type PvegraphYoga } from '../graphql/yoga.js';
 import { UnauthenticatedError } from '../errors.js';
 import type { Services } from '../services.js';
+import { createAnonymousBudget } from './anonymous-budget.js';
+import { clientAddressOf } from './client-address.js';
 import { checkReadiness } from './health.js';
 import { graphqlWsSink } from './graphql-ws-sink.js';
 import { createPreparedQueryPath } from './prepared-query-path.js';
@@ -32,7 +34,15 @@ export const enum WsCloseCode {
 
 export type AppConfig = Pick<
   Config,
-  'graphiql' | 'introspection' | 'maxRequestBodyBytes' | 'maxSubscriptionsPerUser' | 'wsMaxConnectionsPerUser' | 'wsMaxBufferedBytes' | 'metricsToken' | 'tokenCacheTtlMs'
+  | 'graphiql'
+  | 'introspection'
+  | 'maxRequestBodyBytes'
+  | 'maxSubscriptionsPerUser'
+  | 'wsMaxConnectionsPerUser'
+  | 'wsMaxBufferedBytes'
+  | 'metricsToken'
+  | 'tokenCacheTtlMs'
+  | 'trustProxy'
 >;
 
 /** How long shutdown waits for in-flight requests and WebSocket close handshakes. */
@@ -91,6 +101,8 @@ export function createApp({ services, log, config }: AppOptions): App {
     maxRequestBodyBytes: config.maxRequestBodyBytes,
   });
 
+  const admitAnonymous = createAnonymousBudget(services, clientAddressOf(config.trustProxy));
+
   const server = createServer((req, res) => {
     const requestId = requestIdOf(req);
     res.setHeader('x-request-id', requestId);
@@ -125,7 +137,9 @@ export function createApp({ services, log, config }: AppOptions): App {
         return;
       default:
         if (route === '/graphql' && (await tryPreparedQuery(req, res, requestId))) return;
-        await yoga.handle(req, res, { requestId });
+        const admitted = await admitAnonymous(req, res);
+        if (!admitted) return;
+        await yoga.handle(req, res, { requestId, ...admitted });
     }
   }
 

@@ -235,7 +235,7 @@ function headersOf(response: Response): Record<string, string> {
 }
 
 /** What Yoga's default CORS (any origin, credentials) adds to a simple request's answer. */
-function corsHeaders(origin: string): Record<string, string> {
+export function corsHeaders(origin: string): Record<string, string> {
   return { 'access-control-allow-origin': origin, vary: 'Origin', 'access-control-allow-credentials': 'true' };
 }
 

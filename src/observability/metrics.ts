@@ -37,6 +37,13 @@ export class Metrics {
     registers: [this.registry],
   });
 
+  readonly anonymousRequests = new Counter({
+    name: 'pvegraph_anonymous_requests_total',
+    help: 'Requests without a valid API token handed to Yoga (admitted) or answered 429 because their address had spent its budget (refused).',
+    labelNames: ['outcome'] as const,
+    registers: [this.registry],
+  });
+
   readonly backgroundCheckFailures = new Counter({
     name: 'pvegraph_cache_background_check_failures_total',
     help: 'Background re-checks of a cached token or node ownership that failed (database unreachable); the entry kept answering until it expired.',

@@ -3,31 +3,42 @@ import { type RateLimiterAbstract, RateLimiterMemory, RateLimiterRedis, RateLimi
 import { DomainError, ErrorCode } from '../errors.js';
 
 /**
- * Per-user budgets for the operations that cost real work elsewhere: calls that reach a
- * Proxmox host, and VMID reservations. Counted in Redis so every instance shares one budget;
+ * Budgets for what costs real work: per user, calls that reach a Proxmox host and VMID
+ * reservations; per client address, requests without a valid API token that Yoga has to
+ * parse (src/http/anonymous-budget.ts). Counted in Redis so every instance shares one budget;
  * in-process in embedded mode (and as a fallback while Redis is unreachable, so an outage
  * never turns into "no limit" or "nothing works").
  */
-export type RateLimitBucket = 'proxmox' | 'reservations';
+export type RateLimitBucket = 'proxmox' | 'reservations' | 'anonymous';
+
+const SPENT_ON: Record<RateLimitBucket, string> = {
+  proxmox: 'Proxmox operations',
+  reservations: 'VMID reservations',
+  anonymous: 'requests without a valid API token from this address',
+};
 
 export class RateLimitedError extends DomainError {
   constructor(bucket: RateLimitBucket, retryAfterSeconds: number) {
-    super(ErrorCode.RATE_LIMITED, `Too many ${bucket === 'proxmox' ? 'Proxmox operations' : 'VMID reservations'}; try again in ${retryAfterSeconds} s.`, {
-      retryAfterSeconds,
-    });
+    super(ErrorCode.RATE_LIMITED, rateLimitedMessage(bucket, retryAfterSeconds), { retryAfterSeconds });
   }
+}
+
+export function rateLimitedMessage(bucket: RateLimitBucket, retryAfterSeconds: number): string {
+  return `Too many ${SPENT_ON[bucket]}; try again in ${retryAfterSeconds} s.`;
 }
 
 export interface RateLimits {
   proxmoxCallsPerMin: number;
   reservationsPerMin: number;
+  /** Per client address (IPv4 address or IPv6 /64). */
+  anonymousRequestsPerMin: number;
 }
 
 export class RateLimiter {
   private readonly limiters = new Map<RateLimitBucket, RateLimiterAbstract>();
 
   constructor(limits: RateLimits, redis: Redis | null) {
-    const make = (bucket: RateLimitBucket, points: number) => {
+    const make = (bucket: RateLimitBucket, points: number, options: { blockInMemory?: boolean } = {}) => {
       if (points <= 0) return;
       const memory = new RateLimiterMemory({ points, duration: 60, keyPrefix: `rl:${bucket}` });
       this.limiters.set(
@@ -41,24 +52,41 @@ export class RateLimiter {
               insuranceLimiter: memory,
               // While Redis reconnects, count in-process at once instead of waiting on a command.
               rejectIfRedisNotReady: true,
+              // A spent budget is then refused from memory until its window ends, without a
+              // Redis round trip per refused request: what a flood of them costs stays small.
+              ...(options.blockInMemory ? { inMemoryBlockOnConsumed: points } : {}),
             })
           : memory,
       );
     };
     make('proxmox', limits.proxmoxCallsPerMin);
     make('reservations', limits.reservationsPerMin);
+    make('anonymous', limits.anonymousRequestsPerMin, { blockInMemory: true });
   }
 
-  /** Spends one unit of the user's budget, or throws RATE_LIMITED. */
-  async consume(bucket: RateLimitBucket, userId: string): Promise<void> {
+  /** Whether the bucket has a limit (0 in the configuration turns it off). */
+  limits(bucket: RateLimitBucket): boolean {
+    return this.limiters.has(bucket);
+  }
+
+  /** Spends one unit of the budget of `key` (a user id, or a client address), or throws RATE_LIMITED. */
+  async consume(bucket: RateLimitBucket, key: string): Promise<void> {
+    const retryAfterSeconds = await this.take(bucket, key);
+    if (retryAfterSeconds > 0) throw new RateLimitedError(bucket, retryAfterSeconds);
+  }
+
+  /**
+   * Spends one unit of the budget of `key`: 0 when it was there, otherwise the seconds until
+   * it is. Builds no error, for callers that answer a refusal themselves on a hot path.
+   */
+  async take(bucket: RateLimitBucket, key: string): Promise<number> {
     const limiter = this.limiters.get(bucket);
-    if (!limiter) return;
+    if (!limiter) return 0;
     try {
-      await limiter.consume(userId);
+      await limiter.consume(key);
+      return 0;
     } catch (rejection) {
-      if (rejection instanceof RateLimiterRes) {
-        throw new RateLimitedError(bucket, Math.max(1, Math.ceil(rejection.msBeforeNext / 1000)));
-      }
+      if (rejection instanceof RateLimiterRes) return Math.max(1, Math.ceil(rejection.msBeforeNext / 1000));
       throw rejection;
     }
   }

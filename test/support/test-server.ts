@@ -61,6 +61,8 @@ export async function startTestServer(opts: TestServerOptions = {}): Promise<Tes
     // Suites create many nodes per user; the rate-limit tests set their own budgets.
     RATE_LIMIT_PROXMOX_PER_MIN: '100000',
     RATE_LIMIT_RESERVATIONS_PER_MIN: '1000000',
+    // Every test request comes from 127.0.0.1; the budget is still counted on every tokenless one.
+    RATE_LIMIT_ANONYMOUS_PER_MIN: '1000000',
     ...opts.env,
   });
   const log = createLogger(config.logLevel, opts.logStream);
