@@ -148,6 +148,21 @@ export class AuthService {
     return this.lookup(hash);
   }
 
+  /**
+   * Whether verify would answer this token without asking the database: a malformed token, or
+   * one whose acceptance or refusal is still cached. A lookup that is not is what a flood of
+   * made-up tokens costs (src/http/anonymous-budget.ts charges it).
+   */
+  answersFromCache(token: string): boolean {
+    if (!isWellFormedToken(token)) return true;
+    const hash = hashToken(token);
+    const now = this.now();
+    const hit = this.cache.get(hash);
+    if (hit && hit.expiresAt > now) return true;
+    const refusedUntil = this.refused.get(hash);
+    return refusedUntil !== undefined && refusedUntil > now;
+  }
+
   /** The database lookup behind verify: one at a time per token, shared by concurrent callers. */
   private lookup(hash: string): Promise<Viewer | null> {
     return this.lookups.run(hash, async () => {

@@ -9,6 +9,7 @@ import type { Logger } from 'pino';
 import { bearerToken } from '../auth/api-token.js';
 import type { Viewer } from '../auth/auth-service.js';
 import type { RevocationWatch } from '../auth/revocation-watch.js';
+import type { TokenCheck } from '../http/anonymous-budget.js';
 import type { Metrics } from '../observability/metrics.js';
 import type { Services } from '../services.js';
 import { type RequestContext, type SubscriptionSink, viewerContext } from './context.js';
@@ -28,6 +29,8 @@ import { schema } from './schema.js';
  */
 export interface ServerContext {
   viewer?: Viewer;
+  /** HTTP: the request's token, checked already (src/http/anonymous-budget.ts). */
+  token?: Exclude<TokenCheck, { kind: 'refused' }>;
   requestId?: string;
   /** graphql-ws over ws: where this operation's subscription events are written. */
   sink?: SubscriptionSink;
@@ -115,6 +118,15 @@ export function createPvegraphYoga(opts: YogaOptions): PvegraphYoga {
       const requestId = initial.requestId ?? initial.request.headers.get('x-request-id') ?? randomUUID();
       const base = { services, requestId, log };
       if (initial.viewer) return viewerContext(base, initial.viewer);
+      switch (initial.token?.kind) {
+        case 'viewer':
+          return viewerContext(base, initial.token.viewer);
+        case 'anonymous':
+          return { ...base, viewer: null, authFailure: initial.token.authFailure };
+        case 'unchecked':
+          // As if the check had failed here: Yoga masks and answers it.
+          throw initial.token.error;
+      }
       const token = bearerToken(initial.request.headers.get('authorization'));
       if (!token) return { ...base, viewer: null, authFailure: 'missing' };
       const viewer = await services.auth.verify(token);

@@ -16,7 +16,7 @@ import { schema } from '../graphql/schema.js';
 import { createPvegraphYoga, type PvegraphYoga } from '../graphql/yoga.js';
 import { UnauthenticatedError } from '../errors.js';
 import type { Services } from '../services.js';
-import { createAnonymousBudget } from './anonymous-budget.js';
+import { budgetKeyOfRequest, createAnonymousBudget } from './anonymous-budget.js';
 import { clientAddressOf } from './client-address.js';
 import { checkReadiness } from './health.js';
 import { graphqlWsSink } from './graphql-ws-sink.js';
@@ -101,7 +101,8 @@ export function createApp({ services, log, config }: AppOptions): App {
     maxRequestBodyBytes: config.maxRequestBodyBytes,
   });
 
-  const admitAnonymous = createAnonymousBudget(services, clientAddressOf(config.trustProxy));
+  const addressOf = clientAddressOf(config.trustProxy);
+  const budget = createAnonymousBudget(services, addressOf);
 
   const server = createServer((req, res) => {
     const requestId = requestIdOf(req);
@@ -135,11 +136,15 @@ export function createApp({ services, log, config }: AppOptions): App {
       case '/':
         res.writeHead(302, { location: '/graphql' }).end();
         return;
-      default:
-        if (route === '/graphql' && (await tryPreparedQuery(req, res, requestId))) return;
-        const admitted = await admitAnonymous(req, res);
-        if (!admitted) return;
-        await yoga.handle(req, res, { requestId, ...admitted });
+      default: {
+        const keyOf = budgetKeyOfRequest(req, addressOf);
+        if (keyOf === null) return; // the client is gone already: nobody to answer
+        const check = await budget.checkToken(req, res, keyOf);
+        if (check.kind === 'refused') return;
+        if (route === '/graphql' && (await tryPreparedQuery(req, res, requestId, check))) return;
+        if (!(await budget.admit(req, res, keyOf, check))) return;
+        await yoga.handle(req, res, { requestId, token: check });
+      }
     }
   }
 

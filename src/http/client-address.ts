@@ -2,8 +2,8 @@ import type { IncomingMessage } from 'node:http';
 import ipaddr from 'ipaddr.js';
 import proxyAddr from 'proxy-addr';
 
-/** The address a request came from, as far as this server can trust it. */
-export type ClientAddressOf = (req: IncomingMessage) => string;
+/** The address a request came from, as far as this server can trust it (undefined: the client is gone). */
+export type ClientAddressOf = (req: IncomingMessage) => string | undefined;
 
 /**
  * The peer's address, or — when the peer is one of the trusted reverse proxies (TRUST_PROXY) —
@@ -11,9 +11,26 @@ export type ClientAddressOf = (req: IncomingMessage) => string;
  * rule). Without trusted proxies the header is ignored: any client could write it.
  */
 export function clientAddressOf(trusted: readonly string[]): ClientAddressOf {
-  if (trusted.length === 0) return (req) => req.socket.remoteAddress ?? 'unknown';
+  if (trusted.length === 0) return (req) => req.socket.remoteAddress;
   const trust = proxyAddr.compile([...trusted]);
-  return (req) => proxyAddr(req, trust);
+  return (req) => {
+    // proxy-addr types it as string, but a reset connection has no peer address any more.
+    if (req.socket.remoteAddress === undefined) return undefined;
+    const forwarded = proxyAddr(req, trust);
+    // What a proxy wrote that is not an address (some add a port) would give each source port
+    // a budget of its own: count it under the proxy that sent it instead.
+    return ipaddr.isValid(withoutDecoration(forwarded)) ? forwarded : req.socket.remoteAddress;
+  };
+}
+
+/** An address without the port, brackets or zone some proxies and stacks write around it. */
+function withoutDecoration(address: string): string {
+  let a = address.trim();
+  const bracketed = /^\[([^\]]+)\](?::\d+)?$/.exec(a);
+  if (bracketed) a = bracketed[1]!;
+  else if (/^[\d.]+:\d+$/.test(a)) a = a.slice(0, a.lastIndexOf(':'));
+  const zone = a.indexOf('%');
+  return zone === -1 ? a : a.slice(0, zone);
 }
 
 /**
@@ -22,8 +39,9 @@ export function clientAddressOf(trusted: readonly string[]): ClientAddressOf {
  * whole /64, so a budget per IPv6 address would cost nothing to evade.
  */
 export function budgetKeyOf(address: string): string {
-  if (!ipaddr.isValid(address)) return address;
-  const parsed = ipaddr.process(address);
+  const bare = withoutDecoration(address);
+  if (!ipaddr.isValid(bare)) return address;
+  const parsed = ipaddr.process(bare);
   if (parsed.kind() === 'ipv4') return parsed.toString();
   const prefix = (parsed as ipaddr.IPv6).parts.slice(0, 4).map((part) => part.toString(16));
   return `${prefix.join(':')}::/64`;

@@ -2,7 +2,6 @@ import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:
 import type { GraphQLError } from 'graphql';
 import { processRegularResult } from 'graphql-yoga';
 import type { Logger } from 'pino';
-import { bearerToken } from '../auth/api-token.js';
 import { type RequestContext, viewerContext } from '../graphql/context.js';
 import type { ErrorMasker } from '../graphql/plugins/mask-errors.js';
 import { recordOperation } from '../graphql/plugins/observe-operations.js';
@@ -10,6 +9,10 @@ import { unauthenticated } from '../graphql/plugins/require-viewer.js';
 import { MAX_PREPARED_QUERY_LENGTH, type PreparedQueries } from '../graphql/prepared-queries.js';
 import type { PvegraphYoga } from '../graphql/yoga.js';
 import type { Services } from '../services.js';
+import type { TokenCheck } from './anonymous-budget.js';
+
+/** A token check this path acts on (a refused one has been answered already). */
+type CheckedToken = Exclude<TokenCheck, { kind: 'refused' }>;
 
 /** Bodies above this go straight to Yoga (a prepared query plus its variables is far smaller). */
 const MAX_PREPARED_BODY_BYTES = MAX_PREPARED_QUERY_LENGTH + 8_192;
@@ -58,7 +61,7 @@ export interface PreparedQueryPathOptions {
  */
 export function createPreparedQueryPath(opts: PreparedQueryPathOptions) {
   const { yoga, prepared, services, log, masker } = opts;
-  const { auth, metrics } = services;
+  const { metrics } = services;
   const maxBody = Math.min(MAX_PREPARED_BODY_BYTES, opts.maxRequestBodyBytes);
   const count = {
     prepared: metrics.preparedRequests.labels({ path: 'prepared' }),
@@ -70,27 +73,21 @@ export function createPreparedQueryPath(opts: PreparedQueryPathOptions) {
     invalid_variables: metrics.preparedRequests.labels({ path: 'invalid_variables' }),
   } satisfies Record<Handover | Answered, unknown>;
 
-  async function answer(headers: IncomingHttpHeaders, raw: Buffer, mediaType: string, requestId: string, res: ServerResponse): Promise<Handover | Answered> {
+  async function answer(headers: IncomingHttpHeaders, raw: Buffer, mediaType: string, requestId: string, res: ServerResponse, check: CheckedToken): Promise<Handover | Answered> {
     const params = graphqlParamsOf(raw);
     if (!params) return 'not_eligible';
     const entry = prepared.get(params.query, params.operationName);
     if (!entry) return 'not_prepared';
-    const token = bearerToken(headers.authorization);
-    let viewer;
-    try {
-      viewer = token ? await auth.verify(token) : null;
-    } catch {
-      // The token could not be checked (database down): nothing has run; Yoga answers it
-      // (masked, with its status) exactly as for a request it sees first.
-      return 'auth_error';
-    }
+    // The token could not be checked (database down): nothing has run; Yoga answers it
+    // (masked, with its status) exactly as for a request it sees first.
+    if (check.kind === 'unchecked') return 'auth_error';
     const started = performance.now();
     const origin = headers.origin;
-    if (!viewer) {
+    if (check.kind === 'anonymous') {
       // Refused here as useRequireViewer refuses it in Yoga (same error, same 401): a client
       // with a revoked or mistyped token would otherwise cost Yoga's whole pipeline per request.
       if (entry.introspectionOnly) return 'unauthenticated';
-      const authFailure = token ? 'invalid' : 'missing';
+      const { authFailure } = check;
       const refusal = await refusalOf(authFailure, mediaType);
       const context: RequestContext = { services, log, requestId, viewer: null, authFailure };
       recordOperation(metrics, context, { type: entry.type, operationName: params.operationName, errors: refusal.errors, started });
@@ -98,7 +95,7 @@ export function createPreparedQueryPath(opts: PreparedQueryPathOptions) {
       return 'refused';
     }
 
-    const context = viewerContext({ services, log, requestId }, viewer);
+    const context = viewerContext({ services, log, requestId }, check.viewer);
     const executed = await prepared.execute(entry, context, params.variables);
     if (!executed) return 'not_prepared';
     if (!('data' in executed) || executed.data === undefined) return 'invalid_variables';
@@ -140,7 +137,8 @@ export function createPreparedQueryPath(opts: PreparedQueryPathOptions) {
     return refusal;
   }
 
-  return async function tryPreparedQuery(req: IncomingMessage, res: ServerResponse, requestId: string): Promise<boolean> {
+  /** `check`: the request's token, checked once for this path and Yoga (anonymous-budget.ts). */
+  return async function tryPreparedQuery(req: IncomingMessage, res: ServerResponse, requestId: string, check: CheckedToken): Promise<boolean> {
     const headers = req.headers;
     const length = Number(headers['content-length']);
     const mediaType = req.method === 'POST' ? resultMediaType(headers.accept) : null;
@@ -160,7 +158,7 @@ export function createPreparedQueryPath(opts: PreparedQueryPathOptions) {
     }
     const raw = await readBody(req, length);
     if (!raw) return true; // the client went away mid-body: nobody to answer
-    const outcome = await answer(headers, raw, mediaType, requestId, res);
+    const outcome = await answer(headers, raw, mediaType, requestId, res, check);
     count[outcome].inc();
     if (outcome === 'prepared' || outcome === 'refused') return true;
     // whatwg-node takes an already-read body from `req.body` (as behind a body parser).

@@ -1,6 +1,11 @@
+import http from 'node:http';
+import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../../src/config/config.js';
 import { budgetKeyOf } from '../../src/http/client-address.js';
+import { TEST_POSTGRES_URL, TEST_REDIS_URL } from '../support/env.js';
+import { startTcpProxy } from '../support/tcp-proxy.js';
+import { createTestDatabase } from '../support/test-database.js';
 import { metricValue, startTestServer, type TestServer } from '../support/test-server.js';
 
 /**
@@ -34,31 +39,44 @@ const BAD_TOKEN = `pvg_${'Z'.repeat(43)}`;
 describe('per-address budget for requests without a valid token', () => {
   let a: TestServer;
   let b: TestServer;
+  let redis: Redis;
+  const tokenQueries: string[] = [];
+  /** What the shared budget of 127.0.0.1 holds in Redis: points spent this minute. */
+  const spentInRedis = async () => Number(await redis.get(`${a.config.redisKeyPrefix}rl:anonymous:127.0.0.1`));
 
   beforeAll(async () => {
-    const env = { RATE_LIMIT_ANONYMOUS_PER_MIN: '3' };
-    a = await startTestServer({ env });
+    const env = { RATE_LIMIT_ANONYMOUS_PER_MIN: '4' };
+    a = await startTestServer({ env, onQuery: (sql) => void (sql.includes('api_tokens') && tokenQueries.push(sql)) });
     // Instance B: same database, same Redis key prefix — one deployment, one budget.
     b = await startTestServer({ env, databaseUrl: a.databaseUrl, redisKeyPrefix: a.config.redisKeyPrefix });
+    redis = new Redis(TEST_REDIS_URL);
   });
   afterAll(async () => {
+    redis.disconnect();
     await b.stop();
     await a.stop();
   });
 
-  it('answers 401 within the budget and 429 RATE_LIMITED past it, on every instance', async () => {
+  it('charges what Yoga and the database do for nobody; 429 RATE_LIMITED past the budget, on every instance', async () => {
     const alice = await a.createUser();
-    // A document the server knows (it ran once with a valid token): refused on the prepared
-    // path for a bad token at less than a valid read's cost, so it is never counted.
+    const bob = await a.createUser(); // his token is used for the first time from a spent address
+    // A document the server knows (it ran once with a valid token): a bad token on it is
+    // refused on the prepared path for less than a valid read costs. Only the first look-up
+    // of the made-up token (a database query) is charged; its cached refusal is not.
     const known = 'query KnownToServer { me { id } }';
     expect((await post(a, { token: alice.token, query: known })).status).toBe(200);
+    expect((await post(b, { token: alice.token, query: known })).status).toBe(200); // B has her token cached too
     for (let i = 0; i < 5; i++) expect(codeOf(await post(a, { token: BAD_TOKEN, query: known }))).toBe('UNAUTHENTICATED');
+    expect(await spentInRedis()).toBe(1);
 
-    expect(codeOf(await post(a))).toBe('UNAUTHENTICATED'); // 1, no token
-    expect(codeOf(await post(b, { token: BAD_TOKEN }))).toBe('UNAUTHENTICATED'); // 2, unknown token
-    expect(codeOf(await post(a, { query: '{ __typename }' }))).toBeUndefined(); // 3, introspection passes without a token
+    expect(codeOf(await post(a))).toBe('UNAUTHENTICATED'); // 2: no token, unknown document
+    // 3: a token B has not looked up yet, on a document Yoga must parse: charged once, not twice.
+    expect(codeOf(await post(b, { token: BAD_TOKEN }))).toBe('UNAUTHENTICATED');
+    expect(await spentInRedis()).toBe(3);
+    // 4: introspection still runs without a token (GraphiQL loads the schema first).
+    expect(await post(a, { query: '{ __typename }' })).toMatchObject({ status: 200, body: { data: { __typename: 'Query' } } });
+    expect(await metricValue(a, 'pvegraph_anonymous_requests_total{outcome="admitted"}')).toBe(2);
 
-    const refusedBefore = await metricValue(a, 'pvegraph_anonymous_requests_total{outcome="refused"}');
     const limited = await post(a, { token: BAD_TOKEN, headers: { origin: 'https://dash.example', accept: 'application/graphql-response+json' } });
     expect(limited.status).toBe(429);
     expect(limited.body.data).toBeUndefined();
@@ -70,18 +88,29 @@ describe('per-address budget for requests without a valid token', () => {
     expect(limited.headers.get('content-type')).toBe('application/graphql-response+json; charset=utf-8');
     // A browser dashboard can read why it was refused.
     expect(limited.headers.get('access-control-allow-origin')).toBe('https://dash.example');
-    expect(await metricValue(a, 'pvegraph_anonymous_requests_total{outcome="refused"}')).toBe(refusedBefore + 1);
+    expect(await metricValue(a, 'pvegraph_anonymous_requests_total{outcome="refused"}')).toBe(1);
+
+    // A spent address is refused from memory: Redis is no longer asked by this instance...
+    for (let i = 0; i < 3; i++) expect((await post(a)).status).toBe(429);
+    expect(await spentInRedis()).toBe(4);
+    // ...nor the database, for a made-up token it would have had to look up.
+    const lookups = tokenQueries.length;
+    expect((await post(a, { token: `pvg_${'Y'.repeat(43)}`, query: known })).status).toBe(429);
+    expect(tokenQueries.length).toBe(lookups);
 
     // The other instance counts in the same budget, and refuses introspection too.
     expect(codeOf(await post(b, { query: '{ __typename }' }))).toBe('RATE_LIMITED');
-    // GraphiQL's page without a token is such a request as well.
+    // GraphiQL's page (9 MB, self-contained) without a token is such a request as well.
     expect((await fetch(a.graphqlUrl, { headers: { accept: 'text/html' } })).status).toBe(429);
 
-    // A user's requests are theirs, never the address's: a new document with a valid token
-    // runs, and so does the known one; a bad token on a known document is still told 401.
+    // A user's requests are theirs, never the address's: a new document with a known valid
+    // token runs, and so does the known one; a cached refusal on a known document is still 401.
     expect(await post(b, { token: alice.token })).toMatchObject({ status: 200, body: { data: { me: { id: alice.userId } } } });
     expect((await post(a, { token: alice.token, query: known })).status).toBe(200);
     expect(codeOf(await post(a, { token: BAD_TOKEN, query: known }))).toBe('UNAUTHENTICATED');
+    // The price: a token this instance has not looked up yet waits out the address's minute
+    // too, since looking it up is what a flood of made-up tokens would cost.
+    expect(codeOf(await post(a, { token: bob.token }))).toBe('RATE_LIMITED');
   });
 
   it('lets CORS preflights through (a browser sends them before its authenticated requests)', async () => {
@@ -96,8 +125,55 @@ describe('per-address budget for requests without a valid token', () => {
       }
       expect(codeOf(await post(fresh))).toBe('UNAUTHENTICATED'); // the budget is still whole
       expect(codeOf(await post(fresh))).toBe('RATE_LIMITED');
+      // Spent, an address's preflights still pass: the dashboards behind it keep working.
+      const preflight = await fetch(fresh.graphqlUrl, { method: 'OPTIONS', headers: { origin: 'https://dash.example', 'access-control-request-method': 'POST' } });
+      expect(preflight.status).toBe(204);
     } finally {
       await fresh.stop();
+    }
+  });
+
+  it('keeps the connection after a small refused body, closes it rather than read a large one', async () => {
+    const fresh = await startTestServer({ env: { RATE_LIMIT_ANONYMOUS_PER_MIN: '1' } });
+    const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+    const send = (body: string) =>
+      new Promise<{ status: number; connection: string | undefined; reused: boolean }>((resolve, reject) => {
+        const req = http.request(fresh.graphqlUrl, { method: 'POST', agent, headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) } }, (res) => {
+          res.resume();
+          res.on('end', () => resolve({ status: res.statusCode!, connection: res.headers.connection, reused: req.reusedSocket }));
+        });
+        req.on('error', reject);
+        req.end(body);
+      });
+    try {
+      const small = JSON.stringify({ query: unseenQuery() });
+      expect(await send(small)).toMatchObject({ status: 401, reused: false });
+      expect(await send(small)).toMatchObject({ status: 429, connection: 'keep-alive', reused: true });
+      expect(await send(small)).toMatchObject({ status: 429, reused: true }); // the same socket served it
+      const large = JSON.stringify({ query: unseenQuery(), variables: { padding: 'x'.repeat(200_000) } });
+      expect(await send(large)).toMatchObject({ status: 429, connection: 'close' });
+    } finally {
+      agent.destroy();
+      await fresh.stop();
+    }
+  });
+
+  it('charges tokens that cannot be checked while PostgreSQL is unreachable', async () => {
+    const target = new URL(TEST_POSTGRES_URL);
+    const [db, relay] = await Promise.all([createTestDatabase(), startTcpProxy(target.hostname, Number(target.port || 5432))]);
+    const viaRelay = new URL(db.url);
+    viaRelay.host = `127.0.0.1:${relay.port}`;
+    const srv = await startTestServer({ databaseUrl: viaRelay.toString(), env: { TOKEN_CACHE_TTL_MS: '0', RATE_LIMIT_ANONYMOUS_PER_MIN: '2' } });
+    try {
+      await relay.down();
+      // Each made-up token is a database attempt (seconds, while it is down): two, then 429.
+      expect(codeOf(await post(srv, { token: `pvg_${'A'.repeat(43)}` }))).toBe('SERVICE_UNAVAILABLE');
+      expect(codeOf(await post(srv, { token: `pvg_${'B'.repeat(43)}` }))).toBe('SERVICE_UNAVAILABLE');
+      expect(codeOf(await post(srv, { token: `pvg_${'C'.repeat(43)}` }))).toBe('RATE_LIMITED');
+    } finally {
+      await srv.stop();
+      await relay.close();
+      await db.drop();
     }
   });
 });
@@ -108,6 +184,16 @@ describe('which address pays', () => {
     try {
       expect(codeOf(await post(server, { headers: { 'x-forwarded-for': '203.0.113.1' } }))).toBe('UNAUTHENTICATED');
       // A client cannot buy a new budget by writing the header.
+      expect(codeOf(await post(server, { headers: { 'x-forwarded-for': '203.0.113.2' } }))).toBe('RATE_LIMITED');
+    } finally {
+      await server.stop();
+    }
+  });
+
+  it('ignores X-Forwarded-For from a peer outside TRUST_PROXY', async () => {
+    const server = await startTestServer({ env: { RATE_LIMIT_ANONYMOUS_PER_MIN: '1', TRUST_PROXY: '10.0.0.0/8' } });
+    try {
+      expect(codeOf(await post(server, { headers: { 'x-forwarded-for': '203.0.113.1' } }))).toBe('UNAUTHENTICATED');
       expect(codeOf(await post(server, { headers: { 'x-forwarded-for': '203.0.113.2' } }))).toBe('RATE_LIMITED');
     } finally {
       await server.stop();
@@ -129,6 +215,15 @@ describe('which address pays', () => {
       expect(codeOf(await from('2001:db8:1:2::1'))).toBe('UNAUTHENTICATED');
       expect(codeOf(await from('2001:db8:1:2:ffff::7'))).toBe('RATE_LIMITED'); // same /64
       expect(codeOf(await from('2001:db8:1:3::1'))).toBe('UNAUTHENTICATED'); // next /64
+
+      // Ports and brackets some proxies add do not make a new budget per source port.
+      expect(codeOf(await from('203.0.113.3:1234'))).toBe('UNAUTHENTICATED');
+      expect(codeOf(await from('203.0.113.3:5678'))).toBe('RATE_LIMITED');
+      expect(codeOf(await from('[2001:db8:1:4::1]:443'))).toBe('UNAUTHENTICATED');
+      expect(codeOf(await from('[2001:db8:1:4::1]:444'))).toBe('RATE_LIMITED');
+      // What is not an address at all is charged to the proxy that sent it.
+      expect(codeOf(await from('unknown'))).toBe('UNAUTHENTICATED');
+      expect(codeOf(await from('garbage'))).toBe('RATE_LIMITED');
     } finally {
       await server.stop();
     }
@@ -140,6 +235,9 @@ describe('which address pays', () => {
     expect(budgetKeyOf('2001:db8:0:a::1')).toBe('2001:db8:0:a::/64');
     expect(budgetKeyOf('2001:0db8:0000:000a:ffff:ffff:ffff:ffff')).toBe('2001:db8:0:a::/64');
     expect(budgetKeyOf('::1')).toBe('0:0:0:0::/64');
+    expect(budgetKeyOf('192.0.2.1:8080')).toBe('192.0.2.1');
+    expect(budgetKeyOf('[2001:db8:0:a::1]:443')).toBe('2001:db8:0:a::/64');
+    expect(budgetKeyOf('fe80::1%eth0')).toBe('fe80:0:0:0::/64');
   });
 });
 
