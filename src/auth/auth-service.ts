@@ -135,6 +135,20 @@ export class AuthService {
   async verify(token: string): Promise<Viewer | null> {
     if (!isWellFormedToken(token)) return null;
     const hash = hashToken(token);
+    const cached = this.fromCache(hash);
+    return cached !== undefined ? cached : this.lookup(hash);
+  }
+
+  /**
+   * What verify would answer without the database: the viewer, null (malformed, or refused a
+   * moment ago), or undefined when only a lookup can tell. A lookup is what a flood of made-up
+   * tokens costs, so callers may decide first whether to pay for it (src/http/anonymous-budget.ts).
+   */
+  verifyCached(token: string): Viewer | null | undefined {
+    return isWellFormedToken(token) ? this.fromCache(hashToken(token)) : null;
+  }
+
+  private fromCache(hash: string): Viewer | null | undefined {
     const now = this.now();
     const hit = this.cache.get(hash);
     if (hit && hit.expiresAt > now) {
@@ -142,25 +156,8 @@ export class AuthService {
       return hit.viewer;
     }
     if (hit) this.cache.delete(hash);
-
     const refusedUntil = this.refused.get(hash);
-    if (refusedUntil !== undefined && refusedUntil > now) return null;
-    return this.lookup(hash);
-  }
-
-  /**
-   * Whether verify would answer this token without asking the database: a malformed token, or
-   * one whose acceptance or refusal is still cached. A lookup that is not is what a flood of
-   * made-up tokens costs (src/http/anonymous-budget.ts charges it).
-   */
-  answersFromCache(token: string): boolean {
-    if (!isWellFormedToken(token)) return true;
-    const hash = hashToken(token);
-    const now = this.now();
-    const hit = this.cache.get(hash);
-    if (hit && hit.expiresAt > now) return true;
-    const refusedUntil = this.refused.get(hash);
-    return refusedUntil !== undefined && refusedUntil > now;
+    return refusedUntil !== undefined && refusedUntil > now ? null : undefined;
   }
 
   /** The database lookup behind verify: one at a time per token, shared by concurrent callers. */

@@ -7,14 +7,14 @@ import type { Services } from '../services.js';
 import { budgetKeyOf, type ClientAddressOf } from './client-address.js';
 import { corsHeaders, resultMediaType } from './prepared-query-path.js';
 
-/** What the request's token turned out to be, decided once per HTTP request. */
+/** What the request's token turned out to be, decided once per request. */
 export type TokenCheck =
   | { kind: 'viewer'; viewer: Viewer }
   | { kind: 'anonymous'; authFailure: 'missing' | 'invalid'; charged: boolean }
   /** The token could not be checked (database down). */
   | { kind: 'unchecked'; error: unknown; charged: boolean }
-  /** The address has spent its budget: answered 429 already. */
-  | { kind: 'refused' };
+  /** The address has spent its budget: refused (HTTP: answered 429 already). */
+  | { kind: 'refused'; retryAfterSeconds: number };
 
 /** Bodies a refused client may still be sending: past this, the connection is closed instead of drained. */
 const MAX_DRAINED_BODY_BYTES = 64 * 1024;
@@ -26,72 +26,107 @@ const MAX_DRAINED_BODY_BYTES = 64 * 1024;
  * - a request Yoga handles without a valid token: a document the prepared path does not know,
  *   a tokenless introspection, GraphiQL's page (~10× a dashboard's cached read: BENCHMARKS.md,
  *   finding 25);
- * - a token looked up in the database and not found (or not checkable): made-up tokens would
- *   otherwise each cost a query.
- * Once an address has spent its budget, such requests are answered 429 `RATE_LIMITED` before
- * Yoga or the database sees them (from memory, until its minute ends).
+ * - a token only the database can tell about (HTTP or WebSocket), charged *before* the lookup
+ *   so that concurrent made-up tokens cannot outrun the budget, and given back when the token
+ *   is valid.
+ * Past the budget such requests are refused before Yoga or the database sees them (429, or a
+ * WebSocket closed with 4429), from memory until the address's minute ends.
  *
- * Never charged: a valid token (the user's own budgets apply), CORS preflights (a browser
- * dashboard sends one before its authenticated requests), and a token whose refusal is cached,
- * on a document the prepared path knows (answered 401 there at less than a valid read's cost).
+ * Never charged: a token verify answers from its cache (a dashboard in use stays cached; a
+ * made-up token's refusal is cached for seconds, and on a document the prepared path knows it
+ * is answered 401 there for less than a valid read), CORS preflights without a token.
  */
 export function createAnonymousBudget(services: Pick<Services, 'auth' | 'rateLimiter' | 'metrics'>, addressOf: ClientAddressOf) {
   const { auth, rateLimiter, metrics } = services;
-  const admitted = metrics.anonymousRequests.labels({ outcome: 'admitted' });
+  const charged = metrics.anonymousRequests.labels({ outcome: 'charged' });
   const refused = metrics.anonymousRequests.labels({ outcome: 'refused' });
   // Both series exist from the start, so a dashboard's rate() sees the first refusal.
-  admitted.inc(0);
+  charged.inc(0);
   refused.inc(0);
   const enabled = rateLimiter.limits('anonymous');
 
-  const refuse = (req: IncomingMessage, res: ServerResponse, retryAfterSeconds: number): { kind: 'refused' } => {
-    refused.inc();
-    answer429(req, res, retryAfterSeconds);
-    return { kind: 'refused' };
-  };
+  /** Spends one unit of the address's budget: 0, or the seconds until there is one. */
+  async function charge(key: string): Promise<number> {
+    const retryAfterSeconds = await rateLimiter.take('anonymous', key);
+    (retryAfterSeconds > 0 ? refused : charged).inc();
+    return retryAfterSeconds;
+  }
+
+  /**
+   * The token's check: synchronous while no I/O is needed (no token, or an answer verify has
+   * cached — every request of a dashboard in use), so the hot path awaits nothing extra.
+   */
+  function checkToken(token: string | null, keyOf: () => string): TokenCheck | Promise<TokenCheck> {
+    if (!token) return { kind: 'anonymous', authFailure: 'missing', charged: false };
+    const cached = auth.verifyCached(token);
+    if (cached) return { kind: 'viewer', viewer: cached };
+    if (cached === null) return { kind: 'anonymous', authFailure: 'invalid', charged: false };
+    return enabled ? lookUpCharged(token, keyOf()) : lookUp(token);
+  }
+
+  async function lookUp(token: string): Promise<TokenCheck> {
+    try {
+      const viewer = await auth.verify(token);
+      return viewer ? { kind: 'viewer', viewer } : { kind: 'anonymous', authFailure: 'invalid', charged: false };
+    } catch (error) {
+      return { kind: 'unchecked', error, charged: false };
+    }
+  }
+
+  /** A lookup only the database can answer: charged before it starts, given back if the token is valid. */
+  async function lookUpCharged(token: string, key: string): Promise<TokenCheck> {
+    const retryAfterSeconds = await rateLimiter.take('anonymous', key);
+    if (retryAfterSeconds > 0) {
+      refused.inc();
+      return { kind: 'refused', retryAfterSeconds };
+    }
+    let viewer;
+    try {
+      viewer = await auth.verify(token);
+    } catch (error) {
+      charged.inc();
+      return { kind: 'unchecked', error, charged: true };
+    }
+    if (viewer) {
+      void rateLimiter.refund('anonymous', key);
+      return { kind: 'viewer', viewer };
+    }
+    charged.inc();
+    return { kind: 'anonymous', authFailure: 'invalid', charged: true };
+  }
 
   return {
+    /** Whether the budget is on (RATE_LIMIT_ANONYMOUS_PER_MIN > 0). */
+    enabled,
+
     /**
-     * The request's viewer, checked once for both paths. Answers 429 itself (kind `refused`)
-     * when a database lookup would be charged to an address that has spent its budget.
+     * An HTTP request's token, checked once for the prepared path and Yoga; a refusal is
+     * answered 429 here. Synchronous when the answer is cached.
      */
-    async checkToken(req: IncomingMessage, res: ServerResponse, keyOf: () => string): Promise<TokenCheck> {
-      const token = bearerToken(req.headers.authorization);
-      if (!token) return { kind: 'anonymous', authFailure: 'missing', charged: false };
-      const fromCache = !enabled || auth.answersFromCache(token);
-      if (!fromCache) {
-        const spent = rateLimiter.spentFor('anonymous', keyOf());
-        if (spent > 0) return refuse(req, res, spent);
-      }
-      let viewer;
-      try {
-        viewer = await auth.verify(token);
-      } catch (error) {
-        if (!enabled) return { kind: 'unchecked', error, charged: false };
-        const retryAfter = await rateLimiter.take('anonymous', keyOf());
-        return retryAfter > 0 ? refuse(req, res, retryAfter) : { kind: 'unchecked', error, charged: true };
-      }
-      if (viewer) return { kind: 'viewer', viewer };
-      if (fromCache) return { kind: 'anonymous', authFailure: 'invalid', charged: false };
-      const retryAfter = await rateLimiter.take('anonymous', keyOf());
-      return retryAfter > 0 ? refuse(req, res, retryAfter) : { kind: 'anonymous', authFailure: 'invalid', charged: true };
+    checkHttp(req: IncomingMessage, res: ServerResponse, keyOf: () => string): TokenCheck | Promise<TokenCheck> {
+      const check = checkToken(bearerToken(req.headers.authorization), keyOf);
+      if (!(check instanceof Promise)) return check;
+      return check.then((c) => {
+        if (c.kind === 'refused') answer429(req, res, c.retryAfterSeconds);
+        return c;
+      });
+    },
+
+    /** A WebSocket's token from connection_init; on `refused` the caller closes the socket. */
+    async checkWebSocket(request: IncomingMessage, token: string | null): Promise<TokenCheck> {
+      return checkToken(token, budgetKeyOfRequest(request, addressOf));
     },
 
     /**
-     * Charges a request about to be handed to Yoga without a valid token (once: a failed
-     * lookup was charged already). False when it has been answered 429 instead.
+     * Charges a request about to be handed to Yoga without a valid token (once: a lookup in
+     * vain was charged already). False when it has been answered 429 instead.
      */
     async admit(req: IncomingMessage, res: ServerResponse, keyOf: () => string, check: TokenCheck): Promise<boolean> {
-      if (check.kind === 'viewer' || check.kind === 'refused' || !enabled || req.method === 'OPTIONS') return true;
-      if (!check.charged) {
-        const retryAfter = await rateLimiter.take('anonymous', keyOf());
-        if (retryAfter > 0) {
-          refuse(req, res, retryAfter);
-          return false;
-        }
-      }
-      admitted.inc();
-      return true;
+      if (!enabled || check.kind === 'viewer' || check.kind === 'refused' || check.charged || req.method === 'OPTIONS') return true;
+      const retryAfterSeconds = await charge(keyOf());
+      if (retryAfterSeconds === 0) return true;
+      answer429(req, res, retryAfterSeconds);
+      return false;
     },
   };
 }
@@ -100,15 +135,13 @@ export type AnonymousBudget = ReturnType<typeof createAnonymousBudget>;
 
 /**
  * The key a request's address is charged under, worked out when first needed (it costs ~3 µs,
- * and most requests carry a valid token). Null when the client is gone already. Called before
- * anything awaits: reading the peer's address then makes Node keep it for the socket, which a
- * reset would otherwise take along.
+ * and most requests carry a valid token). The peer's address is read now: Node then keeps it
+ * for the socket, which a reset would otherwise take along.
  */
-export function budgetKeyOfRequest(req: IncomingMessage, addressOf: ClientAddressOf): (() => string) | null {
+export function budgetKeyOfRequest(req: IncomingMessage, addressOf: ClientAddressOf): () => string {
   const peer = req.socket.remoteAddress;
-  if (peer === undefined) return null;
   let key: string | undefined;
-  return () => (key ??= budgetKeyOf(addressOf(req) ?? peer));
+  return () => (key ??= budgetKeyOf(addressOf(req) ?? peer ?? 'unknown'));
 }
 
 /**

@@ -16,7 +16,7 @@ import { schema } from '../graphql/schema.js';
 import { createPvegraphYoga, type PvegraphYoga } from '../graphql/yoga.js';
 import { UnauthenticatedError } from '../errors.js';
 import type { Services } from '../services.js';
-import { budgetKeyOfRequest, createAnonymousBudget } from './anonymous-budget.js';
+import { budgetKeyOfRequest, createAnonymousBudget, type TokenCheck } from './anonymous-budget.js';
 import { clientAddressOf } from './client-address.js';
 import { checkReadiness } from './health.js';
 import { graphqlWsSink } from './graphql-ws-sink.js';
@@ -30,6 +30,8 @@ export const enum WsCloseCode {
   PolicyViolation = 1008,
   /** Bad or missing token (graphql-ws Forbidden). */
   Forbidden = 4403,
+  /** The address has spent its budget for requests without a valid token (anonymous-budget.ts). */
+  TooManyRequests = 4429,
 }
 
 export type AppConfig = Pick<
@@ -138,12 +140,19 @@ export function createApp({ services, log, config }: AppOptions): App {
         return;
       default: {
         const keyOf = budgetKeyOfRequest(req, addressOf);
-        if (keyOf === null) return; // the client is gone already: nobody to answer
-        const check = await budget.checkToken(req, res, keyOf);
-        if (check.kind === 'refused') return;
-        if (route === '/graphql' && (await tryPreparedQuery(req, res, requestId, check))) return;
-        if (!(await budget.admit(req, res, keyOf, check))) return;
-        await yoga.handle(req, res, { requestId, token: check });
+        // Checked once, when first needed: by the prepared path once it knows the document,
+        // else before Yoga (with the budget off, Yoga's context factory checks it as it always did).
+        let checked: TokenCheck | Promise<TokenCheck> | undefined;
+        const checkToken = () => (checked ??= budget.checkHttp(req, res, keyOf));
+        if (route === '/graphql' && (await tryPreparedQuery(req, res, requestId, checkToken))) return;
+        let token: TokenCheck | undefined;
+        if (budget.enabled) {
+          token = await checkToken();
+          if (token.kind === 'refused' || !(await budget.admit(req, res, keyOf, token))) return;
+        } else if (checked) {
+          token = await checked;
+        }
+        await yoga.handle(req, res, { requestId, ...(token && token.kind !== 'refused' ? { token } : {}) });
       }
     }
   }
@@ -157,8 +166,15 @@ export function createApp({ services, log, config }: AppOptions): App {
       // Decided once per socket: returning false closes it with 4403 Forbidden.
       onConnect: async (ctx) => {
         const token = bearerToken(String(ctx.connectionParams?.authorization ?? ''));
-        const viewer = token ? await services.auth.verify(token) : null;
-        if (!viewer) return false;
+        // A token only the database can tell about is charged to the address's budget, as over HTTP.
+        const check = await budget.checkWebSocket(ctx.extra.request, token);
+        if (check.kind === 'unchecked') throw check.error; // as before: graphql-ws closes with 4500
+        if (check.kind === 'refused') {
+          ctx.extra.socket.close(WsCloseCode.TooManyRequests, `Too many requests without a valid API token; retry in ${check.retryAfterSeconds} s`);
+          return false;
+        }
+        if (check.kind !== 'viewer') return false;
+        const viewer = check.viewer;
         // Closed while the token was being checked: onClose has run already, count nothing.
         if (ctx.extra.socket.readyState !== WebSocket.OPEN) return false;
         const open = socketsPerUser.get(viewer.userId) ?? 0;

@@ -7,19 +7,25 @@ export type ClientAddressOf = (req: IncomingMessage) => string | undefined;
 
 /**
  * The peer's address, or — when the peer is one of the trusted reverse proxies (TRUST_PROXY) —
- * the nearest address in X-Forwarded-For that is not a trusted proxy (proxy-addr, Express's
- * rule). Without trusted proxies the header is ignored: any client could write it.
+ * the nearest address in X-Forwarded-For that is not a trusted proxy (Express's rule, with
+ * proxy-addr's trust list). Without trusted proxies the header is ignored: any client could
+ * write it. Ports, brackets and zones some proxies write around an address are ignored (else
+ * each source port would get a budget of its own, and a trusted hop written with a port would
+ * end the walk at the proxy); an entry that is no address at all is charged to the hop that
+ * wrote it.
  */
 export function clientAddressOf(trusted: readonly string[]): ClientAddressOf {
   if (trusted.length === 0) return (req) => req.socket.remoteAddress;
   const trust = proxyAddr.compile([...trusted]);
   return (req) => {
-    // proxy-addr types it as string, but a reset connection has no peer address any more.
-    if (req.socket.remoteAddress === undefined) return undefined;
-    const forwarded = proxyAddr(req, trust);
-    // What a proxy wrote that is not an address (some add a port) would give each source port
-    // a budget of its own: count it under the proxy that sent it instead.
-    return ipaddr.isValid(withoutDecoration(forwarded)) ? forwarded : req.socket.remoteAddress;
+    if (req.socket.remoteAddress === undefined) return undefined; // reset before it was read
+    // Nearest first: the peer, then X-Forwarded-For from right to left.
+    const hops = proxyAddr.all(req).map(withoutDecoration);
+    for (let i = 0; i < hops.length; i++) {
+      if (!ipaddr.isValid(hops[i]!)) return hops[i - 1];
+      if (i === hops.length - 1 || !trust(hops[i]!, i)) return hops[i];
+    }
+    return hops[0];
   };
 }
 

@@ -11,16 +11,13 @@ import type { PvegraphYoga } from '../graphql/yoga.js';
 import type { Services } from '../services.js';
 import type { TokenCheck } from './anonymous-budget.js';
 
-/** A token check this path acts on (a refused one has been answered already). */
-type CheckedToken = Exclude<TokenCheck, { kind: 'refused' }>;
-
 /** Bodies above this go straight to Yoga (a prepared query plus its variables is far smaller). */
 const MAX_PREPARED_BODY_BYTES = MAX_PREPARED_QUERY_LENGTH + 8_192;
 
 /** Why a request was handed to Yoga (the metric's label values: a small fixed set). */
 type Handover = 'not_eligible' | 'not_prepared' | 'unauthenticated' | 'auth_error' | 'invalid_variables';
-/** How a request was answered here: run, or refused for its token. */
-type Answered = 'prepared' | 'refused';
+/** How a request was answered here: run, refused for its token, or for its address's spent budget (429). */
+type Answered = 'prepared' | 'refused' | 'rate_limited';
 
 /** A refused token's answer, as Yoga formats it (see refusalOf). */
 interface Refusal {
@@ -66,6 +63,7 @@ export function createPreparedQueryPath(opts: PreparedQueryPathOptions) {
   const count = {
     prepared: metrics.preparedRequests.labels({ path: 'prepared' }),
     refused: metrics.preparedRequests.labels({ path: 'refused' }),
+    rate_limited: metrics.preparedRequests.labels({ path: 'rate_limited' }),
     not_eligible: metrics.preparedRequests.labels({ path: 'not_eligible' }),
     not_prepared: metrics.preparedRequests.labels({ path: 'not_prepared' }),
     unauthenticated: metrics.preparedRequests.labels({ path: 'unauthenticated' }),
@@ -73,11 +71,14 @@ export function createPreparedQueryPath(opts: PreparedQueryPathOptions) {
     invalid_variables: metrics.preparedRequests.labels({ path: 'invalid_variables' }),
   } satisfies Record<Handover | Answered, unknown>;
 
-  async function answer(headers: IncomingHttpHeaders, raw: Buffer, mediaType: string, requestId: string, res: ServerResponse, check: CheckedToken): Promise<Handover | Answered> {
+  async function answer(headers: IncomingHttpHeaders, raw: Buffer, mediaType: string, requestId: string, res: ServerResponse, checkToken: () => TokenCheck | Promise<TokenCheck>): Promise<Handover | Answered> {
     const params = graphqlParamsOf(raw);
     if (!params) return 'not_eligible';
     const entry = prepared.get(params.query, params.operationName);
     if (!entry) return 'not_prepared';
+    const pending = checkToken();
+    const check = pending instanceof Promise ? await pending : pending; // cached: no extra tick
+    if (check.kind === 'refused') return 'rate_limited'; // answered 429 by the check
     // The token could not be checked (database down): nothing has run; Yoga answers it
     // (masked, with its status) exactly as for a request it sees first.
     if (check.kind === 'unchecked') return 'auth_error';
@@ -137,8 +138,8 @@ export function createPreparedQueryPath(opts: PreparedQueryPathOptions) {
     return refusal;
   }
 
-  /** `check`: the request's token, checked once for this path and Yoga (anonymous-budget.ts). */
-  return async function tryPreparedQuery(req: IncomingMessage, res: ServerResponse, requestId: string, check: CheckedToken): Promise<boolean> {
+  /** `checkToken`: the request's token, checked once for this path and Yoga (anonymous-budget.ts). */
+  return async function tryPreparedQuery(req: IncomingMessage, res: ServerResponse, requestId: string, checkToken: () => TokenCheck | Promise<TokenCheck>): Promise<boolean> {
     const headers = req.headers;
     const length = Number(headers['content-length']);
     const mediaType = req.method === 'POST' ? resultMediaType(headers.accept) : null;
@@ -158,9 +159,9 @@ export function createPreparedQueryPath(opts: PreparedQueryPathOptions) {
     }
     const raw = await readBody(req, length);
     if (!raw) return true; // the client went away mid-body: nobody to answer
-    const outcome = await answer(headers, raw, mediaType, requestId, res, check);
+    const outcome = await answer(headers, raw, mediaType, requestId, res, checkToken);
     count[outcome].inc();
-    if (outcome === 'prepared' || outcome === 'refused') return true;
+    if (outcome === 'prepared' || outcome === 'refused' || outcome === 'rate_limited') return true;
     // whatwg-node takes an already-read body from `req.body` (as behind a body parser).
     (req as IncomingMessage & { body?: Buffer }).body = raw;
     return false;

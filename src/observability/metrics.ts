@@ -39,7 +39,7 @@ export class Metrics {
 
   readonly anonymousRequests = new Counter({
     name: 'pvegraph_anonymous_requests_total',
-    help: 'Requests without a valid API token handed to Yoga (admitted) or answered 429 because their address had spent its budget (refused).',
+    help: 'Units charged to client addresses for work done without a valid API token (charged: a request handed to Yoga, a token looked up in vain), and requests refused because their address had spent its budget (refused: HTTP 429, WebSocket 4429).',
     labelNames: ['outcome'] as const,
     registers: [this.registry],
   });

@@ -34,13 +34,8 @@ export interface RateLimits {
   anonymousRequestsPerMin: number;
 }
 
-/** Bound on the spent keys remembered per bucket (an address flood must not grow memory). */
-const MAX_SPENT_KEYS = 10_000;
-
 export class RateLimiter {
   private readonly limiters = new Map<RateLimitBucket, RateLimiterAbstract>();
-  /** Per bucket, the keys this instance has seen refused, and until when (epoch ms). */
-  private readonly spentUntil = new Map<RateLimitBucket, Map<string, number>>();
 
   constructor(limits: RateLimits, redis: Redis | null) {
     const make = (bucket: RateLimitBucket, points: number, options: { blockInMemory?: boolean } = {}) => {
@@ -57,9 +52,10 @@ export class RateLimiter {
               insuranceLimiter: memory,
               // While Redis reconnects, count in-process at once instead of waiting on a command.
               rejectIfRedisNotReady: true,
-              // A spent budget is then refused from memory until its window ends, without a
-              // Redis round trip per refused request: what a flood of them costs stays small.
-              ...(options.blockInMemory ? { inMemoryBlockOnConsumed: points } : {}),
+              // Once a request has been refused, the key is refused from memory until its window
+              // ends, without a Redis round trip per refused request: a flood stays cheap. (Not at
+              // `points`: a unit refunded after the last one was taken must still be usable.)
+              ...(options.blockInMemory ? { inMemoryBlockOnConsumed: points + 1 } : {}),
             })
           : memory,
       );
@@ -92,32 +88,18 @@ export class RateLimiter {
       return 0;
     } catch (rejection) {
       if (!(rejection instanceof RateLimiterRes)) throw rejection;
-      this.rememberSpent(bucket, key, Date.now() + rejection.msBeforeNext);
       return Math.max(1, Math.ceil(rejection.msBeforeNext / 1000));
     }
   }
 
   /**
-   * Seconds until the budget of `key` is back, when this instance has seen it refused; 0
-   * otherwise (it may still be spent on another instance: only take() asks Redis). Spends
-   * nothing, asks nothing: for deciding whether work that is charged only afterwards (a token
-   * looked up in the database) may start.
+   * Gives back one unit taken by take() for work that turned out to be the user's (a valid
+   * token). Best effort: if Redis fails just then, the unit stays spent until the window ends.
    */
-  spentFor(bucket: RateLimitBucket, key: string): number {
-    const until = this.spentUntil.get(bucket)?.get(key);
-    if (until === undefined) return 0;
-    const left = until - Date.now();
-    if (left > 0) return Math.ceil(left / 1000);
-    this.spentUntil.get(bucket)!.delete(key);
-    return 0;
-  }
-
-  private rememberSpent(bucket: RateLimitBucket, key: string, until: number): void {
-    let spent = this.spentUntil.get(bucket);
-    if (!spent) this.spentUntil.set(bucket, (spent = new Map()));
-    spent.delete(key);
-    // Map iterates in insertion order: the oldest refusal goes first.
-    if (spent.size >= MAX_SPENT_KEYS) spent.delete(spent.keys().next().value!);
-    spent.set(key, until);
+  async refund(bucket: RateLimitBucket, key: string): Promise<void> {
+    await this.limiters
+      .get(bucket)
+      ?.reward(key, 1)
+      .catch(() => undefined);
   }
 }

@@ -1,5 +1,6 @@
 import http from 'node:http';
 import { Redis } from 'ioredis';
+import WebSocket from 'ws';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../../src/config/config.js';
 import { budgetKeyOf } from '../../src/http/client-address.js';
@@ -66,8 +67,10 @@ describe('per-address budget for requests without a valid token', () => {
     const known = 'query KnownToServer { me { id } }';
     expect((await post(a, { token: alice.token, query: known })).status).toBe(200);
     expect((await post(b, { token: alice.token, query: known })).status).toBe(200); // B has her token cached too
+    const lookupsBefore = tokenQueries.length;
     for (let i = 0; i < 5; i++) expect(codeOf(await post(a, { token: BAD_TOKEN, query: known }))).toBe('UNAUTHENTICATED');
     expect(await spentInRedis()).toBe(1);
+    expect(tokenQueries.length).toBe(lookupsBefore + 1); // looked up once, then its refusal is cached
 
     expect(codeOf(await post(a))).toBe('UNAUTHENTICATED'); // 2: no token, unknown document
     // 3: a token B has not looked up yet, on a document Yoga must parse: charged once, not twice.
@@ -75,7 +78,8 @@ describe('per-address budget for requests without a valid token', () => {
     expect(await spentInRedis()).toBe(3);
     // 4: introspection still runs without a token (GraphiQL loads the schema first).
     expect(await post(a, { query: '{ __typename }' })).toMatchObject({ status: 200, body: { data: { __typename: 'Query' } } });
-    expect(await metricValue(a, 'pvegraph_anonymous_requests_total{outcome="admitted"}')).toBe(2);
+    // A's charges: the made-up token's lookup, the tokenless request, the introspection.
+    expect(await metricValue(a, 'pvegraph_anonymous_requests_total{outcome="charged"}')).toBe(3);
 
     const limited = await post(a, { token: BAD_TOKEN, headers: { origin: 'https://dash.example', accept: 'application/graphql-response+json' } });
     expect(limited.status).toBe(429);
@@ -90,9 +94,11 @@ describe('per-address budget for requests without a valid token', () => {
     expect(limited.headers.get('access-control-allow-origin')).toBe('https://dash.example');
     expect(await metricValue(a, 'pvegraph_anonymous_requests_total{outcome="refused"}')).toBe(1);
 
-    // A spent address is refused from memory: Redis is no longer asked by this instance...
+    // A spent address is refused from memory: after its first refusal (counted in Redis), this
+    // instance asks Redis no more...
+    expect(await spentInRedis()).toBe(5);
     for (let i = 0; i < 3; i++) expect((await post(a)).status).toBe(429);
-    expect(await spentInRedis()).toBe(4);
+    expect(await spentInRedis()).toBe(5);
     // ...nor the database, for a made-up token it would have had to look up.
     const lookups = tokenQueries.length;
     expect((await post(a, { token: `pvg_${'Y'.repeat(43)}`, query: known })).status).toBe(429);
@@ -111,6 +117,66 @@ describe('per-address budget for requests without a valid token', () => {
     // The price: a token this instance has not looked up yet waits out the address's minute
     // too, since looking it up is what a flood of made-up tokens would cost.
     expect(codeOf(await post(a, { token: bob.token }))).toBe('RATE_LIMITED');
+  });
+
+  it('holds against concurrent made-up tokens: no more database lookups than the budget', async () => {
+    const fresh = await startTestServer({ env: { RATE_LIMIT_ANONYMOUS_PER_MIN: '4' }, onQuery: (sql) => void (sql.includes('api_tokens') && lookups.push(sql)) });
+    const lookups: string[] = [];
+    try {
+      const user = await fresh.createUser();
+      const known = 'query KnownConcurrently { me { id } }';
+      expect((await post(fresh, { token: user.token, query: known })).status).toBe(200);
+      lookups.length = 0;
+      const answers = await Promise.all(Array.from({ length: 60 }, (_, i) => post(fresh, { token: `pvg_${String(i).padStart(43, 'Q')}`, query: known })));
+      const statuses = answers.map((a) => a.status).sort();
+      expect(statuses.filter((s) => s === 401)).toHaveLength(4);
+      expect(statuses.filter((s) => s === 429)).toHaveLength(56);
+      // DataLoader may batch several tokens into one query: count the tokens asked about.
+      expect(lookups.length).toBeGreaterThan(0);
+      expect(lookups.length).toBeLessThanOrEqual(4);
+    } finally {
+      await fresh.stop();
+    }
+  });
+
+  it('charges a WebSocket whose token only the database can tell about, and refuses it with 4429 past the budget', async () => {
+    const fresh = await startTestServer({ env: { RATE_LIMIT_ANONYMOUS_PER_MIN: '2' } });
+    const closeCodeOf = (token: string) =>
+      new Promise<number>((resolve) => {
+        const ws = new WebSocket(fresh.wsUrl, 'graphql-transport-ws');
+        ws.on('open', () => ws.send(JSON.stringify({ type: 'connection_init', payload: { authorization: `Bearer ${token}` } })));
+        ws.on('message', () => ws.close(1000));
+        ws.on('close', (code) => resolve(code));
+      });
+    try {
+      const user = await fresh.createUser();
+      expect((await post(fresh, { token: user.token, query: '{ me { id } }' })).status).toBe(200); // checked: cached
+      expect(await closeCodeOf(`pvg_${'W'.repeat(43)}`)).toBe(4403);
+      expect(await closeCodeOf(`pvg_${'X'.repeat(43)}`)).toBe(4403);
+      expect(await closeCodeOf(`pvg_${'V'.repeat(43)}`)).toBe(4429);
+      // A valid token the server has checked before is never refused (acked, then closed by us).
+      expect(await closeCodeOf(user.token)).toBe(1000);
+    } finally {
+      await fresh.stop();
+    }
+  });
+
+  it('with the budget off, checks a token exactly once, in Yoga as before', async () => {
+    const lookups: string[] = [];
+    const off = await startTestServer({ env: { RATE_LIMIT_ANONYMOUS_PER_MIN: '0', TOKEN_CACHE_TTL_MS: '0' }, onQuery: (sql) => void (sql.includes('api_tokens') && lookups.push(sql)) });
+    try {
+      const user = await off.createUser();
+      lookups.length = 0;
+      expect((await post(off, { token: user.token })).status).toBe(200); // a document Yoga parses
+      expect(lookups.filter((q) => /^\s*SELECT/i.test(q))).toHaveLength(1);
+      // A request Yoga refuses before any context (no CSRF header on a GET) looks nothing up.
+      lookups.length = 0;
+      expect((await fetch(`${off.graphqlUrl}?query=${encodeURIComponent('{ me { id } }')}`, { headers: { authorization: `Bearer ${user.token}` } })).status).toBe(200);
+      expect((await fetch(`${off.url}/nowhere`, { headers: { authorization: `Bearer ${user.token}` } })).status).toBe(404);
+      expect(lookups.filter((q) => /^\s*SELECT/i.test(q))).toHaveLength(1);
+    } finally {
+      await off.stop();
+    }
   });
 
   it('lets CORS preflights through (a browser sends them before its authenticated requests)', async () => {
@@ -152,6 +218,7 @@ describe('per-address budget for requests without a valid token', () => {
       expect(await send(small)).toMatchObject({ status: 429, reused: true }); // the same socket served it
       const large = JSON.stringify({ query: unseenQuery(), variables: { padding: 'x'.repeat(200_000) } });
       expect(await send(large)).toMatchObject({ status: 429, connection: 'close' });
+      expect(await send(small)).toMatchObject({ status: 429, reused: false }); // a new connection
     } finally {
       agent.destroy();
       await fresh.stop();
@@ -216,6 +283,9 @@ describe('which address pays', () => {
       expect(codeOf(await from('2001:db8:1:2:ffff::7'))).toBe('RATE_LIMITED'); // same /64
       expect(codeOf(await from('2001:db8:1:3::1'))).toBe('UNAUTHENTICATED'); // next /64
 
+      // A trusted hop written with a port is still a trusted hop: the client left of it pays.
+      expect(codeOf(await from('203.0.113.9, 127.0.0.1:8443'))).toBe('UNAUTHENTICATED');
+      expect(codeOf(await from('203.0.113.9'))).toBe('RATE_LIMITED');
       // Ports and brackets some proxies add do not make a new budget per source port.
       expect(codeOf(await from('203.0.113.3:1234'))).toBe('UNAUTHENTICATED');
       expect(codeOf(await from('203.0.113.3:5678'))).toBe('RATE_LIMITED');
