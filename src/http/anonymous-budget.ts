@@ -26,9 +26,8 @@ const MAX_DRAINED_BODY_BYTES = 64 * 1024;
  * - a request Yoga handles without a valid token: a document the prepared path does not know,
  *   a tokenless introspection, GraphiQL's page (~10× a dashboard's cached read: BENCHMARKS.md,
  *   finding 25);
- * - a token only the database can tell about (HTTP or WebSocket), charged *before* the lookup
- *   so that concurrent made-up tokens cannot outrun the budget, and given back when the token
- *   is valid.
+ * - a token looked up in the database in vain (HTTP or WebSocket): made-up tokens would
+ *   otherwise each cost a query.
  * Past the budget such requests are refused before Yoga or the database sees them (429, or a
  * WebSocket closed with 4429), from memory until the address's minute ends.
  *
@@ -73,26 +72,29 @@ export function createAnonymousBudget(services: Pick<Services, 'auth' | 'rateLim
     }
   }
 
-  /** A lookup only the database can answer: charged before it starts, given back if the token is valid. */
+  /**
+   * A lookup only the database can answer. Charged when it finds nothing (or fails): a valid
+   * token never spends the address's budget, so a burst of dashboards reconnecting through one
+   * NAT or proxy after a restart is never refused for it. Not started for an address this
+   * instance has seen spent: a flood of made-up tokens costs the database at most the lookups
+   * in flight before its first refusal (batched by the auth service's DataLoader).
+   */
   async function lookUpCharged(token: string, key: string): Promise<TokenCheck> {
-    const retryAfterSeconds = await rateLimiter.take('anonymous', key);
-    if (retryAfterSeconds > 0) {
+    const spent = rateLimiter.spentFor('anonymous', key);
+    if (spent > 0) {
       refused.inc();
-      return { kind: 'refused', retryAfterSeconds };
+      return { kind: 'refused', retryAfterSeconds: spent };
     }
-    let viewer;
+    let check: TokenCheck;
     try {
-      viewer = await auth.verify(token);
+      const viewer = await auth.verify(token);
+      if (viewer) return { kind: 'viewer', viewer };
+      check = { kind: 'anonymous', authFailure: 'invalid', charged: true };
     } catch (error) {
-      charged.inc();
-      return { kind: 'unchecked', error, charged: true };
+      check = { kind: 'unchecked', error, charged: true };
     }
-    if (viewer) {
-      void rateLimiter.refund('anonymous', key);
-      return { kind: 'viewer', viewer };
-    }
-    charged.inc();
-    return { kind: 'anonymous', authFailure: 'invalid', charged: true };
+    const retryAfterSeconds = await charge(key);
+    return retryAfterSeconds > 0 ? { kind: 'refused', retryAfterSeconds } : check;
   }
 
   return {

@@ -34,27 +34,33 @@ export interface RateLimits {
   anonymousRequestsPerMin: number;
 }
 
+/** Every budget counts per minute. */
+const WINDOW_MS = 60_000;
+/** Bound on the spent keys remembered per bucket (an address flood must not grow memory). */
+const MAX_SPENT_KEYS = 10_000;
+
 export class RateLimiter {
   private readonly limiters = new Map<RateLimitBucket, RateLimiterAbstract>();
+  /** Per bucket, the keys this instance has seen refused, and until when (performance.now()). */
+  private readonly spentUntil = new Map<RateLimitBucket, Map<string, number>>();
 
   constructor(limits: RateLimits, redis: Redis | null) {
     const make = (bucket: RateLimitBucket, points: number, options: { blockInMemory?: boolean } = {}) => {
       if (points <= 0) return;
-      const memory = new RateLimiterMemory({ points, duration: 60, keyPrefix: `rl:${bucket}` });
+      const memory = new RateLimiterMemory({ points, duration: WINDOW_MS / 1000, keyPrefix: `rl:${bucket}` });
       this.limiters.set(
         bucket,
         redis
           ? new RateLimiterRedis({
               storeClient: redis,
               points,
-              duration: 60,
+              duration: WINDOW_MS / 1000,
               keyPrefix: `rl:${bucket}`,
               insuranceLimiter: memory,
               // While Redis reconnects, count in-process at once instead of waiting on a command.
               rejectIfRedisNotReady: true,
               // Once a request has been refused, the key is refused from memory until its window
-              // ends, without a Redis round trip per refused request: a flood stays cheap. (Not at
-              // `points`: a unit refunded after the last one was taken must still be usable.)
+              // ends, without a Redis round trip per refused request: a flood stays cheap.
               ...(options.blockInMemory ? { inMemoryBlockOnConsumed: points + 1 } : {}),
             })
           : memory,
@@ -85,21 +91,38 @@ export class RateLimiter {
     if (!limiter) return 0;
     try {
       await limiter.consume(key);
+      this.spentUntil.get(bucket)?.delete(key); // there was a unit after all (a flushed or failed-over Redis)
       return 0;
     } catch (rejection) {
       if (!(rejection instanceof RateLimiterRes)) throw rejection;
+      this.rememberSpent(bucket, key, rejection.msBeforeNext);
       return Math.max(1, Math.ceil(rejection.msBeforeNext / 1000));
     }
   }
 
   /**
-   * Gives back one unit taken by take() for work that turned out to be the user's (a valid
-   * token). Best effort: if Redis fails just then, the unit stays spent until the window ends.
+   * Seconds until the budget of `key` is back, when this instance has seen it refused; 0
+   * otherwise (another instance may have spent it: only take() asks Redis). Spends nothing and
+   * asks nothing: for deciding whether work charged only afterwards (a token looked up in the
+   * database) may start.
    */
-  async refund(bucket: RateLimitBucket, key: string): Promise<void> {
-    await this.limiters
-      .get(bucket)
-      ?.reward(key, 1)
-      .catch(() => undefined);
+  spentFor(bucket: RateLimitBucket, key: string): number {
+    const spent = this.spentUntil.get(bucket);
+    const until = spent?.get(key);
+    if (until === undefined) return 0;
+    const left = until - performance.now();
+    if (left > 0) return Math.ceil(left / 1000);
+    spent!.delete(key);
+    return 0;
+  }
+
+  private rememberSpent(bucket: RateLimitBucket, key: string, msBeforeNext: number): void {
+    let spent = this.spentUntil.get(bucket);
+    if (!spent) this.spentUntil.set(bucket, (spent = new Map()));
+    spent.delete(key);
+    // Map iterates in insertion order: the oldest refusal goes first.
+    if (spent.size >= MAX_SPENT_KEYS) spent.delete(spent.keys().next().value!);
+    // Monotonic, and never past one window: a clock step cannot stretch a refusal.
+    spent.set(key, performance.now() + Math.min(msBeforeNext, WINDOW_MS));
   }
 }

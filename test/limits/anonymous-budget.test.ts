@@ -119,21 +119,37 @@ describe('per-address budget for requests without a valid token', () => {
     expect(codeOf(await post(a, { token: bob.token }))).toBe('RATE_LIMITED');
   });
 
-  it('holds against concurrent made-up tokens: no more database lookups than the budget', async () => {
-    const fresh = await startTestServer({ env: { RATE_LIMIT_ANONYMOUS_PER_MIN: '4' }, onQuery: (sql) => void (sql.includes('api_tokens') && lookups.push(sql)) });
+  it('after a burst of made-up tokens spends the budget, looks none up any more', async () => {
     const lookups: string[] = [];
+    const fresh = await startTestServer({ env: { RATE_LIMIT_ANONYMOUS_PER_MIN: '4' }, onQuery: (sql) => void (sql.includes('api_tokens') && lookups.push(sql)) });
+    const madeUp = (i: number) => `pvg_${String(i).padStart(43, 'Q')}`;
     try {
       const user = await fresh.createUser();
       const known = 'query KnownConcurrently { me { id } }';
       expect((await post(fresh, { token: user.token, query: known })).status).toBe(200);
-      lookups.length = 0;
-      const answers = await Promise.all(Array.from({ length: 60 }, (_, i) => post(fresh, { token: `pvg_${String(i).padStart(43, 'Q')}`, query: known })));
-      const statuses = answers.map((a) => a.status).sort();
+      const burst = await Promise.all(Array.from({ length: 60 }, (_, i) => post(fresh, { token: madeUp(i), query: known })));
+      const statuses = burst.map((a) => a.status);
       expect(statuses.filter((s) => s === 401)).toHaveLength(4);
       expect(statuses.filter((s) => s === 429)).toHaveLength(56);
-      // DataLoader may batch several tokens into one query: count the tokens asked about.
-      expect(lookups.length).toBeGreaterThan(0);
-      expect(lookups.length).toBeLessThanOrEqual(4);
+      lookups.length = 0;
+      const after = await Promise.all(Array.from({ length: 20 }, (_, i) => post(fresh, { token: madeUp(100 + i), query: known })));
+      expect(after.map((a) => a.status)).toEqual(Array(20).fill(429));
+      expect(lookups).toEqual([]);
+    } finally {
+      await fresh.stop();
+    }
+  });
+
+  it('never charges valid tokens: a burst of dashboards reconnecting through one address is served', async () => {
+    const fresh = await startTestServer({ env: { RATE_LIMIT_ANONYMOUS_PER_MIN: '2' } });
+    try {
+      const users = await Promise.all(Array.from({ length: 10 }, () => fresh.createUser()));
+      // None of these tokens has been checked by this instance: each is a database lookup.
+      const answers = await Promise.all(users.map((u) => post(fresh, { token: u.token })));
+      expect(answers.map((a) => a.status)).toEqual(Array(10).fill(200));
+      expect(codeOf(await post(fresh))).toBe('UNAUTHENTICATED'); // the budget is untouched
+      expect(codeOf(await post(fresh))).toBe('UNAUTHENTICATED');
+      expect(codeOf(await post(fresh))).toBe('RATE_LIMITED');
     } finally {
       await fresh.stop();
     }
