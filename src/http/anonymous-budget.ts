@@ -43,6 +43,13 @@ export function createAnonymousBudget(services: Pick<Services, 'auth' | 'rateLim
   charged.inc(0);
   refused.inc(0);
   const enabled = rateLimiter.limits('anonymous');
+  /**
+   * The key a request's address is charged under, worked out only for requests that are
+   * charged (~3 µs, and even reading the peer's address cost the hot path ~5 µs per request).
+   * A client that reset its connection before may have taken its address along: its requests
+   * share one key, and nobody reads their answers.
+   */
+  const keyOf = (req: IncomingMessage) => budgetKeyOf(addressOf(req) ?? 'unknown');
 
   /** Spends one unit of the address's budget: 0, or the seconds until there is one. */
   async function charge(key: string): Promise<number> {
@@ -55,12 +62,12 @@ export function createAnonymousBudget(services: Pick<Services, 'auth' | 'rateLim
    * The token's check: synchronous while no I/O is needed (no token, or an answer verify has
    * cached — every request of a dashboard in use), so the hot path awaits nothing extra.
    */
-  function checkToken(token: string | null, keyOf: () => string): TokenCheck | Promise<TokenCheck> {
+  function checkToken(token: string | null, req: IncomingMessage): TokenCheck | Promise<TokenCheck> {
     if (!token) return { kind: 'anonymous', authFailure: 'missing', charged: false };
     const cached = auth.verifyCached(token);
     if (cached) return { kind: 'viewer', viewer: cached };
     if (cached === null) return { kind: 'anonymous', authFailure: 'invalid', charged: false };
-    return enabled ? lookUpCharged(token, keyOf()) : lookUp(token);
+    return enabled ? lookUpCharged(token, keyOf(req)) : lookUp(token);
   }
 
   async function lookUp(token: string): Promise<TokenCheck> {
@@ -105,8 +112,8 @@ export function createAnonymousBudget(services: Pick<Services, 'auth' | 'rateLim
      * An HTTP request's token, checked once for the prepared path and Yoga; a refusal is
      * answered 429 here. Synchronous when the answer is cached.
      */
-    checkHttp(req: IncomingMessage, res: ServerResponse, keyOf: () => string): TokenCheck | Promise<TokenCheck> {
-      const check = checkToken(bearerToken(req.headers.authorization), keyOf);
+    checkHttp(req: IncomingMessage, res: ServerResponse): TokenCheck | Promise<TokenCheck> {
+      const check = checkToken(bearerToken(req.headers.authorization), req);
       if (!(check instanceof Promise)) return check;
       return check.then((c) => {
         if (c.kind === 'refused') answer429(req, res, c.retryAfterSeconds);
@@ -116,16 +123,16 @@ export function createAnonymousBudget(services: Pick<Services, 'auth' | 'rateLim
 
     /** A WebSocket's token from connection_init; on `refused` the caller closes the socket. */
     async checkWebSocket(request: IncomingMessage, token: string | null): Promise<TokenCheck> {
-      return checkToken(token, budgetKeyOfRequest(request, addressOf));
+      return checkToken(token, request);
     },
 
     /**
      * Charges a request about to be handed to Yoga without a valid token (once: a lookup in
      * vain was charged already). False when it has been answered 429 instead.
      */
-    async admit(req: IncomingMessage, res: ServerResponse, keyOf: () => string, check: TokenCheck): Promise<boolean> {
+    async admit(req: IncomingMessage, res: ServerResponse, check: TokenCheck): Promise<boolean> {
       if (!enabled || check.kind === 'viewer' || check.kind === 'refused' || check.charged || req.method === 'OPTIONS') return true;
-      const retryAfterSeconds = await charge(keyOf());
+      const retryAfterSeconds = await charge(keyOf(req));
       if (retryAfterSeconds === 0) return true;
       answer429(req, res, retryAfterSeconds);
       return false;
@@ -134,17 +141,6 @@ export function createAnonymousBudget(services: Pick<Services, 'auth' | 'rateLim
 }
 
 export type AnonymousBudget = ReturnType<typeof createAnonymousBudget>;
-
-/**
- * The key a request's address is charged under, worked out when first needed (it costs ~3 µs,
- * and most requests carry a valid token). The peer's address is read now: Node then keeps it
- * for the socket, which a reset would otherwise take along.
- */
-export function budgetKeyOfRequest(req: IncomingMessage, addressOf: ClientAddressOf): () => string {
-  const peer = req.socket.remoteAddress;
-  let key: string | undefined;
-  return () => (key ??= budgetKeyOf(addressOf(req) ?? peer ?? 'unknown'));
-}
 
 /**
  * 429 with the GraphQL error a client of this API expects (the one RateLimitedError makes,

@@ -16,7 +16,7 @@ import { schema } from '../graphql/schema.js';
 import { createPvegraphYoga, type PvegraphYoga } from '../graphql/yoga.js';
 import { UnauthenticatedError } from '../errors.js';
 import type { Services } from '../services.js';
-import { budgetKeyOfRequest, createAnonymousBudget, type TokenCheck } from './anonymous-budget.js';
+import { createAnonymousBudget, type TokenCheck } from './anonymous-budget.js';
 import { clientAddressOf } from './client-address.js';
 import { checkReadiness } from './health.js';
 import { graphqlWsSink } from './graphql-ws-sink.js';
@@ -94,7 +94,17 @@ export function createApp({ services, log, config }: AppOptions): App {
     maxSubscriptionsPerUser: config.maxSubscriptionsPerUser,
   });
 
+  const addressOf = clientAddressOf(config.trustProxy);
+  const budget = createAnonymousBudget(services, addressOf);
+  /** Each request's token check, made once (by the prepared path, or before Yoga). */
+  const checkedTokens = new WeakMap<IncomingMessage, TokenCheck | Promise<TokenCheck>>();
+
   const tryPreparedQuery = createPreparedQueryPath({
+    checkToken: (req, res) => {
+      const check = budget.checkHttp(req, res);
+      checkedTokens.set(req, check);
+      return check;
+    },
     yoga,
     prepared,
     services,
@@ -102,9 +112,6 @@ export function createApp({ services, log, config }: AppOptions): App {
     masker,
     maxRequestBodyBytes: config.maxRequestBodyBytes,
   });
-
-  const addressOf = clientAddressOf(config.trustProxy);
-  const budget = createAnonymousBudget(services, addressOf);
 
   const server = createServer((req, res) => {
     const requestId = requestIdOf(req);
@@ -138,23 +145,25 @@ export function createApp({ services, log, config }: AppOptions): App {
       case '/':
         res.writeHead(302, { location: '/graphql' }).end();
         return;
-      default: {
-        const keyOf = budgetKeyOfRequest(req, addressOf);
-        // Checked once, when first needed: by the prepared path once it knows the document,
-        // else before Yoga (with the budget off, Yoga's context factory checks it as it always did).
-        let checked: TokenCheck | Promise<TokenCheck> | undefined;
-        const checkToken = () => (checked ??= budget.checkHttp(req, res, keyOf));
-        if (route === '/graphql' && (await tryPreparedQuery(req, res, requestId, checkToken))) return;
-        let token: TokenCheck | undefined;
-        if (budget.enabled) {
-          token = await checkToken();
-          if (token.kind === 'refused' || !(await budget.admit(req, res, keyOf, token))) return;
-        } else if (checked) {
-          token = await checked;
-        }
-        await yoga.handle(req, res, { requestId, ...(token && token.kind !== 'refused' ? { token } : {}) });
-      }
+      default:
+        if (route === '/graphql' && (await tryPreparedQuery(req, res, requestId))) return;
+        await handOverToYoga(req, res, requestId);
     }
+  }
+
+  /** What the prepared path did not answer: charged to the address's budget when it must be, then Yoga's. */
+  async function handOverToYoga(req: IncomingMessage, res: ServerResponse, requestId: string): Promise<void> {
+    // The prepared path may have checked the token already (once it knew the document).
+    let token = checkedTokens.get(req);
+    if (budget.enabled) {
+      token ??= budget.checkHttp(req, res);
+      const check = token instanceof Promise ? await token : token;
+      if (check.kind === 'refused' || !(await budget.admit(req, res, check))) return;
+      token = check;
+    }
+    const check = token instanceof Promise ? await token : token;
+    // With the budget off and no check yet, Yoga's context factory checks it as it always did.
+    await yoga.handle(req, res, { requestId, ...(check && check.kind !== 'refused' ? { token: check } : {}) });
   }
 
   const wss = new WebSocketServer({ server, path: '/graphql', maxPayload: config.maxRequestBodyBytes });

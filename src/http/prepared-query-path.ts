@@ -34,6 +34,8 @@ export interface PreparedQueryPathOptions {
   log: Logger;
   masker: ErrorMasker;
   maxRequestBodyBytes: number;
+  /** The request's token, checked once for this path and Yoga (anonymous-budget.ts); a refusal is answered 429 by it. */
+  checkToken: (req: IncomingMessage, res: ServerResponse) => TokenCheck | Promise<TokenCheck>;
 }
 
 /**
@@ -71,12 +73,13 @@ export function createPreparedQueryPath(opts: PreparedQueryPathOptions) {
     invalid_variables: metrics.preparedRequests.labels({ path: 'invalid_variables' }),
   } satisfies Record<Handover | Answered, unknown>;
 
-  async function answer(headers: IncomingHttpHeaders, raw: Buffer, mediaType: string, requestId: string, res: ServerResponse, checkToken: () => TokenCheck | Promise<TokenCheck>): Promise<Handover | Answered> {
+  async function answer(req: IncomingMessage, raw: Buffer, mediaType: string, requestId: string, res: ServerResponse): Promise<Handover | Answered> {
+    const headers = req.headers;
     const params = graphqlParamsOf(raw);
     if (!params) return 'not_eligible';
     const entry = prepared.get(params.query, params.operationName);
     if (!entry) return 'not_prepared';
-    const pending = checkToken();
+    const pending = opts.checkToken(req, res);
     const check = pending instanceof Promise ? await pending : pending; // cached: no extra tick
     if (check.kind === 'refused') return 'rate_limited'; // answered 429 by the check
     // The token could not be checked (database down): nothing has run; Yoga answers it
@@ -138,8 +141,7 @@ export function createPreparedQueryPath(opts: PreparedQueryPathOptions) {
     return refusal;
   }
 
-  /** `checkToken`: the request's token, checked once for this path and Yoga (anonymous-budget.ts). */
-  return async function tryPreparedQuery(req: IncomingMessage, res: ServerResponse, requestId: string, checkToken: () => TokenCheck | Promise<TokenCheck>): Promise<boolean> {
+  return async function tryPreparedQuery(req: IncomingMessage, res: ServerResponse, requestId: string): Promise<boolean> {
     const headers = req.headers;
     const length = Number(headers['content-length']);
     const mediaType = req.method === 'POST' ? resultMediaType(headers.accept) : null;
@@ -159,7 +161,7 @@ export function createPreparedQueryPath(opts: PreparedQueryPathOptions) {
     }
     const raw = await readBody(req, length);
     if (!raw) return true; // the client went away mid-body: nobody to answer
-    const outcome = await answer(headers, raw, mediaType, requestId, res, checkToken);
+    const outcome = await answer(req, raw, mediaType, requestId, res);
     count[outcome].inc();
     if (outcome === 'prepared' || outcome === 'refused' || outcome === 'rate_limited') return true;
     // whatwg-node takes an already-read body from `req.body` (as behind a body parser).
