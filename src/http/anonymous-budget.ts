@@ -140,8 +140,6 @@ export function createAnonymousBudget(services: Pick<Services, 'auth' | 'rateLim
   };
 }
 
-export type AnonymousBudget = ReturnType<typeof createAnonymousBudget>;
-
 /**
  * 429 with the GraphQL error a client of this API expects (the one RateLimitedError makes,
  * without building it: a flood is answered here), readable cross-origin.
