@@ -153,17 +153,13 @@ export function createApp({ services, log, config }: AppOptions): App {
 
   /** What the prepared path did not answer: charged to the address's budget when it must be, then Yoga's. */
   async function handOverToYoga(req: IncomingMessage, res: ServerResponse, requestId: string): Promise<void> {
-    // The prepared path may have checked the token already (once it knew the document).
-    let token = checkedTokens.get(req);
-    if (budget.enabled) {
-      token ??= budget.checkHttp(req, res);
-      const check = token instanceof Promise ? await token : token;
-      if (check.kind === 'refused' || !(await budget.admit(req, res, check))) return;
-      token = check;
-    }
-    const check = token instanceof Promise ? await token : token;
-    // With the budget off and no check yet, Yoga's context factory checks it as it always did.
-    await yoga.handle(req, res, { requestId, ...(check && check.kind !== 'refused' ? { token: check } : {}) });
+    // The prepared path may have checked the token already (once it knew the document). With
+    // the budget off and no check yet, Yoga's context factory checks it as it always did.
+    const pending = checkedTokens.get(req) ?? (budget.enabled ? budget.checkHttp(req, res) : undefined);
+    const check = pending instanceof Promise ? await pending : pending;
+    if (check?.kind === 'refused') return; // answered 429 by the check
+    if (check && !(await budget.admit(req, res, check))) return;
+    await yoga.handle(req, res, { requestId, ...(check ? { token: check } : {}) });
   }
 
   const wss = new WebSocketServer({ server, path: '/graphql', maxPayload: config.maxRequestBodyBytes });

@@ -7,7 +7,7 @@ import { budgetKeyOf } from '../../src/http/client-address.js';
 import { TEST_POSTGRES_URL, TEST_REDIS_URL } from '../support/env.js';
 import { startTcpProxy } from '../support/tcp-proxy.js';
 import { createTestDatabase } from '../support/test-database.js';
-import { metricValue, startTestServer, type TestServer } from '../support/test-server.js';
+import { metricValue, startTestServer, type TestServer, type TestServerOptions } from '../support/test-server.js';
 
 /**
  * Requests without a valid API token that Yoga has to parse get a budget per client address
@@ -35,6 +35,16 @@ async function post(server: TestServer, { token, query = unseenQuery(), headers 
 }
 
 const codeOf = (a: Answer) => a.body.errors?.[0]?.extensions?.code;
+
+/** A server of its own for one test, stopped afterwards whatever happens. */
+async function withServer(options: TestServerOptions, use: (server: TestServer) => Promise<void>): Promise<void> {
+  const server = await startTestServer(options);
+  try {
+    await use(server);
+  } finally {
+    await server.stop();
+  }
+}
 const BAD_TOKEN = `pvg_${'Z'.repeat(43)}`;
 
 describe('per-address budget for requests without a valid token', () => {
@@ -141,8 +151,7 @@ describe('per-address budget for requests without a valid token', () => {
   });
 
   it('never charges valid tokens: a burst of dashboards reconnecting through one address is served', async () => {
-    const fresh = await startTestServer({ env: { RATE_LIMIT_ANONYMOUS_PER_MIN: '2' } });
-    try {
+    await withServer({ env: { RATE_LIMIT_ANONYMOUS_PER_MIN: '2' } }, async (fresh) => {
       const users = await Promise.all(Array.from({ length: 10 }, () => fresh.createUser()));
       // None of these tokens has been checked by this instance: each is a database lookup.
       const answers = await Promise.all(users.map((u) => post(fresh, { token: u.token })));
@@ -150,9 +159,7 @@ describe('per-address budget for requests without a valid token', () => {
       expect(codeOf(await post(fresh))).toBe('UNAUTHENTICATED'); // the budget is untouched
       expect(codeOf(await post(fresh))).toBe('UNAUTHENTICATED');
       expect(codeOf(await post(fresh))).toBe('RATE_LIMITED');
-    } finally {
-      await fresh.stop();
-    }
+    });
   });
 
   it('charges a WebSocket whose token only the database can tell about, and refuses it with 4429 past the budget', async () => {
@@ -196,8 +203,7 @@ describe('per-address budget for requests without a valid token', () => {
   });
 
   it('lets CORS preflights through (a browser sends them before its authenticated requests)', async () => {
-    const fresh = await startTestServer({ env: { RATE_LIMIT_ANONYMOUS_PER_MIN: '1' } });
-    try {
+    await withServer({ env: { RATE_LIMIT_ANONYMOUS_PER_MIN: '1' } }, async (fresh) => {
       for (let i = 0; i < 3; i++) {
         const preflight = await fetch(fresh.graphqlUrl, {
           method: 'OPTIONS',
@@ -210,9 +216,7 @@ describe('per-address budget for requests without a valid token', () => {
       // Spent, an address's preflights still pass: the dashboards behind it keep working.
       const preflight = await fetch(fresh.graphqlUrl, { method: 'OPTIONS', headers: { origin: 'https://dash.example', 'access-control-request-method': 'POST' } });
       expect(preflight.status).toBe(204);
-    } finally {
-      await fresh.stop();
-    }
+    });
   });
 
   it('keeps the connection after a small refused body, closes it rather than read a large one', async () => {
@@ -262,31 +266,20 @@ describe('per-address budget for requests without a valid token', () => {
 });
 
 describe('which address pays', () => {
-  it('ignores X-Forwarded-For unless the peer is a trusted proxy', async () => {
-    const server = await startTestServer({ env: { RATE_LIMIT_ANONYMOUS_PER_MIN: '1' } });
-    try {
+  it.each([
+    ['unless the peer is a trusted proxy', {}],
+    ['from a peer outside TRUST_PROXY', { TRUST_PROXY: '10.0.0.0/8' }],
+  ])('ignores X-Forwarded-For %s', async (_, env) => {
+    await withServer({ env: { RATE_LIMIT_ANONYMOUS_PER_MIN: '1', ...env } }, async (server) => {
       expect(codeOf(await post(server, { headers: { 'x-forwarded-for': '203.0.113.1' } }))).toBe('UNAUTHENTICATED');
       // A client cannot buy a new budget by writing the header.
       expect(codeOf(await post(server, { headers: { 'x-forwarded-for': '203.0.113.2' } }))).toBe('RATE_LIMITED');
-    } finally {
-      await server.stop();
-    }
-  });
-
-  it('ignores X-Forwarded-For from a peer outside TRUST_PROXY', async () => {
-    const server = await startTestServer({ env: { RATE_LIMIT_ANONYMOUS_PER_MIN: '1', TRUST_PROXY: '10.0.0.0/8' } });
-    try {
-      expect(codeOf(await post(server, { headers: { 'x-forwarded-for': '203.0.113.1' } }))).toBe('UNAUTHENTICATED');
-      expect(codeOf(await post(server, { headers: { 'x-forwarded-for': '203.0.113.2' } }))).toBe('RATE_LIMITED');
-    } finally {
-      await server.stop();
-    }
+    });
   });
 
   it('behind a trusted proxy, counts the forwarded client: per IPv4 address, per IPv6 /64', async () => {
-    const server = await startTestServer({ env: { RATE_LIMIT_ANONYMOUS_PER_MIN: '1', TRUST_PROXY: 'loopback' } });
-    const from = (xff: string) => post(server, { headers: { 'x-forwarded-for': xff } });
-    try {
+    await withServer({ env: { RATE_LIMIT_ANONYMOUS_PER_MIN: '1', TRUST_PROXY: 'loopback' } }, async (server) => {
+      const from = (xff: string) => post(server, { headers: { 'x-forwarded-for': xff } });
       expect(codeOf(await from('203.0.113.1'))).toBe('UNAUTHENTICATED');
       expect(codeOf(await from('203.0.113.1'))).toBe('RATE_LIMITED');
       expect(codeOf(await from('203.0.113.2'))).toBe('UNAUTHENTICATED');
@@ -310,9 +303,7 @@ describe('which address pays', () => {
       // What is not an address at all is charged to the proxy that sent it.
       expect(codeOf(await from('unknown'))).toBe('UNAUTHENTICATED');
       expect(codeOf(await from('garbage'))).toBe('RATE_LIMITED');
-    } finally {
-      await server.stop();
-    }
+    });
   });
 
   it('keys IPv4 by address and IPv6 by /64', () => {
