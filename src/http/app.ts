@@ -20,7 +20,7 @@ import { createAnonymousBudget, type TokenCheck } from './anonymous-budget.js';
 import { clientAddressOf } from './client-address.js';
 import { checkReadiness } from './health.js';
 import { graphqlWsSink } from './graphql-ws-sink.js';
-import { createPreparedQueryPath } from './prepared-query-path.js';
+import { ANSWERED, createPreparedQueryPath } from './prepared-query-path.js';
 
 /** WebSocket close codes we send ourselves (graphql-ws names its own). */
 export const enum WsCloseCode {
@@ -96,15 +96,8 @@ export function createApp({ services, log, config }: AppOptions): App {
 
   const addressOf = clientAddressOf(config.trustProxy);
   const budget = createAnonymousBudget(services, addressOf);
-  /** Each request's token check, made once (by the prepared path, or before Yoga). */
-  const checkedTokens = new WeakMap<IncomingMessage, TokenCheck | Promise<TokenCheck>>();
-
   const tryPreparedQuery = createPreparedQueryPath({
-    checkToken: (req, res) => {
-      const check = budget.checkHttp(req, res);
-      checkedTokens.set(req, check);
-      return check;
-    },
+    checkToken: budget.checkHttp,
     yoga,
     prepared,
     services,
@@ -146,16 +139,17 @@ export function createApp({ services, log, config }: AppOptions): App {
         res.writeHead(302, { location: '/graphql' }).end();
         return;
       default:
-        if (route === '/graphql' && (await tryPreparedQuery(req, res, requestId))) return;
-        await handOverToYoga(req, res, requestId);
+        if (route !== '/graphql') return handOverToYoga(req, res, requestId, undefined);
+        const handOver = await tryPreparedQuery(req, res, requestId);
+        if (handOver !== ANSWERED) await handOverToYoga(req, res, requestId, handOver.check);
     }
   }
 
   /** What the prepared path did not answer: charged to the address's budget when it must be, then Yoga's. */
-  async function handOverToYoga(req: IncomingMessage, res: ServerResponse, requestId: string): Promise<void> {
+  async function handOverToYoga(req: IncomingMessage, res: ServerResponse, requestId: string, checked: TokenCheck | undefined): Promise<void> {
     // The prepared path may have checked the token already (once it knew the document). With
     // the budget off and no check yet, Yoga's context factory checks it as it always did.
-    const pending = checkedTokens.get(req) ?? (budget.enabled ? budget.checkHttp(req, res) : undefined);
+    const pending = checked ?? (budget.enabled ? budget.checkHttp(req, res) : undefined);
     const check = pending instanceof Promise ? await pending : pending;
     if (check?.kind === 'refused') return; // answered 429 by the check
     if (check && !(await budget.admit(req, res, check))) return;

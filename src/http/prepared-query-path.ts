@@ -19,6 +19,16 @@ type Handover = 'not_eligible' | 'not_prepared' | 'unauthenticated' | 'auth_erro
 /** How a request was answered here: run, refused for its token, or for its address's spent budget (429). */
 type Answered = 'prepared' | 'refused' | 'rate_limited';
 
+/**
+ * A request left for Yoga, with its token check when this path made one (so it is not made
+ * twice). Only requests Yoga handles allocate one: an answered request returns `ANSWERED`.
+ */
+export interface HandOver {
+  check: TokenCheck | undefined;
+}
+export const ANSWERED = 'answered';
+const UNCHECKED: HandOver = Object.freeze({ check: undefined });
+
 /** A refused token's answer, as Yoga formats it (see refusalOf). */
 interface Refusal {
   status: number;
@@ -73,7 +83,14 @@ export function createPreparedQueryPath(opts: PreparedQueryPathOptions) {
     invalid_variables: metrics.preparedRequests.labels({ path: 'invalid_variables' }),
   } satisfies Record<Handover | Answered, unknown>;
 
-  async function answer(req: IncomingMessage, raw: Buffer, mediaType: string, requestId: string, res: ServerResponse): Promise<Handover | Answered> {
+  /** How the request was answered here, or why it is handed over (with the token check, once made). */
+  async function answer(
+    req: IncomingMessage,
+    raw: Buffer,
+    mediaType: string,
+    requestId: string,
+    res: ServerResponse,
+  ): Promise<Answered | Handover | { handover: Handover; check: TokenCheck }> {
     const headers = req.headers;
     const params = graphqlParamsOf(raw);
     if (!params) return 'not_eligible';
@@ -84,13 +101,13 @@ export function createPreparedQueryPath(opts: PreparedQueryPathOptions) {
     if (check.kind === 'refused') return 'rate_limited'; // answered 429 by the check
     // The token could not be checked (database down): nothing has run; Yoga answers it
     // (masked, with its status) exactly as for a request it sees first.
-    if (check.kind === 'unchecked') return 'auth_error';
+    if (check.kind === 'unchecked') return { handover: 'auth_error', check };
     const started = performance.now();
     const origin = headers.origin;
     if (check.kind === 'anonymous') {
       // Refused here as useRequireViewer refuses it in Yoga (same error, same 401): a client
       // with a revoked or mistyped token would otherwise cost Yoga's whole pipeline per request.
-      if (entry.introspectionOnly) return 'unauthenticated';
+      if (entry.introspectionOnly) return { handover: 'unauthenticated', check };
       const { authFailure } = check;
       const refusal = await refusalOf(authFailure, mediaType);
       const context: RequestContext = { services, log, requestId, viewer: null, authFailure };
@@ -101,8 +118,8 @@ export function createPreparedQueryPath(opts: PreparedQueryPathOptions) {
 
     const context = viewerContext({ services, log, requestId }, check.viewer);
     const executed = await prepared.execute(entry, context, params.variables);
-    if (!executed) return 'not_prepared';
-    if (!('data' in executed) || executed.data === undefined) return 'invalid_variables';
+    if (!executed) return { handover: 'not_prepared', check };
+    if (!('data' in executed) || executed.data === undefined) return { handover: 'invalid_variables', check };
     const result = masker.maskResult(executed, requestId);
     recordOperation(metrics, context, { type: entry.type, operationName: params.operationName, errors: result.errors, started });
 
@@ -141,7 +158,8 @@ export function createPreparedQueryPath(opts: PreparedQueryPathOptions) {
     return refusal;
   }
 
-  return async function tryPreparedQuery(req: IncomingMessage, res: ServerResponse, requestId: string): Promise<boolean> {
+  /** `ANSWERED`, or what Yoga is to handle: the body read is handed along on `req.body`. */
+  return async function tryPreparedQuery(req: IncomingMessage, res: ServerResponse, requestId: string): Promise<typeof ANSWERED | HandOver> {
     const headers = req.headers;
     const length = Number(headers['content-length']);
     const mediaType = req.method === 'POST' ? resultMediaType(headers.accept) : null;
@@ -157,16 +175,20 @@ export function createPreparedQueryPath(opts: PreparedQueryPathOptions) {
       headers['access-control-request-headers'] !== undefined
     ) {
       count.not_eligible.inc();
-      return false;
+      return UNCHECKED;
     }
     const raw = await readBody(req, length);
-    if (!raw) return true; // the client went away mid-body: nobody to answer
+    if (!raw) return ANSWERED; // the client went away mid-body: nobody to answer
     const outcome = await answer(req, raw, mediaType, requestId, res);
-    count[outcome].inc();
-    if (outcome === 'prepared' || outcome === 'refused' || outcome === 'rate_limited') return true;
+    if (typeof outcome === 'object') {
+      count[outcome.handover].inc();
+    } else {
+      count[outcome].inc();
+      if (outcome === 'prepared' || outcome === 'refused' || outcome === 'rate_limited') return ANSWERED;
+    }
     // whatwg-node takes an already-read body from `req.body` (as behind a body parser).
     (req as IncomingMessage & { body?: Buffer }).body = raw;
-    return false;
+    return typeof outcome === 'object' ? { check: outcome.check } : UNCHECKED;
   };
 }
 

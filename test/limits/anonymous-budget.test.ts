@@ -245,6 +245,23 @@ describe('per-address budget for requests without a valid token', () => {
     }
   });
 
+  it('charges a request once when its token was looked up on the prepared path and Yoga then runs it', async () => {
+    await withServer({ env: { RATE_LIMIT_ANONYMOUS_PER_MIN: '4' } }, async (server) => {
+      const user = await server.createUser();
+      // Introspection without a valid token runs (GraphiQL), but in Yoga, not the prepared path.
+      const schemaProbe = 'query SchemaProbe { __typename }';
+      expect((await post(server, { token: user.token, query: schemaProbe })).status).toBe(200); // now prepared
+      const charged = () => metricValue(server, 'pvegraph_anonymous_requests_total{outcome="charged"}');
+      // The made-up token is looked up (charged) on the prepared path; Yoga runs the request
+      // with that same check, without looking it up or charging it again.
+      expect(await post(server, { token: BAD_TOKEN, query: schemaProbe })).toMatchObject({ status: 200, body: { data: { __typename: 'Query' } } });
+      expect(await charged()).toBe(1);
+      // Its refusal is cached now: no lookup to charge, but Yoga's run is.
+      expect((await post(server, { token: BAD_TOKEN, query: schemaProbe })).status).toBe(200);
+      expect(await charged()).toBe(2);
+    });
+  });
+
   it('charges tokens that cannot be checked while PostgreSQL is unreachable', async () => {
     const target = new URL(TEST_POSTGRES_URL);
     const [db, relay] = await Promise.all([createTestDatabase(), startTcpProxy(target.hostname, Number(target.port || 5432))]);
