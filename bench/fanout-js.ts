@@ -34,7 +34,7 @@ const server = makeServer<Record<string, unknown>, { viewer: typeof viewer }>({
     // As src/http/app.ts: events are written through the operation's sink (graphql-ws-sink.ts).
     const head = `{"id":${JSON.stringify(id)},"type":"next","payload":`;
     const sink = { next: (serialized: string) => count(`${head}${serialized}}`) };
-    const { schema, execute, subscribe, contextFactory, parse, validate } = yoga.getEnveloped({ ...ctx, params: payload, viewer: ctx.extra.viewer, requestId: 'r', sink } as any);
+    const { schema, execute, subscribe, contextFactory, parse, validate } = yoga.getEnveloped({ ...ctx, params: payload, tokenCheck: { kind: 'viewer', viewer: ctx.extra.viewer }, requestId: 'r', sink } as any);
     const document = parse(payload.query);
     const errors = validate(schema, document);
     if (errors.length) return errors as GraphQLError[];

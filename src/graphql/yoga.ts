@@ -7,7 +7,6 @@ import { GraphQLError } from 'graphql';
 import { createYoga, type Plugin, type YogaLogger, type YogaServerInstance } from 'graphql-yoga';
 import type { Logger } from 'pino';
 import { bearerToken } from '../auth/api-token.js';
-import type { Viewer } from '../auth/auth-service.js';
 import type { RevocationWatch } from '../auth/revocation-watch.js';
 import type { TokenCheck } from '../http/anonymous-budget.js';
 import type { Metrics } from '../observability/metrics.js';
@@ -24,13 +23,12 @@ import { type PreparedQueries, useLearnPreparedQueries } from './prepared-querie
 import { schema } from './schema.js';
 
 /**
- * Extra context a transport hands in: the viewer it has authenticated already (the WebSocket
- * in onConnect, the prepared-query path per request), and the request id of its log lines.
+ * Extra context a transport hands in: its check of the request's token when it has made one
+ * (HTTP: src/http/anonymous-budget.ts; WebSocket: per operation), and the request id of its
+ * log lines. Without a check, the context factory checks the Authorization header itself.
  */
 export interface ServerContext {
-  viewer?: Viewer;
-  /** HTTP: the request's token, checked already (src/http/anonymous-budget.ts). */
-  token?: Exclude<TokenCheck, { kind: 'refused' }>;
+  tokenCheck?: Exclude<TokenCheck, { kind: 'refused' }>;
   requestId?: string;
   /** graphql-ws over ws: where this operation's subscription events are written. */
   sink?: SubscriptionSink;
@@ -117,15 +115,15 @@ export function createPvegraphYoga(opts: YogaOptions): PvegraphYoga {
     context: async (initial): Promise<RequestContext> => {
       const requestId = initial.requestId ?? initial.request.headers.get('x-request-id') ?? randomUUID();
       const base = { services, requestId, log };
-      if (initial.viewer) return viewerContext(base, initial.viewer);
-      switch (initial.token?.kind) {
+      const check = initial.tokenCheck;
+      switch (check?.kind) {
         case 'viewer':
-          return viewerContext(base, initial.token.viewer);
+          return viewerContext(base, check.viewer);
         case 'anonymous':
-          return { ...base, viewer: null, authFailure: initial.token.authFailure };
+          return { ...base, viewer: null, authFailure: check.authFailure };
         case 'unchecked':
           // As if the check had failed here: Yoga masks and answers it.
-          throw initial.token.error;
+          throw check.error;
       }
       const token = bearerToken(initial.request.headers.get('authorization'));
       if (!token) return { ...base, viewer: null, authFailure: 'missing' };

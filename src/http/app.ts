@@ -153,7 +153,7 @@ export function createApp({ services, log, config }: AppOptions): App {
     const check = pending instanceof Promise ? await pending : pending;
     if (check?.kind === 'refused') return; // answered 429 by the check
     if (check && !(await budget.admit(req, res, check))) return;
-    await yoga.handle(req, res, { requestId, ...(check ? { token: check } : {}) });
+    await yoga.handle(req, res, { requestId, ...(check ? { tokenCheck: check } : {}) });
   }
 
   const wss = new WebSocketServer({ server, path: '/graphql', maxPayload: config.maxRequestBodyBytes });
@@ -212,7 +212,8 @@ export function createApp({ services, log, config }: AppOptions): App {
         // Verified per operation (cached), so a revoked token stops working on open sockets
         // within TOKEN_CACHE_TTL_MS, as it does over HTTP.
         const token = tokens.get(ctx.extra.socket);
-        if (!token || !(await services.auth.verify(token))) {
+        const viewer = token ? await services.auth.verify(token) : null;
+        if (!viewer) {
           ctx.extra.socket.close(WsCloseCode.Forbidden, 'Forbidden');
           return [new UnauthenticatedError('The API token is not valid (unknown or revoked).')];
         }
@@ -221,7 +222,7 @@ export function createApp({ services, log, config }: AppOptions): App {
           req: ctx.extra.request,
           socket: ctx.extra.socket,
           params: payload,
-          viewer: ctx.extra.viewer,
+          tokenCheck: { kind: 'viewer', viewer },
           requestId: randomUUID(),
           // A subscription's events are written to the socket directly (share-subscription-events).
           sink: graphqlWsSink(ctx.extra.socket, id, config.wsMaxBufferedBytes),
