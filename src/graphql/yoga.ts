@@ -8,7 +8,7 @@ import { createYoga, type Plugin, type YogaLogger, type YogaServerInstance } fro
 import type { Logger } from 'pino';
 import { bearerToken } from '../auth/api-token.js';
 import type { RevocationWatch } from '../auth/revocation-watch.js';
-import type { TokenCheck } from '../http/anonymous-budget.js';
+import type { UnrefusedTokenCheck } from '../http/anonymous-budget.js';
 import type { Metrics } from '../observability/metrics.js';
 import type { Services } from '../services.js';
 import { type RequestContext, type SubscriptionSink, viewerContext } from './context.js';
@@ -28,7 +28,7 @@ import { schema } from './schema.js';
  * log lines. Without a check, the context factory checks the Authorization header itself.
  */
 export interface ServerContext {
-  tokenCheck?: Exclude<TokenCheck, { kind: 'refused' }>;
+  tokenCheck?: UnrefusedTokenCheck;
   requestId?: string;
   /** graphql-ws over ws: where this operation's subscription events are written. */
   sink?: SubscriptionSink;

@@ -16,6 +16,9 @@ export type TokenCheck =
   /** The address has spent its budget: refused (HTTP: answered 429 already). */
   | { kind: 'refused'; retryAfterSeconds: number };
 
+/** A check that leaves the request to be answered (a refusal has been answered already). */
+export type UnrefusedTokenCheck = Exclude<TokenCheck, { kind: 'refused' }>;
+
 /** Bodies a refused client may still be sending: past this, the connection is closed instead of drained. */
 const MAX_DRAINED_BODY_BYTES = 64 * 1024;
 

@@ -16,7 +16,7 @@ import { schema } from '../graphql/schema.js';
 import { createPvegraphYoga, type PvegraphYoga } from '../graphql/yoga.js';
 import { UnauthenticatedError } from '../errors.js';
 import type { Services } from '../services.js';
-import { createAnonymousBudget, type TokenCheck } from './anonymous-budget.js';
+import { createAnonymousBudget, type UnrefusedTokenCheck } from './anonymous-budget.js';
 import { clientAddressOf } from './client-address.js';
 import { checkReadiness } from './health.js';
 import { graphqlWsSink } from './graphql-ws-sink.js';
@@ -65,6 +65,7 @@ export interface App {
 }
 
 type WsExtra = {
+  /** Who opened the socket: what its slot in socketsPerUser is counted under (operations use their own verify). */
   viewer?: Viewer;
   /** This socket holds a slot in socketsPerUser (released exactly once). */
   counted?: boolean;
@@ -138,15 +139,16 @@ export function createApp({ services, log, config }: AppOptions): App {
       case '/':
         res.writeHead(302, { location: '/graphql' }).end();
         return;
-      default:
+      default: {
         if (route !== '/graphql') return handOverToYoga(req, res, requestId, undefined);
         const handOver = await tryPreparedQuery(req, res, requestId);
         if (handOver !== ANSWERED) await handOverToYoga(req, res, requestId, handOver.check);
+      }
     }
   }
 
   /** What the prepared path did not answer: charged to the address's budget when it must be, then Yoga's. */
-  async function handOverToYoga(req: IncomingMessage, res: ServerResponse, requestId: string, checked: TokenCheck | undefined): Promise<void> {
+  async function handOverToYoga(req: IncomingMessage, res: ServerResponse, requestId: string, checked: UnrefusedTokenCheck | undefined): Promise<void> {
     // The prepared path may have checked the token already (once it knew the document). With
     // the budget off and no check yet, Yoga's context factory checks it as it always did.
     const pending = checked ?? (budget.enabled ? budget.checkHttp(req, res) : undefined);

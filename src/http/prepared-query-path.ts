@@ -9,7 +9,7 @@ import { unauthenticated } from '../graphql/plugins/require-viewer.js';
 import { MAX_PREPARED_QUERY_LENGTH, type PreparedQueries } from '../graphql/prepared-queries.js';
 import type { PvegraphYoga } from '../graphql/yoga.js';
 import type { Services } from '../services.js';
-import type { TokenCheck } from './anonymous-budget.js';
+import type { TokenCheck, UnrefusedTokenCheck } from './anonymous-budget.js';
 
 /** Bodies above this go straight to Yoga (a prepared query plus its variables is far smaller). */
 const MAX_PREPARED_BODY_BYTES = MAX_PREPARED_QUERY_LENGTH + 8_192;
@@ -21,10 +21,10 @@ type Answered = 'prepared' | 'refused' | 'rate_limited';
 
 /**
  * A request left for Yoga, with its token check when this path made one (so it is not made
- * twice). Only requests Yoga handles allocate one: an answered request returns `ANSWERED`.
+ * twice). An answered request returns `ANSWERED` and allocates nothing for it.
  */
 export interface HandOver {
-  check: TokenCheck | undefined;
+  check: UnrefusedTokenCheck | undefined;
 }
 export const ANSWERED = 'answered';
 const UNCHECKED: HandOver = Object.freeze({ check: undefined });
@@ -66,7 +66,7 @@ export interface PreparedQueryPathOptions {
  * errors is formatted by Yoga's own result processor (status code by error kind, internals
  * stripped), so both paths answer byte for byte alike.
  *
- * Returns true when the request has been answered.
+ * Returns `ANSWERED`, or a `HandOver` with the token check when one was made.
  */
 export function createPreparedQueryPath(opts: PreparedQueryPathOptions) {
   const { yoga, prepared, services, log, masker } = opts;
@@ -90,7 +90,7 @@ export function createPreparedQueryPath(opts: PreparedQueryPathOptions) {
     mediaType: string,
     requestId: string,
     res: ServerResponse,
-  ): Promise<Answered | Handover | { handover: Handover; check: TokenCheck }> {
+  ): Promise<Answered | Handover | { handover: Handover; check: UnrefusedTokenCheck }> {
     const headers = req.headers;
     const params = graphqlParamsOf(raw);
     if (!params) return 'not_eligible';
