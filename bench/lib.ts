@@ -2,6 +2,7 @@ import { type ChildProcess, fork, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import net from 'node:net';
+import { monitorEventLoopDelay } from 'node:perf_hooks';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { type Dispatcher, request } from 'undici';
@@ -266,6 +267,13 @@ export interface PacedLoadResult {
   latencies: number[];
   /** How late the generator itself sent each request (ms after its due time): its own stalls. */
   sendLags: number[];
+  /**
+   * The generator's event loop during the measured run (ms it was late past its 1 ms timer):
+   * a response that arrives while it is blocked is counted late by up to that much.
+   */
+  loopDelay: { p99: number; max: number };
+  /** When the requests answered in more than SLOW_MS were due (ms from the run's start): how the tail clusters. */
+  slowDueAt: number[];
   errors: number;
   sent: number;
   achievedRate: number;
@@ -314,17 +322,24 @@ export async function runPacedLoad(opts: PacedLoadOptions): Promise<PacedLoadRes
     });
   };
   await paced(send, opts.rate, Math.min(1, opts.seconds));
+  const loop = monitorEventLoopDelay({ resolution: 1 });
+  loop.enable();
   const result = await paced(send, opts.rate, opts.seconds);
+  loop.disable();
   await pool.close();
-  return result;
+  return { ...result, loopDelay: { p99: loop.percentile(99) / 1e6, max: loop.max / 1e6 } };
 }
+
+/** The latency goal of scenario 1 (p99 under it at half of peak). */
+export const SLOW_MS = 10;
 
 /** Sends one request; `done(ok)` once it has been answered in full (ok: status 200) or has failed. */
 type Send = (done: (ok: boolean) => void) => void;
 
-async function paced(send: Send, rate: number, seconds: number): Promise<PacedLoadResult> {
+async function paced(send: Send, rate: number, seconds: number): Promise<Omit<PacedLoadResult, 'loopDelay'>> {
   const latencies: number[] = [];
   const sendLags: number[] = [];
+  const slowDueAt: number[] = [];
   let errors = 0;
   let sent = 0;
   let settled = 0;
@@ -339,8 +354,12 @@ async function paced(send: Send, rate: number, seconds: number): Promise<PacedLo
         sendLags.push(now() - scheduled);
         sent++;
         send((ok) => {
-          if (ok) latencies.push(now() - scheduled);
-          else errors++;
+          if (!ok) errors++;
+          else {
+            const latency = now() - scheduled;
+            latencies.push(latency);
+            if (latency > SLOW_MS) slowDueAt.push(scheduled - start);
+          }
           if (++settled === total) resolve();
         });
       }
@@ -348,7 +367,7 @@ async function paced(send: Send, rate: number, seconds: number): Promise<PacedLo
     };
     const timer = setInterval(tick, 1);
   });
-  return { latencies, sendLags, errors, sent, achievedRate: latencies.length / ((now() - start) / 1000) };
+  return { latencies, sendLags, slowDueAt, errors, sent, achievedRate: latencies.length / ((now() - start) / 1000) };
 }
 
 /**

@@ -41,6 +41,8 @@ import {
   nextMessage,
   now,
   pacedLoad,
+  SLOW_MS,
+  type PacedLoadResult,
   machineSteal,
   serverVitals,
   pool,
@@ -104,6 +106,26 @@ function note(s: number, text: string) {
 }
 const ratio = (a: number, b: number, digits = 2) => (b > 0 && Number.isFinite(a) ? `${(a / b).toFixed(digits)}×` : 'n/a');
 const ms = (n: number) => `${fmt(n, 2)} ms`;
+/**
+ * How a paced run's slow answers cluster: requests due within STALL_GAP_MS of each other count
+ * as one stall. A few long stalls point at the machine (a process waiting for a core); slow
+ * answers spread evenly would point at the per-request path.
+ */
+const STALL_GAP_MS = 20;
+function slowTail(r: PacedLoadResult): string {
+  const due = [...r.slowDueAt].sort((x, y) => x - y);
+  if (due.length === 0) return 'none';
+  const spans: number[] = [];
+  let first = due[0]!;
+  for (let i = 1; i <= due.length; i++) {
+    if (i === due.length || due[i]! - due[i - 1]! > STALL_GAP_MS) {
+      spans.push(due[i - 1]! - first);
+      if (i < due.length) first = due[i]!;
+    }
+  }
+  const share = (100 * due.length) / Math.max(1, r.latencies.length);
+  return `${due.length} (${fmt(share, 2)} %) in ${spans.length} stalls, the longest due over ${fmt(Math.max(...spans), 0)} ms`;
+}
 const distStr = (d: Dist) => `p50 ${fmt(d.p50, 1)} / p99 ${fmt(d.p99, 1)} / max ${fmt(d.max, 1)} ms`;
 
 // ------------------------------------------------------------------ environment
@@ -355,7 +377,9 @@ async function scenario1(sim: Simulator) {
   note(1, `a new document each request, answers of the measured run: server ${answers(unseenS.statuses)}; baseline ${answers(unseenB.statuses)} (it has no such budget).`);
   note(1, `paced runs: server ${pacedS.latencies.length}/${pacedS.sent} answered at ${fmt(pacedS.achievedRate, 0)} req/s (${pacedS.errors} errors), baseline ${pacedB.latencies.length}/${pacedB.sent} (${pacedB.errors} errors); max ${ms(ps.max)} vs ${ms(pb.max)}.`);
   const lag = (r: typeof pacedS) => `p99 ${ms(dist(r.sendLags).p99)}, max ${ms(dist(r.sendLags).max)}`;
-  note(1, `the generator's own lateness (send time − due time, counted in the latency): server run ${lag(pacedS)}, baseline run ${lag(pacedB)}.`);
+  const loop = (r: typeof pacedS) => `p99 ${ms(r.loopDelay.p99)}, max ${ms(r.loopDelay.max)}`;
+  note(1, `the generator's own lateness (send time − due time, counted in the latency): server run ${lag(pacedS)}, baseline run ${lag(pacedB)}; its event loop's delay (a response read late by as much): server run ${loop(pacedS)}, baseline run ${loop(pacedB)}.`);
+  note(1, `answers over ${SLOW_MS} ms: server ${slowTail(pacedS)}; baseline ${slowTail(pacedB)}.`);
   note(1, `the server during its paced run (its warm-up second included), from its /metrics: GC at least ${fmt(pacedVitals.gcMs, 0)} ms in ${pacedVitals.gcPauses} pauses, ${pacedVitals.majorGcs} of them mark-compacts (prom-client counts one collection per batch Node reports), event loop blocked at most ${ms(pacedVitals.longestBlockMs)} at a time, ${pacedVitals.queriesOver10ms} of ${pacedVitals.queries} queries over 10 ms from the start of their execution; CPU stolen from the VM meanwhile: ${fmt(pacedSteal, 0)} ms.`);
   note(1, "autocannon's overallRate gives each connection a per-second budget that it spends back-to-back, then idles until the next second: its p99 is the p99 of full-speed bursts, so the goal uses the evenly paced open-loop generator (bench/lib.ts pacedLoad in its own process, latency counted from each request's due time).");
   note(1, `answer: ${fromServer.vmidsTaken.taken.length} taken VMIDs (simulator with ${sim.guests().length} guests); baseline answer byte-identical to the server's.`);
