@@ -274,6 +274,11 @@ export interface PacedLoadResult {
   loopDelay: { p99: number; max: number };
   /** When the requests answered in more than SLOW_MS were due (ms from the run's start): how the tail clusters. */
   slowDueAt: number[];
+  /**
+   * Of those, how many spent most of their time before undici wrote them to a connection:
+   * waiting in the generator for one of its keep-alive connections (all busy), not in the server.
+   */
+  slowWaitedForConnection: number;
   errors: number;
   sent: number;
   achievedRate: number;
@@ -310,15 +315,18 @@ export async function runPacedLoad(opts: PacedLoadOptions): Promise<PacedLoadRes
   const request = { origin: u.origin, path: u.pathname, method: 'POST' as const, headers: opts.headers, body: opts.body };
   const send: Send = (done) => {
     let status = 0;
+    let writtenAt = 0;
     pool.dispatch(request, {
-      // undici takes a handler for its current (controller) API only when it has onRequestStart.
-      onRequestStart: () => undefined,
+      // Called as undici writes the request to a connection (and needed for its controller API).
+      onRequestStart: () => {
+        writtenAt = now();
+      },
       onResponseStart: (_controller, statusCode) => {
         status = statusCode;
       },
       onResponseData: () => undefined,
-      onResponseEnd: () => done(status === 200),
-      onResponseError: () => done(false),
+      onResponseEnd: () => done(status === 200, writtenAt),
+      onResponseError: () => done(false, writtenAt),
     });
   };
   await paced(send, opts.rate, Math.min(1, opts.seconds));
@@ -333,13 +341,17 @@ export async function runPacedLoad(opts: PacedLoadOptions): Promise<PacedLoadRes
 /** The latency goal of scenario 1 (p99 under it at half of peak). */
 export const SLOW_MS = 10;
 
-/** Sends one request; `done(ok)` once it has been answered in full (ok: status 200) or has failed. */
-type Send = (done: (ok: boolean) => void) => void;
+/**
+ * Sends one request; `done(ok, writtenAt)` once it has been answered in full (ok: status 200)
+ * or has failed, with the time it was written to a connection.
+ */
+type Send = (done: (ok: boolean, writtenAt: number) => void) => void;
 
 async function paced(send: Send, rate: number, seconds: number): Promise<Omit<PacedLoadResult, 'loopDelay'>> {
   const latencies: number[] = [];
   const sendLags: number[] = [];
   const slowDueAt: number[] = [];
+  let slowWaitedForConnection = 0;
   let errors = 0;
   let sent = 0;
   let settled = 0;
@@ -353,12 +365,15 @@ async function paced(send: Send, rate: number, seconds: number): Promise<Omit<Pa
         const scheduled = start + sent * interval;
         sendLags.push(now() - scheduled);
         sent++;
-        send((ok) => {
+        send((ok, writtenAt) => {
           if (!ok) errors++;
           else {
             const latency = now() - scheduled;
             latencies.push(latency);
-            if (latency > SLOW_MS) slowDueAt.push(scheduled - start);
+            if (latency > SLOW_MS) {
+              slowDueAt.push(scheduled - start);
+              if (writtenAt - scheduled > latency / 2) slowWaitedForConnection++;
+            }
           }
           if (++settled === total) resolve();
         });
@@ -367,7 +382,7 @@ async function paced(send: Send, rate: number, seconds: number): Promise<Omit<Pa
     };
     const timer = setInterval(tick, 1);
   });
-  return { latencies, sendLags, slowDueAt, errors, sent, achievedRate: latencies.length / ((now() - start) / 1000) };
+  return { latencies, sendLags, slowDueAt, slowWaitedForConnection, errors, sent, achievedRate: latencies.length / ((now() - start) / 1000) };
 }
 
 /**

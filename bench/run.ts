@@ -124,7 +124,7 @@ function slowTail(r: PacedLoadResult): string {
     }
   }
   const share = (100 * due.length) / Math.max(1, r.latencies.length);
-  return `${due.length} (${fmt(share, 2)} %) in ${spans.length} stalls, the longest due over ${fmt(Math.max(...spans), 0)} ms`;
+  return `${due.length} (${fmt(share, 2)} %) in ${spans.length} stalls, the longest due over ${fmt(Math.max(...spans), 0)} ms, ${r.slowWaitedForConnection} of them mostly in the generator, before it wrote them`;
 }
 const distStr = (d: Dist) => `p50 ${fmt(d.p50, 1)} / p99 ${fmt(d.p99, 1)} / max ${fmt(d.max, 1)} ms`;
 
