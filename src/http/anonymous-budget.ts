@@ -4,7 +4,7 @@ import type { Viewer } from '../auth/auth-service.js';
 import { ErrorCode } from '../errors.js';
 import { rateLimitedMessage } from '../ratelimit/rate-limiter.js';
 import type { Services } from '../services.js';
-import { budgetKeyOf, type ClientAddressOf } from './client-address.js';
+import { budgetKeyOf, type ClientAddressOf, siteKeyOf } from './client-address.js';
 import { corsHeaders, resultMediaType } from './prepared-query-path.js';
 
 /** What the request's token turned out to be, decided once per request. */
@@ -13,8 +13,10 @@ export type TokenCheck =
   | { kind: 'anonymous'; authFailure: 'missing' | 'invalid'; charged: boolean }
   /** The token could not be checked (database down). */
   | { kind: 'unchecked'; error: unknown; charged: boolean }
-  /** The address has spent its budget: refused (HTTP: answered 429 already). */
-  | { kind: 'refused'; retryAfterSeconds: number };
+  /** The address (or its IPv6 /48) has spent its budget: refused (HTTP: answered 429 already). */
+  | { kind: 'refused'; retryAfterSeconds: number; bucket: AnonymousBucket };
+
+type AnonymousBucket = 'anonymous' | 'anonymousSite';
 
 /** A check that leaves the request to be answered (a refusal has been answered already). */
 export type UnrefusedTokenCheck = Exclude<TokenCheck, { kind: 'refused' }>;
@@ -24,8 +26,9 @@ const MAX_DRAINED_BODY_BYTES = 64 * 1024;
 
 /**
  * What a client without a valid API token may cost. Two things are charged to the budget of
- * its address (RATE_LIMIT_ANONYMOUS_PER_MIN; IPv4 address or IPv6 /64, see client-address.ts),
- * shared by all instances through Redis:
+ * its address (RATE_LIMIT_ANONYMOUS_PER_MIN; IPv4 address or IPv6 /64, see client-address.ts;
+ * an IPv6 /64 also to its /48's, ANONYMOUS_SITE_BUDGETS times as large), shared by all
+ * instances through Redis:
  * - a request Yoga handles without a valid token: a document the prepared path does not know,
  *   a tokenless introspection, GraphiQL's page (~10× a dashboard's cached read: BENCHMARKS.md,
  *   finding 25);
@@ -54,11 +57,34 @@ export function createAnonymousBudget(services: Pick<Services, 'auth' | 'rateLim
    */
   const keyOf = (req: IncomingMessage) => budgetKeyOf(addressOf(req) ?? 'unknown');
 
-  /** Spends one unit of the address's budget: 0, or the seconds until there is one. */
-  async function charge(key: string): Promise<number> {
-    const retryAfterSeconds = await rateLimiter.take('anonymous', key);
+  /**
+   * Spends one unit of the address's budget, and for an IPv6 /64 one of its /48's too: null, or
+   * the refusal with the seconds until there is one.
+   */
+  async function charge(key: string): Promise<Extract<TokenCheck, { kind: 'refused' }> | null> {
+    const site = siteKeyOf(key);
+    let bucket: AnonymousBucket = 'anonymousSite';
+    // A site this instance has seen spent is refused from memory, before any /64 of it is asked.
+    let retryAfterSeconds = site ? rateLimiter.spentFor(bucket, site) : 0;
+    if (retryAfterSeconds === 0) {
+      bucket = 'anonymous';
+      retryAfterSeconds = await rateLimiter.take(bucket, key);
+    }
+    if (retryAfterSeconds === 0 && site) {
+      bucket = 'anonymousSite';
+      retryAfterSeconds = await rateLimiter.take(bucket, site);
+    }
     (retryAfterSeconds > 0 ? refused : charged).inc();
-    return retryAfterSeconds;
+    return retryAfterSeconds > 0 ? { kind: 'refused', retryAfterSeconds, bucket } : null;
+  }
+
+  /** The refusal this instance remembers for the address or its /48, without asking Redis. */
+  function spentRefusal(key: string): Extract<TokenCheck, { kind: 'refused' }> | null {
+    const spent = rateLimiter.spentFor('anonymous', key);
+    if (spent > 0) return { kind: 'refused', retryAfterSeconds: spent, bucket: 'anonymous' };
+    const site = siteKeyOf(key);
+    const siteSpent = site ? rateLimiter.spentFor('anonymousSite', site) : 0;
+    return siteSpent > 0 ? { kind: 'refused', retryAfterSeconds: siteSpent, bucket: 'anonymousSite' } : null;
   }
 
   /**
@@ -90,10 +116,10 @@ export function createAnonymousBudget(services: Pick<Services, 'auth' | 'rateLim
    * in flight before its first refusal (batched by the auth service's DataLoader).
    */
   async function lookUpCharged(token: string, key: string): Promise<TokenCheck> {
-    const spent = rateLimiter.spentFor('anonymous', key);
-    if (spent > 0) {
+    const spent = spentRefusal(key);
+    if (spent) {
       refused.inc();
-      return { kind: 'refused', retryAfterSeconds: spent };
+      return spent;
     }
     let check: TokenCheck;
     try {
@@ -103,8 +129,7 @@ export function createAnonymousBudget(services: Pick<Services, 'auth' | 'rateLim
     } catch (error) {
       check = { kind: 'unchecked', error, charged: true };
     }
-    const retryAfterSeconds = await charge(key);
-    return retryAfterSeconds > 0 ? { kind: 'refused', retryAfterSeconds } : check;
+    return (await charge(key)) ?? check;
   }
 
   return {
@@ -119,7 +144,7 @@ export function createAnonymousBudget(services: Pick<Services, 'auth' | 'rateLim
       const check = checkToken(bearerToken(req.headers.authorization), req);
       if (!(check instanceof Promise)) return check;
       return check.then((c) => {
-        if (c.kind === 'refused') answer429(req, res, c.retryAfterSeconds);
+        if (c.kind === 'refused') answer429(req, res, c);
         return c;
       });
     },
@@ -135,9 +160,9 @@ export function createAnonymousBudget(services: Pick<Services, 'auth' | 'rateLim
      */
     async admit(req: IncomingMessage, res: ServerResponse, check: TokenCheck): Promise<boolean> {
       if (!enabled || check.kind === 'viewer' || check.kind === 'refused' || check.charged || req.method === 'OPTIONS') return true;
-      const retryAfterSeconds = await charge(keyOf(req));
-      if (retryAfterSeconds === 0) return true;
-      answer429(req, res, retryAfterSeconds);
+      const refusal = await charge(keyOf(req));
+      if (!refusal) return true;
+      answer429(req, res, refusal);
       return false;
     },
   };
@@ -147,8 +172,8 @@ export function createAnonymousBudget(services: Pick<Services, 'auth' | 'rateLim
  * 429 with the GraphQL error a client of this API expects (the one RateLimitedError makes,
  * without building it: a flood is answered here), readable cross-origin.
  */
-function answer429(req: IncomingMessage, res: ServerResponse, retryAfterSeconds: number): void {
-  const error = { message: rateLimitedMessage('anonymous', retryAfterSeconds), extensions: { code: ErrorCode.RATE_LIMITED, retryAfterSeconds } };
+function answer429(req: IncomingMessage, res: ServerResponse, { retryAfterSeconds, bucket }: { retryAfterSeconds: number; bucket: AnonymousBucket }): void {
+  const error = { message: rateLimitedMessage(bucket, retryAfterSeconds), extensions: { code: ErrorCode.RATE_LIMITED, retryAfterSeconds } };
   const body = JSON.stringify({ errors: [error] });
   const headers: Record<string, string | number> = {
     'content-type': `${resultMediaType(req.headers.accept) ?? 'application/json'}; charset=utf-8`,

@@ -52,3 +52,13 @@ export function budgetKeyOf(address: string): string {
   const prefix = (parsed as ipaddr.IPv6).parts.slice(0, 4).map((part) => part.toString(16));
   return `${prefix.join(':')}::/64`;
 }
+
+/**
+ * The IPv6 /48 a /64 budget key belongs to (one site's allocation), which shares a budget of
+ * its own: else a client holding a /48 could spread its requests over 65,536 budgets. Null for
+ * IPv4 addresses and keys that are no address.
+ */
+export function siteKeyOf(budgetKey: string): string | null {
+  if (!budgetKey.endsWith('::/64')) return null;
+  return `${budgetKey.split(':').slice(0, 3).join(':')}::/48`;
+}

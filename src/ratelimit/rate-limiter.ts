@@ -9,13 +9,17 @@ import { DomainError, ErrorCode } from '../errors.js';
  * in-process in embedded mode (and as a fallback while Redis is unreachable, so an outage
  * never turns into "no limit" or "nothing works").
  */
-export type RateLimitBucket = 'proxmox' | 'reservations' | 'anonymous';
+export type RateLimitBucket = 'proxmox' | 'reservations' | 'anonymous' | 'anonymousSite';
 
 const SPENT_ON: Record<RateLimitBucket, string> = {
   proxmox: 'Proxmox operations',
   reservations: 'VMID reservations',
   anonymous: 'requests without a valid API token from this address',
+  anonymousSite: 'requests without a valid API token from this network (IPv6 /48)',
 };
+
+/** How many per-address budgets an IPv6 /48 (one site) shares in all. */
+export const ANONYMOUS_SITE_BUDGETS = 16;
 
 export class RateLimitedError extends DomainError {
   constructor(bucket: RateLimitBucket, retryAfterSeconds: number) {
@@ -69,6 +73,7 @@ export class RateLimiter {
     make('proxmox', limits.proxmoxCallsPerMin);
     make('reservations', limits.reservationsPerMin);
     make('anonymous', limits.anonymousRequestsPerMin, { blockInMemory: true });
+    make('anonymousSite', limits.anonymousRequestsPerMin * ANONYMOUS_SITE_BUDGETS, { blockInMemory: true });
   }
 
   /** Whether the bucket has a limit (0 in the configuration turns it off). */

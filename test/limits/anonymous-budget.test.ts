@@ -3,7 +3,7 @@ import { Redis } from 'ioredis';
 import WebSocket from 'ws';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../../src/config/config.js';
-import { budgetKeyOf } from '../../src/http/client-address.js';
+import { budgetKeyOf, siteKeyOf } from '../../src/http/client-address.js';
 import { TEST_POSTGRES_URL, TEST_REDIS_URL } from '../support/env.js';
 import { startTcpProxy } from '../support/tcp-proxy.js';
 import { createTestDatabase } from '../support/test-database.js';
@@ -325,7 +325,32 @@ describe('which address pays', () => {
     });
   });
 
-  it('keys IPv4 by address and IPv6 by /64', () => {
+  it('gives an IPv6 /48 a budget of its own: 16 addresses\' worth, however many /64s it spreads over', async () => {
+    let tokenLookups = 0;
+    const onQuery = (sql: string) => void (sql.includes('api_tokens') && tokenLookups++);
+    await withServer({ env: { RATE_LIMIT_ANONYMOUS_PER_MIN: '1', TRUST_PROXY: 'loopback' }, onQuery }, async (server) => {
+      const from = (xff: string) => post(server, { headers: { 'x-forwarded-for': xff } });
+      for (let i = 0; i < 16; i++) expect(codeOf(await from(`2001:db8:7:${i.toString(16)}::1`))).toBe('UNAUTHENTICATED');
+      const refused = await from('2001:db8:7:ff::1'); // a 17th /64 of the same /48, unspent itself
+      expect(codeOf(refused)).toBe('RATE_LIMITED');
+      expect(refused.body.errors![0]!.message).toMatch(/network \(IPv6 \/48\)/);
+      expect(refused.headers.get('retry-after')).toMatch(/^\d+$/);
+      // Refused from memory now, whichever /64 of it asks: a made-up token is not even looked up.
+      expect(codeOf(await post(server, { token: BAD_TOKEN, headers: { 'x-forwarded-for': '2001:db8:7:100::1' } }))).toBe('RATE_LIMITED');
+      expect(tokenLookups).toBe(0);
+      // (Positive control: the same token from elsewhere is looked up.)
+      expect(codeOf(await post(server, { token: BAD_TOKEN, headers: { 'x-forwarded-for': '2001:db8:9::1' } }))).toBe('UNAUTHENTICATED');
+      expect(tokenLookups).toBe(1);
+      expect(codeOf(await from('2001:db8:8::1'))).toBe('UNAUTHENTICATED'); // another /48
+      expect(codeOf(await from('203.0.113.50'))).toBe('UNAUTHENTICATED'); // IPv4 has no such budget
+    });
+  });
+
+  it('keys IPv4 by address and IPv6 by /64, and a /64 to its /48', () => {
+    expect(siteKeyOf(budgetKeyOf('2001:db8:0:a::1'))).toBe('2001:db8:0::/48');
+    expect(siteKeyOf(budgetKeyOf('2001:db8:ab:cdef:1::1'))).toBe('2001:db8:ab::/48');
+    expect(siteKeyOf(budgetKeyOf('192.0.2.1'))).toBeNull();
+    expect(siteKeyOf(budgetKeyOf('garbage'))).toBeNull();
     expect(budgetKeyOf('192.0.2.1')).toBe('192.0.2.1');
     expect(budgetKeyOf('::ffff:192.0.2.1')).toBe('192.0.2.1');
     expect(budgetKeyOf('2001:db8:0:a::1')).toBe('2001:db8:0:a::/64');
