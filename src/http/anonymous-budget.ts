@@ -78,13 +78,16 @@ export function createAnonymousBudget(services: Pick<Services, 'auth' | 'rateLim
     return retryAfterSeconds > 0 ? { kind: 'refused', retryAfterSeconds, bucket } : null;
   }
 
-  /** The refusal this instance remembers for the address or its /48, without asking Redis. */
+  /**
+   * The refusal this instance remembers for the address's /48 or the address, without asking
+   * Redis (the site first, as charge() asks: one message whichever path refuses).
+   */
   function spentRefusal(key: string): Extract<TokenCheck, { kind: 'refused' }> | null {
-    const spent = rateLimiter.spentFor('anonymous', key);
-    if (spent > 0) return { kind: 'refused', retryAfterSeconds: spent, bucket: 'anonymous' };
     const site = siteKeyOf(key);
     const siteSpent = site ? rateLimiter.spentFor('anonymousSite', site) : 0;
-    return siteSpent > 0 ? { kind: 'refused', retryAfterSeconds: siteSpent, bucket: 'anonymousSite' } : null;
+    if (siteSpent > 0) return { kind: 'refused', retryAfterSeconds: siteSpent, bucket: 'anonymousSite' };
+    const spent = rateLimiter.spentFor('anonymous', key);
+    return spent > 0 ? { kind: 'refused', retryAfterSeconds: spent, bucket: 'anonymous' } : null;
   }
 
   /**

@@ -16,6 +16,7 @@ import { schema } from '../graphql/schema.js';
 import { createPvegraphYoga, type PvegraphYoga } from '../graphql/yoga.js';
 import { UnauthenticatedError } from '../errors.js';
 import type { Services } from '../services.js';
+import { rateLimitedMessage } from '../ratelimit/rate-limiter.js';
 import { createAnonymousBudget, type UnrefusedTokenCheck } from './anonymous-budget.js';
 import { clientAddressOf } from './client-address.js';
 import { checkReadiness } from './health.js';
@@ -171,7 +172,8 @@ export function createApp({ services, log, config }: AppOptions): App {
         const check = await budget.checkWebSocket(ctx.extra.request, token);
         if (check.kind === 'unchecked') throw check.error; // as before: graphql-ws closes with 4500
         if (check.kind === 'refused') {
-          ctx.extra.socket.close(WsCloseCode.TooManyRequests, `Too many requests without a valid API token; retry in ${check.retryAfterSeconds} s`);
+          // The reason names the budget spent (address or IPv6 /48); it fits a close frame's 123 bytes.
+          ctx.extra.socket.close(WsCloseCode.TooManyRequests, rateLimitedMessage(check.bucket, check.retryAfterSeconds));
           return false;
         }
         if (check.kind !== 'viewer') return false;

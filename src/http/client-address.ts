@@ -59,6 +59,9 @@ export function budgetKeyOf(address: string): string {
  * IPv4 addresses and keys that are no address.
  */
 export function siteKeyOf(budgetKey: string): string | null {
-  if (!budgetKey.endsWith('::/64')) return null;
-  return `${budgetKey.split(':').slice(0, 3).join(':')}::/48`;
+  const site = SIXTY_FOUR.exec(budgetKey)?.[1];
+  return site === undefined ? null : `${site}::/48`;
 }
+
+/** A /64 key exactly as budgetKeyOf writes it (four groups, then `::/64`); the first three are its /48. */
+const SIXTY_FOUR = /^([0-9a-f]{1,4}:[0-9a-f]{1,4}:[0-9a-f]{1,4}):[0-9a-f]{1,4}::\/64$/;

@@ -34,7 +34,7 @@ export function rateLimitedMessage(bucket: RateLimitBucket, retryAfterSeconds: n
 export interface RateLimits {
   proxmoxCallsPerMin: number;
   reservationsPerMin: number;
-  /** Per client address (IPv4 address or IPv6 /64). */
+  /** Per client address (IPv4 address or IPv6 /64); an IPv6 /48 shares ANONYMOUS_SITE_BUDGETS times this. */
   anonymousRequestsPerMin: number;
 }
 

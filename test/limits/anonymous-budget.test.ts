@@ -164,12 +164,16 @@ describe('per-address budget for requests without a valid token', () => {
 
   it('charges a WebSocket whose token only the database can tell about, and refuses it with 4429 past the budget', async () => {
     const fresh = await startTestServer({ env: { RATE_LIMIT_ANONYMOUS_PER_MIN: '2' } });
+    let lastReason = '';
     const closeCodeOf = (token: string) =>
       new Promise<number>((resolve) => {
         const ws = new WebSocket(fresh.wsUrl, 'graphql-transport-ws');
         ws.on('open', () => ws.send(JSON.stringify({ type: 'connection_init', payload: { authorization: `Bearer ${token}` } })));
         ws.on('message', () => ws.close(1000));
-        ws.on('close', (code) => resolve(code));
+        ws.on('close', (code, reason) => {
+          lastReason = reason.toString();
+          resolve(code);
+        });
       });
     try {
       const user = await fresh.createUser();
@@ -177,6 +181,7 @@ describe('per-address budget for requests without a valid token', () => {
       expect(await closeCodeOf(`pvg_${'W'.repeat(43)}`)).toBe(4403);
       expect(await closeCodeOf(`pvg_${'X'.repeat(43)}`)).toBe(4403);
       expect(await closeCodeOf(`pvg_${'V'.repeat(43)}`)).toBe(4429);
+      expect(lastReason).toMatch(/^Too many requests without a valid API token from this address; try again in \d+ s\.$/);
       // A valid token the server has checked before is never refused (acked, then closed by us).
       expect(await closeCodeOf(user.token)).toBe(1000);
     } finally {
@@ -330,10 +335,15 @@ describe('which address pays', () => {
     const onQuery = (sql: string) => void (sql.includes('api_tokens') && tokenLookups++);
     await withServer({ env: { RATE_LIMIT_ANONYMOUS_PER_MIN: '1', TRUST_PROXY: 'loopback' }, onQuery }, async (server) => {
       const from = (xff: string) => post(server, { headers: { 'x-forwarded-for': xff } });
-      for (let i = 0; i < 16; i++) expect(codeOf(await from(`2001:db8:7:${i.toString(16)}::1`))).toBe('UNAUTHENTICATED');
+      const messageOf = (a: Answer) => a.body.errors![0]!.message;
+      // One /64 spending its own budget does not spend its neighbours': only its first request
+      // reached the /48's budget.
+      expect(codeOf(await from('2001:db8:7:0::1'))).toBe('UNAUTHENTICATED');
+      for (let i = 0; i < 5; i++) expect(messageOf(await from('2001:db8:7:0::2'))).toMatch(/from this address;/);
+      for (let i = 1; i < 16; i++) expect(codeOf(await from(`2001:db8:7:${i.toString(16)}::1`))).toBe('UNAUTHENTICATED');
       const refused = await from('2001:db8:7:ff::1'); // a 17th /64 of the same /48, unspent itself
       expect(codeOf(refused)).toBe('RATE_LIMITED');
-      expect(refused.body.errors![0]!.message).toMatch(/network \(IPv6 \/48\)/);
+      expect(messageOf(refused)).toMatch(/from this network \(IPv6 \/48\);/);
       expect(refused.headers.get('retry-after')).toMatch(/^\d+$/);
       // Refused from memory now, whichever /64 of it asks: a made-up token is not even looked up.
       expect(codeOf(await post(server, { token: BAD_TOKEN, headers: { 'x-forwarded-for': '2001:db8:7:100::1' } }))).toBe('RATE_LIMITED');
@@ -342,15 +352,21 @@ describe('which address pays', () => {
       expect(codeOf(await post(server, { token: BAD_TOKEN, headers: { 'x-forwarded-for': '2001:db8:9::1' } }))).toBe('UNAUTHENTICATED');
       expect(tokenLookups).toBe(1);
       expect(codeOf(await from('2001:db8:8::1'))).toBe('UNAUTHENTICATED'); // another /48
-      expect(codeOf(await from('203.0.113.50'))).toBe('UNAUTHENTICATED'); // IPv4 has no such budget
+      // IPv4 has no such budget: 17 addresses of one /24 are 17 budgets.
+      for (let i = 1; i <= 17; i++) expect(codeOf(await from(`203.0.113.${i}`))).toBe('UNAUTHENTICATED');
     });
   });
 
   it('keys IPv4 by address and IPv6 by /64, and a /64 to its /48', () => {
     expect(siteKeyOf(budgetKeyOf('2001:db8:0:a::1'))).toBe('2001:db8:0::/48');
     expect(siteKeyOf(budgetKeyOf('2001:db8:ab:cdef:1::1'))).toBe('2001:db8:ab::/48');
+    expect(siteKeyOf(budgetKeyOf('::1'))).toBe('0:0:0::/48');
+    expect(siteKeyOf(budgetKeyOf('fe80::1%eth0'))).toBe('fe80:0:0::/48');
     expect(siteKeyOf(budgetKeyOf('192.0.2.1'))).toBeNull();
+    expect(siteKeyOf(budgetKeyOf('::ffff:192.0.2.1'))).toBeNull();
     expect(siteKeyOf(budgetKeyOf('garbage'))).toBeNull();
+    expect(siteKeyOf('unknown')).toBeNull();
+    expect(siteKeyOf('not:an:address::/64')).toBeNull();
     expect(budgetKeyOf('192.0.2.1')).toBe('192.0.2.1');
     expect(budgetKeyOf('::ffff:192.0.2.1')).toBe('192.0.2.1');
     expect(budgetKeyOf('2001:db8:0:a::1')).toBe('2001:db8:0:a::/64');
