@@ -17,6 +17,10 @@ export type TokenCheck =
   | { kind: 'refused'; retryAfterSeconds: number; bucket: AnonymousBucket };
 
 type AnonymousBucket = 'anonymous' | 'anonymousSite';
+type Refused = Extract<TokenCheck, { kind: 'refused' }>;
+
+/** The refusal for a bucket's answer (seconds until a unit is back; 0: there is one). */
+const refusal = (bucket: AnonymousBucket, retryAfterSeconds: number): Refused | null => (retryAfterSeconds > 0 ? { kind: 'refused', retryAfterSeconds, bucket } : null);
 
 /** A check that leaves the request to be answered (a refusal has been answered already). */
 export type UnrefusedTokenCheck = Exclude<TokenCheck, { kind: 'refused' }>;
@@ -61,34 +65,22 @@ export function createAnonymousBudget(services: Pick<Services, 'auth' | 'rateLim
    * Spends one unit of the address's budget, and for an IPv6 /64 one of its /48's too: null, or
    * the refusal with the seconds until there is one.
    */
-  async function charge(key: string): Promise<Extract<TokenCheck, { kind: 'refused' }> | null> {
+  async function charge(key: string): Promise<Refused | null> {
     const site = siteKeyOf(key);
-    let bucket: AnonymousBucket = 'anonymousSite';
-    // A site this instance has seen spent is refused from memory, before any /64 of it is asked.
-    let retryAfterSeconds = site ? rateLimiter.spentFor(bucket, site) : 0;
-    if (retryAfterSeconds === 0) {
-      bucket = 'anonymous';
-      retryAfterSeconds = await rateLimiter.take(bucket, key);
-    }
-    if (retryAfterSeconds === 0 && site) {
-      bucket = 'anonymousSite';
-      retryAfterSeconds = await rateLimiter.take(bucket, site);
-    }
-    (retryAfterSeconds > 0 ? refused : charged).inc();
-    return retryAfterSeconds > 0 ? { kind: 'refused', retryAfterSeconds, bucket } : null;
+    // A site this instance has seen spent is refused from memory, before any /64 of it is
+    // asked; a /64 that refuses spends nothing of its /48's (its neighbours keep their share).
+    const result =
+      spentSite(site) ??
+      refusal('anonymous', await rateLimiter.take('anonymous', key)) ??
+      (site === null ? null : refusal('anonymousSite', await rateLimiter.take('anonymousSite', site)));
+    (result ? refused : charged).inc();
+    return result;
   }
 
-  /**
-   * The refusal this instance remembers for the address's /48 or the address, without asking
-   * Redis (the site first, as charge() asks: one message whichever path refuses).
-   */
-  function spentRefusal(key: string): Extract<TokenCheck, { kind: 'refused' }> | null {
-    const site = siteKeyOf(key);
-    const siteSpent = site ? rateLimiter.spentFor('anonymousSite', site) : 0;
-    if (siteSpent > 0) return { kind: 'refused', retryAfterSeconds: siteSpent, bucket: 'anonymousSite' };
-    const spent = rateLimiter.spentFor('anonymous', key);
-    return spent > 0 ? { kind: 'refused', retryAfterSeconds: spent, bucket: 'anonymous' } : null;
-  }
+  const spentSite = (site: string | null) => (site === null ? null : refusal('anonymousSite', rateLimiter.spentFor('anonymousSite', site)));
+
+  /** The refusal this instance remembers for the address's /48 or the address (in charge()'s order), without asking Redis. */
+  const spentRefusal = (key: string): Refused | null => spentSite(siteKeyOf(key)) ?? refusal('anonymous', rateLimiter.spentFor('anonymous', key));
 
   /**
    * The token's check: synchronous while no I/O is needed (no token, or an answer verify has

@@ -15,7 +15,7 @@ import type { TokenCheck, UnrefusedTokenCheck } from './anonymous-budget.js';
 const MAX_PREPARED_BODY_BYTES = MAX_PREPARED_QUERY_LENGTH + 8_192;
 
 /** Why a request was handed to Yoga (the metric's label values: a small fixed set). */
-type Handover = 'not_eligible' | 'not_prepared' | 'unauthenticated' | 'auth_error' | 'invalid_variables';
+type HandOverReason = 'not_eligible' | 'not_prepared' | 'unauthenticated' | 'auth_error' | 'invalid_variables';
 /** How a request was answered here: run, refused for its token, or for its address's spent budget (429). */
 type Answered = 'prepared' | 'refused' | 'rate_limited';
 
@@ -24,7 +24,7 @@ type Answered = 'prepared' | 'refused' | 'rate_limited';
  * twice). An answered request returns `ANSWERED` and allocates nothing for it.
  */
 export interface HandOver {
-  check: UnrefusedTokenCheck | undefined;
+  readonly check: UnrefusedTokenCheck | undefined;
 }
 export const ANSWERED = 'answered';
 const UNCHECKED: HandOver = Object.freeze({ check: undefined });
@@ -81,7 +81,7 @@ export function createPreparedQueryPath(opts: PreparedQueryPathOptions) {
     unauthenticated: metrics.preparedRequests.labels({ path: 'unauthenticated' }),
     auth_error: metrics.preparedRequests.labels({ path: 'auth_error' }),
     invalid_variables: metrics.preparedRequests.labels({ path: 'invalid_variables' }),
-  } satisfies Record<Handover | Answered, unknown>;
+  } satisfies Record<HandOverReason | Answered, unknown>;
 
   /** How the request was answered here, or why it is handed over (with the token check, once made). */
   async function answer(
@@ -90,7 +90,7 @@ export function createPreparedQueryPath(opts: PreparedQueryPathOptions) {
     mediaType: string,
     requestId: string,
     res: ServerResponse,
-  ): Promise<Answered | Handover | { handover: Handover; check: UnrefusedTokenCheck }> {
+  ): Promise<Answered | HandOverReason | (HandOver & { handover: HandOverReason })> {
     const headers = req.headers;
     const params = graphqlParamsOf(raw);
     if (!params) return 'not_eligible';
@@ -188,7 +188,7 @@ export function createPreparedQueryPath(opts: PreparedQueryPathOptions) {
     }
     // whatwg-node takes an already-read body from `req.body` (as behind a body parser).
     (req as IncomingMessage & { body?: Buffer }).body = raw;
-    return typeof outcome === 'object' ? { check: outcome.check } : UNCHECKED;
+    return typeof outcome === 'object' ? outcome : UNCHECKED;
   };
 }
 
