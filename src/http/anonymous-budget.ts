@@ -155,9 +155,9 @@ export function createAnonymousBudget(services: Pick<Services, 'auth' | 'rateLim
      */
     async admit(req: IncomingMessage, res: ServerResponse, check: TokenCheck): Promise<boolean> {
       if (!enabled || check.kind === 'viewer' || check.kind === 'refused' || check.charged || req.method === 'OPTIONS') return true;
-      const refusal = await charge(keyOf(req));
-      if (!refusal) return true;
-      answer429(req, res, refusal);
+      const spent = await charge(keyOf(req));
+      if (!spent) return true;
+      answer429(req, res, spent);
       return false;
     },
   };

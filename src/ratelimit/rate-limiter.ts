@@ -19,7 +19,7 @@ const SPENT_ON: Record<RateLimitBucket, string> = {
 };
 
 /** How many per-address budgets an IPv6 /48 (one site) shares in all. */
-export const ANONYMOUS_SITE_BUDGETS = 16;
+const ANONYMOUS_SITE_BUDGETS = 16;
 
 export class RateLimitedError extends DomainError {
   constructor(bucket: RateLimitBucket, retryAfterSeconds: number) {
