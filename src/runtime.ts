@@ -68,7 +68,7 @@ export async function openRuntime(config: Config, log: Logger, opts: RuntimeOpti
     // the VMID capability about containers and connection changes (through VmidHooks).
     let nodes: NodeService | undefined;
     const vmids = new VmidService({
-      store: createVmidStore(redis, log.child({ component: 'vmids' })),
+      store: createVmidStore(redis, { log: log.child({ component: 'vmids' }), localReadMs: config.vmidReadCacheMs }),
       // Every fill reaches Proxmox: it spends the owner's Proxmox budget, so invalidate-and-read
       // loops cannot turn the cache into an unmetered proxy.
       fetchTakenVmids: async (node) => {

@@ -100,6 +100,7 @@ const envSchema = z.object({
   ENCRYPTION_KEYS_PREVIOUS: encryptionKeys('ENCRYPTION_KEYS_PREVIOUS'),
   PVEGRAPH_DATA_DIR: z.string().default('./.data'),
   VMID_CACHE_TTL_S: int('VMID_CACHE_TTL_S', 300, 1, 86_400),
+  VMID_READ_CACHE_MS: int('VMID_READ_CACHE_MS', 1_000, 0, 60_000),
   PROXMOX_TIMEOUT_MS: int('PROXMOX_TIMEOUT_MS', 10_000, 100, 300_000),
   ALLOW_PRIVATE_NODE_HOSTS: bool('ALLOW_PRIVATE_NODE_HOSTS', true),
   ALLOW_LOOPBACK_NODE_HOSTS: bool('ALLOW_LOOPBACK_NODE_HOSTS', false),
@@ -137,6 +138,8 @@ export interface Config {
   previousEncryptionKeys: Buffer[];
   dataDir: string;
   vmidCacheTtlS: number;
+  /** How long an instance answers a node's VMIDs from memory before asking Redis again (0: always asks). */
+  vmidReadCacheMs: number;
   proxmoxTimeoutMs: number;
   allowPrivateNodeHosts: boolean;
   allowLoopbackNodeHosts: boolean;
@@ -199,6 +202,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, opts: LoadOptio
     previousEncryptionKeys: e.ENCRYPTION_KEYS_PREVIOUS,
     dataDir: path.resolve(e.PVEGRAPH_DATA_DIR),
     vmidCacheTtlS: e.VMID_CACHE_TTL_S,
+    vmidReadCacheMs: e.VMID_READ_CACHE_MS,
     proxmoxTimeoutMs: e.PROXMOX_TIMEOUT_MS,
     allowPrivateNodeHosts: e.ALLOW_PRIVATE_NODE_HOSTS,
     allowLoopbackNodeHosts: e.ALLOW_LOOPBACK_NODE_HOSTS,

@@ -5,6 +5,15 @@ import type { ConnectionWatch } from './redis-store.js';
 
 type Listener = { onMessage: (message: string) => void; onResync?: (() => void) | undefined };
 
+/** Told of every message of a pattern, and of when they may be lost (see watchPattern). */
+export interface PatternWatcher {
+  onMessage(message: string): void;
+  /** Redis confirmed the pattern: messages are received from now on. */
+  onLive(): void;
+  /** The connection closed: messages are lost until the next onLive. */
+  onLost(): void;
+}
+
 interface Channel {
   listeners: Set<Listener>;
   /** Settles when Redis confirmed the SUBSCRIBE. */
@@ -28,6 +37,7 @@ export class RedisEventHub {
    */
   private readonly stale = new Set<string>();
   private lost = false;
+  private watch: { pattern: string; watcher: PatternWatcher } | null = null;
 
   constructor(
     private readonly subscriber: Redis,
@@ -45,8 +55,12 @@ export class RedisEventHub {
         }
       }
     });
+    subscriber.on('pmessage', (pattern: string, _channel: string, message: string) => {
+      if (this.watch?.pattern === pattern) this.watch.watcher.onMessage(message);
+    });
     subscriber.on('close', () => {
       this.lost = true;
+      this.watch?.watcher.onLost();
     });
     subscriber.on('ready', () => {
       if (!this.lost) return;
@@ -62,13 +76,47 @@ export class RedisEventHub {
               if (!this.channels.has(channel)) this.unsubscribe(channel);
             }
             for (const entry of this.channels.values()) for (const l of [...entry.listeners]) l.onResync?.();
+            this.confirmPattern();
           })
           .catch((err: unknown) => this.log?.warn({ err }, 'vmid events: resubscribe check failed'));
       });
     });
   }
 
-  /** Resolves once the channel is subscribed in Redis; the returned function stops listening. */
+  /**
+   * Hands `watcher` every message of the channels matching `pattern` (one PSUBSCRIBE; one
+   * watcher per hub). onLive follows Redis's confirmation, at first and after every
+   * reconnect; onLost follows every close. The returned function stops watching.
+   */
+  watchPattern(pattern: string, watcher: PatternWatcher): () => void {
+    if (this.watch) throw new Error('RedisEventHub: a pattern is watched already');
+    const watch = { pattern, watcher };
+    this.watch = watch;
+    this.confirmPattern();
+    return () => {
+      if (this.watch !== watch) return;
+      this.watch = null;
+      watcher.onLost();
+      this.subscriber.punsubscribe(pattern).catch(() => undefined);
+    };
+  }
+
+  /**
+   * (Re)sends the PSUBSCRIBE and reports the pattern live once Redis confirms it. After a
+   * reconnect ioredis re-sends it too; Redis ignores the second one. A failure is retried at
+   * the next reconnect (until then the watcher stays lost).
+   */
+  private confirmPattern(): void {
+    const watch = this.watch;
+    if (!watch) return;
+    this.whenReady()
+      .then(() => this.subscriber.psubscribe(watch.pattern))
+      .then(() => {
+        if (this.watch === watch && this.subscriber.status === 'ready') watch.watcher.onLive();
+      })
+      .catch((err: unknown) => this.log?.warn({ err: { message: (err as Error).message } }, 'vmid events: pattern subscription failed; retried on reconnect'));
+  }
+
   /** Resolves once the subscriber connection can take SUBSCRIBE (bounded: 5 s). */
   private whenReady(): Promise<void> {
     const sub = this.subscriber;
@@ -87,6 +135,7 @@ export class RedisEventHub {
     });
   }
 
+  /** Resolves once the channel is subscribed in Redis; the returned function stops listening. */
   async listen(channel: string, onMessage: (message: string) => void, onResync?: () => void): Promise<() => void> {
     const listener: Listener = { onMessage, onResync };
     if (this.connection.down()) throw unavailable();

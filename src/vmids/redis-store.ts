@@ -3,6 +3,7 @@ import { type Redis, ReplyError } from 'ioredis';
 import type { Logger } from 'pino';
 import { DomainError } from '../errors.js';
 import { CacheUnavailableError } from './errors.js';
+import { LocalSnapshots } from './local-snapshots.js';
 import { RedisEventHub } from './redis-event-hub.js';
 import * as scripts from './redis-scripts.js';
 import type { RefreshOutcome, ReserveOutcome, ReserveRequest, VmidSnapshot, VmidStore } from './store.js';
@@ -56,6 +57,12 @@ export interface RedisVmidStoreOptions {
    */
   subscriber?: Redis;
   log?: Logger;
+  /**
+   * VMID_READ_CACHE_MS: how long this instance may answer a node's snapshot from memory
+   * (LocalSnapshots: changes announced over pub/sub end it at once). 0 (the default here):
+   * every read asks Redis.
+   */
+  localReadMs?: number;
 }
 
 /**
@@ -73,6 +80,8 @@ export class RedisVmidStore implements VmidStore {
   private readonly ownsSubscriber: boolean;
   private hub: RedisEventHub | null = null;
   private readonly connection: ConnectionWatch;
+  private readonly local: LocalSnapshots | null;
+  private stopWatching: (() => void) | null = null;
 
   constructor(redis: Redis, opts: RedisVmidStoreOptions = {}) {
     for (const [name, { keys: numberOfKeys, lua }] of Object.entries(SCRIPTS)) {
@@ -85,6 +94,7 @@ export class RedisVmidStore implements VmidStore {
     this.log = opts.log;
     this.subscriber = opts.subscriber ?? null;
     this.ownsSubscriber = !opts.subscriber;
+    this.local = opts.localReadMs ? new LocalSnapshots(opts.localReadMs) : null;
   }
 
   /** Channel of every VMID event of one user's nodes (node subscriptions filter it). */
@@ -105,11 +115,62 @@ export class RedisVmidStore implements VmidStore {
   }
 
   async read(node: NodeRef): Promise<VmidSnapshot> {
+    const local = this.local;
+    if (!local) return (await this.readFromRedis(node)).snapshot;
+    const kept = local.get(node.id);
+    if (kept) return kept;
+    if (!this.stopWatching) this.watchChanges(local);
+    const pending = local.begin(node.id);
+    let answer: { snapshot: VmidSnapshot; redisNowMs: number };
+    try {
+      answer = await this.readFromRedis(node);
+    } catch (err) {
+      if (pending) local.abandon(pending);
+      throw err;
+    }
+    if (pending) local.keep(pending, answer.snapshot, answer.redisNowMs);
+    return answer.snapshot;
+  }
+
+  /** Nodes whose snapshot this instance answers from memory now (tests). */
+  keptSnapshots(): number {
+    return this.local?.size() ?? 0;
+  }
+
+  /** Every node's events, so the snapshots kept in memory end when their node changes. */
+  private watchChanges(local: LocalSnapshots): void {
+    const escaped = this.keyPrefix.replace(/[\\*?[\]]/g, '\\$&');
+    this.stopWatching = this.eventHub().watchPattern(`${escaped}vmid-events:*`, {
+      onMessage: (message) => {
+        const event = this.parsed(message);
+        if (event) local.changed(event.nodeId);
+        // A message that is not an event may still have been a change: keep nothing.
+        else local.clear();
+      },
+      onLive: () => local.resumed(),
+      onLost: () => local.lost(),
+    });
+  }
+
+  /**
+   * A change made here drops the node's kept snapshot before it is answered (and also when
+   * it failed: it may have happened), so this instance's own reads follow its own changes
+   * without waiting for the event.
+   */
+  private async change<T>(nodeId: string, op: () => Promise<T>): Promise<T> {
+    try {
+      return await this.run(op);
+    } finally {
+      this.local?.changed(nodeId);
+    }
+  }
+
+  private async readFromRedis(node: NodeRef): Promise<{ snapshot: VmidSnapshot; redisNowMs: number }> {
     const k = keys(node.id);
     const reply = await this.run(() =>
       this.redis.pvgVmidRead(k.cache, k.meta, k.reservations, k.state, this.channel(node.userId), JSON.stringify(node.id)),
     );
-    const [version, , reservedFlat, refreshedAt, expiresAt, taken] = reply as [
+    const [version, now, reservedFlat, refreshedAt, expiresAt, taken] = reply as [
       string,
       string,
       string[],
@@ -117,7 +178,7 @@ export class RedisVmidStore implements VmidStore {
       string,
       string | string[],
     ];
-    return {
+    const snapshot: VmidSnapshot = {
       version: Number(version),
       reserved: reservations(reservedFlat),
       cache:
@@ -125,6 +186,7 @@ export class RedisVmidStore implements VmidStore {
           ? null
           : { taken: takenList(taken), refreshedAt: new Date(Number(refreshedAt)), expiresAt: new Date(Number(expiresAt)) },
     };
+    return { snapshot, redisNowMs: Number(now) };
   }
 
   async state(nodeId: string) {
@@ -135,7 +197,7 @@ export class RedisVmidStore implements VmidStore {
   async refresh(node: NodeRef, taken: readonly number[], ttlSeconds: number, expectedEpoch: number | null): Promise<RefreshOutcome> {
     const k = keys(node.id);
     const list = ascendingUnique(taken);
-    const reply = await this.run(() =>
+    const reply = await this.change(node.id, () =>
       this.redis.pvgVmidRefresh(
         k.cache,
         k.meta,
@@ -165,7 +227,7 @@ export class RedisVmidStore implements VmidStore {
 
   async invalidate(node: NodeRef) {
     const k = keys(node.id);
-    const [existed, version] = await this.run(() =>
+    const [existed, version] = await this.change(node.id, () =>
       this.redis.pvgVmidInvalidate(k.cache, k.meta, k.state, this.channel(node.userId), JSON.stringify(node.id)),
     );
     return { existed: existed === 1, version: Number(version) };
@@ -173,7 +235,7 @@ export class RedisVmidStore implements VmidStore {
 
   async reserve(node: NodeRef, request: ReserveRequest): Promise<ReserveOutcome> {
     const k = keys(node.id);
-    const reply = await this.run(() =>
+    const reply = await this.change(node.id, () =>
       this.redis.pvgVmidReserve(
         k.cache,
         k.meta,
@@ -205,7 +267,7 @@ export class RedisVmidStore implements VmidStore {
 
   async release(node: NodeRef, vmid: number) {
     const k = keys(node.id);
-    const removed = await this.run(() =>
+    const removed = await this.change(node.id, () =>
       this.redis.pvgVmidRelease(k.reservations, k.state, String(vmid), this.channel(node.userId), JSON.stringify(node.id)),
     );
     return removed === 1;
@@ -213,7 +275,7 @@ export class RedisVmidStore implements VmidStore {
 
   async consume(node: NodeRef, vmid: number) {
     const k = keys(node.id);
-    const [released, added] = await this.run(() =>
+    const [released, added] = await this.change(node.id, () =>
       this.redis.pvgVmidConsume(k.cache, k.meta, k.reservations, k.state, String(vmid), this.channel(node.userId), JSON.stringify(node.id)),
     );
     return { released: released === 1, added: added === 1 };
@@ -221,7 +283,7 @@ export class RedisVmidStore implements VmidStore {
 
   async expireDue(node: NodeRef) {
     const k = keys(node.id);
-    const [now, next] = await this.run(() =>
+    const [now, next] = await this.change(node.id, () =>
       this.redis.pvgVmidExpireDue(k.reservations, k.state, this.channel(node.userId), JSON.stringify(node.id)),
     );
     return { nextInMs: next === '' ? null : Math.max(0, Number(next) - Number(now)) };
@@ -229,7 +291,7 @@ export class RedisVmidStore implements VmidStore {
 
   async forget(nodeId: string) {
     const k = keys(nodeId);
-    await this.run(() => this.redis.unlink(k.cache, k.meta, k.reservations, k.state, k.tmp, k.lock));
+    await this.change(nodeId, () => this.redis.unlink(k.cache, k.meta, k.reservations, k.state, k.tmp, k.lock));
   }
 
   async tryLock(nodeId: string, ttlMs: number) {
@@ -285,6 +347,7 @@ export class RedisVmidStore implements VmidStore {
   }
 
   async close() {
+    this.stopWatching?.();
     const sub = this.subscriber;
     this.hub = null;
     if (sub && this.ownsSubscriber) {

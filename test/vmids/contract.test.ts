@@ -8,7 +8,7 @@ import { brief, eventually, expectConsecutive, makeService, newNode, type OpenSt
 // 10 guests, a gap after every 4th: taken 100-103, 105-108, 110-111; lowest free 104.
 const TAKEN = [100, 101, 102, 103, 105, 106, 107, 108, 110, 111];
 
-describe.each(['memory', 'redis'] as const)('VMID cache and reservations (%s store)', (kind) => {
+describe.each(['memory', 'redis', 'redis-local'] as const)('VMID cache and reservations (%s store)', (kind) => {
   let proxmox: Proxmox;
   let opened: OpenStore;
   let service: VmidService;

@@ -235,7 +235,7 @@ describe('VMIDs across two instances of one deployment', () => {
   beforeAll(async () => {
     sim = await startTestSimulator({ guests: 50 });
     a = await startTestServer();
-    b = await startTestServer({ databaseUrl: a.databaseUrl, redisKeyPrefix: a.config.redisKeyPrefix });
+    b = await startTestServer({ databaseUrl: a.databaseUrl, redisKeyPrefix: a.config.redisKeyPrefix, env: { VMID_READ_CACHE_MS: '60000' } });
     token = (await a.createUser()).token;
     nodeId = (await a.gql(CreateNode, { input: nodeInputFor(sim) as never }, token)).data!.createNode.id;
   });
@@ -258,6 +258,22 @@ describe('VMIDs across two instances of one deployment', () => {
       );
     } finally {
       await sub.close();
+    }
+  });
+
+  it("shows A's reservations and releases in vmidsTaken on B once their events arrive, though B answers from memory", async () => {
+    // B keeps snapshots for a minute (VMID_READ_CACHE_MS): only the events end them in time.
+    const taken = async () => (await b.gql(VmidsTaken, { nodeId }, token)).data!.vmidsTaken;
+    for (let i = 0; i < 5; i++) {
+      const vmid = 9100 + i;
+      const before = await taken();
+      expect(before.reserved).not.toContain(vmid);
+      const reserved = await a.gql(ReserveVmid, { nodeId, vmid }, token);
+      expect(reserved.errors).toBeUndefined();
+      await expect.poll(async () => (await taken()).reserved, { timeout: 2_000 }).toContain(vmid);
+      expect((await taken()).version).toBe(before.version + 1);
+      expect((await a.gql(ReleaseVmid, { nodeId, vmid }, token)).data!.releaseVmid).toBe(true);
+      await expect.poll(async () => (await taken()).reserved, { timeout: 2_000 }).not.toContain(vmid);
     }
   });
 

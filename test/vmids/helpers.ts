@@ -53,7 +53,11 @@ export interface OpenStore {
   close(): Promise<void>;
 }
 
-export type StoreKind = 'memory' | 'redis';
+/** 'redis-local': a Redis store that keeps snapshots in memory (VMID_READ_CACHE_MS) for a minute. */
+export type StoreKind = 'memory' | 'redis' | 'redis-local';
+
+/** Long enough that only a change, an expiry or a lost connection ends a kept snapshot within a test. */
+export const LOCAL_READ_MS = 60_000;
 
 /** `prefix`: share one Redis key prefix between stores (instances of one deployment). */
 export async function openStore(kind: StoreKind, prefix: string, url = TEST_REDIS_URL): Promise<OpenStore> {
@@ -62,7 +66,7 @@ export async function openStore(kind: StoreKind, prefix: string, url = TEST_REDI
     return { store, close: () => store.close() };
   }
   const redis = await connect(prefix, url);
-  const store = new RedisVmidStore(redis, { log: silentLog });
+  const store = new RedisVmidStore(redis, { log: silentLog, localReadMs: kind === 'redis-local' ? LOCAL_READ_MS : 0 });
   return {
     store,
     redis,

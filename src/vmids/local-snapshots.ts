@@ -1,0 +1,122 @@
+import type { VmidSnapshot } from './store.js';
+
+/**
+ * An instance's own copy of the nodes' snapshots it read from Redis lately, so a dashboard's
+ * repeated `vmidsTaken` is answered from memory instead of a Redis round trip each time
+ * (BENCHMARKS.md, finding 27).
+ *
+ * A copy is only kept while it is known to be current:
+ * - every change to a node bumps its version and publishes its event in the same atomic
+ *   Redis step (redis-scripts.ts), and this instance receives every event (one pattern
+ *   subscription) and drops the node's copy when it arrives. A change made through another
+ *   instance is therefore seen here once its event has arrived: usually within a millisecond,
+ *   but Redis may answer the changing instance first, so a client that changes through one
+ *   instance and reads through another at once can, rarely, read the state before. Live UIs
+ *   follow the events themselves; reservations are decided in Redis whatever is kept here;
+ *   VMID_READ_CACHE_MS=0 turns this off;
+ * - a change made by this instance drops the copy itself, before the change is answered, so
+ *   a client that stays with one instance always reads its own changes;
+ * - while the pub/sub connection is down (events may be lost) nothing is kept, and everything
+ *   kept before is dropped;
+ * - a copy ends when its cached set or its first reservation expires (Redis announces the
+ *   lapse on the next read), and in any case after `maxAgeMs`: the bound on staleness for
+ *   what no event tells of (keys evicted or edited in Redis, a connection that hangs without
+ *   closing).
+ *
+ * A read that was on its way while a change arrived is not kept (its answer may predate the
+ * change): see `begin` / `keep`.
+ */
+export class LocalSnapshots {
+  private readonly entries = new Map<string, { snapshot: VmidSnapshot; until: number }>();
+  /** Reads on their way to Redis, per node: a change marks them stale. */
+  private readonly pending = new Map<string, Set<PendingRead>>();
+  private live = false;
+
+  constructor(
+    private readonly maxAgeMs: number,
+    private readonly now: () => number = () => performance.now(),
+  ) {}
+
+  /** The node's kept snapshot, or null: ask Redis. Shared between callers, so frozen. */
+  get(nodeId: string): VmidSnapshot | null {
+    const entry = this.entries.get(nodeId);
+    if (!entry) return null;
+    if (this.now() < entry.until) return entry.snapshot;
+    this.entries.delete(nodeId);
+    return null;
+  }
+
+  /** Called before a read is sent to Redis; `keep` it with the answer, or `abandon` it. */
+  begin(nodeId: string): PendingRead | null {
+    if (!this.live) return null;
+    const read: PendingRead = { nodeId, startedAt: this.now(), stale: false };
+    let reads = this.pending.get(nodeId);
+    if (!reads) this.pending.set(nodeId, (reads = new Set()));
+    reads.add(read);
+    return read;
+  }
+
+  /**
+   * Keeps Redis's answer to `read` unless something changed since it was sent, or it says
+   * the set is not cached. `redisNowMs` is Redis's clock when it answered: expiries are
+   * counted from it (as durations), so the instances' clocks do not matter.
+   */
+  keep(read: PendingRead, snapshot: VmidSnapshot, redisNowMs: number): void {
+    this.abandon(read);
+    if (read.stale || !this.live || !snapshot.cache) return;
+    let lifetime = Math.min(this.maxAgeMs, snapshot.cache.expiresAt.getTime() - redisNowMs);
+    for (const r of snapshot.reserved) lifetime = Math.min(lifetime, r.expiresAt.getTime() - redisNowMs);
+    if (lifetime <= 0) return;
+    // Counted from when the read was sent, which is before Redis read its clock: never late.
+    this.entries.set(read.nodeId, { snapshot: frozen(snapshot), until: read.startedAt + lifetime });
+  }
+
+  abandon(read: PendingRead): void {
+    const reads = this.pending.get(read.nodeId);
+    if (!reads?.delete(read)) return;
+    if (reads.size === 0) this.pending.delete(read.nodeId);
+  }
+
+  /** The node changed (its event arrived, or this instance changed it): drop its copy. */
+  changed(nodeId: string): void {
+    this.entries.delete(nodeId);
+    const reads = this.pending.get(nodeId);
+    if (reads) for (const read of reads) read.stale = true;
+  }
+
+  /** Events are being received (the pattern subscription is confirmed by Redis). */
+  resumed(): void {
+    this.live = true;
+  }
+
+  /** Events may be lost from now on: keep nothing, and forget what was kept. */
+  lost(): void {
+    this.live = false;
+    this.clear();
+  }
+
+  /** Drops every kept snapshot, and keeps no read on its way. */
+  clear(): void {
+    this.entries.clear();
+    for (const reads of this.pending.values()) for (const read of reads) read.stale = true;
+  }
+
+  /** Nodes with a kept snapshot (tests). */
+  size(): number {
+    return this.entries.size;
+  }
+}
+
+export interface PendingRead {
+  readonly nodeId: string;
+  readonly startedAt: number;
+  stale: boolean;
+}
+
+/** Callers share a kept snapshot: a mutation by one of them would change every answer. */
+function frozen(snapshot: VmidSnapshot): VmidSnapshot {
+  if (snapshot.cache) Object.freeze(Object.freeze(snapshot.cache).taken);
+  for (const r of snapshot.reserved) Object.freeze(r);
+  Object.freeze(snapshot.reserved);
+  return Object.freeze(snapshot);
+}
