@@ -67,8 +67,17 @@ export async function openRuntime(config: Config, log: Logger, opts: RuntimeOpti
     // The VMID capability asks node management for a cluster's guests; node management tells
     // the VMID capability about containers and connection changes (through VmidHooks).
     let nodes: NodeService | undefined;
+    // Bound once: counted on every cached read.
+    const snapshotReads = {
+      memory: metrics.vmidSnapshotReads.labels({ source: 'memory' }),
+      redis: metrics.vmidSnapshotReads.labels({ source: 'redis' }),
+    };
     const vmids = new VmidService({
-      store: createVmidStore(redis, { log: log.child({ component: 'vmids' }), localReadMs: config.vmidReadCacheMs }),
+      store: createVmidStore(redis, {
+        log: log.child({ component: 'vmids' }),
+        localReadMs: config.vmidReadCacheMs,
+        onRead: (source) => snapshotReads[source].inc(),
+      }),
       // Every fill reaches Proxmox: it spends the owner's Proxmox budget, so invalidate-and-read
       // loops cannot turn the cache into an unmetered proxy.
       fetchTakenVmids: async (node) => {

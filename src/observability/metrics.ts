@@ -84,6 +84,12 @@ export class Metrics {
     labelNames: ['result'] as const,
     registers: [this.registry],
   });
+  readonly vmidSnapshotReads = new Counter({
+    name: 'pvegraph_vmid_snapshot_reads_total',
+    help: "Reads of a node's VMID state answered from this instance's memory (VMID_READ_CACHE_MS) or from Redis.",
+    labelNames: ['source'] as const,
+    registers: [this.registry],
+  });
 
   constructor(opts: { processMetrics?: boolean } = {}) {
     if (opts.processMetrics !== false) collectDefaultMetrics({ register: this.registry, prefix: 'pvegraph_' });

@@ -20,14 +20,17 @@ import type { VmidSnapshot } from './store.js';
  *   kept before is dropped;
  * - a copy ends when its cached set or its first reservation expires (Redis announces the
  *   lapse on the next read), and in any case after `maxAgeMs`: the bound on staleness for
- *   what no event tells of (keys evicted or edited in Redis, a connection that hangs without
- *   closing).
+ *   what no event tells of — a refresh that found the set unchanged (only refreshedAt and
+ *   expiresAt moved), a deleted node (`forget`; no read reaches it once the node is gone from
+ *   the database), keys evicted, flushed or edited in Redis, a pub/sub connection that hangs
+ *   without closing.
  *
  * A read that was on its way while a change arrived is not kept (its answer may predate the
  * change): see `begin` / `keep`.
  */
 export class LocalSnapshots {
-  private readonly entries = new Map<string, { snapshot: VmidSnapshot; until: number }>();
+  /** In the order they were kept (re-kept ones move to the end), so the oldest are swept first. */
+  private readonly entries = new Map<string, { snapshot: VmidSnapshot; startedAt: number; until: number }>();
   /** Reads on their way to Redis, per node: a change marks them stale. */
   private readonly pending = new Map<string, Set<PendingRead>>();
   private live = false;
@@ -67,8 +70,23 @@ export class LocalSnapshots {
     let lifetime = Math.min(this.maxAgeMs, snapshot.cache.expiresAt.getTime() - redisNowMs);
     for (const r of snapshot.reserved) lifetime = Math.min(lifetime, r.expiresAt.getTime() - redisNowMs);
     if (lifetime <= 0) return;
+    this.sweep();
+    this.entries.delete(read.nodeId);
     // Counted from when the read was sent, which is before Redis read its clock: never late.
-    this.entries.set(read.nodeId, { snapshot: frozen(snapshot), until: read.startedAt + lifetime });
+    this.entries.set(read.nodeId, { snapshot: frozen(snapshot), startedAt: read.startedAt, until: read.startedAt + lifetime });
+  }
+
+  /**
+   * Drops the oldest entries that are past maxAgeMs, so nodes read once (or deleted: their
+   * deletion publishes no event) do not stay in memory. Runs only when something is kept, which
+   * is at most once per node per maxAgeMs.
+   */
+  private sweep(): void {
+    const oldest = this.now() - this.maxAgeMs;
+    for (const [nodeId, entry] of this.entries) {
+      if (entry.startedAt > oldest) return;
+      this.entries.delete(nodeId);
+    }
   }
 
   abandon(read: PendingRead): void {
@@ -105,6 +123,11 @@ export class LocalSnapshots {
   size(): number {
     return this.entries.size;
   }
+
+  /** Whether reads are kept now (events are being received). */
+  keeping(): boolean {
+    return this.live;
+  }
 }
 
 export interface PendingRead {
@@ -113,7 +136,10 @@ export interface PendingRead {
   stale: boolean;
 }
 
-/** Callers share a kept snapshot: a mutation by one of them would change every answer. */
+/**
+ * Callers share a kept snapshot: a mutation by one of them would change every answer. (Its
+ * Dates stay mutable through setTime; nothing here calls it.)
+ */
 function frozen(snapshot: VmidSnapshot): VmidSnapshot {
   if (snapshot.cache) Object.freeze(Object.freeze(snapshot.cache).taken);
   for (const r of snapshot.reserved) Object.freeze(r);

@@ -37,7 +37,7 @@ export class RedisEventHub {
    */
   private readonly stale = new Set<string>();
   private lost = false;
-  private watch: { pattern: string; watcher: PatternWatcher } | null = null;
+  private watch: { pattern: string; watcher: PatternWatcher; live: boolean; confirming: boolean } | null = null;
 
   constructor(
     private readonly subscriber: Redis,
@@ -60,9 +60,15 @@ export class RedisEventHub {
     });
     subscriber.on('close', () => {
       this.lost = true;
-      this.watch?.watcher.onLost();
+      if (this.watch) {
+        this.watch.live = false;
+        this.watch.watcher.onLost();
+      }
     });
     subscriber.on('ready', () => {
+      // A first PSUBSCRIBE that failed without the connection closing (its wait for 'ready'
+      // timed out on a slow first connect) is retried at the next 'ready'.
+      if (!this.lost && this.watch && !this.watch.live) this.confirmPattern();
       if (!this.lost) return;
       this.lost = false;
       // ioredis emits 'ready' before it re-sends the SUBSCRIBEs; a PING sent after them is
@@ -90,7 +96,7 @@ export class RedisEventHub {
    */
   watchPattern(pattern: string, watcher: PatternWatcher): () => void {
     if (this.watch) throw new Error('RedisEventHub: a pattern is watched already');
-    const watch = { pattern, watcher };
+    const watch = { pattern, watcher, live: false, confirming: false };
     this.watch = watch;
     this.confirmPattern();
     return () => {
@@ -103,16 +109,22 @@ export class RedisEventHub {
 
   /**
    * (Re)sends the PSUBSCRIBE and reports the pattern live once Redis confirms it. After a
-   * reconnect ioredis re-sends it too; Redis ignores the second one. A failure is retried at
-   * the next reconnect (until then the watcher stays lost).
+   * reconnect ioredis re-sends it too; Redis confirms the second one without subscribing twice.
+   * A failure is retried at the next 'ready' (until then the watcher stays lost).
    */
   private confirmPattern(): void {
     const watch = this.watch;
-    if (!watch) return;
+    if (!watch || watch.confirming) return;
+    watch.confirming = true;
     this.whenReady()
       .then(() => this.subscriber.psubscribe(watch.pattern))
+      .finally(() => {
+        watch.confirming = false;
+      })
       .then(() => {
-        if (this.watch === watch && this.subscriber.status === 'ready') watch.watcher.onLive();
+        if (this.watch !== watch || this.subscriber.status !== 'ready' || watch.live) return;
+        watch.live = true;
+        watch.watcher.onLive();
       })
       .catch((err: unknown) => this.log?.warn({ err: { message: (err as Error).message } }, 'vmid events: pattern subscription failed; retried on reconnect'));
   }

@@ -53,7 +53,8 @@ const keys = (nodeId: string) => ({
 export interface RedisVmidStoreOptions {
   /**
    * The pub/sub connection. Default: `redis.duplicate()`, made on first use and closed by
-   * close(). A given one is left open.
+   * close(). A given one is left open; it serves this store alone (close() ends its pattern
+   * subscription).
    */
   subscriber?: Redis;
   log?: Logger;
@@ -63,6 +64,8 @@ export interface RedisVmidStoreOptions {
    * every read asks Redis.
    */
   localReadMs?: number;
+  /** Told where each read was answered from (metrics). */
+  onRead?: (source: 'memory' | 'redis') => void;
 }
 
 /**
@@ -82,6 +85,7 @@ export class RedisVmidStore implements VmidStore {
   private readonly connection: ConnectionWatch;
   private readonly local: LocalSnapshots | null;
   private stopWatching: (() => void) | null = null;
+  private readonly onRead: ((source: 'memory' | 'redis') => void) | undefined;
 
   constructor(redis: Redis, opts: RedisVmidStoreOptions = {}) {
     for (const [name, { keys: numberOfKeys, lua }] of Object.entries(SCRIPTS)) {
@@ -95,6 +99,7 @@ export class RedisVmidStore implements VmidStore {
     this.subscriber = opts.subscriber ?? null;
     this.ownsSubscriber = !opts.subscriber;
     this.local = opts.localReadMs ? new LocalSnapshots(opts.localReadMs) : null;
+    this.onRead = opts.onRead;
   }
 
   /** Channel of every VMID event of one user's nodes (node subscriptions filter it). */
@@ -116,9 +121,10 @@ export class RedisVmidStore implements VmidStore {
 
   async read(node: NodeRef): Promise<VmidSnapshot> {
     const local = this.local;
-    if (!local) return (await this.readFromRedis(node)).snapshot;
-    const kept = local.get(node.id);
+    const kept = local?.get(node.id);
+    this.onRead?.(kept ? 'memory' : 'redis');
     if (kept) return kept;
+    if (!local) return (await this.readFromRedis(node)).snapshot;
     if (!this.stopWatching) this.watchChanges(local);
     const pending = local.begin(node.id);
     let answer: { snapshot: VmidSnapshot; redisNowMs: number };
@@ -137,13 +143,20 @@ export class RedisVmidStore implements VmidStore {
     return this.local?.size() ?? 0;
   }
 
+  /** Whether reads are kept in memory now: starts them (tests wait for it). */
+  keepsSnapshots(): boolean {
+    if (!this.local) return false;
+    if (!this.stopWatching) this.watchChanges(this.local);
+    return this.local.keeping();
+  }
+
   /** Every node's events, so the snapshots kept in memory end when their node changes. */
   private watchChanges(local: LocalSnapshots): void {
     const escaped = this.keyPrefix.replace(/[\\*?[\]]/g, '\\$&');
     this.stopWatching = this.eventHub().watchPattern(`${escaped}vmid-events:*`, {
       onMessage: (message) => {
-        const event = this.parsed(message);
-        if (event) local.changed(event.nodeId);
+        const nodeId = nodeIdOf(message);
+        if (nodeId !== null) local.changed(nodeId);
         // A message that is not an event may still have been a change: keep nothing.
         else local.clear();
       },
@@ -326,6 +339,9 @@ export class RedisVmidStore implements VmidStore {
     if (message === this.lastMessage) return this.lastEvent;
     const event = parseEvent(message);
     if (!event) this.log?.warn({ message: message.slice(0, 200) }, 'ignored a malformed VMID event');
+    // Redis delivers a channel's copy of an event before the pattern's (watchChanges): a
+    // subscriber that re-reads on the event must not be answered from the snapshot it ends.
+    else this.local?.changed(event.nodeId);
     this.lastMessage = message;
     this.lastEvent = event;
     return event;
@@ -368,6 +384,20 @@ export function watchConnection(redis: Redis): ConnectionWatch {
     wasReady = true;
   });
   return { down: () => wasReady && redis.status !== 'ready' };
+}
+
+/**
+ * The node of an event, read from the start the scripts give every event (`{"nodeId":"…",
+ * "kind":`) without parsing the rest (a REFRESHED event carries the whole set, and every
+ * instance receives every event). null when the message does not start so.
+ */
+function nodeIdOf(message: string): string | null {
+  const head = '{"nodeId":"';
+  if (!message.startsWith(head)) return null;
+  const end = message.indexOf('","kind":', head.length);
+  if (end < 0) return null;
+  const id = message.slice(head.length, end);
+  return id.includes('\\') || id.includes('"') ? null : id;
 }
 
 function parseEvent(message: string): VmidEvent | null {

@@ -264,6 +264,11 @@ describe('VMIDs across two instances of one deployment', () => {
   it("shows A's reservations and releases in vmidsTaken on B once their events arrive, though B answers from memory", async () => {
     // B keeps snapshots for a minute (VMID_READ_CACHE_MS): only the events end them in time.
     const taken = async () => (await b.gql(VmidsTaken, { nodeId }, token)).data!.vmidsTaken;
+    const fromMemory = () => metricValue(b, 'pvegraph_vmid_snapshot_reads_total{source="memory"}');
+    await expect.poll(async () => (await taken(), (await fromMemory()) > 0), { timeout: 5_000 }).toBe(true);
+    const memoryReads = await fromMemory();
+    await taken();
+    expect(await fromMemory()).toBe(memoryReads + 1);
     for (let i = 0; i < 5; i++) {
       const vmid = 9100 + i;
       const before = await taken();

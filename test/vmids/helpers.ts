@@ -67,6 +67,8 @@ export async function openStore(kind: StoreKind, prefix: string, url = TEST_REDI
   }
   const redis = await connect(prefix, url);
   const store = new RedisVmidStore(redis, { log: silentLog, localReadMs: kind === 'redis-local' ? LOCAL_READ_MS : 0 });
+  // Reads are kept once the pattern subscription is confirmed: from the test's first read on.
+  if (kind === 'redis-local') await eventually(() => store.keepsSnapshots(), 5_000, 'snapshots kept in memory');
   return {
     store,
     redis,

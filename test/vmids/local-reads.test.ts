@@ -62,7 +62,7 @@ describe('snapshots kept in memory by a Redis store (two instances)', () => {
 
   it('ends after VMID_READ_CACHE_MS even when no event tells of a change', async () => {
     const redis = await connect(prefix);
-    const short = new RedisVmidStore(redis, { log: silentLog, localReadMs: 300 });
+    const short = new RedisVmidStore(redis, { log: silentLog, localReadMs: 1_500 });
     try {
       await eventually(async () => {
         await short.read(node);
@@ -70,7 +70,7 @@ describe('snapshots kept in memory by a Redis store (two instances)', () => {
       }, 3_000, 'a kept snapshot');
       await dropBehindTheBack(redis);
       expect((await short.read(node)).cache).not.toBeNull();
-      await sleep(350);
+      await sleep(1_600);
       expect((await short.read(node)).cache).toBeNull();
     } finally {
       await short.close();
@@ -212,6 +212,18 @@ describe('LocalSnapshots', () => {
       clock = 1_000 + lifetime;
       expect(local.get('n'), `lifetime ${lifetime}`).toBeNull();
     }
+  });
+
+  it('forgets nodes nobody reads again once they are past the bound', () => {
+    const local = new LocalSnapshots(1_000, now);
+    local.resumed();
+    local.keep(local.begin('once')!, snapshot(), 0);
+    clock = 1_500;
+    local.keep(local.begin('often')!, snapshot(), 0);
+    clock = 2_000;
+    local.keep(local.begin('often')!, snapshot(), 0);
+    expect(local.size()).toBe(1);
+    expect(local.get('often')).not.toBeNull();
   });
 
   it('keeps neither a set that is not cached nor one that has expired', () => {
