@@ -481,3 +481,64 @@ export function processCpuMs(pid: number): number {
 }
 /** USER_HZ: 100 on every Linux architecture Node supports. */
 const CLOCK_TICKS_PER_SECOND = 100;
+
+/**
+ * How steady the machine's own speed is: one worker thread per core repeats a fixed piece of
+ * work for `seconds`, counting how many pieces each 100 ms window holds. On a steady machine
+ * every window holds about the same. On a VM whose host pauses it, windows lose work on every
+ * core at once — no guest counter shows it as steal — and a latency tail measured meanwhile
+ * says more about the host than about the code (finding 27). Run while the bench is idle.
+ */
+export interface Steadiness {
+  /** 100 ms windows measured per core. */
+  windows: number;
+  /** The work of the slowest window on any core, as a fraction of the median window's. */
+  slowest: number;
+  /** Windows in which every core did under DIP of the median's work: the whole VM slowed. */
+  jointDips: number;
+  /** The work missing from all windows below the median, in ms of one core (mean over cores). */
+  lostMs: number;
+}
+const WINDOW_MS = 100;
+const DIP = 0.8;
+
+export async function machineSteadiness(seconds: number, cores: number): Promise<Steadiness> {
+  const { Worker } = await import('node:worker_threads');
+  const code = `
+    const { parentPort, workerData } = require('node:worker_threads');
+    const counts = [];
+    let x = 0, n = 0;
+    const start = performance.now();
+    let windowEnd = start + ${WINDOW_MS};
+    for (;;) {
+      for (let i = 0; i < 20000; i++) x = (x * 31 + i) | 0;
+      n++;
+      const t = performance.now();
+      if (t < windowEnd) continue;
+      counts.push(n);
+      n = 0;
+      windowEnd += ${WINDOW_MS};
+      if (t - start >= workerData.ms) break;
+    }
+    parentPort.postMessage({ counts, x });`;
+  // The workers start together, so window k of each covers about the same 100 ms.
+  const perCore = await Promise.all(
+    Array.from(
+      { length: cores },
+      () =>
+        new Promise<number[]>((resolve, reject) => {
+          const w = new Worker(code, { eval: true, workerData: { ms: seconds * 1000 } });
+          // The first window includes compiling the loop.
+          w.once('message', (m: { counts: number[] }) => resolve(m.counts.slice(1)));
+          w.once('error', reject);
+        }),
+    ),
+  );
+  const all = perCore.flat().sort((a, b) => a - b);
+  const median = all[Math.floor(all.length / 2)]!;
+  const windows = Math.min(...perCore.map((c) => c.length));
+  let jointDips = 0;
+  for (let k = 0; k < windows; k++) if (perCore.every((c) => c[k]! < DIP * median)) jointDips++;
+  const lost = perCore.flat().reduce((sum, n) => sum + Math.max(0, 1 - n / median) * WINDOW_MS, 0) / cores;
+  return { windows, slowest: all[0]! / median, jointDips, lostMs: lost };
+}

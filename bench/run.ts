@@ -43,6 +43,7 @@ import {
   pacedLoad,
   SLOW_MS,
   type PacedLoadResult,
+  machineSteadiness,
   machineSteal,
   serverVitals,
   pool,
@@ -61,6 +62,8 @@ const ROUNDS = num('BENCH_ROUNDS', 2);
 const CONNECTIONS = num('BENCH_CONNECTIONS', 32);
 const SUBSCRIBERS = num('BENCH_SUBSCRIBERS', 10_000);
 const SAMPLES = num('BENCH_SAMPLES', 200);
+/** Length of the machine-steadiness probe before scenario 1's paced runs. */
+const STEADINESS_S = 4;
 const PROFILE = process.env.BENCH_PROFILE === '1';
 const ADMIN_PG = process.env.BENCH_DATABASE_URL ?? 'postgresql://postgres@127.0.0.1:5432/postgres';
 const REDIS_URL = process.env.BENCH_REDIS_URL ?? 'redis://127.0.0.1:6379';
@@ -316,6 +319,8 @@ async function scenario1(sim: Simulator) {
   row({ scenario: 1, metric: 'latency p99 at full load', server: ms(avg(s, (r) => r.latency.p99)), baseline: ms(avg(b, (r) => r.latency.p99)), ratio: ratio(avg(s, (r) => r.latency.p99), avg(b, (r) => r.latency.p99)), goal: '', status: '—' });
 
   const rate = Math.max(1, Math.floor(sRps / 2));
+  // Whether the host lets the VM run steadily just now (every process of the bench is idle).
+  const steady = await machineSteadiness(STEADINESS_S, os.availableParallelism());
   // The goal is judged on an open-loop paced run (see pacedLoad); autocannon's overallRate
   // figure is kept for reference, but it measures bursts at full speed.
   const vitals = await serverVitals(server);
@@ -382,6 +387,10 @@ async function scenario1(sim: Simulator) {
   const loop = (r: typeof pacedS) => `p99 ${ms(r.loopDelay.p99)}, max ${ms(r.loopDelay.max)}`;
   note(1, `the generator's own lateness (send time − due time, counted in the latency): server run ${lag(pacedS)}, baseline run ${lag(pacedB)}; its event loop's delay (a response read late by as much): server run ${loop(pacedS)}, baseline run ${loop(pacedB)}.`);
   note(1, `answers over ${SLOW_MS} ms: server ${slowTail(pacedS)}; baseline ${slowTail(pacedB)}.`);
+  note(
+    1,
+    `the machine just before the paced runs, idle (fixed work on each of its ${os.availableParallelism()} cores for ${STEADINESS_S} s, counted per 100 ms): the slowest window did ${fmt(steady.slowest, 2)}× the median window's work; in ${steady.jointDips} of ${steady.windows} windows every core did under 0.8× at once (the whole VM slowed; finding 27); ${fmt(steady.lostMs, 0)} ms of a core's work missing in all.`,
+  );
   note(1, `the server during its paced run (its warm-up second included), from its /metrics: GC at least ${fmt(pacedVitals.gcMs, 0)} ms in ${pacedVitals.gcPauses} pauses, ${pacedVitals.majorGcs} of them mark-compacts (prom-client counts one collection per batch Node reports), event loop blocked at most ${ms(pacedVitals.longestBlockMs)} at a time, ${pacedVitals.queriesOver10ms} of ${pacedVitals.queries} queries over 10 ms from the start of their execution; CPU stolen from the VM meanwhile: ${fmt(pacedSteal, 0)} ms.`);
   note(1, "autocannon's overallRate gives each connection a per-second budget that it spends back-to-back, then idles until the next second: its p99 is the p99 of full-speed bursts, so the goal uses the evenly paced open-loop generator (bench/lib.ts pacedLoad in its own process, latency counted from each request's due time).");
   note(1, `answer: ${fromServer.vmidsTaken.taken.length} taken VMIDs (simulator with ${sim.guests().length} guests); baseline answer byte-identical to the server's.`);
