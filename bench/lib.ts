@@ -484,10 +484,12 @@ const CLOCK_TICKS_PER_SECOND = 100;
 
 /**
  * How steady the machine's own speed is: one worker thread per core repeats a fixed piece of
- * work for `seconds`, counting how many pieces each 100 ms window holds. On a steady machine
- * every window holds about the same. On a VM whose host pauses it, windows lose work on every
- * core at once — no guest counter shows it as steal — and a latency tail measured meanwhile
- * says more about the host than about the code (finding 27). Run while the bench is idle.
+ * work for `seconds`, counting how many pieces each 100 ms window holds, every core on the
+ * same grid of windows. On a steady machine every window holds about the same. On a VM whose
+ * host pauses it, windows lose work on every core at once — no guest counter shows it as
+ * steal — and a latency tail measured meanwhile says more about the host than about the code
+ * (finding 27). A guest process busy on every core would look the same: run it while the
+ * bench is idle.
  */
 export interface Steadiness {
   /** 100 ms windows measured per core. */
@@ -496,49 +498,55 @@ export interface Steadiness {
   slowest: number;
   /** Windows in which every core did under DIP of the median's work: the whole VM slowed. */
   jointDips: number;
-  /** The work missing from all windows below the median, in ms of one core (mean over cores). */
-  lostMs: number;
+  /** The work those windows missed, in ms of one core (mean over the cores). */
+  jointLostMs: number;
 }
 const WINDOW_MS = 100;
 const DIP = 0.8;
 
 export async function machineSteadiness(seconds: number, cores: number): Promise<Steadiness> {
   const { Worker } = await import('node:worker_threads');
+  // Every worker waits for one absolute start, so window k covers the same 100 ms on each core.
   const code = `
     const { parentPort, workerData } = require('node:worker_threads');
+    const clock = () => performance.timeOrigin + performance.now();
+    while (clock() < workerData.startAt) {}
     const counts = [];
-    let x = 0, n = 0;
-    const start = performance.now();
-    let windowEnd = start + ${WINDOW_MS};
+    let x = 0, n = 0, windowEnd = workerData.startAt + ${WINDOW_MS};
+    const end = workerData.startAt + workerData.ms;
     for (;;) {
       for (let i = 0; i < 20000; i++) x = (x * 31 + i) | 0;
       n++;
-      const t = performance.now();
+      const t = clock();
       if (t < windowEnd) continue;
-      counts.push(n);
-      n = 0;
-      windowEnd += ${WINDOW_MS};
-      if (t - start >= workerData.ms) break;
+      // A window the thread did not run in at all counts as empty.
+      while (t >= windowEnd) { counts.push(n); n = 0; windowEnd += ${WINDOW_MS}; }
+      if (t >= end) break;
     }
     parentPort.postMessage({ counts, x });`;
-  // The workers start together, so window k of each covers about the same 100 ms.
+  const startAt = now() + 300; // time for the threads to start
   const perCore = await Promise.all(
     Array.from(
       { length: cores },
       () =>
         new Promise<number[]>((resolve, reject) => {
-          const w = new Worker(code, { eval: true, workerData: { ms: seconds * 1000 } });
+          const w = new Worker(code, { eval: true, workerData: { startAt, ms: seconds * 1000 } });
           // The first window includes compiling the loop.
           w.once('message', (m: { counts: number[] }) => resolve(m.counts.slice(1)));
           w.once('error', reject);
+          w.once('exit', (code) => reject(new Error(`steadiness worker exited (${code}) without reporting`)));
         }),
     ),
   );
   const all = perCore.flat().sort((a, b) => a - b);
-  const median = all[Math.floor(all.length / 2)]!;
+  const mid = all[Math.floor(all.length / 2)]!;
   const windows = Math.min(...perCore.map((c) => c.length));
   let jointDips = 0;
-  for (let k = 0; k < windows; k++) if (perCore.every((c) => c[k]! < DIP * median)) jointDips++;
-  const lost = perCore.flat().reduce((sum, n) => sum + Math.max(0, 1 - n / median) * WINDOW_MS, 0) / cores;
-  return { windows, slowest: all[0]! / median, jointDips, lostMs: lost };
+  let jointLost = 0;
+  for (let k = 0; k < windows; k++) {
+    if (!perCore.every((c) => c[k]! < DIP * mid)) continue;
+    jointDips++;
+    for (const c of perCore) jointLost += (1 - c[k]! / mid) * WINDOW_MS;
+  }
+  return { windows, slowest: all[0]! / mid, jointDips, jointLostMs: jointLost / cores };
 }

@@ -319,7 +319,9 @@ async function scenario1(sim: Simulator) {
   row({ scenario: 1, metric: 'latency p99 at full load', server: ms(avg(s, (r) => r.latency.p99)), baseline: ms(avg(b, (r) => r.latency.p99)), ratio: ratio(avg(s, (r) => r.latency.p99), avg(b, (r) => r.latency.p99)), goal: '', status: '—' });
 
   const rate = Math.max(1, Math.floor(sRps / 2));
-  // Whether the host lets the VM run steadily just now (every process of the bench is idle).
+  // Whether the host lets the VM run steadily just now: after a second for the servers to
+  // finish what the load left (GC), every process of the bench is idle.
+  await sleep(1_000);
   const steady = await machineSteadiness(STEADINESS_S, os.availableParallelism());
   // The goal is judged on an open-loop paced run (see pacedLoad); autocannon's overallRate
   // figure is kept for reference, but it measures bursts at full speed.
@@ -389,7 +391,7 @@ async function scenario1(sim: Simulator) {
   note(1, `answers over ${SLOW_MS} ms: server ${slowTail(pacedS)}; baseline ${slowTail(pacedB)}.`);
   note(
     1,
-    `the machine just before the paced runs, idle (fixed work on each of its ${os.availableParallelism()} cores for ${STEADINESS_S} s, counted per 100 ms): the slowest window did ${fmt(steady.slowest, 2)}× the median window's work; in ${steady.jointDips} of ${steady.windows} windows every core did under 0.8× at once (the whole VM slowed; finding 27); ${fmt(steady.lostMs, 0)} ms of a core's work missing in all.`,
+    `the machine just before the paced runs, idle (fixed work on each of its ${os.availableParallelism()} cores for ${STEADINESS_S} s, counted per 100 ms): the slowest window did ${fmt(steady.slowest, 2)}× the median window's work; in ${steady.jointDips} of ${steady.windows} windows every core did under 0.8× at once (the whole VM slowed; finding 27), missing ${fmt(steady.jointLostMs, 0)} ms of each core's work.`,
   );
   note(1, `the server during its paced run (its warm-up second included), from its /metrics: GC at least ${fmt(pacedVitals.gcMs, 0)} ms in ${pacedVitals.gcPauses} pauses, ${pacedVitals.majorGcs} of them mark-compacts (prom-client counts one collection per batch Node reports), event loop blocked at most ${ms(pacedVitals.longestBlockMs)} at a time, ${pacedVitals.queriesOver10ms} of ${pacedVitals.queries} queries over 10 ms from the start of their execution; CPU stolen from the VM meanwhile: ${fmt(pacedSteal, 0)} ms.`);
   note(1, "autocannon's overallRate gives each connection a per-second budget that it spends back-to-back, then idles until the next second: its p99 is the p99 of full-speed bursts, so the goal uses the evenly paced open-loop generator (bench/lib.ts pacedLoad in its own process, latency counted from each request's due time).");

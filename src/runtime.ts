@@ -67,7 +67,6 @@ export async function openRuntime(config: Config, log: Logger, opts: RuntimeOpti
     // The VMID capability asks node management for a cluster's guests; node management tells
     // the VMID capability about containers and connection changes (through VmidHooks).
     let nodes: NodeService | undefined;
-    // Bound once: counted on every cached read.
     const snapshotReads = {
       memory: metrics.vmidSnapshotReads.labels({ source: 'memory' }),
       redis: metrics.vmidSnapshotReads.labels({ source: 'redis' }),

@@ -29,7 +29,11 @@ import type { VmidSnapshot } from './store.js';
  * change): see `begin` / `keep`.
  */
 export class LocalSnapshots {
-  /** In the order they were kept (re-kept ones move to the end), so the oldest are swept first. */
+  /**
+   * In the order they were kept (re-kept ones move to the end), so the oldest are swept first.
+   * (A read that took long is kept behind younger ones and can stop a sweep early: it only
+   * delays freeing memory.)
+   */
   private readonly entries = new Map<string, { snapshot: VmidSnapshot; startedAt: number; until: number }>();
   /** Reads on their way to Redis, per node: a change marks them stale. */
   private readonly pending = new Map<string, Set<PendingRead>>();
@@ -78,8 +82,8 @@ export class LocalSnapshots {
 
   /**
    * Drops the oldest entries that are past maxAgeMs, so nodes read once (or deleted: their
-   * deletion publishes no event) do not stay in memory. Runs only when something is kept, which
-   * is at most once per node per maxAgeMs.
+   * deletion publishes no event) do not stay in memory. Runs only when something is kept: on
+   * a read from Redis, not on the reads answered here.
    */
   private sweep(): void {
     const oldest = this.now() - this.maxAgeMs;

@@ -66,9 +66,9 @@ export class RedisEventHub {
       }
     });
     subscriber.on('ready', () => {
-      // A first PSUBSCRIBE that failed without the connection closing (its wait for 'ready'
-      // timed out on a slow first connect) is retried at the next 'ready'.
-      if (!this.lost && this.watch && !this.watch.live) this.confirmPattern();
+      // The pattern is confirmed by its own PSUBSCRIBE's answer: after a reconnect, and after
+      // a first PSUBSCRIBE that failed without a close (its wait for 'ready' timed out).
+      if (this.watch && !this.watch.live) this.confirmPattern();
       if (!this.lost) return;
       this.lost = false;
       // ioredis emits 'ready' before it re-sends the SUBSCRIBEs; a PING sent after them is
@@ -82,7 +82,6 @@ export class RedisEventHub {
               if (!this.channels.has(channel)) this.unsubscribe(channel);
             }
             for (const entry of this.channels.values()) for (const l of [...entry.listeners]) l.onResync?.();
-            this.confirmPattern();
           })
           .catch((err: unknown) => this.log?.warn({ err }, 'vmid events: resubscribe check failed'));
       });
@@ -110,7 +109,7 @@ export class RedisEventHub {
   /**
    * (Re)sends the PSUBSCRIBE and reports the pattern live once Redis confirms it. After a
    * reconnect ioredis re-sends it too; Redis confirms the second one without subscribing twice.
-   * A failure is retried at the next 'ready' (until then the watcher stays lost).
+   * A failure is retried at the next 'ready' (until then the watcher stays lost). One at a time.
    */
   private confirmPattern(): void {
     const watch = this.watch;

@@ -155,6 +155,8 @@ export class RedisVmidStore implements VmidStore {
     const escaped = this.keyPrefix.replace(/[\\*?[\]]/g, '\\$&');
     this.stopWatching = this.eventHub().watchPattern(`${escaped}vmid-events:*`, {
       onMessage: (message) => {
+        // Its channel copy, delivered first to a listener of this instance, has done it already.
+        if (message === this.lastMessage) return;
         const nodeId = nodeIdOf(message);
         if (nodeId !== null) local.changed(nodeId);
         // A message that is not an event may still have been a change: keep nothing.
