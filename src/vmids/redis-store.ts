@@ -341,9 +341,11 @@ export class RedisVmidStore implements VmidStore {
     if (message === this.lastMessage) return this.lastEvent;
     const event = parseEvent(message);
     if (!event) this.log?.warn({ message: message.slice(0, 200) }, 'ignored a malformed VMID event');
-    // Redis delivers a channel's copy of an event before the pattern's (watchChanges): a
-    // subscriber that re-reads on the event must not be answered from the snapshot it ends.
-    else this.local?.changed(event.nodeId);
+    // Redis delivers a channel's copy of an event before the pattern's (watchChanges, which
+    // then skips it): a subscriber that re-reads on the event must not be answered from the
+    // snapshot it ends. What is not an event may still have been a change: keep nothing.
+    if (event) this.local?.changed(event.nodeId);
+    else this.local?.clear();
     this.lastMessage = message;
     this.lastEvent = event;
     return event;
