@@ -38,11 +38,13 @@ describe('snapshots kept in memory by a Redis store (two instances)', () => {
   });
 
   /** Reads on `store` until it keeps the node's snapshot (its pattern subscription is confirmed then). */
+  const untilKept = (store: RedisVmidStore, timeoutMs = 3_000) =>
+    eventually(async () => {
+      await store.read(node);
+      return store.keptSnapshots() === 1;
+    }, timeoutMs, 'a kept snapshot');
   const keptOn = async (store: OpenStore) => {
-    await eventually(async () => {
-      await store.store.read(node);
-      return (store.store as RedisVmidStore).keptSnapshots() === 1;
-    }, 3_000, 'a kept snapshot');
+    await untilKept(store.store as RedisVmidStore);
     return store.store.read(node);
   };
   /** Deletes the node's cached set in Redis without an event: only a kept snapshot still shows it. */
@@ -64,10 +66,7 @@ describe('snapshots kept in memory by a Redis store (two instances)', () => {
     const redis = await connect(prefix);
     const short = new RedisVmidStore(redis, { log: silentLog, localReadMs: 1_500 });
     try {
-      await eventually(async () => {
-        await short.read(node);
-        return short.keptSnapshots() === 1;
-      }, 3_000, 'a kept snapshot');
+      await untilKept(short);
       await dropBehindTheBack(redis);
       expect((await short.read(node)).cache).not.toBeNull();
       await sleep(1_600);
@@ -130,14 +129,8 @@ describe('snapshots kept in memory by a Redis store (two instances)', () => {
     const subscriber = redis.duplicate();
     const id = (await subscriber.client('ID')) as number;
     const store = new RedisVmidStore(redis, { log: silentLog, localReadMs: LOCAL_READ_MS, subscriber });
-    const keptHere = async () => {
-      await eventually(async () => {
-        await store.read(node);
-        return store.keptSnapshots() === 1;
-      }, 5_000, 'a kept snapshot');
-    };
     try {
-      await keptHere();
+      await untilKept(store, 5_000);
       const closed = new Promise((resolve) => subscriber.once('close', resolve));
       await a.redis!.client('KILL', 'ID', String(id));
       await closed;
@@ -145,7 +138,7 @@ describe('snapshots kept in memory by a Redis store (two instances)', () => {
       const reserved = await a.store.reserve(node, { vmid: 4444, min: 100, ttlSeconds: 60 });
       expect(reserved.status).toBe('reserved');
       expect((await store.read(node)).reserved.map((r) => r.vmid)).toEqual([4444]);
-      await keptHere();
+      await untilKept(store, 5_000);
     } finally {
       await store.close();
       subscriber.disconnect();
