@@ -26,7 +26,9 @@ import type { VmidSnapshot } from './store.js';
  *   without closing.
  *
  * A read that was on its way while a change arrived is not kept (its answer may predate the
- * change): see `begin` / `keep`.
+ * change): see `begin` / `keep`. A copy still being read in the last fifth of its lifetime is
+ * renewed by a read in the background (`refreshDue`), so a steadily read node is answered
+ * from memory without a pause at each bound.
  */
 export class LocalSnapshots {
   /**
@@ -34,7 +36,7 @@ export class LocalSnapshots {
    * (A read that took long is kept behind younger ones and can stop a sweep early: it only
    * delays freeing memory.)
    */
-  private readonly entries = new Map<string, { snapshot: VmidSnapshot; startedAt: number; until: number }>();
+  private readonly entries = new Map<string, Entry>();
   /** Reads on their way to Redis, per node: a change marks them stale. */
   private readonly pending = new Map<string, Set<PendingRead>>();
   private live = false;
@@ -51,6 +53,20 @@ export class LocalSnapshots {
     if (this.now() < entry.until) return entry.snapshot;
     this.entries.delete(nodeId);
     return null;
+  }
+
+  /**
+   * Whether the caller should read the node from Redis in the background now, keeping the
+   * answer: true once per kept snapshot, in the last fifth of its lifetime. A node read
+   * steadily is then renewed before its copy ends, so its reads never wait for a Redis round
+   * trip — one that stalls would otherwise hold every request arriving meanwhile (BENCHMARKS.md,
+   * finding 28). The bound is unchanged: the renewed copy counts from its own read.
+   */
+  refreshDue(nodeId: string): boolean {
+    const entry = this.entries.get(nodeId);
+    if (!entry || entry.refreshing || this.now() < entry.refreshFrom) return false;
+    entry.refreshing = true;
+    return true;
   }
 
   /** Called before a read is sent to Redis; `keep` it with the answer, or `abandon` it. */
@@ -77,7 +93,13 @@ export class LocalSnapshots {
     this.sweep();
     this.entries.delete(read.nodeId);
     // Counted from when the read was sent, which is before Redis read its clock: never late.
-    this.entries.set(read.nodeId, { snapshot: frozen(snapshot), startedAt: read.startedAt, until: read.startedAt + lifetime });
+    this.entries.set(read.nodeId, {
+      snapshot: frozen(snapshot),
+      startedAt: read.startedAt,
+      until: read.startedAt + lifetime,
+      refreshFrom: read.startedAt + lifetime * REFRESH_FROM,
+      refreshing: false,
+    });
   }
 
   /**
@@ -132,6 +154,19 @@ export class LocalSnapshots {
   keeping(): boolean {
     return this.live;
   }
+}
+
+/** A kept copy is renewed in the background from this share of its lifetime on. */
+const REFRESH_FROM = 0.8;
+
+interface Entry {
+  snapshot: VmidSnapshot;
+  startedAt: number;
+  until: number;
+  /** From when a read asks for it to be renewed (refreshDue). */
+  refreshFrom: number;
+  /** A renewal was asked for: once per entry (a failed one leaves the entry to run out). */
+  refreshing: boolean;
 }
 
 export interface PendingRead {

@@ -123,8 +123,11 @@ export class RedisVmidStore implements VmidStore {
     const local = this.local;
     const kept = local?.get(node.id);
     this.onRead?.(kept ? 'memory' : 'redis');
-    if (kept) return kept;
     if (!local) return (await this.readFromRedis(node)).snapshot;
+    if (kept) {
+      if (local.refreshDue(node.id)) this.renew(node, local);
+      return kept;
+    }
     if (!this.stopWatching) this.watchChanges(local);
     const pending = local.begin(node.id);
     let answer: { snapshot: VmidSnapshot; redisNowMs: number };
@@ -136,6 +139,20 @@ export class RedisVmidStore implements VmidStore {
     }
     if (pending) local.keep(pending, answer.snapshot, answer.redisNowMs);
     return answer.snapshot;
+  }
+
+  /**
+   * Reads the node again in the background and keeps the answer, while its kept copy still
+   * answers. If the read fails, or finds the set no longer cached, the copy just runs out and
+   * the next read asks Redis itself (and reports what it finds).
+   */
+  private renew(node: NodeRef, local: LocalSnapshots): void {
+    const pending = local.begin(node.id);
+    if (!pending) return;
+    this.readFromRedis(node).then(
+      (answer) => local.keep(pending, answer.snapshot, answer.redisNowMs),
+      () => local.abandon(pending),
+    );
   }
 
   /** Nodes whose snapshot this instance answers from memory now (tests). */

@@ -77,6 +77,37 @@ describe('snapshots kept in memory by a Redis store (two instances)', () => {
     }
   });
 
+  it('renews the copy of a node read steadily before it ends, and still sees a change without an event within the bound', async () => {
+    const redis = await connect(prefix);
+    const sources: string[] = [];
+    const boundMs = 2_000;
+    const steady = new RedisVmidStore(redis, { log: silentLog, localReadMs: boundMs, onRead: (source) => sources.push(source) });
+    try {
+      await untilKept(steady);
+      // Over two bounds of steady reads (every 20 ms), none has to wait for Redis.
+      sources.length = 0;
+      const until = performance.now() + boundMs * 2.25;
+      while (performance.now() < until) {
+        expect((await steady.read(node)).cache).not.toBeNull();
+        await sleep(20);
+      }
+      expect(sources.filter((s) => s === 'redis')).toEqual([]);
+      expect(sources.length).toBeGreaterThan(50);
+
+      // Renewal does not stretch the bound: a change no event tells of shows within it.
+      await dropBehindTheBack(redis);
+      const dropped = performance.now();
+      while ((await steady.read(node)).cache !== null) {
+        // (Slack for a pause between the read and this check; renewals that kept the copy would run past it.)
+        expect(performance.now() - dropped).toBeLessThan(boundMs + 250);
+        await sleep(20);
+      }
+    } finally {
+      await steady.close();
+      await redis.quit();
+    }
+  });
+
   it("shows another instance's reservation, release and invalidation once their events arrive", async () => {
     const before = await keptOn(b);
     const reserved = await a.store.reserve(node, { vmid: null, min: 100, ttlSeconds: 60 });
@@ -205,6 +236,33 @@ describe('LocalSnapshots', () => {
       clock = 1_000 + lifetime;
       expect(local.get('n'), `lifetime ${lifetime}`).toBeNull();
     }
+  });
+
+  it('asks for one renewal per kept copy, in the last fifth of its lifetime', () => {
+    const local = new LocalSnapshots(1_000, now);
+    local.resumed();
+    expect(local.refreshDue('n')).toBe(false);
+    local.keep(local.begin('n')!, snapshot(), 0);
+    clock = 1_799;
+    expect(local.refreshDue('n')).toBe(false);
+    clock = 1_800;
+    expect(local.refreshDue('n')).toBe(true);
+    expect(local.refreshDue('n')).toBe(false);
+    // The renewal's answer is a new copy, with its own lifetime from its read.
+    const renewal = local.begin('n')!;
+    local.keep(renewal, snapshot(), 0);
+    clock = 2_599;
+    expect(local.refreshDue('n')).toBe(false);
+    expect(local.get('n')).not.toBeNull();
+    clock = 2_600;
+    expect(local.refreshDue('n')).toBe(true);
+    // A copy cut short by a deadline is renewed in the last fifth of what it had.
+    clock = 3_000;
+    local.keep(local.begin('n')!, snapshot({ reservations: [500] }), 0);
+    clock = 3_399;
+    expect(local.refreshDue('n')).toBe(false);
+    clock = 3_400;
+    expect(local.refreshDue('n')).toBe(true);
   });
 
   it('forgets nodes nobody reads again once they are past the bound', () => {
