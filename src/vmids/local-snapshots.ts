@@ -21,9 +21,8 @@ import type { VmidSnapshot } from './store.js';
  * - a copy ends when its cached set or its first reservation expires (Redis announces the
  *   lapse on the next read), and in any case after `maxAgeMs`: the bound on staleness for
  *   what no event tells of — a refresh that found the set unchanged (only refreshedAt and
- *   expiresAt moved), a deleted node (`forget`; no read reaches it once the node is gone from
- *   the database), keys evicted, flushed or edited in Redis, a pub/sub connection that hangs
- *   without closing.
+ *   expiresAt moved), keys evicted, flushed or edited in Redis, a pub/sub connection that hangs
+ *   without closing. (A deleted node's DELETED event ends its copy too.)
  *
  * A read that was on its way while a change arrived is not kept (its answer may predate the
  * change): see `begin` / `keep`. A copy still being read in the last fifth of its lifetime is
@@ -103,8 +102,8 @@ export class LocalSnapshots {
   }
 
   /**
-   * Drops the oldest entries that are past maxAgeMs, so nodes read once (or deleted: their
-   * deletion publishes no event) do not stay in memory. Runs only when something is kept: on
+   * Drops the oldest entries that are past maxAgeMs, so nodes read once do not stay in
+   * memory. Runs only when something is kept: on
    * a read from Redis, not on the reads answered here.
    */
   private sweep(): void {

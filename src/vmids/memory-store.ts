@@ -172,8 +172,9 @@ export class MemoryVmidStore implements VmidStore {
     return { nextInMs: next === Infinity ? null : Math.max(0, next - this.now()) };
   }
 
-  async forget(nodeId: string) {
-    this.nodes.delete(nodeId);
+  async forget(node: NodeRef) {
+    this.bump(node, this.node(node.id), 'DELETED', null);
+    this.nodes.delete(node.id);
   }
 
   async tryLock(nodeId: string, ttlMs: number) {

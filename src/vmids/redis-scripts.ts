@@ -240,3 +240,16 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 `;
+
+/**
+ * KEYS: cache, meta, reservations, state, tmp, lock
+ * ARGV: channel, nodeJson
+ * → version of the DELETED event
+ * The node was deleted: its last event, numbered after its last change, then every key goes
+ * (the version with them: node ids are never reused).
+ */
+export const FORGET = `${COMMON}
+local v = bump(KEYS[4], ARGV[1], ARGV[2], 'DELETED', 'null', now_ms())
+redis.call('UNLINK', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6])
+return v
+`;

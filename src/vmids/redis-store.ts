@@ -27,6 +27,7 @@ interface ScriptCommands {
   ): Promise<[number, number]>;
   pvgVmidExpireDue(reservations: string, state: string, channel: string, nodeJson: string): Promise<[string, string]>;
   pvgVmidUnlock(lock: string, token: string): Promise<number>;
+  pvgVmidForget(cache: string, meta: string, reservations: string, state: string, tmp: string, lock: string, channel: string, nodeJson: string): Promise<number>;
 }
 
 const SCRIPTS: Record<keyof ScriptCommands, { keys: number; lua: string }> = {
@@ -38,6 +39,7 @@ const SCRIPTS: Record<keyof ScriptCommands, { keys: number; lua: string }> = {
   pvgVmidConsume: { keys: 4, lua: scripts.CONSUME },
   pvgVmidExpireDue: { keys: 2, lua: scripts.EXPIRE_DUE },
   pvgVmidUnlock: { keys: 1, lua: scripts.UNLOCK },
+  pvgVmidForget: { keys: 6, lua: scripts.FORGET },
 };
 
 /** Key names relative to the connection's keyPrefix (ioredis adds it to every key). */
@@ -321,9 +323,11 @@ export class RedisVmidStore implements VmidStore {
     return { nextInMs: next === '' ? null : Math.max(0, Number(next) - Number(now)) };
   }
 
-  async forget(nodeId: string) {
-    const k = keys(nodeId);
-    await this.change(nodeId, () => this.redis.unlink(k.cache, k.meta, k.reservations, k.state, k.tmp, k.lock));
+  async forget(node: NodeRef) {
+    const k = keys(node.id);
+    await this.change(node.id, () =>
+      this.redis.pvgVmidForget(k.cache, k.meta, k.reservations, k.state, k.tmp, k.lock, this.channel(node.userId), JSON.stringify(node.id)),
+    );
   }
 
   async tryLock(nodeId: string, ttlMs: number) {

@@ -37,8 +37,11 @@ export interface VmidStore {
    * `nextInMs`: how long until the next reservation is due, null when none is left.
    */
   expireDue(node: NodeRef): Promise<{ nextInMs: number | null }>;
-  /** Deletes everything kept for a node (the node itself was deleted). */
-  forget(nodeId: string): Promise<void>;
+  /**
+   * Deletes everything kept for a node (the node itself was deleted), and announces it: one
+   * DELETED event, the node's last, numbered after its last change.
+   */
+  forget(node: NodeRef): Promise<void>;
 
   /** The fill lock: one filler per node across every instance sharing the store. */
   tryLock(nodeId: string, ttlMs: number): Promise<string | null>;

@@ -36,9 +36,10 @@ export interface VmidReservation {
 /**
  * `SYNC` is never published: a subscription emits it first (and again after a lost pub/sub
  * connection came back with a newer version) to tell the subscriber the node's current
- * version, so it can tell whether it missed anything.
+ * version, so it can tell whether it missed anything. `DELETED` is a node's last event: the
+ * node was deleted (a subscription to that node alone completes after it).
  */
-export type VmidEventKind = 'INVALIDATED' | 'REFRESHED' | 'RESERVED' | 'RELEASED' | 'SYNC';
+export type VmidEventKind = 'INVALIDATED' | 'REFRESHED' | 'RESERVED' | 'RELEASED' | 'SYNC' | 'DELETED';
 
 export interface VmidEvent {
   nodeId: string;
@@ -47,7 +48,7 @@ export interface VmidEvent {
   at: Date;
   /**
    * REFRESHED: the whole taken set after the change, ascending. RESERVED / RELEASED: the one
-   * VMID. INVALIDATED and SYNC: null.
+   * VMID. INVALIDATED, SYNC and DELETED: null.
    */
   vmids: number[] | null;
   /** RESERVED: when the reservation lapses unless it is released or consumed first. */

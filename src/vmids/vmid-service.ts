@@ -220,7 +220,7 @@ export class VmidService {
   /** The node is gone: drop its cache, reservations and version. */
   async nodeDeleted(node: NodeRef): Promise<void> {
     this.lastVersions.delete(node.id);
-    await this.bestEffort('forget the node', () => this.store.forget(node.id));
+    await this.bestEffort('forget the node', () => this.store.forget(node));
   }
 
   /**
@@ -264,8 +264,10 @@ export class VmidService {
       // The nodes this subscription covers, watched for lapsing reservations: the SYNC'd ones,
       // and (every node of a user) any other that shows up with a reservation.
       const watched = new Map<string, () => void>();
+      // Nodes whose DELETED was delivered: nothing more comes of them.
+      const deleted = new Set<string>();
       const watch = (nodeId: string) => {
-        if (!watched.has(nodeId)) watched.set(nodeId, lapses.watch({ id: nodeId, userId }));
+        if (!watched.has(nodeId) && !deleted.has(nodeId)) watched.set(nodeId, lapses.watch({ id: nodeId, userId }));
       };
       const deliver = (event: VmidEvent) => {
         if (onlyNode !== null && event.nodeId !== onlyNode) return;
@@ -280,6 +282,13 @@ export class VmidService {
         if (event.version <= (floors.get(event.nodeId) ?? 0)) return;
         floors.set(event.nodeId, event.version);
         send(event);
+        if (event.kind === 'DELETED') {
+          deleted.add(event.nodeId);
+          watched.get(event.nodeId)?.();
+          watched.delete(event.nodeId);
+          // The node's own subscription has nothing left to follow: it completes.
+          if (onlyNode !== null) stop();
+        }
       };
       // A consumer that stopped reading (EventStream allows 1024 pending events) is ended with
       // an error rather than silently losing events.
@@ -302,6 +311,7 @@ export class VmidService {
           for (let attempt = 0; active && floors; attempt++) {
             try {
               for (const nodeId of syncNodeIds) {
+                if (deleted.has(nodeId)) continue;
                 const { version } = await store.state(nodeId);
                 // Not only "newer": a Redis that lost its data (restart without persistence,
                 // failover) starts versions again; the lower floor lets new events through.

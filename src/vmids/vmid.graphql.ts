@@ -35,6 +35,10 @@ const VmidEventKindEnum = builder.enumType('VmidEventKind', {
         'vmids holds the VMIDs whose reservations ended, ascending: the one released (or consumed), or every one that lapsed at once when its time was up.',
     },
     SYNC: { description: "A subscription's first event (and after a reconnect): the current version, nothing changed." },
+    DELETED: {
+      description:
+        "The node was deleted: its last event. A subscription to this node alone completes after it; one to every node of the caller goes on with the others.",
+    },
   } as const,
 });
 
@@ -125,7 +129,7 @@ builder.mutationFields((t) => ({
 builder.subscriptionField('vmidEvents', (t) =>
   t.field({
     type: VmidEventRef,
-    description: 'Changes to one node\'s VMID set, or to every node of the caller when nodeId is omitted. The first event is SYNC with the current version.',
+    description: 'Changes to one node\'s VMID set, or to every node of the caller when nodeId is omitted. The first event is SYNC with the current version; DELETED ends a node\'s events (and a subscription to that node alone).',
     args: { nodeId: t.arg.id() },
     subscribe: async (_root, args, ctx) => {
       if (args.nodeId != null) return ctx.services.vmids.subscribeNode(await ownedNode(ctx, args.nodeId));

@@ -346,6 +346,40 @@ describe.each(['memory', 'redis', 'redis-local'] as const)('VMID cache and reser
     expect(proxmox.resourceCalls()).toBe(0);
   });
 
+  it("a deleted node's last event is DELETED: its own subscription completes, the user's goes on, nothing of it is kept", async () => {
+    const sibling: NodeRef = { id: `${node.id}-sibling`, userId: node.userId };
+    const own = service.subscribeNode(node);
+    const all = service.subscribeUser(node.userId, [node.id, sibling.id]);
+    try {
+      expect(brief(await take(own, 1))).toEqual(['SYNC@0']);
+      expect(brief(await take(all, 2))).toEqual(['SYNC@0', 'SYNC@0']);
+      await service.getCachedVmids(node); // REFRESHED 1
+      await service.reserveVmid(node, 104, 60); // RESERVED 2
+      await service.nodeDeleted(node); // DELETED 3
+      const last = await take(own, 3);
+      expect(brief(last)).toEqual(['REFRESHED@1', 'RESERVED@2', 'DELETED@3']);
+      expect(last[2]).toMatchObject({ nodeId: node.id, vmids: null });
+      expect((await own.next()).done).toBe(true);
+
+      await service.getCachedVmids(sibling); // the sibling's REFRESHED 1: the user's subscription goes on
+      const got = await take(all, 4);
+      expect(got.map((e) => `${e.nodeId === node.id ? 'node' : 'sibling'} ${e.kind}@${e.version}`)).toEqual([
+        'node REFRESHED@1',
+        'node RESERVED@2',
+        'node DELETED@3',
+        'sibling REFRESHED@1',
+      ]);
+      // The deleted node's reservation no longer has a lapse to watch for.
+      expect(service.nodesWatchedForLapses()).toBe(1);
+      expect(await opened.store.state(node.id)).toEqual({ version: 0, epoch: 0 });
+      expect(await opened.store.read(node)).toEqual({ version: 0, cache: null, reserved: [] });
+    } finally {
+      await own.return?.();
+      await all.return?.();
+    }
+    expect(service.nodesWatchedForLapses()).toBe(0);
+  });
+
   it('subscriptions end cleanly: no listener is left behind', async () => {
     const its = Array.from({ length: 5 }, () => service.subscribeNode(node));
     for (const it of its) expect(brief(await take(it, 1))).toEqual(['SYNC@0']);

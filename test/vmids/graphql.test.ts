@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type Client, createClient } from 'graphql-ws';
 import WebSocket from 'ws';
-import { CreateNode, RegisterContainer, UnregisterContainer } from '../nodes/documents.js';
+import { CreateNode, DeleteNode, RegisterContainer, UnregisterContainer } from '../nodes/documents.js';
 import { TEST_REDIS_URL } from '../support/env.js';
 import { nodeInputFor, type Simulator, startTestSimulator } from '../support/simulator.js';
 import { startTcpProxy } from '../support/tcp-proxy.js';
@@ -33,14 +33,19 @@ const code = (res: { errors?: Array<{ extensions?: Record<string, unknown> }> })
 function subscribe(server: TestServer, token: string, nodeId?: string) {
   const events: Event[] = [];
   const errors: unknown[] = [];
+  let completed = false;
   const client: Client = createClient({ url: server.wsUrl, webSocketImpl: WebSocket, retryAttempts: 0, connectionParams: { authorization: `Bearer ${token}` } });
   const dispose = client.subscribe<{ vmidEvents: Event }>(
     { query: VmidEvents, variables: nodeId ? { nodeId } : {} },
-    { next: (r) => (r.data ? events.push(r.data.vmidEvents) : errors.push(r.errors)), error: (e) => errors.push(e), complete: () => undefined },
+    { next: (r) => (r.data ? events.push(r.data.vmidEvents) : errors.push(r.errors)), error: (e) => errors.push(e), complete: () => (completed = true) },
   );
   return {
     events,
     errors,
+    /** The server completed the subscription. */
+    get completed() {
+      return completed;
+    },
     async close() {
       dispose();
       await client.dispose();
@@ -198,6 +203,34 @@ describe.each([
       expect(seen[2]).toMatchObject({ kind: 'INVALIDATED', nodeId: second });
     } finally {
       ac.abort();
+    }
+  });
+
+  it("ends a node's subscription with DELETED when the node is deleted; the one to every node tells of it and goes on", async () => {
+    const owner = (await server.createUser()).token;
+    const create = async () => (await server.gql(CreateNode, { input: nodeInputFor(sim) as never }, owner)).data!.createNode.id;
+    const kept = await create();
+    const doomed = await create();
+    const one = subscribe(server, owner, doomed);
+    const all = subscribe(server, owner);
+    try {
+      await expect.poll(() => one.events.length).toBe(1);
+      await expect.poll(() => all.events.length).toBe(2);
+      expect((await server.gql(DeleteNode, { id: doomed }, owner)).data?.deleteNode).toBe(true);
+      await expect.poll(() => one.completed).toBe(true);
+      expect(one.events.map((e) => e.kind)).toEqual(['SYNC', 'DELETED']);
+      expect(one.events[1]).toMatchObject({ nodeId: doomed, version: one.events[0]!.version + 1, vmids: null, expiresAt: null });
+      expect(one.errors).toEqual([]);
+
+      await expect.poll(() => all.events.length).toBe(3);
+      expect(all.events[2]).toMatchObject({ kind: 'DELETED', nodeId: doomed });
+      await server.gql(VmidsTaken, { nodeId: kept }, owner); // the first fill: REFRESHED
+      await expect.poll(() => all.events.length).toBe(4);
+      expect(all.events[3]).toMatchObject({ kind: 'REFRESHED', nodeId: kept });
+      expect(all.completed).toBe(false);
+    } finally {
+      await one.close();
+      await all.close();
     }
   });
 
