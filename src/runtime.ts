@@ -70,6 +70,7 @@ export async function openRuntime(config: Config, log: Logger, opts: RuntimeOpti
     const snapshotReads = {
       memory: metrics.vmidSnapshotReads.labels({ source: 'memory' }),
       redis: metrics.vmidSnapshotReads.labels({ source: 'redis' }),
+      renewal: metrics.vmidSnapshotReads.labels({ source: 'renewal' }),
     };
     const vmids = new VmidService({
       store: createVmidStore(redis, {

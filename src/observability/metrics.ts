@@ -86,7 +86,7 @@ export class Metrics {
   });
   readonly vmidSnapshotReads = new Counter({
     name: 'pvegraph_vmid_snapshot_reads_total',
-    help: "Reads of a node's VMID state answered from this instance's memory (VMID_READ_CACHE_MS) or from Redis.",
+    help: "Reads of a node's VMID state answered from this instance's memory (VMID_READ_CACHE_MS) or from Redis, and renewals (a kept copy read again from Redis in the background, answering nobody).",
     labelNames: ['source'] as const,
     registers: [this.registry],
   });

@@ -27,7 +27,8 @@ import type { VmidSnapshot } from './store.js';
  * A read that was on its way while a change arrived is not kept (its answer may predate the
  * change): see `begin` / `keep`. A copy still being read in the last fifth of its lifetime is
  * renewed by a read in the background (`refreshDue`), so a steadily read node is answered
- * from memory without a pause at each bound.
+ * from memory without a pause at each bound (an event or an expiry still ends it: the next
+ * read then asks Redis).
  */
 export class LocalSnapshots {
   /**
@@ -56,10 +57,11 @@ export class LocalSnapshots {
 
   /**
    * Whether the caller should read the node from Redis in the background now, keeping the
-   * answer: true once per kept snapshot, in the last fifth of its lifetime. A node read
-   * steadily is then renewed before its copy ends, so its reads never wait for a Redis round
-   * trip — one that stalls would otherwise hold every request arriving meanwhile (BENCHMARKS.md,
-   * finding 28). The bound is unchanged: the renewed copy counts from its own read.
+   * answer: true once per kept snapshot that its bound (not an expiry) ends, in the last fifth
+   * of its lifetime. A node read steadily is then renewed before the bound, so its reads do not
+   * wait there for a Redis round trip — one that stalls would otherwise hold every request
+   * arriving meanwhile (BENCHMARKS.md, finding 28). The bound is unchanged: the renewed copy
+   * counts from its own read.
    */
   refreshDue(nodeId: string): boolean {
     const entry = this.entries.get(nodeId);
@@ -96,7 +98,9 @@ export class LocalSnapshots {
       snapshot: frozen(snapshot),
       startedAt: read.startedAt,
       until: read.startedAt + lifetime,
-      refreshFrom: read.startedAt + lifetime * REFRESH_FROM,
+      // Only a copy ended by the bound is worth renewing: at an expiry, the read must go to
+      // Redis anyway (a lapse is announced by it, an expired set is filled).
+      refreshFrom: lifetime === this.maxAgeMs ? read.startedAt + lifetime * REFRESH_FROM : Infinity,
       refreshing: false,
     });
   }

@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto';
+import { NotFoundError } from '../errors.js';
 import type { NodeRef, VmidEvent, VmidEventKind } from './types.js';
 import { VMID_MAX } from './types.js';
 import {
@@ -20,6 +21,8 @@ interface NodeState {
   digest: string | null;
   epoch: number;
   lock: { token: string; until: number } | null;
+  /** The node was deleted (forget): a tombstone, kept for the life of the process. */
+  deleted: boolean;
 }
 
 /**
@@ -40,7 +43,7 @@ export class MemoryVmidStore implements VmidStore {
   private node(nodeId: string): NodeState {
     let s = this.nodes.get(nodeId);
     if (!s) {
-      s = { cache: null, reservations: new Map(), version: 0, digest: null, epoch: 0, lock: null };
+      s = { cache: null, reservations: new Map(), version: 0, digest: null, epoch: 0, lock: null, deleted: false };
       this.nodes.set(nodeId, s);
     }
     if (s.cache && s.cache.expiresAt <= this.now()) s.cache = null;
@@ -92,11 +95,12 @@ export class MemoryVmidStore implements VmidStore {
 
   async state(nodeId: string) {
     const s = this.node(nodeId);
-    return { version: s.version, epoch: s.epoch };
+    return { version: s.version, epoch: s.epoch, deleted: s.deleted };
   }
 
   async refresh(node: NodeRef, taken: readonly number[], ttlSeconds: number, expectedEpoch: number | null): Promise<RefreshOutcome> {
     const s = this.node(node.id);
+    if (s.deleted) throw new NotFoundError('Node', node.id);
     if (expectedEpoch !== null && expectedEpoch !== s.epoch) return { written: false, version: s.version };
     this.lapse(node, s);
     const now = this.now();
@@ -114,6 +118,7 @@ export class MemoryVmidStore implements VmidStore {
 
   async invalidate(node: NodeRef) {
     const s = this.node(node.id);
+    if (s.deleted) throw new NotFoundError('Node', node.id);
     const existed = s.cache !== null;
     s.cache = null;
     s.digest = null;
@@ -172,9 +177,12 @@ export class MemoryVmidStore implements VmidStore {
     return { nextInMs: next === Infinity ? null : Math.max(0, next - this.now()) };
   }
 
+  /** As FORGET: DELETED, then a tombstone that refresh and invalidate refuse. */
   async forget(node: NodeRef) {
-    this.bump(node, this.node(node.id), 'DELETED', null);
-    this.nodes.delete(node.id);
+    const s = this.node(node.id);
+    if (s.deleted) return;
+    this.bump(node, s, 'DELETED', null);
+    Object.assign(s, { cache: null, reservations: new Map(), digest: null, lock: null, deleted: true });
   }
 
   async tryLock(nodeId: string, ttlMs: number) {

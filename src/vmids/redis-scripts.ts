@@ -11,7 +11,8 @@
  *                           listAt/listCard (the refreshedAt and size it was made for)  TTL
  *   vmid-reservations:{id}  ZSET vmid → expiry (ms); expires with its last member
  *   vmid-version:{id}       HASH version, digest (of the last announced set),
- *                           epoch (bumped by invalidations) — never expires
+ *                           epoch (bumped by invalidations) — never expires, except as a
+ *                           deleted node's tombstone (deleted=1, kept a day: FORGET)
  *   vmid-cache-tmp:{id}     scratch SET, only inside vmid_refresh
  *   vmid-lock:{id}          fill lock (SET NX PX)
  */
@@ -48,6 +49,13 @@ end
 -- A reservation set outlives its last member by a day, so a lapse nobody was watching is
 -- still found (and announced) by the next script that looks, instead of vanishing with the key.
 local LAPSE_GRACE_MS = 86400000
+-- A deleted node's version hash stays this long as its tombstone (FORGET), so what was on
+-- its way when the node was deleted (a fill, an invalidation through an instance that still
+-- had the node's ownership cached, a subscriber catching up after an outage) learns of it.
+local TOMBSTONE_MS = 86400000
+local function deleted(state_key)
+  return redis.call('HEXISTS', state_key, 'deleted') == 1
+end
 `;
 
 /**
@@ -79,10 +87,11 @@ return { version, int(now), reserved, meta[1], meta[2], list or redis.call('SMEM
 /**
  * KEYS: cache, meta, state, tmp, reservations
  * ARGV: ttlMs, expectedEpoch ('' = unconditional), channel, nodeJson, vmid… (ascending, unique)
- * → { 'STALE', version } | { 'OK', changed(0|1), version, refreshedAt, expiresAt, reservations(flat vmid, expiry…) }
+ * → { 'STALE', version } | { 'GONE' } (the node was deleted) | { 'OK', changed(0|1), version, refreshedAt, expiresAt, reservations(flat vmid, expiry…) }
  * The caller sorts (cheaper outside Redis's one thread); the digest is of that canonical list.
  */
 export const REFRESH = `${COMMON}
+if deleted(KEYS[3]) then return { 'GONE' } end
 local epoch = redis.call('HGET', KEYS[3], 'epoch') or '0'
 if ARGV[2] ~= '' and epoch ~= ARGV[2] then
   return { 'STALE', redis.call('HGET', KEYS[3], 'version') or '0' }
@@ -123,9 +132,10 @@ return { 'OK', changed, int(version), int(now), int(expires_at), reserved }
 /**
  * KEYS: cache, meta, state
  * ARGV: channel, nodeJson
- * → { existed(0|1), version }
+ * → { existed(0|1), version } | { -1, version } (the node was deleted: nothing done)
  */
 export const INVALIDATE = `${COMMON}
+if deleted(KEYS[3]) then return { -1, tonumber(redis.call('HGET', KEYS[3], 'version') or '0') } end
 local now = now_ms()
 local existed = redis.call('EXISTS', KEYS[2])
 redis.call('DEL', KEYS[1], KEYS[2])
@@ -245,11 +255,18 @@ return 0
  * KEYS: cache, meta, reservations, state, tmp, lock
  * ARGV: channel, nodeJson
  * → version of the DELETED event
- * The node was deleted: its last event, numbered after its last change, then every key goes
- * (the version with them: node ids are never reused).
+ * The node was deleted: its last event, numbered after its last change; every key goes but
+ * the version hash, which stays a day as a tombstone: REFRESH and INVALIDATE refuse to act
+ * on it (nothing is re-created, no event follows DELETED), and a subscriber that reads it is
+ * told DELETED. Reservations due but not yet announced end without a RELEASED: DELETED
+ * covers them. A second FORGET does nothing.
  */
 export const FORGET = `${COMMON}
+if deleted(KEYS[4]) then return tonumber(redis.call('HGET', KEYS[4], 'version')) end
 local v = bump(KEYS[4], ARGV[1], ARGV[2], 'DELETED', 'null', now_ms())
-redis.call('UNLINK', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6])
+redis.call('UNLINK', KEYS[1], KEYS[2], KEYS[3], KEYS[5], KEYS[6])
+redis.call('HDEL', KEYS[4], 'digest')
+redis.call('HSET', KEYS[4], 'deleted', '1')
+redis.call('PEXPIRE', KEYS[4], TOMBSTONE_MS)
 return v
 `;

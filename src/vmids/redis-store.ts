@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { type Redis, ReplyError } from 'ioredis';
 import type { Logger } from 'pino';
-import { DomainError } from '../errors.js';
+import { DomainError, NotFoundError } from '../errors.js';
 import { CacheUnavailableError } from './errors.js';
 import { LocalSnapshots } from './local-snapshots.js';
 import { RedisEventHub } from './redis-event-hub.js';
@@ -52,6 +52,9 @@ const keys = (nodeId: string) => ({
   lock: `vmid-lock:{${nodeId}}`,
 });
 
+/** Where a read was answered from; `renewal`: a kept copy read again in the background. */
+export type SnapshotReadSource = 'memory' | 'redis' | 'renewal';
+
 export interface RedisVmidStoreOptions {
   /**
    * The pub/sub connection. Default: `redis.duplicate()`, made on first use and closed by
@@ -66,8 +69,8 @@ export interface RedisVmidStoreOptions {
    * every read asks Redis.
    */
   localReadMs?: number;
-  /** Told where each read was answered from (metrics). */
-  onRead?: (source: 'memory' | 'redis') => void;
+  /** Told where each read was answered from, and of each renewal sent to Redis (metrics). */
+  onRead?: (source: SnapshotReadSource) => void;
 }
 
 /**
@@ -87,7 +90,7 @@ export class RedisVmidStore implements VmidStore {
   private readonly connection: ConnectionWatch;
   private readonly local: LocalSnapshots | null;
   private stopWatching: (() => void) | null = null;
-  private readonly onRead: ((source: 'memory' | 'redis') => void) | undefined;
+  private readonly onRead: ((source: SnapshotReadSource) => void) | undefined;
 
   constructor(redis: Redis, opts: RedisVmidStoreOptions = {}) {
     for (const [name, { keys: numberOfKeys, lua }] of Object.entries(SCRIPTS)) {
@@ -151,6 +154,7 @@ export class RedisVmidStore implements VmidStore {
   private renew(node: NodeRef, local: LocalSnapshots): void {
     const pending = local.begin(node.id);
     if (!pending) return;
+    this.onRead?.('renewal');
     this.readFromRedis(node).then(
       (answer) => local.keep(pending, answer.snapshot, answer.redisNowMs),
       () => local.abandon(pending),
@@ -224,8 +228,8 @@ export class RedisVmidStore implements VmidStore {
   }
 
   async state(nodeId: string) {
-    const [version, epoch] = await this.run(() => this.redis.hmget(keys(nodeId).state, 'version', 'epoch'));
-    return { version: Number(version ?? 0), epoch: Number(epoch ?? 0) };
+    const [version, epoch, deleted] = await this.run(() => this.redis.hmget(keys(nodeId).state, 'version', 'epoch', 'deleted'));
+    return { version: Number(version ?? 0), epoch: Number(epoch ?? 0), deleted: deleted === '1' };
   }
 
   async refresh(node: NodeRef, taken: readonly number[], ttlSeconds: number, expectedEpoch: number | null): Promise<RefreshOutcome> {
@@ -246,6 +250,7 @@ export class RedisVmidStore implements VmidStore {
       ),
     );
     if (reply[0] === 'STALE') return { written: false, version: Number(reply[1]) };
+    if (reply[0] === 'GONE') throw new NotFoundError('Node', node.id);
     const [, changed, version, refreshedAt, expiresAt, reservedFlat] = reply as [string, number, string, string, string, string[]];
     return {
       written: true,
@@ -264,6 +269,7 @@ export class RedisVmidStore implements VmidStore {
     const [existed, version] = await this.change(node.id, () =>
       this.redis.pvgVmidInvalidate(k.cache, k.meta, k.state, this.channel(node.userId), JSON.stringify(node.id)),
     );
+    if (existed === -1) throw new NotFoundError('Node', node.id);
     return { existed: existed === 1, version: Number(version) };
   }
 

@@ -16,7 +16,8 @@ export interface VmidStore {
    */
   read(node: NodeRef): Promise<VmidSnapshot>;
   /** The node's version and invalidation epoch (both survive the cache's expiry). */
-  state(nodeId: string): Promise<{ version: number; epoch: number }>;
+  /** `deleted`: the node was deleted (forget); `version` is then its DELETED event's. */
+  state(nodeId: string): Promise<{ version: number; epoch: number; deleted: boolean }>;
   /**
    * Replaces the cached set with `taken` (kept ascending, once each) and sets its TTL.
    * `expectedEpoch` (read before asking Proxmox) makes the write conditional: if the cache was
@@ -24,7 +25,7 @@ export interface VmidStore {
    * `written` is false. A write answers the snapshot it made (no second read of 10,000 VMIDs).
    */
   refresh(node: NodeRef, taken: readonly number[], ttlSeconds: number, expectedEpoch: number | null): Promise<RefreshOutcome>;
-  /** Drops the cached set; always bumps the version (INVALIDATED). */
+  /** Drops the cached set; always bumps the version (INVALIDATED). NOT_FOUND for a deleted node. */
   invalidate(node: NodeRef): Promise<{ existed: boolean; version: number }>;
   reserve(node: NodeRef, request: ReserveRequest): Promise<ReserveOutcome>;
   release(node: NodeRef, vmid: number): Promise<boolean>;
@@ -39,7 +40,9 @@ export interface VmidStore {
   expireDue(node: NodeRef): Promise<{ nextInMs: number | null }>;
   /**
    * Deletes everything kept for a node (the node itself was deleted), and announces it: one
-   * DELETED event, the node's last, numbered after its last change.
+   * DELETED event, the node's last, numbered after its last change. What is left is a
+   * tombstone: `state` reports the node deleted, `refresh` and `invalidate` answer NOT_FOUND
+   * (a fill or change that was on its way re-creates nothing and announces nothing).
    */
   forget(node: NodeRef): Promise<void>;
 

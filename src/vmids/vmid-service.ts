@@ -1,6 +1,6 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from 'pino';
-import { ConflictError } from '../errors.js';
+import { ConflictError, NotFoundError } from '../errors.js';
 import { CacheUnavailableError } from './errors.js';
 import { EventStream } from './event-stream.js';
 import { LapseSweeper } from './lapse-sweeper.js';
@@ -103,7 +103,7 @@ export class VmidService {
     try {
       // Read before Proxmox is asked (not alongside): an invalidation after this read must
       // make the write below stale, whatever Proxmox answers.
-      const { epoch } = await this.store.state(node.id);
+      const epoch = await this.epochOf(node);
       taken = await this.fetchTakenVmids(node);
       const snapshot = await this.write(node, taken, epoch);
       return this.toSet(node.id, snapshot, false);
@@ -282,13 +282,21 @@ export class VmidService {
         if (event.version <= (floors.get(event.nodeId) ?? 0)) return;
         floors.set(event.nodeId, event.version);
         send(event);
-        if (event.kind === 'DELETED') {
-          deleted.add(event.nodeId);
-          watched.get(event.nodeId)?.();
-          watched.delete(event.nodeId);
-          // The node's own subscription has nothing left to follow: it completes.
-          if (onlyNode !== null) stop();
-        }
+        if (event.kind === 'DELETED') ended(event.nodeId);
+      };
+      /** The node's DELETED went out: nothing more comes of it. */
+      const ended = (nodeId: string) => {
+        deleted.add(nodeId);
+        watched.get(nodeId)?.();
+        watched.delete(nodeId);
+        // The node's own subscription has nothing left to follow: it completes.
+        if (onlyNode !== null) stop();
+      };
+      /** The node's first event, or the one after an outage: SYNC, or DELETED if it is gone. */
+      const announce = (nodeId: string, state: { version: number; deleted: boolean }) => {
+        floors!.set(nodeId, state.version);
+        send(state.deleted ? deletedEvent(nodeId, state.version) : syncEvent(nodeId, state.version));
+        if (state.deleted) ended(nodeId);
       };
       // A consumer that stopped reading (EventStream allows 1024 pending events) is ended with
       // an error rather than silently losing events.
@@ -312,13 +320,13 @@ export class VmidService {
             try {
               for (const nodeId of syncNodeIds) {
                 if (deleted.has(nodeId)) continue;
-                const { version } = await store.state(nodeId);
+                const state = await store.state(nodeId);
+                // Its DELETED may have arrived while the state was read.
+                if (!active || deleted.has(nodeId)) continue;
                 // Not only "newer": a Redis that lost its data (restart without persistence,
                 // failover) starts versions again; the lower floor lets new events through.
-                if (active && version !== (floors.get(nodeId) ?? 0)) {
-                  floors.set(nodeId, version);
-                  send(syncEvent(nodeId, version));
-                }
+                // A node deleted during the outage: its DELETED was missed, its tombstone says so.
+                if (state.deleted || state.version !== (floors.get(nodeId) ?? 0)) announce(nodeId, state);
               }
               // A RESERVED missed meanwhile did not move its node's lapse timer.
               if (active) lapses.resweep(watched.keys());
@@ -336,12 +344,9 @@ export class VmidService {
       let unlisten: (() => void) | undefined;
       try {
         unlisten = await store.listen(userId, deliver, () => void resync());
-        const versions = await Promise.all(syncNodeIds.map(async (id) => [id, (await store.state(id)).version] as const));
+        const states = await Promise.all(syncNodeIds.map(async (id) => [id, await store.state(id)] as const));
         floors = new Map();
-        for (const [nodeId, version] of versions) {
-          floors.set(nodeId, version);
-          send(syncEvent(nodeId, version));
-        }
+        for (const [nodeId, state] of states) announce(nodeId, state);
         for (const event of early.splice(0)) deliver(event);
         for (const nodeId of syncNodeIds) watch(nodeId);
       } catch (err) {
@@ -381,7 +386,7 @@ export class VmidService {
       const token = await this.store.tryLock(node.id, this.fillLockMs);
       if (token) {
         try {
-          const { epoch } = await this.store.state(node.id);
+          const epoch = await this.epochOf(node);
           // Someone may have filled between our miss and our lock.
           const current = await this.store.read(node);
           if (current.cache) return { snapshot: current, written: true };
@@ -398,9 +403,20 @@ export class VmidService {
       }
       if (Date.now() >= deadline) {
         this.log?.warn({ nodeId: node.id }, 'vmid cache: gave up waiting for another instance to fill; asking Proxmox');
-        return this.fetchAndWrite(node, (await this.store.state(node.id)).epoch);
+        return this.fetchAndWrite(node, await this.epochOf(node));
       }
     }
+  }
+
+  /**
+   * The node's invalidation epoch, read before Proxmox is asked. NOT_FOUND when the node was
+   * deleted (through another instance that answered for it from its ownership cache): Proxmox
+   * is not asked, and the store would refuse the write anyway.
+   */
+  private async epochOf(node: NodeRef): Promise<number> {
+    const { epoch, deleted } = await this.store.state(node.id);
+    if (deleted) throw new NotFoundError('Node', node.id);
+    return epoch;
   }
 
   private async fetchAndWrite(node: NodeRef, epoch: number): Promise<Fill> {
@@ -483,6 +499,11 @@ interface Fill {
 
 function syncEvent(nodeId: string, version: number): VmidEvent {
   return { nodeId, kind: 'SYNC', version, at: new Date(), vmids: null };
+}
+
+/** A DELETED read from the node's tombstone (the published one was missed, or came before subscribing). */
+function deletedEvent(nodeId: string, version: number): VmidEvent {
+  return { nodeId, kind: 'DELETED', version, at: new Date(), vmids: null };
 }
 
 function notFillable(node: NodeRef): CacheUnavailableError {

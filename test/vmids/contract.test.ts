@@ -371,13 +371,58 @@ describe.each(['memory', 'redis', 'redis-local'] as const)('VMID cache and reser
       ]);
       // The deleted node's reservation no longer has a lapse to watch for.
       expect(service.nodesWatchedForLapses()).toBe(1);
-      expect(await opened.store.state(node.id)).toEqual({ version: 0, epoch: 0 });
-      expect(await opened.store.read(node)).toEqual({ version: 0, cache: null, reserved: [] });
+      expect(await opened.store.state(node.id)).toMatchObject({ version: 3, deleted: true });
+      expect(await opened.store.read(node)).toEqual({ version: 3, cache: null, reserved: [] });
     } finally {
       await own.return?.();
       await all.return?.();
     }
     expect(service.nodesWatchedForLapses()).toBe(0);
+  });
+
+  it('what was on its way when the node was deleted re-creates nothing and announces nothing after DELETED', async () => {
+    await service.getCachedVmids(node); // REFRESHED 1
+    const { epoch } = await opened.store.state(node.id);
+    await service.nodeDeleted(node); // DELETED 2
+    await service.nodeDeleted(node); // twice: nothing more
+    const events: string[] = [];
+    const stop = await opened.store.listen(node.userId, (e) => events.push(`${e.kind}@${e.version}`));
+    try {
+      // A fill that read the epoch before the deletion, and one that did not care.
+      await expectCode(opened.store.refresh(node, [100], 60, epoch), 'NOT_FOUND');
+      await expectCode(opened.store.refresh(node, [100], 60, null), 'NOT_FOUND');
+      // An invalidation, or a read that fills, through an instance that still knew the node:
+      // Proxmox is not even asked.
+      const calls = proxmox.resourceCalls();
+      await expectCode(service.invalidateVmidCache(node), 'NOT_FOUND');
+      await expectCode(service.getCachedVmids(node), 'NOT_FOUND');
+      await expectCode(service.refreshVmidCache(node), 'NOT_FOUND');
+      await expectCode(service.reserveVmid(node, undefined, 60), 'NOT_FOUND');
+      expect(proxmox.resourceCalls()).toBe(calls);
+      expect(await opened.store.read(node)).toEqual({ version: 2, cache: null, reserved: [] });
+      await sleep(50); // an event published would have arrived
+      expect(events).toEqual([]);
+    } finally {
+      stop();
+    }
+  });
+
+  it('a subscriber that missed DELETED, or subscribes after it, is told DELETED from the tombstone', async () => {
+    const sibling: NodeRef = { id: `${node.id}-sibling`, userId: node.userId };
+    await service.getCachedVmids(node); // REFRESHED 1
+    await service.nodeDeleted(node); // DELETED 2
+    const own = service.subscribeNode(node);
+    const all = service.subscribeUser(node.userId, [node.id, sibling.id]);
+    try {
+      expect(brief(await take(own, 1))).toEqual(['DELETED@2']);
+      expect((await own.next()).done).toBe(true);
+      const first = await take(all, 2);
+      expect(first.map((e) => `${e.nodeId === node.id ? 'node' : 'sibling'} ${e.kind}@${e.version}`)).toEqual(['node DELETED@2', 'sibling SYNC@0']);
+      expect(service.nodesWatchedForLapses()).toBe(1);
+    } finally {
+      await own.return?.();
+      await all.return?.();
+    }
   });
 
   it('subscriptions end cleanly: no listener is left behind', async () => {

@@ -84,15 +84,18 @@ describe('snapshots kept in memory by a Redis store (two instances)', () => {
     const steady = new RedisVmidStore(redis, { log: silentLog, localReadMs: boundMs, onRead: (source) => sources.push(source) });
     try {
       await untilKept(steady);
-      // Over two bounds of steady reads (every 20 ms), none has to wait for Redis.
+      // Over two bounds of steady reads (every 20 ms), the copy is renewed in the background.
+      // Without renewal two reads would wait for Redis (one per bound); one is allowed for a
+      // test machine that pauses through a whole renewal window (400 ms).
       sources.length = 0;
       const until = performance.now() + boundMs * 2.25;
       while (performance.now() < until) {
         expect((await steady.read(node)).cache).not.toBeNull();
         await sleep(20);
       }
-      expect(sources.filter((s) => s === 'redis')).toEqual([]);
-      expect(sources.length).toBeGreaterThan(50);
+      expect(sources.filter((s) => s === 'redis').length).toBeLessThanOrEqual(1);
+      expect(sources.filter((s) => s === 'renewal').length).toBeGreaterThanOrEqual(2);
+      expect(sources.filter((s) => s === 'memory').length).toBeGreaterThan(50);
 
       // Renewal does not stretch the bound: a change no event tells of shows within it.
       await dropBehindTheBack(redis);
@@ -256,13 +259,14 @@ describe('LocalSnapshots', () => {
     expect(local.get('n')).not.toBeNull();
     clock = 2_600;
     expect(local.refreshDue('n')).toBe(true);
-    // A copy cut short by a deadline is renewed in the last fifth of what it had.
-    clock = 3_000;
-    local.keep(local.begin('n')!, snapshot({ reservations: [500] }), 0);
-    clock = 3_399;
-    expect(local.refreshDue('n')).toBe(false);
-    clock = 3_400;
-    expect(local.refreshDue('n')).toBe(true);
+    // A copy an expiry ends is not renewed: at the deadline the read must ask Redis anyway.
+    for (const cut of [snapshot({ reservations: [500] }), snapshot({ expiresAt: 500 })]) {
+      clock = 3_000;
+      local.keep(local.begin('n')!, cut, 0);
+      clock = 3_450;
+      expect(local.refreshDue('n')).toBe(false);
+      expect(local.get('n')).not.toBeNull();
+    }
   });
 
   it('forgets nodes nobody reads again once they are past the bound', () => {
