@@ -217,7 +217,7 @@ export class VmidService {
     await this.bestEffort('invalidate the VMID cache', () => this.invalidateVmidCache(node));
   }
 
-  /** The node is gone: drop its cache, reservations and version. */
+  /** The node is gone: drop its cache and reservations (its version stays as a tombstone: forget). */
   async nodeDeleted(node: NodeRef): Promise<void> {
     this.lastVersions.delete(node.id);
     await this.bestEffort('forget the node', () => this.store.forget(node));
@@ -226,13 +226,15 @@ export class VmidService {
   /**
    * The caller's database change has committed: it stands whatever happens here (failing
    * the request now would make a client retry something that succeeded). While Redis is down
-   * the TTLs bound what stays stale; anything else is a bug worth an error log.
+   * the TTLs bound what stays stale. A node deleted meanwhile (by a concurrent request) has
+   * nothing left to update. Anything else is a bug worth an error log.
    */
   private async bestEffort(what: string, op: () => Promise<unknown>): Promise<void> {
     try {
       await op();
     } catch (err) {
       if (err instanceof CacheUnavailableError) this.log?.warn({ err: { message: err.message } }, `could not ${what}: VMID cache unavailable`);
+      else if (err instanceof NotFoundError) this.log?.debug(`did not ${what}: the node was deleted meanwhile`);
       else this.log?.error({ err }, `could not ${what}`);
     }
   }
@@ -271,6 +273,9 @@ export class VmidService {
       };
       const deliver = (event: VmidEvent) => {
         if (onlyNode !== null && event.nodeId !== onlyNode) return;
+        // Nothing follows a node's DELETED (an instance of an earlier version, during a rolling
+        // upgrade, may still write a deleted node's keys: its events are not passed on).
+        if (deleted.has(event.nodeId)) return;
         if (event.kind === 'RESERVED') {
           watch(event.nodeId);
           lapses.observe(event);
@@ -318,7 +323,9 @@ export class VmidService {
         try {
           for (let attempt = 0; active && floors; attempt++) {
             try {
-              for (const nodeId of syncNodeIds) {
+              // Every node this subscriber has been told of: the SYNC'd ones, and (every node of a
+              // user) those whose events arrived since.
+              for (const nodeId of [...floors.keys()]) {
                 if (deleted.has(nodeId)) continue;
                 const state = await store.state(nodeId);
                 // Its DELETED may have arrived while the state was read.
