@@ -107,8 +107,8 @@ export class LocalSnapshots {
 
   /**
    * Drops the oldest entries that are past maxAgeMs, so nodes read once do not stay in
-   * memory. Runs only when something is kept: on
-   * a read from Redis, not on the reads answered here.
+   * memory. Runs only when something is kept: on a read from Redis, not on the reads
+   * answered here.
    */
   private sweep(): void {
     const oldest = this.now() - this.maxAgeMs;

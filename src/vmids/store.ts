@@ -15,8 +15,10 @@ export interface VmidStore {
    * Reservations whose time is up are ended first, with their event (see expireDue).
    */
   read(node: NodeRef): Promise<VmidSnapshot>;
-  /** The node's version and invalidation epoch (both survive the cache's expiry). */
-  /** `deleted`: the node was deleted (forget); `version` is then its DELETED event's. */
+  /**
+   * The node's version and invalidation epoch (both survive the cache's expiry). `deleted`:
+   * the node was deleted (forget); `version` is then its DELETED event's.
+   */
   state(nodeId: string): Promise<{ version: number; epoch: number; deleted: boolean }>;
   /**
    * Replaces the cached set with `taken` (kept ascending, once each) and sets its TTL.
