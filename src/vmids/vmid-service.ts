@@ -298,9 +298,9 @@ export class VmidService {
         if (onlyNode !== null) stop();
       };
       /** The node's first event, or the one after an outage: SYNC, or DELETED if it is gone. */
-      const announce = (nodeId: string, state: { version: number; deleted: boolean }) => {
-        floors!.set(nodeId, state.version);
-        send(state.deleted ? deletedEvent(nodeId, state.version) : syncEvent(nodeId, state.version));
+      const announce = (known: Map<string, number>, nodeId: string, state: { version: number; deleted: boolean }) => {
+        known.set(nodeId, state.version);
+        send(stateEvent(nodeId, state.deleted ? 'DELETED' : 'SYNC', state.version));
         if (state.deleted) ended(nodeId);
       };
       // A consumer that stopped reading (EventStream allows 1024 pending events) is ended with
@@ -333,7 +333,7 @@ export class VmidService {
                 // Not only "newer": a Redis that lost its data (restart without persistence,
                 // failover) starts versions again; the lower floor lets new events through.
                 // A node deleted during the outage: its DELETED was missed, its tombstone says so.
-                if (state.deleted || state.version !== (floors.get(nodeId) ?? 0)) announce(nodeId, state);
+                if (state.deleted || state.version !== (floors.get(nodeId) ?? 0)) announce(floors, nodeId, state);
               }
               // A RESERVED missed meanwhile did not move its node's lapse timer.
               if (active) lapses.resweep(watched.keys());
@@ -353,7 +353,7 @@ export class VmidService {
         unlisten = await store.listen(userId, deliver, () => void resync());
         const states = await Promise.all(syncNodeIds.map(async (id) => [id, await store.state(id)] as const));
         floors = new Map();
-        for (const [nodeId, state] of states) announce(nodeId, state);
+        for (const [nodeId, state] of states) announce(floors, nodeId, state);
         for (const event of early.splice(0)) deliver(event);
         for (const nodeId of syncNodeIds) watch(nodeId);
       } catch (err) {
@@ -504,13 +504,12 @@ interface Fill {
   written: boolean;
 }
 
-function syncEvent(nodeId: string, version: number): VmidEvent {
-  return { nodeId, kind: 'SYNC', version, at: new Date(), vmids: null };
-}
-
-/** A DELETED read from the node's tombstone (the published one was missed, or came before subscribing). */
-function deletedEvent(nodeId: string, version: number): VmidEvent {
-  return { nodeId, kind: 'DELETED', version, at: new Date(), vmids: null };
+/**
+ * An event read from the node's state rather than published: SYNC (its current version), or
+ * DELETED from its tombstone (the published one was missed, or came before subscribing).
+ */
+function stateEvent(nodeId: string, kind: 'SYNC' | 'DELETED', version: number): VmidEvent {
+  return { nodeId, kind, version, at: new Date(), vmids: null };
 }
 
 function notFillable(node: NodeRef): CacheUnavailableError {
