@@ -1,10 +1,9 @@
 import { randomUUID } from 'node:crypto';
 import { NotFoundError } from '../errors.js';
 import type { NodeRef, VmidEvent, VmidEventKind } from './types.js';
-import { VMID_MAX } from './types.js';
 import {
-  lowestFree,
   type FilledSnapshot,
+  type NextFreeOutcome,
   type RefreshOutcome,
   type ReserveOutcome,
   type ReserveRequest,
@@ -13,9 +12,13 @@ import {
 } from './store.js';
 
 interface NodeState {
-  cache: { taken: Set<number>; refreshedAt: number; expiresAt: number } | null;
-  /** vmid → expiry (ms) */
-  reservations: Map<number, number>;
+  cache: Cache | null;
+  reservations: Map<number, { until: number; owner: string }>;
+  /**
+   * No reservation is due before this (ms; may be earlier than the true first expiry after a
+   * release), so a look at the reservations does not walk them all each time.
+   */
+  nextDue: number;
   version: number;
   /** Identity of the last announced taken set: a fill after expiry only counts if it differs. */
   digest: string | null;
@@ -23,6 +26,18 @@ interface NodeState {
   lock: { token: string; until: number } | null;
   /** The node was deleted (forget): a tombstone, kept for the life of the process. */
   deleted: boolean;
+}
+
+interface Cache {
+  taken: Set<number>;
+  /**
+   * taken ∪ reserved, ascending, each once: the lowest free VMID is found in it by binary
+   * search. It lives with the cache because only a cached set is searched (reserve and
+   * nextFree answer `miss` without one); a fill rebuilds it.
+   */
+  used: number[];
+  refreshedAt: number;
+  expiresAt: number;
 }
 
 /**
@@ -43,7 +58,7 @@ export class MemoryVmidStore implements VmidStore {
   private node(nodeId: string): NodeState {
     let s = this.nodes.get(nodeId);
     if (!s) {
-      s = { cache: null, reservations: new Map(), version: 0, digest: null, epoch: 0, lock: null, deleted: false };
+      s = { cache: null, reservations: new Map(), nextDue: Infinity, version: 0, digest: null, epoch: 0, lock: null, deleted: false };
       this.nodes.set(nodeId, s);
     }
     if (s.cache && s.cache.expiresAt <= this.now()) s.cache = null;
@@ -56,12 +71,19 @@ export class MemoryVmidStore implements VmidStore {
    */
   private lapse(node: NodeRef, s: NodeState): void {
     const now = this.now();
+    if (s.nextDue > now) return;
     const lapsed: number[] = [];
-    for (const [vmid, until] of s.reservations) {
-      if (until > now) continue;
+    let next = Infinity;
+    for (const [vmid, { until }] of s.reservations) {
+      if (until > now) {
+        next = Math.min(next, until);
+        continue;
+      }
       s.reservations.delete(vmid);
+      unuse(s, vmid);
       lapsed.push(vmid);
     }
+    s.nextDue = next;
     if (lapsed.length > 0) this.bump(node, s, 'RELEASED', sorted(lapsed));
   }
 
@@ -89,7 +111,7 @@ export class MemoryVmidStore implements VmidStore {
         : null,
       reserved: [...s.reservations]
         .sort(([a], [b]) => a - b)
-        .map(([vmid, until]) => ({ vmid, expiresAt: new Date(until) })),
+        .map(([vmid, { until }]) => ({ vmid, expiresAt: new Date(until) })),
     };
   }
 
@@ -106,7 +128,8 @@ export class MemoryVmidStore implements VmidStore {
     const now = this.now();
     const set = new Set(taken);
     const list = sorted(set);
-    s.cache = { taken: set, refreshedAt: now, expiresAt: now + ttlSeconds * 1000 };
+    const used = sorted(new Set([...list, ...s.reservations.keys()]));
+    s.cache = { taken: set, used, refreshedAt: now, expiresAt: now + ttlSeconds * 1000 };
     const digest = list.join(',');
     const changed = digest !== s.digest;
     if (changed) {
@@ -136,19 +159,31 @@ export class MemoryVmidStore implements VmidStore {
       if (s.cache.taken.has(vmid)) return { status: 'taken', vmid };
       if (s.reservations.has(vmid)) return { status: 'already-reserved', vmid };
     } else {
-      vmid = lowestFree(request.min, s.cache.taken, s.reservations.keys());
-      if (vmid > VMID_MAX) return { status: 'exhausted' };
+      vmid = lowestUnused(s.cache.used, request.min);
+      if (vmid > request.max) return { status: 'exhausted' };
     }
     const expiresAt = this.now() + request.ttlSeconds * 1000;
-    s.reservations.set(vmid, expiresAt);
+    s.reservations.set(vmid, { until: expiresAt, owner: request.owner });
+    s.nextDue = Math.min(s.nextDue, expiresAt);
+    insertSorted(s.cache.used, vmid);
     const version = this.bump(node, s, 'RESERVED', [vmid], expiresAt);
     return { status: 'reserved', vmid, expiresAt: new Date(expiresAt), version };
   }
 
-  async release(node: NodeRef, vmid: number) {
+  async nextFree(node: NodeRef, min: number, max: number): Promise<NextFreeOutcome> {
+    const s = this.node(node.id);
+    if (!s.cache) return { status: 'miss' };
+    this.lapse(node, s);
+    const vmid = lowestUnused(s.cache.used, min);
+    return vmid > max ? { status: 'exhausted' } : { status: 'free', vmid };
+  }
+
+  async release(node: NodeRef, vmid: number, owner: string) {
     const s = this.node(node.id);
     this.lapse(node, s);
-    if (!s.reservations.delete(vmid)) return false;
+    if (s.reservations.get(vmid)?.owner !== owner) return false;
+    s.reservations.delete(vmid);
+    unuse(s, vmid);
     this.bump(node, s, 'RELEASED', [vmid]);
     return true;
   }
@@ -160,6 +195,7 @@ export class MemoryVmidStore implements VmidStore {
     const added = s.cache !== null && !s.cache.taken.has(vmid);
     if (added && s.cache) {
       s.cache.taken.add(vmid);
+      insertSorted(s.cache.used, vmid);
       const list = sorted(s.cache.taken);
       s.digest = list.join(',');
       this.bump(node, s, 'REFRESHED', list);
@@ -173,7 +209,7 @@ export class MemoryVmidStore implements VmidStore {
     const s = this.node(node.id);
     this.lapse(node, s);
     let next = Infinity;
-    for (const until of s.reservations.values()) next = Math.min(next, until);
+    for (const { until } of s.reservations.values()) next = Math.min(next, until);
     return { nextInMs: next === Infinity ? null : Math.max(0, next - this.now()) };
   }
 
@@ -182,7 +218,7 @@ export class MemoryVmidStore implements VmidStore {
     const s = this.node(node.id);
     if (s.deleted) return;
     this.bump(node, s, 'DELETED', null);
-    Object.assign(s, { cache: null, reservations: new Map(), digest: null, lock: null, deleted: true });
+    Object.assign(s, { cache: null, reservations: new Map(), nextDue: Infinity, digest: null, lock: null, deleted: true });
   }
 
   async tryLock(nodeId: string, ttlMs: number) {
@@ -232,4 +268,48 @@ export class MemoryVmidStore implements VmidStore {
 
 function sorted(values: Iterable<number>): number[] {
   return [...values].sort((a, b) => a - b);
+}
+
+/** A reservation ended: its VMID leaves the used list unless a guest has it too. */
+function unuse(s: NodeState, vmid: number): void {
+  if (s.cache && !s.cache.taken.has(vmid)) removeSorted(s.cache.used, vmid);
+}
+
+/** The first index whose value is ≥ v. */
+function lowerBound(list: readonly number[], v: number): number {
+  let lo = 0;
+  let hi = list.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    if (list[mid]! < v) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
+
+function insertSorted(list: number[], v: number): void {
+  const i = lowerBound(list, v);
+  if (list[i] !== v) list.splice(i, 0, v);
+}
+
+function removeSorted(list: number[], v: number): void {
+  const i = lowerBound(list, v);
+  if (list[i] === v) list.splice(i, 1);
+}
+
+/**
+ * The lowest value ≥ min not in `used` (ascending, each once), by binary search: the values
+ * from min on are u(0) < u(1) < …, so u(i) ≥ min + i, equal exactly when min … min + i are
+ * all used. The answer is min + the first i where they differ (or the count, if none does).
+ */
+export function lowestUnused(used: readonly number[], min: number): number {
+  const base = lowerBound(used, min);
+  let lo = 0;
+  let hi = used.length - base;
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    if (used[base + mid] === min + mid) lo = mid + 1;
+    else hi = mid;
+  }
+  return min + lo;
 }

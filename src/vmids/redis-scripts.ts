@@ -4,20 +4,34 @@
  * events leave Redis in version order. Time comes from Redis (TIME), not from the instances,
  * so expiries do not depend on their clocks.
  *
- * Keys of one node (nodeId in braces: one Redis Cluster hash slot per node):
+ * Keys of one node (nodeId in braces: one Redis Cluster hash slot per node). Every script but
+ * UNLOCK is given all of them, in this order (KEYS[1…8], named K.cache … K.owners in Lua):
  *   vmid-cache:{id}         SET of taken VMIDs (absent when the set is empty)  TTL
  *   vmid-meta:{id}          HASH refreshedAt, expiresAt (ms) — marks "cached" — and list
  *                           (the set ascending, comma-separated: what READ answers) with
- *                           listAt/listCard (the refreshedAt and size it was made for)  TTL
+ *                           listAt/listCard (the refreshedAt and size it was made for), and
+ *                           usedAt (the refreshedAt the used index was built for)  TTL
  *   vmid-reservations:{id}  ZSET vmid → expiry (ms); expires with its last member
  *   vmid-version:{id}       HASH version, digest (of the last announced set),
  *                           epoch (bumped by invalidations) — never expires, except as a
  *                           deleted node's tombstone (deleted=1, kept a day: FORGET)
  *   vmid-cache-tmp:{id}     scratch SET, only inside vmid_refresh
  *   vmid-lock:{id}          fill lock (SET NX PX)
+ *   vmid-used:{id}          ZSET vmid → vmid: taken ∪ reserved, the index the lowest free
+ *                           VMID is found in by binary search (lowest_free). Kept with the
+ *                           cache (same expiry; invalidation drops it; a fill rebuilds it),
+ *                           since only a cached set is searched  TTL
+ *   vmid-owners:{id}        HASH vmid → user id holding the reservation; expires with the
+ *                           reservations
+ *
+ * A VMID can be both taken and reserved (reserved, then listed by Proxmox before it is
+ * consumed): a reservation that ends leaves the used index only if the VMID is not taken, and
+ * a fill puts every live reservation back.
  */
 
 const COMMON = `
+local K = { cache = KEYS[1], meta = KEYS[2], reservations = KEYS[3], state = KEYS[4], tmp = KEYS[5],
+  lock = KEYS[6], used = KEYS[7], owners = KEYS[8] }
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -34,17 +48,87 @@ local function bump(state_key, channel, node_json, kind, vmids_json, now, extra_
     ',"at":' .. int(now) .. ',"vmids":' .. vmids_json .. (extra_json or '') .. '}')
   return v
 end
+-- A reservation of vmid (a canonical decimal string) ended: it leaves the used index unless a
+-- guest has it too.
+local function unuse(vmid)
+  if redis.call('SISMEMBER', K.cache, vmid) == 0 then redis.call('ZREM', K.used, vmid) end
+end
+-- Adds ids (canonical decimal strings, score = the id) to the used index, in chunks: unpack()
+-- has a stack limit.
+local function add_used(ids, first, last)
+  local args = {}
+  for i = first, last do
+    args[#args + 1] = ids[i]
+    args[#args + 1] = ids[i]
+    if #args >= 2000 then
+      redis.call('ZADD', K.used, unpack(args))
+      args = {}
+    end
+  end
+  if #args > 0 then redis.call('ZADD', K.used, unpack(args)) end
+end
+-- Builds the used index from what it indexes: taken (the cached set, as a list) and the live
+-- reservations; it expires with the cache. usedAt records the fill it was built for.
+local function build_used(taken, first, last, refreshed_at, expires_at)
+  redis.call('DEL', K.used)
+  add_used(taken, first, last)
+  local reserved = redis.call('ZRANGE', K.reservations, 0, -1)
+  add_used(reserved, 1, #reserved)
+  redis.call('PEXPIREAT', K.used, expires_at)
+  redis.call('HSET', K.meta, 'usedAt', refreshed_at)
+end
 -- Ends the reservations whose time is up. A lapse is a change like a release: if any lapsed,
 -- the version grows by one and one RELEASED event carries them all, ascending.
-local function lapse(reservations_key, state_key, channel, node_json, now)
-  local due = redis.call('ZRANGEBYSCORE', reservations_key, '-inf', now)
+local function lapse(channel, node_json, now)
+  local due = redis.call('ZRANGEBYSCORE', K.reservations, '-inf', now)
   if #due == 0 then return end
-  redis.call('ZREMRANGEBYSCORE', reservations_key, '-inf', now)
+  redis.call('ZREMRANGEBYSCORE', K.reservations, '-inf', now)
+  for i = 1, #due, 1000 do
+    redis.call('HDEL', K.owners, unpack(due, i, math.min(i + 999, #due)))
+  end
   local ids = {}
-  for i, v in ipairs(due) do ids[i] = tonumber(v) end
+  for i, v in ipairs(due) do
+    unuse(v)
+    ids[i] = tonumber(v)
+  end
   table.sort(ids)
   for i, n in ipairs(ids) do ids[i] = int(n) end
-  bump(state_key, channel, node_json, 'RELEASED', '[' .. table.concat(ids, ',') .. ']', now)
+  bump(K.state, channel, node_json, 'RELEASED', '[' .. table.concat(ids, ',') .. ']', now)
+end
+-- The lowest VMID >= min in neither the cached set nor the reservations, or nil when it would
+-- exceed max. Call only while the set is cached.
+--
+-- Binary search over the used index by rank: its members >= min are u(0) < u(1) < …, so
+-- u(i) >= min + i, equal exactly when min … min + i are all used; the answer is min + the
+-- first i where they differ (or the count, when none does). O(log² n): about log n ZRANGEs
+-- by rank, each O(log n) (ZRANGEBYSCORE … LIMIT offset would walk the offset).
+--
+-- The index is checked against what it indexes before it is trusted: it is rebuilt if the
+-- set was refreshed without it (usedAt differs: a script of an earlier version, during a
+-- rolling upgrade), and an answer that is taken or reserved all the same (such a script
+-- reserved or consumed without it) is added to it and the search repeated. An earlier
+-- version's release can only leave an extra member: a free VMID skipped until the next fill.
+local function lowest_free(min, max)
+  local meta = redis.call('HMGET', K.meta, 'refreshedAt', 'expiresAt', 'usedAt')
+  if meta[3] ~= meta[1] then
+    local taken = redis.call('SMEMBERS', K.cache)
+    build_used(taken, 1, #taken, meta[1], meta[2])
+  end
+  while true do
+    local base = redis.call('ZCOUNT', K.used, '-inf', '(' .. int(min))
+    local lo, hi = 0, redis.call('ZCARD', K.used) - base
+    while lo < hi do
+      local mid = math.floor((lo + hi) / 2)
+      local at = base + mid
+      if tonumber(redis.call('ZRANGE', K.used, at, at)[1]) == min + mid then lo = mid + 1 else hi = mid end
+    end
+    local vmid = min + lo
+    if vmid > max then return nil end
+    local id = int(vmid)
+    if redis.call('SISMEMBER', K.cache, id) == 0 and not redis.call('ZSCORE', K.reservations, id) then return vmid end
+    redis.call('ZADD', K.used, id, id)
+    redis.call('PEXPIREAT', K.used, meta[2])
+  end
 end
 -- A reservation set outlives its last member by a day, so a lapse nobody was watching is
 -- still found (and announced) by the next script that looks, instead of vanishing with the key.
@@ -59,7 +143,6 @@ end
 `;
 
 /**
- * KEYS: cache, meta, reservations, state
  * ARGV: channel, nodeJson
  * → { version, now, reservations(flat vmid, expiry…), refreshedAt|'', expiresAt|'', taken }
  * Announces lapsed reservations first (a read never shows a lapse without its version).
@@ -70,167 +153,185 @@ end
  */
 export const READ = `${COMMON}
 local now = now_ms()
-lapse(KEYS[3], KEYS[4], ARGV[1], ARGV[2], now)
-local meta = redis.call('HMGET', KEYS[2], 'refreshedAt', 'expiresAt', 'list', 'listAt', 'listCard')
-local version = redis.call('HGET', KEYS[4], 'version') or '0'
-local reserved = redis.call('ZRANGE', KEYS[3], 0, -1, 'WITHSCORES')
+lapse(ARGV[1], ARGV[2], now)
+local meta = redis.call('HMGET', K.meta, 'refreshedAt', 'expiresAt', 'list', 'listAt', 'listCard')
+local version = redis.call('HGET', K.state, 'version') or '0'
+local reserved = redis.call('ZRANGE', K.reservations, 0, -1, 'WITHSCORES')
 if not meta[1] then
   return { version, int(now), reserved, '', '', {} }
 end
 local list = meta[3]
-if list and (meta[4] ~= meta[1] or tonumber(meta[5]) ~= redis.call('SCARD', KEYS[1])) then
+if list and (meta[4] ~= meta[1] or tonumber(meta[5]) ~= redis.call('SCARD', K.cache)) then
   list = false
 end
-return { version, int(now), reserved, meta[1], meta[2], list or redis.call('SMEMBERS', KEYS[1]) }
+return { version, int(now), reserved, meta[1], meta[2], list or redis.call('SMEMBERS', K.cache) }
 `;
 
 /**
- * KEYS: cache, meta, state, tmp, reservations
  * ARGV: ttlMs, expectedEpoch ('' = unconditional), channel, nodeJson, vmid… (ascending, unique)
  * → { 'STALE', version } | { 'GONE' } (the node was deleted) | { 'OK', changed(0|1), version, refreshedAt, expiresAt, reservations(flat vmid, expiry…) }
  * The caller sorts (cheaper outside Redis's one thread); the digest is of that canonical list.
+ * The used index is rebuilt from the new set and the live reservations.
  */
 export const REFRESH = `${COMMON}
-if deleted(KEYS[3]) then return { 'GONE' } end
-local epoch = redis.call('HGET', KEYS[3], 'epoch') or '0'
+if deleted(K.state) then return { 'GONE' } end
+local epoch = redis.call('HGET', K.state, 'epoch') or '0'
 if ARGV[2] ~= '' and epoch ~= ARGV[2] then
-  return { 'STALE', redis.call('HGET', KEYS[3], 'version') or '0' }
+  return { 'STALE', redis.call('HGET', K.state, 'version') or '0' }
 end
 local now = now_ms()
-lapse(KEYS[5], KEYS[3], ARGV[3], ARGV[4], now)
-redis.call('DEL', KEYS[4])
+lapse(ARGV[3], ARGV[4], now)
+redis.call('DEL', K.tmp)
 local n = #ARGV
 -- unpack() has a stack limit: add in chunks.
 for i = 5, n, 1000 do
-  redis.call('SADD', KEYS[4], unpack(ARGV, i, math.min(i + 999, n)))
+  redis.call('SADD', K.tmp, unpack(ARGV, i, math.min(i + 999, n)))
 end
 local joined = table.concat(ARGV, ',', 5, n)
 local expires_at = now + tonumber(ARGV[1])
 if n >= 5 then
-  redis.call('RENAME', KEYS[4], KEYS[1])
-  redis.call('PEXPIREAT', KEYS[1], expires_at)
+  redis.call('RENAME', K.tmp, K.cache)
+  redis.call('PEXPIREAT', K.cache, expires_at)
 else
-  redis.call('DEL', KEYS[1])
+  redis.call('DEL', K.cache)
 end
-redis.call('HSET', KEYS[2], 'refreshedAt', int(now), 'expiresAt', int(expires_at),
+redis.call('HSET', K.meta, 'refreshedAt', int(now), 'expiresAt', int(expires_at),
   'list', joined, 'listAt', int(now), 'listCard', int(n - 4))
-redis.call('PEXPIREAT', KEYS[2], expires_at)
+redis.call('PEXPIREAT', K.meta, expires_at)
+build_used(ARGV, 5, n, int(now), expires_at)
 local digest = redis.sha1hex(joined)
 local changed = 0
 local version
-if redis.call('HGET', KEYS[3], 'digest') ~= digest then
-  redis.call('HSET', KEYS[3], 'digest', digest)
-  version = bump(KEYS[3], ARGV[3], ARGV[4], 'REFRESHED', '[' .. joined .. ']', now)
+if redis.call('HGET', K.state, 'digest') ~= digest then
+  redis.call('HSET', K.state, 'digest', digest)
+  version = bump(K.state, ARGV[3], ARGV[4], 'REFRESHED', '[' .. joined .. ']', now)
   changed = 1
 else
-  version = redis.call('HGET', KEYS[3], 'version') or '0'
+  version = redis.call('HGET', K.state, 'version') or '0'
 end
-local reserved = redis.call('ZRANGE', KEYS[5], 0, -1, 'WITHSCORES')
+local reserved = redis.call('ZRANGE', K.reservations, 0, -1, 'WITHSCORES')
 return { 'OK', changed, int(version), int(now), int(expires_at), reserved }
 `;
 
 /**
- * KEYS: cache, meta, state
  * ARGV: channel, nodeJson
  * → { existed(0|1), version } | { -1, version } (the node was deleted: nothing done)
+ * The used index goes with the cache (reservations stay): the next fill rebuilds it.
  */
 export const INVALIDATE = `${COMMON}
-if deleted(KEYS[3]) then return { -1, tonumber(redis.call('HGET', KEYS[3], 'version') or '0') } end
+if deleted(K.state) then return { -1, tonumber(redis.call('HGET', K.state, 'version') or '0') } end
 local now = now_ms()
-local existed = redis.call('EXISTS', KEYS[2])
-redis.call('DEL', KEYS[1], KEYS[2])
-redis.call('HDEL', KEYS[3], 'digest')
-redis.call('HINCRBY', KEYS[3], 'epoch', 1)
-local v = bump(KEYS[3], ARGV[1], ARGV[2], 'INVALIDATED', 'null', now)
+local existed = redis.call('EXISTS', K.meta)
+redis.call('DEL', K.cache, K.meta)
+redis.call('UNLINK', K.used)
+redis.call('HDEL', K.state, 'digest')
+redis.call('HINCRBY', K.state, 'epoch', 1)
+local v = bump(K.state, ARGV[1], ARGV[2], 'INVALIDATED', 'null', now)
 return { existed, v }
 `;
 
 /**
- * KEYS: cache, meta, reservations, state
- * ARGV: vmid ('' = lowest free ≥ min), min, ttlMs, channel, nodeJson, maxVmid
+ * ARGV: vmid ('' = lowest free in [min, max]), min, ttlMs, channel, nodeJson, max, owner
  * → { 'OK', vmid, expiresAt, version } | { 'MISS' } | { 'TAKEN', vmid } | { 'RESERVED', vmid } | { 'EXHAUSTED' }
- *
- * Without a vmid: one pass over the taken and reserved ids ≥ min builds a lookup table, then
- * the first gap is found in at most (taken + reserved + 1) steps — O(taken + reserved).
+ * Without a vmid the search is O(log² n) (lowest_free); an explicit vmid is not bounded by max.
  */
 export const RESERVE = `${COMMON}
-if redis.call('EXISTS', KEYS[2]) == 0 then
+if redis.call('EXISTS', K.meta) == 0 then
   return { 'MISS' }
 end
 local now = now_ms()
-lapse(KEYS[3], KEYS[4], ARGV[4], ARGV[5], now)
+lapse(ARGV[4], ARGV[5], now)
 local vmid
 if ARGV[1] ~= '' then
   vmid = tonumber(ARGV[1])
-  if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then return { 'TAKEN', vmid } end
-  if redis.call('ZSCORE', KEYS[3], ARGV[1]) then return { 'RESERVED', vmid } end
+  if redis.call('SISMEMBER', K.cache, ARGV[1]) == 1 then return { 'TAKEN', vmid } end
+  if redis.call('ZSCORE', K.reservations, ARGV[1]) then return { 'RESERVED', vmid } end
 else
-  local min = tonumber(ARGV[2])
-  local used = {}
-  for _, v in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-    local n = tonumber(v)
-    if n >= min then used[n] = true end
-  end
-  for _, v in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do
-    local n = tonumber(v)
-    if n >= min then used[n] = true end
-  end
-  vmid = min
-  while used[vmid] do vmid = vmid + 1 end
-  if vmid > tonumber(ARGV[6]) then return { 'EXHAUSTED' } end
+  vmid = lowest_free(tonumber(ARGV[2]), tonumber(ARGV[6]))
+  if not vmid then return { 'EXHAUSTED' } end
 end
+local id = int(vmid)
 local expires_at = now + tonumber(ARGV[3])
-redis.call('ZADD', KEYS[3], expires_at, int(vmid))
-local last = redis.call('ZRANGE', KEYS[3], -1, -1, 'WITHSCORES')
-redis.call('PEXPIREAT', KEYS[3], int(tonumber(last[2]) + LAPSE_GRACE_MS))
-local v = bump(KEYS[4], ARGV[4], ARGV[5], 'RESERVED', '[' .. int(vmid) .. ']', now, ',"expiresAt":' .. int(expires_at))
+redis.call('ZADD', K.reservations, expires_at, id)
+redis.call('HSET', K.owners, id, ARGV[7])
+local last = redis.call('ZRANGE', K.reservations, -1, -1, 'WITHSCORES')
+local keep_until = int(tonumber(last[2]) + LAPSE_GRACE_MS)
+redis.call('PEXPIREAT', K.reservations, keep_until)
+redis.call('PEXPIREAT', K.owners, keep_until)
+redis.call('ZADD', K.used, id, id)
+redis.call('PEXPIREAT', K.used, redis.call('HGET', K.meta, 'expiresAt'))
+local v = bump(K.state, ARGV[4], ARGV[5], 'RESERVED', '[' .. id .. ']', now, ',"expiresAt":' .. int(expires_at))
 return { 'OK', vmid, int(expires_at), v }
 `;
 
 /**
- * KEYS: reservations, state
- * ARGV: vmid, channel, nodeJson
- * → 1 | 0
+ * ARGV: min, max, channel, nodeJson
+ * → { 'FREE', vmid } | { 'MISS' } | { 'EXHAUSTED' }
+ * What RESERVE without a vmid would pick, reserving nothing. Lapses are announced first (a
+ * reservation whose time is up does not count).
  */
-export const RELEASE = `${COMMON}
-local now = now_ms()
-lapse(KEYS[1], KEYS[2], ARGV[2], ARGV[3], now)
-local removed = redis.call('ZREM', KEYS[1], ARGV[1])
-if removed == 1 then
-  bump(KEYS[2], ARGV[2], ARGV[3], 'RELEASED', '[' .. ARGV[1] .. ']', now)
+export const NEXT_FREE = `${COMMON}
+if redis.call('EXISTS', K.meta) == 0 then
+  return { 'MISS' }
 end
-return removed
+lapse(ARGV[3], ARGV[4], now_ms())
+local vmid = lowest_free(tonumber(ARGV[1]), tonumber(ARGV[2]))
+if not vmid then return { 'EXHAUSTED' } end
+return { 'FREE', vmid }
 `;
 
 /**
- * KEYS: cache, meta, reservations, state
+ * ARGV: vmid, channel, nodeJson, owner
+ * → 1 | 0
+ * Only the owner's reservation ends; another user's answers 0 like none would. A reservation
+ * without a recorded owner (made by an earlier version, during a rolling upgrade) is anyone's.
+ */
+export const RELEASE = `${COMMON}
+local now = now_ms()
+lapse(ARGV[2], ARGV[3], now)
+if not redis.call('ZSCORE', K.reservations, ARGV[1]) then return 0 end
+local owner = redis.call('HGET', K.owners, ARGV[1])
+if owner and owner ~= ARGV[4] then return 0 end
+redis.call('ZREM', K.reservations, ARGV[1])
+redis.call('HDEL', K.owners, ARGV[1])
+unuse(ARGV[1])
+bump(K.state, ARGV[2], ARGV[3], 'RELEASED', '[' .. ARGV[1] .. ']', now)
+return 1
+`;
+
+/**
  * ARGV: vmid, channel, nodeJson
  * → { released(0|1), added(0|1) }
+ * Whoever holds the reservation: the guest exists now.
  */
 export const CONSUME = `${COMMON}
 local now = now_ms()
-lapse(KEYS[3], KEYS[4], ARGV[2], ARGV[3], now)
-local released = redis.call('ZREM', KEYS[3], ARGV[1])
-local expires_at = redis.call('HGET', KEYS[2], 'expiresAt')
+lapse(ARGV[2], ARGV[3], now)
+local released = redis.call('ZREM', K.reservations, ARGV[1])
+redis.call('HDEL', K.owners, ARGV[1])
+local expires_at = redis.call('HGET', K.meta, 'expiresAt')
 local added = 0
 if expires_at then
-  added = redis.call('SADD', KEYS[1], ARGV[1])
-  redis.call('PEXPIREAT', KEYS[1], expires_at)
+  added = redis.call('SADD', K.cache, ARGV[1])
+  redis.call('PEXPIREAT', K.cache, expires_at)
+  redis.call('ZADD', K.used, ARGV[1], ARGV[1])
+  redis.call('PEXPIREAT', K.used, expires_at)
+elseif released == 1 then
+  unuse(ARGV[1])
 end
 if added == 1 then
-  local joined = table.concat(redis.call('SORT', KEYS[1]), ',')
-  redis.call('HSET', KEYS[2], 'list', joined, 'listAt', redis.call('HGET', KEYS[2], 'refreshedAt'),
-    'listCard', redis.call('SCARD', KEYS[1]))
-  redis.call('HSET', KEYS[4], 'digest', redis.sha1hex(joined))
-  bump(KEYS[4], ARGV[2], ARGV[3], 'REFRESHED', '[' .. joined .. ']', now)
+  local joined = table.concat(redis.call('SORT', K.cache), ',')
+  redis.call('HSET', K.meta, 'list', joined, 'listAt', redis.call('HGET', K.meta, 'refreshedAt'),
+    'listCard', redis.call('SCARD', K.cache))
+  redis.call('HSET', K.state, 'digest', redis.sha1hex(joined))
+  bump(K.state, ARGV[2], ARGV[3], 'REFRESHED', '[' .. joined .. ']', now)
 elseif released == 1 then
-  bump(KEYS[4], ARGV[2], ARGV[3], 'RELEASED', '[' .. ARGV[1] .. ']', now)
+  bump(K.state, ARGV[2], ARGV[3], 'RELEASED', '[' .. ARGV[1] .. ']', now)
 end
 return { released, added }
 `;
 
 /**
- * KEYS: reservations, state
  * ARGV: channel, nodeJson
  * → { now, next expiry | '' }
  * Announces the lapsed reservations (see lapse) and tells when the next one is due, in
@@ -238,8 +339,8 @@ return { released, added }
  */
 export const EXPIRE_DUE = `${COMMON}
 local now = now_ms()
-lapse(KEYS[1], KEYS[2], ARGV[1], ARGV[2], now)
-local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+lapse(ARGV[1], ARGV[2], now)
+local first = redis.call('ZRANGE', K.reservations, 0, 0, 'WITHSCORES')
 return { int(now), first[2] or '' }
 `;
 
@@ -252,7 +353,6 @@ return 0
 `;
 
 /**
- * KEYS: cache, meta, reservations, state, tmp, lock
  * ARGV: channel, nodeJson
  * → version of the DELETED event
  * The node was deleted: its last event, numbered after its last change; every key goes but
@@ -262,11 +362,11 @@ return 0
  * covers them. A second FORGET does nothing.
  */
 export const FORGET = `${COMMON}
-if deleted(KEYS[4]) then return tonumber(redis.call('HGET', KEYS[4], 'version')) end
-local v = bump(KEYS[4], ARGV[1], ARGV[2], 'DELETED', 'null', now_ms())
-redis.call('UNLINK', KEYS[1], KEYS[2], KEYS[3], KEYS[5], KEYS[6])
-redis.call('HDEL', KEYS[4], 'digest')
-redis.call('HSET', KEYS[4], 'deleted', '1')
-redis.call('PEXPIRE', KEYS[4], TOMBSTONE_MS)
+if deleted(K.state) then return tonumber(redis.call('HGET', K.state, 'version')) end
+local v = bump(K.state, ARGV[1], ARGV[2], 'DELETED', 'null', now_ms())
+redis.call('UNLINK', K.cache, K.meta, K.reservations, K.tmp, K.lock, K.used, K.owners)
+redis.call('HDEL', K.state, 'digest')
+redis.call('HSET', K.state, 'deleted', '1')
+redis.call('PEXPIRE', K.state, TOMBSTONE_MS)
 return v
 `;

@@ -6,51 +6,60 @@ import { CacheUnavailableError } from './errors.js';
 import { LocalSnapshots } from './local-snapshots.js';
 import { RedisEventHub } from './redis-event-hub.js';
 import * as scripts from './redis-scripts.js';
-import type { RefreshOutcome, ReserveOutcome, ReserveRequest, VmidSnapshot, VmidStore } from './store.js';
-import { type NodeRef, type VmidEvent, VMID_MAX } from './types.js';
+import type { NextFreeOutcome, RefreshOutcome, ReserveOutcome, ReserveRequest, VmidSnapshot, VmidStore } from './store.js';
+import type { NodeRef, VmidEvent } from './types.js';
 
-/** The scripts as ioredis commands (EVALSHA, reloaded by ioredis on NOSCRIPT). */
+/**
+ * The scripts as ioredis commands (EVALSHA, reloaded by ioredis on NOSCRIPT). Each but unlock
+ * takes the node's keys (nodeKeys, in its order) and then its ARGV (see redis-scripts.ts).
+ */
+type NodeKeys = [cache: string, meta: string, reservations: string, state: string, tmp: string, lock: string, used: string, owners: string];
 interface ScriptCommands {
-  pvgVmidRead(cache: string, meta: string, reservations: string, state: string, channel: string, nodeJson: string): Promise<unknown[]>;
-  pvgVmidRefresh(cache: string, meta: string, state: string, tmp: string, reservations: string, ...argv: string[]): Promise<unknown[]>;
-  pvgVmidInvalidate(cache: string, meta: string, state: string, channel: string, nodeJson: string): Promise<[number, number]>;
-  pvgVmidReserve(cache: string, meta: string, reservations: string, state: string, ...argv: string[]): Promise<unknown[]>;
-  pvgVmidRelease(reservations: string, state: string, vmid: string, channel: string, nodeJson: string): Promise<number>;
-  pvgVmidConsume(
-    cache: string,
-    meta: string,
-    reservations: string,
-    state: string,
-    vmid: string,
-    channel: string,
-    nodeJson: string,
-  ): Promise<[number, number]>;
-  pvgVmidExpireDue(reservations: string, state: string, channel: string, nodeJson: string): Promise<[string, string]>;
+  pvgVmidRead(...args: [...NodeKeys, channel: string, nodeJson: string]): Promise<unknown[]>;
+  pvgVmidRefresh(...args: [...NodeKeys, ...argv: string[]]): Promise<unknown[]>;
+  pvgVmidInvalidate(...args: [...NodeKeys, channel: string, nodeJson: string]): Promise<[number, number]>;
+  pvgVmidReserve(
+    ...args: [...NodeKeys, vmid: string, min: string, ttlMs: string, channel: string, nodeJson: string, max: string, owner: string]
+  ): Promise<unknown[]>;
+  pvgVmidNextFree(...args: [...NodeKeys, min: string, max: string, channel: string, nodeJson: string]): Promise<unknown[]>;
+  pvgVmidRelease(...args: [...NodeKeys, vmid: string, channel: string, nodeJson: string, owner: string]): Promise<number>;
+  pvgVmidConsume(...args: [...NodeKeys, vmid: string, channel: string, nodeJson: string]): Promise<[number, number]>;
+  pvgVmidExpireDue(...args: [...NodeKeys, channel: string, nodeJson: string]): Promise<[string, string]>;
   pvgVmidUnlock(lock: string, token: string): Promise<number>;
-  pvgVmidForget(cache: string, meta: string, reservations: string, state: string, tmp: string, lock: string, channel: string, nodeJson: string): Promise<number>;
+  pvgVmidForget(...args: [...NodeKeys, channel: string, nodeJson: string]): Promise<number>;
 }
 
+const NODE_KEYS = 8;
 const SCRIPTS: Record<keyof ScriptCommands, { keys: number; lua: string }> = {
-  pvgVmidRead: { keys: 4, lua: scripts.READ },
-  pvgVmidRefresh: { keys: 5, lua: scripts.REFRESH },
-  pvgVmidInvalidate: { keys: 3, lua: scripts.INVALIDATE },
-  pvgVmidReserve: { keys: 4, lua: scripts.RESERVE },
-  pvgVmidRelease: { keys: 2, lua: scripts.RELEASE },
-  pvgVmidConsume: { keys: 4, lua: scripts.CONSUME },
-  pvgVmidExpireDue: { keys: 2, lua: scripts.EXPIRE_DUE },
+  pvgVmidRead: { keys: NODE_KEYS, lua: scripts.READ },
+  pvgVmidRefresh: { keys: NODE_KEYS, lua: scripts.REFRESH },
+  pvgVmidInvalidate: { keys: NODE_KEYS, lua: scripts.INVALIDATE },
+  pvgVmidReserve: { keys: NODE_KEYS, lua: scripts.RESERVE },
+  pvgVmidNextFree: { keys: NODE_KEYS, lua: scripts.NEXT_FREE },
+  pvgVmidRelease: { keys: NODE_KEYS, lua: scripts.RELEASE },
+  pvgVmidConsume: { keys: NODE_KEYS, lua: scripts.CONSUME },
+  pvgVmidExpireDue: { keys: NODE_KEYS, lua: scripts.EXPIRE_DUE },
   pvgVmidUnlock: { keys: 1, lua: scripts.UNLOCK },
-  pvgVmidForget: { keys: 6, lua: scripts.FORGET },
+  pvgVmidForget: { keys: NODE_KEYS, lua: scripts.FORGET },
 };
 
 /** Key names relative to the connection's keyPrefix (ioredis adds it to every key). */
 const keys = (nodeId: string) => ({
-  cache: `vmid-cache:{${nodeId}}`,
-  meta: `vmid-meta:{${nodeId}}`,
-  reservations: `vmid-reservations:{${nodeId}}`,
   state: `vmid-version:{${nodeId}}`,
-  tmp: `vmid-cache-tmp:{${nodeId}}`,
   lock: `vmid-lock:{${nodeId}}`,
 });
+
+/** Every key of the node, in the order the scripts take them (redis-scripts.ts). */
+const nodeKeys = (nodeId: string): NodeKeys => [
+  `vmid-cache:{${nodeId}}`,
+  `vmid-meta:{${nodeId}}`,
+  `vmid-reservations:{${nodeId}}`,
+  `vmid-version:{${nodeId}}`,
+  `vmid-cache-tmp:{${nodeId}}`,
+  `vmid-lock:{${nodeId}}`,
+  `vmid-used:{${nodeId}}`,
+  `vmid-owners:{${nodeId}}`,
+];
 
 /** Where a read was answered from; `renewal`: a kept copy read again in the background. */
 export type SnapshotReadSource = 'memory' | 'redis' | 'renewal';
@@ -204,10 +213,7 @@ export class RedisVmidStore implements VmidStore {
   }
 
   private async readFromRedis(node: NodeRef): Promise<{ snapshot: VmidSnapshot; redisNowMs: number }> {
-    const k = keys(node.id);
-    const reply = await this.run(() =>
-      this.redis.pvgVmidRead(k.cache, k.meta, k.reservations, k.state, this.channel(node.userId), JSON.stringify(node.id)),
-    );
+    const reply = await this.run(() => this.redis.pvgVmidRead(...nodeKeys(node.id), this.channel(node.userId), JSON.stringify(node.id)));
     const [version, now, reservedFlat, refreshedAt, expiresAt, taken] = reply as [
       string,
       string,
@@ -233,15 +239,10 @@ export class RedisVmidStore implements VmidStore {
   }
 
   async refresh(node: NodeRef, taken: readonly number[], ttlSeconds: number, expectedEpoch: number | null): Promise<RefreshOutcome> {
-    const k = keys(node.id);
     const list = ascendingUnique(taken);
     const reply = await this.change(node.id, () =>
       this.redis.pvgVmidRefresh(
-        k.cache,
-        k.meta,
-        k.state,
-        k.tmp,
-        k.reservations,
+        ...nodeKeys(node.id),
         String(ttlSeconds * 1000),
         expectedEpoch === null ? '' : String(expectedEpoch),
         this.channel(node.userId),
@@ -265,28 +266,24 @@ export class RedisVmidStore implements VmidStore {
 
 
   async invalidate(node: NodeRef) {
-    const k = keys(node.id);
     const [existed, version] = await this.change(node.id, () =>
-      this.redis.pvgVmidInvalidate(k.cache, k.meta, k.state, this.channel(node.userId), JSON.stringify(node.id)),
+      this.redis.pvgVmidInvalidate(...nodeKeys(node.id), this.channel(node.userId), JSON.stringify(node.id)),
     );
     if (existed === -1) throw new NotFoundError('Node', node.id);
     return { existed: existed === 1, version: Number(version) };
   }
 
   async reserve(node: NodeRef, request: ReserveRequest): Promise<ReserveOutcome> {
-    const k = keys(node.id);
     const reply = await this.change(node.id, () =>
       this.redis.pvgVmidReserve(
-        k.cache,
-        k.meta,
-        k.reservations,
-        k.state,
+        ...nodeKeys(node.id),
         request.vmid === null ? '' : String(request.vmid),
         String(request.min),
         String(request.ttlSeconds * 1000),
         this.channel(node.userId),
         JSON.stringify(node.id),
-        String(VMID_MAX),
+        String(request.max),
+        request.owner,
       ),
     );
     switch (reply[0]) {
@@ -305,35 +302,46 @@ export class RedisVmidStore implements VmidStore {
     }
   }
 
-  async release(node: NodeRef, vmid: number) {
-    const k = keys(node.id);
+  /** A change: it may announce lapses. */
+  async nextFree(node: NodeRef, min: number, max: number): Promise<NextFreeOutcome> {
+    const reply = await this.change(node.id, () =>
+      this.redis.pvgVmidNextFree(...nodeKeys(node.id), String(min), String(max), this.channel(node.userId), JSON.stringify(node.id)),
+    );
+    switch (reply[0]) {
+      case 'FREE':
+        return { status: 'free', vmid: Number(reply[1]) };
+      case 'MISS':
+        return { status: 'miss' };
+      case 'EXHAUSTED':
+        return { status: 'exhausted' };
+      default:
+        throw new Error(`unexpected reply of the next-free script: ${String(reply[0])}`);
+    }
+  }
+
+  async release(node: NodeRef, vmid: number, owner: string) {
     const removed = await this.change(node.id, () =>
-      this.redis.pvgVmidRelease(k.reservations, k.state, String(vmid), this.channel(node.userId), JSON.stringify(node.id)),
+      this.redis.pvgVmidRelease(...nodeKeys(node.id), String(vmid), this.channel(node.userId), JSON.stringify(node.id), owner),
     );
     return removed === 1;
   }
 
   async consume(node: NodeRef, vmid: number) {
-    const k = keys(node.id);
     const [released, added] = await this.change(node.id, () =>
-      this.redis.pvgVmidConsume(k.cache, k.meta, k.reservations, k.state, String(vmid), this.channel(node.userId), JSON.stringify(node.id)),
+      this.redis.pvgVmidConsume(...nodeKeys(node.id), String(vmid), this.channel(node.userId), JSON.stringify(node.id)),
     );
     return { released: released === 1, added: added === 1 };
   }
 
   async expireDue(node: NodeRef) {
-    const k = keys(node.id);
     const [now, next] = await this.change(node.id, () =>
-      this.redis.pvgVmidExpireDue(k.reservations, k.state, this.channel(node.userId), JSON.stringify(node.id)),
+      this.redis.pvgVmidExpireDue(...nodeKeys(node.id), this.channel(node.userId), JSON.stringify(node.id)),
     );
     return { nextInMs: next === '' ? null : Math.max(0, Number(next) - Number(now)) };
   }
 
   async forget(node: NodeRef) {
-    const k = keys(node.id);
-    await this.change(node.id, () =>
-      this.redis.pvgVmidForget(k.cache, k.meta, k.reservations, k.state, k.tmp, k.lock, this.channel(node.userId), JSON.stringify(node.id)),
-    );
+    await this.change(node.id, () => this.redis.pvgVmidForget(...nodeKeys(node.id), this.channel(node.userId), JSON.stringify(node.id)));
   }
 
   async tryLock(nodeId: string, ttlMs: number) {

@@ -29,9 +29,26 @@ export interface VmidStore {
   refresh(node: NodeRef, taken: readonly number[], ttlSeconds: number, expectedEpoch: number | null): Promise<RefreshOutcome>;
   /** Drops the cached set; always bumps the version (INVALIDATED). NOT_FOUND for a deleted node. */
   invalidate(node: NodeRef): Promise<{ existed: boolean; version: number }>;
+  /**
+   * Holds a VMID for `owner`. Without a vmid: the lowest free one in [min, max], found in
+   * O(log n) steps of the taken set's and the reservations' sizes (never by walking them).
+   */
   reserve(node: NodeRef, request: ReserveRequest): Promise<ReserveOutcome>;
-  release(node: NodeRef, vmid: number): Promise<boolean>;
-  /** A guest was created for `vmid`: drop its reservation, add it to a cached set. */
+  /**
+   * The lowest VMID in [min, max] that is neither taken nor reserved, reserving nothing (and
+   * changing nothing but the lapses it announces first). As cheap as `reserve`.
+   */
+  nextFree(node: NodeRef, min: number, max: number): Promise<NextFreeOutcome>;
+  /**
+   * Ends `owner`'s reservation of `vmid`. false when there is none, and equally when another
+   * user holds it: a caller learns nothing of other users' reservations this way (they show
+   * in `read` like any other).
+   */
+  release(node: NodeRef, vmid: number, owner: string): Promise<boolean>;
+  /**
+   * A guest was created for `vmid`: drop its reservation, whoever holds it (the guest exists
+   * now either way), and add it to a cached set.
+   */
   consume(node: NodeRef, vmid: number): Promise<{ released: boolean; added: boolean }>;
   /**
    * Ends the node's reservations whose time is up: removed, the version bumped once and one
@@ -84,9 +101,16 @@ export type RefreshOutcome =
   | { written: false; version: number };
 
 export interface ReserveRequest {
-  /** null: the lowest VMID ≥ min that is neither taken nor reserved. */
+  /** null: the lowest VMID in [min, max] that is neither taken nor reserved. */
   vmid: number | null;
   min: number;
+  /**
+   * Inclusive upper bound of the search without a vmid (the datacenter's `next-id` range, or
+   * VMID_MAX). An explicit vmid may lie above it: Proxmox's range is not a hard limit.
+   */
+  max: number;
+  /** The user the reservation is held for: only they can release it. */
+  owner: string;
   ttlSeconds: number;
 }
 
@@ -96,9 +120,20 @@ export type ReserveOutcome =
   | { status: 'miss' }
   | { status: 'taken'; vmid: number }
   | { status: 'already-reserved'; vmid: number }
+  /** No VMID in [min, max] is free (only without a vmid). */
   | { status: 'exhausted' };
 
-/** The lowest id ≥ min in none of the sets (ids above VMID_MAX mean none is left). */
+export type NextFreeOutcome =
+  | { status: 'free'; vmid: number }
+  /** The node's set is not cached: fill it first, then try again. */
+  | { status: 'miss' }
+  | { status: 'exhausted' };
+
+/**
+ * The lowest id ≥ min in none of the sets (ids above VMID_MAX mean none is left), by walking
+ * them: O(n). The stores answer the same question in O(log n) (VmidStore.nextFree); this
+ * stays as the plain statement of what they compute (tests compare against it).
+ */
 export function lowestFree(min: number, ...used: Iterable<number>[]): number {
   const seen = new Set<number>();
   for (const it of used) for (const v of it) if (v >= min) seen.add(v);

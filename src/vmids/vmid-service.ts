@@ -161,7 +161,7 @@ export class VmidService {
     checkTtlSeconds(ttlSeconds);
     checkMin(min);
     for (let attempt = 1; ; attempt++) {
-      const outcome = await this.store.reserve(node, { vmid: vmid ?? null, min, ttlSeconds });
+      const outcome = await this.store.reserve(node, { vmid: vmid ?? null, min, max: VMID_MAX, owner: node.userId, ttlSeconds });
       switch (outcome.status) {
         case 'reserved':
           this.lastVersions.set(node.id, outcome.version);
@@ -182,7 +182,7 @@ export class VmidService {
   /** Ends a reservation early; false when there was none (or it had expired). */
   async releaseVmid(node: NodeRef, vmid: number): Promise<boolean> {
     checkVmid(vmid);
-    return this.store.release(node, vmid);
+    return this.store.release(node, vmid, node.userId);
   }
 
   /**

@@ -1,6 +1,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { MemoryVmidStore, type NodeRef, RedisVmidStore, VmidService } from '../../src/vmids/index.js';
+import { MemoryVmidStore, type NodeRef, RedisVmidStore, type ReserveRequest, VMID_MAX, VmidService } from '../../src/vmids/index.js';
+import { lowestFree } from '../../src/vmids/store.js';
 import { expectCode } from '../proxmox/helpers.js';
 import { uniqueRedisPrefix } from '../support/test-server.js';
 import { brief, eventually, expectConsecutive, makeService, newNode, type OpenStore, openStore, type Proxmox, startProxmox, take } from './helpers.js';
@@ -347,7 +348,7 @@ describe.each(['memory', 'redis', 'redis-local'] as const)('VMID cache and reser
   });
 
   it("a deleted node's last event is DELETED: its own subscription completes, the user's goes on, nothing of it is kept", async () => {
-    const sibling: NodeRef = { id: `${node.id}-sibling`, userId: node.userId };
+    const sibling = newNode(node.userId);
     const own = service.subscribeNode(node);
     const all = service.subscribeUser(node.userId, [node.id, sibling.id]);
     try {
@@ -414,7 +415,7 @@ describe.each(['memory', 'redis', 'redis-local'] as const)('VMID cache and reser
   });
 
   it('a subscriber that missed DELETED, or subscribes after it, is told DELETED from the tombstone', async () => {
-    const sibling: NodeRef = { id: `${node.id}-sibling`, userId: node.userId };
+    const sibling = newNode(node.userId);
     await service.getCachedVmids(node); // REFRESHED 1
     await service.nodeDeleted(node); // DELETED 2
     const own = service.subscribeNode(node);
@@ -429,6 +430,202 @@ describe.each(['memory', 'redis', 'redis-local'] as const)('VMID cache and reser
       await own.return?.();
       await all.return?.();
     }
+  });
+
+  /** A reservation request of `owner` (the node's user by default), any VMID up to VMID_MAX. */
+  const req = (vmid: number | null, more: Partial<ReserveRequest> = {}): ReserveRequest => ({
+    vmid,
+    min: 100,
+    max: VMID_MAX,
+    owner: node.userId,
+    ttlSeconds: 600,
+    ...more,
+  });
+  const nextFree = async (min = 100, max = VMID_MAX) => {
+    const outcome = await opened.store.nextFree(node, min, max);
+    return outcome.status === 'free' ? outcome.vmid : outcome.status;
+  };
+  const reserveNext = async (more: Partial<ReserveRequest> = {}) => {
+    const outcome = await opened.store.reserve(node, req(null, more));
+    return outcome.status === 'reserved' ? outcome.vmid : outcome.status;
+  };
+
+  it('the lowest free VMID skips taken and reserved ones; one both taken and reserved stays used until both end', async () => {
+    const store = opened.store;
+    expect(await nextFree()).toBe('miss');
+    expect(await reserveNext()).toBe('miss');
+    await store.refresh(node, [100, 101, 103], 60, null);
+    expect(await nextFree()).toBe(102);
+    expect(await reserveNext()).toBe(102);
+    expect(await nextFree()).toBe(104);
+    // Reserved, then listed by Proxmox before it was consumed: taken and reserved at once.
+    expect(await store.reserve(node, req(104))).toMatchObject({ status: 'reserved', vmid: 104 });
+    await store.refresh(node, [100, 101, 103, 104], 60, null);
+    expect(await store.release(node, 104, node.userId)).toBe(true);
+    expect(await nextFree()).toBe(105); // still taken
+    await store.refresh(node, [100, 101, 103], 60, null);
+    expect(await nextFree()).toBe(104); // the guest went again
+    // A refresh that no longer lists a VMID keeps it used while it is reserved.
+    await store.refresh(node, [100, 101], 60, null);
+    expect(await nextFree()).toBe(103); // 102 stays reserved
+    expect(await reserveNext()).toBe(103);
+    // Consumed: now taken, still used.
+    expect(await store.consume(node, 103)).toEqual({ released: true, added: true });
+    expect(await nextFree()).toBe(104);
+    // Invalidated: the reservations stay, the taken part goes with the cache.
+    await store.invalidate(node);
+    expect(await nextFree()).toBe('miss');
+    expect(await reserveNext()).toBe('miss');
+    await store.refresh(node, [100], 60, null);
+    expect(await nextFree()).toBe(101);
+    expect(await reserveNext()).toBe(101);
+    expect(await nextFree()).toBe(103);
+    expect(await nextFree(5_000)).toBe(5_000);
+    expect((await store.read(node)).reserved.map((r) => r.vmid)).toEqual([101, 102]);
+  });
+
+  it('lapsed reservations free their VMIDs unless a guest has them too', async () => {
+    const store = opened.store;
+    await store.refresh(node, [100], 60, null);
+    await store.reserve(node, req(200, { ttlSeconds: 1 }));
+    await store.reserve(node, req(201, { ttlSeconds: 1 }));
+    await store.refresh(node, [100, 201], 60, null);
+    expect(await nextFree(200)).toBe(202);
+    await sleep(1_100);
+    expect(await nextFree(200)).toBe(200);
+    expect(await reserveNext({ min: 200 })).toBe(200);
+    expect(await reserveNext({ min: 200 })).toBe(202);
+    expect((await store.read(node)).reserved.map((r) => r.vmid)).toEqual([200, 202]);
+  });
+
+  it('nextFree reserves nothing and announces nothing', async () => {
+    const store = opened.store;
+    await store.refresh(node, TAKEN, 60, null);
+    const heard: string[] = [];
+    const unlisten = await store.listen(node.userId, (e) => heard.push(`${e.kind}@${e.version}`));
+    try {
+      const before = await store.read(node);
+      expect(await nextFree()).toBe(104);
+      expect(await nextFree()).toBe(104);
+      expect(await nextFree(105)).toBe(109);
+      expect(await nextFree(100, 103)).toBe('exhausted');
+      expect(await store.read(node)).toEqual(before);
+      await sleep(50); // an event published would have arrived
+      expect(heard).toEqual([]);
+    } finally {
+      unlisten();
+    }
+  });
+
+  it('max bounds the search without a vmid, not an explicit vmid', async () => {
+    const store = opened.store;
+    await store.refresh(node, [100, 101, 102, 103, 104], 60, null);
+    expect(await reserveNext({ max: 104 })).toBe('exhausted');
+    expect(await nextFree(100, 104)).toBe('exhausted');
+    expect(await reserveNext({ max: 105 })).toBe(105);
+    expect(await reserveNext({ max: 105 })).toBe('exhausted');
+    expect(await reserveNext({ min: 200, max: 199 })).toBe('exhausted');
+    // Proxmox's next-id range is not a hard limit.
+    expect(await store.reserve(node, req(107, { max: 105 }))).toMatchObject({ status: 'reserved', vmid: 107 });
+    expect(await reserveNext({ max: 107 })).toBe(106);
+    expect(await nextFree(100, 107)).toBe('exhausted');
+    expect(await nextFree(100, 108)).toBe(108);
+    expect(await reserveNext({ min: VMID_MAX - 1 })).toBe(VMID_MAX - 1);
+    expect(await reserveNext({ min: VMID_MAX - 1 })).toBe(VMID_MAX);
+    expect(await reserveNext({ min: VMID_MAX - 1 })).toBe('exhausted');
+    expect((await store.read(node)).reserved.map((r) => r.vmid)).toEqual([105, 106, 107, VMID_MAX - 1, VMID_MAX]);
+  });
+
+  it("only a reservation's owner releases it; anyone else is answered as if there were none; consume is anyone's", async () => {
+    const store = opened.store;
+    const [alice, bob] = ['alice', 'bob'];
+    await store.refresh(node, TAKEN, 60, null);
+    expect(await store.reserve(node, req(null, { owner: alice }))).toMatchObject({ status: 'reserved', vmid: 104 });
+    const before = await store.read(node);
+    expect(await store.release(node, 104, bob)).toBe(false);
+    expect(await store.release(node, 4_000, bob)).toBe(false); // reserved by nobody: the same answer
+    expect(await store.read(node)).toEqual(before); // nothing ended, no version
+    expect(before.reserved.map((r) => r.vmid)).toEqual([104]); // shown whoever holds it
+    expect(await store.reserve(node, req(104, { owner: bob }))).toEqual({ status: 'already-reserved', vmid: 104 });
+    expect(await store.reserve(node, req(null, { owner: bob }))).toMatchObject({ status: 'reserved', vmid: 109 });
+    expect(await store.release(node, 109, alice)).toBe(false);
+    expect(await store.release(node, 104, alice)).toBe(true);
+    expect(await store.release(node, 104, alice)).toBe(false);
+    // Whoever reserves a VMID next owns it: nothing of the earlier owner is left.
+    expect(await store.reserve(node, req(104, { owner: bob }))).toMatchObject({ status: 'reserved' });
+    expect(await store.release(node, 104, alice)).toBe(false);
+    // A guest created for a VMID ends its reservation whoever held it.
+    expect(await store.consume(node, 109)).toEqual({ released: true, added: true });
+    expect(await store.release(node, 104, bob)).toBe(true);
+    expect((await store.read(node)).reserved).toEqual([]);
+    if (opened.redis) expect(await opened.redis.exists(`vmid-owners:{${node.id}}`)).toBe(0);
+  });
+
+  it('reserve and nextFree always agree with the plain walk over the taken and reserved VMIDs (random changes)', async () => {
+    const store = opened.store;
+    // A small fixed-seed generator: the same sequence every run.
+    let seed = 42;
+    const rand = (n: number) => {
+      seed = (seed * 1_103_515_245 + 12_345) % 2 ** 31;
+      return seed % n;
+    };
+    const owners = ['alice', 'bob'];
+    const subset = () => Array.from({ length: 60 }, (_, i) => 100 + i).filter(() => rand(3) === 0);
+    await store.refresh(node, subset(), 60, null);
+    for (let step = 0; step < 250; step++) {
+      const vmid = 100 + rand(70);
+      const min = 100 + rand(40);
+      const max = min + rand(50);
+      switch (rand(8)) {
+        case 0:
+          await store.refresh(node, subset(), 60, null);
+          break;
+        case 1:
+          await store.reserve(node, req(vmid, { owner: owners[rand(2)]! }));
+          break;
+        case 2:
+        case 3: {
+          const snap = await store.read(node);
+          const expected = lowestFree(min, snap.cache!.taken, snap.reserved.map((r) => r.vmid));
+          expect(await reserveNext({ min, max, owner: owners[rand(2)]! }), `step ${step}`).toBe(expected > max ? 'exhausted' : expected);
+          break;
+        }
+        case 4:
+          await store.release(node, vmid, owners[rand(2)]!);
+          break;
+        case 5:
+          await store.consume(node, vmid);
+          break;
+        case 6:
+          await store.invalidate(node);
+          await store.refresh(node, subset(), 60, null);
+          break;
+      }
+      const snap = await store.read(node);
+      const expected = lowestFree(min, snap.cache!.taken, snap.reserved.map((r) => r.vmid));
+      expect(await nextFree(min, max), `step ${step}`).toBe(expected > max ? 'exhausted' : expected);
+    }
+  });
+
+  it('the used index is checked against the set and the reservations (scripts of an earlier version, rolling upgrade)', async () => {
+    if (!opened.redis) return;
+    const redis = opened.redis;
+    const store = opened.store;
+    await store.refresh(node, [100, 101], 60, null);
+    // An earlier version's reserve and consume: reservation and set written, the index not.
+    await redis.zadd(`vmid-reservations:{${node.id}}`, Date.now() + 60_000, '102');
+    await redis.sadd(`vmid-cache:{${node.id}}`, '103');
+    expect(await nextFree()).toBe(104);
+    expect(await reserveNext()).toBe(104);
+    // An earlier version's refresh: the set replaced, refreshedAt moved, the index not rebuilt.
+    await redis.del(`vmid-cache:{${node.id}}`);
+    await redis.sadd(`vmid-cache:{${node.id}}`, '100', '105');
+    await redis.hset(`vmid-meta:{${node.id}}`, 'refreshedAt', String(Date.now() + 7));
+    expect(await nextFree()).toBe(101);
+    expect(await reserveNext()).toBe(101);
+    expect(await nextFree()).toBe(103);
+    // An earlier version's reservation has no owner: anyone may release it, as before owners.
+    expect(await store.release(node, 102, 'anyone')).toBe(true);
   });
 
   it('subscriptions end cleanly: no listener is left behind', async () => {

@@ -2,7 +2,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { Redis } from 'ioredis';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { LocalSnapshots } from '../../src/vmids/local-snapshots.js';
-import { type NodeRef, RedisVmidStore, type VmidEvent, type VmidService, type VmidSnapshot } from '../../src/vmids/index.js';
+import { type NodeRef, RedisVmidStore, VMID_MAX, type VmidEvent, type VmidService, type VmidSnapshot } from '../../src/vmids/index.js';
 import { uniqueRedisPrefix } from '../support/test-server.js';
 import { connect, eventually, LOCAL_READ_MS, makeService, newNode, type OpenStore, openStore, type Proxmox, silentLog, startProxmox } from './helpers.js';
 
@@ -113,13 +113,13 @@ describe('snapshots kept in memory by a Redis store (two instances)', () => {
 
   it("shows another instance's reservation, release and invalidation once their events arrive", async () => {
     const before = await keptOn(b);
-    const reserved = await a.store.reserve(node, { vmid: null, min: 100, ttlSeconds: 60 });
+    const reserved = await a.store.reserve(node, { vmid: null, min: 100, max: VMID_MAX, owner: node.userId, ttlSeconds: 60 });
     if (reserved.status !== 'reserved') throw new Error(reserved.status);
     await eventually(async () => (await b.store.read(node)).reserved.some((r) => r.vmid === reserved.vmid), 2_000, 'the reservation on B');
     expect((await b.store.read(node)).version).toBe(before.version + 1);
 
     await keptOn(b);
-    await a.store.release(node, reserved.vmid);
+    await a.store.release(node, reserved.vmid, node.userId);
     await eventually(async () => (await b.store.read(node)).reserved.length === 0, 2_000, 'the release on B');
 
     await keptOn(b);
@@ -129,7 +129,7 @@ describe('snapshots kept in memory by a Redis store (two instances)', () => {
 
   it('shows its own changes at once, without waiting for their events', async () => {
     const before = await keptOn(b);
-    const reserved = await b.store.reserve(node, { vmid: 4242, min: 100, ttlSeconds: 60 });
+    const reserved = await b.store.reserve(node, { vmid: 4242, min: 100, max: VMID_MAX, owner: node.userId, ttlSeconds: 60 });
     expect(reserved.status).toBe('reserved');
     const after = await b.store.read(node);
     expect(after.reserved.map((r) => r.vmid)).toEqual([4242]);
@@ -143,7 +143,7 @@ describe('snapshots kept in memory by a Redis store (two instances)', () => {
 
   it("ends when the first reservation lapses, and the next read announces the lapse", async () => {
     await keptOn(b);
-    const reserved = await a.store.reserve(node, { vmid: 4343, min: 100, ttlSeconds: 1 });
+    const reserved = await a.store.reserve(node, { vmid: 4343, min: 100, max: VMID_MAX, owner: node.userId, ttlSeconds: 1 });
     expect(reserved.status).toBe('reserved');
     const events: VmidEvent[] = [];
     const stop = await b.store.listen(node.userId, (e) => events.push(e));
@@ -169,7 +169,7 @@ describe('snapshots kept in memory by a Redis store (two instances)', () => {
       await a.redis!.client('KILL', 'ID', String(id));
       await closed;
       // Published while B's subscriber is gone: B never receives this event.
-      const reserved = await a.store.reserve(node, { vmid: 4444, min: 100, ttlSeconds: 60 });
+      const reserved = await a.store.reserve(node, { vmid: 4444, min: 100, max: VMID_MAX, owner: node.userId, ttlSeconds: 60 });
       expect(reserved.status).toBe('reserved');
       expect((await store.read(node)).reserved.map((r) => r.vmid)).toEqual([4444]);
       await untilKept(store, 5_000);
