@@ -16,6 +16,10 @@ const USAGE = `Usage: npm run sim -- [options]
   --gap-every N          leave one VMID free after every N guests
   --string-lxc-vmids     GET /nodes/{node}/lxc sends vmid as a string (PVE < 8.2)
   --auth-delay-ms N      delay before answering 401 (default 0; real Proxmox: ~3000)
+  --next-id-lower N      datacenter next-id range, lower bound (GET /cluster/nextid)
+  --next-id-upper N      datacenter next-id range, upper bound (exclusive)
+  --member-endpoints     in a cluster, serve every member on its own port and certificate
+  --churn-ms N           create or destroy one random guest every N ms (0 = off, default)
   --token ID=SECRET      accepted API token, e.g. root@pam!pvegraph=<uuid> (repeatable;
                          default: root@pam!pvegraph with a random secret)
   -h, --help             this text
@@ -45,6 +49,10 @@ async function main(): Promise<void> {
         'gap-every': { type: 'string' },
         'string-lxc-vmids': { type: 'boolean' },
         'auth-delay-ms': { type: 'string' },
+        'next-id-lower': { type: 'string' },
+        'next-id-upper': { type: 'string' },
+        'member-endpoints': { type: 'boolean' },
+        'churn-ms': { type: 'string' },
         token: { type: 'string', multiple: true },
         help: { type: 'boolean', short: 'h' },
       },
@@ -81,7 +89,18 @@ async function main(): Promise<void> {
     stringLxcVmids: v['string-lxc-vmids'] ?? false,
     authDelayMs: int('auth-delay-ms', v['auth-delay-ms'], 0),
     tokens,
+    ...(v['next-id-lower'] !== undefined || v['next-id-upper'] !== undefined
+      ? {
+          nextId: {
+            ...(v['next-id-lower'] !== undefined ? { lower: int('next-id-lower', v['next-id-lower'], 100, 100) } : {}),
+            ...(v['next-id-upper'] !== undefined ? { upper: int('next-id-upper', v['next-id-upper'], 1_000_000, 101) } : {}),
+          },
+        }
+      : {}),
+    memberEndpoints: v['member-endpoints'] ?? false,
   });
+  const churnMs = int('churn-ms', v['churn-ms'], 0);
+  if (churnMs > 0) sim.startChurn({ intervalMs: churnMs });
 
   const t = sim.token;
   const mode = sim.clusterName
@@ -91,7 +110,10 @@ async function main(): Promise<void> {
   console.log(`Proxmox VE simulator listening on ${sim.apiUrl}
   mode:             ${mode}${offline.length ? ` (offline: ${offline.join(', ')})` : ''}
   guests:           ${sim.guests().length} (VMIDs from 100)
-  TLS fingerprint:  ${sim.fingerprint}
+  TLS fingerprint:  ${sim.fingerprint}${sim.members
+    .slice(1)
+    .map((m) => `\n  member ${m.name}:${' '.repeat(Math.max(1, 9 - m.name.length))}${m.url}/api2/json  ${m.fingerprint}`)
+    .join('')}${churnMs > 0 ? `\n  churn:            one guest created or destroyed every ${churnMs} ms` : ''}
   token id:         ${t.id}
   token secret:     ${t.secret}
 
@@ -104,6 +126,9 @@ tokenSecret ${t.secret} and tlsFingerprint ${sim.fingerprint}.
 
 Control (no auth): GET ${sim.url}/_sim/stats · POST ${sim.url}/_sim/faults '{"kind":"status","status":503,"times":2}'
   · DELETE ${sim.url}/_sim/faults · POST ${sim.url}/_sim/nodes/NODE/offline|online
+  · POST|DELETE ${sim.url}/_sim/guests[/VMID] · GET ${sim.url}/_sim/tasks
+  · POST ${sim.url}/_sim/options/next-id '{"lower":1000}' · POST|DELETE ${sim.url}/_sim/churn '{"intervalMs":2000}'
+  · POST ${sim.url}/_sim/members/NODE/unreachable|reachable
 Press Ctrl-C to stop.`);
 
   let stopping = false;

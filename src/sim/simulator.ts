@@ -1,16 +1,36 @@
-import { randomBytes, randomUUID } from 'node:crypto';
+import { randomUUID } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import https from 'node:https';
 import type { AddressInfo, Socket } from 'node:net';
 import { isIP } from 'node:net';
 import type { ProxmoxTarget } from '../proxmox/index.js';
 import { generateSelfSigned, pemFingerprint } from './cert.js';
+import {
+  clusterOptionsAnswer,
+  lowestFreeVmid,
+  noFreeVmidReason,
+  validateNextIdRange,
+  type NextIdRange,
+} from './datacenter.js';
+import {
+  describeCertificate,
+  describeMemberCertificate,
+  isFingerprint,
+  joinInfoAnswer,
+  memberIp,
+  randomFingerprint,
+  type CertificateInfo,
+} from './identity.js';
+import { hasPrivilege, isGrantMap, permissionsAnswer, type SimPrivileges } from './permissions.js';
+import { TaskLog, type SimTask } from './tasks.js';
 
 /**
  * An HTTPS Proxmox VE API simulator: real paths, envelopes, status codes and reason
- * phrases, token checking, standalone/cluster layouts, offline nodes, guest creation and
- * deletion, fault injection and request statistics. For tests (in-process) and for
- * trying pvegraph without a Proxmox (`npm run sim`).
+ * phrases, token checking with Proxmox-style ACL paths, standalone/cluster layouts with
+ * per-member identities (optionally each member on its own port), offline nodes, guest
+ * creation and deletion (recorded as tasks, also when done behind the API's back), the
+ * datacenter's next-id range, fault injection and request statistics. For tests
+ * (in-process) and for trying pvegraph without a Proxmox (`npm run sim`).
  */
 
 export type GuestType = 'qemu' | 'lxc';
@@ -19,8 +39,12 @@ export interface SimToken {
   /** USER@REALM!TOKENID */
   id: string;
   secret: string;
-  /** 'none': authenticates (GET /version works) but every permission check fails. */
-  privileges?: 'all' | 'none';
+  /**
+   * 'all' (default): every privilege on `/`. 'none': authenticates (GET /version works) but
+   * every permission check fails. A map `{ path: [privilege, …] }`: exactly these grants,
+   * each propagating to the paths below it (`/vms` covers `/vms/100`).
+   */
+  privileges?: SimPrivileges;
 }
 
 export interface SimGuest {
@@ -81,6 +105,44 @@ export interface SimulatorOptions {
   certificate?: { key: string; cert: string };
   /** Serve the unauthenticated /_sim control endpoints. Default true. */
   controlEndpoints?: boolean;
+  /**
+   * The member this simulator serves as (`local: 1` in /cluster/status; its fingerprint is
+   * the served certificate's). Default: the first node.
+   */
+  localNode?: string;
+  /**
+   * Fingerprints of members (by node name), e.g. to make two simulators look like members
+   * of one cluster, or two clusters with equal names tell apart. Members left out get a
+   * random one; the local member's must match the served certificate.
+   */
+  memberFingerprints?: Record<string, string>;
+  /** `next-id` of datacenter.cfg (range of GET /cluster/nextid). Default: none (100 ≤ id < 1,000,000). */
+  nextId?: NextIdRange;
+  /**
+   * In a cluster, also serve every other member on its own HTTPS port (same listen address,
+   * random port) with its own self-signed certificate, sharing the cluster state. Default false.
+   */
+  memberEndpoints?: boolean;
+}
+
+/** A cluster member's own HTTPS endpoint. */
+export interface SimMember {
+  name: string;
+  host: string;
+  port: number;
+  /** SHA-256 of the certificate this endpoint serves (= the member's ssl_fingerprint). */
+  fingerprint: string;
+  /** https://HOST:PORT */
+  url: string;
+}
+
+export interface SimChurnOptions {
+  /** One create or destroy per interval. */
+  intervalMs: number;
+  /** Never destroy below this many guests. Default 0. */
+  minGuests?: number;
+  /** Never create above this many guests. Default: no bound but the next-id range. */
+  maxGuests?: number;
 }
 
 export interface SimStats {
@@ -123,8 +185,28 @@ export interface Simulator {
   addFault(fault: SimFault): void;
   clearFaults(): void;
   faults(): SimFault[];
-  /** Lowest free VMID ≥ 100, as GET /cluster/nextid computes it. */
+  /** Lowest free VMID in the next-id range, as GET /cluster/nextid computes it; throws when the range is full. */
   nextFreeVmid(): number;
+  /** The member this simulator serves as on its primary port. */
+  localNode: string;
+  /** Every member's `ssl_fingerprint` by node name (the local member's is `fingerprint`). */
+  memberFingerprints: Record<string, string>;
+  /** The HTTPS endpoints: the primary first, then (with `memberEndpoints`) the other members. */
+  members: SimMember[];
+  /**
+   * Makes a member's own endpoint refuse connections (its server stops listening and its
+   * open connections are cut) or answer again on the same port. The node stays online for
+   * the cluster: this is the client's network failing, not the node.
+   */
+  setMemberReachable(name: string, reachable: boolean): Promise<void>;
+  /** Sets or clears (`null`) the datacenter's next-id range. */
+  setNextIdRange(range: NextIdRange | null): void;
+  nextIdRange(): NextIdRange | null;
+  /** Recent tasks, newest first (GET /cluster/tasks as a Sys.Audit holder sees it). */
+  tasks(): SimTask[];
+  /** Creates or destroys one random guest per interval (recording tasks), until stopChurn() or stop(). */
+  startChurn(opts: SimChurnOptions): void;
+  stopChurn(): void;
   stop(): Promise<void>;
 }
 
@@ -171,6 +253,31 @@ export async function startSimulator(opts: SimulatorOptions = {}): Promise<Simul
   const authDelayMs = opts.authDelayMs ?? 0;
   const authReason = opts.authFailureReason ?? 'authentication failure';
   const controlEndpoints = opts.controlEndpoints ?? true;
+  const localNode = opts.localNode ?? nodeNames[0] ?? 'pve';
+  if (!online.has(localNode)) throw new Error(`localNode '${localNode}' is not one of the nodes (${nodeNames.join(', ')})`);
+  let nextIdRange: NextIdRange | null = null;
+  if (opts.nextId) {
+    validateNextIdRange(opts.nextId);
+    nextIdRange = { ...opts.nextId };
+  }
+  const taskLog = new TaskLog();
+  /** Who acts when a guest changes behind the API's back (the GUI, a shell). */
+  const BACKDOOR_USER = 'root@pam';
+
+  // ------------------------------------------------------------------ identities
+  const cert = opts.certificate ?? (await generateSelfSigned(isIP(listenHost) ? 'pve.sim.invalid' : listenHost, [listenHost]));
+  const fingerprint = pemFingerprint(cert.cert);
+  /** Certificates the simulator serves, by member. */
+  const servedCerts = new Map<string, { key: string; cert: string }>([[localNode, cert]]);
+  if (opts.memberEndpoints && clusterName) {
+    const others = nodeNames.filter((n) => n !== localNode);
+    const generated = await Promise.all(others.map((n) => generateSelfSigned(`${n}.sim.invalid`, [listenHost])));
+    others.forEach((n, i) => servedCerts.set(n, generated[i]!));
+  }
+  const memberFingerprints = assignMemberFingerprints(nodeNames, servedCerts, opts.memberFingerprints ?? {});
+  /** Stand-ins for the cluster CA's id and the time the members' certificates were issued. */
+  const clusterCaId = randomUUID();
+  const issuedAt = Math.floor(Date.now() / 1000) - 86400;
 
   // ------------------------------------------------------------------ guests
   const guests = new Map<number, SimGuest>();
@@ -192,10 +299,18 @@ export async function startSimulator(opts: SimulatorOptions = {}): Promise<Simul
       vmid += 1 + (gap > 0 && (i + 1) % gap === 0 ? 1 : 0);
     }
   }
-  const nextFreeVmid = (): number => {
-    let v = MIN_VMID;
-    while (guests.has(v)) v++;
+  /** Lowest free VMID in the next-id range; HTTP 500 as GET /cluster/nextid answers when the range is full. */
+  const allocateVmid = (): number => {
+    const v = lowestFreeVmid((id) => guests.has(id), nextIdRange);
+    if (v === null) throw new HttpError(500, noFreeVmidReason(nextIdRange));
     return v;
+  };
+  const nextFreeVmid = (): number => {
+    try {
+      return allocateVmid();
+    } catch (e) {
+      throw new Error((e as Error).message);
+    }
   };
 
   // ------------------------------------------------------------------ stats & faults
@@ -254,7 +369,6 @@ export async function startSimulator(opts: SimulatorOptions = {}): Promise<Simul
   };
 
   // ------------------------------------------------------------------ bookkeeping for stop()
-  const sockets = new Set<Socket>();
   const timers = new Set<NodeJS.Timeout>();
   let stopping = false;
   const delay = (ms: number) =>
@@ -271,7 +385,8 @@ export async function startSimulator(opts: SimulatorOptions = {}): Promise<Simul
   const send = (res: ServerResponse, status: number, reason: string, body: unknown) => {
     if (res.headersSent || res.destroyed) return;
     const text = typeof body === 'string' ? body : JSON.stringify(body);
-    res.writeHead(status, reason, {
+    // Node refuses a status line outside Latin-1 (and the answer would never leave).
+    res.writeHead(status, reason.replace(/[^\t\x20-\x7e\xa0-\xff]/g, '?'), {
       'content-type': 'application/json;charset=UTF-8',
       'content-length': Buffer.byteLength(text),
       'cache-control': 'max-age=0',
@@ -289,8 +404,6 @@ export async function startSimulator(opts: SimulatorOptions = {}): Promise<Simul
       e.errors ? { errors: e.errors, data: null } : { data: null, message: `${e.reason}\n` },
     );
 
-  const upid = (node: string, kind: string, vmid: number, user: string) =>
-    `UPID:${node}:${randomBytes(4).toString('hex').toUpperCase()}:${randomBytes(4).toString('hex').toUpperCase()}:${Math.floor(Date.now() / 1000).toString(16).toUpperCase()}:${kind}:${vmid}:${user}:`;
 
   // ------------------------------------------------------------------ API handlers
   const resourceEntry = (g: SimGuest, i: number): Record<string, unknown> => {
@@ -335,9 +448,13 @@ export async function startSimulator(opts: SimulatorOptions = {}): Promise<Simul
           maxdisk: 107374182400,
           uptime: 86400 + i,
           level: '',
-          ssl_fingerprint: fingerprint,
+          ssl_fingerprint: memberFingerprints[name],
         }
       : { id: `node/${name}`, type: 'node', node: name, status: 'offline' };
+  /** GET /nodes reads the fingerprint from the cluster filesystem, so offline members carry it too. */
+  const nodesEntry = (name: string, i: number): Record<string, unknown> =>
+    online.get(name) ? nodeEntry(name, i) : { ...nodeEntry(name, i), ssl_fingerprint: memberFingerprints[name] };
+  const auditableNodes = (token: SimToken): string[] => nodeNames.filter((n) => hasPrivilege(token.privileges, `/nodes/${n}`, 'Sys.Audit'));
 
   const requireNode = (node: string) => {
     if (!online.has(node)) {
@@ -346,7 +463,7 @@ export async function startSimulator(opts: SimulatorOptions = {}): Promise<Simul
     if (!online.get(node)) throw new HttpError(595, 'No route to host');
   };
   const forbid = (token: SimToken, path: string, priv: string) => {
-    if (token.privileges === 'none') throw new HttpError(403, `Permission check failed (${path}, ${priv})`);
+    if (!hasPrivilege(token.privileges, path, priv)) throw new HttpError(403, `Permission check failed (${path}, ${priv})`);
   };
   const checkVmidParam = (raw: unknown): number => {
     if (raw === undefined || raw === null || raw === '') {
@@ -361,10 +478,16 @@ export async function startSimulator(opts: SimulatorOptions = {}): Promise<Simul
     if (n > MAX_VMID) throw new HttpError(400, 'Parameter verification failed.', { vmid: `value must have a maximum value of ${MAX_VMID}` });
     return n;
   };
-  const visible = (token: SimToken) => (token.privileges === 'none' ? [] : [...guests.values()].sort((a, b) => a.vmid - b.vmid));
+  /** Guests the token may audit (VM.Audit on /vms/{vmid}), by VMID. */
+  const visible = (token: SimToken): SimGuest[] => {
+    const p = token.privileges;
+    if (p === 'none') return [];
+    const all = [...guests.values()].sort((a, b) => a.vmid - b.vmid);
+    return isGrantMap(p) ? all.filter((g) => hasPrivilege(p, `/vms/${g.vmid}`, 'VM.Audit')) : all;
+  };
 
   const createGuest = (g: Parameters<Simulator['addGuest']>[0]): SimGuest => {
-    const vmid = g.vmid ?? nextFreeVmid();
+    const vmid = g.vmid ?? allocateVmid();
     if (guests.has(vmid)) throw new HttpError(400, 'Parameter verification failed.', { vmid: `VM ${vmid} already exists` });
     const type = g.type ?? 'lxc';
     const guest: SimGuest = {
@@ -378,6 +501,49 @@ export async function startSimulator(opts: SimulatorOptions = {}): Promise<Simul
     guests.set(vmid, guest);
     return guest;
   };
+  const createTaskType = (type: GuestType) => (type === 'lxc' ? 'vzcreate' : 'qmcreate');
+  const destroyTaskType = (type: GuestType) => (type === 'lxc' ? 'vzdestroy' : 'qmdestroy');
+  /** Creates a guest and records its create task, as every way of creating one does. */
+  const createGuestWithTask = (g: Parameters<Simulator['addGuest']>[0], user: string): { guest: SimGuest; task: SimTask } => {
+    const guest = createGuest(g);
+    return { guest, task: taskLog.recordFinished(guest.node, createTaskType(guest.type), String(guest.vmid), user) };
+  };
+  const destroyGuestWithTask = (g: SimGuest, user: string): SimTask => {
+    guests.delete(g.vmid);
+    return taskLog.recordFinished(g.node, destroyTaskType(g.type), String(g.vmid), user);
+  };
+
+  /** A standalone node has no corosync.conf, so there is nothing to join. */
+  const joinInfo = (preferred: string): Record<string, unknown> => {
+    if (!clusterName) throw new HttpError(500, 'node is not in a cluster, no join info available!');
+    if (!online.has(preferred)) throw new HttpError(500, `unknown node '${preferred}'`);
+    const members = nodeNames.map((name, i) => ({ name, nodeid: i + 1, ip: memberIp(i), fingerprint: memberFingerprints[name]! }));
+    return joinInfoAnswer(clusterName, members, preferred);
+  };
+  const certificateInfo = (node: string): CertificateInfo => {
+    const served = servedCerts.get(node);
+    if (served) return describeCertificate(served.cert);
+    return describeMemberCertificate({
+      node,
+      fingerprint: memberFingerprints[node]!,
+      ip: memberIp(nodeNames.indexOf(node)),
+      caId: clusterCaId,
+      issuedAt,
+    });
+  };
+  /**
+   * GET /access/permissions: the caller's own, or (with Sys.Audit on /access) another
+   * token's; the simulator knows no users besides its tokens, so anyone else has none.
+   */
+  const permissionsFor = (token: SimToken, userid: string | null, path: string | null) => {
+    let subject: SimToken | undefined = token;
+    if (userid !== null && userid !== token.id) {
+      forbid(token, '/access', 'Sys.Audit');
+      subject = tokens.find((t) => t.id === userid);
+    }
+    if (!subject) return {};
+    return permissionsAnswer(subject.privileges, path ?? undefined);
+  };
 
   const route = async (
     method: string,
@@ -386,6 +552,8 @@ export async function startSimulator(opts: SimulatorOptions = {}): Promise<Simul
     token: SimToken,
     req: IncomingMessage,
     res: ServerResponse,
+    /** The member this endpoint serves as. */
+    local: string,
   ): Promise<void> => {
     const sub = path.slice(API.length) || '/';
     let m: RegExpExecArray | null;
@@ -397,12 +565,12 @@ export async function startSimulator(opts: SimulatorOptions = {}): Promise<Simul
         id: `node/${name}`,
         name,
         nodeid: clusterName ? i + 1 : 0,
-        ip: `192.0.2.${10 + i}`,
-        local: i === 0 ? 1 : 0,
+        ip: memberIp(i),
+        local: name === local ? 1 : 0,
         online: online.get(name) ? 1 : 0,
         level: '',
       }));
-      if (!clusterName) return ok(res, nodes.slice(0, 1));
+      if (!clusterName) return ok(res, nodes.filter((n) => n.local === 1));
       const up = nodeNames.filter((n) => online.get(n)).length;
       return ok(res, [
         { type: 'cluster', id: 'cluster', name: clusterName, nodes: nodeNames.length, quorate: up * 2 > nodeNames.length ? 1 : 0, version: nodeNames.length + 2 },
@@ -410,12 +578,15 @@ export async function startSimulator(opts: SimulatorOptions = {}): Promise<Simul
       ]);
     }
     if (method === 'GET' && sub === '/nodes') {
-      return ok(res, token.privileges === 'none' ? [] : nodeNames.map(nodeEntry));
+      const auditable = new Set(auditableNodes(token));
+      return ok(res, nodeNames.map((n, i) => (auditable.has(n) ? nodesEntry(n, i) : null)).filter((e) => e !== null));
     }
     if (method === 'GET' && sub === '/cluster/resources') {
       const type = query.get('type');
       const vms = type === null || type === 'vm' ? visible(token).map(resourceEntry) : [];
-      const nodes = type === null || type === 'node' ? (token.privileges === 'none' ? [] : nodeNames.map(nodeEntry)) : [];
+      const auditable = new Set(auditableNodes(token));
+      const nodes =
+        type === null || type === 'node' ? nodeNames.map((n, i) => (auditable.has(n) ? nodeEntry(n, i) : null)).filter((e) => e !== null) : [];
       if (type !== null && type !== 'vm' && type !== 'node' && type !== 'storage' && type !== 'sdn') {
         throw new HttpError(400, 'Parameter verification failed.', { type: `value '${type}' does not have a value in the enumeration 'vm, storage, node, sdn'` });
       }
@@ -428,7 +599,29 @@ export async function startSimulator(opts: SimulatorOptions = {}): Promise<Simul
         if (guests.has(n)) throw new HttpError(400, 'Parameter verification failed.', { vmid: `VM ${n} already exists` });
         return ok(res, String(n));
       }
-      return ok(res, String(nextFreeVmid()));
+      return ok(res, String(allocateVmid()));
+    }
+    if (method === 'GET' && sub === '/cluster/options') {
+      forbid(token, '/', 'Sys.Audit');
+      return ok(res, clusterOptionsAnswer(nextIdRange));
+    }
+    if (method === 'GET' && sub === '/cluster/config/join') {
+      forbid(token, '/', 'Sys.Audit');
+      return ok(res, joinInfo(query.get('node') ?? local));
+    }
+    if (method === 'GET' && sub === '/cluster/tasks') {
+      // Sys.Audit on / shows the whole cluster's tasks; anyone else sees their own.
+      const all = hasPrivilege(token.privileges, '/', 'Sys.Audit');
+      return ok(res, taskLog.list().filter((t) => all || t.user === token.id));
+    }
+    if (method === 'GET' && sub === '/access/permissions') {
+      return ok(res, permissionsFor(token, query.get('userid'), query.get('path')));
+    }
+    if (method === 'GET' && (m = /^\/nodes\/([^/]+)\/certificates\/info$/.exec(sub))) {
+      const node = decodeURIComponent(m[1] ?? '');
+      requireNode(node);
+      forbid(token, `/nodes/${node}`, 'Sys.Audit');
+      return ok(res, [certificateInfo(node)]);
     }
     if ((m = /^\/nodes\/([^/]+)\/(qemu|lxc)$/.exec(sub))) {
       const node = decodeURIComponent(m[1] ?? '');
@@ -460,12 +653,14 @@ export async function startSimulator(opts: SimulatorOptions = {}): Promise<Simul
       }
       if (method === 'POST') {
         requireNode(node);
-        forbid(token, '/vms', 'VM.Allocate');
+        // 'none' is refused before the parameters are read; a grant map is checked on the VMID itself.
+        if (!isGrantMap(token.privileges)) forbid(token, '/vms', 'VM.Allocate');
         const body = await readBody(req);
         const vmid = checkVmidParam(body['vmid']);
+        forbid(token, `/vms/${vmid}`, 'VM.Allocate');
         const name = body[type === 'lxc' ? 'hostname' : 'name'];
-        const g = createGuest({ vmid, type, node, ...(typeof name === 'string' && name ? { name } : {}) });
-        return ok(res, upid(node, type === 'lxc' ? 'vzcreate' : 'qmcreate', g.vmid, token.id));
+        const { task } = createGuestWithTask({ vmid, type, node, ...(typeof name === 'string' && name ? { name } : {}) }, token.id);
+        return ok(res, task.upid);
       }
     }
     if ((m = /^\/nodes\/([^/]+)\/(qemu|lxc)\/(\d+)$/.exec(sub)) && method === 'DELETE') {
@@ -479,8 +674,7 @@ export async function startSimulator(opts: SimulatorOptions = {}): Promise<Simul
         const file = type === 'lxc' ? `nodes/${node}/lxc/${vmid}.conf` : `nodes/${node}/qemu-server/${vmid}.conf`;
         throw new HttpError(500, `Configuration file '${file}' does not exist`);
       }
-      guests.delete(vmid);
-      return ok(res, upid(node, type === 'lxc' ? 'vzdestroy' : 'qmdestroy', vmid, token.id));
+      return ok(res, destroyGuestWithTask(g, token.id).upid);
     }
     throw new HttpError(501, `Method '${method} ${path}' not implemented`);
   };
@@ -522,6 +716,48 @@ export async function startSimulator(opts: SimulatorOptions = {}): Promise<Simul
       }
     }
     if (path === '/_sim/guests' && method === 'GET') return ok(res, [...guests.values()].sort((a, b) => a.vmid - b.vmid));
+    if (path === '/_sim/guests' && method === 'POST') return ok(res, { ...createGuestWithTask(backdoorGuestSpec(await readBody(req)), BACKDOOR_USER).guest });
+    if ((m = /^\/_sim\/guests\/(\d+)$/.exec(path)) && method === 'DELETE') {
+      const g = guests.get(Number(m[1]));
+      if (!g) throw new HttpError(404, `no such guest ${m[1]}`);
+      destroyGuestWithTask(g, BACKDOOR_USER);
+      return ok(res, null);
+    }
+    if (path === '/_sim/tasks' && method === 'GET') return ok(res, taskLog.list());
+    if (path === '/_sim/options/next-id' && method === 'POST') {
+      const body = await readBody(req);
+      try {
+        setNextIdRange(nextIdRangeFromBody(body));
+      } catch (e) {
+        throw new HttpError(400, (e as Error).message);
+      }
+      return ok(res, clusterOptionsAnswer(nextIdRange));
+    }
+    if (path === '/_sim/churn') {
+      if (method === 'DELETE') {
+        stopChurn();
+        return ok(res, null);
+      }
+      if (method === 'POST') {
+        const body = await readBody(req);
+        try {
+          startChurn({
+            intervalMs: Number(body['intervalMs']),
+            ...(body['minGuests'] !== undefined ? { minGuests: Number(body['minGuests']) } : {}),
+            ...(body['maxGuests'] !== undefined ? { maxGuests: Number(body['maxGuests']) } : {}),
+          });
+        } catch (e) {
+          throw new HttpError(400, (e as Error).message);
+        }
+        return ok(res, null);
+      }
+    }
+    if ((m = /^\/_sim\/members\/([^/]+)\/(reachable|unreachable)$/.exec(path)) && method === 'POST') {
+      const name = decodeURIComponent(m[1] ?? '');
+      if (!endpoints.has(name)) throw new HttpError(404, `no endpoint for member '${name}'`);
+      await setMemberReachable(name, m[2] === 'reachable');
+      return ok(res, null);
+    }
     if ((m = /^\/_sim\/nodes\/([^/]+)\/(online|offline)$/.exec(path)) && method === 'POST') {
       const node = decodeURIComponent(m[1] ?? '');
       if (!online.has(node)) throw new HttpError(404, `no such node '${node}'`);
@@ -531,8 +767,74 @@ export async function startSimulator(opts: SimulatorOptions = {}): Promise<Simul
     throw new HttpError(404, 'no such control endpoint');
   };
 
+  /** Body of POST /_sim/guests → a guest to create; bad fields answer 400. */
+  const backdoorGuestSpec = (body: Record<string, unknown>): Parameters<Simulator['addGuest']>[0] => {
+    const spec: Parameters<Simulator['addGuest']>[0] = {};
+    if (body['vmid'] !== undefined) spec.vmid = checkVmidParam(body['vmid']);
+    const type = body['type'];
+    if (type !== undefined) {
+      if (type !== 'qemu' && type !== 'lxc') throw new HttpError(400, 'Parameter verification failed.', { type: "value must be 'qemu' or 'lxc'" });
+      spec.type = type;
+    }
+    const node = body['node'];
+    if (node !== undefined) {
+      if (typeof node !== 'string' || !online.has(node)) throw new HttpError(400, 'Parameter verification failed.', { node: `no such node '${String(node)}'` });
+      spec.node = node;
+    }
+    if (typeof body['name'] === 'string' && body['name']) spec.name = body['name'];
+    if (body['status'] === 'running' || body['status'] === 'stopped') spec.status = body['status'];
+    return spec;
+  };
+
+  // ------------------------------------------------------------------ datacenter options
+  const setNextIdRange = (range: NextIdRange | null) => {
+    if (range === null || (range.lower === undefined && range.upper === undefined)) {
+      nextIdRange = null;
+      return;
+    }
+    validateNextIdRange(range);
+    nextIdRange = { ...(range.lower !== undefined ? { lower: range.lower } : {}), ...(range.upper !== undefined ? { upper: range.upper } : {}) };
+  };
+
+  // ------------------------------------------------------------------ churn (changes behind the API's back, for demos)
+  let churnTimer: NodeJS.Timeout | null = null;
+  const randomOf = <T>(xs: readonly T[]): T | undefined => xs[Math.floor(Math.random() * xs.length)];
+  const churnStep = (minGuests: number, maxGuests: number) => {
+    const count = guests.size;
+    const create = count <= minGuests ? true : count >= maxGuests ? false : Math.random() < 0.5;
+    const onlineNodes = nodeNames.filter((n) => online.get(n));
+    if (create) {
+      const node = randomOf(onlineNodes);
+      if (!node) return;
+      try {
+        createGuestWithTask({ node, type: Math.random() < 0.5 ? 'qemu' : 'lxc' }, BACKDOOR_USER);
+      } catch {
+        // the next-id range is full: the next step may destroy one
+      }
+      return;
+    }
+    const victim = randomOf([...guests.values()].filter((g) => online.get(g.node)));
+    if (victim) destroyGuestWithTask(victim, BACKDOOR_USER);
+  };
+  const stopChurn = () => {
+    if (churnTimer) clearInterval(churnTimer);
+    churnTimer = null;
+  };
+  const startChurn = (o: SimChurnOptions) => {
+    const minGuests = o.minGuests ?? 0;
+    const maxGuests = o.maxGuests ?? Infinity;
+    if (!(Number.isFinite(o.intervalMs) && o.intervalMs >= 1)) throw new Error('intervalMs must be a number >= 1');
+    if (!(Number.isInteger(minGuests) && minGuests >= 0)) throw new Error('minGuests must be an integer >= 0');
+    if (!(maxGuests === Infinity || (Number.isInteger(maxGuests) && maxGuests >= minGuests))) throw new Error('maxGuests must be an integer >= minGuests');
+    stopChurn();
+    if (stopping) return;
+    churnTimer = setInterval(() => churnStep(minGuests, maxGuests), o.intervalMs);
+    // A demo's churn must never keep the process alive on its own.
+    churnTimer.unref();
+  };
+
   // ------------------------------------------------------------------ server
-  const handle = async (req: IncomingMessage, res: ServerResponse) => {
+  const handle = async (req: IncomingMessage, res: ServerResponse, local: string) => {
     const url = new URL(req.url ?? '/', 'https://sim.invalid');
     const path = url.pathname;
     const method = (req.method ?? 'GET').toUpperCase();
@@ -593,39 +895,85 @@ export async function startSimulator(opts: SimulatorOptions = {}): Promise<Simul
       if (stopping) return;
       throw new HttpError(401, authReason);
     }
-    await route(method, path, url.searchParams, token, req, res);
+    await route(method, path, url.searchParams, token, req, res, local);
   };
 
-  const cert = opts.certificate ?? (await generateSelfSigned(isIP(listenHost) ? 'pve.sim.invalid' : listenHost, [listenHost]));
-  const fingerprint = pemFingerprint(cert.cert);
+  // ------------------------------------------------------------------ endpoints (the primary, then members' own)
+  interface Endpoint {
+    node: string;
+    server: https.Server;
+    /** Its open connections, cut when it becomes unreachable or the simulator stops. */
+    sockets: Set<Socket>;
+    port: number;
+    /** False while setMemberReachable(node, false) holds its server closed. */
+    listening: boolean;
+  }
+  const endpoints = new Map<string, Endpoint>();
 
-  const server = https.createServer({ key: cert.key, cert: cert.cert, keepAliveTimeout: 5_000 }, (req, res) => {
-    handle(req, res).catch((e: unknown) => {
-      if (e instanceof HttpError) return fail(res, e);
-      send(res, 500, 'Internal Server Error', { data: null, message: `${(e as Error).message}\n` });
+  const listen = (server: https.Server, port: number) =>
+    new Promise<number>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(port, listenHost, () => {
+        server.off('error', reject);
+        resolve((server.address() as AddressInfo).port);
+      });
     });
-  });
-  server.on('connection', (s: Socket) => {
-    sockets.add(s);
-    s.on('close', () => sockets.delete(s));
-  });
-  server.on('secureConnection', () => {
-    connections++;
-  });
-  server.on('tlsClientError', () => {
-    // clients that reject our certificate close the handshake: not our problem
-  });
+  /** Closes a server and cuts its connections (hanging requests included). */
+  const shut = (ep: Endpoint) => {
+    const closed = new Promise<void>((resolve) => ep.server.close(() => resolve()));
+    for (const s of ep.sockets) s.destroy();
+    ep.server.closeAllConnections();
+    return closed;
+  };
+  const openEndpoint = async (node: string, served: { key: string; cert: string }, port: number): Promise<Endpoint> => {
+    const server = https.createServer({ key: served.key, cert: served.cert, keepAliveTimeout: 5_000 }, (req, res) => {
+      handle(req, res, node).catch((e: unknown) => {
+        if (e instanceof HttpError) return fail(res, e);
+        send(res, 500, 'Internal Server Error', { data: null, message: `${(e as Error).message}\n` });
+      });
+    });
+    const own = new Set<Socket>();
+    server.on('connection', (s: Socket) => {
+      own.add(s);
+      s.on('close', () => own.delete(s));
+    });
+    server.on('secureConnection', () => {
+      connections++;
+    });
+    server.on('tlsClientError', () => {
+      // clients that reject our certificate close the handshake: not our problem
+    });
+    const ep: Endpoint = { node, server, sockets: own, port: await listen(server, port), listening: true };
+    endpoints.set(node, ep);
+    return ep;
+  };
+  const setMemberReachable = async (name: string, reachable: boolean) => {
+    const ep = endpoints.get(name);
+    if (!ep) throw new Error(`no endpoint for member '${name}' (members with endpoints: ${[...endpoints.keys()].join(', ')})`);
+    if (stopping || ep.listening === reachable) return;
+    ep.listening = reachable;
+    if (reachable) await listen(ep.server, ep.port);
+    else await shut(ep);
+  };
 
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(opts.port ?? 0, listenHost, () => {
-      server.off('error', reject);
-      resolve();
-    });
-  });
-  const port = (server.address() as AddressInfo).port;
   const urlHostPart = isIP(listenHost) === 6 ? `[${listenHost}]` : listenHost;
-  const url = `https://${urlHostPart}:${port}`;
+  const endpointUrl = (p: number) => `https://${urlHostPart}:${p}`;
+  const primary = await openEndpoint(localNode, cert, opts.port ?? 0);
+  try {
+    for (const [node, served] of servedCerts) if (node !== localNode) await openEndpoint(node, served, 0);
+  } catch (e) {
+    await Promise.all([...endpoints.values()].map(shut));
+    throw e;
+  }
+  const port = primary.port;
+  const url = endpointUrl(port);
+  const members: SimMember[] = [...endpoints.values()].map((ep) => ({
+    name: ep.node,
+    host: listenHost,
+    port: ep.port,
+    fingerprint: memberFingerprints[ep.node]!,
+    url: endpointUrl(ep.port),
+  }));
   const firstToken = tokens[0]!;
 
   const sim: Simulator = {
@@ -652,12 +1000,17 @@ export async function startSimulator(opts: SimulatorOptions = {}): Promise<Simul
     addGuest: (g) => {
       if (g.node !== undefined && !online.has(g.node)) throw new Error(`no such node '${g.node}'`);
       try {
-        return { ...createGuest(g) };
+        return { ...createGuestWithTask(g, BACKDOOR_USER).guest };
       } catch (e) {
         throw new Error(e instanceof HttpError && e.errors ? Object.values(e.errors).join('; ') : (e as Error).message);
       }
     },
-    removeGuest: (vmid) => guests.delete(vmid),
+    removeGuest: (vmid) => {
+      const g = guests.get(vmid);
+      if (!g) return false;
+      destroyGuestWithTask(g, BACKDOOR_USER);
+      return true;
+    },
     setNodeOnline: (node, isOnline) => {
       if (!online.has(node)) throw new Error(`no such node '${node}'`);
       online.set(node, isOnline);
@@ -671,18 +1024,66 @@ export async function startSimulator(opts: SimulatorOptions = {}): Promise<Simul
     },
     faults: () => faults.map((f) => f.fault),
     nextFreeVmid,
+    localNode,
+    memberFingerprints: { ...memberFingerprints },
+    members,
+    setMemberReachable,
+    setNextIdRange,
+    nextIdRange: () => (nextIdRange ? { ...nextIdRange } : null),
+    tasks: () => taskLog.list(),
+    startChurn,
+    stopChurn,
     stop: async () => {
       if (stopping) return;
       stopping = true;
+      stopChurn();
       for (const t of timers) clearTimeout(t);
       timers.clear();
-      const closed = new Promise<void>((resolve) => server.close(() => resolve()));
-      for (const s of sockets) s.destroy();
-      server.closeAllConnections();
-      await closed;
+      await Promise.all([...endpoints.values()].filter((ep) => ep.listening).map(shut));
     },
   };
   return sim;
+}
+
+/**
+ * Every member's fingerprint: a served certificate's where the simulator serves one, else
+ * the one asked for, else a random one (so two simulators never share a member identity
+ * unless told to).
+ */
+function assignMemberFingerprints(
+  nodeNames: readonly string[],
+  servedCerts: ReadonlyMap<string, { cert: string }>,
+  requested: Record<string, string>,
+): Record<string, string> {
+  for (const name of Object.keys(requested)) {
+    if (!nodeNames.includes(name)) throw new Error(`memberFingerprints: '${name}' is not one of the nodes (${nodeNames.join(', ')})`);
+  }
+  const out: Record<string, string> = {};
+  for (const name of nodeNames) {
+    const wanted = requested[name]?.toUpperCase();
+    if (wanted !== undefined && !isFingerprint(wanted)) throw new Error(`memberFingerprints: '${name}' needs an upper-case colon SHA-256 fingerprint`);
+    const served = servedCerts.get(name);
+    const servedFp = served ? pemFingerprint(served.cert) : undefined;
+    if (servedFp && wanted && wanted !== servedFp) {
+      throw new Error(`memberFingerprints: '${name}' is served by this simulator with certificate ${servedFp}; pass that certificate instead`);
+    }
+    out[name] = servedFp ?? wanted ?? randomFingerprint();
+  }
+  return out;
+}
+
+/** `{lower?, upper?}` (numbers or numeric strings) or an empty/`null` body → a range or none. */
+function nextIdRangeFromBody(body: Record<string, unknown>): NextIdRange | null {
+  const num = (v: unknown, key: string): number | undefined => {
+    if (v === undefined || v === null || v === '') return undefined;
+    const n = Number(v);
+    if (!Number.isInteger(n)) throw new Error(`${key} must be an integer`);
+    return n;
+  };
+  const lower = num(body['lower'], 'lower');
+  const upper = num(body['upper'], 'upper');
+  if (lower === undefined && upper === undefined) return null;
+  return { ...(lower !== undefined ? { lower } : {}), ...(upper !== undefined ? { upper } : {}) };
 }
 
 function validateFault(f: SimFault): void {
