@@ -82,7 +82,11 @@ export async function openRuntime(config: Config, log: Logger, opts: RuntimeOpti
       // loops cannot turn the cache into an unmetered proxy.
       fetchTakenVmids: async (node) => {
         await rateLimiter.consume('proxmox', node.userId);
-        return nodes!.guestVmids(node.id);
+        return nodes!.takenVmids(node.id);
+      },
+      authority: {
+        isFree: (node, vmid) => nodes!.isVmidFree(node.id, vmid),
+        nextIdRange: (node) => nodes!.nextIdRange(node.id),
       },
       cacheTtlSeconds: config.vmidCacheTtlS,
       // A slow but live filler (bounded by PROXMOX_TIMEOUT_MS) is not overtaken.
@@ -103,6 +107,10 @@ export async function openRuntime(config: Config, log: Logger, opts: RuntimeOpti
       };
     };
     nodes = new NodeService(db.prisma, secretBox, proxmox, vmids, config.tokenCacheTtlMs, backgroundCheckFailed('ownership'));
+    void nodes
+      .identifyPending()
+      .then((n) => n > 0 && log.info({ identified: n }, 'registrations identified by their Proxmox cluster'))
+      .catch((err: unknown) => log.warn({ err: { message: (err as Error).message } }, 'could not identify the clusters of older registrations'));
     const services: Services = {
       db,
       redis,

@@ -2,7 +2,7 @@ import type { Viewer } from '../auth/auth-service.js';
 import type { Prisma, PrismaClient } from '../db/database.js';
 import { isForeignKeyViolation, isUniqueViolation } from '../db/prisma-errors.js';
 import { ConflictError, NotFoundError } from '../errors.js';
-import { type NodeService, refOf } from './node-service.js';
+import type { NodeService } from './node-service.js';
 import { isUuid } from './node-validation.js';
 import type { VmidHooks } from './vmid-hooks.js';
 
@@ -37,7 +37,7 @@ export class ContainerService {
       if (isForeignKeyViolation(err)) throw new NotFoundError('Node', input.nodeId);
       throw err;
     }
-    await this.vmids.containerRegistered(refOf(node), input.vmid);
+    await this.vmids.containerRegistered(await this.nodes.ref(viewer, node.id), input.vmid);
     return container;
   }
 
@@ -48,7 +48,7 @@ export class ContainerService {
     if (!container) throw new NotFoundError('Container', id);
     const { count } = await this.prisma.container.deleteMany({ where: { id: container.id } });
     if (count === 0) throw new NotFoundError('Container', id);
-    await this.vmids.containerUnregistered(refOf(container.node), container.vmid);
+    await this.vmids.containerUnregistered(await this.nodes.ref(viewer, container.node.id), container.vmid);
     return true;
   }
 }

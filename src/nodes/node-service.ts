@@ -6,10 +6,11 @@ import type { Prisma, PrismaClient } from '../db/database.js';
 import { isForeignKeyViolation, isRecordNotFound, isUniqueViolation } from '../db/prisma-errors.js';
 import type { ProxmoxNode } from '../db/generated/prisma/client.js';
 import { BadUserInputError, ConflictError, DomainError, ErrorCode, FailedPreconditionError, NotFoundError } from '../errors.js';
-import type { ConnectionTestResult, ProxmoxClient, ProxmoxTarget } from '../proxmox/index.js';
+import type { ConnectionTestResult, ProxmoxClient, ProxmoxTarget, VmidRange } from '../proxmox/index.js';
 import { isUuid } from './node-validation.js';
 import type { NodeRef, VmidHooks } from './vmid-hooks.js';
 import { dueForRefresh, SingleFlight } from '../concurrency/single-flight.js';
+import { type ClusterIdentity, deriveClusterId, vmidSpaceOf } from '../clusters/identity.js';
 
 export type { ProxmoxNode };
 
@@ -53,9 +54,9 @@ export class NodeService {
   private readonly owned = new Map<string, { ref: NodeRef; expiresAt: number }>();
   private readonly ownershipLookups = new SingleFlight<string, NodeRef>();
   /** Node owners by id, looked up together when several are needed at once (batching only). */
-  private readonly ownerRows = new DataLoader<string, { id: string; userId: string } | null>(
+  private readonly ownerRows = new DataLoader<string, RefRow | null>(
     async (ids) => {
-      const rows = await this.prisma.proxmoxNode.findMany({ where: { id: { in: [...ids] } }, select: { id: true, userId: true } });
+      const rows = await this.prisma.proxmoxNode.findMany({ where: { id: { in: [...ids] } }, select: REF_SELECT });
       const byId = new Map(rows.map((r) => [r.id, r]));
       return ids.map((id) => byId.get(id) ?? null);
     },
@@ -133,10 +134,10 @@ export class NodeService {
     return this.prisma.proxmoxNode.findFirst({ ...query, where: { userId: viewer.userId, isDefault: true } });
   }
 
-  /** Ids of every node of the viewer (for "all my nodes" subscriptions). */
-  async ids(viewer: Viewer): Promise<string[]> {
-    const rows = await this.prisma.proxmoxNode.findMany({ where: { userId: viewer.userId }, select: { id: true }, orderBy: { createdAt: 'asc' } });
-    return rows.map((r) => r.id);
+  /** Every node of the viewer as a NodeRef (for "all my nodes" subscriptions). */
+  async refs(viewer: Viewer): Promise<NodeRef[]> {
+    const rows = await this.prisma.proxmoxNode.findMany({ where: { userId: viewer.userId }, select: REF_SELECT, orderBy: { createdAt: 'asc' } });
+    return rows.map(refOf);
   }
 
   /** Tests the connection first; on any failure nothing is stored. */
@@ -165,6 +166,7 @@ export class NodeService {
       tlsFingerprint: target.tlsFingerprint ?? null,
       allowInsecureTls: target.allowInsecureTls ?? false,
       ...testedFields(test),
+      ...(await this.identityFields(test.identity)),
     };
     // The first node becomes the default: decided under the user's lock, so concurrent creates
     // and deletes see each other (the partial unique index stays the last line of defence).
@@ -217,7 +219,7 @@ export class NodeService {
 
     if (connectionChanged) {
       const test = await this.proveReachable(target);
-      Object.assign(data, testedFields(test), {
+      Object.assign(data, testedFields(test), await this.identityFields(test.identity), {
         host: target.host,
         port: target.port,
         tokenId: target.tokenId,
@@ -248,6 +250,7 @@ export class NodeService {
   /** Refuses while containers are registered; promotes the oldest node when the default goes. */
   async delete(viewer: Viewer, id: string): Promise<boolean> {
     const node = await this.get(viewer, id);
+    let othersOfCluster = 0;
     try {
       await this.withUserLock(viewer.userId, async (tx) => {
         const containers = await tx.container.count({ where: { nodeId: node.id } });
@@ -258,6 +261,7 @@ export class NodeService {
           const oldest = await tx.proxmoxNode.findFirst({ where: { userId: viewer.userId }, orderBy: [{ createdAt: 'asc' }, { id: 'asc' }] });
           if (oldest) await tx.proxmoxNode.update({ where: { id: oldest.id }, data: { isDefault: true } });
         }
+        if (node.clusterId) othersOfCluster = await tx.proxmoxNode.count({ where: { clusterId: node.clusterId } });
       });
     } catch (err) {
       // A container registered between the count and the delete: the foreign key refuses.
@@ -266,7 +270,7 @@ export class NodeService {
     }
     this.deletions++;
     this.owned.delete(`${viewer.userId}:${node.id}`);
-    await this.vmids.nodeDeleted(refOf(node));
+    await this.vmids.nodeDeleted(refOf(node), othersOfCluster === 0);
     return true;
   }
 
@@ -285,17 +289,97 @@ export class NodeService {
     const node = await this.get(viewer, id);
     const result = await this.proxmox.testConnection(this.targetOf(node));
     if (result.ok) {
-      await this.prisma.proxmoxNode.updateMany({ where: { id: node.id }, data: testedFields(result) });
+      await this.prisma.proxmoxNode.updateMany({ where: { id: node.id }, data: { ...testedFields(result), ...(await this.identityFields(result.identity)) } });
     }
     return result;
   }
 
-  /** VMIDs of every guest on the node's cluster (the VMID capability's source of truth). */
-  async guestVmids(nodeId: string): Promise<number[]> {
+  /**
+   * The cluster a registration reaches: the one already known by any of its members'
+   * fingerprints (whoever registered it, through whichever member), else a new one. Not
+   * identifiable (the token may not read the fingerprints): no cluster, a VMID space of its own.
+   */
+  private async identityFields(identity: ClusterIdentity | null) {
+    const at = new Date();
+    if (!identity) return { clusterId: null, memberFingerprints: [], clusterIdentifiedAt: at };
+    const known = await this.prisma.proxmoxNode.findFirst({
+      where: { clusterId: { not: null }, clusterName: identity.clusterName, memberFingerprints: { hasSome: identity.memberFingerprints } },
+      select: { clusterId: true },
+      orderBy: [{ createdAt: 'asc' }, { id: 'asc' }],
+    });
+    return { clusterId: known?.clusterId ?? deriveClusterId(identity), memberFingerprints: identity.memberFingerprints, clusterIdentifiedAt: at };
+  }
+
+  /**
+   * Identifies the registrations stored before cluster identity existed (run at start-up, in
+   * the background: no manual step). Until then each keeps a VMID space of its own. One whose
+   * Proxmox cannot be reached now is left for the next start or its next connection test.
+   * Answers how many were identified.
+   */
+  async identifyPending(): Promise<number> {
+    const pending = await this.prisma.proxmoxNode.findMany({ where: { clusterIdentifiedAt: null }, orderBy: [{ createdAt: 'asc' }, { id: 'asc' }] });
+    let identified = 0;
+    for (const node of pending) {
+      let identity: ClusterIdentity | null;
+      try {
+        const target = this.targetOf(node);
+        const status = await this.proxmox.clusterStatus(target);
+        identity = await this.proxmox.identity(target, status.clusterName);
+      } catch {
+        continue;
+      }
+      const fields = await this.identityFields(identity);
+      const { count } = await this.prisma.proxmoxNode.updateMany({ where: { id: node.id, clusterIdentifiedAt: null }, data: fields });
+      identified += count;
+    }
+    return identified;
+  }
+
+  /**
+   * The VMIDs in use on the node's cluster (the VMID capability's source of truth): every
+   * guest Proxmox lists, and every container registered through pvegraph on any registration
+   * of the cluster, listed or not yet (a client registers right after its create call;
+   * Proxmox may list the guest a moment later).
+   */
+  async takenVmids(nodeId: string): Promise<number[]> {
     const node = await this.prisma.proxmoxNode.findUnique({ where: { id: nodeId } });
     if (!node) throw new NotFoundError('Node', nodeId);
     const guests = await this.proxmox.guests(this.targetOf(node));
-    return guests.map((g) => g.vmid);
+    // Read after Proxmox answered: a container registered during the (slow) Proxmox call is
+    // still counted; one registered after this read makes the fill stale (it invalidates).
+    const registered = await this.prisma.container.findMany({
+      where: node.clusterId ? { node: { clusterId: node.clusterId } } : { nodeId },
+      select: { vmid: true },
+    });
+    return [...guests.map((g) => g.vmid), ...registered.map((c) => c.vmid)];
+  }
+
+  /** Is `vmid` free in the node's whole cluster now? Proxmox's own check (it reserves nothing). */
+  async isVmidFree(nodeId: string, vmid: number): Promise<boolean> {
+    const target = await this.targetById(nodeId);
+    try {
+      await this.proxmox.nextId(target, vmid);
+      return true;
+    } catch (err) {
+      if (err instanceof ConflictError) return false;
+      throw err;
+    }
+  }
+
+  /** The cluster's `next-id` range; null when none is set or the token may not read it. */
+  async nextIdRange(nodeId: string): Promise<VmidRange | null> {
+    try {
+      return await this.proxmox.nextIdRange(await this.targetById(nodeId));
+    } catch (err) {
+      if (err instanceof DomainError && err.code === ErrorCode.PROXMOX_FORBIDDEN) return null;
+      throw err;
+    }
+  }
+
+  private async targetById(nodeId: string): Promise<ProxmoxTarget> {
+    const node = await this.prisma.proxmoxNode.findUnique({ where: { id: nodeId } });
+    if (!node) throw new NotFoundError('Node', nodeId);
+    return this.targetOf(node);
   }
 
   /**
@@ -334,8 +418,12 @@ export class NodeService {
   }
 }
 
-export function refOf(node: Pick<ProxmoxNode, 'id' | 'userId'>): NodeRef {
-  return { id: node.id, userId: node.userId };
+/** What a NodeRef is made from. */
+const REF_SELECT = { id: true, userId: true, clusterId: true } as const;
+type RefRow = Pick<ProxmoxNode, 'id' | 'userId' | 'clusterId'>;
+
+export function refOf(node: Pick<ProxmoxNode, 'id' | 'userId' | 'clusterId'>): NodeRef {
+  return { id: node.id, userId: node.userId, spaceId: vmidSpaceOf(node) };
 }
 
 /** Bound into each ciphertext, so a value copied to another row or column will not decrypt. */

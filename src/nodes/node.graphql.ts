@@ -1,4 +1,5 @@
-import type { ConnectionTestResult } from '../proxmox/index.js';
+import type { ClusterMember, ConnectionTestResult } from '../proxmox/index.js';
+import { vmidSpaceOf } from '../clusters/identity.js';
 import { builder } from '../graphql/builder.js';
 import * as rules from './node-validation.js';
 
@@ -22,6 +23,17 @@ builder.prismaObject('ProxmoxNode', {
       description: 'SHA-256 of the certificate the host presented at the last successful test.',
     }),
     lastTestedAt: t.expose('lastTestedAt', { type: 'DateTime', nullable: true }),
+    clusterId: t.id({
+      description:
+        "The Proxmox cluster (or standalone host) this registration reaches, from its members' certificate fingerprints. Every registration of one cluster (any user, any member host) has the same clusterId and shares one VMID space. When the token cannot read the fingerprints (clusterIdentified false) it is the registration's own id: a VMID space of its own.",
+      select: { id: true, clusterId: true },
+      resolve: (node) => vmidSpaceOf(node),
+    }),
+    clusterIdentified: t.boolean({
+      description: 'False when the cluster could not be identified (the token lacks Sys.Audit on /) or not yet (a registration from before identity, until its next start-up).',
+      select: { clusterId: true },
+      resolve: (node) => node.clusterId !== null,
+    }),
     createdAt: t.expose('createdAt', { type: 'DateTime' }),
     updatedAt: t.expose('updatedAt', { type: 'DateTime' }),
     containers: t.relation('containers', { query: { orderBy: { vmid: 'asc' } } }),
@@ -29,6 +41,14 @@ builder.prismaObject('ProxmoxNode', {
 });
 
 builder.prismaObjectField('User', 'nodes', (t) => t.relation('nodes', { query: { orderBy: [{ createdAt: 'asc' }, { id: 'asc' }] } }));
+
+const ClusterMemberRef = builder.objectRef<ClusterMember>('ClusterMember').implement({
+  fields: (t) => ({
+    name: t.exposeString('name'),
+    address: t.exposeString('address', { nullable: true, description: "The member's cluster address, as Proxmox reports it." }),
+    online: t.exposeBoolean('online'),
+  }),
+});
 
 export const ConnectionTestRef = builder.objectRef<ConnectionTestResult>('ConnectionTest').implement({
   description: 'Outcome of asking a node for /version and /cluster/status.',
@@ -40,6 +60,11 @@ export const ConnectionTestRef = builder.objectRef<ConnectionTestResult>('Connec
     fingerprint: t.exposeString('fingerprint', { nullable: true, description: 'SHA-256 of the certificate the host presented.' }),
     clusterName: t.exposeString('clusterName', { nullable: true }),
     pveNodeNames: t.exposeStringList('pveNodeNames'),
+    members: t.field({
+      type: [ClusterMemberRef],
+      description: "The cluster's members as /cluster/status lists them (candidates for fallback endpoints).",
+      resolve: (r) => r.members,
+    }),
     errorCode: t.exposeString('errorCode', { nullable: true, description: 'A PROXMOX_* or HOST_NOT_ALLOWED code when ok is false.' }),
     message: t.exposeString('message', { nullable: true }),
   }),

@@ -12,5 +12,6 @@ export interface VmidHooks {
   containerUnregistered(node: NodeRef, vmid: number): Promise<void>;
   /** Host, port or credentials changed: the cached set may be another cluster's. */
   nodeConnectionChanged(node: NodeRef): Promise<void>;
-  nodeDeleted(node: NodeRef): Promise<void>;
+  /** `lastOfSpace`: no other registration (of any user) shares the node's VMID space. */
+  nodeDeleted(node: NodeRef, lastOfSpace: boolean): Promise<void>;
 }

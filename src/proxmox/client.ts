@@ -15,8 +15,10 @@ import {
   clusterStatusSchema,
   envelopeSchema,
   errorBodySchema,
+  clusterOptionsSchema,
   nextIdSchema,
   nodeGuestsSchema,
+  nodeListSchema,
   resourcesSchema,
   versionSchema,
 } from './schemas.js';
@@ -75,6 +77,29 @@ export interface ProxmoxClusterStatus {
   /** null for a standalone node */
   clusterName: string | null;
   nodeNames: string[];
+  /** Every member, by name (what a UI offers as fallback endpoints). */
+  members: ClusterMember[];
+}
+
+/**
+ * What tells one Proxmox cluster (or standalone host) from every other: the SHA-256
+ * fingerprints of its members' `pve-ssl.pem` certificates. Each is made from a key generated
+ * at install time, so they differ between installations even when every name is the default
+ * (`pve`, `pve1`, a cluster called "cluster"). Proxmox reports them for every member, online
+ * or not, in `GET /nodes` (`ssl_fingerprint`).
+ */
+export interface ClusterIdentity {
+  /** null for a standalone host. */
+  clusterName: string | null;
+  /** Upper-case colon hex, sorted, once each; never empty. */
+  memberFingerprints: string[];
+}
+
+export interface ClusterMember {
+  name: string;
+  /** The address the cluster knows the member by (corosync's), when reported. */
+  address: string | null;
+  online: boolean;
 }
 
 export interface ProxmoxGuest {
@@ -94,6 +119,9 @@ export interface ConnectionTestResult {
   fingerprint: string | null;
   clusterName: string | null;
   pveNodeNames: string[];
+  members: ClusterMember[];
+  /** What tells this cluster from every other; null when the token cannot read it. */
+  identity: ClusterIdentity | null;
   errorCode: string | null;
   message: string | null;
 }
@@ -189,6 +217,19 @@ function isRetryable(err: unknown): boolean {
   return false;
 }
 
+/** Proxmox's default `next-id` range: 100 ≤ id < 1,000,000. */
+const DEFAULT_NEXT_ID_LOWER = 100;
+const DEFAULT_NEXT_ID_UPPER = 1_000_000;
+
+/** VMIDs from `lower` (inclusive) to `upper` (exclusive). */
+export interface VmidRange {
+  lower: number;
+  upper: number;
+}
+
+/** A SHA-256 fingerprint as Proxmox writes it (upper-case, colon-separated). */
+const SHA256_FINGERPRINT = /^[0-9A-F]{2}(:[0-9A-F]{2}){31}$/;
+
 export class ProxmoxClient {
   private readonly opts: Required<Omit<ProxmoxClientOptions, 'logger' | 'caCerts' | 'onCall'>> &
     Pick<ProxmoxClientOptions, 'logger' | 'caCerts' | 'onCall'>;
@@ -231,10 +272,34 @@ export class ProxmoxClient {
     const nodeNames = entries
       .filter((e) => e.type === 'node' && typeof e.name === 'string' && e.name !== '')
       .map((e) => e.name as string);
+    const members = new Map<string, ClusterMember>();
+    for (const e of entries) {
+      if (e.type !== 'node' || typeof e.name !== 'string' || e.name === '') continue;
+      members.set(e.name, { name: e.name, address: e.ip || null, online: e.online === undefined ? true : e.online === 1 });
+    }
     return {
       clusterName: cluster?.name ?? null,
       nodeNames: [...new Set(nodeNames)].sort(),
+      members: [...members.values()].sort((a, b) => a.name.localeCompare(b.name)),
     };
+  }
+
+  /**
+   * The cluster's identity from its members' certificate fingerprints (GET /nodes). null when
+   * the token may not see them (403, or no fingerprint in the answer).
+   */
+  async identity(t: ProxmoxTarget, clusterName: string | null): Promise<ClusterIdentity | null> {
+    try {
+      const fingerprints = new Set<string>();
+      for (const n of await this.get(t, '/nodes', nodeListSchema)) {
+        const fp = n.ssl_fingerprint?.trim().toUpperCase();
+        if (fp && SHA256_FINGERPRINT.test(fp)) fingerprints.add(fp);
+      }
+      return fingerprints.size === 0 ? null : { clusterName, memberFingerprints: [...fingerprints].sort() };
+    } catch (err) {
+      if (isDomain(err) && err.code === ErrorCode.PROXMOX_FORBIDDEN) return null;
+      throw err;
+    }
   }
 
   /** Every guest (QEMU and LXC) of the cluster the token may audit, ascending by vmid. */
@@ -309,6 +374,16 @@ export class ProxmoxClient {
     }
   }
 
+  /**
+   * The datacenter's `next-id` range (datacenter.cfg, PVE ≥ 7.2) as [lower, upper), or null
+   * when none is set. With only `lower` set, upper is Proxmox's default (1,000,000).
+   */
+  async nextIdRange(t: ProxmoxTarget): Promise<VmidRange | null> {
+    const range = (await this.get(t, '/cluster/options', clusterOptionsSchema))['next-id'];
+    if (!range || (range.lower === undefined && range.upper === undefined)) return null;
+    return { lower: range.lower ?? DEFAULT_NEXT_ID_LOWER, upper: range.upper ?? DEFAULT_NEXT_ID_UPPER };
+  }
+
   /** Never throws for Proxmox-side failures; input errors (bad fingerprint format) do throw. */
   async testConnection(t: ProxmoxTarget): Promise<ConnectionTestResult> {
     const started = performance.now();
@@ -319,6 +394,7 @@ export class ProxmoxClient {
       version = await this.version(t);
       latencyMs = elapsed();
       const cs = await this.clusterStatus(t);
+      const identity = await this.identity(t, cs.clusterName);
       return {
         ok: true,
         latencyMs,
@@ -327,6 +403,8 @@ export class ProxmoxClient {
         fingerprint: this.lastFingerprint(t),
         clusterName: cs.clusterName,
         pveNodeNames: cs.nodeNames,
+        members: cs.members,
+        identity,
         errorCode: null,
         message: null,
       };
@@ -341,6 +419,8 @@ export class ProxmoxClient {
         fingerprint: typeof extFp === 'string' ? extFp : this.lastFingerprint(t),
         clusterName: null,
         pveNodeNames: [],
+        members: [],
+        identity: null,
         errorCode: err.code,
         message: err.message,
       };

@@ -39,6 +39,15 @@ export const clusterStatusEntrySchema = z.looseObject({
 });
 export const clusterStatusSchema = z.array(clusterStatusEntrySchema);
 
+/** GET /nodes: every member, with the fingerprint of its pve-ssl certificate (cluster identity). */
+export const nodeListSchema = z.array(
+  z.object({
+    node: z.string(),
+    status: z.string().optional(),
+    ssl_fingerprint: z.string().optional(),
+  }),
+);
+
 // Guest lists can hold 10,000 entries of ~20 fields each: plain (stripping) objects read only
 // the fields below, where looseObject would visit and copy every other field too (~1/4 of a
 // large refresh's CPU).
@@ -62,6 +71,11 @@ export const nodeGuestEntrySchema = z.object({
 export const nodeGuestsSchema = z.array(nodeGuestEntrySchema);
 
 export const nextIdSchema = intLike;
+
+/** GET /cluster/options: only what pvegraph reads (values arrive as strings). */
+export const clusterOptionsSchema = z.looseObject({
+  'next-id': z.looseObject({ lower: intLike.optional(), upper: intLike.optional() }).optional(),
+});
 
 export const envelopeSchema = z.looseObject({ data: z.unknown() });
 

@@ -1,5 +1,5 @@
 export { createVmidStore } from './create-store.js';
-export { VmidService, type VmidServiceOptions, type FetchTakenVmids } from './vmid-service.js';
+export { VmidService, type VmidServiceOptions, type FetchTakenVmids, type VmidAuthority, type VmidRange } from './vmid-service.js';
 export { RedisVmidStore, type RedisVmidStoreOptions } from './redis-store.js';
 export { MemoryVmidStore } from './memory-store.js';
 export { RedisEventHub } from './redis-event-hub.js';

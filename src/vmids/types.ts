@@ -7,10 +7,15 @@
 export const VMID_MIN = 100;
 export const VMID_MAX = 999_999_999;
 
-/** A node as this capability needs it: its id and its owner (events are routed per owner). */
+/**
+ * A registration as this capability needs it: its id, its owner, and its VMID space — the
+ * id of the Proxmox cluster it reaches, shared by every registration of that cluster (any
+ * user, any member host), or its own id when the cluster could not be identified.
+ */
 export interface NodeRef {
   id: string;
   userId: string;
+  spaceId: string;
 }
 
 export interface VmidSet {

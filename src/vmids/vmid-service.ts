@@ -4,7 +4,7 @@ import { ConflictError, NotFoundError } from '../errors.js';
 import { CacheUnavailableError } from './errors.js';
 import { EventStream } from './event-stream.js';
 import { LapseSweeper } from './lapse-sweeper.js';
-import { type FilledSnapshot, lowestFree, type VmidSnapshot, type VmidStore } from './store.js';
+import { type FilledSnapshot, type VmidSnapshot, type VmidStore } from './store.js';
 import { type NodeRef, VMID_MAX, VMID_MIN, type VmidEvent, type VmidReservation, type VmidSet } from './types.js';
 import { checkMin, checkTtlSeconds, checkVmid, DEFAULT_RESERVATION_TTL_S } from './validation.js';
 import { SingleFlight } from '../concurrency/single-flight.js';
@@ -12,9 +12,27 @@ import { SingleFlight } from '../concurrency/single-flight.js';
 /** Asks Proxmox which VMIDs exist on the node's cluster (errors: DomainErrors, PROXMOX_*). */
 export type FetchTakenVmids = (node: NodeRef) => Promise<number[]>;
 
+/** VMIDs from `lower` (inclusive) to `upper` (exclusive). */
+export interface VmidRange {
+  lower: number;
+  upper: number;
+}
+
+/**
+ * What only Proxmox can say about a VMID at this moment, whatever the cached listing holds
+ * (errors: DomainErrors, PROXMOX_*).
+ */
+export interface VmidAuthority {
+  /** Is `vmid` free in the whole cluster now (GET /cluster/nextid?vmid=N; "already exists": false)? */
+  isFree(node: NodeRef, vmid: number): Promise<boolean>;
+  /** The datacenter's `next-id` range, null when none is set (or the token may not read it). */
+  nextIdRange(node: NodeRef): Promise<VmidRange | null>;
+}
+
 export interface VmidServiceOptions {
   store: VmidStore;
   fetchTakenVmids: FetchTakenVmids;
+  authority: VmidAuthority;
   /** VMID_CACHE_TTL_S */
   cacheTtlSeconds: number;
   log?: Logger;
@@ -38,6 +56,15 @@ const RESYNC_RETRY_MS = 250;
 const FILL_ATTEMPTS = 3;
 
 /**
+ * How many candidates in a row a reservation without a vmid tries when Proxmox reports each
+ * one in use (guests the cached listing does not know yet, e.g. created by Terraform a moment ago).
+ */
+const CONFIRM_ATTEMPTS = 5;
+
+/** How long a cluster's `next-id` range is trusted (datacenter options rarely change). */
+const RANGE_TTL_MS = 60_000;
+
+/**
  * The VMIDs of a node's cluster: the cached taken set (read-through, single-flight fills),
  * atomic reservations, and live events. Callers pass a NodeRef whose ownership they checked.
  *
@@ -48,6 +75,9 @@ const FILL_ATTEMPTS = 3;
 export class VmidService {
   private readonly store: VmidStore;
   private readonly fetchTakenVmids: FetchTakenVmids;
+  private readonly authority: VmidAuthority;
+  /** Each space's `next-id` range as last read, with when it stops being trusted. */
+  private readonly ranges = new Map<string, { range: VmidRange | null; until: number }>();
   private readonly ttlS: number;
   private readonly log: Logger | undefined;
   private readonly fillLockMs: number;
@@ -66,6 +96,7 @@ export class VmidService {
   constructor(opts: VmidServiceOptions) {
     this.store = opts.store;
     this.fetchTakenVmids = opts.fetchTakenVmids;
+    this.authority = opts.authority;
     this.ttlS = opts.cacheTtlSeconds;
     this.log = opts.log;
     this.fillLockMs = opts.fillLockMs ?? 15_000;
@@ -86,7 +117,7 @@ export class VmidService {
   /** The node's set from the cache; on a miss asks Proxmox once (for all concurrent callers). */
   async getCachedVmids(node: NodeRef): Promise<VmidSet> {
     try {
-      const snap = await this.store.read(node);
+      const snap = await this.store.read(spaceOf(node));
       this.onLookup?.(snap.cache !== null);
       if (snap.cache) return this.toSet(node.id, snap, true);
       const fill = await this.fill(node);
@@ -119,7 +150,7 @@ export class VmidService {
    * whether a cached set existed.
    */
   async invalidateVmidCache(node: NodeRef): Promise<boolean> {
-    const { existed, version } = await this.store.invalidate(node);
+    const { existed, version } = await this.store.invalidate(spaceOf(node));
     this.lastVersions.set(node.id, version);
     return existed;
   }
@@ -131,25 +162,32 @@ export class VmidService {
     return snap.cache.taken.includes(vmid) || snap.reserved.some((r) => r.vmid === vmid);
   }
 
-  /** The lowest VMID ≥ min that is neither taken nor reserved (it reserves nothing). */
+  /**
+   * The lowest VMID ≥ min that is neither taken nor reserved, inside the datacenter's
+   * `next-id` range when one is set: what reserveVmid without a vmid would try first. It
+   * reserves nothing.
+   */
   async nextFreeVmid(node: NodeRef, min: number = VMID_MIN): Promise<number> {
     checkMin(min);
-    const snap = await this.filledSnapshot(node);
-    const vmid = lowestFree(
-      min,
-      snap.cache.taken,
-      snap.reserved.map((r) => r.vmid),
-    );
-    if (vmid > VMID_MAX) throw new ConflictError(`No VMID from ${min} to ${VMID_MAX} is free.`, { min });
-    return vmid;
+    const bounds = await this.searchBounds(node, min);
+    for (let attempt = 1; ; attempt++) {
+      const outcome = await this.store.nextFree(spaceOf(node), bounds.min, bounds.max);
+      if (outcome.status === 'free') return outcome.vmid;
+      if (outcome.status === 'exhausted') throw exhausted(bounds);
+      if (attempt >= FILL_ATTEMPTS) throw notFillable(node);
+      await this.fill(node);
+    }
   }
 
   // ------------------------------------------------------------------ reservations
 
   /**
-   * Reserves `vmid`, or without one the lowest free VMID ≥ min, for ttlSeconds — atomically
-   * across instances. CONFLICT when the VMID is taken or reserved. The check runs against a
-   * filled cache (read-through first), so a reservation never ignores a guest Proxmox knows.
+   * Reserves `vmid`, or without one the lowest free VMID ≥ min (inside the datacenter's
+   * `next-id` range when one is set), for ttlSeconds — atomically across instances. CONFLICT
+   * when the VMID is taken or reserved. The check runs against a filled cache (read-through
+   * first), and then Proxmox confirms the VMID is free at this moment: one it reports in use
+   * becomes taken (the cache learns it, subscribers see it) and the next candidate is tried.
+   * When Proxmox cannot be asked, its PROXMOX_* error is the answer and nothing stays reserved.
    */
   async reserveVmid(
     node: NodeRef,
@@ -160,29 +198,75 @@ export class VmidService {
     if (vmid != null) checkVmid(vmid);
     checkTtlSeconds(ttlSeconds);
     checkMin(min);
-    for (let attempt = 1; ; attempt++) {
-      const outcome = await this.store.reserve(node, { vmid: vmid ?? null, min, max: VMID_MAX, owner: node.userId, ttlSeconds });
+    // An explicit vmid may lie outside the range: Proxmox's range is not a hard limit either.
+    const bounds = vmid == null ? await this.searchBounds(node, min) : { min, max: VMID_MAX };
+    let fills = 0;
+    let refused = 0;
+    for (;;) {
+      const outcome = await this.store.reserve(spaceOf(node), { vmid: vmid ?? null, ...bounds, owner: node.userId, ttlSeconds });
       switch (outcome.status) {
         case 'reserved':
-          this.lastVersions.set(node.id, outcome.version);
-          return { nodeId: node.id, vmid: outcome.vmid, expiresAt: outcome.expiresAt };
+          if (await this.confirmedFree(node, outcome.vmid)) {
+            this.lastVersions.set(node.id, outcome.version);
+            return { nodeId: node.id, vmid: outcome.vmid, expiresAt: outcome.expiresAt };
+          }
+          if (vmid != null) throw takenError(vmid);
+          if (++refused >= CONFIRM_ATTEMPTS) {
+            throw new ConflictError(
+              `Proxmox reported ${CONFIRM_ATTEMPTS} free-looking VMIDs in a row as in use (guests the cache did not know yet); they are recorded as taken now: try again.`,
+              { min: bounds.min },
+            );
+          }
+          break;
         case 'taken':
-          throw new ConflictError(`VMID ${outcome.vmid} is already taken by a guest of this node's cluster.`, { vmid: outcome.vmid });
+          throw takenError(outcome.vmid);
         case 'already-reserved':
           throw new ConflictError(`VMID ${outcome.vmid} is already reserved.`, { vmid: outcome.vmid });
         case 'exhausted':
-          throw new ConflictError(`No VMID from ${min} to ${VMID_MAX} is free.`, { min });
+          throw exhausted(bounds);
         case 'miss':
-          if (attempt >= FILL_ATTEMPTS) throw notFillable(node);
+          if (++fills >= FILL_ATTEMPTS) throw notFillable(node);
           await this.fill(node);
       }
     }
   }
 
-  /** Ends a reservation early; false when there was none (or it had expired). */
+  /**
+   * Asks Proxmox whether the VMID just reserved is free now. In use: it becomes taken (the
+   * reservation ends, the cached set gains it: REFRESHED). Proxmox could not be asked: the
+   * reservation ends and the PROXMOX_* error is the answer.
+   */
+  private async confirmedFree(node: NodeRef, vmid: number): Promise<boolean> {
+    let free: boolean;
+    try {
+      free = await this.authority.isFree(node, vmid);
+    } catch (err) {
+      await this.bestEffort('end an unconfirmed reservation', () => this.store.release(spaceOf(node), vmid, node.userId));
+      throw err;
+    }
+    if (!free) await this.bestEffort('record a VMID Proxmox reports in use', () => this.store.consume(spaceOf(node), vmid));
+    return free;
+  }
+
+  /** [min, max] for a search without a vmid: inside the datacenter's `next-id` range, if set. */
+  private async searchBounds(node: NodeRef, min: number): Promise<{ min: number; max: number }> {
+    const now = Date.now();
+    let known = this.ranges.get(node.spaceId);
+    if (!known || known.until <= now) {
+      known = { range: await this.authority.nextIdRange(node), until: now + RANGE_TTL_MS };
+      this.ranges.set(node.spaceId, known);
+    }
+    if (!known.range) return { min, max: VMID_MAX };
+    return { min: Math.max(min, known.range.lower), max: Math.min(VMID_MAX, known.range.upper - 1) };
+  }
+
+  /**
+   * Ends the caller's reservation early; false when there was none (or it had expired), and
+   * equally when another user of the cluster holds it: only its owner can release it.
+   */
   async releaseVmid(node: NodeRef, vmid: number): Promise<boolean> {
     checkVmid(vmid);
-    return this.store.release(node, vmid, node.userId);
+    return this.store.release(spaceOf(node), vmid, node.userId);
   }
 
   /**
@@ -192,22 +276,27 @@ export class VmidService {
    */
   async consumeReservation(node: NodeRef, vmid: number): Promise<{ released: boolean; added: boolean }> {
     checkVmid(vmid);
-    return this.store.consume(node, vmid);
+    return this.store.consume(spaceOf(node), vmid);
   }
 
   // ------------------------------------------------------------------ hooks of node management
 
   /**
-   * registerContainer: the reservation of `vmid` is used up, and the cached set is dropped
-   * (the contract: registering invalidates), so the next read sees the guest as Proxmox does.
-   * Best effort: the container is recorded already.
+   * registerContainer: the reservation of `vmid` is used up and the VMID joins the cached set
+   * (REFRESHED). It stays taken until the container is unregistered: every fill adds the
+   * registered containers to what Proxmox lists. With no cached set the cache is invalidated
+   * instead, so a fill already on its way (it may have read the containers before this one)
+   * is not written. Best effort: the container is recorded already.
    */
   async containerRegistered(node: NodeRef, vmid: number): Promise<void> {
-    await this.bestEffort('consume a reservation', () => this.consumeReservation(node, vmid));
-    await this.bestEffort('invalidate the VMID cache', () => this.invalidateVmidCache(node));
+    let added = false;
+    await this.bestEffort('consume a reservation', async () => {
+      added = (await this.consumeReservation(node, vmid)).added;
+    });
+    if (!added) await this.bestEffort('invalidate the VMID cache', () => this.invalidateVmidCache(node));
   }
 
-  /** unregisterContainer: the guest may be gone; the next read asks Proxmox. */
+  /** unregisterContainer: the guest may be gone or still there; the next read asks Proxmox. */
   async containerUnregistered(node: NodeRef, _vmid: number): Promise<void> {
     await this.bestEffort('invalidate the VMID cache', () => this.invalidateVmidCache(node));
   }
@@ -217,10 +306,16 @@ export class VmidService {
     await this.bestEffort('invalidate the VMID cache', () => this.invalidateVmidCache(node));
   }
 
-  /** The node is gone: drop its cache and reservations (its version stays as a tombstone: forget). */
-  async nodeDeleted(node: NodeRef): Promise<void> {
+  /**
+   * The registration is gone. With the last registration of its VMID space the space goes
+   * too: cache and reservations dropped, DELETED announced, its version kept as a tombstone
+   * (forget). While other registrations of the cluster (of any user) remain, the space stays
+   * as it is: they go on using it.
+   */
+  async nodeDeleted(node: NodeRef, lastOfSpace = true): Promise<void> {
     this.lastVersions.delete(node.id);
-    await this.bestEffort('forget the node', () => this.store.forget(node));
+    if (!lastOfSpace) return;
+    await this.bestEffort('forget the node', () => this.store.forget(spaceOf(node)));
   }
 
   /**
@@ -241,67 +336,81 @@ export class VmidService {
 
   // ------------------------------------------------------------------ events
 
-  /** Events of one node; the first is SYNC with the node's current version. */
+  /** Events of one node; the first is SYNC with its VMID space's current version. */
   subscribeNode(node: NodeRef): AsyncIterableIterator<VmidEvent> {
-    return this.subscribe(node.userId, [node.id], node.id);
+    return this.subscribe([node], true);
   }
 
   /**
-   * Events of every node of a user; first one SYNC per node in `nodeIds` (nodes added later
-   * show up with their first change).
+   * Events of every node of a user (those in `nodes`: the user's registrations when the
+   * subscription starts); first one SYNC per node.
    */
-  subscribeUser(userId: string, nodeIds: readonly string[]): AsyncIterableIterator<VmidEvent> {
-    return this.subscribe(userId, nodeIds, null);
+  subscribeUser(_userId: string, nodes: readonly NodeRef[]): AsyncIterableIterator<VmidEvent> {
+    return this.subscribe(nodes, false);
   }
 
-  private subscribe(userId: string, syncNodeIds: readonly string[], onlyNode: string | null): AsyncIterableIterator<VmidEvent> {
+  /**
+   * The store publishes each change once per VMID space (cluster), named by the space; each
+   * registration of the subscriber in that space receives it under its own id. Versions,
+   * floors and DELETED are the space's.
+   */
+  private subscribe(nodes: readonly NodeRef[], single: boolean): AsyncIterableIterator<VmidEvent> {
     const store = this.store;
     const lapses = this.lapses;
+    // space → the subscriber's registrations in it
+    const registrations = new Map<string, string[]>();
+    for (const node of nodes) {
+      const ids = registrations.get(node.spaceId) ?? [];
+      if (!ids.includes(node.id)) ids.push(node.id);
+      registrations.set(node.spaceId, ids);
+    }
+    const spaces = [...registrations.keys()];
     return new EventStream<VmidEvent>(async (push, stop) => {
       // Until the SYNCs are out, live events wait here; afterwards an event passes only if it
       // is newer than what this subscriber has been told (so nothing is lost or repeated
       // between "listening" and "read the version").
       let floors: Map<string, number> | null = null;
       const early: VmidEvent[] = [];
-      // The nodes this subscription covers, watched for lapsing reservations: the SYNC'd ones,
-      // and (every node of a user) any other that shows up with a reservation.
+      // The spaces this subscription covers, watched for lapsing reservations.
       const watched = new Map<string, () => void>();
-      // Nodes whose DELETED was delivered: nothing more comes of them.
+      // Spaces whose DELETED was delivered: nothing more comes of them.
       const deleted = new Set<string>();
-      const watch = (nodeId: string) => {
-        if (!watched.has(nodeId) && !deleted.has(nodeId)) watched.set(nodeId, lapses.watch({ id: nodeId, userId }));
+      const watch = (spaceId: string) => {
+        if (!watched.has(spaceId) && !deleted.has(spaceId)) watched.set(spaceId, lapses.watch(spaceRef(spaceId)));
       };
       const deliver = (event: VmidEvent) => {
-        if (onlyNode !== null && event.nodeId !== onlyNode) return;
-        // Nothing follows a node's DELETED (an instance of an earlier version, during a rolling
+        const space = event.nodeId;
+        if (!registrations.has(space)) return;
+        // Nothing follows a space's DELETED (an instance of an earlier version, during a rolling
         // upgrade, may still write a deleted node's keys: its events are not passed on).
-        if (deleted.has(event.nodeId)) return;
-        if (event.kind === 'RESERVED') {
-          watch(event.nodeId);
-          lapses.observe(event);
-        }
+        if (deleted.has(space)) return;
+        if (event.kind === 'RESERVED') lapses.observe(event);
         if (!floors) {
           early.push(event);
           return;
         }
-        if (event.version <= (floors.get(event.nodeId) ?? 0)) return;
-        floors.set(event.nodeId, event.version);
-        send(event);
-        if (event.kind === 'DELETED') ended(event.nodeId);
+        if (event.version <= (floors.get(space) ?? 0)) return;
+        floors.set(space, event.version);
+        sendAs(space, event);
+        if (event.kind === 'DELETED') ended(space);
       };
-      /** The node's DELETED went out: nothing more comes of it. */
-      const ended = (nodeId: string) => {
-        deleted.add(nodeId);
-        watched.get(nodeId)?.();
-        watched.delete(nodeId);
-        // The node's own subscription has nothing left to follow: it completes.
-        if (onlyNode !== null) stop();
+      /** The space's DELETED went out: nothing more comes of it. */
+      const ended = (spaceId: string) => {
+        deleted.add(spaceId);
+        watched.get(spaceId)?.();
+        watched.delete(spaceId);
+        // A node's own subscription has nothing left to follow: it completes.
+        if (single) stop();
       };
-      /** The node's first event, or the one after an outage: SYNC, or DELETED if it is gone. */
-      const announce = (known: Map<string, number>, nodeId: string, state: { version: number; deleted: boolean }) => {
-        known.set(nodeId, state.version);
-        send(stateEvent(nodeId, state.deleted ? 'DELETED' : 'SYNC', state.version));
-        if (state.deleted) ended(nodeId);
+      /** The space's first event, or the one after an outage: SYNC, or DELETED if it is gone. */
+      const announce = (known: Map<string, number>, spaceId: string, state: { version: number; deleted: boolean }) => {
+        known.set(spaceId, state.version);
+        sendAs(spaceId, stateEvent(spaceId, state.deleted ? 'DELETED' : 'SYNC', state.version));
+        if (state.deleted) ended(spaceId);
+      };
+      /** One copy per registration of the subscriber in the space, under its id. */
+      const sendAs = (spaceId: string, event: VmidEvent) => {
+        for (const nodeId of registrations.get(spaceId) ?? []) send(nodeId === event.nodeId ? event : { ...event, nodeId });
       };
       // A consumer that stopped reading (EventStream allows 1024 pending events) is ended with
       // an error rather than silently losing events.
@@ -323,19 +432,17 @@ export class VmidService {
         try {
           for (let attempt = 0; active && floors; attempt++) {
             try {
-              // Every node this subscriber has been told of: the SYNC'd ones, and (every node of a
-              // user) those whose events arrived since.
-              for (const nodeId of [...floors.keys()]) {
-                if (deleted.has(nodeId)) continue;
-                const state = await store.state(nodeId);
+              for (const spaceId of [...floors.keys()]) {
+                if (deleted.has(spaceId)) continue;
+                const state = await store.state(spaceId);
                 // Its DELETED may have arrived while the state was read.
-                if (!active || deleted.has(nodeId)) continue;
+                if (!active || deleted.has(spaceId)) continue;
                 // Not only "newer": a Redis that lost its data (restart without persistence,
                 // failover) starts versions again; the lower floor lets new events through.
-                // A node deleted during the outage: its DELETED was missed, its tombstone says so.
-                if (state.deleted || state.version !== (floors.get(nodeId) ?? 0)) announce(floors, nodeId, state);
+                // A space deleted during the outage: its DELETED was missed, its tombstone says so.
+                if (state.deleted || state.version !== (floors.get(spaceId) ?? 0)) announce(floors, spaceId, state);
               }
-              // A RESERVED missed meanwhile did not move its node's lapse timer.
+              // A RESERVED missed meanwhile did not move its space's lapse timer.
               if (active) lapses.resweep(watched.keys());
               return;
             } catch (err) {
@@ -348,23 +455,23 @@ export class VmidService {
         }
       };
 
-      let unlisten: (() => void) | undefined;
+      const unlisten: Array<() => void> = [];
       try {
-        unlisten = await store.listen(userId, deliver, () => void resync());
-        const states = await Promise.all(syncNodeIds.map(async (id) => [id, await store.state(id)] as const));
+        for (const spaceId of spaces) unlisten.push(await store.listen(spaceId, deliver, () => void resync()));
+        const states = await Promise.all(spaces.map(async (id) => [id, await store.state(id)] as const));
         floors = new Map();
-        for (const [nodeId, state] of states) announce(floors, nodeId, state);
+        for (const [spaceId, state] of states) announce(floors, spaceId, state);
         for (const event of early.splice(0)) deliver(event);
-        for (const nodeId of syncNodeIds) watch(nodeId);
+        for (const spaceId of spaces) watch(spaceId);
       } catch (err) {
-        unlisten?.();
+        for (const u of unlisten) u();
         for (const unwatch of watched.values()) unwatch();
         stop(err);
         return;
       }
       await stop;
       active = false;
-      unlisten();
+      for (const u of unlisten) u();
       for (const unwatch of watched.values()) unwatch();
     });
   }
@@ -384,29 +491,29 @@ export class VmidService {
    * asks Proxmox itself rather than fail.
    */
   private fill(node: NodeRef): Promise<Fill> {
-    return this.fills.run(node.id, () => this.fillOnce(node));
+    return this.fills.run(node.spaceId, () => this.fillOnce(node));
   }
 
   private async fillOnce(node: NodeRef): Promise<Fill> {
     const deadline = Date.now() + this.fillWaitMs;
     for (;;) {
-      const token = await this.store.tryLock(node.id, this.fillLockMs);
+      const token = await this.store.tryLock(node.spaceId, this.fillLockMs);
       if (token) {
         try {
           const epoch = await this.epochOf(node);
           // Someone may have filled between our miss and our lock.
-          const current = await this.store.read(node);
+          const current = await this.store.read(spaceOf(node));
           if (current.cache) return { snapshot: current, written: true };
           return await this.fetchAndWrite(node, epoch);
         } finally {
-          await this.store.unlock(node.id, token).catch(() => undefined);
+          await this.store.unlock(node.spaceId, token).catch(() => undefined);
         }
       }
       while (Date.now() < deadline) {
         await sleep(this.fillPollMs);
-        const snap = await this.store.read(node);
+        const snap = await this.store.read(spaceOf(node));
         if (snap.cache) return { snapshot: snap, written: true };
-        if (!(await this.store.isLocked(node.id))) break;
+        if (!(await this.store.isLocked(node.spaceId))) break;
       }
       if (Date.now() >= deadline) {
         this.log?.warn({ nodeId: node.id }, 'vmid cache: gave up waiting for another instance to fill; asking Proxmox');
@@ -421,7 +528,7 @@ export class VmidService {
    * is not asked, and the store would refuse the write anyway.
    */
   private async epochOf(node: NodeRef): Promise<number> {
-    const { epoch, deleted } = await this.store.state(node.id);
+    const { epoch, deleted } = await this.store.state(node.spaceId);
     if (deleted) throw new NotFoundError('Node', node.id);
     return epoch;
   }
@@ -437,9 +544,9 @@ export class VmidService {
    * fetched set itself (true when Proxmox was asked) and the cache stays empty.
    */
   private async write(node: NodeRef, taken: number[], epoch: number): Promise<FilledSnapshot | VmidSnapshot> {
-    const outcome = await this.store.refresh(node, taken, this.ttlS, epoch);
+    const outcome = await this.store.refresh(spaceOf(node), taken, this.ttlS, epoch);
     if (outcome.written) return outcome.snapshot;
-    const snap = await this.store.read(node);
+    const snap = await this.store.read(spaceOf(node));
     if (snap.cache) return snap;
     const at = new Date();
     return {
@@ -451,7 +558,7 @@ export class VmidService {
   /** A snapshot with a filled cache, filling it first if needed. */
   private async filledSnapshot(node: NodeRef): Promise<FilledSnapshot> {
     for (let attempt = 1; ; attempt++) {
-      const snap = await this.store.read(node);
+      const snap = await this.store.read(spaceOf(node));
       if (snap.cache) return snap as FilledSnapshot;
       const fill = await this.fill(node);
       if (fill.snapshot.cache) return fill.snapshot as FilledSnapshot;
@@ -464,10 +571,10 @@ export class VmidService {
   /** Straight from Proxmox: nothing cached, reservations unknown (reported as none). */
   private async directSet(node: NodeRef, cause: CacheUnavailableError, fetched?: number[]): Promise<VmidSet> {
     this.log?.warn({ nodeId: node.id, err: { message: cause.message } }, 'vmid cache unavailable: answering from Proxmox directly');
-    let pending = fetched ? Promise.resolve(fetched) : this.directReads.get(node.id);
+    let pending = fetched ? Promise.resolve(fetched) : this.directReads.get(node.spaceId);
     if (!pending) {
-      pending = this.fetchTakenVmids(node).finally(() => this.directReads.delete(node.id));
-      this.directReads.set(node.id, pending);
+      pending = this.fetchTakenVmids(node).finally(() => this.directReads.delete(node.spaceId));
+      this.directReads.set(node.spaceId, pending);
     }
     const taken = [...new Set(await pending)].sort((a, b) => a - b);
     const now = new Date();
@@ -510,6 +617,26 @@ interface Fill {
  */
 function stateEvent(nodeId: string, kind: 'SYNC' | 'DELETED', version: number): VmidEvent {
   return { nodeId, kind, version, at: new Date(), vmids: null };
+}
+
+/**
+ * The store keeps one VMID space per cluster: what it calls a node is the space (its events
+ * go to the space's channel, named by `userId`), shared by every registration of the cluster.
+ */
+function spaceOf(node: NodeRef): NodeRef {
+  return spaceRef(node.spaceId);
+}
+
+function spaceRef(spaceId: string): NodeRef {
+  return { id: spaceId, userId: spaceId, spaceId };
+}
+
+function takenError(vmid: number): ConflictError {
+  return new ConflictError(`VMID ${vmid} is already taken by a guest of this node's cluster.`, { vmid });
+}
+
+function exhausted(bounds: { min: number; max: number }): ConflictError {
+  return new ConflictError(`No VMID from ${bounds.min} to ${bounds.max} is free.`, { min: bounds.min, max: bounds.max });
 }
 
 function notFillable(node: NodeRef): CacheUnavailableError {

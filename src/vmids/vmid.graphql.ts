@@ -1,6 +1,5 @@
 import { builder } from '../graphql/builder.js';
 import type { GraphQLContext } from '../graphql/context.js';
-import { refOf } from '../nodes/node-service.js';
 import type { NodeRef, VmidEvent, VmidReservation, VmidSet } from './types.js';
 import { DEFAULT_RESERVATION_TTL_S } from './validation.js';
 
@@ -67,8 +66,8 @@ builder.prismaObjectField('ProxmoxNode', 'vmids', (t) =>
   t.field({
     type: VmidSetRef,
     description: 'Same as Query.vmidsTaken(nodeId: id).',
-    select: { id: true, userId: true },
-    resolve: (node, _args, ctx) => ctx.services.vmids.getCachedVmids(refOf(node)),
+    select: { id: true },
+    resolve: async (node, _args, ctx) => ctx.services.vmids.getCachedVmids(await ownedNode(ctx, node.id)),
   }),
 );
 
@@ -133,7 +132,7 @@ builder.subscriptionField('vmidEvents', (t) =>
     args: { nodeId: t.arg.id() },
     subscribe: async (_root, args, ctx) => {
       if (args.nodeId != null) return ctx.services.vmids.subscribeNode(await ownedNode(ctx, args.nodeId));
-      return ctx.services.vmids.subscribeUser(ctx.viewer.userId, await ctx.services.nodes.ids(ctx.viewer));
+      return ctx.services.vmids.subscribeUser(ctx.viewer.userId, await ctx.services.nodes.refs(ctx.viewer));
     },
     resolve: (event) => event,
   }),

@@ -42,12 +42,12 @@ describe('node ownership cache', () => {
     const results = await Promise.allSettled(Array.from({ length: 40 }, (_, i) => nodes.ref(i % 2 ? stranger : owner, nodeId)));
     results.forEach((r, i) => {
       if (i % 2) expect(r).toMatchObject({ status: 'rejected', reason: { code: 'NOT_FOUND' } });
-      else expect(r).toEqual({ status: 'fulfilled', value: { id: nodeId, userId: owner.userId } });
+      else expect(r).toEqual({ status: 'fulfilled', value: { id: nodeId, userId: owner.userId, spaceId: nodeId } });
     });
     expect(nodeSelects()).toBe(1); // the owner's and the stranger's checks share one batched query
 
     // The owner's entry is cached now; the stranger still asks the database and is still refused.
-    await expect(nodes.ref(owner, nodeId)).resolves.toEqual({ id: nodeId, userId: owner.userId });
+    await expect(nodes.ref(owner, nodeId)).resolves.toEqual({ id: nodeId, userId: owner.userId, spaceId: nodeId });
     await expect(nodes.ref(stranger, nodeId)).rejects.toMatchObject({ code: 'NOT_FOUND' });
     expect(nodeSelects()).toBe(2);
   });
@@ -65,7 +65,7 @@ describe('node ownership cache', () => {
     await db.prisma.proxmoxNode.deleteMany({ where: { id: nodeId } }); // not through this service
 
     clock.mockReturnValue(start + 8_500); // last fifth of the 10 s lifetime
-    await expect(nodes.ref(owner, nodeId)).resolves.toEqual({ id: nodeId, userId: owner.userId });
+    await expect(nodes.ref(owner, nodeId)).resolves.toEqual({ id: nodeId, userId: owner.userId, spaceId: nodeId });
     await expect.poll(() => nodes.ref(owner, nodeId).then(() => 'answered', (e: { code?: string }) => e.code)).toBe('NOT_FOUND');
     expect(failures).toEqual([]); // finding the node gone is not a failed re-check
   });
@@ -93,7 +93,7 @@ describe('node ownership cache', () => {
     expect(nodeSelects()).toBe(1);
     await nodes.delete(owner, nodeId);
     release();
-    await expect(racing).resolves.toEqual({ id: nodeId, userId: owner.userId });
+    await expect(racing).resolves.toEqual({ id: nodeId, userId: owner.userId, spaceId: nodeId });
     await expect(nodes.ref(owner, nodeId)).rejects.toMatchObject({ code: 'NOT_FOUND' });
     expect(nodeSelects()).toBe(3); // the lookup, delete's own read, and the database again (not the cache)
   });

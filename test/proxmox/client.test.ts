@@ -28,7 +28,7 @@ describe('ProxmoxClient against a standalone simulator', () => {
   });
 
   it('reports a standalone node: clusterName null, its node name', async () => {
-    expect(await client.clusterStatus(sim.target())).toEqual({ clusterName: null, nodeNames: ['pve'] });
+    expect(await client.clusterStatus(sim.target())).toMatchObject({ clusterName: null, nodeNames: ['pve'], members: [{ name: 'pve', online: true }] });
   });
 
   it('lists every guest of /cluster/resources, ascending, with gaps', async () => {
@@ -191,7 +191,23 @@ describe('ProxmoxClient against a cluster simulator', () => {
   });
 
   it('reports the cluster name and every node', async () => {
-    expect(await client.clusterStatus(sim.target())).toEqual({ clusterName: 'lab', nodeNames: ['pve1', 'pve2', 'pve3'] });
+    const status = await client.clusterStatus(sim.target());
+    expect(status).toMatchObject({ clusterName: 'lab', nodeNames: ['pve1', 'pve2', 'pve3'] });
+    // pve3 is offline in this cluster; every member has the address the cluster knows it by.
+    expect(status.members.map((m) => [m.name, m.online])).toEqual([['pve1', true], ['pve2', true], ['pve3', false]]);
+    expect(status.members.every((m) => typeof m.address === 'string' && m.address.length > 0)).toBe(true);
+  });
+
+  it("identifies the cluster by its members' certificate fingerprints, offline members included", async () => {
+    const identity = await client.identity(sim.target(), 'lab');
+    expect(identity).toEqual({ clusterName: 'lab', memberFingerprints: Object.values(sim.memberFingerprints).sort() });
+    expect(new Set(identity!.memberFingerprints).size).toBe(3);
+  });
+
+  it('cannot identify the cluster for a token that may not see its members (null, not an error)', async () => {
+    const blind = { id: 'audit@pve!blind', secret: 'blind-secret', privileges: { '/vms': ['VM.Audit'] } };
+    sim.addToken(blind);
+    expect(await client.identity(sim.target({ tokenId: blind.id, tokenSecret: blind.secret }), 'lab')).toBeNull();
   });
 
   it('keeps guests of an offline node (only id, node, status "unknown", type, vmid)', async () => {

@@ -121,6 +121,7 @@ describe.each(['memory', 'redis', 'redis-local'] as const)('VMID cache and reser
       store: opened.store,
       cacheTtlSeconds: 60,
       fetchTakenVmids: async () => (next = next === a ? b : a),
+      authority: proxmox.authority,
     });
     const seen = new Set<string>();
     let writing = true;
@@ -258,7 +259,7 @@ describe.each(['memory', 'redis', 'redis-local'] as const)('VMID cache and reser
     await service.getCachedVmids(node); // REFRESHED 1
     const heard: string[] = [];
     // The store's own channel, no subscription: nothing sweeps this node.
-    const unlisten = await opened.store.listen(node.userId, (e) => heard.push(`${e.kind}@${e.version}:${e.vmids?.join(',')}`));
+    const unlisten = await opened.store.listen(node.spaceId, (e) => heard.push(`${e.kind}@${e.version}:${e.vmids?.join(',')}`));
     try {
       // 999 before 1000 only in numeric order.
       await service.reserveVmid(node, 1000, 1); // RESERVED 2
@@ -320,6 +321,7 @@ describe.each(['memory', 'redis', 'redis-local'] as const)('VMID cache and reser
       store: opened.store,
       cacheTtlSeconds: 60,
       fetchTakenVmids: async () => (await proxmox.client.guests(proxmox.sim.target({ tokenSecret: 'wrong' }))).map((g) => g.vmid),
+      authority: proxmox.authority,
     });
     await expectCode(failing.getCachedVmids(node), 'PROXMOX_AUTH_FAILED');
     await expectCode(failing.reserveVmid(node, undefined, 60), 'PROXMOX_AUTH_FAILED');
@@ -350,7 +352,7 @@ describe.each(['memory', 'redis', 'redis-local'] as const)('VMID cache and reser
   it("a deleted node's last event is DELETED: its own subscription completes, the user's goes on, nothing of it is kept", async () => {
     const sibling = newNode(node.userId);
     const own = service.subscribeNode(node);
-    const all = service.subscribeUser(node.userId, [node.id, sibling.id]);
+    const all = service.subscribeUser(node.userId, [node, sibling]);
     try {
       expect(brief(await take(own, 1))).toEqual(['SYNC@0']);
       expect(brief(await take(all, 2))).toEqual(['SYNC@0', 'SYNC@0']);
@@ -419,7 +421,7 @@ describe.each(['memory', 'redis', 'redis-local'] as const)('VMID cache and reser
     await service.getCachedVmids(node); // REFRESHED 1
     await service.nodeDeleted(node); // DELETED 2
     const own = service.subscribeNode(node);
-    const all = service.subscribeUser(node.userId, [node.id, sibling.id]);
+    const all = service.subscribeUser(node.userId, [node, sibling]);
     try {
       expect(brief(await take(own, 1))).toEqual(['DELETED@2']);
       expect((await own.next()).done).toBe(true);

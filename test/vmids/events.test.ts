@@ -71,7 +71,7 @@ describe('VMID events across instances (Redis pub/sub)', () => {
     const n2 = newNode(userId);
     const stranger = newNode();
     await serviceA.reserveVmid(n2, 5000, 60); // n2: REFRESHED 1, RESERVED 2
-    const events = serviceB.subscribeUser(userId, [n1.id, n2.id]);
+    const events = serviceB.subscribeUser(userId, [n1, n2]);
     try {
       const syncs = await take(events, 2);
       expect(syncs.map((e) => [e.nodeId, e.kind, e.version])).toEqual([
@@ -133,7 +133,7 @@ describe('VMID events across instances (Redis pub/sub)', () => {
   it('one Redis subscription per channel per process, freed when the last subscriber leaves', async () => {
     const userId = crypto.randomUUID();
     const node = newNode(userId);
-    const channel = storeB().channel(userId);
+    const channel = storeB().channel(node.spaceId);
     const its = Array.from({ length: 2_000 }, () => serviceB.subscribeNode(node));
     await Promise.all(its.map((it) => take(it, 1)));
     expect(await numsub(channel)).toBe(1);
@@ -153,14 +153,13 @@ describe('VMID events across instances (Redis pub/sub)', () => {
     await serviceA.getCachedVmids(node); // REFRESHED 1
     const onA = serviceA.subscribeNode(node);
     const onB = serviceB.subscribeNode(node);
-    // Every node of the user, SYNC'd for another one (the node was added after it subscribed):
-    // the node is watched from its RESERVED event on.
+    // Every node of the user: the node and another one.
     const other = newNode(node.userId);
-    const allOnB = serviceB.subscribeUser(node.userId, [other.id]);
+    const allOnB = serviceB.subscribeUser(node.userId, [other, node]);
     try {
       expect(brief(await take(onA, 1))).toEqual(['SYNC@1']);
       expect(brief(await take(onB, 1))).toEqual(['SYNC@1']);
-      expect(brief(await take(allOnB, 1))).toEqual(['SYNC@0']);
+      expect(brief(await take(allOnB, 2))).toEqual(['SYNC@0', 'SYNC@1']);
       await serviceB.reserveVmid(node, 4100, 1); // RESERVED 2, lapses after 1 s
       for (const it of [onA, onB, allOnB]) {
         const got = await take(it, 2, 4_000);
@@ -182,7 +181,7 @@ describe('VMID events across instances (Redis pub/sub)', () => {
     try {
       const otherService = makeService(other.store, proxmox);
       const node = newNode();
-      expect(storeB().channel(node.userId).startsWith((b.redis!.options.keyPrefix ?? '') + 'vmid-events:')).toBe(true);
+      expect(storeB().channel(node.spaceId).startsWith((b.redis!.options.keyPrefix ?? '') + 'vmid-events:')).toBe(true);
       const foreign = otherService.subscribeNode(node);
       const own = serviceB.subscribeNode(node);
       await take(foreign, 1);

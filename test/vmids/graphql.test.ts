@@ -124,16 +124,43 @@ describe.each([
     expect((await server.gql(IsVmidTaken, { nodeId, vmid: r.vmid }, token)).data!.isVmidTaken).toBe(false);
   });
 
-  it('consumes a reservation when a container is registered for it, and invalidates the cache', async () => {
+  it('consumes a reservation when a container is registered for it; the VMID joins the cached set', async () => {
     const r = (await server.gql(ReserveVmid, { nodeId, vmid: 7000 }, token)).data!.reserveVmid;
     // The client creates the container at Proxmox with its reserved VMID, then registers it.
     sim.addGuest({ vmid: r.vmid, type: 'lxc' });
     const container = (await server.gql(RegisterContainer, { input: { nodeId, vmid: r.vmid, hostname: 'ct-7000' } }, token)).data!.registerContainer;
     const set = (await server.gql(VmidsTaken, { nodeId }, token)).data!.vmidsTaken;
-    expect(set.fromCache).toBe(false);
     expect(set.reserved).not.toContain(7000);
     expect(set.taken).toContain(7000);
     await server.gql(UnregisterContainer, { id: container.id }, token);
+    sim.removeGuest(7000);
+  });
+
+  it('a registered container holds its VMID until it is unregistered, whether Proxmox lists it or not', async () => {
+    await server.gql(VmidsTaken, { nodeId }, token);
+    const vmid = 7100; // Proxmox does not list it (yet)
+    const sub = subscribe(server, token, nodeId);
+    try {
+      await expect.poll(() => sub.events.length).toBe(1);
+      const container = (await server.gql(RegisterContainer, { input: { nodeId, vmid } }, token)).data!.registerContainer;
+      expect((await server.gql(IsVmidTaken, { nodeId, vmid }, token)).data!.isVmidTaken).toBe(true);
+      expect((await server.gql(VmidsTaken, { nodeId }, token)).data!.vmidsTaken.taken).toContain(vmid);
+      expect(code(await server.gql(ReserveVmid, { nodeId, vmid }, token))).toBe('CONFLICT');
+      expect((await server.gql(NextFreeVmid, { nodeId, min: vmid }, token)).data!.nextFreeVmid).toBe(vmid + 1);
+      // Asking Proxmox again, or dropping the cache, does not free it.
+      expect((await server.gql(RefreshVmidCache, { nodeId }, token)).data!.refreshVmidCache.taken).toContain(vmid);
+      await server.gql(InvalidateVmidCache, { nodeId }, token);
+      expect((await server.gql(VmidsTaken, { nodeId }, token)).data!.vmidsTaken.taken).toContain(vmid);
+      // No event ever showed it free while the container was registered.
+      const sets = sub.events.filter((e) => e.kind === 'REFRESHED').map((e) => e.vmids!);
+      expect(sets.length).toBeGreaterThan(0);
+      for (const taken of sets) expect(taken).toContain(vmid);
+
+      await server.gql(UnregisterContainer, { id: container.id }, token);
+      expect((await server.gql(IsVmidTaken, { nodeId, vmid }, token)).data!.isVmidTaken).toBe(false);
+    } finally {
+      await sub.close();
+    }
   });
 
   it('streams every change in order with consecutive versions, starting with SYNC (WebSocket)', async () => {
@@ -198,9 +225,14 @@ describe.each([
       await readUntil(2);
       expect(seen.map((e) => e.kind)).toEqual(['SYNC', 'SYNC']);
       expect(seen.map((e) => e.nodeId).sort()).toEqual([nodeId, second].sort());
+      // Both registrations reach one cluster: one VMID space, one version; a change through
+      // either reaches the caller under each registration's id.
+      expect(seen[0]!.version).toBe(seen[1]!.version);
       await server.gql(InvalidateVmidCache, { nodeId: second }, token);
-      await readUntil(3);
-      expect(seen[2]).toMatchObject({ kind: 'INVALIDATED', nodeId: second });
+      await readUntil(4);
+      expect(seen.slice(2).map((e) => e.kind)).toEqual(['INVALIDATED', 'INVALIDATED']);
+      expect(seen.slice(2).map((e) => e.nodeId).sort()).toEqual([nodeId, second].sort());
+      expect(seen[2]!.version).toBe(seen[0]!.version + 1);
     } finally {
       ac.abort();
     }
@@ -208,9 +240,11 @@ describe.each([
 
   it("ends a node's subscription with DELETED when the node is deleted; the one to every node tells of it and goes on", async () => {
     const owner = (await server.createUser()).token;
-    const create = async () => (await server.gql(CreateNode, { input: nodeInputFor(sim) as never }, owner)).data!.createNode.id;
-    const kept = await create();
-    const doomed = await create();
+    // The doomed node is the only registration of its cluster: its VMID space goes with it.
+    const standalone = await startTestSimulator({ guests: 2 });
+    const create = async (of: Simulator) => (await server.gql(CreateNode, { input: nodeInputFor(of) as never }, owner)).data!.createNode.id;
+    const kept = await create(sim);
+    const doomed = await create(standalone);
     const one = subscribe(server, owner, doomed);
     const all = subscribe(server, owner);
     try {
@@ -224,13 +258,14 @@ describe.each([
 
       await expect.poll(() => all.events.length).toBe(3);
       expect(all.events[2]).toMatchObject({ kind: 'DELETED', nodeId: doomed });
-      await server.gql(VmidsTaken, { nodeId: kept }, owner); // the first fill: REFRESHED
+      await server.gql(InvalidateVmidCache, { nodeId: kept }, owner);
       await expect.poll(() => all.events.length).toBe(4);
-      expect(all.events[3]).toMatchObject({ kind: 'REFRESHED', nodeId: kept });
+      expect(all.events[3]).toMatchObject({ kind: 'INVALIDATED', nodeId: kept });
       expect(all.completed).toBe(false);
     } finally {
       await one.close();
       await all.close();
+      await standalone.stop();
     }
   });
 

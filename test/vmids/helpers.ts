@@ -5,7 +5,7 @@ import { expect } from 'vitest';
 import type { ProxmoxClient } from '../../src/proxmox/index.js';
 import { connectRedis } from '../../src/redis/redis.js';
 import { startSimulator, type Simulator, type SimulatorOptions } from '../../src/sim/index.js';
-import { MemoryVmidStore, type NodeRef, RedisVmidStore, type VmidEvent, VmidService, type VmidStore } from '../../src/vmids/index.js';
+import { MemoryVmidStore, type NodeRef, RedisVmidStore, type VmidAuthority, type VmidEvent, VmidService, type VmidStore } from '../../src/vmids/index.js';
 import { makeClient } from '../proxmox/helpers.js';
 import { TEST_REDIS_URL } from '../support/env.js';
 
@@ -21,6 +21,8 @@ export interface Proxmox {
   sim: Simulator;
   client: ProxmoxClient;
   fetchTakenVmids: (node: NodeRef) => Promise<number[]>;
+  /** What the node service answers from Proxmox for reservations (nextid, next-id range). */
+  authority: VmidAuthority;
   /** /cluster/resources requests so far. */
   resourceCalls(): number;
   close(): Promise<void>;
@@ -33,6 +35,18 @@ export async function startProxmox(opts: SimulatorOptions = {}): Promise<Proxmox
     sim,
     client,
     fetchTakenVmids: async () => (await client.guests(sim.target())).map((g) => g.vmid),
+    authority: {
+      isFree: async (_node, vmid) => {
+        try {
+          await client.nextId(sim.target(), vmid);
+          return true;
+        } catch (err) {
+          if ((err as { code?: string }).code === 'CONFLICT') return false;
+          throw err;
+        }
+      },
+      nextIdRange: () => client.nextIdRange(sim.target()),
+    },
     resourceCalls: () => sim.stats.count('/cluster/resources'),
     async close() {
       await client.close();
@@ -42,7 +56,13 @@ export async function startProxmox(opts: SimulatorOptions = {}): Promise<Proxmox
 }
 
 export function newNode(userId: string = randomUUID()): NodeRef {
-  return { id: randomUUID(), userId };
+  const id = randomUUID();
+  return { id, userId, spaceId: id };
+}
+
+/** Another registration of `node`'s cluster (same VMID space), of `userId`. */
+export function sameCluster(node: NodeRef, userId: string = randomUUID()): NodeRef {
+  return { id: randomUUID(), userId, spaceId: node.spaceId };
 }
 
 /** A store of one kind, with whatever must be closed after the test. */
@@ -83,6 +103,7 @@ export function makeService(store: VmidStore, proxmox: Proxmox, overrides: { cac
   return new VmidService({
     store,
     fetchTakenVmids: proxmox.fetchTakenVmids,
+    authority: proxmox.authority,
     cacheTtlSeconds: overrides.cacheTtlSeconds ?? 60,
     log: silentLog,
     ...(overrides.fillWaitMs !== undefined ? { fillWaitMs: overrides.fillWaitMs } : {}),

@@ -41,7 +41,7 @@ describe('Redis going away and coming back', () => {
     const leaving = newNode();
     const leavingEvents = flaky.subscribeNode(leaving);
     await take(leavingEvents, 1);
-    const leavingChannel = (behindProxy.store as RedisVmidStore).channel(leaving.userId);
+    const leavingChannel = (behindProxy.store as RedisVmidStore).channel(leaving.spaceId);
     expect(await numsub(leavingChannel)).toBe(1);
 
     await proxy.down();
@@ -90,7 +90,7 @@ describe('Redis going away and coming back', () => {
     expect(brief(await take(events, 2))).toEqual(['RELEASED@3', 'RESERVED@4']);
     expect(await flaky.getCachedVmids(node)).toMatchObject({ fromCache: true, reserved: [109], version: 4 });
     await eventually(async () => (await numsub(leavingChannel)) === 0, 5_000, 'the stale subscription to go');
-    expect(await numsub((behindProxy.store as RedisVmidStore).channel(node.userId))).toBe(1);
+    expect(await numsub((behindProxy.store as RedisVmidStore).channel(node.spaceId))).toBe(1);
     await events.return?.();
   });
 

@@ -1,0 +1,143 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createClient } from 'graphql-ws';
+import WebSocket from 'ws';
+import { graphql } from '../gql/index.js';
+import { DeleteNode, RegisterContainer, UnregisterContainer } from '../nodes/documents.js';
+import { nodeInputFor, type Simulator, startTestSimulator } from '../support/simulator.js';
+import { startTestServer, type TestServer, uniqueRedisPrefix } from '../support/test-server.js';
+import { IsVmidTaken, NextFreeVmid, ReleaseVmid, ReserveVmid, VmidEvents, VmidsTaken } from '../vmids/documents.js';
+
+const CreateClusterNode = graphql(`
+  mutation CreateClusterNode($input: CreateNodeInput!) {
+    createNode(input: $input) { id clusterId clusterIdentified clusterName }
+  }
+`);
+
+const code = (res: { errors?: Array<{ extensions?: Record<string, unknown> }> }) => res.errors?.[0]?.extensions?.code;
+
+/**
+ * One VMID space per Proxmox cluster, through GraphQL on two instances of one deployment:
+ * alice on instance A and bob on instance B register the same cluster; a twin cluster (same
+ * cluster and node names, other installations) stays apart.
+ */
+describe('one VMID space per Proxmox cluster', () => {
+  let a: TestServer;
+  let b: TestServer;
+  let sim: Simulator;
+  let twin: Simulator;
+  let alice: string;
+  let bob: string;
+  let aliceNode: { id: string; clusterId: string };
+  let bobNode: { id: string; clusterId: string };
+
+  const create = async (server: TestServer, of: Simulator, token: string) => {
+    const res = await server.gql(CreateClusterNode, { input: nodeInputFor(of) as never }, token);
+    expect(res.errors).toBeUndefined();
+    return res.data!.createNode;
+  };
+
+  beforeAll(async () => {
+    const prefix = uniqueRedisPrefix();
+    a = await startTestServer({ redisKeyPrefix: prefix });
+    [b, sim, twin] = await Promise.all([
+      startTestServer({ databaseUrl: a.databaseUrl, redisKeyPrefix: prefix }),
+      startTestSimulator({ guests: 6, clusterName: 'cluster', nodeNames: ['pve1', 'pve2', 'pve3'] }),
+      startTestSimulator({ guests: 6, clusterName: 'cluster', nodeNames: ['pve1', 'pve2', 'pve3'] }),
+    ]);
+    alice = (await a.createUser()).token;
+    bob = (await a.createUser()).token;
+    aliceNode = await create(a, sim, alice);
+    bobNode = await create(b, sim, bob);
+  });
+  afterAll(async () => {
+    await Promise.all([a.stop(), b.stop(), sim.stop(), twin.stop()]);
+  });
+
+  it('gives every registration of one cluster, of any user, the same clusterId; a twin with equal names gets its own', async () => {
+    expect(aliceNode.clusterId).toMatch(/^pve-[0-9a-f]{32}$/);
+    expect(bobNode.clusterId).toBe(aliceNode.clusterId);
+    const twinNode = await create(a, twin, alice);
+    expect(twinNode).toMatchObject({ clusterName: 'cluster', clusterIdentified: true });
+    expect(twinNode.clusterId).not.toBe(aliceNode.clusterId);
+  });
+
+  it("shares reservations: another user's shows as reserved, cannot be taken or released by them, and only its owner ends it", async () => {
+    const held = (await a.gql(ReserveVmid, { nodeId: aliceNode.id, ttlSeconds: 120 }, alice)).data!.reserveVmid;
+    expect(held.nodeId).toBe(aliceNode.id);
+    const seenByBob = (await b.gql(VmidsTaken, { nodeId: bobNode.id }, bob)).data!.vmidsTaken;
+    expect(seenByBob.reserved).toContain(held.vmid);
+    expect((await b.gql(IsVmidTaken, { nodeId: bobNode.id, vmid: held.vmid }, bob)).data!.isVmidTaken).toBe(true);
+    expect(code(await b.gql(ReserveVmid, { nodeId: bobNode.id, vmid: held.vmid }, bob))).toBe('CONFLICT');
+    const bobs = (await b.gql(ReserveVmid, { nodeId: bobNode.id }, bob)).data!.reserveVmid;
+    expect(bobs.vmid).not.toBe(held.vmid);
+    expect((await b.gql(NextFreeVmid, { nodeId: bobNode.id, min: held.vmid }, bob)).data!.nextFreeVmid).not.toBe(held.vmid);
+
+    // Bob cannot end Alice's reservation; it answers as if there were none.
+    expect((await b.gql(ReleaseVmid, { nodeId: bobNode.id, vmid: held.vmid }, bob)).data!.releaseVmid).toBe(false);
+    expect((await a.gql(IsVmidTaken, { nodeId: aliceNode.id, vmid: held.vmid }, alice)).data!.isVmidTaken).toBe(true);
+    expect((await a.gql(ReleaseVmid, { nodeId: aliceNode.id, vmid: held.vmid }, alice)).data!.releaseVmid).toBe(true);
+    expect((await b.gql(IsVmidTaken, { nodeId: bobNode.id, vmid: held.vmid }, bob)).data!.isVmidTaken).toBe(false);
+    expect((await b.gql(ReleaseVmid, { nodeId: bobNode.id, vmid: bobs.vmid }, bob)).data!.releaseVmid).toBe(true);
+
+    // Both see one version of one space.
+    const [va, vb] = await Promise.all([
+      a.gql(VmidsTaken, { nodeId: aliceNode.id }, alice),
+      b.gql(VmidsTaken, { nodeId: bobNode.id }, bob),
+    ]);
+    expect(va.data!.vmidsTaken.version).toBe(vb.data!.vmidsTaken.version);
+  });
+
+  it('keeps a twin cluster apart: what one reserves is free in the other', async () => {
+    const twinNode = await create(a, twin, bob);
+    const held = (await a.gql(ReserveVmid, { nodeId: aliceNode.id, vmid: 4321, ttlSeconds: 60 }, alice)).data!.reserveVmid;
+    const there = await a.gql(ReserveVmid, { nodeId: twinNode.id, vmid: held.vmid, ttlSeconds: 60 }, bob);
+    expect(there.errors).toBeUndefined();
+    expect(there.data!.reserveVmid.vmid).toBe(4321);
+    await a.gql(ReleaseVmid, { nodeId: aliceNode.id, vmid: 4321 }, alice);
+    await a.gql(ReleaseVmid, { nodeId: twinNode.id, vmid: 4321 }, bob);
+  });
+
+  it("counts a container one user registered as taken for every registration of the cluster", async () => {
+    const vmid = 5555; // not listed by Proxmox
+    const ct = (await a.gql(RegisterContainer, { input: { nodeId: aliceNode.id, vmid } }, alice)).data!.registerContainer;
+    try {
+      expect((await b.gql(IsVmidTaken, { nodeId: bobNode.id, vmid }, bob)).data!.isVmidTaken).toBe(true);
+      expect(code(await b.gql(ReserveVmid, { nodeId: bobNode.id, vmid }, bob))).toBe('CONFLICT');
+    } finally {
+      await a.gql(UnregisterContainer, { id: ct.id }, alice);
+    }
+    expect((await b.gql(IsVmidTaken, { nodeId: bobNode.id, vmid }, bob)).data!.isVmidTaken).toBe(false);
+  });
+
+  it("streams one user's changes to another user's subscribers of the cluster, under their own node id", async () => {
+    const events: Array<{ nodeId: string; kind: string; version: number; vmids: number[] | null }> = [];
+    const client = createClient({ url: b.wsUrl, webSocketImpl: WebSocket, retryAttempts: 0, connectionParams: { authorization: `Bearer ${bob}` } });
+    const dispose = client.subscribe<{ vmidEvents: (typeof events)[number] }>(
+      { query: VmidEvents, variables: { nodeId: bobNode.id } },
+      { next: (r) => void (r.data && events.push(r.data.vmidEvents)), error: () => undefined, complete: () => undefined },
+    );
+    try {
+      await expect.poll(() => events.length).toBe(1);
+      const held = (await a.gql(ReserveVmid, { nodeId: aliceNode.id, vmid: 6006, ttlSeconds: 60 }, alice)).data!.reserveVmid;
+      await expect.poll(() => events.length).toBe(2);
+      expect(events[1]).toMatchObject({ nodeId: bobNode.id, kind: 'RESERVED', version: events[0]!.version + 1, vmids: [held.vmid] });
+      await a.gql(ReleaseVmid, { nodeId: aliceNode.id, vmid: held.vmid }, alice);
+      await expect.poll(() => events.length).toBe(3);
+      expect(events[2]).toMatchObject({ nodeId: bobNode.id, kind: 'RELEASED' });
+    } finally {
+      dispose();
+      await client.dispose();
+    }
+  });
+
+  it("leaves the cluster's space to the others when one registration is deleted", async () => {
+    const carol = (await a.createUser()).token;
+    const carolNode = await create(a, sim, carol);
+    expect(carolNode.clusterId).toBe(aliceNode.clusterId);
+    const held = (await b.gql(ReserveVmid, { nodeId: bobNode.id, vmid: 7007, ttlSeconds: 60 }, bob)).data!.reserveVmid;
+    expect((await a.gql(DeleteNode, { id: carolNode.id }, carol)).data!.deleteNode).toBe(true);
+    expect((await b.gql(IsVmidTaken, { nodeId: bobNode.id, vmid: held.vmid }, bob)).data!.isVmidTaken).toBe(true);
+    expect((await a.gql(VmidsTaken, { nodeId: aliceNode.id }, alice)).data!.vmidsTaken.reserved).toContain(held.vmid);
+    await b.gql(ReleaseVmid, { nodeId: bobNode.id, vmid: held.vmid }, bob);
+  });
+});
