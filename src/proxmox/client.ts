@@ -32,7 +32,39 @@ export interface ProxmoxTarget {
   tokenSecret: string;
   /** Pinned SHA-256 fingerprint (any case, with or without colons). Wins over allowInsecureTls. */
   tlsFingerprint?: string | null;
+  /** Applies to the primary and to every fallback endpoint (as does the token). */
   allowInsecureTls?: boolean;
+  /**
+   * Further endpoints of the same registration, in order, tried after the primary (host/port/
+   * tlsFingerprint above) when an endpoint is unreachable (network error, timeout, 5xx). Each
+   * has its own pin (none: allowInsecureTls or the CA store decide, as for the primary).
+   */
+  fallbacks?: readonly ProxmoxEndpoint[];
+  /**
+   * Told the outcome of every attempt on an endpoint (index 0 = primary, i = fallbacks[i-1]):
+   * ok when the endpoint answered over HTTP with anything but a 5xx or 401 (a 403 or 400 is the
+   * request's problem, not the endpoint's); otherwise the error message (network, timeout, TLS,
+   * 401, 5xx). Must be cheap and must not throw; never receives the secret.
+   */
+  onEndpointResult?: (result: EndpointResult) => void;
+}
+
+export interface ProxmoxEndpoint {
+  host: string;
+  port: number;
+  tlsFingerprint?: string | null;
+}
+
+export interface EndpointResult {
+  /** 0 = the primary, i ≥ 1 = fallbacks[i - 1]. */
+  index: number;
+  host: string;
+  port: number;
+  ok: boolean;
+  /** null when ok. */
+  error: string | null;
+  /** The error code when not ok. */
+  code: string | null;
 }
 
 /** Minimal logger interface (pino-compatible). Never receives secrets. */
@@ -59,6 +91,12 @@ export interface ProxmoxClientOptions {
   caCerts?: readonly string[];
   /** Told about every finished call (metrics): path without query, outcome 'ok' or an error code. */
   onCall?: (call: ProxmoxCall) => void;
+  /**
+   * After a call succeeded through a fallback endpoint, the next calls of the same target start
+   * there for this long (the primary is tried first again afterwards). 0: always start at the
+   * primary. Default 30 s.
+   */
+  preferWorkingEndpointMs?: number;
 }
 
 export interface ProxmoxCall {
@@ -150,7 +188,7 @@ function isDomain(err: unknown): err is DomainError {
   return err instanceof DomainError;
 }
 
-function tlsModeOf(t: ProxmoxTarget, caCerts: readonly string[] | undefined): TlsMode {
+function tlsModeOf(t: Pick<ProxmoxTarget, 'tlsFingerprint' | 'allowInsecureTls'>, caCerts: readonly string[] | undefined): TlsMode {
   if (t.tlsFingerprint != null && t.tlsFingerprint.trim() !== '') {
     const fp = normalizeFingerprint(t.tlsFingerprint);
     if (!fp) {
@@ -207,6 +245,39 @@ function mapTransportError(err: unknown, t: ProxmoxTarget, timeoutMs: number): E
   return networkError(err, bareHost(t.host), t.port);
 }
 
+/**
+ * Worth passing the request to the next endpoint: this endpoint could not be reached, did not
+ * answer in time, or failed itself (5xx, 595/596 included). Never a refusal: 401, 403, other
+ * 4xx, an untrusted certificate or a pin mismatch, a host the policy refuses answer at once.
+ */
+function isFailover(err: unknown): boolean {
+  if (err instanceof ProxmoxUnreachableError || err instanceof ProxmoxTimeoutError) return true;
+  if (err instanceof ProxmoxApiError) return err.status !== null && err.status >= 500 && err.status <= 599;
+  return false;
+}
+
+/** Whether an attempt's error counts against the endpoint (vs. the request: 403, 400, …). */
+function endpointFailed(err: Error): boolean {
+  if (isFailover(err)) return true;
+  if (!(err instanceof DomainError)) return true;
+  return (
+    err.code === ErrorCode.PROXMOX_AUTH_FAILED ||
+    err.code === ErrorCode.PROXMOX_TLS_UNTRUSTED ||
+    err.code === ErrorCode.PROXMOX_TLS_FINGERPRINT_MISMATCH ||
+    err.code === ErrorCode.HOST_NOT_ALLOWED
+  );
+}
+
+/** The primary (from the target itself), then the fallbacks in order. */
+function endpointsOf(t: ProxmoxTarget): ProxmoxEndpoint[] {
+  const primary: ProxmoxEndpoint = { host: t.host, port: t.port, tlsFingerprint: t.tlsFingerprint ?? null };
+  return t.fallbacks && t.fallbacks.length > 0 ? [primary, ...t.fallbacks] : [primary];
+}
+
+function endpointsKey(endpoints: readonly ProxmoxEndpoint[]): string {
+  return endpoints.map((e) => `${bareHost(e.host).toLowerCase()}|${e.port}|${e.tlsFingerprint ?? ''}`).join(',');
+}
+
 function isRetryable(err: unknown): boolean {
   if (err instanceof ProxmoxUnreachableError) {
     // DNS answers are not retried (a missing name stays missing within a request).
@@ -234,6 +305,8 @@ export class ProxmoxClient {
   private readonly opts: Required<Omit<ProxmoxClientOptions, 'logger' | 'caCerts' | 'onCall'>> &
     Pick<ProxmoxClientOptions, 'logger' | 'caCerts' | 'onCall'>;
   private readonly pools = new Map<string, PoolEntry>();
+  /** Endpoint lists (by key) whose calls start at a fallback that worked, until `until`. */
+  private readonly preferred = new Map<string, { index: number; until: number }>();
 
   constructor(opts: ProxmoxClientOptions) {
     if (!Number.isFinite(opts.timeoutMs) || opts.timeoutMs <= 0) {
@@ -244,6 +317,7 @@ export class ProxmoxClient {
       retries: 2,
       maxPools: 64,
       connectionsPerNode: 4,
+      preferWorkingEndpointMs: 30_000,
       ...opts,
     };
   }
@@ -508,7 +582,14 @@ export class ProxmoxClient {
         tokenSecret: 'invalid token secret',
       });
     }
-    assertLiteralAllowed(t.host, this.policy);
+    // Every endpoint is held to the same rules as the primary, before anything is sent.
+    for (const ep of endpointsOf(t)) {
+      if (!Number.isInteger(ep.port) || ep.port < 1 || ep.port > 65535) {
+        throw new BadUserInputError('The port must be an integer from 1 to 65535.', { port: 'out of range' });
+      }
+      assertLiteralAllowed(ep.host, this.policy);
+      tlsModeOf(ep, this.opts.caCerts); // a malformed pin is BAD_USER_INPUT
+    }
   }
 
   /** GET `path` (relative to /api2/json), with retries, deadline and validation of `data`. */
@@ -529,7 +610,6 @@ export class ProxmoxClient {
   private async getUnreported<S extends z.ZodType>(t: ProxmoxTarget, path: string, schema: S): Promise<z.output<S>> {
     try {
       this.validateTarget(t);
-      const entry = this.poolFor(t);
       const timeoutMs = this.opts.timeoutMs;
       const deadline = Date.now() + timeoutMs;
       const ac = new AbortController();
@@ -540,7 +620,7 @@ export class ProxmoxClient {
           reject(new ProxmoxTimeoutError(timeoutMs));
         }, timeoutMs);
       });
-      const work = this.attempts(t, entry, path, deadline, ac.signal);
+      const work = this.attempts(t, path, deadline, ac.signal);
       work.catch(() => undefined); // may settle after the deadline
       try {
         const raw = await Promise.race([work, expired]);
@@ -555,28 +635,34 @@ export class ProxmoxClient {
     }
   }
 
-  private async attempts(
-    t: ProxmoxTarget,
-    entry: PoolEntry,
-    path: string,
-    deadline: number,
-    signal: AbortSignal,
-  ): Promise<RawResponse> {
+  /**
+   * Rounds over the endpoints (the primary first, or the one that last worked): within a
+   * round an unreachable endpoint (network, timeout, 5xx) passes the request to the next one
+   * at once; a refusal (401, 403, other 4xx, TLS, host policy) answers at once, from whichever
+   * endpoint gave it. After a round in which every endpoint failed, the ones whose failure is
+   * transient get another round after a backoff (`retries` extra rounds; with one endpoint this
+   * is the plain retry of a GET). While endpoints are left in a round, each attempt gets an
+   * equal share of the time left, so a hanging endpoint cannot eat the others' time.
+   */
+  private async attempts(t: ProxmoxTarget, path: string, deadline: number, signal: AbortSignal): Promise<RawResponse> {
+    const endpoints = endpointsOf(t);
+    const n = endpoints.length;
     const retries = Math.max(0, this.opts.retries);
-    for (let attempt = 0; ; attempt++) {
-      try {
-        const raw = await this.once(t, entry, path, signal);
-        this.checkStatus(raw, path);
-        return raw;
-      } catch (e) {
-        const err = signal.aborted ? new ProxmoxTimeoutError(this.opts.timeoutMs) : mapTransportError(e, t, this.opts.timeoutMs);
-        if (signal.aborted || attempt >= retries || !isRetryable(err)) throw err;
-        const base = BACKOFF_MS[Math.min(attempt, BACKOFF_MS.length - 1)] ?? 300;
+    const stickyKey = n > 1 ? endpointsKey(endpoints) : '';
+    const start = n > 1 ? this.preferredEndpoint(stickyKey, n) : 0;
+    /** Endpoints still worth an attempt in a later round. */
+    const alive = new Set(endpoints.map((_, i) => i));
+    let lastErr: Error | undefined;
+    for (let round = 0; round <= retries; round++) {
+      const order = [start, ...endpoints.map((_, i) => i).filter((i) => i !== start)].filter((i) => alive.has(i));
+      if (order.length === 0) break;
+      if (round > 0) {
+        const base = BACKOFF_MS[Math.min(round - 1, BACKOFF_MS.length - 1)] ?? 300;
         const delay = Math.round(base * (1 + Math.random() * 0.5));
         // Never sleep past the deadline: give up with the real error instead of a timeout.
-        if (Date.now() + delay + 20 >= deadline) throw err;
+        if (Date.now() + delay + 20 >= deadline) break;
         this.opts.logger?.debug?.(
-          { host: bareHost(t.host), port: t.port, path, attempt: attempt + 1, delayMs: delay, code: err instanceof DomainError ? err.code : undefined, message: redact(err, t.tokenSecret).message },
+          { host: bareHost(t.host), port: t.port, path, attempt: round, delayMs: delay, code: lastErr instanceof DomainError ? lastErr.code : undefined, message: lastErr ? redact(lastErr, t.tokenSecret).message : undefined },
           'retrying Proxmox request',
         );
         try {
@@ -585,7 +671,99 @@ export class ProxmoxClient {
           throw new ProxmoxTimeoutError(this.opts.timeoutMs);
         }
       }
+      for (let k = 0; k < order.length; k++) {
+        const index = order[k]!;
+        const ep = endpoints[index]!;
+        const target: ProxmoxTarget = { ...t, host: ep.host, port: ep.port, tlsFingerprint: ep.tlsFingerprint ?? null };
+        // The last endpoint of a round has only the whole-request bound.
+        const left = order.length - k;
+        const shareMs = left > 1 ? Math.max(1, Math.floor((deadline - Date.now()) / left)) : 0;
+        const attemptAc = new AbortController();
+        const attemptSignal = AbortSignal.any([signal, attemptAc.signal]);
+        const shareTimer = shareMs > 0 ? setTimeout(() => attemptAc.abort(), shareMs) : undefined;
+        // undici does not settle a request still waiting for its connection when it is
+        // aborted, so the attempt is raced against its signal (as the whole request is).
+        let onAbort: (() => void) | undefined;
+        const abandoned = new Promise<never>((_, reject) => {
+          onAbort = () => reject(new Error('attempt aborted'));
+          attemptSignal.addEventListener('abort', onAbort, { once: true });
+        });
+        let err: Error;
+        try {
+          const request = this.once(target, this.poolFor(target), path, attemptSignal);
+          request.catch(() => undefined);
+          const raw = await Promise.race([request, abandoned]);
+          this.checkStatus(raw, path);
+          this.reportEndpoint(t, index, ep, null);
+          if (n > 1) this.rememberEndpoint(stickyKey, index);
+          return raw;
+        } catch (e) {
+          if (signal.aborted) err = new ProxmoxTimeoutError(this.opts.timeoutMs);
+          else if (attemptAc.signal.aborted) err = new ProxmoxTimeoutError(shareMs, `Proxmox at ${bareHost(ep.host)}:${ep.port} did not answer`);
+          else err = mapTransportError(e, target, this.opts.timeoutMs);
+        } finally {
+          clearTimeout(shareTimer);
+          if (onAbort) attemptSignal.removeEventListener('abort', onAbort);
+        }
+        redact(err, t.tokenSecret);
+        if (n > 1 && err instanceof DomainError) {
+          err.extensions['endpointIndex'] ??= index;
+          err.extensions['host'] ??= bareHost(ep.host);
+          err.extensions['port'] ??= ep.port;
+        }
+        this.reportEndpoint(t, index, ep, err);
+        if (signal.aborted || !isFailover(err)) throw err;
+        lastErr = err;
+        if (!isRetryable(err)) alive.delete(index);
+        if (k < order.length - 1) {
+          this.opts.logger?.debug?.(
+            { host: bareHost(ep.host), port: ep.port, path, endpoint: index, code: err instanceof DomainError ? err.code : undefined, message: err.message },
+            'Proxmox endpoint failed, trying the next one',
+          );
+        }
+      }
     }
+    throw lastErr ?? new ProxmoxTimeoutError(this.opts.timeoutMs);
+  }
+
+  /** Tells the target's callback how an attempt on one endpoint went (never throws). */
+  private reportEndpoint(t: ProxmoxTarget, index: number, ep: ProxmoxEndpoint, err: Error | null): void {
+    if (!t.onEndpointResult) return;
+    const failed = err !== null && endpointFailed(err);
+    try {
+      t.onEndpointResult({
+        index,
+        host: ep.host,
+        port: ep.port,
+        ok: !failed,
+        error: failed ? err.message : null,
+        code: failed ? (err instanceof DomainError ? err.code : 'INTERNAL') : null,
+      });
+    } catch (e) {
+      this.opts.logger?.warn?.({ err: { message: (e as Error).message } }, 'onEndpointResult threw');
+    }
+  }
+
+  /** Where the next call of these endpoints starts: the one that last worked, for a while. */
+  private preferredEndpoint(key: string, n: number): number {
+    const p = this.preferred.get(key);
+    if (!p) return 0;
+    if (p.until <= Date.now() || p.index >= n) {
+      this.preferred.delete(key);
+      return 0;
+    }
+    return p.index;
+  }
+
+  private rememberEndpoint(key: string, index: number): void {
+    const ms = this.opts.preferWorkingEndpointMs;
+    if (index === 0 || ms <= 0) {
+      this.preferred.delete(key);
+      return;
+    }
+    this.preferred.delete(key);
+    if (this.preferred.size >= 4_096) this.preferred.delete(this.preferred.keys().next().value!);
+    this.preferred.set(key, { index, until: Date.now() + ms });
   }
 
   private async once(t: ProxmoxTarget, entry: PoolEntry, path: string, signal: AbortSignal): Promise<RawResponse> {

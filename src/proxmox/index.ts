@@ -2,6 +2,8 @@ export {
   ProxmoxClient,
   DEFAULT_MAX_RESPONSE_BYTES,
   type ProxmoxTarget,
+  type ProxmoxEndpoint,
+  type EndpointResult,
   type ProxmoxClientOptions,
   type ProxmoxLogger,
   type ProxmoxVersion,
