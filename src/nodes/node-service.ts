@@ -4,10 +4,13 @@ import type { Viewer } from '../auth/auth-service.js';
 import type { SecretBox } from '../crypto/secret-box.js';
 import type { Prisma, PrismaClient } from '../db/database.js';
 import { isForeignKeyViolation, isRecordNotFound, isUniqueViolation } from '../db/prisma-errors.js';
-import type { ProxmoxNode } from '../db/generated/prisma/client.js';
+import type { ProxmoxNode, ProxmoxNodeEndpoint } from '../db/generated/prisma/client.js';
 import { BadUserInputError, ConflictError, DomainError, ErrorCode, FailedPreconditionError, NotFoundError } from '../errors.js';
-import type { ConnectionTestResult, ProxmoxClient, ProxmoxTarget, VmidRange } from '../proxmox/index.js';
-import { isUuid } from './node-validation.js';
+import type { ConnectionTestResult, EndpointResult, ProxmoxClient, ProxmoxEndpoint, ProxmoxTarget, VmidRange } from '../proxmox/index.js';
+import { normalizeFingerprint } from '../proxmox/index.js';
+import { bareHost } from '../proxmox/host-policy.js';
+import { EndpointHealth } from './endpoint-health.js';
+import { isUuid, MAX_FALLBACK_ENDPOINTS } from './node-validation.js';
 import type { NodeRef, VmidHooks } from './vmid-hooks.js';
 import { dueForRefresh, SingleFlight } from '../concurrency/single-flight.js';
 import { type ClusterIdentity, deriveClusterId, vmidSpaceOf } from '../clusters/identity.js';
@@ -16,6 +19,13 @@ export type { ProxmoxNode };
 
 /** What Pothos asks the database for (relations it will resolve from the same query). */
 export type NodeQuery = { include?: Prisma.ProxmoxNodeInclude; select?: Prisma.ProxmoxNodeSelect };
+
+/** A fallback endpoint as a client gives it (port default 8006; its own TLS pin or none). */
+export interface EndpointInput {
+  host: string;
+  port?: number | null;
+  tlsFingerprint?: string | null;
+}
 
 export interface CreateNodeInput {
   name: string;
@@ -26,6 +36,8 @@ export interface CreateNodeInput {
   sshPassword?: string | null;
   tlsFingerprint?: string | null;
   allowInsecureTls?: boolean | null;
+  /** Tried in order after the primary (host/port) when an endpoint is unreachable. */
+  fallbackEndpoints?: readonly EndpointInput[] | null;
 }
 
 /** `undefined`/`null` keep a value, except: `tlsFingerprint: null` or `""` removes the pin. */
@@ -41,9 +53,17 @@ export interface UpdateNodeInput {
   sshPassword?: string | null;
   tlsFingerprint?: string | null;
   allowInsecureTls?: boolean | null;
+  /** Omitted/null: keep; a list replaces them all ([] removes every fallback). */
+  fallbackEndpoints?: readonly EndpointInput[] | null;
 }
 
+/** A registration with its fallback endpoints, in order (what a ProxmoxTarget is made from). */
+type NodeWithEndpoints = ProxmoxNode & { fallbackEndpoints: ProxmoxNodeEndpoint[] };
+const WITH_ENDPOINTS = { fallbackEndpoints: { orderBy: { position: 'asc' } } } as const satisfies Prisma.ProxmoxNodeInclude;
+
 const TLS_CODES: readonly string[] = [ErrorCode.PROXMOX_TLS_UNTRUSTED, ErrorCode.PROXMOX_TLS_FINGERPRINT_MISMATCH];
+/** What a fallback answering at registration time refuses it for (unreachable is accepted). */
+const REFUSAL_CODES: readonly string[] = [...TLS_CODES, ErrorCode.PROXMOX_AUTH_FAILED, ErrorCode.HOST_NOT_ALLOWED];
 
 /**
  * A user's Proxmox nodes. Every method takes the viewer and sees only the viewer's rows:
@@ -64,6 +84,8 @@ export class NodeService {
   );
   /** Counts node deletions by this instance, so an ownership lookup that raced one is not cached. */
   private deletions = 0;
+  /** lastError / lastOkAt of every endpoint, from the client's reports. */
+  private readonly health: EndpointHealth;
 
   constructor(
     private readonly prisma: PrismaClient,
@@ -74,7 +96,14 @@ export class NodeService {
     private readonly ownershipCacheTtlMs = 30_000,
     /** A background re-check of a cached ownership failed (not: found the node gone). Reporting only. */
     private readonly onBackgroundCheckFailed?: (err: unknown) => void,
-  ) {}
+  ) {
+    this.health = new EndpointHealth(prisma);
+  }
+
+  /** Stops the endpoint health writes (pending ones are dropped). */
+  close(): void {
+    this.health.close();
+  }
 
   /**
    * The viewer's node as a NodeRef (NOT_FOUND for anyone else's), cached: VMID reads are the
@@ -140,18 +169,30 @@ export class NodeService {
     return rows.map(refOf);
   }
 
-  /** Tests the connection first; on any failure nothing is stored. */
+  /**
+   * Tests the connection first, through the endpoints in order (the primary, and when it is
+   * unreachable the fallbacks, exactly as later calls go); then asks every fallback the test
+   * did not reach for /version, so a wrong pin, a foreign certificate or a host that rejects
+   * the token is refused now rather than found out when the primary fails. A fallback that
+   * cannot be reached now is accepted (its lastError says so). On any refusal nothing is stored.
+   */
   async create(viewer: Viewer, input: CreateNodeInput, query: NodeQuery = {}): Promise<ProxmoxNode> {
     await this.assertNameFree(viewer, input.name);
+    const port = input.port ?? 8006;
+    const fallbacks = checkFallbacks(input.fallbackEndpoints ?? [], { host: input.host, port });
+    const seen: EndpointResult[] = [];
     const target: ProxmoxTarget = {
       host: input.host,
-      port: input.port ?? 8006,
+      port,
       tokenId: input.tokenId,
       tokenSecret: input.tokenSecret,
       tlsFingerprint: input.tlsFingerprint ?? null,
       allowInsecureTls: input.allowInsecureTls ?? false,
+      fallbacks,
+      onEndpointResult: (r) => seen.push(r),
     };
     const test = await this.proveReachable(target);
+    await this.probeFallbacks(target, seen);
 
     const id = randomUUID();
     const data = {
@@ -167,6 +208,8 @@ export class NodeService {
       allowInsecureTls: target.allowInsecureTls ?? false,
       ...testedFields(test),
       ...(await this.identityFields(test.identity)),
+      ...primaryHealth(seen),
+      fallbackEndpoints: { create: fallbackRows(fallbacks, seen) },
     };
     // The first node becomes the default: decided under the user's lock, so concurrent creates
     // and deletes see each other (the partial unique index stays the last line of defence).
@@ -183,8 +226,15 @@ export class NodeService {
 
   /** Re-tests the connection when anything it depends on changes; stores nothing on failure. */
   async update(viewer: Viewer, input: UpdateNodeInput, query: NodeQuery = {}): Promise<ProxmoxNode> {
-    const node = await this.get(viewer, input.id);
+    const node = (await this.get(viewer, input.id, { include: WITH_ENDPOINTS })) as NodeWithEndpoints;
     const data: Prisma.ProxmoxNodeUpdateInput = {};
+    const newPrimary = { host: input.host ?? node.host, port: input.port ?? node.port };
+    const fallbacks = input.fallbackEndpoints == null ? undefined : checkFallbacks(input.fallbackEndpoints, newPrimary);
+    if (fallbacks === undefined && node.fallbackEndpoints.some((e) => sameEndpoint(e, newPrimary))) {
+      throw new BadUserInputError('The primary endpoint would equal one of the fallback endpoints; remove it from fallbackEndpoints.', {
+        'input.host': 'same host and port as a stored fallback endpoint',
+      });
+    }
     if (input.name != null && input.name !== node.name) {
       await this.assertNameFree(viewer, input.name);
       data.name = input.name;
@@ -202,7 +252,19 @@ export class NodeService {
         'input.tokenSecret': 'required when host, port or TLS settings change',
       });
     }
+    // The same for fallbacks: without the secret a fallback may only be an endpoint the secret
+    // was given for already (the primary or a fallback, same host, port and pin): reordering,
+    // removing and promoting stored endpoints are fine, anything new is not.
+    const stored = endpointsOfNode(node);
+    const newPlace = fallbacks?.findIndex((f) => !stored.some((e) => sameEndpoint(e, f) && samePin(e, f))) ?? -1;
+    if (newPlace >= 0 && !input.tokenSecret) {
+      throw new BadUserInputError('A fallback endpoint that is not one of the stored endpoints needs the token secret again.', {
+        'input.tokenSecret': 'required when a new fallback endpoint (host, port or pin) is added',
+      });
+    }
     const target = this.targetOf(node);
+    const seen: EndpointResult[] = [];
+    target.onEndpointResult = (r) => seen.push(r);
     let connectionChanged = false;
     const change = <K extends keyof ProxmoxTarget>(key: K, value: ProxmoxTarget[K]) => {
       if (value !== target[key]) {
@@ -216,9 +278,17 @@ export class NodeService {
     if (input.tokenSecret) change('tokenSecret', input.tokenSecret);
     if (input.tlsFingerprint !== undefined) change('tlsFingerprint', input.tlsFingerprint || null);
     if (input.allowInsecureTls != null) change('allowInsecureTls', input.allowInsecureTls);
+    if (fallbacks !== undefined && !sameEndpointList(fallbacks, target.fallbacks ?? [])) {
+      target.fallbacks = fallbacks;
+      connectionChanged = true;
+    }
 
     if (connectionChanged) {
       const test = await this.proveReachable(target);
+      await this.probeFallbacks(target, seen);
+      const primaryMoved = target.host !== node.host || target.port !== node.port || (target.tlsFingerprint ?? null) !== node.tlsFingerprint;
+      Object.assign(data, primaryMoved ? { primaryLastError: null, primaryLastOkAt: null } : {}, primaryHealth(seen));
+      if (fallbacks !== undefined) data.fallbackEndpoints = { deleteMany: {}, create: fallbackRows(fallbacks, seen) };
       Object.assign(data, testedFields(test), await this.identityFields(test.identity), {
         host: target.host,
         port: target.port,
@@ -240,6 +310,11 @@ export class NodeService {
       // Deleted while the connection test ran.
       if (isRecordNotFound(err)) throw new NotFoundError('Node', input.id);
       throw err;
+    }
+    if (connectionChanged) {
+      // What the test saw about endpoints kept as they were (the rows written above have theirs).
+      this.health.forget(node.id);
+      if (fallbacks === undefined) for (const r of seen) if (r.index > 0) this.health.record(node.id, r);
     }
     if (connectionChanged && (target.host !== node.host || target.port !== node.port || target.tokenId !== node.tokenId)) {
       await this.vmids.nodeConnectionChanged(refOf(node));
@@ -286,7 +361,7 @@ export class NodeService {
 
   /** Never throws for Proxmox-side failures; a successful test refreshes what the node shows. */
   async testConnection(viewer: Viewer, id: string): Promise<ConnectionTestResult> {
-    const node = await this.get(viewer, id);
+    const node = (await this.get(viewer, id, { include: WITH_ENDPOINTS })) as NodeWithEndpoints;
     const result = await this.proxmox.testConnection(this.targetOf(node));
     if (result.ok) {
       await this.prisma.proxmoxNode.updateMany({ where: { id: node.id }, data: { ...testedFields(result), ...(await this.identityFields(result.identity)) } });
@@ -317,7 +392,7 @@ export class NodeService {
    * Answers how many were identified.
    */
   async identifyPending(): Promise<number> {
-    const pending = await this.prisma.proxmoxNode.findMany({ where: { clusterIdentifiedAt: null }, orderBy: [{ createdAt: 'asc' }, { id: 'asc' }] });
+    const pending = await this.prisma.proxmoxNode.findMany({ where: { clusterIdentifiedAt: null }, include: WITH_ENDPOINTS, orderBy: [{ createdAt: 'asc' }, { id: 'asc' }] });
     let identified = 0;
     for (const node of pending) {
       let identity: ClusterIdentity | null;
@@ -342,7 +417,7 @@ export class NodeService {
    * Proxmox may list the guest a moment later).
    */
   async takenVmids(nodeId: string): Promise<number[]> {
-    const node = await this.prisma.proxmoxNode.findUnique({ where: { id: nodeId } });
+    const node = await this.prisma.proxmoxNode.findUnique({ where: { id: nodeId }, include: WITH_ENDPOINTS });
     if (!node) throw new NotFoundError('Node', nodeId);
     const guests = await this.proxmox.guests(this.targetOf(node));
     // Read after Proxmox answered: a container registered during the (slow) Proxmox call is
@@ -377,7 +452,7 @@ export class NodeService {
   }
 
   private async targetById(nodeId: string): Promise<ProxmoxTarget> {
-    const node = await this.prisma.proxmoxNode.findUnique({ where: { id: nodeId } });
+    const node = await this.prisma.proxmoxNode.findUnique({ where: { id: nodeId }, include: WITH_ENDPOINTS });
     if (!node) throw new NotFoundError('Node', nodeId);
     return this.targetOf(node);
   }
@@ -394,7 +469,8 @@ export class NodeService {
     });
   }
 
-  private targetOf(node: ProxmoxNode): ProxmoxTarget {
+  /** The stored endpoints, primary first; every outcome goes to the endpoint health record. */
+  private targetOf(node: NodeWithEndpoints): ProxmoxTarget {
     return {
       host: node.host,
       port: node.port,
@@ -402,7 +478,43 @@ export class NodeService {
       tokenSecret: this.secrets.decrypt(node.tokenSecretEnc, secretContext(node.id, 'tokenSecret')),
       tlsFingerprint: node.tlsFingerprint,
       allowInsecureTls: node.allowInsecureTls,
+      fallbacks: node.fallbackEndpoints.map((e) => ({ host: e.host, port: e.port, tlsFingerprint: e.tlsFingerprint })),
+      onEndpointResult: (r) => this.health.record(node.id, r),
     };
+  }
+
+  /**
+   * Asks each fallback the connection test did not reach for /version, in parallel. A refusal
+   * (TLS, 401, host policy) refuses the registration, naming the fallback; unreachable is
+   * accepted (recorded in `seen`, so it becomes the endpoint's lastError).
+   */
+  private async probeFallbacks(target: ProxmoxTarget, seen: EndpointResult[]): Promise<void> {
+    const fallbacks = target.fallbacks ?? [];
+    const reached = new Set(seen.map((r) => r.index));
+    await Promise.all(
+      fallbacks.map(async (fb, i) => {
+        const index = i + 1;
+        if (reached.has(index)) return;
+        const single: ProxmoxTarget = {
+          ...target,
+          host: fb.host,
+          port: fb.port,
+          tlsFingerprint: fb.tlsFingerprint ?? null,
+          fallbacks: [],
+          onEndpointResult: (r) => seen.push({ ...r, index }),
+        };
+        try {
+          await this.proxmox.version(single);
+        } catch (err) {
+          if (!(err instanceof DomainError) || !REFUSAL_CODES.includes(err.code)) return;
+          const fp = err.extensions['fingerprint'];
+          throw new DomainError(err.code, `Fallback endpoint ${bareHost(fb.host)}:${fb.port}: ${err.message}`, {
+            field: `input.fallbackEndpoints.${i}`,
+            ...(typeof fp === 'string' ? { fingerprint: fp } : {}),
+          });
+        }
+      }),
+    );
   }
 
   private async proveReachable(target: ProxmoxTarget): Promise<ConnectionTestResult> {
@@ -429,6 +541,72 @@ export function refOf(node: Pick<ProxmoxNode, 'id' | 'userId' | 'clusterId'>): N
 /** Bound into each ciphertext, so a value copied to another row or column will not decrypt. */
 function secretContext(nodeId: string, field: 'tokenSecret' | 'sshPassword'): string {
   return `proxmox_node:${nodeId}:${field}`;
+}
+
+/** Input rules the field validators cannot see: how many, and no endpoint twice. */
+function checkFallbacks(list: readonly EndpointInput[], primary: { host: string; port: number }): ProxmoxEndpoint[] {
+  if (list.length > MAX_FALLBACK_ENDPOINTS) {
+    throw new BadUserInputError(`At most ${MAX_FALLBACK_ENDPOINTS} fallback endpoints.`, {
+      'input.fallbackEndpoints': `must have at most ${MAX_FALLBACK_ENDPOINTS} entries`,
+    });
+  }
+  const out: ProxmoxEndpoint[] = list.map((e) => ({ host: e.host, port: e.port ?? 8006, tlsFingerprint: e.tlsFingerprint || null }));
+  const fields: Record<string, string> = {};
+  out.forEach((e, i) => {
+    if (sameEndpoint(e, primary)) fields[`input.fallbackEndpoints.${i}.host`] = 'same host and port as the primary endpoint';
+    else {
+      const j = out.findIndex((o) => sameEndpoint(o, e));
+      if (j < i) fields[`input.fallbackEndpoints.${i}.host`] = `same host and port as input.fallbackEndpoints.${j}`;
+    }
+  });
+  if (Object.keys(fields).length > 0) {
+    throw new BadUserInputError(`Invalid input: ${Object.keys(fields).join(', ')}.`, fields);
+  }
+  return out;
+}
+
+function sameEndpoint(a: { host: string; port: number }, b: { host: string; port: number }): boolean {
+  return a.port === b.port && bareHost(a.host).toLowerCase() === bareHost(b.host).toLowerCase();
+}
+
+function samePin(a: { tlsFingerprint?: string | null }, b: { tlsFingerprint?: string | null }): boolean {
+  const pa = a.tlsFingerprint ? normalizeFingerprint(a.tlsFingerprint) ?? a.tlsFingerprint : null;
+  const pb = b.tlsFingerprint ? normalizeFingerprint(b.tlsFingerprint) ?? b.tlsFingerprint : null;
+  return pa === pb;
+}
+
+function sameEndpointList(a: readonly ProxmoxEndpoint[], b: readonly ProxmoxEndpoint[]): boolean {
+  return a.length === b.length && a.every((e, i) => sameEndpoint(e, b[i]!) && samePin(e, b[i]!));
+}
+
+/** The registration's endpoints as stored: the primary, then the fallbacks. */
+function endpointsOfNode(node: NodeWithEndpoints): ProxmoxEndpoint[] {
+  return [{ host: node.host, port: node.port, tlsFingerprint: node.tlsFingerprint }, ...node.fallbackEndpoints];
+}
+
+/** The last outcome reported for endpoint `index` as lastError/lastOkAt, or {} when none. */
+function healthOf(seen: readonly EndpointResult[], index: number): { lastError: string | null; lastOkAt?: Date } | Record<string, never> {
+  const last = seen.filter((r) => r.index === index).at(-1);
+  if (!last) return {};
+  return last.ok ? { lastError: null, lastOkAt: new Date() } : { lastError: last.error };
+}
+
+function primaryHealth(seen: readonly EndpointResult[]) {
+  const h = healthOf(seen, 0);
+  return {
+    ...('lastError' in h ? { primaryLastError: h.lastError } : {}),
+    ...('lastOkAt' in h ? { primaryLastOkAt: h.lastOkAt } : {}),
+  };
+}
+
+function fallbackRows(fallbacks: readonly ProxmoxEndpoint[], seen: readonly EndpointResult[]) {
+  return fallbacks.map((f, i) => ({
+    position: i + 1,
+    host: f.host,
+    port: f.port,
+    tlsFingerprint: f.tlsFingerprint ?? null,
+    ...healthOf(seen, i + 1),
+  }));
 }
 
 function testedFields(test: ConnectionTestResult) {

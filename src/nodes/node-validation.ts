@@ -55,6 +55,9 @@ export const containerHostname = z
   .trim()
   .refine((v) => v === '' || HOSTNAME.test(v), 'must be a valid hostname');
 
+/** Fallback endpoints per registration (besides the primary). */
+export const MAX_FALLBACK_ENDPOINTS = 8;
+
 /** Ids are UUIDs; anything else cannot name a row and answers NOT_FOUND without a query. */
 export function isUuid(id: string): boolean {
   return /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i.test(id);

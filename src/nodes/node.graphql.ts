@@ -3,6 +3,33 @@ import { vmidSpaceOf } from '../clusters/identity.js';
 import { builder } from '../graphql/builder.js';
 import * as rules from './node-validation.js';
 
+/** One endpoint of a registration, with what pvegraph last saw of it. */
+interface NodeEndpointShape {
+  host: string;
+  port: number;
+  tlsFingerprint: string | null;
+  lastError: string | null;
+  lastOkAt: Date | null;
+}
+
+const NodeEndpointRef = builder.objectRef<NodeEndpointShape>('NodeEndpoint').implement({
+  description: 'An HTTPS endpoint of a registration. The token and allowInsecureTls of the registration apply to all of them.',
+  fields: (t) => ({
+    host: t.exposeString('host'),
+    port: t.exposeInt('port'),
+    tlsFingerprint: t.exposeString('tlsFingerprint', { nullable: true, description: "This endpoint's own pinned SHA-256, upper-case colon hex." }),
+    lastError: t.exposeString('lastError', {
+      nullable: true,
+      description: 'Why the last call that tried this endpoint failed on it (unreachable, timeout, 5xx, TLS, 401); null once it answers again, or when never tried.',
+    }),
+    lastOkAt: t.expose('lastOkAt', {
+      type: 'DateTime',
+      nullable: true,
+      description: 'When this endpoint last answered (refreshed at most once a minute while it keeps answering).',
+    }),
+  }),
+});
+
 builder.prismaObject('ProxmoxNode', {
   description: 'A Proxmox VE endpoint of the caller. tokenSecret and sshPassword are write-only.',
   fields: (t) => ({
@@ -33,6 +60,26 @@ builder.prismaObject('ProxmoxNode', {
       description: 'False when the cluster could not be identified (the token lacks Sys.Audit on /) or not yet (a registration from before identity, until its next start-up).',
       select: { clusterId: true },
       resolve: (node) => node.clusterId !== null,
+    }),
+    endpoints: t.field({
+      type: [NodeEndpointRef],
+      description:
+        'Every endpoint of the registration, primary first (its own host, port and tlsFingerprint), then the fallbacks in order. Calls fail over to the next one when an endpoint is unreachable (network, timeout, 5xx), never on an auth or TLS refusal.',
+      select: {
+        host: true,
+        port: true,
+        tlsFingerprint: true,
+        primaryLastError: true,
+        primaryLastOkAt: true,
+        fallbackEndpoints: {
+          orderBy: { position: 'asc' },
+          select: { host: true, port: true, tlsFingerprint: true, lastError: true, lastOkAt: true },
+        },
+      },
+      resolve: (node) => [
+        { host: node.host, port: node.port, tlsFingerprint: node.tlsFingerprint, lastError: node.primaryLastError, lastOkAt: node.primaryLastOkAt },
+        ...node.fallbackEndpoints,
+      ],
     }),
     createdAt: t.expose('createdAt', { type: 'DateTime' }),
     updatedAt: t.expose('updatedAt', { type: 'DateTime' }),
@@ -70,6 +117,15 @@ export const ConnectionTestRef = builder.objectRef<ConnectionTestResult>('Connec
   }),
 });
 
+const EndpointInput = builder.inputType('EndpointInput', {
+  description: 'A fallback endpoint: same token and allowInsecureTls as the registration, its own TLS pin.',
+  fields: (t) => ({
+    host: t.string({ required: true, validate: { schema: rules.nodeHost } }),
+    port: t.int({ defaultValue: 8006, validate: { schema: rules.nodePort } }),
+    tlsFingerprint: t.string({ validate: { schema: rules.tlsFingerprint } }),
+  }),
+});
+
 const CreateNodeInput = builder.inputType('CreateNodeInput', {
   fields: (t) => ({
     name: t.string({ required: true, validate: { schema: rules.nodeName } }),
@@ -80,6 +136,10 @@ const CreateNodeInput = builder.inputType('CreateNodeInput', {
     sshPassword: t.string({ validate: { schema: rules.sshPassword } }),
     tlsFingerprint: t.string({ validate: { schema: rules.tlsFingerprint } }),
     allowInsecureTls: t.boolean({ defaultValue: false }),
+    fallbackEndpoints: t.field({
+      type: [EndpointInput],
+      description: `Tried in order after host/port when an endpoint is unreachable; at most ${rules.MAX_FALLBACK_ENDPOINTS}, none equal to another or to the primary. Each one the connection test does not reach is asked for /version: a TLS or token refusal refuses the registration, an unreachable one is accepted.`,
+    }),
   }),
 });
 
@@ -97,6 +157,11 @@ const UpdateNodeInput = builder.inputType('UpdateNodeInput', {
     sshPassword: t.string({ description: 'Omitted: keep; empty string: remove.', validate: { schema: rules.sshPassword } }),
     tlsFingerprint: t.string({ description: 'null or empty: remove the pin.', validate: { schema: rules.tlsFingerprint.or(rules.emptyString) } }),
     allowInsecureTls: t.boolean(),
+    fallbackEndpoints: t.field({
+      type: [EndpointInput],
+      description:
+        'Omitted or null: keep; a list replaces all fallbacks ([] removes them). A fallback that is not already one of the stored endpoints (same host, port and pin) needs tokenSecret again.',
+    }),
   }),
 });
 

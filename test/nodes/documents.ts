@@ -5,6 +5,7 @@ export const CreateNode = graphql(`
     createNode(input: $input) {
       id name host port tokenId isDefault hasSshPassword tlsFingerprint allowInsecureTls
       pveVersion clusterName pveNodeNames presentedFingerprint lastTestedAt createdAt updatedAt
+      endpoints { host port tlsFingerprint lastError lastOkAt }
     }
   }
 `);
@@ -13,6 +14,7 @@ export const UpdateNode = graphql(`
   mutation UpdateNode($input: UpdateNodeInput!) {
     updateNode(input: $input) {
       id name host port tokenId isDefault hasSshPassword tlsFingerprint allowInsecureTls pveVersion lastTestedAt
+      endpoints { host port tlsFingerprint lastError lastOkAt }
     }
   }
 `);
@@ -40,6 +42,12 @@ export const TestNodeConnection = graphql(`
 export const Nodes = graphql(`
   query Nodes {
     nodes { id name isDefault createdAt containers { id vmid hostname } }
+  }
+`);
+
+export const NodeEndpoints = graphql(`
+  query NodeEndpoints($id: ID!) {
+    node(id: $id) { id host port endpoints { host port tlsFingerprint lastError lastOkAt } }
   }
 `);
 
