@@ -73,7 +73,7 @@ export async function openRuntime(config: Config, log: Logger, opts: RuntimeOpti
       renewal: metrics.vmidSnapshotReads.labels({ source: 'renewal' }),
     };
     const vmids = new VmidService({
-      store: createVmidStore(redis, {
+      store: createVmidStore(redis, db.prisma, {
         log: log.child({ component: 'vmids' }),
         localReadMs: config.vmidReadCacheMs,
         onRead: (source) => snapshotReads[source].inc(),

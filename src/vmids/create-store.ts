@@ -1,12 +1,19 @@
 import type { Redis } from 'ioredis';
+import type { PrismaClient } from '../db/database.js';
+import { DurableVmidStore } from './durable-store.js';
 import { MemoryVmidStore } from './memory-store.js';
 import { RedisVmidStore, type RedisVmidStoreOptions } from './redis-store.js';
+import { ReservationRecord } from './reservation-record.js';
 import type { VmidStore } from './store.js';
 
 /**
- * Redis when the deployment has one (REDIS_URL), else the embedded in-process store.
+ * Redis when the deployment has one (REDIS_URL), else the embedded in-process store; either
+ * way with the database as the durable record of reservations (DurableVmidStore).
  * `localReadMs`: VMID_READ_CACHE_MS (Redis only; the embedded store is in memory already).
  */
-export function createVmidStore(redis: Redis | null, opts: RedisVmidStoreOptions = {}): VmidStore {
-  return redis ? new RedisVmidStore(redis, opts) : new MemoryVmidStore();
+export function createVmidStore(redis: Redis | null, prisma: PrismaClient, opts: Omit<RedisVmidStoreOptions, 'seeder'> = {}): VmidStore {
+  const record = new ReservationRecord(prisma);
+  const seeder = (spaceId: string) => record.live(spaceId);
+  const fast = redis ? new RedisVmidStore(redis, { ...opts, seeder }) : new MemoryVmidStore({ seeder });
+  return new DurableVmidStore(fast, record, opts.log);
 }

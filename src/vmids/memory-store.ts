@@ -3,8 +3,10 @@ import { NotFoundError } from '../errors.js';
 import type { NodeRef, VmidEvent, VmidEventKind } from './types.js';
 import {
   type FilledSnapshot,
+  type HeldReservation,
   type NextFreeOutcome,
   type RefreshOutcome,
+  type ReservationSeeder,
   type ReserveOutcome,
   type ReserveRequest,
   type VmidSnapshot,
@@ -49,9 +51,39 @@ export class MemoryVmidStore implements VmidStore {
   private readonly nodes = new Map<string, NodeState>();
   private readonly listeners = new Map<string, Set<(event: VmidEvent) => void>>();
   private readonly now: () => number;
+  private readonly seeder: ReservationSeeder | undefined;
+  /** Spaces whose durable reservations are back in memory (this process's first use of each). */
+  private readonly seeded = new Set<string>();
+  private readonly seeding = new Map<string, Promise<void>>();
 
-  constructor(opts: { now?: () => number } = {}) {
+  constructor(opts: { now?: () => number; seeder?: ReservationSeeder } = {}) {
     this.now = opts.now ?? Date.now;
+    this.seeder = opts.seeder;
+  }
+
+  /**
+   * At a space's first use in this process, puts the durable record's live reservations
+   * back (the process restarted: memory held them). null when nothing is left to wait for,
+   * so a seeded space's methods stay synchronous (atomic) after their first line.
+   */
+  private seed(spaceId: string): Promise<void> | null {
+    if (this.seeded.has(spaceId)) return null;
+    const seeder = this.seeder;
+    if (!seeder) {
+      this.seeded.add(spaceId);
+      return null;
+    }
+    let pending = this.seeding.get(spaceId);
+    if (!pending) {
+      pending = seeder(spaceId)
+        .then((held) => {
+          this.putBack(spaceId, held);
+          this.seeded.add(spaceId);
+        })
+        .finally(() => this.seeding.delete(spaceId));
+      this.seeding.set(spaceId, pending);
+    }
+    return pending;
   }
 
   /** The node's state, its expired set dropped. */
@@ -101,7 +133,28 @@ export class MemoryVmidStore implements VmidStore {
     return s.version;
   }
 
+  /** Live reservations not held already go (back) in; nothing is announced. */
+  private putBack(spaceId: string, held: readonly HeldReservation[]): void {
+    const s = this.node(spaceId);
+    const now = this.now();
+    for (const r of held) {
+      const until = r.expiresAt.getTime();
+      if (until <= now || s.reservations.has(r.vmid)) continue;
+      s.reservations.set(r.vmid, { until, owner: r.owner });
+      s.nextDue = Math.min(s.nextDue, until);
+      if (s.cache) insertSorted(s.cache.used, r.vmid);
+    }
+  }
+
+  async restore(node: NodeRef, held: readonly HeldReservation[]): Promise<void> {
+    const seeding = this.seed(node.id);
+    if (seeding) await seeding;
+    this.putBack(node.id, held);
+  }
+
   async read(node: NodeRef): Promise<VmidSnapshot> {
+    const seeding = this.seed(node.id);
+    if (seeding) await seeding;
     const s = this.node(node.id);
     this.lapse(node, s);
     return {
@@ -121,6 +174,8 @@ export class MemoryVmidStore implements VmidStore {
   }
 
   async refresh(node: NodeRef, taken: readonly number[], ttlSeconds: number, expectedEpoch: number | null): Promise<RefreshOutcome> {
+    const seeding = this.seed(node.id);
+    if (seeding) await seeding;
     const s = this.node(node.id);
     if (s.deleted) throw new NotFoundError('Node', node.id);
     if (expectedEpoch !== null && expectedEpoch !== s.epoch) return { written: false, version: s.version };
@@ -140,6 +195,8 @@ export class MemoryVmidStore implements VmidStore {
   }
 
   async invalidate(node: NodeRef) {
+    const seeding = this.seed(node.id);
+    if (seeding) await seeding;
     const s = this.node(node.id);
     if (s.deleted) throw new NotFoundError('Node', node.id);
     const existed = s.cache !== null;
@@ -150,6 +207,8 @@ export class MemoryVmidStore implements VmidStore {
   }
 
   async reserve(node: NodeRef, request: ReserveRequest): Promise<ReserveOutcome> {
+    const seeding = this.seed(node.id);
+    if (seeding) await seeding;
     const s = this.node(node.id);
     if (!s.cache) return { status: 'miss' };
     this.lapse(node, s);
@@ -171,6 +230,8 @@ export class MemoryVmidStore implements VmidStore {
   }
 
   async nextFree(node: NodeRef, min: number, max: number): Promise<NextFreeOutcome> {
+    const seeding = this.seed(node.id);
+    if (seeding) await seeding;
     const s = this.node(node.id);
     if (!s.cache) return { status: 'miss' };
     this.lapse(node, s);
@@ -179,6 +240,8 @@ export class MemoryVmidStore implements VmidStore {
   }
 
   async release(node: NodeRef, vmid: number, owner: string) {
+    const seeding = this.seed(node.id);
+    if (seeding) await seeding;
     const s = this.node(node.id);
     this.lapse(node, s);
     if (s.reservations.get(vmid)?.owner !== owner) return false;
@@ -189,6 +252,8 @@ export class MemoryVmidStore implements VmidStore {
   }
 
   async consume(node: NodeRef, vmid: number) {
+    const seeding = this.seed(node.id);
+    if (seeding) await seeding;
     const s = this.node(node.id);
     this.lapse(node, s);
     const released = s.reservations.delete(vmid);
@@ -206,6 +271,8 @@ export class MemoryVmidStore implements VmidStore {
   }
 
   async expireDue(node: NodeRef) {
+    const seeding = this.seed(node.id);
+    if (seeding) await seeding;
     const s = this.node(node.id);
     this.lapse(node, s);
     let next = Infinity;
@@ -215,6 +282,8 @@ export class MemoryVmidStore implements VmidStore {
 
   /** As FORGET: DELETED, then a tombstone that refresh and invalidate refuse. */
   async forget(node: NodeRef) {
+    const seeding = this.seed(node.id);
+    if (seeding) await seeding;
     const s = this.node(node.id);
     if (s.deleted) return;
     this.bump(node, s, 'DELETED', null);

@@ -13,8 +13,9 @@
  *                           usedAt (the refreshedAt the used index was built for)  TTL
  *   vmid-reservations:{id}  ZSET vmid → expiry (ms); expires with its last member
  *   vmid-version:{id}       HASH version, digest (of the last announced set),
- *                           epoch (bumped by invalidations) — never expires, except as a
- *                           deleted node's tombstone (deleted=1, kept a day: FORGET)
+ *                           epoch (bumped by invalidations), seeded (see SEED) — never
+ *                           expires, except as a deleted node's tombstone (deleted=1, kept
+ *                           a day: FORGET)
  *   vmid-cache-tmp:{id}     scratch SET, only inside vmid_refresh
  *   vmid-lock:{id}          fill lock (SET NX PX)
  *   vmid-used:{id}          ZSET vmid → vmid: taken ∪ reserved, the index the lowest free
@@ -29,7 +30,7 @@
  * a fill puts every live reservation back.
  */
 
-const COMMON = `
+const DEFINITIONS = `
 local K = { cache = KEYS[1], meta = KEYS[2], reservations = KEYS[3], state = KEYS[4], tmp = KEYS[5],
   lock = KEYS[6], used = KEYS[7], owners = KEYS[8] }
 local function now_ms()
@@ -140,6 +141,49 @@ local TOMBSTONE_MS = 86400000
 local function deleted(state_key)
   return redis.call('HEXISTS', state_key, 'deleted') == 1
 end
+`;
+
+/** The error reply of a script that found its space not seeded (see COMMON). */
+export const UNSEEDED_REPLY = 'PVG_UNSEEDED';
+
+/**
+ * Every script but SEED and UNLOCK starts here: a space whose version hash lacks the seeded
+ * mark may have lost reservations (Redis restarted without persistence, was flushed, failed
+ * over to a replica that had not got them), so nothing is read or decided until SEED has put
+ * the durable record's reservations back. The store sees the error, seeds, and tries again.
+ */
+const COMMON = `${DEFINITIONS}
+if redis.call('HEXISTS', K.state, 'seeded') == 0 then return redis.error_reply('${UNSEEDED_REPLY}') end
+`;
+/**
+ * ARGV: channel, nodeJson, force ('1': also when seeded), then vmid, expiresAt (ms), owner
+ * for each reservation to put back
+ * → 1 (done) | 0 (seeded already, nothing done)
+ * Puts back the reservations that are still live and not there already (a reservation made
+ * meanwhile by another instance wins), indexes them when the set is cached, and marks the
+ * space seeded. Nothing is announced: what comes back was announced when it was made. With
+ * force it puts back reservations a seeded space lost (a failover to a replica behind).
+ */
+export const SEED = `${DEFINITIONS}
+if ARGV[3] ~= '1' and redis.call('HEXISTS', K.state, 'seeded') == 1 then return 0 end
+local now = now_ms()
+local cached = redis.call('EXISTS', K.meta) == 1
+for i = 4, #ARGV, 3 do
+  local vmid, expires_at, owner = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2]
+  if expires_at > now and not redis.call('ZSCORE', K.reservations, vmid) then
+    redis.call('ZADD', K.reservations, expires_at, vmid)
+    redis.call('HSET', K.owners, vmid, owner)
+    if cached then redis.call('ZADD', K.used, vmid, vmid) end
+  end
+end
+local last = redis.call('ZRANGE', K.reservations, -1, -1, 'WITHSCORES')
+if last[2] then
+  local keep_until = int(tonumber(last[2]) + LAPSE_GRACE_MS)
+  redis.call('PEXPIREAT', K.reservations, keep_until)
+  redis.call('PEXPIREAT', K.owners, keep_until)
+end
+redis.call('HSET', K.state, 'seeded', '1')
+return 1
 `;
 
 /**

@@ -6,7 +6,7 @@ import { CacheUnavailableError } from './errors.js';
 import { LocalSnapshots } from './local-snapshots.js';
 import { RedisEventHub } from './redis-event-hub.js';
 import * as scripts from './redis-scripts.js';
-import type { NextFreeOutcome, RefreshOutcome, ReserveOutcome, ReserveRequest, VmidSnapshot, VmidStore } from './store.js';
+import type { HeldReservation, NextFreeOutcome, RefreshOutcome, ReservationSeeder, ReserveOutcome, ReserveRequest, VmidSnapshot, VmidStore } from './store.js';
 import type { NodeRef, VmidEvent } from './types.js';
 
 /**
@@ -27,6 +27,7 @@ interface ScriptCommands {
   pvgVmidExpireDue(...args: [...NodeKeys, channel: string, nodeJson: string]): Promise<[string, string]>;
   pvgVmidUnlock(lock: string, token: string): Promise<number>;
   pvgVmidForget(...args: [...NodeKeys, channel: string, nodeJson: string]): Promise<number>;
+  pvgVmidSeed(...args: [...NodeKeys, channel: string, nodeJson: string, force: '0' | '1', ...held: string[]]): Promise<number>;
 }
 
 const NODE_KEYS = 8;
@@ -41,6 +42,7 @@ const SCRIPTS: Record<keyof ScriptCommands, { keys: number; lua: string }> = {
   pvgVmidExpireDue: { keys: NODE_KEYS, lua: scripts.EXPIRE_DUE },
   pvgVmidUnlock: { keys: 1, lua: scripts.UNLOCK },
   pvgVmidForget: { keys: NODE_KEYS, lua: scripts.FORGET },
+  pvgVmidSeed: { keys: NODE_KEYS, lua: scripts.SEED },
 };
 
 /** Key names relative to the connection's keyPrefix (ioredis adds it to every key). */
@@ -80,6 +82,8 @@ export interface RedisVmidStoreOptions {
   localReadMs?: number;
   /** Told where each read was answered from, and of each renewal sent to Redis (metrics). */
   onRead?: (source: SnapshotReadSource) => void;
+  /** Where a space's reservations come back from after Redis lost them (see SEED). None: nothing comes back. */
+  seeder?: ReservationSeeder;
 }
 
 /**
@@ -100,6 +104,7 @@ export class RedisVmidStore implements VmidStore {
   private readonly local: LocalSnapshots | null;
   private stopWatching: (() => void) | null = null;
   private readonly onRead: ((source: SnapshotReadSource) => void) | undefined;
+  private readonly seeder: ReservationSeeder | undefined;
 
   constructor(redis: Redis, opts: RedisVmidStoreOptions = {}) {
     for (const [name, { keys: numberOfKeys, lua }] of Object.entries(SCRIPTS)) {
@@ -114,6 +119,7 @@ export class RedisVmidStore implements VmidStore {
     this.ownsSubscriber = !opts.subscriber;
     this.local = opts.localReadMs ? new LocalSnapshots(opts.localReadMs) : null;
     this.onRead = opts.onRead;
+    this.seeder = opts.seeder;
   }
 
   /** Channel of every VMID event of one user's nodes (node subscriptions filter it). */
@@ -204,16 +210,49 @@ export class RedisVmidStore implements VmidStore {
    * it failed: it may have happened), so this instance's own reads follow its own changes
    * without waiting for the event.
    */
-  private async change<T>(nodeId: string, op: () => Promise<T>): Promise<T> {
+  private async change<T>(node: NodeRef, op: () => Promise<T>): Promise<T> {
+    try {
+      return await this.seeded(node, op);
+    } finally {
+      this.local?.changed(node.id);
+    }
+  }
+
+  /**
+   * Runs a script; if it finds the space not seeded (its reservations may be lost), puts the
+   * durable record's reservations back first (SEED) and runs it again.
+   */
+  private async seeded<T>(node: NodeRef, op: () => Promise<T>): Promise<T> {
     try {
       return await this.run(op);
+    } catch (err) {
+      if (!(err instanceof ReplyError && (err as Error).message.includes(scripts.UNSEEDED_REPLY))) throw err;
+    }
+    const held = this.seeder ? await this.seeder(node.id) : [];
+    if ((await this.putBack(node, held, false)) && held.length > 0) {
+      this.log?.info({ spaceId: node.id, reservations: held.length }, 'vmid reservations put back from the durable record');
+    }
+    return this.run(op);
+  }
+
+  private async putBack(node: NodeRef, held: readonly HeldReservation[], force: boolean): Promise<boolean> {
+    const args = held.flatMap((r) => [String(r.vmid), String(r.expiresAt.getTime()), r.owner]);
+    const done = await this.run(() =>
+      this.redis.pvgVmidSeed(...nodeKeys(node.id), this.channel(node.userId), JSON.stringify(node.id), force ? '1' : '0', ...args),
+    );
+    return done === 1;
+  }
+
+  async restore(node: NodeRef, held: readonly HeldReservation[]): Promise<void> {
+    try {
+      await this.putBack(node, held, true);
     } finally {
-      this.local?.changed(nodeId);
+      this.local?.changed(node.id);
     }
   }
 
   private async readFromRedis(node: NodeRef): Promise<{ snapshot: VmidSnapshot; redisNowMs: number }> {
-    const reply = await this.run(() => this.redis.pvgVmidRead(...nodeKeys(node.id), this.channel(node.userId), JSON.stringify(node.id)));
+    const reply = await this.seeded(node, () => this.redis.pvgVmidRead(...nodeKeys(node.id), this.channel(node.userId), JSON.stringify(node.id)));
     const [version, now, reservedFlat, refreshedAt, expiresAt, taken] = reply as [
       string,
       string,
@@ -240,7 +279,7 @@ export class RedisVmidStore implements VmidStore {
 
   async refresh(node: NodeRef, taken: readonly number[], ttlSeconds: number, expectedEpoch: number | null): Promise<RefreshOutcome> {
     const list = ascendingUnique(taken);
-    const reply = await this.change(node.id, () =>
+    const reply = await this.change(node, () =>
       this.redis.pvgVmidRefresh(
         ...nodeKeys(node.id),
         String(ttlSeconds * 1000),
@@ -266,7 +305,7 @@ export class RedisVmidStore implements VmidStore {
 
 
   async invalidate(node: NodeRef) {
-    const [existed, version] = await this.change(node.id, () =>
+    const [existed, version] = await this.change(node, () =>
       this.redis.pvgVmidInvalidate(...nodeKeys(node.id), this.channel(node.userId), JSON.stringify(node.id)),
     );
     if (existed === -1) throw new NotFoundError('Node', node.id);
@@ -274,7 +313,7 @@ export class RedisVmidStore implements VmidStore {
   }
 
   async reserve(node: NodeRef, request: ReserveRequest): Promise<ReserveOutcome> {
-    const reply = await this.change(node.id, () =>
+    const reply = await this.change(node, () =>
       this.redis.pvgVmidReserve(
         ...nodeKeys(node.id),
         request.vmid === null ? '' : String(request.vmid),
@@ -304,7 +343,7 @@ export class RedisVmidStore implements VmidStore {
 
   /** A change: it may announce lapses. */
   async nextFree(node: NodeRef, min: number, max: number): Promise<NextFreeOutcome> {
-    const reply = await this.change(node.id, () =>
+    const reply = await this.change(node, () =>
       this.redis.pvgVmidNextFree(...nodeKeys(node.id), String(min), String(max), this.channel(node.userId), JSON.stringify(node.id)),
     );
     switch (reply[0]) {
@@ -320,28 +359,28 @@ export class RedisVmidStore implements VmidStore {
   }
 
   async release(node: NodeRef, vmid: number, owner: string) {
-    const removed = await this.change(node.id, () =>
+    const removed = await this.change(node, () =>
       this.redis.pvgVmidRelease(...nodeKeys(node.id), String(vmid), this.channel(node.userId), JSON.stringify(node.id), owner),
     );
     return removed === 1;
   }
 
   async consume(node: NodeRef, vmid: number) {
-    const [released, added] = await this.change(node.id, () =>
+    const [released, added] = await this.change(node, () =>
       this.redis.pvgVmidConsume(...nodeKeys(node.id), String(vmid), this.channel(node.userId), JSON.stringify(node.id)),
     );
     return { released: released === 1, added: added === 1 };
   }
 
   async expireDue(node: NodeRef) {
-    const [now, next] = await this.change(node.id, () =>
+    const [now, next] = await this.change(node, () =>
       this.redis.pvgVmidExpireDue(...nodeKeys(node.id), this.channel(node.userId), JSON.stringify(node.id)),
     );
     return { nextInMs: next === '' ? null : Math.max(0, Number(next) - Number(now)) };
   }
 
   async forget(node: NodeRef) {
-    await this.change(node.id, () => this.redis.pvgVmidForget(...nodeKeys(node.id), this.channel(node.userId), JSON.stringify(node.id)));
+    await this.change(node, () => this.redis.pvgVmidForget(...nodeKeys(node.id), this.channel(node.userId), JSON.stringify(node.id)));
   }
 
   async tryLock(nodeId: string, ttlMs: number) {

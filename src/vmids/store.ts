@@ -65,6 +65,12 @@ export interface VmidStore {
    */
   forget(node: NodeRef): Promise<void>;
 
+  /**
+   * Puts back reservations the store lost although its space is seeded (a failover to a
+   * replica that had not got them): live ones not held already; nothing is announced.
+   */
+  restore(node: NodeRef, held: readonly HeldReservation[]): Promise<void>;
+
   /** The fill lock: one filler per node across every instance sharing the store. */
   tryLock(nodeId: string, ttlMs: number): Promise<string | null>;
   unlock(nodeId: string, token: string): Promise<void>;
@@ -78,6 +84,23 @@ export interface VmidStore {
   listen(userId: string, onEvent: (event: VmidEvent) => void, onResync?: () => void): Promise<() => void>;
   close(): Promise<void>;
 }
+
+/** A reservation as the durable record keeps it. */
+export interface HeldReservation {
+  vmid: number;
+  /** The user holding it. */
+  owner: string;
+  expiresAt: Date;
+}
+
+/**
+ * Where a store gets a space's reservations back from when it may have lost them: the
+ * durable record (PostgreSQL or PGlite). A store checks, before every decision about a space,
+ * that the space is marked seeded; a space that is not (first use, Redis restarted without
+ * persistence or flushed, a failover to a replica that had not got the mark, an instance
+ * restart for the in-process store) gets its live reservations from here first, then the mark.
+ */
+export type ReservationSeeder = (spaceId: string) => Promise<HeldReservation[]>;
 
 export interface CachedSet {
   taken: number[];

@@ -9,7 +9,7 @@ import { brief, eventually, expectConsecutive, makeService, newNode, type OpenSt
 // 10 guests, a gap after every 4th: taken 100-103, 105-108, 110-111; lowest free 104.
 const TAKEN = [100, 101, 102, 103, 105, 106, 107, 108, 110, 111];
 
-describe.each(['memory', 'redis', 'redis-local'] as const)('VMID cache and reservations (%s store)', (kind) => {
+describe.each(['memory', 'redis', 'redis-local', 'memory-durable', 'redis-durable'] as const)('VMID cache and reservations (%s store)', (kind) => {
   let proxmox: Proxmox;
   let opened: OpenStore;
   let service: VmidService;
@@ -364,11 +364,11 @@ describe.each(['memory', 'redis', 'redis-local'] as const)('VMID cache and reser
       expect(last[2]).toMatchObject({ nodeId: node.id, vmids: null });
       expect((await own.next()).done).toBe(true);
 
-      if (opened.store instanceof RedisVmidStore) {
+      if (opened.fast instanceof RedisVmidStore) {
         // An instance of an earlier version (rolling upgrade) may still write the deleted node
         // and publish: nothing of the node is passed on after its DELETED.
         const late = { nodeId: node.id, kind: 'REFRESHED', version: 9, at: Date.now(), vmids: [100] };
-        await opened.redis!.publish(opened.store.channel(node.userId), JSON.stringify(late));
+        await opened.redis!.publish(opened.fast.channel(node.spaceId), JSON.stringify(late));
       }
       await service.getCachedVmids(sibling); // the sibling's REFRESHED 1: the user's subscription goes on
       const got = await take(all, 4);
@@ -640,7 +640,7 @@ describe.each(['memory', 'redis', 'redis-local'] as const)('VMID cache and reser
     for (const it of its) await it.return?.();
     expect((await pending).done).toBe(true);
     expect(service.nodesWatchedForLapses()).toBe(0);
-    if (opened.store instanceof MemoryVmidStore) expect(opened.store.listenerCount()).toBe(0);
-    else expect((opened.store as import('../../src/vmids/index.js').RedisVmidStore).eventHub().listenerCount()).toBe(0);
+    if (opened.fast instanceof MemoryVmidStore) expect(opened.fast.listenerCount()).toBe(0);
+    else expect((opened.fast as import('../../src/vmids/index.js').RedisVmidStore).eventHub().listenerCount()).toBe(0);
   });
 });

@@ -5,7 +5,19 @@ import { expect } from 'vitest';
 import type { ProxmoxClient } from '../../src/proxmox/index.js';
 import { connectRedis } from '../../src/redis/redis.js';
 import { startSimulator, type Simulator, type SimulatorOptions } from '../../src/sim/index.js';
-import { MemoryVmidStore, type NodeRef, RedisVmidStore, type VmidAuthority, type VmidEvent, VmidService, type VmidStore } from '../../src/vmids/index.js';
+import { type Database, openPostgres } from '../../src/db/database.js';
+import {
+  DurableVmidStore,
+  MemoryVmidStore,
+  type NodeRef,
+  RedisVmidStore,
+  ReservationRecord,
+  type VmidAuthority,
+  type VmidEvent,
+  VmidService,
+  type VmidStore,
+} from '../../src/vmids/index.js';
+import { createTestDatabase } from '../support/test-database.js';
 import { makeClient } from '../proxmox/helpers.js';
 import { TEST_REDIS_URL } from '../support/env.js';
 
@@ -68,29 +80,48 @@ export function sameCluster(node: NodeRef, userId: string = randomUUID()): NodeR
 /** A store of one kind, with whatever must be closed after the test. */
 export interface OpenStore {
   store: VmidStore;
+  /** The Redis or memory store itself (under the durable record for '*-durable'). */
+  fast: VmidStore;
   /** The command connection (Redis stores only). */
   redis?: Redis;
   close(): Promise<void>;
 }
 
-/** 'redis-local': a Redis store that keeps snapshots in memory (VMID_READ_CACHE_MS) for a minute. */
-export type StoreKind = 'memory' | 'redis' | 'redis-local';
+/**
+ * 'redis-local': a Redis store that keeps snapshots in memory (VMID_READ_CACHE_MS) for a
+ * minute. '*-durable': the store as the server builds it, with the database as the durable
+ * record of reservations (DurableVmidStore over ReservationRecord).
+ */
+export type StoreKind = 'memory' | 'redis' | 'redis-local' | 'memory-durable' | 'redis-durable';
+
+let recordDb: Promise<Database> | null = null;
+/** One database per test file for the reservation record (spaces are unique per test; dropped at the run's end). */
+export function recordDatabase(): Promise<Database> {
+  recordDb ??= createTestDatabase().then((db) => openPostgres(db.url));
+  return recordDb;
+}
 
 /** Long enough that only a change, an expiry or a lost connection ends a kept snapshot within a test. */
 export const LOCAL_READ_MS = 60_000;
 
 /** `prefix`: share one Redis key prefix between stores (instances of one deployment). */
 export async function openStore(kind: StoreKind, prefix: string, url = TEST_REDIS_URL): Promise<OpenStore> {
-  if (kind === 'memory') {
-    const store = new MemoryVmidStore();
-    return { store, close: () => store.close() };
+  const record = kind.endsWith('-durable') ? new ReservationRecord((await recordDatabase()).prisma) : null;
+  const seeder = record ? { seeder: (spaceId: string) => record.live(spaceId) } : {};
+  const durable = (fast: VmidStore) => (record ? new DurableVmidStore(fast, record, silentLog) : fast);
+  if (kind === 'memory' || kind === 'memory-durable') {
+    const fast = new MemoryVmidStore(seeder);
+    const store = durable(fast);
+    return { store, fast, close: () => store.close() };
   }
   const redis = await connect(prefix, url);
-  const store = new RedisVmidStore(redis, { log: silentLog, localReadMs: kind === 'redis-local' ? LOCAL_READ_MS : 0 });
+  const fast = new RedisVmidStore(redis, { log: silentLog, localReadMs: kind === 'redis-local' ? LOCAL_READ_MS : 0, ...seeder });
+  const store = durable(fast);
   // Reads are kept once the pattern subscription is confirmed: from the test's first read on.
-  if (kind === 'redis-local') await eventually(() => store.keepsSnapshots(), 5_000, 'snapshots kept in memory');
+  if (kind === 'redis-local') await eventually(() => fast.keepsSnapshots(), 5_000, 'snapshots kept in memory');
   return {
     store,
+    fast,
     redis,
     async close() {
       await store.close();

@@ -1,0 +1,114 @@
+import type { Logger } from 'pino';
+import { DomainError, ErrorCode } from '../errors.js';
+import type { ReservationRecord } from './reservation-record.js';
+import type { HeldReservation, ReserveOutcome, ReserveRequest, VmidStore } from './store.js';
+import type { NodeRef, VmidEvent } from './types.js';
+
+/** How often a reservation is tried again when the record refuses what the fast store chose. */
+const RECORD_CONFLICT_ATTEMPTS = 3;
+
+/**
+ * Reservations that survive the loss of every Redis key and the restart of every instance:
+ * the fast store (Redis, or memory when embedded) makes the one atomic decision per
+ * reservation, as always; the database keeps every reservation it made before the answer
+ * goes out, and gives them back to a fast store that lost them (its `seeder` is the record's
+ * `live`). Everything else passes straight through.
+ *
+ * Nothing is half-written: a reservation the record cannot keep is ended in the fast store
+ * and the request fails; a reservation the record already holds for someone else (the fast
+ * store lost it without losing its seeded mark: a failover to a replica behind) is put back
+ * into the fast store and another VMID is chosen.
+ */
+export class DurableVmidStore implements VmidStore {
+  constructor(
+    private readonly fast: VmidStore,
+    private readonly record: ReservationRecord,
+    private readonly log?: Logger,
+  ) {}
+
+  async reserve(node: NodeRef, request: ReserveRequest): Promise<ReserveOutcome> {
+    for (let attempt = 1; ; attempt++) {
+      const outcome = await this.fast.reserve(node, request);
+      if (outcome.status !== 'reserved') return outcome;
+      const held: HeldReservation = { vmid: outcome.vmid, owner: request.owner, expiresAt: outcome.expiresAt };
+      let kept: boolean;
+      try {
+        kept = await this.record.put(node.id, held);
+      } catch (err) {
+        await this.fast.release(node, outcome.vmid, request.owner).catch(() => undefined);
+        throw recordUnavailable(err);
+      }
+      if (kept) return outcome;
+      await this.fast.release(node, outcome.vmid, request.owner);
+      const lost = await this.record.holder(node.id, outcome.vmid);
+      if (lost) {
+        this.log?.warn({ spaceId: node.id, vmid: outcome.vmid }, 'vmid store had lost a reservation the record holds; put back');
+        await this.fast.restore(node, [lost]);
+      }
+      if (request.vmid !== null || attempt >= RECORD_CONFLICT_ATTEMPTS) return { status: 'already-reserved', vmid: outcome.vmid };
+    }
+  }
+
+  /** Ends it in both; true when either held it (the fast store may have lost it). */
+  async release(node: NodeRef, vmid: number, owner: string): Promise<boolean> {
+    const released = await this.fast.release(node, vmid, owner);
+    const removed = await this.record.remove(node.id, vmid, owner).catch((err: unknown) => {
+      throw recordUnavailable(err);
+    });
+    return released || removed;
+  }
+
+  async consume(node: NodeRef, vmid: number) {
+    const outcome = await this.fast.consume(node, vmid);
+    await this.record.remove(node.id, vmid, null);
+    return outcome;
+  }
+
+  async forget(node: NodeRef): Promise<void> {
+    await this.fast.forget(node);
+    await this.record.removeSpace(node.id);
+  }
+
+  read(node: NodeRef) {
+    return this.fast.read(node);
+  }
+  state(nodeId: string) {
+    return this.fast.state(nodeId);
+  }
+  refresh(node: NodeRef, taken: readonly number[], ttlSeconds: number, expectedEpoch: number | null) {
+    return this.fast.refresh(node, taken, ttlSeconds, expectedEpoch);
+  }
+  invalidate(node: NodeRef) {
+    return this.fast.invalidate(node);
+  }
+  nextFree(node: NodeRef, min: number, max: number) {
+    return this.fast.nextFree(node, min, max);
+  }
+  expireDue(node: NodeRef) {
+    return this.fast.expireDue(node);
+  }
+  restore(node: NodeRef, held: readonly HeldReservation[]) {
+    return this.fast.restore(node, held);
+  }
+  tryLock(nodeId: string, ttlMs: number) {
+    return this.fast.tryLock(nodeId, ttlMs);
+  }
+  unlock(nodeId: string, token: string) {
+    return this.fast.unlock(nodeId, token);
+  }
+  isLocked(nodeId: string) {
+    return this.fast.isLocked(nodeId);
+  }
+  listen(channelKey: string, onEvent: (event: VmidEvent) => void, onResync?: () => void) {
+    return this.fast.listen(channelKey, onEvent, onResync);
+  }
+  close() {
+    return this.fast.close();
+  }
+}
+
+function recordUnavailable(cause: unknown): DomainError {
+  const err = new DomainError(ErrorCode.SERVICE_UNAVAILABLE, 'The reservation record (database) cannot be reached; nothing was reserved. Try again shortly.');
+  (err as { cause?: unknown }).cause = cause;
+  return err;
+}

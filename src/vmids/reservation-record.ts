@@ -1,0 +1,84 @@
+import type { PrismaClient } from '../db/database.js';
+import type { HeldReservation } from './store.js';
+
+/** Rows this long past their expiry are deleted (they count as absent from their expiry on). */
+const PURGE_AFTER_MS = 86_400_000;
+/** How often (at most) one instance purges. */
+const PURGE_EVERY_MS = 600_000;
+
+/**
+ * The durable record of VMID reservations in the database (PostgreSQL, or PGlite when
+ * embedded). It does not decide anything on its own: the fast store's atomic script decides,
+ * and this keeps what it decided, so a Redis that lost its data (or an embedded process that
+ * restarted) gets every live reservation back before it decides again (ReservationSeeder).
+ */
+export class ReservationRecord {
+  private lastPurge = 0;
+
+  constructor(private readonly prisma: PrismaClient) {}
+
+  /** The space's reservations whose time is not up. */
+  async live(spaceId: string): Promise<HeldReservation[]> {
+    const rows = await this.prisma.vmidReservation.findMany({
+      where: { spaceId, expiresAt: { gt: new Date() } },
+      select: { vmid: true, ownerId: true, expiresAt: true },
+      orderBy: { vmid: 'asc' },
+    });
+    return rows.map((r) => ({ vmid: r.vmid, owner: r.ownerId, expiresAt: r.expiresAt }));
+  }
+
+  /**
+   * Records a reservation the fast store just made. false when the record holds a live one of
+   * the VMID already: the fast store lost it (restore it there) and this one must not stand.
+   * A row whose time is up is taken over in the same statement.
+   */
+  async put(spaceId: string, held: HeldReservation): Promise<boolean> {
+    const rows = await this.prisma.$queryRaw<Array<{ vmid: number }>>`
+      INSERT INTO vmid_reservations (space_id, vmid, owner_id, expires_at)
+      VALUES (${spaceId}, ${held.vmid}, ${held.owner}, ${held.expiresAt})
+      ON CONFLICT (space_id, vmid) DO UPDATE
+        SET owner_id = EXCLUDED.owner_id, expires_at = EXCLUDED.expires_at, created_at = CURRENT_TIMESTAMP
+        WHERE vmid_reservations.expires_at <= CURRENT_TIMESTAMP
+      RETURNING vmid`;
+    this.purgeNowAndThen();
+    return rows.length === 1;
+  }
+
+  /** The live reservation of `vmid` in the space, if any (whoever holds it). */
+  async holder(spaceId: string, vmid: number): Promise<HeldReservation | null> {
+    const row = await this.prisma.vmidReservation.findFirst({
+      where: { spaceId, vmid, expiresAt: { gt: new Date() } },
+      select: { vmid: true, ownerId: true, expiresAt: true },
+    });
+    return row ? { vmid: row.vmid, owner: row.ownerId, expiresAt: row.expiresAt } : null;
+  }
+
+  /**
+   * Ends a reservation (only `owner`'s; any holder's when owner is null). true when a live one
+   * ended (a row whose time was up goes too, but it had ended already).
+   */
+  async remove(spaceId: string, vmid: number, owner: string | null): Promise<boolean> {
+    const rows =
+      owner === null
+        ? await this.prisma.$queryRaw<Array<{ live: boolean }>>`
+            DELETE FROM vmid_reservations WHERE space_id = ${spaceId} AND vmid = ${vmid}
+            RETURNING expires_at > CURRENT_TIMESTAMP AS live`
+        : await this.prisma.$queryRaw<Array<{ live: boolean }>>`
+            DELETE FROM vmid_reservations WHERE space_id = ${spaceId} AND vmid = ${vmid} AND owner_id = ${owner}
+            RETURNING expires_at > CURRENT_TIMESTAMP AS live`;
+    return rows.some((r) => r.live);
+  }
+
+  /** The space is gone (its last registration was deleted). */
+  async removeSpace(spaceId: string): Promise<void> {
+    await this.prisma.vmidReservation.deleteMany({ where: { spaceId } });
+  }
+
+  /** Long-expired rows go, now and then, without holding up the reservation that triggers it. */
+  private purgeNowAndThen(): void {
+    const now = Date.now();
+    if (now - this.lastPurge < PURGE_EVERY_MS) return;
+    this.lastPurge = now;
+    void this.prisma.vmidReservation.deleteMany({ where: { expiresAt: { lt: new Date(now - PURGE_AFTER_MS) } } }).catch(() => undefined);
+  }
+}

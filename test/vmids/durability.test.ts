@@ -1,0 +1,151 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { openPostgres } from '../../src/db/database.js';
+import { DurableVmidStore, RedisVmidStore, ReservationRecord } from '../../src/vmids/index.js';
+import { expectCode } from '../proxmox/helpers.js';
+import { createTestDatabase } from '../support/test-database.js';
+import { uniqueRedisPrefix } from '../support/test-server.js';
+import { connect, makeService, newNode, openStore, type Proxmox, recordDatabase, sameCluster, silentLog, startProxmox } from './helpers.js';
+
+/** Deletes every key of one deployment's prefix: what a Redis restart without persistence leaves. */
+async function loseEveryKey(prefix: string): Promise<void> {
+  const admin = await connect('');
+  try {
+    let cursor = '0';
+    do {
+      const [next, keys] = await admin.scan(cursor, 'MATCH', `${prefix}*`, 'COUNT', 1000);
+      if (keys.length) await admin.unlink(...keys);
+      cursor = next;
+    } while (cursor !== '0');
+  } finally {
+    admin.disconnect();
+  }
+}
+
+describe('durable reservations', () => {
+  let proxmox: Proxmox;
+
+  beforeAll(async () => {
+    proxmox = await startProxmox({ guests: 10 }); // 100…109
+  });
+  afterAll(async () => {
+    await proxmox.close();
+  });
+
+  it('survive the loss of every Redis key: nobody is handed them again, their holders still own them', async () => {
+    const prefix = uniqueRedisPrefix();
+    const [a, b] = await Promise.all([openStore('redis-durable', prefix), openStore('redis-durable', prefix)]);
+    try {
+      const [onA, onB] = [makeService(a.store, proxmox), makeService(b.store, proxmox)];
+      const alice = newNode();
+      const bob = sameCluster(alice);
+      const held = [await onA.reserveVmid(alice, undefined, 600), await onB.reserveVmid(bob, undefined, 600), await onA.reserveVmid(alice, 5000, 600)];
+      expect(held.map((r) => r.vmid)).toEqual([110, 111, 5000]);
+
+      await loseEveryKey(prefix);
+
+      // Every instance learns it at its next look, and gets them back before deciding anything.
+      expect((await onB.getCachedVmids(bob)).reserved).toEqual([110, 111, 5000]);
+      expect((await onA.reserveVmid(alice, undefined, 600)).vmid).toBe(112);
+      await expectCode(onB.reserveVmid(bob, 5000, 600), 'CONFLICT');
+      expect(await onB.releaseVmid(bob, 110)).toBe(false); // alice's
+      expect(await onA.releaseVmid(alice, 110)).toBe(true);
+      expect(await onA.isVmidTaken(alice, 110)).toBe(false);
+      expect(await onB.isVmidTaken(bob, 111)).toBe(true);
+    } finally {
+      await Promise.all([a.close(), b.close()]);
+    }
+  });
+
+  it('never hands out one VMID twice while reservations stream in from two instances and Redis loses everything midway', async () => {
+    const prefix = uniqueRedisPrefix();
+    const [a, b] = await Promise.all([openStore('redis-durable', prefix), openStore('redis-durable', prefix)]);
+    try {
+      const services = [makeService(a.store, proxmox), makeService(b.store, proxmox)];
+      const node = newNode();
+      const got: number[] = [];
+      const wave = (n: number) =>
+        Promise.all(Array.from({ length: n }, (_, i) => services[i % 2]!.reserveVmid(sameCluster(node, node.userId), undefined, 600).then((r) => got.push(r.vmid))));
+      await wave(40);
+      await Promise.all([wave(40), loseEveryKey(prefix)]);
+      await wave(40);
+      expect(got).toHaveLength(120);
+      expect(new Set(got).size).toBe(120);
+      expect(got.every((v) => v >= 110)).toBe(true);
+    } finally {
+      await Promise.all([a.close(), b.close()]);
+    }
+  });
+
+  it('survive the restart of an embedded instance (the in-process store is rebuilt from the record)', async () => {
+    const before = await openStore('memory-durable', uniqueRedisPrefix());
+    const node = newNode();
+    const r = await makeService(before.store, proxmox).reserveVmid(node, 4242, 600);
+    await before.close();
+    const after = await openStore('memory-durable', uniqueRedisPrefix());
+    try {
+      const service = makeService(after.store, proxmox);
+      expect(await service.isVmidTaken(node, r.vmid)).toBe(true);
+      expect((await service.getCachedVmids(node)).reserved).toEqual([4242]);
+      expect(await service.releaseVmid(node, 4242)).toBe(true);
+    } finally {
+      await after.close();
+    }
+  });
+
+  it('a reservation a seeded Redis lost (failover to a replica behind) is put back, not handed out again', async () => {
+    const prefix = uniqueRedisPrefix();
+    const opened = await openStore('redis-durable', prefix);
+    try {
+      const service = makeService(opened.store, proxmox);
+      const node = newNode();
+      const other = sameCluster(node);
+      await service.reserveVmid(node, 6000, 600);
+      // The replica missed the reservation's keys but has the space's seeded mark.
+      await opened.redis!.zrem(`vmid-reservations:{${node.spaceId}}`, '6000');
+      await opened.redis!.zrem(`vmid-used:{${node.spaceId}}`, '6000');
+      await opened.redis!.hdel(`vmid-owners:{${node.spaceId}}`, '6000');
+      await expectCode(service.reserveVmid(other, 6000, 600), 'CONFLICT');
+      expect(await service.isVmidTaken(other, 6000)).toBe(true);
+      expect(await service.releaseVmid(node, 6000)).toBe(true);
+    } finally {
+      await opened.close();
+    }
+  });
+
+  it('nothing is reserved when the record cannot keep it (SERVICE_UNAVAILABLE)', async () => {
+    const testDb = await createTestDatabase();
+    const db = await openPostgres(testDb.url);
+    const redis = await connect(uniqueRedisPrefix());
+    const store = new DurableVmidStore(new RedisVmidStore(redis, { log: silentLog }), new ReservationRecord(db.prisma), silentLog);
+    try {
+      const service = makeService(store, proxmox);
+      const node = newNode();
+      await service.getCachedVmids(node);
+      await testDb.drop();
+      await expectCode(service.reserveVmid(node, 7000, 600), 'SERVICE_UNAVAILABLE');
+      expect(await service.isVmidTaken(node, 7000)).toBe(false);
+    } finally {
+      await store.close();
+      await db.close().catch(() => undefined);
+      redis.disconnect();
+    }
+  });
+
+  it('expire exactly when they should: an expired record neither comes back nor blocks the VMID', async () => {
+    const prefix = uniqueRedisPrefix();
+    const opened = await openStore('redis-durable', prefix);
+    try {
+      const service = makeService(opened.store, proxmox);
+      const node = newNode();
+      await service.reserveVmid(node, 8000, 1);
+      await new Promise((r) => setTimeout(r, 1_100));
+      await loseEveryKey(prefix);
+      expect(await service.isVmidTaken(node, 8000)).toBe(false);
+      expect((await service.reserveVmid(sameCluster(node), 8000, 60)).vmid).toBe(8000);
+      const record = new ReservationRecord((await recordDatabase()).prisma);
+      expect((await record.live(node.spaceId)).map((r) => r.vmid)).toEqual([8000]);
+    } finally {
+      await opened.close();
+    }
+  });
+});
