@@ -26,9 +26,15 @@ export class ContainerService {
     const node = await this.nodes.get(viewer, input.nodeId);
     let container;
     try {
-      container = await this.prisma.container.create({
-        ...query,
-        data: { nodeId: node.id, vmid: input.vmid, hostname: input.hostname || null },
+      container = await this.prisma.$transaction(async (tx) => {
+        // One VMID is one guest of the cluster, whichever registration (of whichever user)
+        // records it: registrations of one cluster take turns on its lock.
+        if (node.clusterId) {
+          await tx.$queryRaw`SELECT 1 AS locked FROM (SELECT pg_advisory_xact_lock(hashtextextended(${`pvegraph:cluster:${node.clusterId}`}, 0))) AS l`;
+          const elsewhere = await tx.container.count({ where: { vmid: input.vmid, node: { clusterId: node.clusterId } } });
+          if (elsewhere > 0) throw new ConflictError(`VMID ${input.vmid} is already registered on this node's cluster.`, { vmid: input.vmid });
+        }
+        return tx.container.create({ ...query, data: { nodeId: node.id, vmid: input.vmid, hostname: input.hostname || null } });
       });
     } catch (err) {
       if (isUniqueViolation(err)) {

@@ -103,6 +103,19 @@ describe('one VMID space per Proxmox cluster', () => {
     try {
       expect((await b.gql(IsVmidTaken, { nodeId: bobNode.id, vmid }, bob)).data!.isVmidTaken).toBe(true);
       expect(code(await b.gql(ReserveVmid, { nodeId: bobNode.id, vmid }, bob))).toBe('CONFLICT');
+      // One VMID is one guest of the cluster: nobody registers it a second time, also at once.
+      const twice = await Promise.all([
+        b.gql(RegisterContainer, { input: { nodeId: bobNode.id, vmid } }, bob),
+        a.gql(RegisterContainer, { input: { nodeId: aliceNode.id, vmid } }, alice),
+      ]);
+      expect(twice.map(code)).toEqual(['CONFLICT', 'CONFLICT']);
+      const race = await Promise.all([
+        b.gql(RegisterContainer, { input: { nodeId: bobNode.id, vmid: vmid + 1 } }, bob),
+        a.gql(RegisterContainer, { input: { nodeId: aliceNode.id, vmid: vmid + 1 } }, alice),
+      ]);
+      expect(race.map(code).sort()).toEqual(['CONFLICT', undefined]);
+      const won = race.find((r) => !r.errors)!;
+      await (won === race[0] ? b : a).gql(UnregisterContainer, { id: won.data!.registerContainer.id }, won === race[0] ? bob : alice);
     } finally {
       await a.gql(UnregisterContainer, { id: ct.id }, alice);
     }
