@@ -112,6 +112,13 @@ export const ConnectionTestRef = builder.objectRef<ConnectionTestResult>('Connec
       description: "The cluster's members as /cluster/status lists them (candidates for fallback endpoints).",
       resolve: (r) => r.members,
     }),
+    missingPrivileges: t.exposeStringList('missingPrivileges', {
+      description:
+        'Privileges pvegraph needs that the token lacks, as "Privilege@path" (e.g. "VM.Audit@/vms", "Sys.Audit@/"), ' +
+        'read from /access/permissions; a grant on a parent path with propagation counts. Empty when all are there. ' +
+        'Never fails the test: when /access/permissions cannot be read (e.g. an older Proxmox), nothing is reported missing. ' +
+        'Also empty when ok is false, except PROXMOX_FORBIDDEN (the token authenticated but was refused), where it names what is missing.',
+    }),
     errorCode: t.exposeString('errorCode', { nullable: true, description: 'A PROXMOX_* or HOST_NOT_ALLOWED code when ok is false.' }),
     message: t.exposeString('message', { nullable: true }),
   }),

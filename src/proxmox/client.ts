@@ -2,6 +2,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { Pool } from 'undici';
 import type { Dispatcher } from 'undici';
 import type { z } from 'zod';
+import { missingPrivileges, normalizeAclPath, requiredPaths, type PermissionMap } from '../clusters/privileges.js';
 import { BadUserInputError, ConflictError, DomainError, ErrorCode } from '../errors.js';
 import {
   ProxmoxApiError,
@@ -19,6 +20,7 @@ import {
   nextIdSchema,
   nodeGuestsSchema,
   nodeListSchema,
+  permissionsSchema,
   resourcesSchema,
   versionSchema,
 } from './schemas.js';
@@ -160,9 +162,19 @@ export interface ConnectionTestResult {
   members: ClusterMember[];
   /** What tells this cluster from every other; null when the token cannot read it. */
   identity: ClusterIdentity | null;
+  /**
+   * Privileges pvegraph needs (src/clusters/privileges.ts) that the token lacks, as
+   * "Privilege@path", from /access/permissions. Empty when all are there, when Proxmox could not
+   * say (the call failed, e.g. an older Proxmox), and on a failed test — except a refusal (403)
+   * after the token authenticated, where it says what the token is missing.
+   */
+  missingPrivileges: string[];
   errorCode: string | null;
   message: string | null;
 }
+
+/** Privileges per ACL path: privilege → whether it propagates to sub-paths. */
+export type ProxmoxPermissions = Map<string, Map<string, boolean>>;
 
 export const DEFAULT_MAX_RESPONSE_BYTES = 16 * 1024 * 1024;
 const MIN_VMID = 100;
@@ -458,6 +470,53 @@ export class ProxmoxClient {
     return { lower: range.lower ?? DEFAULT_NEXT_ID_LOWER, upper: range.upper ?? DEFAULT_NEXT_ID_UPPER };
   }
 
+  /**
+   * The token's privileges, as GET /access/permissions reports them (with privilege separation,
+   * the intersection of the token's and its user's): ACL path → privilege → propagates. Without
+   * `path`, every path Proxmox lists (its top-level paths and those with ACLs; paths without any
+   * privilege are left out). With `path`, only that one: Proxmox's effective set there,
+   * inherited privileges included — an empty map when it holds none.
+   */
+  async permissions(t: ProxmoxTarget, path?: string): Promise<ProxmoxPermissions> {
+    const query = path === undefined ? '' : `?path=${encodeURIComponent(normalizeAclPath(path))}`;
+    const data = await this.get(t, `/access/permissions${query}`, permissionsSchema);
+    const out: ProxmoxPermissions = new Map();
+    for (const [p, privs] of Object.entries(data)) {
+      const key = normalizeAclPath(p);
+      const merged = out.get(key) ?? new Map<string, boolean>();
+      for (const [priv, propagates] of Object.entries(privs)) merged.set(priv, propagates || merged.get(priv) === true);
+      out.set(key, merged);
+    }
+    if (path !== undefined && !out.has(normalizeAclPath(path))) out.set(normalizeAclPath(path), new Map());
+    return out;
+  }
+
+  /**
+   * What pvegraph needs (REQUIRED_PRIVILEGES) that the token lacks, as "Privilege@path": each
+   * required path is asked for separately (in parallel), so Proxmox's own inheritance rules
+   * decide (propagated grants from parents count; a more specific ACL can take them away).
+   * Throws when /access/permissions cannot be read.
+   */
+  async missingPrivileges(t: ProxmoxTarget): Promise<string[]> {
+    const answers = await Promise.all(requiredPaths().map((p) => this.permissions(t, p)));
+    const merged: Map<string, ReadonlyMap<string, boolean>> = new Map();
+    for (const answer of answers) for (const [p, privs] of answer) merged.set(p, privs);
+    return missingPrivileges(merged satisfies PermissionMap);
+  }
+
+  /** missingPrivileges, or nothing when Proxmox cannot say (never throws). */
+  private async missingPrivilegesOrNone(t: ProxmoxTarget): Promise<string[]> {
+    try {
+      return await this.missingPrivileges(t);
+    } catch (err) {
+      this.opts.logger?.debug?.(
+        { host: bareHost(t.host), port: t.port, code: err instanceof DomainError ? err.code : undefined, message: err instanceof Error ? redact(err, t.tokenSecret).message : String(err) },
+        'could not read the token permissions; reporting none missing',
+      );
+      return [];
+    }
+  }
+
   /** Never throws for Proxmox-side failures; input errors (bad fingerprint format) do throw. */
   async testConnection(t: ProxmoxTarget): Promise<ConnectionTestResult> {
     const started = performance.now();
@@ -469,6 +528,7 @@ export class ProxmoxClient {
       latencyMs = elapsed();
       const cs = await this.clusterStatus(t);
       const identity = await this.identity(t, cs.clusterName);
+      const missing = await this.missingPrivilegesOrNone(t);
       return {
         ok: true,
         latencyMs,
@@ -479,12 +539,15 @@ export class ProxmoxClient {
         pveNodeNames: cs.nodeNames,
         members: cs.members,
         identity,
+        missingPrivileges: missing,
         errorCode: null,
         message: null,
       };
     } catch (err) {
       if (!isDomain(err) || err.code === ErrorCode.BAD_USER_INPUT) throw err;
       const extFp = err.extensions['fingerprint'];
+      // The token authenticated but was refused something: say what it lacks.
+      const missing = version && err.code === ErrorCode.PROXMOX_FORBIDDEN ? await this.missingPrivilegesOrNone(t) : [];
       return {
         ok: false,
         latencyMs: version ? latencyMs : elapsed(),
@@ -495,6 +558,7 @@ export class ProxmoxClient {
         pveNodeNames: [],
         members: [],
         identity: null,
+        missingPrivileges: missing,
         errorCode: err.code,
         message: err.message,
       };

@@ -13,6 +13,7 @@ export {
   type VmidRange,
   type ProxmoxGuest,
   type ConnectionTestResult,
+  type ProxmoxPermissions,
   type ProxmoxCall,
 } from './client.js';
 export {

@@ -77,6 +77,12 @@ export const clusterOptionsSchema = z.looseObject({
   'next-id': z.looseObject({ lower: intLike.optional(), upper: intLike.optional() }).optional(),
 });
 
+/**
+ * GET /access/permissions: path → { privilege: propagate } (Proxmox sends 1 when the privilege
+ * propagates to sub-paths, 0 when it holds on that path only).
+ */
+export const permissionsSchema = z.record(z.string(), z.record(z.string(), boolLike));
+
 export const envelopeSchema = z.looseObject({ data: z.unknown() });
 
 export const errorBodySchema = z

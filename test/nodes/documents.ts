@@ -80,3 +80,9 @@ export const UnregisterContainer = graphql(`
     unregisterContainer(id: $id)
   }
 `);
+
+export const TestNodeConnectionPrivileges = graphql(`
+  mutation TestNodeConnectionPrivileges($id: ID!) {
+    testNodeConnection(id: $id) { ok errorCode message version missingPrivileges }
+  }
+`);
