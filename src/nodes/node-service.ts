@@ -6,7 +6,7 @@ import type { Prisma, PrismaClient } from '../db/database.js';
 import { isForeignKeyViolation, isRecordNotFound, isUniqueViolation } from '../db/prisma-errors.js';
 import type { ProxmoxNode, ProxmoxNodeEndpoint } from '../db/generated/prisma/client.js';
 import { BadUserInputError, ConflictError, DomainError, ErrorCode, FailedPreconditionError, NotFoundError } from '../errors.js';
-import type { ConnectionTestResult, EndpointResult, ProxmoxClient, ProxmoxEndpoint, ProxmoxTarget, VmidRange } from '../proxmox/index.js';
+import type { ConnectionTestResult, EndpointResult, ProxmoxClient, ProxmoxEndpoint, ProxmoxTarget, ProxmoxTask, VmidRange } from '../proxmox/index.js';
 import { normalizeFingerprint } from '../proxmox/index.js';
 import { bareHost } from '../proxmox/host-policy.js';
 import { EndpointHealth } from './endpoint-health.js';
@@ -449,6 +449,14 @@ export class NodeService {
       if (err instanceof DomainError && err.code === ErrorCode.PROXMOX_FORBIDDEN) return null;
       throw err;
     }
+  }
+
+  /**
+   * Recent tasks of the registration's cluster (GET /cluster/tasks): the cluster watcher's
+   * cheap probe for guests created or destroyed behind pvegraph's back.
+   */
+  async clusterTasks(nodeId: string): Promise<ProxmoxTask[]> {
+    return this.proxmox.tasks(await this.targetById(nodeId));
   }
 
   private async targetById(nodeId: string): Promise<ProxmoxTarget> {

@@ -91,6 +91,20 @@ export class Metrics {
     registers: [this.registry],
   });
 
+  readonly clusterWatchProbes = new Counter({
+    name: 'pvegraph_cluster_watch_probes_total',
+    help: "Probes of a watched cluster's recent tasks (GET /cluster/tasks) by this instance while it held the cluster's watch lease, by what they told: unchanged, changed (a guest task appeared), unknown (nothing to compare with), forbidden, rate_limited, error.",
+    labelNames: ['outcome'] as const,
+    registers: [this.registry],
+  });
+
+  readonly clusterWatchListings = new Counter({
+    name: 'pvegraph_cluster_watch_listings_total',
+    help: 'Full guest listings (GET /cluster/resources) a cluster watch asked for, by outcome: ok, rate_limited, error.',
+    labelNames: ['outcome'] as const,
+    registers: [this.registry],
+  });
+
   constructor(opts: { processMetrics?: boolean } = {}) {
     if (opts.processMetrics !== false) collectDefaultMetrics({ register: this.registry, prefix: 'pvegraph_' });
   }

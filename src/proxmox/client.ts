@@ -22,6 +22,7 @@ import {
   nodeListSchema,
   permissionsSchema,
   resourcesSchema,
+  tasksSchema,
   versionSchema,
 } from './schemas.js';
 import { makeConnector, networkError, normalizeFingerprint, type TlsMode } from './tls.js';
@@ -149,6 +150,24 @@ export interface ProxmoxGuest {
   status: string;
   name?: string;
   template?: boolean;
+}
+
+/** One task of GET /cluster/tasks (recent tasks of the whole cluster, or only the token's own). */
+export interface ProxmoxTask {
+  /** `UPID:node:PID:PSTART:STARTTIME:type:id:user:` — unique per task. */
+  upid: string;
+  node: string;
+  /** e.g. qmcreate, vzdestroy, qmigrate, vzdump ('' when unknown). */
+  type: string;
+  /** The VMID (as a string) for guest tasks. */
+  id: string;
+  user: string;
+  /** Epoch seconds. */
+  starttime: number;
+  /** Set once the task finished ('OK' or an error message). */
+  status?: string;
+  /** Epoch seconds, once finished. */
+  endtime?: number;
 }
 
 export interface ConnectionTestResult {
@@ -468,6 +487,30 @@ export class ProxmoxClient {
     const range = (await this.get(t, '/cluster/options', clusterOptionsSchema))['next-id'];
     if (!range || (range.lower === undefined && range.upper === undefined)) return null;
     return { lower: range.lower ?? DEFAULT_NEXT_ID_LOWER, upper: range.upper ?? DEFAULT_NEXT_ID_UPPER };
+  }
+
+  /**
+   * Recent tasks of the cluster (GET /cluster/tasks), as listed: every member's with `Sys.Audit`
+   * on `/`, otherwise only the token's own. Fields missing from an entry are read from its UPID.
+   */
+  async tasks(t: ProxmoxTarget): Promise<ProxmoxTask[]> {
+    const entries = await this.get(t, '/cluster/tasks', tasksSchema);
+    return entries.map((e) => {
+      // UPID:node:PID:PSTART:STARTTIME:type:id:user: (numbers in hex)
+      const parts = e.upid.split(':');
+      const fromUpid = parts[0] === 'UPID' && parts.length >= 8;
+      const start = fromUpid ? Number.parseInt(parts[4]!, 16) : Number.NaN;
+      return {
+        upid: e.upid,
+        node: e.node ?? (fromUpid ? parts[1]! : ''),
+        type: e.type ?? (fromUpid ? parts[5]! : ''),
+        id: e.id ?? (fromUpid ? parts[6]! : ''),
+        user: e.user ?? (fromUpid ? parts.slice(7, -1).join(':') : ''),
+        starttime: e.starttime ?? (Number.isFinite(start) ? start : 0),
+        ...(e.status !== undefined ? { status: e.status } : {}),
+        ...(e.endtime !== undefined ? { endtime: e.endtime } : {}),
+      };
+    });
   }
 
   /**

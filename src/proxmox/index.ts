@@ -12,6 +12,7 @@ export {
   type ClusterMember,
   type VmidRange,
   type ProxmoxGuest,
+  type ProxmoxTask,
   type ConnectionTestResult,
   type ProxmoxPermissions,
   type ProxmoxCall,

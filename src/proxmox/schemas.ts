@@ -78,6 +78,28 @@ export const clusterOptionsSchema = z.looseObject({
 });
 
 /**
+ * One entry of GET /cluster/tasks (`upid, node, pid, pstart, starttime, type, id, user`, and
+ * `status`, `endtime` once finished). Only `upid` is required: the rest can be read from it.
+ */
+export const taskEntrySchema = z.object({
+  upid: z.string().min(1),
+  node: stringLike.optional(),
+  starttime: intLike.optional(),
+  type: stringLike.optional(),
+  id: stringLike.optional(),
+  user: stringLike.optional(),
+  status: stringLike.optional(),
+  endtime: intLike.optional(),
+});
+/** GET /cluster/tasks; an entry that does not fit is left out rather than failing the list. */
+export const tasksSchema = z.array(z.unknown()).transform((entries) =>
+  entries.flatMap((e) => {
+    const parsed = taskEntrySchema.safeParse(e);
+    return parsed.success ? [parsed.data] : [];
+  }),
+);
+
+/**
  * GET /access/permissions: path → { privilege: propagate } (Proxmox sends 1 when the privilege
  * propagates to sub-paths, 0 when it holds on that path only).
  */
