@@ -10,10 +10,11 @@ import type { VmidStore } from './store.js';
  * Redis when the deployment has one (REDIS_URL), else the embedded in-process store; either
  * way with the database as the durable record of reservations (DurableVmidStore).
  * `localReadMs`: VMID_READ_CACHE_MS (Redis only; the embedded store is in memory already).
+ * `reuseHoldMs`: VMID_REUSE_HOLD_S in ms (both).
  */
 export function createVmidStore(redis: Redis | null, prisma: PrismaClient, opts: Omit<RedisVmidStoreOptions, 'seeder'> = {}): VmidStore {
   const record = new ReservationRecord(prisma);
   const seeder = (spaceId: string) => record.live(spaceId);
-  const fast = redis ? new RedisVmidStore(redis, { ...opts, seeder }) : new MemoryVmidStore({ seeder });
+  const fast = redis ? new RedisVmidStore(redis, { ...opts, seeder }) : new MemoryVmidStore({ seeder, reuseHoldMs: opts.reuseHoldMs ?? 0 });
   return new DurableVmidStore(fast, record, opts.log);
 }

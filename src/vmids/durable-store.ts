@@ -69,6 +69,9 @@ export class DurableVmidStore implements VmidStore {
     await this.record.removeSpace(node.id);
   }
 
+  revive(node: NodeRef) {
+    return this.fast.revive(node);
+  }
   read(node: NodeRef) {
     return this.fast.read(node);
   }

@@ -28,12 +28,24 @@ interface NodeState {
   lock: { token: string; until: number } | null;
   /** The node was deleted (forget): a tombstone, kept for the life of the process. */
   deleted: boolean;
+  /**
+   * The reuse hold: vmid → until (ms) of VMIDs that left the used set. While cached, a held
+   * VMID is in `used` (the search skips it at no cost) until sweepHolds takes it out.
+   */
+  held: Map<number, number>;
+  /** No hold ends before this (ms), so a search does not walk the holds each time. */
+  nextHoldEnd: number;
+  /**
+   * The taken set as last written (ascending; a fill, or a consume since), kept past the
+   * cache's expiry or invalidation: a fill holds what it no longer lists. null: never filled.
+   */
+  last: number[] | null;
 }
 
 interface Cache {
   taken: Set<number>;
   /**
-   * taken ∪ reserved, ascending, each once: the lowest free VMID is found in it by binary
+   * taken ∪ reserved ∪ held, ascending, each once: the lowest free VMID is found in it by binary
    * search. It lives with the cache because only a cached set is searched (reserve and
    * nextFree answer `miss` without one); a fill rebuilds it.
    */
@@ -55,10 +67,14 @@ export class MemoryVmidStore implements VmidStore {
   /** Spaces whose durable reservations are back in memory (this process's first use of each). */
   private readonly seeded = new Set<string>();
   private readonly seeding = new Map<string, Promise<void>>();
+  /** VMID_REUSE_HOLD_S in ms (see VmidStore); 0: no hold. */
+  private readonly holdMs: number;
 
-  constructor(opts: { now?: () => number; seeder?: ReservationSeeder } = {}) {
+  /** `reuseHoldMs`: the reuse hold (VMID_REUSE_HOLD_S in ms); default 0, none. */
+  constructor(opts: { now?: () => number; seeder?: ReservationSeeder; reuseHoldMs?: number } = {}) {
     this.now = opts.now ?? Date.now;
     this.seeder = opts.seeder;
+    this.holdMs = Math.max(0, opts.reuseHoldMs ?? 0);
   }
 
   /**
@@ -90,7 +106,19 @@ export class MemoryVmidStore implements VmidStore {
   private node(nodeId: string): NodeState {
     let s = this.nodes.get(nodeId);
     if (!s) {
-      s = { cache: null, reservations: new Map(), nextDue: Infinity, version: 0, digest: null, epoch: 0, lock: null, deleted: false };
+      s = {
+        cache: null,
+        reservations: new Map(),
+        nextDue: Infinity,
+        version: 0,
+        digest: null,
+        epoch: 0,
+        lock: null,
+        deleted: false,
+        held: new Map(),
+        nextHoldEnd: Infinity,
+        last: null,
+      };
       this.nodes.set(nodeId, s);
     }
     if (s.cache && s.cache.expiresAt <= this.now()) s.cache = null;
@@ -112,11 +140,51 @@ export class MemoryVmidStore implements VmidStore {
         continue;
       }
       s.reservations.delete(vmid);
-      unuse(s, vmid);
+      this.unreserve(s, vmid, now);
       lapsed.push(vmid);
     }
     s.nextDue = next;
     if (lapsed.length > 0) this.bump(node, s, 'RELEASED', sorted(lapsed));
+  }
+
+  /**
+   * `vmids` left the used set at `now`: held until now + holdMs. While cached they stay in (or
+   * go into) `used` (`index` false: the caller rebuilds it); a fill puts the live ones back
+   * (the Lua hold()).
+   */
+  private hold(s: NodeState, vmids: Iterable<number>, now: number, index = true): void {
+    if (this.holdMs <= 0) return;
+    const until = now + this.holdMs;
+    for (const vmid of vmids) {
+      s.held.set(vmid, until);
+      if (index && s.cache) insertSorted(s.cache.used, vmid);
+    }
+    s.nextHoldEnd = Math.min(s.nextHoldEnd, until);
+  }
+
+  /** A reservation ended: held, or without a hold out of `used` unless a guest has it too. */
+  private unreserve(s: NodeState, vmid: number, now: number): void {
+    if (this.holdMs > 0) this.hold(s, [vmid], now);
+    else unuse(s, vmid);
+  }
+
+  /**
+   * Holds that ended leave `held`, and `used` unless a guest or a reservation has them (the
+   * Lua sweep_holds). Walks the holds only when one is due: each hold ends once.
+   */
+  private sweepHolds(s: NodeState): void {
+    const now = this.now();
+    if (s.nextHoldEnd > now) return;
+    let next = Infinity;
+    for (const [vmid, until] of s.held) {
+      if (until > now) {
+        next = Math.min(next, until);
+        continue;
+      }
+      s.held.delete(vmid);
+      if (!s.reservations.has(vmid)) unuse(s, vmid);
+    }
+    s.nextHoldEnd = next;
   }
 
   private bump(node: NodeRef, s: NodeState, kind: VmidEventKind, vmids: number[] | null, expiresAt?: number): number {
@@ -183,7 +251,12 @@ export class MemoryVmidStore implements VmidStore {
     const now = this.now();
     const set = new Set(taken);
     const list = sorted(set);
-    const used = sorted(new Set([...list, ...s.reservations.keys()]));
+    // Guests the set as last written had and this one lacks went: held (also after the cache
+    // expired or was invalidated: `last` outlives it). Never filled: nothing to compare with.
+    if (s.last && this.holdMs > 0) this.hold(s, s.last.filter((v) => !set.has(v)), now, false);
+    s.last = list;
+    this.sweepHolds(s);
+    const used = sorted(new Set([...list, ...s.reservations.keys(), ...s.held.keys()]));
     s.cache = { taken: set, used, refreshedAt: now, expiresAt: now + ttlSeconds * 1000 };
     const digest = list.join(',');
     const changed = digest !== s.digest;
@@ -218,6 +291,7 @@ export class MemoryVmidStore implements VmidStore {
       if (s.cache.taken.has(vmid)) return { status: 'taken', vmid };
       if (s.reservations.has(vmid)) return { status: 'already-reserved', vmid };
     } else {
+      this.sweepHolds(s);
       vmid = lowestUnused(s.cache.used, request.min);
       if (vmid > request.max) return { status: 'exhausted' };
     }
@@ -235,6 +309,7 @@ export class MemoryVmidStore implements VmidStore {
     const s = this.node(node.id);
     if (!s.cache) return { status: 'miss' };
     this.lapse(node, s);
+    this.sweepHolds(s);
     const vmid = lowestUnused(s.cache.used, min);
     return vmid > max ? { status: 'exhausted' } : { status: 'free', vmid };
   }
@@ -246,7 +321,7 @@ export class MemoryVmidStore implements VmidStore {
     this.lapse(node, s);
     if (s.reservations.get(vmid)?.owner !== owner) return false;
     s.reservations.delete(vmid);
-    unuse(s, vmid);
+    this.unreserve(s, vmid, this.now());
     this.bump(node, s, 'RELEASED', [vmid]);
     return true;
   }
@@ -263,6 +338,7 @@ export class MemoryVmidStore implements VmidStore {
       insertSorted(s.cache.used, vmid);
       const list = sorted(s.cache.taken);
       s.digest = list.join(',');
+      s.last = list;
       this.bump(node, s, 'REFRESHED', list);
     } else if (released) {
       this.bump(node, s, 'RELEASED', [vmid]);
@@ -287,7 +363,25 @@ export class MemoryVmidStore implements VmidStore {
     const s = this.node(node.id);
     if (s.deleted) return;
     this.bump(node, s, 'DELETED', null);
-    Object.assign(s, { cache: null, reservations: new Map(), nextDue: Infinity, digest: null, lock: null, deleted: true });
+    Object.assign(s, {
+      cache: null,
+      reservations: new Map(),
+      nextDue: Infinity,
+      digest: null,
+      lock: null,
+      deleted: true,
+      held: new Map(),
+      nextHoldEnd: Infinity,
+      last: null,
+    });
+  }
+
+  /** As REVIVE: the tombstone ends; the version goes on, the epoch grows, nothing is announced. */
+  async revive(node: NodeRef) {
+    const s = this.node(node.id);
+    if (!s.deleted) return;
+    s.deleted = false;
+    s.epoch += 1;
   }
 
   async tryLock(nodeId: string, ttlMs: number) {

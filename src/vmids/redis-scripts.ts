@@ -5,7 +5,7 @@
  * so expiries do not depend on their clocks.
  *
  * Keys of one node (nodeId in braces: one Redis Cluster hash slot per node). Every script but
- * UNLOCK is given all of them, in this order (KEYS[1…8], named K.cache … K.owners in Lua):
+ * UNLOCK and REVIVE is given all of them, in this order (KEYS[1…10], named K.cache … K.last in Lua):
  *   vmid-cache:{id}         SET of taken VMIDs (absent when the set is empty)  TTL
  *   vmid-meta:{id}          HASH refreshedAt, expiresAt (ms) — marks "cached" — and list
  *                           (the set ascending, comma-separated: what READ answers) with
@@ -15,15 +15,21 @@
  *   vmid-version:{id}       HASH version, digest (of the last announced set),
  *                           epoch (bumped by invalidations), seeded (see SEED) — never
  *                           expires, except as a deleted node's tombstone (deleted=1, kept
- *                           a day: FORGET)
+ *                           a day: FORGET; a space registered again is revived: REVIVE)
  *   vmid-cache-tmp:{id}     scratch SET, only inside vmid_refresh
  *   vmid-lock:{id}          fill lock (SET NX PX)
- *   vmid-used:{id}          ZSET vmid → vmid: taken ∪ reserved, the index the lowest free
- *                           VMID is found in by binary search (lowest_free). Kept with the
+ *   vmid-used:{id}          ZSET vmid → vmid: taken ∪ reserved ∪ held, the index the lowest
+ *                           free VMID is found in by binary search (lowest_free). Kept with the
  *                           cache (same expiry; invalidation drops it; a fill rebuilds it),
  *                           since only a cached set is searched  TTL
  *   vmid-owners:{id}        HASH vmid → user id holding the reservation; expires with the
  *                           reservations
+ *   vmid-held:{id}          ZSET vmid → until (ms): VMIDs that left the used set lately (the
+ *                           reuse hold, see hold()); kept a day past its latest hold
+ *   vmid-last:{id}          STRING the taken set as last written (ascending, comma-separated),
+ *                           kept a day after the last fill: what a fill compares with to find
+ *                           the guests that went, also when the cache had expired or was
+ *                           invalidated (meta and its list are gone then)
  *
  * A VMID can be both taken and reserved (reserved, then listed by Proxmox before it is
  * consumed): a reservation that ends leaves the used index only if the VMID is not taken, and
@@ -32,7 +38,9 @@
 
 const DEFINITIONS = `
 local K = { cache = KEYS[1], meta = KEYS[2], reservations = KEYS[3], state = KEYS[4], tmp = KEYS[5],
-  lock = KEYS[6], used = KEYS[7], owners = KEYS[8] }
+  lock = KEYS[6], used = KEYS[7], owners = KEYS[8], held = KEYS[9], last = KEYS[10] }
+-- VMID_REUSE_HOLD_S in ms, set from its ARGV by each script that can free a VMID (0: no hold).
+local HOLD_MS = 0
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -49,10 +57,52 @@ local function bump(state_key, channel, node_json, kind, vmids_json, now, extra_
     ',"at":' .. int(now) .. ',"vmids":' .. vmids_json .. (extra_json or '') .. '}')
   return v
 end
--- A reservation of vmid (a canonical decimal string) ended: it leaves the used index unless a
--- guest has it too.
+-- vmid (a canonical decimal string) may leave the used index: it does unless a guest has it.
 local function unuse(vmid)
   if redis.call('SISMEMBER', K.cache, vmid) == 0 then redis.call('ZREM', K.used, vmid) end
+end
+-- The held set outlives its latest hold by a day (as the reservations do), longer than a used
+-- index built while a hold was on can live (VMID_CACHE_TTL_S <= 86,400): a hold that ended
+-- unnoticed is still found and swept out of the index (sweep_holds).
+local HELD_GRACE_MS = 86400000
+-- ids (canonical decimal strings) left the used set at now: a guest is gone, or a reservation
+-- ended. With a hold they are held until now + HOLD_MS (Proxmox may still be deleting the
+-- guest): they stay in, or go into, the used index, so the lowest free VMID skips them at no
+-- cost, until sweep_holds takes them out. An explicit reservation is not refused for a hold.
+local function hold(ids, now)
+  if HOLD_MS <= 0 or #ids == 0 then return end
+  local until_ms = int(now + HOLD_MS)
+  local args = {}
+  for _, id in ipairs(ids) do
+    args[#args + 1] = until_ms
+    args[#args + 1] = id
+    if #args >= 2000 then
+      redis.call('ZADD', K.held, unpack(args))
+      args = {}
+    end
+  end
+  if #args > 0 then redis.call('ZADD', K.held, unpack(args)) end
+  local latest = redis.call('ZRANGE', K.held, -1, -1, 'WITHSCORES')
+  redis.call('PEXPIREAT', K.held, int(tonumber(latest[2]) + HELD_GRACE_MS))
+end
+-- A reservation of vmid ended: held (it stays in the used index, where the reservation had
+-- put it) or, without a hold, out of the index unless a guest has it too.
+local function unreserve(vmid, now)
+  if HOLD_MS > 0 then hold({ vmid }, now) else unuse(vmid) end
+end
+-- Holds that ended by now leave the held set, and their VMIDs the used index unless a guest or
+-- a reservation has them. Each hold is swept once: O(log n) per freed VMID, amortised.
+local function sweep_holds(now)
+  local ended = redis.call('ZRANGEBYSCORE', K.held, '-inf', int(now))
+  if #ended == 0 then return end
+  redis.call('ZREMRANGEBYSCORE', K.held, '-inf', int(now))
+  for _, id in ipairs(ended) do
+    if not redis.call('ZSCORE', K.reservations, id) then unuse(id) end
+  end
+end
+local function is_held(id, now)
+  local until_ms = redis.call('ZSCORE', K.held, id)
+  return until_ms and tonumber(until_ms) > now
 end
 -- Adds ids (canonical decimal strings, score = the id) to the used index, in chunks: unpack()
 -- has a stack limit.
@@ -68,13 +118,17 @@ local function add_used(ids, first, last)
   end
   if #args > 0 then redis.call('ZADD', K.used, unpack(args)) end
 end
--- Builds the used index from what it indexes: taken (the cached set, as a list) and the live
--- reservations; it expires with the cache. usedAt records the fill it was built for.
-local function build_used(taken, first, last, refreshed_at, expires_at)
+-- Builds the used index from what it indexes: taken (the cached set, as a list), the live
+-- reservations and the live holds (ended ones are dropped here); it expires with the cache.
+-- usedAt records the fill it was built for.
+local function build_used(taken, first, last, refreshed_at, expires_at, now)
   redis.call('DEL', K.used)
   add_used(taken, first, last)
   local reserved = redis.call('ZRANGE', K.reservations, 0, -1)
   add_used(reserved, 1, #reserved)
+  redis.call('ZREMRANGEBYSCORE', K.held, '-inf', int(now))
+  local held = redis.call('ZRANGE', K.held, 0, -1)
+  add_used(held, 1, #held)
   redis.call('PEXPIREAT', K.used, expires_at)
   redis.call('HSET', K.meta, 'usedAt', refreshed_at)
 end
@@ -89,15 +143,17 @@ local function lapse(channel, node_json, now)
   end
   local ids = {}
   for i, v in ipairs(due) do
-    unuse(v)
+    if HOLD_MS <= 0 then unuse(v) end
     ids[i] = tonumber(v)
   end
+  -- Lapsed VMIDs are held like released ones (they stay in the used index meanwhile).
+  hold(due, now)
   table.sort(ids)
   for i, n in ipairs(ids) do ids[i] = int(n) end
   bump(K.state, channel, node_json, 'RELEASED', '[' .. table.concat(ids, ',') .. ']', now)
 end
--- The lowest VMID >= min in neither the cached set nor the reservations, or nil when it would
--- exceed max. Call only while the set is cached.
+-- The lowest VMID >= min in neither the cached set nor the reservations nor held (see hold),
+-- or nil when it would exceed max. Call only while the set is cached.
 --
 -- Binary search over the used index by rank: its members >= min are u(0) < u(1) < …, so
 -- u(i) >= min + i, equal exactly when min … min + i are all used; the answer is min + the
@@ -106,15 +162,23 @@ end
 --
 -- The index is checked against what it indexes before it is trusted: it is rebuilt if the
 -- set was refreshed without it (usedAt differs: a script of an earlier version, during a
--- rolling upgrade), and an answer that is taken or reserved all the same (such a script
--- reserved or consumed without it) is added to it and the search repeated. An earlier
--- version's release can only leave an extra member: a free VMID skipped until the next fill.
-local function lowest_free(min, max)
+-- rolling upgrade), and an answer that is taken or reserved or held all the same (such a
+-- script reserved or consumed without it, or released a held VMID out of it) is added to it and
+-- the search repeated. An earlier version's release can only leave an extra member: a free VMID
+-- skipped until the next fill.
+--
+-- Held VMIDs are members of the index while held, so they cost the search nothing: it stays
+-- O(log² n) (n: taken + reserved + held), plus sweeping the holds that ended since the last
+-- search, each once (O(log n) per freed VMID, amortised). Worst case, a search after a fill
+-- that dropped k guests k holds ago sweeps all k: O(k log n), once. The repeat is bounded by the
+-- members an earlier version left out of the index (each is added once).
+local function lowest_free(min, max, now)
   local meta = redis.call('HMGET', K.meta, 'refreshedAt', 'expiresAt', 'usedAt')
   if meta[3] ~= meta[1] then
     local taken = redis.call('SMEMBERS', K.cache)
-    build_used(taken, 1, #taken, meta[1], meta[2])
+    build_used(taken, 1, #taken, meta[1], meta[2], now)
   end
+  sweep_holds(now)
   while true do
     local base = redis.call('ZCOUNT', K.used, '-inf', '(' .. int(min))
     local lo, hi = 0, redis.call('ZCARD', K.used) - base
@@ -126,7 +190,8 @@ local function lowest_free(min, max)
     local vmid = min + lo
     if vmid > max then return nil end
     local id = int(vmid)
-    if redis.call('SISMEMBER', K.cache, id) == 0 and not redis.call('ZSCORE', K.reservations, id) then return vmid end
+    if redis.call('SISMEMBER', K.cache, id) == 0 and not redis.call('ZSCORE', K.reservations, id)
+      and not is_held(id, now) then return vmid end
     redis.call('ZADD', K.used, id, id)
     redis.call('PEXPIREAT', K.used, meta[2])
   end
@@ -138,6 +203,8 @@ local LAPSE_GRACE_MS = 86400000
 -- its way when the node was deleted (a fill, an invalidation through an instance that still
 -- had the node's ownership cached, a subscriber catching up after an outage) learns of it.
 local TOMBSTONE_MS = 86400000
+-- vmid-last stays this long after the last fill (or consume): see REFRESH.
+local LAST_MS = 86400000
 local function deleted(state_key)
   return redis.call('HEXISTS', state_key, 'deleted') == 1
 end
@@ -187,7 +254,7 @@ return 1
 `;
 
 /**
- * ARGV: channel, nodeJson
+ * ARGV: channel, nodeJson, holdMs
  * → { version, now, reservations(flat vmid, expiry…), refreshedAt|'', expiresAt|'', taken }
  * Announces lapsed reservations first (a read never shows a lapse without its version).
  * taken: the ascending comma-separated list kept in meta (one string to send and parse, on
@@ -196,6 +263,7 @@ return 1
  * keeping the list, which changes refreshedAt or the set's size.
  */
 export const READ = `${COMMON}
+HOLD_MS = tonumber(ARGV[3]) or 0
 local now = now_ms()
 lapse(ARGV[1], ARGV[2], now)
 local meta = redis.call('HMGET', K.meta, 'refreshedAt', 'expiresAt', 'list', 'listAt', 'listCard')
@@ -212,12 +280,21 @@ return { version, int(now), reserved, meta[1], meta[2], list or redis.call('SMEM
 `;
 
 /**
- * ARGV: ttlMs, expectedEpoch ('' = unconditional), channel, nodeJson, vmid… (ascending, unique)
+ * ARGV: ttlMs, expectedEpoch ('' = unconditional), channel, nodeJson, holdMs, vmid… (ascending, unique)
  * → { 'STALE', version } | { 'GONE' } (the node was deleted) | { 'OK', changed(0|1), version, refreshedAt, expiresAt, reservations(flat vmid, expiry…) }
  * The caller sorts (cheaper outside Redis's one thread); the digest is of that canonical list.
- * The used index is rebuilt from the new set and the live reservations.
+ * The used index is rebuilt from the new set, the live reservations and the live holds.
+ *
+ * The VMIDs of the set as last written (vmid-last: the previous fill, or a consume since) that
+ * the new set lacks are guests that went: they are held (see hold). This works the same when
+ * the cache had expired or was invalidated meanwhile (an unregistered container is invalidated,
+ * then missing from the next fill): vmid-last outlives the cache by a day. A fill without it
+ * (the space's first, the first after a day without one, or after Redis lost its data) holds
+ * nothing: whatever went, went at an unknown time, most likely long enough ago. The comparison
+ * is a merge of two ascending lists, O(n), and only when the set differs from vmid-last.
  */
 export const REFRESH = `${COMMON}
+HOLD_MS = tonumber(ARGV[5]) or 0
 if deleted(K.state) then return { 'GONE' } end
 local epoch = redis.call('HGET', K.state, 'epoch') or '0'
 if ARGV[2] ~= '' and epoch ~= ARGV[2] then
@@ -228,21 +305,37 @@ lapse(ARGV[3], ARGV[4], now)
 redis.call('DEL', K.tmp)
 local n = #ARGV
 -- unpack() has a stack limit: add in chunks.
-for i = 5, n, 1000 do
+for i = 6, n, 1000 do
   redis.call('SADD', K.tmp, unpack(ARGV, i, math.min(i + 999, n)))
 end
-local joined = table.concat(ARGV, ',', 5, n)
+local joined = table.concat(ARGV, ',', 6, n)
+local previous = redis.call('GET', K.last)
+if previous ~= joined then
+  if previous and HOLD_MS > 0 then
+    local gone = {}
+    local j = 6
+    for id in string.gmatch(previous, '%d+') do
+      local v = tonumber(id)
+      while j <= n and tonumber(ARGV[j]) < v do j = j + 1 end
+      if j > n or tonumber(ARGV[j]) ~= v then gone[#gone + 1] = id end
+    end
+    hold(gone, now)
+  end
+  redis.call('SET', K.last, joined, 'PX', LAST_MS)
+else
+  redis.call('PEXPIRE', K.last, LAST_MS)
+end
 local expires_at = now + tonumber(ARGV[1])
-if n >= 5 then
+if n >= 6 then
   redis.call('RENAME', K.tmp, K.cache)
   redis.call('PEXPIREAT', K.cache, expires_at)
 else
   redis.call('DEL', K.cache)
 end
 redis.call('HSET', K.meta, 'refreshedAt', int(now), 'expiresAt', int(expires_at),
-  'list', joined, 'listAt', int(now), 'listCard', int(n - 4))
+  'list', joined, 'listAt', int(now), 'listCard', int(n - 5))
 redis.call('PEXPIREAT', K.meta, expires_at)
-build_used(ARGV, 5, n, int(now), expires_at)
+build_used(ARGV, 6, n, int(now), expires_at, now)
 local digest = redis.sha1hex(joined)
 local changed = 0
 local version
@@ -275,11 +368,13 @@ return { existed, v }
 `;
 
 /**
- * ARGV: vmid ('' = lowest free in [min, max]), min, ttlMs, channel, nodeJson, max, owner
+ * ARGV: vmid ('' = lowest free in [min, max]), min, ttlMs, channel, nodeJson, max, owner, holdMs
  * → { 'OK', vmid, expiresAt, version } | { 'MISS' } | { 'TAKEN', vmid } | { 'RESERVED', vmid } | { 'EXHAUSTED' }
- * Without a vmid the search is O(log² n) (lowest_free); an explicit vmid is not bounded by max.
+ * Without a vmid the search is O(log² n) (lowest_free) and skips held VMIDs; an explicit vmid
+ * is not bounded by max, nor refused for a hold (it is free: the client asked for it).
  */
 export const RESERVE = `${COMMON}
+HOLD_MS = tonumber(ARGV[8]) or 0
 if redis.call('EXISTS', K.meta) == 0 then
   return { 'MISS' }
 end
@@ -291,7 +386,7 @@ if ARGV[1] ~= '' then
   if redis.call('SISMEMBER', K.cache, ARGV[1]) == 1 then return { 'TAKEN', vmid } end
   if redis.call('ZSCORE', K.reservations, ARGV[1]) then return { 'RESERVED', vmid } end
 else
-  vmid = lowest_free(tonumber(ARGV[2]), tonumber(ARGV[6]))
+  vmid = lowest_free(tonumber(ARGV[2]), tonumber(ARGV[6]), now)
   if not vmid then return { 'EXHAUSTED' } end
 end
 local id = int(vmid)
@@ -309,28 +404,32 @@ return { 'OK', vmid, int(expires_at), v }
 `;
 
 /**
- * ARGV: min, max, channel, nodeJson
+ * ARGV: min, max, channel, nodeJson, holdMs
  * → { 'FREE', vmid } | { 'MISS' } | { 'EXHAUSTED' }
  * What RESERVE without a vmid would pick, reserving nothing. Lapses are announced first (a
  * reservation whose time is up does not count).
  */
 export const NEXT_FREE = `${COMMON}
+HOLD_MS = tonumber(ARGV[5]) or 0
 if redis.call('EXISTS', K.meta) == 0 then
   return { 'MISS' }
 end
-lapse(ARGV[3], ARGV[4], now_ms())
-local vmid = lowest_free(tonumber(ARGV[1]), tonumber(ARGV[2]))
+local now = now_ms()
+lapse(ARGV[3], ARGV[4], now)
+local vmid = lowest_free(tonumber(ARGV[1]), tonumber(ARGV[2]), now)
 if not vmid then return { 'EXHAUSTED' } end
 return { 'FREE', vmid }
 `;
 
 /**
- * ARGV: vmid, channel, nodeJson, owner
+ * ARGV: vmid, channel, nodeJson, owner, holdMs
  * → 1 | 0
  * Only the owner's reservation ends; another user's answers 0 like none would. A reservation
  * without a recorded owner (made by an earlier version, during a rolling upgrade) is anyone's.
+ * The VMID released is held (see hold).
  */
 export const RELEASE = `${COMMON}
+HOLD_MS = tonumber(ARGV[5]) or 0
 local now = now_ms()
 lapse(ARGV[2], ARGV[3], now)
 if not redis.call('ZSCORE', K.reservations, ARGV[1]) then return 0 end
@@ -338,17 +437,19 @@ local owner = redis.call('HGET', K.owners, ARGV[1])
 if owner and owner ~= ARGV[4] then return 0 end
 redis.call('ZREM', K.reservations, ARGV[1])
 redis.call('HDEL', K.owners, ARGV[1])
-unuse(ARGV[1])
+unreserve(ARGV[1], now)
 bump(K.state, ARGV[2], ARGV[3], 'RELEASED', '[' .. ARGV[1] .. ']', now)
 return 1
 `;
 
 /**
- * ARGV: vmid, channel, nodeJson
+ * ARGV: vmid, channel, nodeJson, holdMs
  * → { released(0|1), added(0|1) }
- * Whoever holds the reservation: the guest exists now.
+ * Whoever holds the reservation: the guest exists now (nothing is held: the VMID is not freed).
+ * An added VMID joins vmid-last too, so a fill that no longer lists it holds it.
  */
 export const CONSUME = `${COMMON}
+HOLD_MS = tonumber(ARGV[4]) or 0
 local now = now_ms()
 lapse(ARGV[2], ARGV[3], now)
 local released = redis.call('ZREM', K.reservations, ARGV[1])
@@ -368,6 +469,7 @@ if added == 1 then
   redis.call('HSET', K.meta, 'list', joined, 'listAt', redis.call('HGET', K.meta, 'refreshedAt'),
     'listCard', redis.call('SCARD', K.cache))
   redis.call('HSET', K.state, 'digest', redis.sha1hex(joined))
+  redis.call('SET', K.last, joined, 'PX', LAST_MS)
   bump(K.state, ARGV[2], ARGV[3], 'REFRESHED', '[' .. joined .. ']', now)
 elseif released == 1 then
   bump(K.state, ARGV[2], ARGV[3], 'RELEASED', '[' .. ARGV[1] .. ']', now)
@@ -376,12 +478,13 @@ return { released, added }
 `;
 
 /**
- * ARGV: channel, nodeJson
+ * ARGV: channel, nodeJson, holdMs
  * → { now, next expiry | '' }
  * Announces the lapsed reservations (see lapse) and tells when the next one is due, in
  * Redis's time, so the caller's timer does not depend on its own clock.
  */
 export const EXPIRE_DUE = `${COMMON}
+HOLD_MS = tonumber(ARGV[3]) or 0
 local now = now_ms()
 lapse(ARGV[1], ARGV[2], now)
 local first = redis.call('ZRANGE', K.reservations, 0, 0, 'WITHSCORES')
@@ -408,9 +511,25 @@ return 0
 export const FORGET = `${COMMON}
 if deleted(K.state) then return tonumber(redis.call('HGET', K.state, 'version')) end
 local v = bump(K.state, ARGV[1], ARGV[2], 'DELETED', 'null', now_ms())
-redis.call('UNLINK', K.cache, K.meta, K.reservations, K.tmp, K.lock, K.used, K.owners)
+redis.call('UNLINK', K.cache, K.meta, K.reservations, K.tmp, K.lock, K.used, K.owners, K.held, K.last)
 redis.call('HDEL', K.state, 'digest')
 redis.call('HSET', K.state, 'deleted', '1')
 redis.call('PEXPIRE', K.state, TOMBSTONE_MS)
 return v
+`;
+
+/**
+ * KEYS: the version hash (vmid-version:{id}) → 1 (revived) | 0 (not a tombstone: nothing done)
+ * The space was registered again while its tombstone lasts (FORGET): it stops being one. The
+ * version stays and goes on from there (versions never go backwards: the next change is
+ * numbered after DELETED), the hash never expires again, and the epoch grows, so a fill that
+ * read it before the deletion writes nothing. Nothing is announced: a subscriber of the new
+ * registration starts with SYNC at this version.
+ */
+export const REVIVE = `
+if redis.call('HEXISTS', KEYS[1], 'deleted') == 0 then return 0 end
+redis.call('HDEL', KEYS[1], 'deleted')
+redis.call('PERSIST', KEYS[1])
+redis.call('HINCRBY', KEYS[1], 'epoch', 1)
+return 1
 `;

@@ -13,24 +13,36 @@ import type { NodeRef, VmidEvent } from './types.js';
  * The scripts as ioredis commands (EVALSHA, reloaded by ioredis on NOSCRIPT). Each but unlock
  * takes the node's keys (nodeKeys, in its order) and then its ARGV (see redis-scripts.ts).
  */
-type NodeKeys = [cache: string, meta: string, reservations: string, state: string, tmp: string, lock: string, used: string, owners: string];
+type NodeKeys = [
+  cache: string,
+  meta: string,
+  reservations: string,
+  state: string,
+  tmp: string,
+  lock: string,
+  used: string,
+  owners: string,
+  held: string,
+  last: string,
+];
 interface ScriptCommands {
-  pvgVmidRead(...args: [...NodeKeys, channel: string, nodeJson: string]): Promise<unknown[]>;
+  pvgVmidRead(...args: [...NodeKeys, channel: string, nodeJson: string, holdMs: string]): Promise<unknown[]>;
   pvgVmidRefresh(...args: [...NodeKeys, ...argv: string[]]): Promise<unknown[]>;
   pvgVmidInvalidate(...args: [...NodeKeys, channel: string, nodeJson: string]): Promise<[number, number]>;
   pvgVmidReserve(
-    ...args: [...NodeKeys, vmid: string, min: string, ttlMs: string, channel: string, nodeJson: string, max: string, owner: string]
+    ...args: [...NodeKeys, vmid: string, min: string, ttlMs: string, channel: string, nodeJson: string, max: string, owner: string, holdMs: string]
   ): Promise<unknown[]>;
-  pvgVmidNextFree(...args: [...NodeKeys, min: string, max: string, channel: string, nodeJson: string]): Promise<unknown[]>;
-  pvgVmidRelease(...args: [...NodeKeys, vmid: string, channel: string, nodeJson: string, owner: string]): Promise<number>;
-  pvgVmidConsume(...args: [...NodeKeys, vmid: string, channel: string, nodeJson: string]): Promise<[number, number]>;
-  pvgVmidExpireDue(...args: [...NodeKeys, channel: string, nodeJson: string]): Promise<[string, string]>;
+  pvgVmidNextFree(...args: [...NodeKeys, min: string, max: string, channel: string, nodeJson: string, holdMs: string]): Promise<unknown[]>;
+  pvgVmidRelease(...args: [...NodeKeys, vmid: string, channel: string, nodeJson: string, owner: string, holdMs: string]): Promise<number>;
+  pvgVmidConsume(...args: [...NodeKeys, vmid: string, channel: string, nodeJson: string, holdMs: string]): Promise<[number, number]>;
+  pvgVmidExpireDue(...args: [...NodeKeys, channel: string, nodeJson: string, holdMs: string]): Promise<[string, string]>;
   pvgVmidUnlock(lock: string, token: string): Promise<number>;
   pvgVmidForget(...args: [...NodeKeys, channel: string, nodeJson: string]): Promise<number>;
   pvgVmidSeed(...args: [...NodeKeys, channel: string, nodeJson: string, force: '0' | '1', ...held: string[]]): Promise<number>;
+  pvgVmidRevive(state: string): Promise<number>;
 }
 
-const NODE_KEYS = 8;
+const NODE_KEYS = 10;
 const SCRIPTS: Record<keyof ScriptCommands, { keys: number; lua: string }> = {
   pvgVmidRead: { keys: NODE_KEYS, lua: scripts.READ },
   pvgVmidRefresh: { keys: NODE_KEYS, lua: scripts.REFRESH },
@@ -43,6 +55,7 @@ const SCRIPTS: Record<keyof ScriptCommands, { keys: number; lua: string }> = {
   pvgVmidUnlock: { keys: 1, lua: scripts.UNLOCK },
   pvgVmidForget: { keys: NODE_KEYS, lua: scripts.FORGET },
   pvgVmidSeed: { keys: NODE_KEYS, lua: scripts.SEED },
+  pvgVmidRevive: { keys: 1, lua: scripts.REVIVE },
 };
 
 /** Key names relative to the connection's keyPrefix (ioredis adds it to every key). */
@@ -61,6 +74,8 @@ const nodeKeys = (nodeId: string): NodeKeys => [
   `vmid-lock:{${nodeId}}`,
   `vmid-used:{${nodeId}}`,
   `vmid-owners:{${nodeId}}`,
+  `vmid-held:{${nodeId}}`,
+  `vmid-last:{${nodeId}}`,
 ];
 
 /** Where a read was answered from; `renewal`: a kept copy read again in the background. */
@@ -84,6 +99,12 @@ export interface RedisVmidStoreOptions {
   onRead?: (source: SnapshotReadSource) => void;
   /** Where a space's reservations come back from after Redis lost them (see SEED). None: nothing comes back. */
   seeder?: ReservationSeeder;
+  /**
+   * VMID_REUSE_HOLD_S in ms: how long a VMID that left the used set (guest gone, reservation
+   * released or lapsed) is skipped by a search without a vmid (reserve, nextFree). 0 (the
+   * default here): handed out again at once.
+   */
+  reuseHoldMs?: number;
 }
 
 /**
@@ -105,6 +126,8 @@ export class RedisVmidStore implements VmidStore {
   private stopWatching: (() => void) | null = null;
   private readonly onRead: ((source: SnapshotReadSource) => void) | undefined;
   private readonly seeder: ReservationSeeder | undefined;
+  /** reuseHoldMs, as the scripts' holdMs argument. */
+  private readonly holdMs: string;
 
   constructor(redis: Redis, opts: RedisVmidStoreOptions = {}) {
     for (const [name, { keys: numberOfKeys, lua }] of Object.entries(SCRIPTS)) {
@@ -120,6 +143,7 @@ export class RedisVmidStore implements VmidStore {
     this.local = opts.localReadMs ? new LocalSnapshots(opts.localReadMs) : null;
     this.onRead = opts.onRead;
     this.seeder = opts.seeder;
+    this.holdMs = String(Math.max(0, Math.floor(opts.reuseHoldMs ?? 0)));
   }
 
   /** Channel of every VMID event of one user's nodes (node subscriptions filter it). */
@@ -252,7 +276,7 @@ export class RedisVmidStore implements VmidStore {
   }
 
   private async readFromRedis(node: NodeRef): Promise<{ snapshot: VmidSnapshot; redisNowMs: number }> {
-    const reply = await this.seeded(node, () => this.redis.pvgVmidRead(...nodeKeys(node.id), this.channel(node.userId), JSON.stringify(node.id)));
+    const reply = await this.seeded(node, () => this.redis.pvgVmidRead(...nodeKeys(node.id), this.channel(node.userId), JSON.stringify(node.id), this.holdMs));
     const [version, now, reservedFlat, refreshedAt, expiresAt, taken] = reply as [
       string,
       string,
@@ -286,6 +310,7 @@ export class RedisVmidStore implements VmidStore {
         expectedEpoch === null ? '' : String(expectedEpoch),
         this.channel(node.userId),
         JSON.stringify(node.id),
+        this.holdMs,
         ...list.map(String),
       ),
     );
@@ -323,6 +348,7 @@ export class RedisVmidStore implements VmidStore {
         JSON.stringify(node.id),
         String(request.max),
         request.owner,
+        this.holdMs,
       ),
     );
     switch (reply[0]) {
@@ -344,7 +370,7 @@ export class RedisVmidStore implements VmidStore {
   /** A change: it may announce lapses. */
   async nextFree(node: NodeRef, min: number, max: number): Promise<NextFreeOutcome> {
     const reply = await this.change(node, () =>
-      this.redis.pvgVmidNextFree(...nodeKeys(node.id), String(min), String(max), this.channel(node.userId), JSON.stringify(node.id)),
+      this.redis.pvgVmidNextFree(...nodeKeys(node.id), String(min), String(max), this.channel(node.userId), JSON.stringify(node.id), this.holdMs),
     );
     switch (reply[0]) {
       case 'FREE':
@@ -360,27 +386,36 @@ export class RedisVmidStore implements VmidStore {
 
   async release(node: NodeRef, vmid: number, owner: string) {
     const removed = await this.change(node, () =>
-      this.redis.pvgVmidRelease(...nodeKeys(node.id), String(vmid), this.channel(node.userId), JSON.stringify(node.id), owner),
+      this.redis.pvgVmidRelease(...nodeKeys(node.id), String(vmid), this.channel(node.userId), JSON.stringify(node.id), owner, this.holdMs),
     );
     return removed === 1;
   }
 
   async consume(node: NodeRef, vmid: number) {
     const [released, added] = await this.change(node, () =>
-      this.redis.pvgVmidConsume(...nodeKeys(node.id), String(vmid), this.channel(node.userId), JSON.stringify(node.id)),
+      this.redis.pvgVmidConsume(...nodeKeys(node.id), String(vmid), this.channel(node.userId), JSON.stringify(node.id), this.holdMs),
     );
     return { released: released === 1, added: added === 1 };
   }
 
   async expireDue(node: NodeRef) {
     const [now, next] = await this.change(node, () =>
-      this.redis.pvgVmidExpireDue(...nodeKeys(node.id), this.channel(node.userId), JSON.stringify(node.id)),
+      this.redis.pvgVmidExpireDue(...nodeKeys(node.id), this.channel(node.userId), JSON.stringify(node.id), this.holdMs),
     );
     return { nextInMs: next === '' ? null : Math.max(0, Number(next) - Number(now)) };
   }
 
   async forget(node: NodeRef) {
     await this.change(node, () => this.redis.pvgVmidForget(...nodeKeys(node.id), this.channel(node.userId), JSON.stringify(node.id)));
+  }
+
+  /** See REVIVE. */
+  async revive(node: NodeRef) {
+    try {
+      await this.run(() => this.redis.pvgVmidRevive(keys(node.id).state));
+    } finally {
+      this.local?.changed(node.id);
+    }
   }
 
   async tryLock(nodeId: string, ttlMs: number) {

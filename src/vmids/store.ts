@@ -8,6 +8,14 @@ import type { NodeRef, VmidEvent } from './types.js';
  *
  * Every mutation that changes a node's set bumps its version and publishes the event in the
  * same atomic step, so events reach subscribers in version order.
+ *
+ * The reuse hold (a store option, VMID_REUSE_HOLD_S): a VMID that leaves the used set — a
+ * guest a fill no longer lists, a reservation released, lapsed, or consumed and then no longer
+ * listed — is skipped by a search without a vmid (`reserve` with `vmid: null`, `nextFree`) for
+ * that long, in the same atomic step as what freed it: Proxmox may still be deleting the guest.
+ * An explicit vmid is not refused for it, and `read` shows it free. A fill finds the guests
+ * that went by comparing with the set as last written, also when the cache had expired or was
+ * invalidated meanwhile (see RedisVmidStore's REFRESH for how long that is kept).
  */
 export interface VmidStore {
   /**
@@ -30,13 +38,14 @@ export interface VmidStore {
   /** Drops the cached set; always bumps the version (INVALIDATED). NOT_FOUND for a deleted node. */
   invalidate(node: NodeRef): Promise<{ existed: boolean; version: number }>;
   /**
-   * Holds a VMID for `owner`. Without a vmid: the lowest free one in [min, max], found in
-   * O(log n) steps of the taken set's and the reservations' sizes (never by walking them).
+   * Holds a VMID for `owner`. Without a vmid: the lowest free one in [min, max] that is not
+   * held (reuse hold), found in O(log n) steps of the taken set's, the reservations' and the
+   * holds' sizes (never by walking them).
    */
   reserve(node: NodeRef, request: ReserveRequest): Promise<ReserveOutcome>;
   /**
-   * The lowest VMID in [min, max] that is neither taken nor reserved, reserving nothing (and
-   * changing nothing but the lapses it announces first). As cheap as `reserve`.
+   * The lowest VMID in [min, max] that is neither taken nor reserved nor held, reserving
+   * nothing (and changing nothing but the lapses it announces first). As cheap as `reserve`.
    */
   nextFree(node: NodeRef, min: number, max: number): Promise<NextFreeOutcome>;
   /**
@@ -64,6 +73,13 @@ export interface VmidStore {
    * (a fill or change that was on its way re-creates nothing and announces nothing).
    */
   forget(node: NodeRef): Promise<void>;
+  /**
+   * The space was registered again (a cluster whose last registration was deleted): if it is
+   * a tombstone (forget), it stops being one. Its version stays and goes on growing from there
+   * (versions never go backwards: a subscriber of the new registration starts with SYNC at it);
+   * a fill that read the epoch before the deletion writes nothing. Not a tombstone: nothing.
+   */
+  revive(node: NodeRef): Promise<void>;
 
   /**
    * Puts back reservations the store lost although its space is seeded (a failover to a
@@ -124,7 +140,7 @@ export type RefreshOutcome =
   | { written: false; version: number };
 
 export interface ReserveRequest {
-  /** null: the lowest VMID in [min, max] that is neither taken nor reserved. */
+  /** null: the lowest VMID in [min, max] that is neither taken nor reserved nor held (reuse hold). */
   vmid: number | null;
   min: number;
   /**

@@ -4,7 +4,19 @@ import { MemoryVmidStore, type NodeRef, RedisVmidStore, type ReserveRequest, VMI
 import { lowestFree } from '../../src/vmids/store.js';
 import { expectCode } from '../proxmox/helpers.js';
 import { uniqueRedisPrefix } from '../support/test-server.js';
-import { brief, eventually, expectConsecutive, makeService, newNode, type OpenStore, openStore, type Proxmox, startProxmox, take } from './helpers.js';
+import {
+  brief,
+  eventually,
+  expectConsecutive,
+  makeService,
+  newNode,
+  type OpenStore,
+  openStore,
+  type Proxmox,
+  sameCluster,
+  startProxmox,
+  take,
+} from './helpers.js';
 
 // 10 guests, a gap after every 4th: taken 100-103, 105-108, 110-111; lowest free 104.
 const TAKEN = [100, 101, 102, 103, 105, 106, 107, 108, 110, 111];
@@ -628,6 +640,227 @@ describe.each(['memory', 'redis', 'redis-local', 'memory-durable', 'redis-durabl
     expect(await nextFree()).toBe(103);
     // An earlier version's reservation has no owner: anyone may release it, as before owners.
     expect(await store.release(node, 102, 'anyone')).toBe(true);
+  });
+
+  // The reuse hold (VMID_REUSE_HOLD_S). The other tests run without one (the helpers' default,
+  // 0): they expect a freed VMID to be handed out again at once.
+  const HOLD_MS = 1_000;
+  /** A store of this kind with a reuse hold, and the search helpers on it. */
+  const withHold = async (reuseHoldMs: number) => {
+    const h = await openStore(kind, uniqueRedisPrefix(), undefined, { reuseHoldMs });
+    const free = async (min = 100, max = VMID_MAX) => {
+      const outcome = await h.store.nextFree(node, min, max);
+      return outcome.status === 'free' ? outcome.vmid : outcome.status;
+    };
+    const next = async (more: Partial<ReserveRequest> = {}) => {
+      const outcome = await h.store.reserve(node, req(null, more));
+      return outcome.status === 'reserved' ? outcome.vmid : outcome.status;
+    };
+    return { h, store: h.store, free, next };
+  };
+
+  it('a freed VMID is skipped by searches for the reuse hold, then handed out: released, lapsed, a guest a fill no longer lists (also after an invalidation or expiry); explicitly reservable meanwhile', async () => {
+    const { h, store, free, next } = await withHold(HOLD_MS);
+    try {
+      await store.refresh(node, [100, 101, 102, 103], 60, null);
+      expect(await store.reserve(node, req(110, { ttlSeconds: 1 }))).toMatchObject({ status: 'reserved' }); // lapses below
+      expect(await store.reserve(node, req(104))).toMatchObject({ status: 'reserved' });
+      expect(await store.release(node, 104, node.userId)).toBe(true); // held
+      expect(await free()).toBe(105);
+      expect(await next()).toBe(105);
+      // Free all the same: only the searches skip it.
+      expect(await makeService(store, proxmox).isVmidTaken(node, 104)).toBe(false);
+      // A guest destroyed: the next fill no longer lists it.
+      await store.refresh(node, [100, 102, 103], 60, null);
+      expect(await free()).toBe(106);
+      // A guest gone while the set was not cached: compared with the set as last written.
+      await store.invalidate(node); // e.g. a container unregistered
+      await store.refresh(node, [100, 103], 60, null); // 102 went
+      if (h.redis) {
+        // The cache expired: its keys are gone.
+        await h.redis.del(`vmid-cache:{${node.id}}`, `vmid-meta:{${node.id}}`, `vmid-used:{${node.id}}`);
+        expect(await free()).toBe('miss');
+      }
+      await store.refresh(node, [103], 60, null); // 100 went
+      expect(await free()).toBe(106);
+      if (h.redis) {
+        // A script of an earlier version (rolling upgrade) releases without holds: it takes a
+        // held VMID out of the used index. The search checks its answer and skips it still.
+        await h.redis.zrem(`vmid-used:{${node.id}}`, '104');
+        expect(await free()).toBe(106);
+      }
+      expect(await free(100, 105)).toBe('exhausted');
+      const snap = await store.read(node);
+      expect(snap.cache?.taken).toEqual([103]);
+      expect(snap.reserved.map((r) => r.vmid)).toEqual([105, 110]);
+      // An explicit vmid: the client asked for it, and it is free.
+      expect(await store.reserve(node, req(101))).toMatchObject({ status: 'reserved', vmid: 101 });
+      expect(await store.reserve(node, req(102))).toMatchObject({ status: 'reserved', vmid: 102 });
+      expect(await store.release(node, 102, node.userId)).toBe(true); // held again
+      expect(await free()).toBe(106);
+
+      await sleep(HOLD_MS + 100);
+      // Those holds are over; 110 lapses now, and its own hold begins.
+      expect(await free()).toBe(100);
+      expect(await next()).toBe(100);
+      expect(await next()).toBe(102);
+      expect(await next()).toBe(104);
+      expect(await free(107)).toBe(107);
+      expect(await free(110)).toBe(111);
+      expect(await next({ min: 110 })).toBe(111);
+      expect((await store.read(node)).reserved.map((r) => r.vmid)).toEqual([100, 101, 102, 104, 105, 111]);
+      await sleep(HOLD_MS + 100);
+      expect(await free(110)).toBe(110);
+
+      if (h.redis) {
+        // In the space's hash slot, expiring by itself (ended holds are swept: none is left
+        // now), gone with the space.
+        const held = `vmid-held:{${node.id}}`;
+        const last = `vmid-last:{${node.id}}`;
+        expect(await h.redis.exists(held)).toBe(0);
+        expect(await store.release(node, 111, node.userId)).toBe(true);
+        expect(await h.redis.pttl(held)).toBeGreaterThan(0);
+        expect(await h.redis.pttl(last)).toBeGreaterThan(0);
+        await store.forget(node);
+        expect(await h.redis.exists(held, last)).toBe(0);
+      }
+    } finally {
+      await h.close();
+    }
+  });
+
+  it('a hold of 0 turns it off: a freed VMID is handed out again at once', async () => {
+    const { h, store, free, next } = await withHold(0);
+    try {
+      await store.refresh(node, [100, 101, 102], 60, null);
+      expect(await next()).toBe(103);
+      expect(await store.release(node, 103, node.userId)).toBe(true);
+      expect(await free()).toBe(103);
+      await store.refresh(node, [100, 102], 60, null);
+      expect(await free()).toBe(101);
+      await store.invalidate(node);
+      await store.refresh(node, [102], 60, null);
+      expect(await next()).toBe(100);
+      if (h.redis) expect(await h.redis.exists(`vmid-held:{${node.id}}`)).toBe(0);
+    } finally {
+      await h.close();
+    }
+  });
+
+  it('with holds on, reserve and nextFree agree with the plain walk over the taken, reserved and held VMIDs (random changes)', async () => {
+    // Holds that outlast the test: every VMID freed stays held.
+    const { h, store, free, next } = await withHold(600_000);
+    try {
+      let seed = 7;
+      const rand = (n: number) => {
+        seed = (seed * 1_103_515_245 + 12_345) % 2 ** 31;
+        return seed % n;
+      };
+      const owners = ['alice', 'bob'];
+      const held = new Set<number>();
+      const holders = new Map<number, string>();
+      let taken: number[] = [];
+      const fill = async (set: number[]) => {
+        for (const v of taken) if (!set.includes(v)) held.add(v);
+        taken = set;
+        await store.refresh(node, set, 60, null);
+      };
+      const subset = () => Array.from({ length: 60 }, (_, i) => 100 + i).filter(() => rand(3) === 0);
+      await fill(subset());
+      for (let step = 0; step < 200; step++) {
+        const vmid = 100 + rand(70);
+        const min = 100 + rand(40);
+        const max = min + rand(60);
+        const owner = owners[rand(2)]!;
+        const expected = () => {
+          const v = lowestFree(min, taken, holders.keys(), held);
+          return v > max ? 'exhausted' : v;
+        };
+        switch (rand(8)) {
+          case 0:
+            await fill(subset());
+            break;
+          case 1: {
+            const outcome = await store.reserve(node, req(vmid, { owner }));
+            const status = taken.includes(vmid) ? 'taken' : holders.has(vmid) ? 'already-reserved' : 'reserved';
+            expect(outcome.status, `step ${step}`).toBe(status);
+            if (status === 'reserved') holders.set(vmid, owner);
+            break;
+          }
+          case 2:
+          case 3: {
+            const want = expected();
+            expect(await next({ min, max, owner }), `step ${step}`).toBe(want);
+            if (want !== 'exhausted') holders.set(want, owner);
+            break;
+          }
+          case 4: {
+            const mine = holders.get(vmid) === owner;
+            expect(await store.release(node, vmid, owner), `step ${step}`).toBe(mine);
+            if (mine) {
+              holders.delete(vmid);
+              held.add(vmid);
+            }
+            break;
+          }
+          case 5:
+            await store.consume(node, vmid);
+            holders.delete(vmid);
+            if (!taken.includes(vmid)) taken = [...taken, vmid].sort((a, b) => a - b);
+            break;
+          case 6:
+            await store.invalidate(node);
+            await fill(subset());
+            break;
+        }
+        expect(await free(min, max), `step ${step}`).toBe(expected());
+      }
+      const snap = await store.read(node);
+      expect(snap.cache?.taken).toEqual(taken);
+      expect(snap.reserved.map((r) => r.vmid)).toEqual([...holders.keys()].sort((a, b) => a - b));
+    } finally {
+      await h.close();
+    }
+  });
+
+  it('a deleted space registered again is revived: fills, reservations and invalidations work again, its version goes on after DELETED', async () => {
+    const store = opened.store;
+    await service.getCachedVmids(node); // REFRESHED 1
+    await service.reserveVmid(node, 104, 600); // RESERVED 2
+    const before = await store.state(node.spaceId);
+    await service.nodeDeleted(node); // DELETED 3
+    await expectCode(service.getCachedVmids(node), 'NOT_FOUND');
+    // The cluster is registered again (by anyone) within the tombstone's day: the node
+    // service tells VmidService.nodeCreated, which revives the space.
+    const again = sameCluster(node);
+    await store.revive(node); // the space's ref (node's id is the space's)
+    const state = await store.state(again.spaceId);
+    expect(state).toMatchObject({ version: 3, deleted: false });
+    if (opened.redis) expect(await opened.redis.pttl(`vmid-version:{${node.spaceId}}`)).toBe(-1); // no longer expires
+    // A fill that read the epoch before the deletion writes nothing.
+    // (The store knows the space, not the registrations: `node` is the space's ref here.)
+    expect(await store.refresh(node, [100], 60, before.epoch)).toEqual({ written: false, version: 3 });
+    const events = service.subscribeNode(again);
+    try {
+      expect(brief(await take(events, 1))).toEqual(['SYNC@3']);
+      expect(await service.getCachedVmids(again)).toMatchObject({ nodeId: again.id, taken: TAKEN, reserved: [], version: 4 });
+      // The reservation went with the deleted space.
+      expect((await service.reserveVmid(again, undefined, 60)).vmid).toBe(104);
+      expect(await service.invalidateVmidCache(again)).toBe(true);
+      expect(await service.refreshVmidCache(again)).toMatchObject({ taken: TAKEN, reserved: [104], version: 7 });
+      const got = await take(events, 4);
+      expect(brief(got)).toEqual(['REFRESHED@4', 'RESERVED@5', 'INVALIDATED@6', 'REFRESHED@7']);
+      expect(got.every((e) => e.nodeId === again.id)).toBe(true);
+      // A space that is not a tombstone: nothing happens.
+      await store.revive(node);
+      await store.revive(newNode());
+      expect(await store.state(again.spaceId)).toMatchObject({ version: 7, epoch: state.epoch + 1, deleted: false });
+      // Deleted again: DELETED after the lot.
+      await service.nodeDeleted(again); // DELETED 8
+      expect(brief(await take(events, 1))).toEqual(['DELETED@8']);
+    } finally {
+      await events.return?.();
+    }
   });
 
   it('subscriptions end cleanly: no listener is left behind', async () => {

@@ -104,18 +104,28 @@ export function recordDatabase(): Promise<Database> {
 /** Long enough that only a change, an expiry or a lost connection ends a kept snapshot within a test. */
 export const LOCAL_READ_MS = 60_000;
 
-/** `prefix`: share one Redis key prefix between stores (instances of one deployment). */
-export async function openStore(kind: StoreKind, prefix: string, url = TEST_REDIS_URL): Promise<OpenStore> {
+/**
+ * `prefix`: share one Redis key prefix between stores (instances of one deployment).
+ * `reuseHoldMs`: the reuse hold (VMID_REUSE_HOLD_S); 0 by default, so a freed VMID is handed
+ * out again at once unless a test opts in.
+ */
+export async function openStore(
+  kind: StoreKind,
+  prefix: string,
+  url = TEST_REDIS_URL,
+  opts: { reuseHoldMs?: number } = {},
+): Promise<OpenStore> {
+  const reuseHoldMs = opts.reuseHoldMs ?? 0;
   const record = kind.endsWith('-durable') ? new ReservationRecord((await recordDatabase()).prisma) : null;
   const seeder = record ? { seeder: (spaceId: string) => record.live(spaceId) } : {};
   const durable = (fast: VmidStore) => (record ? new DurableVmidStore(fast, record, silentLog) : fast);
   if (kind === 'memory' || kind === 'memory-durable') {
-    const fast = new MemoryVmidStore(seeder);
+    const fast = new MemoryVmidStore({ ...seeder, reuseHoldMs });
     const store = durable(fast);
     return { store, fast, close: () => store.close() };
   }
   const redis = await connect(prefix, url);
-  const fast = new RedisVmidStore(redis, { log: silentLog, localReadMs: kind === 'redis-local' ? LOCAL_READ_MS : 0, ...seeder });
+  const fast = new RedisVmidStore(redis, { log: silentLog, localReadMs: kind === 'redis-local' ? LOCAL_READ_MS : 0, reuseHoldMs, ...seeder });
   const store = durable(fast);
   // Reads are kept once the pattern subscription is confirmed: from the test's first read on.
   if (kind === 'redis-local') await eventually(() => fast.keepsSnapshots(), 5_000, 'snapshots kept in memory');
