@@ -20,6 +20,12 @@ export interface ClusterWatcherOptions {
   probe: (node: NodeRef) => Promise<ProxmoxTask[]>;
   /** The full listing: asks Proxmox and publishes REFRESHED when the set changed (refreshVmidCache). */
   refresh: (node: NodeRef) => Promise<unknown>;
+  /**
+   * Whether the space has a cached set (VmidService.hasCachedSet). When the probe cannot tell
+   * what changed, only a cached set needs the listing: without one the next read asks Proxmox,
+   * and the tasks seen now are the baseline. Absent: always list then.
+   */
+  isCached?: (node: NodeRef) => Promise<boolean>;
   log?: Logger;
   /** How long a lease lives without renewal (a dead holder is replaced after this). Default 6 s. */
   leaseTtlMs?: number;
@@ -188,10 +194,13 @@ export class ClusterWatcher {
       const wasHolder = this.isHolder(space);
       space.heldUntil = started + this.leaseTtlMs;
       if (!wasHolder) await this.taken(space);
+      // A round that found the lease about to lapse (a late renewal) scheduled no next one.
+      else if (!space.probing && space.probeTimer === undefined) this.scheduleProbe(space, 0);
     } else if (got === false && space.heldUntil > 0) {
       this.opts.log?.info({ spaceId: space.id }, 'cluster watch: lease lost to another instance');
       space.heldUntil = 0;
       clearTimeout(space.probeTimer);
+      space.probeTimer = undefined;
     }
     if (!space.ended) this.scheduleLease(space, Math.max(0, this.leaseTickMs - (performance.now() - started)));
   }
@@ -215,8 +224,12 @@ export class ClusterWatcher {
 
   private scheduleProbe(space: Space, delayMs: number): void {
     clearTimeout(space.probeTimer);
+    space.probeTimer = undefined;
     if (space.ended) return;
-    space.probeTimer = setTimeout(() => void this.round(space), Math.max(0, delayMs)).unref();
+    space.probeTimer = setTimeout(() => {
+      space.probeTimer = undefined;
+      void this.round(space);
+    }, Math.max(0, delayMs)).unref();
   }
 
   /** One probe round (when this instance holds the lease), then the next one is scheduled. */
@@ -257,7 +270,9 @@ export class ClusterWatcher {
   private async check(space: Space): Promise<boolean> {
     const node = this.registration(space);
     if (!node) return false;
-    let list = space.mustList;
+    // list: a guest task appeared (or the tasks cannot be read); unsure: nothing to compare with.
+    let list = false;
+    let unsure = space.mustList;
     let seen: TaskCursor | null = null;
     if (space.forbiddenRounds > 0) {
       space.forbiddenRounds--;
@@ -268,7 +283,8 @@ export class ClusterWatcher {
         const verdict = compareTasks(space.cursor, tasks);
         this.opts.onProbe?.(verdict);
         seen = cursorOf(tasks);
-        if (verdict !== 'unchanged') list = true;
+        if (verdict === 'changed') list = true;
+        if (verdict === 'unknown') unsure = true;
       } catch (err) {
         const code = codeOf(err);
         if (code === ErrorCode.RATE_LIMITED) {
@@ -291,9 +307,20 @@ export class ClusterWatcher {
         }
       }
     }
+    if (!list && unsure) {
+      try {
+        list = this.opts.isCached ? await this.opts.isCached(node) : true;
+      } catch (err) {
+        return this.failed(space, node, err, 'cache check');
+      }
+    }
     if (!list) {
       space.cursor = seen;
       space.failures = 0;
+      if (unsure) {
+        space.mustList = false;
+        await this.saveCursor(space, seen);
+      }
       return false;
     }
     try {
@@ -316,10 +343,13 @@ export class ClusterWatcher {
     space.mustList = false;
     space.failures = 0;
     space.cursor = seen;
-    if (seen) {
-      await this.lease.saveCursor(space.id, space.token, JSON.stringify(seen)).catch(() => undefined);
-    }
+    await this.saveCursor(space, seen);
     return false;
+  }
+
+  /** For the next holder: what the cache reflects now. */
+  private async saveCursor(space: Space, cursor: TaskCursor | null): Promise<void> {
+    if (cursor) await this.lease.saveCursor(space.id, space.token, JSON.stringify(cursor)).catch(() => undefined);
   }
 
   private failed(space: Space, node: NodeRef, err: unknown, what: string): true {

@@ -119,10 +119,11 @@ async function createNode(server: TestServer, sim: Simulator, token: string): Pr
   return res.data!.createNode.id;
 }
 
-/** The watch has taken its lease and made its first listing (nothing left to catch up on). */
-async function settled(server: TestServer): Promise<void> {
-  await expect.poll(() => listings(server), { timeout: 10_000 }).toBeGreaterThanOrEqual(1);
-  await expect.poll(() => probes(server, 'unchanged'), { timeout: 10_000 }).toBeGreaterThanOrEqual(1);
+/** The watch has taken its lease and compared one probe with the one before (its baseline). */
+async function settled(...servers: TestServer[]): Promise<void> {
+  await expect
+    .poll(async () => (await Promise.all(servers.map((s) => probes(s, 'unchanged')))).reduce((a, b) => a + b, 0), { timeout: 10_000 })
+    .toBeGreaterThanOrEqual(1);
 }
 
 describe('cluster watcher: one instance (Redis)', () => {
@@ -168,11 +169,13 @@ describe('cluster watcher: one instance (Redis)', () => {
     await expect.poll(() => ws.events.length).toBeGreaterThanOrEqual(1);
     await sleep(1_500);
     sim.stats.reset();
+    const listed = await listings(server);
     await sleep(3_200);
     // No change: tasks probed once per interval, no listing.
     expect(sim.stats.count('/cluster/tasks')).toBeGreaterThanOrEqual(2);
     expect(sim.stats.count('/cluster/tasks')).toBeLessThanOrEqual(4);
     expect(sim.stats.count('/cluster/resources')).toBe(0);
+    expect(await listings(server)).toBe(listed);
 
     await ws.close();
     await sleep(300); // a probe already on its way may still land
@@ -217,8 +220,8 @@ describe('cluster watcher: two instances', () => {
     const subs = [subscribeWs(a, alice, aliceNode), subscribeWs(a, alice), subscribeWs(b, bob, bobNode), subscribeSse(b, bob, bobNode)];
     try {
       await expect.poll(() => subs.every((s) => s.events.length > 0)).toBe(true);
-      await expect.poll(async () => (await listings(a)) + (await listings(b)), { timeout: 10_000 }).toBeGreaterThanOrEqual(1);
-      await sleep(1_500);
+      await settled(a, b);
+      await sleep(500);
 
       sim.stats.reset();
       const [pa, pb] = [await allProbes(a), await allProbes(b)];
@@ -286,6 +289,9 @@ describe('cluster watcher: embedded (no Redis)', () => {
     try {
       await expect.poll(() => ws.events.length > 0 && other.events.length > 0).toBe(true);
       await settled(server);
+      // Nothing was cached: the watch took its baseline from the tasks, listed nothing, told nothing.
+      expect([...ws.events, ...other.events].map((e) => e.kind)).toEqual(['SYNC', 'SYNC']);
+      expect(sim.stats.count('/cluster/resources')).toBe(0);
 
       let at = mark([ws, other]);
       const guest = sim.addGuest({ type: 'qemu' });
