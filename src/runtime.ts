@@ -1,5 +1,7 @@
 import type { Logger } from 'pino';
 import { AuthService } from './auth/auth-service.js';
+import { MemoryWatchLease, RedisWatchLease } from './clusters/lease.js';
+import { ClusterWatcher } from './clusters/watcher.js';
 import type { Config } from './config/config.js';
 import { loadOrCreateKeyFile } from './crypto/key-file.js';
 import { SecretBox } from './crypto/secret-box.js';
@@ -72,10 +74,29 @@ export async function openRuntime(config: Config, log: Logger, opts: RuntimeOpti
       redis: metrics.vmidSnapshotReads.labels({ source: 'redis' }),
       renewal: metrics.vmidSnapshotReads.labels({ source: 'renewal' }),
     };
+    // One watcher per cluster, not per client: while a cluster has subscribers on any instance,
+    // the lease holder probes its tasks each VMID_WATCH_INTERVAL_S and lists its guests when
+    // they changed (REFRESHED). Probe and listing spend the registration owner's Proxmox budget.
+    const watcher: ClusterWatcher = new ClusterWatcher({
+      lease: redis ? new RedisWatchLease(redis) : new MemoryWatchLease(),
+      intervalMs: config.vmidWatchIntervalS * 1000,
+      probe: async (node) => {
+        await rateLimiter.consume('proxmox', node.userId);
+        return nodes!.clusterTasks(node.id);
+      },
+      refresh: async (node): Promise<void> => {
+        await vmids.refreshVmidCache(node);
+      },
+      isCached: (node): Promise<boolean> => vmids.hasCachedSet(node),
+      log: log.child({ component: 'cluster-watch' }),
+      onProbe: (outcome) => metrics.clusterWatchProbes.inc({ outcome }),
+      onListing: (outcome) => metrics.clusterWatchListings.inc({ outcome }),
+    });
     const vmids = new VmidService({
       store: createVmidStore(redis, db.prisma, {
         log: log.child({ component: 'vmids' }),
         localReadMs: config.vmidReadCacheMs,
+        reuseHoldMs: config.vmidReuseHoldS * 1000,
         onRead: (source) => snapshotReads[source].inc(),
       }),
       // Every fill reaches Proxmox: it spends the owner's Proxmox budget, so invalidate-and-read
@@ -93,8 +114,11 @@ export async function openRuntime(config: Config, log: Logger, opts: RuntimeOpti
       fillLockMs: config.proxmoxTimeoutMs + 5_000,
       log: log.child({ component: 'vmids' }),
       onLookup: (hit) => metrics.vmidCacheLookups.inc({ result: hit ? 'hit' : 'miss' }),
+      onSpaceWatched: (node) => watcher.watch(node),
     });
     closers.push(() => vmids.close());
+    // Closed before the VMID store and Redis: the leases it holds are released, not left to lapse.
+    closers.push(() => watcher.close());
     const backgroundCheckFailed = (cache: 'token' | 'ownership') => {
       // One warning a minute per cache: during an outage every request past the re-check
       // point would otherwise log one.

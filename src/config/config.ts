@@ -101,6 +101,8 @@ const envSchema = z.object({
   PVEGRAPH_DATA_DIR: z.string().default('./.data'),
   VMID_CACHE_TTL_S: int('VMID_CACHE_TTL_S', 300, 1, 86_400),
   VMID_READ_CACHE_MS: int('VMID_READ_CACHE_MS', 1_000, 0, 60_000),
+  VMID_REUSE_HOLD_S: int('VMID_REUSE_HOLD_S', 60, 0, 86_400),
+  VMID_WATCH_INTERVAL_S: int('VMID_WATCH_INTERVAL_S', 5, 1, 3_600),
   PROXMOX_TIMEOUT_MS: int('PROXMOX_TIMEOUT_MS', 10_000, 100, 300_000),
   ALLOW_PRIVATE_NODE_HOSTS: bool('ALLOW_PRIVATE_NODE_HOSTS', true),
   ALLOW_LOOPBACK_NODE_HOSTS: bool('ALLOW_LOOPBACK_NODE_HOSTS', false),
@@ -140,6 +142,10 @@ export interface Config {
   vmidCacheTtlS: number;
   /** How long an instance answers a node's VMIDs from memory before asking Redis again (0: always asks). */
   vmidReadCacheMs: number;
+  /** How long a freed VMID is skipped by reservations without a vmid and nextFreeVmid (0: not at all). */
+  vmidReuseHoldS: number;
+  /** While a cluster has subscribers, how often one instance asks Proxmox whether guests changed behind pvegraph's back. */
+  vmidWatchIntervalS: number;
   proxmoxTimeoutMs: number;
   allowPrivateNodeHosts: boolean;
   allowLoopbackNodeHosts: boolean;
@@ -203,6 +209,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, opts: LoadOptio
     dataDir: path.resolve(e.PVEGRAPH_DATA_DIR),
     vmidCacheTtlS: e.VMID_CACHE_TTL_S,
     vmidReadCacheMs: e.VMID_READ_CACHE_MS,
+    vmidReuseHoldS: e.VMID_REUSE_HOLD_S,
+    vmidWatchIntervalS: e.VMID_WATCH_INTERVAL_S,
     proxmoxTimeoutMs: e.PROXMOX_TIMEOUT_MS,
     allowPrivateNodeHosts: e.ALLOW_PRIVATE_NODE_HOSTS,
     allowLoopbackNodeHosts: e.ALLOW_LOOPBACK_NODE_HOSTS,

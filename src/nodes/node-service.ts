@@ -213,8 +213,9 @@ export class NodeService {
     };
     // The first node becomes the default: decided under the user's lock, so concurrent creates
     // and deletes see each other (the partial unique index stays the last line of defence).
+    let created: ProxmoxNode;
     try {
-      return await this.withUserLock(viewer.userId, async (tx) => {
+      created = await this.withUserLock(viewer.userId, async (tx) => {
         const hasDefault = (await tx.proxmoxNode.count({ where: { userId: viewer.userId, isDefault: true } })) > 0;
         return tx.proxmoxNode.create({ ...query, data: { ...data, isDefault: !hasDefault } });
       });
@@ -222,6 +223,10 @@ export class NodeService {
       if (isUniqueViolation(err)) throw nameTaken(input.name);
       throw err;
     }
+    // A cluster whose last registration was deleted lately is registered again: its VMID space
+    // comes back (see VmidHooks.nodeCreated).
+    await this.vmids.nodeCreated(refOf({ id, userId: viewer.userId, clusterId: data.clusterId }));
+    return created;
   }
 
   /** Re-tests the connection when anything it depends on changes; stores nothing on failure. */

@@ -12,6 +12,11 @@ export interface VmidHooks {
   containerUnregistered(node: NodeRef, vmid: number): Promise<void>;
   /** Host, port or credentials changed: the cached set may be another cluster's. */
   nodeConnectionChanged(node: NodeRef): Promise<void>;
+  /**
+   * A registration was created: its VMID space, deleted with the cluster's last registration
+   * (a tombstone for a day), works again.
+   */
+  nodeCreated(node: NodeRef): Promise<void>;
   /** `lastOfSpace`: no other registration (of any user) shares the node's VMID space. */
   nodeDeleted(node: NodeRef, lastOfSpace: boolean): Promise<void>;
 }

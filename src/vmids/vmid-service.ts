@@ -47,6 +47,12 @@ export interface VmidServiceOptions {
   fillPollMs?: number;
   /** Told whether each getCachedVmids was served from the cache (metrics). */
   onLookup?: (hit: boolean) => void;
+  /**
+   * Told when a space gains local subscribers (node: a registration of it that a subscription
+   * covers), once per subscription and space; the returned function is called when that
+   * subscription stops covering it (the cluster watcher: src/clusters/watcher.ts).
+   */
+  onSpaceWatched?: (node: NodeRef) => () => void;
 }
 
 /** How often a subscription retries reading versions after a pub/sub reconnect. */
@@ -84,6 +90,7 @@ export class VmidService {
   private readonly fillWaitMs: number;
   private readonly fillPollMs: number;
   private readonly onLookup: ((hit: boolean) => void) | undefined;
+  private readonly onSpaceWatched: ((node: NodeRef) => () => void) | undefined;
   /** In-process single-flight: concurrent misses of one node share one fill. */
   private readonly fills = new SingleFlight<string, Fill>();
   /** Same for direct Proxmox reads while the store is down. */
@@ -103,6 +110,7 @@ export class VmidService {
     this.fillWaitMs = opts.fillWaitMs ?? this.fillLockMs;
     this.fillPollMs = opts.fillPollMs ?? 25;
     this.onLookup = opts.onLookup;
+    this.onSpaceWatched = opts.onSpaceWatched;
     this.lapses = new LapseSweeper(this.store, this.log);
   }
 
@@ -126,6 +134,15 @@ export class VmidService {
       if (!(err instanceof CacheUnavailableError)) throw err;
       return this.directSet(node, err);
     }
+  }
+
+  /**
+   * Whether the node's VMID space has a cached set now (asks nobody else). The cluster watcher
+   * brings only a cached set up to date when it cannot tell what changed: without one, the
+   * next read asks Proxmox anyway.
+   */
+  async hasCachedSet(node: NodeRef): Promise<boolean> {
+    return (await this.store.read(spaceOf(node))).cache !== null;
   }
 
   /** Always asks Proxmox, replaces the cached set (a REFRESHED event if it changed). */
@@ -307,6 +324,16 @@ export class VmidService {
   }
 
   /**
+   * A registration was created. Its VMID space may be a tombstone (the cluster's last
+   * registration was deleted within the day, forget): it is revived, so its VMIDs work again;
+   * its version goes on from the DELETED event's. Best effort: the registration is recorded
+   * already (should this fail, the space answers NOT_FOUND until its tombstone ends).
+   */
+  async nodeCreated(node: NodeRef): Promise<void> {
+    await this.bestEffort('revive the VMID space', () => this.store.revive(spaceOf(node)));
+  }
+
+  /**
    * The registration is gone. With the last registration of its VMID space the space goes
    * too: cache and reservations dropped, DELETED announced, its version kept as a tombstone
    * (forget). While other registrations of the cluster (of any user) remain, the space stays
@@ -357,6 +384,7 @@ export class VmidService {
   private subscribe(nodes: readonly NodeRef[], single: boolean): AsyncIterableIterator<VmidEvent> {
     const store = this.store;
     const lapses = this.lapses;
+    const onSpaceWatched = this.onSpaceWatched;
     // space → the subscriber's registrations in it
     const registrations = new Map<string, string[]>();
     for (const node of nodes) {
@@ -371,12 +399,20 @@ export class VmidService {
       // between "listening" and "read the version").
       let floors: Map<string, number> | null = null;
       const early: VmidEvent[] = [];
-      // The spaces this subscription covers, watched for lapsing reservations.
+      // The spaces this subscription covers, watched for lapsing reservations (and, through
+      // onSpaceWatched, for guests created or destroyed behind pvegraph's back).
       const watched = new Map<string, () => void>();
       // Spaces whose DELETED was delivered: nothing more comes of them.
       const deleted = new Set<string>();
       const watch = (spaceId: string) => {
-        if (!watched.has(spaceId) && !deleted.has(spaceId)) watched.set(spaceId, lapses.watch(spaceRef(spaceId)));
+        if (watched.has(spaceId) || deleted.has(spaceId)) return;
+        const unwatchLapses = lapses.watch(spaceRef(spaceId));
+        const first = nodes.find((n) => n.spaceId === spaceId);
+        const unwatchSpace = first && onSpaceWatched ? onSpaceWatched(first) : undefined;
+        watched.set(spaceId, () => {
+          unwatchLapses();
+          unwatchSpace?.();
+        });
       };
       const deliver = (event: VmidEvent) => {
         const space = event.nodeId;

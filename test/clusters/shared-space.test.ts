@@ -143,6 +143,25 @@ describe('one VMID space per Proxmox cluster', () => {
     }
   });
 
+  it('a cluster registered again soon after its last registration was deleted has its VMID space back', async () => {
+    const lone = await startTestSimulator({ guests: 3 });
+    try {
+      const first = await create(a, lone, alice);
+      const held = (await a.gql(ReserveVmid, { nodeId: first.id, ttlSeconds: 60 }, alice)).data!.reserveVmid;
+      const before = (await a.gql(VmidsTaken, { nodeId: first.id }, alice)).data!.vmidsTaken.version;
+      expect((await a.gql(DeleteNode, { id: first.id }, alice)).data!.deleteNode).toBe(true);
+      const again = await create(b, lone, bob);
+      expect(again.clusterId).toBe(first.clusterId);
+      const set = (await b.gql(VmidsTaken, { nodeId: again.id }, bob)).data!.vmidsTaken;
+      expect(set.taken).toEqual([100, 101, 102]);
+      expect(set.reserved).toEqual([]); // the deletion ended the space's reservations
+      expect(set.version).toBeGreaterThan(before);
+      expect((await b.gql(ReserveVmid, { nodeId: again.id, vmid: held.vmid, ttlSeconds: 60 }, bob)).data!.reserveVmid.vmid).toBe(held.vmid);
+    } finally {
+      await lone.stop();
+    }
+  });
+
   it("leaves the cluster's space to the others when one registration is deleted", async () => {
     const carol = (await a.createUser()).token;
     const carolNode = await create(a, sim, carol);

@@ -12,6 +12,8 @@ describe('configuration', () => {
       databaseUrl: undefined,
       redisUrl: undefined,
       vmidCacheTtlS: 300,
+      vmidReuseHoldS: 60,
+      vmidWatchIntervalS: 5,
       proxmoxTimeoutMs: 10_000,
       allowPrivateNodeHosts: true,
       allowLoopbackNodeHosts: false,
@@ -26,6 +28,11 @@ describe('configuration', () => {
     [{ PORT: 'abc' }, /PORT must be an integer/],
     [{ PORT: '70000' }, /PORT must be an integer from 0 to 65535/],
     [{ VMID_CACHE_TTL_S: '-1' }, /VMID_CACHE_TTL_S/],
+    [{ VMID_REUSE_HOLD_S: '86401' }, /VMID_REUSE_HOLD_S must be an integer from 0 to 86400/],
+    [{ VMID_REUSE_HOLD_S: '-1' }, /VMID_REUSE_HOLD_S/],
+    [{ VMID_WATCH_INTERVAL_S: '0' }, /VMID_WATCH_INTERVAL_S must be an integer from 1 to 3600/],
+    [{ VMID_WATCH_INTERVAL_S: '3601' }, /VMID_WATCH_INTERVAL_S must be an integer from 1 to 3600/],
+    [{ VMID_WATCH_INTERVAL_S: '2.5' }, /VMID_WATCH_INTERVAL_S/],
     [{ PROXMOX_TIMEOUT_MS: '1.5' }, /PROXMOX_TIMEOUT_MS/],
     [{ ALLOW_LOOPBACK_NODE_HOSTS: 'maybe' }, /ALLOW_LOOPBACK_NODE_HOSTS must be true or false/],
     [{ DATABASE_URL: 'mysql://x' }, /DATABASE_URL must start with postgresql:\/\//],
@@ -44,6 +51,17 @@ describe('configuration', () => {
     expect(error).toBeInstanceOf(ConfigError);
     expect((error as Error).message).toMatch(message);
     expect((error as Error).message).not.toContain('\n');
+  });
+
+  it('reads VMID_REUSE_HOLD_S: 0 turns the hold off, up to a day', () => {
+    expect(loadConfig({ VMID_REUSE_HOLD_S: '0' }).vmidReuseHoldS).toBe(0);
+    expect(loadConfig({ VMID_REUSE_HOLD_S: '86400' }).vmidReuseHoldS).toBe(86_400);
+    expect(loadConfig({ VMID_REUSE_HOLD_S: '5' }).vmidReuseHoldS).toBe(5);
+  });
+
+  it('reads VMID_WATCH_INTERVAL_S: from 1 s to an hour', () => {
+    expect(loadConfig({ VMID_WATCH_INTERVAL_S: '1' }).vmidWatchIntervalS).toBe(1);
+    expect(loadConfig({ VMID_WATCH_INTERVAL_S: '3600' }).vmidWatchIntervalS).toBe(3_600);
   });
 
   it('lets commands that never touch secrets run without ENCRYPTION_KEY', () => {
