@@ -453,9 +453,10 @@ beforeAll(async () => {
   const register = `mutation ($input: RegisterContainerInput!) { registerContainer(input: $input) { id } }`;
   const foreign = await gqlOk<{ createNode: { id: string } }>(create, { input: nodeInputFor(sim, { name: 'theirs' }) }, other.token);
   const foreignCt = await gqlOk<{ registerContainer: { id: string } }>(register, { input: { nodeId: foreign.createNode.id, vmid: 500 } }, other.token);
-  for (const name of ['alpha', 'beta', 'gamma']) {
+  // All three nodes reach the one simulated cluster, where a VMID is registered once.
+  for (const [i, name] of ['alpha', 'beta', 'gamma'].entries()) {
     const { createNode } = await gqlOk<{ createNode: { id: string } }>(create, { input: nodeInputFor(sim, { name }) }, token);
-    await gqlOk(register, { input: { nodeId: createNode.id, vmid: 200, hostname: `${name}-ct` } }, token);
+    await gqlOk(register, { input: { nodeId: createNode.id, vmid: 200 + i, hostname: `${name}-ct` } }, token);
   }
   ctx = { nodeIds: [], containerIds: [], foreignNodeId: foreign.createNode.id, foreignContainerId: foreignCt.registerContainer.id, sim };
   await refreshPools();

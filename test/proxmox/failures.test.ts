@@ -148,7 +148,8 @@ describe('failure mapping', () => {
     const err = await expectCode(client.clusterStatus(t), 'PROXMOX_FORBIDDEN');
     expect(err.message).toContain('Permission check failed');
     expect(sim.stats.count('/cluster/status')).toBe(1);
-    await expectCode(client.nextId(t, 150), 'PROXMOX_FORBIDDEN');
+    await expectCode(client.nextIdRange(t), 'PROXMOX_FORBIDDEN');
+    expect(sim.stats.count('/cluster/options')).toBe(1);
     const r = await client.testConnection(t);
     expect(r).toMatchObject({ ok: false, errorCode: 'PROXMOX_FORBIDDEN', version: '8.4.1', fingerprint: sim.fingerprint });
   });
