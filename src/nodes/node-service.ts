@@ -59,6 +59,9 @@ export interface UpdateNodeInput {
 
 /** A registration with its fallback endpoints, in order (what a ProxmoxTarget is made from). */
 type NodeWithEndpoints = ProxmoxNode & { fallbackEndpoints: ProxmoxNodeEndpoint[] };
+/** How long a registration's decrypted Proxmox target is reused (targetById). */
+const TARGET_CACHE_MS = 5_000;
+
 const WITH_ENDPOINTS = { fallbackEndpoints: { orderBy: { position: 'asc' } } } as const satisfies Prisma.ProxmoxNodeInclude;
 
 const TLS_CODES: readonly string[] = [ErrorCode.PROXMOX_TLS_UNTRUSTED, ErrorCode.PROXMOX_TLS_FINGERPRINT_MISMATCH];
@@ -82,6 +85,8 @@ export class NodeService {
     },
     { cache: false, maxBatchSize: 500 },
   );
+  /** Decrypted Proxmox targets by registration id (targetById). */
+  private readonly targets = new Map<string, { target: ProxmoxTarget; until: number }>();
   /** Counts node deletions by this instance, so an ownership lookup that raced one is not cached. */
   private deletions = 0;
   /** lastError / lastOkAt of every endpoint, from the client's reports. */
@@ -308,6 +313,7 @@ export class NodeService {
     }
 
     let updated: ProxmoxNode;
+    this.targets.delete(node.id);
     try {
       updated = await this.prisma.proxmoxNode.update({ ...query, where: { id: node.id }, data });
     } catch (err) {
@@ -316,6 +322,8 @@ export class NodeService {
       if (isRecordNotFound(err)) throw new NotFoundError('Node', input.id);
       throw err;
     }
+    // A read that raced the update must not keep the old target either.
+    this.targets.delete(node.id);
     if (connectionChanged) {
       // What the test saw about endpoints kept as they were (the rows written above have theirs).
       this.health.forget(node.id);
@@ -350,6 +358,7 @@ export class NodeService {
     }
     this.deletions++;
     this.owned.delete(`${viewer.userId}:${node.id}`);
+    this.targets.delete(node.id);
     await this.vmids.nodeDeleted(refOf(node), othersOfCluster === 0);
     return true;
   }
@@ -464,10 +473,22 @@ export class NodeService {
     return this.proxmox.tasks(await this.targetById(nodeId));
   }
 
+  /**
+   * The registration's Proxmox target, kept for TARGET_CACHE_MS: a reservation asks Proxmox
+   * once each (its confirmation), and reading and decrypting the row every time cost more
+   * than the call. This instance's own changes to the registration drop it at once; a change
+   * made through another instance is seen within TARGET_CACHE_MS.
+   */
   private async targetById(nodeId: string): Promise<ProxmoxTarget> {
+    const now = Date.now();
+    const kept = this.targets.get(nodeId);
+    if (kept && kept.until > now) return kept.target;
     const node = await this.prisma.proxmoxNode.findUnique({ where: { id: nodeId }, include: WITH_ENDPOINTS });
     if (!node) throw new NotFoundError('Node', nodeId);
-    return this.targetOf(node);
+    const target = this.targetOf(node);
+    if (this.targets.size >= 10_000) this.targets.delete(this.targets.keys().next().value!);
+    this.targets.set(nodeId, { target, until: now + TARGET_CACHE_MS });
+    return target;
   }
 
   /**
