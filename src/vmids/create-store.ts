@@ -14,7 +14,7 @@ import type { VmidStore } from './store.js';
  */
 export function createVmidStore(redis: Redis | null, prisma: PrismaClient, opts: Omit<RedisVmidStoreOptions, 'seeder'> = {}): VmidStore {
   const record = new ReservationRecord(prisma);
-  const seeder = (spaceId: string) => record.live(spaceId);
+  const seeder = (spaceId: string) => record.seedState(spaceId);
   const fast = redis ? new RedisVmidStore(redis, { ...opts, seeder }) : new MemoryVmidStore({ seeder, reuseHoldMs: opts.reuseHoldMs ?? 0 });
   return new DurableVmidStore(fast, record, opts.log);
 }

@@ -20,11 +20,30 @@ const RECORD_CONFLICT_ATTEMPTS = 3;
  * into the fast store and another VMID is chosen.
  */
 export class DurableVmidStore implements VmidStore {
+  /** The highest version recorded per space by this instance (writes only what is newer). */
+  private readonly recorded = new Map<string, number>();
+
   constructor(
     private readonly fast: VmidStore,
     private readonly record: ReservationRecord,
     private readonly log?: Logger,
   ) {}
+
+  /**
+   * Records that the space reached `version`, in the background and only when newer than
+   * what this instance recorded: a space that Redis loses goes on from there. Reservations
+   * record it with their row; changes without a row (fills, invalidations, lapses seen by a
+   * read) are recorded moments after they are announced.
+   */
+  private reached(spaceId: string, version: number): void {
+    if (version <= (this.recorded.get(spaceId) ?? 0)) return;
+    if (this.recorded.size >= 100_000) this.recorded.clear();
+    this.recorded.set(spaceId, version);
+    this.record.reached(spaceId, version).catch((err: unknown) => {
+      this.recorded.delete(spaceId);
+      this.log?.debug({ err: { message: (err as Error).message }, spaceId }, 'could not record a VMID space version');
+    });
+  }
 
   async reserve(node: NodeRef, request: ReserveRequest): Promise<ReserveOutcome> {
     for (let attempt = 1; ; attempt++) {
@@ -33,7 +52,8 @@ export class DurableVmidStore implements VmidStore {
       const held: HeldReservation = { vmid: outcome.vmid, owner: request.owner, expiresAt: outcome.expiresAt };
       let kept: boolean;
       try {
-        kept = await this.record.put(node.id, held);
+        kept = await this.record.put(node.id, held, outcome.version);
+        this.recorded.set(node.id, Math.max(this.recorded.get(node.id) ?? 0, outcome.version));
       } catch (err) {
         await this.fast.release(node, outcome.vmid, request.owner).catch(() => undefined);
         throw recordUnavailable(err);
@@ -72,17 +92,23 @@ export class DurableVmidStore implements VmidStore {
   revive(node: NodeRef) {
     return this.fast.revive(node);
   }
-  read(node: NodeRef) {
-    return this.fast.read(node);
+  async read(node: NodeRef) {
+    const snapshot = await this.fast.read(node);
+    this.reached(node.id, snapshot.version);
+    return snapshot;
   }
   state(nodeId: string) {
     return this.fast.state(nodeId);
   }
-  refresh(node: NodeRef, taken: readonly number[], ttlSeconds: number, expectedEpoch: number | null) {
-    return this.fast.refresh(node, taken, ttlSeconds, expectedEpoch);
+  async refresh(node: NodeRef, taken: readonly number[], ttlSeconds: number, expectedEpoch: number | null) {
+    const outcome = await this.fast.refresh(node, taken, ttlSeconds, expectedEpoch);
+    this.reached(node.id, outcome.written ? outcome.snapshot.version : outcome.version);
+    return outcome;
   }
-  invalidate(node: NodeRef) {
-    return this.fast.invalidate(node);
+  async invalidate(node: NodeRef) {
+    const outcome = await this.fast.invalidate(node);
+    this.reached(node.id, outcome.version);
+    return outcome;
   }
   nextFree(node: NodeRef, min: number, max: number) {
     return this.fast.nextFree(node, min, max);

@@ -92,7 +92,9 @@ export class MemoryVmidStore implements VmidStore {
     let pending = this.seeding.get(spaceId);
     if (!pending) {
       pending = seeder(spaceId)
-        .then((held) => {
+        .then(({ held, version }) => {
+          const s = this.node(spaceId);
+          s.version = Math.max(s.version, version);
           this.putBack(spaceId, held);
           this.seeded.add(spaceId);
         })

@@ -223,8 +223,9 @@ const COMMON = `${DEFINITIONS}
 if redis.call('HEXISTS', K.state, 'seeded') == 0 then return redis.error_reply('${UNSEEDED_REPLY}') end
 `;
 /**
- * ARGV: channel, nodeJson, force ('1': also when seeded), then vmid, expiresAt (ms), owner
- * for each reservation to put back
+ * ARGV: channel, nodeJson, force ('1': also when seeded), version floor (the version goes on
+ * from at least there: it never goes backwards), then vmid, expiresAt (ms), owner for each
+ * reservation to put back
  * → 1 (done) | 0 (seeded already, nothing done)
  * Puts back the reservations that are still live and not there already (a reservation made
  * meanwhile by another instance wins), indexes them when the set is cached, and marks the
@@ -235,7 +236,10 @@ export const SEED = `${DEFINITIONS}
 if ARGV[3] ~= '1' and redis.call('HEXISTS', K.state, 'seeded') == 1 then return 0 end
 local now = now_ms()
 local cached = redis.call('EXISTS', K.meta) == 1
-for i = 4, #ARGV, 3 do
+if tonumber(ARGV[4]) > tonumber(redis.call('HGET', K.state, 'version') or '0') then
+  redis.call('HSET', K.state, 'version', ARGV[4])
+end
+for i = 5, #ARGV, 3 do
   local vmid, expires_at, owner = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2]
   if expires_at > now and not redis.call('ZSCORE', K.reservations, vmid) then
     redis.call('ZADD', K.reservations, expires_at, vmid)

@@ -38,7 +38,7 @@ interface ScriptCommands {
   pvgVmidExpireDue(...args: [...NodeKeys, channel: string, nodeJson: string, holdMs: string]): Promise<[string, string]>;
   pvgVmidUnlock(lock: string, token: string): Promise<number>;
   pvgVmidForget(...args: [...NodeKeys, channel: string, nodeJson: string]): Promise<number>;
-  pvgVmidSeed(...args: [...NodeKeys, channel: string, nodeJson: string, force: '0' | '1', ...held: string[]]): Promise<number>;
+  pvgVmidSeed(...args: [...NodeKeys, channel: string, nodeJson: string, force: '0' | '1', versionFloor: string, ...held: string[]]): Promise<number>;
   pvgVmidRevive(state: string): Promise<number>;
 }
 
@@ -252,17 +252,17 @@ export class RedisVmidStore implements VmidStore {
     } catch (err) {
       if (!(err instanceof ReplyError && (err as Error).message.includes(scripts.UNSEEDED_REPLY))) throw err;
     }
-    const held = this.seeder ? await this.seeder(node.id) : [];
-    if ((await this.putBack(node, held, false)) && held.length > 0) {
+    const { held, version } = this.seeder ? await this.seeder(node.id) : { held: [], version: 0 };
+    if ((await this.putBack(node, held, false, version)) && held.length > 0) {
       this.log?.info({ spaceId: node.id, reservations: held.length }, 'vmid reservations put back from the durable record');
     }
     return this.run(op);
   }
 
-  private async putBack(node: NodeRef, held: readonly HeldReservation[], force: boolean): Promise<boolean> {
+  private async putBack(node: NodeRef, held: readonly HeldReservation[], force: boolean, versionFloor = 0): Promise<boolean> {
     const args = held.flatMap((r) => [String(r.vmid), String(r.expiresAt.getTime()), r.owner]);
     const done = await this.run(() =>
-      this.redis.pvgVmidSeed(...nodeKeys(node.id), this.channel(node.userId), JSON.stringify(node.id), force ? '1' : '0', ...args),
+      this.redis.pvgVmidSeed(...nodeKeys(node.id), this.channel(node.userId), JSON.stringify(node.id), force ? '1' : '0', String(versionFloor), ...args),
     );
     return done === 1;
   }

@@ -1,5 +1,5 @@
 import type { PrismaClient } from '../db/database.js';
-import type { HeldReservation } from './store.js';
+import type { HeldReservation, SeedState } from './store.js';
 
 /** Rows this long past their expiry are deleted (they count as absent from their expiry on). */
 const PURGE_AFTER_MS = 86_400_000;
@@ -27,13 +27,36 @@ export class ReservationRecord {
     return rows.map((r) => ({ vmid: r.vmid, owner: r.ownerId, expiresAt: r.expiresAt }));
   }
 
+  /** What a fast store that lost the space gets back: its live reservations and its version. */
+  async seedState(spaceId: string): Promise<SeedState> {
+    const [held, space] = await Promise.all([
+      this.live(spaceId),
+      this.prisma.vmidSpace.findUnique({ where: { spaceId }, select: { version: true } }),
+    ]);
+    return { held, version: space ? Number(space.version) : 0 };
+  }
+
+  /** The space has reached `version` (kept if higher than what is recorded). */
+  async reached(spaceId: string, version: number): Promise<void> {
+    await this.prisma.$executeRaw`
+      INSERT INTO vmid_spaces (space_id, version) VALUES (${spaceId}, ${version})
+      ON CONFLICT (space_id) DO UPDATE SET version = EXCLUDED.version, updated_at = CURRENT_TIMESTAMP
+        WHERE vmid_spaces.version < EXCLUDED.version`;
+  }
+
   /**
    * Records a reservation the fast store just made. false when the record holds a live one of
    * the VMID already: the fast store lost it (restore it there) and this one must not stand.
    * A row whose time is up is taken over in the same statement.
    */
-  async put(spaceId: string, held: HeldReservation): Promise<boolean> {
+  async put(spaceId: string, held: HeldReservation, version: number): Promise<boolean> {
+    // The space's version is recorded in the same statement (it never goes backwards).
     const rows = await this.prisma.$queryRaw<Array<{ vmid: number }>>`
+      WITH space AS (
+        INSERT INTO vmid_spaces (space_id, version) VALUES (${spaceId}, ${version})
+        ON CONFLICT (space_id) DO UPDATE SET version = EXCLUDED.version, updated_at = CURRENT_TIMESTAMP
+          WHERE vmid_spaces.version < EXCLUDED.version
+      )
       INSERT INTO vmid_reservations (space_id, vmid, owner_id, expires_at)
       VALUES (${spaceId}, ${held.vmid}, ${held.owner}, ${held.expiresAt})
       ON CONFLICT (space_id, vmid) DO UPDATE
@@ -69,7 +92,7 @@ export class ReservationRecord {
     return rows.some((r) => r.live);
   }
 
-  /** The space is gone (its last registration was deleted). */
+  /** The space is gone (its last registration was deleted); its version stays recorded. */
   async removeSpace(spaceId: string): Promise<void> {
     await this.prisma.vmidReservation.deleteMany({ where: { spaceId } });
   }

@@ -116,7 +116,18 @@ export interface HeldReservation {
  * persistence or flushed, a failover to a replica that had not got the mark, an instance
  * restart for the in-process store) gets its live reservations from here first, then the mark.
  */
-export type ReservationSeeder = (spaceId: string) => Promise<HeldReservation[]>;
+export type ReservationSeeder = (spaceId: string) => Promise<SeedState>;
+
+/** What a space gets back after a loss. */
+export interface SeedState {
+  /** Its live reservations. */
+  held: HeldReservation[];
+  /**
+   * The highest version it is known to have reached: its version goes on from at least here,
+   * so it never goes backwards (subscribers compare versions).
+   */
+  version: number;
+}
 
 export interface CachedSet {
   taken: number[];

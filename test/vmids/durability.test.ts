@@ -76,6 +76,25 @@ describe('durable reservations', () => {
     }
   });
 
+  it("keep the space's version going up across the loss of every Redis key", async () => {
+    const prefix = uniqueRedisPrefix();
+    const opened = await openStore('redis-durable', prefix);
+    try {
+      const service = makeService(opened.store, proxmox);
+      const node = newNode();
+      await service.reserveVmid(node, 6100, 600); // REFRESHED 1, RESERVED 2
+      await service.invalidateVmidCache(node); // INVALIDATED 3
+      const before = (await service.getCachedVmids(node)).version; // REFRESHED 4
+      await new Promise((r) => setTimeout(r, 100)); // the background record of the version
+      await loseEveryKey(prefix);
+      const after = await service.getCachedVmids(node);
+      expect(after.version).toBeGreaterThan(before);
+      expect(after.reserved).toEqual([6100]);
+    } finally {
+      await opened.close();
+    }
+  });
+
   it('survive the restart of an embedded instance (the in-process store is rebuilt from the record)', async () => {
     const before = await openStore('memory-durable', uniqueRedisPrefix());
     const node = newNode();

@@ -117,7 +117,7 @@ export async function openStore(
 ): Promise<OpenStore> {
   const reuseHoldMs = opts.reuseHoldMs ?? 0;
   const record = kind.endsWith('-durable') ? new ReservationRecord((await recordDatabase()).prisma) : null;
-  const seeder = record ? { seeder: (spaceId: string) => record.live(spaceId) } : {};
+  const seeder = record ? { seeder: (spaceId: string) => record.seedState(spaceId) } : {};
   const durable = (fast: VmidStore) => (record ? new DurableVmidStore(fast, record, silentLog) : fast);
   if (kind === 'memory' || kind === 'memory-durable') {
     const fast = new MemoryVmidStore({ ...seeder, reuseHoldMs });
