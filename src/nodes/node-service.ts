@@ -6,7 +6,7 @@ import type { Prisma, PrismaClient } from '../db/database.js';
 import { isForeignKeyViolation, isRecordNotFound, isUniqueViolation } from '../db/prisma-errors.js';
 import type { ProxmoxNode, ProxmoxNodeEndpoint } from '../db/generated/prisma/client.js';
 import { BadUserInputError, ConflictError, DomainError, ErrorCode, FailedPreconditionError, NotFoundError } from '../errors.js';
-import type { ConnectionTestResult, EndpointResult, ProxmoxClient, ProxmoxEndpoint, ProxmoxTarget, ProxmoxTask, VmidRange } from '../proxmox/index.js';
+import type { ConnectionTestResult, EndpointResult, ProxmoxClient, ProxmoxEndpoint, ProxmoxGuest, ProxmoxTarget, ProxmoxTask, VmidRange } from '../proxmox/index.js';
 import { normalizeFingerprint } from '../proxmox/index.js';
 import { bareHost } from '../proxmox/host-policy.js';
 import { EndpointHealth } from './endpoint-health.js';
@@ -428,9 +428,11 @@ export class NodeService {
    * The VMIDs in use on the node's cluster (the VMID capability's source of truth): every
    * guest Proxmox lists, and every container registered through pvegraph on any registration
    * of the cluster, listed or not yet (a client registers right after its create call;
-   * Proxmox may list the guest a moment later).
+   * Proxmox may list the guest a moment later). `guests`: the listing itself (one request),
+   * which the VMID capability keeps with the set (ProxmoxNode.guests); a registered container
+   * that Proxmox does not list yet is taken, but not among them.
    */
-  async takenVmids(nodeId: string): Promise<number[]> {
+  async takenVmids(nodeId: string): Promise<{ taken: number[]; guests: ProxmoxGuest[] }> {
     const node = await this.prisma.proxmoxNode.findUnique({ where: { id: nodeId }, include: WITH_ENDPOINTS });
     if (!node) throw new NotFoundError('Node', nodeId);
     const guests = await this.proxmox.guests(this.targetOf(node));
@@ -440,7 +442,7 @@ export class NodeService {
       where: node.clusterId ? { node: { clusterId: node.clusterId } } : { nodeId },
       select: { vmid: true },
     });
-    return [...guests.map((g) => g.vmid), ...registered.map((c) => c.vmid)];
+    return { taken: [...guests.map((g) => g.vmid), ...registered.map((c) => c.vmid)], guests };
   }
 
   /** Is `vmid` free in the node's whole cluster now? Proxmox's own check (it reserves nothing). */
