@@ -13,10 +13,14 @@ const USAGE = `usage: pvegraph <command>
   token create --user NAME        print a new API token for an existing user
   token list --user NAME          list a user's tokens (prefix, created, last used, revoked)
   token revoke ID|PREFIX          revoke a token (takes effect within TOKEN_CACHE_TTL_MS)
+  vmid reserve|consume|release    VMIDs for scripts, against a running server (pvegraph vmid --help)
 
-Uses DATABASE_URL, or the embedded database in PVEGRAPH_DATA_DIR when it is unset.`;
+Uses DATABASE_URL, or the embedded database in PVEGRAPH_DATA_DIR when it is unset (vmid: the
+server's GraphQL API at --url, with PVEGRAPH_TOKEN).`;
 
 async function main(argv: string[]): Promise<number> {
+  // bin/pvegraph.js sends `vmid` straight to src/cli/vmid.ts; this is for `tsx src/cli/main.ts vmid …`.
+  if (argv[0] === 'vmid') return (await import('./vmid.js')).runVmidCli(argv.slice(1));
   const { positionals, values } = parseArgs({
     args: argv,
     allowPositionals: true,
