@@ -16,6 +16,7 @@ import { connectRedis } from './redis/redis.js';
 import type { Services } from './services.js';
 import { UserService } from './users/user-service.js';
 import { createVmidStore, VmidService } from './vmids/index.js';
+import { ReservationKeys } from './vmids/reservation-keys.js';
 
 export interface Runtime {
   services: Services;
@@ -115,6 +116,7 @@ export async function openRuntime(config: Config, log: Logger, opts: RuntimeOpti
       log: log.child({ component: 'vmids' }),
       onLookup: (hit) => metrics.vmidCacheLookups.inc({ result: hit ? 'hit' : 'miss' }),
       onSpaceWatched: (node) => watcher.watch(node),
+      keys: new ReservationKeys(db.prisma),
     });
     closers.push(() => vmids.close());
     // Closed before the VMID store and Redis: the leases it holds are released, not left to lapse.

@@ -1,7 +1,7 @@
 import type { Logger } from 'pino';
 import { DomainError, ErrorCode } from '../errors.js';
 import type { ReservationRecord } from './reservation-record.js';
-import type { HeldReservation, ReserveOutcome, ReserveRequest, VmidStore } from './store.js';
+import type { GuestListing, HeldReservation, ReserveOutcome, ReserveRequest, VmidStore } from './store.js';
 import type { NodeRef, VmidEvent } from './types.js';
 
 /** How often a reservation is tried again when the record refuses what the fast store chose. */
@@ -118,6 +118,15 @@ export class DurableVmidStore implements VmidStore {
   }
   restore(node: NodeRef, held: readonly HeldReservation[]) {
     return this.fast.restore(node, held);
+  }
+  putGuests(node: NodeRef, listing: GuestListing) {
+    return this.fast.putGuests(node, listing);
+  }
+  guests(node: NodeRef) {
+    return this.fast.guests(node);
+  }
+  eventsAfter(node: NodeRef, version: number) {
+    return this.fast.eventsAfter(node, version);
   }
   tryLock(nodeId: string, ttlMs: number) {
     return this.fast.tryLock(nodeId, ttlMs);

@@ -2,7 +2,10 @@ import { randomUUID } from 'node:crypto';
 import { NotFoundError } from '../errors.js';
 import type { NodeRef, VmidEvent, VmidEventKind } from './types.js';
 import {
+  EVENT_LOG_KEEP,
   type FilledSnapshot,
+  type Guest,
+  type GuestListing,
   type HeldReservation,
   type NextFreeOutcome,
   type RefreshOutcome,
@@ -40,6 +43,8 @@ interface NodeState {
    * cache's expiry or invalidation: a fill holds what it no longer lists. null: never filled.
    */
   last: number[] | null;
+  /** The last EVENT_LOG_KEEP events, ascending (a resuming subscriber replays them). */
+  log: VmidEvent[];
 }
 
 interface Cache {
@@ -52,6 +57,8 @@ interface Cache {
   used: number[];
   refreshedAt: number;
   expiresAt: number;
+  /** The guest listing of the fill that wrote this set (putGuests); it goes with the set. */
+  guests?: Guest[];
 }
 
 /**
@@ -120,6 +127,7 @@ export class MemoryVmidStore implements VmidStore {
         held: new Map(),
         nextHoldEnd: Infinity,
         last: null,
+        log: [],
       };
       this.nodes.set(nodeId, s);
     }
@@ -189,10 +197,19 @@ export class MemoryVmidStore implements VmidStore {
     s.nextHoldEnd = next;
   }
 
-  private bump(node: NodeRef, s: NodeState, kind: VmidEventKind, vmids: number[] | null, expiresAt?: number): number {
+  private bump(
+    node: NodeRef,
+    s: NodeState,
+    kind: VmidEventKind,
+    vmids: number[] | null,
+    expiresAt?: number,
+    delta: { added: number[]; removed: number[] } = { added: [], removed: [] },
+  ): number {
     s.version += 1;
-    const event: VmidEvent = { nodeId: node.id, kind, version: s.version, at: new Date(this.now()), vmids };
+    const event: VmidEvent = { nodeId: node.id, kind, version: s.version, at: new Date(this.now()), vmids, ...delta };
     if (expiresAt !== undefined) event.expiresAt = new Date(expiresAt);
+    s.log.push(event);
+    if (s.log.length > EVENT_LOG_KEEP) s.log.splice(0, s.log.length - EVENT_LOG_KEEP);
     for (const listener of [...(this.listeners.get(node.userId) ?? [])]) {
       try {
         listener(event);
@@ -222,6 +239,18 @@ export class MemoryVmidStore implements VmidStore {
     this.putBack(node.id, held);
   }
 
+  /** Kept in the cache entry of the set it was listed with; for any other set (or none) dropped. */
+  async putGuests(node: NodeRef, listing: GuestListing): Promise<void> {
+    const cache = this.node(node.id).cache;
+    if (cache && cache.refreshedAt === listing.refreshedAt.getTime()) cache.guests = [...listing.guests];
+  }
+
+  async guests(node: NodeRef): Promise<GuestListing | null> {
+    const cache = this.node(node.id).cache;
+    if (!cache?.guests) return null;
+    return { guests: [...cache.guests], refreshedAt: new Date(cache.refreshedAt), expiresAt: new Date(cache.expiresAt) };
+  }
+
   async read(node: NodeRef): Promise<VmidSnapshot> {
     const seeding = this.seed(node.id);
     if (seeding) await seeding;
@@ -239,6 +268,8 @@ export class MemoryVmidStore implements VmidStore {
   }
 
   async state(nodeId: string) {
+    const seeding = this.seed(nodeId);
+    if (seeding) await seeding;
     const s = this.node(nodeId);
     return { version: s.version, epoch: s.epoch, deleted: s.deleted };
   }
@@ -255,7 +286,11 @@ export class MemoryVmidStore implements VmidStore {
     const list = sorted(set);
     // Guests the set as last written had and this one lacks went: held (also after the cache
     // expired or was invalidated: `last` outlives it). Never filled: nothing to compare with.
-    if (s.last && this.holdMs > 0) this.hold(s, s.last.filter((v) => !set.has(v)), now, false);
+    // What changed against the set as last written (never written: all of it is new).
+    const previous = s.last;
+    const before = new Set(previous ?? []);
+    const delta = { added: list.filter((v) => !before.has(v)), removed: (previous ?? []).filter((v) => !set.has(v)) };
+    if (previous && this.holdMs > 0) this.hold(s, delta.removed, now, false);
     s.last = list;
     this.sweepHolds(s);
     const used = sorted(new Set([...list, ...s.reservations.keys(), ...s.held.keys()]));
@@ -264,7 +299,7 @@ export class MemoryVmidStore implements VmidStore {
     const changed = digest !== s.digest;
     if (changed) {
       s.digest = digest;
-      this.bump(node, s, 'REFRESHED', list);
+      this.bump(node, s, 'REFRESHED', null, undefined, delta);
     }
     return { written: true, changed, snapshot: (await this.read(node)) as FilledSnapshot };
   }
@@ -341,7 +376,7 @@ export class MemoryVmidStore implements VmidStore {
       const list = sorted(s.cache.taken);
       s.digest = list.join(',');
       s.last = list;
-      this.bump(node, s, 'REFRESHED', list);
+      this.bump(node, s, 'REFRESHED', null, undefined, { added: [vmid], removed: [] });
     } else if (released) {
       this.bump(node, s, 'RELEASED', [vmid]);
     }
@@ -384,6 +419,11 @@ export class MemoryVmidStore implements VmidStore {
     if (!s.deleted) return;
     s.deleted = false;
     s.epoch += 1;
+  }
+
+  async eventsAfter(node: NodeRef, version: number) {
+    const s = this.node(node.id);
+    return { version: s.version, events: s.log.filter((e) => e.version > version) };
   }
 
   async tryLock(nodeId: string, ttlMs: number) {

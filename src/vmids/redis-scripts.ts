@@ -1,3 +1,5 @@
+import { EVENT_LOG_KEEP } from './store.js';
+
 /**
  * The Lua scripts of RedisVmidStore. Each runs atomically in Redis, so "check, change, bump
  * the version, publish the event" is one step: two instances never reserve the same VMID, and
@@ -5,7 +7,8 @@
  * so expiries do not depend on their clocks.
  *
  * Keys of one node (nodeId in braces: one Redis Cluster hash slot per node). Every script but
- * UNLOCK and REVIVE is given all of them, in this order (KEYS[1…10], named K.cache … K.last in Lua):
+ * UNLOCK, REVIVE and EVENTS_AFTER is given all of them, in this order (KEYS[1…11], named
+ * K.cache … K.log in Lua):
  *   vmid-cache:{id}         SET of taken VMIDs (absent when the set is empty)  TTL
  *   vmid-meta:{id}          HASH refreshedAt, expiresAt (ms) — marks "cached" — and list
  *                           (the set ascending, comma-separated: what READ answers) with
@@ -26,6 +29,9 @@
  *                           reservations
  *   vmid-held:{id}          ZSET vmid → until (ms): VMIDs that left the used set lately (the
  *                           reuse hold, see hold()); kept a day past its latest hold
+ *   vmid-log:{id}           ZSET version → event (as published): the space's last
+ *                           EVENT_LOG_KEEP events, for subscribers that resume (EVENTS_AFTER);
+ *                           a day past the last one; FORGET keeps it (DELETED is in it)
  *   vmid-last:{id}          STRING the taken set as last written (ascending, comma-separated),
  *                           kept a day after the last fill: what a fill compares with to find
  *                           the guests that went, also when the cache had expired or was
@@ -38,7 +44,7 @@
 
 const DEFINITIONS = `
 local K = { cache = KEYS[1], meta = KEYS[2], reservations = KEYS[3], state = KEYS[4], tmp = KEYS[5],
-  lock = KEYS[6], used = KEYS[7], owners = KEYS[8], held = KEYS[9], last = KEYS[10] }
+  lock = KEYS[6], used = KEYS[7], owners = KEYS[8], held = KEYS[9], last = KEYS[10], log = KEYS[11] }
 -- VMID_REUSE_HOLD_S in ms, set from its ARGV by each script that can free a VMID (0: no hold).
 local HOLD_MS = 0
 local function now_ms()
@@ -51,10 +57,16 @@ end
 -- Bumps the node's version and publishes the event in the same atomic step.
 -- node_json is the JSON-encoded node id; vmids_json a JSON array or 'null'; extra_json ''
 -- or more members of the event (',"expiresAt":…').
+-- The event is also kept in the space's log (score = version) for subscribers that resume
+-- (EVENTS_AFTER): the last ${EVENT_LOG_KEEP} events, the key a day past the last one.
 local function bump(state_key, channel, node_json, kind, vmids_json, now, extra_json)
   local v = redis.call('HINCRBY', state_key, 'version', 1)
-  redis.call('PUBLISH', channel, '{"nodeId":' .. node_json .. ',"kind":"' .. kind .. '","version":' .. int(v) ..
-    ',"at":' .. int(now) .. ',"vmids":' .. vmids_json .. (extra_json or '') .. '}')
+  local message = '{"nodeId":' .. node_json .. ',"kind":"' .. kind .. '","version":' .. int(v) ..
+    ',"at":' .. int(now) .. ',"vmids":' .. vmids_json .. (extra_json or '') .. '}'
+  redis.call('PUBLISH', channel, message)
+  redis.call('ZADD', K.log, v, message)
+  if redis.call('ZCARD', K.log) > ${EVENT_LOG_KEEP} then redis.call('ZREMRANGEBYRANK', K.log, 0, -${EVENT_LOG_KEEP + 1}) end
+  redis.call('PEXPIRE', K.log, 86400000)
   return v
 end
 -- vmid (a canonical decimal string) may leave the used index: it does unless a guest has it.
@@ -69,6 +81,11 @@ local HELD_GRACE_MS = 86400000
 -- ended. With a hold they are held until now + HOLD_MS (Proxmox may still be deleting the
 -- guest): they stay in, or go into, the used index, so the lowest free VMID skips them at no
 -- cost, until sweep_holds takes them out. An explicit reservation is not refused for a hold.
+-- The members of a REFRESHED event that say what changed: VMIDs that became taken and that
+-- stopped being taken (canonical decimal strings, ascending). The whole set does not travel.
+local function delta(added, removed)
+  return ',"added":[' .. table.concat(added, ',') .. '],"removed":[' .. table.concat(removed, ',') .. ']'
+end
 local function hold(ids, now)
   if HOLD_MS <= 0 or #ids == 0 then return end
   local until_ms = int(now + HOLD_MS)
@@ -314,16 +331,24 @@ for i = 6, n, 1000 do
 end
 local joined = table.concat(ARGV, ',', 6, n)
 local previous = redis.call('GET', K.last)
+-- The change against the set as last written (both ascending: one merge). Nothing written
+-- before (a first fill, or Redis lost it): the whole set is new. Guests gone start a hold.
+local added, removed = {}, {}
 if previous ~= joined then
-  if previous and HOLD_MS > 0 then
-    local gone = {}
+  if previous then
     local j = 6
     for id in string.gmatch(previous, '%d+') do
       local v = tonumber(id)
-      while j <= n and tonumber(ARGV[j]) < v do j = j + 1 end
-      if j > n or tonumber(ARGV[j]) ~= v then gone[#gone + 1] = id end
+      while j <= n and tonumber(ARGV[j]) < v do
+        added[#added + 1] = ARGV[j]
+        j = j + 1
+      end
+      if j <= n and tonumber(ARGV[j]) == v then j = j + 1 else removed[#removed + 1] = id end
     end
-    hold(gone, now)
+    for k = j, n do added[#added + 1] = ARGV[k] end
+    hold(removed, now)
+  else
+    for k = 6, n do added[#added + 1] = ARGV[k] end
   end
   redis.call('SET', K.last, joined, 'PX', LAST_MS)
 else
@@ -345,7 +370,7 @@ local changed = 0
 local version
 if redis.call('HGET', K.state, 'digest') ~= digest then
   redis.call('HSET', K.state, 'digest', digest)
-  version = bump(K.state, ARGV[3], ARGV[4], 'REFRESHED', '[' .. joined .. ']', now)
+  version = bump(K.state, ARGV[3], ARGV[4], 'REFRESHED', 'null', now, delta(added, removed))
   changed = 1
 else
   version = redis.call('HGET', K.state, 'version') or '0'
@@ -474,7 +499,7 @@ if added == 1 then
     'listCard', redis.call('SCARD', K.cache))
   redis.call('HSET', K.state, 'digest', redis.sha1hex(joined))
   redis.call('SET', K.last, joined, 'PX', LAST_MS)
-  bump(K.state, ARGV[2], ARGV[3], 'REFRESHED', '[' .. joined .. ']', now)
+  bump(K.state, ARGV[2], ARGV[3], 'REFRESHED', 'null', now, delta({ ARGV[1] }, {}))
 elseif released == 1 then
   bump(K.state, ARGV[2], ARGV[3], 'RELEASED', '[' .. ARGV[1] .. ']', now)
 end
@@ -536,4 +561,14 @@ redis.call('HDEL', KEYS[1], 'deleted')
 redis.call('PERSIST', KEYS[1])
 redis.call('HINCRBY', KEYS[1], 'epoch', 1)
 return 1
+`;
+
+/**
+ * KEYS: log, state
+ * ARGV: version
+ * → { current version, events with a greater version (as published), ascending }
+ * One step, so a subscriber that resumes sees the version its replay ends at.
+ */
+export const EVENTS_AFTER = `
+return { redis.call('HGET', KEYS[2], 'version') or '0', redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[1], '+inf') }
 `;

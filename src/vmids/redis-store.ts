@@ -6,7 +6,7 @@ import { CacheUnavailableError } from './errors.js';
 import { LocalSnapshots } from './local-snapshots.js';
 import { RedisEventHub } from './redis-event-hub.js';
 import * as scripts from './redis-scripts.js';
-import type { HeldReservation, NextFreeOutcome, RefreshOutcome, ReservationSeeder, ReserveOutcome, ReserveRequest, VmidSnapshot, VmidStore } from './store.js';
+import type { Guest, GuestListing, HeldReservation, NextFreeOutcome, RefreshOutcome, ReservationSeeder, ReserveOutcome, ReserveRequest, VmidSnapshot, VmidStore } from './store.js';
 import type { NodeRef, VmidEvent } from './types.js';
 
 /**
@@ -24,8 +24,10 @@ type NodeKeys = [
   owners: string,
   held: string,
   last: string,
+  log: string,
 ];
 interface ScriptCommands {
+  pvgVmidEventsAfter(log: string, state: string, version: string): Promise<[string, string[]]>;
   pvgVmidRead(...args: [...NodeKeys, channel: string, nodeJson: string, holdMs: string]): Promise<unknown[]>;
   pvgVmidRefresh(...args: [...NodeKeys, ...argv: string[]]): Promise<unknown[]>;
   pvgVmidInvalidate(...args: [...NodeKeys, channel: string, nodeJson: string]): Promise<[number, number]>;
@@ -42,7 +44,7 @@ interface ScriptCommands {
   pvgVmidRevive(state: string): Promise<number>;
 }
 
-const NODE_KEYS = 10;
+const NODE_KEYS = 11;
 const SCRIPTS: Record<keyof ScriptCommands, { keys: number; lua: string }> = {
   pvgVmidRead: { keys: NODE_KEYS, lua: scripts.READ },
   pvgVmidRefresh: { keys: NODE_KEYS, lua: scripts.REFRESH },
@@ -55,6 +57,7 @@ const SCRIPTS: Record<keyof ScriptCommands, { keys: number; lua: string }> = {
   pvgVmidUnlock: { keys: 1, lua: scripts.UNLOCK },
   pvgVmidForget: { keys: NODE_KEYS, lua: scripts.FORGET },
   pvgVmidSeed: { keys: NODE_KEYS, lua: scripts.SEED },
+  pvgVmidEventsAfter: { keys: 2, lua: scripts.EVENTS_AFTER },
   pvgVmidRevive: { keys: 1, lua: scripts.REVIVE },
 };
 
@@ -62,6 +65,8 @@ const SCRIPTS: Record<keyof ScriptCommands, { keys: number; lua: string }> = {
 const keys = (nodeId: string) => ({
   state: `vmid-version:{${nodeId}}`,
   lock: `vmid-lock:{${nodeId}}`,
+  /** The guest listing (putGuests): compact JSON, expiring with the set it came with. Not a script key. */
+  guests: `vmid-guests:{${nodeId}}`,
 });
 
 /** Every key of the node, in the order the scripts take them (redis-scripts.ts). */
@@ -76,6 +81,7 @@ const nodeKeys = (nodeId: string): NodeKeys => [
   `vmid-owners:{${nodeId}}`,
   `vmid-held:{${nodeId}}`,
   `vmid-last:{${nodeId}}`,
+  `vmid-log:{${nodeId}}`,
 ];
 
 /** Where a read was answered from; `renewal`: a kept copy read again in the background. */
@@ -252,11 +258,16 @@ export class RedisVmidStore implements VmidStore {
     } catch (err) {
       if (!(err instanceof ReplyError && (err as Error).message.includes(scripts.UNSEEDED_REPLY))) throw err;
     }
+    await this.seed(node);
+    return this.run(op);
+  }
+
+  /** Puts the durable record's reservations and version back (SEED; nothing if seeded meanwhile). */
+  private async seed(node: NodeRef): Promise<void> {
     const { held, version } = this.seeder ? await this.seeder(node.id) : { held: [], version: 0 };
     if ((await this.putBack(node, held, false, version)) && held.length > 0) {
       this.log?.info({ spaceId: node.id, reservations: held.length }, 'vmid reservations put back from the durable record');
     }
-    return this.run(op);
   }
 
   private async putBack(node: NodeRef, held: readonly HeldReservation[], force: boolean, versionFloor = 0): Promise<boolean> {
@@ -273,6 +284,28 @@ export class RedisVmidStore implements VmidStore {
     } finally {
       this.local?.changed(node.id);
     }
+  }
+
+  /**
+   * `vmid-guests:{id}` (the space's hash slot), set right after the fill's REFRESH with the
+   * set's expiry: a plain SET, not part of the script (a reader checks `refreshedAt`).
+   */
+  async putGuests(node: NodeRef, listing: GuestListing): Promise<void> {
+    const value = JSON.stringify({
+      r: listing.refreshedAt.getTime(),
+      e: listing.expiresAt.getTime(),
+      g: listing.guests.map((g) => [g.vmid, g.type === 'lxc' ? 'l' : 'q', g.name, g.node, g.status]),
+    });
+    // An expiry in the past (a slow fill of a short TTL) leaves no key.
+    await this.run(() => this.redis.set(keys(node.id).guests, value, 'PXAT', listing.expiresAt.getTime()));
+  }
+
+  async guests(node: NodeRef): Promise<GuestListing | null> {
+    const value = await this.run(() => this.redis.get(keys(node.id).guests));
+    if (value === null) return null;
+    const listing = parseGuests(value);
+    if (!listing) this.log?.warn({ spaceId: node.id }, 'ignored a malformed guest listing');
+    return listing;
   }
 
   private async readFromRedis(node: NodeRef): Promise<{ snapshot: VmidSnapshot; redisNowMs: number }> {
@@ -296,8 +329,14 @@ export class RedisVmidStore implements VmidStore {
     return { snapshot, redisNowMs: Number(now) };
   }
 
+  /** Seeds the space first when it lost its mark, so a version read never goes backwards. */
   async state(nodeId: string) {
-    const [version, epoch, deleted] = await this.run(() => this.redis.hmget(keys(nodeId).state, 'version', 'epoch', 'deleted'));
+    const read = () => this.run(() => this.redis.hmget(keys(nodeId).state, 'version', 'epoch', 'deleted', 'seeded'));
+    let [version, epoch, deleted, seeded] = await read();
+    if (seeded === null) {
+      await this.seed({ id: nodeId, userId: nodeId, spaceId: nodeId });
+      [version, epoch, deleted, seeded] = await read();
+    }
     return { version: Number(version ?? 0), epoch: Number(epoch ?? 0), deleted: deleted === '1' };
   }
 
@@ -418,6 +457,16 @@ export class RedisVmidStore implements VmidStore {
     }
   }
 
+  async eventsAfter(node: NodeRef, version: number) {
+    const [current, messages] = await this.run(() => this.redis.pvgVmidEventsAfter(`vmid-log:{${node.id}}`, keys(node.id).state, String(version)));
+    const events: VmidEvent[] = [];
+    for (const message of messages) {
+      const event = parseEvent(message);
+      if (event) events.push(event);
+    }
+    return { version: Number(current), events };
+  }
+
   async tryLock(nodeId: string, ttlMs: number) {
     const token = randomUUID();
     const ok = await this.run(() => this.redis.set(keys(nodeId).lock, token, 'PX', ttlMs, 'NX'));
@@ -515,14 +564,48 @@ function nodeIdOf(message: string): string | null {
 
 function parseEvent(message: string): VmidEvent | null {
   try {
-    const raw = JSON.parse(message) as { nodeId?: unknown; kind?: unknown; version?: unknown; at?: unknown; vmids?: unknown; expiresAt?: unknown };
+    const raw = JSON.parse(message) as {
+      nodeId?: unknown;
+      kind?: unknown;
+      version?: unknown;
+      at?: unknown;
+      vmids?: unknown;
+      added?: unknown;
+      removed?: unknown;
+      expiresAt?: unknown;
+    };
     if (typeof raw.nodeId !== 'string' || typeof raw.kind !== 'string' || typeof raw.version !== 'number' || typeof raw.at !== 'number') {
       return null;
     }
-    const vmids = Array.isArray(raw.vmids) ? raw.vmids.filter((v): v is number => typeof v === 'number') : null;
-    const event: VmidEvent = { nodeId: raw.nodeId, kind: raw.kind as VmidEvent['kind'], version: raw.version, at: new Date(raw.at), vmids };
+    const numbers = (list: unknown) => (Array.isArray(list) ? list.filter((v): v is number => typeof v === 'number') : null);
+    const event: VmidEvent = {
+      nodeId: raw.nodeId,
+      kind: raw.kind as VmidEvent['kind'],
+      version: raw.version,
+      at: new Date(raw.at),
+      vmids: numbers(raw.vmids),
+      added: numbers(raw.added) ?? [],
+      removed: numbers(raw.removed) ?? [],
+    };
     if (typeof raw.expiresAt === 'number') event.expiresAt = new Date(raw.expiresAt);
     return event;
+  } catch {
+    return null;
+  }
+}
+
+/** putGuests' JSON back; null when it is not that. */
+function parseGuests(value: string): GuestListing | null {
+  try {
+    const raw = JSON.parse(value) as { r?: unknown; e?: unknown; g?: unknown };
+    if (typeof raw.r !== 'number' || typeof raw.e !== 'number' || !Array.isArray(raw.g)) return null;
+    const text = (v: unknown) => (typeof v === 'string' ? v : null);
+    const guests: Guest[] = [];
+    for (const g of raw.g as unknown[]) {
+      if (!Array.isArray(g) || typeof g[0] !== 'number' || (g[1] !== 'l' && g[1] !== 'q')) return null;
+      guests.push({ vmid: g[0], type: g[1] === 'l' ? 'lxc' : 'qemu', name: text(g[2]), node: text(g[3]), status: text(g[4]) });
+    }
+    return { guests, refreshedAt: new Date(raw.r), expiresAt: new Date(raw.e) };
   } catch {
     return null;
   }

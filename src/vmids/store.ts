@@ -87,6 +87,24 @@ export interface VmidStore {
    */
   restore(node: NodeRef, held: readonly HeldReservation[]): Promise<void>;
 
+  /**
+   * Keeps the guest listing a fill got from Proxmox along with the set it wrote (`refreshedAt`
+   * and `expiresAt` are that write's): it lives as long as that set. Written after the set
+   * (not in the same atomic step), so a reader compares `refreshedAt` with the cached set's.
+   */
+  putGuests(node: NodeRef, listing: GuestListing): Promise<void>;
+  /**
+   * The listing last kept, null when there is none (never put, expired, or dropped with the
+   * set). It may belong to another write than the cached set: see `refreshedAt`.
+   */
+  guests(node: NodeRef): Promise<GuestListing | null>;
+
+  /**
+   * The space's current version and the events it keeps with a greater version, ascending,
+   * as published: the last EVENT_LOG_KEEP of them (a resuming subscriber replays them).
+   */
+  eventsAfter(node: NodeRef, version: number): Promise<{ version: number; events: VmidEvent[] }>;
+
   /** The fill lock: one filler per node across every instance sharing the store. */
   tryLock(nodeId: string, ttlMs: number): Promise<string | null>;
   unlock(nodeId: string, token: string): Promise<void>;
@@ -100,6 +118,9 @@ export interface VmidStore {
   listen(userId: string, onEvent: (event: VmidEvent) => void, onResync?: () => void): Promise<() => void>;
   close(): Promise<void>;
 }
+
+/** How many of a space's latest events are kept for subscribers that resume (afterVersion). */
+export const EVENT_LOG_KEEP = 1000;
 
 /** A reservation as the durable record keeps it. */
 export interface HeldReservation {
@@ -127,6 +148,24 @@ export interface SeedState {
    * so it never goes backwards (subscribers compare versions).
    */
   version: number;
+}
+
+/** A guest (QEMU or LXC) as the cluster's listing reports it. */
+export interface Guest {
+  vmid: number;
+  type: 'qemu' | 'lxc';
+  name: string | null;
+  /** The member it is on. */
+  node: string | null;
+  /** e.g. running, stopped; `unknown` for a guest of an offline member. */
+  status: string | null;
+}
+
+/** The guests of one fill, ascending by vmid, and the write of the set it came with. */
+export interface GuestListing {
+  guests: Guest[];
+  refreshedAt: Date;
+  expiresAt: Date;
 }
 
 export interface CachedSet {

@@ -36,6 +36,11 @@ export interface VmidReservation {
   nodeId: string;
   vmid: number;
   expiresAt: Date;
+  /**
+   * Only a keyed reserveVmid answers true: the key's reservation was consumed (its VMID is a
+   * guest now) and nothing is reserved; expiresAt is the expiry the reservation had.
+   */
+  consumed?: boolean;
 }
 
 /**
@@ -52,10 +57,15 @@ export interface VmidEvent {
   version: number;
   at: Date;
   /**
-   * REFRESHED: the whole taken set after the change, ascending. RESERVED / RELEASED: the one
-   * VMID. INVALIDATED, SYNC and DELETED: null.
+   * RESERVED / RELEASED: the VMIDs reserved or released, ascending. REFRESHED: null as
+   * published (the set does not travel; GraphQL reads it when a subscriber asks for it).
+   * INVALIDATED, SYNC and DELETED: null.
    */
   vmids: number[] | null;
+  /** REFRESHED: VMIDs that became taken since the previous version, ascending; else empty. */
+  added: number[];
+  /** REFRESHED: VMIDs that stopped being taken since the previous version, ascending; else empty. */
+  removed: number[];
   /** RESERVED: when the reservation lapses unless it is released or consumed first. */
   expiresAt?: Date;
 }

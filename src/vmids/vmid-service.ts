@@ -1,16 +1,37 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from 'pino';
-import { ConflictError, NotFoundError } from '../errors.js';
+import { ConflictError, FailedPreconditionError, NotFoundError } from '../errors.js';
 import { CacheUnavailableError } from './errors.js';
 import { EventStream } from './event-stream.js';
 import { LapseSweeper } from './lapse-sweeper.js';
-import { type FilledSnapshot, type VmidSnapshot, type VmidStore } from './store.js';
+import { checkReservationKey, type KeyEntry, type ReservationKeys } from './reservation-keys.js';
+import { type CachedSet, type FilledSnapshot, type Guest, type VmidSnapshot, type VmidStore } from './store.js';
 import { type NodeRef, VMID_MAX, VMID_MIN, type VmidEvent, type VmidReservation, type VmidSet } from './types.js';
 import { checkMin, checkTtlSeconds, checkVmid, DEFAULT_RESERVATION_TTL_S } from './validation.js';
 import { SingleFlight } from '../concurrency/single-flight.js';
 
-/** Asks Proxmox which VMIDs exist on the node's cluster (errors: DomainErrors, PROXMOX_*). */
-export type FetchTakenVmids = (node: NodeRef) => Promise<number[]>;
+/**
+ * Asks Proxmox which VMIDs exist on the node's cluster (errors: DomainErrors, PROXMOX_*): the
+ * taken set, and the guest listing it came from (kept with the set: `guests`). A plain list of
+ * VMIDs (stand-ins in tests) leaves no listing: `guests` then fails.
+ */
+export type FetchTakenVmids = (node: NodeRef) => Promise<VmidListing | number[]>;
+
+/**
+ * One fill's answer. `taken`: every VMID in use (the guests, and registered containers that
+ * Proxmox does not list yet: taken, but no guests). `guests`: what Proxmox listed, in
+ * ProxmoxClient.guests' shape (node '' and missing names mean unknown).
+ */
+export interface VmidListing {
+  taken: number[];
+  guests: ReadonlyArray<{ vmid: number; type: 'qemu' | 'lxc'; name?: string | null | undefined; node?: string | null | undefined; status?: string | null | undefined }>;
+}
+
+/** A fetch's answer as the service keeps it: `guests` null when the fetch listed none. */
+interface Fetched {
+  taken: number[];
+  guests: Guest[] | null;
+}
 
 /** VMIDs from `lower` (inclusive) to `upper` (exclusive). */
 export interface VmidRange {
@@ -53,7 +74,12 @@ export interface VmidServiceOptions {
    * subscription stops covering it (the cluster watcher: src/clusters/watcher.ts).
    */
   onSpaceWatched?: (node: NodeRef) => () => void;
+  /** Idempotency keys of reserveVmid (`key`); without them a key answers FAILED_PRECONDITION. */
+  keys?: ReservationKeys;
 }
+
+/** Retained events older than this are not replayed (a subscriber that far behind re-reads). */
+const EVENT_LOG_MAX_AGE_MS = 3_600_000;
 
 /** How often a subscription retries reading versions after a pub/sub reconnect. */
 const RESYNC_RETRY_MS = 250;
@@ -66,6 +92,9 @@ const FILL_ATTEMPTS = 3;
  * one in use (guests the cached listing does not know yet, e.g. created by Terraform a moment ago).
  */
 const CONFIRM_ATTEMPTS = 5;
+
+/** How often a keyed reservation retries when concurrent calls with its key overtake it. */
+const KEY_ROUNDS = 3;
 
 /** How long a cluster's `next-id` range is trusted (datacenter options rarely change). */
 const RANGE_TTL_MS = 60_000;
@@ -91,10 +120,11 @@ export class VmidService {
   private readonly fillPollMs: number;
   private readonly onLookup: ((hit: boolean) => void) | undefined;
   private readonly onSpaceWatched: ((node: NodeRef) => () => void) | undefined;
+  private readonly keys: ReservationKeys | undefined;
   /** In-process single-flight: concurrent misses of one node share one fill. */
   private readonly fills = new SingleFlight<string, Fill>();
   /** Same for direct Proxmox reads while the store is down. */
-  private readonly directReads = new Map<string, Promise<number[]>>();
+  private readonly directReads = new Map<string, Promise<Fetched>>();
   /** The last version this process saw per node, for answers given while the store is down. */
   private readonly lastVersions = new Map<string, number>();
   /** Announces lapsed reservations of the nodes this process has subscribers of. */
@@ -111,6 +141,7 @@ export class VmidService {
     this.fillPollMs = opts.fillPollMs ?? 25;
     this.onLookup = opts.onLookup;
     this.onSpaceWatched = opts.onSpaceWatched;
+    this.keys = opts.keys;
     this.lapses = new LapseSweeper(this.store, this.log);
   }
 
@@ -145,19 +176,47 @@ export class VmidService {
     return (await this.store.read(spaceOf(node))).cache !== null;
   }
 
+  /**
+   * The guests (QEMU and LXC) of the node's cluster, ascending by vmid: the listing the cached
+   * set was filled from, so no Proxmox call while the set is cached. Without a cached set, or
+   * with one that has no listing (written by an earlier version, or the listing was lost), asks
+   * Proxmox once, sharing the fill with concurrent reads of the set, and writes set and
+   * listing. Registered containers Proxmox does not list yet are taken but are no guests.
+   * Store down: straight from Proxmox, as getCachedVmids.
+   */
+  async guests(node: NodeRef): Promise<Guest[]> {
+    try {
+      for (let attempt = 1; ; attempt++) {
+        const snap = await this.store.read(spaceOf(node));
+        const cached = snap.cache ? await this.cachedGuests(node, snap.cache) : null;
+        if (cached) return cached;
+        // A fill already on its way for the set alone may answer without a listing: try again.
+        const fill = await this.fill(node, true);
+        if (fill.guests === null) throw new Error('fetchTakenVmids answered VMIDs without a guest listing');
+        if (fill.guests) return fill.guests;
+        if (attempt >= FILL_ATTEMPTS) throw notFillable(node);
+      }
+    } catch (err) {
+      if (!(err instanceof CacheUnavailableError)) throw err;
+      const { guests } = await this.direct(node, err);
+      if (!guests) throw new Error('fetchTakenVmids answered VMIDs without a guest listing');
+      return guests;
+    }
+  }
+
   /** Always asks Proxmox, replaces the cached set (a REFRESHED event if it changed). */
   async refreshVmidCache(node: NodeRef): Promise<VmidSet> {
-    let taken: number[] | undefined;
+    let fetched: Fetched | undefined;
     try {
       // Read before Proxmox is asked (not alongside): an invalidation after this read must
       // make the write below stale, whatever Proxmox answers.
       const epoch = await this.epochOf(node);
-      taken = await this.fetchTakenVmids(node);
-      const snapshot = await this.write(node, taken, epoch);
+      fetched = await this.fetch(node);
+      const snapshot = await this.write(node, fetched, epoch);
       return this.toSet(node.id, snapshot, false);
     } catch (err) {
       if (!(err instanceof CacheUnavailableError)) throw err;
-      return this.directSet(node, err, taken);
+      return this.directSet(node, err, fetched);
     }
   }
 
@@ -205,16 +264,21 @@ export class VmidService {
    * first), and then Proxmox confirms the VMID is free at this moment: one it reports in use
    * becomes taken (the cache learns it, subscribers see it) and the next candidate is tried.
    * When Proxmox cannot be asked, its PROXMOX_* error is the answer and nothing stays reserved.
+   *
+   * `key` (idempotent retries, see reserveKeyed): a repeated call with the same key answers
+   * what the first one got instead of reserving another VMID.
    */
   async reserveVmid(
     node: NodeRef,
     vmid: number | null | undefined,
     ttlSeconds: number = DEFAULT_RESERVATION_TTL_S,
     min: number = VMID_MIN,
+    key?: string | null,
   ): Promise<VmidReservation> {
     if (vmid != null) checkVmid(vmid);
     checkTtlSeconds(ttlSeconds);
     checkMin(min);
+    if (key != null) return this.reserveKeyed(node, vmid, ttlSeconds, min, checkReservationKey(key));
     // An explicit vmid may lie outside the range: Proxmox's range is not a hard limit either.
     const bounds = vmid == null ? await this.searchBounds(node, min) : { min, max: VMID_MAX };
     let fills = 0;
@@ -246,6 +310,65 @@ export class VmidService {
           await this.fill(node);
       }
     }
+  }
+
+  /**
+   * A reservation with an idempotency key (per VMID space, caller and key; table
+   * vmid_reservation_keys). The key's entry answers, without reserving anything:
+   * - while its reservation lives (still held by the caller): that reservation, same VMID and
+   *   expiry (this call's ttlSeconds and min do not apply);
+   * - once the reservation was consumed, i.e. the VMID is a guest: the caller registered a
+   *   container with it (registerContainer), or Proxmox reports it in use (a guest created
+   *   outside pvegraph, e.g. by Terraform's provider; whoever created it): the same VMID with
+   *   `consumed` true and the expiry the reservation had. Nothing is reserved then.
+   * Otherwise (no entry; the reservation was released or lapsed and the VMID is no guest) a
+   * new reservation is made, of the key's former VMID first when it is free again (and ≥ min),
+   * and recorded for the key. Two concurrent calls with one key: the one recorded first stands;
+   * the other releases what it reserved and answers the first one's.
+   * With a vmid, an entry that answers another VMID is a CONFLICT.
+   */
+  private async reserveKeyed(node: NodeRef, vmid: number | null | undefined, ttlSeconds: number, min: number, key: string): Promise<VmidReservation> {
+    const keys = this.keys;
+    if (!keys) throw new FailedPreconditionError('This server keeps no reservation keys: reserve without a key.');
+    for (let round = 1; ; round++) {
+      const entry = await keys.get(node.spaceId, node.userId, key);
+      const answer = entry ? await this.keyAnswer(node, keys, entry) : null;
+      if (answer) {
+        if (vmid != null && vmid !== answer.vmid) {
+          throw new ConflictError(`The key answers VMID ${answer.vmid}, not ${vmid}.`, { vmid: answer.vmid });
+        }
+        return answer;
+      }
+      const fresh = await this.reserveAgain(node, entry, vmid, ttlSeconds, min);
+      if (await keys.claim(node.spaceId, node.userId, key, fresh, entry)) return { ...fresh, consumed: false };
+      // Another call with this key was recorded first: its reservation is the answer.
+      await this.bestEffort('release a reservation another call with its key overtook', () => this.releaseVmid(node, fresh.vmid));
+      if (round >= KEY_ROUNDS) throw new ConflictError('Concurrent reservations with the same key kept overtaking each other: try again.', { key });
+    }
+  }
+
+  /** What a key's entry answers now: its live reservation, its VMID consumed, or nothing. */
+  private async keyAnswer(node: NodeRef, keys: ReservationKeys, entry: KeyEntry): Promise<VmidReservation | null> {
+    const snap = await this.store.read(spaceOf(node));
+    // The caller's reservation: the one the entry recorded (its expiry to the millisecond).
+    if (snap.reserved.some((r) => r.vmid === entry.vmid && r.expiresAt.getTime() === entry.expiresAt.getTime())) {
+      return { nodeId: node.id, vmid: entry.vmid, expiresAt: entry.expiresAt, consumed: false };
+    }
+    if (snap.reserved.some((r) => r.vmid === entry.vmid)) return null; // someone else's now
+    const guest = (await keys.registered(node.spaceId, node.userId, entry.vmid)) || !(await this.authority.isFree(node, entry.vmid));
+    return guest ? { nodeId: node.id, vmid: entry.vmid, expiresAt: entry.expiresAt, consumed: true } : null;
+  }
+
+  /** A new reservation for a key: its former VMID again when that is free, else as asked. */
+  private async reserveAgain(node: NodeRef, entry: KeyEntry | null, vmid: number | null | undefined, ttlSeconds: number, min: number): Promise<VmidReservation> {
+    if (vmid == null && entry && entry.vmid >= min) {
+      try {
+        return await this.reserveVmid(node, entry.vmid, ttlSeconds, min);
+      } catch (err) {
+        if (!(err instanceof ConflictError)) throw err;
+      }
+    }
+    return this.reserveVmid(node, vmid, ttlSeconds, min);
   }
 
   /**
@@ -363,9 +486,14 @@ export class VmidService {
 
   // ------------------------------------------------------------------ events
 
-  /** Events of one node; the first is SYNC with its VMID space's current version. */
-  subscribeNode(node: NodeRef): AsyncIterableIterator<VmidEvent> {
-    return this.subscribe([node], true);
+  /**
+   * Events of one node; the first is SYNC with its VMID space's current version. With
+   * `afterVersion`, first every retained event with a greater version, in order, then live:
+   * nothing before them when none was missed; SYNC instead when they are no longer all kept
+   * (more than EVENT_LOG_KEEP changes, older than EVENT_LOG_MAX_AGE_MS, or Redis lost them).
+   */
+  subscribeNode(node: NodeRef, afterVersion?: number): AsyncIterableIterator<VmidEvent> {
+    return this.subscribe([node], true, afterVersion);
   }
 
   /**
@@ -381,7 +509,7 @@ export class VmidService {
    * registration of the subscriber in that space receives it under its own id. Versions,
    * floors and DELETED are the space's.
    */
-  private subscribe(nodes: readonly NodeRef[], single: boolean): AsyncIterableIterator<VmidEvent> {
+  private subscribe(nodes: readonly NodeRef[], single: boolean, afterVersion?: number): AsyncIterableIterator<VmidEvent> {
     const store = this.store;
     const lapses = this.lapses;
     const onSpaceWatched = this.onSpaceWatched;
@@ -495,8 +623,21 @@ export class VmidService {
       try {
         for (const spaceId of spaces) unlisten.push(await store.listen(spaceId, deliver, () => void resync()));
         const states = await Promise.all(spaces.map(async (id) => [id, await store.state(id)] as const));
+        const replays = await Promise.all(spaces.map((id) => (afterVersion === undefined ? null : this.replayable(id, afterVersion))));
         floors = new Map();
-        for (const [spaceId, state] of states) announce(floors, spaceId, state);
+        for (const [i, [spaceId, state]] of states.entries()) {
+          const replay = replays[i];
+          if (!replay) {
+            announce(floors, spaceId, state);
+            continue;
+          }
+          // Resumed: what was missed, in order; the floor is where the replay ends.
+          floors.set(spaceId, replay.version);
+          for (const event of replay.events) {
+            sendAs(spaceId, event);
+            if (event.kind === 'DELETED') ended(spaceId);
+          }
+        }
         for (const event of early.splice(0)) deliver(event);
         for (const spaceId of spaces) watch(spaceId);
       } catch (err) {
@@ -510,6 +651,22 @@ export class VmidService {
       for (const u of unlisten) u();
       for (const unwatch of watched.values()) unwatch();
     });
+  }
+
+  /**
+   * The retained events of the space after `afterVersion`, when they are all there: every
+   * version from afterVersion + 1 to the current one, none older than EVENT_LOG_MAX_AGE_MS.
+   * null when the subscriber must start over (SYNC).
+   */
+  private async replayable(spaceId: string, afterVersion: number): Promise<{ version: number; events: VmidEvent[] } | null> {
+    const { version, events } = await this.store.eventsAfter(spaceRef(spaceId), afterVersion);
+    if (afterVersion > version) return null;
+    const oldest = Date.now() - EVENT_LOG_MAX_AGE_MS;
+    for (const [i, event] of events.entries()) {
+      if (event.version !== afterVersion + 1 + i || event.at.getTime() < oldest) return null;
+    }
+    if (afterVersion + events.length !== version) return null;
+    return { version, events };
   }
 
   /** Nodes with a lapse timer (tests: none is left once their subscriptions end). */
@@ -526,11 +683,16 @@ export class VmidService {
    * if the holder gives up without filling it tries to take over, and after fillWaitMs it
    * asks Proxmox itself rather than fail.
    */
-  private fill(node: NodeRef): Promise<Fill> {
-    return this.fills.run(node.spaceId, () => this.fillOnce(node));
+  private fill(node: NodeRef, withGuests = false): Promise<Fill> {
+    return this.fills.run(node.spaceId, () => this.fillOnce(node, withGuests));
   }
 
-  private async fillOnce(node: NodeRef): Promise<Fill> {
+  /**
+   * `withGuests`: a cached set is not enough, its guest listing must be there too (a set
+   * written by an earlier version keeps none); without it Proxmox is asked (the set is
+   * written again with the listing).
+   */
+  private async fillOnce(node: NodeRef, withGuests: boolean): Promise<Fill> {
     const deadline = Date.now() + this.fillWaitMs;
     for (;;) {
       const token = await this.store.tryLock(node.spaceId, this.fillLockMs);
@@ -539,7 +701,8 @@ export class VmidService {
           const epoch = await this.epochOf(node);
           // Someone may have filled between our miss and our lock.
           const current = await this.store.read(spaceOf(node));
-          if (current.cache) return { snapshot: current, written: true };
+          const done = await this.filled(node, current, withGuests);
+          if (done) return done;
           return await this.fetchAndWrite(node, epoch);
         } finally {
           await this.store.unlock(node.spaceId, token).catch(() => undefined);
@@ -547,8 +710,8 @@ export class VmidService {
       }
       while (Date.now() < deadline) {
         await sleep(this.fillPollMs);
-        const snap = await this.store.read(spaceOf(node));
-        if (snap.cache) return { snapshot: snap, written: true };
+        const done = await this.filled(node, await this.store.read(spaceOf(node)), withGuests);
+        if (done) return done;
         if (!(await this.store.isLocked(node.spaceId))) break;
       }
       if (Date.now() >= deadline) {
@@ -569,19 +732,50 @@ export class VmidService {
     return epoch;
   }
 
+  /** What a fill answers when the set (and, `withGuests`, its listing) is cached; else null. */
+  private async filled(node: NodeRef, snap: VmidSnapshot, withGuests: boolean): Promise<Fill | null> {
+    if (!snap.cache) return null;
+    if (!withGuests) return { snapshot: snap, written: true };
+    const guests = await this.cachedGuests(node, snap.cache);
+    return guests ? { snapshot: snap, written: true, guests } : null;
+  }
+
   private async fetchAndWrite(node: NodeRef, epoch: number): Promise<Fill> {
-    const taken = await this.fetchTakenVmids(node);
-    const snapshot = await this.write(node, taken, epoch);
-    return { snapshot, written: snapshot.cache !== null };
+    const fetched = await this.fetch(node);
+    const snapshot = await this.write(node, fetched, epoch);
+    return { snapshot, written: snapshot.cache !== null, guests: fetched.guests };
+  }
+
+  /** Asks Proxmox (fetchTakenVmids); the listing ascending by vmid, in the store's shape. */
+  private async fetch(node: NodeRef): Promise<Fetched> {
+    const answer = await this.fetchTakenVmids(node);
+    if (Array.isArray(answer)) return { taken: answer, guests: null };
+    const guests = answer.guests.map(
+      (g): Guest => ({ vmid: g.vmid, type: g.type, name: g.name ?? null, node: g.node || null, status: g.status || null }),
+    );
+    return { taken: answer.taken, guests: guests.sort((a, b) => a.vmid - b.vmid) };
+  }
+
+  /** The cached set's listing: one kept with that write or a later one (an earlier one is stale). */
+  private async cachedGuests(node: NodeRef, cache: CachedSet): Promise<Guest[] | null> {
+    const listing = await this.store.guests(spaceOf(node));
+    return listing && listing.refreshedAt.getTime() >= cache.refreshedAt.getTime() ? listing.guests : null;
   }
 
   /**
    * Writes a fetched set unless the cache was invalidated meanwhile; then the answer is the
    * fetched set itself (true when Proxmox was asked) and the cache stays empty.
    */
-  private async write(node: NodeRef, taken: number[], epoch: number): Promise<FilledSnapshot | VmidSnapshot> {
+  private async write(node: NodeRef, fetched: Fetched, epoch: number): Promise<FilledSnapshot | VmidSnapshot> {
+    const taken = fetched.taken;
     const outcome = await this.store.refresh(spaceOf(node), taken, this.ttlS, epoch);
-    if (outcome.written) return outcome.snapshot;
+    if (outcome.written) {
+      const { guests } = fetched;
+      const { refreshedAt, expiresAt } = outcome.snapshot.cache;
+      // Without it the next guests read asks Proxmox again: not worth failing the fill for.
+      if (guests) await this.bestEffort('keep the guest listing', () => this.store.putGuests(spaceOf(node), { guests, refreshedAt, expiresAt }));
+      return outcome.snapshot;
+    }
     const snap = await this.store.read(spaceOf(node));
     if (snap.cache) return snap;
     const at = new Date();
@@ -605,14 +799,8 @@ export class VmidService {
   // ------------------------------------------------------------------ store down
 
   /** Straight from Proxmox: nothing cached, reservations unknown (reported as none). */
-  private async directSet(node: NodeRef, cause: CacheUnavailableError, fetched?: number[]): Promise<VmidSet> {
-    this.log?.warn({ nodeId: node.id, err: { message: cause.message } }, 'vmid cache unavailable: answering from Proxmox directly');
-    let pending = fetched ? Promise.resolve(fetched) : this.directReads.get(node.spaceId);
-    if (!pending) {
-      pending = this.fetchTakenVmids(node).finally(() => this.directReads.delete(node.spaceId));
-      this.directReads.set(node.spaceId, pending);
-    }
-    const taken = [...new Set(await pending)].sort((a, b) => a - b);
+  private async directSet(node: NodeRef, cause: CacheUnavailableError, fetched?: Fetched): Promise<VmidSet> {
+    const taken = [...new Set((await this.direct(node, cause, fetched)).taken)].sort((a, b) => a - b);
     const now = new Date();
     return {
       nodeId: node.id,
@@ -623,6 +811,17 @@ export class VmidService {
       expiresAt: now,
       version: this.lastVersions.get(node.id) ?? 0,
     };
+  }
+
+  /** Asks Proxmox once for all concurrent callers while the store is down (or answers `fetched`). */
+  private direct(node: NodeRef, cause: CacheUnavailableError, fetched?: Fetched): Promise<Fetched> {
+    this.log?.warn({ nodeId: node.id, err: { message: cause.message } }, 'vmid cache unavailable: answering from Proxmox directly');
+    let pending = fetched ? Promise.resolve(fetched) : this.directReads.get(node.spaceId);
+    if (!pending) {
+      pending = this.fetch(node).finally(() => this.directReads.delete(node.spaceId));
+      this.directReads.set(node.spaceId, pending);
+    }
+    return pending;
   }
 
   private toSet(nodeId: string, snap: VmidSnapshot, fromCache: boolean): VmidSet {
@@ -645,6 +844,12 @@ interface Fill {
   /** Always carries a set; `written` false when it could not be cached (invalidated meanwhile). */
   snapshot: VmidSnapshot;
   written: boolean;
+  /**
+   * The guest listing that goes with the set: what Proxmox listed when this fill asked it,
+   * the cached one when it was asked for (withGuests) and found; null when the fetch listed
+   * none; absent otherwise.
+   */
+  guests?: Guest[] | null;
 }
 
 /**
@@ -652,7 +857,7 @@ interface Fill {
  * DELETED from its tombstone (the published one was missed, or came before subscribing).
  */
 function stateEvent(nodeId: string, kind: 'SYNC' | 'DELETED', version: number): VmidEvent {
-  return { nodeId, kind, version, at: new Date(), vmids: null };
+  return { nodeId, kind, version, at: new Date(), vmids: null, added: [], removed: [] };
 }
 
 /**

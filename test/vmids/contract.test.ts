@@ -181,15 +181,71 @@ describe.each(['memory', 'redis', 'redis-local', 'memory-durable', 'redis-durabl
         'REFRESHED@8',
       ]);
       expectConsecutive(got);
-      expect(got[0]!.vmids).toEqual(TAKEN);
-      expect(got[1]!.vmids).toEqual([104]);
+      // REFRESHED carries what changed, not the set: the first fill adds all of it, the fill
+      // after the invalidation nothing, the consumed reservation its one VMID.
+      expect(got[0]).toMatchObject({ vmids: null, added: TAKEN, removed: [] });
+      expect(got[1]).toMatchObject({ vmids: [104], added: [], removed: [] });
       expect(got[3]!.vmids).toBeNull();
-      expect(got[7]!.vmids).toEqual([...TAKEN, 104].sort((x, y) => x - y));
+      expect(got[5]).toMatchObject({ vmids: null, added: [], removed: [] });
+      expect(got[7]).toMatchObject({ vmids: null, added: [104], removed: [] });
       expect(got.every((e) => e.nodeId === node.id && e.at instanceof Date)).toBe(true);
       expect((await service.getCachedVmids(node)).version).toBe(8);
     } finally {
       await events.return?.();
     }
+  });
+
+  it('REFRESHED says what changed since the previous version, also across an invalidation; the set itself does not travel', async () => {
+    await service.getCachedVmids(node); // REFRESHED 1: everything is new
+    const events = service.subscribeNode(node);
+    try {
+      expect(brief(await take(events, 1))).toEqual(['SYNC@1']);
+      proxmox.sim.addGuest({ vmid: 500 });
+      proxmox.sim.removeGuest(100);
+      await service.refreshVmidCache(node); // REFRESHED 2
+      await service.invalidateVmidCache(node); // INVALIDATED 3
+      proxmox.sim.removeGuest(500);
+      await service.getCachedVmids(node); // REFRESHED 4, against the set as last written
+      const got = await take(events, 3);
+      expect(brief(got)).toEqual(['REFRESHED@2', 'INVALIDATED@3', 'REFRESHED@4']);
+      expect(got[0]).toMatchObject({ vmids: null, added: [500], removed: [100] });
+      expect(got[1]).toMatchObject({ added: [], removed: [] });
+      expect(got[2]).toMatchObject({ vmids: null, added: [], removed: [500] });
+    } finally {
+      await events.return?.();
+      proxmox.sim.addGuest({ vmid: 100 });
+    }
+  });
+
+  it('resumes after a version: the missed events in order, no SYNC, then live; SYNC when they cannot all be replayed', async () => {
+    await service.getCachedVmids(node); // REFRESHED 1
+    await service.reserveVmid(node, 104, 60); // RESERVED 2
+    await service.releaseVmid(node, 104); // RELEASED 3
+    await service.invalidateVmidCache(node); // INVALIDATED 4
+    const resumed = service.subscribeNode(node, 1);
+    const upToDate = service.subscribeNode(node, 4);
+    const ahead = service.subscribeNode(node, 9);
+    try {
+      const replay = await take(resumed, 3);
+      expect(brief(replay)).toEqual(['RESERVED@2', 'RELEASED@3', 'INVALIDATED@4']);
+      expect(replay[0]).toMatchObject({ nodeId: node.id, vmids: [104] });
+      expect(brief(await take(ahead, 1))).toEqual(['SYNC@4']);
+      await service.reserveVmid(node, 4000, 60); // the cache was invalidated: REFRESHED 5, then RESERVED 6
+      const live = await take(resumed, 2);
+      expect(brief(live)).toEqual(['REFRESHED@5', 'RESERVED@6']);
+      // Nothing was missed: no SYNC, straight to what happens next.
+      expect(brief(await take(upToDate, 2))).toEqual(['REFRESHED@5', 'RESERVED@6']);
+    } finally {
+      await Promise.all([resumed.return?.(), upToDate.return?.(), ahead.return?.()]);
+    }
+  });
+
+  it("a resumed subscription to a deleted node replays up to DELETED and completes", async () => {
+    await service.getCachedVmids(node); // REFRESHED 1
+    await service.nodeDeleted(node); // DELETED 2
+    const resumed = service.subscribeNode(node, 1);
+    expect(brief(await take(resumed, 1))).toEqual(['DELETED@2']);
+    expect((await resumed.next()).done).toBe(true);
   });
 
   it('reserves a free VMID, refuses a taken or reserved one (CONFLICT), releases', async () => {
@@ -875,5 +931,65 @@ describe.each(['memory', 'redis', 'redis-local', 'memory-durable', 'redis-durabl
     expect(service.nodesWatchedForLapses()).toBe(0);
     if (opened.fast instanceof MemoryVmidStore) expect(opened.fast.listenerCount()).toBe(0);
     else expect((opened.fast as import('../../src/vmids/index.js').RedisVmidStore).eventHub().listenerCount()).toBe(0);
+  });
+
+  it('keeps the guest listing with the set it came with and as long (putGuests, guests); VmidService.guests answers from it and fills a set without one once', async () => {
+    const store = opened.store;
+    expect(await store.guests(node)).toBeNull();
+    const written = await store.refresh(node, [100, 101, 102], 60, null);
+    if (!written.written) throw new Error('the set was not written');
+    const listing = {
+      guests: [
+        { vmid: 100, type: 'qemu' as const, name: 'vm "one", ü 名', node: 'pve1', status: 'running' },
+        { vmid: 101, type: 'lxc' as const, name: null, node: 'pve2', status: 'unknown' },
+        { vmid: 102, type: 'qemu' as const, name: null, node: null, status: null },
+      ],
+      refreshedAt: written.snapshot.cache.refreshedAt,
+      expiresAt: written.snapshot.cache.expiresAt,
+    };
+    await store.putGuests(node, listing);
+    expect(await store.guests(node)).toEqual(listing);
+    // It expires with its set.
+    const short = await store.refresh(node, [100], 1, null);
+    if (!short.written) throw new Error('the set was not written');
+    const shortListing = { guests: listing.guests.slice(0, 1), refreshedAt: short.snapshot.cache.refreshedAt, expiresAt: short.snapshot.cache.expiresAt };
+    await store.putGuests(node, shortListing);
+    expect(await store.guests(node)).toEqual(shortListing);
+    await sleep(1_100);
+    expect((await store.read(node)).cache).toBeNull();
+    expect(await store.guests(node)).toBeNull();
+
+    // The service, with a fetch that lists guests (as the node service's does).
+    const lister = new VmidService({
+      store,
+      cacheTtlSeconds: 60,
+      authority: proxmox.authority,
+      fetchTakenVmids: async () => {
+        const guests = await proxmox.client.guests(proxmox.sim.target());
+        return { taken: guests.map((g) => g.vmid), guests };
+      },
+    });
+    const other = newNode();
+    const calls = proxmox.resourceCalls();
+    const [set, guests] = await Promise.all([lister.getCachedVmids(other), lister.guests(other)]);
+    expect(guests.map((g) => g.vmid)).toEqual(TAKEN);
+    expect(set.taken).toEqual(TAKEN);
+    const simGuest = proxmox.sim.guests().find((g) => g.vmid === 102)!;
+    expect(guests.find((g) => g.vmid === 102)).toEqual({ vmid: 102, type: simGuest.type, name: simGuest.name, node: simGuest.node, status: simGuest.status });
+    expect(new Set(guests.map((g) => g.type))).toEqual(new Set(['qemu', 'lxc']));
+    expect(await lister.guests(other)).toEqual(guests);
+    expect(proxmox.resourceCalls()).toBe(calls + 1);
+    // A set written without a listing (an instance of an earlier version): asked once, then cached.
+    await sleep(5); // a later write than the listing's (milliseconds)
+    await store.refresh(other, TAKEN, 60, null);
+    expect(await lister.guests(other)).toEqual(guests);
+    expect(await lister.guests(other)).toEqual(guests);
+    expect(proxmox.resourceCalls()).toBe(calls + 2);
+    // Invalidated: the listing went with the set.
+    await lister.invalidateVmidCache(other);
+    expect(await lister.guests(other)).toEqual(guests);
+    expect(proxmox.resourceCalls()).toBe(calls + 3);
+    // A fetch that answers VMIDs alone keeps no listing.
+    await expect(service.guests(newNode())).rejects.toThrow(/without a guest listing/);
   });
 });

@@ -48,4 +48,4 @@ export const ReleaseVmid = graphql(`
   }
 `);
 
-export const VmidEvents = `subscription VmidEvents($nodeId: ID) { vmidEvents(nodeId: $nodeId) { nodeId kind version at vmids expiresAt } }`;
+export const VmidEvents = `subscription VmidEvents($nodeId: ID) { vmidEvents(nodeId: $nodeId) { nodeId kind version at vmids added removed expiresAt } }`;

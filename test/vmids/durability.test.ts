@@ -4,7 +4,7 @@ import { DurableVmidStore, RedisVmidStore, ReservationRecord } from '../../src/v
 import { expectCode } from '../proxmox/helpers.js';
 import { createTestDatabase } from '../support/test-database.js';
 import { uniqueRedisPrefix } from '../support/test-server.js';
-import { connect, makeService, newNode, openStore, type Proxmox, recordDatabase, sameCluster, silentLog, startProxmox } from './helpers.js';
+import { connect, makeService, newNode, openStore, type Proxmox, recordDatabase, sameCluster, silentLog, startProxmox, take } from './helpers.js';
 
 /** Deletes every key of one deployment's prefix: what a Redis restart without persistence leaves. */
 async function loseEveryKey(prefix: string): Promise<void> {
@@ -87,6 +87,15 @@ describe('durable reservations', () => {
       const before = (await service.getCachedVmids(node)).version; // REFRESHED 4
       await new Promise((r) => setTimeout(r, 100)); // the background record of the version
       await loseEveryKey(prefix);
+      // The kept events went with Redis: a subscriber resuming from before the loss starts over.
+      const resumed = service.subscribeNode(node, 1);
+      try {
+        const [first] = await take(resumed, 1);
+        expect(first).toMatchObject({ kind: 'SYNC' });
+        expect(first!.version).toBeGreaterThanOrEqual(before);
+      } finally {
+        await resumed.return?.();
+      }
       const after = await service.getCachedVmids(node);
       expect(after.version).toBeGreaterThan(before);
       expect(after.reserved).toEqual([6100]);

@@ -24,6 +24,8 @@ interface Event {
   version: number;
   at: string;
   vmids: number[] | null;
+  added: number[];
+  removed: number[];
   expiresAt: string | null;
 }
 
@@ -151,10 +153,12 @@ describe.each([
       expect((await server.gql(RefreshVmidCache, { nodeId }, token)).data!.refreshVmidCache.taken).toContain(vmid);
       await server.gql(InvalidateVmidCache, { nodeId }, token);
       expect((await server.gql(VmidsTaken, { nodeId }, token)).data!.vmidsTaken.taken).toContain(vmid);
-      // No event ever showed it free while the container was registered.
-      const sets = sub.events.filter((e) => e.kind === 'REFRESHED').map((e) => e.vmids!);
-      expect(sets.length).toBeGreaterThan(0);
-      for (const taken of sets) expect(taken).toContain(vmid);
+      // No event ever showed it free while the container was registered: the registration
+      // added it, and no later change removed it.
+      const refreshed = sub.events.filter((e) => e.kind === 'REFRESHED');
+      expect(refreshed[0]).toMatchObject({ added: [vmid], removed: [] });
+      expect(refreshed.some((e) => e.removed.includes(vmid))).toBe(false);
+      for (const e of refreshed) expect(e.vmids).toContain(vmid);
 
       await server.gql(UnregisterContainer, { id: container.id }, token);
       expect((await server.gql(IsVmidTaken, { nodeId, vmid }, token)).data!.isVmidTaken).toBe(false);

@@ -111,7 +111,7 @@ describe('subscription events over graphql-ws', () => {
     }
     const full = nexts(client.frames, 'full-1')[1]!.message.payload as { data: { vmidEvents: Record<string, unknown> } };
     expect(full.data.vmidEvents).toMatchObject({ nodeId, kind: 'RESERVED', vmids: [7100] });
-    expect(Object.keys(full.data.vmidEvents)).toEqual(['nodeId', 'kind', 'version', 'at', 'vmids', 'expiresAt']);
+    expect(Object.keys(full.data.vmidEvents)).toEqual(['nodeId', 'kind', 'version', 'at', 'vmids', 'added', 'removed', 'expiresAt']);
     expect(nexts(client.frames, 'small')[1]!.message.payload).toEqual({ data: { vmidEvents: { kind: 'RESERVED', version: full.data.vmidEvents.version } } });
 
     // Completing one operation stops its events only, and it no longer counts as active.
