@@ -3,9 +3,12 @@
  * run on the orchestrator's event loop). One WebSocket per subscriber. Driven over IPC:
  *
  *   {type:'clock', t}                       → {type:'clock', t, child}
- *   {type:'open', url, groups, concurrency} → {type:'opened', ok, failed, errors, ms}
- *        groups: [{ token, nodeId, count }]; each subscriber waits for its first (SYNC) event
- *   {type:'arm'}                            → (when every subscriber got one more event)
+ *   {type:'open', url, groups, concurrency, query?} → {type:'opened', ok, failed, errors, ms}
+ *        groups: [{ token, nodeId, count }]; each subscriber waits for its first (SYNC) event;
+ *        query: the subscription document (default: vmidEvents { kind version }); may be sent
+ *        more than once (e.g. once per server instance), the subscribers add up
+ *   {type:'arm', addedVmid?}                → (when every subscriber got one more event; with
+ *                                             addedVmid, one whose vmidEvents.added holds it)
  *                                             {type:'received', times, groups}
  *   {type:'collect'}                        → {type:'received', times, groups, partial: true}
  *   {type:'close'}                          → {type:'closed'}
@@ -30,13 +33,15 @@ interface Sub {
 
 let subs: Sub[] = [];
 let armed = false;
+/** While armed: only events whose vmidEvents.added holds this VMID count (null: any event). */
+let armedVmid: number | null = null;
 let pending = 0;
 
 function report(partial: boolean) {
   process.send!({ type: 'received', partial, times: subs.map((s) => s.received), groups: subs.map((s) => s.group) });
 }
 
-async function open(url: string, groups: Array<{ token: string; nodeId: string | null; count: number }>, concurrency: number) {
+async function open(url: string, groups: Array<{ token: string; nodeId: string | null; count: number }>, concurrency: number, query: string) {
   const started = now();
   const plan: Array<{ token: string; nodeId: string | null; group: number }> = [];
   groups.forEach((g, gi) => {
@@ -69,7 +74,7 @@ async function open(url: string, groups: Array<{ token: string; nodeId: string |
         resolve();
       };
       sub.dispose = client.subscribe(
-        { query: QUERY, variables: { n: p.nodeId } },
+        { query, variables: { n: p.nodeId } },
         {
           next: (r) => {
             if (!sub.synced) {
@@ -79,6 +84,7 @@ async function open(url: string, groups: Array<{ token: string; nodeId: string |
               return;
             }
             if (armed && sub.alive && Number.isNaN(sub.received)) {
+              if (armedVmid !== null && !addedHolds(r.data, armedVmid)) return;
               sub.received = now();
               if (--pending === 0) {
                 armed = false;
@@ -105,17 +111,23 @@ async function open(url: string, groups: Array<{ token: string; nodeId: string |
   process.send!({ type: 'opened', ok, failed, errors, ms: now() - started });
 }
 
+function addedHolds(data: unknown, vmid: number): boolean {
+  const added = (data as { vmidEvents?: { added?: number[] } } | null | undefined)?.vmidEvents?.added;
+  return Array.isArray(added) && added.includes(vmid);
+}
+
 process.on('message', (m: any) => {
   switch (m.type) {
     case 'clock':
       process.send!({ type: 'clock', t: m.t, child: now() });
       break;
     case 'open':
-      void open(m.url, m.groups, m.concurrency ?? 200);
+      void open(m.url, m.groups, m.concurrency ?? 200, m.query ?? QUERY);
       break;
     case 'arm':
       for (const s of subs) s.received = NaN;
       pending = subs.filter((s) => s.alive).length;
+      armedVmid = typeof m.addedVmid === 'number' ? m.addedVmid : null;
       armed = true;
       process.send!({ type: 'armed' });
       break;
