@@ -2,7 +2,7 @@ import type { Viewer } from '../auth/auth-service.js';
 import type { Prisma, PrismaClient } from '../db/database.js';
 import { isForeignKeyViolation, isUniqueViolation } from '../db/prisma-errors.js';
 import { ConflictError, NotFoundError } from '../errors.js';
-import type { NodeService } from './node-service.js';
+import { lockCluster, type NodeService } from './node-service.js';
 import { isUuid } from './node-validation.js';
 import type { VmidHooks } from './vmid-hooks.js';
 
@@ -24,16 +24,18 @@ export class ContainerService {
 
   async register(viewer: Viewer, input: RegisterContainerInput, query: ContainerQuery = {}) {
     const node = await this.nodes.get(viewer, input.nodeId);
+    const ref = await this.nodes.ref(viewer, node.id);
     let container;
     try {
       container = await this.prisma.$transaction(async (tx) => {
         // One VMID is one guest of the cluster, whichever registration (of whichever user)
         // records it: registrations of one cluster take turns on its lock.
         if (node.clusterId) {
-          await tx.$queryRaw`SELECT 1 AS locked FROM (SELECT pg_advisory_xact_lock(hashtextextended(${`pvegraph:cluster:${node.clusterId}`}, 0))) AS l`;
+          await lockCluster(tx, node.clusterId);
           const elsewhere = await tx.container.count({ where: { vmid: input.vmid, node: { clusterId: node.clusterId } } });
           if (elsewhere > 0) throw new ConflictError(`VMID ${input.vmid} is already registered on this node's cluster.`, { vmid: input.vmid });
         }
+        await this.vmids.assertRegistrable(ref, input.vmid);
         return tx.container.create({ ...query, data: { nodeId: node.id, vmid: input.vmid, hostname: input.hostname || null } });
       });
     } catch (err) {
@@ -43,7 +45,7 @@ export class ContainerService {
       if (isForeignKeyViolation(err)) throw new NotFoundError('Node', input.nodeId);
       throw err;
     }
-    await this.vmids.containerRegistered(await this.nodes.ref(viewer, node.id), input.vmid);
+    await this.vmids.containerRegistered(ref, input.vmid);
     return container;
   }
 

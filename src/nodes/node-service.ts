@@ -341,6 +341,9 @@ export class NodeService {
     let othersOfCluster = 0;
     try {
       await this.withUserLock(viewer.userId, async (tx) => {
+        // Deletes of one cluster's registrations (of any users) take turns, so exactly the last
+        // one sees no other left.
+        if (node.clusterId) await lockCluster(tx, node.clusterId);
         const containers = await tx.container.count({ where: { nodeId: node.id } });
         if (containers > 0) throw hasContainers(containers);
         const deleted = await tx.proxmoxNode.deleteMany({ where: { id: node.id, userId: viewer.userId } });
@@ -360,6 +363,10 @@ export class NodeService {
     this.owned.delete(`${viewer.userId}:${node.id}`);
     this.targets.delete(node.id);
     await this.vmids.nodeDeleted(refOf(node), othersOfCluster === 0);
+    // The cluster was registered again while its space was being dropped: it comes back.
+    if (othersOfCluster === 0 && node.clusterId && (await this.prisma.proxmoxNode.count({ where: { clusterId: node.clusterId } })) > 0) {
+      await this.vmids.nodeCreated(refOf(node));
+    }
     return true;
   }
 
@@ -653,6 +660,11 @@ function testedFields(test: ConnectionTestResult) {
     presentedFingerprint: test.fingerprint,
     lastTestedAt: new Date(),
   };
+}
+
+/** The cluster's advisory lock, for the rest of the transaction (registrations and containers of one cluster take turns). */
+export async function lockCluster(tx: Prisma.TransactionClient, clusterId: string): Promise<void> {
+  await tx.$queryRaw`SELECT 1 AS locked FROM (SELECT pg_advisory_xact_lock(hashtextextended(${`pvegraph:cluster:${clusterId}`}, 0))) AS l`;
 }
 
 function nameTaken(name: string): ConflictError {

@@ -7,6 +7,8 @@ export type { NodeRef };
  * it, so neither capability reaches into the other's storage.
  */
 export interface VmidHooks {
+  /** CONFLICT when `vmid` may not be recorded for the node's owner (another user holds a reservation of it). */
+  assertRegistrable(node: NodeRef, vmid: number): Promise<void>;
   /** A container was recorded for `vmid`: consume a reservation of it, refresh the set. */
   containerRegistered(node: NodeRef, vmid: number): Promise<void>;
   containerUnregistered(node: NodeRef, vmid: number): Promise<void>;

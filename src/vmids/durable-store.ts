@@ -84,6 +84,13 @@ export class DurableVmidStore implements VmidStore {
     return outcome;
   }
 
+  holder(node: NodeRef, vmid: number) {
+    return this.fast.holder(node, vmid);
+  }
+  announceGone(node: NodeRef, registrationId: string) {
+    return this.fast.announceGone(node, registrationId);
+  }
+
   async forget(node: NodeRef): Promise<void> {
     await this.fast.forget(node);
     await this.record.removeSpace(node.id);

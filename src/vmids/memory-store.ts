@@ -101,7 +101,8 @@ export class MemoryVmidStore implements VmidStore {
       pending = seeder(spaceId)
         .then(({ held, version }) => {
           const s = this.node(spaceId);
-          s.version = Math.max(s.version, version);
+          // After a loss the version goes on well past the last one recorded (see SEED).
+          s.version = Math.max(s.version, version > 0 ? version + EVENT_LOG_KEEP : 0);
           this.putBack(spaceId, held);
           this.seeded.add(spaceId);
         })
@@ -394,6 +395,23 @@ export class MemoryVmidStore implements VmidStore {
   }
 
   /** As FORGET: DELETED, then a tombstone that refresh and invalidate refuse. */
+  async holder(node: NodeRef, vmid: number) {
+    const held = this.node(node.id).reservations.get(vmid);
+    return held && held.until > this.now() ? held.owner : null;
+  }
+
+  async announceGone(node: NodeRef, registrationId: string) {
+    const s = this.node(node.id);
+    const event: VmidEvent = { nodeId: node.id, kind: 'DELETED', version: s.version, at: new Date(this.now()), vmids: null, added: [], removed: [], registration: registrationId };
+    for (const listener of [...(this.listeners.get(node.userId) ?? [])]) {
+      try {
+        listener(event);
+      } catch {
+        // A subscriber's failure must not block the others.
+      }
+    }
+  }
+
   async forget(node: NodeRef) {
     const seeding = this.seed(node.id);
     if (seeding) await seeding;

@@ -33,9 +33,9 @@ import { EVENT_LOG_KEEP } from './store.js';
  *                           EVENT_LOG_KEEP events, for subscribers that resume (EVENTS_AFTER);
  *                           a day past the last one; FORGET keeps it (DELETED is in it)
  *   vmid-last:{id}          STRING the taken set as last written (ascending, comma-separated),
- *                           kept a day after the last fill: what a fill compares with to find
- *                           the guests that went, also when the cache had expired or was
- *                           invalidated (meta and its list are gone then)
+ *                           kept as long as the space (FORGET ends it): what a fill compares
+ *                           with for REFRESHED's added/removed and the guests that went, also
+ *                           when the cache had expired or was invalidated (meta is gone then)
  *
  * A VMID can be both taken and reserved (reserved, then listed by Proxmox before it is
  * consumed): a reservation that ends leaves the used index only if the VMID is not taken, and
@@ -220,8 +220,6 @@ local LAPSE_GRACE_MS = 86400000
 -- its way when the node was deleted (a fill, an invalidation through an instance that still
 -- had the node's ownership cached, a subscriber catching up after an outage) learns of it.
 local TOMBSTONE_MS = 86400000
--- vmid-last stays this long after the last fill (or consume): see REFRESH.
-local LAST_MS = 86400000
 local function deleted(state_key)
   return redis.call('HEXISTS', state_key, 'deleted') == 1
 end
@@ -250,11 +248,18 @@ if redis.call('HEXISTS', K.state, 'seeded') == 0 then return redis.error_reply('
  * force it puts back reservations a seeded space lost (a failover to a replica behind).
  */
 export const SEED = `${DEFINITIONS}
-if ARGV[3] ~= '1' and redis.call('HEXISTS', K.state, 'seeded') == 1 then return 0 end
+local seeded = redis.call('HEXISTS', K.state, 'seeded') == 1
+if ARGV[3] ~= '1' and seeded then return 0 end
+-- Restoring into a space that lost everything would mark it seeded with one reservation.
+if ARGV[3] == '1' and not seeded then return redis.error_reply('${UNSEEDED_REPLY}') end
 local now = now_ms()
 local cached = redis.call('EXISTS', K.meta) == 1
-if tonumber(ARGV[4]) > tonumber(redis.call('HGET', K.state, 'version') or '0') then
-  redis.call('HSET', K.state, 'version', ARGV[4])
+-- After a loss the version goes on well past the last one recorded: changes made after that
+-- record (a release, a lapse) had numbers too, and none may be given again.
+local floor = tonumber(ARGV[4])
+if floor > 0 then floor = floor + ${EVENT_LOG_KEEP} end
+if floor > tonumber(redis.call('HGET', K.state, 'version') or '0') then
+  redis.call('HSET', K.state, 'version', int(floor))
 end
 for i = 5, #ARGV, 3 do
   local vmid, expires_at, owner = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2]
@@ -350,9 +355,8 @@ if previous ~= joined then
   else
     for k = 6, n do added[#added + 1] = ARGV[k] end
   end
-  redis.call('SET', K.last, joined, 'PX', LAST_MS)
+  redis.call('SET', K.last, joined)
 else
-  redis.call('PEXPIRE', K.last, LAST_MS)
 end
 local expires_at = now + tonumber(ARGV[1])
 if n >= 6 then
@@ -498,7 +502,7 @@ if added == 1 then
   redis.call('HSET', K.meta, 'list', joined, 'listAt', redis.call('HGET', K.meta, 'refreshedAt'),
     'listCard', redis.call('SCARD', K.cache))
   redis.call('HSET', K.state, 'digest', redis.sha1hex(joined))
-  redis.call('SET', K.last, joined, 'PX', LAST_MS)
+  redis.call('SET', K.last, joined)
   bump(K.state, ARGV[2], ARGV[3], 'REFRESHED', 'null', now, delta({ ARGV[1] }, {}))
 elseif released == 1 then
   bump(K.state, ARGV[2], ARGV[3], 'RELEASED', '[' .. ARGV[1] .. ']', now)

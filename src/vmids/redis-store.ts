@@ -280,7 +280,7 @@ export class RedisVmidStore implements VmidStore {
 
   async restore(node: NodeRef, held: readonly HeldReservation[]): Promise<void> {
     try {
-      await this.putBack(node, held, true);
+      await this.seeded(node, () => this.putBack(node, held, true));
     } finally {
       this.local?.changed(node.id);
     }
@@ -444,6 +444,20 @@ export class RedisVmidStore implements VmidStore {
     return { nextInMs: next === '' ? null : Math.max(0, Number(next) - Number(now)) };
   }
 
+  async holder(node: NodeRef, vmid: number) {
+    const k = nodeKeys(node.id);
+    const [until, owner] = await this.run(async () => Promise.all([this.redis.zscore(k[2], String(vmid)), this.redis.hget(k[7], String(vmid))]));
+    return until !== null && Number(until) > Date.now() ? (owner ?? '') : null;
+  }
+
+  async announceGone(node: NodeRef, registrationId: string) {
+    await this.run(async () => {
+      const version = Number((await this.redis.hget(keys(node.id).state, 'version')) ?? 0);
+      const event = { nodeId: node.id, kind: 'DELETED', version, at: Date.now(), vmids: null, added: [], removed: [], registration: registrationId };
+      await this.redis.publish(this.channel(node.userId), JSON.stringify(event));
+    });
+  }
+
   async forget(node: NodeRef) {
     await this.change(node, () => this.redis.pvgVmidForget(...nodeKeys(node.id), this.channel(node.userId), JSON.stringify(node.id)));
   }
@@ -573,6 +587,7 @@ function parseEvent(message: string): VmidEvent | null {
       added?: unknown;
       removed?: unknown;
       expiresAt?: unknown;
+      registration?: unknown;
     };
     if (typeof raw.nodeId !== 'string' || typeof raw.kind !== 'string' || typeof raw.version !== 'number' || typeof raw.at !== 'number') {
       return null;
@@ -588,6 +603,7 @@ function parseEvent(message: string): VmidEvent | null {
       removed: numbers(raw.removed) ?? [],
     };
     if (typeof raw.expiresAt === 'number') event.expiresAt = new Date(raw.expiresAt);
+    if (typeof raw.registration === 'string') event.registration = raw.registration;
     return event;
   } catch {
     return null;

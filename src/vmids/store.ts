@@ -74,6 +74,14 @@ export interface VmidStore {
    */
   forget(node: NodeRef): Promise<void>;
   /**
+   * One registration of the space was deleted while others go on using it: tells that
+   * registration's subscribers (a DELETED event naming it in `registration`, at the space's
+   * current version, which does not change), on every instance. Nothing else happens.
+   */
+  announceGone(node: NodeRef, registrationId: string): Promise<void>;
+  /** Who holds a live reservation of `vmid` in the space (a user id), or null. */
+  holder(node: NodeRef, vmid: number): Promise<string | null>;
+  /**
    * The space was registered again (a cluster whose last registration was deleted): if it is
    * a tombstone (forget), it stops being one. Its version stays and goes on growing from there
    * (versions never go backwards: a subscriber of the new registration starts with SYNC at it);

@@ -66,6 +66,11 @@ export interface VmidEvent {
   added: number[];
   /** REFRESHED: VMIDs that stopped being taken since the previous version, ascending; else empty. */
   removed: number[];
+  /**
+   * DELETED of one registration of a shared VMID space (the space goes on; see
+   * VmidStore.announceGone): only that registration's subscribers are told.
+   */
+  registration?: string;
   /** RESERVED: when the reservation lapses unless it is released or consumed first. */
   expiresAt?: Date;
 }

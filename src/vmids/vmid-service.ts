@@ -422,6 +422,25 @@ export class VmidService {
   // ------------------------------------------------------------------ hooks of node management
 
   /**
+   * registerContainer may record `vmid` for the caller: CONFLICT while another user holds a
+   * reservation of it on the cluster (registering would end their reservation).
+   */
+  async assertRegistrable(node: NodeRef, vmid: number): Promise<void> {
+    checkVmid(vmid);
+    let owner: string | null;
+    try {
+      owner = await this.store.holder(spaceOf(node), vmid);
+    } catch (err) {
+      // Redis down: registrations still succeed (the README's promise); nothing can be checked.
+      if (err instanceof CacheUnavailableError) return;
+      throw err;
+    }
+    if (owner !== null && owner !== node.userId) {
+      throw new ConflictError(`VMID ${vmid} is reserved by another user of this node's cluster.`, { vmid });
+    }
+  }
+
+  /**
    * registerContainer: the reservation of `vmid` is used up and the VMID joins the cached set
    * (REFRESHED). It stays taken until the container is unregistered: every fill adds the
    * registered containers to what Proxmox lists. With no cached set the cache is invalidated
@@ -460,11 +479,15 @@ export class VmidService {
    * The registration is gone. With the last registration of its VMID space the space goes
    * too: cache and reservations dropped, DELETED announced, its version kept as a tombstone
    * (forget). While other registrations of the cluster (of any user) remain, the space stays
-   * as it is: they go on using it.
+   * as it is: they go on using it, and only the deleted registration's subscribers are told
+   * DELETED (announceGone).
    */
   async nodeDeleted(node: NodeRef, lastOfSpace = true): Promise<void> {
     this.lastVersions.delete(node.id);
-    if (!lastOfSpace) return;
+    if (!lastOfSpace) {
+      await this.bestEffort('announce the deleted registration', () => this.store.announceGone(spaceOf(node), node.id));
+      return;
+    }
     await this.bestEffort('forget the node', () => this.store.forget(spaceOf(node)));
   }
 
@@ -553,10 +576,32 @@ export class VmidService {
           early.push(event);
           return;
         }
+        if (event.registration !== undefined) {
+          registrationGone(space, event);
+          return;
+        }
         if (event.version <= (floors.get(space) ?? 0)) return;
         floors.set(space, event.version);
         sendAs(space, event);
         if (event.kind === 'DELETED') ended(space);
+      };
+      /**
+       * One registration of a shared space was deleted: its subscribers are told DELETED (at
+       * the space's version, which this does not change) and get nothing more of it; the
+       * space goes on for the subscriber's other registrations of it.
+       */
+      const registrationGone = (space: string, event: VmidEvent) => {
+        const ids = registrations.get(space) ?? [];
+        const gone = event.registration!;
+        if (!ids.includes(gone)) return;
+        send({ ...event, nodeId: gone, version: Math.max(event.version, floors?.get(space) ?? 0) });
+        const left = ids.filter((id) => id !== gone);
+        if (left.length > 0) {
+          registrations.set(space, left);
+          return;
+        }
+        registrations.delete(space);
+        ended(space);
       };
       /** The space's DELETED went out: nothing more comes of it. */
       const ended = (spaceId: string) => {

@@ -97,6 +97,18 @@ describe('one VMID space per Proxmox cluster', () => {
     await a.gql(ReleaseVmid, { nodeId: twinNode.id, vmid: 4321 }, bob);
   });
 
+  it("refuses to register a container for a VMID another user holds a reservation of (it would end theirs)", async () => {
+    const held = (await a.gql(ReserveVmid, { nodeId: aliceNode.id, vmid: 5400, ttlSeconds: 60 }, alice)).data!.reserveVmid;
+    expect(code(await b.gql(RegisterContainer, { input: { nodeId: bobNode.id, vmid: held.vmid } }, bob))).toBe('CONFLICT');
+    expect((await a.gql(VmidsTaken, { nodeId: aliceNode.id }, alice)).data!.vmidsTaken.reserved).toContain(held.vmid);
+    // Its holder registers it: the reservation is used up, the VMID stays taken.
+    const ct = (await a.gql(RegisterContainer, { input: { nodeId: aliceNode.id, vmid: held.vmid } }, alice)).data!.registerContainer;
+    const set = (await b.gql(VmidsTaken, { nodeId: bobNode.id }, bob)).data!.vmidsTaken;
+    expect(set.reserved).not.toContain(held.vmid);
+    expect(set.taken).toContain(held.vmid);
+    await a.gql(UnregisterContainer, { id: ct.id }, alice);
+  });
+
   it("counts a container one user registered as taken for every registration of the cluster", async () => {
     const vmid = 5555; // not listed by Proxmox
     const ct = (await a.gql(RegisterContainer, { input: { nodeId: aliceNode.id, vmid } }, alice)).data!.registerContainer;
@@ -162,12 +174,35 @@ describe('one VMID space per Proxmox cluster', () => {
     }
   });
 
-  it("leaves the cluster's space to the others when one registration is deleted", async () => {
+  it("leaves the cluster's space to the others when one registration is deleted; only its own subscribers are told DELETED", async () => {
     const carol = (await a.createUser()).token;
     const carolNode = await create(a, sim, carol);
     expect(carolNode.clusterId).toBe(aliceNode.clusterId);
+    const watch = (server: TestServer, token: string, nodeId: string) => {
+      const seen: Array<{ nodeId: string; kind: string }> = [];
+      let completed = false;
+      const client = createClient({ url: server.wsUrl, webSocketImpl: WebSocket, retryAttempts: 0, connectionParams: { authorization: `Bearer ${token}` } });
+      const dispose = client.subscribe<{ vmidEvents: (typeof seen)[number] }>(
+        { query: VmidEvents, variables: { nodeId } },
+        { next: (r) => void (r.data && seen.push(r.data.vmidEvents)), error: () => undefined, complete: () => (completed = true) },
+      );
+      return { seen, done: () => completed, close: async () => (dispose(), await client.dispose()) };
+    };
+    const carols = watch(b, carol, carolNode.id);
+    const bobs = watch(b, bob, bobNode.id);
+    await expect.poll(() => carols.seen.length + bobs.seen.length).toBe(2);
     const held = (await b.gql(ReserveVmid, { nodeId: bobNode.id, vmid: 7007, ttlSeconds: 60 }, bob)).data!.reserveVmid;
+    await expect.poll(() => carols.seen.length).toBe(2);
     expect((await a.gql(DeleteNode, { id: carolNode.id }, carol)).data!.deleteNode).toBe(true);
+    await expect.poll(() => carols.done()).toBe(true);
+    expect(carols.seen.map((e) => e.kind)).toEqual(['SYNC', 'RESERVED', 'DELETED']);
+    expect(carols.seen[2]!.nodeId).toBe(carolNode.id);
+    await b.gql(ReleaseVmid, { nodeId: bobNode.id, vmid: 7007 }, bob);
+    await b.gql(ReserveVmid, { nodeId: bobNode.id, vmid: 7007, ttlSeconds: 60 }, bob);
+    await expect.poll(() => bobs.seen.length).toBe(4);
+    expect(bobs.seen.map((e) => e.kind)).toEqual(['SYNC', 'RESERVED', 'RELEASED', 'RESERVED']);
+    expect(bobs.done()).toBe(false);
+    await Promise.all([carols.close(), bobs.close()]);
     expect((await b.gql(IsVmidTaken, { nodeId: bobNode.id, vmid: held.vmid }, bob)).data!.isVmidTaken).toBe(true);
     expect((await a.gql(VmidsTaken, { nodeId: aliceNode.id }, alice)).data!.vmidsTaken.reserved).toContain(held.vmid);
     await b.gql(ReleaseVmid, { nodeId: bobNode.id, vmid: held.vmid }, bob);
