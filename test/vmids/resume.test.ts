@@ -110,3 +110,65 @@ describe('resuming vmidEvents after a version', () => {
     }
   });
 });
+
+/** The same over SSE on an embedded server (events kept in memory). */
+describe('resuming vmidEvents over SSE, embedded', () => {
+  let server: TestServer;
+  let sim: Simulator;
+  let token: string;
+  let nodeId: string;
+
+  beforeAll(async () => {
+    [server, sim] = await Promise.all([startTestServer({ redis: false }), startTestSimulator({ guests: 2 })]);
+    token = (await server.createUser()).token;
+    nodeId = (await server.gql(CreateNode, { input: nodeInputFor(sim) as never }, token)).data!.createNode.id;
+  });
+  afterAll(async () => {
+    await Promise.all([server.stop(), sim.stop()]);
+  });
+
+  /** Reads SSE events of one subscription until `count` arrived. */
+  async function sse(variables: Record<string, unknown>, count: number): Promise<Event[]> {
+    const ac = new AbortController();
+    const res = await fetch(server.graphqlUrl, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', accept: 'text/event-stream', authorization: `Bearer ${token}` },
+      body: JSON.stringify({ query: RESUME, variables }),
+      signal: ac.signal,
+    });
+    const reader = res.body!.getReader();
+    const seen: Event[] = [];
+    let buffer = '';
+    try {
+      while (seen.length < count) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buffer += new TextDecoder().decode(value);
+        let idx;
+        while ((idx = buffer.indexOf('\n\n')) >= 0) {
+          const data = buffer.slice(0, idx).split('\n').find((l) => l.startsWith('data:'));
+          buffer = buffer.slice(idx + 2);
+          if (data && data.length > 6) seen.push((JSON.parse(data.slice(5)) as { data: { vmidEvents: Event } }).data.vmidEvents);
+        }
+      }
+    } finally {
+      ac.abort();
+    }
+    return seen;
+  }
+
+  it('replays the missed events in order, then the live ones', async () => {
+    const [sync] = await sse({ nodeId }, 1);
+    await server.gql(VmidsTaken, { nodeId }, token);
+    await server.gql(ReserveVmid, { nodeId, vmid: 3100, ttlSeconds: 60 }, token);
+    const resumed = sse({ nodeId, afterVersion: sync!.version }, 3);
+    setTimeout(() => void server.gql(ReleaseVmid, { nodeId, vmid: 3100 }, token), 300);
+    const got = await resumed;
+    expect(got.map((e) => [e.kind, e.version])).toEqual([
+      ['REFRESHED', sync!.version + 1],
+      ['RESERVED', sync!.version + 2],
+      ['RELEASED', sync!.version + 3],
+    ]);
+    expect(got[0]!.added).toEqual([100, 101]);
+  });
+});
