@@ -144,6 +144,12 @@ export class DurableVmidStore implements VmidStore {
   isLocked(nodeId: string) {
     return this.fast.isLocked(nodeId);
   }
+  announceRegistration(node: NodeRef) {
+    return this.fast.announceRegistration(node);
+  }
+  listenRegistrations(userId: string, onNode: (node: NodeRef) => void) {
+    return this.fast.listenRegistrations(userId, onNode);
+  }
   listen(channelKey: string, onEvent: (event: VmidEvent) => void, onResync?: () => void) {
     return this.fast.listen(channelKey, onEvent, onResync);
   }

@@ -462,6 +462,29 @@ export class MemoryVmidStore implements VmidStore {
     return lock != null && lock.until > this.now();
   }
 
+  private readonly registrationListeners = new Map<string, Set<(node: NodeRef) => void>>();
+
+  async announceRegistration(node: NodeRef) {
+    for (const listener of [...(this.registrationListeners.get(node.userId) ?? [])]) {
+      try {
+        listener(node);
+      } catch {
+        // One subscriber's failure must not keep the others from hearing it.
+      }
+    }
+  }
+
+  async listenRegistrations(userId: string, onNode: (node: NodeRef) => void) {
+    let set = this.registrationListeners.get(userId);
+    if (!set) this.registrationListeners.set(userId, (set = new Set()));
+    const listener = (n: NodeRef) => onNode(n);
+    set.add(listener);
+    return () => {
+      set.delete(listener);
+      if (set.size === 0) this.registrationListeners.delete(userId);
+    };
+  }
+
   async listen(userId: string, onEvent: (event: VmidEvent) => void) {
     let set = this.listeners.get(userId);
     if (!set) this.listeners.set(userId, (set = new Set()));

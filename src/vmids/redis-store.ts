@@ -495,6 +495,26 @@ export class RedisVmidStore implements VmidStore {
     return (await this.run(() => this.redis.exists(keys(nodeId).lock))) === 1;
   }
 
+  /** Not under `vmid-events:` (the kept snapshots' pattern): a notice is not a change of a space. */
+  private registrationChannel(userId: string): string {
+    return `${this.keyPrefix}vmid-registrations:${userId}`;
+  }
+
+  async announceRegistration(node: NodeRef) {
+    await this.run(() => this.redis.publish(this.registrationChannel(node.userId), JSON.stringify({ id: node.id, userId: node.userId, spaceId: node.spaceId })));
+  }
+
+  async listenRegistrations(userId: string, onNode: (node: NodeRef) => void) {
+    return this.eventHub().listen(this.registrationChannel(userId), (message) => {
+      try {
+        const raw = JSON.parse(message) as Partial<NodeRef>;
+        if (typeof raw.id === 'string' && raw.userId === userId && typeof raw.spaceId === 'string') onNode({ id: raw.id, userId, spaceId: raw.spaceId });
+      } catch {
+        this.log?.warn({ message: message.slice(0, 200) }, 'ignored a malformed registration notice');
+      }
+    });
+  }
+
   async listen(userId: string, onEvent: (event: VmidEvent) => void, onResync?: () => void) {
     return this.eventHub().listen(
       this.channel(userId),

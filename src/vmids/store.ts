@@ -119,11 +119,19 @@ export interface VmidStore {
   isLocked(nodeId: string): Promise<boolean>;
 
   /**
-   * Receives every event of the user's nodes. Resolves once events are being received, so a
-   * caller can read the version afterwards without missing anything. `onResync` is called
-   * after a lost pub/sub connection is back (events may have been missed meanwhile).
+   * Receives every event of one VMID space (the channel named by a space's `userId`, see
+   * VmidService). Resolves once events are being received, so a caller can read the version
+   * afterwards without missing anything. `onResync` is called after a lost pub/sub
+   * connection is back (events may have been missed meanwhile).
    */
   listen(userId: string, onEvent: (event: VmidEvent) => void, onResync?: () => void): Promise<() => void>;
+  /**
+   * A user registered a node (on any instance): their subscriptions to every node of theirs
+   * start following it. Best effort (a notice missed in an outage: subscribe again).
+   */
+  announceRegistration(node: NodeRef): Promise<void>;
+  /** Receives the user's registration notices (announceRegistration); resolves once receiving. */
+  listenRegistrations(userId: string, onNode: (node: NodeRef) => void): Promise<() => void>;
   close(): Promise<void>;
 }
 

@@ -473,6 +473,7 @@ export class VmidService {
    */
   async nodeCreated(node: NodeRef): Promise<void> {
     await this.bestEffort('revive the VMID space', () => this.store.revive(spaceOf(node)));
+    await this.bestEffort('announce the registration', () => this.store.announceRegistration(node));
   }
 
   /**
@@ -523,8 +524,8 @@ export class VmidService {
    * Events of every node of a user (those in `nodes`: the user's registrations when the
    * subscription starts); first one SYNC per node.
    */
-  subscribeUser(_userId: string, nodes: readonly NodeRef[]): AsyncIterableIterator<VmidEvent> {
-    return this.subscribe(nodes, false);
+  subscribeUser(userId: string, nodes: readonly NodeRef[]): AsyncIterableIterator<VmidEvent> {
+    return this.subscribe(nodes, false, undefined, userId);
   }
 
   /**
@@ -532,7 +533,7 @@ export class VmidService {
    * registration of the subscriber in that space receives it under its own id. Versions,
    * floors and DELETED are the space's.
    */
-  private subscribe(nodes: readonly NodeRef[], single: boolean, afterVersion?: number): AsyncIterableIterator<VmidEvent> {
+  private subscribe(nodes: readonly NodeRef[], single: boolean, afterVersion?: number, followUser?: string): AsyncIterableIterator<VmidEvent> {
     const store = this.store;
     const lapses = this.lapses;
     const onSpaceWatched = this.onSpaceWatched;
@@ -665,7 +666,32 @@ export class VmidService {
       };
 
       const unlisten: Array<() => void> = [];
+      /**
+       * A node the user registered after subscribing (every node of theirs): followed from
+       * its first change on, as the others (no SYNC).
+       */
+      const registered = async (ref: NodeRef) => {
+        if (!active) return;
+        const ids = registrations.get(ref.spaceId);
+        if (ids) {
+          if (!ids.includes(ref.id)) ids.push(ref.id);
+          return;
+        }
+        registrations.set(ref.spaceId, [ref.id]);
+        deleted.delete(ref.spaceId);
+        try {
+          const stopListening = await store.listen(ref.spaceId, deliver, () => void resync());
+          if (!active) return stopListening();
+          unlisten.push(stopListening);
+          const { version } = await store.state(ref.spaceId);
+          if (floors && !floors.has(ref.spaceId)) floors.set(ref.spaceId, version);
+          watch(ref.spaceId);
+        } catch (err) {
+          this.log?.warn({ err: { message: (err as Error).message } }, 'vmid events: could not follow a new node; subscribe again');
+        }
+      };
       try {
+        if (followUser !== undefined) unlisten.push(await store.listenRegistrations(followUser, (ref) => void registered(ref)));
         for (const spaceId of spaces) unlisten.push(await store.listen(spaceId, deliver, () => void resync()));
         const states = await Promise.all(spaces.map(async (id) => [id, await store.state(id)] as const));
         const replays = await Promise.all(spaces.map((id) => (afterVersion === undefined ? null : this.replayable(id, afterVersion))));

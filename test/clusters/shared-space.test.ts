@@ -5,7 +5,7 @@ import { graphql } from '../gql/index.js';
 import { DeleteNode, RegisterContainer, UnregisterContainer } from '../nodes/documents.js';
 import { nodeInputFor, type Simulator, startTestSimulator } from '../support/simulator.js';
 import { startTestServer, type TestServer, uniqueRedisPrefix } from '../support/test-server.js';
-import { IsVmidTaken, NextFreeVmid, ReleaseVmid, ReserveVmid, VmidEvents, VmidsTaken } from '../vmids/documents.js';
+import { InvalidateVmidCache, IsVmidTaken, NextFreeVmid, ReleaseVmid, ReserveVmid, VmidEvents, VmidsTaken } from '../vmids/documents.js';
 
 const CreateClusterNode = graphql(`
   mutation CreateClusterNode($input: CreateNodeInput!) {
@@ -171,6 +171,31 @@ describe('one VMID space per Proxmox cluster', () => {
       expect((await b.gql(ReserveVmid, { nodeId: again.id, vmid: held.vmid, ttlSeconds: 60 }, bob)).data!.reserveVmid.vmid).toBe(held.vmid);
     } finally {
       await lone.stop();
+    }
+  });
+
+  it('a subscription to every node of a user follows a node registered later, through any instance', async () => {
+    const dave = (await a.createUser()).token;
+    const events: Array<{ nodeId: string; kind: string }> = [];
+    const client = createClient({ url: b.wsUrl, webSocketImpl: WebSocket, retryAttempts: 0, connectionParams: { authorization: `Bearer ${dave}` } });
+    const dispose = client.subscribe<{ vmidEvents: (typeof events)[number] }>(
+      { query: VmidEvents, variables: {} },
+      { next: (r) => void (r.data && events.push(r.data.vmidEvents)), error: () => undefined, complete: () => undefined },
+    );
+    const later = await startTestSimulator({ guests: 2 });
+    try {
+      await new Promise((r) => setTimeout(r, 300)); // subscribed, with no node yet
+      const node = await create(a, later, dave);
+      await expect
+        .poll(async () => {
+          await a.gql(InvalidateVmidCache, { nodeId: node.id }, dave);
+          return events.some((e) => e.nodeId === node.id && e.kind === 'INVALIDATED');
+        })
+        .toBe(true);
+    } finally {
+      dispose();
+      await client.dispose();
+      await later.stop();
     }
   });
 
