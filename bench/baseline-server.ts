@@ -32,6 +32,18 @@ async function verify(header: string | undefined): Promise<string | null> {
   return rows[0].user_id;
 }
 
+/** A node's VMID space (its cluster's, or its own id), cached like the tokens, as the server's ownership cache does. */
+const spaces = new Map<string, { space: string; expiresAt: number }>();
+async function spaceOf(nodeId: string): Promise<string> {
+  const t = Date.now();
+  const hit = spaces.get(nodeId);
+  if (hit && hit.expiresAt > t) return hit.space;
+  const { rows } = await db.query<{ cluster_id: string | null }>('SELECT cluster_id FROM proxmox_nodes WHERE id = $1', [nodeId]);
+  const space = rows[0]?.cluster_id ?? nodeId;
+  spaces.set(nodeId, { space, expiresAt: t + TTL });
+  return space;
+}
+
 const server = createServer((req, res) => {
   const chunks: Buffer[] = [];
   req.on('data', (c: Buffer) => chunks.push(c));
@@ -44,11 +56,11 @@ const server = createServer((req, res) => {
           return;
         }
         const body = JSON.parse(Buffer.concat(chunks).toString()) as { variables?: { n?: string } };
-        const nodeId = String(body.variables?.n ?? '');
+        const space = await spaceOf(String(body.variables?.n ?? ''));
         const [[, members], [, version]] = (await redis
           .pipeline()
-          .smembers(`${prefix}vmid-cache:{${nodeId}}`)
-          .hget(`${prefix}vmid-version:{${nodeId}}`, 'version')
+          .smembers(`${prefix}vmid-cache:{${space}}`)
+          .hget(`${prefix}vmid-version:{${space}}`, 'version')
           .exec()) as [[unknown, string[]], [unknown, string | null]];
         const taken = members.map(Number).sort((a, b) => a - b);
         const out = JSON.stringify({ data: { vmidsTaken: { taken, reserved: [], version: Number(version ?? 0) } } });

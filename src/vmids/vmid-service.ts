@@ -620,7 +620,7 @@ export class VmidService {
       };
       /** One copy per registration of the subscriber in the space, under its id. */
       const sendAs = (spaceId: string, event: VmidEvent) => {
-        for (const nodeId of registrations.get(spaceId) ?? []) send(nodeId === event.nodeId ? event : { ...event, nodeId });
+        for (const nodeId of registrations.get(spaceId) ?? []) send(labelled(event, nodeId));
       };
       // A consumer that stopped reading (EventStream allows 1024 pending events) is ended with
       // an error rather than silently losing events.
@@ -941,6 +941,21 @@ function spaceOf(node: NodeRef): NodeRef {
 
 function spaceRef(spaceId: string): NodeRef {
   return { id: spaceId, userId: spaceId, spaceId };
+}
+
+/**
+ * The space's event under a registration's id: one object per event and registration, shared
+ * by every local subscription, so GraphQL's shared execution serialises it once for all of
+ * them (a copy per subscriber would be serialised once each).
+ */
+const relabelled = new WeakMap<VmidEvent, Map<string, VmidEvent>>();
+function labelled(event: VmidEvent, nodeId: string): VmidEvent {
+  if (event.nodeId === nodeId) return event;
+  let copies = relabelled.get(event);
+  if (!copies) relabelled.set(event, (copies = new Map()));
+  let copy = copies.get(nodeId);
+  if (!copy) copies.set(nodeId, (copy = { ...event, nodeId }));
+  return copy;
 }
 
 function takenError(vmid: number): ConflictError {
