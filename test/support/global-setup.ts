@@ -5,6 +5,7 @@ import type { TestProject } from 'vitest/node';
 import { openPostgres } from '../../src/db/database.js';
 import { migrate } from '../../src/db/migrate.js';
 import { databaseUrl, TEST_POSTGRES_URL, TEST_REDIS_URL } from './env.js';
+import { deleteKeysWithPrefix } from './redis-keys.js';
 
 /**
  * Once per run: a fresh, migrated template database. Each test file clones it (fast, and
@@ -35,12 +36,7 @@ export default async function setup(project: TestProject) {
     const redis = new Redis(TEST_REDIS_URL, { lazyConnect: true });
     try {
       await redis.connect();
-      let cursor = '0';
-      do {
-        const [next, keys] = await redis.scan(cursor, 'MATCH', `${runId}*`, 'COUNT', 1000);
-        if (keys.length) await redis.unlink(...keys);
-        cursor = next;
-      } while (cursor !== '0');
+      await deleteKeysWithPrefix(redis, runId);
     } catch {
       // Redis down at teardown: nothing of ours can be left in it that outlives its TTLs.
     } finally {

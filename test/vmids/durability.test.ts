@@ -3,6 +3,7 @@ import { openPostgres } from '../../src/db/database.js';
 import { DurableVmidStore, RedisVmidStore, ReservationRecord } from '../../src/vmids/index.js';
 import { expectCode } from '../proxmox/helpers.js';
 import { createTestDatabase } from '../support/test-database.js';
+import { deleteKeysWithPrefix } from '../support/redis-keys.js';
 import { uniqueRedisPrefix } from '../support/test-server.js';
 import { connect, makeService, newNode, openStore, type Proxmox, recordDatabase, sameCluster, silentLog, startProxmox, take } from './helpers.js';
 
@@ -10,12 +11,7 @@ import { connect, makeService, newNode, openStore, type Proxmox, recordDatabase,
 async function loseEveryKey(prefix: string): Promise<void> {
   const admin = await connect('');
   try {
-    let cursor = '0';
-    do {
-      const [next, keys] = await admin.scan(cursor, 'MATCH', `${prefix}*`, 'COUNT', 1000);
-      if (keys.length) await admin.unlink(...keys);
-      cursor = next;
-    } while (cursor !== '0');
+    await deleteKeysWithPrefix(admin, prefix);
   } finally {
     admin.disconnect();
   }
