@@ -10,6 +10,7 @@
 import { makeServer } from 'graphql-ws';
 import { GraphQLError, type ExecutionArgs } from 'graphql';
 import pino from 'pino';
+import { createAuthenticate } from '../src/auth/authenticate.js';
 import { createPvegraphYoga } from '../src/graphql/yoga.js';
 import { createErrorMasker } from '../src/graphql/plugins/mask-errors.js';
 import { Metrics } from '../src/observability/metrics.js';
@@ -21,12 +22,12 @@ const viewer = { userId: 'u1', userName: 'x', tokenId: 't' };
 const services: any = {
   vmids: { subscribeNode: () => new EventStream<unknown>((push, stop) => { pushes.add(push); push({ nodeId: 'n1', kind: 'SYNC', version: 1, at: new Date(), vmids: null }); return stop.then(() => pushes.delete(push)); }) },
   nodes: { ref: async () => ({ id: 'n1', userId: 'u1' }) },
-  auth: { verify: async () => viewer },
+  auth: { verify: async () => viewer, verifyCached: () => viewer },
 };
 const log = pino({ level: 'warn' });
 const metrics = new Metrics();
 services.metrics = metrics;
-const yoga = createPvegraphYoga({ services, log, metrics, masker: createErrorMasker(log), graphiql: false, introspection: false, maxRequestBodyBytes: 1e6, maxSubscriptionsPerUser: 1e6 });
+const yoga = createPvegraphYoga({ services, authenticate: createAuthenticate(services.auth), log, metrics, masker: createErrorMasker(log), graphiql: false, introspection: false, maxRequestBodyBytes: 1e6, maxSubscriptionsPerUser: 1e6 });
 
 const server = makeServer<Record<string, unknown>, { viewer: typeof viewer }>({
   onConnect: (ctx) => { ctx.extra.viewer = viewer; return true; },

@@ -7,8 +7,8 @@ import { GraphQLError } from 'graphql';
 import { createYoga, type Plugin, type YogaLogger, type YogaServerInstance } from 'graphql-yoga';
 import type { Logger } from 'pino';
 import { bearerToken } from '../auth/api-token.js';
+import type { Authenticate, UnrefusedTokenCheck } from '../auth/authenticate.js';
 import type { RevocationWatch } from '../auth/revocation-watch.js';
-import type { UnrefusedTokenCheck } from '../http/anonymous-budget.js';
 import type { Metrics } from '../observability/metrics.js';
 import type { Services } from '../services.js';
 import { type RequestContext, type SubscriptionSink, viewerContext } from './context.js';
@@ -24,8 +24,8 @@ import { schema } from './schema.js';
 
 /**
  * Extra context a transport hands in: its check of the request's token when it has made one
- * (HTTP: src/http/anonymous-budget.ts; WebSocket: per operation), and the request id of its
- * log lines. Without a check, the context factory checks the Authorization header itself.
+ * (with the same authenticate()), and the request id of its log lines. Without a check, the
+ * context factory authenticates the Authorization header itself.
  */
 export interface ServerContext {
   tokenCheck?: UnrefusedTokenCheck;
@@ -38,6 +38,8 @@ export type PvegraphYoga = YogaServerInstance<ServerContext, RequestContext>;
 
 export interface YogaOptions {
   services: Services;
+  /** The one token check, shared with the transports. */
+  authenticate: Authenticate;
   log: Logger;
   metrics: Metrics;
   graphiql: boolean;
@@ -115,8 +117,10 @@ export function createPvegraphYoga(opts: YogaOptions): PvegraphYoga {
     context: async (initial): Promise<RequestContext> => {
       const requestId = initial.requestId ?? initial.request.headers.get('x-request-id') ?? randomUUID();
       const base = { services, requestId, log };
-      const check = initial.tokenCheck;
-      switch (check?.kind) {
+      // Charged to nobody: a transport that charges lookups in vain checks before Yoga.
+      const pending = initial.tokenCheck ?? opts.authenticate(bearerToken(initial.request.headers.get('authorization')), null);
+      const check = pending instanceof Promise ? await pending : pending;
+      switch (check.kind) {
         case 'viewer':
           return viewerContext(base, check.viewer);
         case 'anonymous':
@@ -124,11 +128,10 @@ export function createPvegraphYoga(opts: YogaOptions): PvegraphYoga {
         case 'unchecked':
           // As if the check had failed here: Yoga masks and answers it.
           throw check.error;
+        case 'refused':
+          // Only a charging check refuses, and that one is made before Yoga.
+          throw new Error('a refused token check reached the Yoga context');
       }
-      const token = bearerToken(initial.request.headers.get('authorization'));
-      if (!token) return { ...base, viewer: null, authFailure: 'missing' };
-      const viewer = await services.auth.verify(token);
-      return { ...base, viewer, authFailure: viewer ? null : 'invalid' };
     },
   });
 }

@@ -1,32 +1,24 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { bearerToken } from '../auth/api-token.js';
-import type { Viewer } from '../auth/auth-service.js';
+import type { AnonymousBucket, LookupBudget, Refused, TokenCheck } from '../auth/authenticate.js';
 import { ErrorCode } from '../errors.js';
 import { rateLimitedMessage } from '../ratelimit/rate-limiter.js';
 import type { Services } from '../services.js';
 import { budgetKeyOf, type ClientAddressOf, siteKeyOf } from './client-address.js';
-import { corsHeaders, resultMediaType } from './prepared-query-path.js';
-
-/** What the request's token turned out to be, decided once per request. */
-export type TokenCheck =
-  | { kind: 'viewer'; viewer: Viewer }
-  | { kind: 'anonymous'; authFailure: 'missing' | 'invalid'; charged: boolean }
-  /** The token could not be checked (database down). */
-  | { kind: 'unchecked'; error: unknown; charged: boolean }
-  /** The address (or its IPv6 /48) has spent its budget: refused (HTTP: answered 429 already). */
-  | { kind: 'refused'; retryAfterSeconds: number; bucket: AnonymousBucket };
-
-type AnonymousBucket = 'anonymous' | 'anonymousSite';
-type Refused = Extract<TokenCheck, { kind: 'refused' }>;
+import { corsHeaders, resultMediaType } from './yoga-answers.js';
 
 /** The refusal for a bucket's answer (seconds until a unit is back; 0: there is one). */
 const refusal = (bucket: AnonymousBucket, retryAfterSeconds: number): Refused | null => (retryAfterSeconds > 0 ? { kind: 'refused', retryAfterSeconds, bucket } : null);
 
-/** A check that leaves the request to be answered (a refusal has been answered already). */
-export type UnrefusedTokenCheck = Exclude<TokenCheck, { kind: 'refused' }>;
-
 /** Bodies a refused client may still be sending: past this, the connection is closed instead of drained. */
 const MAX_DRAINED_BODY_BYTES = 64 * 1024;
+
+export interface AnonymousBudget extends LookupBudget {
+  /**
+   * Charges a request about to be handed to Yoga without a valid token (once: a lookup in
+   * vain was charged already). False when it has been answered 429 instead.
+   */
+  admit(req: IncomingMessage, res: ServerResponse, check: TokenCheck): Promise<boolean>;
+}
 
 /**
  * What a client without a valid API token may cost. Two things are charged to the budget of
@@ -45,8 +37,8 @@ const MAX_DRAINED_BODY_BYTES = 64 * 1024;
  * made-up token's refusal is cached for seconds, and on a document the prepared path knows it
  * is answered 401 there for less than a valid read), CORS preflights without a token.
  */
-export function createAnonymousBudget(services: Pick<Services, 'auth' | 'rateLimiter' | 'metrics'>, addressOf: ClientAddressOf) {
-  const { auth, rateLimiter, metrics } = services;
+export function createAnonymousBudget(services: Pick<Services, 'rateLimiter' | 'metrics'>, addressOf: ClientAddressOf): AnonymousBudget {
+  const { rateLimiter, metrics } = services;
   const charged = metrics.anonymousRequests.labels({ outcome: 'charged' });
   const refused = metrics.anonymousRequests.labels({ outcome: 'refused' });
   // Both series exist from the start, so a dashboard's rate() sees the first refusal.
@@ -82,72 +74,19 @@ export function createAnonymousBudget(services: Pick<Services, 'auth' | 'rateLim
   /** The refusal this instance remembers for the address's /48 or the address (in charge()'s order), without asking Redis. */
   const spentRefusal = (key: string): Refused | null => spentSite(siteKeyOf(key)) ?? refusal('anonymous', rateLimiter.spentFor('anonymous', key));
 
-  /**
-   * The token's check: synchronous while no I/O is needed (no token, or an answer verify has
-   * cached — every request of a dashboard in use), so the hot path awaits nothing extra.
-   */
-  function checkToken(token: string | null, req: IncomingMessage): TokenCheck | Promise<TokenCheck> {
-    if (!token) return { kind: 'anonymous', authFailure: 'missing', charged: false };
-    const cached = auth.verifyCached(token);
-    if (cached) return { kind: 'viewer', viewer: cached };
-    if (cached === null) return { kind: 'anonymous', authFailure: 'invalid', charged: false };
-    return enabled ? lookUpCharged(token, keyOf(req)) : lookUp(token);
-  }
-
-  async function lookUp(token: string): Promise<TokenCheck> {
-    try {
-      const viewer = await auth.verify(token);
-      return viewer ? { kind: 'viewer', viewer } : { kind: 'anonymous', authFailure: 'invalid', charged: false };
-    } catch (error) {
-      return { kind: 'unchecked', error, charged: false };
-    }
-  }
-
-  /**
-   * A lookup only the database can answer. Charged when it finds nothing (or fails): a valid
-   * token never spends the address's budget, so a burst of dashboards reconnecting through one
-   * NAT or proxy after a restart is never refused for it. Not started for an address this
-   * instance has seen spent: a flood of made-up tokens costs the database at most the lookups
-   * in flight before its first refusal (batched by the auth service's DataLoader).
-   */
-  async function lookUpCharged(token: string, key: string): Promise<TokenCheck> {
-    const spent = spentRefusal(key);
-    if (spent) {
-      refused.inc();
-      return spent;
-    }
-    let check: TokenCheck;
-    try {
-      const viewer = await auth.verify(token);
-      if (viewer) return { kind: 'viewer', viewer };
-      check = { kind: 'anonymous', authFailure: 'invalid', charged: true };
-    } catch (error) {
-      check = { kind: 'unchecked', error, charged: true };
-    }
-    return (await charge(key)) ?? check;
-  }
-
   return {
     /** Whether the budget is on (RATE_LIMIT_ANONYMOUS_PER_MIN > 0). */
     enabled,
 
-    /**
-     * An HTTP request's token, checked once for the prepared path and Yoga; a refusal is
-     * answered 429 here. Synchronous when the answer is cached.
-     */
-    checkHttp(req: IncomingMessage, res: ServerResponse): TokenCheck | Promise<TokenCheck> {
-      const check = checkToken(bearerToken(req.headers.authorization), req);
-      if (!(check instanceof Promise)) return check;
-      return check.then((c) => {
-        if (c.kind === 'refused') answer429(req, res, c);
-        return c;
-      });
+    /** For authenticate(): what this instance remembers of the address's spent budget. */
+    spentRefusal(req: IncomingMessage): Refused | null {
+      const spent = spentRefusal(keyOf(req));
+      if (spent) refused.inc();
+      return spent;
     },
 
-    /** A WebSocket's token from connection_init; on `refused` the caller closes the socket. */
-    async checkWebSocket(request: IncomingMessage, token: string | null): Promise<TokenCheck> {
-      return checkToken(token, request);
-    },
+    /** For authenticate(): a token lookup in vain. */
+    charge: (req: IncomingMessage) => charge(keyOf(req)),
 
     /**
      * Charges a request about to be handed to Yoga without a valid token (once: a lookup in
@@ -167,7 +106,7 @@ export function createAnonymousBudget(services: Pick<Services, 'auth' | 'rateLim
  * 429 with the GraphQL error a client of this API expects (the one RateLimitedError makes,
  * without building it: a flood is answered here), readable cross-origin.
  */
-function answer429(req: IncomingMessage, res: ServerResponse, { retryAfterSeconds, bucket }: { retryAfterSeconds: number; bucket: AnonymousBucket }): void {
+export function answer429(req: IncomingMessage, res: ServerResponse, { retryAfterSeconds, bucket }: { retryAfterSeconds: number; bucket: AnonymousBucket }): void {
   const error = { message: rateLimitedMessage(bucket, retryAfterSeconds), extensions: { code: ErrorCode.RATE_LIMITED, retryAfterSeconds } };
   const body = JSON.stringify({ errors: [error] });
   const headers: Record<string, string | number> = {
@@ -176,8 +115,7 @@ function answer429(req: IncomingMessage, res: ServerResponse, { retryAfterSecond
     'retry-after': retryAfterSeconds,
     'cache-control': 'no-store',
   };
-  const origin = req.headers.origin;
-  if (origin !== undefined) Object.assign(headers, corsHeaders(origin));
+  if (req.headers.origin !== undefined) Object.assign(headers, corsHeaders(req.headers));
   // Node drains an unread body to keep the connection; a large or unbounded one is not worth it.
   const length = Number(req.headers['content-length'] ?? 0);
   if (!req.complete && (req.headers['transfer-encoding'] !== undefined || !(length <= MAX_DRAINED_BODY_BYTES))) headers.connection = 'close';

@@ -7,6 +7,7 @@ import type { Logger } from 'pino';
 import { WebSocket, WebSocketServer } from 'ws';
 import { bearerToken, sameSecret } from '../auth/api-token.js';
 import type { Viewer } from '../auth/auth-service.js';
+import { createAuthenticate, type TokenCheck, type UnrefusedTokenCheck } from '../auth/authenticate.js';
 import { RevocationWatch } from '../auth/revocation-watch.js';
 import type { Config } from '../config/config.js';
 // Over HTTP, Yoga's masking adds codes; WebSocket parse/validation errors bypass it.
@@ -17,7 +18,7 @@ import { createPvegraphYoga, type PvegraphYoga } from '../graphql/yoga.js';
 import { UnauthenticatedError } from '../errors.js';
 import type { Services } from '../services.js';
 import { rateLimitedMessage } from '../ratelimit/rate-limiter.js';
-import { createAnonymousBudget, type UnrefusedTokenCheck } from './anonymous-budget.js';
+import { answer429, createAnonymousBudget } from './anonymous-budget.js';
 import { clientAddressOf } from './client-address.js';
 import { checkReadiness } from './health.js';
 import { graphqlWsSink } from './graphql-ws-sink.js';
@@ -83,7 +84,20 @@ export function createApp({ services, log, config }: AppOptions): App {
     intervalMs: Math.max(1_000, config.tokenCacheTtlMs / 5),
     onRevokeFailed: (err) => log.error({ err }, 'could not end a connection of a revoked token'),
   });
+  const addressOf = clientAddressOf(config.trustProxy);
+  const budget = createAnonymousBudget(services, addressOf);
+  const authenticate = createAuthenticate(services.auth, budget);
+  /** An HTTP request's token, checked once for the prepared path and Yoga; a refusal is answered 429 here. */
+  const checkHttp = (req: IncomingMessage, res: ServerResponse): TokenCheck | Promise<TokenCheck> => {
+    const check = authenticate(bearerToken(req.headers.authorization), req);
+    if (!(check instanceof Promise)) return check; // cached: no extra tick
+    return check.then((c) => {
+      if (c.kind === 'refused') answer429(req, res, c);
+      return c;
+    });
+  };
   const yoga = createPvegraphYoga({
+    authenticate,
     revocations,
     prepared,
     masker,
@@ -96,10 +110,8 @@ export function createApp({ services, log, config }: AppOptions): App {
     maxSubscriptionsPerUser: config.maxSubscriptionsPerUser,
   });
 
-  const addressOf = clientAddressOf(config.trustProxy);
-  const budget = createAnonymousBudget(services, addressOf);
   const tryPreparedQuery = createPreparedQueryPath({
-    checkToken: budget.checkHttp,
+    checkToken: checkHttp,
     yoga,
     prepared,
     services,
@@ -152,7 +164,7 @@ export function createApp({ services, log, config }: AppOptions): App {
   async function handOverToYoga(req: IncomingMessage, res: ServerResponse, requestId: string, checked: UnrefusedTokenCheck | undefined): Promise<void> {
     // The prepared path may have checked the token already (once it knew the document). With
     // the budget off and no check yet, Yoga's context factory checks it as it always did.
-    const pending = checked ?? (budget.enabled ? budget.checkHttp(req, res) : undefined);
+    const pending = checked ?? (budget.enabled ? checkHttp(req, res) : undefined);
     const check = pending instanceof Promise ? await pending : pending;
     if (check?.kind === 'refused') return; // answered 429 by the check
     if (check && !(await budget.admit(req, res, check))) return;
@@ -169,7 +181,7 @@ export function createApp({ services, log, config }: AppOptions): App {
       onConnect: async (ctx) => {
         const token = bearerToken(String(ctx.connectionParams?.authorization ?? ''));
         // A token only the database can tell about is charged to the address's budget, as over HTTP.
-        const check = await budget.checkWebSocket(ctx.extra.request, token);
+        const check = await authenticate(token, ctx.extra.request);
         if (check.kind === 'unchecked') throw check.error; // as before: graphql-ws closes with 4500
         if (check.kind === 'refused') {
           // The reason names the budget spent (address or IPv6 /48); it fits a close frame's 123 bytes.
@@ -215,9 +227,11 @@ export function createApp({ services, log, config }: AppOptions): App {
       onSubscribe: async (ctx, id, payload) => {
         // Verified per operation (cached), so a revoked token stops working on open sockets
         // within TOKEN_CACHE_TTL_MS, as it does over HTTP.
-        const token = tokens.get(ctx.extra.socket);
-        const viewer = token ? await services.auth.verify(token) : null;
-        if (!viewer) {
+        // Charged to nobody: the socket's token was valid when it opened.
+        const pending = authenticate(tokens.get(ctx.extra.socket) ?? null, null);
+        const check = pending instanceof Promise ? await pending : pending;
+        if (check.kind === 'unchecked') throw check.error; // as before: graphql-ws closes with 4500
+        if (check.kind !== 'viewer') {
           ctx.extra.socket.close(WsCloseCode.Forbidden, 'Forbidden');
           return [new UnauthenticatedError('The API token is not valid (unknown or revoked).')];
         }
@@ -226,7 +240,7 @@ export function createApp({ services, log, config }: AppOptions): App {
           req: ctx.extra.request,
           socket: ctx.extra.socket,
           params: payload,
-          tokenCheck: { kind: 'viewer', viewer },
+          tokenCheck: check,
           requestId: randomUUID(),
           // A subscription's events are written to the socket directly (share-subscription-events).
           sink: graphqlWsSink(ctx.extra.socket, id, config.wsMaxBufferedBytes),

@@ -1,4 +1,4 @@
-import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http';
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { GraphQLError } from 'graphql';
 import { processRegularResult } from 'graphql-yoga';
 import type { Logger } from 'pino';
@@ -9,7 +9,8 @@ import { unauthenticated } from '../graphql/plugins/require-viewer.js';
 import { MAX_PREPARED_QUERY_LENGTH, type PreparedQueries } from '../graphql/prepared-queries.js';
 import type { PvegraphYoga } from '../graphql/yoga.js';
 import type { Services } from '../services.js';
-import type { TokenCheck, UnrefusedTokenCheck } from './anonymous-budget.js';
+import type { TokenCheck, UnrefusedTokenCheck } from '../auth/authenticate.js';
+import { corsHeaders, resultMediaType } from './yoga-answers.js';
 
 /** Bodies above this go straight to Yoga (a prepared query plus its variables is far smaller). */
 const MAX_PREPARED_BODY_BYTES = MAX_PREPARED_QUERY_LENGTH + 8_192;
@@ -112,7 +113,7 @@ export function createPreparedQueryPath(opts: PreparedQueryPathOptions) {
       const refusal = await refusalOf(authFailure, mediaType);
       const context: RequestContext = { services, log, requestId, viewer: null, authFailure };
       recordOperation(metrics, context, { type: entry.type, operationName: params.operationName, errors: refusal.errors, started });
-      res.writeHead(refusal.status, origin === undefined ? refusal.headers : { ...refusal.headers, ...corsHeaders(origin) }).end(refusal.body);
+      res.writeHead(refusal.status, origin === undefined ? refusal.headers : { ...refusal.headers, ...corsHeaders(headers) }).end(refusal.body);
       return 'refused';
     }
 
@@ -127,13 +128,13 @@ export function createPreparedQueryPath(opts: PreparedQueryPathOptions) {
       // Yoga's own formatting: status code by error kind, internals stripped.
       const response = await processRegularResult(result, yoga.fetchAPI, mediaType);
       const out = headersOf(response);
-      if (origin !== undefined) Object.assign(out, corsHeaders(origin));
+      if (origin !== undefined) Object.assign(out, corsHeaders(headers));
       res.writeHead(response.status, out).end(await response.text());
       return 'prepared';
     }
     const body = JSON.stringify(result);
     const out: Record<string, string | number> = { 'content-type': `${mediaType}; charset=utf-8`, 'content-length': Buffer.byteLength(body) };
-    if (origin !== undefined) Object.assign(out, corsHeaders(origin));
+    if (origin !== undefined) Object.assign(out, corsHeaders(headers));
     res.writeHead(200, out).end(body);
     return 'prepared';
   }
@@ -223,43 +224,11 @@ function isJsonContentType(value: string | undefined): boolean {
   return type === 'application/json' || !!type?.startsWith('application/json;');
 }
 
-const RESULT_MEDIA_TYPES = ['application/graphql-response+json', 'application/json'] as const;
-
-/**
- * The media type Yoga answers a single (non-streamed) result with for this Accept header, or
- * null when Yoga would pick no JSON type (406, or a streaming format). Mirrors Yoga's
- * negotiation (graphql-yoga result-processor/accept.js and use-result-processor.js): utf-8
- * only, q-values ignored, of all matches the one for the earliest listed type wins.
- */
-export function resultMediaType(accept: string | undefined): string | null {
-  const asked: string[] = [];
-  for (const entry of (accept || '*/*').replace(/\s/g, '').toLowerCase().split(',')) {
-    const [mediaType, ...params] = entry.split(';');
-    const charset = params.find((p) => p.includes('charset=')) ?? 'charset=utf-8';
-    if (mediaType === undefined || charset !== 'charset=utf-8') continue;
-    asked.push(mediaType);
-  }
-  let chosen: string | null = null;
-  for (const mediaType of asked.reverse()) {
-    const [pre, suf] = mediaType.split('/');
-    for (const candidate of RESULT_MEDIA_TYPES) {
-      const [cPre, cSuf] = candidate.split('/');
-      if ((pre === '*' || pre === cPre) && (suf === '*' || suf === cSuf)) chosen = candidate;
-    }
-  }
-  return chosen;
-}
-
 /** A Fetch response's headers as Node's writeHead takes them. */
 function headersOf(response: Response): Record<string, string> {
   const out: Record<string, string> = {};
   response.headers.forEach((value, name) => (out[name] = value));
   return out;
-}
-
-/** What Yoga's default CORS (any origin, credentials) adds to a simple request's answer. */
-export function corsHeaders(origin: string): Record<string, string> {
-  return { 'access-control-allow-origin': origin, vary: 'Origin', 'access-control-allow-credentials': 'true' };
 }
 
 /** The request body, or null when the client aborted before sending all of it. */
