@@ -11,7 +11,7 @@ import { makeServer } from 'graphql-ws';
 import { GraphQLError, type ExecutionArgs } from 'graphql';
 import pino from 'pino';
 import { createAuthenticate } from '../src/auth/authenticate.js';
-import { createPvegraphYoga } from '../src/graphql/yoga.js';
+import { createPvegraphYoga } from '../src/api/yoga.js';
 import { createErrorMasker } from '../src/graphql/plugins/mask-errors.js';
 import { Metrics } from '../src/observability/metrics.js';
 import { EventStream, type Push } from '../src/vmids/event-stream.js';

@@ -3,7 +3,7 @@
  * `npm run schema:print`; test/schema.test.ts fails when the checked-in file is stale.
  */
 import { writeFileSync } from 'node:fs';
-import { printSortedSchema, SCHEMA_FILE } from '../src/graphql/print.js';
+import { printSortedSchema, SCHEMA_FILE } from '../src/api/print.js';
 
 writeFileSync(SCHEMA_FILE, printSortedSchema());
 process.stdout.write(`wrote ${SCHEMA_FILE}\n`);

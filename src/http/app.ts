@@ -12,17 +12,18 @@ import { RevocationWatch } from '../auth/revocation-watch.js';
 import type { Config } from '../config/config.js';
 // Over HTTP, Yoga's masking adds codes; WebSocket parse/validation errors bypass it.
 import { createErrorMasker, withCode } from '../graphql/plugins/mask-errors.js';
-import { PreparedQueries } from '../graphql/prepared-queries.js';
-import { schema } from '../graphql/schema.js';
-import { createPvegraphYoga, type PvegraphYoga } from '../graphql/yoga.js';
+import { schema } from '../api/schema.js';
+import { createPvegraphYoga, type PvegraphYoga } from '../api/yoga.js';
+import { graphqlWsSink } from '../fast-paths/graphql-ws-sink.js';
+import { PreparedQueries, useLearnPreparedQueries } from '../fast-paths/prepared-queries.js';
+import { ANSWERED, createPreparedQueryPath } from '../fast-paths/prepared-query-path.js';
+import { useShareSubscriptionEvents } from '../fast-paths/share-subscription-events.js';
 import { UnauthenticatedError } from '../errors.js';
 import type { Services } from '../services.js';
 import { rateLimitedMessage } from '../ratelimit/rate-limiter.js';
 import { answer429, createAnonymousBudget } from './anonymous-budget.js';
 import { clientAddressOf } from './client-address.js';
 import { checkReadiness } from './health.js';
-import { graphqlWsSink } from './graphql-ws-sink.js';
-import { ANSWERED, createPreparedQueryPath } from './prepared-query-path.js';
 
 /** WebSocket close codes we send ourselves (graphql-ws names its own). */
 export const enum WsCloseCode {
@@ -99,7 +100,7 @@ export function createApp({ services, log, config }: AppOptions): App {
   const yoga = createPvegraphYoga({
     authenticate,
     revocations,
-    prepared,
+    fastPaths: { learnPreparedQueries: useLearnPreparedQueries(prepared), shareSubscriptionEvents: useShareSubscriptionEvents(masker) },
     masker,
     services,
     log,

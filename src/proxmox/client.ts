@@ -2,7 +2,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { Pool } from 'undici';
 import type { Dispatcher } from 'undici';
 import type { z } from 'zod';
-import { missingPrivileges, normalizeAclPath, requiredPaths, type PermissionMap } from '../clusters/privileges.js';
+import { missingPrivileges, normalizeAclPath, requiredPaths, type PermissionMap } from './privileges.js';
 import { BadUserInputError, ConflictError, DomainError, ErrorCode } from '../errors.js';
 import {
   ProxmoxApiError,

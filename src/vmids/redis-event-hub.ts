@@ -1,7 +1,11 @@
 import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 import { CacheUnavailableError } from './errors.js';
-import type { ConnectionWatch } from './redis-store.js';
+
+/** Whether the subscriber's connection, having worked before, is reconnecting (redis-store.ts's watchConnection; declared here so the store and its hub do not import each other). */
+interface ConnectionWatch {
+  down(): boolean;
+}
 
 type Listener = { onMessage: (message: string) => void; onResync?: (() => void) | undefined };
 

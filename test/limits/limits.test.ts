@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createClient } from 'graphql-ws';
 import WebSocket from 'ws';
-import { QUERY_LIMITS } from '../../src/graphql/yoga.js';
+import { QUERY_LIMITS } from '../../src/api/yoga.js';
 import { startTestServer, type TestServer } from '../support/test-server.js';
 
 async function post(server: TestServer, query: string, token?: string, headers: Record<string, string> = {}) {

@@ -7,7 +7,7 @@ import {
   requiredPaths,
   requiredPrivilegeNames,
   type PermissionMap,
-} from '../../src/clusters/privileges.js';
+} from '../../src/proxmox/privileges.js';
 import type { ProxmoxClient } from '../../src/proxmox/index.js';
 import { startSimulator, type SimGrants, type Simulator } from '../../src/sim/index.js';
 import { makeClient } from './helpers.js';

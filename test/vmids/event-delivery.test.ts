@@ -1,7 +1,7 @@
 import { type ExecutionArgs, type ExecutionResult, GraphQLObjectType, GraphQLSchema, GraphQLString, parse, subscribe } from 'graphql';
 import { describe, expect, it } from 'vitest';
 import { createErrorMasker } from '../../src/graphql/plugins/mask-errors.js';
-import { useShareSubscriptionEvents } from '../../src/graphql/plugins/share-subscription-events.js';
+import { useShareSubscriptionEvents } from '../../src/fast-paths/share-subscription-events.js';
 import { createLogger } from '../../src/logging.js';
 import { DomainError, ErrorCode } from '../../src/errors.js';
 import { EventStream, type Push, type Stop } from '../../src/vmids/event-stream.js';

@@ -4,7 +4,7 @@ import type { Logger } from 'pino';
 import { isDatabaseUnavailable } from '../../db/prisma-errors.js';
 import { DomainError, ErrorCode } from '../../errors.js';
 import type { RequestContext } from '../context.js';
-import { isSharedStream } from './share-subscription-events.js';
+import { isSharedStream } from '../shared-stream.js';
 
 /** Decides what a client sees of an error, and logs what it hides. */
 export interface ErrorMasker {

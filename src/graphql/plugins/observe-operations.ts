@@ -2,7 +2,7 @@ import { getOperationAST, type GraphQLError } from 'graphql';
 import type { Plugin } from 'graphql-yoga';
 import type { Metrics } from '../../observability/metrics.js';
 import type { RequestContext } from '../context.js';
-import { onStreamEnd } from './share-subscription-events.js';
+import { onStreamEnd } from '../shared-stream.js';
 
 /**
  * Per operation: a duration and outcome metric, error codes, and one access-log line with

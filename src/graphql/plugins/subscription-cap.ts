@@ -1,7 +1,7 @@
 import type { Plugin } from 'graphql-yoga';
 import { DomainError, ErrorCode } from '../../errors.js';
 import type { RequestContext } from '../context.js';
-import { onStreamEnd } from './share-subscription-events.js';
+import { onStreamEnd } from '../shared-stream.js';
 
 /**
  * At most `max` streaming subscriptions per user on this instance, over WebSocket and SSE

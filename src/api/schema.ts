@@ -1,5 +1,5 @@
 import { assertValidSchema } from 'graphql';
-import { builder } from './builder.js';
+import { builder } from '../graphql/builder.js';
 // Each capability registers its types and root fields on import.
 import '../users/user.graphql.js';
 import '../nodes/node.graphql.js';

@@ -1,8 +1,8 @@
 import { type DocumentNode, type ExecutionResult, getOperationAST, GraphQLError, type GraphQLSchema, type Source } from 'graphql';
 import { type CompiledQuery, compileQuery, isCompiledQuery } from 'graphql-jit';
 import type { GraphQLParams, Plugin } from 'graphql-yoga';
-import type { RequestContext } from './context.js';
-import { isIntrospectionOnly } from './plugins/require-viewer.js';
+import type { RequestContext } from '../graphql/context.js';
+import { isIntrospectionOnly } from '../graphql/plugins/require-viewer.js';
 
 /** Longest query text worth remembering (dashboards' hot queries are a few hundred bytes). */
 export const MAX_PREPARED_QUERY_LENGTH = 8_192;

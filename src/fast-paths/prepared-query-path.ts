@@ -6,11 +6,11 @@ import { type RequestContext, viewerContext } from '../graphql/context.js';
 import type { ErrorMasker } from '../graphql/plugins/mask-errors.js';
 import { recordOperation } from '../graphql/plugins/observe-operations.js';
 import { unauthenticated } from '../graphql/plugins/require-viewer.js';
-import { MAX_PREPARED_QUERY_LENGTH, type PreparedQueries } from '../graphql/prepared-queries.js';
-import type { PvegraphYoga } from '../graphql/yoga.js';
+import { MAX_PREPARED_QUERY_LENGTH, type PreparedQueries } from './prepared-queries.js';
+import type { PvegraphYoga } from '../api/yoga.js';
 import type { Services } from '../services.js';
 import type { TokenCheck, UnrefusedTokenCheck } from '../auth/authenticate.js';
-import { corsHeaders, resultMediaType } from './yoga-answers.js';
+import { corsHeaders, resultMediaType } from '../api/yoga-answers.js';
 
 /** Bodies above this go straight to Yoga (a prepared query plus its variables is far smaller). */
 const MAX_PREPARED_BODY_BYTES = MAX_PREPARED_QUERY_LENGTH + 8_192;

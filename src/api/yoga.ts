@@ -11,15 +11,13 @@ import type { Authenticate, UnrefusedTokenCheck } from '../auth/authenticate.js'
 import type { RevocationWatch } from '../auth/revocation-watch.js';
 import type { Metrics } from '../observability/metrics.js';
 import type { Services } from '../services.js';
-import { type RequestContext, type SubscriptionSink, viewerContext } from './context.js';
-import { useEndRevokedSubscriptions } from './plugins/end-revoked-subscriptions.js';
-import { useEndUnansweredStreams } from './plugins/end-unanswered-streams.js';
-import { type ErrorMasker, useMaskErrors } from './plugins/mask-errors.js';
-import { useObserveOperations } from './plugins/observe-operations.js';
-import { useRequireViewer } from './plugins/require-viewer.js';
-import { useShareSubscriptionEvents } from './plugins/share-subscription-events.js';
-import { useSubscriptionCap } from './plugins/subscription-cap.js';
-import { type PreparedQueries, useLearnPreparedQueries } from './prepared-queries.js';
+import { type RequestContext, type SubscriptionSink, viewerContext } from '../graphql/context.js';
+import { useEndRevokedSubscriptions } from '../graphql/plugins/end-revoked-subscriptions.js';
+import { useEndUnansweredStreams } from '../graphql/plugins/end-unanswered-streams.js';
+import { type ErrorMasker, useMaskErrors } from '../graphql/plugins/mask-errors.js';
+import { useObserveOperations } from '../graphql/plugins/observe-operations.js';
+import { useRequireViewer } from '../graphql/plugins/require-viewer.js';
+import { useSubscriptionCap } from '../graphql/plugins/subscription-cap.js';
 import { schema } from './schema.js';
 
 /**
@@ -48,10 +46,24 @@ export interface YogaOptions {
   maxSubscriptionsPerUser: number;
   /** Decides what clients see of errors (shared with the prepared-query path). */
   masker: ErrorMasker;
-  /** Filled with the query documents this Yoga has parsed and validated. */
-  prepared?: PreparedQueries;
   /** Where SSE subscriptions are watched, so a revoked token's streams end. */
   revocations?: RevocationWatch;
+  /** The fast paths' hooks into the chain (src/fast-paths/); without them Yoga runs plainly. */
+  fastPaths?: FastPathPlugins;
+}
+
+/** Where the fast paths (src/fast-paths/) hook into Yoga's plugin chain. */
+export interface FastPathPlugins {
+  /** Learns the documents Yoga has parsed and validated (the prepared-query path runs them). */
+  learnPreparedQueries: Plugin<RequestContext>;
+  /** Replaces the subscribe function: one execution per event and operation. */
+  shareSubscriptionEvents: Plugin<RequestContext>;
+}
+
+/** One plugin of the chain, named so the fast paths can say which of them they honour. */
+export interface NamedPlugin {
+  readonly name: string;
+  readonly plugin: Plugin<RequestContext>;
 }
 
 /**
@@ -67,37 +79,51 @@ export const QUERY_LIMITS = {
   maxCost: 5_000,
 } as const;
 
-export function createPvegraphYoga(opts: YogaOptions): PvegraphYoga {
-  const { services, log, metrics, masker } = opts;
-  const plugins: Array<Plugin<RequestContext>> = [
+/** The plugin chain, in order. */
+export function pvegraphPlugins(opts: Omit<YogaOptions, 'authenticate' | 'log' | 'graphiql' | 'maxRequestBodyBytes' | 'services'>): NamedPlugin[] {
+  const { metrics, masker } = opts;
+  const plugins: NamedPlugin[] = [
     // Before the metrics and access log, whose onExecuteDone then sees the masked codes.
-    useMaskErrors(masker),
+    { name: 'maskErrors', plugin: useMaskErrors(masker) },
     // Before the plugins that may stop an operation, so it also sees those (UNAUTHENTICATED, caps).
-    useObserveOperations(metrics),
-    EnvelopArmorPlugin({
-      maxDepth: { n: QUERY_LIMITS.maxDepth, ignoreIntrospection: true, flattenFragments: true },
-      maxAliases: { n: QUERY_LIMITS.maxAliases },
-      maxTokens: { n: QUERY_LIMITS.maxTokens },
-      maxDirectives: { n: QUERY_LIMITS.maxDirectives },
-      costLimit: { maxCost: QUERY_LIMITS.maxCost, ignoreIntrospection: true },
-      // "Did you mean …?" would hand out the schema that introspection hides.
-      blockFieldSuggestion: { enabled: !opts.introspection },
-    }) as Plugin<RequestContext>,
+    { name: 'observeOperations', plugin: useObserveOperations(metrics) },
+    {
+      name: 'armor',
+      plugin: EnvelopArmorPlugin({
+        maxDepth: { n: QUERY_LIMITS.maxDepth, ignoreIntrospection: true, flattenFragments: true },
+        maxAliases: { n: QUERY_LIMITS.maxAliases },
+        maxTokens: { n: QUERY_LIMITS.maxTokens },
+        maxDirectives: { n: QUERY_LIMITS.maxDirectives },
+        costLimit: { maxCost: QUERY_LIMITS.maxCost, ignoreIntrospection: true },
+        // "Did you mean …?" would hand out the schema that introspection hides.
+        blockFieldSuggestion: { enabled: !opts.introspection },
+      }) as Plugin<RequestContext>,
+    },
     // Browsers can only send these headers after a CORS preflight, so a cross-site form or
     // <img> cannot trigger an operation. Authenticated requests carry Authorization anyway.
-    useCSRFPrevention({ requestHeaders: ['authorization', 'x-graphql-yoga-csrf', 'graphql-require-preflight'] }) as Plugin<RequestContext>,
-    useRequireViewer(),
-    useSubscriptionCap(opts.maxSubscriptionsPerUser),
-    ...(opts.prepared ? [useLearnPreparedQueries(opts.prepared)] : []),
-    // After the plugins that register with a subscription's stream (its gauge and slot are
-    // released through the stream it wraps).
-    ...(opts.revocations ? [useEndRevokedSubscriptions(opts.revocations, () => metrics.revokedConnections.inc({ transport: 'sse' }))] : []),
-    // Last: replaces the subscribe function (one execution per event and operation).
-    useShareSubscriptionEvents(masker),
-    useEndUnansweredStreams(),
+    {
+      name: 'csrfPrevention',
+      plugin: useCSRFPrevention({ requestHeaders: ['authorization', 'x-graphql-yoga-csrf', 'graphql-require-preflight'] }) as Plugin<RequestContext>,
+    },
+    { name: 'requireViewer', plugin: useRequireViewer() },
+    { name: 'subscriptionCap', plugin: useSubscriptionCap(opts.maxSubscriptionsPerUser) },
   ];
-  if (!opts.introspection) plugins.push(useDisableIntrospection() as Plugin<RequestContext>);
+  if (opts.fastPaths) plugins.push({ name: 'learnPreparedQueries', plugin: opts.fastPaths.learnPreparedQueries });
+  // After the plugins that register with a subscription's stream (its gauge and slot are
+  // released through the stream it wraps).
+  if (opts.revocations) {
+    const ended = () => metrics.revokedConnections.inc({ transport: 'sse' });
+    plugins.push({ name: 'endRevokedSubscriptions', plugin: useEndRevokedSubscriptions(opts.revocations, ended) });
+  }
+  // Last but one: replaces the subscribe function (one execution per event and operation).
+  if (opts.fastPaths) plugins.push({ name: 'shareSubscriptionEvents', plugin: opts.fastPaths.shareSubscriptionEvents });
+  plugins.push({ name: 'endUnansweredStreams', plugin: useEndUnansweredStreams() });
+  if (!opts.introspection) plugins.push({ name: 'disableIntrospection', plugin: useDisableIntrospection() as Plugin<RequestContext> });
+  return plugins;
+}
 
+export function createPvegraphYoga(opts: YogaOptions): PvegraphYoga {
+  const { services, log } = opts;
   return createYoga<ServerContext, RequestContext>({
     schema,
     graphqlEndpoint: '/graphql',
@@ -113,7 +139,7 @@ export function createPvegraphYoga(opts: YogaOptions): PvegraphYoga {
     // masking plugin would wrap every subscriber's stream once more.
     maskedErrors: false,
     maxRequestBodySize: opts.maxRequestBodyBytes,
-    plugins,
+    plugins: pvegraphPlugins(opts).map((p) => p.plugin),
     context: async (initial): Promise<RequestContext> => {
       const requestId = initial.requestId ?? initial.request.headers.get('x-request-id') ?? randomUUID();
       const base = { services, requestId, log };
