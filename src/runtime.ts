@@ -96,7 +96,8 @@ export async function openRuntime(config: Config, log: Logger, opts: RuntimeOpti
     const vmids = new VmidService({
       store: createVmidStore(redis, db.prisma, {
         log: log.child({ component: 'vmids' }),
-        localReadMs: config.vmidReadCacheMs,
+        // The local snapshots are a fast path (src/fast-paths/index.ts): off with the others.
+        localReadMs: config.fastPaths ? config.vmidReadCacheMs : 0,
         reuseHoldMs: config.vmidReuseHoldS * 1000,
         onRead: (source) => snapshotReads[source].inc(),
       }),

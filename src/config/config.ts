@@ -122,6 +122,7 @@ const envSchema = z.object({
   MAX_SUBSCRIPTIONS_PER_USER: int('MAX_SUBSCRIPTIONS_PER_USER', 1_000, 1, 10_000_000),
   WS_MAX_BUFFERED_BYTES: int('WS_MAX_BUFFERED_BYTES', 4 * 1024 * 1024, 1_024, 1_073_741_824),
   METRICS_TOKEN: z.string().optional(),
+  PVEGRAPH_FAST_PATHS: z.stringbool({ error: 'PVEGRAPH_FAST_PATHS must be true or false' }).default(true),
 });
 
 export type LogLevel = (typeof LOG_LEVELS)[number];
@@ -167,6 +168,8 @@ export interface Config {
   maxSubscriptionsPerUser: number;
   /** When set, /metrics requires `Authorization: Bearer <METRICS_TOKEN>`. */
   metricsToken: string | undefined;
+  /** The fast paths around Yoga and graphql-ws (src/fast-paths/); off: plain Yoga and plain graphql-ws. */
+  fastPaths: boolean;
 }
 
 export class ConfigError extends Error {
@@ -230,6 +233,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, opts: LoadOptio
     wsMaxBufferedBytes: e.WS_MAX_BUFFERED_BYTES,
     maxSubscriptionsPerUser: e.MAX_SUBSCRIPTIONS_PER_USER,
     metricsToken: e.METRICS_TOKEN || undefined,
+    fastPaths: e.PVEGRAPH_FAST_PATHS,
   };
 }
 

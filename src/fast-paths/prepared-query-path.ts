@@ -28,6 +28,9 @@ export interface HandOver {
   readonly check: UnrefusedTokenCheck | undefined;
 }
 export const ANSWERED = 'answered';
+
+/** Answers the request, or tells what Yoga is to handle (the body read is handed along on `req.body`). */
+export type PreparedQueryPath = (req: IncomingMessage, res: ServerResponse, requestId: string) => Promise<typeof ANSWERED | HandOver>;
 const UNCHECKED: HandOver = Object.freeze({ check: undefined });
 
 /** A refused token's answer, as Yoga formats it (see refusalOf). */
@@ -69,7 +72,7 @@ export interface PreparedQueryPathOptions {
  *
  * Returns `ANSWERED`, or a `HandOver` with the token check when one was made.
  */
-export function createPreparedQueryPath(opts: PreparedQueryPathOptions) {
+export function createPreparedQueryPath(opts: PreparedQueryPathOptions): PreparedQueryPath {
   const { yoga, prepared, services, log, masker } = opts;
   const { metrics } = services;
   const maxBody = Math.min(MAX_PREPARED_BODY_BYTES, opts.maxRequestBodyBytes);

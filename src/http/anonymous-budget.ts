@@ -1,5 +1,6 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import type { AnonymousBucket, LookupBudget, Refused, TokenCheck } from '../auth/authenticate.js';
+import { bearerToken } from '../auth/api-token.js';
+import type { AnonymousBucket, Authenticate, LookupBudget, Refused, TokenCheck } from '../auth/authenticate.js';
 import { ErrorCode } from '../errors.js';
 import { rateLimitedMessage } from '../ratelimit/rate-limiter.js';
 import type { Services } from '../services.js';
@@ -100,6 +101,19 @@ export function createAnonymousBudget(services: Pick<Services, 'rateLimiter' | '
       return false;
     },
   };
+}
+
+/**
+ * An HTTP request's token through authenticate(), charged to its address; a refusal is
+ * answered 429 here. Synchronous when the answer is cached.
+ */
+export function checkHttpToken(authenticate: Authenticate, req: IncomingMessage, res: ServerResponse): TokenCheck | Promise<TokenCheck> {
+  const check = authenticate(bearerToken(req.headers.authorization), req);
+  if (!(check instanceof Promise)) return check; // cached: no extra tick
+  return check.then((c) => {
+    if (c.kind === 'refused') answer429(req, res, c);
+    return c;
+  });
 }
 
 /**

@@ -63,6 +63,8 @@ export async function startTestServer(opts: TestServerOptions = {}): Promise<Tes
     RATE_LIMIT_RESERVATIONS_PER_MIN: '1000000',
     // Every test request comes from 127.0.0.1; the budget is still counted on every tokenless one.
     RATE_LIMIT_ANONYMOUS_PER_MIN: '1000000',
+    // CI runs the suite a second time with the fast paths off (.ci/run).
+    ...(process.env.PVEGRAPH_FAST_PATHS ? { PVEGRAPH_FAST_PATHS: process.env.PVEGRAPH_FAST_PATHS } : {}),
     ...opts.env,
   });
   const log = createLogger(config.logLevel, opts.logStream);

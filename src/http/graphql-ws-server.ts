@@ -1,0 +1,163 @@
+import { randomUUID } from 'node:crypto';
+import type { Server } from 'node:http';
+import { type ExecutionArgs, GraphQLError } from 'graphql';
+import { useServer } from 'graphql-ws/use/ws';
+import { WebSocket, WebSocketServer } from 'ws';
+import type { PvegraphYoga } from '../api/yoga.js';
+import { bearerToken } from '../auth/api-token.js';
+import type { Authenticate, UnrefusedTokenCheck } from '../auth/authenticate.js';
+import type { Viewer } from '../auth/auth-service.js';
+import type { RevocationWatch } from '../auth/revocation-watch.js';
+import type { Config } from '../config/config.js';
+import type { SubscriptionSink } from '../graphql/context.js';
+// Over HTTP, Yoga's masking adds codes; WebSocket parse/validation errors bypass it.
+import { withCode } from '../graphql/plugins/mask-errors.js';
+import { UnauthenticatedError } from '../errors.js';
+import type { Metrics } from '../observability/metrics.js';
+import { rateLimitedMessage } from '../ratelimit/rate-limiter.js';
+
+/** WebSocket close codes we send ourselves (graphql-ws names its own). */
+export const enum WsCloseCode {
+  /** Over the per-user connection cap (RFC 6455 policy violation). */
+  PolicyViolation = 1008,
+  /** Bad or missing token (graphql-ws Forbidden). */
+  Forbidden = 4403,
+  /** The address has spent its budget for requests without a valid token (anonymous-budget.ts). */
+  TooManyRequests = 4429,
+}
+
+export interface GraphqlWsServerOptions {
+  server: Server;
+  yoga: PvegraphYoga;
+  authenticate: Authenticate;
+  revocations: RevocationWatch;
+  metrics: Metrics;
+  config: Pick<Config, 'maxRequestBodyBytes' | 'wsMaxConnectionsPerUser'>;
+  /**
+   * Where an operation's subscription events may be written directly (the shared subscription
+   * executor, src/fast-paths/); absent, graphql-ws writes every event itself.
+   */
+  sinkFor?: ((socket: WebSocket, id: string) => SubscriptionSink) | undefined;
+}
+
+type WsExtra = {
+  /** Who opened the socket: what its slot in socketsPerUser is counted under (operations use their own check). */
+  viewer?: Viewer;
+  /** This socket holds a slot in socketsPerUser (released exactly once). */
+  counted?: boolean;
+};
+
+/**
+ * graphql-ws on /graphql: the token is authenticated once per socket (connection_init) and
+ * again per operation; every operation goes through Yoga's envelop, so its plugins guard it.
+ */
+export function createGraphqlWsServer({ server, yoga, authenticate, revocations, metrics, config, sinkFor }: GraphqlWsServerOptions): WebSocketServer {
+  const wss = new WebSocketServer({ server, path: '/graphql', maxPayload: config.maxRequestBodyBytes });
+  /** Each socket's token: re-checked per operation. */
+  const tokens = new WeakMap<WebSocket, string>();
+  const socketsPerUser = new Map<string, number>();
+  useServer<Record<string, unknown>, WsExtra>(
+    {
+      // Decided once per socket: returning false closes it with 4403 Forbidden.
+      onConnect: async (ctx) => {
+        const token = bearerToken(String(ctx.connectionParams?.authorization ?? ''));
+        // A token only the database can tell about is charged to the address's budget, as over HTTP.
+        const check = await authenticate(token, ctx.extra.request);
+        if (check.kind === 'unchecked') throw check.error; // as before: graphql-ws closes with 4500
+        if (check.kind === 'refused') {
+          // The reason names the budget spent (address or IPv6 /48); it fits a close frame's 123 bytes.
+          ctx.extra.socket.close(WsCloseCode.TooManyRequests, rateLimitedMessage(check.bucket, check.retryAfterSeconds));
+          return false;
+        }
+        if (check.kind !== 'viewer') return false;
+        const viewer = check.viewer;
+        // Closed while the token was being checked: onClose has run already, count nothing.
+        if (ctx.extra.socket.readyState !== WebSocket.OPEN) return false;
+        const open = socketsPerUser.get(viewer.userId) ?? 0;
+        if (open >= config.wsMaxConnectionsPerUser) {
+          ctx.extra.socket.close(WsCloseCode.PolicyViolation, `At most ${config.wsMaxConnectionsPerUser} connections per user`);
+          return false;
+        }
+        socketsPerUser.set(viewer.userId, open + 1);
+        metrics.webSockets.inc();
+        ctx.extra.viewer = viewer;
+        ctx.extra.counted = true;
+        tokens.set(ctx.extra.socket, token!);
+        const socket = ctx.extra.socket;
+        socket.once(
+          'close',
+          revocations.watch(token!, {
+            revoke: () => {
+              metrics.revokedConnections.inc({ transport: 'websocket' });
+              socket.close(WsCloseCode.Forbidden, 'Forbidden');
+            },
+          }),
+        );
+        return true;
+      },
+      onClose: (ctx) => {
+        const userId = ctx.extra.viewer?.userId;
+        if (!userId || !ctx.extra.counted) return;
+        ctx.extra.counted = false;
+        metrics.webSockets.dec();
+        const left = (socketsPerUser.get(userId) ?? 1) - 1;
+        if (left <= 0) socketsPerUser.delete(userId);
+        else socketsPerUser.set(userId, left);
+      },
+      // Every WebSocket operation goes through Yoga's envelop, so its plugins guard it too.
+      onSubscribe: async (ctx, id, payload) => {
+        // Authenticated per operation (cached), so a revoked token stops working on open
+        // sockets within TOKEN_CACHE_TTL_MS, as it does over HTTP. Charged to nobody: the
+        // socket's token was valid when it opened.
+        const pending = authenticate(tokens.get(ctx.extra.socket) ?? null, null);
+        const check = pending instanceof Promise ? await pending : pending;
+        if (check.kind === 'unchecked') throw check.error; // as before: graphql-ws closes with 4500
+        if (check.kind !== 'viewer') {
+          ctx.extra.socket.close(WsCloseCode.Forbidden, 'Forbidden');
+          return [new UnauthenticatedError('The API token is not valid (unknown or revoked).')];
+        }
+        const tokenCheck: UnrefusedTokenCheck = check;
+        const { schema, execute, subscribe, contextFactory, parse, validate } = yoga.getEnveloped({
+          ...ctx,
+          req: ctx.extra.request,
+          socket: ctx.extra.socket,
+          params: payload,
+          tokenCheck,
+          requestId: randomUUID(),
+          ...(sinkFor ? { sink: sinkFor(ctx.extra.socket, id) } : {}),
+        });
+        let document;
+        try {
+          document = parse(payload.query);
+        } catch (err) {
+          // Syntax errors and the token/depth limits that run while parsing: tell the client.
+          if (err instanceof GraphQLError) return [withCode(err, 'GRAPHQL_PARSE_FAILED')];
+          throw err;
+        }
+        let errors: readonly GraphQLError[];
+        try {
+          errors = validate(schema, document);
+        } catch (err) {
+          // Some limit rules (graphql-armor's depth) throw instead of reporting.
+          if (err instanceof GraphQLError) return [withCode(err, 'GRAPHQL_VALIDATION_FAILED')];
+          throw err;
+        }
+        if (errors.length) return errors.map((e) => withCode(e, 'GRAPHQL_VALIDATION_FAILED'));
+        const args: ExecutionArgs & { rootValue: { execute: typeof execute; subscribe: typeof subscribe } } = {
+          schema,
+          operationName: payload.operationName,
+          document,
+          variableValues: payload.variables,
+          contextValue: await contextFactory(),
+          rootValue: { execute, subscribe },
+        };
+        return args;
+      },
+      // Yoga's envelop execute/subscribe (handed over in onSubscribe), so its plugins run.
+      execute: (args) => (args.rootValue as { execute: (a: ExecutionArgs) => unknown }).execute(args) as never,
+      subscribe: (args) => (args.rootValue as { subscribe: (a: ExecutionArgs) => unknown }).subscribe(args) as never,
+    },
+    wss,
+  );
+  return wss;
+}
