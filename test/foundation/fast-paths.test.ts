@@ -7,6 +7,7 @@ import { createFastPaths, PLUGINS_ACCOUNTED_FOR } from '../../src/fast-paths/ind
 import { createErrorMasker } from '../../src/graphql/plugins/mask-errors.js';
 import { Metrics } from '../../src/observability/metrics.js';
 import type { Services } from '../../src/services.js';
+import { metricValue, startTestServer } from '../support/test-server.js';
 
 describe('fast paths', () => {
   it('account for every plugin of the Yoga chain (the prepared path runs none of them)', () => {
@@ -32,5 +33,28 @@ describe('fast paths', () => {
     expect(loadConfig({ PVEGRAPH_FAST_PATHS: 'false' }).fastPaths).toBe(false);
     expect(loadConfig({ PVEGRAPH_FAST_PATHS: 'true' }).fastPaths).toBe(true);
     expect(() => loadConfig({ PVEGRAPH_FAST_PATHS: 'sometimes' })).toThrow(/PVEGRAPH_FAST_PATHS must be true or false/);
+  });
+
+  it.each([
+    ['true', 1],
+    ['false', 0],
+  ])('PVEGRAPH_FAST_PATHS=%s: a repeated query is answered on the prepared path %i time(s)', async (flag, prepared) => {
+    const server = await startTestServer({ env: { PVEGRAPH_FAST_PATHS: flag } });
+    try {
+      const { token } = await server.createUser();
+      for (let i = 0; i < 2; i++) {
+        const res = await fetch(server.graphqlUrl, {
+          method: 'POST',
+          headers: { 'content-type': 'application/json', authorization: `Bearer ${token}` },
+          body: JSON.stringify({ query: '{ me { id } }' }),
+        });
+        expect(res.status).toBe(200);
+      }
+      // The series exists only where the fast path does (Number.NaN: absent).
+      const answered = await metricValue(server, 'pvegraph_graphql_prepared_requests_total{path="prepared"}');
+      expect(Number.isNaN(answered) ? 0 : answered).toBe(prepared);
+    } finally {
+      await server.stop();
+    }
   });
 });

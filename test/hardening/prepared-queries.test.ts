@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CreateNode } from '../nodes/documents.js';
 import { TEST_POSTGRES_URL } from '../support/env.js';
+import { fastPathsOn } from '../support/fast-paths.js';
 import { nodeInputFor, type Simulator, startTestSimulator } from '../support/simulator.js';
 import { startTcpProxy } from '../support/tcp-proxy.js';
 import { adminQuery, createTestDatabase } from '../support/test-database.js';
@@ -116,7 +117,8 @@ const DOCUMENTS = {
   me: (name: string) => ({ query: `{ ${name}: me { id name } }` }),
 };
 
-describe('prepared-query path', () => {
+// Skipped with the fast paths off (PVEGRAPH_FAST_PATHS=false): this tests one.
+describe.skipIf(!fastPathsOn)('prepared-query path', () => {
   // A dashboard repeating a query gets the very answer it got the first time, whatever it accepts.
   describe.each(Object.keys(DOCUMENTS) as Array<keyof typeof DOCUMENTS>)('answers %s as Yoga does', (doc) => {
     it.each(ACCEPTS.map((a) => [a ?? '(no Accept)', a] as const))('Accept: %s', async (_label, accept) => {
@@ -314,7 +316,7 @@ describe('prepared-query path', () => {
 
 // PostgreSQL unreachable and the token not cached: a learned document is answered exactly as
 // Yoga answers a never-seen one (masked JSON, Yoga's status), not with a bare 500.
-describe('prepared-query path while PostgreSQL is unreachable', () => {
+describe.skipIf(!fastPathsOn)('prepared-query path while PostgreSQL is unreachable', () => {
   it('hands a request whose token cannot be checked to Yoga', async () => {
     const target = new URL(TEST_POSTGRES_URL);
     const [db, relay] = await Promise.all([createTestDatabase(), startTcpProxy(target.hostname, Number(target.port || 5432))]);
