@@ -32,7 +32,7 @@ const yoga = createPvegraphYoga({ services, authenticate: createAuthenticate(ser
 const server = makeServer<Record<string, unknown>, { viewer: typeof viewer }>({
   onConnect: (ctx) => { ctx.extra.viewer = viewer; return true; },
   onSubscribe: async (ctx, id, payload) => {
-    // As src/http/app.ts: events are written through the operation's sink (graphql-ws-sink.ts).
+    // As src/http/graphql-ws-server.ts with the fast paths on: events are written through the operation's sink (graphql-ws-sink.ts).
     const head = `{"id":${JSON.stringify(id)},"type":"next","payload":`;
     const sink = { next: (serialized: string) => count(`${head}${serialized}}`) };
     const { schema, execute, subscribe, contextFactory, parse, validate } = yoga.getEnveloped({ ...ctx, params: payload, tokenCheck: { kind: 'viewer', viewer: ctx.extra.viewer }, requestId: 'r', sink } as any);

@@ -1,6 +1,6 @@
 import { type DocumentNode, type ExecutionResult, getOperationAST, GraphQLError, type GraphQLSchema, type Source } from 'graphql';
 import { type CompiledQuery, compileQuery, isCompiledQuery } from 'graphql-jit';
-import type { GraphQLParams, Plugin } from 'graphql-yoga';
+import type { Plugin, YogaInitialContext } from 'graphql-yoga';
 import type { RequestContext } from '../graphql/context.js';
 import { isIntrospectionOnly } from '../graphql/plugins/require-viewer.js';
 
@@ -23,7 +23,7 @@ export interface PreparedQuery {
  * validation with every rule (graphql-armor's depth, cost, alias and directive limits,
  * disabled introspection) — keyed by their exact text and operation name. All of those checks
  * depend only on the text and the schema, so a document listed here would pass them again:
- * the prepared path (http/prepared-query-path.ts) runs it without repeating them, compiled
+ * the prepared path (prepared-query-path.ts) runs it without repeating them, compiled
  * by graphql-jit (same resolvers, a tenth of graphql-js's per-request execution cost here).
  * Queries and mutations are listed (graphql-jit runs a mutation's root fields one after
  * another, as the spec requires); subscriptions always take the full path.
@@ -101,7 +101,8 @@ function asGraphQLJsError(error: GraphQLError, source: Source | undefined): Grap
 /**
  * graphql-jit reports a value that failed to serialise (a scalar's serialize threw) by its
  * message alone, where graphql-js keeps the thrown error: give it one back, so the masker
- * hides and logs it as unexpected. graphql-js's own null-violation errors have none.
+ * hides and logs it as unexpected. graphql-js's own null-violation errors have none. By the
+ * message, because graphql-jit (0.8, getSerializer's onError) passes nothing else on.
  */
 function originalOf(error: GraphQLError): Error | undefined {
   if (!error.path || error.message.startsWith('Cannot return null for non-nullable field')) return undefined;
@@ -130,11 +131,12 @@ function keyOf(query: string, operationName: string | null): string {
  * authenticated requests: tokenless clients (introspection needs none) must not be able to
  * push dashboards' documents out of the bounded list.
  */
-export function useLearnPreparedQueries(prepared: PreparedQueries): Plugin<RequestContext> {
+export function useLearnPreparedQueries(prepared: PreparedQueries): Plugin<RequestContext & Partial<YogaInitialContext>> {
   return {
     onExecute({ args }) {
       if (!args.contextValue.viewer) return;
-      const params = (args.contextValue as { params?: GraphQLParams }).params;
+      // Yoga's initial context (YogaInitialContext.params) is part of every operation's context.
+      const { params } = args.contextValue;
       if (typeof params?.query !== 'string') return;
       prepared.remember(params.query, params.operationName ?? null, args.document);
     },

@@ -25,7 +25,7 @@ export interface RequestContext extends Omit<GraphQLContext, 'viewer'> {
 
 /**
  * Where a subscription's events can go without a promise and a JSON.stringify per subscriber
- * (share-subscription-events): the transport writes one already-serialised ExecutionResult as
+ * (src/fast-paths/share-subscription-events.ts): the transport writes one already-serialised ExecutionResult as
  * this operation's next message. Throws to end the subscription with that error (a client
  * that stopped reading).
  */

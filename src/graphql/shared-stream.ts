@@ -1,5 +1,12 @@
 import type { ExecutionResult } from 'graphql';
 
+/*
+ * The protocol between the shared subscription executor (src/fast-paths/share-subscription-events.ts)
+ * and the plugins that register with the streams it returns (mask-errors, observe-operations,
+ * subscription-cap). With the fast paths off no stream is shared, and onStreamEnd hands
+ * envelop's own onEnd hook back: the plugins then run as plain envelop plugins.
+ */
+
 /**
  * Marks a stream whose results are masked already and which calls its own end callbacks, so
  * the plugins that would otherwise wrap every subscriber's stream in one more async layer per

@@ -182,7 +182,7 @@ export interface ConnectionTestResult {
   /** What tells this cluster from every other; null when the token cannot read it. */
   identity: ClusterIdentity | null;
   /**
-   * Privileges pvegraph needs (src/clusters/privileges.ts) that the token lacks, as
+   * Privileges pvegraph needs (src/proxmox/privileges.ts) that the token lacks, as
    * "Privilege@path", from /access/permissions. Empty when all are there, when Proxmox could not
    * say (the call failed, e.g. an older Proxmox), and on a failed test — except a refusal (403)
    * after the token authenticated, where it says what the token is missing.

@@ -9,7 +9,7 @@ import { adminQuery, createTestDatabase } from '../support/test-database.js';
 import { startTestServer, type TestServer } from '../support/test-server.js';
 
 /**
- * The prepared-query path (src/http/prepared-query-path.ts) answers a query document Yoga has
+ * The prepared-query path (src/fast-paths/prepared-query-path.ts) answers a query document Yoga has
  * run once without Yoga's HTTP handling. To a client it must be invisible: same answers, same
  * auth, same errors, same logs and metrics. Each test uses its own query texts (operation
  * names carry a counter), so what one test teaches the server does not leak into another.

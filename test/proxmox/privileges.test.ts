@@ -15,7 +15,7 @@ import { makeClient } from './helpers.js';
 const perms = (entries: Record<string, Record<string, boolean>>): PermissionMap =>
   new Map(Object.entries(entries).map(([p, privs]) => [p, new Map(Object.entries(privs))]));
 
-describe('the privileges pvegraph needs (src/clusters/privileges.ts)', () => {
+describe('the privileges pvegraph needs (src/proxmox/privileges.ts)', () => {
   it('VM.Audit on /vms and Sys.Audit on /, each with what it is for; VM.Allocate is not needed', () => {
     expect([...new Set(REQUIRED_PRIVILEGES.map(privilegeLabel))]).toEqual(['VM.Audit@/vms', 'Sys.Audit@/']);
     expect(requiredPrivilegeNames()).toEqual(['VM.Audit', 'Sys.Audit']);

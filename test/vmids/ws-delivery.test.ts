@@ -9,7 +9,7 @@ import { ReleaseVmid, ReserveVmid, VmidEvents, VmidsTaken } from './documents.js
 
 /**
  * Subscription events over graphql-ws are written straight to the socket, one serialisation
- * per event and operation shape (share-subscription-events, http/graphql-ws-sink). What a raw
+ * per event and operation shape (src/fast-paths: share-subscription-events, graphql-ws-sink). What a raw
  * graphql-transport-ws client sees must not change: the frames graphql-ws itself writes, per
  * operation, until it completes; and a client that stops reading loses its subscriptions,
  * not the server its memory.
