@@ -26,27 +26,16 @@ async function main(): Promise<void> {
       : `service mode: PostgreSQL, ${config.redisUrl ? 'Redis cache and pub/sub' : 'in-process cache and pub/sub (single instance)'}`,
   );
 
-  if (runtime.mode === 'embedded' && (await runtime.services.auth.countUsers()) === 0) {
-    const { token } = await runtime.services.auth.createUser('admin');
-    // Printed once, on stdout and not through the logger, so it never lands in log files.
-    process.stdout.write(
-      [
-        '',
-        '================================================================',
-        ' First start: created user "admin". Its API token (shown once):',
-        '',
-        `   ${token}`,
-        '',
-        ' Use it as: Authorization: Bearer <token>',
-        '================================================================',
-        '',
-      ].join('\n') + '\n',
-    );
-  }
-
+  // The port first: a server that cannot serve creates no admin and prints no token.
   const app = createApp({ services: runtime.services, log, config });
-  const url = await app.listen(config.port, config.host);
-  log.info({ url: `${url}/graphql` }, config.graphiql ? `pvegraph listening: GraphiQL at ${url}/graphql` : `pvegraph listening at ${url}/graphql`);
+  let url: string;
+  try {
+    url = await app.listen(config.port, config.host);
+  } catch (err) {
+    await runtime.close();
+    await releaseLock();
+    throw listenFailure(err, config.host, config.port);
+  }
 
   let stopping = false;
   const shutdown = async (signal: string) => {
@@ -65,6 +54,35 @@ async function main(): Promise<void> {
   };
   process.on('SIGTERM', () => void shutdown('SIGTERM'));
   process.on('SIGINT', () => void shutdown('SIGINT'));
+
+  if (runtime.mode === 'embedded' && (await runtime.services.auth.countUsers()) === 0) {
+    const { token } = await runtime.services.auth.createUser('admin');
+    // Printed once, on stdout and not through the logger, so it never lands in log files.
+    process.stdout.write(
+      [
+        '',
+        '================================================================',
+        ' First start: created user "admin". Its API token (shown once):',
+        '',
+        `   ${token}`,
+        '',
+        ' Use it as: Authorization: Bearer <token>',
+        '================================================================',
+        '',
+      ].join('\n') + '\n',
+    );
+  }
+
+  log.info({ url: `${url}/graphql` }, config.graphiql ? `pvegraph listening: GraphiQL at ${url}/graphql` : `pvegraph listening at ${url}/graphql`);
+}
+
+/** Why the port could not be bound, in one line for the operator (no stack: nothing is broken). */
+function listenFailure(err: unknown, host: string, port: number): Error {
+  const code = (err as NodeJS.ErrnoException).code;
+  if (code === 'EADDRINUSE') return new Error(`${host}:${port} is in use by another process (set PORT or HOST)`);
+  if (code === 'EACCES') return new Error(`not allowed to listen on ${host}:${port} (set PORT or HOST)`);
+  if (code === 'EADDRNOTAVAIL') return new Error(`${host} is not an address of this machine (set HOST)`);
+  return err instanceof Error ? err : new Error(String(err));
 }
 
 main().catch((err: unknown) => {

@@ -13,6 +13,7 @@ import type { Metrics } from '../observability/metrics.js';
 import type { Services } from '../services.js';
 import { type RequestContext, type SubscriptionSink, viewerContext } from '../graphql/context.js';
 import { useEndRevokedSubscriptions } from '../graphql/plugins/end-revoked-subscriptions.js';
+import { useEndSubscriptionsOnShutdown } from '../graphql/plugins/end-subscriptions-on-shutdown.js';
 import { useEndUnansweredStreams } from '../graphql/plugins/end-unanswered-streams.js';
 import { type ErrorMasker, useMaskErrors } from '../graphql/plugins/mask-errors.js';
 import { useObserveOperations } from '../graphql/plugins/observe-operations.js';
@@ -48,6 +49,8 @@ export interface YogaOptions {
   masker: ErrorMasker;
   /** Where SSE subscriptions are watched, so a revoked token's streams end. */
   revocations?: RevocationWatch;
+  /** Aborted on shutdown: every subscription stream then completes. */
+  shutdown?: AbortSignal;
   /** The fast paths' hooks into the chain (src/fast-paths/); without them Yoga runs plainly. */
   fastPaths?: FastPathPlugins;
 }
@@ -119,6 +122,8 @@ export function pvegraphPlugins(opts: Omit<YogaOptions, 'authenticate' | 'log' |
   if (opts.fastPaths) plugins.push({ name: 'shareSubscriptionEvents', plugin: opts.fastPaths.shareSubscriptionEvents });
   plugins.push({ name: 'endUnansweredStreams', plugin: useEndUnansweredStreams() });
   if (!opts.introspection) plugins.push({ name: 'disableIntrospection', plugin: useDisableIntrospection() as Plugin<RequestContext> });
+  // Last: wraps every subscription stream once the others have registered with it.
+  if (opts.shutdown) plugins.push({ name: 'endSubscriptionsOnShutdown', plugin: useEndSubscriptionsOnShutdown(opts.shutdown) });
   return plugins;
 }
 

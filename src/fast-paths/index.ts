@@ -32,8 +32,8 @@ import { useShareSubscriptionEvents } from './share-subscription-events.js';
  * - armor, csrfPrevention, disableIntrospection: only documents Yoga has parsed and validated
  *   (with its limits) are prepared, and only JSON POSTs with Authorization are answered;
  * - requireViewer: the same refusal (unauthenticated()) and status;
- * - subscriptionCap, endRevokedSubscriptions, shareSubscriptionEvents, endUnansweredStreams:
- *   subscriptions are never prepared (queries and mutations only);
+ * - subscriptionCap, endRevokedSubscriptions, shareSubscriptionEvents, endUnansweredStreams,
+ *   endSubscriptionsOnShutdown: subscriptions are never prepared (queries and mutations only);
  * - learnPreparedQueries: the fast path's own.
  */
 export const PLUGINS_ACCOUNTED_FOR = [
@@ -48,6 +48,7 @@ export const PLUGINS_ACCOUNTED_FOR = [
   'shareSubscriptionEvents',
   'endUnansweredStreams',
   'disableIntrospection',
+  'endSubscriptionsOnShutdown',
 ] as const;
 
 export interface FastPathsOptions {

@@ -37,7 +37,7 @@ export interface App {
   readonly server: Server;
   readonly yoga: PvegraphYoga;
   listen(port: number, host: string): Promise<string>;
-  /** Stops accepting, closes WebSockets with 1001, lets in-flight HTTP requests finish. */
+  /** Stops accepting, completes every subscription, closes WebSockets with 1001, lets in-flight HTTP requests finish. */
   stop(): Promise<void>;
 }
 
@@ -59,6 +59,7 @@ export function createApp({ services, log, config }: AppOptions): App {
   const budget = createAnonymousBudget(services, clientAddressOf(config.trustProxy));
   const authenticate = createAuthenticate(services.auth, budget);
   const checkToken = checkHttpToken.bind(null, authenticate);
+  const shutdown = new AbortController();
   const fastPaths = config.fastPaths
     ? createFastPaths({ services, log, masker, maxRequestBodyBytes: config.maxRequestBodyBytes, wsMaxBufferedBytes: config.wsMaxBufferedBytes })
     : null;
@@ -66,6 +67,7 @@ export function createApp({ services, log, config }: AppOptions): App {
   const yoga = createPvegraphYoga({
     authenticate,
     revocations,
+    shutdown: shutdown.signal,
     masker,
     services,
     log,
@@ -77,7 +79,7 @@ export function createApp({ services, log, config }: AppOptions): App {
     ...(fastPaths ? { fastPaths: fastPaths.yogaPlugins } : {}),
   });
   const server = createHttpServer({ services, log, config, yoga, budget, checkToken, preparedQueries: fastPaths?.preparedQueryPath(yoga, checkToken) });
-  const wss = createGraphqlWsServer({ server, yoga, authenticate, revocations, metrics, config, sinkFor: fastPaths?.sinkFor });
+  const ws = createGraphqlWsServer({ server, yoga, authenticate, revocations, metrics, config, sinkFor: fastPaths?.sinkFor });
 
   return {
     server,
@@ -85,7 +87,7 @@ export function createApp({ services, log, config }: AppOptions): App {
     listen: (port, host) => listen(server, port, host),
     async stop() {
       revocations.stop();
-      await stopServing(server, wss);
+      await stopServing({ server, ws, shutdown, log });
     },
   };
 }

@@ -40,6 +40,12 @@ export interface GraphqlWsServerOptions {
   sinkFor?: ((socket: WebSocket, id: string) => SubscriptionSink) | undefined;
 }
 
+export interface GraphqlWsServer {
+  readonly wss: WebSocketServer;
+  /** Settles once no operation streams any more (each ended stream's `complete` is sent first). */
+  streamsEnded(): Promise<void>;
+}
+
 type WsExtra = {
   /** Who opened the socket: what its slot in socketsPerUser is counted under (operations use their own check). */
   viewer?: Viewer;
@@ -51,8 +57,21 @@ type WsExtra = {
  * graphql-ws on /graphql: the token is authenticated once per socket (connection_init) and
  * again per operation; every operation goes through Yoga's envelop, so its plugins guard it.
  */
-export function createGraphqlWsServer({ server, yoga, authenticate, revocations, metrics, config, sinkFor }: GraphqlWsServerOptions): WebSocketServer {
-  const wss = new WebSocketServer({ server, path: '/graphql', maxPayload: config.maxRequestBodyBytes });
+export function createGraphqlWsServer({ server, yoga, authenticate, revocations, metrics, config, sinkFor }: GraphqlWsServerOptions): GraphqlWsServer {
+  // Upgrades handed over here rather than `server` given to ws: ws would re-emit the HTTP
+  // server's errors (EADDRINUSE) on the WebSocket server, where graphql-ws prints them with a stack.
+  const wss = new WebSocketServer({ noServer: true, path: '/graphql', maxPayload: config.maxRequestBodyBytes });
+  server.on('upgrade', (req, socket, head) => wss.handleUpgrade(req, socket, head, (ws) => wss.emit('connection', ws, req)));
+  /** The operations that stream, per socket: shutdown waits for their `complete`. */
+  const streaming = new Map<WebSocket, Set<string>>();
+  const whenNoneStreams: Array<() => void> = [];
+  const streamEnded = (socket: WebSocket, id?: string) => {
+    const ids = streaming.get(socket);
+    if (id !== undefined) ids?.delete(id);
+    if (id === undefined || ids?.size === 0) streaming.delete(socket);
+    if (streaming.size > 0) return;
+    for (const resolve of whenNoneStreams.splice(0)) resolve();
+  };
   /** Each socket's token: re-checked per operation. */
   const tokens = new WeakMap<WebSocket, string>();
   const socketsPerUser = new Map<string, number>();
@@ -96,6 +115,7 @@ export function createGraphqlWsServer({ server, yoga, authenticate, revocations,
         return true;
       },
       onClose: (ctx) => {
+        streamEnded(ctx.extra.socket);
         const userId = ctx.extra.viewer?.userId;
         if (!userId || !ctx.extra.counted) return;
         ctx.extra.counted = false;
@@ -153,11 +173,21 @@ export function createGraphqlWsServer({ server, yoga, authenticate, revocations,
         };
         return args;
       },
+      onOperation: (ctx, id, _payload, _args, result) => {
+        if (!(Symbol.asyncIterator in result)) return;
+        const ids = streaming.get(ctx.extra.socket) ?? new Set<string>();
+        streaming.set(ctx.extra.socket, ids.add(id));
+      },
+      // Called after a stream ended, right before its `complete` is sent.
+      onComplete: (ctx, id) => streamEnded(ctx.extra.socket, id),
       // Yoga's envelop execute/subscribe (handed over in onSubscribe), so its plugins run.
       execute: (args) => (args.rootValue as { execute: (a: ExecutionArgs) => unknown }).execute(args) as never,
       subscribe: (args) => (args.rootValue as { subscribe: (a: ExecutionArgs) => unknown }).subscribe(args) as never,
     },
     wss,
   );
-  return wss;
+  return {
+    wss,
+    streamsEnded: () => (streaming.size === 0 ? Promise.resolve() : new Promise<void>((resolve) => whenNoneStreams.push(resolve))),
+  };
 }

@@ -1,4 +1,6 @@
 import { type ChildProcess, execFile, spawn } from 'node:child_process';
+import { createServer } from 'node:net';
+import type { AddressInfo } from 'node:net';
 import { randomBytes } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -176,6 +178,32 @@ describe('npm start in embedded mode (no DATABASE_URL, no REDIS_URL)', () => {
     expect(second.stdout()).not.toMatch(/ENCRYPTION_KEY not set/);
     expect(await graphqlMe(second.url, token!)).toEqual({ data: { me: { name: 'admin' } } });
     expect(await stop(second.child)).toBe(0);
+  });
+
+  it('on a port in use: one line, exit 1, no stack and no admin created', { timeout: 120_000 }, async () => {
+    const taken = createServer();
+    await new Promise<void>((resolve) => taken.listen(0, '127.0.0.1', resolve));
+    const port = (taken.address() as AddressInfo).port;
+    const freshDir = await mkdtemp(path.join(tmpdir(), 'pvg-embedded-'));
+    try {
+      const child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts'], {
+        cwd: ROOT,
+        env: cleanEnv({ PVEGRAPH_DATA_DIR: freshDir, HOST: '127.0.0.1', PORT: String(port), LOG_LEVEL: 'warn' }),
+        stdio: ['ignore', 'pipe', 'pipe'],
+      });
+      children.push(child);
+      let stdout = '';
+      let stderr = '';
+      child.stdout!.on('data', (d: Buffer) => (stdout += d.toString()));
+      child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+      const code = await new Promise<number | null>((resolve) => child.once('exit', (c) => resolve(c)));
+      expect(code).toBe(1);
+      expect(stderr.trim()).toBe(`pvegraph: failed to start: 127.0.0.1:${port} is in use by another process (set PORT or HOST)`);
+      expect(stdout).not.toMatch(/First start|pvg_/);
+    } finally {
+      await new Promise((resolve) => taken.close(resolve));
+      await rm(freshDir, { recursive: true, force: true });
+    }
   });
 
   it('never creates an admin user when DATABASE_URL is set', async () => {

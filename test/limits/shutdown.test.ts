@@ -81,4 +81,77 @@ describe('graceful shutdown on SIGTERM', () => {
     expect(out).toMatch(/"signal":"SIGTERM"/);
     await expect(fetch(`${url}/healthz`)).rejects.toThrow();
   });
+
+  it('completes SSE and WebSocket subscriptions before closing, and cuts nothing', { timeout: 60_000 }, async () => {
+    const handle = await openPostgres(db.url);
+    const { token } = await new AuthService(handle.prisma, { cacheTtlMs: 0 }).createUser(`ops-${randomBytes(3).toString('hex')}`);
+    await handle.close();
+
+    const { VITEST: _v, NODE_ENV: _n, ...env } = process.env;
+    const server = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts'], {
+      cwd: ROOT,
+      env: {
+        ...env,
+        DATABASE_URL: db.url,
+        REDIS_URL: TEST_REDIS_URL,
+        REDIS_KEY_PREFIX: uniqueRedisPrefix(),
+        ENCRYPTION_KEY: randomBytes(32).toString('base64'),
+        ALLOW_LOOPBACK_NODE_HOSTS: 'true',
+        PORT: '0',
+        LOG_LEVEL: 'info',
+      },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    child = server;
+    let out = '';
+    server.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+    server.stderr!.on('data', (d: Buffer) => (out += d.toString()));
+    const exited = new Promise<number | null>((resolve) => server.once('exit', (code) => resolve(code)));
+    await expect.poll(() => /(http:\/\/127\.0\.0\.1:\d+)\/graphql/.test(out), { timeout: 30_000 }).toBe(true);
+    const url = /(http:\/\/127\.0\.0\.1:\d+)\/graphql/.exec(out)![1]!;
+    const headers = { 'content-type': 'application/json', authorization: `Bearer ${token}` };
+    const created = (await (
+      await fetch(`${url}/graphql`, {
+        method: 'POST',
+        headers,
+        body: JSON.stringify({ query: 'mutation($i: CreateNodeInput!) { createNode(input: $i) { id } }', variables: { i: nodeInputFor(sim) } }),
+      })
+    ).json()) as { data: { createNode: { id: string } } };
+    const subscription = { query: 'subscription($n: ID) { vmidEvents(nodeId: $n) { kind } }', variables: { n: created.data.createNode.id } };
+
+    // SSE: read until the stream ends.
+    const sse = await fetch(`${url}/graphql`, { method: 'POST', headers: { ...headers, accept: 'text/event-stream' }, body: JSON.stringify(subscription) });
+    const reader = sse.body!.getReader();
+    let sseText = '';
+    const sseEnded = (async () => {
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) return;
+        sseText += Buffer.from(value).toString();
+      }
+    })();
+    await expect.poll(() => sseText, { timeout: 10_000 }).toMatch(/SYNC/);
+
+    // WebSocket: every message until the close frame.
+    const socket = new WebSocket(url.replace('http', 'ws') + '/graphql', 'graphql-transport-ws');
+    const messages: Array<{ type: string; id?: string }> = [];
+    const wsClosed = new Promise<number>((resolve) => socket.once('close', (code) => resolve(code)));
+    socket.on('message', (m) => {
+      const message = JSON.parse(String(m)) as { type: string; id?: string };
+      messages.push(message);
+      if (message.type === 'connection_ack') socket.send(JSON.stringify({ id: 'events', type: 'subscribe', payload: subscription }));
+    });
+    socket.once('open', () => socket.send(JSON.stringify({ type: 'connection_init', payload: { authorization: `Bearer ${token}` } })));
+    await expect.poll(() => messages.some((m) => m.type === 'next'), { timeout: 10_000 }).toBe(true);
+
+    server.kill('SIGTERM');
+    expect(await wsClosed).toBe(1001);
+    // The operation was completed before the socket closed.
+    expect(messages.at(-1)).toEqual({ id: 'events', type: 'complete' });
+    await sseEnded;
+    expect(sseText.trimEnd()).toMatch(/event: complete\s*(data:\s*)?$/);
+    expect(await exited).toBe(0);
+    // Nothing was left for the grace period to cut.
+    expect(out).not.toMatch(/cutting connections/);
+  });
 });
