@@ -7,6 +7,7 @@ import { loadOrCreateKeyFile } from './crypto/key-file.js';
 import { SecretBox } from './crypto/secret-box.js';
 import { type Database, openEmbedded, openPostgres } from './db/database.js';
 import { migrate } from './db/migrate.js';
+import { ClusterTargets } from './nodes/cluster-targets.js';
 import { ContainerService } from './nodes/container-service.js';
 import { NodeService } from './nodes/node-service.js';
 import { Metrics } from './observability/metrics.js';
@@ -67,9 +68,10 @@ export async function openRuntime(config: Config, log: Logger, opts: RuntimeOpti
       onCall: (call) => metrics.proxmoxCalls.observe({ path: Metrics.proxmoxPathLabel(call.path), outcome: call.outcome }, call.durationMs / 1000),
     });
     closers.push(() => proxmox.close());
-    // The VMID capability asks node management for a cluster's guests; node management tells
-    // the VMID capability about containers and connection changes (through VmidHooks).
-    let nodes: NodeService | undefined;
+    // The VMID capability asks Proxmox about a cluster's guests through the registrations'
+    // targets; node management tells the VMID capability about containers and connection
+    // changes (through VmidHooks). Built in that order: neither needs the other first.
+    const targets = new ClusterTargets(db.prisma, secretBox, proxmox);
     const snapshotReads = {
       memory: metrics.vmidSnapshotReads.labels({ source: 'memory' }),
       redis: metrics.vmidSnapshotReads.labels({ source: 'redis' }),
@@ -83,7 +85,7 @@ export async function openRuntime(config: Config, log: Logger, opts: RuntimeOpti
       intervalMs: config.vmidWatchIntervalS * 1000,
       probe: async (node) => {
         await rateLimiter.consume('proxmox', node.userId);
-        return nodes!.clusterTasks(node.id);
+        return targets.clusterTasks(node.id);
       },
       refresh: async (node): Promise<void> => {
         await vmids.refreshVmidCache(node);
@@ -105,11 +107,11 @@ export async function openRuntime(config: Config, log: Logger, opts: RuntimeOpti
       // loops cannot turn the cache into an unmetered proxy.
       fetchTakenVmids: async (node) => {
         await rateLimiter.consume('proxmox', node.userId);
-        return nodes!.takenVmids(node.id);
+        return targets.takenVmids(node.id);
       },
       authority: {
-        isFree: (node, vmid) => nodes!.isVmidFree(node.id, vmid),
-        nextIdRange: (node) => nodes!.nextIdRange(node.id),
+        isFree: (node, vmid) => targets.isVmidFree(node.id, vmid),
+        nextIdRange: (node) => targets.nextIdRange(node.id),
       },
       cacheTtlSeconds: config.vmidCacheTtlS,
       // A slow but live filler (bounded by PROXMOX_TIMEOUT_MS) is not overtaken.
@@ -133,7 +135,7 @@ export async function openRuntime(config: Config, log: Logger, opts: RuntimeOpti
         log.warn({ cache, err: { message: (err as Error).message } }, 'cache: background re-check failed; cached entries answer until they expire');
       };
     };
-    nodes = new NodeService(db.prisma, secretBox, proxmox, vmids, config.tokenCacheTtlMs, backgroundCheckFailed('ownership'));
+    const nodes = new NodeService(db.prisma, secretBox, proxmox, vmids, config.tokenCacheTtlMs, backgroundCheckFailed('ownership'), targets);
     void nodes
       .identifyPending()
       .then((n) => n > 0 && log.info({ identified: n }, 'registrations identified by their Proxmox cluster'))

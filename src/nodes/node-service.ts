@@ -4,12 +4,12 @@ import type { Viewer } from '../auth/auth-service.js';
 import type { SecretBox } from '../crypto/secret-box.js';
 import type { Prisma, PrismaClient } from '../db/database.js';
 import { isForeignKeyViolation, isRecordNotFound, isUniqueViolation } from '../db/prisma-errors.js';
-import type { ProxmoxNode, ProxmoxNodeEndpoint } from '../db/generated/prisma/client.js';
+import type { ProxmoxNode } from '../db/generated/prisma/client.js';
 import { BadUserInputError, ConflictError, DomainError, ErrorCode, FailedPreconditionError, NotFoundError } from '../errors.js';
-import type { ConnectionTestResult, EndpointResult, ProxmoxClient, ProxmoxEndpoint, ProxmoxGuest, ProxmoxTarget, ProxmoxTask, VmidRange } from '../proxmox/index.js';
+import type { ConnectionTestResult, EndpointResult, ProxmoxClient, ProxmoxEndpoint, ProxmoxTarget } from '../proxmox/index.js';
 import { normalizeFingerprint } from '../proxmox/index.js';
 import { bareHost } from '../proxmox/host-policy.js';
-import { EndpointHealth } from './endpoint-health.js';
+import { ClusterTargets, type NodeWithEndpoints, secretContext, WITH_ENDPOINTS } from './cluster-targets.js';
 import { isUuid, MAX_FALLBACK_ENDPOINTS } from './node-validation.js';
 import type { NodeRef, VmidHooks } from './vmid-hooks.js';
 import { dueForRefresh, SingleFlight } from '../concurrency/single-flight.js';
@@ -57,13 +57,6 @@ export interface UpdateNodeInput {
   fallbackEndpoints?: readonly EndpointInput[] | null;
 }
 
-/** A registration with its fallback endpoints, in order (what a ProxmoxTarget is made from). */
-type NodeWithEndpoints = ProxmoxNode & { fallbackEndpoints: ProxmoxNodeEndpoint[] };
-/** How long a registration's decrypted Proxmox target is reused (targetById). */
-const TARGET_CACHE_MS = 5_000;
-
-const WITH_ENDPOINTS = { fallbackEndpoints: { orderBy: { position: 'asc' } } } as const satisfies Prisma.ProxmoxNodeInclude;
-
 const TLS_CODES: readonly string[] = [ErrorCode.PROXMOX_TLS_UNTRUSTED, ErrorCode.PROXMOX_TLS_FINGERPRINT_MISMATCH];
 /** What a fallback answering at registration time refuses it for (unreachable is accepted). */
 const REFUSAL_CODES: readonly string[] = [...TLS_CODES, ErrorCode.PROXMOX_AUTH_FAILED, ErrorCode.HOST_NOT_ALLOWED];
@@ -85,12 +78,8 @@ export class NodeService {
     },
     { cache: false, maxBatchSize: 500 },
   );
-  /** Decrypted Proxmox targets by registration id (targetById). */
-  private readonly targets = new Map<string, { target: ProxmoxTarget; until: number }>();
   /** Counts node deletions by this instance, so an ownership lookup that raced one is not cached. */
   private deletions = 0;
-  /** lastError / lastOkAt of every endpoint, from the client's reports. */
-  private readonly health: EndpointHealth;
 
   constructor(
     private readonly prisma: PrismaClient,
@@ -101,13 +90,13 @@ export class NodeService {
     private readonly ownershipCacheTtlMs = 30_000,
     /** A background re-check of a cached ownership failed (not: found the node gone). Reporting only. */
     private readonly onBackgroundCheckFailed?: (err: unknown) => void,
-  ) {
-    this.health = new EndpointHealth(prisma);
-  }
+    /** Registrations' Proxmox targets (shared with the VMID capability, which asks Proxmox through them). */
+    private readonly targets: ClusterTargets = new ClusterTargets(prisma, secrets, proxmox),
+  ) {}
 
   /** Stops the endpoint health writes (pending ones are dropped). */
   close(): void {
-    this.health.close();
+    this.targets.close();
   }
 
   /**
@@ -272,7 +261,7 @@ export class NodeService {
         'input.tokenSecret': 'required when a new fallback endpoint (host, port or pin) is added',
       });
     }
-    const target = this.targetOf(node);
+    const target = this.targets.targetOf(node);
     const seen: EndpointResult[] = [];
     target.onEndpointResult = (r) => seen.push(r);
     let connectionChanged = false;
@@ -313,7 +302,7 @@ export class NodeService {
     }
 
     let updated: ProxmoxNode;
-    this.targets.delete(node.id);
+    this.targets.forget(node.id);
     try {
       updated = await this.prisma.proxmoxNode.update({ ...query, where: { id: node.id }, data });
     } catch (err) {
@@ -323,11 +312,11 @@ export class NodeService {
       throw err;
     }
     // A read that raced the update must not keep the old target either.
-    this.targets.delete(node.id);
+    this.targets.forget(node.id);
     if (connectionChanged) {
       // What the test saw about endpoints kept as they were (the rows written above have theirs).
-      this.health.forget(node.id);
-      if (fallbacks === undefined) for (const r of seen) if (r.index > 0) this.health.record(node.id, r);
+      this.targets.health.forget(node.id);
+      if (fallbacks === undefined) for (const r of seen) if (r.index > 0) this.targets.health.record(node.id, r);
     }
     if (connectionChanged && (target.host !== node.host || target.port !== node.port || target.tokenId !== node.tokenId)) {
       await this.vmids.nodeConnectionChanged(refOf(node));
@@ -361,7 +350,7 @@ export class NodeService {
     }
     this.deletions++;
     this.owned.delete(`${viewer.userId}:${node.id}`);
-    this.targets.delete(node.id);
+    this.targets.forget(node.id);
     await this.vmids.nodeDeleted(refOf(node), othersOfCluster === 0);
     // The cluster was registered again while its space was being dropped: it comes back.
     if (othersOfCluster === 0 && node.clusterId && (await this.prisma.proxmoxNode.count({ where: { clusterId: node.clusterId } })) > 0) {
@@ -383,7 +372,7 @@ export class NodeService {
   /** Never throws for Proxmox-side failures; a successful test refreshes what the node shows. */
   async testConnection(viewer: Viewer, id: string): Promise<ConnectionTestResult> {
     const node = (await this.get(viewer, id, { include: WITH_ENDPOINTS })) as NodeWithEndpoints;
-    const result = await this.proxmox.testConnection(this.targetOf(node));
+    const result = await this.proxmox.testConnection(this.targets.targetOf(node));
     if (result.ok) {
       await this.prisma.proxmoxNode.updateMany({ where: { id: node.id }, data: { ...testedFields(result), ...(await this.identityFields(result.identity)) } });
     }
@@ -418,7 +407,7 @@ export class NodeService {
     for (const node of pending) {
       let identity: ClusterIdentity | null;
       try {
-        const target = this.targetOf(node);
+        const target = this.targets.targetOf(node);
         const status = await this.proxmox.clusterStatus(target);
         identity = await this.proxmox.identity(target, status.clusterName);
       } catch {
@@ -432,75 +421,6 @@ export class NodeService {
   }
 
   /**
-   * The VMIDs in use on the node's cluster (the VMID capability's source of truth): every
-   * guest Proxmox lists, and every container registered through pvegraph on any registration
-   * of the cluster, listed or not yet (a client registers right after its create call;
-   * Proxmox may list the guest a moment later). `guests`: the listing itself (one request),
-   * which the VMID capability keeps with the set (ProxmoxNode.guests); a registered container
-   * that Proxmox does not list yet is taken, but not among them.
-   */
-  async takenVmids(nodeId: string): Promise<{ taken: number[]; guests: ProxmoxGuest[] }> {
-    const node = await this.prisma.proxmoxNode.findUnique({ where: { id: nodeId }, include: WITH_ENDPOINTS });
-    if (!node) throw new NotFoundError('Node', nodeId);
-    const guests = await this.proxmox.guests(this.targetOf(node));
-    // Read after Proxmox answered: a container registered during the (slow) Proxmox call is
-    // still counted; one registered after this read makes the fill stale (it invalidates).
-    const registered = await this.prisma.container.findMany({
-      where: node.clusterId ? { node: { clusterId: node.clusterId } } : { nodeId },
-      select: { vmid: true },
-    });
-    return { taken: [...guests.map((g) => g.vmid), ...registered.map((c) => c.vmid)], guests };
-  }
-
-  /** Is `vmid` free in the node's whole cluster now? Proxmox's own check (it reserves nothing). */
-  async isVmidFree(nodeId: string, vmid: number): Promise<boolean> {
-    const target = await this.targetById(nodeId);
-    try {
-      await this.proxmox.nextId(target, vmid);
-      return true;
-    } catch (err) {
-      if (err instanceof ConflictError) return false;
-      throw err;
-    }
-  }
-
-  /** The cluster's `next-id` range; null when none is set or the token may not read it. */
-  async nextIdRange(nodeId: string): Promise<VmidRange | null> {
-    try {
-      return await this.proxmox.nextIdRange(await this.targetById(nodeId));
-    } catch (err) {
-      if (err instanceof DomainError && err.code === ErrorCode.PROXMOX_FORBIDDEN) return null;
-      throw err;
-    }
-  }
-
-  /**
-   * Recent tasks of the registration's cluster (GET /cluster/tasks): the cluster watcher's
-   * cheap probe for guests created or destroyed behind pvegraph's back.
-   */
-  async clusterTasks(nodeId: string): Promise<ProxmoxTask[]> {
-    return this.proxmox.tasks(await this.targetById(nodeId));
-  }
-
-  /**
-   * The registration's Proxmox target, kept for TARGET_CACHE_MS: a reservation asks Proxmox
-   * once each (its confirmation), and reading and decrypting the row every time cost more
-   * than the call. This instance's own changes to the registration drop it at once; a change
-   * made through another instance is seen within TARGET_CACHE_MS.
-   */
-  private async targetById(nodeId: string): Promise<ProxmoxTarget> {
-    const now = Date.now();
-    const kept = this.targets.get(nodeId);
-    if (kept && kept.until > now) return kept.target;
-    const node = await this.prisma.proxmoxNode.findUnique({ where: { id: nodeId }, include: WITH_ENDPOINTS });
-    if (!node) throw new NotFoundError('Node', nodeId);
-    const target = this.targetOf(node);
-    if (this.targets.size >= 10_000) this.targets.delete(this.targets.keys().next().value!);
-    this.targets.set(nodeId, { target, until: now + TARGET_CACHE_MS });
-    return target;
-  }
-
-  /**
    * Runs `fn` in a transaction holding the user's row lock: creates, deletes and default
    * switches of one user take turns, so "exactly one default" holds under any interleaving.
    * Never hold it across a Proxmox call.
@@ -510,20 +430,6 @@ export class NodeService {
       await tx.$queryRaw`SELECT 1 FROM users WHERE id = ${userId}::uuid FOR UPDATE`;
       return fn(tx);
     });
-  }
-
-  /** The stored endpoints, primary first; every outcome goes to the endpoint health record. */
-  private targetOf(node: NodeWithEndpoints): ProxmoxTarget {
-    return {
-      host: node.host,
-      port: node.port,
-      tokenId: node.tokenId,
-      tokenSecret: this.secrets.decrypt(node.tokenSecretEnc, secretContext(node.id, 'tokenSecret')),
-      tlsFingerprint: node.tlsFingerprint,
-      allowInsecureTls: node.allowInsecureTls,
-      fallbacks: node.fallbackEndpoints.map((e) => ({ host: e.host, port: e.port, tlsFingerprint: e.tlsFingerprint })),
-      onEndpointResult: (r) => this.health.record(node.id, r),
-    };
   }
 
   /**
@@ -581,10 +487,6 @@ export function refOf(node: Pick<ProxmoxNode, 'id' | 'userId' | 'clusterId'>): N
   return { id: node.id, userId: node.userId, spaceId: vmidSpaceOf(node) };
 }
 
-/** Bound into each ciphertext, so a value copied to another row or column will not decrypt. */
-function secretContext(nodeId: string, field: 'tokenSecret' | 'sshPassword'): string {
-  return `proxmox_node:${nodeId}:${field}`;
-}
 
 /** Input rules the field validators cannot see: how many, and no endpoint twice. */
 function checkFallbacks(list: readonly EndpointInput[], primary: { host: string; port: number }): ProxmoxEndpoint[] {
