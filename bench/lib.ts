@@ -70,12 +70,12 @@ export interface ServerEnv {
 }
 
 /**
- * The node flags of `npm start` (package.json, e.g. `--max-semi-space-size=32 --import tsx`):
+ * The node flags of `npm start` (package.json, e.g. `--max-semi-space-size=32`; `npm run bench` builds dist/ first):
  * the bench runs the server exactly as a deployment does.
  */
 const START_NODE_ARGS: string[] = (() => {
   const pkg = JSON.parse(readFileSync(path.join(SERVER_ROOT, 'package.json'), 'utf8')) as { scripts: { start: string } };
-  const match = /^node\s+(.*?)\s*src\/main\.ts$/.exec(pkg.scripts.start);
+  const match = /^node\s+(.*?)\s*dist\/main\.js$/.exec(pkg.scripts.start);
   if (!match) throw new Error(`bench: cannot read the node flags of "npm start": ${pkg.scripts.start}`);
   return match[1]!.split(/\s+/).filter(Boolean);
 })();
@@ -85,7 +85,7 @@ export async function spawnServer(env: ServerEnv, name = 'server'): Promise<Serv
   const port = await freePort();
   const child = track(
     // The bench's own flags last, so BENCH_NODE_ARGS can override npm start's.
-    spawn(process.execPath, [...START_NODE_ARGS, ...(env.nodeArgs ?? []), 'src/main.ts'], {
+    spawn(process.execPath, [...START_NODE_ARGS, ...(env.nodeArgs ?? []), 'dist/main.js'], {
       cwd: SERVER_ROOT,
       stdio: ['ignore', process.env.BENCH_SERVER_STDOUT ? 'inherit' : 'ignore', 'pipe'],
       env: {

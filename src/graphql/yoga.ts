@@ -2,7 +2,6 @@ import { randomUUID } from 'node:crypto';
 import { EnvelopArmorPlugin } from '@escape.tech/graphql-armor';
 import { useCSRFPrevention } from '@graphql-yoga/plugin-csrf-prevention';
 import { useDisableIntrospection } from '@graphql-yoga/plugin-disable-introspection';
-import { renderGraphiQL } from '@graphql-yoga/render-graphiql';
 import { GraphQLError } from 'graphql';
 import { createYoga, type Plugin, type YogaLogger, type YogaServerInstance } from 'graphql-yoga';
 import type { Logger } from 'pino';
@@ -104,8 +103,9 @@ export function createPvegraphYoga(opts: YogaOptions): PvegraphYoga {
       ? { title: 'pvegraph', defaultQuery: DEFAULT_QUERY, headers: '{\n  "Authorization": "Bearer <paste your token>"\n}' }
       : false,
     // Self-contained page: the default one loads GraphiQL from unpkg.com, which an operator's
-    // network (or this project's CI) may not reach.
-    renderGraphiQL,
+    // network (or this project's CI) may not reach. Its module holds the whole ~9 MB page, so
+    // it is loaded on the first browser visit, not by every server (a dashboard never asks).
+    renderGraphiQL: async (options) => (await import('@graphql-yoga/render-graphiql')).renderGraphiQL(options),
     logging: yogaLogger(log),
     // useMaskErrors masks every result instead (per shared event, with request ids); Yoga's
     // masking plugin would wrap every subscriber's stream once more.

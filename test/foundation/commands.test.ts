@@ -102,7 +102,7 @@ describe('npm start in embedded mode (no DATABASE_URL, no REDIS_URL)', () => {
 
   /** Starts the server as `npm start` does and waits for its "listening" line. */
   function start(): Promise<{ child: ChildProcess; stdout: () => string; url: string }> {
-    const child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts'], {
+    const child = spawn(process.execPath, ['dist/main.js'], {
       cwd: ROOT,
       env: cleanEnv({ PVEGRAPH_DATA_DIR: dataDir, PORT: '0', LOG_LEVEL: 'info', ALLOW_LOOPBACK_NODE_HOSTS: 'true' }),
       stdio: ['ignore', 'pipe', 'pipe'],
@@ -181,7 +181,7 @@ describe('npm start in embedded mode (no DATABASE_URL, no REDIS_URL)', () => {
   it('never creates an admin user when DATABASE_URL is set', async () => {
     const db = await createTestDatabase();
     try {
-      const child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts'], {
+      const child = spawn(process.execPath, ['dist/main.js'], {
         cwd: ROOT,
         env: cleanEnv({ DATABASE_URL: db.url, ENCRYPTION_KEY: KEY, PORT: '0', LOG_LEVEL: 'info' }),
         stdio: ['ignore', 'pipe', 'pipe'],

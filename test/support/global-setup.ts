@@ -1,4 +1,6 @@
+import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import path from 'node:path';
 import { Redis } from 'ioredis';
 import pg from 'pg';
 import type { TestProject } from 'vitest/node';
@@ -8,10 +10,14 @@ import { databaseUrl, TEST_POSTGRES_URL, TEST_REDIS_URL } from './env.js';
 import { deleteKeysWithPrefix } from './redis-keys.js';
 
 /**
- * Once per run: a fresh, migrated template database. Each test file clones it (fast, and
+ * Once per run: dist/ built, and a fresh, migrated template database. Each test file clones it (fast, and
  * files cannot see each other's rows). Teardown drops every database and Redis key of the run.
  */
 export default async function setup(project: TestProject) {
+  // Tests that start `npm start`, `npm run demo` or `npx pvegraph` run dist/: build it from
+  // the sources under test (incremental: seconds when nothing changed).
+  const root = path.resolve(import.meta.dirname, '../..');
+  execFileSync(process.execPath, [path.join(root, 'node_modules/typescript/bin/tsc'), '-p', 'tsconfig.build.json'], { cwd: root, stdio: 'inherit' });
   const runId = `pvgtest_${Date.now().toString(36)}_${randomBytes(3).toString('hex')}`;
   const templateDatabase = `${runId}_tpl`;
   await admin(`CREATE DATABASE "${templateDatabase}"`);
