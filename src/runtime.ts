@@ -63,6 +63,7 @@ export async function openRuntime(config: Config, log: Logger, opts: RuntimeOpti
       timeoutMs: config.proxmoxTimeoutMs,
       allowPrivateHosts: config.allowPrivateNodeHosts,
       allowLoopbackHosts: config.allowLoopbackNodeHosts,
+      ...(config.loopbackNodeEndpoints ? { loopbackEndpoints: config.loopbackNodeEndpoints } : {}),
       logger: log.child({ component: 'proxmox' }),
       onCall: (call) => metrics.proxmoxCalls.observe({ path: Metrics.proxmoxPathLabel(call.path), outcome: call.outcome }, call.durationMs / 1000),
     });

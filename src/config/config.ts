@@ -149,6 +149,11 @@ export interface Config {
   proxmoxTimeoutMs: number;
   allowPrivateNodeHosts: boolean;
   allowLoopbackNodeHosts: boolean;
+  /**
+   * Loopback `address:port` endpoints allowed although ALLOW_LOOPBACK_NODE_HOSTS is off. Not
+   * from the environment: `npm run demo` sets it to its own simulator's endpoint.
+   */
+  loopbackNodeEndpoints?: readonly string[];
   logLevel: LogLevel;
   /** How long a verified API token is trusted without asking the database again. */
   tokenCacheTtlMs: number;

@@ -603,7 +603,7 @@ function checkFallbacks(list: readonly EndpointInput[], primary: { host: string;
     }
   });
   if (Object.keys(fields).length > 0) {
-    throw new BadUserInputError(`Invalid input: ${Object.keys(fields).join(', ')}.`, fields);
+    throw BadUserInputError.forFields(fields);
   }
   return out;
 }

@@ -81,6 +81,8 @@ export interface ProxmoxClientOptions {
   timeoutMs: number;
   allowPrivateHosts: boolean;
   allowLoopbackHosts: boolean;
+  /** See HostPolicy.loopbackEndpoints. */
+  loopbackEndpoints?: readonly string[];
   /** Default 16 MiB. */
   maxResponseBytes?: number;
   /** Extra attempts for idempotent GETs after network errors and transient 5xx. Default 2. */
@@ -333,8 +335,8 @@ export interface VmidRange {
 const SHA256_FINGERPRINT = /^[0-9A-F]{2}(:[0-9A-F]{2}){31}$/;
 
 export class ProxmoxClient {
-  private readonly opts: Required<Omit<ProxmoxClientOptions, 'logger' | 'caCerts' | 'onCall'>> &
-    Pick<ProxmoxClientOptions, 'logger' | 'caCerts' | 'onCall'>;
+  private readonly opts: Required<Omit<ProxmoxClientOptions, 'logger' | 'caCerts' | 'onCall' | 'loopbackEndpoints'>> &
+    Pick<ProxmoxClientOptions, 'logger' | 'caCerts' | 'onCall' | 'loopbackEndpoints'>;
   private readonly pools = new Map<string, PoolEntry>();
   /** Endpoint lists (by key) whose calls start at a fallback that worked, until `until`. */
   private readonly preferred = new Map<string, { index: number; until: number }>();
@@ -357,6 +359,7 @@ export class ProxmoxClient {
     return {
       allowLoopbackHosts: this.opts.allowLoopbackHosts,
       allowPrivateHosts: this.opts.allowPrivateHosts,
+      ...(this.opts.loopbackEndpoints ? { loopbackEndpoints: this.opts.loopbackEndpoints } : {}),
     };
   }
 
@@ -694,7 +697,7 @@ export class ProxmoxClient {
       if (!Number.isInteger(ep.port) || ep.port < 1 || ep.port > 65535) {
         throw new BadUserInputError('The port must be an integer from 1 to 65535.', { port: 'out of range' });
       }
-      assertLiteralAllowed(ep.host, this.policy);
+      assertLiteralAllowed(ep.host, this.policy, ep.port);
       tlsModeOf(ep, this.opts.caCerts); // a malformed pin is BAD_USER_INPUT
     }
   }

@@ -10,6 +10,17 @@ import { HostNotAllowedError, ProxmoxUnreachableError } from './errors.js';
 export interface HostPolicy {
   allowPrivateHosts: boolean;
   allowLoopbackHosts: boolean;
+  /**
+   * Loopback endpoints allowed although loopback hosts are not, as `address:port` (IPv6
+   * bracketed): `npm run demo` lets its own simulator in this way, and nothing else on the
+   * machine (an admin interface on another loopback port stays refused).
+   */
+  loopbackEndpoints?: readonly string[];
+}
+
+/** `address:port` as HostPolicy.loopbackEndpoints lists it. */
+export function endpointKey(address: string, port: number): string {
+  return `${urlHost(address)}:${port}`;
 }
 
 export type AddressClass =
@@ -152,11 +163,12 @@ const REASONS: Record<Exclude<AddressClass, 'public'>, string> = {
   private: 'private-range addresses are not allowed (ALLOW_PRIVATE_NODE_HOSTS=false)',
 };
 
-/** Why `ip` is refused under `policy`, or null when it is allowed. */
-export function addressRefusal(ip: string, policy: HostPolicy): string | null {
+/** Why `ip` (reached on `port`, when known) is refused under `policy`, or null when it is allowed. */
+export function addressRefusal(ip: string, policy: HostPolicy, port?: number): string | null {
   const c = classifyAddress(ip);
   if (c === 'public') return null;
   if (c === 'loopback' && policy.allowLoopbackHosts) return null;
+  if (c === 'loopback' && port !== undefined && policy.loopbackEndpoints?.includes(endpointKey(normalizeIp(ip)!.address, port))) return null;
   if (c === 'private' && policy.allowPrivateHosts) return null;
   return REASONS[c];
 }
@@ -185,11 +197,11 @@ export interface ResolvedAddress {
  * Any refused address refuses the host (a name that resolves to a public and to a
  * loopback address is refused). Throws HostNotAllowedError / ProxmoxUnreachableError.
  */
-export async function resolveAllowed(host: string, policy: HostPolicy): Promise<ResolvedAddress[]> {
+export async function resolveAllowed(host: string, policy: HostPolicy, port?: number): Promise<ResolvedAddress[]> {
   const h = bareHost(host);
   const literal = normalizeIp(h);
   if (literal) {
-    const refusal = addressRefusal(literal.address, policy);
+    const refusal = addressRefusal(literal.address, policy, port);
     if (refusal) throw new HostNotAllowedError(h, refusal, literal.address);
     return [literal];
   }
@@ -210,7 +222,7 @@ export async function resolveAllowed(host: string, policy: HostPolicy): Promise<
   for (const a of answers) {
     const n = normalizeIp(a.address);
     if (!n) continue;
-    const refusal = addressRefusal(n.address, policy);
+    const refusal = addressRefusal(n.address, policy, port);
     // The address stays out of the message: it would turn refusals into a way to read
     // internal DNS answers.
     if (refusal) throw new HostNotAllowedError(h, refusal);
@@ -223,11 +235,11 @@ export async function resolveAllowed(host: string, policy: HostPolicy): Promise<
 }
 
 /** Synchronous pre-check for IP literals (names are checked when connecting). */
-export function assertLiteralAllowed(host: string, policy: HostPolicy): void {
+export function assertLiteralAllowed(host: string, policy: HostPolicy, port?: number): void {
   const h = bareHost(host);
   const literal = normalizeIp(h);
   if (literal) {
-    const refusal = addressRefusal(literal.address, policy);
+    const refusal = addressRefusal(literal.address, policy, port);
     if (refusal) throw new HostNotAllowedError(h, refusal, literal.address);
   } else if (!HOSTNAME_RE.test(h)) {
     throw new HostNotAllowedError(h, 'it is not a valid host name or IP address');
