@@ -73,7 +73,7 @@ export interface ServerEnv {
  * The node flags of `npm start` (package.json, e.g. `--max-semi-space-size=32`; `npm run bench` builds dist/ first):
  * the bench runs the server exactly as a deployment does.
  */
-const START_NODE_ARGS: string[] = (() => {
+export const START_NODE_ARGS: string[] = (() => {
   const pkg = JSON.parse(readFileSync(path.join(SERVER_ROOT, 'package.json'), 'utf8')) as { scripts: { start: string } };
   const match = /^node\s+(.*?)\s*dist\/main\.js$/.exec(pkg.scripts.start);
   if (!match) throw new Error(`bench: cannot read the node flags of "npm start": ${pkg.scripts.start}`);

@@ -7,6 +7,9 @@
  * to a baseline measured in the same run, and updates BENCHMARKS.md. Loopback only. Cleans up
  * (children, database, Redis keys) whatever happens.
  *
+ * Scenario 0 starts the embedded server (and its baseline) on scratch data directories and
+ * runs `npm ci` of HEAD in a scratch directory (BENCH_S0_INSTALL=0 skips it).
+ *
  * Scenario 6 starts its own two instances with VMID_WATCH_INTERVAL_S=1 and creates guests in
  * the simulator behind pvegraph's back.
  *
@@ -30,6 +33,7 @@ import { AuthService } from '../src/auth/auth-service.js';
 import { openPostgres, type Database } from '../src/db/database.js';
 import { migrate } from '../src/db/migrate.js';
 import { type Simulator, startSimulator } from '../src/sim/index.js';
+import { scenario0 } from './embedded.js';
 import * as vmidScripts from '../src/vmids/redis-scripts.js';
 import {
   dist,
@@ -71,7 +75,7 @@ const STEADINESS_S = 4;
 const PROFILE = process.env.BENCH_PROFILE === '1';
 const ADMIN_PG = process.env.BENCH_DATABASE_URL ?? 'postgresql://postgres@127.0.0.1:5432/postgres';
 const REDIS_URL = process.env.BENCH_REDIS_URL ?? 'redis://127.0.0.1:6379';
-const ALL = [1, 2, 3, 4, 5, 6];
+const ALL = [0, 1, 2, 3, 4, 5, 6];
 const selected = (() => {
   const args = process.argv.slice(2).map(Number).filter((n) => ALL.includes(n));
   return args.length ? [...new Set(args)].sort() : ALL;
@@ -1156,6 +1160,7 @@ async function main() {
   console.log(`pvegraph bench: scenarios ${selected.join(', ')}; ${os.availableParallelism()} cores, Node ${process.version}; db ${dbName}, Redis prefix ${prefix}`);
   await setup();
   const sim = await startSim(50);
+  if (selected.includes(0)) await scenario0(sim, row, note);
   if (selected.includes(1)) await scenario1(sim);
   if (selected.includes(2)) await scenario2(sim);
   let pair: { a: ServerChild; b: ServerChild } | null = null;

@@ -1,5 +1,5 @@
 import { execFile } from 'node:child_process';
-import { access } from 'node:fs/promises';
+import { access, mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import v8 from 'node:v8';
@@ -39,7 +39,10 @@ export function pgliteOptions(): PGliteOptions {
 export async function openPglite(dir: string): Promise<PGlite> {
   // Before the first WebAssembly module is compiled (PGlite's and Prisma's compile lazily).
   v8.setFlagsFromString(LIFTOFF_ONLY_FLAGS.join(' '));
-  if (!(await exists(path.join(dir, 'PG_VERSION')))) await initdbInChild(dir);
+  if (!(await exists(path.join(dir, 'PG_VERSION')))) {
+    await mkdir(dir, { recursive: true });
+    await initdbInChild(dir);
+  }
   return PGlite.create(dir, pgliteOptions());
 }
 
