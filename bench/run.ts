@@ -37,7 +37,6 @@ import {
   fmt,
   forkTs,
   freePort,
-  gql,
   gqlOk,
   gqlVia,
   killAll,
