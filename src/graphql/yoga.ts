@@ -13,6 +13,7 @@ import type { Services } from '../services.js';
 import { type RequestContext, type SubscriptionSink, viewerContext } from './context.js';
 import { useEndRevokedSubscriptions } from './plugins/end-revoked-subscriptions.js';
 import { useEndUnansweredStreams } from './plugins/end-unanswered-streams.js';
+import { useErrorBodies } from './plugins/error-bodies.js';
 import { type ErrorMasker, useMaskErrors } from './plugins/mask-errors.js';
 import { useObserveOperations } from './plugins/observe-operations.js';
 import { useQueryLimits } from './plugins/query-limits.js';
@@ -86,6 +87,7 @@ export function createPvegraphYoga(opts: YogaOptions): PvegraphYoga {
     // Last: replaces the subscribe function (one execution per event and operation).
     useShareSubscriptionEvents(masker),
     useEndUnansweredStreams(),
+    useErrorBodies(),
   ];
   if (!opts.introspection) plugins.push(useDisableIntrospection() as Plugin<RequestContext>);
 
