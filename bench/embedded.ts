@@ -43,7 +43,14 @@ async function startTimed(script: string, dataDir: string, env: Record<string, s
     spawn(process.execPath, [...START_NODE_ARGS, script], {
       cwd: ROOT,
       stdio: ['ignore', 'pipe', 'pipe'],
-      env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '/tmp', HOST: '127.0.0.1', PORT: String(port), PVEGRAPH_DATA_DIR: dataDir, ...env },
+      env: {
+        PATH: process.env.PATH ?? '',
+        HOME: process.env.HOME ?? '/tmp',
+        HOST: '127.0.0.1',
+        PORT: String(port),
+        PVEGRAPH_DATA_DIR: dataDir,
+        ...env,
+      },
     }),
   );
   let out = '';
@@ -58,7 +65,13 @@ async function startTimed(script: string, dataDir: string, env: Record<string, s
     child.stdout!.on('data', check);
     child.once('exit', (code) => reject(new Error(`${script} exited with ${code}:\n${out}`)));
   });
-  return { pid: child.pid!, graphqlUrl: `http://127.0.0.1:${port}/graphql`, startMs: performance.now() - t0, stdout: () => out, stop: () => stopChild(child, 15_000) };
+  return {
+    pid: child.pid!,
+    graphqlUrl: `http://127.0.0.1:${port}/graphql`,
+    startMs: performance.now() - t0,
+    stdout: () => out,
+    stop: () => stopChild(child, 15_000),
+  };
 }
 
 /** RSS once it stops moving (the collector settles after the load). */
@@ -89,14 +102,22 @@ function cleanInstallSeconds(): number {
   }
 }
 
-export async function scenario0(sim: Simulator, row: (r: ScenarioRow) => void, note: (s: number, text: string) => void): Promise<void> {
+export async function scenario0(
+  sim: Simulator,
+  row: (r: ScenarioRow) => void,
+  note: (s: number, text: string) => void,
+): Promise<void> {
   console.log('\n== Scenario 0: embedded first start and footprint');
   const scratch = mkdtempSync(path.join(os.tmpdir(), 'pvg-bench-s0-'));
   try {
     // Baseline first, then the server, each on a new data directory (both run initdb).
     const base = await startTimed(path.join(ROOT, 'bench/embedded-baseline.mjs'), path.join(scratch, 'baseline'));
     const baseAfterStart = rssKb(base.pid);
-    await pool(Array.from({ length: REQUESTS }, (_, i) => i), 4, () => gqlOk(base.graphqlUrl, '', '{ hello }'));
+    await pool(
+      Array.from({ length: REQUESTS }, (_, i) => i),
+      4,
+      () => gqlOk(base.graphqlUrl, '', '{ hello }'),
+    );
     const baseSteady = await steadyRssKb(base.pid);
     await base.stop();
 
@@ -109,11 +130,28 @@ export async function scenario0(sim: Simulator, row: (r: ScenarioRow) => void, n
     const serverAfterStart = rssKb(server.pid);
     const token = /^\s+(pvg_[A-Za-z0-9_-]{43})$/m.exec(server.stdout())?.[1];
     if (!token) throw new Error(`scenario 0: no admin token printed:\n${server.stdout()}`);
-    const { createNode } = await gqlOk<{ createNode: { id: string } }>(server.graphqlUrl, token, 'mutation($i:CreateNodeInput!){createNode(input:$i){id}}', {
-      i: { name: 's0', host: sim.host, port: sim.port, tokenId: sim.token.id, tokenSecret: sim.token.secret, tlsFingerprint: sim.fingerprint },
-    });
-    await pool(Array.from({ length: REQUESTS }, (_, i) => i), 4, () =>
-      gqlOk(server.graphqlUrl, token, 'query($n:ID!){vmidsTaken(nodeId:$n){taken reserved version}}', { n: createNode.id }),
+    const { createNode } = await gqlOk<{ createNode: { id: string } }>(
+      server.graphqlUrl,
+      token,
+      'mutation($i:CreateNodeInput!){createNode(input:$i){id}}',
+      {
+        i: {
+          name: 's0',
+          host: sim.host,
+          port: sim.port,
+          tokenId: sim.token.id,
+          tokenSecret: sim.token.secret,
+          tlsFingerprint: sim.fingerprint,
+        },
+      },
+    );
+    await pool(
+      Array.from({ length: REQUESTS }, (_, i) => i),
+      4,
+      () =>
+        gqlOk(server.graphqlUrl, token, 'query($n:ID!){vmidsTaken(nodeId:$n){taken reserved version}}', {
+          n: createNode.id,
+        }),
     );
     const serverSteady = await steadyRssKb(server.pid);
     await server.stop();
@@ -125,16 +163,68 @@ export async function scenario0(sim: Simulator, row: (r: ScenarioRow) => void, n
 
     const startRatio = server.startMs / base.startMs;
     const rssRatio = serverSteady / baseSteady;
-    row({ scenario: 0, metric: 'first start (new data directory: initdb) → listening', server: `${fmt(server.startMs / 1000, 2)} s`, baseline: `${fmt(base.startMs / 1000, 2)} s`, ratio: `${startRatio.toFixed(2)}×`, goal: `≤ ${START_GOAL}× baseline`, status: startRatio <= START_GOAL ? 'PASS' : 'MISS' });
-    row({ scenario: 0, metric: 'RSS right after the first start', server: `${fmt(serverAfterStart / 1024, 0)} MB`, baseline: `${fmt(baseAfterStart / 1024, 0)} MB`, ratio: `${(serverAfterStart / baseAfterStart).toFixed(2)}×`, goal: '', status: '—' });
-    row({ scenario: 0, metric: `steady RSS after ${REQUESTS} requests (server: vmidsTaken of one simulated node; baseline: { hello }), 4 in flight`, server: `${fmt(serverSteady / 1024, 0)} MB`, baseline: `${fmt(baseSteady / 1024, 0)} MB`, ratio: `${rssRatio.toFixed(2)}×`, goal: `≤ ${RSS_GOAL}× baseline`, status: rssRatio <= RSS_GOAL ? 'PASS' : 'MISS' });
-    row({ scenario: 0, metric: 'second start on the same data directory → listening', server: `${fmt(again.startMs / 1000, 2)} s, RSS ${fmt(againRss / 1024, 0)} MB`, baseline: '—', ratio: '—', goal: '', status: '—' });
-    row({ scenario: 0, metric: 'data directory size after the run (PGlite, key, lock)', server: `${fmt(dataBytes / 2 ** 20, 1)} MB`, baseline: '—', ratio: '—', goal: '', status: '—' });
+    row({
+      scenario: 0,
+      metric: 'first start (new data directory: initdb) → listening',
+      server: `${fmt(server.startMs / 1000, 2)} s`,
+      baseline: `${fmt(base.startMs / 1000, 2)} s`,
+      ratio: `${startRatio.toFixed(2)}×`,
+      goal: `≤ ${START_GOAL}× baseline`,
+      status: startRatio <= START_GOAL ? 'PASS' : 'MISS',
+    });
+    row({
+      scenario: 0,
+      metric: 'RSS right after the first start',
+      server: `${fmt(serverAfterStart / 1024, 0)} MB`,
+      baseline: `${fmt(baseAfterStart / 1024, 0)} MB`,
+      ratio: `${(serverAfterStart / baseAfterStart).toFixed(2)}×`,
+      goal: '',
+      status: '—',
+    });
+    row({
+      scenario: 0,
+      metric: `steady RSS after ${REQUESTS} requests (server: vmidsTaken of one simulated node; baseline: { hello }), 4 in flight`,
+      server: `${fmt(serverSteady / 1024, 0)} MB`,
+      baseline: `${fmt(baseSteady / 1024, 0)} MB`,
+      ratio: `${rssRatio.toFixed(2)}×`,
+      goal: `≤ ${RSS_GOAL}× baseline`,
+      status: rssRatio <= RSS_GOAL ? 'PASS' : 'MISS',
+    });
+    row({
+      scenario: 0,
+      metric: 'second start on the same data directory → listening',
+      server: `${fmt(again.startMs / 1000, 2)} s, RSS ${fmt(againRss / 1024, 0)} MB`,
+      baseline: '—',
+      ratio: '—',
+      goal: '',
+      status: '—',
+    });
+    row({
+      scenario: 0,
+      metric: 'data directory size after the run (PGlite, key, lock)',
+      server: `${fmt(dataBytes / 2 ** 20, 1)} MB`,
+      baseline: '—',
+      ratio: '—',
+      goal: '',
+      status: '—',
+    });
     if (process.env.BENCH_S0_INSTALL !== '0') {
       const seconds = cleanInstallSeconds();
-      row({ scenario: 0, metric: '`npm ci` of this commit in a scratch directory (npm cache warm; includes prisma generate, codegen, tsc)', server: `${fmt(seconds, 1)} s`, baseline: '—', ratio: '—', goal: '', status: '—' });
+      row({
+        scenario: 0,
+        metric:
+          '`npm ci` of this commit in a scratch directory (npm cache warm; includes prisma generate, codegen, tsc)',
+        server: `${fmt(seconds, 1)} s`,
+        baseline: '—',
+        ratio: '—',
+        goal: '',
+        status: '—',
+      });
     }
-    note(0, `both sides are started with the node flags of \`npm start\` (${START_NODE_ARGS.join(' ')}) and run compiled JavaScript; the baseline opens PGlite with pvegraph's own openPglite (16 MB shared buffers, initdb in a child, WebAssembly on Liftoff), so the ratios are what pvegraph adds on top of PGlite and a bare Yoga. Start times run from spawn to the "listening" line. BENCH_S0_INSTALL=0 skips the install.`);
+    note(
+      0,
+      `both sides are started with the node flags of \`npm start\` (${START_NODE_ARGS.join(' ')}) and run compiled JavaScript; the baseline opens PGlite with pvegraph's own openPglite (16 MB shared buffers, initdb in a child, WebAssembly on Liftoff), so the ratios are what pvegraph adds on top of PGlite and a bare Yoga. Start times run from spawn to the "listening" line. BENCH_S0_INSTALL=0 skips the install.`,
+    );
   } finally {
     rmSync(scratch, { recursive: true, force: true });
   }

@@ -204,7 +204,7 @@ export async function gql<T = any>(url: string, token: string, query: string, va
     headers: { 'content-type': 'application/json', accept: 'application/graphql-response+json, application/json', authorization: `Bearer ${token}` },
     body: JSON.stringify({ query, variables }),
   });
-  return { status: res.status, ...((await res.json()) as object) } as GqlResult<T>;
+  return { status: res.status, ...((await res.json()) as object) };
 }
 
 /**
@@ -220,7 +220,7 @@ export async function gqlVia<T = any>(dispatcher: Dispatcher, url: string, token
     headers: { 'content-type': 'application/json', accept: 'application/graphql-response+json, application/json', authorization: `Bearer ${token}` },
     body: JSON.stringify({ query, variables }),
   });
-  return { status: res.statusCode, ...((await res.body.json()) as object) } as GqlResult<T>;
+  return { status: res.statusCode, ...((await res.body.json()) as object) };
 }
 
 /** Like gql but throws on any error. */

@@ -41,7 +41,6 @@ import {
   fmt,
   forkTs,
   freePort,
-  gql,
   gqlOk,
   gqlVia,
   killAll,
@@ -233,8 +232,8 @@ async function stopServer(s: ServerChild) {
   servers.splice(servers.indexOf(s), 1);
 }
 
-async function startSim(guests: number): Promise<Simulator> {
-  const sim = await startSimulator({ host: '127.0.0.1', port: 0, guests });
+async function startSim(guests: number, clusterName?: string): Promise<Simulator> {
+  const sim = await startSimulator({ host: '127.0.0.1', port: 0, guests, ...(clusterName ? { clusterName } : {}) });
   sims.push(sim);
   return sim;
 }
@@ -515,9 +514,13 @@ async function scenario2(sim: Simulator) {
   const baseKb = (baseRss1 - baseRss0) / Math.max(1, bo.ok);
 
   // ---- phase A: 100 users × 1 node × 100 subscribers
-  const tenants = await pool(Array.from({ length: users }), 10, async () => {
+  // Each user's node is a Proxmox of its own (its own certificate, so its own cluster and
+  // VMID space): registrations of one simulator would share one space, and every
+  // invalidation would reach all subscribers instead of its node's.
+  const tenants = await pool(Array.from({ length: users }), 10, async (_, i) => {
     const u = await createUser();
-    const nodeId = await createNode(server, u.token, sim);
+    const own = await startSim(50, `s2-${i}`);
+    const nodeId = await createNode(server, u.token, own);
     await gqlOk(server.graphqlUrl, u.token, VMIDS_TAKEN, { n: nodeId });
     return { ...u, nodeId };
   });

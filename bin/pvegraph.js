@@ -1,8 +1,9 @@
 #!/usr/bin/env node
 // `npx pvegraph …`: runs the CLI compiled by `npm install` (`npm run build`) into dist/.
 import { existsSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
 
-if (!existsSync(new URL('../dist/cli/main.js', import.meta.url))) {
+if (!existsSync(fileURLToPath(import.meta.resolve('../dist/cli/main.js')))) {
   process.stderr.write('pvegraph: dist/ is missing: run `npm run build` (npm install does it) first\n');
   process.exit(1);
 }

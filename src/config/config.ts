@@ -6,18 +6,18 @@ import { z } from 'zod';
  * Every environment variable of the contract, parsed once at start-up. A bad value stops the
  * process with one line naming the variable (see `ConfigError`).
  */
+/** Spellings of a boolean flag (any case, surrounding spaces ignored); unset or empty: the default. */
 const bool = (name: string, fallback: boolean) =>
-  z
-    .string()
-    .optional()
-    .transform((v, ctx) => {
-      if (v === undefined || v === '') return fallback;
-      const s = v.trim().toLowerCase();
-      if (['1', 'true', 'yes', 'on'].includes(s)) return true;
-      if (['0', 'false', 'no', 'off'].includes(s)) return false;
-      ctx.addIssue({ code: 'custom', message: `${name} must be true or false (got "${v}")` });
-      return z.NEVER;
-    });
+  z.preprocess(
+    (v) => (typeof v === 'string' && v.trim() !== '' ? v.trim() : undefined),
+    z
+      .stringbool({
+        truthy: ['1', 'true', 'yes', 'on'],
+        falsy: ['0', 'false', 'no', 'off'],
+        error: (issue) => `${name} must be true or false (got "${String(issue.input)}")`,
+      })
+      .default(fallback),
+  );
 
 const int = (name: string, fallback: number, min: number, max: number) =>
   z

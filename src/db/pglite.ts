@@ -54,12 +54,19 @@ async function initdbInChild(dir: string): Promise<void> {
     const db = await PGlite.create(dir, { startParams: params });
     await db.close();`;
   try {
-    await run(process.execPath, [...LIFTOFF_ONLY_FLAGS, '--input-type=module', '-e', script, dir, JSON.stringify(pgliteOptions().startParams)], {
-      maxBuffer: 16 * 1024 * 1024,
-    });
+    await run(
+      process.execPath,
+      [...LIFTOFF_ONLY_FLAGS, '--input-type=module', '-e', script, dir, JSON.stringify(pgliteOptions().startParams)],
+      {
+        maxBuffer: 16 * 1024 * 1024,
+      },
+    );
   } catch (err) {
     const stderr = (err as { stderr?: string }).stderr?.trim();
-    throw new Error(`creating the embedded database in ${dir} failed${stderr ? `: ${stderr.split('\n').at(-1)}` : ''}`, { cause: err });
+    throw new Error(
+      `creating the embedded database in ${dir} failed${stderr ? `: ${stderr.split('\n').at(-1)}` : ''}`,
+      { cause: err },
+    );
   }
 }
 

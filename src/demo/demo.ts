@@ -42,7 +42,13 @@ export async function startDemo(base: Config, log: Logger): Promise<Demo> {
     for (const stop of stops.reverse()) await stop().catch(() => undefined);
   };
   try {
-    const simulator = await startSimulator({ host: '127.0.0.1', port: 0, clusterName: CLUSTER.name, nodes: CLUSTER.nodes, guests: CLUSTER.guests });
+    const simulator = await startSimulator({
+      host: '127.0.0.1',
+      port: 0,
+      clusterName: CLUSTER.name,
+      nodes: CLUSTER.nodes,
+      guests: CLUSTER.guests,
+    });
     stops.push(() => simulator.stop());
     simulator.startChurn({ intervalMs: CLUSTER.churnMs, minGuests: CLUSTER.guests / 2, maxGuests: CLUSTER.guests * 2 });
 
@@ -91,7 +97,10 @@ async function registerSimulator(url: string, token: string, sim: Simulator): Pr
       },
     }),
   });
-  const body = (await res.json()) as { data?: { createNode: { id: string } } | null; errors?: Array<{ message: string }> };
+  const body = (await res.json()) as {
+    data?: { createNode: { id: string } } | null;
+    errors?: Array<{ message: string }>;
+  };
   const id = body.data?.createNode.id;
   if (!id) throw new Error(`registering the simulated cluster failed: ${body.errors?.[0]?.message ?? res.status}`);
   return id;

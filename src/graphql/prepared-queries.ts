@@ -1,5 +1,6 @@
 import { type DocumentNode, type ExecutionResult, getOperationAST, GraphQLError, type GraphQLSchema, type Source } from 'graphql';
 import { type CompiledQuery, compileQuery, isCompiledQuery } from 'graphql-jit';
+import { type LRUCache, lruCache } from '../cache/lru.js';
 import type { GraphQLParams, Plugin } from 'graphql-yoga';
 import type { RequestContext } from './context.js';
 import { isIntrospectionOnly } from './plugins/require-viewer.js';
@@ -32,12 +33,14 @@ export interface PreparedQuery {
  * instead of variables) cannot grow it.
  */
 export class PreparedQueries {
-  private readonly entries = new Map<string, PreparedQuery>();
+  private readonly entries: LRUCache<string, PreparedQuery>;
 
   constructor(
     private readonly schema: GraphQLSchema,
-    private readonly maxEntries = 500,
-  ) {}
+    maxEntries = 500,
+  ) {
+    this.entries = lruCache({ max: maxEntries });
+  }
 
   get size(): number {
     return this.entries.size;
@@ -45,13 +48,7 @@ export class PreparedQueries {
 
   get(query: string, operationName: string | null): PreparedQuery | undefined {
     const key = keyOf(query, operationName);
-    const entry = this.entries.get(key);
-    if (entry && this.entries.size > 1) {
-      // Most recently used goes last (Map keeps insertion order).
-      this.entries.delete(key);
-      this.entries.set(key, entry);
-    }
-    return entry;
+    return this.entries.get(key);
   }
 
   /** Called only with documents that passed parsing and validation. */
@@ -61,7 +58,6 @@ export class PreparedQueries {
     if (type !== 'query' && type !== 'mutation') return;
     const key = keyOf(query, operationName);
     if (this.entries.has(key)) return;
-    if (this.entries.size >= this.maxEntries) this.entries.delete(this.entries.keys().next().value!);
     this.entries.set(key, { document, operationName, type, introspectionOnly: isIntrospectionOnly(document, operationName) });
   }
 

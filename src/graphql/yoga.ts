@@ -1,5 +1,4 @@
 import { randomUUID } from 'node:crypto';
-import { EnvelopArmorPlugin } from '@escape.tech/graphql-armor';
 import { useCSRFPrevention } from '@graphql-yoga/plugin-csrf-prevention';
 import { useDisableIntrospection } from '@graphql-yoga/plugin-disable-introspection';
 import { GraphQLError } from 'graphql';
@@ -13,8 +12,10 @@ import type { Services } from '../services.js';
 import { type RequestContext, type SubscriptionSink, viewerContext } from './context.js';
 import { useEndRevokedSubscriptions } from './plugins/end-revoked-subscriptions.js';
 import { useEndUnansweredStreams } from './plugins/end-unanswered-streams.js';
+import { useErrorBodies } from './plugins/error-bodies.js';
 import { type ErrorMasker, useMaskErrors } from './plugins/mask-errors.js';
 import { useObserveOperations } from './plugins/observe-operations.js';
+import { useQueryLimits } from './plugins/query-limits.js';
 import { useRequireViewer } from './plugins/require-viewer.js';
 import { useShareSubscriptionEvents } from './plugins/share-subscription-events.js';
 import { useSubscriptionCap } from './plugins/subscription-cap.js';
@@ -53,8 +54,9 @@ export interface YogaOptions {
 
 /**
  * Limits on what one document may ask for. Generous for dashboards (the deepest real query,
- * me → nodes → containers → node → containers, is 5 levels), tight for abuse. GraphiQL's
- * introspection query is exempt from depth and cost.
+ * me → nodes → containers → node → containers, is 5 levels), tight for abuse. The standard
+ * introspection query GraphiQL sends is exempt from depth, introspection from cost
+ * (plugins/query-limits.ts).
  */
 export const QUERY_LIMITS = {
   maxDepth: 10,
@@ -71,15 +73,7 @@ export function createPvegraphYoga(opts: YogaOptions): PvegraphYoga {
     useMaskErrors(masker),
     // Before the plugins that may stop an operation, so it also sees those (UNAUTHENTICATED, caps).
     useObserveOperations(metrics),
-    EnvelopArmorPlugin({
-      maxDepth: { n: QUERY_LIMITS.maxDepth, ignoreIntrospection: true, flattenFragments: true },
-      maxAliases: { n: QUERY_LIMITS.maxAliases },
-      maxTokens: { n: QUERY_LIMITS.maxTokens },
-      maxDirectives: { n: QUERY_LIMITS.maxDirectives },
-      costLimit: { maxCost: QUERY_LIMITS.maxCost, ignoreIntrospection: true },
-      // "Did you mean …?" would hand out the schema that introspection hides.
-      blockFieldSuggestion: { enabled: !opts.introspection },
-    }) as Plugin<RequestContext>,
+    ...useQueryLimits(QUERY_LIMITS, { fieldSuggestions: opts.introspection }),
     // Browsers can only send these headers after a CORS preflight, so a cross-site form or
     // <img> cannot trigger an operation. Authenticated requests carry Authorization anyway.
     useCSRFPrevention({ requestHeaders: ['authorization', 'x-graphql-yoga-csrf', 'graphql-require-preflight'] }) as Plugin<RequestContext>,
@@ -92,6 +86,7 @@ export function createPvegraphYoga(opts: YogaOptions): PvegraphYoga {
     // Last: replaces the subscribe function (one execution per event and operation).
     useShareSubscriptionEvents(masker),
     useEndUnansweredStreams(),
+    useErrorBodies(),
   ];
   if (!opts.introspection) plugins.push(useDisableIntrospection() as Plugin<RequestContext>);
 

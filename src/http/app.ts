@@ -31,8 +31,11 @@ export const enum WsCloseCode {
   PolicyViolation = 1008,
   /** Bad or missing token (graphql-ws Forbidden). */
   Forbidden = 4403,
-  /** The address has spent its budget for requests without a valid token (anonymous-budget.ts). */
-  TooManyRequests = 4429,
+  /**
+   * The address has spent its budget for requests without a valid token (anonymous-budget.ts):
+   * RFC 6455's "try again later", which graphql-ws's client retries (its 4429 would be fatal).
+   */
+  TryAgainLater = 1013,
 }
 
 export type AppConfig = Pick<
@@ -173,7 +176,7 @@ export function createApp({ services, log, config }: AppOptions): App {
         if (check.kind === 'unchecked') throw check.error; // as before: graphql-ws closes with 4500
         if (check.kind === 'refused') {
           // The reason names the budget spent (address or IPv6 /48); it fits a close frame's 123 bytes.
-          ctx.extra.socket.close(WsCloseCode.TooManyRequests, rateLimitedMessage(check.bucket, check.retryAfterSeconds));
+          ctx.extra.socket.close(WsCloseCode.TryAgainLater, rateLimitedMessage(check.bucket, check.retryAfterSeconds));
           return false;
         }
         if (check.kind !== 'viewer') return false;

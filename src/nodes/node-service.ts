@@ -13,6 +13,7 @@ import { EndpointHealth } from './endpoint-health.js';
 import { isUuid, MAX_FALLBACK_ENDPOINTS } from './node-validation.js';
 import type { NodeRef, VmidHooks } from './vmid-hooks.js';
 import { dueForRefresh, SingleFlight } from '../concurrency/single-flight.js';
+import { lruCache } from '../cache/lru.js';
 import { type ClusterIdentity, deriveClusterId, vmidSpaceOf } from '../clusters/identity.js';
 
 export type { ProxmoxNode };
@@ -74,7 +75,7 @@ const REFUSAL_CODES: readonly string[] = [...TLS_CODES, ErrorCode.PROXMOX_AUTH_F
  */
 export class NodeService {
   /** viewer+node → NodeRef, for the hot VMID reads (a node never changes owner). */
-  private readonly owned = new Map<string, { ref: NodeRef; expiresAt: number }>();
+  private readonly owned = lruCache<string, { ref: NodeRef; expiresAt: number }>({ max: 10_000, now: Date.now });
   private readonly ownershipLookups = new SingleFlight<string, NodeRef>();
   /** Node owners by id, looked up together when several are needed at once (batching only). */
   private readonly ownerRows = new DataLoader<string, RefRow | null>(
@@ -86,7 +87,7 @@ export class NodeService {
     { cache: false, maxBatchSize: 500 },
   );
   /** Decrypted Proxmox targets by registration id (targetById). */
-  private readonly targets = new Map<string, { target: ProxmoxTarget; until: number }>();
+  private readonly targets = lruCache<string, ProxmoxTarget>({ max: 10_000, now: Date.now });
   /** Counts node deletions by this instance, so an ownership lookup that raced one is not cached. */
   private deletions = 0;
   /** lastError / lastOkAt of every endpoint, from the client's reports. */
@@ -118,10 +119,9 @@ export class NodeService {
    */
   async ref(viewer: Viewer, nodeId: string): Promise<NodeRef> {
     const key = `${viewer.userId}:${nodeId}`;
-    const now = Date.now();
     const hit = this.owned.get(key);
-    if (hit && hit.expiresAt > now) {
-      if (dueForRefresh(hit.expiresAt, now, this.ownershipCacheTtlMs)) {
+    if (hit) {
+      if (dueForRefresh(hit.expiresAt, Date.now(), this.ownershipCacheTtlMs)) {
         // NOT_FOUND is the re-check doing its job (the node is gone and was dropped).
         void this.lookupRef(viewer, nodeId, key).catch((err: unknown) => {
           if (!(err instanceof NotFoundError)) this.onBackgroundCheckFailed?.(err);
@@ -145,11 +145,9 @@ export class NodeService {
       }
       const ref = refOf(row);
       // A delete that committed while this lookup read the row must not be undone here.
-      if (this.ownershipCacheTtlMs > 0 && this.deletions === deletionsBefore) {
-        this.owned.delete(key);
-        if (this.owned.size >= 10_000) this.owned.delete(this.owned.keys().next().value!);
-        this.owned.set(key, { ref, expiresAt: readAt + this.ownershipCacheTtlMs });
-      }
+      const expiresAt = readAt + this.ownershipCacheTtlMs;
+      const left = expiresAt - Date.now();
+      if (this.ownershipCacheTtlMs > 0 && left > 0 && this.deletions === deletionsBefore) this.owned.set(key, { ref, expiresAt }, { ttl: left });
       return ref;
     });
   }
@@ -489,14 +487,14 @@ export class NodeService {
    * made through another instance is seen within TARGET_CACHE_MS.
    */
   private async targetById(nodeId: string): Promise<ProxmoxTarget> {
-    const now = Date.now();
     const kept = this.targets.get(nodeId);
-    if (kept && kept.until > now) return kept.target;
+    if (kept) return kept;
+    const readAt = Date.now(); // the lifetime counts from before the read
     const node = await this.prisma.proxmoxNode.findUnique({ where: { id: nodeId }, include: WITH_ENDPOINTS });
     if (!node) throw new NotFoundError('Node', nodeId);
     const target = this.targetOf(node);
-    if (this.targets.size >= 10_000) this.targets.delete(this.targets.keys().next().value!);
-    this.targets.set(nodeId, { target, until: now + TARGET_CACHE_MS });
+    const left = readAt + TARGET_CACHE_MS - Date.now();
+    if (left > 0) this.targets.set(nodeId, target, { ttl: left });
     return target;
   }
 

@@ -2,6 +2,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { Pool } from 'undici';
 import type { Dispatcher } from 'undici';
 import type { z } from 'zod';
+import { type LRUCache, lruCache } from '../cache/lru.js';
 import { missingPrivileges, normalizeAclPath, requiredPaths, type PermissionMap } from '../clusters/privileges.js';
 import { BadUserInputError, ConflictError, DomainError, ErrorCode } from '../errors.js';
 import {
@@ -337,9 +338,10 @@ const SHA256_FINGERPRINT = /^[0-9A-F]{2}(:[0-9A-F]{2}){31}$/;
 export class ProxmoxClient {
   private readonly opts: Required<Omit<ProxmoxClientOptions, 'logger' | 'caCerts' | 'onCall' | 'loopbackEndpoints'>> &
     Pick<ProxmoxClientOptions, 'logger' | 'caCerts' | 'onCall' | 'loopbackEndpoints'>;
-  private readonly pools = new Map<string, PoolEntry>();
-  /** Endpoint lists (by key) whose calls start at a fallback that worked, until `until`. */
-  private readonly preferred = new Map<string, { index: number; until: number }>();
+  /** Least recently used out first; an evicted pool finishes the requests running on it. */
+  private readonly pools: LRUCache<string, PoolEntry>;
+  /** Endpoint lists (by key) whose calls start at a fallback that worked, for preferWorkingEndpointMs. */
+  private readonly preferred = lruCache<string, { index: number }>({ max: 4_096 });
 
   constructor(opts: ProxmoxClientOptions) {
     if (!Number.isFinite(opts.timeoutMs) || opts.timeoutMs <= 0) {
@@ -353,6 +355,14 @@ export class ProxmoxClient {
       preferWorkingEndpointMs: 30_000,
       ...opts,
     };
+    this.pools = lruCache({
+      max: this.opts.maxPools,
+      onEvict: (old, key) => {
+        this.opts.logger?.debug?.({ pool: key.replace(/\|pin:.*/, '|pin') }, 'proxmox pool evicted');
+        // Graceful: requests already running on it finish.
+        old.pool.close().catch(() => undefined);
+      },
+    });
   }
 
   private get policy(): HostPolicy {
@@ -617,7 +627,7 @@ export class ProxmoxClient {
    */
   lastFingerprint(t: ProxmoxTarget): string | null {
     try {
-      return this.pools.get(this.poolKey(t))?.fingerprint ?? null;
+      return this.pools.peek(this.poolKey(t))?.fingerprint ?? null;
     } catch {
       return null;
     }
@@ -641,12 +651,7 @@ export class ProxmoxClient {
     const host = bareHost(t.host);
     const key = `${host.toLowerCase()}|${t.port}|${modeKey(mode)}`;
     const existing = this.pools.get(key);
-    if (existing) {
-      // LRU: move to the end.
-      this.pools.delete(key);
-      this.pools.set(key, existing);
-      return existing;
-    }
+    if (existing) return existing;
     const entry: PoolEntry = { key, pool: undefined as unknown as Pool, fingerprint: null };
     entry.pool = new Pool(`https://${urlHost(host)}:${t.port}`, {
       connections: this.opts.connectionsPerNode,
@@ -667,14 +672,6 @@ export class ProxmoxClient {
       }),
     });
     this.pools.set(key, entry);
-    while (this.pools.size > this.opts.maxPools) {
-      const oldest = this.pools.keys().next().value as string;
-      const old = this.pools.get(oldest);
-      this.pools.delete(oldest);
-      this.opts.logger?.debug?.({ pool: oldest.replace(/\|pin:.*/, '|pin') }, 'proxmox pool evicted');
-      // Graceful: requests already running on it finish.
-      old?.pool.close().catch(() => undefined);
-    }
     return entry;
   }
 
@@ -753,6 +750,8 @@ export class ProxmoxClient {
    * transient get another round after a backoff (`retries` extra rounds; with one endpoint this
    * is the plain retry of a GET). While endpoints are left in a round, each attempt gets an
    * equal share of the time left, so a hanging endpoint cannot eat the others' time.
+   * Not undici's retry interceptor: it retries one origin before the next is tried, where a
+   * round here fails over at once and retries only after every endpoint failed, in one deadline.
    */
   private async attempts(t: ProxmoxTarget, path: string, deadline: number, signal: AbortSignal): Promise<RawResponse> {
     const endpoints = endpointsOf(t);
@@ -858,7 +857,7 @@ export class ProxmoxClient {
   private preferredEndpoint(key: string, n: number): number {
     const p = this.preferred.get(key);
     if (!p) return 0;
-    if (p.until <= Date.now() || p.index >= n) {
+    if (p.index >= n) {
       this.preferred.delete(key);
       return 0;
     }
@@ -871,9 +870,7 @@ export class ProxmoxClient {
       this.preferred.delete(key);
       return;
     }
-    this.preferred.delete(key);
-    if (this.preferred.size >= 4_096) this.preferred.delete(this.preferred.keys().next().value!);
-    this.preferred.set(key, { index, until: Date.now() + ms });
+    this.preferred.set(key, { index }, { ttl: ms });
   }
 
   private async once(t: ProxmoxTarget, entry: PoolEntry, path: string, signal: AbortSignal): Promise<RawResponse> {

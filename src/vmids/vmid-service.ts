@@ -1,5 +1,6 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from 'pino';
+import { lruCache } from '../cache/lru.js';
 import { ConflictError, FailedPreconditionError, NotFoundError } from '../errors.js';
 import { CacheUnavailableError } from './errors.js';
 import { EventStream } from './event-stream.js';
@@ -112,7 +113,7 @@ export class VmidService {
   private readonly fetchTakenVmids: FetchTakenVmids;
   private readonly authority: VmidAuthority;
   /** Each space's `next-id` range as last read, with when it stops being trusted. */
-  private readonly ranges = new Map<string, { range: VmidRange | null; until: number }>();
+  private readonly ranges = lruCache<string, { range: VmidRange | null }>({ max: 10_000, ttlMs: RANGE_TTL_MS });
   private readonly ttlS: number;
   private readonly log: Logger | undefined;
   private readonly fillLockMs: number;
@@ -390,10 +391,9 @@ export class VmidService {
 
   /** [min, max] for a search without a vmid: inside the datacenter's `next-id` range, if set. */
   private async searchBounds(node: NodeRef, min: number): Promise<{ min: number; max: number }> {
-    const now = Date.now();
     let known = this.ranges.get(node.spaceId);
-    if (!known || known.until <= now) {
-      known = { range: await this.authority.nextIdRange(node), until: now + RANGE_TTL_MS };
+    if (!known) {
+      known = { range: await this.authority.nextIdRange(node) };
       this.ranges.set(node.spaceId, known);
     }
     if (!known.range) return { min, max: VMID_MAX };

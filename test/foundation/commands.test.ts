@@ -109,12 +109,12 @@ describe('npm start in embedded mode (no DATABASE_URL, no REDIS_URL)', () => {
     });
     children.push(child);
     let out = '';
-    child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
-    child.stderr!.on('data', (d: Buffer) => (out += d.toString()));
+    child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (out += d.toString()));
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => reject(new Error(`server did not start:\n${out}`)), 60_000);
       child.on('exit', (code) => reject(new Error(`server exited with ${code}:\n${out}`)));
-      child.stdout!.on('data', () => {
+      child.stdout.on('data', () => {
         const m = /GraphiQL at (http:\/\/[^\s"]+)\/graphql/.exec(out);
         if (m) {
           clearTimeout(timer);

@@ -19,16 +19,28 @@ export async function readmeBlock(section: string, name: string): Promise<string
 
 /** The environment a user's shell has: nothing of the test runner's own settings. */
 export function userEnv(extra: Record<string, string>): NodeJS.ProcessEnv {
-  const { DATABASE_URL: _d, REDIS_URL: _r, ENCRYPTION_KEY: _k, VITEST: _v, NODE_ENV: _n, LOG_LEVEL: _l, ...rest } = process.env;
+  const {
+    DATABASE_URL: _d,
+    REDIS_URL: _r,
+    ENCRYPTION_KEY: _k,
+    VITEST: _v,
+    NODE_ENV: _n,
+    LOG_LEVEL: _l,
+    ...rest
+  } = process.env;
   return { ...rest, ...extra };
 }
 
 /** A command in its own process group (so npm and what it started stop together), output collected. */
-export function startGroup(command: string, args: string[], env: NodeJS.ProcessEnv): { child: ChildProcess; output: () => string } {
+export function startGroup(
+  command: string,
+  args: string[],
+  env: NodeJS.ProcessEnv,
+): { child: ChildProcess; output: () => string } {
   const child = spawn(command, args, { cwd: ROOT, env, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
   let out = '';
-  child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
-  child.stderr!.on('data', (d: Buffer) => (out += d.toString()));
+  child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+  child.stderr.on('data', (d: Buffer) => (out += d.toString()));
   return { child, output: () => out };
 }
 
@@ -48,7 +60,12 @@ export interface OutputMatcher {
 }
 
 /** Resolves once `pattern` matches the output collected so far; rejects if the process exits first. */
-export function waitForOutput(child: ChildProcess, output: () => string, pattern: OutputMatcher, what: string): Promise<RegExpMatchArray> {
+export function waitForOutput(
+  child: ChildProcess,
+  output: () => string,
+  pattern: OutputMatcher,
+  what: string,
+): Promise<RegExpMatchArray> {
   return new Promise((resolve, reject) => {
     const check = () => {
       const m = pattern.exec(output());

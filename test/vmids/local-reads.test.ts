@@ -161,7 +161,7 @@ describe('snapshots kept in memory by a Redis store (two instances)', () => {
     // B's own subscriber connection, so the test can cut it.
     const redis = await connect(prefix);
     const subscriber = redis.duplicate();
-    const id = (await subscriber.client('ID')) as number;
+    const id = (await subscriber.client('ID'));
     const store = new RedisVmidStore(redis, { log: silentLog, localReadMs: LOCAL_READ_MS, subscriber });
     try {
       await untilKept(store, 5_000);
