@@ -1,4 +1,4 @@
-import type { Redis } from 'ioredis';
+import type { RedisClient } from '../redis/redis.js';
 import { type RateLimiterAbstract, RateLimiterMemory, RateLimiterRedis, RateLimiterRes } from 'rate-limiter-flexible';
 import { DomainError, ErrorCode } from '../errors.js';
 
@@ -48,7 +48,7 @@ export class RateLimiter {
   /** Per bucket, the keys this instance has seen refused, and until when (performance.now()). */
   private readonly spentUntil = new Map<RateLimitBucket, Map<string, number>>();
 
-  constructor(limits: RateLimits, redis: Redis | null) {
+  constructor(limits: RateLimits, redis: RedisClient | null) {
     const make = (bucket: RateLimitBucket, points: number, options: { blockInMemory?: boolean } = {}) => {
       if (points <= 0) return;
       const memory = new RateLimiterMemory({ points, duration: WINDOW_MS / 1000, keyPrefix: `rl:${bucket}` });

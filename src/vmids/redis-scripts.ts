@@ -576,3 +576,13 @@ return 1
 export const EVENTS_AFTER = `
 return { redis.call('HGET', KEYS[2], 'version') or '0', redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[1], '+inf') }
 `;
+
+/**
+ * A script as it runs on a Redis Cluster: events are sent with SPUBLISH, so they travel to
+ * the replicas of the shard that owns the space (and its subscribers) rather than to every
+ * node. Redis checks that the channel is in the slot of the script's keys (it is hash-tagged
+ * with the space, like them: RedisVmidStore.channel).
+ */
+export function sharded(lua: string): string {
+  return lua.replaceAll(`redis.call('PUBLISH', `, `redis.call('SPUBLISH', `);
+}

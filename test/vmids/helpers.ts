@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import type { Redis } from 'ioredis';
+import type { RedisClient } from '../../src/redis/redis.js';
 import pino from 'pino';
 import { expect } from 'vitest';
 import type { ProxmoxClient } from '../../src/proxmox/index.js';
@@ -24,7 +24,7 @@ import { TEST_REDIS_URL } from '../support/env.js';
 export const silentLog = pino({ level: process.env.TEST_LOG_LEVEL ?? 'silent' });
 
 /** A Redis command connection as the server makes it (src/redis/redis.ts). */
-export function connect(keyPrefix: string, url = TEST_REDIS_URL): Promise<Redis> {
+export function connect(keyPrefix: string, url = TEST_REDIS_URL): Promise<RedisClient> {
   return connectRedis(url, keyPrefix, silentLog);
 }
 
@@ -83,7 +83,7 @@ export interface OpenStore {
   /** The Redis or memory store itself (under the durable record for '*-durable'). */
   fast: VmidStore;
   /** The command connection (Redis stores only). */
-  redis?: Redis;
+  redis?: RedisClient;
   close(): Promise<void>;
 }
 
