@@ -71,9 +71,10 @@ function createClient(target: RedisTarget, keyPrefix: string): RedisClient {
         ...(target.password ? { password: target.password } : {}),
         ...(target.sentinelPassword ? { sentinelPassword: target.sentinelPassword } : {}),
         ...(target.tls ? { tls: {}, sentinelTLS: {}, enableTLSForSentinelMode: true } : {}),
-        // Also listen to the sentinels' +switch-master, so a failover is followed at once
-        // rather than when the old master's connection finally times out.
-        failoverDetector: true,
+        // A master that dies closes the connection: ioredis asks the sentinels again and
+        // connects to whichever master they name (it checks the role). (Not ioredis's
+        // failoverDetector: its sentinel connections report errors nobody can listen to and
+        // outlive quit() in ioredis 5.11.)
         sentinelRetryStrategy: (attempt) => Math.min(attempt * 200, 2_000),
       });
     case 'cluster': {

@@ -143,7 +143,17 @@ export class RedisEventHub {
   }
 
   private subscribe(channel: string): Promise<unknown> {
-    return this.sharded ? this.subscriber.ssubscribe(channel) : this.subscriber.subscribe(channel);
+    return this.sharded ? this.subscriber.ssubscribe(this.unprefixed(channel)) : this.subscriber.subscribe(channel);
+  }
+
+  /**
+   * ioredis treats a sharded channel as a key and puts the connection's keyPrefix before it
+   * (plain channels it leaves alone): hand it the name without. Messages arrive under the
+   * full name, which is what the channels here are named by.
+   */
+  private unprefixed(channel: string): string {
+    const prefix = this.subscriber.options.keyPrefix ?? '';
+    return channel.startsWith(prefix) ? channel.slice(prefix.length) : channel;
   }
 
   /**
@@ -271,7 +281,7 @@ export class RedisEventHub {
   }
 
   private unsubscribe(channel: string): void {
-    (this.sharded ? this.subscriber.sunsubscribe(channel) : this.subscriber.unsubscribe(channel)).catch(() => {
+    (this.sharded ? this.subscriber.sunsubscribe(this.unprefixed(channel)) : this.subscriber.unsubscribe(channel)).catch(() => {
       if (!this.channels.has(channel)) this.stale.add(channel);
     });
   }

@@ -160,16 +160,19 @@ export class RedisVmidStore implements VmidStore {
   }
 
   /**
-   * Channel of every VMID event of one space (`userId` of a space's NodeRef is the space;
+   * Channel of every VMID event of one space (named by the `id` its changes are made with;
    * node subscriptions filter it). On a cluster in the space's hash slot, with its keys.
    */
   channel(userId: string): string {
     return this.sharded ? `${this.keyPrefix}vmid-events:{${userId}}` : `${this.keyPrefix}vmid-events:${userId}`;
   }
 
-  /** PUBLISH, or SPUBLISH on a cluster (to the shard that owns the channel's slot). */
+  /**
+   * PUBLISH, or SPUBLISH on a cluster (to the shard that owns the channel's slot; ioredis
+   * prefixes a sharded channel like a key, so it gets the name without the prefix).
+   */
   private publish(channel: string, message: string): Promise<unknown> {
-    return this.sharded ? this.redis.spublish(channel, message) : this.redis.publish(channel, message);
+    return this.sharded ? this.redis.spublish(channel.slice(this.keyPrefix.length), message) : this.redis.publish(channel, message);
   }
 
   private async run<T>(op: () => Promise<T>): Promise<T> {
@@ -229,6 +232,11 @@ export class RedisVmidStore implements VmidStore {
     return this.local?.size() ?? 0;
   }
 
+  /** Spaces whose channel this instance listens to for its kept snapshots (cluster only; tests). */
+  watchedSpaces(): number {
+    return this.spaceWatches.size;
+  }
+
   /** Whether reads are kept in memory now: starts them (tests wait for it). */
   keepsSnapshots(): boolean {
     if (!this.local) return false;
@@ -285,7 +293,7 @@ export class RedisVmidStore implements VmidStore {
     const watch = new SpaceWatch(() => local.changed(node.id));
     this.spaceWatches.set(node.id, watch);
     try {
-      const stop = await this.eventHub().listen(this.channel(node.userId), (message) => this.changeAnnounced(local, message));
+      const stop = await this.eventHub().listen(this.channel(node.id), (message) => this.changeAnnounced(local, message));
       watch.subscribed(stop);
     } catch {
       watch.stop();
@@ -345,7 +353,7 @@ export class RedisVmidStore implements VmidStore {
   private async putBack(node: NodeRef, held: readonly HeldReservation[], force: boolean, versionFloor = 0): Promise<boolean> {
     const args = held.flatMap((r) => [String(r.vmid), String(r.expiresAt.getTime()), r.owner]);
     const done = await this.run(() =>
-      this.redis.pvgVmidSeed(...nodeKeys(node.id), this.channel(node.userId), JSON.stringify(node.id), force ? '1' : '0', String(versionFloor), ...args),
+      this.redis.pvgVmidSeed(...nodeKeys(node.id), this.channel(node.id), JSON.stringify(node.id), force ? '1' : '0', String(versionFloor), ...args),
     );
     return replies.decodeInteger('seed', done) === 1;
   }
@@ -381,7 +389,7 @@ export class RedisVmidStore implements VmidStore {
   }
 
   private async readFromRedis(node: NodeRef): Promise<{ snapshot: VmidSnapshot; redisNowMs: number }> {
-    const reply = await this.seeded(node, () => this.redis.pvgVmidRead(...nodeKeys(node.id), this.channel(node.userId), JSON.stringify(node.id), this.holdMs));
+    const reply = await this.seeded(node, () => this.redis.pvgVmidRead(...nodeKeys(node.id), this.channel(node.id), JSON.stringify(node.id), this.holdMs));
     const { version, nowMs, reservedFlat, refreshedAt, expiresAt, taken } = replies.decodeRead(reply);
     const snapshot: VmidSnapshot = {
       version,
@@ -409,7 +417,7 @@ export class RedisVmidStore implements VmidStore {
         ...nodeKeys(node.id),
         String(ttlSeconds * 1000),
         expectedEpoch === null ? '' : String(expectedEpoch),
-        this.channel(node.userId),
+        this.channel(node.id),
         JSON.stringify(node.id),
         this.holdMs,
         ...list.map(String),
@@ -432,7 +440,7 @@ export class RedisVmidStore implements VmidStore {
 
   async invalidate(node: NodeRef) {
     const { existed, version } = replies.decodeInvalidate(
-      await this.change(node, () => this.redis.pvgVmidInvalidate(...nodeKeys(node.id), this.channel(node.userId), JSON.stringify(node.id))),
+      await this.change(node, () => this.redis.pvgVmidInvalidate(...nodeKeys(node.id), this.channel(node.id), JSON.stringify(node.id))),
     );
     if (existed === -1) throw new NotFoundError('Node', node.id);
     return { existed: existed === 1, version };
@@ -445,7 +453,7 @@ export class RedisVmidStore implements VmidStore {
         request.vmid === null ? '' : String(request.vmid),
         String(request.min),
         String(request.ttlSeconds * 1000),
-        this.channel(node.userId),
+        this.channel(node.id),
         JSON.stringify(node.id),
         String(request.max),
         request.owner,
@@ -460,27 +468,27 @@ export class RedisVmidStore implements VmidStore {
   async nextFree(node: NodeRef, min: number, max: number): Promise<NextFreeOutcome> {
     return replies.decodeNextFree(
       await this.change(node, () =>
-        this.redis.pvgVmidNextFree(...nodeKeys(node.id), String(min), String(max), this.channel(node.userId), JSON.stringify(node.id), this.holdMs),
+        this.redis.pvgVmidNextFree(...nodeKeys(node.id), String(min), String(max), this.channel(node.id), JSON.stringify(node.id), this.holdMs),
       ),
     );
   }
 
   async release(node: NodeRef, vmid: number, owner: string) {
     const removed = await this.change(node, () =>
-      this.redis.pvgVmidRelease(...nodeKeys(node.id), String(vmid), this.channel(node.userId), JSON.stringify(node.id), owner, this.holdMs),
+      this.redis.pvgVmidRelease(...nodeKeys(node.id), String(vmid), this.channel(node.id), JSON.stringify(node.id), owner, this.holdMs),
     );
     return replies.decodeInteger('release', removed) === 1;
   }
 
   async consume(node: NodeRef, vmid: number) {
     return replies.decodeConsume(
-      await this.change(node, () => this.redis.pvgVmidConsume(...nodeKeys(node.id), String(vmid), this.channel(node.userId), JSON.stringify(node.id), this.holdMs)),
+      await this.change(node, () => this.redis.pvgVmidConsume(...nodeKeys(node.id), String(vmid), this.channel(node.id), JSON.stringify(node.id), this.holdMs)),
     );
   }
 
   async expireDue(node: NodeRef) {
     const { nowMs, nextMs } = replies.decodeExpireDue(
-      await this.change(node, () => this.redis.pvgVmidExpireDue(...nodeKeys(node.id), this.channel(node.userId), JSON.stringify(node.id), this.holdMs)),
+      await this.change(node, () => this.redis.pvgVmidExpireDue(...nodeKeys(node.id), this.channel(node.id), JSON.stringify(node.id), this.holdMs)),
     );
     return { nextInMs: nextMs === null ? null : Math.max(0, nextMs - nowMs) };
   }
@@ -495,12 +503,12 @@ export class RedisVmidStore implements VmidStore {
     await this.run(async () => {
       const version = Number((await this.redis.hget(keys(node.id).state, 'version')) ?? 0);
       const event = { nodeId: node.id, kind: 'DELETED', version, at: Date.now(), vmids: null, added: [], removed: [], registration: registrationId };
-      await this.publish(this.channel(node.userId), JSON.stringify(event));
+      await this.publish(this.channel(node.id), JSON.stringify(event));
     });
   }
 
   async forget(node: NodeRef) {
-    await this.change(node, () => this.redis.pvgVmidForget(...nodeKeys(node.id), this.channel(node.userId), JSON.stringify(node.id)));
+    await this.change(node, () => this.redis.pvgVmidForget(...nodeKeys(node.id), this.channel(node.id), JSON.stringify(node.id)));
   }
 
   /** See REVIVE. */

@@ -6,10 +6,18 @@ import { openPostgres } from '../../src/db/database.js';
 import { migrate } from '../../src/db/migrate.js';
 import { databaseUrl, TEST_POSTGRES_URL, TEST_REDIS_URL } from './env.js';
 import { deleteKeysWithPrefix } from './redis-keys.js';
+import { startRedisCluster, startSentinelGroup } from './redis-topologies.js';
+
+/** The run's Redis Cluster (7100–7105) and Sentinel group (7110–7111, sentinels 26400–26402). */
+const CLUSTER_BASE_PORT = 7100;
+const SENTINEL_REDIS_PORT = 7110;
+const SENTINEL_BASE_PORT = 26400;
 
 /**
  * Once per run: a fresh, migrated template database. Each test file clones it (fast, and
  * files cannot see each other's rows). Teardown drops every database and Redis key of the run.
+ * Also a local Redis Cluster and Sentinel group (Debian's redis-server, as the single test
+ * Redis), stopped at teardown; tests that kill masters start their own.
  */
 export default async function setup(project: TestProject) {
   const runId = `pvgtest_${Date.now().toString(36)}_${randomBytes(3).toString('hex')}`;
@@ -21,10 +29,19 @@ export default async function setup(project: TestProject) {
   } finally {
     await db.close();
   }
+  const started = await Promise.allSettled([startRedisCluster(CLUSTER_BASE_PORT), startSentinelGroup(SENTINEL_REDIS_PORT, SENTINEL_BASE_PORT)]);
+  const [cluster, sentinel] = started.map((s) => (s.status === 'fulfilled' ? s.value : null));
+  if (!cluster || !sentinel) {
+    await Promise.all([cluster?.stop(), sentinel?.stop()]);
+    throw started.find((s) => s.status === 'rejected')!.reason;
+  }
+  project.provide('redisClusterUrl', cluster.url);
+  project.provide('redisSentinelUrl', sentinel.url);
   project.provide('runId', runId);
   project.provide('templateDatabase', templateDatabase);
 
   return async () => {
+    await Promise.all([cluster.stop(), sentinel.stop()]);
     const client = new pg.Client({ connectionString: TEST_POSTGRES_URL });
     await client.connect();
     try {

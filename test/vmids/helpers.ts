@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import type { RedisClient } from '../../src/redis/redis.js';
+import { isCluster, type RedisClient } from '../../src/redis/redis.js';
 import pino from 'pino';
 import { expect } from 'vitest';
 import type { ProxmoxClient } from '../../src/proxmox/index.js';
@@ -192,6 +192,19 @@ export async function eventually(check: () => Promise<boolean> | boolean, timeou
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 20));
   }
+}
+
+/**
+ * Publishes `message` on `channel` (its full name) as an instance of another version would:
+ * PUBLISH, or on a cluster SPUBLISH (ioredis prefixes a sharded channel itself).
+ */
+export async function publishRaw(redis: RedisClient, channel: string, message: string): Promise<void> {
+  if (!isCluster(redis)) {
+    await redis.publish(channel, message);
+    return;
+  }
+  const prefix = redis.options.keyPrefix ?? '';
+  await redis.spublish(channel.slice(prefix.length), message);
 }
 
 /** Subscribers of `channel` in Redis, counted by Redis itself (on a connection of its own). */

@@ -146,7 +146,7 @@ describe('snapshots kept in memory by a Redis store (two instances)', () => {
     const reserved = await a.store.reserve(node, { vmid: 4343, min: 100, max: VMID_MAX, owner: node.userId, ttlSeconds: 1 });
     expect(reserved.status).toBe('reserved');
     const events: VmidEvent[] = [];
-    const stop = await b.store.listen(node.userId, (e) => events.push(e));
+    const stop = await b.store.listen(node.spaceId, (e) => events.push(e));
     try {
       expect((await keptOn(b)).reserved.map((r) => r.vmid)).toEqual([4343]);
       await sleep(1_100);
