@@ -704,7 +704,7 @@ async function scenario3(sim: Simulator, variant: RedisVariant = SINGLE) {
   row({ scenario: 3, metric: `mutation sent on A → event received on B (${SAMPLES} sequential reserve/release)${variant.label}`, server: `p50 ${ms(dt.p50)} / p99 ${ms(dt.p99)}`, baseline: `p50 ${ms(dr.p50)} / p99 ${ms(dr.p99)}`, ratio: `Δp50 +${fmt(dt.p50 - dr.p50, 2)} ms`, goal: 'p50 within 5 ms of raw', status: dt.p50 - dr.p50 <= 5 ? 'PASS' : 'MISS' });
   row({ scenario: 3, metric: `mutation response on A → event on B (negative: event first)${variant.label}`, server: `p50 ${ms(da.p50)} / p99 ${ms(da.p99)}`, baseline: '—', ratio: '—', goal: '', status: '—' });
   if (variant === SINGLE) note(3, 'raw baseline: ioredis PUBLISH on one connection → message on a second subscribed connection, in this process, interleaved sample by sample with the server path.');
-  else note(3, `${variant.title.trim()}: the same with REDIS_URL naming a local Redis Cluster (three masters, one replica each); raw baseline SPUBLISH → SSUBSCRIBE through ioredis Cluster clients (shardedSubscribers).`);
+  else note(3, `Redis Cluster rows: the same with REDIS_URL naming a local Redis Cluster (three masters, one replica each); raw baseline SPUBLISH → SSUBSCRIBE through ioredis Cluster clients (shardedSubscribers).`);
   await client.dispose();
   raw3.close();
   await agent.close();
