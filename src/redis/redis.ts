@@ -100,7 +100,6 @@ function createClient(target: RedisTarget, keyPrefix: string): RedisClient {
         retryDelayOnClusterDown: 200,
         slotsRefreshTimeout: 2_000,
         slotsRefreshInterval: 5_000,
-        // Replicas announce their addresses as configured; nothing to map here.
       };
       return new Cluster(target.nodes, options);
     }

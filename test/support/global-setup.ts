@@ -6,12 +6,7 @@ import { openPostgres } from '../../src/db/database.js';
 import { migrate } from '../../src/db/migrate.js';
 import { databaseUrl, TEST_POSTGRES_URL, TEST_REDIS_URL } from './env.js';
 import { deleteKeysWithPrefix } from './redis-keys.js';
-import { startRedisCluster, startSentinelGroup } from './redis-topologies.js';
-
-/** The run's Redis Cluster (7100–7105) and Sentinel group (7110–7111, sentinels 26400–26402). */
-const CLUSTER_BASE_PORT = 7100;
-const SENTINEL_REDIS_PORT = 7110;
-const SENTINEL_BASE_PORT = 26400;
+import { startRedisCluster, startSentinelGroup, TEST_PORTS } from './redis-topologies.js';
 
 /**
  * Once per run: a fresh, migrated template database. Each test file clones it (fast, and
@@ -29,7 +24,7 @@ export default async function setup(project: TestProject) {
   } finally {
     await db.close();
   }
-  const started = await Promise.allSettled([startRedisCluster(CLUSTER_BASE_PORT), startSentinelGroup(SENTINEL_REDIS_PORT, SENTINEL_BASE_PORT)]);
+  const started = await Promise.allSettled([startRedisCluster(TEST_PORTS.cluster), startSentinelGroup(TEST_PORTS.sentinelRedis, TEST_PORTS.sentinels)]);
   const [cluster, sentinel] = started.map((s) => (s.status === 'fulfilled' ? s.value : null));
   if (!cluster || !sentinel) {
     await Promise.all([cluster?.stop(), sentinel?.stop()]);

@@ -18,6 +18,22 @@ import { Redis } from 'ioredis';
 
 const run = promisify(execFile);
 
+/**
+ * The test run's ports, from TEST_REDIS_PORT_BASE (default 7100; set it to run two test runs on
+ * one machine at once): the shared cluster base…+5, the shared Sentinel group's Redis +10/+11
+ * with sentinels +19300…, the failover test's cluster +20…+25 and Sentinel group +30/+31 with
+ * sentinels +19310….
+ */
+const PORT_BASE = Number(process.env.TEST_REDIS_PORT_BASE ?? 7100);
+export const TEST_PORTS = {
+  cluster: PORT_BASE,
+  sentinelRedis: PORT_BASE + 10,
+  sentinels: PORT_BASE + 19_300,
+  failoverCluster: PORT_BASE + 20,
+  failoverSentinelRedis: PORT_BASE + 30,
+  failoverSentinels: PORT_BASE + 19_310,
+};
+
 /** Fast failovers: a master is declared failed after this long without answers. */
 export const NODE_TIMEOUT_MS = 1_000;
 

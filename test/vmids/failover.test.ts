@@ -2,7 +2,7 @@ import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { redisHealth } from '../../src/redis/redis.js';
 import type { NodeRef, VmidEvent } from '../../src/vmids/index.js';
-import { NODE_TIMEOUT_MS, type RedisNode, type RedisTopology, startRedisCluster, startSentinelGroup, until } from '../support/redis-topologies.js';
+import { NODE_TIMEOUT_MS, type RedisNode, type RedisTopology, startRedisCluster, startSentinelGroup, TEST_PORTS, until } from '../support/redis-topologies.js';
 import { uniqueRedisPrefix } from '../support/test-server.js';
 import { makeService, newNode, openStore, type Proxmox, startProxmox } from './helpers.js';
 
@@ -12,7 +12,7 @@ import { makeService, newNode, openStore, type Proxmox, startProxmox } from './h
  * the sentinels). Nothing is handed out twice, nothing acknowledged is lost, and a subscriber
  * hears the space's events again, without a restart of anything.
  *
- * Each topology here is this file's own (ports 7120–7131, sentinels 26410+): the run's shared
+ * Each topology here is this file's own (TEST_PORTS.failover…): the run's shared
  * ones (global-setup.ts) keep their masters.
  */
 const SPACES = 6;
@@ -27,8 +27,8 @@ interface Granted {
 }
 
 describe.each([
-  ['Redis Cluster', () => startRedisCluster(7120)],
-  ['Sentinel', () => startSentinelGroup(7130, 26410)],
+  ['Redis Cluster', () => startRedisCluster(TEST_PORTS.failoverCluster)],
+  ['Sentinel', () => startSentinelGroup(TEST_PORTS.failoverSentinelRedis, TEST_PORTS.failoverSentinels)],
 ] as const)('failover of a master (%s)', (_name, start) => {
   let topology: RedisTopology;
   let proxmox: Proxmox;
