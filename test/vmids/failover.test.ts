@@ -2,6 +2,7 @@ import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { redisHealth } from '../../src/redis/redis.js';
 import type { NodeRef, VmidEvent } from '../../src/vmids/index.js';
+import { EVENT_LOG_KEEP } from '../../src/vmids/store.js';
 import { NODE_TIMEOUT_MS, type RedisNode, type RedisTopology, startRedisCluster, startSentinelGroup, TEST_PORTS, until } from '../support/redis-topologies.js';
 import { uniqueRedisPrefix } from '../support/test-server.js';
 import { makeService, newNode, openStore, type Proxmox, startProxmox } from './helpers.js';
@@ -75,6 +76,8 @@ describe.each([
       const load = Array.from({ length: 8 }, (_, i) => worker(i));
       await until(async () => granted.length >= BEFORE, `${BEFORE} reservations before the kill`);
       killedAt = granted.length;
+      const space0 = { id: nodes[0]!.spaceId, userId: nodes[0]!.spaceId, spaceId: nodes[0]!.spaceId };
+      const versionBefore = (await a.store.state(space0.id)).version;
       process.kill(victimPid, 'SIGKILL');
       // /readyz's view: the instance sees the master gone, then the promoted replica.
       await until(async () => (await redisHealth(a.redis!, probe)) === 'failing over', 'redis health: failing over', 20 * NODE_TIMEOUT_MS);
@@ -88,6 +91,11 @@ describe.each([
       await Promise.all(load);
       await until(async () => (await redisHealth(a.redis!, probe)) === 'ok', 'redis health: ok again', 20 * NODE_TIMEOUT_MS + 30_000);
       expect(() => process.kill(victimPid, 0)).toThrow(); // the master really is gone
+
+      // The promoted replica numbers the space's versions on from well past anything the dead
+      // master may have announced, and the subscriber never hears a version twice: after its
+      // SYNCs, versions only grow.
+      expect((await a.store.state(space0.id)).version).toBeGreaterThanOrEqual(versionBefore + EVENT_LOG_KEEP);
 
       // Nothing handed out twice.
       const keys = granted.map((g) => `${g.space}/${g.vmid}`);
@@ -104,6 +112,9 @@ describe.each([
       const seen = heard.length;
       const after = await services[0]!.reserveVmid(nodes[0]!, undefined, 600);
       await until(async () => heard.slice(seen).some((e) => e.kind === 'RESERVED' && e.vmids?.includes(after.vmid)), 'the RESERVED event after the failover');
+      for (let i = 1; i < heard.length; i++) {
+        if (heard[i]!.kind !== 'SYNC') expect(heard[i]!.version, heard.map((e) => `${e.kind}@${e.version}`).join(' ')).toBeGreaterThan(heard[i - 1]!.version);
+      }
       // Reported for the run's log: how the load went through the failover.
       console.info(`${_name}: ${granted.length} reservations, ${failures} refused while failing over`);
     } finally {
