@@ -54,7 +54,7 @@ export async function openRuntime(config: Config, log: Logger, opts: RuntimeOpti
     const keys = [key, ...config.previousEncryptionKeys];
     const secretBox = new SecretBox(keys);
 
-    const redis = config.redisUrl ? await connectRedis(config.redisUrl, config.redisKeyPrefix, log) : null;
+    const redis = config.redis ? await connectRedis(config.redis, config.redisKeyPrefix, log) : null;
     if (redis) closers.push(() => redis.quit().catch(() => redis.disconnect()));
 
     const metrics = new Metrics();

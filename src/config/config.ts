@@ -1,6 +1,7 @@
 import path from 'node:path';
 import proxyAddr from 'proxy-addr';
 import { z } from 'zod';
+import { parseRedisTarget, type RedisTarget, RedisUrlError } from '../redis/redis-target.js';
 
 /**
  * Every environment variable of the contract, parsed once at start-up. A bad value stops the
@@ -53,6 +54,22 @@ const url = (name: string, protocols: string[]) =>
       return v;
     });
 
+/** One server, a Sentinel group or a Redis Cluster (src/redis/redis-target.ts has the forms). */
+const redisTarget = (name: string) =>
+  z
+    .string()
+    .optional()
+    .transform((v, ctx) => {
+      if (v === undefined || v.trim() === '') return undefined;
+      try {
+        return parseRedisTarget(v.trim());
+      } catch (err) {
+        if (!(err instanceof RedisUrlError)) throw err;
+        ctx.addIssue({ code: 'custom', message: `${name} ${err.message}` });
+        return z.NEVER;
+      }
+    });
+
 /**
  * Reverse proxies whose X-Forwarded-For is believed: addresses, CIDR ranges, or proxy-addr's
  * names `loopback`, `linklocal`, `uniquelocal`, comma-separated. Unset: none (the peer's
@@ -94,7 +111,7 @@ const envSchema = z.object({
   HOST: z.string().default('127.0.0.1'),
   PORT: int('PORT', 4000, 0, 65535),
   DATABASE_URL: url('DATABASE_URL', ['postgresql:', 'postgres:']),
-  REDIS_URL: url('REDIS_URL', ['redis:', 'rediss:']),
+  REDIS_URL: redisTarget('REDIS_URL'),
   REDIS_KEY_PREFIX: z.string().default('pvegraph:'),
   ENCRYPTION_KEY: encryptionKeys('ENCRYPTION_KEY'),
   ENCRYPTION_KEYS_PREVIOUS: encryptionKeys('ENCRYPTION_KEYS_PREVIOUS'),
@@ -131,8 +148,8 @@ export interface Config {
   port: number;
   /** `embedded` when DATABASE_URL is unset: PGlite in `dataDir`. */
   databaseUrl: string | undefined;
-  /** Unset: in-process cache and pub/sub (single instance only). */
-  redisUrl: string | undefined;
+  /** REDIS_URL: one server, Sentinel or Cluster. Unset: in-process cache and pub/sub (single instance only). */
+  redis: RedisTarget | undefined;
   redisKeyPrefix: string;
   /** Encrypts new values. Unset: embedded mode generates one into `dataDir`. */
   encryptionKey: Buffer | undefined;
@@ -201,13 +218,18 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, opts: LoadOptio
   if (opts.requireEncryptionKey !== false && e.DATABASE_URL && e.ENCRYPTION_KEY.length === 0) {
     throw new ConfigError('invalid configuration: ENCRYPTION_KEY is required when DATABASE_URL is set (32 bytes, base64)');
   }
+  if (e.REDIS_URL?.kind === 'cluster' && /[{}]/.test(e.REDIS_KEY_PREFIX)) {
+    // The keys' hash tags ({space}) put each space's keys in one slot; a brace in the prefix
+    // would be taken as the tag instead and put every key in one slot.
+    throw new ConfigError('invalid configuration: REDIS_KEY_PREFIX must not contain { or } with a Redis Cluster');
+  }
   const production = e.NODE_ENV === 'production';
   const introspection = parseFlag('GRAPHQL_INTROSPECTION', e.GRAPHQL_INTROSPECTION, !production);
   return {
     host: e.HOST,
     port: e.PORT,
     databaseUrl: e.DATABASE_URL,
-    redisUrl: e.REDIS_URL,
+    redis: e.REDIS_URL,
     redisKeyPrefix: e.REDIS_KEY_PREFIX,
     encryptionKey: e.ENCRYPTION_KEY[0],
     previousEncryptionKeys: e.ENCRYPTION_KEYS_PREVIOUS,

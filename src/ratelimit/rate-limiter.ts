@@ -1,4 +1,4 @@
-import type { Redis } from 'ioredis';
+import type { RedisClient } from '../redis/redis.js';
 import { type RateLimiterAbstract, RateLimiterMemory, RateLimiterRedis, RateLimiterRes } from 'rate-limiter-flexible';
 import { type LRUCache, lruCache } from '../cache/lru.js';
 import { DomainError, ErrorCode } from '../errors.js';
@@ -49,7 +49,7 @@ export class RateLimiter {
   /** Per bucket, the keys this instance has seen refused, each kept until its budget is back. */
   private readonly spentUntil = new Map<RateLimitBucket, LRUCache<string, true>>();
 
-  constructor(limits: RateLimits, redis: Redis | null) {
+  constructor(limits: RateLimits, redis: RedisClient | null) {
     const make = (bucket: RateLimitBucket, points: number, options: { blockInMemory?: boolean } = {}) => {
       if (points <= 0) return;
       const memory = new RateLimiterMemory({ points, duration: WINDOW_MS / 1000, keyPrefix: `rl:${bucket}` });
