@@ -55,7 +55,7 @@ export async function startDemo(base: Config, log: Logger): Promise<Demo> {
     const config: Config = {
       ...base,
       databaseUrl: undefined,
-      redisUrl: undefined,
+      redis: undefined,
       dataDir,
       // The demo's data is wiped at its next start: a key of its own, never written anywhere.
       encryptionKey: randomBytes(32),
