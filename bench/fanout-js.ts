@@ -8,7 +8,7 @@
  *   npx tsx bench/fanout-js.ts            (N=10000 subscribers by default, 6 rounds)
  */
 import { makeServer } from 'graphql-ws';
-import { GraphQLError, type ExecutionArgs } from 'graphql';
+import { GraphQLError } from 'graphql';
 import pino from 'pino';
 import { createAuthenticate } from '../src/auth/authenticate.js';
 import { createPvegraphYoga } from '../src/api/yoga.js';
@@ -39,7 +39,7 @@ const server = makeServer<Record<string, unknown>, { viewer: typeof viewer }>({
     const document = parse(payload.query);
     const errors = validate(schema, document);
     if (errors.length) return errors as GraphQLError[];
-    return { schema, operationName: payload.operationName, document, variableValues: payload.variables, contextValue: await contextFactory(), rootValue: { execute, subscribe } } as ExecutionArgs;
+    return { schema, operationName: payload.operationName, document, variableValues: payload.variables, contextValue: await contextFactory(), rootValue: { execute, subscribe } };
   },
   execute: (args) => (args.rootValue as any).execute(args),
   subscribe: (args) => (args.rootValue as any).subscribe(args),
@@ -54,7 +54,7 @@ function count(data: string) {
 const q = JSON.stringify({ query: 'subscription($n:ID){vmidEvents(nodeId:$n){kind version}}', variables: { n: 'n1' } });
 for (let i = 0; i < N; i++) {
   let onMessage!: (data: string) => Promise<void>;
-  server.opened({ protocol: 'graphql-transport-ws', send: (data: string) => count(data), close: () => {}, onMessage: (cb) => { onMessage = cb; } }, { viewer } as any);
+  server.opened({ protocol: 'graphql-transport-ws', send: (data: string) => count(data), close: () => {}, onMessage: (cb) => { onMessage = cb; } }, { viewer });
   await onMessage(JSON.stringify({ type: 'connection_init', payload: {} }));
   void onMessage(`{"id":"s${i}","type":"subscribe","payload":${q}}`);
 }

@@ -70,12 +70,12 @@ export interface ServerEnv {
 }
 
 /**
- * The node flags of `npm start` (package.json, e.g. `--max-semi-space-size=32 --import tsx`):
+ * The node flags of `npm start` (package.json, e.g. `--max-semi-space-size=32`; `npm run bench` builds dist/ first):
  * the bench runs the server exactly as a deployment does.
  */
-const START_NODE_ARGS: string[] = (() => {
+export const START_NODE_ARGS: string[] = (() => {
   const pkg = JSON.parse(readFileSync(path.join(SERVER_ROOT, 'package.json'), 'utf8')) as { scripts: { start: string } };
-  const match = /^node\s+(.*?)\s*src\/main\.ts$/.exec(pkg.scripts.start);
+  const match = /^node\s+(.*?)\s*dist\/main\.js$/.exec(pkg.scripts.start);
   if (!match) throw new Error(`bench: cannot read the node flags of "npm start": ${pkg.scripts.start}`);
   return match[1]!.split(/\s+/).filter(Boolean);
 })();
@@ -85,7 +85,7 @@ export async function spawnServer(env: ServerEnv, name = 'server'): Promise<Serv
   const port = await freePort();
   const child = track(
     // The bench's own flags last, so BENCH_NODE_ARGS can override npm start's.
-    spawn(process.execPath, [...START_NODE_ARGS, ...(env.nodeArgs ?? []), 'src/main.ts'], {
+    spawn(process.execPath, [...START_NODE_ARGS, ...(env.nodeArgs ?? []), 'dist/main.js'], {
       cwd: SERVER_ROOT,
       stdio: ['ignore', process.env.BENCH_SERVER_STDOUT ? 'inherit' : 'ignore', 'pipe'],
       env: {
@@ -204,7 +204,7 @@ export async function gql<T = any>(url: string, token: string, query: string, va
     headers: { 'content-type': 'application/json', accept: 'application/graphql-response+json, application/json', authorization: `Bearer ${token}` },
     body: JSON.stringify({ query, variables }),
   });
-  return { status: res.status, ...((await res.json()) as object) } as GqlResult<T>;
+  return { status: res.status, ...((await res.json()) as object) };
 }
 
 /**
@@ -220,7 +220,7 @@ export async function gqlVia<T = any>(dispatcher: Dispatcher, url: string, token
     headers: { 'content-type': 'application/json', accept: 'application/graphql-response+json, application/json', authorization: `Bearer ${token}` },
     body: JSON.stringify({ query, variables }),
   });
-  return { status: res.statusCode, ...((await res.body.json()) as object) } as GqlResult<T>;
+  return { status: res.statusCode, ...((await res.body.json()) as object) };
 }
 
 /** Like gql but throws on any error. */

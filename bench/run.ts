@@ -7,6 +7,9 @@
  * to a baseline measured in the same run, and updates BENCHMARKS.md. Loopback only. Cleans up
  * (children, database, Redis keys) whatever happens.
  *
+ * Scenario 0 starts the embedded server (and its baseline) on scratch data directories and
+ * runs `npm ci` of HEAD in a scratch directory (BENCH_S0_INSTALL=0 skips it).
+ *
  * Scenario 6 starts its own two instances with VMID_WATCH_INTERVAL_S=1 and creates guests in
  * the simulator behind pvegraph's back.
  *
@@ -14,7 +17,10 @@
  *      BENCH_SUBSCRIBERS (10000) · BENCH_SAMPLES (200, scenario 3) · BENCH_PROFILE=1 (server
  *      children run with --cpu-prof into /tmp/bench-prof-<ts>) · BENCH_NO_WRITE=1 (do not touch
  *      BENCHMARKS.md) · BENCH_DATABASE_URL / BENCH_REDIS_URL (admin URLs, loopback only) ·
- *      BENCH_SERVER_ROOT (start the server from a scratch copy, to measure a prototyped patch)
+ *      BENCH_SERVER_ROOT (start the server from a scratch copy, to measure a prototyped patch) ·
+ *      BENCH_CLUSTER=0 (scenarios 3 and 5 on single Redis only; by default each also runs on a
+ *      local Redis Cluster of three masters with one replica each, ports 7140–7145, started
+ *      and stopped by the bench)
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdirSync, readFileSync, writeFileSync, existsSync } from 'node:fs';
@@ -22,7 +28,7 @@ import os from 'node:os';
 import path from 'node:path';
 import autocannon, { type Request, type Result } from 'autocannon';
 import { type Client, createClient } from 'graphql-ws';
-import { Redis } from 'ioredis';
+import { Cluster, Redis } from 'ioredis';
 import pg from 'pg';
 import { Agent, request } from 'undici';
 import WebSocket from 'ws';
@@ -30,14 +36,15 @@ import { AuthService } from '../src/auth/auth-service.js';
 import { openPostgres, type Database } from '../src/db/database.js';
 import { migrate } from '../src/db/migrate.js';
 import { type Simulator, startSimulator } from '../src/sim/index.js';
+import { scenario0 } from './embedded.js';
 import * as vmidScripts from '../src/vmids/redis-scripts.js';
+import { type RedisTopology, startRedisCluster } from '../test/support/redis-topologies.js';
 import {
   dist,
   type Dist,
   fmt,
   forkTs,
   freePort,
-  gql,
   gqlOk,
   gqlVia,
   killAll,
@@ -71,7 +78,7 @@ const STEADINESS_S = 4;
 const PROFILE = process.env.BENCH_PROFILE === '1';
 const ADMIN_PG = process.env.BENCH_DATABASE_URL ?? 'postgresql://postgres@127.0.0.1:5432/postgres';
 const REDIS_URL = process.env.BENCH_REDIS_URL ?? 'redis://127.0.0.1:6379';
-const ALL = [1, 2, 3, 4, 5, 6];
+const ALL = [0, 1, 2, 3, 4, 5, 6];
 const selected = (() => {
   const args = process.argv.slice(2).map(Number).filter((n) => ALL.includes(n));
   return args.length ? [...new Set(args)].sort() : ALL;
@@ -179,6 +186,7 @@ async function cleanup() {
   await Promise.allSettled(servers.map((s) => stopChild(s.child)));
   killAll();
   await Promise.allSettled(sims.map((s) => s.stop()));
+  await benchCluster?.stop().catch((e: Error) => console.error(`could not stop the bench cluster: ${e.message}`));
   await db?.close().catch(() => undefined);
   await adminQuery(`DROP DATABASE IF EXISTS "${dbName}" WITH (FORCE)`).catch((e: Error) => console.error(`could not drop ${dbName}: ${e.message}`));
   const redis = new Redis(REDIS_URL, { lazyConnect: true, maxRetriesPerRequest: 1 });
@@ -229,8 +237,8 @@ async function stopServer(s: ServerChild) {
   servers.splice(servers.indexOf(s), 1);
 }
 
-async function startSim(guests: number): Promise<Simulator> {
-  const sim = await startSimulator({ host: '127.0.0.1', port: 0, guests });
+async function startSim(guests: number, clusterName?: string): Promise<Simulator> {
+  const sim = await startSimulator({ host: '127.0.0.1', port: 0, guests, ...(clusterName ? { clusterName } : {}) });
   sims.push(sim);
   return sim;
 }
@@ -511,9 +519,13 @@ async function scenario2(sim: Simulator) {
   const baseKb = (baseRss1 - baseRss0) / Math.max(1, bo.ok);
 
   // ---- phase A: 100 users × 1 node × 100 subscribers
-  const tenants = await pool(Array.from({ length: users }), 10, async () => {
+  // Each user's node is a Proxmox of its own (its own certificate, so its own cluster and
+  // VMID space): registrations of one simulator would share one space, and every
+  // invalidation would reach all subscribers instead of its node's.
+  const tenants = await pool(Array.from({ length: users }), 10, async (_, i) => {
     const u = await createUser();
-    const nodeId = await createNode(server, u.token, sim);
+    const own = await startSim(50, `s2-${i}`);
+    const nodeId = await createNode(server, u.token, own);
     await gqlOk(server.graphqlUrl, u.token, VMIDS_TAKEN, { n: nodeId });
     return { ...u, nodeId };
   });
@@ -622,9 +634,9 @@ function profileWindow(server: ServerChild, phase: string): void {
 }
 
 // ------------------------------------------------------------------ scenario 3
-async function scenario3(sim: Simulator) {
-  console.log('\n== 3. Across instances: mutation on A → event on B, vs raw Redis PUBLISH → message');
-  const [a, b] = await Promise.all([startServer('s3a'), startServer('s3b')]);
+async function scenario3(sim: Simulator, variant: RedisVariant = SINGLE) {
+  console.log(`\n== 3. Across instances: mutation on A → event on B, vs raw Redis PUBLISH → message${variant.title}`);
+  const [a, b] = await Promise.all([startServer(`s3${variant.tag}a`, variant.env), startServer(`s3${variant.tag}b`, variant.env)]);
   const { token } = await createUser();
   const nodeId = await createNode(a, token, sim);
   await gqlOk(a.graphqlUrl, token, VMIDS_TAKEN, { n: nodeId });
@@ -648,12 +660,10 @@ async function scenario3(sim: Simulator) {
   );
   await syncP;
 
-  const pub = new Redis(REDIS_URL);
-  const sub = new Redis(REDIS_URL);
-  const channel = `${prefix}bench-raw`;
+  const raw3 = await rawPubSub(variant, `${prefix}bench-raw`);
+  const pub = raw3;
   let rawWaiting: ((t: number) => void) | null = null;
-  sub.on('message', () => rawWaiting?.(now()));
-  await sub.subscribe(channel);
+  raw3.onMessage(() => rawWaiting?.(now()));
 
   const raw: number[] = [];
   const total: number[] = [];
@@ -680,7 +690,7 @@ async function scenario3(sim: Simulator) {
     {
       const got = new Promise<number>((r) => (rawWaiting = r));
       const t0 = now();
-      await pub.publish(channel, `{"i":${i}}`);
+      await pub.publish(`{"i":${i}}`);
       raw.push((await got) - t0);
     }
     // pvegraph: A → Redis → B → WebSocket
@@ -698,14 +708,103 @@ async function scenario3(sim: Simulator) {
   const dr = dist(raw);
   const dt = dist(total);
   const da = dist(afterResponse);
-  row({ scenario: 3, metric: `mutation sent on A → event received on B (${SAMPLES} sequential reserve/release)`, server: `p50 ${ms(dt.p50)} / p99 ${ms(dt.p99)}`, baseline: `p50 ${ms(dr.p50)} / p99 ${ms(dr.p99)}`, ratio: `Δp50 +${fmt(dt.p50 - dr.p50, 2)} ms`, goal: 'p50 within 5 ms of raw', status: dt.p50 - dr.p50 <= 5 ? 'PASS' : 'MISS' });
-  row({ scenario: 3, metric: 'mutation response on A → event on B (negative: event first)', server: `p50 ${ms(da.p50)} / p99 ${ms(da.p99)}`, baseline: '—', ratio: '—', goal: '', status: '—' });
-  note(3, 'raw baseline: ioredis PUBLISH on one connection → message on a second subscribed connection, in this process, interleaved sample by sample with the server path.');
+  row({ scenario: 3, metric: `mutation sent on A → event received on B (${SAMPLES} sequential reserve/release)${variant.label}`, server: `p50 ${ms(dt.p50)} / p99 ${ms(dt.p99)}`, baseline: `p50 ${ms(dr.p50)} / p99 ${ms(dr.p99)}`, ratio: `Δp50 +${fmt(dt.p50 - dr.p50, 2)} ms`, goal: 'p50 within 5 ms of raw', status: dt.p50 - dr.p50 <= 5 ? 'PASS' : 'MISS' });
+  row({ scenario: 3, metric: `mutation response on A → event on B (negative: event first)${variant.label}`, server: `p50 ${ms(da.p50)} / p99 ${ms(da.p99)}`, baseline: '—', ratio: '—', goal: '', status: '—' });
+  if (variant === SINGLE) note(3, 'raw baseline: ioredis PUBLISH on one connection → message on a second subscribed connection, in this process, interleaved sample by sample with the server path.');
+  else note(3, `Redis Cluster rows: the same with REDIS_URL naming a local Redis Cluster (three masters, one replica each); raw baseline SPUBLISH → SSUBSCRIBE through ioredis Cluster clients (shardedSubscribers).`);
   await client.dispose();
-  pub.disconnect();
-  sub.disconnect();
+  raw3.close();
   await agent.close();
-  return { a, b };
+  return { a, b, p50: dt.p50 };
+}
+
+/** Where scenarios 3 and 5 run: the single bench Redis, or a local Redis Cluster. */
+interface RedisVariant {
+  tag: string;
+  /** Appended to row labels and titles. */
+  label: string;
+  title: string;
+  env: Record<string, string>;
+  cluster: RedisTopology | null;
+}
+const SINGLE: RedisVariant = { tag: '', label: '', title: '', env: {}, cluster: null };
+const BENCH_CLUSTER_PORT = 7140;
+let benchCluster: RedisTopology | null = null;
+async function clusterVariant(): Promise<RedisVariant> {
+  benchCluster ??= await startRedisCluster(BENCH_CLUSTER_PORT);
+  return { tag: 'c', label: ' — Redis Cluster, 3 masters', title: ' (Redis Cluster, 3 masters)', env: { REDIS_URL: benchCluster.url }, cluster: benchCluster };
+}
+
+/** A raw publisher and subscriber of one channel: PUBLISH/SUBSCRIBE, or SPUBLISH/SSUBSCRIBE on the cluster. */
+async function rawPubSub(variant: RedisVariant, channel: string) {
+  if (!variant.cluster) {
+    const pub = new Redis(REDIS_URL);
+    const sub = new Redis(REDIS_URL);
+    await sub.subscribe(channel);
+    return {
+      publish: (m: string) => pub.publish(channel, m),
+      onMessage: (fn: () => void) => sub.on('message', fn),
+      close: () => [pub, sub].forEach((r) => r.disconnect()),
+    };
+  }
+  const seeds = variant.cluster.nodes.slice(0, 3).map((n) => ({ host: '127.0.0.1', port: n.port }));
+  const pub = new Cluster(seeds, { shardedSubscribers: true });
+  const sub = new Cluster(seeds, { shardedSubscribers: true });
+  await sub.ssubscribe(channel);
+  return {
+    publish: (m: string) => pub.spublish(channel, m),
+    onMessage: (fn: () => void) => sub.on('smessage', fn),
+    close: () => [pub, sub].forEach((r) => r.disconnect()),
+  };
+}
+
+/**
+ * Scenario 5 next to a Redis Cluster: reservations/s from two instances at 100 guests, on one
+ * VMID space (one shard) and spread over three (three Proxmox clusters: spaces on several
+ * shards), on the single bench Redis and on the cluster in the same run.
+ */
+async function scenario5Cluster(single: { a: ServerChild; b: ServerChild }) {
+  const variant = await clusterVariant();
+  console.log(`\n== 5. Reservation throughput, single Redis next to a Redis Cluster of three masters`);
+  const [ca, cb] = await Promise.all([startServer('s5ca', variant.env), startServer('s5cb', variant.env)]);
+  const { token } = await createUser();
+  const headers = { 'content-type': 'application/json', authorization: `Bearer ${token}` };
+  const sims = await Promise.all([startSim(100), startSim(100), startSim(100)]);
+  const per = Math.max(1, Math.floor(CONNECTIONS / 2));
+  const rate = async (pair: { a: ServerChild; b: ServerChild }, spaces: number) => {
+    const nodes: string[] = [];
+    for (const sim of sims.slice(0, spaces)) {
+      const n = await createNode(pair.a, token, sim);
+      await gqlOk(pair.a.graphqlUrl, token, VMIDS_TAKEN, { n });
+      nodes.push(n);
+    }
+    let granted = 0;
+    const onResponse = (_status: number, body: string) => {
+      if (body.includes('"reserveVmid":{')) granted++;
+    };
+    const start = now();
+    await Promise.all(
+      nodes.flatMap((n) =>
+        [pair.a, pair.b].map((s) =>
+          cannon({
+            url: s.graphqlUrl,
+            connections: Math.max(1, Math.round(per / spaces)),
+            duration: SECONDS,
+            requests: [{ method: 'POST', path: '/graphql', headers, body: JSON.stringify({ query: 'mutation($n:ID!){reserveVmid(nodeId:$n,ttlSeconds:600){vmid}}', variables: { n } }), onResponse }],
+          }),
+        ),
+      ),
+    );
+    return granted / ((now() - start) / 1000);
+  };
+  const s1 = await rate(single, 1);
+  const c1 = await rate({ a: ca, b: cb }, 1);
+  const s3 = await rate(single, 3);
+  const c3 = await rate({ a: ca, b: cb }, 3);
+  row({ scenario: 5, metric: `reservations/s at 100 guests, one VMID space (one shard), 2 instances × ${per} connections — Redis Cluster, 3 masters`, server: `${fmt(c1, 0)} /s`, baseline: `${fmt(s1, 0)} /s on single Redis`, ratio: ratio(c1, s1), goal: '≥ 0.8× single Redis', status: c1 >= 0.8 * s1 ? 'PASS' : 'MISS' });
+  row({ scenario: 5, metric: `reservations/s at 100 guests, three VMID spaces (spread over shards), same load — Redis Cluster, 3 masters`, server: `${fmt(c3, 0)} /s (${ratio(c3, c1)} of one space)`, baseline: `${fmt(s3, 0)} /s on single Redis (${ratio(s3, s1)} of one space)`, ratio: ratio(c3, s3), goal: 'grows with shards', status: c3 > c1 ? 'PASS' : 'MISS' });
+  note(5, 'Redis Cluster rows: a local cluster (three masters, one replica each, loopback, same machine) against the single bench Redis in the same run; every instance and Redis share the same cores, so shards add Redis processes rather than machines.');
+  await Promise.all([stopServer(ca), stopServer(cb)]);
 }
 
 // ------------------------------------------------------------------ scenario 4
@@ -1156,17 +1255,31 @@ async function main() {
   console.log(`pvegraph bench: scenarios ${selected.join(', ')}; ${os.availableParallelism()} cores, Node ${process.version}; db ${dbName}, Redis prefix ${prefix}`);
   await setup();
   const sim = await startSim(50);
+  if (selected.includes(0)) await scenario0(sim, row, note);
   if (selected.includes(1)) await scenario1(sim);
   if (selected.includes(2)) await scenario2(sim);
   let pair: { a: ServerChild; b: ServerChild } | null = null;
-  if (selected.includes(3)) pair = await scenario3(sim);
+  const withCluster = process.env.BENCH_CLUSTER !== '0';
+  if (selected.includes(3)) {
+    pair = await scenario3(sim);
+    if (withCluster) {
+      const single = rows.find((r) => r.scenario === 3)!;
+      const c = await scenario3(sim, await clusterVariant());
+      await Promise.all([stopServer(c.a), stopServer(c.b)]);
+      const singleP50 = Number(/p50 ([\d.]+) ms/.exec(single.server)?.[1]);
+      row({ scenario: 3, metric: 'cross-instance delivery p50: Redis Cluster (3 masters) vs single Redis', server: ms(c.p50), baseline: ms(singleP50), ratio: `Δp50 ${c.p50 - singleP50 >= 0 ? '+' : ''}${fmt(c.p50 - singleP50, 2)} ms`, goal: 'within 1 ms of single Redis', status: Math.abs(c.p50 - singleP50) <= 1 ? 'PASS' : 'MISS' });
+    }
+  }
   if (selected.includes(4) || selected.includes(5)) {
     if (!pair) {
       const [a, b] = await Promise.all([startServer('s45a'), startServer('s45b')]);
       pair = { a, b };
     }
     if (selected.includes(4)) await scenario4(pair.a);
-    if (selected.includes(5)) await scenario5(sim, pair);
+    if (selected.includes(5)) {
+      await scenario5(sim, pair);
+      if (withCluster) await scenario5Cluster(pair);
+    }
   }
   if (selected.includes(6)) {
     // Scenario 6 starts its own two instances (with a short watch interval): the earlier ones

@@ -140,7 +140,7 @@ process.on('message', (m: any) => {
         const all = subs;
         subs = [];
         for (const s of all) s.dispose();
-        await Promise.allSettled(all.map((s) => s.client.dispose()));
+        await Promise.allSettled(all.map(async (s) => s.client.dispose()));
         process.send!({ type: 'closed' });
       })();
       break;

@@ -52,6 +52,16 @@ export class BadUserInputError extends DomainError {
   constructor(message: string, fields: Record<string, string>) {
     super(ErrorCode.BAD_USER_INPUT, message, { fields });
   }
+
+  /**
+   * One error for several failing fields, its message naming each field with its reason
+   * (`Invalid input: input.port: must be at most 65535; input.tokenSecret: must be printable
+   * ASCII.`): a person reading only the message knows what to fix; programs read `fields`.
+   */
+  static forFields(fields: Record<string, string>): BadUserInputError {
+    const parts = Object.entries(fields).map(([field, reason]) => `${field}: ${reason.replace(/\.$/, '')}`);
+    return new BadUserInputError(`Invalid input: ${parts.join('; ')}.`, fields);
+  }
 }
 
 /** Used for missing ids and for ids owned by someone else alike, so ids leak nothing. */

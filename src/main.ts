@@ -3,6 +3,7 @@ import { claimEmbeddedLock } from './db/embedded-lock.js';
 import { createApp } from './http/app.js';
 import { createLogger } from './logging.js';
 import { openRuntime } from './runtime.js';
+import { describeRedisTarget } from './redis/redis-target.js';
 
 /** `npm start`: serve the API until SIGTERM/SIGINT. */
 async function main(): Promise<void> {
@@ -20,10 +21,10 @@ async function main(): Promise<void> {
   const releaseLock = config.databaseUrl ? async () => undefined : await claimEmbeddedLock(config.dataDir);
   const runtime = await openRuntime(config, log);
   log.info(
-    { database: runtime.mode, cache: config.redisUrl ? 'redis' : 'in-process' },
+    { database: runtime.mode, cache: config.redis ? describeRedisTarget(config.redis) : 'in-process' },
     runtime.mode === 'embedded'
       ? `embedded mode: PGlite in ${config.dataDir}, in-process cache and pub/sub (single instance)`
-      : `service mode: PostgreSQL, ${config.redisUrl ? 'Redis cache and pub/sub' : 'in-process cache and pub/sub (single instance)'}`,
+      : `service mode: PostgreSQL, ${config.redis ? 'Redis cache and pub/sub' : 'in-process cache and pub/sub (single instance)'}`,
   );
 
   // The port first: a server that cannot serve creates no admin and prints no token.

@@ -55,7 +55,7 @@ export async function openRuntime(config: Config, log: Logger, opts: RuntimeOpti
     const keys = [key, ...config.previousEncryptionKeys];
     const secretBox = new SecretBox(keys);
 
-    const redis = config.redisUrl ? await connectRedis(config.redisUrl, config.redisKeyPrefix, log) : null;
+    const redis = config.redis ? await connectRedis(config.redis, config.redisKeyPrefix, log) : null;
     if (redis) closers.push(() => redis.quit().catch(() => redis.disconnect()));
 
     const metrics = new Metrics();
@@ -64,6 +64,7 @@ export async function openRuntime(config: Config, log: Logger, opts: RuntimeOpti
       timeoutMs: config.proxmoxTimeoutMs,
       allowPrivateHosts: config.allowPrivateNodeHosts,
       allowLoopbackHosts: config.allowLoopbackNodeHosts,
+      ...(config.loopbackNodeEndpoints ? { loopbackEndpoints: config.loopbackNodeEndpoints } : {}),
       logger: log.child({ component: 'proxmox' }),
       onCall: (call) => metrics.proxmoxCalls.observe({ path: Metrics.proxmoxPathLabel(call.path), outcome: call.outcome }, call.durationMs / 1000),
     });

@@ -5,7 +5,7 @@ import type { NodeService } from './nodes/node-service.js';
 import type { Metrics } from './observability/metrics.js';
 import type { ProxmoxClient } from './proxmox/index.js';
 import type { RateLimiter } from './ratelimit/rate-limiter.js';
-import type { Redis } from './redis/redis.js';
+import type { RedisClient } from './redis/redis.js';
 import type { UserService } from './users/user-service.js';
 import type { VmidService } from './vmids/index.js';
 
@@ -13,7 +13,7 @@ import type { VmidService } from './vmids/index.js';
 export interface Services {
   db: Database;
   /** Null in embedded mode (in-process cache and pub/sub). */
-  redis: Redis | null;
+  redis: RedisClient | null;
   auth: AuthService;
   metrics: Metrics;
   rateLimiter: RateLimiter;

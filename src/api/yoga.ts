@@ -1,8 +1,6 @@
 import { randomUUID } from 'node:crypto';
-import { EnvelopArmorPlugin } from '@escape.tech/graphql-armor';
 import { useCSRFPrevention } from '@graphql-yoga/plugin-csrf-prevention';
 import { useDisableIntrospection } from '@graphql-yoga/plugin-disable-introspection';
-import { renderGraphiQL } from '@graphql-yoga/render-graphiql';
 import { GraphQLError } from 'graphql';
 import { createYoga, type Plugin, type YogaLogger, type YogaServerInstance } from 'graphql-yoga';
 import type { Logger } from 'pino';
@@ -15,8 +13,10 @@ import { type RequestContext, type SubscriptionSink, viewerContext } from '../gr
 import { useEndRevokedSubscriptions } from '../graphql/plugins/end-revoked-subscriptions.js';
 import { useEndSubscriptionsOnShutdown } from '../graphql/plugins/end-subscriptions-on-shutdown.js';
 import { useEndUnansweredStreams } from '../graphql/plugins/end-unanswered-streams.js';
+import { useErrorBodies } from '../graphql/plugins/error-bodies.js';
 import { type ErrorMasker, useMaskErrors } from '../graphql/plugins/mask-errors.js';
 import { useObserveOperations } from '../graphql/plugins/observe-operations.js';
+import { useQueryLimits } from '../graphql/plugins/query-limits.js';
 import { useRequireViewer } from '../graphql/plugins/require-viewer.js';
 import { useSubscriptionCap } from '../graphql/plugins/subscription-cap.js';
 import { schema } from './schema.js';
@@ -71,8 +71,9 @@ export interface NamedPlugin {
 
 /**
  * Limits on what one document may ask for. Generous for dashboards (the deepest real query,
- * me → nodes → containers → node → containers, is 5 levels), tight for abuse. GraphiQL's
- * introspection query is exempt from depth and cost.
+ * me → nodes → containers → node → containers, is 5 levels), tight for abuse. The standard
+ * introspection query GraphiQL sends is exempt from depth, introspection from cost
+ * (graphql/plugins/query-limits.ts).
  */
 export const QUERY_LIMITS = {
   maxDepth: 10,
@@ -83,30 +84,27 @@ export const QUERY_LIMITS = {
 } as const;
 
 /** The plugin chain, in order. */
-export function pvegraphPlugins(opts: Omit<YogaOptions, 'authenticate' | 'log' | 'graphiql' | 'maxRequestBodyBytes' | 'services'>): NamedPlugin[] {
+export function pvegraphPlugins(
+  opts: Omit<YogaOptions, 'authenticate' | 'log' | 'graphiql' | 'maxRequestBodyBytes' | 'services'>,
+): NamedPlugin[] {
   const { metrics, masker } = opts;
   const plugins: NamedPlugin[] = [
     // Before the metrics and access log, whose onExecuteDone then sees the masked codes.
     { name: 'maskErrors', plugin: useMaskErrors(masker) },
     // Before the plugins that may stop an operation, so it also sees those (UNAUTHENTICATED, caps).
     { name: 'observeOperations', plugin: useObserveOperations(metrics) },
-    {
-      name: 'armor',
-      plugin: EnvelopArmorPlugin({
-        maxDepth: { n: QUERY_LIMITS.maxDepth, ignoreIntrospection: true, flattenFragments: true },
-        maxAliases: { n: QUERY_LIMITS.maxAliases },
-        maxTokens: { n: QUERY_LIMITS.maxTokens },
-        maxDirectives: { n: QUERY_LIMITS.maxDirectives },
-        costLimit: { maxCost: QUERY_LIMITS.maxCost, ignoreIntrospection: true },
-        // "Did you mean …?" would hand out the schema that introspection hides.
-        blockFieldSuggestion: { enabled: !opts.introspection },
-      }) as Plugin<RequestContext>,
-    },
+    // graphql-armor's limits (armor), and a depth overrun told as one rather than as its cost (depthBeforeCost).
+    ...useQueryLimits(QUERY_LIMITS, { fieldSuggestions: opts.introspection }).map((plugin, i) => ({
+      name: i === 0 ? 'armor' : 'depthBeforeCost',
+      plugin,
+    })),
     // Browsers can only send these headers after a CORS preflight, so a cross-site form or
     // <img> cannot trigger an operation. Authenticated requests carry Authorization anyway.
     {
       name: 'csrfPrevention',
-      plugin: useCSRFPrevention({ requestHeaders: ['authorization', 'x-graphql-yoga-csrf', 'graphql-require-preflight'] }) as Plugin<RequestContext>,
+      plugin: useCSRFPrevention({
+        requestHeaders: ['authorization', 'x-graphql-yoga-csrf', 'graphql-require-preflight'],
+      }) as Plugin<RequestContext>,
     },
     { name: 'requireViewer', plugin: useRequireViewer() },
     { name: 'subscriptionCap', plugin: useSubscriptionCap(opts.maxSubscriptionsPerUser) },
@@ -121,9 +119,12 @@ export function pvegraphPlugins(opts: Omit<YogaOptions, 'authenticate' | 'log' |
   // Last but one: replaces the subscribe function (one execution per event and operation).
   if (opts.fastPaths) plugins.push({ name: 'shareSubscriptionEvents', plugin: opts.fastPaths.shareSubscriptionEvents });
   plugins.push({ name: 'endUnansweredStreams', plugin: useEndUnansweredStreams() });
-  if (!opts.introspection) plugins.push({ name: 'disableIntrospection', plugin: useDisableIntrospection() as Plugin<RequestContext> });
+  plugins.push({ name: 'errorBodies', plugin: useErrorBodies() });
+  if (!opts.introspection)
+    plugins.push({ name: 'disableIntrospection', plugin: useDisableIntrospection() as Plugin<RequestContext> });
   // Last: wraps every subscription stream once the others have registered with it.
-  if (opts.shutdown) plugins.push({ name: 'endSubscriptionsOnShutdown', plugin: useEndSubscriptionsOnShutdown(opts.shutdown) });
+  if (opts.shutdown)
+    plugins.push({ name: 'endSubscriptionsOnShutdown', plugin: useEndSubscriptionsOnShutdown(opts.shutdown) });
   return plugins;
 }
 
@@ -134,11 +135,16 @@ export function createPvegraphYoga(opts: YogaOptions): PvegraphYoga {
     graphqlEndpoint: '/graphql',
     landingPage: false,
     graphiql: opts.graphiql
-      ? { title: 'pvegraph', defaultQuery: DEFAULT_QUERY, headers: '{\n  "Authorization": "Bearer <paste your token>"\n}' }
+      ? {
+          title: 'pvegraph',
+          defaultQuery: DEFAULT_QUERY,
+          headers: '{\n  "Authorization": "Bearer <paste your token>"\n}',
+        }
       : false,
     // Self-contained page: the default one loads GraphiQL from unpkg.com, which an operator's
-    // network (or this project's CI) may not reach.
-    renderGraphiQL,
+    // network (or this project's CI) may not reach. Its module holds the whole ~9 MB page, so
+    // it is loaded on the first browser visit, not by every server (a dashboard never asks).
+    renderGraphiQL: async (options) => (await import('@graphql-yoga/render-graphiql')).renderGraphiQL(options),
     logging: yogaLogger(log),
     // useMaskErrors masks every result instead (per shared event, with request ids); Yoga's
     // masking plugin would wrap every subscriber's stream once more.
@@ -149,7 +155,8 @@ export function createPvegraphYoga(opts: YogaOptions): PvegraphYoga {
       const requestId = initial.requestId ?? initial.request.headers.get('x-request-id') ?? randomUUID();
       const base = { services, requestId, log };
       // Charged to nobody: a transport that charges lookups in vain checks before Yoga.
-      const pending = initial.tokenCheck ?? opts.authenticate(bearerToken(initial.request.headers.get('authorization')), null);
+      const pending =
+        initial.tokenCheck ?? opts.authenticate(bearerToken(initial.request.headers.get('authorization')), null);
       const check = pending instanceof Promise ? await pending : pending;
       switch (check.kind) {
         case 'viewer':
@@ -173,12 +180,14 @@ export function createPvegraphYoga(opts: YogaOptions): PvegraphYoga {
  * that maskErrors has logged already with their stack: skip GraphQLErrors here.
  */
 function yogaLogger(log: Logger): YogaLogger {
-  const forward = (level: 'debug' | 'info' | 'warn' | 'error') => (...args: unknown[]) => {
-    const [first, ...rest] = args;
-    if (first instanceof GraphQLError) return;
-    if (first instanceof Error) log[level]({ err: first }, first.message);
-    else log[level]({ details: rest.length ? rest : undefined }, String(first));
-  };
+  const forward =
+    (level: 'debug' | 'info' | 'warn' | 'error') =>
+    (...args: unknown[]) => {
+      const [first, ...rest] = args;
+      if (first instanceof GraphQLError) return;
+      if (first instanceof Error) log[level]({ err: first }, first.message);
+      else log[level]({ details: rest.length ? rest : undefined }, String(first));
+    };
   return { debug: forward('debug'), info: forward('info'), warn: forward('warn'), error: forward('error') };
 }
 

@@ -4,6 +4,7 @@ import { isUniqueViolation } from '../db/prisma-errors.js';
 import { ConflictError, NotFoundError } from '../errors.js';
 import { displayPrefix, generateToken, hashToken, isWellFormedToken } from './api-token.js';
 import { dueForRefresh, SingleFlight } from '../concurrency/single-flight.js';
+import { type LRUCache, lruCache } from '../cache/lru.js';
 
 /** The authenticated caller of a request. */
 export interface Viewer {
@@ -48,13 +49,13 @@ export const LAST_USED_RESOLUTION_MS = 5 * 60_000;
  * not on every request.
  */
 export class AuthService {
-  private readonly cache = new Map<string, CachedViewer>();
+  private readonly cache: LRUCache<string, CachedViewer>;
   /**
    * Recently refused token hashes: a client retrying a bad token (or guessing) costs one
    * database query per NEGATIVE_TTL_MS, not one per request. Tokens are random 256-bit values,
    * so a refused hash cannot become valid later.
    */
-  private readonly refused = new Map<string, number>();
+  private readonly refused: LRUCache<string, true>;
   private readonly lookups = new SingleFlight<string, Viewer | null>();
   /**
    * Token rows by hash, looked up together when several are needed at once (a burst of
@@ -73,15 +74,16 @@ export class AuthService {
     // Batching only: caching is verify's job (with lifetimes and revocation).
     { cache: false, maxBatchSize: 500 },
   );
-  private readonly maxEntries: number;
   private readonly now: () => number;
 
   constructor(
     private readonly prisma: PrismaClient,
     private readonly opts: AuthServiceOptions,
   ) {
-    this.maxEntries = opts.cacheMaxEntries ?? 10_000;
+    const max = opts.cacheMaxEntries ?? 10_000;
     this.now = opts.now ?? Date.now;
+    this.cache = lruCache({ max, now: this.now });
+    this.refused = lruCache({ max, now: this.now });
   }
 
   async createUser(name: string): Promise<{ userId: string; token: string }> {
@@ -149,15 +151,12 @@ export class AuthService {
   }
 
   private fromCache(hash: string): Viewer | null | undefined {
-    const now = this.now();
     const hit = this.cache.get(hash);
-    if (hit && hit.expiresAt > now) {
-      if (dueForRefresh(hit.expiresAt, now, this.opts.cacheTtlMs)) void this.lookup(hash).catch((err: unknown) => this.opts.onBackgroundCheckFailed?.(err));
+    if (hit) {
+      if (dueForRefresh(hit.expiresAt, this.now(), this.opts.cacheTtlMs)) void this.lookup(hash).catch((err: unknown) => this.opts.onBackgroundCheckFailed?.(err));
       return hit.viewer;
     }
-    if (hit) this.cache.delete(hash);
-    const refusedUntil = this.refused.get(hash);
-    return refusedUntil !== undefined && refusedUntil > now ? null : undefined;
+    return this.refused.has(hash) ? null : undefined;
   }
 
   /** The database lookup behind verify: one at a time per token, shared by concurrent callers. */
@@ -170,11 +169,8 @@ export class AuthService {
       if (!row || row.revokedAt) {
         // A background refresh can find the token revoked: forget the cached viewer too.
         this.cache.delete(hash);
-        if (this.opts.cacheTtlMs > 0) {
-          this.refused.delete(hash);
-          if (this.refused.size >= this.maxEntries) this.refused.delete(this.refused.keys().next().value!);
-          this.refused.set(hash, now + Math.min(this.opts.cacheTtlMs, NEGATIVE_TTL_MS));
-        }
+        const left = now + Math.min(this.opts.cacheTtlMs, NEGATIVE_TTL_MS) - this.now();
+        if (this.opts.cacheTtlMs > 0 && left > 0) this.refused.set(hash, true, { ttl: left });
         return null;
       }
       const viewer: Viewer = { userId: row.user.id, userName: row.user.name, tokenId: row.id };
@@ -188,16 +184,9 @@ export class AuthService {
     });
   }
 
+  /** Caches the entry for what is left of its lifetime (counted from before the read). */
   private remember(hash: string, entry: CachedViewer): void {
-    if (this.opts.cacheTtlMs <= 0) return;
-    // Re-inserted, so a refreshed entry counts as the newest for eviction (and a refresh of a
-    // full cache does not evict another token).
-    this.cache.delete(hash);
-    if (this.cache.size >= this.maxEntries) {
-      // Map iterates in insertion order: drop the oldest entry.
-      const oldest = this.cache.keys().next();
-      if (!oldest.done) this.cache.delete(oldest.value);
-    }
-    this.cache.set(hash, entry);
+    const left = entry.expiresAt - this.now();
+    if (this.opts.cacheTtlMs > 0 && left > 0) this.cache.set(hash, entry, { ttl: left });
   }
 }

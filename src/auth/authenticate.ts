@@ -37,9 +37,15 @@ export interface LookupBudget {
  * token, or an answer verify has cached — every request of a dashboard in use), so the hot
  * path awaits nothing extra.
  */
-export type Authenticate = (token: string | null, chargedTo: IncomingMessage | null) => TokenCheck | Promise<TokenCheck>;
+export type Authenticate = (
+  token: string | null,
+  chargedTo: IncomingMessage | null,
+) => TokenCheck | Promise<TokenCheck>;
 
-export function createAuthenticate(auth: Pick<AuthService, 'verify' | 'verifyCached'>, budget?: LookupBudget): Authenticate {
+export function createAuthenticate(
+  auth: Pick<AuthService, 'verify' | 'verifyCached'>,
+  budget?: LookupBudget,
+): Authenticate {
   const charging = budget?.enabled ? budget : null;
 
   async function lookUp(token: string): Promise<TokenCheck> {

@@ -91,7 +91,7 @@ main(process.argv.slice(2)).then(
   (code) => process.exit(code),
   (err: unknown) => {
     const known = err instanceof ConfigError || err instanceof CliError || err instanceof DomainError;
-    process.stderr.write(`pvegraph: ${known ? (err as Error).message : `failed: ${(err as Error).message}`}\n`);
+    process.stderr.write(`pvegraph: ${known ? err.message : `failed: ${(err as Error).message}`}\n`);
     process.exit(1);
   },
 );

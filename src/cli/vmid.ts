@@ -240,7 +240,7 @@ const TERRAFORM_KEYS = ['url', 'node', 'ttl', 'min', 'key', 'token_file'] as con
  */
 async function terraform(io: Io): Promise<number> {
   let text = '';
-  for await (const chunk of io.stdin) text += typeof chunk === 'string' ? chunk : (chunk as Buffer).toString('utf8');
+  for await (const chunk of io.stdin) text += typeof chunk === 'string' ? chunk : (chunk).toString('utf8');
   let query: unknown;
   try {
     query = JSON.parse(text);

@@ -1,4 +1,4 @@
-import type { Redis } from '../redis/redis.js';
+import type { RedisClient } from '../redis/redis.js';
 
 /**
  * Which instance watches a cluster (a VMID space) for changes made outside pvegraph: one
@@ -78,14 +78,14 @@ interface LeaseCommands {
 
 /** The lease of a deployment with REDIS_URL: shared by every instance. */
 export class RedisWatchLease implements WatchLease {
-  private readonly redis: Redis & LeaseCommands;
+  private readonly redis: RedisClient & LeaseCommands;
 
-  constructor(redis: Redis) {
+  constructor(redis: RedisClient) {
     redis.defineCommand('pvgWatchAcquire', { numberOfKeys: 1, lua: ACQUIRE });
     redis.defineCommand('pvgWatchRelease', { numberOfKeys: 1, lua: RELEASE });
     redis.defineCommand('pvgWatchClaimProbe', { numberOfKeys: 2, lua: CLAIM_PROBE });
     redis.defineCommand('pvgWatchSaveCursor', { numberOfKeys: 2, lua: SAVE_CURSOR });
-    this.redis = redis as Redis & LeaseCommands;
+    this.redis = redis as RedisClient & LeaseCommands;
   }
 
   async acquire(spaceId: string, token: string, ttlMs: number): Promise<boolean> {

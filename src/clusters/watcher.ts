@@ -208,7 +208,7 @@ export class ClusterWatcher {
   /** Just became the holder: go on from the last holder's cursor, or list first. */
   private async taken(space: Space): Promise<void> {
     this.opts.log?.debug({ spaceId: space.id }, 'cluster watch: lease taken');
-    let saved: TaskCursor | null = null;
+    let saved: TaskCursor | null;
     try {
       saved = parseCursor(await this.lease.loadCursor(space.id));
     } catch {

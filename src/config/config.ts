@@ -1,23 +1,24 @@
 import path from 'node:path';
 import proxyAddr from 'proxy-addr';
 import { z } from 'zod';
+import { parseRedisTarget, type RedisTarget, RedisUrlError } from '../redis/redis-target.js';
 
 /**
  * Every environment variable of the contract, parsed once at start-up. A bad value stops the
  * process with one line naming the variable (see `ConfigError`).
  */
+/** Spellings of a boolean flag (any case, surrounding spaces ignored); unset or empty: the default. */
 const bool = (name: string, fallback: boolean) =>
-  z
-    .string()
-    .optional()
-    .transform((v, ctx) => {
-      if (v === undefined || v === '') return fallback;
-      const s = v.trim().toLowerCase();
-      if (['1', 'true', 'yes', 'on'].includes(s)) return true;
-      if (['0', 'false', 'no', 'off'].includes(s)) return false;
-      ctx.addIssue({ code: 'custom', message: `${name} must be true or false (got "${v}")` });
-      return z.NEVER;
-    });
+  z.preprocess(
+    (v) => (typeof v === 'string' && v.trim() !== '' ? v.trim() : undefined),
+    z
+      .stringbool({
+        truthy: ['1', 'true', 'yes', 'on'],
+        falsy: ['0', 'false', 'no', 'off'],
+        error: (issue) => `${name} must be true or false (got "${String(issue.input)}")`,
+      })
+      .default(fallback),
+  );
 
 const int = (name: string, fallback: number, min: number, max: number) =>
   z
@@ -51,6 +52,22 @@ const url = (name: string, protocols: string[]) =>
         return z.NEVER;
       }
       return v;
+    });
+
+/** One server, a Sentinel group or a Redis Cluster (src/redis/redis-target.ts has the forms). */
+const redisTarget = (name: string) =>
+  z
+    .string()
+    .optional()
+    .transform((v, ctx) => {
+      if (v === undefined || v.trim() === '') return undefined;
+      try {
+        return parseRedisTarget(v.trim());
+      } catch (err) {
+        if (!(err instanceof RedisUrlError)) throw err;
+        ctx.addIssue({ code: 'custom', message: `${name} ${err.message}` });
+        return z.NEVER;
+      }
     });
 
 /**
@@ -94,7 +111,7 @@ const envSchema = z.object({
   HOST: z.string().default('127.0.0.1'),
   PORT: int('PORT', 4000, 0, 65535),
   DATABASE_URL: url('DATABASE_URL', ['postgresql:', 'postgres:']),
-  REDIS_URL: url('REDIS_URL', ['redis:', 'rediss:']),
+  REDIS_URL: redisTarget('REDIS_URL'),
   REDIS_KEY_PREFIX: z.string().default('pvegraph:'),
   ENCRYPTION_KEY: encryptionKeys('ENCRYPTION_KEY'),
   ENCRYPTION_KEYS_PREVIOUS: encryptionKeys('ENCRYPTION_KEYS_PREVIOUS'),
@@ -132,8 +149,8 @@ export interface Config {
   port: number;
   /** `embedded` when DATABASE_URL is unset: PGlite in `dataDir`. */
   databaseUrl: string | undefined;
-  /** Unset: in-process cache and pub/sub (single instance only). */
-  redisUrl: string | undefined;
+  /** REDIS_URL: one server, Sentinel or Cluster. Unset: in-process cache and pub/sub (single instance only). */
+  redis: RedisTarget | undefined;
   redisKeyPrefix: string;
   /** Encrypts new values. Unset: embedded mode generates one into `dataDir`. */
   encryptionKey: Buffer | undefined;
@@ -150,6 +167,11 @@ export interface Config {
   proxmoxTimeoutMs: number;
   allowPrivateNodeHosts: boolean;
   allowLoopbackNodeHosts: boolean;
+  /**
+   * Loopback `address:port` endpoints allowed although ALLOW_LOOPBACK_NODE_HOSTS is off. Not
+   * from the environment: `npm run demo` sets it to its own simulator's endpoint.
+   */
+  loopbackNodeEndpoints?: readonly string[];
   logLevel: LogLevel;
   /** How long a verified API token is trusted without asking the database again. */
   tokenCacheTtlMs: number;
@@ -199,13 +221,18 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, opts: LoadOptio
   if (opts.requireEncryptionKey !== false && e.DATABASE_URL && e.ENCRYPTION_KEY.length === 0) {
     throw new ConfigError('invalid configuration: ENCRYPTION_KEY is required when DATABASE_URL is set (32 bytes, base64)');
   }
+  if (e.REDIS_URL?.kind === 'cluster' && /[{}]/.test(e.REDIS_KEY_PREFIX)) {
+    // The keys' hash tags ({space}) put each space's keys in one slot; a brace in the prefix
+    // would be taken as the tag instead and put every key in one slot.
+    throw new ConfigError('invalid configuration: REDIS_KEY_PREFIX must not contain { or } with a Redis Cluster');
+  }
   const production = e.NODE_ENV === 'production';
   const introspection = parseFlag('GRAPHQL_INTROSPECTION', e.GRAPHQL_INTROSPECTION, !production);
   return {
     host: e.HOST,
     port: e.PORT,
     databaseUrl: e.DATABASE_URL,
-    redisUrl: e.REDIS_URL,
+    redis: e.REDIS_URL,
     redisKeyPrefix: e.REDIS_KEY_PREFIX,
     encryptionKey: e.ENCRYPTION_KEY[0],
     previousEncryptionKeys: e.ENCRYPTION_KEYS_PREVIOUS,

@@ -1,11 +1,11 @@
 import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
-import { PGlite } from '@electric-sql/pglite';
 import { PrismaPg } from '@prisma/adapter-pg';
 import pg from 'pg';
 import { PrismaPGlite } from 'pglite-prisma-adapter';
 import { PrismaClient } from './generated/prisma/client.js';
 import type { SqlSession } from './migrate.js';
+import { openPglite } from './pglite.js';
 
 export { PrismaClient };
 export type { Prisma } from './generated/prisma/client.js';
@@ -68,7 +68,7 @@ function withQueryListener(prisma: PrismaClient<'query'>, onQuery: (sql: string)
 export async function openEmbedded(dataDir: string): Promise<Database> {
   const dir = path.join(dataDir, 'pglite');
   await mkdir(dir, { recursive: true });
-  const pglite = await PGlite.create(dir);
+  const pglite = await openPglite(dir);
   const prisma = new PrismaClient({ adapter: new PrismaPGlite(pglite) });
   const session: SqlSession = {
     query: (sql, params) => pglite.query(sql, params) as never,

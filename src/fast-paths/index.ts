@@ -29,8 +29,10 @@ import { useShareSubscriptionEvents } from './share-subscription-events.js';
  * fails when Yoga's chain gains one that is not listed here):
  * - maskErrors: the same masker (masker.maskResult);
  * - observeOperations: recordOperation, the same metrics and access-log line;
- * - armor, csrfPrevention, disableIntrospection: only documents Yoga has parsed and validated
- *   (with its limits) are prepared, and only JSON POSTs with Authorization are answered;
+ * - armor, depthBeforeCost, csrfPrevention, disableIntrospection: only documents Yoga has
+ *   parsed and validated (with its limits) are prepared, and only JSON POSTs with
+ *   Authorization are answered;
+ * - errorBodies: a body of a content type Yoga cannot parse (415) never reaches it;
  * - requireViewer: the same refusal (unauthenticated()) and status;
  * - subscriptionCap, endRevokedSubscriptions, shareSubscriptionEvents, endUnansweredStreams,
  *   endSubscriptionsOnShutdown: subscriptions are never prepared (queries and mutations only);
@@ -40,6 +42,7 @@ export const PLUGINS_ACCOUNTED_FOR = [
   'maskErrors',
   'observeOperations',
   'armor',
+  'depthBeforeCost',
   'csrfPrevention',
   'requireViewer',
   'subscriptionCap',
@@ -47,6 +50,7 @@ export const PLUGINS_ACCOUNTED_FOR = [
   'endRevokedSubscriptions',
   'shareSubscriptionEvents',
   'endUnansweredStreams',
+  'errorBodies',
   'disableIntrospection',
   'endSubscriptionsOnShutdown',
 ] as const;
@@ -64,15 +68,21 @@ export interface FastPaths {
   /** Their hooks into Yoga's plugin chain. */
   readonly yogaPlugins: FastPathPlugins;
   /** Where a graphql-ws operation's shared subscription events are written. */
-  sinkFor(socket: WebSocket, id: string): SubscriptionSink;
+  readonly sinkFor: (socket: WebSocket, id: string) => SubscriptionSink;
   /** The prepared-query HTTP path in front of this Yoga. */
-  preparedQueryPath(yoga: PvegraphYoga, checkToken: (req: IncomingMessage, res: ServerResponse) => TokenCheck | Promise<TokenCheck>): PreparedQueryPath;
+  preparedQueryPath(
+    yoga: PvegraphYoga,
+    checkToken: (req: IncomingMessage, res: ServerResponse) => TokenCheck | Promise<TokenCheck>,
+  ): PreparedQueryPath;
 }
 
 export function createFastPaths(opts: FastPathsOptions): FastPaths {
   const prepared = new PreparedQueries(schema);
   return {
-    yogaPlugins: { learnPreparedQueries: useLearnPreparedQueries(prepared), shareSubscriptionEvents: useShareSubscriptionEvents(opts.masker) },
+    yogaPlugins: {
+      learnPreparedQueries: useLearnPreparedQueries(prepared),
+      shareSubscriptionEvents: useShareSubscriptionEvents(opts.masker),
+    },
     sinkFor: (socket, id) => graphqlWsSink(socket, id, opts.wsMaxBufferedBytes),
     preparedQueryPath: (yoga, checkToken) =>
       createPreparedQueryPath({

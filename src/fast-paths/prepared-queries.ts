@@ -1,6 +1,14 @@
-import { type DocumentNode, type ExecutionResult, getOperationAST, GraphQLError, type GraphQLSchema, type Source } from 'graphql';
+import {
+  type DocumentNode,
+  type ExecutionResult,
+  getOperationAST,
+  GraphQLError,
+  type GraphQLSchema,
+  type Source,
+} from 'graphql';
 import { type CompiledQuery, compileQuery, isCompiledQuery } from 'graphql-jit';
 import type { Plugin, YogaInitialContext } from 'graphql-yoga';
+import { type LRUCache, lruCache } from '../cache/lru.js';
 import type { RequestContext } from '../graphql/context.js';
 import { isIntrospectionOnly } from '../graphql/plugins/require-viewer.js';
 
@@ -32,12 +40,14 @@ export interface PreparedQuery {
  * instead of variables) cannot grow it.
  */
 export class PreparedQueries {
-  private readonly entries = new Map<string, PreparedQuery>();
+  private readonly entries: LRUCache<string, PreparedQuery>;
 
   constructor(
     private readonly schema: GraphQLSchema,
-    private readonly maxEntries = 500,
-  ) {}
+    maxEntries = 500,
+  ) {
+    this.entries = lruCache({ max: maxEntries });
+  }
 
   get size(): number {
     return this.entries.size;
@@ -45,13 +55,7 @@ export class PreparedQueries {
 
   get(query: string, operationName: string | null): PreparedQuery | undefined {
     const key = keyOf(query, operationName);
-    const entry = this.entries.get(key);
-    if (entry && this.entries.size > 1) {
-      // Most recently used goes last (Map keeps insertion order).
-      this.entries.delete(key);
-      this.entries.set(key, entry);
-    }
-    return entry;
+    return this.entries.get(key);
   }
 
   /** Called only with documents that passed parsing and validation. */
@@ -61,8 +65,12 @@ export class PreparedQueries {
     if (type !== 'query' && type !== 'mutation') return;
     const key = keyOf(query, operationName);
     if (this.entries.has(key)) return;
-    if (this.entries.size >= this.maxEntries) this.entries.delete(this.entries.keys().next().value!);
-    this.entries.set(key, { document, operationName, type, introspectionOnly: isIntrospectionOnly(document, operationName) });
+    this.entries.set(key, {
+      document,
+      operationName,
+      type,
+      introspectionOnly: isIntrospectionOnly(document, operationName),
+    });
   }
 
   /**
@@ -71,7 +79,11 @@ export class PreparedQueries {
    * runs: a result with errors and no `data` means they were refused and nothing ran (so a
    * mutation handed to Yoga then cannot run twice).
    */
-  async execute(entry: PreparedQuery, context: RequestContext, variables: Record<string, unknown> | undefined): Promise<ExecutionResult | null> {
+  async execute(
+    entry: PreparedQuery,
+    context: RequestContext,
+    variables: Record<string, unknown> | undefined,
+  ): Promise<ExecutionResult | null> {
     if (entry.compiled === undefined) {
       const compiled = compileQuery(this.schema, entry.document, entry.operationName ?? undefined);
       entry.compiled = isCompiledQuery(compiled) ? compiled : null;
@@ -131,7 +143,9 @@ function keyOf(query: string, operationName: string | null): string {
  * authenticated requests: tokenless clients (introspection needs none) must not be able to
  * push dashboards' documents out of the bounded list.
  */
-export function useLearnPreparedQueries(prepared: PreparedQueries): Plugin<RequestContext & Partial<YogaInitialContext>> {
+export function useLearnPreparedQueries(
+  prepared: PreparedQueries,
+): Plugin<RequestContext & Partial<YogaInitialContext>> {
   return {
     onExecute({ args }) {
       if (!args.contextValue.viewer) return;

@@ -40,8 +40,7 @@ export function zodToUserInputError(error: ZodError): BadUserInputError {
     const key = issue.path.map(String).join('.') || '_';
     fields[key] ??= issue.message;
   }
-  const names = Object.keys(fields);
-  return new BadUserInputError(`Invalid input: ${names.join(', ')}.`, fields);
+  return BadUserInputError.forFields(fields);
 }
 
 builder.scalarType('DateTime', {

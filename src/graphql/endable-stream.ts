@@ -65,6 +65,7 @@ export function endableStream(results: AsyncIterable<ExecutionResult>, onFinishe
           if (waiting !== resolve) return;
           waiting = null;
           close();
+          // eslint-disable-next-line @typescript-eslint/prefer-promise-reject-errors -- the source's own rejection, passed on as it is
           reject(error);
         },
       );
@@ -83,6 +84,7 @@ export function endableStream(results: AsyncIterable<ExecutionResult>, onFinishe
     },
     throw: (error: unknown) => {
       close();
+      // eslint-disable-next-line @typescript-eslint/prefer-promise-reject-errors -- rejects with what it was given, as an async generator's throw() does
       return endSource().then(() => Promise.reject(error));
     },
     [Symbol.asyncIterator]() {
@@ -93,7 +95,7 @@ export function endableStream(results: AsyncIterable<ExecutionResult>, onFinishe
     },
   };
   return {
-    stream: stream as AsyncGenerator<ExecutionResult, void, void>,
+    stream,
     end(last) {
       if (state !== 'open') return false;
       void endSource();

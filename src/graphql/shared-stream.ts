@@ -58,7 +58,10 @@ export function endHooks(): { end: () => void; hooks: SharedStream[typeof SHARED
 export type StreamMethods = Pick<AsyncGenerator<ExecutionResult, void, void>, 'next' | 'return' | 'throw'>;
 
 /** The async generator graphql-ws and envelop see, marked as a shared stream. */
-export function sharedStream(hooks: SharedStream[typeof SHARED_STREAM], methods: StreamMethods): AsyncGenerator<ExecutionResult, void, void> {
+export function sharedStream(
+  hooks: SharedStream[typeof SHARED_STREAM],
+  methods: StreamMethods,
+): AsyncGenerator<ExecutionResult, void, void> {
   const gen = {
     ...methods,
     [SHARED_STREAM]: hooks,
@@ -71,4 +74,3 @@ export function sharedStream(hooks: SharedStream[typeof SHARED_STREAM], methods:
   } as AsyncGenerator<ExecutionResult, void, void>;
   return gen;
 }
-

@@ -32,7 +32,7 @@ export interface AnonymousBudget extends LookupBudget {
  * - a token looked up in the database in vain (HTTP or WebSocket): made-up tokens would
  *   otherwise each cost a query.
  * Past the budget such requests are refused before Yoga or the database sees them (429, or a
- * WebSocket closed with 4429), from memory until the address's minute ends.
+ * WebSocket closed with 1013, try again later), from memory until the address's minute ends.
  *
  * Never charged: a token verify answers from its cache (a dashboard in use stays cached; a
  * made-up token's refusal is cached for seconds, and on a document the prepared path knows it

@@ -61,7 +61,13 @@ export function createApp({ services, log, config }: AppOptions): App {
   const checkToken = checkHttpToken.bind(null, authenticate);
   const shutdown = new AbortController();
   const fastPaths = config.fastPaths
-    ? createFastPaths({ services, log, masker, maxRequestBodyBytes: config.maxRequestBodyBytes, wsMaxBufferedBytes: config.wsMaxBufferedBytes })
+    ? createFastPaths({
+        services,
+        log,
+        masker,
+        maxRequestBodyBytes: config.maxRequestBodyBytes,
+        wsMaxBufferedBytes: config.wsMaxBufferedBytes,
+      })
     : null;
 
   const yoga = createPvegraphYoga({
@@ -78,8 +84,24 @@ export function createApp({ services, log, config }: AppOptions): App {
     maxSubscriptionsPerUser: config.maxSubscriptionsPerUser,
     ...(fastPaths ? { fastPaths: fastPaths.yogaPlugins } : {}),
   });
-  const server = createHttpServer({ services, log, config, yoga, budget, checkToken, preparedQueries: fastPaths?.preparedQueryPath(yoga, checkToken) });
-  const ws = createGraphqlWsServer({ server, yoga, authenticate, revocations, metrics, config, sinkFor: fastPaths?.sinkFor });
+  const server = createHttpServer({
+    services,
+    log,
+    config,
+    yoga,
+    budget,
+    checkToken,
+    preparedQueries: fastPaths?.preparedQueryPath(yoga, checkToken),
+  });
+  const ws = createGraphqlWsServer({
+    server,
+    yoga,
+    authenticate,
+    revocations,
+    metrics,
+    config,
+    sinkFor: fastPaths?.sinkFor,
+  });
 
   return {
     server,

@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import type { Server } from 'node:http';
-import { type ExecutionArgs, GraphQLError } from 'graphql';
+import { type DocumentNode, type ExecutionArgs, GraphQLError, type GraphQLSchema } from 'graphql';
 import { useServer } from 'graphql-ws/use/ws';
 import { WebSocket, WebSocketServer } from 'ws';
 import type { PvegraphYoga } from '../api/yoga.js';
@@ -22,8 +22,11 @@ export const enum WsCloseCode {
   PolicyViolation = 1008,
   /** Bad or missing token (graphql-ws Forbidden). */
   Forbidden = 4403,
-  /** The address has spent its budget for requests without a valid token (anonymous-budget.ts). */
-  TooManyRequests = 4429,
+  /**
+   * The address has spent its budget for requests without a valid token (anonymous-budget.ts):
+   * RFC 6455's "try again later", which graphql-ws's client retries (its 4429 would be fatal).
+   */
+  TryAgainLater = 1013,
 }
 
 export interface GraphqlWsServerOptions {
@@ -46,6 +49,16 @@ export interface GraphqlWsServer {
   streamsEnded(): Promise<void>;
 }
 
+/** What Yoga's envelop hands a graphql-ws operation. */
+interface Enveloped {
+  schema: GraphQLSchema;
+  execute: (args: ExecutionArgs) => unknown;
+  subscribe: (args: ExecutionArgs) => unknown;
+  contextFactory: () => Promise<unknown>;
+  parse: (source: string) => DocumentNode;
+  validate: (schema: GraphQLSchema, document: DocumentNode) => readonly GraphQLError[];
+}
+
 type WsExtra = {
   /** Who opened the socket: what its slot in socketsPerUser is counted under (operations use their own check). */
   viewer?: Viewer;
@@ -57,11 +70,21 @@ type WsExtra = {
  * graphql-ws on /graphql: the token is authenticated once per socket (connection_init) and
  * again per operation; every operation goes through Yoga's envelop, so its plugins guard it.
  */
-export function createGraphqlWsServer({ server, yoga, authenticate, revocations, metrics, config, sinkFor }: GraphqlWsServerOptions): GraphqlWsServer {
+export function createGraphqlWsServer({
+  server,
+  yoga,
+  authenticate,
+  revocations,
+  metrics,
+  config,
+  sinkFor,
+}: GraphqlWsServerOptions): GraphqlWsServer {
   // Upgrades handed over here rather than `server` given to ws: ws would re-emit the HTTP
   // server's errors (EADDRINUSE) on the WebSocket server, where graphql-ws prints them with a stack.
   const wss = new WebSocketServer({ noServer: true, path: '/graphql', maxPayload: config.maxRequestBodyBytes });
-  server.on('upgrade', (req, socket, head) => wss.handleUpgrade(req, socket, head, (ws) => wss.emit('connection', ws, req)));
+  server.on('upgrade', (req, socket, head) =>
+    wss.handleUpgrade(req, socket, head, (ws) => wss.emit('connection', ws, req)),
+  );
   /** The operations that stream, per socket: shutdown waits for their `complete`. */
   const streaming = new Map<WebSocket, Set<string>>();
   const whenNoneStreams: Array<() => void> = [];
@@ -79,13 +102,14 @@ export function createGraphqlWsServer({ server, yoga, authenticate, revocations,
     {
       // Decided once per socket: returning false closes it with 4403 Forbidden.
       onConnect: async (ctx) => {
-        const token = bearerToken(String(ctx.connectionParams?.authorization ?? ''));
+        const authorization = ctx.connectionParams?.authorization;
+        const token = bearerToken(typeof authorization === 'string' ? authorization : null);
         // A token only the database can tell about is charged to the address's budget, as over HTTP.
         const check = await authenticate(token, ctx.extra.request);
         if (check.kind === 'unchecked') throw check.error; // as before: graphql-ws closes with 4500
         if (check.kind === 'refused') {
           // The reason names the budget spent (address or IPv6 /48); it fits a close frame's 123 bytes.
-          ctx.extra.socket.close(WsCloseCode.TooManyRequests, rateLimitedMessage(check.bucket, check.retryAfterSeconds));
+          ctx.extra.socket.close(WsCloseCode.TryAgainLater, rateLimitedMessage(check.bucket, check.retryAfterSeconds));
           return false;
         }
         if (check.kind !== 'viewer') return false;
@@ -94,7 +118,10 @@ export function createGraphqlWsServer({ server, yoga, authenticate, revocations,
         if (ctx.extra.socket.readyState !== WebSocket.OPEN) return false;
         const open = socketsPerUser.get(viewer.userId) ?? 0;
         if (open >= config.wsMaxConnectionsPerUser) {
-          ctx.extra.socket.close(WsCloseCode.PolicyViolation, `At most ${config.wsMaxConnectionsPerUser} connections per user`);
+          ctx.extra.socket.close(
+            WsCloseCode.PolicyViolation,
+            `At most ${config.wsMaxConnectionsPerUser} connections per user`,
+          );
           return false;
         }
         socketsPerUser.set(viewer.userId, open + 1);
@@ -145,8 +172,9 @@ export function createGraphqlWsServer({ server, yoga, authenticate, revocations,
           tokenCheck,
           requestId: randomUUID(),
           ...(sinkFor ? { sink: sinkFor(ctx.extra.socket, id) } : {}),
-        });
-        let document;
+          // envelop types what it hands back loosely (any): these are graphql-js's own signatures.
+        }) as Enveloped;
+        let document: DocumentNode;
         try {
           document = parse(payload.query);
         } catch (err) {
@@ -188,6 +216,7 @@ export function createGraphqlWsServer({ server, yoga, authenticate, revocations,
   );
   return {
     wss,
-    streamsEnded: () => (streaming.size === 0 ? Promise.resolve() : new Promise<void>((resolve) => whenNoneStreams.push(resolve))),
+    streamsEnded: () =>
+      streaming.size === 0 ? Promise.resolve() : new Promise<void>((resolve) => whenNoneStreams.push(resolve)),
   };
 }

@@ -23,7 +23,15 @@ export interface HttpServerOptions {
 }
 
 /** The HTTP routes: health, readiness, metrics, and /graphql (Yoga, after the anonymous budget). */
-export function createHttpServer({ services, log, config, yoga, budget, checkToken, preparedQueries }: HttpServerOptions): Server {
+export function createHttpServer({
+  services,
+  log,
+  config,
+  yoga,
+  budget,
+  checkToken,
+  preparedQueries,
+}: HttpServerOptions): Server {
   const { metrics } = services;
 
   const server = createServer((req, res) => {
@@ -67,7 +75,12 @@ export function createHttpServer({ services, log, config, yoga, budget, checkTok
   }
 
   /** What the prepared path did not answer: charged to the address's budget when it must be, then Yoga's. */
-  async function handOverToYoga(req: IncomingMessage, res: ServerResponse, requestId: string, checked: UnrefusedTokenCheck | undefined): Promise<void> {
+  async function handOverToYoga(
+    req: IncomingMessage,
+    res: ServerResponse,
+    requestId: string,
+    checked: UnrefusedTokenCheck | undefined,
+  ): Promise<void> {
     // The prepared path may have checked the token already (once it knew the document). With
     // the budget off and no check yet, Yoga's context factory authenticates as it always did.
     const pending = checked ?? (budget.enabled ? checkToken(req, res) : undefined);

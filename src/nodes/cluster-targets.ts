@@ -3,12 +3,15 @@ import type { Prisma, PrismaClient } from '../db/database.js';
 import type { ProxmoxNode, ProxmoxNodeEndpoint } from '../db/generated/prisma/client.js';
 import { ConflictError, DomainError, ErrorCode, NotFoundError } from '../errors.js';
 import type { ProxmoxClient, ProxmoxGuest, ProxmoxTarget, ProxmoxTask, VmidRange } from '../proxmox/index.js';
+import { lruCache } from '../cache/lru.js';
 import { EndpointHealth } from './endpoint-health.js';
 
 /** A registration with its fallback endpoints, in order (what a ProxmoxTarget is made from). */
 export type NodeWithEndpoints = ProxmoxNode & { fallbackEndpoints: ProxmoxNodeEndpoint[] };
 
-export const WITH_ENDPOINTS = { fallbackEndpoints: { orderBy: { position: 'asc' } } } as const satisfies Prisma.ProxmoxNodeInclude;
+export const WITH_ENDPOINTS = {
+  fallbackEndpoints: { orderBy: { position: 'asc' } },
+} as const satisfies Prisma.ProxmoxNodeInclude;
 
 /** How long a registration's decrypted Proxmox target is reused (targetById). */
 const TARGET_CACHE_MS = 5_000;
@@ -25,7 +28,7 @@ export function secretContext(nodeId: string, field: 'tokenSecret' | 'sshPasswor
  */
 export class ClusterTargets {
   /** Decrypted Proxmox targets by registration id (targetById). */
-  private readonly targets = new Map<string, { target: ProxmoxTarget; until: number }>();
+  private readonly targets = lruCache<string, ProxmoxTarget>({ max: 10_000, now: Date.now });
   /** lastError / lastOkAt of every endpoint, from the client's reports. */
   readonly health: EndpointHealth;
 
@@ -105,14 +108,14 @@ export class ClusterTargets {
    * made through another instance is seen within TARGET_CACHE_MS.
    */
   async targetById(nodeId: string): Promise<ProxmoxTarget> {
-    const now = Date.now();
     const kept = this.targets.get(nodeId);
-    if (kept && kept.until > now) return kept.target;
+    if (kept) return kept;
+    const readAt = Date.now(); // the lifetime counts from before the read
     const node = await this.prisma.proxmoxNode.findUnique({ where: { id: nodeId }, include: WITH_ENDPOINTS });
     if (!node) throw new NotFoundError('Node', nodeId);
     const target = this.targetOf(node);
-    if (this.targets.size >= 10_000) this.targets.delete(this.targets.keys().next().value!);
-    this.targets.set(nodeId, { target, until: now + TARGET_CACHE_MS });
+    const left = readAt + TARGET_CACHE_MS - Date.now();
+    if (left > 0) this.targets.set(nodeId, target, { ttl: left });
     return target;
   }
 

@@ -13,6 +13,7 @@ import { ClusterTargets, type NodeWithEndpoints, secretContext, WITH_ENDPOINTS }
 import { isUuid, MAX_FALLBACK_ENDPOINTS } from './node-validation.js';
 import type { NodeRef, VmidHooks } from './vmid-hooks.js';
 import { dueForRefresh, SingleFlight } from '../concurrency/single-flight.js';
+import { lruCache } from '../cache/lru.js';
 import { type ClusterIdentity, deriveClusterId, vmidSpaceOf } from '../clusters/identity.js';
 
 export type { ProxmoxNode };
@@ -67,7 +68,7 @@ const REFUSAL_CODES: readonly string[] = [...TLS_CODES, ErrorCode.PROXMOX_AUTH_F
  */
 export class NodeService {
   /** viewer+node → NodeRef, for the hot VMID reads (a node never changes owner). */
-  private readonly owned = new Map<string, { ref: NodeRef; expiresAt: number }>();
+  private readonly owned = lruCache<string, { ref: NodeRef; expiresAt: number }>({ max: 10_000, now: Date.now });
   private readonly ownershipLookups = new SingleFlight<string, NodeRef>();
   /** Node owners by id, looked up together when several are needed at once (batching only). */
   private readonly ownerRows = new DataLoader<string, RefRow | null>(
@@ -107,10 +108,9 @@ export class NodeService {
    */
   async ref(viewer: Viewer, nodeId: string): Promise<NodeRef> {
     const key = `${viewer.userId}:${nodeId}`;
-    const now = Date.now();
     const hit = this.owned.get(key);
-    if (hit && hit.expiresAt > now) {
-      if (dueForRefresh(hit.expiresAt, now, this.ownershipCacheTtlMs)) {
+    if (hit) {
+      if (dueForRefresh(hit.expiresAt, Date.now(), this.ownershipCacheTtlMs)) {
         // NOT_FOUND is the re-check doing its job (the node is gone and was dropped).
         void this.lookupRef(viewer, nodeId, key).catch((err: unknown) => {
           if (!(err instanceof NotFoundError)) this.onBackgroundCheckFailed?.(err);
@@ -134,11 +134,9 @@ export class NodeService {
       }
       const ref = refOf(row);
       // A delete that committed while this lookup read the row must not be undone here.
-      if (this.ownershipCacheTtlMs > 0 && this.deletions === deletionsBefore) {
-        this.owned.delete(key);
-        if (this.owned.size >= 10_000) this.owned.delete(this.owned.keys().next().value!);
-        this.owned.set(key, { ref, expiresAt: readAt + this.ownershipCacheTtlMs });
-      }
+      const expiresAt = readAt + this.ownershipCacheTtlMs;
+      const left = expiresAt - Date.now();
+      if (this.ownershipCacheTtlMs > 0 && left > 0 && this.deletions === deletionsBefore) this.owned.set(key, { ref, expiresAt }, { ttl: left });
       return ref;
     });
   }
@@ -505,7 +503,7 @@ function checkFallbacks(list: readonly EndpointInput[], primary: { host: string;
     }
   });
   if (Object.keys(fields).length > 0) {
-    throw new BadUserInputError(`Invalid input: ${Object.keys(fields).join(', ')}.`, fields);
+    throw BadUserInputError.forFields(fields);
   }
   return out;
 }

@@ -1,13 +1,11 @@
-import { isIP } from 'node:net';
 import { z } from 'zod';
+import { isDnsName, parseHostName } from '../proxmox/host-name.js';
 import { VMID_MAX, VMID_MIN } from '../vmids/types.js';
 
 /**
  * Input rules for nodes and containers. Each schema normalises what it accepts (trimmed
  * names, lower-case hosts, upper-case colon fingerprints) so stored values have one form.
  */
-
-const HOSTNAME = /^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*\.?$/i;
 
 export const nodeName = z
   .string()
@@ -16,11 +14,13 @@ export const nodeName = z
   .max(100, 'must be at most 100 characters')
   .refine((v) => !/[\u0000-\u001f\u007f]/.test(v), 'must not contain control characters');
 
-export const nodeHost = z
-  .string()
-  .trim()
-  .transform((v) => (v.startsWith('[') && v.endsWith(']') ? v.slice(1, -1) : v).toLowerCase())
-  .refine((v) => isIP(v) !== 0 || HOSTNAME.test(v), 'must be a hostname or an IP address (no scheme, port or path)');
+/** A host name or IP literal in its stored form (the rule: proxmox/host-name.ts); IPv6 without brackets. */
+export const nodeHost = z.string().transform((v, ctx) => {
+  const host = parseHostName(v);
+  if (host) return host.host;
+  ctx.addIssue({ code: 'custom', message: 'must be a hostname or an IP address (no scheme, port or path)' });
+  return z.NEVER;
+});
 
 export const nodePort = z.number().int('must be an integer').min(1, 'must be from 1 to 65535').max(65535, 'must be from 1 to 65535');
 
@@ -53,7 +53,7 @@ export const vmid = z.number().int('must be an integer').min(VMID_MIN, `must be 
 export const containerHostname = z
   .string()
   .trim()
-  .refine((v) => v === '' || HOSTNAME.test(v), 'must be a valid hostname');
+  .refine((v) => v === '' || isDnsName(v), 'must be a valid hostname');
 
 /** Fallback endpoints per registration (besides the primary). */
 export const MAX_FALLBACK_ENDPOINTS = 8;

@@ -39,7 +39,7 @@ export class Metrics {
 
   readonly anonymousRequests = new Counter({
     name: 'pvegraph_anonymous_requests_total',
-    help: 'Units charged to client addresses for work done without a valid API token (charged: a request handed to Yoga, a token looked up in vain), and requests refused because their address, or its IPv6 /48, had spent its budget (refused: HTTP 429, WebSocket 4429).',
+    help: 'Units charged to client addresses for work done without a valid API token (charged: a request handed to Yoga, a token looked up in vain), and requests refused because their address, or its IPv6 /48, had spent its budget (refused: HTTP 429, WebSocket 1013).',
     labelNames: ['outcome'] as const,
     registers: [this.registry],
   });

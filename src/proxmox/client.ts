@@ -2,6 +2,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { Pool } from 'undici';
 import type { Dispatcher } from 'undici';
 import type { z } from 'zod';
+import { type LRUCache, lruCache } from '../cache/lru.js';
 import { missingPrivileges, normalizeAclPath, requiredPaths, type PermissionMap } from './privileges.js';
 import { BadUserInputError, ConflictError, DomainError, ErrorCode } from '../errors.js';
 import {
@@ -81,6 +82,8 @@ export interface ProxmoxClientOptions {
   timeoutMs: number;
   allowPrivateHosts: boolean;
   allowLoopbackHosts: boolean;
+  /** See HostPolicy.loopbackEndpoints. */
+  loopbackEndpoints?: readonly string[];
   /** Default 16 MiB. */
   maxResponseBytes?: number;
   /** Extra attempts for idempotent GETs after network errors and transient 5xx. Default 2. */
@@ -333,11 +336,12 @@ export interface VmidRange {
 const SHA256_FINGERPRINT = /^[0-9A-F]{2}(:[0-9A-F]{2}){31}$/;
 
 export class ProxmoxClient {
-  private readonly opts: Required<Omit<ProxmoxClientOptions, 'logger' | 'caCerts' | 'onCall'>> &
-    Pick<ProxmoxClientOptions, 'logger' | 'caCerts' | 'onCall'>;
-  private readonly pools = new Map<string, PoolEntry>();
-  /** Endpoint lists (by key) whose calls start at a fallback that worked, until `until`. */
-  private readonly preferred = new Map<string, { index: number; until: number }>();
+  private readonly opts: Required<Omit<ProxmoxClientOptions, 'logger' | 'caCerts' | 'onCall' | 'loopbackEndpoints'>> &
+    Pick<ProxmoxClientOptions, 'logger' | 'caCerts' | 'onCall' | 'loopbackEndpoints'>;
+  /** Least recently used out first; an evicted pool finishes the requests running on it. */
+  private readonly pools: LRUCache<string, PoolEntry>;
+  /** Endpoint lists (by key) whose calls start at a fallback that worked, for preferWorkingEndpointMs. */
+  private readonly preferred = lruCache<string, { index: number }>({ max: 4_096 });
 
   constructor(opts: ProxmoxClientOptions) {
     if (!Number.isFinite(opts.timeoutMs) || opts.timeoutMs <= 0) {
@@ -351,12 +355,21 @@ export class ProxmoxClient {
       preferWorkingEndpointMs: 30_000,
       ...opts,
     };
+    this.pools = lruCache({
+      max: this.opts.maxPools,
+      onEvict: (old, key) => {
+        this.opts.logger?.debug?.({ pool: key.replace(/\|pin:.*/, '|pin') }, 'proxmox pool evicted');
+        // Graceful: requests already running on it finish.
+        old.pool.close().catch(() => undefined);
+      },
+    });
   }
 
   private get policy(): HostPolicy {
     return {
       allowLoopbackHosts: this.opts.allowLoopbackHosts,
       allowPrivateHosts: this.opts.allowPrivateHosts,
+      ...(this.opts.loopbackEndpoints ? { loopbackEndpoints: this.opts.loopbackEndpoints } : {}),
     };
   }
 
@@ -614,7 +627,7 @@ export class ProxmoxClient {
    */
   lastFingerprint(t: ProxmoxTarget): string | null {
     try {
-      return this.pools.get(this.poolKey(t))?.fingerprint ?? null;
+      return this.pools.peek(this.poolKey(t))?.fingerprint ?? null;
     } catch {
       return null;
     }
@@ -638,12 +651,7 @@ export class ProxmoxClient {
     const host = bareHost(t.host);
     const key = `${host.toLowerCase()}|${t.port}|${modeKey(mode)}`;
     const existing = this.pools.get(key);
-    if (existing) {
-      // LRU: move to the end.
-      this.pools.delete(key);
-      this.pools.set(key, existing);
-      return existing;
-    }
+    if (existing) return existing;
     const entry: PoolEntry = { key, pool: undefined as unknown as Pool, fingerprint: null };
     entry.pool = new Pool(`https://${urlHost(host)}:${t.port}`, {
       connections: this.opts.connectionsPerNode,
@@ -664,14 +672,6 @@ export class ProxmoxClient {
       }),
     });
     this.pools.set(key, entry);
-    while (this.pools.size > this.opts.maxPools) {
-      const oldest = this.pools.keys().next().value as string;
-      const old = this.pools.get(oldest);
-      this.pools.delete(oldest);
-      this.opts.logger?.debug?.({ pool: oldest.replace(/\|pin:.*/, '|pin') }, 'proxmox pool evicted');
-      // Graceful: requests already running on it finish.
-      old?.pool.close().catch(() => undefined);
-    }
     return entry;
   }
 
@@ -694,7 +694,7 @@ export class ProxmoxClient {
       if (!Number.isInteger(ep.port) || ep.port < 1 || ep.port > 65535) {
         throw new BadUserInputError('The port must be an integer from 1 to 65535.', { port: 'out of range' });
       }
-      assertLiteralAllowed(ep.host, this.policy);
+      assertLiteralAllowed(ep.host, this.policy, ep.port);
       tlsModeOf(ep, this.opts.caCerts); // a malformed pin is BAD_USER_INPUT
     }
   }
@@ -750,6 +750,8 @@ export class ProxmoxClient {
    * transient get another round after a backoff (`retries` extra rounds; with one endpoint this
    * is the plain retry of a GET). While endpoints are left in a round, each attempt gets an
    * equal share of the time left, so a hanging endpoint cannot eat the others' time.
+   * Not undici's retry interceptor: it retries one origin before the next is tried, where a
+   * round here fails over at once and retries only after every endpoint failed, in one deadline.
    */
   private async attempts(t: ProxmoxTarget, path: string, deadline: number, signal: AbortSignal): Promise<RawResponse> {
     const endpoints = endpointsOf(t);
@@ -855,7 +857,7 @@ export class ProxmoxClient {
   private preferredEndpoint(key: string, n: number): number {
     const p = this.preferred.get(key);
     if (!p) return 0;
-    if (p.until <= Date.now() || p.index >= n) {
+    if (p.index >= n) {
       this.preferred.delete(key);
       return 0;
     }
@@ -868,9 +870,7 @@ export class ProxmoxClient {
       this.preferred.delete(key);
       return;
     }
-    this.preferred.delete(key);
-    if (this.preferred.size >= 4_096) this.preferred.delete(this.preferred.keys().next().value!);
-    this.preferred.set(key, { index, until: Date.now() + ms });
+    this.preferred.set(key, { index }, { ttl: ms });
   }
 
   private async once(t: ProxmoxTarget, entry: PoolEntry, path: string, signal: AbortSignal): Promise<RawResponse> {

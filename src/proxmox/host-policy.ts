@@ -1,6 +1,8 @@
 import { lookup } from 'node:dns/promises';
 import { BlockList, isIP } from 'node:net';
+import ipaddr from 'ipaddr.js';
 import { HostNotAllowedError, ProxmoxUnreachableError } from './errors.js';
+import { type HostName, parseHostName } from './host-name.js';
 
 /**
  * Host policy for node hosts, applied to the *resolved* addresses right before a
@@ -10,6 +12,17 @@ import { HostNotAllowedError, ProxmoxUnreachableError } from './errors.js';
 export interface HostPolicy {
   allowPrivateHosts: boolean;
   allowLoopbackHosts: boolean;
+  /**
+   * Loopback endpoints allowed although loopback hosts are not, as `address:port` (IPv6
+   * bracketed): `npm run demo` lets its own simulator in this way, and nothing else on the
+   * machine (an admin interface on another loopback port stays refused).
+   */
+  loopbackEndpoints?: readonly string[];
+}
+
+/** `address:port` as HostPolicy.loopbackEndpoints lists it. */
+export function endpointKey(address: string, port: number): string {
+  return `${urlHost(address)}:${port}`;
 }
 
 export type AddressClass =
@@ -78,52 +91,27 @@ const PRIVATE = list([
   ['fc00::', 7, 'ipv6'],
 ]);
 
-/** Expands an IPv6 literal into 8 16-bit groups (no zone id). Returns null if invalid. */
-function ipv6Groups(ip: string): number[] | null {
-  if (isIP(ip) !== 6) return null;
-  let s = ip.toLowerCase();
-  const zone = s.indexOf('%');
-  if (zone >= 0) s = s.slice(0, zone);
-  let tail: number[] = [];
-  // Embedded dotted IPv4 at the end.
-  const dotted = /(\d+\.\d+\.\d+\.\d+)$/.exec(s);
-  if (dotted?.[1]) {
-    const p = dotted[1].split('.').map(Number);
-    tail = [((p[0] ?? 0) << 8) | (p[1] ?? 0), ((p[2] ?? 0) << 8) | (p[3] ?? 0)];
-    s = s.slice(0, s.length - dotted[1].length);
-    if (s.endsWith(':') && !s.endsWith('::')) s = s.slice(0, -1);
-  }
-  const [head, rest] = s.includes('::') ? s.split('::') : [s, undefined];
-  const parse = (part: string | undefined) =>
-    part ? part.split(':').filter((x) => x !== '').map((x) => parseInt(x, 16)) : [];
-  const h = parse(head);
-  const r = parse(rest);
-  const missing = 8 - h.length - r.length - tail.length;
-  if (rest === undefined && missing !== 0) return null;
-  if (missing < 0) return null;
-  return [...h, ...new Array<number>(rest === undefined ? 0 : missing).fill(0), ...r, ...tail];
-}
+/** 64:ff9b::/96 only (ipaddr.js's `rfc6052` range also holds the local-use 64:ff9b:1::/48, which stays reserved). */
+const WELL_KNOWN_NAT64 = ipaddr.IPv6.parse('64:ff9b::');
 
 /**
  * Canonical form of an IP literal for checking and connecting: IPv4-mapped IPv6
  * (`::ffff:127.0.0.1`, `::ffff:7f00:1`) becomes its IPv4 address; brackets and zone ids
- * are dropped. Returns null when `ip` is not an IP literal.
+ * are dropped. Returns null when `ip` is not an IP literal (strict forms only: node:net's
+ * isIP, not ipaddr.js's, which also reads `127.1` and `0x7f000001`).
  */
 export function normalizeIp(ip: string): { address: string; family: 4 | 6 } | null {
-  let s = ip.trim();
-  if (s.startsWith('[') && s.endsWith(']')) s = s.slice(1, -1);
-  const fam = isIP(s);
-  if (fam === 4) return { address: s, family: 4 };
-  if (fam !== 6) return null;
-  const g = ipv6Groups(s);
-  if (!g) return null;
-  const embedded = (hi: number, lo: number) => ({ address: `${hi >> 8}.${hi & 0xff}.${lo >> 8}.${lo & 0xff}`, family: 4 as const });
-  if (g.slice(0, 5).every((x) => x === 0) && g[5] === 0xffff) return embedded(g[6] ?? 0, g[7] ?? 0);
+  const s = bareHost(ip);
+  const family = isIP(s);
+  if (family === 4) return { address: s, family: 4 };
+  if (family !== 6) return null;
+  const zone = s.indexOf('%');
+  const v6 = ipaddr.IPv6.parse(zone === -1 ? s : s.slice(0, zone));
+  if (v6.isIPv4MappedAddress()) return { address: v6.toIPv4Address().toString(), family: 4 };
   // Well-known NAT64 prefix 64:ff9b::/96: on a DNS64 network it reaches the embedded IPv4
   // address, so it is judged as that address (64:ff9b::7f00:1 is loopback).
-  if (g[0] === 0x64 && g[1] === 0xff9b && g.slice(2, 6).every((x) => x === 0)) return embedded(g[6] ?? 0, g[7] ?? 0);
-  const zone = s.indexOf('%');
-  return { address: (zone >= 0 ? s.slice(0, zone) : s).toLowerCase(), family: 6 };
+  if (v6.match(WELL_KNOWN_NAT64, 96)) return { address: ipaddr.fromByteArray(v6.toByteArray().slice(12)).toString(), family: 4 };
+  return { address: v6.toRFC5952String(), family: 6 };
 }
 
 /** Classifies an IP literal (already normalized or not). */
@@ -152,16 +140,15 @@ const REASONS: Record<Exclude<AddressClass, 'public'>, string> = {
   private: 'private-range addresses are not allowed (ALLOW_PRIVATE_NODE_HOSTS=false)',
 };
 
-/** Why `ip` is refused under `policy`, or null when it is allowed. */
-export function addressRefusal(ip: string, policy: HostPolicy): string | null {
+/** Why `ip` (reached on `port`, when known) is refused under `policy`, or null when it is allowed. */
+export function addressRefusal(ip: string, policy: HostPolicy, port?: number): string | null {
   const c = classifyAddress(ip);
   if (c === 'public') return null;
   if (c === 'loopback' && policy.allowLoopbackHosts) return null;
+  if (c === 'loopback' && port !== undefined && policy.loopbackEndpoints?.includes(endpointKey(normalizeIp(ip)!.address, port))) return null;
   if (c === 'private' && policy.allowPrivateHosts) return null;
   return REASONS[c];
 }
-
-const HOSTNAME_RE = /^(?=.{1,253}$)([a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?)(\.[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?)*\.?$/i;
 
 /** Strips brackets from an IPv6 literal; leaves names alone. */
 export function bareHost(host: string): string {
@@ -185,20 +172,13 @@ export interface ResolvedAddress {
  * Any refused address refuses the host (a name that resolves to a public and to a
  * loopback address is refused). Throws HostNotAllowedError / ProxmoxUnreachableError.
  */
-export async function resolveAllowed(host: string, policy: HostPolicy): Promise<ResolvedAddress[]> {
+export async function resolveAllowed(host: string, policy: HostPolicy, port?: number): Promise<ResolvedAddress[]> {
   const h = bareHost(host);
-  const literal = normalizeIp(h);
-  if (literal) {
-    const refusal = addressRefusal(literal.address, policy);
-    if (refusal) throw new HostNotAllowedError(h, refusal, literal.address);
-    return [literal];
-  }
-  if (!HOSTNAME_RE.test(h)) {
-    throw new HostNotAllowedError(h, 'it is not a valid host name or IP address');
-  }
+  const name = checkedHost(host, policy, port);
+  if (name.kind === 'ip') return [normalizeIp(name.host)!];
   let answers: Array<{ address: string; family: number }>;
   try {
-    answers = await lookup(h, { all: true, verbatim: true });
+    answers = await lookup(name.host, { all: true, verbatim: true });
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code ?? 'ERROR';
     throw new ProxmoxUnreachableError(`Cannot resolve host "${h}" (${code}).`, { host: h, cause: code });
@@ -210,7 +190,7 @@ export async function resolveAllowed(host: string, policy: HostPolicy): Promise<
   for (const a of answers) {
     const n = normalizeIp(a.address);
     if (!n) continue;
-    const refusal = addressRefusal(n.address, policy);
+    const refusal = addressRefusal(n.address, policy, port);
     // The address stays out of the message: it would turn refusals into a way to read
     // internal DNS answers.
     if (refusal) throw new HostNotAllowedError(h, refusal);
@@ -223,13 +203,19 @@ export async function resolveAllowed(host: string, policy: HostPolicy): Promise<
 }
 
 /** Synchronous pre-check for IP literals (names are checked when connecting). */
-export function assertLiteralAllowed(host: string, policy: HostPolicy): void {
+export function assertLiteralAllowed(host: string, policy: HostPolicy, port?: number): void {
+  checkedHost(host, policy, port);
+}
+
+/** `host` under the one host rule (host-name.ts), an IP literal also under the policy. */
+function checkedHost(host: string, policy: HostPolicy, port?: number): HostName {
   const h = bareHost(host);
-  const literal = normalizeIp(h);
-  if (literal) {
-    const refusal = addressRefusal(literal.address, policy);
+  const parsed = parseHostName(host);
+  if (!parsed) throw new HostNotAllowedError(h, 'it is not a valid host name or IP address');
+  if (parsed.kind === 'ip') {
+    const literal = normalizeIp(parsed.host)!;
+    const refusal = addressRefusal(literal.address, policy, port);
     if (refusal) throw new HostNotAllowedError(h, refusal, literal.address);
-  } else if (!HOSTNAME_RE.test(h)) {
-    throw new HostNotAllowedError(h, 'it is not a valid host name or IP address');
   }
+  return parsed;
 }

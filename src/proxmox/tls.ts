@@ -160,7 +160,7 @@ function connectOnce(
  */
 export async function secureConnect(o: SecureConnectOptions): Promise<tls.TLSSocket> {
   const deadline = Date.now() + o.timeoutMs;
-  const addresses = await resolveAllowed(o.host, o.policy);
+  const addresses = await resolveAllowed(o.host, o.policy, o.port);
   let lastErr: unknown;
   for (const addr of addresses) {
     if (o.signal?.aborted) throw new ProxmoxTimeoutError(o.timeoutMs);

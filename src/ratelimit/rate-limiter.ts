@@ -1,5 +1,6 @@
-import type { Redis } from 'ioredis';
+import type { RedisClient } from '../redis/redis.js';
 import { type RateLimiterAbstract, RateLimiterMemory, RateLimiterRedis, RateLimiterRes } from 'rate-limiter-flexible';
+import { type LRUCache, lruCache } from '../cache/lru.js';
 import { DomainError, ErrorCode } from '../errors.js';
 
 /**
@@ -45,10 +46,10 @@ const MAX_SPENT_KEYS = 10_000;
 
 export class RateLimiter {
   private readonly limiters = new Map<RateLimitBucket, RateLimiterAbstract>();
-  /** Per bucket, the keys this instance has seen refused, and until when (performance.now()). */
-  private readonly spentUntil = new Map<RateLimitBucket, Map<string, number>>();
+  /** Per bucket, the keys this instance has seen refused, each kept until its budget is back. */
+  private readonly spentUntil = new Map<RateLimitBucket, LRUCache<string, true>>();
 
-  constructor(limits: RateLimits, redis: Redis | null) {
+  constructor(limits: RateLimits, redis: RedisClient | null) {
     const make = (bucket: RateLimitBucket, points: number, options: { blockInMemory?: boolean } = {}) => {
       if (points <= 0) return;
       const memory = new RateLimiterMemory({ points, duration: WINDOW_MS / 1000, keyPrefix: `rl:${bucket}` });
@@ -113,21 +114,15 @@ export class RateLimiter {
    */
   spentFor(bucket: RateLimitBucket, key: string): number {
     const spent = this.spentUntil.get(bucket);
-    const until = spent?.get(key);
-    if (until === undefined) return 0;
-    const left = until - performance.now();
-    if (left > 0) return Math.ceil(left / 1000);
-    spent!.delete(key);
-    return 0;
+    if (!spent?.has(key)) return 0;
+    return Math.max(0, Math.ceil(spent.getRemainingTTL(key) / 1000));
   }
 
   private rememberSpent(bucket: RateLimitBucket, key: string, msBeforeNext: number): void {
     let spent = this.spentUntil.get(bucket);
-    if (!spent) this.spentUntil.set(bucket, (spent = new Map()));
-    spent.delete(key);
-    // Map iterates in insertion order: the oldest refusal goes first.
-    if (spent.size >= MAX_SPENT_KEYS) spent.delete(spent.keys().next().value!);
-    // Monotonic, and never past one window: a clock step cannot stretch a refusal.
-    spent.set(key, performance.now() + Math.min(msBeforeNext, WINDOW_MS));
+    if (!spent) this.spentUntil.set(bucket, (spent = lruCache({ max: MAX_SPENT_KEYS })));
+    // Monotonic (lru-cache's default clock), and never past one window: a clock step cannot
+    // stretch a refusal. At least 1 ms: a lifetime of 0 would be "forever".
+    spent.set(key, true, { ttl: Math.max(1, Math.min(msBeforeNext, WINDOW_MS)) });
   }
 }

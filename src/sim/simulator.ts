@@ -309,7 +309,7 @@ export async function startSimulator(opts: SimulatorOptions = {}): Promise<Simul
     try {
       return allocateVmid();
     } catch (e) {
-      throw new Error((e as Error).message);
+      throw new Error((e as Error).message, { cause: e });
     }
   };
 
@@ -469,7 +469,8 @@ export async function startSimulator(opts: SimulatorOptions = {}): Promise<Simul
     if (raw === undefined || raw === null || raw === '') {
       throw new HttpError(400, 'Parameter verification failed.', { vmid: 'property is missing and it is not optional' });
     }
-    const s = String(raw).trim();
+    // Form and JSON bodies carry numbers or strings; anything else fails the check below.
+    const s = typeof raw === 'number' || typeof raw === 'string' ? String(raw).trim() : JSON.stringify(raw);
     if (!/^-?\d+$/.test(s)) {
       throw new HttpError(400, 'Parameter verification failed.', { vmid: `type check ('integer') failed - got '${s}'` });
     }
@@ -778,7 +779,7 @@ export async function startSimulator(opts: SimulatorOptions = {}): Promise<Simul
     }
     const node = body['node'];
     if (node !== undefined) {
-      if (typeof node !== 'string' || !online.has(node)) throw new HttpError(400, 'Parameter verification failed.', { node: `no such node '${String(node)}'` });
+      if (typeof node !== 'string' || !online.has(node)) throw new HttpError(400, 'Parameter verification failed.', { node: `no such node '${typeof node === 'string' ? node : JSON.stringify(node)}'` });
       spec.node = node;
     }
     if (typeof body['name'] === 'string' && body['name']) spec.name = body['name'];
@@ -1002,7 +1003,7 @@ export async function startSimulator(opts: SimulatorOptions = {}): Promise<Simul
       try {
         return { ...createGuestWithTask(g, BACKDOOR_USER).guest };
       } catch (e) {
-        throw new Error(e instanceof HttpError && e.errors ? Object.values(e.errors).join('; ') : (e as Error).message);
+        throw new Error(e instanceof HttpError && e.errors ? Object.values(e.errors).join('; ') : (e as Error).message, { cause: e });
       }
     },
     removeGuest: (vmid) => {
@@ -1105,7 +1106,7 @@ function validateFault(f: SimFault): void {
     case 'hang':
       return;
     default:
-      throw new Error(`unknown fault kind '${(f as { kind?: unknown }).kind}' (latency, status, malformed, reset, hang, oversize)`);
+      throw new Error(`unknown fault kind '${String((f as { kind?: unknown }).kind)}' (latency, status, malformed, reset, hang, oversize)`);
   }
 }
 

@@ -8,7 +8,7 @@ import type { VmidSnapshot } from './store.js';
  * A copy is only kept while it is known to be current:
  * - every change to a node bumps its version and publishes its event in the same atomic
  *   Redis step (redis-scripts.ts), and this instance receives every event (one pattern
- *   subscription) and drops the node's copy when it arrives. A change made through another
+ *   subscription; on a Redis Cluster one sharded subscription per space kept) and drops the node's copy when it arrives. A change made through another
  *   instance is therefore seen here once its event has arrived: usually within a millisecond,
  *   but Redis may answer the changing instance first, so a client that changes through one
  *   instance and reads through another at once can, rarely, read the state before. Live UIs
@@ -45,6 +45,11 @@ export class LocalSnapshots {
     private readonly maxAgeMs: number,
     private readonly now: () => number = () => performance.now(),
   ) {}
+
+  /** The longest a snapshot is kept. */
+  maxAge(): number {
+    return this.maxAgeMs;
+  }
 
   /** The node's kept snapshot, or null: ask Redis. Shared between callers, so frozen. */
   get(nodeId: string): VmidSnapshot | null {

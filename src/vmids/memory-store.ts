@@ -211,7 +211,7 @@ export class MemoryVmidStore implements VmidStore {
     if (expiresAt !== undefined) event.expiresAt = new Date(expiresAt);
     s.log.push(event);
     if (s.log.length > EVENT_LOG_KEEP) s.log.splice(0, s.log.length - EVENT_LOG_KEEP);
-    for (const listener of [...(this.listeners.get(node.userId) ?? [])]) {
+    for (const listener of [...(this.listeners.get(node.id) ?? [])]) {
       try {
         listener(event);
       } catch {
@@ -403,7 +403,7 @@ export class MemoryVmidStore implements VmidStore {
   async announceGone(node: NodeRef, registrationId: string) {
     const s = this.node(node.id);
     const event: VmidEvent = { nodeId: node.id, kind: 'DELETED', version: s.version, at: new Date(this.now()), vmids: null, added: [], removed: [], registration: registrationId };
-    for (const listener of [...(this.listeners.get(node.userId) ?? [])]) {
+    for (const listener of [...(this.listeners.get(node.id) ?? [])]) {
       try {
         listener(event);
       } catch {

@@ -1,5 +1,5 @@
-import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
+import { isCluster, type RedisClient } from '../redis/redis.js';
 import { CacheUnavailableError } from './errors.js';
 
 /** Whether the subscriber's connection, having worked before, is reconnecting (redis-store.ts's watchConnection; declared here so the store and its hub do not import each other). */
@@ -8,6 +8,14 @@ interface ConnectionWatch {
 }
 
 type Listener = { onMessage: (message: string) => void; onResync?: (() => void) | undefined };
+
+/** Told of when messages may be lost and when they are received again (see watchDelivery). */
+export interface DeliveryWatcher {
+  /** Messages of the subscribed channels are received from now on. */
+  onLive(): void;
+  /** The connection closed: messages are lost until the next onLive. */
+  onLost(): void;
+}
 
 /** Told of every message of a pattern, and of when they may be lost (see watchPattern). */
 export interface PatternWatcher {
@@ -32,6 +40,13 @@ interface Channel {
  * ioredis re-subscribes by itself after a reconnect (autoResubscribe); messages published
  * while the connection was down are lost, so listeners are told to resync once the
  * subscriptions are active again.
+ *
+ * On a Redis Cluster the channels are sharded (SSUBSCRIBE): ioredis keeps one subscriber
+ * connection per shard master (`shardedSubscribers`) and, when a master dies and its replica
+ * is promoted, re-subscribes at the new master once it knows the new topology
+ * ('subscribersReady'). Until the hub has subscribed every channel again itself (Redis
+ * confirms a repeated SSUBSCRIBE without subscribing twice), the channels count as lost;
+ * then listeners resync. Patterns do not exist for sharded channels (watchPattern refuses).
  */
 export class RedisEventHub {
   private readonly channels = new Map<string, Channel>();
@@ -42,13 +57,17 @@ export class RedisEventHub {
   private readonly stale = new Set<string>();
   private lost = false;
   private watch: { pattern: string; watcher: PatternWatcher; live: boolean; confirming: boolean } | null = null;
+  private readonly deliveryWatchers = new Set<DeliveryWatcher>();
+  /** SSUBSCRIBE/SMESSAGE on a Redis Cluster. */
+  readonly sharded: boolean;
 
   constructor(
-    private readonly subscriber: Redis,
+    private readonly subscriber: RedisClient,
     private readonly connection: ConnectionWatch,
     private readonly log?: Logger,
   ) {
-    subscriber.on('message', (channel: string, message: string) => {
+    this.sharded = isCluster(subscriber);
+    subscriber.on(this.sharded ? 'smessage' : 'message', (channel: string, message: string) => {
       const entry = this.channels.get(channel);
       if (!entry) return;
       for (const listener of [...entry.listeners]) {
@@ -62,8 +81,13 @@ export class RedisEventHub {
     subscriber.on('pmessage', (pattern: string, _channel: string, message: string) => {
       if (this.watch?.pattern === pattern) this.watch.watcher.onMessage(message);
     });
+    if (this.sharded) {
+      this.followShards();
+      return;
+    }
     subscriber.on('close', () => {
       this.lost = true;
+      for (const w of this.deliveryWatchers) w.onLost();
       if (this.watch) {
         this.watch.live = false;
         this.watch.watcher.onLost();
@@ -85,11 +109,73 @@ export class RedisEventHub {
               this.stale.delete(channel);
               if (!this.channels.has(channel)) this.unsubscribe(channel);
             }
+            for (const w of this.deliveryWatchers) w.onLive();
             for (const entry of this.channels.values()) for (const l of [...entry.listeners]) l.onResync?.();
           })
           .catch((err: unknown) => this.log?.warn({ err }, 'vmid events: resubscribe check failed'));
       });
     });
+  }
+
+  /**
+   * A cluster's shard subscribers: one that ends (its master died, or the topology changed)
+   * loses its channels' messages until ioredis has a subscriber at the slot's master again.
+   */
+  private followShards(): void {
+    const sub = this.subscriber;
+    const lose = () => {
+      if (this.lost) return;
+      this.lost = true;
+      for (const w of this.deliveryWatchers) w.onLost();
+    };
+    sub.on('-subscriber', lose);
+    sub.on('subscribersReady', () => {
+      if (!this.lost) return;
+      const channels = [...this.channels.keys()];
+      // ioredis sends the SSUBSCRIBEs without waiting for them; ours are answered once the
+      // channels are subscribed at the new masters. If one fails (the slot not served yet),
+      // the next 'subscribersReady' (ioredis retries) tries again.
+      Promise.all(channels.map((channel) => this.subscribe(channel)))
+        .then(() => {
+          if (!this.lost) return;
+          this.lost = false;
+          for (const w of this.deliveryWatchers) w.onLive();
+          for (const entry of this.channels.values()) for (const l of [...entry.listeners]) l.onResync?.();
+        })
+        .catch((err: unknown) => this.log?.info({ err: { message: (err as Error).message } }, 'vmid events: shard not back yet; resubscribed when ioredis finds its master'));
+    });
+  }
+
+  private subscribe(channel: string): Promise<unknown> {
+    return this.sharded ? this.subscriber.ssubscribe(this.unprefixed(channel)) : this.subscriber.subscribe(channel);
+  }
+
+  /**
+   * ioredis treats a sharded channel as a key and puts the connection's keyPrefix before it
+   * (plain channels it leaves alone): hand it the name without. Messages arrive under the
+   * full name, which is what the channels here are named by.
+   */
+  private unprefixed(channel: string): string {
+    const prefix = this.subscriber.options.keyPrefix ?? '';
+    return channel.startsWith(prefix) ? channel.slice(prefix.length) : channel;
+  }
+
+  /**
+   * Tells `watcher` when messages of the subscribed channels may have been lost (onLost) and
+   * when they are received again (onLive, after every channel is subscribed again). It is
+   * told onLive at once when the connection is up. The returned function stops telling.
+   */
+  watchDelivery(watcher: DeliveryWatcher): () => void {
+    this.deliveryWatchers.add(watcher);
+    this.whenReady().then(
+      () => {
+        if (this.deliveryWatchers.has(watcher) && !this.lost) watcher.onLive();
+      },
+      () => undefined,
+    );
+    return () => {
+      if (this.deliveryWatchers.delete(watcher)) watcher.onLost();
+    };
   }
 
   /**
@@ -99,6 +185,7 @@ export class RedisEventHub {
    */
   watchPattern(pattern: string, watcher: PatternWatcher): () => void {
     if (this.watch) throw new Error('RedisEventHub: a pattern is watched already');
+    if (this.sharded) throw new Error('RedisEventHub: a Redis Cluster has no patterns for sharded channels');
     const watch = { pattern, watcher, live: false, confirming: false };
     this.watch = watch;
     this.confirmPattern();
@@ -162,7 +249,7 @@ export class RedisEventHub {
         // SUBSCRIBE sent during the subscriber connection's own handshake fails in ioredis ≥ 5.8
         // ("Connection in subscriber mode…", ioredis#2037): wait until it is ready.
         subscribed: this.whenReady()
-          .then(() => this.subscriber.subscribe(channel))
+          .then(() => this.subscribe(channel))
           .then(() => undefined),
       };
       entry = created;
@@ -198,7 +285,7 @@ export class RedisEventHub {
   }
 
   private unsubscribe(channel: string): void {
-    this.subscriber.unsubscribe(channel).catch(() => {
+    (this.sharded ? this.subscriber.sunsubscribe(this.unprefixed(channel)) : this.subscriber.unsubscribe(channel)).catch(() => {
       if (!this.channels.has(channel)) this.stale.add(channel);
     });
   }

@@ -16,7 +16,8 @@ import { EVENT_LOG_KEEP } from './store.js';
  *                           usedAt (the refreshedAt the used index was built for)  TTL
  *   vmid-reservations:{id}  ZSET vmid → expiry (ms); expires with its last member
  *   vmid-version:{id}       HASH version, digest (of the last announced set),
- *                           epoch (bumped by invalidations), seeded (see SEED) — never
+ *                           epoch (bumped by invalidations), seeded (see SEED), replid
+ *                           (the master it was last written on: FOLLOW_MASTER) — never
  *                           expires, except as a deleted node's tombstone (deleted=1, kept
  *                           a day: FORGET; a space registered again is revived: REVIVE)
  *   vmid-cache-tmp:{id}     scratch SET, only inside vmid_refresh
@@ -229,6 +230,24 @@ end
 export const UNSEEDED_REPLY = 'PVG_UNSEEDED';
 
 /**
+ * A master that took over (Sentinel or cluster failover), restarted, or was handed the space's
+ * slot has a replication id of its own: the space's state may lack the last changes announced
+ * before (a replica is a few milliseconds behind). The version then goes on ${EVENT_LOG_KEEP}
+ * further, so no version announced before is given again (a subscriber that resumes finds a
+ * gap in the log and gets a SYNC). The id is kept in the version hash (replid); a space that
+ * has none yet just takes the current one.
+ */
+const FOLLOW_MASTER = `
+do
+  local replid = string.match(redis.call('INFO', 'replication'), 'master_replid:(%x+)')
+  local known = redis.call('HGET', K.state, 'replid')
+  if replid and known ~= replid then
+    if known then redis.call('HINCRBY', K.state, 'version', ${EVENT_LOG_KEEP}) end
+    redis.call('HSET', K.state, 'replid', replid)
+  end
+end`;
+
+/**
  * Every script but SEED and UNLOCK starts here: a space whose version hash lacks the seeded
  * mark may have lost reservations (Redis restarted without persistence, was flushed, failed
  * over to a replica that had not got them), so nothing is read or decided until SEED has put
@@ -236,6 +255,7 @@ export const UNSEEDED_REPLY = 'PVG_UNSEEDED';
  */
 const COMMON = `${DEFINITIONS}
 if redis.call('HEXISTS', K.state, 'seeded') == 0 then return redis.error_reply('${UNSEEDED_REPLY}') end
+${FOLLOW_MASTER}
 `;
 /**
  * ARGV: channel, nodeJson, force ('1': also when seeded), version floor (the version goes on
@@ -576,3 +596,13 @@ return 1
 export const EVENTS_AFTER = `
 return { redis.call('HGET', KEYS[2], 'version') or '0', redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[1], '+inf') }
 `;
+
+/**
+ * A script as it runs on a Redis Cluster: events are sent with SPUBLISH, so they travel to
+ * the replicas of the shard that owns the space (and its subscribers) rather than to every
+ * node. Redis checks that the channel is in the slot of the script's keys (it is hash-tagged
+ * with the space, like them: RedisVmidStore.channel).
+ */
+export function sharded(lua: string): string {
+  return lua.replaceAll(`redis.call('PUBLISH', `, `redis.call('SPUBLISH', `);
+}

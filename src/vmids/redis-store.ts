@@ -1,10 +1,12 @@
 import { randomUUID } from 'node:crypto';
-import { type Redis, ReplyError } from 'ioredis';
+import { ReplyError } from 'ioredis';
 import type { Logger } from 'pino';
 import { DomainError, NotFoundError } from '../errors.js';
 import { CacheUnavailableError } from './errors.js';
 import { LocalSnapshots } from './local-snapshots.js';
+import { isCluster, type RedisClient } from '../redis/redis.js';
 import { RedisEventHub } from './redis-event-hub.js';
+import * as replies from './redis-replies.js';
 import * as scripts from './redis-scripts.js';
 import type { Guest, GuestListing, HeldReservation, NextFreeOutcome, RefreshOutcome, ReservationSeeder, ReserveOutcome, ReserveRequest, VmidSnapshot, VmidStore } from './store.js';
 import type { NodeRef, VmidEvent } from './types.js';
@@ -27,21 +29,21 @@ type NodeKeys = [
   log: string,
 ];
 interface ScriptCommands {
-  pvgVmidEventsAfter(log: string, state: string, version: string): Promise<[string, string[]]>;
-  pvgVmidRead(...args: [...NodeKeys, channel: string, nodeJson: string, holdMs: string]): Promise<unknown[]>;
-  pvgVmidRefresh(...args: [...NodeKeys, ...argv: string[]]): Promise<unknown[]>;
-  pvgVmidInvalidate(...args: [...NodeKeys, channel: string, nodeJson: string]): Promise<[number, number]>;
+  pvgVmidEventsAfter(log: string, state: string, version: string): Promise<unknown>;
+  pvgVmidRead(...args: [...NodeKeys, channel: string, nodeJson: string, holdMs: string]): Promise<unknown>;
+  pvgVmidRefresh(...args: [...NodeKeys, ...argv: string[]]): Promise<unknown>;
+  pvgVmidInvalidate(...args: [...NodeKeys, channel: string, nodeJson: string]): Promise<unknown>;
   pvgVmidReserve(
     ...args: [...NodeKeys, vmid: string, min: string, ttlMs: string, channel: string, nodeJson: string, max: string, owner: string, holdMs: string]
-  ): Promise<unknown[]>;
-  pvgVmidNextFree(...args: [...NodeKeys, min: string, max: string, channel: string, nodeJson: string, holdMs: string]): Promise<unknown[]>;
-  pvgVmidRelease(...args: [...NodeKeys, vmid: string, channel: string, nodeJson: string, owner: string, holdMs: string]): Promise<number>;
-  pvgVmidConsume(...args: [...NodeKeys, vmid: string, channel: string, nodeJson: string, holdMs: string]): Promise<[number, number]>;
-  pvgVmidExpireDue(...args: [...NodeKeys, channel: string, nodeJson: string, holdMs: string]): Promise<[string, string]>;
-  pvgVmidUnlock(lock: string, token: string): Promise<number>;
-  pvgVmidForget(...args: [...NodeKeys, channel: string, nodeJson: string]): Promise<number>;
-  pvgVmidSeed(...args: [...NodeKeys, channel: string, nodeJson: string, force: '0' | '1', versionFloor: string, ...held: string[]]): Promise<number>;
-  pvgVmidRevive(state: string): Promise<number>;
+  ): Promise<unknown>;
+  pvgVmidNextFree(...args: [...NodeKeys, min: string, max: string, channel: string, nodeJson: string, holdMs: string]): Promise<unknown>;
+  pvgVmidRelease(...args: [...NodeKeys, vmid: string, channel: string, nodeJson: string, owner: string, holdMs: string]): Promise<unknown>;
+  pvgVmidConsume(...args: [...NodeKeys, vmid: string, channel: string, nodeJson: string, holdMs: string]): Promise<unknown>;
+  pvgVmidExpireDue(...args: [...NodeKeys, channel: string, nodeJson: string, holdMs: string]): Promise<unknown>;
+  pvgVmidUnlock(lock: string, token: string): Promise<unknown>;
+  pvgVmidForget(...args: [...NodeKeys, channel: string, nodeJson: string]): Promise<unknown>;
+  pvgVmidSeed(...args: [...NodeKeys, channel: string, nodeJson: string, force: '0' | '1', versionFloor: string, ...held: string[]]): Promise<unknown>;
+  pvgVmidRevive(state: string): Promise<unknown>;
 }
 
 const NODE_KEYS = 11;
@@ -93,7 +95,7 @@ export interface RedisVmidStoreOptions {
    * close(). A given one is left open; it serves this store alone (close() ends its pattern
    * subscription).
    */
-  subscriber?: Redis;
+  subscriber?: RedisClient;
   log?: Logger;
   /**
    * VMID_READ_CACHE_MS: how long this instance may answer a node's snapshot from memory
@@ -121,10 +123,12 @@ export interface RedisVmidStoreOptions {
  * that are errors (a bug, a wrong key type) are not wrapped and end up masked as internal.
  */
 export class RedisVmidStore implements VmidStore {
-  private readonly redis: Redis & ScriptCommands;
+  private readonly redis: RedisClient & ScriptCommands;
+  /** On a Redis Cluster: events over sharded pub/sub, channels hash-tagged like the keys. */
+  private readonly sharded: boolean;
   private readonly keyPrefix: string;
   private readonly log: Logger | undefined;
-  private subscriber: Redis | null;
+  private subscriber: RedisClient | null;
   private readonly ownsSubscriber: boolean;
   private hub: RedisEventHub | null = null;
   private readonly connection: ConnectionWatch;
@@ -135,11 +139,14 @@ export class RedisVmidStore implements VmidStore {
   /** reuseHoldMs, as the scripts' holdMs argument. */
   private readonly holdMs: string;
 
-  constructor(redis: Redis, opts: RedisVmidStoreOptions = {}) {
+  constructor(redis: RedisClient, opts: RedisVmidStoreOptions = {}) {
+    this.sharded = isCluster(redis);
     for (const [name, { keys: numberOfKeys, lua }] of Object.entries(SCRIPTS)) {
-      redis.defineCommand(name, { numberOfKeys, lua });
+      // On a cluster an event goes to the shard that owns the space (SPUBLISH): its channel is
+      // hash-tagged with the space, so the script's keys and channel are in one slot.
+      redis.defineCommand(name, { numberOfKeys, lua: this.sharded ? scripts.sharded(lua) : lua });
     }
-    this.redis = redis as Redis & ScriptCommands;
+    this.redis = redis as RedisClient & ScriptCommands;
     this.connection = watchConnection(redis);
     // ioredis prefixes keys but not pub/sub channels: channels get the prefix from us.
     this.keyPrefix = redis.options.keyPrefix ?? '';
@@ -152,9 +159,20 @@ export class RedisVmidStore implements VmidStore {
     this.holdMs = String(Math.max(0, Math.floor(opts.reuseHoldMs ?? 0)));
   }
 
-  /** Channel of every VMID event of one user's nodes (node subscriptions filter it). */
+  /**
+   * Channel of every VMID event of one space (named by the `id` its changes are made with;
+   * node subscriptions filter it). On a cluster in the space's hash slot, with its keys.
+   */
   channel(userId: string): string {
-    return `${this.keyPrefix}vmid-events:${userId}`;
+    return this.sharded ? `${this.keyPrefix}vmid-events:{${userId}}` : `${this.keyPrefix}vmid-events:${userId}`;
+  }
+
+  /**
+   * PUBLISH, or SPUBLISH on a cluster (to the shard that owns the channel's slot; ioredis
+   * prefixes a sharded channel like a key, so it gets the name without the prefix).
+   */
+  private publish(channel: string, message: string): Promise<unknown> {
+    return this.sharded ? this.redis.spublish(channel.slice(this.keyPrefix.length), message) : this.redis.publish(channel, message);
   }
 
   private async run<T>(op: () => Promise<T>): Promise<T> {
@@ -175,11 +193,14 @@ export class RedisVmidStore implements VmidStore {
     this.onRead?.(kept ? 'memory' : 'redis');
     if (!local) return (await this.readFromRedis(node)).snapshot;
     if (kept) {
+      if (this.sharded) this.spaceWatches.get(node.id)?.touch();
       if (local.refreshDue(node.id)) this.renew(node, local);
       return kept;
     }
     if (!this.stopWatching) this.watchChanges(local);
-    const pending = local.begin(node.id);
+    // On a cluster a space's events reach this instance only once its channel is subscribed.
+    const watched = this.sharded ? await this.watchSpace(node) : true;
+    const pending = watched ? local.begin(node.id) : null;
     let answer: { snapshot: VmidSnapshot; redisNowMs: number };
     try {
       answer = await this.readFromRedis(node);
@@ -211,6 +232,11 @@ export class RedisVmidStore implements VmidStore {
     return this.local?.size() ?? 0;
   }
 
+  /** Spaces whose channel this instance listens to for its kept snapshots (cluster only; tests). */
+  watchedSpaces(): number {
+    return this.spaceWatches.size;
+  }
+
   /** Whether reads are kept in memory now: starts them (tests wait for it). */
   keepsSnapshots(): boolean {
     if (!this.local) return false;
@@ -218,21 +244,75 @@ export class RedisVmidStore implements VmidStore {
     return this.local.keeping();
   }
 
-  /** Every node's events, so the snapshots kept in memory end when their node changes. */
+  /**
+   * Every node's events, so the snapshots kept in memory end when their node changes: one
+   * pattern subscription, or on a Redis Cluster (no patterns for sharded channels, and a
+   * pattern would not be carried between shards anyway) one subscription per space read
+   * (watchSpace), each at the shard that owns the space.
+   */
   private watchChanges(local: LocalSnapshots): void {
+    const delivery = { onLive: () => local.resumed(), onLost: () => local.lost() };
+    if (this.sharded) {
+      const stop = this.eventHub().watchDelivery(delivery);
+      this.stopWatching = () => {
+        stop();
+        for (const watch of this.spaceWatches.values()) watch.stop();
+        this.spaceWatches.clear();
+      };
+      return;
+    }
     const escaped = this.keyPrefix.replace(/[\\*?[\]]/g, '\\$&');
-    this.stopWatching = this.eventHub().watchPattern(`${escaped}vmid-events:*`, {
-      onMessage: (message) => {
-        // Its channel copy, delivered first to a listener of this instance, has done it already.
-        if (message === this.lastMessage) return;
-        const nodeId = nodeIdOf(message);
-        if (nodeId !== null) local.changed(nodeId);
-        // A message that is not an event may still have been a change: keep nothing.
-        else local.clear();
-      },
-      onLive: () => local.resumed(),
-      onLost: () => local.lost(),
-    });
+    this.stopWatching = this.eventHub().watchPattern(`${escaped}vmid-events:*`, { onMessage: (message) => this.changeAnnounced(local, message), ...delivery });
+  }
+
+  private changeAnnounced(local: LocalSnapshots, message: string): void {
+    // Its channel copy, delivered first to a listener of this instance, has done it already.
+    if (message === this.lastMessage) return;
+    const nodeId = nodeIdOf(message);
+    if (nodeId !== null) local.changed(nodeId);
+    // A message that is not an event may still have been a change: keep nothing.
+    else local.clear();
+  }
+
+  /** Spaces whose channel this instance subscribes to for its kept snapshots (cluster only). */
+  private readonly spaceWatches = new Map<string, SpaceWatch>();
+  private spaceWatchesSweptAt = 0;
+
+  /**
+   * Subscribes to the space's channel (once; dropped again after SPACE_WATCH_IDLE_MS without
+   * a read) and answers whether it is subscribed, so a read of it may be kept.
+   */
+  private async watchSpace(node: NodeRef): Promise<boolean> {
+    const local = this.local!;
+    const existing = this.spaceWatches.get(node.id);
+    if (existing) {
+      existing.touch();
+      return existing.live();
+    }
+    this.sweepSpaceWatches(local);
+    const watch = new SpaceWatch(() => local.changed(node.id));
+    this.spaceWatches.set(node.id, watch);
+    try {
+      const stop = await this.eventHub().listen(this.channel(node.id), (message) => this.changeAnnounced(local, message));
+      watch.subscribed(stop);
+    } catch {
+      watch.stop();
+    }
+    if (this.spaceWatches.get(node.id) !== watch) return false;
+    if (!watch.live()) this.spaceWatches.delete(node.id);
+    return watch.live();
+  }
+
+  private sweepSpaceWatches(local: LocalSnapshots): void {
+    const now = performance.now();
+    if (now - this.spaceWatchesSweptAt < 10_000) return;
+    this.spaceWatchesSweptAt = now;
+    const idleFrom = now - Math.max(SPACE_WATCH_IDLE_MS, 2 * local.maxAge());
+    for (const [spaceId, watch] of this.spaceWatches) {
+      if (watch.usedAt > idleFrom) continue;
+      watch.stop();
+      this.spaceWatches.delete(spaceId);
+    }
   }
 
   /**
@@ -273,9 +353,9 @@ export class RedisVmidStore implements VmidStore {
   private async putBack(node: NodeRef, held: readonly HeldReservation[], force: boolean, versionFloor = 0): Promise<boolean> {
     const args = held.flatMap((r) => [String(r.vmid), String(r.expiresAt.getTime()), r.owner]);
     const done = await this.run(() =>
-      this.redis.pvgVmidSeed(...nodeKeys(node.id), this.channel(node.userId), JSON.stringify(node.id), force ? '1' : '0', String(versionFloor), ...args),
+      this.redis.pvgVmidSeed(...nodeKeys(node.id), this.channel(node.id), JSON.stringify(node.id), force ? '1' : '0', String(versionFloor), ...args),
     );
-    return done === 1;
+    return replies.decodeInteger('seed', done) === 1;
   }
 
   async restore(node: NodeRef, held: readonly HeldReservation[]): Promise<void> {
@@ -309,24 +389,14 @@ export class RedisVmidStore implements VmidStore {
   }
 
   private async readFromRedis(node: NodeRef): Promise<{ snapshot: VmidSnapshot; redisNowMs: number }> {
-    const reply = await this.seeded(node, () => this.redis.pvgVmidRead(...nodeKeys(node.id), this.channel(node.userId), JSON.stringify(node.id), this.holdMs));
-    const [version, now, reservedFlat, refreshedAt, expiresAt, taken] = reply as [
-      string,
-      string,
-      string[],
-      string,
-      string,
-      string | string[],
-    ];
+    const reply = await this.seeded(node, () => this.redis.pvgVmidRead(...nodeKeys(node.id), this.channel(node.id), JSON.stringify(node.id), this.holdMs));
+    const { version, nowMs, reservedFlat, refreshedAt, expiresAt, taken } = replies.decodeRead(reply);
     const snapshot: VmidSnapshot = {
-      version: Number(version),
+      version,
       reserved: reservations(reservedFlat),
-      cache:
-        refreshedAt === ''
-          ? null
-          : { taken: takenList(taken), refreshedAt: new Date(Number(refreshedAt)), expiresAt: new Date(Number(expiresAt)) },
+      cache: refreshedAt === null ? null : { taken: takenList(taken), refreshedAt: new Date(refreshedAt), expiresAt: new Date(expiresAt ?? refreshedAt) },
     };
-    return { snapshot, redisNowMs: Number(now) };
+    return { snapshot, redisNowMs: nowMs };
   }
 
   /** Seeds the space first when it lost its mark, so a version read never goes backwards. */
@@ -342,106 +412,85 @@ export class RedisVmidStore implements VmidStore {
 
   async refresh(node: NodeRef, taken: readonly number[], ttlSeconds: number, expectedEpoch: number | null): Promise<RefreshOutcome> {
     const list = ascendingUnique(taken);
-    const reply = await this.change(node, () =>
+    const raw = await this.change(node, () =>
       this.redis.pvgVmidRefresh(
         ...nodeKeys(node.id),
         String(ttlSeconds * 1000),
         expectedEpoch === null ? '' : String(expectedEpoch),
-        this.channel(node.userId),
+        this.channel(node.id),
         JSON.stringify(node.id),
         this.holdMs,
         ...list.map(String),
       ),
     );
-    if (reply[0] === 'STALE') return { written: false, version: Number(reply[1]) };
-    if (reply[0] === 'GONE') throw new NotFoundError('Node', node.id);
-    const [, changed, version, refreshedAt, expiresAt, reservedFlat] = reply as [string, number, string, string, string, string[]];
+    const reply = replies.decodeRefresh(raw);
+    if (reply.status === 'stale') return { written: false, version: reply.version };
+    if (reply.status === 'gone') throw new NotFoundError('Node', node.id);
     return {
       written: true,
-      changed: changed === 1,
+      changed: reply.changed,
       snapshot: {
-        version: Number(version),
-        reserved: reservations(reservedFlat),
-        cache: { taken: list, refreshedAt: new Date(Number(refreshedAt)), expiresAt: new Date(Number(expiresAt)) },
+        version: reply.version,
+        reserved: reservations(reply.reservedFlat),
+        cache: { taken: list, refreshedAt: new Date(reply.refreshedAt), expiresAt: new Date(reply.expiresAt) },
       },
     };
   }
 
 
   async invalidate(node: NodeRef) {
-    const [existed, version] = await this.change(node, () =>
-      this.redis.pvgVmidInvalidate(...nodeKeys(node.id), this.channel(node.userId), JSON.stringify(node.id)),
+    const { existed, version } = replies.decodeInvalidate(
+      await this.change(node, () => this.redis.pvgVmidInvalidate(...nodeKeys(node.id), this.channel(node.id), JSON.stringify(node.id))),
     );
     if (existed === -1) throw new NotFoundError('Node', node.id);
-    return { existed: existed === 1, version: Number(version) };
+    return { existed: existed === 1, version };
   }
 
   async reserve(node: NodeRef, request: ReserveRequest): Promise<ReserveOutcome> {
-    const reply = await this.change(node, () =>
+    const raw = await this.change(node, () =>
       this.redis.pvgVmidReserve(
         ...nodeKeys(node.id),
         request.vmid === null ? '' : String(request.vmid),
         String(request.min),
         String(request.ttlSeconds * 1000),
-        this.channel(node.userId),
+        this.channel(node.id),
         JSON.stringify(node.id),
         String(request.max),
         request.owner,
         this.holdMs,
       ),
     );
-    switch (reply[0]) {
-      case 'OK':
-        return { status: 'reserved', vmid: Number(reply[1]), expiresAt: new Date(Number(reply[2])), version: Number(reply[3]) };
-      case 'MISS':
-        return { status: 'miss' };
-      case 'TAKEN':
-        return { status: 'taken', vmid: Number(reply[1]) };
-      case 'RESERVED':
-        return { status: 'already-reserved', vmid: Number(reply[1]) };
-      case 'EXHAUSTED':
-        return { status: 'exhausted' };
-      default:
-        throw new Error(`unexpected reply of the reserve script: ${String(reply[0])}`);
-    }
+    const reply = replies.decodeReserve(raw);
+    return reply.status === 'reserved' ? { ...reply, expiresAt: new Date(reply.expiresAt) } : reply;
   }
 
   /** A change: it may announce lapses. */
   async nextFree(node: NodeRef, min: number, max: number): Promise<NextFreeOutcome> {
-    const reply = await this.change(node, () =>
-      this.redis.pvgVmidNextFree(...nodeKeys(node.id), String(min), String(max), this.channel(node.userId), JSON.stringify(node.id), this.holdMs),
+    return replies.decodeNextFree(
+      await this.change(node, () =>
+        this.redis.pvgVmidNextFree(...nodeKeys(node.id), String(min), String(max), this.channel(node.id), JSON.stringify(node.id), this.holdMs),
+      ),
     );
-    switch (reply[0]) {
-      case 'FREE':
-        return { status: 'free', vmid: Number(reply[1]) };
-      case 'MISS':
-        return { status: 'miss' };
-      case 'EXHAUSTED':
-        return { status: 'exhausted' };
-      default:
-        throw new Error(`unexpected reply of the next-free script: ${String(reply[0])}`);
-    }
   }
 
   async release(node: NodeRef, vmid: number, owner: string) {
     const removed = await this.change(node, () =>
-      this.redis.pvgVmidRelease(...nodeKeys(node.id), String(vmid), this.channel(node.userId), JSON.stringify(node.id), owner, this.holdMs),
+      this.redis.pvgVmidRelease(...nodeKeys(node.id), String(vmid), this.channel(node.id), JSON.stringify(node.id), owner, this.holdMs),
     );
-    return removed === 1;
+    return replies.decodeInteger('release', removed) === 1;
   }
 
   async consume(node: NodeRef, vmid: number) {
-    const [released, added] = await this.change(node, () =>
-      this.redis.pvgVmidConsume(...nodeKeys(node.id), String(vmid), this.channel(node.userId), JSON.stringify(node.id), this.holdMs),
+    return replies.decodeConsume(
+      await this.change(node, () => this.redis.pvgVmidConsume(...nodeKeys(node.id), String(vmid), this.channel(node.id), JSON.stringify(node.id), this.holdMs)),
     );
-    return { released: released === 1, added: added === 1 };
   }
 
   async expireDue(node: NodeRef) {
-    const [now, next] = await this.change(node, () =>
-      this.redis.pvgVmidExpireDue(...nodeKeys(node.id), this.channel(node.userId), JSON.stringify(node.id), this.holdMs),
+    const { nowMs, nextMs } = replies.decodeExpireDue(
+      await this.change(node, () => this.redis.pvgVmidExpireDue(...nodeKeys(node.id), this.channel(node.id), JSON.stringify(node.id), this.holdMs)),
     );
-    return { nextInMs: next === '' ? null : Math.max(0, Number(next) - Number(now)) };
+    return { nextInMs: nextMs === null ? null : Math.max(0, nextMs - nowMs) };
   }
 
   async holder(node: NodeRef, vmid: number) {
@@ -454,12 +503,12 @@ export class RedisVmidStore implements VmidStore {
     await this.run(async () => {
       const version = Number((await this.redis.hget(keys(node.id).state, 'version')) ?? 0);
       const event = { nodeId: node.id, kind: 'DELETED', version, at: Date.now(), vmids: null, added: [], removed: [], registration: registrationId };
-      await this.redis.publish(this.channel(node.userId), JSON.stringify(event));
+      await this.publish(this.channel(node.id), JSON.stringify(event));
     });
   }
 
   async forget(node: NodeRef) {
-    await this.change(node, () => this.redis.pvgVmidForget(...nodeKeys(node.id), this.channel(node.userId), JSON.stringify(node.id)));
+    await this.change(node, () => this.redis.pvgVmidForget(...nodeKeys(node.id), this.channel(node.id), JSON.stringify(node.id)));
   }
 
   /** See REVIVE. */
@@ -472,13 +521,15 @@ export class RedisVmidStore implements VmidStore {
   }
 
   async eventsAfter(node: NodeRef, version: number) {
-    const [current, messages] = await this.run(() => this.redis.pvgVmidEventsAfter(`vmid-log:{${node.id}}`, keys(node.id).state, String(version)));
+    const { version: current, messages } = replies.decodeEventsAfter(
+      await this.run(() => this.redis.pvgVmidEventsAfter(`vmid-log:{${node.id}}`, keys(node.id).state, String(version))),
+    );
     const events: VmidEvent[] = [];
     for (const message of messages) {
       const event = parseEvent(message);
       if (event) events.push(event);
     }
-    return { version: Number(current), events };
+    return { version: current, events };
   }
 
   async tryLock(nodeId: string, ttlMs: number) {
@@ -488,7 +539,7 @@ export class RedisVmidStore implements VmidStore {
   }
 
   async unlock(nodeId: string, token: string) {
-    await this.run(() => this.redis.pvgVmidUnlock(keys(nodeId).lock, token));
+    replies.decodeInteger('unlock', await this.run(() => this.redis.pvgVmidUnlock(keys(nodeId).lock, token)));
   }
 
   async isLocked(nodeId: string) {
@@ -497,11 +548,11 @@ export class RedisVmidStore implements VmidStore {
 
   /** Not under `vmid-events:` (the kept snapshots' pattern): a notice is not a change of a space. */
   private registrationChannel(userId: string): string {
-    return `${this.keyPrefix}vmid-registrations:${userId}`;
+    return this.sharded ? `${this.keyPrefix}vmid-registrations:{${userId}}` : `${this.keyPrefix}vmid-registrations:${userId}`;
   }
 
   async announceRegistration(node: NodeRef) {
-    await this.run(() => this.redis.publish(this.registrationChannel(node.userId), JSON.stringify({ id: node.id, userId: node.userId, spaceId: node.spaceId })));
+    await this.run(() => this.publish(this.registrationChannel(node.userId), JSON.stringify({ id: node.id, userId: node.userId, spaceId: node.spaceId })));
   }
 
   async listenRegistrations(userId: string, onNode: (node: NodeRef) => void) {
@@ -569,12 +620,42 @@ export class RedisVmidStore implements VmidStore {
   }
 }
 
+/** How long a space's channel stays subscribed for kept snapshots after its last read (cluster). */
+const SPACE_WATCH_IDLE_MS = 60_000;
+
+/** One space's channel subscription for kept snapshots (cluster): see watchSpace. */
+class SpaceWatch {
+  usedAt = performance.now();
+  private unsubscribe: (() => void) | null = null;
+  private ended = false;
+
+  /** `onEnd`: drops the space's kept snapshot (its changes are not seen any more). */
+  constructor(private readonly onEnd: () => void) {}
+
+  touch(): void {
+    this.usedAt = performance.now();
+  }
+  subscribed(unsubscribe: () => void): void {
+    if (this.ended) unsubscribe();
+    else this.unsubscribe = unsubscribe;
+  }
+  live(): boolean {
+    return this.unsubscribe !== null && !this.ended;
+  }
+  stop(): void {
+    if (this.ended) return;
+    this.ended = true;
+    this.unsubscribe?.();
+    this.onEnd();
+  }
+}
+
 /** Whether a connection that has worked before is currently reconnecting. */
 export interface ConnectionWatch {
   down(): boolean;
 }
 
-export function watchConnection(redis: Redis): ConnectionWatch {
+export function watchConnection(redis: RedisClient): ConnectionWatch {
   let wasReady = redis.status === 'ready';
   redis.on('ready', () => {
     wasReady = true;

@@ -18,7 +18,10 @@ export interface SpaceSubscriptionDeps {
 }
 
 /** The events missed since a version, when they are all still kept (vmid-subscriptions.ts). */
-export type Replay = (spaceId: string, afterVersion: number) => Promise<{ version: number; events: VmidEvent[] } | null>;
+export type Replay = (
+  spaceId: string,
+  afterVersion: number,
+) => Promise<{ version: number; events: VmidEvent[] } | null>;
 
 /**
  * One subscriber's events of its nodes' VMID spaces. The store publishes each change once per
@@ -66,11 +69,14 @@ export class SpaceSubscription {
     const { store } = this.deps;
     const spaces = [...this.registrations.keys()];
     try {
-      if (followUser !== undefined) this.unlisten.push(await store.listenRegistrations(followUser, (ref) => void this.registered(ref)));
+      if (followUser !== undefined)
+        this.unlisten.push(await store.listenRegistrations(followUser, (ref) => void this.registered(ref)));
       for (const spaceId of spaces) this.unlisten.push(await store.listen(spaceId, this.deliver, this.resyncLater));
       const states = await Promise.all(spaces.map(async (id) => [id, await store.state(id)] as const));
-      const replays = await Promise.all(spaces.map((id) => (afterVersion === undefined ? null : replay(id, afterVersion))));
-      const floors = (this.floors = new Map());
+      const replays = await Promise.all(
+        spaces.map((id) => (afterVersion === undefined ? Promise.resolve(null) : replay(id, afterVersion))),
+      );
+      const floors = (this.floors = new Map<string, number>());
       for (const [i, [spaceId, state]] of states.entries()) {
         const replayed = replays[i];
         if (!replayed) {
@@ -213,7 +219,8 @@ export class SpaceSubscription {
           if (this.active) this.deps.lapses.resweep(this.watched.keys());
           return;
         } catch (err) {
-          if (attempt === 0) this.deps.log?.warn({ err: { message: (err as Error).message } }, 'vmid events: resync delayed');
+          if (attempt === 0)
+            this.deps.log?.warn({ err: { message: (err as Error).message } }, 'vmid events: resync delayed');
           await sleep(RESYNC_RETRY_MS);
         }
       }
@@ -243,7 +250,10 @@ export class SpaceSubscription {
       if (this.floors && !this.floors.has(ref.spaceId)) this.floors.set(ref.spaceId, version);
       this.watch(ref.spaceId);
     } catch (err) {
-      this.deps.log?.warn({ err: { message: (err as Error).message } }, 'vmid events: could not follow a new node; subscribe again');
+      this.deps.log?.warn(
+        { err: { message: (err as Error).message } },
+        'vmid events: could not follow a new node; subscribe again',
+      );
     }
   }
 }
@@ -265,7 +275,7 @@ const relabelled = new WeakMap<VmidEvent, Map<string, VmidEvent>>();
 function labelled(event: VmidEvent, nodeId: string): VmidEvent {
   if (event.nodeId === nodeId) return event;
   let copies = relabelled.get(event);
-  if (!copies) relabelled.set(event, (copies = new Map()));
+  if (!copies) relabelled.set(event, (copies = new Map<string, VmidEvent>()));
   let copy = copies.get(nodeId);
   if (!copy) copies.set(nodeId, (copy = { ...event, nodeId }));
   return copy;

@@ -25,7 +25,8 @@ export async function bestEffort(log: Logger | undefined, what: string, op: () =
   try {
     await op();
   } catch (err) {
-    if (err instanceof CacheUnavailableError) log?.warn({ err: { message: err.message } }, `could not ${what}: VMID cache unavailable`);
+    if (err instanceof CacheUnavailableError)
+      log?.warn({ err: { message: err.message } }, `could not ${what}: VMID cache unavailable`);
     else if (err instanceof NotFoundError) log?.debug(`did not ${what}: the node was deleted meanwhile`);
     else log?.error({ err }, `could not ${what}`);
   }

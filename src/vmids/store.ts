@@ -119,8 +119,9 @@ export interface VmidStore {
   isLocked(nodeId: string): Promise<boolean>;
 
   /**
-   * Receives every event of one VMID space (the channel named by a space's `userId`, see
-   * VmidService). Resolves once events are being received, so a caller can read the version
+   * Receives every event of one VMID space (the channel named by the space: the `id` of the
+   * NodeRef its changes are made with, see VmidService; on a Redis Cluster the channel is in
+   * the space's hash slot, so a script publishes its event where it writes). Resolves once events are being received, so a caller can read the version
    * afterwards without missing anything. `onResync` is called after a lost pub/sub
    * connection is back (events may have been missed meanwhile).
    */

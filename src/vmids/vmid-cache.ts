@@ -22,7 +22,13 @@ export type FetchTakenVmids = (node: NodeRef) => Promise<VmidListing | number[]>
  */
 export interface VmidListing {
   taken: number[];
-  guests: ReadonlyArray<{ vmid: number; type: 'qemu' | 'lxc'; name?: string | null | undefined; node?: string | null | undefined; status?: string | null | undefined }>;
+  guests: ReadonlyArray<{
+    vmid: number;
+    type: 'qemu' | 'lxc';
+    name?: string | null | undefined;
+    node?: string | null | undefined;
+    status?: string | null | undefined;
+  }>;
 }
 
 /** A fetch's answer as the service keeps it: `guests` null when the fetch listed none. */
@@ -135,7 +141,7 @@ export class VmidCache {
     } catch (err) {
       if (!(err instanceof CacheUnavailableError)) throw err;
       const { guests } = await this.direct(node, err);
-      if (!guests) throw new Error('fetchTakenVmids answered VMIDs without a guest listing');
+      if (!guests) throw new Error('fetchTakenVmids answered VMIDs without a guest listing', { cause: err });
       return guests;
     }
   }
@@ -248,9 +254,13 @@ export class VmidCache {
   private async fetch(node: NodeRef): Promise<Fetched> {
     const answer = await this.fetchTakenVmids(node);
     if (Array.isArray(answer)) return { taken: answer, guests: null };
-    const guests = answer.guests.map(
-      (g): Guest => ({ vmid: g.vmid, type: g.type, name: g.name ?? null, node: g.node || null, status: g.status || null }),
-    );
+    const guests = answer.guests.map((g): Guest => ({
+      vmid: g.vmid,
+      type: g.type,
+      name: g.name ?? null,
+      node: g.node || null,
+      status: g.status || null,
+    }));
     return { taken: answer.taken, guests: guests.sort((a, b) => a.vmid - b.vmid) };
   }
 
@@ -271,7 +281,10 @@ export class VmidCache {
       const { guests } = fetched;
       const { refreshedAt, expiresAt } = outcome.snapshot.cache;
       // Without it the next guests read asks Proxmox again: not worth failing the fill for.
-      if (guests) await bestEffort(this.log, 'keep the guest listing', () => this.store.putGuests(spaceOf(node), { guests, refreshedAt, expiresAt }));
+      if (guests)
+        await bestEffort(this.log, 'keep the guest listing', () =>
+          this.store.putGuests(spaceOf(node), { guests, refreshedAt, expiresAt }),
+        );
       return outcome.snapshot;
     }
     const snap = await this.store.read(spaceOf(node));
@@ -313,7 +326,10 @@ export class VmidCache {
 
   /** Asks Proxmox once for all concurrent callers while the store is down (or answers `fetched`). */
   private direct(node: NodeRef, cause: CacheUnavailableError, fetched?: Fetched): Promise<Fetched> {
-    this.log?.warn({ nodeId: node.id, err: { message: cause.message } }, 'vmid cache unavailable: answering from Proxmox directly');
+    this.log?.warn(
+      { nodeId: node.id, err: { message: cause.message } },
+      'vmid cache unavailable: answering from Proxmox directly',
+    );
     let pending = fetched ? Promise.resolve(fetched) : this.directReads.get(node.spaceId);
     if (!pending) {
       pending = this.fetch(node).finally(() => this.directReads.delete(node.spaceId));

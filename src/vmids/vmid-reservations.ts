@@ -1,4 +1,5 @@
 import type { Logger } from 'pino';
+import { lruCache } from '../cache/lru.js';
 import { ConflictError, FailedPreconditionError } from '../errors.js';
 import { checkReservationKey, type KeyEntry, type ReservationKeys } from './reservation-keys.js';
 import { bestEffort, spaceOf } from './spaces.js';
@@ -55,7 +56,7 @@ export class VmidReservations {
   private readonly keys: ReservationKeys | undefined;
   private readonly log: Logger | undefined;
   /** Each space's `next-id` range as last read, with when it stops being trusted. */
-  private readonly ranges = new Map<string, { range: VmidRange | null; until: number }>();
+  private readonly ranges = lruCache<string, { range: VmidRange | null }>({ max: 10_000, ttlMs: RANGE_TTL_MS });
 
   constructor(opts: VmidReservationsOptions) {
     this.store = opts.store;
@@ -109,7 +110,12 @@ export class VmidReservations {
     let fills = 0;
     let refused = 0;
     for (;;) {
-      const outcome = await this.store.reserve(spaceOf(node), { vmid: vmid ?? null, ...bounds, owner: node.userId, ttlSeconds });
+      const outcome = await this.store.reserve(spaceOf(node), {
+        vmid: vmid ?? null,
+        ...bounds,
+        owner: node.userId,
+        ttlSeconds,
+      });
       switch (outcome.status) {
         case 'reserved':
           if (await this.confirmedFree(node, outcome.vmid)) {
@@ -152,7 +158,13 @@ export class VmidReservations {
    * the other releases what it reserved and answers the first one's.
    * With a vmid, an entry that answers another VMID is a CONFLICT.
    */
-  private async reserveKeyed(node: NodeRef, vmid: number | null | undefined, ttlSeconds: number, min: number, key: string): Promise<VmidReservation> {
+  private async reserveKeyed(
+    node: NodeRef,
+    vmid: number | null | undefined,
+    ttlSeconds: number,
+    min: number,
+    key: string,
+  ): Promise<VmidReservation> {
     const keys = this.keys;
     if (!keys) throw new FailedPreconditionError('This server keeps no reservation keys: reserve without a key.');
     for (let round = 1; ; round++) {
@@ -167,8 +179,13 @@ export class VmidReservations {
       const fresh = await this.reserveAgain(node, entry, vmid, ttlSeconds, min);
       if (await keys.claim(node.spaceId, node.userId, key, fresh, entry)) return { ...fresh, consumed: false };
       // Another call with this key was recorded first: its reservation is the answer.
-      await bestEffort(this.log, 'release a reservation another call with its key overtook', () => this.releaseVmid(node, fresh.vmid));
-      if (round >= KEY_ROUNDS) throw new ConflictError('Concurrent reservations with the same key kept overtaking each other: try again.', { key });
+      await bestEffort(this.log, 'release a reservation another call with its key overtook', () =>
+        this.releaseVmid(node, fresh.vmid),
+      );
+      if (round >= KEY_ROUNDS)
+        throw new ConflictError('Concurrent reservations with the same key kept overtaking each other: try again.', {
+          key,
+        });
     }
   }
 
@@ -180,12 +197,20 @@ export class VmidReservations {
       return { nodeId: node.id, vmid: entry.vmid, expiresAt: entry.expiresAt, consumed: false };
     }
     if (snap.reserved.some((r) => r.vmid === entry.vmid)) return null; // someone else's now
-    const guest = (await keys.registered(node.spaceId, node.userId, entry.vmid)) || !(await this.authority.isFree(node, entry.vmid));
+    const guest =
+      (await keys.registered(node.spaceId, node.userId, entry.vmid)) ||
+      !(await this.authority.isFree(node, entry.vmid));
     return guest ? { nodeId: node.id, vmid: entry.vmid, expiresAt: entry.expiresAt, consumed: true } : null;
   }
 
   /** A new reservation for a key: its former VMID again when that is free, else as asked. */
-  private async reserveAgain(node: NodeRef, entry: KeyEntry | null, vmid: number | null | undefined, ttlSeconds: number, min: number): Promise<VmidReservation> {
+  private async reserveAgain(
+    node: NodeRef,
+    entry: KeyEntry | null,
+    vmid: number | null | undefined,
+    ttlSeconds: number,
+    min: number,
+  ): Promise<VmidReservation> {
     if (vmid == null && entry && entry.vmid >= min) {
       try {
         return await this.reserveVmid(node, entry.vmid, ttlSeconds, min);
@@ -206,19 +231,21 @@ export class VmidReservations {
     try {
       free = await this.authority.isFree(node, vmid);
     } catch (err) {
-      await bestEffort(this.log, 'end an unconfirmed reservation', () => this.store.release(spaceOf(node), vmid, node.userId));
+      await bestEffort(this.log, 'end an unconfirmed reservation', () =>
+        this.store.release(spaceOf(node), vmid, node.userId),
+      );
       throw err;
     }
-    if (!free) await bestEffort(this.log, 'record a VMID Proxmox reports in use', () => this.store.consume(spaceOf(node), vmid));
+    if (!free)
+      await bestEffort(this.log, 'record a VMID Proxmox reports in use', () => this.store.consume(spaceOf(node), vmid));
     return free;
   }
 
   /** [min, max] for a search without a vmid: inside the datacenter's `next-id` range, if set. */
   private async searchBounds(node: NodeRef, min: number): Promise<{ min: number; max: number }> {
-    const now = Date.now();
     let known = this.ranges.get(node.spaceId);
-    if (!known || known.until <= now) {
-      known = { range: await this.authority.nextIdRange(node), until: now + RANGE_TTL_MS };
+    if (!known) {
+      known = { range: await this.authority.nextIdRange(node) };
       this.ranges.set(node.spaceId, known);
     }
     if (!known.range) return { min, max: VMID_MAX };
@@ -250,5 +277,8 @@ function takenError(vmid: number): ConflictError {
 }
 
 function exhausted(bounds: { min: number; max: number }): ConflictError {
-  return new ConflictError(`No VMID from ${bounds.min} to ${bounds.max} is free.`, { min: bounds.min, max: bounds.max });
+  return new ConflictError(`No VMID from ${bounds.min} to ${bounds.max} is free.`, {
+    min: bounds.min,
+    max: bounds.max,
+  });
 }

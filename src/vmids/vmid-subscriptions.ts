@@ -57,10 +57,17 @@ export class VmidSubscriptions {
     return this.subscribe(nodes, false, undefined, userId);
   }
 
-  private subscribe(nodes: readonly NodeRef[], single: boolean, afterVersion?: number, followUser?: string): AsyncIterableIterator<VmidEvent> {
+  private subscribe(
+    nodes: readonly NodeRef[],
+    single: boolean,
+    afterVersion?: number,
+    followUser?: string,
+  ): AsyncIterableIterator<VmidEvent> {
     const deps = { store: this.store, lapses: this.lapses, log: this.log, onSpaceWatched: this.onSpaceWatched };
     return new EventStream<VmidEvent>((push, stop) =>
-      new SpaceSubscription(deps, nodes, single, push, stop).run(afterVersion, followUser, (spaceId, after) => this.replayable(spaceId, after)),
+      new SpaceSubscription(deps, nodes, single, push, stop).run(afterVersion, followUser, (spaceId, after) =>
+        this.replayable(spaceId, after),
+      ),
     );
   }
 
@@ -69,7 +76,10 @@ export class VmidSubscriptions {
    * version from afterVersion + 1 to the current one, none older than EVENT_LOG_MAX_AGE_MS.
    * null when the subscriber must start over (SYNC).
    */
-  private async replayable(spaceId: string, afterVersion: number): Promise<{ version: number; events: VmidEvent[] } | null> {
+  private async replayable(
+    spaceId: string,
+    afterVersion: number,
+  ): Promise<{ version: number; events: VmidEvent[] } | null> {
     const { version, events } = await this.store.eventsAfter(spaceRef(spaceId), afterVersion);
     if (afterVersion > version) return null;
     const oldest = Date.now() - EVENT_LOG_MAX_AGE_MS;

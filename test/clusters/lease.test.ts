@@ -1,6 +1,7 @@
-import { Redis } from 'ioredis';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import pino from 'pino';
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { connectRedis, type RedisClient } from '../../src/redis/redis.js';
 import { MemoryWatchLease, RedisWatchLease, type WatchLease } from '../../src/clusters/lease.js';
 import { compareTasks, cursorOf, parseCursor } from '../../src/clusters/task-cursor.js';
 import { ProxmoxClient, type ProxmoxTask } from '../../src/proxmox/index.js';
@@ -8,15 +9,19 @@ import { type Simulator, startTestSimulator } from '../support/simulator.js';
 import { TEST_REDIS_URL } from '../support/env.js';
 import { uniqueRedisPrefix } from '../support/test-server.js';
 
+// Its scripts take two keys of one hash tag: they must run on a Redis Cluster as on one server.
+const redisAt = (url: string) => (): Promise<RedisClient> => connectRedis(url, uniqueRedisPrefix(), pino({ level: 'silent' }));
 describe.each([
-  ['redis', (): Redis | null => new Redis(TEST_REDIS_URL, { keyPrefix: uniqueRedisPrefix() })],
-  ['memory', (): Redis | null => null],
+  ['redis', redisAt(TEST_REDIS_URL)],
+  ['Redis Cluster', redisAt(inject('redisClusterUrl'))],
+  ['Sentinel', redisAt(inject('redisSentinelUrl'))],
+  ['memory', async (): Promise<RedisClient | null> => null],
 ] as const)('cluster watch lease (%s)', (_kind, connect) => {
-  let redis: Redis | null;
+  let redis: RedisClient | null;
   let lease: WatchLease;
 
-  beforeAll(() => {
-    redis = connect();
+  beforeAll(async () => {
+    redis = await connect();
     lease = redis ? new RedisWatchLease(redis) : new MemoryWatchLease();
   });
   afterAll(async () => {

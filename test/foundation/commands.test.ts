@@ -104,19 +104,19 @@ describe('npm start in embedded mode (no DATABASE_URL, no REDIS_URL)', () => {
 
   /** Starts the server as `npm start` does and waits for its "listening" line. */
   function start(): Promise<{ child: ChildProcess; stdout: () => string; url: string }> {
-    const child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts'], {
+    const child = spawn(process.execPath, ['dist/main.js'], {
       cwd: ROOT,
       env: cleanEnv({ PVEGRAPH_DATA_DIR: dataDir, PORT: '0', LOG_LEVEL: 'info', ALLOW_LOOPBACK_NODE_HOSTS: 'true' }),
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     children.push(child);
     let out = '';
-    child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
-    child.stderr!.on('data', (d: Buffer) => (out += d.toString()));
+    child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (out += d.toString()));
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => reject(new Error(`server did not start:\n${out}`)), 60_000);
       child.on('exit', (code) => reject(new Error(`server exited with ${code}:\n${out}`)));
-      child.stdout!.on('data', () => {
+      child.stdout.on('data', () => {
         const m = /GraphiQL at (http:\/\/[^\s"]+)\/graphql/.exec(out);
         if (m) {
           clearTimeout(timer);
@@ -209,7 +209,7 @@ describe('npm start in embedded mode (no DATABASE_URL, no REDIS_URL)', () => {
   it('never creates an admin user when DATABASE_URL is set', async () => {
     const db = await createTestDatabase();
     try {
-      const child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts'], {
+      const child = spawn(process.execPath, ['dist/main.js'], {
         cwd: ROOT,
         env: cleanEnv({ DATABASE_URL: db.url, ENCRYPTION_KEY: KEY, PORT: '0', LOG_LEVEL: 'info' }),
         stdio: ['ignore', 'pipe', 'pipe'],

@@ -10,7 +10,7 @@ describe('configuration', () => {
       host: '127.0.0.1',
       port: 4000,
       databaseUrl: undefined,
-      redisUrl: undefined,
+      redis: undefined,
       vmidCacheTtlS: 300,
       vmidReuseHoldS: 60,
       vmidWatchIntervalS: 5,
@@ -37,6 +37,12 @@ describe('configuration', () => {
     [{ ALLOW_LOOPBACK_NODE_HOSTS: 'maybe' }, /ALLOW_LOOPBACK_NODE_HOSTS must be true or false/],
     [{ DATABASE_URL: 'mysql://x' }, /DATABASE_URL must start with postgresql:\/\//],
     [{ REDIS_URL: 'not a url' }, /REDIS_URL is not a valid URL/],
+    [{ REDIS_URL: 'http://x' }, /REDIS_URL must be redis:\/\/host:port, redis\+sentinel:\/\//],
+    [{ REDIS_URL: 'redis+sentinel://127.0.0.1:26379' }, /REDIS_URL redis\+sentinel:\/\/ needs the master name/],
+    [{ REDIS_URL: 'redis+sentinel://127.0.0.1:26379/mymaster/x' }, /REDIS_URL redis\+sentinel:\/\/ database must be a number/],
+    [{ REDIS_URL: 'redis+cluster://127.0.0.1:7000,127.0.0.1:99999' }, /REDIS_URL has an invalid port/],
+    [{ REDIS_URL: 'redis+cluster://127.0.0.1:7000/0' }, /REDIS_URL redis\+cluster:\/\/ takes no path/],
+    [{ REDIS_URL: 'redis+cluster://127.0.0.1:7000', REDIS_KEY_PREFIX: 'app{x}:' }, /REDIS_KEY_PREFIX must not contain/],
     [{ ENCRYPTION_KEY: 'c2hvcnQ=' }, /ENCRYPTION_KEY must be 32 bytes/],
     [{ LOG_LEVEL: 'loud' }, /LOG_LEVEL must be one of/],
     [{ DATABASE_URL: 'postgresql://localhost/x' }, /ENCRYPTION_KEY is required when DATABASE_URL is set/],
@@ -51,6 +57,33 @@ describe('configuration', () => {
     expect(error).toBeInstanceOf(ConfigError);
     expect((error as Error).message).toMatch(message);
     expect((error as Error).message).not.toContain('\n');
+  });
+
+  it('reads REDIS_URL as one server, a Sentinel group or a Redis Cluster', () => {
+    expect(loadConfig({ REDIS_URL: 'redis://:pw@127.0.0.1:6380/2' }).redis).toEqual({ kind: 'single', url: 'redis://:pw@127.0.0.1:6380/2' });
+    expect(loadConfig({ REDIS_URL: 'redis+sentinel://:pw@10.0.0.1:26379,10.0.0.2,[::1]:26380/mymaster/3?sentinelPassword=s%40' }).redis).toEqual({
+      kind: 'sentinel',
+      sentinels: [
+        { host: '10.0.0.1', port: 26379 },
+        { host: '10.0.0.2', port: 26379 },
+        { host: '::1', port: 26380 },
+      ],
+      masterName: 'mymaster',
+      db: 3,
+      password: 'pw',
+      sentinelPassword: 's@',
+      tls: false,
+    });
+    expect(loadConfig({ REDIS_URL: 'rediss+cluster://app:pw@10.0.0.1:7000,10.0.0.2:7001' }).redis).toEqual({
+      kind: 'cluster',
+      nodes: [
+        { host: '10.0.0.1', port: 7000 },
+        { host: '10.0.0.2', port: 7001 },
+      ],
+      username: 'app',
+      password: 'pw',
+      tls: true,
+    });
   });
 
   it('reads VMID_REUSE_HOLD_S: 0 turns the hold off, up to a day', () => {

@@ -13,7 +13,11 @@ describe('endOnAbort', () => {
       await stop;
       sourceEnds++;
     });
-    return { stream: endOnAbort(source, signal), push: (n: number) => push({ data: { n } }), sourceEnds: () => sourceEnds };
+    return {
+      stream: endOnAbort(source, signal),
+      push: (n: number) => push({ data: { n } }),
+      sourceEnds: () => sourceEnds,
+    };
   };
   const tick = () => new Promise((r) => setTimeout(r, 0));
 

@@ -16,9 +16,23 @@ describe('fast paths', () => {
     const revocations = new RevocationWatch({ verify: async () => null, intervalMs: 60_000 });
     try {
       const metrics = new Metrics();
-      const fastPaths = createFastPaths({ services: { metrics } as Services, log, masker, maxRequestBodyBytes: 1_000, wsMaxBufferedBytes: 1_000 });
+      const fastPaths = createFastPaths({
+        services: { metrics } as Services,
+        log,
+        masker,
+        maxRequestBodyBytes: 1_000,
+        wsMaxBufferedBytes: 1_000,
+      });
       // Every optional plugin in: the chain at its longest.
-      const chain = pvegraphPlugins({ metrics, masker, introspection: false, maxSubscriptionsPerUser: 1, revocations, shutdown: new AbortController().signal, fastPaths: fastPaths.yogaPlugins });
+      const chain = pvegraphPlugins({
+        metrics,
+        masker,
+        introspection: false,
+        maxSubscriptionsPerUser: 1,
+        revocations,
+        shutdown: new AbortController().signal,
+        fastPaths: fastPaths.yogaPlugins,
+      });
       const names = chain.map((p) => p.name);
       // A plugin added to src/api/yoga.ts must be accounted for in src/fast-paths/index.ts.
       expect(names.filter((name) => !(PLUGINS_ACCOUNTED_FOR as readonly string[]).includes(name))).toEqual([]);

@@ -1,6 +1,8 @@
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { chromium, type Browser, type Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { DEMO_SUBSCRIPTION } from '../../src/demo/demo.js';
+import { nodeInputFor, type Simulator, startTestSimulator } from '../support/simulator.js';
 import { startTestServer, type TestServer } from '../support/test-server.js';
 
 /**
@@ -41,9 +43,11 @@ describe.skipIf(!existsSync(CHROMIUM))('GraphiQL in a real browser', () => {
   let browser: Browser;
   let userDataDir: string;
   let user: { name: string; token: string };
+  let sim: Simulator;
 
   beforeAll(async () => {
     server = await startTestServer();
+    sim = await startTestSimulator({ guests: 3 });
     user = await server.createUser(`graphiql-${Date.now().toString(36)}`);
     userDataDir = mkdtempSync('/tmp/hardening-chromium-');
     browser = await chromium.launch({
@@ -67,6 +71,7 @@ describe.skipIf(!existsSync(CHROMIUM))('GraphiQL in a real browser', () => {
   afterAll(async () => {
     await browser?.close();
     await server?.stop();
+    await sim?.stop();
     if (userDataDir) rmSync(userDataDir, { recursive: true, force: true });
   });
 
@@ -100,6 +105,11 @@ describe.skipIf(!existsSync(CHROMIUM))('GraphiQL in a real browser', () => {
       page.on('console', (m) => m.type() === 'error' && consoleErrors.push(m.text()));
       page.on('pageerror', (e) => consoleErrors.push(e.message));
       const refused = await onlyTheServer(page);
+      // GraphiQL's own introspection query (exempt from the depth limit) loads the schema.
+      const introspections: Array<Promise<{ status: number; body: string }>> = [];
+      page.on('response', (r) => {
+        if (r.request().postData()?.includes('query IntrospectionQuery')) introspections.push(r.text().then((body) => ({ status: r.status(), body })));
+      });
 
       const res = await page.goto(`${server.url}/graphql`);
       expect(res?.status()).toBe(200);
@@ -137,8 +147,58 @@ describe.skipIf(!existsSync(CHROMIUM))('GraphiQL in a real browser', () => {
       const shown = await response.innerText();
       expect(shown).toContain('"me"');
       expect(shown).not.toContain('UNAUTHENTICATED');
+      expect(introspections.length).toBeGreaterThan(0);
+      for (const answer of await Promise.all(introspections)) {
+        expect(answer.status).toBe(200);
+        expect(JSON.parse(answer.body)).toMatchObject({ data: { __schema: { queryType: { name: 'Query' } } } });
+      }
 
       await page.screenshot({ path: SCREENSHOT });
+      expect(refused, 'GraphiQL asked hosts other than the pvegraph server').toEqual([]);
+    } finally {
+      await context.close();
+    }
+  }, 60_000);
+
+  it('runs the subscription of the link `npm run demo` prints and shows an event arriving live', async () => {
+    // A node of the user whose VMID events the subscription receives.
+    const created = await fetch(server.graphqlUrl, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', authorization: `Bearer ${user.token}` },
+      body: JSON.stringify({ query: 'mutation($i: CreateNodeInput!) { createNode(input: $i) { id } }', variables: { i: nodeInputFor(sim) } }),
+    }).then((r) => r.json() as Promise<{ data: { createNode: { id: string } } }>);
+    const nodeId = created.data.createNode.id;
+
+    const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+    try {
+      const page = await context.newPage();
+      const refused = await onlyTheServer(page);
+      // The link as the demo prints it: GraphiQL opens with the subscription in its editor.
+      await page.goto(`${server.url}/graphql?query=${encodeURIComponent(DEMO_SUBSCRIPTION)}`);
+      const queryEditor = page.locator('.graphiql-query-editor .monaco-editor').first();
+      await expect.poll(() => queryEditor.innerText(), { timeout: 15_000 }).toContain('vmidEvents');
+
+      await page.locator('.graphiql-editor-tools button[data-name="headers"]').click();
+      const headersEditor = page.locator('.graphiql-editor-tool .monaco-editor').last();
+      await headersEditor.waitFor();
+      await replaceEditorText(page, headersEditor, `{"Authorization": "Bearer ${user.token}"}`);
+      const activeTab = page.locator('.graphiql-tab-active button').first();
+      await expect.poll(() => activeTab.getAttribute('title')).toBe('LiveVmids');
+      await page.locator('.graphiql-execute-button').click();
+
+      // The subscription's first event (SYNC) says it is live; then a change made elsewhere
+      // (here: a VMID reserved through the API) arrives in the open page.
+      const response = page.locator('.graphiql-response');
+      await expect.poll(() => response.innerText(), { timeout: 15_000 }).toContain('SYNC');
+      const reserved = await fetch(server.graphqlUrl, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', authorization: `Bearer ${user.token}` },
+        body: JSON.stringify({ query: 'mutation($n: ID!) { reserveVmid(nodeId: $n, ttlSeconds: 60) { vmid } }', variables: { n: nodeId } }),
+      }).then((r) => r.json() as Promise<{ data: { reserveVmid: { vmid: number } } }>);
+      expect(reserved.data.reserveVmid.vmid).toBeGreaterThanOrEqual(100);
+      await expect.poll(() => response.innerText(), { timeout: 15_000 }).toContain('RESERVED');
+      const shown = await response.innerText();
+      expect(shown).toContain(nodeId);
       expect(refused, 'GraphiQL asked hosts other than the pvegraph server').toEqual([]);
     } finally {
       await context.close();

@@ -64,3 +64,33 @@ describe.each(['anonymous', 'token'] as const)('GraphQL over HTTP audits (%s cli
     expect(results).toHaveLength(optional.length);
   });
 });
+
+/** Every error answer of the GraphQL endpoint is a GraphQL error document in the negotiated media type. */
+describe('error answers', () => {
+  // With a token: without one, a POST a form could send is refused as CSRF first (403).
+  const requests: Array<[string, number, RequestInit & { path?: string; withToken?: boolean }]> = [
+    ['an unsupported content type', 415, { method: 'POST', headers: { 'content-type': 'text/plain' }, body: '{ me { id } }', withToken: true }],
+    ['no content type', 415, { method: 'POST', body: new Blob(['{"query":"{ me { id } }"}']), withToken: true }],
+    ['a body that is not JSON', 400, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"query":' }],
+    ['no query', 400, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{}' }],
+    ['a method other than GET and POST', 405, { method: 'PUT', headers: { 'content-type': 'application/json' }, body: '{"query":"{ __typename }"}' }],
+    ['a GET without a preflight-only header (CSRF)', 403, { method: 'GET', path: '?query=%7B__typename%7D' }],
+  ];
+  it.each(requests.flatMap(([what, status, init]) => ['application/graphql-response+json', 'application/json'].map((accept) => [what, accept, status, init] as const)))(
+    '%s (Accept: %s) → %i with a GraphQL error document',
+    async (_what, accept, status, { path = '', withToken, ...init }) => {
+      const headers = new Headers(init.headers);
+      headers.set('accept', accept);
+      if (withToken) headers.set('authorization', `Bearer ${token}`);
+      const res = await fetch(server.graphqlUrl + path, { ...init, headers });
+      expect(res.status).toBe(status);
+      expect(res.headers.get('content-type')).toBe(`${accept}; charset=utf-8`);
+      const body = (await res.json()) as { errors?: Array<{ message?: unknown; extensions?: { code?: unknown } }> };
+      expect(body.errors?.length).toBeGreaterThan(0);
+      for (const error of body.errors ?? []) {
+        expect(error.message).toEqual(expect.any(String));
+        expect(error.extensions?.code).toEqual(expect.any(String));
+      }
+    },
+  );
+});

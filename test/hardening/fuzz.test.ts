@@ -399,7 +399,7 @@ function checkResponse(c: MutationCase, variables: unknown, status: number, cont
       if (returned.some((r) => r.includes(secret))) fail(`the response echoes a secret that was sent (${secret.slice(0, 20)}…)`);
     }
   }
-  return { status, body: b as Checked['body'] };
+  return { status, body: b };
 }
 
 // ------------------------------------------------------------------------------ the run

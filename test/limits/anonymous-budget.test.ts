@@ -1,5 +1,6 @@
 import http from 'node:http';
 import { Redis } from 'ioredis';
+import { createClient } from 'graphql-ws';
 import WebSocket from 'ws';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../../src/config/config.js';
@@ -165,7 +166,7 @@ describe('per-address budget for requests without a valid token', () => {
     });
   });
 
-  it('charges a WebSocket whose token only the database can tell about, and refuses it with 4429 past the budget', async () => {
+  it('charges a WebSocket whose token only the database can tell about, and refuses it with 1013 (try again later) past the budget', async () => {
     const fresh = await startTestServer({ env: { RATE_LIMIT_ANONYMOUS_PER_MIN: '2' } });
     let lastReason = '';
     const closeCodeOf = (token: string) =>
@@ -183,13 +184,45 @@ describe('per-address budget for requests without a valid token', () => {
       expect((await post(fresh, { token: user.token, query: '{ me { id } }' })).status).toBe(200); // checked: cached
       expect(await closeCodeOf(`pvg_${'W'.repeat(43)}`)).toBe(4403);
       expect(await closeCodeOf(`pvg_${'X'.repeat(43)}`)).toBe(4403);
-      expect(await closeCodeOf(`pvg_${'V'.repeat(43)}`)).toBe(4429);
+      expect(await closeCodeOf(`pvg_${'V'.repeat(43)}`)).toBe(1013);
       expect(lastReason).toMatch(/^Too many requests without a valid API token from this address; try again in \d+ s\.$/);
       // A valid token the server has checked before is never refused (acked, then closed by us).
       expect(await closeCodeOf(user.token)).toBe(1000);
     } finally {
       await fresh.stop();
     }
+  });
+
+  // graphql-ws's client gives up for good on its fatal close codes (4429 among them): a
+  // dashboard behind a NAT whose budget ran out would never reconnect. 1013 it retries.
+  it('a budget refusal is one graphql-ws\'s own client retries (default shouldRetry), and gets through once its token is one the server knows', async () => {
+    await withServer({ env: { RATE_LIMIT_ANONYMOUS_PER_MIN: '1' } }, async (fresh) => {
+      const user = await fresh.createUser();
+      expect((await post(fresh, { token: user.token, query: '{ me { id } }' })).status).toBe(200); // checked: cached
+      expect(codeOf(await post(fresh))).toBe('UNAUTHENTICATED'); // the address's one unit
+      const closes: number[] = [];
+      let attempts = 0;
+      const client = createClient({
+        url: fresh.wsUrl,
+        webSocketImpl: WebSocket,
+        retryAttempts: 3,
+        retryWait: async () => undefined,
+        // The first attempt with a token only the database could tell about (refused from
+        // memory: the address is spent), the retries with the dashboard's valid one.
+        connectionParams: () => ({ authorization: `Bearer ${attempts++ === 0 ? `pvg_${'R'.repeat(43)}` : user.token}` }),
+        on: { closed: (event) => void closes.push((event as { code: number }).code) },
+      });
+      try {
+        const result = await new Promise((resolve, reject) => {
+          client.subscribe({ query: '{ me { id } }' }, { next: resolve, error: reject, complete: () => undefined });
+        });
+        expect(closes[0]).toBe(1013);
+        expect(attempts).toBe(2);
+        expect(result).toEqual({ data: { me: { id: user.userId } } });
+      } finally {
+        await client.dispose();
+      }
+    });
   });
 
   it('with the budget off, checks a token exactly once, in Yoga as before', async () => {

@@ -1,4 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { getIntrospectionQuery } from 'graphql';
 import { createClient } from 'graphql-ws';
 import WebSocket from 'ws';
 import { QUERY_LIMITS } from '../../src/api/yoga.js';
@@ -45,6 +46,69 @@ describe('query limits (HTTP and WebSocket)', () => {
     expect(res.body.errors?.[0]?.message).toMatch(message);
     // The token and depth limits run while parsing, the others while validating.
     expect(res.body.errors?.[0]?.extensions?.code).toMatch(/^GRAPHQL_(PARSE|VALIDATION)_FAILED$/);
+  });
+
+  /** A valid chain me → nodes → containers → node → … of `levels` fields below nodes. */
+  const validDeepQuery = (levels: number, leaf = 'id') => {
+    let inner = leaf;
+    for (let i = levels - 1; i >= 0; i--) inner = i % 2 === 0 ? `containers { ${inner} }` : `node { ${inner} }`;
+    return `{ me { nodes { ${inner} } } }`;
+  };
+  const graphqlResponse = { accept: 'application/graphql-response+json' };
+
+  // GraphQL over HTTP: a document that fails validation is answered 400 to clients that accept
+  // application/graphql-response+json (200 stays for application/json). Sent twice: the second
+  // time a document the server had learned would take the prepared path.
+  it.each([
+    ['maxDepth', validDeepQuery(QUERY_LIMITS.maxDepth - 1), /^Query depth limit of 10 exceeded, found 12\.$/],
+    ['maxAliases', `{ ${Array.from({ length: QUERY_LIMITS.maxAliases + 1 }, (_, i) => `a${i}: me { id }`).join(' ')} }`, /^Aliases limit of 15 exceeded, found 16\.$/],
+    ['maxDirectives', `{ me { ${'id @include(if: true) '.repeat(QUERY_LIMITS.maxDirectives + 1)} } }`, /^Directives limit of 20 exceeded, found 21\.$/],
+    // Depth 10 exactly, but 300 fields at the bottom.
+    ['maxCost', validDeepQuery(QUERY_LIMITS.maxDepth - 3, 'id '.repeat(300)), /^Query Cost limit of 5000 exceeded, found [\d.]+\.$/],
+  ])('answers a document over %s 400 with application/graphql-response+json, 200 with application/json, naming the limit', async (limit, query, message) => {
+    for (let i = 0; i < 2; i++) {
+      for (const [headers, status] of [[graphqlResponse, 400], [{ accept: 'application/json' }, 200]] as const) {
+        const res = await post(server, query, token, headers);
+        expect(res.status).toBe(status);
+        expect(res.body.data ?? null).toBeNull();
+        expect(res.body.errors).toHaveLength(1);
+        expect(res.body.errors?.[0]).toEqual({ message: expect.stringMatching(message), extensions: { code: 'GRAPHQL_VALIDATION_FAILED', limit } });
+      }
+    }
+  });
+
+  it('tells a too-deep document as a depth overrun only (its cost is over the limit too)', async () => {
+    const res = await post(server, validDeepQuery(41), token, graphqlResponse);
+    expect(res.status).toBe(400);
+    expect(res.body.errors).toEqual([{ message: 'Query depth limit of 10 exceeded, found 44.', extensions: { code: 'GRAPHQL_VALIDATION_FAILED', limit: 'maxDepth' } }]);
+  });
+
+  it('applies the depth limit to introspection, except to the standard introspection query GraphiQL sends', async () => {
+    const abuse = `{ __schema { types { fields { type ${'{ ofType '.repeat(9)}{ name }${' }'.repeat(9)} } } } }`;
+    for (const auth of [token, undefined]) {
+      const refused = await post(server, abuse, auth, graphqlResponse);
+      expect(refused.status).toBe(400);
+      expect(refused.body.errors?.[0]?.extensions).toEqual({ code: 'GRAPHQL_VALIDATION_FAILED', limit: 'maxDepth' });
+    }
+    // What GraphiQL 5 sends (its options, and its retry without subscriptionType).
+    for (const inputValueDeprecation of [false, true]) {
+      for (const schemaDescription of [false, true]) {
+        const query = getIntrospectionQuery({ inputValueDeprecation, schemaDescription });
+        for (const text of [query, query.replace('subscriptionType { name }', '')]) {
+          const res = await post(server, text, undefined, graphqlResponse);
+          expect(res.status).toBe(200);
+          expect(res.body.errors).toBeUndefined();
+          expect(res.body.data).toMatchObject({ __schema: { queryType: { name: 'Query' } } });
+        }
+      }
+    }
+    // Only that query: one more level of type references, or another name, is over the limit.
+    const standard = getIntrospectionQuery();
+    for (const variant of [getIntrospectionQuery({ typeDepth: 10 }), standard.replace('query IntrospectionQuery', 'query Schema')]) {
+      const res = await post(server, variant, undefined, graphqlResponse);
+      expect(res.status).toBe(400);
+      expect(res.body.errors?.[0]?.extensions).toEqual({ code: 'GRAPHQL_VALIDATION_FAILED', limit: 'maxDepth' });
+    }
   });
 
   it('applies the same limits to WebSocket operations', async () => {

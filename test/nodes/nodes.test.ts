@@ -94,6 +94,10 @@ describe('createNode', () => {
       ['input.host', 'input.name', 'input.port', 'input.tlsFingerprint', 'input.tokenId', 'input.tokenSecret'].sort(),
     );
     expect(fields['input.tokenId']).toMatch(/USER@REALM!TOKENID/);
+    // The message alone says what to fix: every field with its reason.
+    const message = res.errors![0]!.message;
+    for (const [field, reason] of Object.entries(fields)) expect(message).toContain(`${field}: ${reason.replace(/\.$/, '')}`);
+    expect(message).not.toContain('has space');
     expect((await server.gql(Nodes, {}, token)).data?.nodes).toEqual([]);
   });
 

@@ -201,7 +201,7 @@ describe('endpoint failover', () => {
       const fp = sim.members[0]!.fingerprint;
       const t = target({
         host: '127.0.0.1',
-        port: holes[0]!.port,
+        port: holes[0].port,
         tlsFingerprint: fp,
         fallbacks: holes.slice(1).map((h) => ({ host: '127.0.0.1', port: h.port, tlsFingerprint: fp })),
       });

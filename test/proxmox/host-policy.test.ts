@@ -151,6 +151,17 @@ describe('host policy in the client (checked before any connection)', () => {
     },
   );
 
+  it('a listed loopback endpoint (npm run demo: its simulator) is reached; the same address on another port, or another loopback address, is not', async () => {
+    client = makeClient({ allowLoopbackHosts: false, loopbackEndpoints: [`127.0.0.1:${sim.port}`] });
+    expect(await client.version(sim.target({ host: '127.0.0.1' }))).toMatchObject({ version: '8.4.1' });
+    expect(await client.version(sim.target({ host: 'localhost' }))).toMatchObject({ version: '8.4.1' });
+    expect(sim.stats.total).toBe(2);
+    const otherPort = sim.port === 65535 ? sim.port - 1 : sim.port + 1;
+    await expectCode(client.version(sim.target({ host: '127.0.0.1', port: otherPort })), 'HOST_NOT_ALLOWED');
+    await expectCode(client.version(sim.target({ host: '127.0.0.2' })), 'HOST_NOT_ALLOWED');
+    expect(sim.stats.total).toBe(2);
+  });
+
   it('IPv4-mapped IPv6 loopback is reached as 127.0.0.1 when loopback is allowed', async () => {
     client = makeClient({ allowLoopbackHosts: true });
     expect(await client.version(sim.target({ host: '::ffff:127.0.0.1' }))).toMatchObject({ version: '8.4.1' });

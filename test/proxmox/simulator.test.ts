@@ -21,7 +21,7 @@ describe('simulator', () => {
       ...(opts.body !== undefined ? { body: opts.body } : {}),
     });
     const text = await res.body.text();
-    let json: unknown = null;
+    let json: unknown;
     try {
       json = JSON.parse(text);
     } catch {

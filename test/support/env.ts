@@ -14,5 +14,9 @@ declare module 'vitest' {
     runId: string;
     /** A migrated database that each test file clones. */
     templateDatabase: string;
+    /** REDIS_URL of the run's Redis Cluster (three masters, one replica each; test/support/redis-topologies.ts). */
+    redisClusterUrl: string;
+    /** REDIS_URL of the run's Sentinel group (one master, one replica, three sentinels). */
+    redisSentinelUrl: string;
   }
 }

@@ -84,7 +84,7 @@ export async function startTestServer(opts: TestServerOptions = {}): Promise<Tes
       body: JSON.stringify({ query: print(document), variables }),
     });
     const body = (await res.json()) as Omit<GraphQLResponse<never>, 'status'>;
-    return { status: res.status, ...body } as GraphQLResponse<never>;
+    return { status: res.status, ...body };
   };
 
   return {

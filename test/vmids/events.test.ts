@@ -141,7 +141,7 @@ describe('VMID events across instances (Redis pub/sub)', () => {
     await serviceA.invalidateVmidCache(node);
     const got = await Promise.all(its.map((it) => take(it, 1)));
     expect(new Set(got.map(([e]) => `${e!.kind}@${e!.version}`))).toEqual(new Set(['INVALIDATED@1']));
-    await Promise.all(its.slice(1).map((it) => it.return?.()));
+    await Promise.all(its.slice(1).map(async (it) => it.return?.()));
     expect(await numsub(channel)).toBe(1);
     await its[0]!.return?.();
     expect(storeB().eventHub().listenerCount()).toBe(0);

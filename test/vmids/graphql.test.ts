@@ -1,4 +1,4 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { type Client, createClient } from 'graphql-ws';
 import WebSocket from 'ws';
 import { CreateNode, DeleteNode, RegisterContainer, UnregisterContainer } from '../nodes/documents.js';
@@ -298,7 +298,13 @@ describe.each([
   });
 });
 
-describe('VMIDs across two instances of one deployment', () => {
+// The whole server on each kind of Redis deployment (REDIS_URL): events, kept snapshots, rate
+// limits and reservations across instances.
+describe.each([
+  ['one Redis server', (): Record<string, string> => ({})],
+  ['a Redis Cluster', (): Record<string, string> => ({ REDIS_URL: inject('redisClusterUrl') })],
+  ['Sentinel', (): Record<string, string> => ({ REDIS_URL: inject('redisSentinelUrl') })],
+] as const)('VMIDs across two instances of one deployment (%s)', (_where, redisEnv) => {
   let a: TestServer;
   let b: TestServer;
   let sim: Simulator;
@@ -307,8 +313,8 @@ describe('VMIDs across two instances of one deployment', () => {
 
   beforeAll(async () => {
     sim = await startTestSimulator({ guests: 50 });
-    a = await startTestServer();
-    b = await startTestServer({ databaseUrl: a.databaseUrl, redisKeyPrefix: a.config.redisKeyPrefix, env: { VMID_READ_CACHE_MS: '60000' } });
+    a = await startTestServer({ env: redisEnv() });
+    b = await startTestServer({ databaseUrl: a.databaseUrl, redisKeyPrefix: a.config.redisKeyPrefix, env: { ...redisEnv(), VMID_READ_CACHE_MS: '60000' } });
     token = (await a.createUser()).token;
     nodeId = (await a.gql(CreateNode, { input: nodeInputFor(sim) as never }, token)).data!.createNode.id;
   });
@@ -316,6 +322,11 @@ describe('VMIDs across two instances of one deployment', () => {
     await b.stop();
     await a.stop();
     await sim.stop();
+  });
+
+  it('is ready', async () => {
+    const ready = await fetch(`${b.url}/readyz`);
+    expect(await ready.json()).toEqual({ ready: true, checks: { database: 'ok', redis: 'ok' } });
   });
 
   it('delivers a mutation on instance A to a subscriber on instance B, in order with versions', async () => {

@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import type { Redis } from 'ioredis';
+import { isCluster, type RedisClient } from '../../src/redis/redis.js';
 import pino from 'pino';
 import { expect } from 'vitest';
 import type { ProxmoxClient } from '../../src/proxmox/index.js';
@@ -24,7 +24,7 @@ import { TEST_REDIS_URL } from '../support/env.js';
 export const silentLog = pino({ level: process.env.TEST_LOG_LEVEL ?? 'silent' });
 
 /** A Redis command connection as the server makes it (src/redis/redis.ts). */
-export function connect(keyPrefix: string, url = TEST_REDIS_URL): Promise<Redis> {
+export function connect(keyPrefix: string, url = TEST_REDIS_URL): Promise<RedisClient> {
   return connectRedis(url, keyPrefix, silentLog);
 }
 
@@ -83,7 +83,7 @@ export interface OpenStore {
   /** The Redis or memory store itself (under the durable record for '*-durable'). */
   fast: VmidStore;
   /** The command connection (Redis stores only). */
-  redis?: Redis;
+  redis?: RedisClient;
   close(): Promise<void>;
 }
 
@@ -192,6 +192,19 @@ export async function eventually(check: () => Promise<boolean> | boolean, timeou
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 20));
   }
+}
+
+/**
+ * Publishes `message` on `channel` (its full name) as an instance of another version would:
+ * PUBLISH, or on a cluster SPUBLISH (ioredis prefixes a sharded channel itself).
+ */
+export async function publishRaw(redis: RedisClient, channel: string, message: string): Promise<void> {
+  if (!isCluster(redis)) {
+    await redis.publish(channel, message);
+    return;
+  }
+  const prefix = redis.options.keyPrefix ?? '';
+  await redis.spublish(channel.slice(prefix.length), message);
 }
 
 /** Subscribers of `channel` in Redis, counted by Redis itself (on a connection of its own). */

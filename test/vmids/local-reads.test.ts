@@ -1,5 +1,5 @@
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { Redis } from 'ioredis';
+import type { RedisClient } from '../../src/redis/redis.js';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { LocalSnapshots } from '../../src/vmids/local-snapshots.js';
 import { type NodeRef, RedisVmidStore, VMID_MAX, type VmidEvent, type VmidService, type VmidSnapshot } from '../../src/vmids/index.js';
@@ -48,7 +48,7 @@ describe('snapshots kept in memory by a Redis store (two instances)', () => {
     return store.store.read(node);
   };
   /** Deletes the node's cached set in Redis without an event: only a kept snapshot still shows it. */
-  const dropBehindTheBack = (redis: Redis) => redis.del(`vmid-cache:{${node.id}}`, `vmid-meta:{${node.id}}`);
+  const dropBehindTheBack = (redis: RedisClient) => redis.del(`vmid-cache:{${node.id}}`, `vmid-meta:{${node.id}}`);
 
   it('answers from memory: a change made in Redis without an event is not seen (and is with VMID_READ_CACHE_MS=0)', async () => {
     const kept = await keptOn(b);
@@ -146,7 +146,7 @@ describe('snapshots kept in memory by a Redis store (two instances)', () => {
     const reserved = await a.store.reserve(node, { vmid: 4343, min: 100, max: VMID_MAX, owner: node.userId, ttlSeconds: 1 });
     expect(reserved.status).toBe('reserved');
     const events: VmidEvent[] = [];
-    const stop = await b.store.listen(node.userId, (e) => events.push(e));
+    const stop = await b.store.listen(node.spaceId, (e) => events.push(e));
     try {
       expect((await keptOn(b)).reserved.map((r) => r.vmid)).toEqual([4343]);
       await sleep(1_100);
@@ -161,7 +161,7 @@ describe('snapshots kept in memory by a Redis store (two instances)', () => {
     // B's own subscriber connection, so the test can cut it.
     const redis = await connect(prefix);
     const subscriber = redis.duplicate();
-    const id = (await subscriber.client('ID')) as number;
+    const id = (await subscriber.client('ID'));
     const store = new RedisVmidStore(redis, { log: silentLog, localReadMs: LOCAL_READ_MS, subscriber });
     try {
       await untilKept(store, 5_000);

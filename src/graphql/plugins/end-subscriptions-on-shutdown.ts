@@ -22,7 +22,10 @@ export function useEndSubscriptionsOnShutdown(shutdown: AbortSignal): Plugin<Req
 }
 
 /** `stream` until `signal` aborts: then a pending next() answers done, and the source is ended. */
-export function endOnAbort(stream: AsyncIterable<ExecutionResult>, signal: AbortSignal): AsyncGenerator<ExecutionResult, void, void> {
+export function endOnAbort(
+  stream: AsyncIterable<ExecutionResult>,
+  signal: AbortSignal,
+): AsyncGenerator<ExecutionResult, void, void> {
   const abort = () => endable.end();
   const endable = endableStream(stream, () => signal.removeEventListener('abort', abort));
   if (signal.aborted) abort();
