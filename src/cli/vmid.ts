@@ -7,7 +7,7 @@ import { parseArgs } from 'node:util';
  * database, no Prisma, no GraphQL library): one process per call has to start fast.
  */
 
-/** What a script branches on. Documented in USAGE and the README ("VMIDs for scripts"). */
+/** What a script branches on. Documented in USAGE and docs/automation.md. */
 export const EXIT = {
   OK: 0,
   OTHER: 1,

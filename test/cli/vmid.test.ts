@@ -36,13 +36,11 @@ function exec(file: string, args: string[], env: NodeJS.ProcessEnv, input?: stri
 /** The last line of stdout. */
 const last = (r: Result) => r.stdout.trim().split('\n').at(-1)!;
 
-/** The fenced block after `<!-- test: NAME -->` in the README's "VMIDs for scripts" section. */
-async function readmeBlock(name: string): Promise<string> {
-  const readme = await readFile(path.join(ROOT, 'README.md'), 'utf8');
-  const section = readme.slice(readme.indexOf('\n## VMIDs for scripts\n'));
-  const body = section.slice(0, section.indexOf('\n## ', 1));
-  const m = new RegExp(`<!-- test: ${name} -->\\n\`\`\`\\w+\\n([\\s\\S]*?)\`\`\`\\n`).exec(body);
-  if (!m) throw new Error(`README: no block "${name}" in "VMIDs for scripts"`);
+/** The fenced block after `<!-- test: NAME -->` in docs/automation.md (the README links it). */
+async function docBlock(name: string): Promise<string> {
+  const doc = await readFile(path.join(ROOT, 'docs', 'automation.md'), 'utf8');
+  const m = new RegExp(`<!-- test: ${name} -->\\n\`\`\`\\w+\\n([\\s\\S]*?)\`\`\`\\n`).exec(doc);
+  if (!m) throw new Error(`docs/automation.md: no block "${name}"`);
   return m[1]!;
 }
 
@@ -85,7 +83,7 @@ describe('npx pvegraph vmid (CLI against running servers)', () => {
   /** `node bin/pvegraph.js vmid …` (what `npx pvegraph vmid …` runs). */
   const cli = (args: string[], opts: { env?: Record<string, string>; input?: string } = {}) =>
     exec(process.execPath, [BIN, 'vmid', ...args], { ...env, ...opts.env }, opts.input);
-  /** A README shell block, run by /bin/sh with the stand-ins for `npx` and `pct` first on PATH. */
+  /** A documented shell block, run by /bin/sh with the stand-ins for `npx` and `pct` first on PATH. */
   const sh = (script: string, extra: Record<string, string> = {}) => exec('/bin/sh', ['-c', script], { ...env, ...extra });
 
   beforeAll(async () => {
@@ -140,8 +138,8 @@ describe('npx pvegraph vmid (CLI against running servers)', () => {
     expect(await reserved()).not.toEqual(expect.arrayContaining([vmids[1]]));
   });
 
-  it('README: the command lines run as shown', async () => {
-    const lines = (await readmeBlock('commands')).trim().split('\n');
+  it('docs/automation.md: the command lines run as shown', async () => {
+    const lines = (await docBlock('commands')).trim().split('\n');
     expect(lines).toHaveLength(6);
     const out: Result[] = [];
     for (const line of lines) {
@@ -164,8 +162,8 @@ describe('npx pvegraph vmid (CLI against running servers)', () => {
     await cli(['release', '--node', 'pve1', '--vmid', last(out[3]!)]);
   });
 
-  it('README: the job script registers the container when pct succeeds and releases the VMID when it fails', async () => {
-    const job = await readmeBlock('job');
+  it('docs/automation.md: the job script registers the container when pct succeeds and releases the VMID when it fails', async () => {
+    const job = await docBlock('job');
     const ok = await sh(job, { CI_JOB_ID: '2001', PCT_EXIT: '0' });
     expect(ok.code, ok.stderr).toBe(0);
     const log = await readFile(path.join(shims, 'pct.log'), 'utf8');
@@ -187,8 +185,8 @@ describe('npx pvegraph vmid (CLI against running servers)', () => {
     expect(await isTaken(lost)).toBe(false);
   });
 
-  it('README: the exit-status example branches on 0 and 3', async () => {
-    const script = await readmeBlock('exit-status');
+  it('docs/automation.md: the exit-status example branches on 0 and 3', async () => {
+    const script = await docBlock('exit-status');
     const first = await sh(script);
     expect(first.code).toBe(0);
     expect(first.stdout).toMatch(/4300 is ours for 10 minutes/);
@@ -274,8 +272,8 @@ describe('npx pvegraph vmid (CLI against running servers)', () => {
     expect(await reserved()).not.toContain(vmid);
   });
 
-  it('--terraform: the README query on stdin gives one JSON object of strings; a re-run the same; errors on stderr', async () => {
-    const [hcl, stdin, documented] = await Promise.all([readmeBlock('terraform'), readmeBlock('terraform-stdin'), readmeBlock('terraform-stdout')]);
+  it('--terraform: the documented query on stdin gives one JSON object of strings; a re-run the same; errors on stderr', async () => {
+    const [hcl, stdin, documented] = await Promise.all([docBlock('terraform'), docBlock('terraform-stdin'), docBlock('terraform-stdout')]);
     // The module's program and query are what the protocol test feeds.
     expect(hcl).toContain('program = ["npx", "pvegraph", "vmid", "reserve", "--terraform"]');
     const queryKeys = [.../query = \{([\s\S]*?)\n {2}\}/.exec(hcl)![1]!.matchAll(/^\s+(\w+)\s+=/gm)].map((m) => m[1]).sort();
@@ -320,8 +318,8 @@ describe('npx pvegraph vmid (CLI against running servers)', () => {
     await cli(['release', '--node', 'pve1', '--vmid', result.vmid as string]);
   });
 
-  it('README: the Ansible tasks run: reserve (twice, the same VMID), consume, release answers 7 (allowed); on failure release gives it back', async () => {
-    const yaml = await readmeBlock('ansible');
+  it('docs/automation.md: the Ansible tasks run: reserve (twice, the same VMID), consume, release answers 7 (allowed); on failure release gives it back', async () => {
+    const yaml = await docBlock('ansible');
     const cmds = [...yaml.matchAll(/^\s+cmd: (npx pvegraph .*)$/gm)].map((m) => m[1]!);
     expect(cmds.map((c) => c.split(' ')[3])).toEqual(['reserve', 'consume', 'release']);
     const allowed = /failed_when: released\.rc not in \[([\d, ]+)\]/.exec(yaml)![1]!.split(',').map(Number);

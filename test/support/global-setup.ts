@@ -8,7 +8,7 @@ import { openPostgres } from '../../src/db/database.js';
 import { migrate } from '../../src/db/migrate.js';
 import { databaseUrl, TEST_POSTGRES_URL, TEST_REDIS_URL } from './env.js';
 import { deleteKeysWithPrefix } from './redis-keys.js';
-import { startRedisCluster, startSentinelGroup, TEST_PORTS } from './redis-topologies.js';
+import { SHARED_NODE_TIMEOUT_MS, startRedisCluster, startSentinelGroup, TEST_PORTS } from './redis-topologies.js';
 
 /**
  * Once per run: dist/ built, and a fresh, migrated template database. Each test file clones it (fast, and
@@ -30,7 +30,10 @@ export default async function setup(project: TestProject) {
   } finally {
     await db.close();
   }
-  const started = await Promise.allSettled([startRedisCluster(TEST_PORTS.cluster), startSentinelGroup(TEST_PORTS.sentinelRedis, TEST_PORTS.sentinels)]);
+  const started = await Promise.allSettled([
+    startRedisCluster(TEST_PORTS.cluster, SHARED_NODE_TIMEOUT_MS),
+    startSentinelGroup(TEST_PORTS.sentinelRedis, TEST_PORTS.sentinels, undefined, SHARED_NODE_TIMEOUT_MS),
+  ]);
   const [cluster, sentinel] = started.map((s) => (s.status === 'fulfilled' ? s.value : null));
   if (!cluster || !sentinel) {
     await Promise.all([cluster?.stop(), sentinel?.stop()]);

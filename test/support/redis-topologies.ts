@@ -34,8 +34,14 @@ export const TEST_PORTS = {
   failoverSentinels: PORT_BASE + 19_310,
 };
 
-/** Fast failovers: a master is declared failed after this long without answers. */
+/** Fast failovers: a master is declared failed after this long without answers (the failover tests' own topologies). */
 export const NODE_TIMEOUT_MS = 1_000;
+/**
+ * The topologies every other test shares: no test kills their nodes, and a loaded machine
+ * (a whole suite on two cores) can leave a node unanswered for a second, which with
+ * NODE_TIMEOUT_MS would fail it over under the tests' feet.
+ */
+export const SHARED_NODE_TIMEOUT_MS = 15_000;
 
 export interface RedisNode {
   port: number;
@@ -123,7 +129,7 @@ async function stopPids(dir: string, ports: number[]): Promise<void> {
  * (`redis-cli --cluster create … --cluster-replicas 1`), ready when every node says
  * cluster_state:ok and every replica is in sync with its master.
  */
-export async function startRedisCluster(basePort: number): Promise<RedisTopology> {
+export async function startRedisCluster(basePort: number, nodeTimeoutMs = NODE_TIMEOUT_MS): Promise<RedisTopology> {
   const dir = await mkdtemp(path.join(tmpdir(), 'pvg-cluster-'));
   const ports = [0, 1, 2, 3, 4, 5].map((i) => basePort + i);
   const topology: RedisTopology = {
@@ -140,7 +146,7 @@ export async function startRedisCluster(basePort: number): Promise<RedisTopology
         startServer(dir, port, [
           '--cluster-enabled', 'yes',
           '--cluster-config-file', path.join(dir, `nodes-${port}.conf`),
-          '--cluster-node-timeout', String(NODE_TIMEOUT_MS),
+          '--cluster-node-timeout', String(nodeTimeoutMs),
           // A replica takes over however long it was apart from its master (tests kill masters at will).
           '--cluster-replica-validity-factor', '0',
         ]),
@@ -173,7 +179,7 @@ export async function startRedisCluster(basePort: number): Promise<RedisTopology
  * sentinelBase…+2 (quorum two) that fail over after NODE_TIMEOUT_MS without answers. Each
  * sentinel gets a writable config file (Sentinel rewrites it).
  */
-export async function startSentinelGroup(basePort: number, sentinelBase: number, masterName = 'pvgmaster'): Promise<RedisTopology> {
+export async function startSentinelGroup(basePort: number, sentinelBase: number, masterName = 'pvgmaster', nodeTimeoutMs = NODE_TIMEOUT_MS): Promise<RedisTopology> {
   const dir = await mkdtemp(path.join(tmpdir(), 'pvg-sentinel-'));
   const [masterPort, replicaPort] = [basePort, basePort + 1];
   const sentinelPorts = [0, 1, 2].map((i) => sentinelBase + i);
@@ -196,7 +202,7 @@ export async function startSentinelGroup(basePort: number, sentinelBase: number,
         conf,
         [
           `sentinel monitor ${masterName} 127.0.0.1 ${masterPort} 2`,
-          `sentinel down-after-milliseconds ${masterName} ${NODE_TIMEOUT_MS}`,
+          `sentinel down-after-milliseconds ${masterName} ${nodeTimeoutMs}`,
           `sentinel failover-timeout ${masterName} 5000`,
           `sentinel parallel-syncs ${masterName} 1`,
           '',
