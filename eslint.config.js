@@ -17,6 +17,8 @@ export default tseslint.config(
       // Implementations of Promise-returning interfaces stay `async` without awaiting, so a
       // throw inside them is a rejection like everywhere else.
       '@typescript-eslint/require-await': 'off',
+      // An iterator's throw(error) passes on what it was given, whatever its type.
+      '@typescript-eslint/prefer-promise-reject-errors': ['error', { allowThrowingUnknown: true }],
     },
   },
   {

@@ -5,7 +5,7 @@ import { LRUCache } from 'lru-cache';
  * first), optionally with a lifetime per entry. An expired entry is never answered, and is
  * dropped when read.
  */
-export interface LruOptions<K extends {}, V extends {}> {
+export interface LruOptions<K extends NonNullable<unknown>, V extends NonNullable<unknown>> {
   /** Bound on entries: a flood of distinct keys must not grow memory. */
   max: number;
   /**
@@ -19,7 +19,7 @@ export interface LruOptions<K extends {}, V extends {}> {
   onEvict?: (value: V, key: K) => void;
 }
 
-export function lruCache<K extends {}, V extends {}>(opts: LruOptions<K, V>): LRUCache<K, V> {
+export function lruCache<K extends NonNullable<unknown>, V extends NonNullable<unknown>>(opts: LruOptions<K, V>): LRUCache<K, V> {
   const { onEvict } = opts;
   return new LRUCache<K, V>({
     max: opts.max,

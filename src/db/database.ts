@@ -62,7 +62,7 @@ export async function openPostgres(url: string, opts: OpenOptions = {}): Promise
 
 function withQueryListener(prisma: PrismaClient<'query'>, onQuery: (sql: string) => void): PrismaClient {
   prisma.$on('query', (event) => onQuery(event.query));
-  return prisma as unknown as PrismaClient;
+  return prisma;
 }
 
 export async function openEmbedded(dataDir: string): Promise<Database> {

@@ -3,6 +3,7 @@ import {
   type ExecutionResult,
   getOperationAST,
   GraphQLError,
+  OperationTypeNode,
   type GraphQLSchema,
   type Source,
 } from 'graphql';
@@ -62,7 +63,7 @@ export class PreparedQueries {
   remember(query: string, operationName: string | null, document: DocumentNode): void {
     if (query.length > MAX_PREPARED_QUERY_LENGTH) return;
     const type = getOperationAST(document, operationName)?.operation;
-    if (type !== 'query' && type !== 'mutation') return;
+    if (type !== OperationTypeNode.QUERY && type !== OperationTypeNode.MUTATION) return;
     const key = keyOf(query, operationName);
     if (this.entries.has(key)) return;
     this.entries.set(key, {
@@ -152,7 +153,7 @@ export function useLearnPreparedQueries(
       // Yoga's initial context (YogaInitialContext.params) is part of every operation's context.
       const { params } = args.contextValue;
       if (typeof params?.query !== 'string') return;
-      prepared.remember(params.query, params.operationName ?? null, args.document);
+      prepared.remember(params.query, params.operationName ?? null, args.document as DocumentNode);
     },
   };
 }

@@ -129,7 +129,7 @@ export function createPreparedQueryPath(opts: PreparedQueryPathOptions): Prepare
 
     if (result.errors?.length || result.extensions) {
       // Yoga's own formatting: status code by error kind, internals stripped.
-      const response = await processRegularResult(result, yoga.fetchAPI, mediaType);
+      const response = processRegularResult(result, yoga.fetchAPI, mediaType);
       const out = headersOf(response);
       if (origin !== undefined) Object.assign(out, corsHeaders(headers));
       res.writeHead(response.status, out).end(await response.text());
@@ -153,7 +153,7 @@ export function createPreparedQueryPath(opts: PreparedQueryPathOptions): Prepare
     if (!refusal) {
       const errors = [unauthenticated(failure)];
       refusal = (async () => {
-        const response = await processRegularResult({ errors }, yoga.fetchAPI, mediaType);
+        const response = processRegularResult({ errors }, yoga.fetchAPI, mediaType);
         return { status: response.status, headers: headersOf(response), body: await response.text(), errors };
       })();
       refusal.catch(() => refusals.delete(key)); // not kept if it failed: the next one retries
@@ -218,7 +218,7 @@ function graphqlParamsOf(raw: Buffer): PreparedParams | null {
   if (variables != null && (typeof variables !== 'object' || Array.isArray(variables))) return null;
   // Extensions (persisted-query hashes and the like) are Yoga's to interpret.
   if (extensions != null) return null;
-  return { query, operationName: (operationName as string | null | undefined) ?? null, variables: (variables as Record<string, unknown> | null) ?? undefined };
+  return { query, operationName: (operationName) ?? null, variables: (variables as Record<string, unknown> | null) ?? undefined };
 }
 
 /** Exactly the test Yoga's JSON body parser applies (graphql-yoga request-parser/utils.js). */

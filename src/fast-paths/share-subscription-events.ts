@@ -6,6 +6,7 @@ import {
   type ExecutionResult,
   getOperationAST,
   GraphQLError,
+  OperationTypeNode,
 } from 'graphql';
 import type { Plugin } from 'graphql-yoga';
 import type { RequestContext, SubscriptionSink } from '../graphql/context.js';
@@ -49,10 +50,11 @@ export function useShareSubscriptionEvents(masker: ErrorMasker): Plugin<RequestC
 
   return {
     onSubscribe({ subscribeFn, setSubscribeFn }) {
-      const fallback = subscribeFn;
+      // Envelop types the subscribe function loosely (any); its answer is passed on as it is.
+      const fallback = subscribeFn as (args: ExecutionArgs) => unknown;
       setSubscribeFn(((args: ExecutionArgs) => {
         const operation = getOperationAST(args.document, args.operationName);
-        if (!operation || operation.operation !== 'subscription') return fallback(args);
+        if (!operation || operation.operation !== OperationTypeNode.SUBSCRIPTION) return fallback(args);
         const ctx = args.contextValue as RequestContext | undefined;
         // Masked once per shared result (see useMaskErrors), not once per subscriber.
         const mask = (result: ExecutionResult): ExecutionResult => masker.maskResult(result, ctx?.requestId);
@@ -70,7 +72,7 @@ export function useShareSubscriptionEvents(masker: ErrorMasker): Plugin<RequestC
         const executeEvent = (event: unknown): Result => {
           if (typeof event !== 'object' || event === null) return run(event);
           let perEvent = results.get(event);
-          if (!perEvent) results.set(event, (perEvent = new Map()));
+          if (!perEvent) results.set(event, (perEvent = new Map<string, Result>()));
           let result = perEvent.get(key);
           if (!result) perEvent.set(key, (result = run(event)));
           return result;
@@ -216,7 +218,7 @@ function sinkEvents(
 }
 
 function isAsyncIterable(value: unknown): value is AsyncIterable<unknown> {
-  return typeof Object(value)[Symbol.asyncIterator] === 'function';
+  return typeof (Object(value) as Partial<AsyncIterable<unknown>>)[Symbol.asyncIterator] === 'function';
 }
 
 function isPromiseLike<T>(value: unknown): value is PromiseLike<T> {

@@ -29,7 +29,7 @@ export const builder = new SchemaBuilder<{
     onUnusedQuery: null,
   },
   zod: {
-    validationError: (error) => zodToUserInputError(error as ZodError),
+    validationError: (error) => zodToUserInputError(error),
   },
 });
 

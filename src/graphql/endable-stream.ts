@@ -65,7 +65,6 @@ export function endableStream(results: AsyncIterable<ExecutionResult>, onFinishe
           if (waiting !== resolve) return;
           waiting = null;
           close();
-          // eslint-disable-next-line @typescript-eslint/prefer-promise-reject-errors -- the source's own rejection, passed on as it is
           reject(error);
         },
       );
@@ -84,7 +83,6 @@ export function endableStream(results: AsyncIterable<ExecutionResult>, onFinishe
     },
     throw: (error: unknown) => {
       close();
-      // eslint-disable-next-line @typescript-eslint/prefer-promise-reject-errors -- rejects with what it was given, as an async generator's throw() does
       return endSource().then(() => Promise.reject(error));
     },
     [Symbol.asyncIterator]() {

@@ -12,7 +12,7 @@ export const nodeName = z
   .trim()
   .min(1, 'must not be empty')
   .max(100, 'must be at most 100 characters')
-  .refine((v) => !/[\u0000-\u001f\u007f]/.test(v), 'must not contain control characters');
+  .refine((v) => !/\p{Cc}/u.test(v), 'must not contain control characters');
 
 /** A host name or IP literal in its stored form (the rule: proxmox/host-name.ts); IPv6 without brackets. */
 export const nodeHost = z.string().transform((v, ctx) => {

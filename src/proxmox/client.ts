@@ -952,6 +952,6 @@ export class ProxmoxClient {
       const where = issue ? `${issue.path.join('.') || '(root)'}: ${issue.message}` : 'invalid';
       throw new ProxmoxApiError(`Proxmox returned an unexpected response for ${p} (${where}).`, raw.status, { path: p });
     }
-    return data.data as z.output<S>;
+    return data.data;
   }
 }

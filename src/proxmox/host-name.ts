@@ -47,7 +47,7 @@ export function isDnsName(name: string): boolean {
 
 /** An internationalised name as A-labels, or null (domainToASCII also reads `0x7f.1` as an address: only non-ASCII input goes to it). */
 function toALabels(name: string): string | null {
-  if (/^[\x00-\x7f]*$/.test(name)) return null;
+  if (/^\p{ASCII}*$/u.test(name)) return null;
   const ascii = domainToASCII(name);
   return ascii !== '' && isDnsName(ascii) ? ascii : null;
 }

@@ -27,7 +27,7 @@ const num: Decoder<number> = (v) => {
   return undefined;
 };
 const str: Decoder<string> = (v) => (typeof v === 'string' ? v : undefined);
-const strings: Decoder<string[]> = (v) => (Array.isArray(v) && v.every((s) => typeof s === 'string') ? (v as string[]) : undefined);
+const strings: Decoder<string[]> = (v) => (Array.isArray(v) && v.every((s) => typeof s === 'string') ? (v) : undefined);
 /** '' (none) or a number. */
 const optionalNum: Decoder<number | null> = (v) => (v === '' ? null : num(v));
 
@@ -74,7 +74,7 @@ export type RefreshReply =
   | { status: 'ok'; changed: boolean; version: number; refreshedAt: number; expiresAt: number; reservedFlat: string[] };
 export function decodeRefresh(reply: unknown): RefreshReply {
   const expected = "['OK', changed, version, refreshedAt, expiresAt, reservations] | ['STALE', version] | ['GONE']";
-  const head = Array.isArray(reply) ? reply[0] : undefined;
+  const head: unknown = Array.isArray(reply) ? reply[0] : undefined;
   if (head === 'GONE' && (reply as unknown[]).length === 1) return { status: 'gone' };
   if (head === 'STALE') {
     const [, version] = must('refresh', expected, reply, tuple(reply, [str, num]));

@@ -402,10 +402,12 @@ export class RedisVmidStore implements VmidStore {
   /** Seeds the space first when it lost its mark, so a version read never goes backwards. */
   async state(nodeId: string) {
     const read = () => this.run(() => this.redis.hmget(keys(nodeId).state, 'version', 'epoch', 'deleted', 'seeded'));
-    let [version, epoch, deleted, seeded] = await read();
-    if (seeded === null) {
+    const first = await read();
+    let [version, epoch, deleted] = first;
+    if (first[3] === null) {
+      // Not seeded: seed, then read what the seeding left.
       await this.seed({ id: nodeId, userId: nodeId, spaceId: nodeId });
-      [version, epoch, deleted, seeded] = await read();
+      [version, epoch, deleted] = await read();
     }
     return { version: Number(version ?? 0), epoch: Number(epoch ?? 0), deleted: deleted === '1' };
   }

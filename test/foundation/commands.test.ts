@@ -194,8 +194,8 @@ describe('npm start in embedded mode (no DATABASE_URL, no REDIS_URL)', () => {
       children.push(child);
       let stdout = '';
       let stderr = '';
-      child.stdout!.on('data', (d: Buffer) => (stdout += d.toString()));
-      child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+      child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+      child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
       const code = await new Promise<number | null>((resolve) => child.once('exit', (c) => resolve(c)));
       expect(code).toBe(1);
       expect(stderr.trim()).toBe(`pvegraph: failed to start: 127.0.0.1:${port} is in use by another process (set PORT or HOST)`);

@@ -104,8 +104,8 @@ describe('graceful shutdown on SIGTERM', () => {
     });
     child = server;
     let out = '';
-    server.stdout!.on('data', (d: Buffer) => (out += d.toString()));
-    server.stderr!.on('data', (d: Buffer) => (out += d.toString()));
+    server.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    server.stderr.on('data', (d: Buffer) => (out += d.toString()));
     const exited = new Promise<number | null>((resolve) => server.once('exit', (code) => resolve(code)));
     await expect.poll(() => /(http:\/\/127\.0\.0\.1:\d+)\/graphql/.test(out), { timeout: 30_000 }).toBe(true);
     const url = /(http:\/\/127\.0\.0\.1:\d+)\/graphql/.exec(out)![1]!;

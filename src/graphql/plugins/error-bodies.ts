@@ -11,18 +11,19 @@ import type { RequestContext } from '../context.js';
  */
 export function useErrorBodies(): Plugin<RequestContext> {
   return {
-    async onResponse({ request, response, setResponse, fetchAPI }) {
+    onResponse(payload) {
+      const { request, response, fetchAPI } = payload;
       if (response.status !== 415 || response.body !== null) return;
       const error = new GraphQLError('Unsupported media type: send the request as application/json.', {
         extensions: { code: 'BAD_REQUEST', http: { status: 415 } },
       });
       const mediaType = /application\/graphql-response\+json/i.test(request.headers.get('accept') ?? '') ? 'application/graphql-response+json' : 'application/json';
-      const answer = await processRegularResult({ errors: [error] }, fetchAPI, mediaType);
+      const answer = processRegularResult({ errors: [error] }, fetchAPI, mediaType);
       // Yoga's CORS headers, if any, stay.
       response.headers.forEach((value, name) => {
         if (name !== 'content-type' && name !== 'content-length') answer.headers.set(name, value);
       });
-      setResponse(answer);
+      payload.setResponse(answer);
     },
   };
 }

@@ -14,9 +14,9 @@ export interface ErrorMasker {
    * as INTERNAL_SERVER_ERROR, so a database or driver message never reaches a client.
    * Idempotent: an error this masker returned comes back unchanged (and is not logged again).
    */
-  mask(error: unknown, requestId?: string): GraphQLError;
+  mask: (error: unknown, requestId?: string) => GraphQLError;
   /** The result with every error masked (the same object when it has none). */
-  maskResult(result: ExecutionResult, requestId?: string): ExecutionResult;
+  maskResult: (result: ExecutionResult, requestId?: string) => ExecutionResult;
 }
 
 export function createErrorMasker(log: Logger): ErrorMasker {
@@ -106,7 +106,9 @@ export function useMaskErrors(masker: ErrorMasker): Plugin<RequestContext> {
         },
       };
     },
-    onResultProcess({ result, setResult, serverContext }) {
+    onResultProcess(payload) {
+      const { result, serverContext } = payload;
+      const setResult = (r: typeof result) => payload.setResult(r);
       if (Symbol.asyncIterator in result) return; // streams: masked per event above
       const requestId = (serverContext as { requestId?: string } | undefined)?.requestId;
       setResult(Array.isArray(result) ? result.map((r) => maskResult(r, requestId)) : maskResult(result as ExecutionResult, requestId));
@@ -153,7 +155,7 @@ function asVariableError(error: GraphQLError): GraphQLError | null {
  * headers (e.g. `Allow: POST` on a 405), answer BAD_REQUEST, drop the quote.
  */
 function asRequestError(error: GraphQLError): GraphQLError | null {
-  const http = error.extensions?.http as { status?: number; headers?: Record<string, string> } | undefined;
+  const http = error.extensions?.http;
   const status = http?.status ?? 0;
   const yogaCode = error.extensions?.code;
   const isRequestError =

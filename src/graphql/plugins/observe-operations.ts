@@ -1,4 +1,4 @@
-import { getOperationAST, type GraphQLError } from 'graphql';
+import { type DocumentNode, getOperationAST, type GraphQLError } from 'graphql';
 import type { Plugin } from 'graphql-yoga';
 import type { Metrics } from '../../observability/metrics.js';
 import type { RequestContext } from '../context.js';
@@ -12,11 +12,12 @@ export function useObserveOperations(metrics: Metrics): Plugin<RequestContext> {
   return {
     onExecute({ args }) {
       const started = performance.now();
-      const type = getOperationAST(args.document, args.operationName)?.operation ?? 'unknown';
+      const operationName = (args.operationName as string | null | undefined) ?? null;
+      const type = getOperationAST(args.document as DocumentNode, operationName)?.operation ?? 'unknown';
       return {
         onExecuteDone({ result }) {
           if (!('errors' in result) && !('data' in result)) return; // incremental delivery: not used here
-          recordOperation(metrics, args.contextValue, { type, operationName: args.operationName ?? null, errors: result.errors, started });
+          recordOperation(metrics, args.contextValue, { type, operationName, errors: result.errors, started });
         },
       };
     },
@@ -45,7 +46,7 @@ export function recordOperation(
   const errors = op.errors ?? [];
   const seconds = (performance.now() - op.started) / 1000;
   metrics.graphqlOperations.observe({ type: op.type, outcome: errors.length ? 'error' : 'ok' }, seconds);
-  const codes = errors.map((e) => String(e.extensions?.code ?? 'INTERNAL_SERVER_ERROR'));
+  const codes = errors.map((e) => (typeof e.extensions?.code === 'string' ? e.extensions.code : 'INTERNAL_SERVER_ERROR'));
   for (const code of codes) metrics.graphqlErrors.inc({ code });
   // Checked first: the line's object would be built per operation even at LOG_LEVEL=warn.
   if (!ctx.log.isLevelEnabled('info')) return;

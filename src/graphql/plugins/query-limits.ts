@@ -51,7 +51,8 @@ export function useQueryLimits(limits: QueryLimits, opts: { fieldSuggestions: bo
     blockFieldSuggestion: { enabled: !opts.fieldSuggestions },
   }) as Plugin<RequestContext>;
   const depthBeforeCost: Plugin<RequestContext> = {
-    onValidate: () => ({ result, setResult }) => {
+    onValidate: () => ({ result: errors, setResult }) => {
+      const result = errors as readonly GraphQLError[];
       if (result.some((e) => e.extensions?.['limit'] === 'maxDepth')) setResult(result.filter((e) => e.extensions?.['limit'] !== 'maxCost'));
     },
   };

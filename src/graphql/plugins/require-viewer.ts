@@ -1,4 +1,4 @@
-import { type DocumentNode, Kind, type OperationDefinitionNode } from 'graphql';
+import { type DocumentNode, Kind, type OperationDefinitionNode, OperationTypeNode } from 'graphql';
 import type { Plugin } from 'graphql-yoga';
 import { UnauthenticatedError } from '../../errors.js';
 import type { RequestContext } from '../context.js';
@@ -15,11 +15,11 @@ export function useRequireViewer(): Plugin<RequestContext> {
   };
   return {
     onExecute({ args, setResultAndStopExecution }) {
-      const error = check(args.document, args.operationName, args.contextValue);
+      const error = check(args.document as DocumentNode, args.operationName as string | null | undefined, args.contextValue);
       if (error) setResultAndStopExecution({ errors: [error] });
     },
     onSubscribe({ args, setResultAndStopExecution }) {
-      const error = check(args.document, args.operationName, args.contextValue);
+      const error = check(args.document as DocumentNode, args.operationName as string | null | undefined, args.contextValue);
       if (error) setResultAndStopExecution({ errors: [error] });
     },
   };
@@ -36,7 +36,7 @@ export function unauthenticated(failure: RequestContext['authFailure']): Unauthe
 export function isIntrospectionOnly(document: DocumentNode, operationName: string | null | undefined): boolean {
   const operations = document.definitions.filter((d): d is OperationDefinitionNode => d.kind === Kind.OPERATION_DEFINITION);
   const operation = operationName ? operations.find((o) => o.name?.value === operationName) : operations[0];
-  if (!operation || operation.operation !== 'query') return false;
+  if (!operation || operation.operation !== OperationTypeNode.QUERY) return false;
   // Conservative: fragments at the root count as "not introspection".
   return operation.selectionSet.selections.every((s) => s.kind === Kind.FIELD && s.name.value.startsWith('__'));
 }
