@@ -4,7 +4,17 @@ import js from '@eslint/js';
 import tseslint from 'typescript-eslint';
 
 export default tseslint.config(
-  { ignores: ['node_modules/', 'dist/', 'coverage/', '.data/', 'src/db/generated/', 'test/gql/', '.dependency-cruiser.cjs'] },
+  {
+    ignores: [
+      'node_modules/',
+      'dist/',
+      'coverage/',
+      '.data/',
+      'src/db/generated/',
+      'test/gql/',
+      '.dependency-cruiser.cjs',
+    ],
+  },
   js.configs.recommended,
   ...tseslint.configs.recommendedTypeChecked,
   {
@@ -13,7 +23,10 @@ export default tseslint.config(
     },
     rules: {
       // `_`-prefixed names are deliberately unused (placeholders in signatures and destructuring).
-      '@typescript-eslint/no-unused-vars': ['error', { argsIgnorePattern: '^_', varsIgnorePattern: '^_', caughtErrors: 'none' }],
+      '@typescript-eslint/no-unused-vars': [
+        'error',
+        { argsIgnorePattern: '^_', varsIgnorePattern: '^_', caughtErrors: 'none' },
+      ],
       // Implementations of Promise-returning interfaces stay `async` without awaiting, so a
       // throw inside them is a rejection like everywhere else.
       '@typescript-eslint/require-await': 'off',

@@ -20,7 +20,12 @@ declare module 'autocannon' {
     body?: string;
     /** Called before each send of this request: returns what to send (bodies that vary). */
     setupRequest?: (req: Request, context: Record<string, unknown>) => Request;
-    onResponse?: (status: number, body: string, context: Record<string, unknown>, headers: Record<string, string>) => void;
+    onResponse?: (
+      status: number,
+      body: string,
+      context: Record<string, unknown>,
+      headers: Record<string, string>,
+    ) => void;
   }
   export interface Options {
     url: string;

@@ -26,7 +26,10 @@ async function verify(header: string | undefined): Promise<string | null> {
   const hit = tokens.get(hash);
   const t = Date.now();
   if (hit && hit.expiresAt > t) return hit.userId;
-  const { rows } = await db.query<{ user_id: string }>('SELECT user_id FROM api_tokens WHERE token_hash = $1 AND revoked_at IS NULL', [hash]);
+  const { rows } = await db.query<{ user_id: string }>(
+    'SELECT user_id FROM api_tokens WHERE token_hash = $1 AND revoked_at IS NULL',
+    [hash],
+  );
   if (!rows[0]) return null;
   tokens.set(hash, { userId: rows[0].user_id, expiresAt: t + TTL });
   return rows[0].user_id;
@@ -38,7 +41,9 @@ async function spaceOf(nodeId: string): Promise<string> {
   const t = Date.now();
   const hit = spaces.get(nodeId);
   if (hit && hit.expiresAt > t) return hit.space;
-  const { rows } = await db.query<{ cluster_id: string | null }>('SELECT cluster_id FROM proxmox_nodes WHERE id = $1', [nodeId]);
+  const { rows } = await db.query<{ cluster_id: string | null }>('SELECT cluster_id FROM proxmox_nodes WHERE id = $1', [
+    nodeId,
+  ]);
   const space = rows[0]?.cluster_id ?? nodeId;
   spaces.set(nodeId, { space, expiresAt: t + TTL });
   return space;
@@ -64,7 +69,12 @@ const server = createServer((req, res) => {
           .exec()) as [[unknown, string[]], [unknown, string | null]];
         const taken = members.map(Number).sort((a, b) => a - b);
         const out = JSON.stringify({ data: { vmidsTaken: { taken, reserved: [], version: Number(version ?? 0) } } });
-        res.writeHead(200, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(out) }).end(out);
+        res
+          .writeHead(200, {
+            'content-type': 'application/json; charset=utf-8',
+            'content-length': Buffer.byteLength(out),
+          })
+          .end(out);
       } catch (err) {
         res.writeHead(500).end(String(err));
       }

@@ -20,26 +20,59 @@ const N = Number(process.env.N ?? 10000);
 const pushes = new Set<Push<unknown>>();
 const viewer = { userId: 'u1', userName: 'x', tokenId: 't' };
 const services: any = {
-  vmids: { subscribeNode: () => new EventStream<unknown>((push, stop) => { pushes.add(push); push({ nodeId: 'n1', kind: 'SYNC', version: 1, at: new Date(), vmids: null }); return stop.then(() => pushes.delete(push)); }) },
+  vmids: {
+    subscribeNode: () =>
+      new EventStream<unknown>((push, stop) => {
+        pushes.add(push);
+        push({ nodeId: 'n1', kind: 'SYNC', version: 1, at: new Date(), vmids: null });
+        return stop.then(() => pushes.delete(push));
+      }),
+  },
   nodes: { ref: async () => ({ id: 'n1', userId: 'u1' }) },
   auth: { verify: async () => viewer, verifyCached: () => viewer },
 };
 const log = pino({ level: 'warn' });
 const metrics = new Metrics();
 services.metrics = metrics;
-const yoga = createPvegraphYoga({ services, authenticate: createAuthenticate(services.auth), log, metrics, masker: createErrorMasker(log), graphiql: false, introspection: false, maxRequestBodyBytes: 1e6, maxSubscriptionsPerUser: 1e6 });
+const yoga = createPvegraphYoga({
+  services,
+  authenticate: createAuthenticate(services.auth),
+  log,
+  metrics,
+  masker: createErrorMasker(log),
+  graphiql: false,
+  introspection: false,
+  maxRequestBodyBytes: 1e6,
+  maxSubscriptionsPerUser: 1e6,
+});
 
 const server = makeServer<Record<string, unknown>, { viewer: typeof viewer }>({
-  onConnect: (ctx) => { ctx.extra.viewer = viewer; return true; },
+  onConnect: (ctx) => {
+    ctx.extra.viewer = viewer;
+    return true;
+  },
   onSubscribe: async (ctx, id, payload) => {
     // As src/http/graphql-ws-server.ts with the fast paths on: events are written through the operation's sink (graphql-ws-sink.ts).
     const head = `{"id":${JSON.stringify(id)},"type":"next","payload":`;
     const sink = { next: (serialized: string) => count(`${head}${serialized}}`) };
-    const { schema, execute, subscribe, contextFactory, parse, validate } = yoga.getEnveloped({ ...ctx, params: payload, tokenCheck: { kind: 'viewer', viewer: ctx.extra.viewer }, requestId: 'r', sink } as any);
+    const { schema, execute, subscribe, contextFactory, parse, validate } = yoga.getEnveloped({
+      ...ctx,
+      params: payload,
+      tokenCheck: { kind: 'viewer', viewer: ctx.extra.viewer },
+      requestId: 'r',
+      sink,
+    } as any);
     const document = parse(payload.query);
     const errors = validate(schema, document);
     if (errors.length) return errors as GraphQLError[];
-    return { schema, operationName: payload.operationName, document, variableValues: payload.variables, contextValue: await contextFactory(), rootValue: { execute, subscribe } };
+    return {
+      schema,
+      operationName: payload.operationName,
+      document,
+      variableValues: payload.variables,
+      contextValue: await contextFactory(),
+      rootValue: { execute, subscribe },
+    };
   },
   execute: (args) => (args.rootValue as any).execute(args),
   subscribe: (args) => (args.rootValue as any).subscribe(args),
@@ -54,12 +87,27 @@ function count(data: string) {
 const q = JSON.stringify({ query: 'subscription($n:ID){vmidEvents(nodeId:$n){kind version}}', variables: { n: 'n1' } });
 for (let i = 0; i < N; i++) {
   let onMessage!: (data: string) => Promise<void>;
-  server.opened({ protocol: 'graphql-transport-ws', send: (data: string) => count(data), close: () => {}, onMessage: (cb) => { onMessage = cb; } }, { viewer });
+  server.opened(
+    {
+      protocol: 'graphql-transport-ws',
+      send: (data: string) => count(data),
+      close: () => {},
+      onMessage: (cb) => {
+        onMessage = cb;
+      },
+    },
+    { viewer },
+  );
   await onMessage(JSON.stringify({ type: 'connection_init', payload: {} }));
   void onMessage(`{"id":"s${i}","type":"subscribe","payload":${q}}`);
 }
-const wait = (n: number) => new Promise<void>((r) => { target = n; done = r; if (nexts >= n) r(); });
-setTimeout(() => console.log("nexts", nexts, "pushes", pushes.size), 3000).unref();
+const wait = (n: number) =>
+  new Promise<void>((r) => {
+    target = n;
+    done = r;
+    if (nexts >= n) r();
+  });
+setTimeout(() => console.log('nexts', nexts, 'pushes', pushes.size), 3000).unref();
 await wait(N); // SYNCs
 const __x = 0;
 for (let round = 0; round < 6; round++) {
@@ -68,6 +116,8 @@ for (let round = 0; round < 6; round++) {
   const event = { nodeId: 'n1', kind: 'INVALIDATED', version: 2 + round, at: new Date(), vmids: null };
   for (const push of pushes) push(event);
   await got;
-  console.log(`round ${round}: ${N} deliveries in ${(performance.now() - t).toFixed(1)} ms (${(((performance.now() - t) * 1000) / N).toFixed(2)} µs each)`);
+  console.log(
+    `round ${round}: ${N} deliveries in ${(performance.now() - t).toFixed(1)} ms (${(((performance.now() - t) * 1000) / N).toFixed(2)} µs each)`,
+  );
 }
 process.exit(0);

@@ -74,7 +74,9 @@ export interface ServerEnv {
  * the bench runs the server exactly as a deployment does.
  */
 export const START_NODE_ARGS: string[] = (() => {
-  const pkg = JSON.parse(readFileSync(path.join(SERVER_ROOT, 'package.json'), 'utf8')) as { scripts: { start: string } };
+  const pkg = JSON.parse(readFileSync(path.join(SERVER_ROOT, 'package.json'), 'utf8')) as {
+    scripts: { start: string };
+  };
   const match = /^node\s+(.*?)\s*dist\/main\.js$/.exec(pkg.scripts.start);
   if (!match) throw new Error(`bench: cannot read the node flags of "npm start": ${pkg.scripts.start}`);
   return match[1]!.split(/\s+/).filter(Boolean);
@@ -126,11 +128,24 @@ export async function spawnServer(env: ServerEnv, name = 'server'): Promise<Serv
     if (Date.now() > deadline) throw new Error(`${name} did not start in 30 s: ${err}`);
     await sleep(100);
   }
-  return { child, port, url, graphqlUrl: `${url}/graphql`, wsUrl: `ws://127.0.0.1:${port}/graphql`, pid: child.pid!, stderr: () => err };
+  return {
+    child,
+    port,
+    url,
+    graphqlUrl: `${url}/graphql`,
+    wsUrl: `ws://127.0.0.1:${port}/graphql`,
+    pid: child.pid!,
+    stderr: () => err,
+  };
 }
 
 /** A TypeScript child with IPC (subscriber fleets, baselines). */
-export function forkTs(file: string, args: string[] = [], env: Record<string, string> = {}, execArgv: string[] = []): ChildProcess {
+export function forkTs(
+  file: string,
+  args: string[] = [],
+  env: Record<string, string> = {},
+  execArgv: string[] = [],
+): ChildProcess {
   return track(
     fork(path.join(ROOT, file), args, {
       cwd: ROOT,
@@ -198,10 +213,19 @@ export interface GqlResult<T = any> {
   errors?: Array<{ message: string; extensions?: Record<string, unknown> }>;
 }
 
-export async function gql<T = any>(url: string, token: string, query: string, variables: Record<string, unknown> = {}): Promise<GqlResult<T>> {
+export async function gql<T = any>(
+  url: string,
+  token: string,
+  query: string,
+  variables: Record<string, unknown> = {},
+): Promise<GqlResult<T>> {
   const res = await fetch(url, {
     method: 'POST',
-    headers: { 'content-type': 'application/json', accept: 'application/graphql-response+json, application/json', authorization: `Bearer ${token}` },
+    headers: {
+      'content-type': 'application/json',
+      accept: 'application/graphql-response+json, application/json',
+      authorization: `Bearer ${token}`,
+    },
     body: JSON.stringify({ query, variables }),
   });
   return { status: res.status, ...((await res.json()) as object) };
@@ -213,18 +237,33 @@ export async function gql<T = any>(url: string, token: string, query: string, va
  * Request/Response objects), `request` ~0.25 ms, and on two cores that CPU is taken from the
  * server being measured and from the receiving clients.
  */
-export async function gqlVia<T = any>(dispatcher: Dispatcher, url: string, token: string, query: string, variables: Record<string, unknown> = {}): Promise<GqlResult<T>> {
+export async function gqlVia<T = any>(
+  dispatcher: Dispatcher,
+  url: string,
+  token: string,
+  query: string,
+  variables: Record<string, unknown> = {},
+): Promise<GqlResult<T>> {
   const res = await request(url, {
     method: 'POST',
     dispatcher,
-    headers: { 'content-type': 'application/json', accept: 'application/graphql-response+json, application/json', authorization: `Bearer ${token}` },
+    headers: {
+      'content-type': 'application/json',
+      accept: 'application/graphql-response+json, application/json',
+      authorization: `Bearer ${token}`,
+    },
     body: JSON.stringify({ query, variables }),
   });
   return { status: res.statusCode, ...((await res.body.json()) as object) };
 }
 
 /** Like gql but throws on any error. */
-export async function gqlOk<T = any>(url: string, token: string, query: string, variables: Record<string, unknown> = {}): Promise<T> {
+export async function gqlOk<T = any>(
+  url: string,
+  token: string,
+  query: string,
+  variables: Record<string, unknown> = {},
+): Promise<T> {
   const r = await gql<T>(url, token, query, variables);
   if (r.errors?.length || !r.data) throw new Error(`GraphQL error (${r.status}): ${JSON.stringify(r.errors)}`);
   return r.data;
@@ -295,7 +334,11 @@ export interface PacedLoadResult {
 export async function pacedLoad(opts: PacedLoadOptions): Promise<PacedLoadResult> {
   const child = forkTs('bench/paced-load.ts');
   child.send({ type: 'run', opts });
-  const { result } = await nextMessage<{ result: PacedLoadResult }>(child, (m) => m?.type === 'done', opts.seconds * 1000 + 60_000);
+  const { result } = await nextMessage<{ result: PacedLoadResult }>(
+    child,
+    (m) => m?.type === 'done',
+    opts.seconds * 1000 + 60_000,
+  );
   await stopChild(child);
   return result;
 }
@@ -314,7 +357,13 @@ export async function runPacedLoad(opts: PacedLoadOptions): Promise<PacedLoadRes
   const { Pool } = await import('undici');
   const u = new URL(opts.url);
   const pool = new Pool(u.origin, { connections: opts.connections, pipelining: 1 });
-  const request = { origin: u.origin, path: u.pathname, method: 'POST' as const, headers: opts.headers, body: opts.body };
+  const request = {
+    origin: u.origin,
+    path: u.pathname,
+    method: 'POST' as const,
+    headers: opts.headers,
+    body: opts.body,
+  };
   const send: Send = (done) => {
     let status = 0;
     let writtenAt = 0;
@@ -387,7 +436,15 @@ async function paced(send: Send, rate: number, seconds: number): Promise<Omit<Pa
     };
     const timer = setInterval(tick, 1);
   });
-  return { latencies, sendLags, slowDueAt, slowWaitedForConnection, errors, sent, achievedRate: latencies.length / ((now() - start) / 1000) };
+  return {
+    latencies,
+    sendLags,
+    slowDueAt,
+    slowWaitedForConnection,
+    errors,
+    sent,
+    achievedRate: latencies.length / ((now() - start) / 1000),
+  };
 }
 
 /**
@@ -399,7 +456,8 @@ export async function serverVitals(server: ServerChild): Promise<() => Promise<S
   const before = await scrapeMetrics(server);
   return async () => {
     const after = await scrapeMetrics(server);
-    const delta = (name: string, labels: Record<string, string> = {}) => sumSeries(after, name, labels) - sumSeries(before, name, labels);
+    const delta = (name: string, labels: Record<string, string> = {}) =>
+      sumSeries(after, name, labels) - sumSeries(before, name, labels);
     const queries = { type: 'query', outcome: 'ok' };
     return {
       gcMs: delta('pvegraph_nodejs_gc_duration_seconds_sum') * 1000,
@@ -407,7 +465,10 @@ export async function serverVitals(server: ServerChild): Promise<() => Promise<S
       majorGcs: delta('pvegraph_nodejs_gc_duration_seconds_count', { kind: 'major' }),
       // prom-client samples the loop with a 10 ms timer (its default precision) and records the
       // whole gap between ticks, so an idle loop reads 10 ms: what exceeds it was blocked.
-      longestBlockMs: Math.max(0, sumSeries(after, 'pvegraph_nodejs_eventloop_lag_max_seconds') * 1000 - LOOP_SAMPLE_MS),
+      longestBlockMs: Math.max(
+        0,
+        sumSeries(after, 'pvegraph_nodejs_eventloop_lag_max_seconds') * 1000 - LOOP_SAMPLE_MS,
+      ),
       queries: delta('pvegraph_graphql_operation_duration_seconds_count', queries),
       queriesOver10ms:
         delta('pvegraph_graphql_operation_duration_seconds_count', queries) -
@@ -466,7 +527,8 @@ async function scrapeMetrics(server: ServerChild): Promise<Map<string, number>> 
  * minute of the VM from a slow server.
  */
 export function machineSteal(): () => number {
-  const read = () => Number(readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/)[8]) * (1000 / CLOCK_TICKS_PER_SECOND);
+  const read = () =>
+    Number(readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/)[8]) * (1000 / CLOCK_TICKS_PER_SECOND);
   const start = read();
   return () => read() - start;
 }

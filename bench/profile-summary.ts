@@ -40,7 +40,10 @@ console.log(`total sampled ${(total / 1e6).toFixed(2)} s`);
 console.log('\n-- self time by package / file');
 for (const [k, us] of agg((n) => bucket(n.callFrame.url))) console.log(pct(us), k);
 console.log('\n-- self time by function');
-for (const [k, us] of agg((n) => `${n.callFrame.functionName || '(anonymous)'} ${bucket(n.callFrame.url)}:${n.callFrame.lineNumber + 1}`)) console.log(pct(us), k);
+for (const [k, us] of agg(
+  (n) => `${n.callFrame.functionName || '(anonymous)'} ${bucket(n.callFrame.url)}:${n.callFrame.lineNumber + 1}`,
+))
+  console.log(pct(us), k);
 
 // Inclusive time of frames from our own code (src/): what each of our functions costs with callees.
 const parent = new Map<number, number>();
@@ -57,4 +60,8 @@ for (const [id, us] of self) {
   }
 }
 console.log('\n-- inclusive time, top frames');
-for (const [k, us] of [...incl.entries()].filter(([k]) => !k.startsWith('(root)')).sort((a, b) => b[1] - a[1]).slice(0, top)) console.log(pct(us), k);
+for (const [k, us] of [...incl.entries()]
+  .filter(([k]) => !k.startsWith('(root)'))
+  .sort((a, b) => b[1] - a[1])
+  .slice(0, top))
+  console.log(pct(us), k);

@@ -80,7 +80,10 @@ const ADMIN_PG = process.env.BENCH_DATABASE_URL ?? 'postgresql://postgres@127.0.
 const REDIS_URL = process.env.BENCH_REDIS_URL ?? 'redis://127.0.0.1:6379';
 const ALL = [0, 1, 2, 3, 4, 5, 6];
 const selected = (() => {
-  const args = process.argv.slice(2).map(Number).filter((n) => ALL.includes(n));
+  const args = process.argv
+    .slice(2)
+    .map(Number)
+    .filter((n) => ALL.includes(n));
   return args.length ? [...new Set(args)].sort() : ALL;
 })();
 
@@ -94,7 +97,8 @@ function num(name: string, fallback: number): number {
 
 for (const u of [ADMIN_PG, REDIS_URL]) {
   const host = new URL(u).hostname;
-  if (!['127.0.0.1', 'localhost', '::1', '[::1]'].includes(host)) throw new Error(`bench targets loopback only (got ${host})`);
+  if (!['127.0.0.1', 'localhost', '::1', '[::1]'].includes(host))
+    throw new Error(`bench targets loopback only (got ${host})`);
 }
 
 // ------------------------------------------------------------------ results
@@ -112,13 +116,16 @@ const notes = new Map<number, string[]>();
 function row(r: Row) {
   rows.push(r);
   const tag = r.status === '—' ? '    ' : r.status;
-  console.log(`  [${tag}] ${r.metric}: server ${r.server} | baseline ${r.baseline} | ratio ${r.ratio}${r.goal ? ` | goal ${r.goal}` : ''}`);
+  console.log(
+    `  [${tag}] ${r.metric}: server ${r.server} | baseline ${r.baseline} | ratio ${r.ratio}${r.goal ? ` | goal ${r.goal}` : ''}`,
+  );
 }
 function note(s: number, text: string) {
   notes.set(s, [...(notes.get(s) ?? []), text]);
   console.log(`  note: ${text}`);
 }
-const ratio = (a: number, b: number, digits = 2) => (b > 0 && Number.isFinite(a) ? `${(a / b).toFixed(digits)}×` : 'n/a');
+const ratio = (a: number, b: number, digits = 2) =>
+  b > 0 && Number.isFinite(a) ? `${(a / b).toFixed(digits)}×` : 'n/a';
 const ms = (n: number) => `${fmt(n, 2)} ms`;
 /**
  * How a paced run's slow answers cluster: requests due within STALL_GAP_MS of each other count
@@ -188,7 +195,9 @@ async function cleanup() {
   await Promise.allSettled(sims.map((s) => s.stop()));
   await benchCluster?.stop().catch((e: Error) => console.error(`could not stop the bench cluster: ${e.message}`));
   await db?.close().catch(() => undefined);
-  await adminQuery(`DROP DATABASE IF EXISTS "${dbName}" WITH (FORCE)`).catch((e: Error) => console.error(`could not drop ${dbName}: ${e.message}`));
+  await adminQuery(`DROP DATABASE IF EXISTS "${dbName}" WITH (FORCE)`).catch((e: Error) =>
+    console.error(`could not drop ${dbName}: ${e.message}`),
+  );
   const redis = new Redis(REDIS_URL, { lazyConnect: true, maxRetriesPerRequest: 1 });
   try {
     await redis.connect();
@@ -270,7 +279,8 @@ function cannon(opts: Parameters<typeof autocannon>[0]): Promise<Result> {
   return autocannon({ timeout: 10, ...opts });
 }
 function checkCannon(label: string, r: Result) {
-  if (r.errors || r.timeouts || r.non2xx) console.log(`  ! ${label}: errors ${r.errors}, timeouts ${r.timeouts}, non-2xx ${r.non2xx}`);
+  if (r.errors || r.timeouts || r.non2xx)
+    console.log(`  ! ${label}: errors ${r.errors}, timeouts ${r.timeouts}, non-2xx ${r.non2xx}`);
 }
 
 // ------------------------------------------------------------------ scenario 1
@@ -283,12 +293,19 @@ async function scenario1(sim: Simulator) {
   const fromServer = await gqlOk(server.graphqlUrl, token, VMIDS_TAKEN, { n: nodeId }); // warms the cache
 
   const port = await freePort();
-  const baseline = forkTs('bench/baseline-server.ts', [], { PORT: String(port), DATABASE_URL: dbUrl, REDIS_URL, REDIS_KEY_PREFIX: prefix });
+  const baseline = forkTs('bench/baseline-server.ts', [], {
+    PORT: String(port),
+    DATABASE_URL: dbUrl,
+    REDIS_URL,
+    REDIS_KEY_PREFIX: prefix,
+  });
   await nextMessage(baseline, (m) => m?.type === 'listening');
   const baseUrl = `http://127.0.0.1:${port}/graphql`;
   const fromBaseline = await gqlOk(baseUrl, token, VMIDS_TAKEN, { n: nodeId });
   if (JSON.stringify(fromBaseline) !== JSON.stringify(fromServer)) {
-    throw new Error(`baseline answers differently: ${JSON.stringify(fromBaseline).slice(0, 200)} vs ${JSON.stringify(fromServer).slice(0, 200)}`);
+    throw new Error(
+      `baseline answers differently: ${JSON.stringify(fromBaseline).slice(0, 200)} vs ${JSON.stringify(fromServer).slice(0, 200)}`,
+    );
   }
 
   const headers = { 'content-type': 'application/json', authorization: `Bearer ${token}` };
@@ -323,12 +340,50 @@ async function scenario1(sim: Simulator) {
   const avg = (rs: Result[], f: (r: Result) => number) => rs.reduce((a, r) => a + f(r), 0) / rs.length;
   const sRps = avg(s, (r) => r.requests.average);
   const bRps = avg(b, (r) => r.requests.average);
-  row({ scenario: 1, metric: `req/s at ${CONNECTIONS} connections (mean of ${ROUNDS} × ${SECONDS} s)`, server: fmt(sRps, 0), baseline: fmt(bRps, 0), ratio: ratio(sRps, bRps), goal: '≥ 0.6× baseline', status: sRps >= 0.6 * bRps ? 'PASS' : 'MISS' });
+  row({
+    scenario: 1,
+    metric: `req/s at ${CONNECTIONS} connections (mean of ${ROUNDS} × ${SECONDS} s)`,
+    server: fmt(sRps, 0),
+    baseline: fmt(bRps, 0),
+    ratio: ratio(sRps, bRps),
+    goal: '≥ 0.6× baseline',
+    status: sRps >= 0.6 * bRps ? 'PASS' : 'MISS',
+  });
   const meanOf = (xs: number[]) => xs.reduce((a, x) => a + x, 0) / xs.length;
   const [cpuS, cpuB] = [meanOf(cpuPerRequest.server), meanOf(cpuPerRequest.baseline)];
-  row({ scenario: 1, metric: 'CPU time per request (server process, user+system)', server: `${fmt(cpuS, 0)} µs`, baseline: `${fmt(cpuB, 0)} µs`, ratio: ratio(cpuS, cpuB), goal: '', status: '—' });
-  row({ scenario: 1, metric: 'latency p50 at full load', server: ms(avg(s, (r) => r.latency.p50)), baseline: ms(avg(b, (r) => r.latency.p50)), ratio: ratio(avg(s, (r) => r.latency.p50), avg(b, (r) => r.latency.p50)), goal: '', status: '—' });
-  row({ scenario: 1, metric: 'latency p99 at full load', server: ms(avg(s, (r) => r.latency.p99)), baseline: ms(avg(b, (r) => r.latency.p99)), ratio: ratio(avg(s, (r) => r.latency.p99), avg(b, (r) => r.latency.p99)), goal: '', status: '—' });
+  row({
+    scenario: 1,
+    metric: 'CPU time per request (server process, user+system)',
+    server: `${fmt(cpuS, 0)} µs`,
+    baseline: `${fmt(cpuB, 0)} µs`,
+    ratio: ratio(cpuS, cpuB),
+    goal: '',
+    status: '—',
+  });
+  row({
+    scenario: 1,
+    metric: 'latency p50 at full load',
+    server: ms(avg(s, (r) => r.latency.p50)),
+    baseline: ms(avg(b, (r) => r.latency.p50)),
+    ratio: ratio(
+      avg(s, (r) => r.latency.p50),
+      avg(b, (r) => r.latency.p50),
+    ),
+    goal: '',
+    status: '—',
+  });
+  row({
+    scenario: 1,
+    metric: 'latency p99 at full load',
+    server: ms(avg(s, (r) => r.latency.p99)),
+    baseline: ms(avg(b, (r) => r.latency.p99)),
+    ratio: ratio(
+      avg(s, (r) => r.latency.p99),
+      avg(b, (r) => r.latency.p99),
+    ),
+    goal: '',
+    status: '—',
+  });
 
   const rate = Math.max(1, Math.floor(sRps / 2));
   // Whether the host lets the VM run steadily just now: after a second for the servers to
@@ -339,18 +394,41 @@ async function scenario1(sim: Simulator) {
   // figure is kept for reference, but it measures bursts at full speed.
   const vitals = await serverVitals(server);
   const steal = machineSteal();
-  const pacedS = await pacedLoad({ url: server.graphqlUrl, headers, body, rate, seconds: SECONDS, connections: CONNECTIONS });
+  const pacedS = await pacedLoad({
+    url: server.graphqlUrl,
+    headers,
+    body,
+    rate,
+    seconds: SECONDS,
+    connections: CONNECTIONS,
+  });
   const pacedVitals = await vitals();
   const pacedSteal = steal();
   const pacedB = await pacedLoad({ url: baseUrl, headers, body, rate, seconds: SECONDS, connections: CONNECTIONS });
   const ps = dist(pacedS.latencies);
   const pb = dist(pacedB.latencies);
-  row({ scenario: 1, metric: `p99 at half the server's peak: ${rate} req/s open-loop, evenly paced`, server: `${ms(ps.p99)} (p50 ${ms(ps.p50)})`, baseline: `${ms(pb.p99)} (p50 ${ms(pb.p50)})`, ratio: ratio(ps.p99, pb.p99), goal: 'server p99 < 10 ms', status: ps.p99 < 10 && pacedS.errors === 0 ? 'PASS' : 'MISS' });
+  row({
+    scenario: 1,
+    metric: `p99 at half the server's peak: ${rate} req/s open-loop, evenly paced`,
+    server: `${ms(ps.p99)} (p50 ${ms(ps.p50)})`,
+    baseline: `${ms(pb.p99)} (p50 ${ms(pb.p50)})`,
+    ratio: ratio(ps.p99, pb.p99),
+    goal: 'server p99 < 10 ms',
+    status: ps.p99 < 10 && pacedS.errors === 0 ? 'PASS' : 'MISS',
+  });
   const hs = await run(server.graphqlUrl, { overallRate: rate });
   checkCannon('server @ half', hs);
   const hb = await run(baseUrl, { overallRate: rate });
   checkCannon('baseline @ same rate', hb);
-  row({ scenario: 1, metric: `p99 at ${rate} req/s with autocannon overallRate (bursty, reference)`, server: ms(hs.latency.p99), baseline: ms(hb.latency.p99), ratio: ratio(hs.latency.p99, hb.latency.p99), goal: '', status: '—' });
+  row({
+    scenario: 1,
+    metric: `p99 at ${rate} req/s with autocannon overallRate (bursty, reference)`,
+    server: ms(hs.latency.p99),
+    baseline: ms(hb.latency.p99),
+    ratio: ratio(hs.latency.p99, hb.latency.p99),
+    goal: '',
+    status: '—',
+  });
   // A client with a revoked or mistyped token (a dashboard left running, a scanner) must not
   // cost the server more than one with a valid token does.
   const refusedHeaders = { ...headers, authorization: `Bearer pvg_${'R'.repeat(43)}` };
@@ -361,17 +439,30 @@ async function scenario1(sim: Simulator) {
   let unseen = 0;
   const unseenDocuments = [
     {
-      setupRequest: (req: Request) => ({ ...req, body: JSON.stringify({ query: `query Probe${unseen++} { me { id } }` }) }),
+      setupRequest: (req: Request) => ({
+        ...req,
+        body: JSON.stringify({ query: `query Probe${unseen++} { me { id } }` }),
+      }),
     },
   ];
   const refused = async (pid: number, url: string, extra: Partial<Parameters<typeof autocannon>[0]> = {}) => {
     await run(url, { headers: refusedHeaders, duration: 1, ...extra }); // warm-up: this path has not run yet
     const before = processCpuMs(pid);
     const r = await run(url, { headers: refusedHeaders, duration: Math.max(2, SECONDS / 2), ...extra });
-    const statuses = Object.fromEntries(Object.entries(r.statusCodeStats ?? {}).map(([code, { count }]) => [code, count]));
-    const wrong = Object.entries(statuses).reduce((n, [code, count]) => (code === '401' || code === '429' ? n : n + count), 0);
-    if (wrong > 0 || r.errors) console.log(`  ! refused run against ${url}: ${wrong} answers other than 401 or 429, ${r.errors} errors`);
-    return { rps: r.requests.average, cpuUs: ((processCpuMs(pid) - before) * 1000) / Math.max(1, r.requests.total), statuses };
+    const statuses = Object.fromEntries(
+      Object.entries(r.statusCodeStats ?? {}).map(([code, { count }]) => [code, count]),
+    );
+    const wrong = Object.entries(statuses).reduce(
+      (n, [code, count]) => (code === '401' || code === '429' ? n : n + count),
+      0,
+    );
+    if (wrong > 0 || r.errors)
+      console.log(`  ! refused run against ${url}: ${wrong} answers other than 401 or 429, ${r.errors} errors`);
+    return {
+      rps: r.requests.average,
+      cpuUs: ((processCpuMs(pid) - before) * 1000) / Math.max(1, r.requests.total),
+      statuses,
+    };
   };
   const answers = (statuses: Record<string, number>) =>
     Object.entries(statuses)
@@ -379,35 +470,83 @@ async function scenario1(sim: Simulator) {
       .join(', ');
   const refusedB = await refused(baseline.pid!, baseUrl);
   const refusedS = await refused(server.pid, server.graphqlUrl);
-  row({ scenario: 1, metric: `unknown token (401 UNAUTHENTICATED): req/s at ${CONNECTIONS} connections, CPU per request`, server: `${fmt(refusedS.rps, 0)} req/s, ${fmt(refusedS.cpuUs, 0)} µs`, baseline: `${fmt(refusedB.rps, 0)} req/s, ${fmt(refusedB.cpuUs, 0)} µs`, ratio: ratio(refusedS.rps, refusedB.rps), goal: '', status: '—' });
+  row({
+    scenario: 1,
+    metric: `unknown token (401 UNAUTHENTICATED): req/s at ${CONNECTIONS} connections, CPU per request`,
+    server: `${fmt(refusedS.rps, 0)} req/s, ${fmt(refusedS.cpuUs, 0)} µs`,
+    baseline: `${fmt(refusedB.rps, 0)} req/s, ${fmt(refusedB.cpuUs, 0)} µs`,
+    ratio: ratio(refusedS.rps, refusedB.rps),
+    goal: '',
+    status: '—',
+  });
   const unseenB = await refused(baseline.pid!, baseUrl, { requests: unseenDocuments });
   const unseenS = await refused(server.pid, server.graphqlUrl, { requests: unseenDocuments });
-  row({ scenario: 1, metric: `unknown token, a new document each request (401, then 429 past the address's budget): req/s, CPU per request`, server: `${fmt(unseenS.rps, 0)} req/s, ${fmt(unseenS.cpuUs, 0)} µs`, baseline: `${fmt(unseenB.rps, 0)} req/s, ${fmt(unseenB.cpuUs, 0)} µs`, ratio: ratio(unseenS.rps, unseenB.rps), goal: '', status: '—' });
+  row({
+    scenario: 1,
+    metric: `unknown token, a new document each request (401, then 429 past the address's budget): req/s, CPU per request`,
+    server: `${fmt(unseenS.rps, 0)} req/s, ${fmt(unseenS.cpuUs, 0)} µs`,
+    baseline: `${fmt(unseenB.rps, 0)} req/s, ${fmt(unseenB.cpuUs, 0)} µs`,
+    ratio: ratio(unseenS.rps, unseenB.rps),
+    goal: '',
+    status: '—',
+  });
   // A made-up token with each request, on the document the server knows: without a charge
   // per lookup that finds nothing, each would be a database query (finding 25).
   let madeUp = 0;
   const madeUpTokens = [
     {
-      setupRequest: (req: Request) => ({ ...req, headers: { ...req.headers, authorization: `Bearer pvg_${String(madeUp++).padStart(43, 'M')}` } }),
+      setupRequest: (req: Request) => ({
+        ...req,
+        headers: { ...req.headers, authorization: `Bearer pvg_${String(madeUp++).padStart(43, 'M')}` },
+      }),
     },
   ];
   const madeUpB = await refused(baseline.pid!, baseUrl, { requests: madeUpTokens });
   const madeUpS = await refused(server.pid, server.graphqlUrl, { requests: madeUpTokens });
-  row({ scenario: 1, metric: `a made-up token each request (401, then 429 past the address's budget): req/s, CPU per request`, server: `${fmt(madeUpS.rps, 0)} req/s, ${fmt(madeUpS.cpuUs, 0)} µs`, baseline: `${fmt(madeUpB.rps, 0)} req/s, ${fmt(madeUpB.cpuUs, 0)} µs`, ratio: ratio(madeUpS.rps, madeUpB.rps), goal: '', status: '—' });
-  note(1, `a made-up token each request, answers of the measured run: server ${answers(madeUpS.statuses)}; baseline ${answers(madeUpB.statuses)} (it looks each one up).`);
-  note(1, `a new document each request, answers of the measured run: server ${answers(unseenS.statuses)}; baseline ${answers(unseenB.statuses)} (it has no such budget).`);
-  note(1, `paced runs: server ${pacedS.latencies.length}/${pacedS.sent} answered at ${fmt(pacedS.achievedRate, 0)} req/s (${pacedS.errors} errors), baseline ${pacedB.latencies.length}/${pacedB.sent} (${pacedB.errors} errors); max ${ms(ps.max)} vs ${ms(pb.max)}.`);
+  row({
+    scenario: 1,
+    metric: `a made-up token each request (401, then 429 past the address's budget): req/s, CPU per request`,
+    server: `${fmt(madeUpS.rps, 0)} req/s, ${fmt(madeUpS.cpuUs, 0)} µs`,
+    baseline: `${fmt(madeUpB.rps, 0)} req/s, ${fmt(madeUpB.cpuUs, 0)} µs`,
+    ratio: ratio(madeUpS.rps, madeUpB.rps),
+    goal: '',
+    status: '—',
+  });
+  note(
+    1,
+    `a made-up token each request, answers of the measured run: server ${answers(madeUpS.statuses)}; baseline ${answers(madeUpB.statuses)} (it looks each one up).`,
+  );
+  note(
+    1,
+    `a new document each request, answers of the measured run: server ${answers(unseenS.statuses)}; baseline ${answers(unseenB.statuses)} (it has no such budget).`,
+  );
+  note(
+    1,
+    `paced runs: server ${pacedS.latencies.length}/${pacedS.sent} answered at ${fmt(pacedS.achievedRate, 0)} req/s (${pacedS.errors} errors), baseline ${pacedB.latencies.length}/${pacedB.sent} (${pacedB.errors} errors); max ${ms(ps.max)} vs ${ms(pb.max)}.`,
+  );
   const lag = (r: typeof pacedS) => `p99 ${ms(dist(r.sendLags).p99)}, max ${ms(dist(r.sendLags).max)}`;
   const loop = (r: typeof pacedS) => `p99 ${ms(r.loopDelay.p99)}, max ${ms(r.loopDelay.max)}`;
-  note(1, `the generator's own lateness (send time − due time, counted in the latency): server run ${lag(pacedS)}, baseline run ${lag(pacedB)}; its event loop's delay (a response read late by as much): server run ${loop(pacedS)}, baseline run ${loop(pacedB)}.`);
+  note(
+    1,
+    `the generator's own lateness (send time − due time, counted in the latency): server run ${lag(pacedS)}, baseline run ${lag(pacedB)}; its event loop's delay (a response read late by as much): server run ${loop(pacedS)}, baseline run ${loop(pacedB)}.`,
+  );
   note(1, `answers over ${SLOW_MS} ms: server ${slowTail(pacedS)}; baseline ${slowTail(pacedB)}.`);
   note(
     1,
     `the machine just before the paced runs, idle (fixed work on each of its ${os.availableParallelism()} cores for ${STEADINESS_S} s, counted per 100 ms): the slowest window did ${fmt(steady.slowest, 2)}× the median window's work; in ${steady.jointDips} of ${steady.windows} windows every core did under 0.8× at once (the whole VM slowed; finding 27), missing ${fmt(steady.jointLostMs, 0)} ms of each core's work.`,
   );
-  note(1, `the server during its paced run (its warm-up second included), from its /metrics: GC at least ${fmt(pacedVitals.gcMs, 0)} ms in ${pacedVitals.gcPauses} pauses, ${pacedVitals.majorGcs} of them mark-compacts (prom-client counts one collection per batch Node reports), event loop blocked at most ${ms(pacedVitals.longestBlockMs)} at a time, ${pacedVitals.queriesOver10ms} of ${pacedVitals.queries} queries over 10 ms from the start of their execution; CPU stolen from the VM meanwhile: ${fmt(pacedSteal, 0)} ms.`);
-  note(1, "autocannon's overallRate gives each connection a per-second budget that it spends back-to-back, then idles until the next second: its p99 is the p99 of full-speed bursts, so the goal uses the evenly paced open-loop generator (bench/lib.ts pacedLoad in its own process, latency counted from each request's due time).");
-  note(1, `answer: ${fromServer.vmidsTaken.taken.length} taken VMIDs (simulator with ${sim.guests().length} guests); baseline answer byte-identical to the server's.`);
+  note(
+    1,
+    `the server during its paced run (its warm-up second included), from its /metrics: GC at least ${fmt(pacedVitals.gcMs, 0)} ms in ${pacedVitals.gcPauses} pauses, ${pacedVitals.majorGcs} of them mark-compacts (prom-client counts one collection per batch Node reports), event loop blocked at most ${ms(pacedVitals.longestBlockMs)} at a time, ${pacedVitals.queriesOver10ms} of ${pacedVitals.queries} queries over 10 ms from the start of their execution; CPU stolen from the VM meanwhile: ${fmt(pacedSteal, 0)} ms.`,
+  );
+  note(
+    1,
+    "autocannon's overallRate gives each connection a per-second budget that it spends back-to-back, then idles until the next second: its p99 is the p99 of full-speed bursts, so the goal uses the evenly paced open-loop generator (bench/lib.ts pacedLoad in its own process, latency counted from each request's due time).",
+  );
+  note(
+    1,
+    `answer: ${fromServer.vmidsTaken.taken.length} taken VMIDs (simulator with ${sim.guests().length} guests); baseline answer byte-identical to the server's.`,
+  );
 
   await stopChild(baseline);
   await stopServer(server);
@@ -419,7 +558,11 @@ interface Fleet {
   child: ReturnType<typeof forkTs>;
   offset: number;
   /** query: the subscription document (the fleet's default: vmidEvents { kind version }). */
-  open(url: string, groups: Array<{ token: string; nodeId: string | null; count: number }>, query?: string): Promise<{ ok: number; failed: number; errors: string[]; ms: number }>;
+  open(
+    url: string,
+    groups: Array<{ token: string; nodeId: string | null; count: number }>,
+    query?: string,
+  ): Promise<{ ok: number; failed: number; errors: string[]; ms: number }>;
   /** addedVmid: only a REFRESHED whose `added` holds it counts as the subscriber's next event. */
   arm(addedVmid?: number): Promise<void>;
   received(timeoutMs: number): Promise<{ times: number[]; groups: number[]; partial: boolean }>;
@@ -502,10 +645,15 @@ async function scenario2(sim: Simulator) {
   const wsBase = forkTs('bench/ws-baseline-server.ts', [], { PORT: String(wsPort) });
   await nextMessage(wsBase, (m) => m?.type === 'listening');
   const baseRss0 = await settleRss(wsBase.pid!, 1_000);
-  const bo = await fleet.open(`ws://127.0.0.1:${wsPort}/graphql`, [{ token: 'none', nodeId: null, count: perNode * users }]);
+  const bo = await fleet.open(`ws://127.0.0.1:${wsPort}/graphql`, [
+    { token: 'none', nodeId: null, count: perNode * users },
+  ]);
   const baseRss1 = await settleRss(wsBase.pid!);
   console.log(`  baseline: ${bo.ok} subscribed in ${fmt(bo.ms / 1000, 1)} s (${bo.failed} failed)`);
-  const broadcast = () => request(`http://127.0.0.1:${wsPort}/broadcast`, { method: 'POST', dispatcher: triggers }).then((r) => r.body.dump());
+  const broadcast = () =>
+    request(`http://127.0.0.1:${wsPort}/broadcast`, { method: 'POST', dispatcher: triggers }).then((r) =>
+      r.body.dump(),
+    );
   await warmUpRound(fleet, broadcast);
   await fleet.arm();
   const bCpu = cpuWindow([wsBase.pid!, fleet.child.pid!]);
@@ -530,8 +678,13 @@ async function scenario2(sim: Simulator) {
     return { ...u, nodeId };
   });
   const rss0 = await settleRss(server.pid);
-  const ao = await fleet.open(server.wsUrl, tenants.map((t) => ({ token: t.token, nodeId: t.nodeId, count: perNode })));
-  console.log(`  phase A: ${ao.ok} subscribed in ${fmt(ao.ms / 1000, 1)} s (${ao.failed} failed${ao.errors.length ? `: ${ao.errors.join('; ')}` : ''})`);
+  const ao = await fleet.open(
+    server.wsUrl,
+    tenants.map((t) => ({ token: t.token, nodeId: t.nodeId, count: perNode })),
+  );
+  console.log(
+    `  phase A: ${ao.ok} subscribed in ${fmt(ao.ms / 1000, 1)} s (${ao.failed} failed${ao.errors.length ? `: ${ao.errors.join('; ')}` : ''})`,
+  );
   const rss1 = await settleRss(server.pid);
   const kbPerSub = (rss1 - rss0) / Math.max(1, ao.ok);
   const sentA: number[] = new Array(users);
@@ -560,7 +713,9 @@ async function scenario2(sim: Simulator) {
   await gqlOk(server.graphqlUrl, hot.token, VMIDS_TAKEN, { n: hotNode });
   const rssB0 = await settleRss(server.pid);
   const bo2 = await fleet.open(server.wsUrl, [{ token: hot.token, nodeId: hotNode, count: perNode * users }]);
-  console.log(`  phase B: ${bo2.ok} subscribed in ${fmt(bo2.ms / 1000, 1)} s (${bo2.failed} failed${bo2.errors.length ? `: ${bo2.errors.join('; ')}` : ''})`);
+  console.log(
+    `  phase B: ${bo2.ok} subscribed in ${fmt(bo2.ms / 1000, 1)} s (${bo2.failed} failed${bo2.errors.length ? `: ${bo2.errors.join('; ')}` : ''})`,
+  );
   const rssB1 = await settleRss(server.pid);
   await warmUpRound(fleet, () => gqlVia(triggers, server.graphqlUrl, hot.token, INVALIDATE, { n: hotNode }));
   await fleet.arm();
@@ -578,17 +733,68 @@ async function scenario2(sim: Simulator) {
   await triggers.close();
 
   const n = perNode * users;
-  row({ scenario: 2, metric: `A: delivery latency, 100 nodes × ${perNode} subscribers, 100 invalidations at once`, server: distStr(aLat.d), baseline: distStr(bLat.d), ratio: `p99 ${ratio(aLat.d.p99, bLat.d.p99, 1)}`, goal: 'p99 < 250 ms', status: aLat.d.p99 < 250 && aLat.missing === 0 ? 'PASS' : 'MISS' });
-  row({ scenario: 2, metric: `B: delivery latency, 1 node × ${n} subscribers, 1 invalidation`, server: distStr(hLat.d), baseline: distStr(bLat.d), ratio: `p99 ${ratio(hLat.d.p99, bLat.d.p99, 1)}`, goal: 'p99 < 250 ms', status: hLat.d.p99 < 250 && hLat.missing === 0 ? 'PASS' : 'MISS' });
-  row({ scenario: 2, metric: `A: server RSS per idle subscriber (${fmt(rss0 / 1024, 0)} → ${fmt(rss1 / 1024, 0)} MB)`, server: `${fmt(kbPerSub, 1)} KB`, baseline: `${fmt(baseKb, 1)} KB`, ratio: ratio(kbPerSub, baseKb, 1), goal: '< 30 KB', status: kbPerSub < 30 ? 'PASS' : 'MISS' });
-  row({ scenario: 2, metric: `time to subscribe ${n} (100 in flight)`, server: `A ${fmt(ao.ms / 1000, 1)} s, B ${fmt(bo2.ms / 1000, 1)} s`, baseline: `${fmt(bo.ms / 1000, 1)} s`, ratio: ratio(ao.ms, bo.ms, 1), goal: '', status: '—' });
-  note(2, `missing deliveries: A ${aLat.missing}, B ${hLat.missing}, baseline ${bLat.missing}; failed subscribes: A ${ao.failed}, B ${bo2.failed}, baseline ${bo.failed}; invalidate errors: A ${mutErrors}, B ${mutB.errors?.length ?? 0}.`);
-  const cpuStr = (c: number[]) => `server ${fmt(c[0]!, 0)}, subscribers ${fmt(c[1]!, 0)}, orchestrator ${fmt(c[2]!, 0)} ms`;
-  note(2, `CPU used from the trigger until the subscribers reported the last delivery (10 ms ticks): baseline ${cpuStr(bCpuMs)}; A ${cpuStr(aCpuMs)}; B ${cpuStr(hCpuMs)}.`);
-  note(2, `B: the invalidateVmidCache HTTP response took ${ms(mutBDone - sentB)}; baseline /broadcast queues all sends before answering.`);
-  note(2, `memory is measured in phase A only: phase B's subscribers reuse the heap phase A's left behind (RSS ${fmt(rssB0 / 1024, 0)} → ${fmt(rssB1 / 1024, 0)} MB), which says nothing per subscriber.`);
-  note(2, 'each measured fan-out (baseline, A, B) follows one unmeasured round of the same fan-out, so the server has compiled its delivery path and the clients hold keep-alive connections, as on a server that has been running.');
-  note(2, `baseline: bare ws server (bench/ws-baseline-server.ts) broadcasting one pre-serialised graphql-transport-ws "next" to all ${n} subscriptions after one POST; the same graphql-ws client fleet receives both. RSS per idle client of the baseline ${fmt(baseRss0 / 1024, 0)} → ${fmt(baseRss1 / 1024, 0)} MB.`);
+  row({
+    scenario: 2,
+    metric: `A: delivery latency, 100 nodes × ${perNode} subscribers, 100 invalidations at once`,
+    server: distStr(aLat.d),
+    baseline: distStr(bLat.d),
+    ratio: `p99 ${ratio(aLat.d.p99, bLat.d.p99, 1)}`,
+    goal: 'p99 < 250 ms',
+    status: aLat.d.p99 < 250 && aLat.missing === 0 ? 'PASS' : 'MISS',
+  });
+  row({
+    scenario: 2,
+    metric: `B: delivery latency, 1 node × ${n} subscribers, 1 invalidation`,
+    server: distStr(hLat.d),
+    baseline: distStr(bLat.d),
+    ratio: `p99 ${ratio(hLat.d.p99, bLat.d.p99, 1)}`,
+    goal: 'p99 < 250 ms',
+    status: hLat.d.p99 < 250 && hLat.missing === 0 ? 'PASS' : 'MISS',
+  });
+  row({
+    scenario: 2,
+    metric: `A: server RSS per idle subscriber (${fmt(rss0 / 1024, 0)} → ${fmt(rss1 / 1024, 0)} MB)`,
+    server: `${fmt(kbPerSub, 1)} KB`,
+    baseline: `${fmt(baseKb, 1)} KB`,
+    ratio: ratio(kbPerSub, baseKb, 1),
+    goal: '< 30 KB',
+    status: kbPerSub < 30 ? 'PASS' : 'MISS',
+  });
+  row({
+    scenario: 2,
+    metric: `time to subscribe ${n} (100 in flight)`,
+    server: `A ${fmt(ao.ms / 1000, 1)} s, B ${fmt(bo2.ms / 1000, 1)} s`,
+    baseline: `${fmt(bo.ms / 1000, 1)} s`,
+    ratio: ratio(ao.ms, bo.ms, 1),
+    goal: '',
+    status: '—',
+  });
+  note(
+    2,
+    `missing deliveries: A ${aLat.missing}, B ${hLat.missing}, baseline ${bLat.missing}; failed subscribes: A ${ao.failed}, B ${bo2.failed}, baseline ${bo.failed}; invalidate errors: A ${mutErrors}, B ${mutB.errors?.length ?? 0}.`,
+  );
+  const cpuStr = (c: number[]) =>
+    `server ${fmt(c[0]!, 0)}, subscribers ${fmt(c[1]!, 0)}, orchestrator ${fmt(c[2]!, 0)} ms`;
+  note(
+    2,
+    `CPU used from the trigger until the subscribers reported the last delivery (10 ms ticks): baseline ${cpuStr(bCpuMs)}; A ${cpuStr(aCpuMs)}; B ${cpuStr(hCpuMs)}.`,
+  );
+  note(
+    2,
+    `B: the invalidateVmidCache HTTP response took ${ms(mutBDone - sentB)}; baseline /broadcast queues all sends before answering.`,
+  );
+  note(
+    2,
+    `memory is measured in phase A only: phase B's subscribers reuse the heap phase A's left behind (RSS ${fmt(rssB0 / 1024, 0)} → ${fmt(rssB1 / 1024, 0)} MB), which says nothing per subscriber.`,
+  );
+  note(
+    2,
+    'each measured fan-out (baseline, A, B) follows one unmeasured round of the same fan-out, so the server has compiled its delivery path and the clients hold keep-alive connections, as on a server that has been running.',
+  );
+  note(
+    2,
+    `baseline: bare ws server (bench/ws-baseline-server.ts) broadcasting one pre-serialised graphql-transport-ws "next" to all ${n} subscriptions after one POST; the same graphql-ws client fleet receives both. RSS per idle client of the baseline ${fmt(baseRss0 / 1024, 0)} → ${fmt(baseRss1 / 1024, 0)} MB.`,
+  );
   await stopServer(server);
 }
 
@@ -636,13 +842,21 @@ function profileWindow(server: ServerChild, phase: string): void {
 // ------------------------------------------------------------------ scenario 3
 async function scenario3(sim: Simulator, variant: RedisVariant = SINGLE) {
   console.log(`\n== 3. Across instances: mutation on A → event on B, vs raw Redis PUBLISH → message${variant.title}`);
-  const [a, b] = await Promise.all([startServer(`s3${variant.tag}a`, variant.env), startServer(`s3${variant.tag}b`, variant.env)]);
+  const [a, b] = await Promise.all([
+    startServer(`s3${variant.tag}a`, variant.env),
+    startServer(`s3${variant.tag}b`, variant.env),
+  ]);
   const { token } = await createUser();
   const nodeId = await createNode(a, token, sim);
   await gqlOk(a.graphqlUrl, token, VMIDS_TAKEN, { n: nodeId });
 
   let waiting: ((t: number, e: { kind: string; version: number }) => void) | null = null;
-  const client: Client = createClient({ url: b.wsUrl, webSocketImpl: WebSocket, retryAttempts: 0, connectionParams: { authorization: `Bearer ${token}` } });
+  const client: Client = createClient({
+    url: b.wsUrl,
+    webSocketImpl: WebSocket,
+    retryAttempts: 0,
+    connectionParams: { authorization: `Bearer ${token}` },
+  });
   let synced!: () => void;
   const syncP = new Promise<void>((r) => (synced = r));
   client.subscribe<{ vmidEvents: { kind: string; version: number } }>(
@@ -708,10 +922,34 @@ async function scenario3(sim: Simulator, variant: RedisVariant = SINGLE) {
   const dr = dist(raw);
   const dt = dist(total);
   const da = dist(afterResponse);
-  row({ scenario: 3, metric: `mutation sent on A → event received on B (${SAMPLES} sequential reserve/release)${variant.label}`, server: `p50 ${ms(dt.p50)} / p99 ${ms(dt.p99)}`, baseline: `p50 ${ms(dr.p50)} / p99 ${ms(dr.p99)}`, ratio: `Δp50 +${fmt(dt.p50 - dr.p50, 2)} ms`, goal: 'p50 within 5 ms of raw', status: dt.p50 - dr.p50 <= 5 ? 'PASS' : 'MISS' });
-  row({ scenario: 3, metric: `mutation response on A → event on B (negative: event first)${variant.label}`, server: `p50 ${ms(da.p50)} / p99 ${ms(da.p99)}`, baseline: '—', ratio: '—', goal: '', status: '—' });
-  if (variant === SINGLE) note(3, 'raw baseline: ioredis PUBLISH on one connection → message on a second subscribed connection, in this process, interleaved sample by sample with the server path.');
-  else note(3, `Redis Cluster rows: the same with REDIS_URL naming a local Redis Cluster (three masters, one replica each); raw baseline SPUBLISH → SSUBSCRIBE through ioredis Cluster clients (shardedSubscribers).`);
+  row({
+    scenario: 3,
+    metric: `mutation sent on A → event received on B (${SAMPLES} sequential reserve/release)${variant.label}`,
+    server: `p50 ${ms(dt.p50)} / p99 ${ms(dt.p99)}`,
+    baseline: `p50 ${ms(dr.p50)} / p99 ${ms(dr.p99)}`,
+    ratio: `Δp50 +${fmt(dt.p50 - dr.p50, 2)} ms`,
+    goal: 'p50 within 5 ms of raw',
+    status: dt.p50 - dr.p50 <= 5 ? 'PASS' : 'MISS',
+  });
+  row({
+    scenario: 3,
+    metric: `mutation response on A → event on B (negative: event first)${variant.label}`,
+    server: `p50 ${ms(da.p50)} / p99 ${ms(da.p99)}`,
+    baseline: '—',
+    ratio: '—',
+    goal: '',
+    status: '—',
+  });
+  if (variant === SINGLE)
+    note(
+      3,
+      'raw baseline: ioredis PUBLISH on one connection → message on a second subscribed connection, in this process, interleaved sample by sample with the server path.',
+    );
+  else
+    note(
+      3,
+      `Redis Cluster rows: the same with REDIS_URL naming a local Redis Cluster (three masters, one replica each); raw baseline SPUBLISH → SSUBSCRIBE through ioredis Cluster clients (shardedSubscribers).`,
+    );
   await client.dispose();
   raw3.close();
   await agent.close();
@@ -732,7 +970,13 @@ const BENCH_CLUSTER_PORT = 7140;
 let benchCluster: RedisTopology | null = null;
 async function clusterVariant(): Promise<RedisVariant> {
   benchCluster ??= await startRedisCluster(BENCH_CLUSTER_PORT);
-  return { tag: 'c', label: ' — Redis Cluster, 3 masters', title: ' (Redis Cluster, 3 masters)', env: { REDIS_URL: benchCluster.url }, cluster: benchCluster };
+  return {
+    tag: 'c',
+    label: ' — Redis Cluster, 3 masters',
+    title: ' (Redis Cluster, 3 masters)',
+    env: { REDIS_URL: benchCluster.url },
+    cluster: benchCluster,
+  };
 }
 
 /** A raw publisher and subscriber of one channel: PUBLISH/SUBSCRIBE, or SPUBLISH/SSUBSCRIBE on the cluster. */
@@ -790,7 +1034,18 @@ async function scenario5Cluster(single: { a: ServerChild; b: ServerChild }) {
             url: s.graphqlUrl,
             connections: Math.max(1, Math.round(per / spaces)),
             duration: SECONDS,
-            requests: [{ method: 'POST', path: '/graphql', headers, body: JSON.stringify({ query: 'mutation($n:ID!){reserveVmid(nodeId:$n,ttlSeconds:600){vmid}}', variables: { n } }), onResponse }],
+            requests: [
+              {
+                method: 'POST',
+                path: '/graphql',
+                headers,
+                body: JSON.stringify({
+                  query: 'mutation($n:ID!){reserveVmid(nodeId:$n,ttlSeconds:600){vmid}}',
+                  variables: { n },
+                }),
+                onResponse,
+              },
+            ],
           }),
         ),
       ),
@@ -801,9 +1056,28 @@ async function scenario5Cluster(single: { a: ServerChild; b: ServerChild }) {
   const c1 = await rate({ a: ca, b: cb }, 1);
   const s3 = await rate(single, 3);
   const c3 = await rate({ a: ca, b: cb }, 3);
-  row({ scenario: 5, metric: `reservations/s at 100 guests, one VMID space (one shard), 2 instances × ${per} connections — Redis Cluster, 3 masters`, server: `${fmt(c1, 0)} /s`, baseline: `${fmt(s1, 0)} /s on single Redis`, ratio: ratio(c1, s1), goal: '≥ 0.8× single Redis', status: c1 >= 0.8 * s1 ? 'PASS' : 'MISS' });
-  row({ scenario: 5, metric: `reservations/s at 100 guests, three VMID spaces (spread over shards), same load — Redis Cluster, 3 masters`, server: `${fmt(c3, 0)} /s (${ratio(c3, c1)} of one space)`, baseline: `${fmt(s3, 0)} /s on single Redis (${ratio(s3, s1)} of one space)`, ratio: ratio(c3, s3), goal: 'grows with shards', status: c3 > c1 ? 'PASS' : 'MISS' });
-  note(5, 'Redis Cluster rows: a local cluster (three masters, one replica each, loopback, same machine) against the single bench Redis in the same run; every instance and Redis share the same cores, so shards add Redis processes rather than machines.');
+  row({
+    scenario: 5,
+    metric: `reservations/s at 100 guests, one VMID space (one shard), 2 instances × ${per} connections — Redis Cluster, 3 masters`,
+    server: `${fmt(c1, 0)} /s`,
+    baseline: `${fmt(s1, 0)} /s on single Redis`,
+    ratio: ratio(c1, s1),
+    goal: '≥ 0.8× single Redis',
+    status: c1 >= 0.8 * s1 ? 'PASS' : 'MISS',
+  });
+  row({
+    scenario: 5,
+    metric: `reservations/s at 100 guests, three VMID spaces (spread over shards), same load — Redis Cluster, 3 masters`,
+    server: `${fmt(c3, 0)} /s (${ratio(c3, c1)} of one space)`,
+    baseline: `${fmt(s3, 0)} /s on single Redis (${ratio(s3, s1)} of one space)`,
+    ratio: ratio(c3, s3),
+    goal: 'grows with shards',
+    status: c3 > c1 ? 'PASS' : 'MISS',
+  });
+  note(
+    5,
+    'Redis Cluster rows: a local cluster (three masters, one replica each, loopback, same machine) against the single bench Redis in the same run; every instance and Redis share the same cores, so shards add Redis processes rather than machines.',
+  );
   await Promise.all([stopServer(ca), stopServer(cb)]);
 }
 
@@ -858,9 +1132,28 @@ async function scenario4(server: ServerChild) {
   const sm = median(simMs);
   const fm = median(full);
   const lm = median(slim);
-  row({ scenario: 4, metric: 'refreshVmidCache {version taken}, median of 20, minus simulator', server: `${ms(fm)} − ${ms(sm)} = ${ms(fm - sm)}`, baseline: `simulator GET ${ms(sm)}`, ratio: ratio(fm, sm), goal: 'overhead < 50 ms', status: fm - sm < 50 ? 'PASS' : 'MISS' });
-  row({ scenario: 4, metric: 'refreshVmidCache {version fromCache} (no list in the answer)', server: `${ms(lm)} − ${ms(sm)} = ${ms(lm - sm)}`, baseline: `simulator GET ${ms(sm)}`, ratio: ratio(lm, sm), goal: '', status: '—' });
-  note(4, `simulator answer: ${(bytes / 1024).toFixed(0)} KB for ${sim.guests().length} guests; refresh returned ${count} VMIDs. The simulator runs in the orchestrator process (same event loop as the timing client) for both measurements.`);
+  row({
+    scenario: 4,
+    metric: 'refreshVmidCache {version taken}, median of 20, minus simulator',
+    server: `${ms(fm)} − ${ms(sm)} = ${ms(fm - sm)}`,
+    baseline: `simulator GET ${ms(sm)}`,
+    ratio: ratio(fm, sm),
+    goal: 'overhead < 50 ms',
+    status: fm - sm < 50 ? 'PASS' : 'MISS',
+  });
+  row({
+    scenario: 4,
+    metric: 'refreshVmidCache {version fromCache} (no list in the answer)',
+    server: `${ms(lm)} − ${ms(sm)} = ${ms(lm - sm)}`,
+    baseline: `simulator GET ${ms(sm)}`,
+    ratio: ratio(lm, sm),
+    goal: '',
+    status: '—',
+  });
+  note(
+    4,
+    `simulator answer: ${(bytes / 1024).toFixed(0)} KB for ${sim.guests().length} guests; refresh returned ${count} VMIDs. The simulator runs in the orchestrator process (same event loop as the timing client) for both measurements.`,
+  );
   await agent.close();
 }
 
@@ -882,7 +1175,9 @@ interface ReserveLoad {
 }
 
 async function scenario5(_sim: Simulator, pair: { a: ServerChild; b: ServerChild }) {
-  console.log(`\n== 5. Reservation throughput from two instances: 100 guests, and ${S5_LARGE_GUESTS} guests + ${S5_LARGE_RESERVED} live reservations`);
+  console.log(
+    `\n== 5. Reservation throughput from two instances: 100 guests, and ${S5_LARGE_GUESTS} guests + ${S5_LARGE_RESERVED} live reservations`,
+  );
   const { a, b } = pair;
   const { token } = await createUser();
   const [smallSim, largeSim, flushSim] = [await startSim(100), await startSim(S5_LARGE_GUESTS), await startSim(100)];
@@ -896,8 +1191,16 @@ async function scenario5(_sim: Simulator, pair: { a: ServerChild; b: ServerChild
   // Baseline: the same two-instance load with vmidsTaken cache hits (same HTTP, GraphQL,
   // auth and ownership path; only the resolver's Redis work differs).
   const readBody = JSON.stringify({ query: VMIDS_TAKEN, variables: { n: small } });
-  await Promise.all([a, b].map((s) => cannon({ url: s.graphqlUrl, method: 'POST', headers, body: readBody, connections: per, duration: 2 })));
-  const reads = await Promise.all([a, b].map((s) => cannon({ url: s.graphqlUrl, method: 'POST', headers, body: readBody, connections: per, duration: SECONDS })));
+  await Promise.all(
+    [a, b].map((s) =>
+      cannon({ url: s.graphqlUrl, method: 'POST', headers, body: readBody, connections: per, duration: 2 }),
+    ),
+  );
+  const reads = await Promise.all(
+    [a, b].map((s) =>
+      cannon({ url: s.graphqlUrl, method: 'POST', headers, body: readBody, connections: per, duration: SECONDS }),
+    ),
+  );
   reads.forEach((r, i) => checkCannon(`read ${i}`, r));
   const readRps = reads.reduce((x, r) => x + r.requests.average, 0);
 
@@ -908,7 +1211,13 @@ async function scenario5(_sim: Simulator, pair: { a: ServerChild; b: ServerChild
   const agent = new Agent({ connections: 32 });
   const t0 = now();
   await pool(held, 32, async (vmid) => {
-    const r = await gqlVia(agent, a.graphqlUrl, token, 'mutation($n:ID!,$v:Int!){reserveVmid(nodeId:$n,vmid:$v,ttlSeconds:3600){vmid}}', { n: large, v: vmid });
+    const r = await gqlVia(
+      agent,
+      a.graphqlUrl,
+      token,
+      'mutation($n:ID!,$v:Int!){reserveVmid(nodeId:$n,vmid:$v,ttlSeconds:3600){vmid}}',
+      { n: large, v: vmid },
+    );
     if (r.errors?.length) throw new Error(`seeding reservation ${vmid}: ${JSON.stringify(r.errors)}`);
   });
   await agent.close();
@@ -917,10 +1226,16 @@ async function scenario5(_sim: Simulator, pair: { a: ServerChild; b: ServerChild
   const run = async (nodeId: string, label: string, midway?: () => Promise<void>): Promise<ReserveLoad> => {
     const vmids: number[] = [];
     const errors = new Map<string, number>();
-    const reserveBody = JSON.stringify({ query: 'mutation($n:ID!){reserveVmid(nodeId:$n,ttlSeconds:600){vmid}}', variables: { n: nodeId } });
+    const reserveBody = JSON.stringify({
+      query: 'mutation($n:ID!){reserveVmid(nodeId:$n,ttlSeconds:600){vmid}}',
+      variables: { n: nodeId },
+    });
     const onResponse = (status: number, body: string) => {
       try {
-        const j = JSON.parse(body) as { data?: { reserveVmid?: { vmid: number } }; errors?: Array<{ extensions?: { code?: string } }> };
+        const j = JSON.parse(body) as {
+          data?: { reserveVmid?: { vmid: number } };
+          errors?: Array<{ extensions?: { code?: string } }>;
+        };
         if (j.data?.reserveVmid) vmids.push(j.data.reserveVmid.vmid);
         else {
           const c = String(j.errors?.[0]?.extensions?.code ?? status);
@@ -930,16 +1245,33 @@ async function scenario5(_sim: Simulator, pair: { a: ServerChild; b: ServerChild
         errors.set(`unparsable ${status}`, (errors.get(`unparsable ${status}`) ?? 0) + 1);
       }
     };
-    const space = (await gqlOk<{ node: { clusterId: string } }>(a.graphqlUrl, token, 'query($n:ID!){node(id:$n){clusterId}}', { n: nodeId })).node.clusterId;
+    const space = (
+      await gqlOk<{ node: { clusterId: string } }>(a.graphqlUrl, token, 'query($n:ID!){node(id:$n){clusterId}}', {
+        n: nodeId,
+      })
+    ).node.clusterId;
     const { result, slow } = await withSlowlog(space, async () => {
       const start = now();
-      const loads = [a, b].map((s) => cannon({ url: s.graphqlUrl, connections: per, duration: SECONDS, requests: [{ method: 'POST', path: '/graphql', headers, body: reserveBody, onResponse }] }));
+      const loads = [a, b].map((s) =>
+        cannon({
+          url: s.graphqlUrl,
+          connections: per,
+          duration: SECONDS,
+          requests: [{ method: 'POST', path: '/graphql', headers, body: reserveBody, onResponse }],
+        }),
+      );
       if (midway) await new Promise((r) => setTimeout(r, (SECONDS * 1000) / 2)).then(midway);
       const res = await Promise.all(loads);
       return { res, elapsed: (now() - start) / 1000 };
     });
     result.res.forEach((r, i) => checkCannon(`reserve ${label} ${i}`, r));
-    return { rps: vmids.length / result.elapsed, p99: Math.max(...result.res.map((r) => r.latency.p99)), vmids, errors, slow };
+    return {
+      rps: vmids.length / result.elapsed,
+      p99: Math.max(...result.res.map((r) => r.latency.p99)),
+      vmids,
+      errors,
+      slow,
+    };
   };
   const atSmall = await run(small, 'small');
   const atLarge = await run(large, 'large');
@@ -968,7 +1300,8 @@ async function scenario5(_sim: Simulator, pair: { a: ServerChild; b: ServerChild
   const cs = await check(small, smallSim, atSmall);
   const cl = await check(large, largeSim, atLarge);
   const cf = await check(flushed, flushSim, atFlush);
-  const slowest = (l: ReserveLoad) => (l.slow[0] ? `${ms(l.slow[0].us / 1000)} (${l.slow[0].command})` : `< ${S5_SLOWLOG_US} µs (none logged)`);
+  const slowest = (l: ReserveLoad) =>
+    l.slow[0] ? `${ms(l.slow[0].us / 1000)} (${l.slow[0].command})` : `< ${S5_SLOWLOG_US} µs (none logged)`;
   const slowestUs = (l: ReserveLoad) => l.slow[0]?.us ?? 0;
   /**
    * The RESERVE scripts logged (nearly all of them: few take less than S5_SLOWLOG_US), and
@@ -983,19 +1316,79 @@ async function scenario5(_sim: Simulator, pair: { a: ServerChild; b: ServerChild
     return `RESERVE scripts logged ≥ ${S5_SLOWLOG_US} µs: ${d.n}, p50 ${fmt(d.p50, 0)} µs, p99 ${fmt(d.p99, 0)} µs, max ${fmt(d.max, 0)} µs, ${over} ≥ 1 ms; slowest constant-time command ${control ? `${fmt(control.us, 0)} µs (${control.command})` : `< ${S5_SLOWLOG_US} µs`}`;
   };
 
-  row({ scenario: 5, metric: `reservations/s at 100 guests, 2 instances × ${per} connections, ${SECONDS} s (each confirmed with Proxmox: /cluster/nextid?vmid=N)`, server: `${fmt(atSmall.rps, 0)} /s (p99 ${ms(atSmall.p99)})`, baseline: `${fmt(readRps, 0)} vmidsTaken/s (cache hits)`, ratio: ratio(atSmall.rps, readRps), goal: '≥ 0.2× the cache-hit read rate', status: atSmall.rps >= 0.2 * readRps ? 'PASS' : 'MISS' });
-  row({ scenario: 5, metric: `reservations/s at ${S5_LARGE_GUESTS} guests + ${S5_LARGE_RESERVED} live reservations (same load)`, server: `${fmt(atLarge.rps, 0)} /s (p99 ${ms(atLarge.p99)})`, baseline: `${fmt(atSmall.rps, 0)} /s at 100 guests (p99 ${ms(atSmall.p99)})`, ratio: ratio(atLarge.rps, atSmall.rps), goal: '≥ 0.8× the rate at 100 guests', status: atLarge.rps >= 0.8 * atSmall.rps ? 'PASS' : 'MISS' });
-  row({ scenario: 5, metric: `slowest Redis command of the node's keys during the load at ${S5_LARGE_GUESTS} guests + ${S5_LARGE_RESERVED} reservations (SLOWLOG; commands inside scripts count too)`, server: slowest(atLarge), baseline: `${slowest(atSmall)} at 100 guests`, ratio: atSmall.slow[0] && atLarge.slow[0] ? ratio(slowestUs(atLarge), slowestUs(atSmall)) : '—', goal: '< 1 ms', status: slowestUs(atLarge) < 1000 ? 'PASS' : 'MISS' });
+  row({
+    scenario: 5,
+    metric: `reservations/s at 100 guests, 2 instances × ${per} connections, ${SECONDS} s (each confirmed with Proxmox: /cluster/nextid?vmid=N)`,
+    server: `${fmt(atSmall.rps, 0)} /s (p99 ${ms(atSmall.p99)})`,
+    baseline: `${fmt(readRps, 0)} vmidsTaken/s (cache hits)`,
+    ratio: ratio(atSmall.rps, readRps),
+    goal: '≥ 0.2× the cache-hit read rate',
+    status: atSmall.rps >= 0.2 * readRps ? 'PASS' : 'MISS',
+  });
+  row({
+    scenario: 5,
+    metric: `reservations/s at ${S5_LARGE_GUESTS} guests + ${S5_LARGE_RESERVED} live reservations (same load)`,
+    server: `${fmt(atLarge.rps, 0)} /s (p99 ${ms(atLarge.p99)})`,
+    baseline: `${fmt(atSmall.rps, 0)} /s at 100 guests (p99 ${ms(atSmall.p99)})`,
+    ratio: ratio(atLarge.rps, atSmall.rps),
+    goal: '≥ 0.8× the rate at 100 guests',
+    status: atLarge.rps >= 0.8 * atSmall.rps ? 'PASS' : 'MISS',
+  });
+  row({
+    scenario: 5,
+    metric: `slowest Redis command of the node's keys during the load at ${S5_LARGE_GUESTS} guests + ${S5_LARGE_RESERVED} reservations (SLOWLOG; commands inside scripts count too)`,
+    server: slowest(atLarge),
+    baseline: `${slowest(atSmall)} at 100 guests`,
+    ratio: atSmall.slow[0] && atLarge.slow[0] ? ratio(slowestUs(atLarge), slowestUs(atSmall)) : '—',
+    goal: '< 1 ms',
+    status: slowestUs(atLarge) < 1000 ? 'PASS' : 'MISS',
+  });
   const dups = cs.dups + cl.dups;
   const bad = dups + cs.notHeld + cl.notHeld + cs.overlap + cl.overlap;
-  row({ scenario: 5, metric: `duplicate VMIDs among ${atSmall.vmids.length} + ${atLarge.vmids.length} reservations`, server: String(dups), baseline: '0', ratio: '—', goal: '0 duplicates', status: bad === 0 ? 'PASS' : 'MISS' });
-  row({ scenario: 5, metric: `duplicate VMIDs among ${atFlush.vmids.length} reservations at 100 guests, every Redis key of the deployment (${lostKeys}) deleted halfway`, server: String(cf.dups), baseline: `${fmt(atFlush.rps, 0)} /s (p99 ${ms(atFlush.p99)})`, ratio: '—', goal: '0 duplicates, all held', status: cf.dups + cf.notHeld + cf.overlap === 0 ? 'PASS' : 'MISS' });
-  for (const [label, l, c] of [['100 guests', atSmall, cs], [`${S5_LARGE_GUESTS} guests`, atLarge, cl], ['100 guests, Redis keys lost halfway', atFlush, cf]] as const) {
+  row({
+    scenario: 5,
+    metric: `duplicate VMIDs among ${atSmall.vmids.length} + ${atLarge.vmids.length} reservations`,
+    server: String(dups),
+    baseline: '0',
+    ratio: '—',
+    goal: '0 duplicates',
+    status: bad === 0 ? 'PASS' : 'MISS',
+  });
+  row({
+    scenario: 5,
+    metric: `duplicate VMIDs among ${atFlush.vmids.length} reservations at 100 guests, every Redis key of the deployment (${lostKeys}) deleted halfway`,
+    server: String(cf.dups),
+    baseline: `${fmt(atFlush.rps, 0)} /s (p99 ${ms(atFlush.p99)})`,
+    ratio: '—',
+    goal: '0 duplicates, all held',
+    status: cf.dups + cf.notHeld + cf.overlap === 0 ? 'PASS' : 'MISS',
+  });
+  for (const [label, l, c] of [
+    ['100 guests', atSmall, cs],
+    [`${S5_LARGE_GUESTS} guests`, atLarge, cl],
+    ['100 guests, Redis keys lost halfway', atFlush, cf],
+  ] as const) {
     note(5, `${label}: ${profile(l)}.`);
-    note(5, `${label}: errors ${l.errors.size ? JSON.stringify(Object.fromEntries(l.errors)) : 'none'}; VMIDs ${c.range}, all ${c.notHeld === 0 ? '' : 'but ' + c.notHeld + ' '}held afterwards (${c.reserved} reserved: the extra ones were answered after autocannon stopped counting), ${c.overlap} overlap with guests; ${l.slow.length} commands of its keys took ≥ ${S5_SLOWLOG_US} µs${l.slow.length ? ` (${l.slow.slice(0, 3).map((e) => `${fmt(e.us, 0)} µs ${e.command}`).join(', ')})` : ''}.`);
+    note(
+      5,
+      `${label}: errors ${l.errors.size ? JSON.stringify(Object.fromEntries(l.errors)) : 'none'}; VMIDs ${c.range}, all ${c.notHeld === 0 ? '' : 'but ' + c.notHeld + ' '}held afterwards (${c.reserved} reserved: the extra ones were answered after autocannon stopped counting), ${c.overlap} overlap with guests; ${l.slow.length} commands of its keys took ≥ ${S5_SLOWLOG_US} µs${
+        l.slow.length
+          ? ` (${l.slow
+              .slice(0, 3)
+              .map((e) => `${fmt(e.us, 0)} µs ${e.command}`)
+              .join(', ')})`
+          : ''
+      }.`,
+    );
   }
-  note(5, `the large node holds ${S5_LARGE_RESERVED} reservations of every other VMID above its guests before the load (seeded through the API), so each reservation of the load is a gap deep inside ${S5_LARGE_GUESTS + S5_LARGE_RESERVED} used VMIDs. SLOWLOG: slowlog-log-slower-than set to ${S5_SLOWLOG_US} µs (and a long slowlog-max-len) during each load, restored afterwards; entries counted are those naming the node's keys.`);
-  note(5, 'baseline of the first row: the same two-instance autocannon load reading vmidsTaken (cache hit) — identical HTTP/GraphQL/auth/ownership path, so the ratio isolates the reservation itself (Lua script, rate-limit check, event publish).');
+  note(
+    5,
+    `the large node holds ${S5_LARGE_RESERVED} reservations of every other VMID above its guests before the load (seeded through the API), so each reservation of the load is a gap deep inside ${S5_LARGE_GUESTS + S5_LARGE_RESERVED} used VMIDs. SLOWLOG: slowlog-log-slower-than set to ${S5_SLOWLOG_US} µs (and a long slowlog-max-len) during each load, restored afterwards; entries counted are those naming the node's keys.`,
+  );
+  note(
+    5,
+    'baseline of the first row: the same two-instance autocannon load reading vmidsTaken (cache hit) — identical HTTP/GraphQL/auth/ownership path, so the ratio isolates the reservation itself (Lua script, rate-limit check, event publish).',
+  );
 }
 
 /** Deletes every Redis key of this run's deployment (what a restart without persistence leaves); answers how many. */
@@ -1016,19 +1409,35 @@ async function deletePrefix(): Promise<number> {
 }
 
 /** Commands whose cost does not grow with a node's sets (scripts call them; SLOWLOG logs those too). */
-const CONSTANT_TIME = new Set(['TIME', 'HINCRBY', 'HGET', 'HSET', 'HDEL', 'SISMEMBER', 'ZSCORE', 'ZCARD', 'EXISTS', 'PEXPIREAT']);
+const CONSTANT_TIME = new Set([
+  'TIME',
+  'HINCRBY',
+  'HGET',
+  'HSET',
+  'HDEL',
+  'SISMEMBER',
+  'ZSCORE',
+  'ZCARD',
+  'EXISTS',
+  'PEXPIREAT',
+]);
 
 /**
  * Runs `load` with Redis's SLOWLOG recording every command of at least S5_SLOWLOG_US, and
  * answers those that name the VMID space's keys, slowest first (EVALSHA named by its script). The
  * previous settings are restored whatever happens.
  */
-async function withSlowlog<T>(spaceId: string, load: () => Promise<T>): Promise<{ result: T; slow: Array<{ us: number; command: string }> }> {
+async function withSlowlog<T>(
+  spaceId: string,
+  load: () => Promise<T>,
+): Promise<{ result: T; slow: Array<{ us: number; command: string }> }> {
   const admin = new Redis(REDIS_URL);
   const setting = async (name: string) => ((await admin.config('GET', name)) as string[])[1] ?? '';
   const threshold = await setting('slowlog-log-slower-than');
   const maxLen = await setting('slowlog-max-len');
-  const scriptNames = new Map(Object.entries(vmidScripts).map(([name, lua]) => [createHash('sha1').update(String(lua)).digest('hex'), name]));
+  const scriptNames = new Map(
+    Object.entries(vmidScripts).map(([name, lua]) => [createHash('sha1').update(String(lua)).digest('hex'), name]),
+  );
   try {
     await admin.config('SET', 'slowlog-max-len', '100000');
     await admin.config('SET', 'slowlog-log-slower-than', String(S5_SLOWLOG_US));
@@ -1040,7 +1449,11 @@ async function withSlowlog<T>(spaceId: string, load: () => Promise<T>): Promise<
       .filter(([, , , args]) => args.some((x) => x.includes(`{${spaceId}}`)))
       .map(([, , us, args]) => {
         const [cmd = '?', sha = ''] = args;
-        return { us, command: cmd.toUpperCase() === 'EVALSHA' ? `EVALSHA ${scriptNames.get(sha) ?? sha.slice(0, 8)}` : cmd.toUpperCase() };
+        return {
+          us,
+          command:
+            cmd.toUpperCase() === 'EVALSHA' ? `EVALSHA ${scriptNames.get(sha) ?? sha.slice(0, 8)}` : cmd.toUpperCase(),
+        };
       })
       .sort((x, y) => y.us - x.us);
     return { result, slow };
@@ -1076,11 +1489,17 @@ async function rawSubscription(url: string, token: string, query: string, variab
   await new Promise<void>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error('raw subscription: no SYNC in 30 s')), 30_000);
     ws.once('error', reject);
-    ws.on('open', () => ws.send(JSON.stringify({ type: 'connection_init', payload: { authorization: `Bearer ${token}` } })));
+    ws.on('open', () =>
+      ws.send(JSON.stringify({ type: 'connection_init', payload: { authorization: `Bearer ${token}` } })),
+    );
     ws.on('message', (data: Buffer) => {
       const t = now();
-      const m = JSON.parse(data.toString()) as { type: string; payload?: { data?: { vmidEvents?: { added?: number[] } } } };
-      if (m.type === 'connection_ack') ws.send(JSON.stringify({ id: '1', type: 'subscribe', payload: { query, variables } }));
+      const m = JSON.parse(data.toString()) as {
+        type: string;
+        payload?: { data?: { vmidEvents?: { added?: number[] } } };
+      };
+      if (m.type === 'connection_ack')
+        ws.send(JSON.stringify({ id: '1', type: 'subscribe', payload: { query, variables } }));
       else if (m.type === 'ping') ws.send(JSON.stringify({ type: 'pong' }));
       else if (m.type === 'next') {
         frames.push({ t, bytes: data.length, added: m.payload?.data?.vmidEvents?.added ?? [] });
@@ -1100,7 +1519,9 @@ async function rawSubscription(url: string, token: string, query: string, variab
 async function scenario6() {
   const intervalMs = S6_INTERVAL_S * 1000;
   const goalMs = intervalMs + S6_SLACK_MS;
-  console.log(`\n== 6. Live changes from outside pvegraph: guests created in Proxmox → REFRESHED at ${SUBSCRIBERS} subscribers on two instances (VMID_WATCH_INTERVAL_S=${S6_INTERVAL_S}, ${S6_GUESTS} guests)`);
+  console.log(
+    `\n== 6. Live changes from outside pvegraph: guests created in Proxmox → REFRESHED at ${SUBSCRIBERS} subscribers on two instances (VMID_WATCH_INTERVAL_S=${S6_INTERVAL_S}, ${S6_GUESTS} guests)`,
+  );
   const sim = await startSim(S6_GUESTS);
   const env = { VMID_WATCH_INTERVAL_S: String(S6_INTERVAL_S) };
   const [a, b] = await Promise.all([startServer('s6a', env), startServer('s6b', env)]);
@@ -1132,12 +1553,23 @@ async function scenario6() {
   const oa = await fleet.open(a.wsUrl, [{ token, nodeId, count: half }], S6_QUERY);
   const ob = await fleet.open(b.wsUrl, [{ token, nodeId, count: SUBSCRIBERS - half }], S6_QUERY);
   const failed = oa.failed + ob.failed;
-  console.log(`  subscribed: ${oa.ok} on A in ${fmt(oa.ms / 1000, 1)} s, ${ob.ok} on B in ${fmt(ob.ms / 1000, 1)} s (${failed} failed${[...oa.errors, ...ob.errors].length ? `: ${[...oa.errors, ...ob.errors].slice(0, 3).join('; ')}` : ''})`);
+  console.log(
+    `  subscribed: ${oa.ok} on A in ${fmt(oa.ms / 1000, 1)} s, ${ob.ok} on B in ${fmt(ob.ms / 1000, 1)} s (${failed} failed${[...oa.errors, ...ob.errors].length ? `: ${[...oa.errors, ...ob.errors].slice(0, 3).join('; ')}` : ''})`,
+  );
 
-  const counts = () => ({ t: now(), probes: sim.stats.count('/cluster/tasks'), listings: sim.stats.count('/cluster/resources') });
+  const counts = () => ({
+    t: now(),
+    probes: sim.stats.count('/cluster/tasks'),
+    listings: sim.stats.count('/cluster/resources'),
+  });
   const perInterval = (from: ReturnType<typeof counts>, to: ReturnType<typeof counts>) => {
     const intervals = (to.t - from.t) / intervalMs;
-    return { intervals, probes: to.probes - from.probes, listings: to.listings - from.listings, probesPer: (to.probes - from.probes) / intervals };
+    return {
+      intervals,
+      probes: to.probes - from.probes,
+      listings: to.listings - from.listings,
+      probesPer: (to.probes - from.probes) / intervals,
+    };
   };
 
   // Quiet: the lease holder's first probe lists (it has no cursor yet); then nothing changes.
@@ -1173,7 +1605,14 @@ async function scenario6() {
   /** From the REFRESHED message's arrival on Redis (seen by this process) to each subscriber: the fan-out alone. */
   const fanout: number[] = [];
   let missing = 0;
-  const perChange: Array<{ vmid: number; d: Dist; missing: number; redisMs: number; redisBytes: number; socketBytes: number[] }> = [];
+  const perChange: Array<{
+    vmid: number;
+    d: Dist;
+    missing: number;
+    redisMs: number;
+    redisBytes: number;
+    socketBytes: number[];
+  }> = [];
   for (let i = 0; i < S6_CHANGES; i++) {
     const c = await change(i);
     all.push(...c.delays);
@@ -1182,9 +1621,20 @@ async function scenario6() {
     await sleep(50);
     const msg = onRedis.find((m) => m.t >= c.at && m.added.includes(c.vmid));
     if (msg) fanout.push(...c.delays.map((x) => x - (msg.t - c.at)));
-    const frames = [rawA, rawB].map((raw) => raw.frames.find((f) => f.t >= c.at && f.added.includes(c.vmid))?.bytes ?? NaN);
-    perChange.push({ vmid: c.vmid, d: dist(c.delays), missing: c.missing, redisMs: msg ? msg.t - c.at : NaN, redisBytes: msg?.bytes ?? NaN, socketBytes: frames });
-    console.log(`  change ${i + 1}: VMID ${c.vmid} → ${distStr(dist(c.delays))} (${c.missing} missing); Redis after ${ms(msg ? msg.t - c.at : NaN)}, ${msg?.bytes ?? 'n/a'} B; frame ${frames.join(' / ')} B`);
+    const frames = [rawA, rawB].map(
+      (raw) => raw.frames.find((f) => f.t >= c.at && f.added.includes(c.vmid))?.bytes ?? NaN,
+    );
+    perChange.push({
+      vmid: c.vmid,
+      d: dist(c.delays),
+      missing: c.missing,
+      redisMs: msg ? msg.t - c.at : NaN,
+      redisBytes: msg?.bytes ?? NaN,
+      socketBytes: frames,
+    });
+    console.log(
+      `  change ${i + 1}: VMID ${c.vmid} → ${distStr(dist(c.delays))} (${c.missing} missing); Redis after ${ms(msg ? msg.t - c.at : NaN)}, ${msg?.bytes ?? 'n/a'} B; frame ${frames.join(' / ')} B`,
+    );
     await sleep(Math.max(0, c.at + S6_GAP_MS + Math.random() * intervalMs - now()));
   }
   const changing = perInterval(c0, counts());
@@ -1204,17 +1654,84 @@ async function scenario6() {
   const maxOf = (xs: number[]) => (xs.some((x) => !Number.isFinite(x)) ? NaN : Math.max(...xs));
   const n = oa.ok + ob.ok;
   const expectedListings = S6_CHANGES;
-  row({ scenario: 6, metric: `guest created in Proxmox (simulator, ${S6_GUESTS} guests) → REFRESHED with it in \`added\` at each of ${n} subscribers on two instances (${S6_CHANGES} creations, all deliveries)`, server: distStr(d), baseline: '—', ratio: `p99 ${ratio(d.p99, intervalMs, 2)} interval`, goal: `p99 ≤ interval + ${S6_SLACK_MS} ms (${goalMs} ms)`, status: d.p99 <= goalMs && missing === 0 && failed === 0 ? 'PASS' : 'MISS' });
-  row({ scenario: 6, metric: 'of which: REFRESHED seen on Redis → each subscriber (the fan-out over both instances, without the wait for the probe and the listing)', server: distStr(f), baseline: '—', ratio: '—', goal: '', status: '—' });
-  row({ scenario: 6, metric: `Proxmox requests per interval, quiet (${fmt(quiet.intervals, 1)} intervals, ${n} subscribers connected): GET /cluster/tasks, GET /cluster/resources`, server: `${fmt(quiet.probesPer, 2)} probes/interval (${quiet.probes}), ${quiet.listings} listings`, baseline: '—', ratio: '—', goal: '1 probe per interval, 0 listings', status: quiet.probesPer >= 0.9 && quiet.probesPer <= 1.1 && quiet.listings === 0 ? 'PASS' : 'MISS' });
-  row({ scenario: 6, metric: `Proxmox requests per interval during the ${S6_CHANGES} creations (${fmt(changing.intervals, 1)} intervals)`, server: `${fmt(changing.probesPer, 2)} probes/interval (${changing.probes}), ${changing.listings} listings`, baseline: '—', ratio: `${fmt(changing.listings / S6_CHANGES, 2)} listings per creation`, goal: `1 probe per interval + 1 listing per creation (${expectedListings})`, status: changing.probesPer >= 0.9 && changing.probesPer <= 1.1 && changing.listings === expectedListings ? 'PASS' : 'MISS' });
-  row({ scenario: 6, metric: `bytes per event on Redis for one new guest in a ${S6_GUESTS}-guest cluster (PUBLISH payload)`, server: `${fmt(maxOf(redisBytes), 0)} B`, baseline: '—', ratio: '—', goal: '< 1 KB', status: maxOf(redisBytes) < 1024 ? 'PASS' : 'MISS' });
-  row({ scenario: 6, metric: `bytes per event on a socket (graphql-ws \`next\` frame payload, selection \`kind version added removed\`)`, server: `${fmt(maxOf(socketBytes), 0)} B`, baseline: '—', ratio: '—', goal: '< 1 KB', status: maxOf(socketBytes) < 1024 ? 'PASS' : 'MISS' });
-  note(6, `per creation (VMID: p50/p99 over the subscribers; Redis message seen after): ${perChange.map((c) => `${c.vmid}: ${fmt(c.d.p50, 0)}/${fmt(c.d.p99, 0)} ms, ${fmt(c.redisMs, 0)} ms`).join('; ')}.`);
-  note(6, `creation → the REFRESHED message on Redis (the probe's wait for its interval, the task probe, the ${S6_GUESTS}-guest listing and the write): p50 ${ms(redisDelay.p50)}, max ${ms(redisDelay.max)}; the rest of the delay is the fan-out to ${n} sockets. Creations are ${S6_GAP_MS / 1000} s + a random part of an interval apart, so they fall at every phase of the probe timer: the delay's floor is the listing, its spread the interval.`);
-  note(6, `missing deliveries ${missing}; failed subscribes ${failed} (A ${oa.ok}/${half}, B ${ob.ok}/${SUBSCRIBERS - half}; subscribing took ${fmt(oa.ms / 1000, 1)} s + ${fmt(ob.ms / 1000, 1)} s, 100 in flight). Redis bytes per creation: ${redisBytes.join(', ')}; frame bytes per creation (A/B): ${perChange.map((c) => c.socketBytes.join('/')).join(', ')} (plus 2–4 bytes of WebSocket header).`);
-  note(6, `setup: two instances with VMID_WATCH_INTERVAL_S=${S6_INTERVAL_S}, one registration of a simulator with ${S6_GUESTS} guests, ${n} graphql-ws subscribers of vmidEvents(nodeId) { kind version added removed } split over both (one subscriber process, bench/subscribers.ts), one more on each instance spoken by hand for the frame sizes, and a raw ioredis PSUBSCRIBE to \`<prefix>vmid-events:*\` for the Redis sizes. Guests are created with the simulator's addGuest, which records a vzcreate task as Proxmox does; nothing goes through pvegraph. One unmeasured creation precedes the measured ones. Proxmox requests are the simulator's own counts (every instance together).`);
-  note(6, `CPU during the creations (10 ms ticks): instance A ${fmt(cpuMs[0]!, 0)} ms, instance B ${fmt(cpuMs[1]!, 0)} ms, subscribers ${fmt(cpuMs[2]!, 0)} ms, orchestrator (simulator included) ${fmt(cpuMs[3]!, 0)} ms, over ${fmt(changing.intervals * S6_INTERVAL_S, 1)} s.`);
+  row({
+    scenario: 6,
+    metric: `guest created in Proxmox (simulator, ${S6_GUESTS} guests) → REFRESHED with it in \`added\` at each of ${n} subscribers on two instances (${S6_CHANGES} creations, all deliveries)`,
+    server: distStr(d),
+    baseline: '—',
+    ratio: `p99 ${ratio(d.p99, intervalMs, 2)} interval`,
+    goal: `p99 ≤ interval + ${S6_SLACK_MS} ms (${goalMs} ms)`,
+    status: d.p99 <= goalMs && missing === 0 && failed === 0 ? 'PASS' : 'MISS',
+  });
+  row({
+    scenario: 6,
+    metric:
+      'of which: REFRESHED seen on Redis → each subscriber (the fan-out over both instances, without the wait for the probe and the listing)',
+    server: distStr(f),
+    baseline: '—',
+    ratio: '—',
+    goal: '',
+    status: '—',
+  });
+  row({
+    scenario: 6,
+    metric: `Proxmox requests per interval, quiet (${fmt(quiet.intervals, 1)} intervals, ${n} subscribers connected): GET /cluster/tasks, GET /cluster/resources`,
+    server: `${fmt(quiet.probesPer, 2)} probes/interval (${quiet.probes}), ${quiet.listings} listings`,
+    baseline: '—',
+    ratio: '—',
+    goal: '1 probe per interval, 0 listings',
+    status: quiet.probesPer >= 0.9 && quiet.probesPer <= 1.1 && quiet.listings === 0 ? 'PASS' : 'MISS',
+  });
+  row({
+    scenario: 6,
+    metric: `Proxmox requests per interval during the ${S6_CHANGES} creations (${fmt(changing.intervals, 1)} intervals)`,
+    server: `${fmt(changing.probesPer, 2)} probes/interval (${changing.probes}), ${changing.listings} listings`,
+    baseline: '—',
+    ratio: `${fmt(changing.listings / S6_CHANGES, 2)} listings per creation`,
+    goal: `1 probe per interval + 1 listing per creation (${expectedListings})`,
+    status:
+      changing.probesPer >= 0.9 && changing.probesPer <= 1.1 && changing.listings === expectedListings
+        ? 'PASS'
+        : 'MISS',
+  });
+  row({
+    scenario: 6,
+    metric: `bytes per event on Redis for one new guest in a ${S6_GUESTS}-guest cluster (PUBLISH payload)`,
+    server: `${fmt(maxOf(redisBytes), 0)} B`,
+    baseline: '—',
+    ratio: '—',
+    goal: '< 1 KB',
+    status: maxOf(redisBytes) < 1024 ? 'PASS' : 'MISS',
+  });
+  row({
+    scenario: 6,
+    metric: `bytes per event on a socket (graphql-ws \`next\` frame payload, selection \`kind version added removed\`)`,
+    server: `${fmt(maxOf(socketBytes), 0)} B`,
+    baseline: '—',
+    ratio: '—',
+    goal: '< 1 KB',
+    status: maxOf(socketBytes) < 1024 ? 'PASS' : 'MISS',
+  });
+  note(
+    6,
+    `per creation (VMID: p50/p99 over the subscribers; Redis message seen after): ${perChange.map((c) => `${c.vmid}: ${fmt(c.d.p50, 0)}/${fmt(c.d.p99, 0)} ms, ${fmt(c.redisMs, 0)} ms`).join('; ')}.`,
+  );
+  note(
+    6,
+    `creation → the REFRESHED message on Redis (the probe's wait for its interval, the task probe, the ${S6_GUESTS}-guest listing and the write): p50 ${ms(redisDelay.p50)}, max ${ms(redisDelay.max)}; the rest of the delay is the fan-out to ${n} sockets. Creations are ${S6_GAP_MS / 1000} s + a random part of an interval apart, so they fall at every phase of the probe timer: the delay's floor is the listing, its spread the interval.`,
+  );
+  note(
+    6,
+    `missing deliveries ${missing}; failed subscribes ${failed} (A ${oa.ok}/${half}, B ${ob.ok}/${SUBSCRIBERS - half}; subscribing took ${fmt(oa.ms / 1000, 1)} s + ${fmt(ob.ms / 1000, 1)} s, 100 in flight). Redis bytes per creation: ${redisBytes.join(', ')}; frame bytes per creation (A/B): ${perChange.map((c) => c.socketBytes.join('/')).join(', ')} (plus 2–4 bytes of WebSocket header).`,
+  );
+  note(
+    6,
+    `setup: two instances with VMID_WATCH_INTERVAL_S=${S6_INTERVAL_S}, one registration of a simulator with ${S6_GUESTS} guests, ${n} graphql-ws subscribers of vmidEvents(nodeId) { kind version added removed } split over both (one subscriber process, bench/subscribers.ts), one more on each instance spoken by hand for the frame sizes, and a raw ioredis PSUBSCRIBE to \`<prefix>vmid-events:*\` for the Redis sizes. Guests are created with the simulator's addGuest, which records a vzcreate task as Proxmox does; nothing goes through pvegraph. One unmeasured creation precedes the measured ones. Proxmox requests are the simulator's own counts (every instance together).`,
+  );
+  note(
+    6,
+    `CPU during the creations (10 ms ticks): instance A ${fmt(cpuMs[0]!, 0)} ms, instance B ${fmt(cpuMs[1]!, 0)} ms, subscribers ${fmt(cpuMs[2]!, 0)} ms, orchestrator (simulator included) ${fmt(cpuMs[3]!, 0)} ms, over ${fmt(changing.intervals * S6_INTERVAL_S, 1)} s.`,
+  );
   await Promise.all([stopServer(a), stopServer(b)]);
 }
 
@@ -1222,7 +1739,8 @@ async function scenario6() {
 function writeReport() {
   const file = path.join(ROOT, 'BENCHMARKS.md');
   const date = new Date().toISOString().replace(/\.\d+Z$/, 'Z');
-  const command = `${selected.length === ALL.length ? 'npm run bench' : `npm run bench -- ${selected.join(' ')}`}` + envSuffix();
+  const command =
+    `${selected.length === ALL.length ? 'npm run bench' : `npm run bench -- ${selected.join(' ')}`}` + envSuffix();
   const machine = `${os.cpus().length} cores (nproc ${os.availableParallelism()}), ${os.cpus()[0]?.model ?? 'unknown CPU'}, ${(os.totalmem() / 2 ** 30).toFixed(1)} GiB, Node ${process.version}, ${os.platform()} ${os.release()}`;
   let text = existsSync(file) ? readFileSync(file, 'utf8') : '# pvegraph benchmarks\n\n';
   for (const s of selected) {
@@ -1245,14 +1763,23 @@ function writeReport() {
   console.log(`\nBENCHMARKS.md updated (scenarios ${selected.join(', ')}).`);
 }
 function envSuffix() {
-  const set = ['BENCH_SECONDS', 'BENCH_ROUNDS', 'BENCH_CONNECTIONS', 'BENCH_SUBSCRIBERS', 'BENCH_SAMPLES', 'BENCH_SERVER_ROOT'].filter((k) => process.env[k]);
+  const set = [
+    'BENCH_SECONDS',
+    'BENCH_ROUNDS',
+    'BENCH_CONNECTIONS',
+    'BENCH_SUBSCRIBERS',
+    'BENCH_SAMPLES',
+    'BENCH_SERVER_ROOT',
+  ].filter((k) => process.env[k]);
   return set.length ? ` (with ${set.map((k) => `${k}=${process.env[k]}`).join(' ')})` : '';
 }
 
 // ------------------------------------------------------------------ main
 async function main() {
   const started = Date.now();
-  console.log(`pvegraph bench: scenarios ${selected.join(', ')}; ${os.availableParallelism()} cores, Node ${process.version}; db ${dbName}, Redis prefix ${prefix}`);
+  console.log(
+    `pvegraph bench: scenarios ${selected.join(', ')}; ${os.availableParallelism()} cores, Node ${process.version}; db ${dbName}, Redis prefix ${prefix}`,
+  );
   await setup();
   const sim = await startSim(50);
   if (selected.includes(0)) await scenario0(sim, row, note);
@@ -1267,7 +1794,15 @@ async function main() {
       const c = await scenario3(sim, await clusterVariant());
       await Promise.all([stopServer(c.a), stopServer(c.b)]);
       const singleP50 = Number(/p50 ([\d.]+) ms/.exec(single.server)?.[1]);
-      row({ scenario: 3, metric: 'cross-instance delivery p50: Redis Cluster (3 masters) vs single Redis', server: ms(c.p50), baseline: ms(singleP50), ratio: `Δp50 ${c.p50 - singleP50 >= 0 ? '+' : ''}${fmt(c.p50 - singleP50, 2)} ms`, goal: 'within 1 ms of single Redis', status: Math.abs(c.p50 - singleP50) <= 1 ? 'PASS' : 'MISS' });
+      row({
+        scenario: 3,
+        metric: 'cross-instance delivery p50: Redis Cluster (3 masters) vs single Redis',
+        server: ms(c.p50),
+        baseline: ms(singleP50),
+        ratio: `Δp50 ${c.p50 - singleP50 >= 0 ? '+' : ''}${fmt(c.p50 - singleP50, 2)} ms`,
+        goal: 'within 1 ms of single Redis',
+        status: Math.abs(c.p50 - singleP50) <= 1 ? 'PASS' : 'MISS',
+      });
     }
   }
   if (selected.includes(4) || selected.includes(5)) {
@@ -1289,9 +1824,14 @@ async function main() {
   }
   console.log('\n== Summary');
   console.log('| # | metric | server | baseline | ratio | goal | result |');
-  for (const r of rows) console.log(`| ${r.scenario} | ${r.metric} | ${r.server} | ${r.baseline} | ${r.ratio} | ${r.goal || '—'} | ${r.status} |`);
+  for (const r of rows)
+    console.log(
+      `| ${r.scenario} | ${r.metric} | ${r.server} | ${r.baseline} | ${r.ratio} | ${r.goal || '—'} | ${r.status} |`,
+    );
   if (process.env.BENCH_NO_WRITE !== '1') writeReport();
-  console.log(`total ${((Date.now() - started) / 1000).toFixed(0)} s${PROFILE ? `; CPU profiles in ${profDir}` : WINDOW ? `; window profiles in ${profDir}` : ''}`);
+  console.log(
+    `total ${((Date.now() - started) / 1000).toFixed(0)} s${PROFILE ? `; CPU profiles in ${profDir}` : WINDOW ? `; window profiles in ${profDir}` : ''}`,
+  );
 }
 
 let exitCode = 0;

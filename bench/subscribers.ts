@@ -41,7 +41,12 @@ function report(partial: boolean) {
   process.send!({ type: 'received', partial, times: subs.map((s) => s.received), groups: subs.map((s) => s.group) });
 }
 
-async function open(url: string, groups: Array<{ token: string; nodeId: string | null; count: number }>, concurrency: number, query: string) {
+async function open(
+  url: string,
+  groups: Array<{ token: string; nodeId: string | null; count: number }>,
+  concurrency: number,
+  query: string,
+) {
   const started = now();
   const plan: Array<{ token: string; nodeId: string | null; group: number }> = [];
   groups.forEach((g, gi) => {

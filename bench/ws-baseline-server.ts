@@ -46,7 +46,9 @@ wss.on('connection', (ws) => {
       const sub = { ws, id: msg.id };
       subs.add(sub);
       byWs.set(ws, [...(byWs.get(ws) ?? []), sub]);
-      ws.send(JSON.stringify({ id: msg.id, type: 'next', payload: { data: { vmidEvents: { kind: 'SYNC', version } } } }));
+      ws.send(
+        JSON.stringify({ id: msg.id, type: 'next', payload: { data: { vmidEvents: { kind: 'SYNC', version } } } }),
+      );
     } else if (msg.type === 'complete' && msg.id) {
       for (const s of byWs.get(ws) ?? []) if (s.id === msg.id) subs.delete(s);
     }

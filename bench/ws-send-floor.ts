@@ -23,12 +23,16 @@ type Way = (typeof WAYS)[number];
 const now = () => performance.timeOrigin + performance.now();
 const PAYLOAD = '{"data":{"vmidEvents":{"kind":"INVALIDATED","version":12345}}}';
 /** A graphql-transport-ws `next` as graphql-ws writes it, with a per-client id. */
-const message = (i: number) => `{"id":"${i.toString(16).padStart(8, '0')}-7a1c-4b2e-9f00-5d3c2b1a0e9f","type":"next","payload":${PAYLOAD}}`;
+const message = (i: number) =>
+  `{"id":"${i.toString(16).padStart(8, '0')}-7a1c-4b2e-9f00-5d3c2b1a0e9f","type":"next","payload":${PAYLOAD}}`;
 
 /** An unmasked, final text frame (server → client), for payloads under 64 KiB. */
 function textFrame(text: string): Buffer {
   const body = Buffer.from(text);
-  const head = body.length < 126 ? Buffer.from([0x81, body.length]) : Buffer.from([0x81, 126, body.length >> 8, body.length & 0xff]);
+  const head =
+    body.length < 126
+      ? Buffer.from([0x81, body.length])
+      : Buffer.from([0x81, 126, body.length >> 8, body.length & 0xff]);
   return Buffer.concat([head, body]);
 }
 

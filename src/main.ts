@@ -74,7 +74,10 @@ async function main(): Promise<void> {
     );
   }
 
-  log.info({ url: `${url}/graphql` }, config.graphiql ? `pvegraph listening: GraphiQL at ${url}/graphql` : `pvegraph listening at ${url}/graphql`);
+  log.info(
+    { url: `${url}/graphql` },
+    config.graphiql ? `pvegraph listening: GraphiQL at ${url}/graphql` : `pvegraph listening at ${url}/graphql`,
+  );
 }
 
 /** Why the port could not be bound, in one line for the operator (no stack: nothing is broken). */

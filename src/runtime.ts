@@ -49,7 +49,11 @@ export async function openRuntime(config: Config, log: Logger, opts: RuntimeOpti
     if (!key) {
       // Only reachable in embedded mode: config refuses a DATABASE_URL without a key.
       const file = await loadOrCreateKeyFile(config.dataDir);
-      if (file.created) log.warn({ file: file.file }, 'ENCRYPTION_KEY not set: generated one into the data directory; back it up with the data');
+      if (file.created)
+        log.warn(
+          { file: file.file },
+          'ENCRYPTION_KEY not set: generated one into the data directory; back it up with the data',
+        );
       key = file.key;
     }
     const keys = [key, ...config.previousEncryptionKeys];
@@ -66,7 +70,11 @@ export async function openRuntime(config: Config, log: Logger, opts: RuntimeOpti
       allowLoopbackHosts: config.allowLoopbackNodeHosts,
       ...(config.loopbackNodeEndpoints ? { loopbackEndpoints: config.loopbackNodeEndpoints } : {}),
       logger: log.child({ component: 'proxmox' }),
-      onCall: (call) => metrics.proxmoxCalls.observe({ path: Metrics.proxmoxPathLabel(call.path), outcome: call.outcome }, call.durationMs / 1000),
+      onCall: (call) =>
+        metrics.proxmoxCalls.observe(
+          { path: Metrics.proxmoxPathLabel(call.path), outcome: call.outcome },
+          call.durationMs / 1000,
+        ),
     });
     closers.push(() => proxmox.close());
     // The VMID capability asks Proxmox about a cluster's guests through the registrations'
@@ -133,18 +141,37 @@ export async function openRuntime(config: Config, log: Logger, opts: RuntimeOpti
         metrics.backgroundCheckFailures.inc({ cache });
         if (Date.now() - lastWarned < 60_000) return;
         lastWarned = Date.now();
-        log.warn({ cache, err: { message: (err as Error).message } }, 'cache: background re-check failed; cached entries answer until they expire');
+        log.warn(
+          { cache, err: { message: (err as Error).message } },
+          'cache: background re-check failed; cached entries answer until they expire',
+        );
       };
     };
-    const nodes = new NodeService(db.prisma, secretBox, proxmox, vmids, config.tokenCacheTtlMs, backgroundCheckFailed('ownership'), targets);
+    const nodes = new NodeService(
+      db.prisma,
+      secretBox,
+      proxmox,
+      vmids,
+      config.tokenCacheTtlMs,
+      backgroundCheckFailed('ownership'),
+      targets,
+    );
     void nodes
       .identifyPending()
       .then((n) => n > 0 && log.info({ identified: n }, 'registrations identified by their Proxmox cluster'))
-      .catch((err: unknown) => log.warn({ err: { message: (err as Error).message } }, 'could not identify the clusters of older registrations'));
+      .catch((err: unknown) =>
+        log.warn(
+          { err: { message: (err as Error).message } },
+          'could not identify the clusters of older registrations',
+        ),
+      );
     const services: Services = {
       db,
       redis,
-      auth: new AuthService(db.prisma, { cacheTtlMs: config.tokenCacheTtlMs, onBackgroundCheckFailed: backgroundCheckFailed('token') }),
+      auth: new AuthService(db.prisma, {
+        cacheTtlMs: config.tokenCacheTtlMs,
+        onBackgroundCheckFailed: backgroundCheckFailed('token'),
+      }),
       metrics,
       rateLimiter,
       users: new UserService(db.prisma),
@@ -158,7 +185,8 @@ export async function openRuntime(config: Config, log: Logger, opts: RuntimeOpti
       secretBox,
       mode: db.kind,
       async close() {
-        for (const close of closers.reverse()) await close().catch((err: unknown) => log.warn({ err }, 'error while closing'));
+        for (const close of closers.reverse())
+          await close().catch((err: unknown) => log.warn({ err }, 'error while closing'));
       },
     };
   } catch (err) {

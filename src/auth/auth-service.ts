@@ -66,7 +66,13 @@ export class AuthService {
     async (hashes) => {
       const rows = await this.prisma.apiToken.findMany({
         where: { tokenHash: { in: [...hashes] } },
-        select: { id: true, tokenHash: true, revokedAt: true, lastUsedAt: true, user: { select: { id: true, name: true } } },
+        select: {
+          id: true,
+          tokenHash: true,
+          revokedAt: true,
+          lastUsedAt: true,
+          user: { select: { id: true, name: true } },
+        },
       });
       const byHash = new Map(rows.map((r) => [r.tokenHash, r]));
       return hashes.map((h) => byHash.get(h) ?? null);
@@ -153,7 +159,8 @@ export class AuthService {
   private fromCache(hash: string): Viewer | null | undefined {
     const hit = this.cache.get(hash);
     if (hit) {
-      if (dueForRefresh(hit.expiresAt, this.now(), this.opts.cacheTtlMs)) void this.lookup(hash).catch((err: unknown) => this.opts.onBackgroundCheckFailed?.(err));
+      if (dueForRefresh(hit.expiresAt, this.now(), this.opts.cacheTtlMs))
+        void this.lookup(hash).catch((err: unknown) => this.opts.onBackgroundCheckFailed?.(err));
       return hit.viewer;
     }
     return this.refused.has(hash) ? null : undefined;
@@ -178,7 +185,9 @@ export class AuthService {
       // A write per token at most every LAST_USED_RESOLUTION_MS (not per lookup: a busy
       // deployment refreshes every token each cache lifetime); a failure must not fail the request.
       if (!row.lastUsedAt || now - row.lastUsedAt.getTime() >= LAST_USED_RESOLUTION_MS) {
-        this.prisma.apiToken.update({ where: { id: row.id }, data: { lastUsedAt: new Date(now) } }).catch(() => undefined);
+        this.prisma.apiToken
+          .update({ where: { id: row.id }, data: { lastUsedAt: new Date(now) } })
+          .catch(() => undefined);
       }
       return viewer;
     });

@@ -19,17 +19,30 @@ export interface LruOptions<K extends NonNullable<unknown>, V extends NonNullabl
   onEvict?: (value: V, key: K) => void;
 }
 
-export function lruCache<K extends NonNullable<unknown>, V extends NonNullable<unknown>>(opts: LruOptions<K, V>): LRUCache<K, V> {
+export function lruCache<K extends NonNullable<unknown>, V extends NonNullable<unknown>>(
+  opts: LruOptions<K, V>,
+): LRUCache<K, V> {
   const { onEvict } = opts;
   return new LRUCache<K, V>({
     max: opts.max,
     ...(opts.ttlMs !== undefined ? { ttl: opts.ttlMs } : {}),
     // Shifted by 1 ms: lru-cache reads a start time of 0 as "no lifetime", and a test clock starts at 0.
-    ...(opts.now ? { perf: { now: ((now) => () => now() + 1)(opts.now) } } : {}),
+    ...(opts.now
+      ? {
+          perf: {
+            now: (
+              (now) => () =>
+                now() + 1
+            )(opts.now),
+          },
+        }
+      : {}),
     // Read the clock on every check: lru-cache's default reuses a reading for 1 ms through a
     // timer, which a hand-stepped test clock would see as time standing still.
     ttlResolution: 0,
-    ...(onEvict ? { dispose: (value: V, key: K, reason: LRUCache.DisposeReason) => reason === 'evict' && onEvict(value, key) } : {}),
+    ...(onEvict
+      ? { dispose: (value: V, key: K, reason: LRUCache.DisposeReason) => reason === 'evict' && onEvict(value, key) }
+      : {}),
   });
 }
 

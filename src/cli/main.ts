@@ -36,14 +36,18 @@ async function main(argv: string[]): Promise<number> {
   // where the server's ENCRYPTION_KEY and Redis are not (a deploy step, a CI job).
   const config = loadConfig(process.env, { requireEncryptionKey: false });
   if (!config.databaseUrl) await assertNoEmbeddedServer(config.dataDir);
-  const db = config.databaseUrl ? await openPostgres(config.databaseUrl, { poolMax: 2 }) : await openEmbedded(config.dataDir);
+  const db = config.databaseUrl
+    ? await openPostgres(config.databaseUrl, { poolMax: 2 })
+    : await openEmbedded(config.dataDir);
   try {
     const report = await db.withSession((session) => migrate(session));
     const auth = new AuthService(db.prisma, { cacheTtlMs: 0 });
     switch (`${command} ${sub ?? ''}`.trim()) {
       case 'migrate':
         for (const name of report.applied) process.stdout.write(`applied ${name}\n`);
-        process.stdout.write(`database is up to date (${report.applied.length + report.alreadyApplied.length} migrations)\n`);
+        process.stdout.write(
+          `database is up to date (${report.applied.length + report.alreadyApplied.length} migrations)\n`,
+        );
         return 0;
       case 'user create': {
         const name = required(values.name, '--name');
@@ -61,7 +65,9 @@ async function main(argv: string[]): Promise<number> {
         const rows = await auth.listTokens(required(values.user, '--user'));
         for (const t of rows) {
           const state = t.revokedAt ? `revoked ${t.revokedAt.toISOString()}` : 'active';
-          process.stdout.write(`${t.id}  ${t.prefix}…  created ${t.createdAt.toISOString()}  last used ${t.lastUsedAt?.toISOString() ?? 'never'}  ${state}\n`);
+          process.stdout.write(
+            `${t.id}  ${t.prefix}…  created ${t.createdAt.toISOString()}  last used ${t.lastUsedAt?.toISOString() ?? 'never'}  ${state}\n`,
+          );
         }
         return 0;
       }

@@ -108,7 +108,8 @@ export async function runVmidCli(
   try {
     return await run(argv, io);
   } catch (err) {
-    const known = err instanceof VmidCliError ? err : new VmidCliError('ERROR', (err as Error).message ?? String(err), EXIT.OTHER);
+    const known =
+      err instanceof VmidCliError ? err : new VmidCliError('ERROR', (err as Error).message ?? String(err), EXIT.OTHER);
     io.stderr.write(`pvegraph: ${known.code}: ${oneLine(known.message)}\n`);
     return known.exitCode;
   }
@@ -184,7 +185,9 @@ async function run(argv: string[], io: Io): Promise<number> {
       if (values.key !== undefined) request.key = values.key;
       const reservation = await reserve(settings, request);
       if (reservation.consumed) {
-        io.stderr.write(`pvegraph: VMID ${reservation.vmid} of this key is a guest already (its reservation was consumed): nothing reserved\n`);
+        io.stderr.write(
+          `pvegraph: VMID ${reservation.vmid} of this key is a guest already (its reservation was consumed): nothing reserved\n`,
+        );
       }
       io.stdout.write(`${reservation.vmid}\n`);
       return EXIT.OK;
@@ -203,11 +206,19 @@ async function run(argv: string[], io: Io): Promise<number> {
     default: {
       const vmid = integer(required(values.vmid, '--vmid'), '--vmid');
       const nodeId = await resolveNode(settings);
-      const data = await gql<{ releaseVmid: boolean }>(settings, 'mutation($n: ID!, $v: Int!) { releaseVmid(nodeId: $n, vmid: $v) }', {
-        n: nodeId,
-        v: vmid,
-      });
-      if (!data.releaseVmid) throw new VmidCliError('NOT_RESERVED', `no reservation of VMID ${vmid} to release (none, lapsed, consumed, or not yours)`);
+      const data = await gql<{ releaseVmid: boolean }>(
+        settings,
+        'mutation($n: ID!, $v: Int!) { releaseVmid(nodeId: $n, vmid: $v) }',
+        {
+          n: nodeId,
+          v: vmid,
+        },
+      );
+      if (!data.releaseVmid)
+        throw new VmidCliError(
+          'NOT_RESERVED',
+          `no reservation of VMID ${vmid} to release (none, lapsed, consumed, or not yours)`,
+        );
       io.stdout.write(`released ${vmid}\n`);
       return EXIT.OK;
     }
@@ -240,18 +251,23 @@ const TERRAFORM_KEYS = ['url', 'node', 'ttl', 'min', 'key', 'token_file'] as con
  */
 async function terraform(io: Io): Promise<number> {
   let text = '';
-  for await (const chunk of io.stdin) text += typeof chunk === 'string' ? chunk : (chunk).toString('utf8');
+  for await (const chunk of io.stdin) text += typeof chunk === 'string' ? chunk : chunk.toString('utf8');
   let query: unknown;
   try {
     query = JSON.parse(text);
   } catch {
-    throw usage('stdin must hold one JSON object (the external data source\'s query)');
+    throw usage("stdin must hold one JSON object (the external data source's query)");
   }
-  if (typeof query !== 'object' || query === null || Array.isArray(query)) throw usage('stdin must hold one JSON object');
+  if (typeof query !== 'object' || query === null || Array.isArray(query))
+    throw usage('stdin must hold one JSON object');
   const fields = query as Record<string, unknown>;
   for (const [name, value] of Object.entries(fields)) {
-    if (name === 'token') throw usage('do not put the token in the query (Terraform stores it in its state): set PVEGRAPH_TOKEN or token_file');
-    if (!(TERRAFORM_KEYS as readonly string[]).includes(name)) throw usage(`unknown query key "${name}" (${TERRAFORM_KEYS.join(', ')})`);
+    if (name === 'token')
+      throw usage(
+        'do not put the token in the query (Terraform stores it in its state): set PVEGRAPH_TOKEN or token_file',
+      );
+    if (!(TERRAFORM_KEYS as readonly string[]).includes(name))
+      throw usage(`unknown query key "${name}" (${TERRAFORM_KEYS.join(', ')})`);
     if (typeof value !== 'string' && value !== null) throw usage(`query key "${name}" must be a string`);
   }
   /** Terraform passes every value as a string; an empty one counts as not set. */
@@ -274,7 +290,8 @@ async function terraform(io: Io): Promise<number> {
   if (key !== undefined) request.key = key;
   const reservation = await reserve(settings, request);
   io.stdout.write(
-    JSON.stringify({ vmid: String(reservation.vmid), node_id: reservation.nodeId, expires_at: reservation.expiresAt }) + '\n',
+    JSON.stringify({ vmid: String(reservation.vmid), node_id: reservation.nodeId, expires_at: reservation.expiresAt }) +
+      '\n',
   );
   return EXIT.OK;
 }
@@ -286,7 +303,11 @@ async function resolveNode(settings: Settings): Promise<string> {
   if (UUID.test(settings.node)) return settings.node;
   const data = await gql<{ nodes: Array<{ id: string; name: string }> }>(settings, '{ nodes { id name } }', {});
   const found = data.nodes.find((n) => n.name === settings.node);
-  if (!found) throw new VmidCliError('NOT_FOUND', `no node named "${settings.node}" (your nodes: ${data.nodes.map((n) => n.name).join(', ') || 'none'})`);
+  if (!found)
+    throw new VmidCliError(
+      'NOT_FOUND',
+      `no node named "${settings.node}" (your nodes: ${data.nodes.map((n) => n.name).join(', ') || 'none'})`,
+    );
   return found.id;
 }
 
@@ -316,13 +337,19 @@ async function gql<T>(settings: Settings, query: string, variables: Record<strin
   try {
     body = (await res.json()) as GraphQLBody<T>;
   } catch (err) {
-    if ((err as Error).name === 'TimeoutError' || (err as Error).name === 'AbortError') throw transportError(settings, err);
+    if ((err as Error).name === 'TimeoutError' || (err as Error).name === 'AbortError')
+      throw transportError(settings, err);
     const transient = res.status === 502 || res.status === 503 || res.status === 504;
-    throw new VmidCliError(`HTTP_${res.status}`, `${settings.url} answered HTTP ${res.status} without a GraphQL response`, transient ? EXIT.RETRY : EXIT.OTHER);
+    throw new VmidCliError(
+      `HTTP_${res.status}`,
+      `${settings.url} answered HTTP ${res.status} without a GraphQL response`,
+      transient ? EXIT.RETRY : EXIT.OTHER,
+    );
   }
   const first = body.errors?.[0];
   if (first) throw new VmidCliError(first.extensions?.code ?? 'ERROR', first.message ?? 'the server reported an error');
-  if (!body.data) throw new VmidCliError(`HTTP_${res.status}`, `${settings.url} answered HTTP ${res.status} without data`);
+  if (!body.data)
+    throw new VmidCliError(`HTTP_${res.status}`, `${settings.url} answered HTTP ${res.status} without data`);
   return body.data;
 }
 
@@ -380,7 +407,9 @@ async function token(file: string | undefined, env: NodeJS.ProcessEnv): Promise<
     try {
       text = await readFile(file, 'utf8');
     } catch (err) {
-      throw usage(`cannot read the token file ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+      throw usage(
+        `cannot read the token file ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`,
+      );
     }
     const value = text.trim();
     if (!value) throw new VmidCliError('UNAUTHENTICATED', `the token file ${file} is empty`);

@@ -32,7 +32,10 @@ export interface WatchLease {
 const STATE_TTL_MS = 24 * 60 * 60 * 1000;
 
 /** Key names relative to the connection's keyPrefix, hash-tagged by space (one slot). */
-const leaseKeys = (spaceId: string): [string, string] => [`cluster-watch-lease:{${spaceId}}`, `cluster-watch:{${spaceId}}`];
+const leaseKeys = (spaceId: string): [string, string] => [
+  `cluster-watch-lease:{${spaceId}}`,
+  `cluster-watch:{${spaceId}}`,
+];
 
 const ACQUIRE = `
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -72,7 +75,13 @@ return 1
 interface LeaseCommands {
   pvgWatchAcquire(lease: string, token: string, ttlMs: number): Promise<number>;
   pvgWatchRelease(lease: string, token: string): Promise<number>;
-  pvgWatchClaimProbe(lease: string, state: string, token: string, intervalMs: number, stateTtlMs: number): Promise<number>;
+  pvgWatchClaimProbe(
+    lease: string,
+    state: string,
+    token: string,
+    intervalMs: number,
+    stateTtlMs: number,
+  ): Promise<number>;
   pvgWatchSaveCursor(lease: string, state: string, token: string, cursor: string, stateTtlMs: number): Promise<number>;
 }
 

@@ -159,7 +159,11 @@ export class ClusterWatcher {
     try {
       await this.lease.release(space.id, space.token);
     } catch (err) {
-      if (held) this.opts.log?.warn({ spaceId: space.id, err: { message: (err as Error).message } }, 'cluster watch: could not release the lease; it lapses by itself');
+      if (held)
+        this.opts.log?.warn(
+          { spaceId: space.id, err: { message: (err as Error).message } },
+          'cluster watch: could not release the lease; it lapses by itself',
+        );
     }
   }
 
@@ -183,7 +187,10 @@ export class ClusterWatcher {
       got = await this.lease.acquire(space.id, space.token, this.leaseTtlMs);
     } catch (err) {
       // Redis unreachable: a holder keeps the lease until it would lapse, nobody takes it.
-      this.opts.log?.debug({ spaceId: space.id, err: { message: (err as Error).message } }, 'cluster watch: lease not renewed');
+      this.opts.log?.debug(
+        { spaceId: space.id, err: { message: (err as Error).message } },
+        'cluster watch: lease not renewed',
+      );
       got = null;
     }
     if (space.ended) {
@@ -226,10 +233,13 @@ export class ClusterWatcher {
     clearTimeout(space.probeTimer);
     space.probeTimer = undefined;
     if (space.ended) return;
-    space.probeTimer = setTimeout(() => {
-      space.probeTimer = undefined;
-      void this.round(space);
-    }, Math.max(0, delayMs)).unref();
+    space.probeTimer = setTimeout(
+      () => {
+        space.probeTimer = undefined;
+        void this.round(space);
+      },
+      Math.max(0, delayMs),
+    ).unref();
   }
 
   /** One probe round (when this instance holds the lease), then the next one is scheduled. */
@@ -294,7 +304,10 @@ export class ClusterWatcher {
         if (code === ErrorCode.PROXMOX_FORBIDDEN) {
           // The full listing stands in for the tasks, once per interval.
           this.opts.onProbe?.('forbidden');
-          this.opts.log?.warn({ spaceId: space.id, nodeId: node.id }, 'cluster watch: /cluster/tasks forbidden (Sys.Audit on /); listing guests every interval instead');
+          this.opts.log?.warn(
+            { spaceId: space.id, nodeId: node.id },
+            'cluster watch: /cluster/tasks forbidden (Sys.Audit on /); listing guests every interval instead',
+          );
           space.forbiddenRounds = FORBIDDEN_RETRY_INTERVALS;
           space.cursor = null;
           list = true;
@@ -356,7 +369,10 @@ export class ClusterWatcher {
     space.failures++;
     space.mustList = true;
     if (space.failures === 1) {
-      this.opts.log?.warn({ spaceId: space.id, nodeId: node.id, err: { message: (err as Error).message } }, `cluster watch: ${what} failed; backing off`);
+      this.opts.log?.warn(
+        { spaceId: space.id, nodeId: node.id, err: { message: (err as Error).message } },
+        `cluster watch: ${what} failed; backing off`,
+      );
     }
     return true;
   }

@@ -48,7 +48,10 @@ const url = (name: string, protocols: string[]) =>
         return z.NEVER;
       }
       if (!protocols.includes(parsed.protocol)) {
-        ctx.addIssue({ code: 'custom', message: `${name} must start with ${protocols.map((p) => `${p}//`).join(' or ')}` });
+        ctx.addIssue({
+          code: 'custom',
+          message: `${name} must start with ${protocols.map((p) => `${p}//`).join(' or ')}`,
+        });
         return z.NEVER;
       }
       return v;
@@ -80,11 +83,17 @@ const trustedProxies = (name: string) =>
     .string()
     .optional()
     .transform((v, ctx) => {
-      const entries = (v ?? '').split(',').map((s) => s.trim()).filter(Boolean);
+      const entries = (v ?? '')
+        .split(',')
+        .map((s) => s.trim())
+        .filter(Boolean);
       try {
         proxyAddr.compile(entries);
       } catch (err) {
-        ctx.addIssue({ code: 'custom', message: `${name}: ${(err as Error).message} (addresses, CIDR ranges, loopback, linklocal or uniquelocal)` });
+        ctx.addIssue({
+          code: 'custom',
+          message: `${name}: ${(err as Error).message} (addresses, CIDR ranges, loopback, linklocal or uniquelocal)`,
+        });
         return z.NEVER;
       }
       return entries;
@@ -99,7 +108,10 @@ const encryptionKeys = (name: string) =>
       if (v === undefined || v.trim() === '') return [];
       const keys = v.split(',').map((part) => Buffer.from(part.trim(), 'base64'));
       if (keys.some((k) => k.length !== 32)) {
-        ctx.addIssue({ code: 'custom', message: `${name} must be 32 bytes, base64-encoded (e.g. \`openssl rand -base64 32\`)` });
+        ctx.addIssue({
+          code: 'custom',
+          message: `${name} must be 32 bytes, base64-encoded (e.g. \`openssl rand -base64 32\`)`,
+        });
         return z.NEVER;
       }
       return keys;
@@ -123,9 +135,12 @@ const envSchema = z.object({
   PROXMOX_TIMEOUT_MS: int('PROXMOX_TIMEOUT_MS', 10_000, 100, 300_000),
   ALLOW_PRIVATE_NODE_HOSTS: bool('ALLOW_PRIVATE_NODE_HOSTS', true),
   ALLOW_LOOPBACK_NODE_HOSTS: bool('ALLOW_LOOPBACK_NODE_HOSTS', false),
-  LOG_LEVEL: z.string().default('info').refine((v) => (LOG_LEVELS as readonly string[]).includes(v), {
-    message: `LOG_LEVEL must be one of ${LOG_LEVELS.join(', ')}`,
-  }),
+  LOG_LEVEL: z
+    .string()
+    .default('info')
+    .refine((v) => (LOG_LEVELS as readonly string[]).includes(v), {
+      message: `LOG_LEVEL must be one of ${LOG_LEVELS.join(', ')}`,
+    }),
   TOKEN_CACHE_TTL_MS: int('TOKEN_CACHE_TTL_MS', 30_000, 0, 3_600_000),
   NODE_ENV: z.string().default('development'),
   GRAPHQL_INTROSPECTION: z.string().optional(),
@@ -216,10 +231,14 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, opts: LoadOptio
   }
   const e = parsed.data;
   if (e.ENCRYPTION_KEY.length > 1) {
-    throw new ConfigError('invalid configuration: ENCRYPTION_KEY holds one key; put older ones in ENCRYPTION_KEYS_PREVIOUS');
+    throw new ConfigError(
+      'invalid configuration: ENCRYPTION_KEY holds one key; put older ones in ENCRYPTION_KEYS_PREVIOUS',
+    );
   }
   if (opts.requireEncryptionKey !== false && e.DATABASE_URL && e.ENCRYPTION_KEY.length === 0) {
-    throw new ConfigError('invalid configuration: ENCRYPTION_KEY is required when DATABASE_URL is set (32 bytes, base64)');
+    throw new ConfigError(
+      'invalid configuration: ENCRYPTION_KEY is required when DATABASE_URL is set (32 bytes, base64)',
+    );
   }
   if (e.REDIS_URL?.kind === 'cluster' && /[{}]/.test(e.REDIS_KEY_PREFIX)) {
     // The keys' hash tags ({space}) put each space's keys in one slot; a brace in the prefix

@@ -39,7 +39,10 @@ export class MigrationError extends Error {
 
 export async function readMigrations(dir = MIGRATIONS_DIR): Promise<Migration[]> {
   const entries = await readdir(dir, { withFileTypes: true });
-  const names = entries.filter((e) => e.isDirectory()).map((e) => e.name).sort();
+  const names = entries
+    .filter((e) => e.isDirectory())
+    .map((e) => e.name)
+    .sort();
   return Promise.all(
     names.map(async (name) => {
       const sql = await readFile(path.join(dir, name, 'migration.sql'), 'utf8');
@@ -73,8 +76,10 @@ export async function migrate(session: SqlSession, migrations?: Migration[]): Pr
     for (const m of all) {
       const row = done.get(m.name);
       if (row) {
-        if (!row.finished_at) throw new MigrationError(`migration ${m.name} started earlier and did not finish; resolve it by hand`);
-        if (row.checksum !== m.checksum) throw new MigrationError(`migration ${m.name} was changed after it was applied (checksum differs)`);
+        if (!row.finished_at)
+          throw new MigrationError(`migration ${m.name} started earlier and did not finish; resolve it by hand`);
+        if (row.checksum !== m.checksum)
+          throw new MigrationError(`migration ${m.name} was changed after it was applied (checksum differs)`);
         report.alreadyApplied.push(m.name);
         continue;
       }
@@ -97,7 +102,9 @@ export async function migrate(session: SqlSession, migrations?: Migration[]): Pr
     const known = new Set(all.map((m) => m.name));
     const unknown = [...done.keys()].filter((n) => !known.has(n));
     if (unknown.length > 0) {
-      throw new MigrationError(`database has migrations this code does not know: ${unknown.join(', ')} (is the code older than the database?)`);
+      throw new MigrationError(
+        `database has migrations this code does not know: ${unknown.join(', ')} (is the code older than the database?)`,
+      );
     }
     return report;
   } finally {

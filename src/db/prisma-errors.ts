@@ -23,7 +23,13 @@ export function isDatabaseUnavailable(err: unknown): boolean {
   // socket errors, SQLSTATE class 08 (connection exception) and 57P01–57P03 (shutting down,
   // starting up).
   const code = (err as { code?: unknown } | null)?.code;
-  if (typeof code === 'string' && (/^(ECONNRESET|ECONNREFUSED|EPIPE|ETIMEDOUT)$/.test(code) || /^(08...|57P0[123])$/.test(code))) return true;
+  if (
+    typeof code === 'string' &&
+    (/^(ECONNRESET|ECONNREFUSED|EPIPE|ETIMEDOUT)$/.test(code) || /^(08...|57P0[123])$/.test(code))
+  )
+    return true;
   const message = err instanceof Error ? err.message : '';
-  return /^Connection terminated|^timeout exceeded when trying to connect|^Client has encountered a connection error/.test(message);
+  return /^Connection terminated|^timeout exceeded when trying to connect|^Client has encountered a connection error/.test(
+    message,
+  );
 }

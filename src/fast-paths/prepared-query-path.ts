@@ -30,7 +30,11 @@ export interface HandOver {
 export const ANSWERED = 'answered';
 
 /** Answers the request, or tells what Yoga is to handle (the body read is handed along on `req.body`). */
-export type PreparedQueryPath = (req: IncomingMessage, res: ServerResponse, requestId: string) => Promise<typeof ANSWERED | HandOver>;
+export type PreparedQueryPath = (
+  req: IncomingMessage,
+  res: ServerResponse,
+  requestId: string,
+) => Promise<typeof ANSWERED | HandOver>;
 const UNCHECKED: HandOver = Object.freeze({ check: undefined });
 
 /** A refused token's answer, as Yoga formats it (see refusalOf). */
@@ -115,8 +119,18 @@ export function createPreparedQueryPath(opts: PreparedQueryPathOptions): Prepare
       const { authFailure } = check;
       const refusal = await refusalOf(authFailure, mediaType);
       const context: RequestContext = { services, log, requestId, viewer: null, authFailure };
-      recordOperation(metrics, context, { type: entry.type, operationName: params.operationName, errors: refusal.errors, started });
-      res.writeHead(refusal.status, origin === undefined ? refusal.headers : { ...refusal.headers, ...corsHeaders(headers) }).end(refusal.body);
+      recordOperation(metrics, context, {
+        type: entry.type,
+        operationName: params.operationName,
+        errors: refusal.errors,
+        started,
+      });
+      res
+        .writeHead(
+          refusal.status,
+          origin === undefined ? refusal.headers : { ...refusal.headers, ...corsHeaders(headers) },
+        )
+        .end(refusal.body);
       return 'refused';
     }
 
@@ -125,7 +139,12 @@ export function createPreparedQueryPath(opts: PreparedQueryPathOptions): Prepare
     if (!executed) return { handover: 'not_prepared', check };
     if (!('data' in executed) || executed.data === undefined) return { handover: 'invalid_variables', check };
     const result = masker.maskResult(executed, requestId);
-    recordOperation(metrics, context, { type: entry.type, operationName: params.operationName, errors: result.errors, started });
+    recordOperation(metrics, context, {
+      type: entry.type,
+      operationName: params.operationName,
+      errors: result.errors,
+      started,
+    });
 
     if (result.errors?.length || result.extensions) {
       // Yoga's own formatting: status code by error kind, internals stripped.
@@ -136,7 +155,10 @@ export function createPreparedQueryPath(opts: PreparedQueryPathOptions): Prepare
       return 'prepared';
     }
     const body = JSON.stringify(result);
-    const out: Record<string, string | number> = { 'content-type': `${mediaType}; charset=utf-8`, 'content-length': Buffer.byteLength(body) };
+    const out: Record<string, string | number> = {
+      'content-type': `${mediaType}; charset=utf-8`,
+      'content-length': Buffer.byteLength(body),
+    };
     if (origin !== undefined) Object.assign(out, corsHeaders(headers));
     res.writeHead(200, out).end(body);
     return 'prepared';
@@ -163,7 +185,11 @@ export function createPreparedQueryPath(opts: PreparedQueryPathOptions): Prepare
   }
 
   /** `ANSWERED`, or what Yoga is to handle: the body read is handed along on `req.body`. */
-  return async function tryPreparedQuery(req: IncomingMessage, res: ServerResponse, requestId: string): Promise<typeof ANSWERED | HandOver> {
+  return async function tryPreparedQuery(
+    req: IncomingMessage,
+    res: ServerResponse,
+    requestId: string,
+  ): Promise<typeof ANSWERED | HandOver> {
     const headers = req.headers;
     const length = Number(headers['content-length']);
     const mediaType = req.method === 'POST' ? resultMediaType(headers.accept) : null;
@@ -218,7 +244,11 @@ function graphqlParamsOf(raw: Buffer): PreparedParams | null {
   if (variables != null && (typeof variables !== 'object' || Array.isArray(variables))) return null;
   // Extensions (persisted-query hashes and the like) are Yoga's to interpret.
   if (extensions != null) return null;
-  return { query, operationName: (operationName) ?? null, variables: (variables as Record<string, unknown> | null) ?? undefined };
+  return {
+    query,
+    operationName: operationName ?? null,
+    variables: (variables as Record<string, unknown> | null) ?? undefined,
+  };
 }
 
 /** Exactly the test Yoga's JSON body parser applies (graphql-yoga request-parser/utils.js). */
@@ -243,7 +273,9 @@ function readBody(req: IncomingMessage, length: number): Promise<Buffer | null> 
       received += chunk.length;
       chunks.push(chunk);
     });
-    req.once('end', () => resolve(received === length ? (chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks)) : null));
+    req.once('end', () =>
+      resolve(received === length ? (chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks)) : null),
+    );
     req.once('error', () => resolve(null));
     req.once('close', () => resolve(null)); // after 'end' this is a no-op: the promise is settled
   });

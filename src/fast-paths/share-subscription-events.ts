@@ -62,7 +62,10 @@ export function useShareSubscriptionEvents(masker: ErrorMasker): Plugin<RequestC
         // operation, as graphql-tools reports them, and are masked like any other error.
         const fail = (error: unknown): GraphQLError => {
           const original = error instanceof Error ? error : new Error(String(error));
-          return masker.mask(new GraphQLError(original.message, { originalError: original, nodes: [operation] }), ctx?.requestId);
+          return masker.mask(
+            new GraphQLError(original.message, { originalError: original, nodes: [operation] }),
+            ctx?.requestId,
+          );
         };
         const run = (event: unknown): Result => {
           const result = execute({ ...args, rootValue: event }) as Result;
@@ -108,7 +111,9 @@ function mapEvents(
 ): AsyncGenerator<ExecutionResult, void, void> {
   const iterator = source[Symbol.asyncIterator]();
   const { end, hooks } = endHooks();
-  const onValue = (step: IteratorResult<unknown>): IteratorResult<ExecutionResult> | Promise<IteratorResult<ExecutionResult>> => {
+  const onValue = (
+    step: IteratorResult<unknown>,
+  ): IteratorResult<ExecutionResult> | Promise<IteratorResult<ExecutionResult>> => {
     if (step.done) {
       end();
       return step as IteratorResult<ExecutionResult>;
@@ -128,7 +133,9 @@ function mapEvents(
     },
     throw: (error: unknown) => {
       end();
-      return typeof iterator.throw === 'function' ? iterator.throw(error).then(onValue, onError) : Promise.reject(error);
+      return typeof iterator.throw === 'function'
+        ? iterator.throw(error).then(onValue, onError)
+        : Promise.reject(error);
     },
   });
 }

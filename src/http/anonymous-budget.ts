@@ -8,7 +8,8 @@ import { budgetKeyOf, type ClientAddressOf, siteKeyOf } from './client-address.j
 import { corsHeaders, resultMediaType } from '../api/yoga-answers.js';
 
 /** The refusal for a bucket's answer (seconds until a unit is back; 0: there is one). */
-const refusal = (bucket: AnonymousBucket, retryAfterSeconds: number): Refused | null => (retryAfterSeconds > 0 ? { kind: 'refused', retryAfterSeconds, bucket } : null);
+const refusal = (bucket: AnonymousBucket, retryAfterSeconds: number): Refused | null =>
+  retryAfterSeconds > 0 ? { kind: 'refused', retryAfterSeconds, bucket } : null;
 
 /** Bodies a refused client may still be sending: past this, the connection is closed instead of drained. */
 const MAX_DRAINED_BODY_BYTES = 64 * 1024;
@@ -38,7 +39,10 @@ export interface AnonymousBudget extends LookupBudget {
  * made-up token's refusal is cached for seconds, and on a document the prepared path knows it
  * is answered 401 there for less than a valid read), CORS preflights without a token.
  */
-export function createAnonymousBudget(services: Pick<Services, 'rateLimiter' | 'metrics'>, addressOf: ClientAddressOf): AnonymousBudget {
+export function createAnonymousBudget(
+  services: Pick<Services, 'rateLimiter' | 'metrics'>,
+  addressOf: ClientAddressOf,
+): AnonymousBudget {
   const { rateLimiter, metrics } = services;
   const charged = metrics.anonymousRequests.labels({ outcome: 'charged' });
   const refused = metrics.anonymousRequests.labels({ outcome: 'refused' });
@@ -70,10 +74,12 @@ export function createAnonymousBudget(services: Pick<Services, 'rateLimiter' | '
     return result;
   }
 
-  const spentSite = (site: string | null) => (site === null ? null : refusal('anonymousSite', rateLimiter.spentFor('anonymousSite', site)));
+  const spentSite = (site: string | null) =>
+    site === null ? null : refusal('anonymousSite', rateLimiter.spentFor('anonymousSite', site));
 
   /** The refusal this instance remembers for the address's /48 or the address (in charge()'s order), without asking Redis. */
-  const spentRefusal = (key: string): Refused | null => spentSite(siteKeyOf(key)) ?? refusal('anonymous', rateLimiter.spentFor('anonymous', key));
+  const spentRefusal = (key: string): Refused | null =>
+    spentSite(siteKeyOf(key)) ?? refusal('anonymous', rateLimiter.spentFor('anonymous', key));
 
   return {
     /** Whether the budget is on (RATE_LIMIT_ANONYMOUS_PER_MIN > 0). */
@@ -94,7 +100,8 @@ export function createAnonymousBudget(services: Pick<Services, 'rateLimiter' | '
      * vain was charged already). False when it has been answered 429 instead.
      */
     async admit(req: IncomingMessage, res: ServerResponse, check: TokenCheck): Promise<boolean> {
-      if (!enabled || check.kind === 'viewer' || check.kind === 'refused' || check.charged || req.method === 'OPTIONS') return true;
+      if (!enabled || check.kind === 'viewer' || check.kind === 'refused' || check.charged || req.method === 'OPTIONS')
+        return true;
       const spent = await charge(keyOf(req));
       if (!spent) return true;
       answer429(req, res, spent);
@@ -107,7 +114,11 @@ export function createAnonymousBudget(services: Pick<Services, 'rateLimiter' | '
  * An HTTP request's token through authenticate(), charged to its address; a refusal is
  * answered 429 here. Synchronous when the answer is cached.
  */
-export function checkHttpToken(authenticate: Authenticate, req: IncomingMessage, res: ServerResponse): TokenCheck | Promise<TokenCheck> {
+export function checkHttpToken(
+  authenticate: Authenticate,
+  req: IncomingMessage,
+  res: ServerResponse,
+): TokenCheck | Promise<TokenCheck> {
   const check = authenticate(bearerToken(req.headers.authorization), req);
   if (!(check instanceof Promise)) return check; // cached: no extra tick
   return check.then((c) => {
@@ -120,8 +131,15 @@ export function checkHttpToken(authenticate: Authenticate, req: IncomingMessage,
  * 429 with the GraphQL error a client of this API expects (the one RateLimitedError makes,
  * without building it: a flood is answered here), readable cross-origin.
  */
-export function answer429(req: IncomingMessage, res: ServerResponse, { retryAfterSeconds, bucket }: { retryAfterSeconds: number; bucket: AnonymousBucket }): void {
-  const error = { message: rateLimitedMessage(bucket, retryAfterSeconds), extensions: { code: ErrorCode.RATE_LIMITED, retryAfterSeconds } };
+export function answer429(
+  req: IncomingMessage,
+  res: ServerResponse,
+  { retryAfterSeconds, bucket }: { retryAfterSeconds: number; bucket: AnonymousBucket },
+): void {
+  const error = {
+    message: rateLimitedMessage(bucket, retryAfterSeconds),
+    extensions: { code: ErrorCode.RATE_LIMITED, retryAfterSeconds },
+  };
   const body = JSON.stringify({ errors: [error] });
   const headers: Record<string, string | number> = {
     'content-type': `${resultMediaType(req.headers.accept) ?? 'application/json'}; charset=utf-8`,
@@ -132,6 +150,7 @@ export function answer429(req: IncomingMessage, res: ServerResponse, { retryAfte
   if (req.headers.origin !== undefined) Object.assign(headers, corsHeaders(req.headers));
   // Node drains an unread body to keep the connection; a large or unbounded one is not worth it.
   const length = Number(req.headers['content-length'] ?? 0);
-  if (!req.complete && (req.headers['transfer-encoding'] !== undefined || !(length <= MAX_DRAINED_BODY_BYTES))) headers.connection = 'close';
+  if (!req.complete && (req.headers['transfer-encoding'] !== undefined || !(length <= MAX_DRAINED_BODY_BYTES)))
+    headers.connection = 'close';
   res.writeHead(429, headers).end(body);
 }

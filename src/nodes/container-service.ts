@@ -32,15 +32,25 @@ export class ContainerService {
         // records it: registrations of one cluster take turns on its lock.
         if (node.clusterId) {
           await lockCluster(tx, node.clusterId);
-          const elsewhere = await tx.container.count({ where: { vmid: input.vmid, node: { clusterId: node.clusterId } } });
-          if (elsewhere > 0) throw new ConflictError(`VMID ${input.vmid} is already registered on this node's cluster.`, { vmid: input.vmid });
+          const elsewhere = await tx.container.count({
+            where: { vmid: input.vmid, node: { clusterId: node.clusterId } },
+          });
+          if (elsewhere > 0)
+            throw new ConflictError(`VMID ${input.vmid} is already registered on this node's cluster.`, {
+              vmid: input.vmid,
+            });
         }
         await this.vmids.assertRegistrable(ref, input.vmid);
-        return tx.container.create({ ...query, data: { nodeId: node.id, vmid: input.vmid, hostname: input.hostname || null } });
+        return tx.container.create({
+          ...query,
+          data: { nodeId: node.id, vmid: input.vmid, hostname: input.hostname || null },
+        });
       });
     } catch (err) {
       if (isUniqueViolation(err)) {
-        throw new ConflictError(`VMID ${input.vmid} is already registered on node "${node.name}".`, { vmid: input.vmid });
+        throw new ConflictError(`VMID ${input.vmid} is already registered on node "${node.name}".`, {
+          vmid: input.vmid,
+        });
       }
       if (isForeignKeyViolation(err)) throw new NotFoundError('Node', input.nodeId);
       throw err;
@@ -51,7 +61,10 @@ export class ContainerService {
 
   async unregister(viewer: Viewer, id: string): Promise<boolean> {
     const container = isUuid(id)
-      ? await this.prisma.container.findFirst({ where: { id, node: { userId: viewer.userId } }, include: { node: { select: { id: true, userId: true } } } })
+      ? await this.prisma.container.findFirst({
+          where: { id, node: { userId: viewer.userId } },
+          include: { node: { select: { id: true, userId: true } } },
+        })
       : null;
     if (!container) throw new NotFoundError('Container', id);
     const { count } = await this.prisma.container.deleteMany({ where: { id: container.id } });

@@ -100,8 +100,10 @@ export class EndpointHealth {
       r.index === 0
         ? // Raw: the registration's updatedAt is about what its owner changed, not its health.
           p.ok
-          ? this.prisma.$executeRaw`UPDATE proxmox_nodes SET primary_last_error = NULL, primary_last_ok_at = ${p.at} WHERE id = ${nodeId}::uuid AND host = ${r.host} AND port = ${r.port}`
-          : this.prisma.$executeRaw`UPDATE proxmox_nodes SET primary_last_error = ${p.error} WHERE id = ${nodeId}::uuid AND host = ${r.host} AND port = ${r.port}`
+          ? this.prisma
+              .$executeRaw`UPDATE proxmox_nodes SET primary_last_error = NULL, primary_last_ok_at = ${p.at} WHERE id = ${nodeId}::uuid AND host = ${r.host} AND port = ${r.port}`
+          : this.prisma
+              .$executeRaw`UPDATE proxmox_nodes SET primary_last_error = ${p.error} WHERE id = ${nodeId}::uuid AND host = ${r.host} AND port = ${r.port}`
         : this.prisma.proxmoxNodeEndpoint.updateMany({
             where: { nodeId, position: r.index, host: r.host, port: r.port },
             data: p.ok ? { lastError: null, lastOkAt: p.at } : { lastError: p.error },

@@ -5,8 +5,21 @@ import type { SecretBox } from '../crypto/secret-box.js';
 import type { Prisma, PrismaClient } from '../db/database.js';
 import { isForeignKeyViolation, isRecordNotFound, isUniqueViolation } from '../db/prisma-errors.js';
 import type { ProxmoxNode } from '../db/generated/prisma/client.js';
-import { BadUserInputError, ConflictError, DomainError, ErrorCode, FailedPreconditionError, NotFoundError } from '../errors.js';
-import type { ConnectionTestResult, EndpointResult, ProxmoxClient, ProxmoxEndpoint, ProxmoxTarget } from '../proxmox/index.js';
+import {
+  BadUserInputError,
+  ConflictError,
+  DomainError,
+  ErrorCode,
+  FailedPreconditionError,
+  NotFoundError,
+} from '../errors.js';
+import type {
+  ConnectionTestResult,
+  EndpointResult,
+  ProxmoxClient,
+  ProxmoxEndpoint,
+  ProxmoxTarget,
+} from '../proxmox/index.js';
 import { normalizeFingerprint } from '../proxmox/index.js';
 import { bareHost } from '../proxmox/host-policy.js';
 import { ClusterTargets, type NodeWithEndpoints, secretContext, WITH_ENDPOINTS } from './cluster-targets.js';
@@ -136,17 +149,24 @@ export class NodeService {
       // A delete that committed while this lookup read the row must not be undone here.
       const expiresAt = readAt + this.ownershipCacheTtlMs;
       const left = expiresAt - Date.now();
-      if (this.ownershipCacheTtlMs > 0 && left > 0 && this.deletions === deletionsBefore) this.owned.set(key, { ref, expiresAt }, { ttl: left });
+      if (this.ownershipCacheTtlMs > 0 && left > 0 && this.deletions === deletionsBefore)
+        this.owned.set(key, { ref, expiresAt }, { ttl: left });
       return ref;
     });
   }
 
   list(viewer: Viewer, query: NodeQuery = {}) {
-    return this.prisma.proxmoxNode.findMany({ ...query, where: { userId: viewer.userId }, orderBy: [{ createdAt: 'asc' }, { id: 'asc' }] });
+    return this.prisma.proxmoxNode.findMany({
+      ...query,
+      where: { userId: viewer.userId },
+      orderBy: [{ createdAt: 'asc' }, { id: 'asc' }],
+    });
   }
 
   async get(viewer: Viewer, id: string, query: NodeQuery = {}): Promise<ProxmoxNode> {
-    const node = isUuid(id) ? await this.prisma.proxmoxNode.findFirst({ ...query, where: { id, userId: viewer.userId } }) : null;
+    const node = isUuid(id)
+      ? await this.prisma.proxmoxNode.findFirst({ ...query, where: { id, userId: viewer.userId } })
+      : null;
     if (!node) throw new NotFoundError('Node', id);
     return node;
   }
@@ -157,7 +177,11 @@ export class NodeService {
 
   /** Every node of the viewer as a NodeRef (for "all my nodes" subscriptions). */
   async refs(viewer: Viewer): Promise<NodeRef[]> {
-    const rows = await this.prisma.proxmoxNode.findMany({ where: { userId: viewer.userId }, select: REF_SELECT, orderBy: { createdAt: 'asc' } });
+    const rows = await this.prisma.proxmoxNode.findMany({
+      where: { userId: viewer.userId },
+      select: REF_SELECT,
+      orderBy: { createdAt: 'asc' },
+    });
     return rows.map(refOf);
   }
 
@@ -195,7 +219,9 @@ export class NodeService {
       port: target.port,
       tokenId: target.tokenId,
       tokenSecretEnc: this.secrets.encrypt(input.tokenSecret, secretContext(id, 'tokenSecret')),
-      sshPasswordEnc: input.sshPassword ? this.secrets.encrypt(input.sshPassword, secretContext(id, 'sshPassword')) : null,
+      sshPasswordEnc: input.sshPassword
+        ? this.secrets.encrypt(input.sshPassword, secretContext(id, 'sshPassword'))
+        : null,
       tlsFingerprint: target.tlsFingerprint ?? null,
       allowInsecureTls: target.allowInsecureTls ?? false,
       ...testedFields(test),
@@ -228,9 +254,12 @@ export class NodeService {
     const newPrimary = { host: input.host ?? node.host, port: input.port ?? node.port };
     const fallbacks = input.fallbackEndpoints == null ? undefined : checkFallbacks(input.fallbackEndpoints, newPrimary);
     if (fallbacks === undefined && node.fallbackEndpoints.some((e) => sameEndpoint(e, newPrimary))) {
-      throw new BadUserInputError('The primary endpoint would equal one of the fallback endpoints; remove it from fallbackEndpoints.', {
-        'input.host': 'same host and port as a stored fallback endpoint',
-      });
+      throw new BadUserInputError(
+        'The primary endpoint would equal one of the fallback endpoints; remove it from fallbackEndpoints.',
+        {
+          'input.host': 'same host and port as a stored fallback endpoint',
+        },
+      );
     }
     if (input.name != null && input.name !== node.name) {
       await this.assertNameFree(viewer, input.name);
@@ -255,9 +284,12 @@ export class NodeService {
     const stored = endpointsOfNode(node);
     const newPlace = fallbacks?.findIndex((f) => !stored.some((e) => sameEndpoint(e, f) && samePin(e, f))) ?? -1;
     if (newPlace >= 0 && !input.tokenSecret) {
-      throw new BadUserInputError('A fallback endpoint that is not one of the stored endpoints needs the token secret again.', {
-        'input.tokenSecret': 'required when a new fallback endpoint (host, port or pin) is added',
-      });
+      throw new BadUserInputError(
+        'A fallback endpoint that is not one of the stored endpoints needs the token secret again.',
+        {
+          'input.tokenSecret': 'required when a new fallback endpoint (host, port or pin) is added',
+        },
+      );
     }
     const target = this.targets.targetOf(node);
     const seen: EndpointResult[] = [];
@@ -283,7 +315,10 @@ export class NodeService {
     if (connectionChanged) {
       const test = await this.proveReachable(target);
       await this.probeFallbacks(target, seen);
-      const primaryMoved = target.host !== node.host || target.port !== node.port || (target.tlsFingerprint ?? null) !== node.tlsFingerprint;
+      const primaryMoved =
+        target.host !== node.host ||
+        target.port !== node.port ||
+        (target.tlsFingerprint ?? null) !== node.tlsFingerprint;
       Object.assign(data, primaryMoved ? { primaryLastError: null, primaryLastOkAt: null } : {}, primaryHealth(seen));
       if (fallbacks !== undefined) data.fallbackEndpoints = { deleteMany: {}, create: fallbackRows(fallbacks, seen) };
       Object.assign(data, testedFields(test), await this.identityFields(test.identity), {
@@ -293,10 +328,14 @@ export class NodeService {
         tlsFingerprint: target.tlsFingerprint ?? null,
         allowInsecureTls: target.allowInsecureTls ?? false,
       });
-      if (input.tokenSecret) data.tokenSecretEnc = this.secrets.encrypt(input.tokenSecret, secretContext(node.id, 'tokenSecret'));
+      if (input.tokenSecret)
+        data.tokenSecretEnc = this.secrets.encrypt(input.tokenSecret, secretContext(node.id, 'tokenSecret'));
     }
     if (input.sshPassword !== undefined && input.sshPassword !== null) {
-      data.sshPasswordEnc = input.sshPassword === '' ? null : this.secrets.encrypt(input.sshPassword, secretContext(node.id, 'sshPassword'));
+      data.sshPasswordEnc =
+        input.sshPassword === ''
+          ? null
+          : this.secrets.encrypt(input.sshPassword, secretContext(node.id, 'sshPassword'));
     }
 
     let updated: ProxmoxNode;
@@ -316,7 +355,10 @@ export class NodeService {
       this.targets.health.forget(node.id);
       if (fallbacks === undefined) for (const r of seen) if (r.index > 0) this.targets.health.record(node.id, r);
     }
-    if (connectionChanged && (target.host !== node.host || target.port !== node.port || target.tokenId !== node.tokenId)) {
+    if (
+      connectionChanged &&
+      (target.host !== node.host || target.port !== node.port || target.tokenId !== node.tokenId)
+    ) {
       await this.vmids.nodeConnectionChanged(refOf(node));
     }
     return updated;
@@ -336,7 +378,10 @@ export class NodeService {
         const deleted = await tx.proxmoxNode.deleteMany({ where: { id: node.id, userId: viewer.userId } });
         if (deleted.count === 0) throw new NotFoundError('Node', id);
         if (node.isDefault) {
-          const oldest = await tx.proxmoxNode.findFirst({ where: { userId: viewer.userId }, orderBy: [{ createdAt: 'asc' }, { id: 'asc' }] });
+          const oldest = await tx.proxmoxNode.findFirst({
+            where: { userId: viewer.userId },
+            orderBy: [{ createdAt: 'asc' }, { id: 'asc' }],
+          });
           if (oldest) await tx.proxmoxNode.update({ where: { id: oldest.id }, data: { isDefault: true } });
         }
         if (node.clusterId) othersOfCluster = await tx.proxmoxNode.count({ where: { clusterId: node.clusterId } });
@@ -351,7 +396,11 @@ export class NodeService {
     this.targets.forget(node.id);
     await this.vmids.nodeDeleted(refOf(node), othersOfCluster === 0);
     // The cluster was registered again while its space was being dropped: it comes back.
-    if (othersOfCluster === 0 && node.clusterId && (await this.prisma.proxmoxNode.count({ where: { clusterId: node.clusterId } })) > 0) {
+    if (
+      othersOfCluster === 0 &&
+      node.clusterId &&
+      (await this.prisma.proxmoxNode.count({ where: { clusterId: node.clusterId } })) > 0
+    ) {
       await this.vmids.nodeCreated(refOf(node));
     }
     return true;
@@ -362,7 +411,10 @@ export class NodeService {
     return this.withUserLock(viewer.userId, async (tx) => {
       const node = await tx.proxmoxNode.findFirst({ where: { id, userId: viewer.userId }, select: { id: true } });
       if (!node) throw new NotFoundError('Node', id);
-      await tx.proxmoxNode.updateMany({ where: { userId: viewer.userId, isDefault: true, NOT: { id: node.id } }, data: { isDefault: false } });
+      await tx.proxmoxNode.updateMany({
+        where: { userId: viewer.userId, isDefault: true, NOT: { id: node.id } },
+        data: { isDefault: false },
+      });
       return tx.proxmoxNode.update({ ...query, where: { id: node.id }, data: { isDefault: true } });
     });
   }
@@ -372,7 +424,10 @@ export class NodeService {
     const node = (await this.get(viewer, id, { include: WITH_ENDPOINTS })) as NodeWithEndpoints;
     const result = await this.proxmox.testConnection(this.targets.targetOf(node));
     if (result.ok) {
-      await this.prisma.proxmoxNode.updateMany({ where: { id: node.id }, data: { ...testedFields(result), ...(await this.identityFields(result.identity)) } });
+      await this.prisma.proxmoxNode.updateMany({
+        where: { id: node.id },
+        data: { ...testedFields(result), ...(await this.identityFields(result.identity)) },
+      });
     }
     return result;
   }
@@ -386,11 +441,19 @@ export class NodeService {
     const at = new Date();
     if (!identity) return { clusterId: null, memberFingerprints: [], clusterIdentifiedAt: at };
     const known = await this.prisma.proxmoxNode.findFirst({
-      where: { clusterId: { not: null }, clusterName: identity.clusterName, memberFingerprints: { hasSome: identity.memberFingerprints } },
+      where: {
+        clusterId: { not: null },
+        clusterName: identity.clusterName,
+        memberFingerprints: { hasSome: identity.memberFingerprints },
+      },
       select: { clusterId: true },
       orderBy: [{ createdAt: 'asc' }, { id: 'asc' }],
     });
-    return { clusterId: known?.clusterId ?? deriveClusterId(identity), memberFingerprints: identity.memberFingerprints, clusterIdentifiedAt: at };
+    return {
+      clusterId: known?.clusterId ?? deriveClusterId(identity),
+      memberFingerprints: identity.memberFingerprints,
+      clusterIdentifiedAt: at,
+    };
   }
 
   /**
@@ -400,7 +463,11 @@ export class NodeService {
    * Answers how many were identified.
    */
   async identifyPending(): Promise<number> {
-    const pending = await this.prisma.proxmoxNode.findMany({ where: { clusterIdentifiedAt: null }, include: WITH_ENDPOINTS, orderBy: [{ createdAt: 'asc' }, { id: 'asc' }] });
+    const pending = await this.prisma.proxmoxNode.findMany({
+      where: { clusterIdentifiedAt: null },
+      include: WITH_ENDPOINTS,
+      orderBy: [{ createdAt: 'asc' }, { id: 'asc' }],
+    });
     let identified = 0;
     for (const node of pending) {
       let identity: ClusterIdentity | null;
@@ -412,7 +479,10 @@ export class NodeService {
         continue;
       }
       const fields = await this.identityFields(identity);
-      const { count } = await this.prisma.proxmoxNode.updateMany({ where: { id: node.id, clusterIdentifiedAt: null }, data: fields });
+      const { count } = await this.prisma.proxmoxNode.updateMany({
+        where: { id: node.id, clusterIdentifiedAt: null },
+        data: fields,
+      });
       identified += count;
     }
     return identified;
@@ -468,11 +538,18 @@ export class NodeService {
     const test = await this.proxmox.testConnection(target);
     if (test.ok) return test;
     const code = (test.errorCode ?? ErrorCode.PROXMOX_ERROR) as ErrorCode;
-    throw new DomainError(code, test.message ?? 'The Proxmox connection test failed.', TLS_CODES.includes(code) && test.fingerprint ? { fingerprint: test.fingerprint } : {});
+    throw new DomainError(
+      code,
+      test.message ?? 'The Proxmox connection test failed.',
+      TLS_CODES.includes(code) && test.fingerprint ? { fingerprint: test.fingerprint } : {},
+    );
   }
 
   private async assertNameFree(viewer: Viewer, name: string): Promise<void> {
-    const existing = await this.prisma.proxmoxNode.findFirst({ where: { userId: viewer.userId, name }, select: { id: true } });
+    const existing = await this.prisma.proxmoxNode.findFirst({
+      where: { userId: viewer.userId, name },
+      select: { id: true },
+    });
     if (existing) throw nameTaken(name);
   }
 }
@@ -485,7 +562,6 @@ export function refOf(node: Pick<ProxmoxNode, 'id' | 'userId' | 'clusterId'>): N
   return { id: node.id, userId: node.userId, spaceId: vmidSpaceOf(node) };
 }
 
-
 /** Input rules the field validators cannot see: how many, and no endpoint twice. */
 function checkFallbacks(list: readonly EndpointInput[], primary: { host: string; port: number }): ProxmoxEndpoint[] {
   if (list.length > MAX_FALLBACK_ENDPOINTS) {
@@ -493,10 +569,15 @@ function checkFallbacks(list: readonly EndpointInput[], primary: { host: string;
       'input.fallbackEndpoints': `must have at most ${MAX_FALLBACK_ENDPOINTS} entries`,
     });
   }
-  const out: ProxmoxEndpoint[] = list.map((e) => ({ host: e.host, port: e.port ?? 8006, tlsFingerprint: e.tlsFingerprint || null }));
+  const out: ProxmoxEndpoint[] = list.map((e) => ({
+    host: e.host,
+    port: e.port ?? 8006,
+    tlsFingerprint: e.tlsFingerprint || null,
+  }));
   const fields: Record<string, string> = {};
   out.forEach((e, i) => {
-    if (sameEndpoint(e, primary)) fields[`input.fallbackEndpoints.${i}.host`] = 'same host and port as the primary endpoint';
+    if (sameEndpoint(e, primary))
+      fields[`input.fallbackEndpoints.${i}.host`] = 'same host and port as the primary endpoint';
     else {
       const j = out.findIndex((o) => sameEndpoint(o, e));
       if (j < i) fields[`input.fallbackEndpoints.${i}.host`] = `same host and port as input.fallbackEndpoints.${j}`;
@@ -513,8 +594,8 @@ function sameEndpoint(a: { host: string; port: number }, b: { host: string; port
 }
 
 function samePin(a: { tlsFingerprint?: string | null }, b: { tlsFingerprint?: string | null }): boolean {
-  const pa = a.tlsFingerprint ? normalizeFingerprint(a.tlsFingerprint) ?? a.tlsFingerprint : null;
-  const pb = b.tlsFingerprint ? normalizeFingerprint(b.tlsFingerprint) ?? b.tlsFingerprint : null;
+  const pa = a.tlsFingerprint ? (normalizeFingerprint(a.tlsFingerprint) ?? a.tlsFingerprint) : null;
+  const pb = b.tlsFingerprint ? (normalizeFingerprint(b.tlsFingerprint) ?? b.tlsFingerprint) : null;
   return pa === pb;
 }
 
@@ -528,7 +609,10 @@ function endpointsOfNode(node: NodeWithEndpoints): ProxmoxEndpoint[] {
 }
 
 /** The last outcome reported for endpoint `index` as lastError/lastOkAt, or {} when none. */
-function healthOf(seen: readonly EndpointResult[], index: number): { lastError: string | null; lastOkAt?: Date } | Record<string, never> {
+function healthOf(
+  seen: readonly EndpointResult[],
+  index: number,
+): { lastError: string | null; lastOkAt?: Date } | Record<string, never> {
   const last = seen.filter((r) => r.index === index).at(-1);
   if (!last) return {};
   return last.ok ? { lastError: null, lastOkAt: new Date() } : { lastError: last.error };

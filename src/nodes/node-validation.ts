@@ -22,7 +22,11 @@ export const nodeHost = z.string().transform((v, ctx) => {
   return z.NEVER;
 });
 
-export const nodePort = z.number().int('must be an integer').min(1, 'must be from 1 to 65535').max(65535, 'must be from 1 to 65535');
+export const nodePort = z
+  .number()
+  .int('must be an integer')
+  .min(1, 'must be from 1 to 65535')
+  .max(65535, 'must be from 1 to 65535');
 
 /** USER@REALM!TOKENID, as Proxmox names API tokens (token ids: letter, then [A-Za-z0-9._-]). */
 export const tokenId = z
@@ -48,7 +52,11 @@ export const tlsFingerprint = z
   .refine((v) => /^[0-9A-F]{64}$/.test(v), 'must be a SHA-256 fingerprint (32 bytes of hex, colon-separated)')
   .transform((v) => v.match(/../g)!.join(':'));
 
-export const vmid = z.number().int('must be an integer').min(VMID_MIN, `must be from ${VMID_MIN} to ${VMID_MAX}`).max(VMID_MAX, `must be from ${VMID_MIN} to ${VMID_MAX}`);
+export const vmid = z
+  .number()
+  .int('must be an integer')
+  .min(VMID_MIN, `must be from ${VMID_MIN} to ${VMID_MAX}`)
+  .max(VMID_MAX, `must be from ${VMID_MIN} to ${VMID_MAX}`);
 
 export const containerHostname = z
   .string()

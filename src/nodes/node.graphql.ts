@@ -13,14 +13,19 @@ interface NodeEndpointShape {
 }
 
 const NodeEndpointRef = builder.objectRef<NodeEndpointShape>('NodeEndpoint').implement({
-  description: 'An HTTPS endpoint of a registration. The token and allowInsecureTls of the registration apply to all of them.',
+  description:
+    'An HTTPS endpoint of a registration. The token and allowInsecureTls of the registration apply to all of them.',
   fields: (t) => ({
     host: t.exposeString('host'),
     port: t.exposeInt('port'),
-    tlsFingerprint: t.exposeString('tlsFingerprint', { nullable: true, description: "This endpoint's own pinned SHA-256, upper-case colon hex." }),
+    tlsFingerprint: t.exposeString('tlsFingerprint', {
+      nullable: true,
+      description: "This endpoint's own pinned SHA-256, upper-case colon hex.",
+    }),
     lastError: t.exposeString('lastError', {
       nullable: true,
-      description: 'Why the last call that tried this endpoint failed on it (unreachable, timeout, 5xx, TLS, 401); null once it answers again, or when never tried.',
+      description:
+        'Why the last call that tried this endpoint failed on it (unreachable, timeout, 5xx, TLS, 401); null once it answers again, or when never tried.',
     }),
     lastOkAt: t.expose('lastOkAt', {
       type: 'DateTime',
@@ -40,9 +45,15 @@ builder.prismaObject('ProxmoxNode', {
     tokenId: t.exposeString('tokenId', { description: 'USER@REALM!TOKENID' }),
     isDefault: t.exposeBoolean('isDefault'),
     hasSshPassword: t.boolean({ select: { sshPasswordEnc: true }, resolve: (node) => node.sshPasswordEnc !== null }),
-    tlsFingerprint: t.exposeString('tlsFingerprint', { nullable: true, description: 'Pinned SHA-256 of the certificate, upper-case colon hex.' }),
+    tlsFingerprint: t.exposeString('tlsFingerprint', {
+      nullable: true,
+      description: 'Pinned SHA-256 of the certificate, upper-case colon hex.',
+    }),
     allowInsecureTls: t.exposeBoolean('allowInsecureTls'),
-    pveVersion: t.exposeString('pveVersion', { nullable: true, description: 'From the last successful connection test.' }),
+    pveVersion: t.exposeString('pveVersion', {
+      nullable: true,
+      description: 'From the last successful connection test.',
+    }),
     clusterName: t.exposeString('clusterName', { nullable: true, description: 'Null for a standalone node.' }),
     pveNodeNames: t.exposeStringList('pveNodeNames', { description: 'Node names seen at the last test.' }),
     presentedFingerprint: t.exposeString('presentedFingerprint', {
@@ -57,7 +68,8 @@ builder.prismaObject('ProxmoxNode', {
       resolve: (node) => vmidSpaceOf(node),
     }),
     clusterIdentified: t.boolean({
-      description: 'False when the cluster could not be identified (the token lacks Sys.Audit on /) or not yet (a registration from before identity, until its next start-up).',
+      description:
+        'False when the cluster could not be identified (the token lacks Sys.Audit on /) or not yet (a registration from before identity, until its next start-up).',
       select: { clusterId: true },
       resolve: (node) => node.clusterId !== null,
     }),
@@ -77,7 +89,13 @@ builder.prismaObject('ProxmoxNode', {
         },
       },
       resolve: (node) => [
-        { host: node.host, port: node.port, tlsFingerprint: node.tlsFingerprint, lastError: node.primaryLastError, lastOkAt: node.primaryLastOkAt },
+        {
+          host: node.host,
+          port: node.port,
+          tlsFingerprint: node.tlsFingerprint,
+          lastError: node.primaryLastError,
+          lastOkAt: node.primaryLastOkAt,
+        },
         ...node.fallbackEndpoints,
       ],
     }),
@@ -87,12 +105,17 @@ builder.prismaObject('ProxmoxNode', {
   }),
 });
 
-builder.prismaObjectField('User', 'nodes', (t) => t.relation('nodes', { query: { orderBy: [{ createdAt: 'asc' }, { id: 'asc' }] } }));
+builder.prismaObjectField('User', 'nodes', (t) =>
+  t.relation('nodes', { query: { orderBy: [{ createdAt: 'asc' }, { id: 'asc' }] } }),
+);
 
 const ClusterMemberRef = builder.objectRef<ClusterMember>('ClusterMember').implement({
   fields: (t) => ({
     name: t.exposeString('name'),
-    address: t.exposeString('address', { nullable: true, description: "The member's cluster address, as Proxmox reports it." }),
+    address: t.exposeString('address', {
+      nullable: true,
+      description: "The member's cluster address, as Proxmox reports it.",
+    }),
     online: t.exposeBoolean('online'),
   }),
 });
@@ -104,7 +127,10 @@ export const ConnectionTestRef = builder.objectRef<ConnectionTestResult>('Connec
     latencyMs: t.exposeInt('latencyMs'),
     version: t.exposeString('version', { nullable: true, description: 'Proxmox /version .version' }),
     release: t.exposeString('release', { nullable: true }),
-    fingerprint: t.exposeString('fingerprint', { nullable: true, description: 'SHA-256 of the certificate the host presented.' }),
+    fingerprint: t.exposeString('fingerprint', {
+      nullable: true,
+      description: 'SHA-256 of the certificate the host presented.',
+    }),
     clusterName: t.exposeString('clusterName', { nullable: true }),
     pveNodeNames: t.exposeStringList('pveNodeNames'),
     members: t.field({
@@ -119,7 +145,10 @@ export const ConnectionTestRef = builder.objectRef<ConnectionTestResult>('Connec
         'Never fails the test: when /access/permissions cannot be read (e.g. an older Proxmox), nothing is reported missing. ' +
         'Also empty when ok is false, except PROXMOX_FORBIDDEN (the token authenticated but was refused), where it names what is missing.',
     }),
-    errorCode: t.exposeString('errorCode', { nullable: true, description: 'A PROXMOX_* or HOST_NOT_ALLOWED code when ok is false.' }),
+    errorCode: t.exposeString('errorCode', {
+      nullable: true,
+      description: 'A PROXMOX_* or HOST_NOT_ALLOWED code when ok is false.',
+    }),
     message: t.exposeString('message', { nullable: true }),
   }),
 });
@@ -161,8 +190,14 @@ const UpdateNodeInput = builder.inputType('UpdateNodeInput', {
       description: 'Omitted or empty: keep the stored one.',
       validate: { schema: rules.tokenSecret.or(rules.emptyString) },
     }),
-    sshPassword: t.string({ description: 'Omitted: keep; empty string: remove.', validate: { schema: rules.sshPassword } }),
-    tlsFingerprint: t.string({ description: 'null or empty: remove the pin.', validate: { schema: rules.tlsFingerprint.or(rules.emptyString) } }),
+    sshPassword: t.string({
+      description: 'Omitted: keep; empty string: remove.',
+      validate: { schema: rules.sshPassword },
+    }),
+    tlsFingerprint: t.string({
+      description: 'null or empty: remove the pin.',
+      validate: { schema: rules.tlsFingerprint.or(rules.emptyString) },
+    }),
     allowInsecureTls: t.boolean(),
     fallbackEndpoints: t.field({
       type: [EndpointInput],
@@ -181,7 +216,7 @@ builder.queryFields((t) => ({
   node: t.prismaField({
     type: 'ProxmoxNode',
     nullable: true,
-    description: 'One of the caller\'s nodes; NOT_FOUND for any other id.',
+    description: "One of the caller's nodes; NOT_FOUND for any other id.",
     args: { id: t.arg.id({ required: true }) },
     resolve: (query, _root, args, ctx) => ctx.services.nodes.get(ctx.viewer, String(args.id), query),
   }),
@@ -195,7 +230,8 @@ builder.queryFields((t) => ({
 builder.mutationFields((t) => ({
   createNode: t.prismaField({
     type: 'ProxmoxNode',
-    description: 'Tests the connection first; nothing is stored on failure. The first node becomes the default. Rate-limited per user.',
+    description:
+      'Tests the connection first; nothing is stored on failure. The first node becomes the default. Rate-limited per user.',
     args: { input: t.arg({ type: CreateNodeInput, required: true }) },
     resolve: async (query, _root, { input }, ctx) => {
       await ctx.services.rateLimiter.consume('proxmox', ctx.viewer.userId);

@@ -34,11 +34,9 @@ export class ProxmoxTimeoutError extends DomainError {
 
 export class ProxmoxAuthFailedError extends DomainError {
   constructor(reason: string) {
-    super(
-      ErrorCode.PROXMOX_AUTH_FAILED,
-      `Proxmox rejected the API token (401${reason ? ` ${reason}` : ''}).`,
-      { status: 401 },
-    );
+    super(ErrorCode.PROXMOX_AUTH_FAILED, `Proxmox rejected the API token (401${reason ? ` ${reason}` : ''}).`, {
+      status: 401,
+    });
     this.name = 'ProxmoxAuthFailedError';
   }
 }

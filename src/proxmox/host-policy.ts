@@ -26,14 +26,7 @@ export function endpointKey(address: string, port: number): string {
 }
 
 export type AddressClass =
-  | 'public'
-  | 'loopback'
-  | 'private'
-  | 'link-local'
-  | 'metadata'
-  | 'unspecified'
-  | 'multicast'
-  | 'reserved';
+  'public' | 'loopback' | 'private' | 'link-local' | 'metadata' | 'unspecified' | 'multicast' | 'reserved';
 
 function list(entries: Array<[string, number, 'ipv4' | 'ipv6']>): BlockList {
   const bl = new BlockList();
@@ -110,7 +103,8 @@ export function normalizeIp(ip: string): { address: string; family: 4 | 6 } | nu
   if (v6.isIPv4MappedAddress()) return { address: v6.toIPv4Address().toString(), family: 4 };
   // Well-known NAT64 prefix 64:ff9b::/96: on a DNS64 network it reaches the embedded IPv4
   // address, so it is judged as that address (64:ff9b::7f00:1 is loopback).
-  if (v6.match(WELL_KNOWN_NAT64, 96)) return { address: ipaddr.fromByteArray(v6.toByteArray().slice(12)).toString(), family: 4 };
+  if (v6.match(WELL_KNOWN_NAT64, 96))
+    return { address: ipaddr.fromByteArray(v6.toByteArray().slice(12)).toString(), family: 4 };
   return { address: v6.toRFC5952String(), family: 6 };
 }
 
@@ -145,7 +139,12 @@ export function addressRefusal(ip: string, policy: HostPolicy, port?: number): s
   const c = classifyAddress(ip);
   if (c === 'public') return null;
   if (c === 'loopback' && policy.allowLoopbackHosts) return null;
-  if (c === 'loopback' && port !== undefined && policy.loopbackEndpoints?.includes(endpointKey(normalizeIp(ip)!.address, port))) return null;
+  if (
+    c === 'loopback' &&
+    port !== undefined &&
+    policy.loopbackEndpoints?.includes(endpointKey(normalizeIp(ip)!.address, port))
+  )
+    return null;
   if (c === 'private' && policy.allowPrivateHosts) return null;
   return REASONS[c];
 }

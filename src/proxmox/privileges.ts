@@ -43,7 +43,8 @@ export const REQUIRED_PRIVILEGES: readonly RequiredPrivilege[] = [
   {
     privilege: 'Sys.Audit',
     path: '/',
-    purpose: "cluster identity (/nodes members' certificate fingerprints): without it the registration gets a VMID space of its own",
+    purpose:
+      "cluster identity (/nodes members' certificate fingerprints): without it the registration gets a VMID space of its own",
   },
   {
     privilege: 'Sys.Audit',
@@ -109,10 +110,14 @@ export function holds(perms: PermissionMap, privilege: string, path: string): bo
 }
 
 /** What of `required` the permissions lack, as distinct `Privilege@path`, in list order. */
-export function missingPrivileges(perms: PermissionMap, required: readonly RequiredPrivilege[] = REQUIRED_PRIVILEGES): string[] {
+export function missingPrivileges(
+  perms: PermissionMap,
+  required: readonly RequiredPrivilege[] = REQUIRED_PRIVILEGES,
+): string[] {
   const out = new Set<string>();
   for (const r of required) {
-    if (!holds(perms, r.privilege, r.path)) out.add(privilegeLabel({ privilege: r.privilege, path: normalizeAclPath(r.path) }));
+    if (!holds(perms, r.privilege, r.path))
+      out.add(privilegeLabel({ privilege: r.privilege, path: normalizeAclPath(r.path) }));
   }
   return [...out];
 }

@@ -11,16 +11,17 @@ import { bareHost, resolveAllowed, type HostPolicy, type ResolvedAddress } from 
 
 /** How the certificate of a node is checked. */
 export type TlsMode =
-  | { kind: 'verify'; ca?: readonly string[] }
-  | { kind: 'pinned'; fingerprint: string }
-  | { kind: 'insecure' };
+  { kind: 'verify'; ca?: readonly string[] } | { kind: 'pinned'; fingerprint: string } | { kind: 'insecure' };
 
 /**
  * Canonical SHA-256 fingerprint: upper-case hex pairs joined by colons. Accepts any case,
  * with colons, spaces, dashes or no separator. Returns null when it is not 32 bytes of hex.
  */
 export function normalizeFingerprint(fp: string): string | null {
-  const hex = fp.replace(/^sha256[:=\s]*/i, '').replace(/[\s:-]/g, '').toUpperCase();
+  const hex = fp
+    .replace(/^sha256[:=\s]*/i, '')
+    .replace(/[\s:-]/g, '')
+    .toUpperCase();
   if (!/^[0-9A-F]{64}$/.test(hex)) return null;
   return hex.match(/../g)!.join(':');
 }
@@ -79,11 +80,7 @@ export interface SecureConnectOptions {
   signal?: AbortSignal;
 }
 
-function connectOnce(
-  addr: ResolvedAddress,
-  o: SecureConnectOptions,
-  deadline: number,
-): Promise<tls.TLSSocket> {
+function connectOnce(addr: ResolvedAddress, o: SecureConnectOptions, deadline: number): Promise<tls.TLSSocket> {
   return new Promise((resolve, reject) => {
     const host = bareHost(o.host);
     const sni = net.isIP(host) === 0 ? host : undefined;
@@ -95,8 +92,7 @@ function connectOnce(
       servername: sni,
       // We decide ourselves after the handshake, so we can report the fingerprint.
       rejectUnauthorized: false,
-      checkServerIdentity: (_name, cert) =>
-        tls.checkServerIdentity(sni ?? addr.address, cert),
+      checkServerIdentity: (_name, cert) => tls.checkServerIdentity(sni ?? addr.address, cert),
       ...(o.tls.kind === 'verify' && o.tls.ca ? { ca: [...tls.rootCertificates, ...o.tls.ca] } : {}),
       ALPNProtocols: ['http/1.1'],
     });
@@ -133,10 +129,7 @@ function connectOnce(
       if (o.tls.kind === 'pinned') {
         if (!fingerprintsEqual(fp, o.tls.fingerprint)) {
           finish(
-            new ProxmoxTlsFingerprintMismatchError(
-              fp,
-              normalizeFingerprint(o.tls.fingerprint) ?? o.tls.fingerprint,
-            ),
+            new ProxmoxTlsFingerprintMismatchError(fp, normalizeFingerprint(o.tls.fingerprint) ?? o.tls.fingerprint),
           );
           return;
         }
@@ -179,9 +172,7 @@ export async function secureConnect(o: SecureConnectOptions): Promise<tls.TLSSoc
 }
 
 /** An undici connector built on secureConnect (ignores the hostname undici passes). */
-export function makeConnector(
-  base: Omit<SecureConnectOptions, 'signal'>,
-): buildConnector.connector {
+export function makeConnector(base: Omit<SecureConnectOptions, 'signal'>): buildConnector.connector {
   return (_opts, callback) => {
     secureConnect(base).then(
       (socket) => callback(null, socket),

@@ -14,7 +14,16 @@
  */
 export type RedisTarget =
   | { kind: 'single'; url: string }
-  | { kind: 'sentinel'; sentinels: HostPort[]; masterName: string; db: number; username?: string; password?: string; sentinelPassword?: string; tls: boolean }
+  | {
+      kind: 'sentinel';
+      sentinels: HostPort[];
+      masterName: string;
+      db: number;
+      username?: string;
+      password?: string;
+      sentinelPassword?: string;
+      tls: boolean;
+    }
   | { kind: 'cluster'; nodes: HostPort[]; username?: string; password?: string; tls: boolean };
 
 export interface HostPort {
@@ -44,7 +53,15 @@ export function parseRedisTarget(url: string): RedisTarget {
       'must be redis://host:port, redis+sentinel://host:port[,host:port…]/mastername or redis+cluster://host:port[,host:port…] (rediss… for TLS)',
     );
   }
-  const [, base, kind, auth, hostList, path, query] = m as unknown as [string, string, 'sentinel' | 'cluster', string | undefined, string, string | undefined, string | undefined];
+  const [, base, kind, auth, hostList, path, query] = m as unknown as [
+    string,
+    string,
+    'sentinel' | 'cluster',
+    string | undefined,
+    string,
+    string | undefined,
+    string | undefined,
+  ];
   const tls = base === 'rediss';
   const credentials = parseAuth(auth);
   const defaultPort = kind === 'sentinel' ? 26379 : 6379;
@@ -56,11 +73,21 @@ export function parseRedisTarget(url: string): RedisTarget {
   }
   const segments = (path ?? '').split('/').filter(Boolean);
   const masterName = segments[0] ? decodeURIComponent(segments[0]) : '';
-  if (!masterName || segments.length > 2) throw new RedisUrlError('redis+sentinel:// needs the master name as its path: …/mastername[/db]');
+  if (!masterName || segments.length > 2)
+    throw new RedisUrlError('redis+sentinel:// needs the master name as its path: …/mastername[/db]');
   const db = segments[1] === undefined ? 0 : Number(segments[1]);
-  if (!Number.isInteger(db) || db < 0) throw new RedisUrlError(`redis+sentinel:// database must be a number (got "${segments[1]}")`);
+  if (!Number.isInteger(db) || db < 0)
+    throw new RedisUrlError(`redis+sentinel:// database must be a number (got "${segments[1]}")`);
   const sentinelPassword = params.get('sentinelPassword') ?? undefined;
-  return { kind, sentinels: hosts, masterName, db, ...credentials, ...(sentinelPassword ? { sentinelPassword } : {}), tls };
+  return {
+    kind,
+    sentinels: hosts,
+    masterName,
+    db,
+    ...credentials,
+    ...(sentinelPassword ? { sentinelPassword } : {}),
+    tls,
+  };
 }
 
 function parseAuth(auth: string | undefined): { username?: string; password?: string } {

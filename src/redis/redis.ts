@@ -49,7 +49,9 @@ export async function connectRedis(target: RedisTarget | string, keyPrefix: stri
   });
   if (isCluster(client)) {
     client.on('+node', () => log.debug('redis cluster: node added'));
-    client.on('-node', (_redis: unknown, key: string) => log.info({ node: key }, 'redis cluster: node gone (failover or topology change)'));
+    client.on('-node', (_redis: unknown, key: string) =>
+      log.info({ node: key }, 'redis cluster: node gone (failover or topology change)'),
+    );
   }
   await client.connect();
   return client;
@@ -113,7 +115,10 @@ function createClient(target: RedisTarget, keyPrefix: string): RedisClient {
  */
 export type RedisHealth = 'ok' | 'fail' | 'reconnecting' | 'failing over';
 
-export async function redisHealth(client: RedisClient, ping: (fn: () => Promise<unknown>) => Promise<boolean>): Promise<RedisHealth> {
+export async function redisHealth(
+  client: RedisClient,
+  ping: (fn: () => Promise<unknown>) => Promise<boolean>,
+): Promise<RedisHealth> {
   if (isCluster(client)) {
     if (client.status !== 'ready') return (await ping(() => client.ping())) ? 'ok' : 'fail';
     // Every master must answer: a dead one's slots fail until its replica is promoted.

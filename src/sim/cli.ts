@@ -93,7 +93,9 @@ async function main(): Promise<void> {
       ? {
           nextId: {
             ...(v['next-id-lower'] !== undefined ? { lower: int('next-id-lower', v['next-id-lower'], 100, 100) } : {}),
-            ...(v['next-id-upper'] !== undefined ? { upper: int('next-id-upper', v['next-id-upper'], 1_000_000, 101) } : {}),
+            ...(v['next-id-upper'] !== undefined
+              ? { upper: int('next-id-upper', v['next-id-upper'], 1_000_000, 101) }
+              : {}),
           },
         }
       : {}),
@@ -112,7 +114,9 @@ async function main(): Promise<void> {
   guests:           ${sim.guests().length} (VMIDs from 100)
   TLS fingerprint:  ${sim.fingerprint}${sim.members
     .slice(1)
-    .map((m) => `\n  member ${m.name}:${' '.repeat(Math.max(1, 9 - m.name.length))}${m.url}/api2/json  ${m.fingerprint}`)
+    .map(
+      (m) => `\n  member ${m.name}:${' '.repeat(Math.max(1, 9 - m.name.length))}${m.url}/api2/json  ${m.fingerprint}`,
+    )
     .join('')}${churnMs > 0 ? `\n  churn:            one guest created or destroyed every ${churnMs} ms` : ''}
   token id:         ${t.id}
   token secret:     ${t.secret}

@@ -20,7 +20,8 @@ export function validateNextIdRange(range: NextIdRange): void {
   for (const key of ['lower', 'upper'] as const) {
     const v = range[key];
     if (v === undefined) continue;
-    if (!Number.isInteger(v) || v < MIN_VMID || v > MAX_VMID) throw new Error(`next-id ${key} must be an integer in ${MIN_VMID}..${MAX_VMID}`);
+    if (!Number.isInteger(v) || v < MIN_VMID || v > MAX_VMID)
+      throw new Error(`next-id ${key} must be an integer in ${MIN_VMID}..${MAX_VMID}`);
   }
   const { lower, upper } = effectiveNextIdRange(range);
   if (lower >= upper) throw new Error(`next-id lower (${lower}) must be below upper (${upper})`);

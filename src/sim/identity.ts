@@ -95,7 +95,14 @@ export function describeMemberCertificate(opts: {
     issuer: `/CN=Proxmox Virtual Environment/OU=${opts.caId}/O=PVE Cluster Manager CA`,
     notbefore: opts.issuedAt,
     notafter: opts.issuedAt + 2 * 365 * 86400,
-    san: ['127.0.0.1', '0000:0000:0000:0000:0000:0000:0000:0001', 'localhost', opts.node, `${opts.node}.sim.invalid`, opts.ip],
+    san: [
+      '127.0.0.1',
+      '0000:0000:0000:0000:0000:0000:0000:0001',
+      'localhost',
+      opts.node,
+      `${opts.node}.sim.invalid`,
+      opts.ip,
+    ],
     'public-key-type': 'rsa',
     'public-key-bits': 2048,
   };
@@ -114,7 +121,11 @@ export interface CorosyncMember {
  * parses the file) with each member's fingerprint and address, its totem section and the
  * digest of the file.
  */
-export function joinInfoAnswer(clusterName: string, members: readonly CorosyncMember[], preferredNode: string): Record<string, unknown> {
+export function joinInfoAnswer(
+  clusterName: string,
+  members: readonly CorosyncMember[],
+  preferredNode: string,
+): Record<string, unknown> {
   const totem = {
     cluster_name: clusterName,
     config_version: String(members.length + 2),
@@ -132,6 +143,8 @@ export function joinInfoAnswer(clusterName: string, members: readonly CorosyncMe
     quorum_votes: '1',
     ring0_addr: m.ip,
   }));
-  const digest = createHash('sha1').update(JSON.stringify({ totem, nodes: nodelist.map(({ pve_fp: _fp, ...n }) => n) })).digest('hex');
+  const digest = createHash('sha1')
+    .update(JSON.stringify({ totem, nodes: nodelist.map(({ pve_fp: _fp, ...n }) => n) }))
+    .digest('hex');
   return { nodelist, preferred_node: preferredNode, totem, config_digest: digest };
 }

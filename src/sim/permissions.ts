@@ -98,11 +98,19 @@ export function hasPrivilege(privileges: SimPrivileges | undefined, path: string
  * path; otherwise the top-level paths and every granted path. Paths without any privilege
  * are left out, so a token without rights gets `{}`.
  */
-export function permissionsAnswer(privileges: SimPrivileges | undefined, path?: string): Record<string, Record<string, 1>> {
+export function permissionsAnswer(
+  privileges: SimPrivileges | undefined,
+  path?: string,
+): Record<string, Record<string, 1>> {
   const paths =
     path !== undefined
       ? [normalizeAclPath(path)]
-      : [...new Set([...TOP_LEVEL_PATHS, ...(isGrantMap(privileges) ? Object.keys(privileges).map(normalizeAclPath) : [])])];
+      : [
+          ...new Set([
+            ...TOP_LEVEL_PATHS,
+            ...(isGrantMap(privileges) ? Object.keys(privileges).map(normalizeAclPath) : []),
+          ]),
+        ];
   const out: Record<string, Record<string, 1>> = {};
   for (const p of paths) {
     const privs = [...effectivePrivileges(privileges, p)].sort();

@@ -178,7 +178,14 @@ export interface Simulator {
   target(overrides?: Partial<SimTarget>): SimTarget;
   stats: SimStats;
   guests(): SimGuest[];
-  addGuest(g: { vmid?: number; type?: GuestType; node?: string; name?: string; status?: 'running' | 'stopped'; template?: boolean }): SimGuest;
+  addGuest(g: {
+    vmid?: number;
+    type?: GuestType;
+    node?: string;
+    name?: string;
+    status?: 'running' | 'stopped';
+    template?: boolean;
+  }): SimGuest;
   removeGuest(vmid: number): boolean;
   setNodeOnline(node: string, online: boolean): void;
   addToken(token: SimToken): void;
@@ -254,7 +261,8 @@ export async function startSimulator(opts: SimulatorOptions = {}): Promise<Simul
   const authReason = opts.authFailureReason ?? 'authentication failure';
   const controlEndpoints = opts.controlEndpoints ?? true;
   const localNode = opts.localNode ?? nodeNames[0] ?? 'pve';
-  if (!online.has(localNode)) throw new Error(`localNode '${localNode}' is not one of the nodes (${nodeNames.join(', ')})`);
+  if (!online.has(localNode))
+    throw new Error(`localNode '${localNode}' is not one of the nodes (${nodeNames.join(', ')})`);
   let nextIdRange: NextIdRange | null = null;
   if (opts.nextId) {
     validateNextIdRange(opts.nextId);
@@ -265,7 +273,8 @@ export async function startSimulator(opts: SimulatorOptions = {}): Promise<Simul
   const BACKDOOR_USER = 'root@pam';
 
   // ------------------------------------------------------------------ identities
-  const cert = opts.certificate ?? (await generateSelfSigned(isIP(listenHost) ? 'pve.sim.invalid' : listenHost, [listenHost]));
+  const cert =
+    opts.certificate ?? (await generateSelfSigned(isIP(listenHost) ? 'pve.sim.invalid' : listenHost, [listenHost]));
   const fingerprint = pemFingerprint(cert.cert);
   /** Certificates the simulator serves, by member. */
   const servedCerts = new Map<string, { key: string; cert: string }>([[localNode, cert]]);
@@ -404,7 +413,6 @@ export async function startSimulator(opts: SimulatorOptions = {}): Promise<Simul
       e.errors ? { errors: e.errors, data: null } : { data: null, message: `${e.reason}\n` },
     );
 
-
   // ------------------------------------------------------------------ API handlers
   const resourceEntry = (g: SimGuest, i: number): Record<string, unknown> => {
     const vmid = opts.stringResourceVmids ? String(g.vmid) : g.vmid;
@@ -454,29 +462,44 @@ export async function startSimulator(opts: SimulatorOptions = {}): Promise<Simul
   /** GET /nodes reads the fingerprint from the cluster filesystem, so offline members carry it too. */
   const nodesEntry = (name: string, i: number): Record<string, unknown> =>
     online.get(name) ? nodeEntry(name, i) : { ...nodeEntry(name, i), ssl_fingerprint: memberFingerprints[name] };
-  const auditableNodes = (token: SimToken): string[] => nodeNames.filter((n) => hasPrivilege(token.privileges, `/nodes/${n}`, 'Sys.Audit'));
+  const auditableNodes = (token: SimToken): string[] =>
+    nodeNames.filter((n) => hasPrivilege(token.privileges, `/nodes/${n}`, 'Sys.Audit'));
 
   const requireNode = (node: string) => {
     if (!online.has(node)) {
-      throw new HttpError(500, `hostname lookup '${node}' failed - failed to get address info for: ${node}: Name or service not known`);
+      throw new HttpError(
+        500,
+        `hostname lookup '${node}' failed - failed to get address info for: ${node}: Name or service not known`,
+      );
     }
     if (!online.get(node)) throw new HttpError(595, 'No route to host');
   };
   const forbid = (token: SimToken, path: string, priv: string) => {
-    if (!hasPrivilege(token.privileges, path, priv)) throw new HttpError(403, `Permission check failed (${path}, ${priv})`);
+    if (!hasPrivilege(token.privileges, path, priv))
+      throw new HttpError(403, `Permission check failed (${path}, ${priv})`);
   };
   const checkVmidParam = (raw: unknown): number => {
     if (raw === undefined || raw === null || raw === '') {
-      throw new HttpError(400, 'Parameter verification failed.', { vmid: 'property is missing and it is not optional' });
+      throw new HttpError(400, 'Parameter verification failed.', {
+        vmid: 'property is missing and it is not optional',
+      });
     }
     // Form and JSON bodies carry numbers or strings; anything else fails the check below.
     const s = typeof raw === 'number' || typeof raw === 'string' ? String(raw).trim() : JSON.stringify(raw);
     if (!/^-?\d+$/.test(s)) {
-      throw new HttpError(400, 'Parameter verification failed.', { vmid: `type check ('integer') failed - got '${s}'` });
+      throw new HttpError(400, 'Parameter verification failed.', {
+        vmid: `type check ('integer') failed - got '${s}'`,
+      });
     }
     const n = Number.parseInt(s, 10);
-    if (n < MIN_VMID) throw new HttpError(400, 'Parameter verification failed.', { vmid: `value must have a minimum value of ${MIN_VMID}` });
-    if (n > MAX_VMID) throw new HttpError(400, 'Parameter verification failed.', { vmid: `value must have a maximum value of ${MAX_VMID}` });
+    if (n < MIN_VMID)
+      throw new HttpError(400, 'Parameter verification failed.', {
+        vmid: `value must have a minimum value of ${MIN_VMID}`,
+      });
+    if (n > MAX_VMID)
+      throw new HttpError(400, 'Parameter verification failed.', {
+        vmid: `value must have a maximum value of ${MAX_VMID}`,
+      });
     return n;
   };
   /** Guests the token may audit (VM.Audit on /vms/{vmid}), by VMID. */
@@ -489,7 +512,8 @@ export async function startSimulator(opts: SimulatorOptions = {}): Promise<Simul
 
   const createGuest = (g: Parameters<Simulator['addGuest']>[0]): SimGuest => {
     const vmid = g.vmid ?? allocateVmid();
-    if (guests.has(vmid)) throw new HttpError(400, 'Parameter verification failed.', { vmid: `VM ${vmid} already exists` });
+    if (guests.has(vmid))
+      throw new HttpError(400, 'Parameter verification failed.', { vmid: `VM ${vmid} already exists` });
     const type = g.type ?? 'lxc';
     const guest: SimGuest = {
       vmid,
@@ -505,7 +529,10 @@ export async function startSimulator(opts: SimulatorOptions = {}): Promise<Simul
   const createTaskType = (type: GuestType) => (type === 'lxc' ? 'vzcreate' : 'qmcreate');
   const destroyTaskType = (type: GuestType) => (type === 'lxc' ? 'vzdestroy' : 'qmdestroy');
   /** Creates a guest and records its create task, as every way of creating one does. */
-  const createGuestWithTask = (g: Parameters<Simulator['addGuest']>[0], user: string): { guest: SimGuest; task: SimTask } => {
+  const createGuestWithTask = (
+    g: Parameters<Simulator['addGuest']>[0],
+    user: string,
+  ): { guest: SimGuest; task: SimTask } => {
     const guest = createGuest(g);
     return { guest, task: taskLog.recordFinished(guest.node, createTaskType(guest.type), String(guest.vmid), user) };
   };
@@ -518,7 +545,12 @@ export async function startSimulator(opts: SimulatorOptions = {}): Promise<Simul
   const joinInfo = (preferred: string): Record<string, unknown> => {
     if (!clusterName) throw new HttpError(500, 'node is not in a cluster, no join info available!');
     if (!online.has(preferred)) throw new HttpError(500, `unknown node '${preferred}'`);
-    const members = nodeNames.map((name, i) => ({ name, nodeid: i + 1, ip: memberIp(i), fingerprint: memberFingerprints[name]! }));
+    const members = nodeNames.map((name, i) => ({
+      name,
+      nodeid: i + 1,
+      ip: memberIp(i),
+      fingerprint: memberFingerprints[name]!,
+    }));
     return joinInfoAnswer(clusterName, members, preferred);
   };
   const certificateInfo = (node: string): CertificateInfo => {
@@ -571,25 +603,43 @@ export async function startSimulator(opts: SimulatorOptions = {}): Promise<Simul
         online: online.get(name) ? 1 : 0,
         level: '',
       }));
-      if (!clusterName) return ok(res, nodes.filter((n) => n.local === 1));
+      if (!clusterName)
+        return ok(
+          res,
+          nodes.filter((n) => n.local === 1),
+        );
       const up = nodeNames.filter((n) => online.get(n)).length;
       return ok(res, [
-        { type: 'cluster', id: 'cluster', name: clusterName, nodes: nodeNames.length, quorate: up * 2 > nodeNames.length ? 1 : 0, version: nodeNames.length + 2 },
+        {
+          type: 'cluster',
+          id: 'cluster',
+          name: clusterName,
+          nodes: nodeNames.length,
+          quorate: up * 2 > nodeNames.length ? 1 : 0,
+          version: nodeNames.length + 2,
+        },
         ...nodes,
       ]);
     }
     if (method === 'GET' && sub === '/nodes') {
       const auditable = new Set(auditableNodes(token));
-      return ok(res, nodeNames.map((n, i) => (auditable.has(n) ? nodesEntry(n, i) : null)).filter((e) => e !== null));
+      return ok(
+        res,
+        nodeNames.map((n, i) => (auditable.has(n) ? nodesEntry(n, i) : null)).filter((e) => e !== null),
+      );
     }
     if (method === 'GET' && sub === '/cluster/resources') {
       const type = query.get('type');
       const vms = type === null || type === 'vm' ? visible(token).map(resourceEntry) : [];
       const auditable = new Set(auditableNodes(token));
       const nodes =
-        type === null || type === 'node' ? nodeNames.map((n, i) => (auditable.has(n) ? nodeEntry(n, i) : null)).filter((e) => e !== null) : [];
+        type === null || type === 'node'
+          ? nodeNames.map((n, i) => (auditable.has(n) ? nodeEntry(n, i) : null)).filter((e) => e !== null)
+          : [];
       if (type !== null && type !== 'vm' && type !== 'node' && type !== 'storage' && type !== 'sdn') {
-        throw new HttpError(400, 'Parameter verification failed.', { type: `value '${type}' does not have a value in the enumeration 'vm, storage, node, sdn'` });
+        throw new HttpError(400, 'Parameter verification failed.', {
+          type: `value '${type}' does not have a value in the enumeration 'vm, storage, node, sdn'`,
+        });
       }
       return ok(res, [...nodes, ...vms]);
     }
@@ -597,7 +647,8 @@ export async function startSimulator(opts: SimulatorOptions = {}): Promise<Simul
     if (method === 'GET' && sub === '/cluster/nextid') {
       if (query.has('vmid')) {
         const n = checkVmidParam(query.get('vmid'));
-        if (guests.has(n)) throw new HttpError(400, 'Parameter verification failed.', { vmid: `VM ${n} already exists` });
+        if (guests.has(n))
+          throw new HttpError(400, 'Parameter verification failed.', { vmid: `VM ${n} already exists` });
         return ok(res, String(n));
       }
       return ok(res, String(allocateVmid()));
@@ -613,7 +664,10 @@ export async function startSimulator(opts: SimulatorOptions = {}): Promise<Simul
     if (method === 'GET' && sub === '/cluster/tasks') {
       // Sys.Audit on / shows the whole cluster's tasks; anyone else sees their own.
       const all = hasPrivilege(token.privileges, '/', 'Sys.Audit');
-      return ok(res, taskLog.list().filter((t) => all || t.user === token.id));
+      return ok(
+        res,
+        taskLog.list().filter((t) => all || t.user === token.id),
+      );
     }
     if (method === 'GET' && sub === '/access/permissions') {
       return ok(res, permissionsFor(token, query.get('userid'), query.get('path')));
@@ -648,7 +702,12 @@ export async function startSimulator(opts: SimulatorOptions = {}): Promise<Simul
             };
             return type === 'lxc'
               ? { ...base, type: 'lxc', cpus: 1, swap: 0, maxswap: 536870912, ...(g.template ? { template: 1 } : {}) }
-              : { ...base, cpus: 2, ...(running ? { pid: 1000 + g.vmid } : {}), ...(g.template ? { template: 1 } : {}) };
+              : {
+                  ...base,
+                  cpus: 2,
+                  ...(running ? { pid: 1000 + g.vmid } : {}),
+                  ...(g.template ? { template: 1 } : {}),
+                };
           });
         return ok(res, list);
       }
@@ -660,7 +719,10 @@ export async function startSimulator(opts: SimulatorOptions = {}): Promise<Simul
         const vmid = checkVmidParam(body['vmid']);
         forbid(token, `/vms/${vmid}`, 'VM.Allocate');
         const name = body[type === 'lxc' ? 'hostname' : 'name'];
-        const { task } = createGuestWithTask({ vmid, type, node, ...(typeof name === 'string' && name ? { name } : {}) }, token.id);
+        const { task } = createGuestWithTask(
+          { vmid, type, node, ...(typeof name === 'string' && name ? { name } : {}) },
+          token.id,
+        );
         return ok(res, task.upid);
       }
     }
@@ -701,7 +763,11 @@ export async function startSimulator(opts: SimulatorOptions = {}): Promise<Simul
       return ok(res, null);
     }
     if (path === '/_sim/faults') {
-      if (method === 'GET') return ok(res, faults.map((f) => ({ ...f.fault, remaining: Number.isFinite(f.remaining) ? f.remaining : null })));
+      if (method === 'GET')
+        return ok(
+          res,
+          faults.map((f) => ({ ...f.fault, remaining: Number.isFinite(f.remaining) ? f.remaining : null })),
+        );
       if (method === 'DELETE') {
         faults = [];
         return ok(res, null);
@@ -716,8 +782,13 @@ export async function startSimulator(opts: SimulatorOptions = {}): Promise<Simul
         return ok(res, null);
       }
     }
-    if (path === '/_sim/guests' && method === 'GET') return ok(res, [...guests.values()].sort((a, b) => a.vmid - b.vmid));
-    if (path === '/_sim/guests' && method === 'POST') return ok(res, { ...createGuestWithTask(backdoorGuestSpec(await readBody(req)), BACKDOOR_USER).guest });
+    if (path === '/_sim/guests' && method === 'GET')
+      return ok(
+        res,
+        [...guests.values()].sort((a, b) => a.vmid - b.vmid),
+      );
+    if (path === '/_sim/guests' && method === 'POST')
+      return ok(res, { ...createGuestWithTask(backdoorGuestSpec(await readBody(req)), BACKDOOR_USER).guest });
     if ((m = /^\/_sim\/guests\/(\d+)$/.exec(path)) && method === 'DELETE') {
       const g = guests.get(Number(m[1]));
       if (!g) throw new HttpError(404, `no such guest ${m[1]}`);
@@ -774,12 +845,16 @@ export async function startSimulator(opts: SimulatorOptions = {}): Promise<Simul
     if (body['vmid'] !== undefined) spec.vmid = checkVmidParam(body['vmid']);
     const type = body['type'];
     if (type !== undefined) {
-      if (type !== 'qemu' && type !== 'lxc') throw new HttpError(400, 'Parameter verification failed.', { type: "value must be 'qemu' or 'lxc'" });
+      if (type !== 'qemu' && type !== 'lxc')
+        throw new HttpError(400, 'Parameter verification failed.', { type: "value must be 'qemu' or 'lxc'" });
       spec.type = type;
     }
     const node = body['node'];
     if (node !== undefined) {
-      if (typeof node !== 'string' || !online.has(node)) throw new HttpError(400, 'Parameter verification failed.', { node: `no such node '${typeof node === 'string' ? node : JSON.stringify(node)}'` });
+      if (typeof node !== 'string' || !online.has(node))
+        throw new HttpError(400, 'Parameter verification failed.', {
+          node: `no such node '${typeof node === 'string' ? node : JSON.stringify(node)}'`,
+        });
       spec.node = node;
     }
     if (typeof body['name'] === 'string' && body['name']) spec.name = body['name'];
@@ -794,7 +869,10 @@ export async function startSimulator(opts: SimulatorOptions = {}): Promise<Simul
       return;
     }
     validateNextIdRange(range);
-    nextIdRange = { ...(range.lower !== undefined ? { lower: range.lower } : {}), ...(range.upper !== undefined ? { upper: range.upper } : {}) };
+    nextIdRange = {
+      ...(range.lower !== undefined ? { lower: range.lower } : {}),
+      ...(range.upper !== undefined ? { upper: range.upper } : {}),
+    };
   };
 
   // ------------------------------------------------------------------ churn (changes behind the API's back, for demos)
@@ -826,7 +904,8 @@ export async function startSimulator(opts: SimulatorOptions = {}): Promise<Simul
     const maxGuests = o.maxGuests ?? Infinity;
     if (!(Number.isFinite(o.intervalMs) && o.intervalMs >= 1)) throw new Error('intervalMs must be a number >= 1');
     if (!(Number.isInteger(minGuests) && minGuests >= 0)) throw new Error('minGuests must be an integer >= 0');
-    if (!(maxGuests === Infinity || (Number.isInteger(maxGuests) && maxGuests >= minGuests))) throw new Error('maxGuests must be an integer >= minGuests');
+    if (!(maxGuests === Infinity || (Number.isInteger(maxGuests) && maxGuests >= minGuests)))
+      throw new Error('maxGuests must be an integer >= minGuests');
     stopChurn();
     if (stopping) return;
     churnTimer = setInterval(() => churnStep(minGuests, maxGuests), o.intervalMs);
@@ -882,7 +961,9 @@ export async function startSimulator(opts: SimulatorOptions = {}): Promise<Simul
             res,
             terminal.status,
             terminal.reason ?? defaultReason(terminal.status),
-            terminal.body !== undefined ? terminal.body : { data: null, message: `${terminal.reason ?? defaultReason(terminal.status)}\n` },
+            terminal.body !== undefined
+              ? terminal.body
+              : { data: null, message: `${terminal.reason ?? defaultReason(terminal.status)}\n` },
           );
         default:
           break;
@@ -950,7 +1031,8 @@ export async function startSimulator(opts: SimulatorOptions = {}): Promise<Simul
   };
   const setMemberReachable = async (name: string, reachable: boolean) => {
     const ep = endpoints.get(name);
-    if (!ep) throw new Error(`no endpoint for member '${name}' (members with endpoints: ${[...endpoints.keys()].join(', ')})`);
+    if (!ep)
+      throw new Error(`no endpoint for member '${name}' (members with endpoints: ${[...endpoints.keys()].join(', ')})`);
     if (stopping || ep.listening === reachable) return;
     ep.listening = reachable;
     if (reachable) await listen(ep.server, ep.port);
@@ -1003,7 +1085,10 @@ export async function startSimulator(opts: SimulatorOptions = {}): Promise<Simul
       try {
         return { ...createGuestWithTask(g, BACKDOOR_USER).guest };
       } catch (e) {
-        throw new Error(e instanceof HttpError && e.errors ? Object.values(e.errors).join('; ') : (e as Error).message, { cause: e });
+        throw new Error(
+          e instanceof HttpError && e.errors ? Object.values(e.errors).join('; ') : (e as Error).message,
+          { cause: e },
+        );
       }
     },
     removeGuest: (vmid) => {
@@ -1057,16 +1142,20 @@ function assignMemberFingerprints(
   requested: Record<string, string>,
 ): Record<string, string> {
   for (const name of Object.keys(requested)) {
-    if (!nodeNames.includes(name)) throw new Error(`memberFingerprints: '${name}' is not one of the nodes (${nodeNames.join(', ')})`);
+    if (!nodeNames.includes(name))
+      throw new Error(`memberFingerprints: '${name}' is not one of the nodes (${nodeNames.join(', ')})`);
   }
   const out: Record<string, string> = {};
   for (const name of nodeNames) {
     const wanted = requested[name]?.toUpperCase();
-    if (wanted !== undefined && !isFingerprint(wanted)) throw new Error(`memberFingerprints: '${name}' needs an upper-case colon SHA-256 fingerprint`);
+    if (wanted !== undefined && !isFingerprint(wanted))
+      throw new Error(`memberFingerprints: '${name}' needs an upper-case colon SHA-256 fingerprint`);
     const served = servedCerts.get(name);
     const servedFp = served ? pemFingerprint(served.cert) : undefined;
     if (servedFp && wanted && wanted !== servedFp) {
-      throw new Error(`memberFingerprints: '${name}' is served by this simulator with certificate ${servedFp}; pass that certificate instead`);
+      throw new Error(
+        `memberFingerprints: '${name}' is served by this simulator with certificate ${servedFp}; pass that certificate instead`,
+      );
     }
     out[name] = servedFp ?? wanted ?? randomFingerprint();
   }
@@ -1089,13 +1178,15 @@ function nextIdRangeFromBody(body: Record<string, unknown>): NextIdRange | null 
 
 function validateFault(f: SimFault): void {
   if (!f || typeof f !== 'object') throw new Error('a fault must be an object');
-  if (f.times !== undefined && (!Number.isInteger(f.times) || f.times < 1)) throw new Error('times must be a positive integer');
+  if (f.times !== undefined && (!Number.isInteger(f.times) || f.times < 1))
+    throw new Error('times must be a positive integer');
   switch (f.kind) {
     case 'latency':
       if (!(typeof f.ms === 'number' && f.ms >= 0)) throw new Error('latency needs ms ≥ 0');
       return;
     case 'status':
-      if (!(Number.isInteger(f.status) && f.status >= 100 && f.status <= 999)) throw new Error('status needs an HTTP status 100..999');
+      if (!(Number.isInteger(f.status) && f.status >= 100 && f.status <= 999))
+        throw new Error('status needs an HTTP status 100..999');
       if (f.reason !== undefined && /[\r\n]/.test(f.reason)) throw new Error('reason must be one line');
       return;
     case 'oversize':
@@ -1106,7 +1197,9 @@ function validateFault(f: SimFault): void {
     case 'hang':
       return;
     default:
-      throw new Error(`unknown fault kind '${String((f as { kind?: unknown }).kind)}' (latency, status, malformed, reset, hang, oversize)`);
+      throw new Error(
+        `unknown fault kind '${String((f as { kind?: unknown }).kind)}' (latency, status, malformed, reset, hang, oversize)`,
+      );
   }
 }
 

@@ -41,7 +41,15 @@ export class TaskLog {
   /** Records a task that finished right away (the simulator's creates and destroys do) and returns it. */
   recordFinished(node: string, type: string, id: string, user: string, status = 'OK'): SimTask {
     const starttime = Math.floor(Date.now() / 1000);
-    const base = { node, pid: randomInt(1000, 4_000_000), pstart: randomInt(1_000_000, 100_000_000), starttime, type, id, user };
+    const base = {
+      node,
+      pid: randomInt(1000, 4_000_000),
+      pstart: randomInt(1_000_000, 100_000_000),
+      starttime,
+      type,
+      id,
+      user,
+    };
     const task: SimTask = { upid: formatUpid(base), ...base, status, endtime: starttime };
     this.entries.push(task);
     if (this.entries.length > TASK_LOG_SIZE) this.entries.splice(0, this.entries.length - TASK_LOG_SIZE);

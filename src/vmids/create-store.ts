@@ -12,9 +12,15 @@ import type { VmidStore } from './store.js';
  * `localReadMs`: VMID_READ_CACHE_MS (Redis only; the embedded store is in memory already).
  * `reuseHoldMs`: VMID_REUSE_HOLD_S in ms (both).
  */
-export function createVmidStore(redis: RedisClient | null, prisma: PrismaClient, opts: Omit<RedisVmidStoreOptions, 'seeder'> = {}): VmidStore {
+export function createVmidStore(
+  redis: RedisClient | null,
+  prisma: PrismaClient,
+  opts: Omit<RedisVmidStoreOptions, 'seeder'> = {},
+): VmidStore {
   const record = new ReservationRecord(prisma);
   const seeder = (spaceId: string) => record.seedState(spaceId);
-  const fast = redis ? new RedisVmidStore(redis, { ...opts, seeder }) : new MemoryVmidStore({ seeder, reuseHoldMs: opts.reuseHoldMs ?? 0 });
+  const fast = redis
+    ? new RedisVmidStore(redis, { ...opts, seeder })
+    : new MemoryVmidStore({ seeder, reuseHoldMs: opts.reuseHoldMs ?? 0 });
   return new DurableVmidStore(fast, record, opts.log);
 }

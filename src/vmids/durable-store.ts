@@ -62,10 +62,14 @@ export class DurableVmidStore implements VmidStore {
       await this.fast.release(node, outcome.vmid, request.owner);
       const lost = await this.record.holder(node.id, outcome.vmid);
       if (lost) {
-        this.log?.warn({ spaceId: node.id, vmid: outcome.vmid }, 'vmid store had lost a reservation the record holds; put back');
+        this.log?.warn(
+          { spaceId: node.id, vmid: outcome.vmid },
+          'vmid store had lost a reservation the record holds; put back',
+        );
         await this.fast.restore(node, [lost]);
       }
-      if (request.vmid !== null || attempt >= RECORD_CONFLICT_ATTEMPTS) return { status: 'already-reserved', vmid: outcome.vmid };
+      if (request.vmid !== null || attempt >= RECORD_CONFLICT_ATTEMPTS)
+        return { status: 'already-reserved', vmid: outcome.vmid };
     }
   }
 
@@ -159,7 +163,10 @@ export class DurableVmidStore implements VmidStore {
 }
 
 function recordUnavailable(cause: unknown): DomainError {
-  const err = new DomainError(ErrorCode.SERVICE_UNAVAILABLE, 'The reservation record (database) cannot be reached; nothing was reserved. Try again shortly.');
+  const err = new DomainError(
+    ErrorCode.SERVICE_UNAVAILABLE,
+    'The reservation record (database) cannot be reached; nothing was reserved. Try again shortly.',
+  );
   (err as { cause?: unknown }).cause = cause;
   return err;
 }

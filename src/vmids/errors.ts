@@ -7,7 +7,10 @@ import { DomainError, ErrorCode } from '../errors.js';
 export const SERVICE_UNAVAILABLE = ErrorCode.SERVICE_UNAVAILABLE;
 
 export class CacheUnavailableError extends DomainError {
-  constructor(message = 'The VMID cache is unavailable (Redis cannot be reached); try again shortly.', cause?: unknown) {
+  constructor(
+    message = 'The VMID cache is unavailable (Redis cannot be reached); try again shortly.',
+    cause?: unknown,
+  ) {
     super(SERVICE_UNAVAILABLE, message);
     this.name = 'CacheUnavailableError';
     if (cause !== undefined) (this as { cause?: unknown }).cause = cause;

@@ -14,7 +14,10 @@ export const MAX_PENDING = 1024;
  */
 export class SubscriberBehindError extends DomainError {
   constructor() {
-    super(ErrorCode.SERVICE_UNAVAILABLE, 'This subscription fell behind (its client did not read events fast enough) and was ended; subscribe again.');
+    super(
+      ErrorCode.SERVICE_UNAVAILABLE,
+      'This subscription fell behind (its client did not read events fast enough) and was ended; subscribe again.',
+    );
   }
 }
 

@@ -129,7 +129,10 @@ export class LapseSweeper {
       this.failing = false;
     } catch (err) {
       if (!this.failing) {
-        this.log?.warn({ err: { message: (err as Error).message }, nodeId: entry.node.id }, 'vmid reservations: lapse sweep failed; retrying');
+        this.log?.warn(
+          { err: { message: (err as Error).message }, nodeId: entry.node.id },
+          'vmid reservations: lapse sweep failed; retrying',
+        );
       }
       this.failing = true;
       nextInMs = RETRY_MS;

@@ -249,7 +249,11 @@ export class MemoryVmidStore implements VmidStore {
   async guests(node: NodeRef): Promise<GuestListing | null> {
     const cache = this.node(node.id).cache;
     if (!cache?.guests) return null;
-    return { guests: [...cache.guests], refreshedAt: new Date(cache.refreshedAt), expiresAt: new Date(cache.expiresAt) };
+    return {
+      guests: [...cache.guests],
+      refreshedAt: new Date(cache.refreshedAt),
+      expiresAt: new Date(cache.expiresAt),
+    };
   }
 
   async read(node: NodeRef): Promise<VmidSnapshot> {
@@ -260,7 +264,11 @@ export class MemoryVmidStore implements VmidStore {
     return {
       version: s.version,
       cache: s.cache
-        ? { taken: sorted(s.cache.taken), refreshedAt: new Date(s.cache.refreshedAt), expiresAt: new Date(s.cache.expiresAt) }
+        ? {
+            taken: sorted(s.cache.taken),
+            refreshedAt: new Date(s.cache.refreshedAt),
+            expiresAt: new Date(s.cache.expiresAt),
+          }
         : null,
       reserved: [...s.reservations]
         .sort(([a], [b]) => a - b)
@@ -275,7 +283,12 @@ export class MemoryVmidStore implements VmidStore {
     return { version: s.version, epoch: s.epoch, deleted: s.deleted };
   }
 
-  async refresh(node: NodeRef, taken: readonly number[], ttlSeconds: number, expectedEpoch: number | null): Promise<RefreshOutcome> {
+  async refresh(
+    node: NodeRef,
+    taken: readonly number[],
+    ttlSeconds: number,
+    expectedEpoch: number | null,
+  ): Promise<RefreshOutcome> {
     const seeding = this.seed(node.id);
     if (seeding) await seeding;
     const s = this.node(node.id);
@@ -402,7 +415,16 @@ export class MemoryVmidStore implements VmidStore {
 
   async announceGone(node: NodeRef, registrationId: string) {
     const s = this.node(node.id);
-    const event: VmidEvent = { nodeId: node.id, kind: 'DELETED', version: s.version, at: new Date(this.now()), vmids: null, added: [], removed: [], registration: registrationId };
+    const event: VmidEvent = {
+      nodeId: node.id,
+      kind: 'DELETED',
+      version: s.version,
+      at: new Date(this.now()),
+      vmids: null,
+      added: [],
+      removed: [],
+      registration: registrationId,
+    };
     for (const listener of [...(this.listeners.get(node.id) ?? [])]) {
       try {
         listener(event);

@@ -142,7 +142,12 @@ export class RedisEventHub {
           for (const w of this.deliveryWatchers) w.onLive();
           for (const entry of this.channels.values()) for (const l of [...entry.listeners]) l.onResync?.();
         })
-        .catch((err: unknown) => this.log?.info({ err: { message: (err as Error).message } }, 'vmid events: shard not back yet; resubscribed when ioredis finds its master'));
+        .catch((err: unknown) =>
+          this.log?.info(
+            { err: { message: (err as Error).message } },
+            'vmid events: shard not back yet; resubscribed when ioredis finds its master',
+          ),
+        );
     });
   }
 
@@ -216,7 +221,12 @@ export class RedisEventHub {
         watch.live = true;
         watch.watcher.onLive();
       })
-      .catch((err: unknown) => this.log?.warn({ err: { message: (err as Error).message } }, 'vmid events: pattern subscription failed; retried on reconnect'));
+      .catch((err: unknown) =>
+        this.log?.warn(
+          { err: { message: (err as Error).message } },
+          'vmid events: pattern subscription failed; retried on reconnect',
+        ),
+      );
   }
 
   /** Resolves once the subscriber connection can take SUBSCRIBE (bounded: 5 s). */
@@ -285,7 +295,10 @@ export class RedisEventHub {
   }
 
   private unsubscribe(channel: string): void {
-    (this.sharded ? this.subscriber.sunsubscribe(this.unprefixed(channel)) : this.subscriber.unsubscribe(channel)).catch(() => {
+    (this.sharded
+      ? this.subscriber.sunsubscribe(this.unprefixed(channel))
+      : this.subscriber.unsubscribe(channel)
+    ).catch(() => {
       if (!this.channels.has(channel)) this.stale.add(channel);
     });
   }

@@ -27,12 +27,15 @@ const num: Decoder<number> = (v) => {
   return undefined;
 };
 const str: Decoder<string> = (v) => (typeof v === 'string' ? v : undefined);
-const strings: Decoder<string[]> = (v) => (Array.isArray(v) && v.every((s) => typeof s === 'string') ? (v) : undefined);
+const strings: Decoder<string[]> = (v) => (Array.isArray(v) && v.every((s) => typeof s === 'string') ? v : undefined);
 /** '' (none) or a number. */
 const optionalNum: Decoder<number | null> = (v) => (v === '' ? null : num(v));
 
 /** An array reply whose elements decode one by one; undefined when any does not. */
-function tuple<const D extends readonly Decoder<unknown>[]>(value: unknown, decoders: D): { [K in keyof D]: D[K] extends Decoder<infer T> ? T : never } | undefined {
+function tuple<const D extends readonly Decoder<unknown>[]>(
+  value: unknown,
+  decoders: D,
+): { [K in keyof D]: D[K] extends Decoder<infer T> ? T : never } | undefined {
   if (!Array.isArray(value) || value.length !== decoders.length) return undefined;
   const out: unknown[] = [];
   for (let i = 0; i < decoders.length; i++) {
@@ -64,7 +67,12 @@ export interface ReadReply {
 }
 export function decodeRead(reply: unknown): ReadReply {
   const takenOf: Decoder<string | string[]> = (v) => str(v) ?? strings(v);
-  const t = must('read', '[version, now, reservations, refreshedAt, expiresAt, taken]', reply, tuple(reply, [num, num, strings, optionalNum, optionalNum, takenOf]));
+  const t = must(
+    'read',
+    '[version, now, reservations, refreshedAt, expiresAt, taken]',
+    reply,
+    tuple(reply, [num, num, strings, optionalNum, optionalNum, takenOf]),
+  );
   return { version: t[0], nowMs: t[1], reservedFlat: t[2], refreshedAt: t[3], expiresAt: t[4], taken: t[5] };
 }
 
@@ -80,7 +88,12 @@ export function decodeRefresh(reply: unknown): RefreshReply {
     const [, version] = must('refresh', expected, reply, tuple(reply, [str, num]));
     return { status: 'stale', version };
   }
-  const [, changed, version, refreshedAt, expiresAt, reservedFlat] = must('refresh', expected, reply, tuple(reply, [literal('OK'), num, num, num, num, strings]));
+  const [, changed, version, refreshedAt, expiresAt, reservedFlat] = must(
+    'refresh',
+    expected,
+    reply,
+    tuple(reply, [literal('OK'), num, num, num, num, strings]),
+  );
   return { status: 'ok', changed: changed === 1, version, refreshedAt, expiresAt, reservedFlat };
 }
 
@@ -91,7 +104,8 @@ function literal<const L extends string>(value: L): Decoder<L> {
 /** INVALIDATE: existed (1, 0, or -1: the space is deleted), version. */
 export function decodeInvalidate(reply: unknown): { existed: -1 | 0 | 1; version: number } {
   const [existed, version] = must('invalidate', '[existed, version]', reply, tuple(reply, [num, num]));
-  if (existed !== -1 && existed !== 0 && existed !== 1) throw new ScriptReplyError('invalidate', 'existed of -1, 0 or 1', reply);
+  if (existed !== -1 && existed !== 0 && existed !== 1)
+    throw new ScriptReplyError('invalidate', 'existed of -1, 0 or 1', reply);
   return { existed, version };
 }
 

@@ -50,7 +50,13 @@ export class ReservationKeys {
    * Makes the key answer `entry`, if the key still answers `previous` (null: has no entry).
    * false when another call got there first: its entry stands (the unique key decides).
    */
-  async claim(spaceId: string, ownerId: string, key: string, entry: KeyEntry, previous: KeyEntry | null): Promise<boolean> {
+  async claim(
+    spaceId: string,
+    ownerId: string,
+    key: string,
+    entry: KeyEntry,
+    previous: KeyEntry | null,
+  ): Promise<boolean> {
     this.purgeNowAndThen();
     if (!previous) {
       const rows = await this.prisma.$queryRaw<Array<{ vmid: number }>>`

@@ -102,6 +102,8 @@ export class ReservationRecord {
     const now = Date.now();
     if (now - this.lastPurge < PURGE_EVERY_MS) return;
     this.lastPurge = now;
-    void this.prisma.vmidReservation.deleteMany({ where: { expiresAt: { lt: new Date(now - PURGE_AFTER_MS) } } }).catch(() => undefined);
+    void this.prisma.vmidReservation
+      .deleteMany({ where: { expiresAt: { lt: new Date(now - PURGE_AFTER_MS) } } })
+      .catch(() => undefined);
   }
 }

@@ -34,7 +34,12 @@ export interface VmidStore {
    * invalidated meanwhile, the fetched set may predate the change, so nothing is written and
    * `written` is false. A write answers the snapshot it made (no second read of 10,000 VMIDs).
    */
-  refresh(node: NodeRef, taken: readonly number[], ttlSeconds: number, expectedEpoch: number | null): Promise<RefreshOutcome>;
+  refresh(
+    node: NodeRef,
+    taken: readonly number[],
+    ttlSeconds: number,
+    expectedEpoch: number | null,
+  ): Promise<RefreshOutcome>;
   /** Drops the cached set; always bumps the version (INVALIDATED). NOT_FOUND for a deleted node. */
   invalidate(node: NodeRef): Promise<{ existed: boolean; version: number }>;
   /**
@@ -203,8 +208,7 @@ export type FilledSnapshot = VmidSnapshot & { cache: CachedSet };
 
 export type RefreshOutcome =
   /** `snapshot`: the set just written, the live reservations and the version after the write. */
-  | { written: true; changed: boolean; snapshot: FilledSnapshot }
-  | { written: false; version: number };
+  { written: true; changed: boolean; snapshot: FilledSnapshot } | { written: false; version: number };
 
 export interface ReserveRequest {
   /** null: the lowest VMID in [min, max] that is neither taken nor reserved nor held (reuse hold). */

@@ -61,7 +61,13 @@ export class VmidService {
     this.store = opts.store;
     this.log = opts.log;
     this.cache = new VmidCache(opts);
-    this.reservations = new VmidReservations({ store: opts.store, cache: this.cache, authority: opts.authority, keys: opts.keys, log: opts.log });
+    this.reservations = new VmidReservations({
+      store: opts.store,
+      cache: this.cache,
+      authority: opts.authority,
+      keys: opts.keys,
+      log: opts.log,
+    });
     this.subscriptions = new VmidSubscriptions(opts);
   }
 
@@ -103,7 +109,13 @@ export class VmidService {
     return this.reservations.nextFreeVmid(node, min);
   }
 
-  reserveVmid(node: NodeRef, vmid: number | null | undefined, ttlSeconds?: number, min?: number, key?: string | null): Promise<VmidReservation> {
+  reserveVmid(
+    node: NodeRef,
+    vmid: number | null | undefined,
+    ttlSeconds?: number,
+    min?: number,
+    key?: string | null,
+  ): Promise<VmidReservation> {
     return this.reservations.reserveVmid(node, vmid, ttlSeconds, min, key);
   }
 
@@ -197,7 +209,9 @@ export class VmidService {
   async nodeDeleted(node: NodeRef, lastOfSpace = true): Promise<void> {
     this.cache.forget(node.id);
     if (!lastOfSpace) {
-      await bestEffort(this.log, 'announce the deleted registration', () => this.store.announceGone(spaceOf(node), node.id));
+      await bestEffort(this.log, 'announce the deleted registration', () =>
+        this.store.announceGone(spaceOf(node), node.id),
+      );
       return;
     }
     await bestEffort(this.log, 'forget the node', () => this.store.forget(spaceOf(node)));

@@ -43,10 +43,12 @@ const VmidEventKindEnum = builder.enumType('VmidEventKind', {
       description:
         'vmids holds the VMIDs whose reservations ended, ascending: the one released (or consumed), or every one that lapsed at once when its time was up.',
     },
-    SYNC: { description: "A subscription's first event (and after a reconnect): the current version, nothing changed." },
+    SYNC: {
+      description: "A subscription's first event (and after a reconnect): the current version, nothing changed.",
+    },
     DELETED: {
       description:
-        "The node was deleted: its last event. A subscription to this node alone completes after it; one to every node of the caller goes on with the others.",
+        'The node was deleted: its last event. A subscription to this node alone completes after it; one to every node of the caller goes on with the others.',
     },
   } as const,
 });
@@ -60,18 +62,24 @@ const VmidEventRef = builder.objectRef<VmidEvent>('VmidEvent').implement({
     vmids: t.intList({
       nullable: true,
       description:
-        'RESERVED / RELEASED: the VMIDs reserved or released. REFRESHED: the whole taken set, read when the event is delivered (only a subscriber that asks for it pays for it; it may include later versions\' changes: added/removed are exact). Null for other kinds.',
+        "RESERVED / RELEASED: the VMIDs reserved or released. REFRESHED: the whole taken set, read when the event is delivered (only a subscriber that asks for it pays for it; it may include later versions' changes: added/removed are exact). Null for other kinds.",
       resolve: async (e, _args, ctx) => {
         if (e.kind !== 'REFRESHED') return e.vmids;
         return (await ctx.services.vmids.getCachedVmids(await ownedNode(ctx, e.nodeId))).taken;
       },
     }),
-    added: t.exposeIntList('added', { description: 'REFRESHED: VMIDs that became taken since the previous version, ascending. Empty for other kinds.' }),
-    removed: t.exposeIntList('removed', { description: 'REFRESHED: VMIDs that stopped being taken since the previous version, ascending. Empty for other kinds.' }),
+    added: t.exposeIntList('added', {
+      description: 'REFRESHED: VMIDs that became taken since the previous version, ascending. Empty for other kinds.',
+    }),
+    removed: t.exposeIntList('removed', {
+      description:
+        'REFRESHED: VMIDs that stopped being taken since the previous version, ascending. Empty for other kinds.',
+    }),
     expiresAt: t.field({
       type: 'DateTime',
       nullable: true,
-      description: 'RESERVED: when the reservation lapses unless it is released or consumed first (a RELEASED event follows then). Null for other kinds.',
+      description:
+        'RESERVED: when the reservation lapses unless it is released or consumed first (a RELEASED event follows then). Null for other kinds.',
       resolve: (e) => e.expiresAt ?? null,
     }),
   }),
@@ -102,7 +110,10 @@ const GuestRef = builder.objectRef<Guest>('Guest').implement({
     type: t.field({ type: GuestTypeEnum, resolve: (g) => (g.type === 'lxc' ? 'LXC' : 'QEMU') }),
     name: t.exposeString('name', { nullable: true }),
     node: t.exposeString('node', { nullable: true, description: 'The cluster member it is on.' }),
-    status: t.exposeString('status', { nullable: true, description: 'e.g. running, stopped; unknown while its member is offline.' }),
+    status: t.exposeString('status', {
+      nullable: true,
+      description: 'e.g. running, stopped; unknown while its member is offline.',
+    }),
   }),
 });
 
@@ -131,14 +142,16 @@ builder.queryFields((t) => ({
   nextFreeVmid: t.int({
     description: 'The lowest VMID ≥ min that is neither taken nor reserved. Reserves nothing: use reserveVmid.',
     args: { nodeId: t.arg.id({ required: true }), min: t.arg.int({ defaultValue: 100 }) },
-    resolve: async (_root, args, ctx) => ctx.services.vmids.nextFreeVmid(await ownedNode(ctx, args.nodeId), args.min ?? 100),
+    resolve: async (_root, args, ctx) =>
+      ctx.services.vmids.nextFreeVmid(await ownedNode(ctx, args.nodeId), args.min ?? 100),
   }),
 }));
 
 builder.mutationFields((t) => ({
   refreshVmidCache: t.field({
     type: VmidSetRef,
-    description: 'Asks Proxmox now and replaces the cached set. Counts against the Proxmox rate limit (as every cache fill does).',
+    description:
+      'Asks Proxmox now and replaces the cached set. Counts against the Proxmox rate limit (as every cache fill does).',
     args: { nodeId: t.arg.id({ required: true }) },
     resolve: async (_root, args, ctx) => ctx.services.vmids.refreshVmidCache(await ownedNode(ctx, args.nodeId)),
   }),
@@ -164,7 +177,13 @@ builder.mutationFields((t) => ({
     resolve: async (_root, args, ctx) => {
       const node = await ownedNode(ctx, args.nodeId);
       await ctx.services.rateLimiter.consume('reservations', ctx.viewer.userId);
-      return ctx.services.vmids.reserveVmid(node, args.vmid, args.ttlSeconds ?? DEFAULT_RESERVATION_TTL_S, args.min ?? 100, args.key);
+      return ctx.services.vmids.reserveVmid(
+        node,
+        args.vmid,
+        args.ttlSeconds ?? DEFAULT_RESERVATION_TTL_S,
+        args.min ?? 100,
+        args.key,
+      );
     },
   }),
   releaseVmid: t.boolean({
@@ -185,10 +204,13 @@ builder.subscriptionField('vmidEvents', (t) =>
     },
     subscribe: async (_root, args, ctx) => {
       if (args.afterVersion != null) {
-        if (args.nodeId == null) throw new BadUserInputError('afterVersion needs a nodeId.', { afterVersion: 'only with nodeId' });
-        if (args.afterVersion < 0) throw new BadUserInputError('afterVersion must not be negative.', { afterVersion: 'must be 0 or more' });
+        if (args.nodeId == null)
+          throw new BadUserInputError('afterVersion needs a nodeId.', { afterVersion: 'only with nodeId' });
+        if (args.afterVersion < 0)
+          throw new BadUserInputError('afterVersion must not be negative.', { afterVersion: 'must be 0 or more' });
       }
-      if (args.nodeId != null) return ctx.services.vmids.subscribeNode(await ownedNode(ctx, args.nodeId), args.afterVersion ?? undefined);
+      if (args.nodeId != null)
+        return ctx.services.vmids.subscribeNode(await ownedNode(ctx, args.nodeId), args.afterVersion ?? undefined);
       return ctx.services.vmids.subscribeUser(ctx.viewer.userId, await ctx.services.nodes.refs(ctx.viewer));
     },
     resolve: (event) => event,

@@ -46,8 +46,16 @@ async function docBlock(name: string): Promise<string> {
 
 /** What a user's shell has: none of the test runner's own settings. */
 function cleanEnv(extra: Record<string, string>): NodeJS.ProcessEnv {
-  const { DATABASE_URL: _d, REDIS_URL: _r, ENCRYPTION_KEY: _k, VITEST: _v, NODE_ENV: _n, PVEGRAPH_TOKEN: _t, PVEGRAPH_URL: _u, ...rest } =
-    process.env;
+  const {
+    DATABASE_URL: _d,
+    REDIS_URL: _r,
+    ENCRYPTION_KEY: _k,
+    VITEST: _v,
+    NODE_ENV: _n,
+    PVEGRAPH_TOKEN: _t,
+    PVEGRAPH_URL: _u,
+    ...rest
+  } = process.env;
   return { ...rest, ...extra };
 }
 
@@ -75,21 +83,33 @@ describe('npx pvegraph vmid (CLI against running servers)', () => {
     return body.data!;
   };
   const reserved = async () =>
-    (await gql<{ vmidsTaken: { reserved: number[] } }>('query($n: ID!) { vmidsTaken(nodeId: $n) { reserved } }', { n: nodeId })).vmidsTaken
-      .reserved;
+    (
+      await gql<{ vmidsTaken: { reserved: number[] } }>('query($n: ID!) { vmidsTaken(nodeId: $n) { reserved } }', {
+        n: nodeId,
+      })
+    ).vmidsTaken.reserved;
   const isTaken = async (vmid: number) =>
-    (await gql<{ isVmidTaken: boolean }>('query($n: ID!, $v: Int!) { isVmidTaken(nodeId: $n, vmid: $v) }', { n: nodeId, v: vmid })).isVmidTaken;
+    (
+      await gql<{ isVmidTaken: boolean }>('query($n: ID!, $v: Int!) { isVmidTaken(nodeId: $n, vmid: $v) }', {
+        n: nodeId,
+        v: vmid,
+      })
+    ).isVmidTaken;
 
   /** `node bin/pvegraph.js vmid …` (what `npx pvegraph vmid …` runs). */
   const cli = (args: string[], opts: { env?: Record<string, string>; input?: string } = {}) =>
     exec(process.execPath, [BIN, 'vmid', ...args], { ...env, ...opts.env }, opts.input);
   /** A documented shell block, run by /bin/sh with the stand-ins for `npx` and `pct` first on PATH. */
-  const sh = (script: string, extra: Record<string, string> = {}) => exec('/bin/sh', ['-c', script], { ...env, ...extra });
+  const sh = (script: string, extra: Record<string, string> = {}) =>
+    exec('/bin/sh', ['-c', script], { ...env, ...extra });
 
   beforeAll(async () => {
     const prefix = uniqueRedisPrefix();
     a = await startTestServer({ redisKeyPrefix: prefix });
-    [b, sim] = await Promise.all([startTestServer({ databaseUrl: a.databaseUrl, redisKeyPrefix: prefix }), startTestSimulator({ guests: 5 })]);
+    [b, sim] = await Promise.all([
+      startTestServer({ databaseUrl: a.databaseUrl, redisKeyPrefix: prefix }),
+      startTestSimulator({ guests: 5 }),
+    ]);
     token = (await a.createUser('ci')).token;
     nodeId = (
       await gql<{ createNode: { id: string } }>('mutation($i: CreateNodeInput!) { createNode(input: $i) { id } }', {
@@ -126,7 +146,9 @@ describe('npx pvegraph vmid (CLI against running servers)', () => {
     const file = path.join(shims, 'token');
     await writeFile(file, `${token}\n`);
     // --token-file wins over PVEGRAPH_TOKEN.
-    const fromFile = await cli(['reserve', '--url', `${a.url}/`, '--node', 'pve1', '--token-file', file], { env: { PVEGRAPH_TOKEN: 'pvg_wrong' } });
+    const fromFile = await cli(['reserve', '--url', `${a.url}/`, '--node', 'pve1', '--token-file', file], {
+      env: { PVEGRAPH_TOKEN: 'pvg_wrong' },
+    });
     expect(fromFile.code).toBe(0);
     const vmids = [byName, byId, fromFile].map((r) => Number(last(r)));
     expect(new Set(vmids).size).toBe(3);
@@ -134,7 +156,8 @@ describe('npx pvegraph vmid (CLI against running servers)', () => {
 
     const released = await cli(['release', '--url', a.url, '--node', 'pve1', '--vmid', String(vmids[0])]);
     expect(released).toMatchObject({ code: 0, stdout: `released ${vmids[0]}\n` });
-    for (const vmid of vmids.slice(1)) expect((await cli(['release', '--node', nodeId, '--vmid', String(vmid)])).code).toBe(0);
+    for (const vmid of vmids.slice(1))
+      expect((await cli(['release', '--node', nodeId, '--vmid', String(vmid)])).code).toBe(0);
     expect(await reserved()).not.toEqual(expect.arrayContaining([vmids[1]]));
   });
 
@@ -197,32 +220,46 @@ describe('npx pvegraph vmid (CLI against running servers)', () => {
     await cli(['release', '--node', 'pve1', '--vmid', '4300']);
   });
 
-  it('50 concurrent reserves against two instances (10 processes at a time) print 50 distinct VMIDs', { timeout: 120_000 }, async () => {
-    const before = await reserved();
-    const started = Date.now();
-    const results: Result[] = [];
-    let next = 0;
-    const worker = async () => {
-      for (let i = next++; i < 50; i = next++) {
-        const server = i % 2 === 0 ? a : b;
-        results[i] = await cli(['reserve', '--url', server.url, '--node', i % 4 < 2 ? 'pve1' : nodeId, '--ttl', '300']);
-      }
-    };
-    await Promise.all(Array.from({ length: 10 }, worker));
-    const seconds = (Date.now() - started) / 1000;
-    for (const r of results) expect(r, r.stderr).toMatchObject({ code: 0, stderr: '' });
-    const vmids = results.map((r) => Number(last(r)));
-    expect(new Set(vmids).size).toBe(50);
-    for (const vmid of vmids) expect(before).not.toContain(vmid);
-    expect(await reserved()).toEqual(expect.arrayContaining(vmids));
-    // Each process costs about 0.3 s of CPU to start (Node + tsx); 50 on 2 shared cores took
-    // 15–30 s here. The bound leaves room for a loaded machine.
-    expect(seconds).toBeLessThan(90);
-    for (const vmid of vmids) await gql('mutation($n: ID!, $v: Int!) { releaseVmid(nodeId: $n, vmid: $v) }', { n: nodeId, v: vmid });
-  });
+  it(
+    '50 concurrent reserves against two instances (10 processes at a time) print 50 distinct VMIDs',
+    { timeout: 120_000 },
+    async () => {
+      const before = await reserved();
+      const started = Date.now();
+      const results: Result[] = [];
+      let next = 0;
+      const worker = async () => {
+        for (let i = next++; i < 50; i = next++) {
+          const server = i % 2 === 0 ? a : b;
+          results[i] = await cli([
+            'reserve',
+            '--url',
+            server.url,
+            '--node',
+            i % 4 < 2 ? 'pve1' : nodeId,
+            '--ttl',
+            '300',
+          ]);
+        }
+      };
+      await Promise.all(Array.from({ length: 10 }, worker));
+      const seconds = (Date.now() - started) / 1000;
+      for (const r of results) expect(r, r.stderr).toMatchObject({ code: 0, stderr: '' });
+      const vmids = results.map((r) => Number(last(r)));
+      expect(new Set(vmids).size).toBe(50);
+      for (const vmid of vmids) expect(before).not.toContain(vmid);
+      expect(await reserved()).toEqual(expect.arrayContaining(vmids));
+      // Each process costs about 0.3 s of CPU to start (Node + tsx); 50 on 2 shared cores took
+      // 15–30 s here. The bound leaves room for a loaded machine.
+      expect(seconds).toBeLessThan(90);
+      for (const vmid of vmids)
+        await gql('mutation($n: ID!, $v: Int!) { releaseVmid(nodeId: $n, vmid: $v) }', { n: nodeId, v: vmid });
+    },
+  );
 
   it('--key: a retry answers the same VMID and expiry on either instance, another key another VMID; concurrent calls with one key hold one', async () => {
-    const keyed = (key: string, url = a.url, extra: string[] = []) => cli(['reserve', '--url', url, '--node', 'pve1', '--key', key, ...extra]);
+    const keyed = (key: string, url = a.url, extra: string[] = []) =>
+      cli(['reserve', '--url', url, '--node', 'pve1', '--key', key, ...extra]);
     const first = await keyed('build-7');
     expect(first.code).toBe(0);
     const retry = await keyed('build-7', b.url, ['--ttl', '30', '--min', '9000']);
@@ -256,7 +293,8 @@ describe('npx pvegraph vmid (CLI against running servers)', () => {
     const after = await reserved();
     expect(after.filter((v) => !before.includes(v))).toEqual([Number(last(racing[0]!))]);
 
-    for (const v of [one.vmid, Number(last(other)), Number(last(racing[0]!))]) await cli(['release', '--node', 'pve1', '--vmid', String(v)]);
+    for (const v of [one.vmid, Number(last(other)), Number(last(racing[0]!))])
+      await cli(['release', '--node', 'pve1', '--vmid', String(v)]);
   });
 
   it('--key: after the reservation lapsed, a guest Proxmox lists with its VMID (created by Terraform) is still the answer', async () => {
@@ -273,10 +311,16 @@ describe('npx pvegraph vmid (CLI against running servers)', () => {
   });
 
   it('--terraform: the documented query on stdin gives one JSON object of strings; a re-run the same; errors on stderr', async () => {
-    const [hcl, stdin, documented] = await Promise.all([docBlock('terraform'), docBlock('terraform-stdin'), docBlock('terraform-stdout')]);
+    const [hcl, stdin, documented] = await Promise.all([
+      docBlock('terraform'),
+      docBlock('terraform-stdin'),
+      docBlock('terraform-stdout'),
+    ]);
     // The module's program and query are what the protocol test feeds.
     expect(hcl).toContain('program = ["npx", "pvegraph", "vmid", "reserve", "--terraform"]');
-    const queryKeys = [.../query = \{([\s\S]*?)\n {2}\}/.exec(hcl)![1]!.matchAll(/^\s+(\w+)\s+=/gm)].map((m) => m[1]).sort();
+    const queryKeys = [.../query = \{([\s\S]*?)\n {2}\}/.exec(hcl)![1]!.matchAll(/^\s+(\w+)\s+=/gm)]
+      .map((m) => m[1])
+      .sort();
     const sent = JSON.parse(stdin) as Record<string, string>;
     expect(Object.keys(sent).sort()).toEqual(queryKeys);
     expect(hcl).toMatch(/vm_id\s+= tonumber\(data\.external\.vmid\.result\.vmid\)/);
@@ -312,8 +356,14 @@ describe('npx pvegraph vmid (CLI against running servers)', () => {
     await bad('not json', EXIT.USAGE, /^pvegraph: BAD_USER_INPUT: stdin must hold one JSON object/);
     await bad(JSON.stringify({ ...sent, url: a.url, token: token }), EXIT.USAGE, /do not put the token in the query/);
     await bad(JSON.stringify({ ...sent, url: a.url, nodes: 'x' }), EXIT.USAGE, /unknown query key "nodes"/);
-    await bad(JSON.stringify({ ...sent, url: a.url, node: 'nope' }), EXIT.NOT_FOUND, /^pvegraph: NOT_FOUND: no node named "nope"/);
-    await bad(JSON.stringify({ ...sent, url: a.url }), EXIT.AUTH, /^pvegraph: UNAUTHENTICATED: /, { PVEGRAPH_TOKEN: '' });
+    await bad(
+      JSON.stringify({ ...sent, url: a.url, node: 'nope' }),
+      EXIT.NOT_FOUND,
+      /^pvegraph: NOT_FOUND: no node named "nope"/,
+    );
+    await bad(JSON.stringify({ ...sent, url: a.url }), EXIT.AUTH, /^pvegraph: UNAUTHENTICATED: /, {
+      PVEGRAPH_TOKEN: '',
+    });
     expect((await cli(['reserve', '--terraform', '--node', 'pve1'], { input: input })).code).toBe(EXIT.USAGE);
     await cli(['release', '--node', 'pve1', '--vmid', result.vmid as string]);
   });
@@ -326,7 +376,10 @@ describe('npx pvegraph vmid (CLI against running servers)', () => {
     expect(allowed).toEqual([EXIT.OK, EXIT.NOT_RESERVED]);
     const [reserveCmd, consumeCmd, releaseCmd] = cmds as [string, string, string];
     const jinja = (cmd: string, host: string, vmid = '') =>
-      cmd.replaceAll('{{ pvegraph_url }}', a.url).replaceAll('{{ inventory_hostname }}', host).replaceAll('{{ vmid }}', vmid);
+      cmd
+        .replaceAll('{{ pvegraph_url }}', a.url)
+        .replaceAll('{{ inventory_hostname }}', host)
+        .replaceAll('{{ vmid }}', vmid);
 
     const reservedOnce = await sh(jinja(reserveCmd, 'web-3'));
     expect(reservedOnce.code).toBe(0);
@@ -354,56 +407,126 @@ describe('npx pvegraph vmid (CLI against running servers)', () => {
     let http: Server | undefined;
     afterAll(() => new Promise<void>((resolve) => (http ? http.close(() => resolve()) : resolve())));
 
-    it('2 usage / BAD_USER_INPUT (also the server\'s); --help is 0', async () => {
+    it("2 usage / BAD_USER_INPUT (also the server's); --help is 0", async () => {
       expectFailure(await cli(['reserve', '--url', a.url]), 2, /^pvegraph: BAD_USER_INPUT: --node is required$/m);
-      expectFailure(await cli(['reserve', '--node', 'pve1', '--ttl', 'soon']), 2, /^pvegraph: BAD_USER_INPUT: --ttl must be a whole number/);
-      expectFailure(await cli(['reserve', '--node', 'pve1', '--bogus']), 2, /^pvegraph: BAD_USER_INPUT: Unknown option '--bogus'/);
-      expectFailure(await cli(['consume', '--node', 'pve1', '--vmid', '4000', '--key', 'k']), 2, /--key does not apply to consume/);
+      expectFailure(
+        await cli(['reserve', '--node', 'pve1', '--ttl', 'soon']),
+        2,
+        /^pvegraph: BAD_USER_INPUT: --ttl must be a whole number/,
+      );
+      expectFailure(
+        await cli(['reserve', '--node', 'pve1', '--bogus']),
+        2,
+        /^pvegraph: BAD_USER_INPUT: Unknown option '--bogus'/,
+      );
+      expectFailure(
+        await cli(['consume', '--node', 'pve1', '--vmid', '4000', '--key', 'k']),
+        2,
+        /--key does not apply to consume/,
+      );
       expectFailure(await cli(['reserve', '--url', 'ftp://x', '--node', 'pve1']), 2, /--url must be http\(s\)/);
       expectFailure(await cli(['destroy']), 2, /unknown command "destroy"/);
       // The server's BAD_USER_INPUT: out-of-range ttl, a key with a control character or too long.
-      expectFailure(await cli(['reserve', '--node', 'pve1', '--ttl', '0']), 2, /^pvegraph: BAD_USER_INPUT: ttlSeconds must be an integer from 1 to 86400/);
-      expectFailure(await cli(['reserve', '--node', 'pve1', '--key', 'a\u0007b']), 2, /^pvegraph: BAD_USER_INPUT: key must be 1 to 200 printable characters/);
-      expectFailure(await cli(['reserve', '--node', 'pve1', '--key', 'k'.repeat(201)]), 2, /^pvegraph: BAD_USER_INPUT: key must be/);
+      expectFailure(
+        await cli(['reserve', '--node', 'pve1', '--ttl', '0']),
+        2,
+        /^pvegraph: BAD_USER_INPUT: ttlSeconds must be an integer from 1 to 86400/,
+      );
+      expectFailure(
+        await cli(['reserve', '--node', 'pve1', '--key', 'a\u0007b']),
+        2,
+        /^pvegraph: BAD_USER_INPUT: key must be 1 to 200 printable characters/,
+      );
+      expectFailure(
+        await cli(['reserve', '--node', 'pve1', '--key', 'k'.repeat(201)]),
+        2,
+        /^pvegraph: BAD_USER_INPUT: key must be/,
+      );
       expectFailure(await cli(['reserve', '--node', 'pve1', '--key', '']), 2, /^pvegraph: BAD_USER_INPUT: key must be/);
       const help = await cli(['--help']);
       expect(help.code).toBe(0);
       for (const code of Object.values(EXIT)) expect(help.stdout).toMatch(new RegExp(`^  ${code}  `, 'm'));
     });
 
-    it('3 CONFLICT: a guest\'s VMID, a reserved one, a key that stands for another VMID', async () => {
-      expectFailure(await cli(['reserve', '--node', 'pve1', '--vmid', '100']), 3, /^pvegraph: CONFLICT: VMID 100 is already taken/);
+    it("3 CONFLICT: a guest's VMID, a reserved one, a key that stands for another VMID", async () => {
+      expectFailure(
+        await cli(['reserve', '--node', 'pve1', '--vmid', '100']),
+        3,
+        /^pvegraph: CONFLICT: VMID 100 is already taken/,
+      );
       const held = await cli(['reserve', '--node', 'pve1', '--key', 'k-3']);
-      expectFailure(await cli(['reserve', '--url', b.url, '--node', 'pve1', '--vmid', last(held)]), 3, /^pvegraph: CONFLICT: VMID \d+ is already reserved/);
-      expectFailure(await cli(['reserve', '--node', 'pve1', '--key', 'k-3', '--vmid', '7777']), 3, /^pvegraph: CONFLICT: The key answers VMID/);
+      expectFailure(
+        await cli(['reserve', '--url', b.url, '--node', 'pve1', '--vmid', last(held)]),
+        3,
+        /^pvegraph: CONFLICT: VMID \d+ is already reserved/,
+      );
+      expectFailure(
+        await cli(['reserve', '--node', 'pve1', '--key', 'k-3', '--vmid', '7777']),
+        3,
+        /^pvegraph: CONFLICT: The key answers VMID/,
+      );
       await cli(['release', '--node', 'pve1', '--vmid', last(held)]);
     });
 
-    it('4 PROXMOX_*: the node\'s Proxmox is unreachable', async () => {
+    it("4 PROXMOX_*: the node's Proxmox is unreachable", async () => {
       const down = await startTestSimulator({ guests: 1 });
-      await gql('mutation($i: CreateNodeInput!) { createNode(input: $i) { id } }', { i: nodeInputFor(down, { name: 'pve-down' }) });
+      await gql('mutation($i: CreateNodeInput!) { createNode(input: $i) { id } }', {
+        i: nodeInputFor(down, { name: 'pve-down' }),
+      });
       await down.stop();
       expectFailure(await cli(['reserve', '--node', 'pve-down']), 4, /^pvegraph: PROXMOX_UNREACHABLE: /);
     });
 
     it('5 UNAUTHENTICATED: a bad token, no token, an empty token file', async () => {
-      expectFailure(await cli(['reserve', '--node', 'pve1'], { env: { PVEGRAPH_TOKEN: `pvg_${'A'.repeat(43)}` } }), 5, /^pvegraph: UNAUTHENTICATED: /);
-      expectFailure(await cli(['reserve', '--node', nodeId], { env: { PVEGRAPH_TOKEN: 'not-a-token' } }), 5, /^pvegraph: UNAUTHENTICATED: /);
-      expectFailure(await cli(['reserve', '--node', 'pve1'], { env: { PVEGRAPH_TOKEN: '' } }), 5, /^pvegraph: UNAUTHENTICATED: no API token/);
+      expectFailure(
+        await cli(['reserve', '--node', 'pve1'], { env: { PVEGRAPH_TOKEN: `pvg_${'A'.repeat(43)}` } }),
+        5,
+        /^pvegraph: UNAUTHENTICATED: /,
+      );
+      expectFailure(
+        await cli(['reserve', '--node', nodeId], { env: { PVEGRAPH_TOKEN: 'not-a-token' } }),
+        5,
+        /^pvegraph: UNAUTHENTICATED: /,
+      );
+      expectFailure(
+        await cli(['reserve', '--node', 'pve1'], { env: { PVEGRAPH_TOKEN: '' } }),
+        5,
+        /^pvegraph: UNAUTHENTICATED: no API token/,
+      );
       const empty = path.join(shims, 'empty');
       await writeFile(empty, '\n');
-      expectFailure(await cli(['release', '--node', 'pve1', '--vmid', '4000', '--token-file', empty]), 5, /token file .* is empty/);
+      expectFailure(
+        await cli(['release', '--node', 'pve1', '--vmid', '4000', '--token-file', empty]),
+        5,
+        /token file .* is empty/,
+      );
     });
 
-    it('6 NOT_FOUND: no node of that name, an id that is not the caller\'s', async () => {
-      expectFailure(await cli(['reserve', '--node', 'pve9']), 6, /^pvegraph: NOT_FOUND: no node named "pve9" \(your nodes: pve1/);
-      expectFailure(await cli(['reserve', '--node', '00000000-0000-4000-8000-000000000000']), 6, /^pvegraph: NOT_FOUND: Node 0{8}-/);
+    it("6 NOT_FOUND: no node of that name, an id that is not the caller's", async () => {
+      expectFailure(
+        await cli(['reserve', '--node', 'pve9']),
+        6,
+        /^pvegraph: NOT_FOUND: no node named "pve9" \(your nodes: pve1/,
+      );
+      expectFailure(
+        await cli(['reserve', '--node', '00000000-0000-4000-8000-000000000000']),
+        6,
+        /^pvegraph: NOT_FOUND: Node 0{8}-/,
+      );
       const stranger = (await a.createUser()).token;
-      expectFailure(await cli(['release', '--node', nodeId, '--vmid', '4000'], { env: { PVEGRAPH_TOKEN: stranger } }), 6, /^pvegraph: NOT_FOUND: /);
+      expectFailure(
+        await cli(['release', '--node', nodeId, '--vmid', '4000'], { env: { PVEGRAPH_TOKEN: stranger } }),
+        6,
+        /^pvegraph: NOT_FOUND: /,
+      );
     });
 
     it('7 release: no reservation to end', async () => {
-      expectFailure(await cli(['release', '--node', 'pve1', '--vmid', '4001']), 7, /^pvegraph: NOT_RESERVED: no reservation of VMID 4001/);
+      expectFailure(
+        await cli(['release', '--node', 'pve1', '--vmid', '4001']),
+        7,
+        /^pvegraph: NOT_RESERVED: no reservation of VMID 4001/,
+      );
     });
 
     it('8 try again later: the server unreachable, or not answering in time', async () => {
@@ -411,12 +534,20 @@ describe('npx pvegraph vmid (CLI against running servers)', () => {
       await new Promise<void>((resolve) => closed.listen(0, '127.0.0.1', resolve));
       const port = (closed.address() as AddressInfo).port;
       await new Promise<void>((resolve) => closed.close(() => resolve()));
-      expectFailure(await cli(['reserve', '--url', `http://127.0.0.1:${port}`, '--node', 'pve1']), 8, /^pvegraph: UNREACHABLE: cannot reach http:\/\/127\.0\.0\.1:\d+\/graphql: ECONNREFUSED\n$/);
+      expectFailure(
+        await cli(['reserve', '--url', `http://127.0.0.1:${port}`, '--node', 'pve1']),
+        8,
+        /^pvegraph: UNREACHABLE: cannot reach http:\/\/127\.0\.0\.1:\d+\/graphql: ECONNREFUSED\n$/,
+      );
 
       http = createServer(() => undefined); // accepts, never answers
       await new Promise<void>((resolve) => http!.listen(0, '127.0.0.1', resolve));
       const silent = `http://127.0.0.1:${(http.address() as AddressInfo).port}`;
-      expectFailure(await cli(['reserve', '--url', silent, '--node', nodeId, '--timeout', '1']), 8, /^pvegraph: TIMEOUT: no answer from .* within 1 s\n$/);
+      expectFailure(
+        await cli(['reserve', '--url', silent, '--node', nodeId, '--timeout', '1']),
+        8,
+        /^pvegraph: TIMEOUT: no answer from .* within 1 s\n$/,
+      );
     });
 
     it('1 anything else: an answer that is not GraphQL', async () => {
@@ -424,7 +555,11 @@ describe('npx pvegraph vmid (CLI against running servers)', () => {
       await new Promise<void>((resolve) => other.listen(0, '127.0.0.1', resolve));
       try {
         const url = `http://127.0.0.1:${(other.address() as AddressInfo).port}`;
-        expectFailure(await cli(['reserve', '--url', url, '--node', nodeId]), 1, /^pvegraph: HTTP_404: .* answered HTTP 404 without a GraphQL response\n$/);
+        expectFailure(
+          await cli(['reserve', '--url', url, '--node', nodeId]),
+          1,
+          /^pvegraph: HTTP_404: .* answered HTTP 404 without a GraphQL response\n$/,
+        );
       } finally {
         await new Promise<void>((resolve) => other.close(() => resolve()));
       }

@@ -10,7 +10,8 @@ import { TEST_REDIS_URL } from '../support/env.js';
 import { uniqueRedisPrefix } from '../support/test-server.js';
 
 // Its scripts take two keys of one hash tag: they must run on a Redis Cluster as on one server.
-const redisAt = (url: string) => (): Promise<RedisClient> => connectRedis(url, uniqueRedisPrefix(), pino({ level: 'silent' }));
+const redisAt = (url: string) => (): Promise<RedisClient> =>
+  connectRedis(url, uniqueRedisPrefix(), pino({ level: 'silent' }));
 describe.each([
   ['redis', redisAt(TEST_REDIS_URL)],
   ['Redis Cluster', redisAt(inject('redisClusterUrl'))],
@@ -85,7 +86,17 @@ describe('task cursor', () => {
     expect(compareTasks(cursor, first)).toBe('unchanged');
     // Other tasks do not matter.
     expect(compareTasks(cursor, [task('U3', 'vzdump', 102), ...first])).toBe('unchanged');
-    for (const type of ['qmcreate', 'vzcreate', 'qmclone', 'vzrestore', 'qmrestore', 'vzdestroy', 'qmdestroy', 'vzmigrate', 'qmigrate']) {
+    for (const type of [
+      'qmcreate',
+      'vzcreate',
+      'qmclone',
+      'vzrestore',
+      'qmrestore',
+      'vzdestroy',
+      'qmdestroy',
+      'vzmigrate',
+      'qmigrate',
+    ]) {
       expect(compareTasks(cursor, [task('U4', type, 102), ...first])).toBe('changed');
     }
     // A running destroy: changed when it appears, and again when it ends.
@@ -112,7 +123,7 @@ describe('ProxmoxClient.tasks', () => {
     await Promise.all([sim.stop(), client.close()]);
   });
 
-  it('lists the simulator\'s task log, newest first, with what the UPID carries', async () => {
+  it("lists the simulator's task log, newest first, with what the UPID carries", async () => {
     const guest = sim.addGuest({ type: 'lxc' });
     sim.removeGuest(guest.vmid);
     const tasks = await client.tasks(sim.target());

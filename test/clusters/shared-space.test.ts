@@ -5,11 +5,24 @@ import { graphql } from '../gql/index.js';
 import { DeleteNode, RegisterContainer, UnregisterContainer } from '../nodes/documents.js';
 import { nodeInputFor, type Simulator, startTestSimulator } from '../support/simulator.js';
 import { startTestServer, type TestServer, uniqueRedisPrefix } from '../support/test-server.js';
-import { InvalidateVmidCache, IsVmidTaken, NextFreeVmid, ReleaseVmid, ReserveVmid, VmidEvents, VmidsTaken } from '../vmids/documents.js';
+import {
+  InvalidateVmidCache,
+  IsVmidTaken,
+  NextFreeVmid,
+  ReleaseVmid,
+  ReserveVmid,
+  VmidEvents,
+  VmidsTaken,
+} from '../vmids/documents.js';
 
 const CreateClusterNode = graphql(`
   mutation CreateClusterNode($input: CreateNodeInput!) {
-    createNode(input: $input) { id clusterId clusterIdentified clusterName }
+    createNode(input: $input) {
+      id
+      clusterId
+      clusterIdentified
+      clusterName
+    }
   }
 `);
 
@@ -70,7 +83,9 @@ describe('one VMID space per Proxmox cluster', () => {
     expect(code(await b.gql(ReserveVmid, { nodeId: bobNode.id, vmid: held.vmid }, bob))).toBe('CONFLICT');
     const bobs = (await b.gql(ReserveVmid, { nodeId: bobNode.id }, bob)).data!.reserveVmid;
     expect(bobs.vmid).not.toBe(held.vmid);
-    expect((await b.gql(NextFreeVmid, { nodeId: bobNode.id, min: held.vmid }, bob)).data!.nextFreeVmid).not.toBe(held.vmid);
+    expect((await b.gql(NextFreeVmid, { nodeId: bobNode.id, min: held.vmid }, bob)).data!.nextFreeVmid).not.toBe(
+      held.vmid,
+    );
 
     // Bob cannot end Alice's reservation; it answers as if there were none.
     expect((await b.gql(ReleaseVmid, { nodeId: bobNode.id, vmid: held.vmid }, bob)).data!.releaseVmid).toBe(false);
@@ -89,7 +104,8 @@ describe('one VMID space per Proxmox cluster', () => {
 
   it('keeps a twin cluster apart: what one reserves is free in the other', async () => {
     const twinNode = await create(a, twin, bob);
-    const held = (await a.gql(ReserveVmid, { nodeId: aliceNode.id, vmid: 4321, ttlSeconds: 60 }, alice)).data!.reserveVmid;
+    const held = (await a.gql(ReserveVmid, { nodeId: aliceNode.id, vmid: 4321, ttlSeconds: 60 }, alice)).data!
+      .reserveVmid;
     const there = await a.gql(ReserveVmid, { nodeId: twinNode.id, vmid: held.vmid, ttlSeconds: 60 }, bob);
     expect(there.errors).toBeUndefined();
     expect(there.data!.reserveVmid.vmid).toBe(4321);
@@ -97,21 +113,26 @@ describe('one VMID space per Proxmox cluster', () => {
     await a.gql(ReleaseVmid, { nodeId: twinNode.id, vmid: 4321 }, bob);
   });
 
-  it("refuses to register a container for a VMID another user holds a reservation of (it would end theirs)", async () => {
-    const held = (await a.gql(ReserveVmid, { nodeId: aliceNode.id, vmid: 5400, ttlSeconds: 60 }, alice)).data!.reserveVmid;
-    expect(code(await b.gql(RegisterContainer, { input: { nodeId: bobNode.id, vmid: held.vmid } }, bob))).toBe('CONFLICT');
+  it('refuses to register a container for a VMID another user holds a reservation of (it would end theirs)', async () => {
+    const held = (await a.gql(ReserveVmid, { nodeId: aliceNode.id, vmid: 5400, ttlSeconds: 60 }, alice)).data!
+      .reserveVmid;
+    expect(code(await b.gql(RegisterContainer, { input: { nodeId: bobNode.id, vmid: held.vmid } }, bob))).toBe(
+      'CONFLICT',
+    );
     expect((await a.gql(VmidsTaken, { nodeId: aliceNode.id }, alice)).data!.vmidsTaken.reserved).toContain(held.vmid);
     // Its holder registers it: the reservation is used up, the VMID stays taken.
-    const ct = (await a.gql(RegisterContainer, { input: { nodeId: aliceNode.id, vmid: held.vmid } }, alice)).data!.registerContainer;
+    const ct = (await a.gql(RegisterContainer, { input: { nodeId: aliceNode.id, vmid: held.vmid } }, alice)).data!
+      .registerContainer;
     const set = (await b.gql(VmidsTaken, { nodeId: bobNode.id }, bob)).data!.vmidsTaken;
     expect(set.reserved).not.toContain(held.vmid);
     expect(set.taken).toContain(held.vmid);
     await a.gql(UnregisterContainer, { id: ct.id }, alice);
   });
 
-  it("counts a container one user registered as taken for every registration of the cluster", async () => {
+  it('counts a container one user registered as taken for every registration of the cluster', async () => {
     const vmid = 5555; // not listed by Proxmox
-    const ct = (await a.gql(RegisterContainer, { input: { nodeId: aliceNode.id, vmid } }, alice)).data!.registerContainer;
+    const ct = (await a.gql(RegisterContainer, { input: { nodeId: aliceNode.id, vmid } }, alice)).data!
+      .registerContainer;
     try {
       expect((await b.gql(IsVmidTaken, { nodeId: bobNode.id, vmid }, bob)).data!.isVmidTaken).toBe(true);
       expect(code(await b.gql(ReserveVmid, { nodeId: bobNode.id, vmid }, bob))).toBe('CONFLICT');
@@ -127,7 +148,11 @@ describe('one VMID space per Proxmox cluster', () => {
       ]);
       expect(race.map(code).sort()).toEqual(['CONFLICT', undefined]);
       const won = race.find((r) => !r.errors)!;
-      await (won === race[0] ? b : a).gql(UnregisterContainer, { id: won.data!.registerContainer.id }, won === race[0] ? bob : alice);
+      await (won === race[0] ? b : a).gql(
+        UnregisterContainer,
+        { id: won.data!.registerContainer.id },
+        won === race[0] ? bob : alice,
+      );
     } finally {
       await a.gql(UnregisterContainer, { id: ct.id }, alice);
     }
@@ -136,16 +161,31 @@ describe('one VMID space per Proxmox cluster', () => {
 
   it("streams one user's changes to another user's subscribers of the cluster, under their own node id", async () => {
     const events: Array<{ nodeId: string; kind: string; version: number; vmids: number[] | null }> = [];
-    const client = createClient({ url: b.wsUrl, webSocketImpl: WebSocket, retryAttempts: 0, connectionParams: { authorization: `Bearer ${bob}` } });
+    const client = createClient({
+      url: b.wsUrl,
+      webSocketImpl: WebSocket,
+      retryAttempts: 0,
+      connectionParams: { authorization: `Bearer ${bob}` },
+    });
     const dispose = client.subscribe<{ vmidEvents: (typeof events)[number] }>(
       { query: VmidEvents, variables: { nodeId: bobNode.id } },
-      { next: (r) => void (r.data && events.push(r.data.vmidEvents)), error: () => undefined, complete: () => undefined },
+      {
+        next: (r) => void (r.data && events.push(r.data.vmidEvents)),
+        error: () => undefined,
+        complete: () => undefined,
+      },
     );
     try {
       await expect.poll(() => events.length).toBe(1);
-      const held = (await a.gql(ReserveVmid, { nodeId: aliceNode.id, vmid: 6006, ttlSeconds: 60 }, alice)).data!.reserveVmid;
+      const held = (await a.gql(ReserveVmid, { nodeId: aliceNode.id, vmid: 6006, ttlSeconds: 60 }, alice)).data!
+        .reserveVmid;
       await expect.poll(() => events.length).toBe(2);
-      expect(events[1]).toMatchObject({ nodeId: bobNode.id, kind: 'RESERVED', version: events[0]!.version + 1, vmids: [held.vmid] });
+      expect(events[1]).toMatchObject({
+        nodeId: bobNode.id,
+        kind: 'RESERVED',
+        version: events[0]!.version + 1,
+        vmids: [held.vmid],
+      });
       await a.gql(ReleaseVmid, { nodeId: aliceNode.id, vmid: held.vmid }, alice);
       await expect.poll(() => events.length).toBe(3);
       expect(events[2]).toMatchObject({ nodeId: bobNode.id, kind: 'RELEASED' });
@@ -168,7 +208,9 @@ describe('one VMID space per Proxmox cluster', () => {
       expect(set.taken).toEqual([100, 101, 102]);
       expect(set.reserved).toEqual([]); // the deletion ended the space's reservations
       expect(set.version).toBeGreaterThan(before);
-      expect((await b.gql(ReserveVmid, { nodeId: again.id, vmid: held.vmid, ttlSeconds: 60 }, bob)).data!.reserveVmid.vmid).toBe(held.vmid);
+      expect(
+        (await b.gql(ReserveVmid, { nodeId: again.id, vmid: held.vmid, ttlSeconds: 60 }, bob)).data!.reserveVmid.vmid,
+      ).toBe(held.vmid);
     } finally {
       await lone.stop();
     }
@@ -177,10 +219,19 @@ describe('one VMID space per Proxmox cluster', () => {
   it('a subscription to every node of a user follows a node registered later, through any instance', async () => {
     const dave = (await a.createUser()).token;
     const events: Array<{ nodeId: string; kind: string }> = [];
-    const client = createClient({ url: b.wsUrl, webSocketImpl: WebSocket, retryAttempts: 0, connectionParams: { authorization: `Bearer ${dave}` } });
+    const client = createClient({
+      url: b.wsUrl,
+      webSocketImpl: WebSocket,
+      retryAttempts: 0,
+      connectionParams: { authorization: `Bearer ${dave}` },
+    });
     const dispose = client.subscribe<{ vmidEvents: (typeof events)[number] }>(
       { query: VmidEvents, variables: {} },
-      { next: (r) => void (r.data && events.push(r.data.vmidEvents)), error: () => undefined, complete: () => undefined },
+      {
+        next: (r) => void (r.data && events.push(r.data.vmidEvents)),
+        error: () => undefined,
+        complete: () => undefined,
+      },
     );
     const later = await startTestSimulator({ guests: 2 });
     try {
@@ -206,10 +257,19 @@ describe('one VMID space per Proxmox cluster', () => {
     const watch = (server: TestServer, token: string, nodeId: string) => {
       const seen: Array<{ nodeId: string; kind: string }> = [];
       let completed = false;
-      const client = createClient({ url: server.wsUrl, webSocketImpl: WebSocket, retryAttempts: 0, connectionParams: { authorization: `Bearer ${token}` } });
+      const client = createClient({
+        url: server.wsUrl,
+        webSocketImpl: WebSocket,
+        retryAttempts: 0,
+        connectionParams: { authorization: `Bearer ${token}` },
+      });
       const dispose = client.subscribe<{ vmidEvents: (typeof seen)[number] }>(
         { query: VmidEvents, variables: { nodeId } },
-        { next: (r) => void (r.data && seen.push(r.data.vmidEvents)), error: () => undefined, complete: () => (completed = true) },
+        {
+          next: (r) => void (r.data && seen.push(r.data.vmidEvents)),
+          error: () => undefined,
+          complete: () => (completed = true),
+        },
       );
       return { seen, done: () => completed, close: async () => (dispose(), await client.dispose()) };
     };

@@ -34,7 +34,12 @@ interface Subscriber {
 
 function subscribeWs(server: TestServer, token: string, nodeId?: string): Subscriber {
   const events: Event[] = [];
-  const client = createClient({ url: server.wsUrl, webSocketImpl: WebSocket, retryAttempts: 0, connectionParams: { authorization: `Bearer ${token}` } });
+  const client = createClient({
+    url: server.wsUrl,
+    webSocketImpl: WebSocket,
+    retryAttempts: 0,
+    connectionParams: { authorization: `Bearer ${token}` },
+  });
   const dispose = client.subscribe<{ vmidEvents: Event }>(
     { query: VmidEvents, variables: nodeId ? { nodeId } : {} },
     { next: (r) => void (r.data && events.push(r.data.vmidEvents)), error: () => undefined, complete: () => undefined },
@@ -83,13 +88,17 @@ function subscribeSse(server: TestServer, token: string, nodeId?: string): Subsc
   };
 }
 
-const probes = (server: TestServer, outcome: string) => metricValue(server, `pvegraph_cluster_watch_probes_total{outcome="${outcome}"}`).then((v) => (Number.isNaN(v) ? 0 : v));
+const probes = (server: TestServer, outcome: string) =>
+  metricValue(server, `pvegraph_cluster_watch_probes_total{outcome="${outcome}"}`).then((v) =>
+    Number.isNaN(v) ? 0 : v,
+  );
 const allProbes = async (server: TestServer) => {
   let n = 0;
   for (const o of ['unchanged', 'changed', 'unknown']) n += await probes(server, o);
   return n;
 };
-const listings = (server: TestServer) => metricValue(server, 'pvegraph_cluster_watch_listings_total{outcome="ok"}').then((v) => (Number.isNaN(v) ? 0 : v));
+const listings = (server: TestServer) =>
+  metricValue(server, 'pvegraph_cluster_watch_listings_total{outcome="ok"}').then((v) => (Number.isNaN(v) ? 0 : v));
 
 /** Where each subscriber's events stand, and when: taken right before a change behind pvegraph's back. */
 function mark(subs: Subscriber[]): { at: number; seen: Map<Subscriber, number> } {
@@ -108,7 +117,10 @@ async function refreshedWithin(
 ): Promise<number> {
   const from = since.seen.get(sub) ?? 0;
   await expect
-    .poll(() => sub.events.slice(from).some((e) => e.kind === 'REFRESHED' && e.vmids !== null && test(e.vmids)), { timeout: timeoutMs, interval: 20 })
+    .poll(() => sub.events.slice(from).some((e) => e.kind === 'REFRESHED' && e.vmids !== null && test(e.vmids)), {
+      timeout: timeoutMs,
+      interval: 20,
+    })
     .toBe(true);
   return performance.now() - since.at;
 }
@@ -122,7 +134,9 @@ async function createNode(server: TestServer, sim: Simulator, token: string): Pr
 /** The watch has taken its lease and compared one probe with the one before (its baseline). */
 async function settled(...servers: TestServer[]): Promise<void> {
   await expect
-    .poll(async () => (await Promise.all(servers.map((s) => probes(s, 'unchanged')))).reduce((a, b) => a + b, 0), { timeout: 10_000 })
+    .poll(async () => (await Promise.all(servers.map((s) => probes(s, 'unchanged')))).reduce((a, b) => a + b, 0), {
+      timeout: 10_000,
+    })
     .toBeGreaterThanOrEqual(1);
 }
 
@@ -133,7 +147,10 @@ describe('cluster watcher: one instance (Redis)', () => {
   let nodeId: string;
 
   beforeAll(async () => {
-    [server, sim] = await Promise.all([startTestServer({ env: ENV }), startTestSimulator({ guests: 4, clusterName: 'watched', nodeNames: ['pve1', 'pve2'] })]);
+    [server, sim] = await Promise.all([
+      startTestServer({ env: ENV }),
+      startTestSimulator({ guests: 4, clusterName: 'watched', nodeNames: ['pve1', 'pve2'] }),
+    ]);
     token = (await server.createUser()).token;
     nodeId = await createNode(server, sim, token);
   });
@@ -141,7 +158,7 @@ describe('cluster watcher: one instance (Redis)', () => {
     await Promise.all([server.stop(), sim.stop()]);
   });
 
-  it('brings a guest created and one destroyed behind pvegraph\'s back to WebSocket and SSE subscribers as REFRESHED within the interval + 1 s', async () => {
+  it("brings a guest created and one destroyed behind pvegraph's back to WebSocket and SSE subscribers as REFRESHED within the interval + 1 s", async () => {
     const ws = subscribeWs(server, token, nodeId);
     const sse = subscribeSse(server, token);
     try {
@@ -150,13 +167,16 @@ describe('cluster watcher: one instance (Redis)', () => {
 
       let at = mark([ws, sse]);
       const guest = sim.addGuest({ node: 'pve2', name: 'behind-the-back' });
-      for (const sub of [ws, sse]) expect(await refreshedWithin(sub, at, (v) => v.includes(guest.vmid))).toBeLessThanOrEqual(WITHIN_MS);
+      for (const sub of [ws, sse])
+        expect(await refreshedWithin(sub, at, (v) => v.includes(guest.vmid))).toBeLessThanOrEqual(WITHIN_MS);
 
       const victim = sim.guests()[0]!.vmid;
       at = mark([ws, sse]);
       expect(sim.removeGuest(victim)).toBe(true);
       for (const sub of [ws, sse]) {
-        expect(await refreshedWithin(sub, at, (v) => !v.includes(victim) && v.includes(guest.vmid))).toBeLessThanOrEqual(WITHIN_MS);
+        expect(
+          await refreshedWithin(sub, at, (v) => !v.includes(victim) && v.includes(guest.vmid)),
+        ).toBeLessThanOrEqual(WITHIN_MS);
       }
       for (const e of ws.events.filter((e) => e.kind !== 'SYNC')) expect(e.nodeId).toBe(nodeId);
     } finally {
@@ -217,7 +237,12 @@ describe('cluster watcher: two instances', () => {
   });
 
   it('asks /cluster/tasks at most once per interval in all, /cluster/resources only on a change; the other instance takes over when the watching one stops', async () => {
-    const subs = [subscribeWs(a, alice, aliceNode), subscribeWs(a, alice), subscribeWs(b, bob, bobNode), subscribeSse(b, bob, bobNode)];
+    const subs = [
+      subscribeWs(a, alice, aliceNode),
+      subscribeWs(a, alice),
+      subscribeWs(b, bob, bobNode),
+      subscribeSse(b, bob, bobNode),
+    ];
     try {
       await expect.poll(() => subs.every((s) => s.events.length > 0)).toBe(true);
       await settled(a, b);
@@ -239,7 +264,8 @@ describe('cluster watcher: two instances', () => {
       sim.stats.reset();
       const at = mark(subs);
       const guest = sim.addGuest({ node: 'pve3' });
-      for (const sub of subs) expect(await refreshedWithin(sub, at, (v) => v.includes(guest.vmid))).toBeLessThanOrEqual(WITHIN_MS);
+      for (const sub of subs)
+        expect(await refreshedWithin(sub, at, (v) => v.includes(guest.vmid))).toBeLessThanOrEqual(WITHIN_MS);
       await sleep(1_200);
       expect(sim.stats.count('/cluster/resources')).toBe(1);
 
@@ -253,16 +279,20 @@ describe('cluster watcher: two instances', () => {
       const gone = sim.guests()[0]!.vmid;
       const stoppedAt = mark(left);
       expect(sim.removeGuest(gone)).toBe(true);
-      for (const sub of left) expect(await refreshedWithin(sub, stoppedAt, (v) => !v.includes(gone), 8_000)).toBeLessThanOrEqual(8_000);
+      for (const sub of left)
+        expect(await refreshedWithin(sub, stoppedAt, (v) => !v.includes(gone), 8_000)).toBeLessThanOrEqual(8_000);
       expect(await allProbes(other)).toBeGreaterThan(before);
 
       // Once it watches, within the interval + 1 s again; still once per interval.
       sim.stats.reset();
       const next = mark(left);
       const late = sim.addGuest({ node: 'pve1' });
-      for (const sub of left) expect(await refreshedWithin(sub, next, (v) => v.includes(late.vmid))).toBeLessThanOrEqual(WITHIN_MS);
+      for (const sub of left)
+        expect(await refreshedWithin(sub, next, (v) => v.includes(late.vmid))).toBeLessThanOrEqual(WITHIN_MS);
       await sleep(2_000);
-      expect(sim.stats.count('/cluster/tasks')).toBeLessThanOrEqual(Math.ceil((performance.now() - next.at) / 1000) + 1);
+      expect(sim.stats.count('/cluster/tasks')).toBeLessThanOrEqual(
+        Math.ceil((performance.now() - next.at) / 1000) + 1,
+      );
       expect(sim.stats.count('/cluster/resources')).toBe(1);
     } finally {
       await Promise.all(subs.map((s) => s.close()));

@@ -106,7 +106,8 @@ describe('token lookup while PostgreSQL is unreachable', () => {
 
   beforeAll(async () => {
     testDb = await createTestDatabase();
-    const target = new URL(TEST_POSTGRES_URL), viaRelay = new URL(testDb.url);
+    const target = new URL(TEST_POSTGRES_URL),
+      viaRelay = new URL(testDb.url);
     relay = await startTcpProxy(target.hostname, Number(target.port || 5432));
     viaRelay.host = `127.0.0.1:${relay.port}`;
     db = await openPostgres(viaRelay.toString());
@@ -132,7 +133,11 @@ describe('token lookup while PostgreSQL is unreachable', () => {
   it('keeps answering from a cached token while its background re-check fails, and reports each failure', async () => {
     let t = 0;
     const failures: unknown[] = [];
-    const auth = new AuthService(db.prisma, { cacheTtlMs: 10_000, now: () => t, onBackgroundCheckFailed: (err) => failures.push(err) });
+    const auth = new AuthService(db.prisma, {
+      cacheTtlMs: 10_000,
+      now: () => t,
+      onBackgroundCheckFailed: (err) => failures.push(err),
+    });
     const { token, userId } = await auth.createUser('outage-recheck');
     expect((await auth.verify(token))?.userId).toBe(userId);
     await relay.down();

@@ -98,7 +98,12 @@ describe('API token authentication', () => {
     expect(await closeCode()).toBe(4403);
 
     const dave = await server.createUser('dave');
-    const client = createClient({ url: server.wsUrl, webSocketImpl: WebSocket, retryAttempts: 0, connectionParams: { authorization: `Bearer ${dave.token}` } });
+    const client = createClient({
+      url: server.wsUrl,
+      webSocketImpl: WebSocket,
+      retryAttempts: 0,
+      connectionParams: { authorization: `Bearer ${dave.token}` },
+    });
     try {
       const result = await new Promise<unknown>((resolve, reject) => {
         client.subscribe({ query: '{ me { name } }' }, { next: resolve, error: reject, complete: () => undefined });
@@ -126,7 +131,8 @@ describe('refused tokens', () => {
     expect((await server.gql(Me, {}, bad)).errors?.[0]?.extensions?.code).toBe('UNAUTHENTICATED');
     const firstLookup = statements; // the token row with its user
     expect(firstLookup).toBeGreaterThan(0);
-    for (let i = 0; i < 19; i++) expect((await server.gql(Me, {}, bad)).errors?.[0]?.extensions?.code).toBe('UNAUTHENTICATED');
+    for (let i = 0; i < 19; i++)
+      expect((await server.gql(Me, {}, bad)).errors?.[0]?.extensions?.code).toBe('UNAUTHENTICATED');
     expect(statements).toBe(firstLookup);
     // Malformed tokens never reach the database at all.
     for (let i = 0; i < 5; i++) await server.gql(Me, {}, 'garbage');
@@ -149,7 +155,9 @@ describe('revoking a token with streams open', () => {
       const socket = new WebSocket(server.wsUrl, 'graphql-transport-ws');
       const closed = new Promise<number>((resolve) => socket.once('close', (c) => resolve(c)));
       await new Promise<void>((resolve) => {
-        socket.once('open', () => socket.send(JSON.stringify({ type: 'connection_init', payload: { authorization: `Bearer ${token}` } })));
+        socket.once('open', () =>
+          socket.send(JSON.stringify({ type: 'connection_init', payload: { authorization: `Bearer ${token}` } })),
+        );
         socket.on('message', (m) => JSON.parse(String(m)).type === 'connection_ack' && resolve());
       });
       return { socket, closed };
@@ -164,7 +172,9 @@ describe('revoking a token with streams open', () => {
     expect(Date.now() - revokedAt).toBeLessThan(5_000);
     expect(other.socket.readyState).toBe(WebSocket.OPEN);
     // Counted, so an operator can see the revocation take effect.
-    expect((await metricValue(server, 'pvegraph_revoked_connections_total{transport="websocket"}')) - (revokedBefore || 0)).toBe(2);
+    expect(
+      (await metricValue(server, 'pvegraph_revoked_connections_total{transport="websocket"}')) - (revokedBefore || 0),
+    ).toBe(2);
     other.socket.close();
   });
 
@@ -184,7 +194,10 @@ describe('revoking a token with streams open', () => {
     await expect.poll(() => first.closed && second.closed, { timeout: 5_000 }).toBe(true);
     for (const stream of [first, second]) {
       expect(await stream.events).toEqual([
-        { event: 'next', data: { errors: [{ message: 'The API token has been revoked.', extensions: { code: 'UNAUTHENTICATED' } }] } },
+        {
+          event: 'next',
+          data: { errors: [{ message: 'The API token has been revoked.', extensions: { code: 'UNAUTHENTICATED' } }] },
+        },
         { event: 'complete', data: null },
       ]);
     }

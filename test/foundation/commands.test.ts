@@ -132,53 +132,63 @@ describe('npm start in embedded mode (no DATABASE_URL, no REDIS_URL)', () => {
     return exited;
   }
 
-  it('creates admin once, prints its token, serves me with it, and says which mode runs', { timeout: 120_000 }, async () => {
-    const first = await start();
-    const token = /^\s+(pvg_[A-Za-z0-9_-]{43})$/m.exec(first.stdout())?.[1];
-    expect(token, first.stdout()).toBeDefined();
-    expect(first.stdout()).toMatch(/embedded mode: PGlite in .*in-process cache and pub\/sub/);
-    expect(first.stdout()).toMatch(/ENCRYPTION_KEY not set: generated one into the data directory/);
-    expect(await graphqlMe(first.url, token!)).toEqual({ data: { me: { name: 'admin' } } });
-    expect((await graphqlMe(first.url, 'pvg_' + 'C'.repeat(43))).errors?.[0]?.extensions.code).toBe('UNAUTHENTICATED');
-    const page = await fetch(`${first.url}/graphql`, { headers: { accept: 'text/html' } });
-    expect(await page.text()).toMatch(/<title>pvegraph<\/title>/);
+  it(
+    'creates admin once, prints its token, serves me with it, and says which mode runs',
+    { timeout: 120_000 },
+    async () => {
+      const first = await start();
+      const token = /^\s+(pvg_[A-Za-z0-9_-]{43})$/m.exec(first.stdout())?.[1];
+      expect(token, first.stdout()).toBeDefined();
+      expect(first.stdout()).toMatch(/embedded mode: PGlite in .*in-process cache and pub\/sub/);
+      expect(first.stdout()).toMatch(/ENCRYPTION_KEY not set: generated one into the data directory/);
+      expect(await graphqlMe(first.url, token!)).toEqual({ data: { me: { name: 'admin' } } });
+      expect((await graphqlMe(first.url, 'pvg_' + 'C'.repeat(43))).errors?.[0]?.extensions.code).toBe(
+        'UNAUTHENTICATED',
+      );
+      const page = await fetch(`${first.url}/graphql`, { headers: { accept: 'text/html' } });
+      expect(await page.text()).toMatch(/<title>pvegraph<\/title>/);
 
-    // The whole API on PGlite and the in-process VMID store: nodes, the cache, reservations.
-    const sim = await startTestSimulator({ guests: 5 });
-    try {
-      const gql = async (query: string, variables: unknown) =>
-        (await (
-          await fetch(`${first.url}/graphql`, {
-            method: 'POST',
-            headers: { 'content-type': 'application/json', authorization: `Bearer ${token}` },
-            body: JSON.stringify({ query, variables }),
-          })
-        ).json()) as { data?: Record<string, Record<string, unknown>>; errors?: unknown[] };
-      const created = await gql('mutation($i: CreateNodeInput!) { createNode(input: $i) { id isDefault } }', { i: nodeInputFor(sim) });
-      expect(created.errors).toBeUndefined();
-      expect(created.data!.createNode!.isDefault).toBe(true);
-      const nodeId = created.data!.createNode!.id;
-      const set = await gql('query($n: ID!) { vmidsTaken(nodeId: $n) { taken fromCache } }', { n: nodeId });
-      expect(set.data!.vmidsTaken).toEqual({ taken: [100, 101, 102, 103, 104], fromCache: false });
-      const reserved = await gql('mutation($n: ID!) { reserveVmid(nodeId: $n) { vmid } }', { n: nodeId });
-      expect(reserved.data!.reserveVmid).toEqual({ vmid: 105 });
-    } finally {
-      await sim.stop();
-    }
+      // The whole API on PGlite and the in-process VMID store: nodes, the cache, reservations.
+      const sim = await startTestSimulator({ guests: 5 });
+      try {
+        const gql = async (query: string, variables: unknown) =>
+          (await (
+            await fetch(`${first.url}/graphql`, {
+              method: 'POST',
+              headers: { 'content-type': 'application/json', authorization: `Bearer ${token}` },
+              body: JSON.stringify({ query, variables }),
+            })
+          ).json()) as { data?: Record<string, Record<string, unknown>>; errors?: unknown[] };
+        const created = await gql('mutation($i: CreateNodeInput!) { createNode(input: $i) { id isDefault } }', {
+          i: nodeInputFor(sim),
+        });
+        expect(created.errors).toBeUndefined();
+        expect(created.data!.createNode!.isDefault).toBe(true);
+        const nodeId = created.data!.createNode!.id;
+        const set = await gql('query($n: ID!) { vmidsTaken(nodeId: $n) { taken fromCache } }', { n: nodeId });
+        expect(set.data!.vmidsTaken).toEqual({ taken: [100, 101, 102, 103, 104], fromCache: false });
+        const reserved = await gql('mutation($n: ID!) { reserveVmid(nodeId: $n) { vmid } }', { n: nodeId });
+        expect(reserved.data!.reserveVmid).toEqual({ vmid: 105 });
+      } finally {
+        await sim.stop();
+      }
 
-    // The CLI must not open the PGlite directory while the server holds it.
-    await expect(run(BIN, ['user', 'create', '--name', 'x'], { env: cleanEnv({ PVEGRAPH_DATA_DIR: dataDir }), cwd: ROOT })).rejects.toMatchObject({
-      stderr: expect.stringContaining('in use by a running server'),
-    });
-    expect(await stop(first.child)).toBe(0);
+      // The CLI must not open the PGlite directory while the server holds it.
+      await expect(
+        run(BIN, ['user', 'create', '--name', 'x'], { env: cleanEnv({ PVEGRAPH_DATA_DIR: dataDir }), cwd: ROOT }),
+      ).rejects.toMatchObject({
+        stderr: expect.stringContaining('in use by a running server'),
+      });
+      expect(await stop(first.child)).toBe(0);
 
-    // Second start: same data, same token, no new admin and no new key.
-    const second = await start();
-    expect(second.stdout()).not.toMatch(/pvg_/);
-    expect(second.stdout()).not.toMatch(/ENCRYPTION_KEY not set/);
-    expect(await graphqlMe(second.url, token!)).toEqual({ data: { me: { name: 'admin' } } });
-    expect(await stop(second.child)).toBe(0);
-  });
+      // Second start: same data, same token, no new admin and no new key.
+      const second = await start();
+      expect(second.stdout()).not.toMatch(/pvg_/);
+      expect(second.stdout()).not.toMatch(/ENCRYPTION_KEY not set/);
+      expect(await graphqlMe(second.url, token!)).toEqual({ data: { me: { name: 'admin' } } });
+      expect(await stop(second.child)).toBe(0);
+    },
+  );
 
   it('on a port in use: one line, exit 1, no stack and no admin created', { timeout: 120_000 }, async () => {
     const taken = createServer();
@@ -198,7 +208,9 @@ describe('npm start in embedded mode (no DATABASE_URL, no REDIS_URL)', () => {
       child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
       const code = await new Promise<number | null>((resolve) => child.once('exit', (c) => resolve(c)));
       expect(code).toBe(1);
-      expect(stderr.trim()).toBe(`pvegraph: failed to start: 127.0.0.1:${port} is in use by another process (set PORT or HOST)`);
+      expect(stderr.trim()).toBe(
+        `pvegraph: failed to start: 127.0.0.1:${port} is in use by another process (set PORT or HOST)`,
+      );
       expect(stdout).not.toMatch(/First start|pvg_/);
     } finally {
       await new Promise((resolve) => taken.close(resolve));

@@ -39,7 +39,10 @@ describe('configuration', () => {
     [{ REDIS_URL: 'not a url' }, /REDIS_URL is not a valid URL/],
     [{ REDIS_URL: 'http://x' }, /REDIS_URL must be redis:\/\/host:port, redis\+sentinel:\/\//],
     [{ REDIS_URL: 'redis+sentinel://127.0.0.1:26379' }, /REDIS_URL redis\+sentinel:\/\/ needs the master name/],
-    [{ REDIS_URL: 'redis+sentinel://127.0.0.1:26379/mymaster/x' }, /REDIS_URL redis\+sentinel:\/\/ database must be a number/],
+    [
+      { REDIS_URL: 'redis+sentinel://127.0.0.1:26379/mymaster/x' },
+      /REDIS_URL redis\+sentinel:\/\/ database must be a number/,
+    ],
     [{ REDIS_URL: 'redis+cluster://127.0.0.1:7000,127.0.0.1:99999' }, /REDIS_URL has an invalid port/],
     [{ REDIS_URL: 'redis+cluster://127.0.0.1:7000/0' }, /REDIS_URL redis\+cluster:\/\/ takes no path/],
     [{ REDIS_URL: 'redis+cluster://127.0.0.1:7000', REDIS_KEY_PREFIX: 'app{x}:' }, /REDIS_KEY_PREFIX must not contain/],
@@ -60,8 +63,15 @@ describe('configuration', () => {
   });
 
   it('reads REDIS_URL as one server, a Sentinel group or a Redis Cluster', () => {
-    expect(loadConfig({ REDIS_URL: 'redis://:pw@127.0.0.1:6380/2' }).redis).toEqual({ kind: 'single', url: 'redis://:pw@127.0.0.1:6380/2' });
-    expect(loadConfig({ REDIS_URL: 'redis+sentinel://:pw@10.0.0.1:26379,10.0.0.2,[::1]:26380/mymaster/3?sentinelPassword=s%40' }).redis).toEqual({
+    expect(loadConfig({ REDIS_URL: 'redis://:pw@127.0.0.1:6380/2' }).redis).toEqual({
+      kind: 'single',
+      url: 'redis://:pw@127.0.0.1:6380/2',
+    });
+    expect(
+      loadConfig({
+        REDIS_URL: 'redis+sentinel://:pw@10.0.0.1:26379,10.0.0.2,[::1]:26380/mymaster/3?sentinelPassword=s%40',
+      }).redis,
+    ).toEqual({
       kind: 'sentinel',
       sentinels: [
         { host: '10.0.0.1', port: 26379 },
@@ -98,12 +108,19 @@ describe('configuration', () => {
   });
 
   it('lets commands that never touch secrets run without ENCRYPTION_KEY', () => {
-    expect(loadConfig({ DATABASE_URL: 'postgresql://localhost/x' }, { requireEncryptionKey: false }).encryptionKey).toBeUndefined();
+    expect(
+      loadConfig({ DATABASE_URL: 'postgresql://localhost/x' }, { requireEncryptionKey: false }).encryptionKey,
+    ).toBeUndefined();
   });
 
   it('reads service mode with a key, and previous keys for rotation after the current one', () => {
     const old = Buffer.alloc(32, 1).toString('base64');
-    const c = loadConfig({ DATABASE_URL: 'postgresql://localhost/x', ENCRYPTION_KEY: KEY, ENCRYPTION_KEYS_PREVIOUS: old, ALLOW_LOOPBACK_NODE_HOSTS: 'true' });
+    const c = loadConfig({
+      DATABASE_URL: 'postgresql://localhost/x',
+      ENCRYPTION_KEY: KEY,
+      ENCRYPTION_KEYS_PREVIOUS: old,
+      ALLOW_LOOPBACK_NODE_HOSTS: 'true',
+    });
     expect(c.encryptionKey?.toString('base64')).toBe(KEY);
     expect(c.previousEncryptionKeys.map((k) => k.toString('base64'))).toEqual([old]);
     expect(c.allowLoopbackNodeHosts).toBe(true);

@@ -31,7 +31,17 @@ describe('endOnRevocation', () => {
   };
   /** Lets the stream start its source (EventStream runs its executor on the first next()). */
   const tick = () => new Promise((r) => setTimeout(r, 0));
-  const revokedResult = { value: { errors: [expect.objectContaining({ message: 'The API token has been revoked.', extensions: expect.objectContaining({ code: 'UNAUTHENTICATED' }) })] }, done: false };
+  const revokedResult = {
+    value: {
+      errors: [
+        expect.objectContaining({
+          message: 'The API token has been revoked.',
+          extensions: expect.objectContaining({ code: 'UNAUTHENTICATED' }),
+        }),
+      ],
+    },
+    done: false,
+  };
 
   it('passes events through until the token is revoked, then answers a pending next() with the error and ends', async () => {
     const { stream, revoke, push, event, sourceEnds, watch } = setup();

@@ -9,7 +9,9 @@ import { startTestServer, type TestServer } from '../support/test-server.js';
 
 const MyNodes = graphql(`
   query MyNodes {
-    nodes { id }
+    nodes {
+      id
+    }
   }
 `);
 
@@ -45,7 +47,11 @@ describe('errors a client cannot fix', () => {
     await pgRelay.down();
     const res = await server.gql(MyNodes, {}, token);
     expect(res.errors).toEqual([
-      { message: 'The database is unreachable right now; try again shortly.', path: ['nodes'], extensions: { code: 'SERVICE_UNAVAILABLE' } },
+      {
+        message: 'The database is unreachable right now; try again shortly.',
+        path: ['nodes'],
+        extensions: { code: 'SERVICE_UNAVAILABLE' },
+      },
     ]);
     expect((await fetch(`${server.url}/readyz`)).status).toBe(503);
 
@@ -58,15 +64,24 @@ describe('errors a client cannot fix', () => {
     const node = (await server.gql(CreateNode, { input: nodeInputFor(sim) as never }, token)).data!.createNode;
     // A stored secret that no configured key can decrypt (say, the key was lost): a bug or an
     // operator error, nothing the client can act on.
-    await adminQuery(`UPDATE proxmox_nodes SET token_secret_enc = 'enc:v1:00000000:AAAA:AAAA:AAAA' WHERE id = $1`, [node.id], db.name);
+    await adminQuery(
+      `UPDATE proxmox_nodes SET token_secret_enc = 'enc:v1:00000000:AAAA:AAAA:AAAA' WHERE id = $1`,
+      [node.id],
+      db.name,
+    );
     logs.length = 0;
     const res = await fetch(server.graphqlUrl, {
       method: 'POST',
       headers: { 'content-type': 'application/json', authorization: `Bearer ${token}`, 'x-request-id': 'trace-me-42' },
-      body: JSON.stringify({ query: 'mutation($id: ID!) { testNodeConnection(id: $id) { ok } }', variables: { id: node.id } }),
+      body: JSON.stringify({
+        query: 'mutation($id: ID!) { testNodeConnection(id: $id) { ok } }',
+        variables: { id: node.id },
+      }),
     });
     const body = (await res.json()) as { errors: unknown[] };
-    expect(body.errors).toEqual([{ message: 'Unexpected error.', path: ['testNodeConnection'], extensions: { code: 'INTERNAL_SERVER_ERROR' } }]);
+    expect(body.errors).toEqual([
+      { message: 'Unexpected error.', path: ['testNodeConnection'], extensions: { code: 'INTERNAL_SERVER_ERROR' } },
+    ]);
     const logged = logs.find((l) => l.includes('unexpected error in resolver'));
     expect(logged).toBeDefined();
     expect(logged).toContain('trace-me-42');

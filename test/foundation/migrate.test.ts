@@ -30,7 +30,9 @@ describe('offline migration runner', () => {
       const second = await db.withSession((s) => migrate(s));
       expect(second).toEqual({ applied: [], alreadyApplied: files.map((m) => m.name) });
 
-      const rows = await db.prisma.$queryRawUnsafe<Array<{ migration_name: string; checksum: string; finished_at: Date | null; applied_steps_count: number }>>(
+      const rows = await db.prisma.$queryRawUnsafe<
+        Array<{ migration_name: string; checksum: string; finished_at: Date | null; applied_steps_count: number }>
+      >(
         'SELECT migration_name, checksum, finished_at, applied_steps_count FROM "_prisma_migrations" ORDER BY migration_name',
       );
       expect(rows.map((r) => r.migration_name)).toEqual(files.map((m) => m.name));
@@ -64,14 +66,19 @@ describe('offline migration runner', () => {
   it('rolls back a failing migration completely and reports it', async () => {
     const db = await openPostgres(await emptyDatabase());
     const good: Migration = sqlMigration('20990101000000_good', 'CREATE TABLE good_one (id int);');
-    const bad: Migration = sqlMigration('20990102000000_bad', 'CREATE TABLE half_done (id int);\nSELECT * FROM no_such_table;');
+    const bad: Migration = sqlMigration(
+      '20990102000000_bad',
+      'CREATE TABLE half_done (id int);\nSELECT * FROM no_such_table;',
+    );
     try {
       await expect(db.withSession((s) => migrate(s, [good, bad]))).rejects.toThrow(/20990102000000_bad failed/);
       const tables = await db.prisma.$queryRawUnsafe<Array<{ tablename: string }>>(
         `SELECT tablename FROM pg_tables WHERE tablename IN ('good_one', 'half_done')`,
       );
       expect(tables.map((t) => t.tablename)).toEqual(['good_one']);
-      const names = await db.prisma.$queryRawUnsafe<Array<{ migration_name: string }>>('SELECT migration_name FROM "_prisma_migrations"');
+      const names = await db.prisma.$queryRawUnsafe<Array<{ migration_name: string }>>(
+        'SELECT migration_name FROM "_prisma_migrations"',
+      );
       expect(names.map((n) => n.migration_name)).toEqual(['20990101000000_good']);
     } finally {
       await db.close();

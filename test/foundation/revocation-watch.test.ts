@@ -47,7 +47,11 @@ describe('RevocationWatch', () => {
 
   it('ends the other connections of a token when ending one throws, and reports it', async () => {
     const failures: unknown[] = [];
-    const watch = new RevocationWatch({ verify: async () => null, intervalMs: 60_000, onRevokeFailed: (err) => failures.push(err) });
+    const watch = new RevocationWatch({
+      verify: async () => null,
+      intervalMs: 60_000,
+      onRevokeFailed: (err) => failures.push(err),
+    });
     const revoked: string[] = [];
     watch.watch('bad', { revoke: () => void revoked.push('first') });
     watch.watch('bad', {

@@ -29,7 +29,9 @@ describe('the GraphiQL page', () => {
     expect(res.status).toBe(200);
     expect(res.headers.get('content-type')).toContain('text/html');
     const html = await res.text();
-    const external = [...html.matchAll(/https?:\/\/[^\s"'<>)\\]+/g)].map((m) => m[0]).filter((u) => !u.startsWith(server.url));
+    const external = [...html.matchAll(/https?:\/\/[^\s"'<>)\\]+/g)]
+      .map((m) => m[0])
+      .filter((u) => !u.startsWith(server.url));
     // Links in comments or licence banners would be harmless; loading code from them is not.
     const loaded = external.filter((u) => /\.(m?js|css)(\?|$)/.test(u));
     expect(loaded, 'GraphiQL loads assets from a CDN: it is blank without internet access').toEqual([]);
@@ -108,7 +110,8 @@ describe.skipIf(!existsSync(CHROMIUM))('GraphiQL in a real browser', () => {
       // GraphiQL's own introspection query (exempt from the depth limit) loads the schema.
       const introspections: Array<Promise<{ status: number; body: string }>> = [];
       page.on('response', (r) => {
-        if (r.request().postData()?.includes('query IntrospectionQuery')) introspections.push(r.text().then((body) => ({ status: r.status(), body })));
+        if (r.request().postData()?.includes('query IntrospectionQuery'))
+          introspections.push(r.text().then((body) => ({ status: r.status(), body })));
       });
 
       const res = await page.goto(`${server.url}/graphql`);
@@ -165,7 +168,10 @@ describe.skipIf(!existsSync(CHROMIUM))('GraphiQL in a real browser', () => {
     const created = await fetch(server.graphqlUrl, {
       method: 'POST',
       headers: { 'content-type': 'application/json', authorization: `Bearer ${user.token}` },
-      body: JSON.stringify({ query: 'mutation($i: CreateNodeInput!) { createNode(input: $i) { id } }', variables: { i: nodeInputFor(sim) } }),
+      body: JSON.stringify({
+        query: 'mutation($i: CreateNodeInput!) { createNode(input: $i) { id } }',
+        variables: { i: nodeInputFor(sim) },
+      }),
     }).then((r) => r.json() as Promise<{ data: { createNode: { id: string } } }>);
     const nodeId = created.data.createNode.id;
 
@@ -193,7 +199,10 @@ describe.skipIf(!existsSync(CHROMIUM))('GraphiQL in a real browser', () => {
       const reserved = await fetch(server.graphqlUrl, {
         method: 'POST',
         headers: { 'content-type': 'application/json', authorization: `Bearer ${user.token}` },
-        body: JSON.stringify({ query: 'mutation($n: ID!) { reserveVmid(nodeId: $n, ttlSeconds: 60) { vmid } }', variables: { n: nodeId } }),
+        body: JSON.stringify({
+          query: 'mutation($n: ID!) { reserveVmid(nodeId: $n, ttlSeconds: 60) { vmid } }',
+          variables: { n: nodeId },
+        }),
       }).then((r) => r.json() as Promise<{ data: { reserveVmid: { vmid: number } } }>);
       expect(reserved.data.reserveVmid.vmid).toBeGreaterThanOrEqual(100);
       await expect.poll(() => response.innerText(), { timeout: 15_000 }).toContain('RESERVED');

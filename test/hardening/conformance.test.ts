@@ -69,14 +69,30 @@ describe.each(['anonymous', 'token'] as const)('GraphQL over HTTP audits (%s cli
 describe('error answers', () => {
   // With a token: without one, a POST a form could send is refused as CSRF first (403).
   const requests: Array<[string, number, RequestInit & { path?: string; withToken?: boolean }]> = [
-    ['an unsupported content type', 415, { method: 'POST', headers: { 'content-type': 'text/plain' }, body: '{ me { id } }', withToken: true }],
+    [
+      'an unsupported content type',
+      415,
+      { method: 'POST', headers: { 'content-type': 'text/plain' }, body: '{ me { id } }', withToken: true },
+    ],
     ['no content type', 415, { method: 'POST', body: new Blob(['{"query":"{ me { id } }"}']), withToken: true }],
-    ['a body that is not JSON', 400, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"query":' }],
+    [
+      'a body that is not JSON',
+      400,
+      { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"query":' },
+    ],
     ['no query', 400, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{}' }],
-    ['a method other than GET and POST', 405, { method: 'PUT', headers: { 'content-type': 'application/json' }, body: '{"query":"{ __typename }"}' }],
+    [
+      'a method other than GET and POST',
+      405,
+      { method: 'PUT', headers: { 'content-type': 'application/json' }, body: '{"query":"{ __typename }"}' },
+    ],
     ['a GET without a preflight-only header (CSRF)', 403, { method: 'GET', path: '?query=%7B__typename%7D' }],
   ];
-  it.each(requests.flatMap(([what, status, init]) => ['application/graphql-response+json', 'application/json'].map((accept) => [what, accept, status, init] as const)))(
+  it.each(
+    requests.flatMap(([what, status, init]) =>
+      ['application/graphql-response+json', 'application/json'].map((accept) => [what, accept, status, init] as const),
+    ),
+  )(
     '%s (Accept: %s) → %i with a GraphQL error document',
     async (_what, accept, status, { path = '', withToken, ...init }) => {
       const headers = new Headers(init.headers);

@@ -31,7 +31,8 @@ const KNOWN_CODES = new Set([
   'GRAPHQL_PARSE_FAILED',
   'BAD_REQUEST',
 ]);
-const isKnownCode = (code: unknown) => typeof code === 'string' && (KNOWN_CODES.has(code) || /^PROXMOX_[A-Z_]+$/.test(code));
+const isKnownCode = (code: unknown) =>
+  typeof code === 'string' && (KNOWN_CODES.has(code) || /^PROXMOX_[A-Z_]+$/.test(code));
 
 const NUM_RUNS = Number(process.env.FUZZ_NUM_RUNS ?? 80);
 
@@ -91,7 +92,10 @@ const NASTY = [
   'AA:'.repeat(31) + 'AA',
 ];
 
-const controlChars = fc.string({ unit: fc.integer({ min: 0, max: 0x1f }).map((c) => String.fromCharCode(c)), maxLength: 20 });
+const controlChars = fc.string({
+  unit: fc.integer({ min: 0, max: 0x1f }).map((c) => String.fromCharCode(c)),
+  maxLength: 20,
+});
 
 /** Strings a careless server chokes on. */
 const nastyString: fc.Arbitrary<string> = fc.oneof(
@@ -107,12 +111,36 @@ const nastyString: fc.Arbitrary<string> = fc.oneof(
 /** JSON numbers (NaN and ±Infinity cannot be sent in JSON). */
 const anyNumber: fc.Arbitrary<number> = fc.oneof(
   fc.integer(),
-  fc.constantFrom(-1, 0, -0, 1, 99, 100, 65535, 65536, 2 ** 31 - 1, 2 ** 31, -(2 ** 31) - 1, 999_999_999, 1_000_000_000, 2 ** 53, Number.MAX_VALUE, 0.5, 1e-9, -1.5),
+  fc.constantFrom(
+    -1,
+    0,
+    -0,
+    1,
+    99,
+    100,
+    65535,
+    65536,
+    2 ** 31 - 1,
+    2 ** 31,
+    -(2 ** 31) - 1,
+    999_999_999,
+    1_000_000_000,
+    2 ** 53,
+    Number.MAX_VALUE,
+    0.5,
+    1e-9,
+    -1.5,
+  ),
   fc.double({ noNaN: true, noDefaultInfinity: true }),
 );
 
 /** Any JSON value: wrong types, arrays instead of objects, nulls. */
-const anyJson: fc.Arbitrary<unknown> = fc.oneof(fc.jsonValue({ maxDepth: 2 }), fc.constant(null), fc.constant([]), fc.constant({}));
+const anyJson: fc.Arbitrary<unknown> = fc.oneof(
+  fc.jsonValue({ maxDepth: 2 }),
+  fc.constant(null),
+  fc.constant([]),
+  fc.constant({}),
+);
 
 type Scalar = 'String' | 'Int' | 'Boolean' | 'NodeId' | 'ContainerId';
 type InputShape = Record<string, Scalar>;
@@ -127,16 +155,22 @@ interface Ctx {
   sim: Simulator;
 }
 
-const pick = <T,>(pool: () => T[], fallback: T) =>
+const pick = <T>(pool: () => T[], fallback: T) =>
   fc.nat().map((i) => {
     const p = pool();
     return p.length ? p[i % p.length]! : fallback;
   });
 
 function idArbitrary(ctx: Ctx, kind: 'NodeId' | 'ContainerId'): fc.Arbitrary<unknown> {
-  const own = kind === 'NodeId' ? pick(() => ctx.nodeIds, ctx.foreignNodeId) : pick(() => ctx.containerIds, ctx.foreignContainerId);
+  const own =
+    kind === 'NodeId'
+      ? pick(() => ctx.nodeIds, ctx.foreignNodeId)
+      : pick(() => ctx.containerIds, ctx.foreignContainerId);
   const foreign = fc.constant(kind === 'NodeId' ? ctx.foreignNodeId : ctx.foreignContainerId);
-  const wrongKind = kind === 'NodeId' ? pick(() => ctx.containerIds, ctx.foreignContainerId) : pick(() => ctx.nodeIds, ctx.foreignNodeId);
+  const wrongKind =
+    kind === 'NodeId'
+      ? pick(() => ctx.containerIds, ctx.foreignContainerId)
+      : pick(() => ctx.nodeIds, ctx.foreignNodeId);
   return fc.oneof(
     { weight: 4, arbitrary: own },
     { weight: 1, arbitrary: foreign },
@@ -159,7 +193,12 @@ function valueFor(ctx: Ctx, type: Scalar): fc.Arbitrary<unknown> {
         : type === 'Boolean'
           ? fc.boolean()
           : idArbitrary(ctx, type);
-  return fc.oneof({ weight: 4, arbitrary: typed }, { weight: 1, arbitrary: anyJson }, { weight: 1, arbitrary: nastyString }, { weight: 1, arbitrary: anyNumber });
+  return fc.oneof(
+    { weight: 4, arbitrary: typed },
+    { weight: 1, arbitrary: anyJson },
+    { weight: 1, arbitrary: nastyString },
+    { weight: 1, arbitrary: anyNumber },
+  );
 }
 
 /** An object shaped like the input: any field may be missing, wrong, null; extra fields too. */
@@ -168,13 +207,27 @@ function randomObject(ctx: Ctx, shape: InputShape): fc.Arbitrary<Record<string, 
   return fc
     .tuple(
       fc.record(model, { requiredKeys: [] }),
-      fc.option(fc.dictionary(fc.oneof(fc.string({ maxLength: 10 }), fc.constantFrom('__proto__', 'constructor', 'userId', 'isDefault', 'tokenSecretEnc')), anyJson, { maxKeys: 3 }), { nil: undefined }),
+      fc.option(
+        fc.dictionary(
+          fc.oneof(
+            fc.string({ maxLength: 10 }),
+            fc.constantFrom('__proto__', 'constructor', 'userId', 'isDefault', 'tokenSecretEnc'),
+          ),
+          anyJson,
+          { maxKeys: 3 },
+        ),
+        { nil: undefined },
+      ),
     )
     .map(([known, extra]) => ({ ...(extra ?? {}), ...known }));
 }
 
 /** A valid base with one field replaced by anything, or dropped. */
-function mutatedOne(ctx: Ctx, shape: InputShape, base: fc.Arbitrary<Record<string, unknown>>): fc.Arbitrary<Record<string, unknown>> {
+function mutatedOne(
+  ctx: Ctx,
+  shape: InputShape,
+  base: fc.Arbitrary<Record<string, unknown>>,
+): fc.Arbitrary<Record<string, unknown>> {
   const keys = Object.keys(shape);
   return fc.tuple(base, fc.constantFrom(...keys), fc.boolean()).chain(([b, key, drop]) => {
     if (drop) {
@@ -223,7 +276,9 @@ const MUTATIONS: MutationCase[] = [
     valid: (ctx) =>
       fc
         .record({ n: fc.nat(), ssh: fc.option(fc.string({ maxLength: 30 }), { nil: undefined }) })
-        .map(({ n, ssh }) => ({ input: nodeInputFor(ctx.sim, { name: `fz-${n}`, ...(ssh === undefined ? {} : { sshPassword: ssh }) }) })),
+        .map(({ n, ssh }) => ({
+          input: nodeInputFor(ctx.sim, { name: `fz-${n}`, ...(ssh === undefined ? {} : { sshPassword: ssh }) }),
+        })),
     secrets: inputSecrets,
   },
   {
@@ -234,7 +289,11 @@ const MUTATIONS: MutationCase[] = [
       fc
         .record({ id: pick(() => ctx.nodeIds, ctx.foreignNodeId), n: fc.nat(), retest: fc.boolean() })
         .map(({ id, n, retest }) => ({
-          input: { id, name: `fz-u-${n}`, ...(retest ? { host: ctx.sim.host, port: ctx.sim.port, tokenSecret: ctx.sim.token.secret } : {}) },
+          input: {
+            id,
+            name: `fz-u-${n}`,
+            ...(retest ? { host: ctx.sim.host, port: ctx.sim.port, tokenSecret: ctx.sim.token.secret } : {}),
+          },
         })),
     secrets: inputSecrets,
   },
@@ -246,13 +305,15 @@ const MUTATIONS: MutationCase[] = [
   },
   {
     name: 'testNodeConnection',
-    document: 'mutation ($id: ID!) { testNodeConnection(id: $id) { ok latencyMs version errorCode message fingerprint pveNodeNames } }',
+    document:
+      'mutation ($id: ID!) { testNodeConnection(id: $id) { ok latencyMs version errorCode message fingerprint pveNodeNames } }',
     variables: { id: 'NodeId' },
     valid: (ctx) => pick(() => ctx.nodeIds, ctx.foreignNodeId).map((id) => ({ id })),
   },
   {
     name: 'registerContainer',
-    document: 'mutation ($input: RegisterContainerInput!) { registerContainer(input: $input) { id vmid hostname node { id } } }',
+    document:
+      'mutation ($input: RegisterContainerInput!) { registerContainer(input: $input) { id vmid hostname node { id } } }',
     variables: { input: { input: { nodeId: 'NodeId', vmid: 'Int', hostname: 'String' } } },
     valid: (ctx) =>
       fc
@@ -284,7 +345,8 @@ const MUTATIONS: MutationCase[] = [
   },
   {
     name: 'reserveVmid',
-    document: 'mutation ($nodeId: ID!, $vmid: Int, $ttlSeconds: Int) { reserveVmid(nodeId: $nodeId, vmid: $vmid, ttlSeconds: $ttlSeconds) { nodeId vmid expiresAt } }',
+    document:
+      'mutation ($nodeId: ID!, $vmid: Int, $ttlSeconds: Int) { reserveVmid(nodeId: $nodeId, vmid: $vmid, ttlSeconds: $ttlSeconds) { nodeId vmid expiresAt } }',
     variables: { nodeId: 'NodeId', vmid: 'Int', ttlSeconds: 'Int' },
     valid: (ctx) =>
       fc.record(
@@ -300,7 +362,11 @@ const MUTATIONS: MutationCase[] = [
     name: 'releaseVmid',
     document: 'mutation ($nodeId: ID!, $vmid: Int!) { releaseVmid(nodeId: $nodeId, vmid: $vmid) }',
     variables: { nodeId: 'NodeId', vmid: 'Int' },
-    valid: (ctx) => fc.record({ nodeId: pick(() => ctx.nodeIds, ctx.foreignNodeId), vmid: fc.integer({ min: 100, max: 999_999_999 }) }),
+    valid: (ctx) =>
+      fc.record({
+        nodeId: pick(() => ctx.nodeIds, ctx.foreignNodeId),
+        vmid: fc.integer({ min: 100, max: 999_999_999 }),
+      }),
   },
   // Last: it removes the nodes the other mutations work on.
   {
@@ -315,7 +381,14 @@ const MUTATIONS: MutationCase[] = [
 function variablesFor(ctx: Ctx, c: MutationCase): fc.Arbitrary<unknown> {
   const entries = Object.entries(c.variables);
   const randomVars = fc.record(
-    Object.fromEntries(entries.map(([name, t]) => [name, typeof t === 'string' ? valueFor(ctx, t) : fc.oneof({ weight: 4, arbitrary: randomObject(ctx, t.input) }, { weight: 1, arbitrary: anyJson })])),
+    Object.fromEntries(
+      entries.map(([name, t]) => [
+        name,
+        typeof t === 'string'
+          ? valueFor(ctx, t)
+          : fc.oneof({ weight: 4, arbitrary: randomObject(ctx, t.input) }, { weight: 1, arbitrary: anyJson }),
+      ]),
+    ),
     { requiredKeys: [] },
   );
   const valid = c.valid(ctx);
@@ -347,13 +420,24 @@ function allStrings(value: unknown, out: string[] = []): string[] {
 
 interface Checked {
   status: number;
-  body: { data?: Record<string, unknown> | null; errors?: Array<{ message: string; extensions?: Record<string, unknown> }> };
+  body: {
+    data?: Record<string, unknown> | null;
+    errors?: Array<{ message: string; extensions?: Record<string, unknown> }>;
+  };
 }
 
 /** Every answer is a GraphQL response a client can act on. Throws with the details otherwise. */
-function checkResponse(c: MutationCase, variables: unknown, status: number, contentType: string | null, text: string): Checked {
+function checkResponse(
+  c: MutationCase,
+  variables: unknown,
+  status: number,
+  contentType: string | null,
+  text: string,
+): Checked {
   const fail = (why: string): never => {
-    throw new Error(`${c.name}: ${why}\nstatus ${status}, body ${text.slice(0, 600)}\nvariables ${JSON.stringify(variables)?.slice(0, 600)}`);
+    throw new Error(
+      `${c.name}: ${why}\nstatus ${status}, body ${text.slice(0, 600)}\nvariables ${JSON.stringify(variables)?.slice(0, 600)}`,
+    );
   };
   if (status !== 200 && status !== 400) fail(`HTTP status ${status} (expected 200 or 400)`);
   if (!contentType || !/json/.test(contentType)) fail(`content-type ${contentType}`);
@@ -368,7 +452,8 @@ function checkResponse(c: MutationCase, variables: unknown, status: number, cont
   const extra = Object.keys(b).filter((k) => !['data', 'errors', 'extensions'].includes(k));
   if (extra.length) fail(`unexpected top-level keys ${extra.join(', ')}`);
   if (!('data' in b) && !('errors' in b)) fail('neither data nor errors');
-  if ('data' in b && b.data !== null && (typeof b.data !== 'object' || Array.isArray(b.data))) fail('data is neither null nor an object');
+  if ('data' in b && b.data !== null && (typeof b.data !== 'object' || Array.isArray(b.data)))
+    fail('data is neither null nor an object');
   if ('errors' in b) {
     if (!Array.isArray(b.errors) || b.errors.length === 0) fail('errors is not a non-empty list');
     for (const e of b.errors as unknown[]) {
@@ -378,7 +463,12 @@ function checkResponse(c: MutationCase, variables: unknown, status: number, cont
       if (!isKnownCode(code)) fail(`an error with code ${JSON.stringify(code)} (message: ${String(err.message)})`);
       if (code === 'BAD_USER_INPUT') {
         const fields = err.extensions?.fields;
-        if (!fields || typeof fields !== 'object' || !Object.values(fields).every((m) => typeof m === 'string') || Object.keys(fields).length === 0) {
+        if (
+          !fields ||
+          typeof fields !== 'object' ||
+          !Object.values(fields).every((m) => typeof m === 'string') ||
+          Object.keys(fields).length === 0
+        ) {
           fail('BAD_USER_INPUT without extensions.fields { fieldPath: message }');
         }
       }
@@ -396,7 +486,8 @@ function checkResponse(c: MutationCase, variables: unknown, status: number, cont
       // strings, e.g. the same SQL-ish string as name and sshPassword) may be echoed as that
       // field: only a value sent once, in the secret field alone, must never come back.
       if (sent.filter((s) => s.includes(secret)).length > 1) continue;
-      if (returned.some((r) => r.includes(secret))) fail(`the response echoes a secret that was sent (${secret.slice(0, 20)}…)`);
+      if (returned.some((r) => r.includes(secret)))
+        fail(`the response echoes a secret that was sent (${secret.slice(0, 20)}…)`);
     }
   }
   return { status, body: b };
@@ -451,14 +542,32 @@ beforeAll(async () => {
 
   const create = `mutation ($input: CreateNodeInput!) { createNode(input: $input) { id } }`;
   const register = `mutation ($input: RegisterContainerInput!) { registerContainer(input: $input) { id } }`;
-  const foreign = await gqlOk<{ createNode: { id: string } }>(create, { input: nodeInputFor(sim, { name: 'theirs' }) }, other.token);
-  const foreignCt = await gqlOk<{ registerContainer: { id: string } }>(register, { input: { nodeId: foreign.createNode.id, vmid: 500 } }, other.token);
+  const foreign = await gqlOk<{ createNode: { id: string } }>(
+    create,
+    { input: nodeInputFor(sim, { name: 'theirs' }) },
+    other.token,
+  );
+  const foreignCt = await gqlOk<{ registerContainer: { id: string } }>(
+    register,
+    { input: { nodeId: foreign.createNode.id, vmid: 500 } },
+    other.token,
+  );
   // All three nodes reach the one simulated cluster, where a VMID is registered once.
   for (const [i, name] of ['alpha', 'beta', 'gamma'].entries()) {
-    const { createNode } = await gqlOk<{ createNode: { id: string } }>(create, { input: nodeInputFor(sim, { name }) }, token);
+    const { createNode } = await gqlOk<{ createNode: { id: string } }>(
+      create,
+      { input: nodeInputFor(sim, { name }) },
+      token,
+    );
     await gqlOk(register, { input: { nodeId: createNode.id, vmid: 200 + i, hostname: `${name}-ct` } }, token);
   }
-  ctx = { nodeIds: [], containerIds: [], foreignNodeId: foreign.createNode.id, foreignContainerId: foreignCt.registerContainer.id, sim };
+  ctx = {
+    nodeIds: [],
+    containerIds: [],
+    foreignNodeId: foreign.createNode.id,
+    foreignContainerId: foreignCt.registerContainer.id,
+    sim,
+  };
   await refreshPools();
 });
 
@@ -470,29 +579,45 @@ describe('fuzzing every mutation with variables a client could send', () => {
   it('covers every mutation of the schema', () => {
     const covered = new Set(MUTATIONS.map((m) => m.name));
     expect(schemaMutations.length).toBeGreaterThan(0);
-    expect(schemaMutations.filter((m) => !covered.has(m)), 'add these mutations to the MUTATIONS table').toEqual([]);
+    expect(
+      schemaMutations.filter((m) => !covered.has(m)),
+      'add these mutations to the MUTATIONS table',
+    ).toEqual([]);
   });
 
   for (const c of MUTATIONS) {
-    it.skipIf(!inSchema(c.name))(`${c.name}: every answer is well-formed with a known error code`, async () => {
-      await refreshPools();
-      const seen = new Map<string, number>();
-      outcomes.set(c.name, seen);
-      await fc.assert(
-        fc.asyncProperty(variablesFor(ctx, c), async (variables) => {
-          const { status, contentType, text } = await post(JSON.stringify({ query: c.document, variables }));
-          const { body } = checkResponse(c, variables, status, contentType, text);
-          const outcome = body.errors ? String(body.errors[0]?.extensions?.code) : 'ok';
-          seen.set(outcome, (seen.get(outcome) ?? 0) + 1);
-          if (outcome === 'ok' && (c.name === 'createNode' || c.name === 'registerContainer' || c.name === 'deleteNode' || c.name === 'unregisterContainer')) {
-            await refreshPools();
-          }
-        }),
-        { numRuns: NUM_RUNS, interruptAfterTimeLimit: 40_000 },
-      );
-      // Not a requirement, but a run that never gets past validation fuzzes nothing deeper.
-      expect([...seen.keys()].some((k) => k !== 'BAD_USER_INPUT'), JSON.stringify(Object.fromEntries(seen))).toBe(true);
-    }, 90_000);
+    it.skipIf(!inSchema(c.name))(
+      `${c.name}: every answer is well-formed with a known error code`,
+      async () => {
+        await refreshPools();
+        const seen = new Map<string, number>();
+        outcomes.set(c.name, seen);
+        await fc.assert(
+          fc.asyncProperty(variablesFor(ctx, c), async (variables) => {
+            const { status, contentType, text } = await post(JSON.stringify({ query: c.document, variables }));
+            const { body } = checkResponse(c, variables, status, contentType, text);
+            const outcome = body.errors ? String(body.errors[0]?.extensions?.code) : 'ok';
+            seen.set(outcome, (seen.get(outcome) ?? 0) + 1);
+            if (
+              outcome === 'ok' &&
+              (c.name === 'createNode' ||
+                c.name === 'registerContainer' ||
+                c.name === 'deleteNode' ||
+                c.name === 'unregisterContainer')
+            ) {
+              await refreshPools();
+            }
+          }),
+          { numRuns: NUM_RUNS, interruptAfterTimeLimit: 40_000 },
+        );
+        // Not a requirement, but a run that never gets past validation fuzzes nothing deeper.
+        expect(
+          [...seen.keys()].some((k) => k !== 'BAD_USER_INPUT'),
+          JSON.stringify(Object.fromEntries(seen)),
+        ).toBe(true);
+      },
+      90_000,
+    );
   }
 
   /**
@@ -517,14 +642,20 @@ describe('fuzzing every mutation with variables a client could send', () => {
 
   it('answers a body that is not JSON with 400 and a code from the contract', async () => {
     const c = MUTATIONS.find((m) => m.name === 'deleteNode')!;
-    const { status, contentType, text } = await post('{"query": "mutation { deleteNode(id: \\"x\\") }", "variables": {');
+    const { status, contentType, text } = await post(
+      '{"query": "mutation { deleteNode(id: \\"x\\") }", "variables": {',
+    );
     expect(status, text).toBe(400);
     checkResponse(c, null, status, contentType, text);
   });
 
   it('does not echo the body of a POST that is not JSON (a secret in it stays out of the response)', async () => {
     const secret = 'pvgfuzz-SECRET-0123456789abcdef';
-    const broken = JSON.stringify({ query: MUTATIONS[0]!.document, variables: { input: { ...nodeInputFor(sim), tokenSecret: secret } } }).slice(0, -1) + ',}';
+    const broken =
+      JSON.stringify({
+        query: MUTATIONS[0]!.document,
+        variables: { input: { ...nodeInputFor(sim), tokenSecret: secret } },
+      }).slice(0, -1) + ',}';
     const { status, text } = await post(broken);
     expect(status).toBe(400);
     expect(text).not.toContain(secret);
@@ -535,28 +666,40 @@ describe('fuzzing every mutation with variables a client could send', () => {
     await client.connect();
     try {
       const q = async (sql: string) => (await client.query(sql)).rows;
-      expect(await q(`
+      expect(
+        await q(`
         SELECT user_id, count(*) FILTER (WHERE is_default) AS defaults, count(*) AS nodes
-        FROM proxmox_nodes GROUP BY user_id HAVING count(*) FILTER (WHERE is_default) <> 1`)).toEqual([]);
-      expect(await q(`
+        FROM proxmox_nodes GROUP BY user_id HAVING count(*) FILTER (WHERE is_default) <> 1`),
+      ).toEqual([]);
+      expect(
+        await q(`
         SELECT id, left(token_secret_enc, 12) AS secret, left(ssh_password_enc, 12) AS ssh FROM proxmox_nodes
-        WHERE token_secret_enc NOT LIKE 'enc:v1:%' OR (ssh_password_enc IS NOT NULL AND ssh_password_enc NOT LIKE 'enc:v1:%')`)).toEqual([]);
-      expect(await q(`
+        WHERE token_secret_enc NOT LIKE 'enc:v1:%' OR (ssh_password_enc IS NOT NULL AND ssh_password_enc NOT LIKE 'enc:v1:%')`),
+      ).toEqual([]);
+      expect(
+        await q(`
         SELECT c.id, c.node_id FROM containers c LEFT JOIN proxmox_nodes n ON n.id = c.node_id
-        WHERE n.id IS NULL`)).toEqual([]);
-      expect(await q(`
-        SELECT user_id, lower(name) AS name, count(*) FROM proxmox_nodes GROUP BY user_id, name HAVING count(*) > 1`)).toEqual([]);
+        WHERE n.id IS NULL`),
+      ).toEqual([]);
+      expect(
+        await q(`
+        SELECT user_id, lower(name) AS name, count(*) FROM proxmox_nodes GROUP BY user_id, name HAVING count(*) > 1`),
+      ).toEqual([]);
       // What validation promises about stored values: one normalised form, nothing out of range.
-      expect(await q(`
+      expect(
+        await q(`
         SELECT id, name, host, port, token_id, tls_fingerprint FROM proxmox_nodes
         WHERE port NOT BETWEEN 1 AND 65535
            OR name <> btrim(name) OR name = '' OR name ~ '[[:cntrl:]]'
            OR host <> lower(host) OR host = ''
            OR token_id !~ '^[^[:space:]@!=:]+@[A-Za-z0-9._-]+![A-Za-z][A-Za-z0-9._-]*$'
-           OR (tls_fingerprint IS NOT NULL AND tls_fingerprint !~ '^([0-9A-F]{2}:){31}[0-9A-F]{2}$')`)).toEqual([]);
+           OR (tls_fingerprint IS NOT NULL AND tls_fingerprint !~ '^([0-9A-F]{2}:){31}[0-9A-F]{2}$')`),
+      ).toEqual([]);
       expect(await q(`SELECT id, vmid FROM containers WHERE vmid NOT BETWEEN 100 AND 999999999`)).toEqual([]);
       // The fuzzing user's rows really were exercised.
-      const [{ n }] = (await client.query<{ n: string }>(`SELECT count(*) AS n FROM proxmox_nodes`)).rows as [{ n: string }];
+      const [{ n }] = (await client.query<{ n: string }>(`SELECT count(*) AS n FROM proxmox_nodes`)).rows as [
+        { n: string },
+      ];
       expect(Number(n)).toBeGreaterThan(0);
     } finally {
       await client.end();

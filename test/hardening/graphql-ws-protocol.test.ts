@@ -184,7 +184,11 @@ describe('close codes', () => {
     sim.addFault({ kind: 'latency', ms: 2_000, pathPrefix: '/version' });
 
     const client = await acknowledged();
-    const slow = { id: 'dup', type: 'subscribe', payload: { query: `mutation { testNodeConnection(id: "${nodeId}") { ok } }` } };
+    const slow = {
+      id: 'dup',
+      type: 'subscribe',
+      payload: { query: `mutation { testNodeConnection(id: "${nodeId}") { ok } }` },
+    };
     client.send(slow);
     await new Promise((resolve) => setTimeout(resolve, 300));
     expect(client.messages.filter((m) => m.id === 'dup')).toEqual([]); // still running
@@ -201,7 +205,9 @@ describe('close codes', () => {
       client.send(sub);
       await new Promise((resolve) => setTimeout(resolve, 300));
       // A live subscription neither completes nor errors on its own.
-      expect(client.messages.filter((m) => m.id === 'events' && (m.type === 'error' || m.type === 'complete'))).toEqual([]);
+      expect(client.messages.filter((m) => m.id === 'events' && (m.type === 'error' || m.type === 'complete'))).toEqual(
+        [],
+      );
       client.send(sub);
       expect((await client.closed).code).toBe(4409);
     },

@@ -50,7 +50,12 @@ async function post(body: unknown, { token = alice.token, accept, headers = {} }
     },
     body: typeof body === 'string' ? body : JSON.stringify(body),
   });
-  return { status: res.status, contentType: res.headers.get('content-type'), body: await res.text(), headers: res.headers };
+  return {
+    status: res.status,
+    contentType: res.headers.get('content-type'),
+    body: await res.text(),
+    headers: res.headers,
+  };
 }
 
 async function metricsText(): Promise<string> {
@@ -111,9 +116,19 @@ afterAll(async () => {
   await sim?.stop();
 });
 
-const ACCEPTS = [undefined, '*/*', 'application/json', 'application/graphql-response+json', 'application/graphql-response+json, application/json;q=0.9'];
+const ACCEPTS = [
+  undefined,
+  '*/*',
+  'application/json',
+  'application/graphql-response+json',
+  'application/graphql-response+json, application/json;q=0.9',
+];
 const DOCUMENTS = {
-  vmidsTaken: (name: string) => ({ query: `query ${name}($n: ID!) { vmidsTaken(nodeId: $n) { taken reserved version } }`, variables: { n: aliceNode }, operationName: name }),
+  vmidsTaken: (name: string) => ({
+    query: `query ${name}($n: ID!) { vmidsTaken(nodeId: $n) { taken reserved version } }`,
+    variables: { n: aliceNode },
+    operationName: name,
+  }),
   me: (name: string) => ({ query: `{ ${name}: me { id name } }` }),
 };
 
@@ -130,7 +145,9 @@ describe.skipIf(!fastPathsOn)('prepared-query path', () => {
 
     it('with an Origin header, including the CORS headers', async () => {
       const cors = ['access-control-allow-origin', 'vary', 'access-control-allow-credentials'];
-      const [yoga, prepared] = await yogaThenPrepared(fresh(DOCUMENTS[doc]), { headers: { origin: 'https://dash.example' } });
+      const [yoga, prepared] = await yogaThenPrepared(fresh(DOCUMENTS[doc]), {
+        headers: { origin: 'https://dash.example' },
+      });
       expect(yoga.headers.get('access-control-allow-origin')).toBe('https://dash.example');
       expect(visible(prepared, cors)).toEqual(visible(yoga, cors));
     });
@@ -142,7 +159,12 @@ describe.skipIf(!fastPathsOn)('prepared-query path', () => {
     const send = { accept, headers: { origin: 'https://dash.example' } };
 
     it.each([
-      ["another user's node", async () => (await server.gql(CreateNode, { input: nodeInputFor(sim) as never }, (await server.createUser()).token)).data!.createNode.id],
+      [
+        "another user's node",
+        async () =>
+          (await server.gql(CreateNode, { input: nodeInputFor(sim) as never }, (await server.createUser()).token)).data!
+            .createNode.id,
+      ],
       ['an unknown node id', async () => randomUUID()],
     ])('NOT_FOUND for %s', async (_label, nodeId) => {
       const body = { ...fresh(DOCUMENTS.vmidsTaken), variables: { n: await nodeId() } };
@@ -156,7 +178,10 @@ describe.skipIf(!fastPathsOn)('prepared-query path', () => {
       ['an object for an ID', { n: { id: 'x' }, v: 1 }, 'BAD_USER_INPUT'],
       ['a missing required variable', { n: 'x' }, 'GRAPHQL_VALIDATION_FAILED'],
     ])('%s', async (_label, variables, code) => {
-      const body = { query: fresh((name) => `query ${name}($n: ID!, $v: Int!) { isVmidTaken(nodeId: $n, vmid: $v) }`), variables };
+      const body = {
+        query: fresh((name) => `query ${name}($n: ID!, $v: Int!) { isVmidTaken(nodeId: $n, vmid: $v) }`),
+        variables,
+      };
       const [yoga, prepared] = await yogaThenPrepared(body, send, true);
       expect(JSON.parse(yoga.body).errors[0].extensions.code).toBe(code);
       expect(visible(prepared, cors)).toEqual(visible(yoga, cors));
@@ -175,7 +200,11 @@ describe.skipIf(!fastPathsOn)('prepared-query path', () => {
       { token: null },
       { token: 'not-a-token' },
       { token: revoked.token },
-      { token: revoked.token, accept: 'application/graphql-response+json', headers: { origin: 'https://dash.example' } },
+      {
+        token: revoked.token,
+        accept: 'application/graphql-response+json',
+        headers: { origin: 'https://dash.example' },
+      },
     ];
 
     const before: Answer[] = [];
@@ -193,12 +222,17 @@ describe.skipIf(!fastPathsOn)('prepared-query path', () => {
       expect(JSON.parse(answer.body).errors[0].extensions.code).toBe('UNAUTHENTICATED');
       expect(visible(answer, cors)).toEqual(visible(before[i]!, cors));
     }
-    expect(metricValue(await metricsText(), 'pvegraph_graphql_errors_total{code="UNAUTHENTICATED"}') - errorsBefore).toBe(badTokens.length);
+    expect(
+      metricValue(await metricsText(), 'pvegraph_graphql_errors_total{code="UNAUTHENTICATED"}') - errorsBefore,
+    ).toBe(badTokens.length);
 
     const bob = await server.createUser();
     const asBob = await pathsDuring(() => post(body, { token: bob.token }));
     expect(asBob.took).toEqual({ ...none, prepared: 1 });
-    expect(JSON.parse(asBob.result.body)).toMatchObject({ data: null, errors: [{ extensions: { code: 'NOT_FOUND' } }] });
+    expect(JSON.parse(asBob.result.body)).toMatchObject({
+      data: null,
+      errors: [{ extensions: { code: 'NOT_FOUND' } }],
+    });
   });
 
   // Introspection needs no token (GraphiQL loads the schema before one is pasted in): a known
@@ -207,7 +241,8 @@ describe.skipIf(!fastPathsOn)('prepared-query path', () => {
   // the bounded list.
   it('leaves introspection without a token to Yoga, and learns nothing from tokenless requests', async () => {
     const body = { query: fresh((name) => `query ${name} { __typename }`) };
-    for (let i = 0; i < 2; i++) expect((await pathsDuring(() => post(body, { token: null }))).took).toEqual({ ...none, not_prepared: 1 });
+    for (let i = 0; i < 2; i++)
+      expect((await pathsDuring(() => post(body, { token: null }))).took).toEqual({ ...none, not_prepared: 1 });
     await post(body); // an authenticated request learns it
     const { result, took } = await pathsDuring(() => post(body, { token: null }));
     expect(took).toEqual({ ...none, unauthenticated: 1 });
@@ -221,12 +256,23 @@ describe.skipIf(!fastPathsOn)('prepared-query path', () => {
     const name = `Reserve${++seq}`;
     const query = `mutation ${name}($n: ID!) { reserveVmid(nodeId: $n) { vmid } } query ${name}Me { me { id } }`;
     const reserve = { query, operationName: name, variables: { n: aliceNode } };
-    const { result, took } = await pathsDuring(async () => [await post(reserve), await post(reserve), await post(reserve)]);
+    const { result, took } = await pathsDuring(async () => [
+      await post(reserve),
+      await post(reserve),
+      await post(reserve),
+    ]);
     expect(took).toEqual({ ...none, not_prepared: 1, prepared: 2 });
-    const vmids = result.map((a) => (JSON.parse(a.body) as { data: { reserveVmid: { vmid: number } } }).data.reserveVmid.vmid);
+    const vmids = result.map(
+      (a) => (JSON.parse(a.body) as { data: { reserveVmid: { vmid: number } } }).data.reserveVmid.vmid,
+    );
     expect(new Set(vmids).size).toBe(3);
 
-    const held = async () => (JSON.parse((await post({ query: `query { vmidsTaken(nodeId: "${aliceNode}") { reserved } }` })).body) as { data: { vmidsTaken: { reserved: number[] } } }).data.vmidsTaken.reserved.length;
+    const held = async () =>
+      (
+        JSON.parse((await post({ query: `query { vmidsTaken(nodeId: "${aliceNode}") { reserved } }` })).body) as {
+          data: { vmidsTaken: { reserved: number[] } };
+        }
+      ).data.vmidsTaken.reserved.length;
     const before = await held();
     const refused = await pathsDuring(() => post({ ...reserve, variables: {} }));
     expect(refused.took).toEqual({ ...none, invalid_variables: 1 });
@@ -241,7 +287,9 @@ describe.skipIf(!fastPathsOn)('prepared-query path', () => {
     const data = JSON.parse(prepared.body);
     const auth = { authorization: `Bearer ${alice.token}` };
 
-    const viaGet = await pathsDuring(() => fetch(`${server.graphqlUrl}?query=${encodeURIComponent(body.query)}`, { headers: auth }));
+    const viaGet = await pathsDuring(() =>
+      fetch(`${server.graphqlUrl}?query=${encodeURIComponent(body.query)}`, { headers: auth }),
+    );
     expect(viaGet.took).toEqual({ ...none, not_eligible: 1 });
     expect(await viaGet.result.json()).toEqual(data);
 
@@ -275,8 +323,17 @@ describe.skipIf(!fastPathsOn)('prepared-query path', () => {
     expect(took).toEqual({ ...none, prepared: 1 });
     expect(result.headers.get('x-request-id')).toBe(`prepared-${seq}`);
     expect(metricValue(await metricsText(), ok)).toBe(before + 1);
-    const logged = logs.map((l) => JSON.parse(l) as Record<string, unknown>).filter((l) => l.requestId === `prepared-${seq}`);
-    expect(logged).toEqual([expect.objectContaining({ msg: 'graphql operation', operation: body.operationName, type: 'query', user: alice.userId })]);
+    const logged = logs
+      .map((l) => JSON.parse(l) as Record<string, unknown>)
+      .filter((l) => l.requestId === `prepared-${seq}`);
+    expect(logged).toEqual([
+      expect.objectContaining({
+        msg: 'graphql operation',
+        operation: body.operationName,
+        type: 'query',
+        user: alice.userId,
+      }),
+    ]);
   });
 
   // Yoga answers a JSON body labelled `Content-Type: Application/JSON` with 415: once the
@@ -305,11 +362,21 @@ describe.skipIf(!fastPathsOn)('prepared-query path', () => {
   // unexpected error on both paths: masked as INTERNAL_SERVER_ERROR, never its raw message.
   it('masks a value that fails to serialise as Yoga does', async () => {
     const owner = await server.createUser();
-    const nodeId = (await server.gql(CreateNode, { input: nodeInputFor(sim) as never }, owner.token)).data!.createNode.id;
-    await adminQuery(`UPDATE proxmox_nodes SET last_tested_at = '294000-01-01Z' WHERE id = $1`, [nodeId], new URL(server.databaseUrl).pathname.slice(1));
-    const body = fresh((name) => ({ query: `query ${name}($n: ID!) { node(id: $n) { id lastTestedAt } }`, variables: { n: nodeId } }));
+    const nodeId = (await server.gql(CreateNode, { input: nodeInputFor(sim) as never }, owner.token)).data!.createNode
+      .id;
+    await adminQuery(
+      `UPDATE proxmox_nodes SET last_tested_at = '294000-01-01Z' WHERE id = $1`,
+      [nodeId],
+      new URL(server.databaseUrl).pathname.slice(1),
+    );
+    const body = fresh((name) => ({
+      query: `query ${name}($n: ID!) { node(id: $n) { id lastTestedAt } }`,
+      variables: { n: nodeId },
+    }));
     const [yoga, prepared] = await yogaThenPrepared(body, { token: owner.token });
-    expect(JSON.parse(yoga.body).errors).toEqual([{ message: 'Unexpected error.', path: ['node', 'lastTestedAt'], extensions: { code: 'INTERNAL_SERVER_ERROR' } }]);
+    expect(JSON.parse(yoga.body).errors).toEqual([
+      { message: 'Unexpected error.', path: ['node', 'lastTestedAt'], extensions: { code: 'INTERNAL_SERVER_ERROR' } },
+    ]);
     expect(visible(prepared)).toEqual(visible(yoga));
   });
 });
@@ -319,17 +386,28 @@ describe.skipIf(!fastPathsOn)('prepared-query path', () => {
 describe.skipIf(!fastPathsOn)('prepared-query path while PostgreSQL is unreachable', () => {
   it('hands a request whose token cannot be checked to Yoga', async () => {
     const target = new URL(TEST_POSTGRES_URL);
-    const [db, relay] = await Promise.all([createTestDatabase(), startTcpProxy(target.hostname, Number(target.port || 5432))]);
+    const [db, relay] = await Promise.all([
+      createTestDatabase(),
+      startTcpProxy(target.hostname, Number(target.port || 5432)),
+    ]);
     const viaRelay = new URL(db.url);
     viaRelay.host = `127.0.0.1:${relay.port}`;
     const srv = await startTestServer({ databaseUrl: viaRelay.toString(), env: { TOKEN_CACHE_TTL_MS: '0' } });
     try {
       const { token } = await srv.createUser();
       const send = async (query: string) => {
-        const res = await fetch(srv.graphqlUrl, { method: 'POST', headers: { 'content-type': 'application/json', authorization: `Bearer ${token}` }, body: JSON.stringify({ query }) });
+        const res = await fetch(srv.graphqlUrl, {
+          method: 'POST',
+          headers: { 'content-type': 'application/json', authorization: `Bearer ${token}` },
+          body: JSON.stringify({ query }),
+        });
         return { status: res.status, contentType: res.headers.get('content-type'), body: await res.text() };
       };
-      const authErrors = async () => metricValue(await (await fetch(`${srv.url}/metrics`)).text(), 'pvegraph_graphql_prepared_requests_total{path="auth_error"}');
+      const authErrors = async () =>
+        metricValue(
+          await (await fetch(`${srv.url}/metrics`)).text(),
+          'pvegraph_graphql_prepared_requests_total{path="auth_error"}',
+        );
       const learned = '{ learned: me { id } }';
       await send(learned);
       expect(JSON.parse((await send(learned)).body).data.learned.id).toBeTruthy();

@@ -27,7 +27,14 @@ interface Answer {
   body: { data?: unknown; errors?: Array<{ message: string; extensions?: Record<string, unknown> }> };
 }
 
-async function post(server: TestServer, { token, query = unseenQuery(), headers = {} }: { token?: string; query?: string; headers?: Record<string, string> } = {}): Promise<Answer> {
+async function post(
+  server: TestServer,
+  {
+    token,
+    query = unseenQuery(),
+    headers = {},
+  }: { token?: string; query?: string; headers?: Record<string, string> } = {},
+): Promise<Answer> {
   const res = await fetch(server.graphqlUrl, {
     method: 'POST',
     headers: { 'content-type': 'application/json', ...(token ? { authorization: `Bearer ${token}` } : {}), ...headers },
@@ -70,7 +77,9 @@ describe('per-address budget for requests without a valid token', () => {
     await a.stop();
   });
 
-  it('charges what Yoga and the database do for nobody; 429 RATE_LIMITED past the budget, on every instance', async ({ skip }) => {
+  it('charges what Yoga and the database do for nobody; 429 RATE_LIMITED past the budget, on every instance', async ({
+    skip,
+  }) => {
     // A known document with a bad token is refused on the prepared path uncharged; in Yoga it is charged.
     skip(!fastPathsOn, FAST_PATHS_OFF);
     const alice = await a.createUser();
@@ -82,7 +91,8 @@ describe('per-address budget for requests without a valid token', () => {
     expect((await post(a, { token: alice.token, query: known })).status).toBe(200);
     expect((await post(b, { token: alice.token, query: known })).status).toBe(200); // B has her token cached too
     const lookupsBefore = tokenQueries.length;
-    for (let i = 0; i < 5; i++) expect(codeOf(await post(a, { token: BAD_TOKEN, query: known }))).toBe('UNAUTHENTICATED');
+    for (let i = 0; i < 5; i++)
+      expect(codeOf(await post(a, { token: BAD_TOKEN, query: known }))).toBe('UNAUTHENTICATED');
     expect(await spentInRedis()).toBe(1);
     expect(tokenQueries.length).toBe(lookupsBefore + 1); // looked up once, then its refusal is cached
 
@@ -91,11 +101,17 @@ describe('per-address budget for requests without a valid token', () => {
     expect(codeOf(await post(b, { token: BAD_TOKEN }))).toBe('UNAUTHENTICATED');
     expect(await spentInRedis()).toBe(3);
     // 4: introspection still runs without a token (GraphiQL loads the schema first).
-    expect(await post(a, { query: '{ __typename }' })).toMatchObject({ status: 200, body: { data: { __typename: 'Query' } } });
+    expect(await post(a, { query: '{ __typename }' })).toMatchObject({
+      status: 200,
+      body: { data: { __typename: 'Query' } },
+    });
     // A's charges: the made-up token's lookup, the tokenless request, the introspection.
     expect(await metricValue(a, 'pvegraph_anonymous_requests_total{outcome="charged"}')).toBe(3);
 
-    const limited = await post(a, { token: BAD_TOKEN, headers: { origin: 'https://dash.example', accept: 'application/graphql-response+json' } });
+    const limited = await post(a, {
+      token: BAD_TOKEN,
+      headers: { origin: 'https://dash.example', accept: 'application/graphql-response+json' },
+    });
     expect(limited.status).toBe(429);
     expect(limited.body.data).toBeUndefined();
     expect(codeOf(limited)).toBe('RATE_LIMITED');
@@ -125,7 +141,10 @@ describe('per-address budget for requests without a valid token', () => {
 
     // A user's requests are theirs, never the address's: a new document with a known valid
     // token runs, and so does the known one; a cached refusal on a known document is still 401.
-    expect(await post(b, { token: alice.token })).toMatchObject({ status: 200, body: { data: { me: { id: alice.userId } } } });
+    expect(await post(b, { token: alice.token })).toMatchObject({
+      status: 200,
+      body: { data: { me: { id: alice.userId } } },
+    });
     expect((await post(a, { token: alice.token, query: known })).status).toBe(200);
     expect(codeOf(await post(a, { token: BAD_TOKEN, query: known }))).toBe('UNAUTHENTICATED');
     // The price: a token this instance has not looked up yet waits out the address's minute
@@ -135,18 +154,25 @@ describe('per-address budget for requests without a valid token', () => {
 
   it('after a burst of made-up tokens spends the budget, looks none up any more', async () => {
     const lookups: string[] = [];
-    const fresh = await startTestServer({ env: { RATE_LIMIT_ANONYMOUS_PER_MIN: '4' }, onQuery: (sql) => void (sql.includes('api_tokens') && lookups.push(sql)) });
+    const fresh = await startTestServer({
+      env: { RATE_LIMIT_ANONYMOUS_PER_MIN: '4' },
+      onQuery: (sql) => void (sql.includes('api_tokens') && lookups.push(sql)),
+    });
     const madeUp = (i: number) => `pvg_${String(i).padStart(43, 'Q')}`;
     try {
       const user = await fresh.createUser();
       const known = 'query KnownConcurrently { me { id } }';
       expect((await post(fresh, { token: user.token, query: known })).status).toBe(200);
-      const burst = await Promise.all(Array.from({ length: 60 }, (_, i) => post(fresh, { token: madeUp(i), query: known })));
+      const burst = await Promise.all(
+        Array.from({ length: 60 }, (_, i) => post(fresh, { token: madeUp(i), query: known })),
+      );
       const statuses = burst.map((a) => a.status);
       expect(statuses.filter((s) => s === 401)).toHaveLength(4);
       expect(statuses.filter((s) => s === 429)).toHaveLength(56);
       lookups.length = 0;
-      const after = await Promise.all(Array.from({ length: 20 }, (_, i) => post(fresh, { token: madeUp(100 + i), query: known })));
+      const after = await Promise.all(
+        Array.from({ length: 20 }, (_, i) => post(fresh, { token: madeUp(100 + i), query: known })),
+      );
       expect(after.map((a) => a.status)).toEqual(Array(20).fill(429));
       expect(lookups).toEqual([]);
     } finally {
@@ -172,7 +198,9 @@ describe('per-address budget for requests without a valid token', () => {
     const closeCodeOf = (token: string) =>
       new Promise<number>((resolve) => {
         const ws = new WebSocket(fresh.wsUrl, 'graphql-transport-ws');
-        ws.on('open', () => ws.send(JSON.stringify({ type: 'connection_init', payload: { authorization: `Bearer ${token}` } })));
+        ws.on('open', () =>
+          ws.send(JSON.stringify({ type: 'connection_init', payload: { authorization: `Bearer ${token}` } })),
+        );
         ws.on('message', () => ws.close(1000));
         ws.on('close', (code, reason) => {
           lastReason = reason.toString();
@@ -185,7 +213,9 @@ describe('per-address budget for requests without a valid token', () => {
       expect(await closeCodeOf(`pvg_${'W'.repeat(43)}`)).toBe(4403);
       expect(await closeCodeOf(`pvg_${'X'.repeat(43)}`)).toBe(4403);
       expect(await closeCodeOf(`pvg_${'V'.repeat(43)}`)).toBe(1013);
-      expect(lastReason).toMatch(/^Too many requests without a valid API token from this address; try again in \d+ s\.$/);
+      expect(lastReason).toMatch(
+        /^Too many requests without a valid API token from this address; try again in \d+ s\.$/,
+      );
       // A valid token the server has checked before is never refused (acked, then closed by us).
       expect(await closeCodeOf(user.token)).toBe(1000);
     } finally {
@@ -195,7 +225,7 @@ describe('per-address budget for requests without a valid token', () => {
 
   // graphql-ws's client gives up for good on its fatal close codes (4429 among them): a
   // dashboard behind a NAT whose budget ran out would never reconnect. 1013 it retries.
-  it('a budget refusal is one graphql-ws\'s own client retries (default shouldRetry), and gets through once its token is one the server knows', async () => {
+  it("a budget refusal is one graphql-ws's own client retries (default shouldRetry), and gets through once its token is one the server knows", async () => {
     await withServer({ env: { RATE_LIMIT_ANONYMOUS_PER_MIN: '1' } }, async (fresh) => {
       const user = await fresh.createUser();
       expect((await post(fresh, { token: user.token, query: '{ me { id } }' })).status).toBe(200); // checked: cached
@@ -209,7 +239,9 @@ describe('per-address budget for requests without a valid token', () => {
         retryWait: async () => undefined,
         // The first attempt with a token only the database could tell about (refused from
         // memory: the address is spent), the retries with the dashboard's valid one.
-        connectionParams: () => ({ authorization: `Bearer ${attempts++ === 0 ? `pvg_${'R'.repeat(43)}` : user.token}` }),
+        connectionParams: () => ({
+          authorization: `Bearer ${attempts++ === 0 ? `pvg_${'R'.repeat(43)}` : user.token}`,
+        }),
         on: { closed: (event) => void closes.push((event as { code: number }).code) },
       });
       try {
@@ -227,7 +259,10 @@ describe('per-address budget for requests without a valid token', () => {
 
   it('with the budget off, checks a token exactly once, in Yoga as before', async () => {
     const lookups: string[] = [];
-    const off = await startTestServer({ env: { RATE_LIMIT_ANONYMOUS_PER_MIN: '0', TOKEN_CACHE_TTL_MS: '0' }, onQuery: (sql) => void (sql.includes('api_tokens') && lookups.push(sql)) });
+    const off = await startTestServer({
+      env: { RATE_LIMIT_ANONYMOUS_PER_MIN: '0', TOKEN_CACHE_TTL_MS: '0' },
+      onQuery: (sql) => void (sql.includes('api_tokens') && lookups.push(sql)),
+    });
     try {
       const user = await off.createUser();
       lookups.length = 0;
@@ -235,8 +270,16 @@ describe('per-address budget for requests without a valid token', () => {
       expect(lookups.filter((q) => /^\s*SELECT/i.test(q))).toHaveLength(1);
       // A request Yoga refuses before any context (no CSRF header on a GET) looks nothing up.
       lookups.length = 0;
-      expect((await fetch(`${off.graphqlUrl}?query=${encodeURIComponent('{ me { id } }')}`, { headers: { authorization: `Bearer ${user.token}` } })).status).toBe(200);
-      expect((await fetch(`${off.url}/nowhere`, { headers: { authorization: `Bearer ${user.token}` } })).status).toBe(404);
+      expect(
+        (
+          await fetch(`${off.graphqlUrl}?query=${encodeURIComponent('{ me { id } }')}`, {
+            headers: { authorization: `Bearer ${user.token}` },
+          })
+        ).status,
+      ).toBe(200);
+      expect((await fetch(`${off.url}/nowhere`, { headers: { authorization: `Bearer ${user.token}` } })).status).toBe(
+        404,
+      );
       expect(lookups.filter((q) => /^\s*SELECT/i.test(q))).toHaveLength(1);
     } finally {
       await off.stop();
@@ -248,14 +291,21 @@ describe('per-address budget for requests without a valid token', () => {
       for (let i = 0; i < 3; i++) {
         const preflight = await fetch(fresh.graphqlUrl, {
           method: 'OPTIONS',
-          headers: { origin: 'https://dash.example', 'access-control-request-method': 'POST', 'access-control-request-headers': 'authorization,content-type' },
+          headers: {
+            origin: 'https://dash.example',
+            'access-control-request-method': 'POST',
+            'access-control-request-headers': 'authorization,content-type',
+          },
         });
         expect(preflight.status).toBe(204);
       }
       expect(codeOf(await post(fresh))).toBe('UNAUTHENTICATED'); // the budget is still whole
       expect(codeOf(await post(fresh))).toBe('RATE_LIMITED');
       // Spent, an address's preflights still pass: the dashboards behind it keep working.
-      const preflight = await fetch(fresh.graphqlUrl, { method: 'OPTIONS', headers: { origin: 'https://dash.example', 'access-control-request-method': 'POST' } });
+      const preflight = await fetch(fresh.graphqlUrl, {
+        method: 'OPTIONS',
+        headers: { origin: 'https://dash.example', 'access-control-request-method': 'POST' },
+      });
       expect(preflight.status).toBe(204);
     });
   });
@@ -265,10 +315,20 @@ describe('per-address budget for requests without a valid token', () => {
     const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
     const send = (body: string) =>
       new Promise<{ status: number; connection: string | undefined; reused: boolean }>((resolve, reject) => {
-        const req = http.request(fresh.graphqlUrl, { method: 'POST', agent, headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) } }, (res) => {
-          res.resume();
-          res.on('end', () => resolve({ status: res.statusCode!, connection: res.headers.connection, reused: req.reusedSocket }));
-        });
+        const req = http.request(
+          fresh.graphqlUrl,
+          {
+            method: 'POST',
+            agent,
+            headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) },
+          },
+          (res) => {
+            res.resume();
+            res.on('end', () =>
+              resolve({ status: res.statusCode!, connection: res.headers.connection, reused: req.reusedSocket }),
+            );
+          },
+        );
         req.on('error', reject);
         req.end(body);
       });
@@ -286,7 +346,9 @@ describe('per-address budget for requests without a valid token', () => {
     }
   });
 
-  it('charges a request once when its token was looked up on the prepared path and Yoga then runs it', async ({ skip }) => {
+  it('charges a request once when its token was looked up on the prepared path and Yoga then runs it', async ({
+    skip,
+  }) => {
     skip(!fastPathsOn, FAST_PATHS_OFF);
     await withServer({ env: { RATE_LIMIT_ANONYMOUS_PER_MIN: '4' } }, async (server) => {
       const user = await server.createUser();
@@ -295,10 +357,14 @@ describe('per-address budget for requests without a valid token', () => {
       expect((await post(server, { token: user.token, query: schemaProbe })).status).toBe(200); // now prepared
       const charged = () => metricValue(server, 'pvegraph_anonymous_requests_total{outcome="charged"}');
       // Handed over by the prepared path after its token check (not for an unknown document).
-      const handedOverChecked = () => metricValue(server, 'pvegraph_graphql_prepared_requests_total{path="unauthenticated"}');
+      const handedOverChecked = () =>
+        metricValue(server, 'pvegraph_graphql_prepared_requests_total{path="unauthenticated"}');
       // The made-up token is looked up (charged) on the prepared path; Yoga runs the request
       // with that same check, without looking it up or charging it again.
-      expect(await post(server, { token: BAD_TOKEN, query: schemaProbe })).toMatchObject({ status: 200, body: { data: { __typename: 'Query' } } });
+      expect(await post(server, { token: BAD_TOKEN, query: schemaProbe })).toMatchObject({
+        status: 200,
+        body: { data: { __typename: 'Query' } },
+      });
       expect([await charged(), await handedOverChecked()]).toEqual([1, 1]);
       // Its refusal is cached now: no lookup to charge, but Yoga's run is.
       expect((await post(server, { token: BAD_TOKEN, query: schemaProbe })).status).toBe(200);
@@ -308,10 +374,16 @@ describe('per-address budget for requests without a valid token', () => {
 
   it('charges tokens that cannot be checked while PostgreSQL is unreachable', async () => {
     const target = new URL(TEST_POSTGRES_URL);
-    const [db, relay] = await Promise.all([createTestDatabase(), startTcpProxy(target.hostname, Number(target.port || 5432))]);
+    const [db, relay] = await Promise.all([
+      createTestDatabase(),
+      startTcpProxy(target.hostname, Number(target.port || 5432)),
+    ]);
     const viaRelay = new URL(db.url);
     viaRelay.host = `127.0.0.1:${relay.port}`;
-    const srv = await startTestServer({ databaseUrl: viaRelay.toString(), env: { TOKEN_CACHE_TTL_MS: '0', RATE_LIMIT_ANONYMOUS_PER_MIN: '2' } });
+    const srv = await startTestServer({
+      databaseUrl: viaRelay.toString(),
+      env: { TOKEN_CACHE_TTL_MS: '0', RATE_LIMIT_ANONYMOUS_PER_MIN: '2' },
+    });
     try {
       await relay.down();
       // Each made-up token is a database attempt (seconds, while it is down): two, then 429.
@@ -367,31 +439,39 @@ describe('which address pays', () => {
     });
   });
 
-  it('gives an IPv6 /48 a budget of its own: 16 addresses\' worth, however many /64s it spreads over', async () => {
+  it("gives an IPv6 /48 a budget of its own: 16 addresses' worth, however many /64s it spreads over", async () => {
     let tokenLookups = 0;
     const onQuery = (sql: string) => void (sql.includes('api_tokens') && tokenLookups++);
-    await withServer({ env: { RATE_LIMIT_ANONYMOUS_PER_MIN: '1', TRUST_PROXY: 'loopback' }, onQuery }, async (server) => {
-      const from = (xff: string) => post(server, { headers: { 'x-forwarded-for': xff } });
-      const messageOf = (a: Answer) => a.body.errors![0]!.message;
-      // One /64 spending its own budget does not spend its neighbours': only its first request
-      // reached the /48's budget.
-      expect(codeOf(await from('2001:db8:7:0::1'))).toBe('UNAUTHENTICATED');
-      for (let i = 0; i < 5; i++) expect(messageOf(await from('2001:db8:7:0::2'))).toMatch(/from this address;/);
-      for (let i = 1; i < 16; i++) expect(codeOf(await from(`2001:db8:7:${i.toString(16)}::1`))).toBe('UNAUTHENTICATED');
-      const refused = await from('2001:db8:7:ff::1'); // a 17th /64 of the same /48, unspent itself
-      expect(codeOf(refused)).toBe('RATE_LIMITED');
-      expect(messageOf(refused)).toMatch(/from this network \(IPv6 \/48\);/);
-      expect(refused.headers.get('retry-after')).toMatch(/^\d+$/);
-      // Refused from memory now, whichever /64 of it asks: a made-up token is not even looked up.
-      expect(codeOf(await post(server, { token: BAD_TOKEN, headers: { 'x-forwarded-for': '2001:db8:7:100::1' } }))).toBe('RATE_LIMITED');
-      expect(tokenLookups).toBe(0);
-      // (Positive control: the same token from elsewhere is looked up.)
-      expect(codeOf(await post(server, { token: BAD_TOKEN, headers: { 'x-forwarded-for': '2001:db8:9::1' } }))).toBe('UNAUTHENTICATED');
-      expect(tokenLookups).toBe(1);
-      expect(codeOf(await from('2001:db8:8::1'))).toBe('UNAUTHENTICATED'); // another /48
-      // IPv4 has no such budget: 17 addresses of one /24 are 17 budgets.
-      for (let i = 1; i <= 17; i++) expect(codeOf(await from(`203.0.113.${i}`))).toBe('UNAUTHENTICATED');
-    });
+    await withServer(
+      { env: { RATE_LIMIT_ANONYMOUS_PER_MIN: '1', TRUST_PROXY: 'loopback' }, onQuery },
+      async (server) => {
+        const from = (xff: string) => post(server, { headers: { 'x-forwarded-for': xff } });
+        const messageOf = (a: Answer) => a.body.errors![0]!.message;
+        // One /64 spending its own budget does not spend its neighbours': only its first request
+        // reached the /48's budget.
+        expect(codeOf(await from('2001:db8:7:0::1'))).toBe('UNAUTHENTICATED');
+        for (let i = 0; i < 5; i++) expect(messageOf(await from('2001:db8:7:0::2'))).toMatch(/from this address;/);
+        for (let i = 1; i < 16; i++)
+          expect(codeOf(await from(`2001:db8:7:${i.toString(16)}::1`))).toBe('UNAUTHENTICATED');
+        const refused = await from('2001:db8:7:ff::1'); // a 17th /64 of the same /48, unspent itself
+        expect(codeOf(refused)).toBe('RATE_LIMITED');
+        expect(messageOf(refused)).toMatch(/from this network \(IPv6 \/48\);/);
+        expect(refused.headers.get('retry-after')).toMatch(/^\d+$/);
+        // Refused from memory now, whichever /64 of it asks: a made-up token is not even looked up.
+        expect(
+          codeOf(await post(server, { token: BAD_TOKEN, headers: { 'x-forwarded-for': '2001:db8:7:100::1' } })),
+        ).toBe('RATE_LIMITED');
+        expect(tokenLookups).toBe(0);
+        // (Positive control: the same token from elsewhere is looked up.)
+        expect(codeOf(await post(server, { token: BAD_TOKEN, headers: { 'x-forwarded-for': '2001:db8:9::1' } }))).toBe(
+          'UNAUTHENTICATED',
+        );
+        expect(tokenLookups).toBe(1);
+        expect(codeOf(await from('2001:db8:8::1'))).toBe('UNAUTHENTICATED'); // another /48
+        // IPv4 has no such budget: 17 addresses of one /24 are 17 budgets.
+        for (let i = 1; i <= 17; i++) expect(codeOf(await from(`203.0.113.${i}`))).toBe('UNAUTHENTICATED');
+      },
+    );
   });
 
   it('keys IPv4 by address and IPv6 by /64, and a /64 to its /48', () => {
@@ -431,8 +511,14 @@ describe('configuration', () => {
   });
 
   it('refuses a TRUST_PROXY entry that is not an address, a range or a known name', () => {
-    expect(() => loadConfig({ TRUST_PROXY: 'loopback, proxy.example' })).toThrow(/TRUST_PROXY: invalid IP address: proxy\.example/);
-    expect(loadConfig({ TRUST_PROXY: ' 10.0.0.0/8 , loopback,2001:db8::/32' }).trustProxy).toEqual(['10.0.0.0/8', 'loopback', '2001:db8::/32']);
+    expect(() => loadConfig({ TRUST_PROXY: 'loopback, proxy.example' })).toThrow(
+      /TRUST_PROXY: invalid IP address: proxy\.example/,
+    );
+    expect(loadConfig({ TRUST_PROXY: ' 10.0.0.0/8 , loopback,2001:db8::/32' }).trustProxy).toEqual([
+      '10.0.0.0/8',
+      'loopback',
+      '2001:db8::/32',
+    ]);
     expect(loadConfig({}).trustProxy).toEqual([]);
     expect(loadConfig({}).rateLimits.anonymousRequestsPerMin).toBe(120);
   });

@@ -11,7 +11,10 @@ async function post(server: TestServer, query: string, token?: string, headers: 
     headers: { 'content-type': 'application/json', ...(token ? { authorization: `Bearer ${token}` } : {}), ...headers },
     body: JSON.stringify({ query }),
   });
-  return { status: res.status, body: (await res.json()) as { data?: unknown; errors?: Array<{ message: string; extensions?: { code?: string } }> } };
+  return {
+    status: res.status,
+    body: (await res.json()) as { data?: unknown; errors?: Array<{ message: string; extensions?: { code?: string } }> },
+  };
 }
 
 /** me { nodes { containers { node { containers { node … } } } } } nested `levels` deep. */
@@ -37,7 +40,11 @@ describe('query limits (HTTP and WebSocket)', () => {
 
   it.each([
     ['depth', deepQuery(QUERY_LIMITS.maxDepth + 2), /depth/i],
-    ['aliases', `{ ${Array.from({ length: QUERY_LIMITS.maxAliases + 1 }, (_, i) => `a${i}: me { id }`).join(' ')} }`, /alias/i],
+    [
+      'aliases',
+      `{ ${Array.from({ length: QUERY_LIMITS.maxAliases + 1 }, (_, i) => `a${i}: me { id }`).join(' ')} }`,
+      /alias/i,
+    ],
     ['directives', `{ me { id ${'@include(if: true) '.repeat(QUERY_LIMITS.maxDirectives + 1)} } }`, /directive/i],
     ['tokens', `{ me { ${'id '.repeat(QUERY_LIMITS.maxTokens)} } }`, /token/i],
   ])('refuses a document over the %s limit before executing it', async (_limit, query, message) => {
@@ -61,26 +68,52 @@ describe('query limits (HTTP and WebSocket)', () => {
   // time a document the server had learned would take the prepared path.
   it.each([
     ['maxDepth', validDeepQuery(QUERY_LIMITS.maxDepth - 1), /^Query depth limit of 10 exceeded, found 12\.$/],
-    ['maxAliases', `{ ${Array.from({ length: QUERY_LIMITS.maxAliases + 1 }, (_, i) => `a${i}: me { id }`).join(' ')} }`, /^Aliases limit of 15 exceeded, found 16\.$/],
-    ['maxDirectives', `{ me { ${'id @include(if: true) '.repeat(QUERY_LIMITS.maxDirectives + 1)} } }`, /^Directives limit of 20 exceeded, found 21\.$/],
+    [
+      'maxAliases',
+      `{ ${Array.from({ length: QUERY_LIMITS.maxAliases + 1 }, (_, i) => `a${i}: me { id }`).join(' ')} }`,
+      /^Aliases limit of 15 exceeded, found 16\.$/,
+    ],
+    [
+      'maxDirectives',
+      `{ me { ${'id @include(if: true) '.repeat(QUERY_LIMITS.maxDirectives + 1)} } }`,
+      /^Directives limit of 20 exceeded, found 21\.$/,
+    ],
     // Depth 10 exactly, but 300 fields at the bottom.
-    ['maxCost', validDeepQuery(QUERY_LIMITS.maxDepth - 3, 'id '.repeat(300)), /^Query Cost limit of 5000 exceeded, found [\d.]+\.$/],
-  ])('answers a document over %s 400 with application/graphql-response+json, 200 with application/json, naming the limit', async (limit, query, message) => {
-    for (let i = 0; i < 2; i++) {
-      for (const [headers, status] of [[graphqlResponse, 400], [{ accept: 'application/json' }, 200]] as const) {
-        const res = await post(server, query, token, headers);
-        expect(res.status).toBe(status);
-        expect(res.body.data ?? null).toBeNull();
-        expect(res.body.errors).toHaveLength(1);
-        expect(res.body.errors?.[0]).toEqual({ message: expect.stringMatching(message), extensions: { code: 'GRAPHQL_VALIDATION_FAILED', limit } });
+    [
+      'maxCost',
+      validDeepQuery(QUERY_LIMITS.maxDepth - 3, 'id '.repeat(300)),
+      /^Query Cost limit of 5000 exceeded, found [\d.]+\.$/,
+    ],
+  ])(
+    'answers a document over %s 400 with application/graphql-response+json, 200 with application/json, naming the limit',
+    async (limit, query, message) => {
+      for (let i = 0; i < 2; i++) {
+        for (const [headers, status] of [
+          [graphqlResponse, 400],
+          [{ accept: 'application/json' }, 200],
+        ] as const) {
+          const res = await post(server, query, token, headers);
+          expect(res.status).toBe(status);
+          expect(res.body.data ?? null).toBeNull();
+          expect(res.body.errors).toHaveLength(1);
+          expect(res.body.errors?.[0]).toEqual({
+            message: expect.stringMatching(message),
+            extensions: { code: 'GRAPHQL_VALIDATION_FAILED', limit },
+          });
+        }
       }
-    }
-  });
+    },
+  );
 
   it('tells a too-deep document as a depth overrun only (its cost is over the limit too)', async () => {
     const res = await post(server, validDeepQuery(41), token, graphqlResponse);
     expect(res.status).toBe(400);
-    expect(res.body.errors).toEqual([{ message: 'Query depth limit of 10 exceeded, found 44.', extensions: { code: 'GRAPHQL_VALIDATION_FAILED', limit: 'maxDepth' } }]);
+    expect(res.body.errors).toEqual([
+      {
+        message: 'Query depth limit of 10 exceeded, found 44.',
+        extensions: { code: 'GRAPHQL_VALIDATION_FAILED', limit: 'maxDepth' },
+      },
+    ]);
   });
 
   it('applies the depth limit to introspection, except to the standard introspection query GraphiQL sends', async () => {
@@ -104,7 +137,10 @@ describe('query limits (HTTP and WebSocket)', () => {
     }
     // Only that query: one more level of type references, or another name, is over the limit.
     const standard = getIntrospectionQuery();
-    for (const variant of [getIntrospectionQuery({ typeDepth: 10 }), standard.replace('query IntrospectionQuery', 'query Schema')]) {
+    for (const variant of [
+      getIntrospectionQuery({ typeDepth: 10 }),
+      standard.replace('query IntrospectionQuery', 'query Schema'),
+    ]) {
       const res = await post(server, variant, undefined, graphqlResponse);
       expect(res.status).toBe(400);
       expect(res.body.errors?.[0]?.extensions).toEqual({ code: 'GRAPHQL_VALIDATION_FAILED', limit: 'maxDepth' });
@@ -112,10 +148,18 @@ describe('query limits (HTTP and WebSocket)', () => {
   });
 
   it('applies the same limits to WebSocket operations', async () => {
-    const client = createClient({ url: server.wsUrl, webSocketImpl: WebSocket, retryAttempts: 0, connectionParams: { authorization: `Bearer ${token}` } });
+    const client = createClient({
+      url: server.wsUrl,
+      webSocketImpl: WebSocket,
+      retryAttempts: 0,
+      connectionParams: { authorization: `Bearer ${token}` },
+    });
     try {
       const outcome = await new Promise<unknown>((resolve) => {
-        client.subscribe({ query: deepQuery(QUERY_LIMITS.maxDepth + 2) }, { next: resolve, error: resolve, complete: () => undefined });
+        client.subscribe(
+          { query: deepQuery(QUERY_LIMITS.maxDepth + 2) },
+          { next: resolve, error: resolve, complete: () => undefined },
+        );
       });
       expect(JSON.stringify(outcome)).toMatch(/depth/i);
     } finally {
@@ -127,7 +171,10 @@ describe('query limits (HTTP and WebSocket)', () => {
     const res = await fetch(server.graphqlUrl, {
       method: 'POST',
       headers: { 'content-type': 'application/json', authorization: `Bearer ${token}` },
-      body: JSON.stringify({ query: '{ me { id } }', variables: { pad: 'x'.repeat(server.config.maxRequestBodyBytes + 1) } }),
+      body: JSON.stringify({
+        query: '{ me { id } }',
+        variables: { pad: 'x'.repeat(server.config.maxRequestBodyBytes + 1) },
+      }),
     });
     expect(res.status).toBe(413);
   });
@@ -135,10 +182,16 @@ describe('query limits (HTTP and WebSocket)', () => {
   it('blocks requests a browser could send cross-site without a preflight (CSRF)', async () => {
     const simpleGet = await fetch(`${server.graphqlUrl}?query=${encodeURIComponent('{ __typename }')}`);
     expect(simpleGet.status).toBe(403);
-    const form = await fetch(server.graphqlUrl, { method: 'POST', headers: { 'content-type': 'application/x-www-form-urlencoded' }, body: 'query={__typename}' });
+    const form = await fetch(server.graphqlUrl, {
+      method: 'POST',
+      headers: { 'content-type': 'application/x-www-form-urlencoded' },
+      body: 'query={__typename}',
+    });
     expect(form.status).toBe(403);
     // With a header only a preflighted request can carry, GET works.
-    const preflighted = await fetch(`${server.graphqlUrl}?query=${encodeURIComponent('{ me { name } }')}`, { headers: { authorization: `Bearer ${token}` } });
+    const preflighted = await fetch(`${server.graphqlUrl}?query=${encodeURIComponent('{ me { name } }')}`, {
+      headers: { authorization: `Bearer ${token}` },
+    });
     expect(preflighted.status).toBe(200);
   });
 
@@ -198,7 +251,9 @@ describe('WebSocket connections per user', () => {
         const socket = new WebSocket(server.wsUrl, 'graphql-transport-ws');
         const closed = new Promise<number>((r) => socket.once('close', (code) => r(code)));
         socket.once('error', reject);
-        socket.once('open', () => socket.send(JSON.stringify({ type: 'connection_init', payload: { authorization: `Bearer ${token}` } })));
+        socket.once('open', () =>
+          socket.send(JSON.stringify({ type: 'connection_init', payload: { authorization: `Bearer ${token}` } })),
+        );
         socket.on('message', (data) => {
           if (JSON.parse(String(data)).type === 'connection_ack') resolve({ socket, closed });
         });
@@ -219,23 +274,27 @@ describe('WebSocket connections per user', () => {
   it('does not lose slots to clients that hang up while their token is being checked', async () => {
     const { token } = await server.createUser();
     await Promise.all(
-      Array.from({ length: 20 }, () =>
-        new Promise<void>((resolve) => {
-          const socket = new WebSocket(server.wsUrl, 'graphql-transport-ws');
-          socket.once('open', () => {
-            socket.send(JSON.stringify({ type: 'connection_init', payload: { authorization: `Bearer ${token}` } }));
-            socket.close();
-          });
-          socket.once('close', () => resolve());
-          socket.once('error', () => resolve());
-        }),
+      Array.from(
+        { length: 20 },
+        () =>
+          new Promise<void>((resolve) => {
+            const socket = new WebSocket(server.wsUrl, 'graphql-transport-ws');
+            socket.once('open', () => {
+              socket.send(JSON.stringify({ type: 'connection_init', payload: { authorization: `Bearer ${token}` } }));
+              socket.close();
+            });
+            socket.once('close', () => resolve());
+            socket.once('error', () => resolve());
+          }),
       ),
     );
     await new Promise((r) => setTimeout(r, 300));
     const acked = () =>
       new Promise<boolean>((resolve) => {
         const socket = new WebSocket(server.wsUrl, 'graphql-transport-ws');
-        socket.once('open', () => socket.send(JSON.stringify({ type: 'connection_init', payload: { authorization: `Bearer ${token}` } })));
+        socket.once('open', () =>
+          socket.send(JSON.stringify({ type: 'connection_init', payload: { authorization: `Bearer ${token}` } })),
+        );
         socket.on('message', (m) => {
           if (JSON.parse(String(m)).type === 'connection_ack') resolve(true);
         });

@@ -33,11 +33,15 @@ describe('per-user rate limit on Proxmox operations, shared across instances', (
     const limited = await a.gql(TestNodeConnection, { id: node.id }, alice.token);
     expect(limited.errors?.[0]?.extensions?.code).toBe('RATE_LIMITED');
     expect(limited.errors?.[0]?.extensions?.retryAfterSeconds).toBeGreaterThan(0);
-    expect((await b.gql(CreateNode, { input: nodeInputFor(sim) as never }, alice.token)).errors?.[0]?.extensions?.code).toBe('RATE_LIMITED');
+    expect(
+      (await b.gql(CreateNode, { input: nodeInputFor(sim) as never }, alice.token)).errors?.[0]?.extensions?.code,
+    ).toBe('RATE_LIMITED');
     // Cache fills reach Proxmox too: invalidate-and-read cannot bypass the budget.
     const resourceCalls = sim.stats.count('/cluster/resources');
     await a.gql(InvalidateVmidCache, { nodeId: node.id }, alice.token);
-    expect((await b.gql(VmidsTaken, { nodeId: node.id }, alice.token)).errors?.[0]?.extensions?.code).toBe('RATE_LIMITED');
+    expect((await b.gql(VmidsTaken, { nodeId: node.id }, alice.token)).errors?.[0]?.extensions?.code).toBe(
+      'RATE_LIMITED',
+    );
     // A limited call never reaches Proxmox.
     expect(sim.stats.count('/version')).toBe(versionCalls);
     expect(sim.stats.count('/cluster/resources')).toBe(resourceCalls);

@@ -17,7 +17,9 @@ describe.each([
   beforeAll(async () => {
     const prefix = uniqueRedisPrefix();
     connections = await Promise.all([0, 1].map(() => connectRedis(url(), prefix, pino({ level: 'silent' }))));
-    limiters = connections.map((redis) => new RateLimiter({ proxmoxCallsPerMin: 0, reservationsPerMin: 3, anonymousRequestsPerMin: 0 }, redis));
+    limiters = connections.map(
+      (redis) => new RateLimiter({ proxmoxCallsPerMin: 0, reservationsPerMin: 3, anonymousRequestsPerMin: 0 }, redis),
+    );
   });
   afterAll(async () => {
     await Promise.all(connections.map((r) => r.quit()));

@@ -50,7 +50,11 @@ describe('graceful shutdown on SIGTERM', () => {
     child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
     child.stderr!.on('data', (d: Buffer) => (out += d.toString()));
     const exited = new Promise<number | null>((resolve) => child!.once('exit', (code) => resolve(code)));
-    await expect.poll(() => /listening at (http:\/\/[^\s"]+)\/graphql|GraphiQL at (http:\/\/[^\s"]+)\/graphql/.test(out), { timeout: 30_000 }).toBe(true);
+    await expect
+      .poll(() => /listening at (http:\/\/[^\s"]+)\/graphql|GraphiQL at (http:\/\/[^\s"]+)\/graphql/.test(out), {
+        timeout: 30_000,
+      })
+      .toBe(true);
     const url = /(http:\/\/127\.0\.0\.1:\d+)\/graphql/.exec(out)![1]!;
 
     const gql = (query: string, variables?: unknown) =>
@@ -59,13 +63,17 @@ describe('graceful shutdown on SIGTERM', () => {
         headers: { 'content-type': 'application/json', authorization: `Bearer ${token}` },
         body: JSON.stringify({ query, variables }),
       }).then((r) => r.json() as Promise<{ data?: Record<string, { id?: string; ok?: boolean }>; errors?: unknown }>);
-    const created = await gql('mutation($i: CreateNodeInput!) { createNode(input: $i) { id } }', { i: nodeInputFor(sim) });
+    const created = await gql('mutation($i: CreateNodeInput!) { createNode(input: $i) { id } }', {
+      i: nodeInputFor(sim),
+    });
     const nodeId = created.data!.createNode!.id!;
 
     const socket = new WebSocket(url.replace('http', 'ws') + '/graphql', 'graphql-transport-ws');
     const wsClosed = new Promise<number>((resolve) => socket.once('close', (code) => resolve(code)));
     await new Promise<void>((resolve) => {
-      socket.once('open', () => socket.send(JSON.stringify({ type: 'connection_init', payload: { authorization: `Bearer ${token}` } })));
+      socket.once('open', () =>
+        socket.send(JSON.stringify({ type: 'connection_init', payload: { authorization: `Bearer ${token}` } })),
+      );
       socket.on('message', (m) => JSON.parse(String(m)).type === 'connection_ack' && resolve());
     });
 
@@ -84,7 +92,9 @@ describe('graceful shutdown on SIGTERM', () => {
 
   it('completes SSE and WebSocket subscriptions before closing, and cuts nothing', { timeout: 60_000 }, async () => {
     const handle = await openPostgres(db.url);
-    const { token } = await new AuthService(handle.prisma, { cacheTtlMs: 0 }).createUser(`ops-${randomBytes(3).toString('hex')}`);
+    const { token } = await new AuthService(handle.prisma, { cacheTtlMs: 0 }).createUser(
+      `ops-${randomBytes(3).toString('hex')}`,
+    );
     await handle.close();
 
     const { VITEST: _v, NODE_ENV: _n, ...env } = process.env;
@@ -114,13 +124,23 @@ describe('graceful shutdown on SIGTERM', () => {
       await fetch(`${url}/graphql`, {
         method: 'POST',
         headers,
-        body: JSON.stringify({ query: 'mutation($i: CreateNodeInput!) { createNode(input: $i) { id } }', variables: { i: nodeInputFor(sim) } }),
+        body: JSON.stringify({
+          query: 'mutation($i: CreateNodeInput!) { createNode(input: $i) { id } }',
+          variables: { i: nodeInputFor(sim) },
+        }),
       })
     ).json()) as { data: { createNode: { id: string } } };
-    const subscription = { query: 'subscription($n: ID) { vmidEvents(nodeId: $n) { kind } }', variables: { n: created.data.createNode.id } };
+    const subscription = {
+      query: 'subscription($n: ID) { vmidEvents(nodeId: $n) { kind } }',
+      variables: { n: created.data.createNode.id },
+    };
 
     // SSE: read until the stream ends.
-    const sse = await fetch(`${url}/graphql`, { method: 'POST', headers: { ...headers, accept: 'text/event-stream' }, body: JSON.stringify(subscription) });
+    const sse = await fetch(`${url}/graphql`, {
+      method: 'POST',
+      headers: { ...headers, accept: 'text/event-stream' },
+      body: JSON.stringify(subscription),
+    });
     const reader = sse.body!.getReader();
     let sseText = '';
     const sseEnded = (async () => {
@@ -139,9 +159,12 @@ describe('graceful shutdown on SIGTERM', () => {
     socket.on('message', (m) => {
       const message = JSON.parse(String(m)) as { type: string; id?: string };
       messages.push(message);
-      if (message.type === 'connection_ack') socket.send(JSON.stringify({ id: 'events', type: 'subscribe', payload: subscription }));
+      if (message.type === 'connection_ack')
+        socket.send(JSON.stringify({ id: 'events', type: 'subscribe', payload: subscription }));
     });
-    socket.once('open', () => socket.send(JSON.stringify({ type: 'connection_init', payload: { authorization: `Bearer ${token}` } })));
+    socket.once('open', () =>
+      socket.send(JSON.stringify({ type: 'connection_init', payload: { authorization: `Bearer ${token}` } })),
+    );
     await expect.poll(() => messages.some((m) => m.type === 'next'), { timeout: 10_000 }).toBe(true);
 
     server.kill('SIGTERM');

@@ -8,7 +8,10 @@ let server: TestServer;
 let sim: Simulator;
 
 beforeAll(async () => {
-  [server, sim] = await Promise.all([startTestServer(), startTestSimulator({ clusterName: 'lab', nodes: 3, memberEndpoints: true })]);
+  [server, sim] = await Promise.all([
+    startTestServer(),
+    startTestSimulator({ clusterName: 'lab', nodes: 3, memberEndpoints: true }),
+  ]);
 });
 afterAll(async () => {
   await Promise.all([server.stop(), sim.stop()]);
@@ -30,7 +33,11 @@ const endpoint = (i: number, pin?: string | null) => {
 const member = (i: number) => sim.members[i]!;
 
 async function createNode(token: string, fallbackEndpoints: unknown[], overrides: Record<string, unknown> = {}) {
-  const res = await server.gql(CreateNode, { input: nodeInputFor(sim, { fallbackEndpoints, ...overrides }) as never }, token);
+  const res = await server.gql(
+    CreateNode,
+    { input: nodeInputFor(sim, { fallbackEndpoints, ...overrides }) as never },
+    token,
+  );
   expect(res.errors, JSON.stringify(res.errors)).toBeUndefined();
   return res.data!.createNode;
 }
@@ -73,9 +80,16 @@ describe('createNode with fallbackEndpoints', () => {
 
   it('a fallback with a wrong pin is refused at registration, naming it; nothing is stored', async () => {
     const { token } = await server.createUser();
-    const res = await server.gql(CreateNode, { input: nodeInputFor(sim, { fallbackEndpoints: [endpoint(1), endpoint(2, member(1).fingerprint)] }) as never }, token);
+    const res = await server.gql(
+      CreateNode,
+      { input: nodeInputFor(sim, { fallbackEndpoints: [endpoint(1), endpoint(2, member(1).fingerprint)] }) as never },
+      token,
+    );
     expect(code(res)).toBe('PROXMOX_TLS_FINGERPRINT_MISMATCH');
-    expect(res.errors![0]!.extensions).toMatchObject({ field: 'input.fallbackEndpoints.1', fingerprint: member(2).fingerprint });
+    expect(res.errors![0]!.extensions).toMatchObject({
+      field: 'input.fallbackEndpoints.1',
+      fingerprint: member(2).fingerprint,
+    });
     expect(res.errors![0]!.message).toContain(`:${member(2).port}`);
     expect((await server.gql(Nodes, {}, token)).data!.nodes).toEqual([]);
   });
@@ -89,14 +103,17 @@ describe('createNode with fallbackEndpoints', () => {
 
   it('validation: duplicates, too many, bad hosts/ports/pins → BAD_USER_INPUT naming the path; nothing stored', async () => {
     const { token } = await server.createUser();
-    const create = (fallbackEndpoints: unknown[]) => server.gql(CreateNode, { input: nodeInputFor(sim, { fallbackEndpoints }) as never }, token);
+    const create = (fallbackEndpoints: unknown[]) =>
+      server.gql(CreateNode, { input: nodeInputFor(sim, { fallbackEndpoints }) as never }, token);
 
     const dupPrimary = await create([endpoint(1), { host: sim.host.toUpperCase(), port: sim.port }]);
     expect(code(dupPrimary)).toBe('BAD_USER_INPUT');
     expect(fields(dupPrimary)).toEqual({ 'input.fallbackEndpoints.1.host': expect.stringMatching(/primary/) });
 
     const dupEach = await create([endpoint(1), endpoint(2), { ...endpoint(1), tlsFingerprint: null }]);
-    expect(fields(dupEach)).toEqual({ 'input.fallbackEndpoints.2.host': expect.stringMatching(/input\.fallbackEndpoints\.0/) });
+    expect(fields(dupEach)).toEqual({
+      'input.fallbackEndpoints.2.host': expect.stringMatching(/input\.fallbackEndpoints\.0/),
+    });
 
     const tooMany = await create(Array.from({ length: 9 }, (_, i) => ({ host: `pve${i}.example.org` })));
     expect(code(tooMany)).toBe('BAD_USER_INPUT');
@@ -163,10 +180,10 @@ describe('calls fail over', () => {
     expect(code(res)).toBe('PROXMOX_TLS_FINGERPRINT_MISMATCH');
     expect(res.errors![0]!.extensions).toMatchObject({ fingerprint: member(1).fingerprint, endpointIndex: 1 });
     expect(sim.stats.total).toBe(0); // the third endpoint, which would have answered, was not asked
-    await vi.waitFor(
-      async () => expect((await endpointsOf(node.id, token))[1]!.lastError).toMatch(/fingerprint/),
-      { timeout: 5_000, interval: 100 },
-    );
+    await vi.waitFor(async () => expect((await endpointsOf(node.id, token))[1]!.lastError).toMatch(/fingerprint/), {
+      timeout: 5_000,
+      interval: 100,
+    });
   });
 
   it('401 from the primary answers at once: no fallback is asked', async () => {
@@ -196,7 +213,8 @@ describe('updateNode fallbackEndpoints', () => {
   it('omitted keeps, a list replaces (new endpoints need the secret), [] removes', async () => {
     const { token } = await server.createUser();
     const node = await createNode(token, [endpoint(1)]);
-    const update = (input: Record<string, unknown>) => server.gql(UpdateNode, { input: { id: node.id, ...input } as never }, token);
+    const update = (input: Record<string, unknown>) =>
+      server.gql(UpdateNode, { input: { id: node.id, ...input } as never }, token);
     const hosts = (res: Awaited<ReturnType<typeof update>>) => res.data!.updateNode.endpoints.map((e) => e.port);
 
     // Omitted: kept (a rename does not touch them).
@@ -220,7 +238,11 @@ describe('updateNode fallbackEndpoints', () => {
     expect(replaced.data!.updateNode.endpoints[1]!.lastOkAt).not.toBeNull();
 
     // Moving the primary onto a kept fallback would list one endpoint twice.
-    const onto = await update({ port: member(1).port, tlsFingerprint: member(1).fingerprint, tokenSecret: sim.token.secret });
+    const onto = await update({
+      port: member(1).port,
+      tlsFingerprint: member(1).fingerprint,
+      tokenSecret: sim.token.secret,
+    });
     expect(fields(onto)).toEqual({ 'input.host': expect.stringMatching(/fallback/) });
 
     // Reordering and dropping stored endpoints needs no secret.
@@ -247,7 +269,11 @@ describe('updateNode fallbackEndpoints', () => {
     const other = await server.createUser();
     const node = await createNode(owner.token, [endpoint(1)]);
     expect(code(await server.gql(NodeEndpoints, { id: node.id }, other.token))).toBe('NOT_FOUND');
-    const res = await server.gql(UpdateNode, { input: { id: node.id, fallbackEndpoints: [], tokenSecret: sim.token.secret } as never }, other.token);
+    const res = await server.gql(
+      UpdateNode,
+      { input: { id: node.id, fallbackEndpoints: [], tokenSecret: sim.token.secret } as never },
+      other.token,
+    );
     expect(code(res)).toBe('NOT_FOUND');
     expect((await endpointsOf(node.id, owner.token)).map((e) => e.port)).toEqual([sim.port, member(1).port]);
   });

@@ -31,8 +31,11 @@ describe("ownership: another user's ids answer NOT_FOUND", () => {
     [server, sim] = await Promise.all([startTestServer(), startTestSimulator()]);
     alice = await server.createUser('alice');
     bob = await server.createUser('bob');
-    aliceNode = (await server.gql(CreateNode, { input: nodeInputFor(sim, { name: 'alice-node' }) as never }, alice.token)).data!.createNode;
-    aliceContainer = (await server.gql(RegisterContainer, { input: { nodeId: aliceNode.id, vmid: 777 } }, alice.token)).data!.registerContainer;
+    aliceNode = (
+      await server.gql(CreateNode, { input: nodeInputFor(sim, { name: 'alice-node' }) as never }, alice.token)
+    ).data!.createNode;
+    aliceContainer = (await server.gql(RegisterContainer, { input: { nodeId: aliceNode.id, vmid: 777 } }, alice.token))
+      .data!.registerContainer;
     // Bob has a node of his own, so "no nodes at all" is not what makes his calls fail.
     await server.gql(CreateNode, { input: nodeInputFor(sim, { name: 'bob-node' }) as never }, bob.token);
   });
@@ -71,7 +74,12 @@ describe("ownership: another user's ids answer NOT_FOUND", () => {
 
   it("leaves the owner's data untouched", async () => {
     const mine = await server.gql(NodeById, { id: aliceNode.id }, alice.token);
-    expect(mine.data?.node).toMatchObject({ id: aliceNode.id, name: 'alice-node', isDefault: true, containers: [{ id: aliceContainer.id, vmid: 777 }] });
+    expect(mine.data?.node).toMatchObject({
+      id: aliceNode.id,
+      name: 'alice-node',
+      isDefault: true,
+      containers: [{ id: aliceContainer.id, vmid: 777 }],
+    });
   });
 
   it('answers NOT_FOUND for ids that are not even UUIDs', async () => {

@@ -62,7 +62,13 @@ describe('createNode', () => {
     expect(node.lastTestedAt).not.toBeNull();
 
     const second = await createNode(token, { name: 'standalone', tlsFingerprint: undefined, allowInsecureTls: true });
-    expect(second).toMatchObject({ isDefault: false, clusterName: null, pveNodeNames: ['pve'], tlsFingerprint: null, allowInsecureTls: true });
+    expect(second).toMatchObject({
+      isDefault: false,
+      clusterName: null,
+      pveNodeNames: ['pve'],
+      tlsFingerprint: null,
+      allowInsecureTls: true,
+    });
     expect((await server.gql(DefaultNode, {}, token)).data?.defaultNode?.id).toBe(node.id);
   });
 
@@ -96,7 +102,8 @@ describe('createNode', () => {
     expect(fields['input.tokenId']).toMatch(/USER@REALM!TOKENID/);
     // The message alone says what to fix: every field with its reason.
     const message = res.errors![0]!.message;
-    for (const [field, reason] of Object.entries(fields)) expect(message).toContain(`${field}: ${reason.replace(/\.$/, '')}`);
+    for (const [field, reason] of Object.entries(fields))
+      expect(message).toContain(`${field}: ${reason.replace(/\.$/, '')}`);
     expect(message).not.toContain('has space');
     expect((await server.gql(Nodes, {}, token)).data?.nodes).toEqual([]);
   });
@@ -106,7 +113,11 @@ describe('createNode', () => {
     ['an unknown token id', () => ({ tokenId: 'nobody@pve!x' }), 'PROXMOX_AUTH_FAILED'],
     ['a port nothing listens on', () => ({ port: 1 }), 'PROXMOX_UNREACHABLE'],
     ['an unpinned self-signed certificate', () => ({ tlsFingerprint: null }), 'PROXMOX_TLS_UNTRUSTED'],
-    ['a pin of another certificate', () => ({ tlsFingerprint: 'AA:'.repeat(31) + 'AA' }), 'PROXMOX_TLS_FINGERPRINT_MISMATCH'],
+    [
+      'a pin of another certificate',
+      () => ({ tlsFingerprint: 'AA:'.repeat(31) + 'AA' }),
+      'PROXMOX_TLS_FINGERPRINT_MISMATCH',
+    ],
   ])('refuses %s with the Proxmox code and stores nothing', async (_what, overrides, expected) => {
     const { token } = await newUser();
     const res = await server.gql(CreateNode, { input: nodeInputFor(sim, overrides()) as never }, token);
@@ -128,7 +139,9 @@ describe('createNode', () => {
   it('ends with exactly one default after 20 concurrent creates for a new user', async () => {
     const { token } = await newUser();
     const results = await Promise.all(
-      Array.from({ length: 20 }, (_, i) => server.gql(CreateNode, { input: nodeInputFor(sim, { name: `n${i}` }) as never }, token)),
+      Array.from({ length: 20 }, (_, i) =>
+        server.gql(CreateNode, { input: nodeInputFor(sim, { name: `n${i}` }) as never }, token),
+      ),
     );
     for (const r of results) expect(r.errors, JSON.stringify(r.errors)).toBeUndefined();
     const nodes = (await server.gql(Nodes, {}, token)).data!.nodes;
@@ -144,13 +157,16 @@ describe('refusing node hosts by policy', () => {
   });
   afterAll(() => strict.stop());
 
-  it.each(['127.0.0.1', 'localhost', '169.254.169.254', '::ffff:127.0.0.1'])('refuses %s with HOST_NOT_ALLOWED', async (host) => {
-    const { token } = await strict.createUser();
-    const before = sim.stats.total;
-    const res = await strict.gql(CreateNode, { input: nodeInputFor(sim, { host }) as never }, token);
-    expect(code(res)).toBe('HOST_NOT_ALLOWED');
-    expect(sim.stats.total).toBe(before);
-  });
+  it.each(['127.0.0.1', 'localhost', '169.254.169.254', '::ffff:127.0.0.1'])(
+    'refuses %s with HOST_NOT_ALLOWED',
+    async (host) => {
+      const { token } = await strict.createUser();
+      const before = sim.stats.total;
+      const res = await strict.gql(CreateNode, { input: nodeInputFor(sim, { host }) as never }, token);
+      expect(code(res)).toBe('HOST_NOT_ALLOWED');
+      expect(sim.stats.total).toBe(before);
+    },
+  );
 });
 
 describe('setDefaultNode and deleteNode', () => {
@@ -170,7 +186,12 @@ describe('setDefaultNode and deleteNode', () => {
   it('keeps one default under concurrent switches', async () => {
     const { token } = await newUser();
     const nodes = [await createNode(token), await createNode(token), await createNode(token)];
-    await Promise.all(nodes.flatMap((n) => [server.gql(SetDefaultNode, { id: n.id }, token), server.gql(SetDefaultNode, { id: n.id }, token)]));
+    await Promise.all(
+      nodes.flatMap((n) => [
+        server.gql(SetDefaultNode, { id: n.id }, token),
+        server.gql(SetDefaultNode, { id: n.id }, token),
+      ]),
+    );
     const after = (await server.gql(Nodes, {}, token)).data!.nodes;
     expect(after.filter((n) => n.isDefault)).toHaveLength(1);
   });
@@ -193,13 +214,19 @@ describe('setDefaultNode and deleteNode', () => {
   it('refuses to delete a node with registered containers (FAILED_PRECONDITION), then allows it', async () => {
     const { token } = await newUser();
     const node = await createNode(token);
-    const reg = await server.gql(RegisterContainer, { input: { nodeId: node.id, vmid: 4242, hostname: 'web-1' } }, token);
+    const reg = await server.gql(
+      RegisterContainer,
+      { input: { nodeId: node.id, vmid: 4242, hostname: 'web-1' } },
+      token,
+    );
     expect(reg.data?.registerContainer).toMatchObject({ vmid: 4242, hostname: 'web-1', node: { id: node.id } });
     const refused = await server.gql(DeleteNode, { id: node.id }, token);
     expect(code(refused)).toBe('FAILED_PRECONDITION');
     expect((await server.gql(NodeById, { id: node.id }, token)).data?.node?.containers).toHaveLength(1);
 
-    expect((await server.gql(UnregisterContainer, { id: reg.data!.registerContainer.id }, token)).data?.unregisterContainer).toBe(true);
+    expect(
+      (await server.gql(UnregisterContainer, { id: reg.data!.registerContainer.id }, token)).data?.unregisterContainer,
+    ).toBe(true);
     expect((await server.gql(DeleteNode, { id: node.id }, token)).data?.deleteNode).toBe(true);
     expect(code(await server.gql(NodeById, { id: node.id }, token))).toBe('NOT_FOUND');
   });
@@ -220,18 +247,32 @@ describe('updateNode', () => {
   it('removes the SSH password on an empty string and sets a new one', async () => {
     const { token } = await newUser();
     const node = await createNode(token, { sshPassword: 'pw' });
-    expect((await server.gql(UpdateNode, { input: { id: node.id, sshPassword: '' } }, token)).data?.updateNode.hasSshPassword).toBe(false);
-    expect((await server.gql(UpdateNode, { input: { id: node.id, sshPassword: 'new' } }, token)).data?.updateNode.hasSshPassword).toBe(true);
+    expect(
+      (await server.gql(UpdateNode, { input: { id: node.id, sshPassword: '' } }, token)).data?.updateNode
+        .hasSshPassword,
+    ).toBe(false);
+    expect(
+      (await server.gql(UpdateNode, { input: { id: node.id, sshPassword: 'new' } }, token)).data?.updateNode
+        .hasSshPassword,
+    ).toBe(true);
   });
 
   it('re-tests when the connection changes and stores nothing when the test fails', async () => {
     const { token } = await newUser();
     const node = await createNode(token, { name: 'keep' });
-    const badPort = await server.gql(UpdateNode, { input: { id: node.id, port: 1, name: 'changed', tokenSecret: sim.token.secret } }, token);
+    const badPort = await server.gql(
+      UpdateNode,
+      { input: { id: node.id, port: 1, name: 'changed', tokenSecret: sim.token.secret } },
+      token,
+    );
     expect(code(badPort)).toBe('PROXMOX_UNREACHABLE');
     const badSecret = await server.gql(UpdateNode, { input: { id: node.id, tokenSecret: 'wrong' } }, token);
     expect(code(badSecret)).toBe('PROXMOX_AUTH_FAILED');
-    const badPin = await server.gql(UpdateNode, { input: { id: node.id, tlsFingerprint: null, tokenSecret: sim.token.secret } }, token);
+    const badPin = await server.gql(
+      UpdateNode,
+      { input: { id: node.id, tlsFingerprint: null, tokenSecret: sim.token.secret } },
+      token,
+    );
     expect(code(badPin)).toBe('PROXMOX_TLS_UNTRUSTED');
     const unchanged = (await server.gql(NodeById, { id: node.id }, token)).data?.node;
     expect(unchanged?.name).toBe('keep');
@@ -239,7 +280,11 @@ describe('updateNode', () => {
 
     // A new token that works is tested and kept.
     sim.addToken({ id: 'ops@pve!dash', secret: 'ops-secret-1' });
-    const moved = await server.gql(UpdateNode, { input: { id: node.id, tokenId: 'ops@pve!dash', tokenSecret: 'ops-secret-1' } }, token);
+    const moved = await server.gql(
+      UpdateNode,
+      { input: { id: node.id, tokenId: 'ops@pve!dash', tokenSecret: 'ops-secret-1' } },
+      token,
+    );
     expect(moved.errors).toBeUndefined();
     expect(moved.data?.updateNode.tokenId).toBe('ops@pve!dash');
     expect((await server.gql(TestNodeConnection, { id: node.id }, token)).data?.testNodeConnection.ok).toBe(true);
@@ -326,10 +371,18 @@ describe('containers', () => {
     const { token } = await newUser();
     const node = await createNode(token);
     await server.gql(RegisterContainer, { input: { nodeId: node.id, vmid: 300 } }, token);
-    expect(code(await server.gql(RegisterContainer, { input: { nodeId: node.id, vmid: 300 } }, token))).toBe('CONFLICT');
-    const bad = await server.gql(RegisterContainer, { input: { nodeId: node.id, vmid: 99, hostname: 'not a host' } }, token);
+    expect(code(await server.gql(RegisterContainer, { input: { nodeId: node.id, vmid: 300 } }, token))).toBe(
+      'CONFLICT',
+    );
+    const bad = await server.gql(
+      RegisterContainer,
+      { input: { nodeId: node.id, vmid: 99, hostname: 'not a host' } },
+      token,
+    );
     expect(code(bad)).toBe('BAD_USER_INPUT');
     expect(Object.keys(bad.errors![0]!.extensions!.fields as object).sort()).toEqual(['input.hostname', 'input.vmid']);
-    expect(code(await server.gql(RegisterContainer, { input: { nodeId: 'not-a-uuid', vmid: 301 } }, token))).toBe('NOT_FOUND');
+    expect(code(await server.gql(RegisterContainer, { input: { nodeId: 'not-a-uuid', vmid: 301 } }, token))).toBe(
+      'NOT_FOUND',
+    );
   });
 });

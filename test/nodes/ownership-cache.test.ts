@@ -16,7 +16,10 @@ describe('node ownership cache', () => {
     testDb = await createTestDatabase();
     db = await openPostgres(testDb.url, { onQuery: (s) => void sql.push(s) });
   });
-  afterAll(async () => { await db.close(); await testDb.drop(); });
+  afterAll(async () => {
+    await db.close();
+    await testDb.drop();
+  });
   afterEach(() => void vi.restoreAllMocks());
 
   /** ref reads only the database: secrets, Proxmox and VMID hooks are never touched by it. */
@@ -27,7 +30,13 @@ describe('node ownership cache', () => {
     return { userId: user.id, userName: user.name, tokenId: '00000000-0000-0000-0000-000000000000' };
   }
   async function nodeOf(owner: Viewer): Promise<string> {
-    const data = { userId: owner.userId, name: 'pve', host: '127.0.0.1', tokenId: 'root@pam!t', tokenSecretEnc: 'enc:never-decrypted' };
+    const data = {
+      userId: owner.userId,
+      name: 'pve',
+      host: '127.0.0.1',
+      tokenId: 'root@pam!t',
+      tokenSecretEnc: 'enc:never-decrypted',
+    };
     return (await db.prisma.proxmoxNode.create({ data })).id;
   }
 
@@ -39,7 +48,9 @@ describe('node ownership cache', () => {
     const nodeId = await nodeOf(owner);
     sql = [];
 
-    const results = await Promise.allSettled(Array.from({ length: 40 }, (_, i) => nodes.ref(i % 2 ? stranger : owner, nodeId)));
+    const results = await Promise.allSettled(
+      Array.from({ length: 40 }, (_, i) => nodes.ref(i % 2 ? stranger : owner, nodeId)),
+    );
     results.forEach((r, i) => {
       if (i % 2) expect(r).toMatchObject({ status: 'rejected', reason: { code: 'NOT_FOUND' } });
       else expect(r).toEqual({ status: 'fulfilled', value: { id: nodeId, userId: owner.userId, spaceId: nodeId } });
@@ -66,14 +77,27 @@ describe('node ownership cache', () => {
 
     clock.mockReturnValue(start + 8_500); // last fifth of the 10 s lifetime
     await expect(nodes.ref(owner, nodeId)).resolves.toEqual({ id: nodeId, userId: owner.userId, spaceId: nodeId });
-    await expect.poll(() => nodes.ref(owner, nodeId).then(() => 'answered', (e: { code?: string }) => e.code)).toBe('NOT_FOUND');
+    await expect
+      .poll(() =>
+        nodes.ref(owner, nodeId).then(
+          () => 'answered',
+          (e: { code?: string }) => e.code,
+        ),
+      )
+      .toBe('NOT_FOUND');
     expect(failures).toEqual([]); // finding the node gone is not a failed re-check
   });
 
   // A node deleted while its ownership was being read is not put back in the cache by that
   // read: once deleteNode has answered, the node's VMIDs are NOT_FOUND at once.
   it('does not cache a lookup that read the row before a delete through the same service', async () => {
-    const nodes = new NodeService(db.prisma, {} as never, {} as never, { nodeDeleted: async () => undefined } as never, TTL);
+    const nodes = new NodeService(
+      db.prisma,
+      {} as never,
+      {} as never,
+      { nodeDeleted: async () => undefined } as never,
+      TTL,
+    );
     const owner = await viewer();
     const nodeId = await nodeOf(owner);
     let read!: () => void;

@@ -24,7 +24,11 @@ async function registerWith(privileges: SimPrivileges) {
   const secret = `secret-${n}-0000-4000-8000-000000000000`;
   sim.addToken({ id, secret, privileges });
   const { token } = await server.createUser();
-  const res = await server.gql(CreateNode, { input: nodeInputFor(sim, { tokenId: id, tokenSecret: secret }) as never }, token);
+  const res = await server.gql(
+    CreateNode,
+    { input: nodeInputFor(sim, { tokenId: id, tokenSecret: secret }) as never },
+    token,
+  );
   expect(res.errors, JSON.stringify(res.errors)).toBeUndefined();
   return { nodeId: res.data!.createNode.id, token };
 }
@@ -38,7 +42,13 @@ async function testConnection(nodeId: string, token: string) {
 describe('ConnectionTest.missingPrivileges through testNodeConnection', () => {
   it('a token with every privilege: nothing missing', async () => {
     const { nodeId, token } = await registerWith('all');
-    expect(await testConnection(nodeId, token)).toEqual({ ok: true, errorCode: null, message: null, version: '8.4.1', missingPrivileges: [] });
+    expect(await testConnection(nodeId, token)).toEqual({
+      ok: true,
+      errorCode: null,
+      message: null,
+      version: '8.4.1',
+      missingPrivileges: [],
+    });
   });
 
   it('the PVEGraph role on / (VM.Audit + Sys.Audit, propagated): nothing missing', async () => {
@@ -48,18 +58,37 @@ describe('ConnectionTest.missingPrivileges through testNodeConnection', () => {
 
   it('Sys.Audit on / without VM.Audit: registers, and the test names VM.Audit@/vms', async () => {
     const { nodeId, token } = await registerWith({ '/': ['Sys.Audit'] });
-    expect(await testConnection(nodeId, token)).toMatchObject({ ok: true, errorCode: null, missingPrivileges: ['VM.Audit@/vms'] });
+    expect(await testConnection(nodeId, token)).toMatchObject({
+      ok: true,
+      errorCode: null,
+      missingPrivileges: ['VM.Audit@/vms'],
+    });
   });
 
   it('VM.Audit on a few guests only does not count for /vms', async () => {
-    const { nodeId, token } = await registerWith({ '/': ['Sys.Audit'], '/vms/100': ['VM.Audit'], '/vms/101': ['VM.Audit'] });
+    const { nodeId, token } = await registerWith({
+      '/': ['Sys.Audit'],
+      '/vms/100': ['VM.Audit'],
+      '/vms/101': ['VM.Audit'],
+    });
     expect((await testConnection(nodeId, token)).missingPrivileges).toEqual(['VM.Audit@/vms']);
   });
 
   it('/access/permissions failing (an older Proxmox): the test is still ok and reports nothing missing', async () => {
     const { nodeId, token } = await registerWith({ '/': ['Sys.Audit'] });
-    sim.addFault({ kind: 'status', status: 501, reason: "Method 'GET /access/permissions' not implemented", pathPrefix: '/access/permissions' });
-    expect(await testConnection(nodeId, token)).toEqual({ ok: true, errorCode: null, message: null, version: '8.4.1', missingPrivileges: [] });
+    sim.addFault({
+      kind: 'status',
+      status: 501,
+      reason: "Method 'GET /access/permissions' not implemented",
+      pathPrefix: '/access/permissions',
+    });
+    expect(await testConnection(nodeId, token)).toEqual({
+      ok: true,
+      errorCode: null,
+      message: null,
+      version: '8.4.1',
+      missingPrivileges: [],
+    });
   });
 
   it('a failed test (the host answers 503) reports nothing missing', async () => {

@@ -23,7 +23,8 @@ describe('database round trips per query', () => {
   async function userWithNodes(count: number): Promise<string> {
     const { token } = await server.createUser();
     for (let i = 0; i < count; i++) {
-      const node = (await server.gql(CreateNode, { input: nodeInputFor(sim, { name: `n${i}` }) as never }, token)).data!.createNode;
+      const node = (await server.gql(CreateNode, { input: nodeInputFor(sim, { name: `n${i}` }) as never }, token)).data!
+        .createNode;
       for (let k = 0; k < 2; k++) {
         const res = await server.gql(RegisterContainer, { input: { nodeId: node.id, vmid: nextVmid++ } }, token);
         expect(res.errors).toBeUndefined();
@@ -54,6 +55,8 @@ describe('database round trips per query', () => {
 
     const result = await server.gql(MeWithNodes, {}, many);
     expect(result.data!.me.nodes).toHaveLength(12);
-    expect(result.data!.me.nodes.every((n) => n.containers.length === 2 && n.containers.every((c) => c.node.id === n.id))).toBe(true);
+    expect(
+      result.data!.me.nodes.every((n) => n.containers.length === 2 && n.containers.every((c) => c.node.id === n.id)),
+    ).toBe(true);
   });
 });

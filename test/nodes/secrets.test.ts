@@ -16,8 +16,16 @@ describe('secrets stay secret', () => {
   const responses: string[] = [];
 
   beforeAll(async () => {
-    sim = await startTestSimulator({ tokens: [{ id: 'root@pam!dash', secret: TOKEN_SECRET }, { id: 'root@pam!new', secret: NEW_TOKEN_SECRET }] });
-    server = await startTestServer({ env: { LOG_LEVEL: 'trace' }, logStream: { write: (line) => void logLines.push(line) } });
+    sim = await startTestSimulator({
+      tokens: [
+        { id: 'root@pam!dash', secret: TOKEN_SECRET },
+        { id: 'root@pam!new', secret: NEW_TOKEN_SECRET },
+      ],
+    });
+    server = await startTestServer({
+      env: { LOG_LEVEL: 'trace' },
+      logStream: { write: (line) => void logLines.push(line) },
+    });
   });
   afterAll(async () => {
     await Promise.all([server.stop(), sim.stop()]);
@@ -33,8 +41,16 @@ describe('secrets stay secret', () => {
     const created = record(await server.gql(CreateNode, { input: input as never }, token));
     const id = created.data!.createNode.id;
     // Failures carry messages from Proxmox and the client: they must not echo secrets either.
-    record(await server.gql(CreateNode, { input: { ...input, name: 'bad', tokenSecret: TOKEN_SECRET + 'x' } as never }, token));
-    record(await server.gql(UpdateNode, { input: { id, tokenId: 'root@pam!new', tokenSecret: NEW_TOKEN_SECRET } }, token));
+    record(
+      await server.gql(
+        CreateNode,
+        { input: { ...input, name: 'bad', tokenSecret: TOKEN_SECRET + 'x' } as never },
+        token,
+      ),
+    );
+    record(
+      await server.gql(UpdateNode, { input: { id, tokenId: 'root@pam!new', tokenSecret: NEW_TOKEN_SECRET } }, token),
+    );
     record(await server.gql(UpdateNode, { input: { id, port: 1, tokenSecret: TOKEN_SECRET } }, token));
     record(await server.gql(TestNodeConnection, { id }, token));
     record(await server.gql(Nodes, {}, token));
@@ -45,7 +61,10 @@ describe('secrets stay secret', () => {
         await fetch(server.graphqlUrl, {
           method: 'POST',
           headers: { 'content-type': 'application/json', authorization: `Bearer ${token}` },
-          body: JSON.stringify({ query: 'mutation($i: CreateNodeInput!) { createNode(input: $i) { id } }', variables: { i: { tokenSecret: TOKEN_SECRET } } }),
+          body: JSON.stringify({
+            query: 'mutation($i: CreateNodeInput!) { createNode(input: $i) { id } }',
+            variables: { i: { tokenSecret: TOKEN_SECRET } },
+          }),
         })
       ).text(),
     );
@@ -55,9 +74,20 @@ describe('secrets stay secret', () => {
     const dump = await databaseDump(server.databaseUrl);
     expect(dump).toContain('enc:v1:');
     for (const secret of [TOKEN_SECRET, NEW_TOKEN_SECRET, SSH_PASSWORD, token]) {
-      for (const [where, text] of [['responses', responses.join('\n')], ['logs', logLines.join('')], ['database', dump]] as const) {
+      for (const [where, text] of [
+        ['responses', responses.join('\n')],
+        ['logs', logLines.join('')],
+        ['database', dump],
+      ] as const) {
         if (where === 'database' && secret === token) continue; // only its hash is stored, checked below
-        expect(text.includes(secret), `${where} contain a secret: ${text.split('\n').filter((l) => l.includes(secret)).join('\n').slice(0, 3000)}`).toBe(false);
+        expect(
+          text.includes(secret),
+          `${where} contain a secret: ${text
+            .split('\n')
+            .filter((l) => l.includes(secret))
+            .join('\n')
+            .slice(0, 3000)}`,
+        ).toBe(false);
       }
     }
     expect(dump.includes(token)).toBe(false);
@@ -72,7 +102,9 @@ async function databaseDump(url: string): Promise<string> {
   const client = new pg.Client({ connectionString: url });
   await client.connect();
   try {
-    const { rows: tables } = await client.query<{ tablename: string }>(`SELECT tablename FROM pg_tables WHERE schemaname = 'public'`);
+    const { rows: tables } = await client.query<{ tablename: string }>(
+      `SELECT tablename FROM pg_tables WHERE schemaname = 'public'`,
+    );
     const parts: string[] = [];
     for (const { tablename } of tables) {
       const { rows } = await client.query(`SELECT row_to_json(t)::text AS j FROM "${tablename}" t`);

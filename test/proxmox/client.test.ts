@@ -28,7 +28,11 @@ describe('ProxmoxClient against a standalone simulator', () => {
   });
 
   it('reports a standalone node: clusterName null, its node name', async () => {
-    expect(await client.clusterStatus(sim.target())).toMatchObject({ clusterName: null, nodeNames: ['pve'], members: [{ name: 'pve', online: true }] });
+    expect(await client.clusterStatus(sim.target())).toMatchObject({
+      clusterName: null,
+      nodeNames: ['pve'],
+      members: [{ name: 'pve', online: true }],
+    });
   });
 
   it('lists every guest of /cluster/resources, ascending, with gaps', async () => {
@@ -194,7 +198,11 @@ describe('ProxmoxClient against a cluster simulator', () => {
     const status = await client.clusterStatus(sim.target());
     expect(status).toMatchObject({ clusterName: 'lab', nodeNames: ['pve1', 'pve2', 'pve3'] });
     // pve3 is offline in this cluster; every member has the address the cluster knows it by.
-    expect(status.members.map((m) => [m.name, m.online])).toEqual([['pve1', true], ['pve2', true], ['pve3', false]]);
+    expect(status.members.map((m) => [m.name, m.online])).toEqual([
+      ['pve1', true],
+      ['pve2', true],
+      ['pve3', false],
+    ]);
     expect(status.members.every((m) => typeof m.address === 'string' && m.address.length > 0)).toBe(true);
   });
 
@@ -241,7 +249,12 @@ describe('ProxmoxClient against a cluster simulator', () => {
 
   it('testConnection reports the cluster', async () => {
     const r = await client.testConnection(sim.target());
-    expect(r).toMatchObject({ ok: true, clusterName: 'lab', pveNodeNames: ['pve1', 'pve2', 'pve3'], fingerprint: sim.fingerprint });
+    expect(r).toMatchObject({
+      ok: true,
+      clusterName: 'lab',
+      pveNodeNames: ['pve1', 'pve2', 'pve3'],
+      fingerprint: sim.fingerprint,
+    });
   });
 });
 
@@ -276,7 +289,17 @@ describe('tolerated response shapes', () => {
       times: 1,
       body: {
         data: [
-          { id: 'qemu/100', type: 'qemu', vmid: 100, node: 'a', status: 'running', name: 'x', template: 0, someNewField: { nested: true }, hastate: 'started' },
+          {
+            id: 'qemu/100',
+            type: 'qemu',
+            vmid: 100,
+            node: 'a',
+            status: 'running',
+            name: 'x',
+            template: 0,
+            someNewField: { nested: true },
+            hastate: 'started',
+          },
           { id: 'lxc/101', type: 'lxc', vmid: '101', node: 'b', status: 'stopped', template: '1' },
           { id: 'lxc/102', type: 'lxc', node: 'b', status: 'unknown' },
           { id: 'storage/a/local', type: 'storage', node: 'a', storage: 'local' },

@@ -152,7 +152,12 @@ describe('endpoint failover', () => {
   it('a fallback without a pin and a self-signed certificate → PROXMOX_TLS_UNTRUSTED, no further failover', async () => {
     await sim.setMemberReachable(sim.members[0]!.name, false);
     const [, second, third] = sim.members;
-    const t = target({ fallbacks: [{ host: second!.host, port: second!.port }, { host: third!.host, port: third!.port, tlsFingerprint: third!.fingerprint }] });
+    const t = target({
+      fallbacks: [
+        { host: second!.host, port: second!.port },
+        { host: third!.host, port: third!.port, tlsFingerprint: third!.fingerprint },
+      ],
+    });
     await expectCode(client.version(t), 'PROXMOX_TLS_UNTRUSTED');
     expect(outcomes().map((o) => o[0])).toEqual([0, 1]);
     // allowInsecureTls applies to every endpoint: then the unpinned fallback answers.
@@ -170,7 +175,10 @@ describe('endpoint failover', () => {
     const noLoopback = extra({ allowLoopbackHosts: false });
     await expectCode(noLoopback.version(target({ host: 'example.invalid' })), 'HOST_NOT_ALLOWED');
     await expectCode(client.version(target({ fallbacks: [{ host: sim.host, port: 70_000 }] })), 'BAD_USER_INPUT');
-    await expectCode(client.version(target({ fallbacks: [{ host: sim.host, port: 1, tlsFingerprint: 'AB:CD' }] })), 'BAD_USER_INPUT');
+    await expectCode(
+      client.version(target({ fallbacks: [{ host: sim.host, port: 1, tlsFingerprint: 'AB:CD' }] })),
+      'BAD_USER_INPUT',
+    );
     expect(sim.stats.total).toBe(0);
     expect(results).toEqual([]);
   });

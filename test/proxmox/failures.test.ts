@@ -151,7 +151,12 @@ describe('failure mapping', () => {
     await expectCode(client.nextIdRange(t), 'PROXMOX_FORBIDDEN');
     expect(sim.stats.count('/cluster/options')).toBe(1);
     const r = await client.testConnection(t);
-    expect(r).toMatchObject({ ok: false, errorCode: 'PROXMOX_FORBIDDEN', version: '8.4.1', fingerprint: sim.fingerprint });
+    expect(r).toMatchObject({
+      ok: false,
+      errorCode: 'PROXMOX_FORBIDDEN',
+      version: '8.4.1',
+      fingerprint: sim.fingerprint,
+    });
   });
 
   it('403 from a fault, too', async () => {
@@ -195,7 +200,12 @@ describe('failure mapping', () => {
   });
 
   it('a 5xx message from the body wins over the reason phrase', async () => {
-    sim.addFault({ kind: 'status', status: 500, reason: 'Internal Server Error', body: { data: null, message: 'unable to get any free VMID in range [100, 999999999]\n' } });
+    sim.addFault({
+      kind: 'status',
+      status: 500,
+      reason: 'Internal Server Error',
+      body: { data: null, message: 'unable to get any free VMID in range [100, 999999999]\n' },
+    });
     const err = await expectCode(client.nextId(sim.target()), 'PROXMOX_ERROR');
     expect(err.message).toContain('unable to get any free VMID');
   });
@@ -256,7 +266,9 @@ describe('failure mapping', () => {
 
   it('logs retries without secrets', async () => {
     const logs: string[] = [];
-    const c = extra({ logger: { debug: (o, m) => logs.push(JSON.stringify([o, m])), warn: (o, m) => logs.push(JSON.stringify([o, m])) } });
+    const c = extra({
+      logger: { debug: (o, m) => logs.push(JSON.stringify([o, m])), warn: (o, m) => logs.push(JSON.stringify([o, m])) },
+    });
     sim.addFault({ kind: 'status', status: 502, times: 1 });
     await c.version(sim.target());
     expect(logs.length).toBeGreaterThan(0);

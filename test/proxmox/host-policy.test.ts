@@ -71,7 +71,17 @@ describe('address classification', () => {
     expect(addressRefusal('10.0.0.1', STRICT)).toMatch(/private/);
     expect(addressRefusal('::ffff:192.168.1.1', STRICT)).toMatch(/private/);
     expect(addressRefusal('8.8.8.8', STRICT)).toBeNull();
-    for (const ip of ['169.254.169.254', '169.254.1.1', 'fe80::1', 'fd00:ec2::254', '100.100.100.200', '0.0.0.0', '::', '224.0.0.1', 'ff02::1']) {
+    for (const ip of [
+      '169.254.169.254',
+      '169.254.1.1',
+      'fe80::1',
+      'fd00:ec2::254',
+      '100.100.100.200',
+      '0.0.0.0',
+      '::',
+      '224.0.0.1',
+      'ff02::1',
+    ]) {
       expect(addressRefusal(ip, ALL_ALLOWED), ip).not.toBeNull();
     }
   });
@@ -83,7 +93,7 @@ describe('address classification', () => {
     await expectCode(resolveAllowed('', ALL_ALLOWED), 'HOST_NOT_ALLOWED');
   });
 
-  it('does not tell a refused name\'s internal address (no DNS oracle)', async () => {
+  it("does not tell a refused name's internal address (no DNS oracle)", async () => {
     const err = await expectCode(resolveAllowed('localhost', DEFAULTS), 'HOST_NOT_ALLOWED');
     expect(err.message).not.toMatch(/127\.0\.0\.1|::1/);
     expect(err.extensions['address']).toBeUndefined();
@@ -132,15 +142,23 @@ describe('host policy in the client (checked before any connection)', () => {
     },
   );
 
-  it.each(['169.254.169.254', '169.254.0.1', 'fe80::1', 'fd00:ec2::254', '100.100.100.200', '::ffff:169.254.169.254', '0.0.0.0', '::', '224.0.0.1', 'ff02::1'])(
-    '%s is always refused, whatever the switches',
-    async (host) => {
-      client = makeClient({ allowLoopbackHosts: true, allowPrivateHosts: true, timeoutMs: 1_000 });
-      await expectCode(client.version(sim.target({ host, port: 8006 })), 'HOST_NOT_ALLOWED');
-      const r = await client.testConnection(sim.target({ host, port: 8006 }));
-      expect(r).toMatchObject({ ok: false, errorCode: 'HOST_NOT_ALLOWED', fingerprint: null });
-    },
-  );
+  it.each([
+    '169.254.169.254',
+    '169.254.0.1',
+    'fe80::1',
+    'fd00:ec2::254',
+    '100.100.100.200',
+    '::ffff:169.254.169.254',
+    '0.0.0.0',
+    '::',
+    '224.0.0.1',
+    'ff02::1',
+  ])('%s is always refused, whatever the switches', async (host) => {
+    client = makeClient({ allowLoopbackHosts: true, allowPrivateHosts: true, timeoutMs: 1_000 });
+    await expectCode(client.version(sim.target({ host, port: 8006 })), 'HOST_NOT_ALLOWED');
+    const r = await client.testConnection(sim.target({ host, port: 8006 }));
+    expect(r).toMatchObject({ ok: false, errorCode: 'HOST_NOT_ALLOWED', fingerprint: null });
+  });
 
   it.each(['10.0.0.1', '172.16.5.4', '192.168.1.10', 'fd12:3456::1', '100.64.1.1', '::ffff:10.0.0.1'])(
     'private %s is refused when private hosts are not allowed',

@@ -21,11 +21,12 @@ describe('the privileges pvegraph needs (src/proxmox/privileges.ts)', () => {
     expect(requiredPrivilegeNames()).toEqual(['VM.Audit', 'Sys.Audit']);
     expect(requiredPaths()).toEqual(['/vms', '/']);
     const purposes = REQUIRED_PRIVILEGES.map((r) => r.purpose).join('\n');
-    for (const word of ['guest listings', 'cluster status', 'cluster identity', 'cluster options', 'tasks']) expect(purposes).toContain(word);
+    for (const word of ['guest listings', 'cluster status', 'cluster identity', 'cluster options', 'tasks'])
+      expect(purposes).toContain(word);
     expect(REQUIRED_PRIVILEGES.some((r) => r.privilege === 'VM.Allocate')).toBe(false);
   });
 
-  it('a path Proxmox reported is authoritative; an unreported one inherits its nearest reported parent\'s propagating privileges', () => {
+  it("a path Proxmox reported is authoritative; an unreported one inherits its nearest reported parent's propagating privileges", () => {
     const p = perms({ '/': { 'Sys.Audit': true, 'VM.Audit': false }, '/vms/100': { 'VM.Audit': true } });
     expect(holds(p, 'Sys.Audit', '/')).toBe(true);
     expect(holds(p, 'Sys.Audit', '/vms')).toBe(true); // propagates from /
@@ -78,7 +79,12 @@ describe('ProxmoxClient: token privileges (/access/permissions)', () => {
     const t = tokenWith({ '/': ['Sys.Audit'], '/vms/100': ['VM.Audit'] });
     const all = await client.permissions(t);
     expect([...all.get('/')!.keys()]).toEqual(['Sys.Audit']);
-    expect(all.get('/vms/100')).toEqual(new Map([['Sys.Audit', true], ['VM.Audit', true]]));
+    expect(all.get('/vms/100')).toEqual(
+      new Map([
+        ['Sys.Audit', true],
+        ['VM.Audit', true],
+      ]),
+    );
     expect(await client.permissions(t, '/vms')).toEqual(new Map([['/vms', new Map([['Sys.Audit', true]])]]));
     const none = tokenWith('none');
     expect(await client.permissions(none, '/vms')).toEqual(new Map([['/vms', new Map()]]));
@@ -96,13 +102,22 @@ describe('ProxmoxClient: token privileges (/access/permissions)', () => {
     const t = tokenWith({ '/vms': ['VM.Audit'] });
     expect(await client.missingPrivileges(t)).toEqual(['Sys.Audit@/']);
     const r = await client.testConnection(t);
-    expect(r).toMatchObject({ ok: false, errorCode: 'PROXMOX_FORBIDDEN', version: '8.4.1', missingPrivileges: ['Sys.Audit@/'] });
+    expect(r).toMatchObject({
+      ok: false,
+      errorCode: 'PROXMOX_FORBIDDEN',
+      version: '8.4.1',
+      missingPrivileges: ['Sys.Audit@/'],
+    });
   });
 
   it('no privilege at all: both are missing', async () => {
     const t = tokenWith('none');
     expect(await client.missingPrivileges(t)).toEqual(['VM.Audit@/vms', 'Sys.Audit@/']);
-    expect(await client.testConnection(t)).toMatchObject({ ok: false, errorCode: 'PROXMOX_FORBIDDEN', missingPrivileges: ['VM.Audit@/vms', 'Sys.Audit@/'] });
+    expect(await client.testConnection(t)).toMatchObject({
+      ok: false,
+      errorCode: 'PROXMOX_FORBIDDEN',
+      missingPrivileges: ['VM.Audit@/vms', 'Sys.Audit@/'],
+    });
   });
 
   it('grants on / cover /vms (propagation)', async () => {
@@ -113,7 +128,12 @@ describe('ProxmoxClient: token privileges (/access/permissions)', () => {
 
   it('Sys.Audit on / only: the test is ok and names VM.Audit@/vms', async () => {
     const t = tokenWith({ '/': ['Sys.Audit'] });
-    expect(await client.testConnection(t)).toMatchObject({ ok: true, clusterName: null, pveNodeNames: ['pve'], missingPrivileges: ['VM.Audit@/vms'] });
+    expect(await client.testConnection(t)).toMatchObject({
+      ok: true,
+      clusterName: null,
+      pveNodeNames: ['pve'],
+      missingPrivileges: ['VM.Audit@/vms'],
+    });
   });
 
   it('grants on a single guest do not count for /vms', async () => {
@@ -123,7 +143,12 @@ describe('ProxmoxClient: token privileges (/access/permissions)', () => {
 
   it('/access/permissions failing (an older Proxmox): nothing reported missing, the test still ok', async () => {
     const t = tokenWith({ '/': ['Sys.Audit'] });
-    sim.addFault({ kind: 'status', status: 501, reason: "Method 'GET /access/permissions' not implemented", pathPrefix: '/access/permissions' });
+    sim.addFault({
+      kind: 'status',
+      status: 501,
+      reason: "Method 'GET /access/permissions' not implemented",
+      pathPrefix: '/access/permissions',
+    });
     const r = await client.testConnection(t);
     expect(r).toMatchObject({ ok: true, errorCode: null, message: null, clusterName: null, missingPrivileges: [] });
     expect(r.version).toBe('8.4.1');

@@ -9,7 +9,11 @@ import { makeClient } from './helpers.js';
 describe('simulator', () => {
   let sim: Simulator;
   let agent: Agent;
-  const call = async (method: string, path: string, opts: { auth?: string | null; body?: string; type?: string } = {}) => {
+  const call = async (
+    method: string,
+    path: string,
+    opts: { auth?: string | null; body?: string; type?: string } = {},
+  ) => {
     const auth = opts.auth === undefined ? `PVEAPIToken=${sim.token.id}=${sim.token.secret}` : opts.auth;
     const res = await request(`${sim.url}${path}`, {
       method: method as 'GET',
@@ -51,7 +55,11 @@ describe('simulator', () => {
     const wrong = await call('GET', '/api2/json/version', { auth: `PVEAPIToken=${sim.token.id}=nope` });
     expect(wrong.status).toBe(401);
     const dup = await call('GET', '/api2/json/cluster/nextid?vmid=100');
-    expect(dup).toEqual({ status: 400, reason: 'Parameter verification failed.', json: { errors: { vmid: 'VM 100 already exists' }, data: null } });
+    expect(dup).toEqual({
+      status: 400,
+      reason: 'Parameter verification failed.',
+      json: { errors: { vmid: 'VM 100 already exists' }, data: null },
+    });
     const next = await call('GET', '/api2/json/cluster/nextid');
     expect(next.json).toEqual({ data: '106' });
     const low = await call('GET', '/api2/json/cluster/nextid?vmid=5');
@@ -75,7 +83,9 @@ describe('simulator', () => {
         headers: { authorization: `PVEAPIToken=${solo.token.id}=${solo.token.secret}` },
       });
       expect(await r.body.json()).toEqual({
-        data: [{ type: 'node', id: 'node/pve', name: 'pve', nodeid: 0, ip: '192.0.2.10', local: 1, online: 1, level: '' }],
+        data: [
+          { type: 'node', id: 'node/pve', name: 'pve', nodeid: 0, ip: '192.0.2.10', local: 1, online: 1, level: '' },
+        ],
       });
     } finally {
       await solo.stop();
@@ -83,9 +93,30 @@ describe('simulator', () => {
   });
 
   it('creates (form or JSON) and deletes guests; LXC list vmids are strings in old-server mode', async () => {
-    expect((await call('POST', '/api2/json/nodes/pve2/lxc', { body: 'vmid=700&hostname=ct7', type: 'application/x-www-form-urlencoded' })).status).toBe(200);
-    expect((await call('POST', '/api2/json/nodes/pve2/qemu', { body: JSON.stringify({ vmid: 701 }), type: 'application/json' })).status).toBe(200);
-    expect((await call('POST', '/api2/json/nodes/pve2/qemu', { body: JSON.stringify({ vmid: 701 }), type: 'application/json' })).status).toBe(400);
+    expect(
+      (
+        await call('POST', '/api2/json/nodes/pve2/lxc', {
+          body: 'vmid=700&hostname=ct7',
+          type: 'application/x-www-form-urlencoded',
+        })
+      ).status,
+    ).toBe(200);
+    expect(
+      (
+        await call('POST', '/api2/json/nodes/pve2/qemu', {
+          body: JSON.stringify({ vmid: 701 }),
+          type: 'application/json',
+        })
+      ).status,
+    ).toBe(200);
+    expect(
+      (
+        await call('POST', '/api2/json/nodes/pve2/qemu', {
+          body: JSON.stringify({ vmid: 701 }),
+          type: 'application/json',
+        })
+      ).status,
+    ).toBe(400);
     const lxc = await call('GET', '/api2/json/nodes/pve2/lxc');
     const entry = (lxc.json as { data: Array<{ vmid: unknown; name: string }> }).data.find((e) => e.name === 'ct7');
     expect(entry?.vmid).toBe('700');
@@ -95,10 +126,26 @@ describe('simulator', () => {
   });
 
   it('control endpoints: faults, stats, node state', async () => {
-    expect((await call('POST', '/_sim/faults', { auth: null, body: JSON.stringify({ kind: 'status', status: 503, times: 1 }), type: 'application/json' })).status).toBe(200);
+    expect(
+      (
+        await call('POST', '/_sim/faults', {
+          auth: null,
+          body: JSON.stringify({ kind: 'status', status: 503, times: 1 }),
+          type: 'application/json',
+        })
+      ).status,
+    ).toBe(200);
     expect((await call('GET', '/api2/json/version')).status).toBe(503);
     expect((await call('GET', '/api2/json/version')).status).toBe(200);
-    expect((await call('POST', '/_sim/faults', { auth: null, body: JSON.stringify({ kind: 'bogus' }), type: 'application/json' })).status).toBe(400);
+    expect(
+      (
+        await call('POST', '/_sim/faults', {
+          auth: null,
+          body: JSON.stringify({ kind: 'bogus' }),
+          type: 'application/json',
+        })
+      ).status,
+    ).toBe(400);
     const stats = await call('GET', '/_sim/stats', { auth: null });
     expect(stats.json).toMatchObject({ data: { total: 2, paths: { '/api2/json/version': 2 } } });
     expect((await call('POST', '/_sim/nodes/pve2/offline', { auth: null })).status).toBe(200);
@@ -146,11 +193,27 @@ describe('simulator CLI', () => {
   it('prints the URL, fingerprint and a ready token, serves, and stops on SIGINT', async () => {
     const cli = fileURLToPath(new URL('../../src/sim/cli.ts', import.meta.url));
     const tsx = fileURLToPath(new URL('../../node_modules/.bin/tsx', import.meta.url));
-    const child = spawn(tsx, [cli, '--port', '0', '--guests', '3', '--cluster', 'demo', '--nodes', '2', '--token', 'root@pam!cli=s3cr3t-token'], {
-      stdio: ['ignore', 'pipe', 'pipe'],
-      // Its own process group: tsx runs the CLI in a child that a failed test must not orphan.
-      detached: true,
-    });
+    const child = spawn(
+      tsx,
+      [
+        cli,
+        '--port',
+        '0',
+        '--guests',
+        '3',
+        '--cluster',
+        'demo',
+        '--nodes',
+        '2',
+        '--token',
+        'root@pam!cli=s3cr3t-token',
+      ],
+      {
+        stdio: ['ignore', 'pipe', 'pipe'],
+        // Its own process group: tsx runs the CLI in a child that a failed test must not orphan.
+        detached: true,
+      },
+    );
     let out = '';
     child.stdout.on('data', (d: Buffer) => {
       out += d.toString();
@@ -173,7 +236,13 @@ describe('simulator CLI', () => {
       const port = Number(/:(\d+)\/api2/.exec(url!)![1]);
       const client = makeClient();
       try {
-        const t = { host: '127.0.0.1', port, tokenId: 'root@pam!cli', tokenSecret: 's3cr3t-token', tlsFingerprint: fp! };
+        const t = {
+          host: '127.0.0.1',
+          port,
+          tokenId: 'root@pam!cli',
+          tokenSecret: 's3cr3t-token',
+          tlsFingerprint: fp!,
+        };
         expect(await client.clusterStatus(t)).toMatchObject({ clusterName: 'demo', nodeNames: ['pve1', 'pve2'] });
         expect(await client.guests(t)).toHaveLength(3);
       } finally {
@@ -269,17 +338,32 @@ describe('simulator: per-member identity', () => {
   });
 
   it('memberFingerprints and localNode make two simulators look like members of one cluster', async () => {
-    const [a, b] = await Promise.all([generateSelfSigned('pve1.sim.invalid', ['127.0.0.1']), generateSelfSigned('pve2.sim.invalid', ['127.0.0.1'])]);
+    const [a, b] = await Promise.all([
+      generateSelfSigned('pve1.sim.invalid', ['127.0.0.1']),
+      generateSelfSigned('pve2.sim.invalid', ['127.0.0.1']),
+    ]);
     const fingerprints = { pve1: a.fingerprint, pve2: b.fingerprint };
     const one = await start({ clusterName: 'lab', nodes: 2, certificate: a, memberFingerprints: fingerprints });
-    const two = await start({ clusterName: 'lab', nodes: 2, certificate: b, localNode: 'pve2', memberFingerprints: fingerprints });
+    const two = await start({
+      clusterName: 'lab',
+      nodes: 2,
+      certificate: b,
+      localNode: 'pve2',
+      memberFingerprints: fingerprints,
+    });
     expect(one.memberFingerprints).toEqual(two.memberFingerprints);
     expect(two.fingerprint).toBe(b.fingerprint);
-    const status = dataOf<Array<{ type: string; name: string; local?: number }>>(await simCall(agent, two.apiUrl, 'GET', '/cluster/status', { token: two.token }));
+    const status = dataOf<Array<{ type: string; name: string; local?: number }>>(
+      await simCall(agent, two.apiUrl, 'GET', '/cluster/status', { token: two.token }),
+    );
     expect(status.filter((e) => e.local === 1).map((e) => e.name)).toEqual(['pve2']);
     // The served certificate's fingerprint cannot be overridden.
-    await expect(startSimulator({ clusterName: 'lab', nodes: 2, certificate: a, memberFingerprints: { pve1: b.fingerprint } })).rejects.toThrow(/served/);
-    await expect(startSimulator({ clusterName: 'lab', nodes: 2, memberFingerprints: { pve9: b.fingerprint } })).rejects.toThrow(/not one of the nodes/);
+    await expect(
+      startSimulator({ clusterName: 'lab', nodes: 2, certificate: a, memberFingerprints: { pve1: b.fingerprint } }),
+    ).rejects.toThrow(/served/);
+    await expect(
+      startSimulator({ clusterName: 'lab', nodes: 2, memberFingerprints: { pve9: b.fingerprint } }),
+    ).rejects.toThrow(/not one of the nodes/);
   });
 
   it('GET /cluster/config/join lists every member with its fingerprint; a standalone node has none', async () => {
@@ -306,8 +390,13 @@ describe('simulator: per-member identity', () => {
     const r = await simCall(agent, solo.apiUrl, 'GET', '/cluster/config/join', { token: solo.token });
     expect(r).toMatchObject({ status: 500, reason: 'node is not in a cluster, no join info available!' });
     sim.addToken({ id: 'nobody@pve!t', secret: 's', privileges: 'none' });
-    expect((await simCall(agent, sim.apiUrl, 'GET', '/cluster/config/join', { token: { id: 'nobody@pve!t', secret: 's' } })).status).toBe(403);
-    expect((await simCall(agent, sim.apiUrl, 'GET', '/cluster/config/join?node=pve9', { token: sim.token })).reason).toBe("unknown node 'pve9'");
+    expect(
+      (await simCall(agent, sim.apiUrl, 'GET', '/cluster/config/join', { token: { id: 'nobody@pve!t', secret: 's' } }))
+        .status,
+    ).toBe(403);
+    expect(
+      (await simCall(agent, sim.apiUrl, 'GET', '/cluster/config/join?node=pve9', { token: sim.token })).reason,
+    ).toBe("unknown node 'pve9'");
   });
 
   it('GET /nodes/{node}/certificates/info describes the member certificate; 595 when offline, 403 without Sys.Audit', async () => {
@@ -321,10 +410,19 @@ describe('simulator: per-member identity', () => {
         { id: 'ops@pve!t', secret: 'b', privileges: { '/nodes/pve1': ['Sys.Audit'] } },
       ],
     });
-    const local = dataOf<Array<Record<string, unknown>>>(await simCall(agent, sim.apiUrl, 'GET', '/nodes/pve1/certificates/info', { token: sim.token }));
+    const local = dataOf<Array<Record<string, unknown>>>(
+      await simCall(agent, sim.apiUrl, 'GET', '/nodes/pve1/certificates/info', { token: sim.token }),
+    );
     expect(local).toHaveLength(1);
-    expect(local[0]).toMatchObject({ filename: 'pve-ssl.pem', fingerprint: sim.fingerprint, pem: sim.certificate, san: expect.arrayContaining(['127.0.0.1']) });
-    const other = dataOf<Array<Record<string, unknown>>>(await simCall(agent, sim.apiUrl, 'GET', '/nodes/pve2/certificates/info', { token: sim.token }));
+    expect(local[0]).toMatchObject({
+      filename: 'pve-ssl.pem',
+      fingerprint: sim.fingerprint,
+      pem: sim.certificate,
+      san: expect.arrayContaining(['127.0.0.1']),
+    });
+    const other = dataOf<Array<Record<string, unknown>>>(
+      await simCall(agent, sim.apiUrl, 'GET', '/nodes/pve2/certificates/info', { token: sim.token }),
+    );
     expect(other[0]).toMatchObject({
       filename: 'pve-ssl.pem',
       fingerprint: sim.memberFingerprints['pve2'],
@@ -335,7 +433,9 @@ describe('simulator: per-member identity', () => {
       notbefore: expect.any(Number),
       notafter: expect.any(Number),
     });
-    expect((await simCall(agent, sim.apiUrl, 'GET', '/nodes/pve3/certificates/info', { token: sim.token })).status).toBe(595);
+    expect(
+      (await simCall(agent, sim.apiUrl, 'GET', '/nodes/pve3/certificates/info', { token: sim.token })).status,
+    ).toBe(595);
     const ops = { id: 'ops@pve!t', secret: 'b' };
     expect((await simCall(agent, sim.apiUrl, 'GET', '/nodes/pve1/certificates/info', { token: ops })).status).toBe(200);
     expect((await simCall(agent, sim.apiUrl, 'GET', '/nodes/pve2/certificates/info', { token: ops })).status).toBe(403);
@@ -370,12 +470,18 @@ describe('simulator: datacenter next-id range', () => {
     sim.addGuest({ vmid: 1002 });
     expect(dataOf(await get('/cluster/nextid'))).toBe('1001');
     sim.addGuest({ vmid: 1001 });
-    expect(await get('/cluster/nextid')).toMatchObject({ status: 500, reason: 'unable to get any free VMID in range [1000, 1003]' });
+    expect(await get('/cluster/nextid')).toMatchObject({
+      status: 500,
+      reason: 'unable to get any free VMID in range [1000, 1003]',
+    });
     expect(() => sim.nextFreeVmid()).toThrow('unable to get any free VMID in range [1000, 1003]');
     expect(() => sim.addGuest({})).toThrow(/unable to get any free VMID/);
     // An explicit id is only checked for existence.
     expect(dataOf(await get('/cluster/nextid?vmid=150'))).toBe('150');
-    expect(await get('/cluster/nextid?vmid=100')).toMatchObject({ status: 400, json: { errors: { vmid: 'VM 100 already exists' } } });
+    expect(await get('/cluster/nextid?vmid=100')).toMatchObject({
+      status: 400,
+      json: { errors: { vmid: 'VM 100 already exists' } },
+    });
     for (const v of [1000, 1001, 1002]) sim.removeGuest(v);
   });
 
@@ -391,7 +497,9 @@ describe('simulator: datacenter next-id range', () => {
     expect(dataOf(await get('/cluster/nextid'))).toBe('2000');
     expect(sim.nextFreeVmid()).toBe(2000);
 
-    expect((await simCall(agent, sim.url, 'POST', '/_sim/options/next-id', { json: { lower: 500, upper: 400 } })).status).toBe(400);
+    expect(
+      (await simCall(agent, sim.url, 'POST', '/_sim/options/next-id', { json: { lower: 500, upper: 400 } })).status,
+    ).toBe(400);
     expect(() => sim.setNextIdRange({ lower: 50 })).toThrow();
     expect((await simCall(agent, sim.url, 'POST', '/_sim/options/next-id', { json: null })).status).toBe(200);
     expect(sim.nextIdRange()).toBeNull();
@@ -413,7 +521,10 @@ describe('simulator: permissions', () => {
       guests: 4, // 100, 102 on pve1; 101, 103 on pve2
       tokens: [
         root,
-        { ...auditor, privileges: { '/vms/101': ['VM.Audit'], '/vms/102/': ['VM.Audit', 'VM.PowerMgmt'], '/nodes': ['Sys.Audit'] } },
+        {
+          ...auditor,
+          privileges: { '/vms/101': ['VM.Audit'], '/vms/102/': ['VM.Audit', 'VM.PowerMgmt'], '/nodes': ['Sys.Audit'] },
+        },
         { ...nobody, privileges: 'none' },
       ],
     });
@@ -422,11 +533,13 @@ describe('simulator: permissions', () => {
     await agent.close();
     await sim.stop();
   });
-  const get = (path: string, token: { id: string; secret: string }) => simCall(agent, sim.apiUrl, 'GET', path, { token });
+  const get = (path: string, token: { id: string; secret: string }) =>
+    simCall(agent, sim.apiUrl, 'GET', path, { token });
 
   it("GET /access/permissions: 'all' holds everything on /, 'none' nothing, a map its grants", async () => {
     const all = dataOf<Record<string, Record<string, number>>>(await get('/access/permissions', root));
-    for (const p of ['Sys.Audit', 'VM.Audit', 'VM.Allocate', 'Sys.Modify', 'Datastore.Audit', 'VM.PowerMgmt']) expect(all['/']?.[p]).toBe(1);
+    for (const p of ['Sys.Audit', 'VM.Audit', 'VM.Allocate', 'Sys.Modify', 'Datastore.Audit', 'VM.PowerMgmt'])
+      expect(all['/']?.[p]).toBe(1);
     expect(dataOf(await get('/access/permissions', nobody))).toEqual({});
     const mine = dataOf<Record<string, Record<string, number>>>(await get('/access/permissions', auditor));
     expect(mine['/vms/101']).toEqual({ 'VM.Audit': 1 });
@@ -434,10 +547,14 @@ describe('simulator: permissions', () => {
     expect(mine['/nodes']).toEqual({ 'Sys.Audit': 1 });
     expect(mine['/']).toBeUndefined();
     // ?path= answers the privileges that reach that path, inherited ones included.
-    expect(dataOf(await get('/access/permissions?path=/nodes/pve2', auditor))).toEqual({ '/nodes/pve2': { 'Sys.Audit': 1 } });
+    expect(dataOf(await get('/access/permissions?path=/nodes/pve2', auditor))).toEqual({
+      '/nodes/pve2': { 'Sys.Audit': 1 },
+    });
     expect(dataOf(await get('/access/permissions?path=/vms/100', auditor))).toEqual({});
     // ?userid= another token: needs Sys.Audit on /access.
-    expect(dataOf(await get(`/access/permissions?userid=${encodeURIComponent(auditor.id)}&path=/vms/101`, root))).toEqual({ '/vms/101': { 'VM.Audit': 1 } });
+    expect(
+      dataOf(await get(`/access/permissions?userid=${encodeURIComponent(auditor.id)}&path=/vms/101`, root)),
+    ).toEqual({ '/vms/101': { 'VM.Audit': 1 } });
     expect((await get(`/access/permissions?userid=${encodeURIComponent(root.id)}`, auditor)).status).toBe(403);
   });
 
@@ -450,13 +567,19 @@ describe('simulator: permissions', () => {
     const alloc = { id: 'alloc@pve!t', secret: 'x' };
     expect((await get('/cluster/status', alloc)).status).toBe(200);
     expect((await get('/cluster/nextid', alloc)).status).toBe(200);
-    expect((await simCall(agent, sim.apiUrl, 'POST', '/nodes/pve1/qemu', { token: alloc, json: { vmid: 900 } })).status).toBe(200);
+    expect(
+      (await simCall(agent, sim.apiUrl, 'POST', '/nodes/pve1/qemu', { token: alloc, json: { vmid: 900 } })).status,
+    ).toBe(200);
     expect((await simCall(agent, sim.apiUrl, 'DELETE', '/nodes/pve1/qemu/900', { token: alloc })).status).toBe(200);
     // A grant on one VMID allows that one only.
     sim.addToken({ id: 'one@pve!t', secret: 'y', privileges: { '/vms/901': ['VM.Allocate'] } });
     const one = { id: 'one@pve!t', secret: 'y' };
-    expect((await simCall(agent, sim.apiUrl, 'POST', '/nodes/pve1/lxc', { token: one, json: { vmid: 902 } })).status).toBe(403);
-    expect((await simCall(agent, sim.apiUrl, 'POST', '/nodes/pve1/lxc', { token: one, json: { vmid: 901 } })).status).toBe(200);
+    expect(
+      (await simCall(agent, sim.apiUrl, 'POST', '/nodes/pve1/lxc', { token: one, json: { vmid: 902 } })).status,
+    ).toBe(403);
+    expect(
+      (await simCall(agent, sim.apiUrl, 'POST', '/nodes/pve1/lxc', { token: one, json: { vmid: 901 } })).status,
+    ).toBe(200);
     expect(sim.removeGuest(901)).toBe(true);
   });
 
@@ -466,7 +589,9 @@ describe('simulator: permissions', () => {
     expect(res.filter((e) => e.type === 'node').map((e) => e.node)).toEqual(['pve1', 'pve2']);
     const onPve1 = dataOf<Array<{ vmid: number }>>(await get('/nodes/pve1/qemu', auditor));
     expect(onPve1.map((g) => g.vmid)).toEqual([]); // 100 is not auditable; 102 is a container
-    expect(dataOf<Array<{ vmid: number | string }>>(await get('/nodes/pve1/lxc', auditor)).map((g) => Number(g.vmid))).toEqual([102]);
+    expect(
+      dataOf<Array<{ vmid: number | string }>>(await get('/nodes/pve1/lxc', auditor)).map((g) => Number(g.vmid)),
+    ).toEqual([102]);
     expect(dataOf<unknown[]>(await get('/cluster/resources?type=vm', root))).toHaveLength(4);
     expect(dataOf<unknown[]>(await get('/cluster/resources', nobody))).toEqual([]);
     expect(dataOf<unknown[]>(await get('/nodes', nobody))).toEqual([]);
@@ -483,15 +608,30 @@ describe('simulator: tasks and changes behind the API', () => {
       clusterName: 't1',
       nodes: 2,
       guests: 2,
-      tokens: [{ id: 'root@pam!t', secret: 'r' }, { ...own, privileges: { '/vms': ['VM.Allocate', 'VM.Audit'] } }],
+      tokens: [
+        { id: 'root@pam!t', secret: 'r' },
+        { ...own, privileges: { '/vms': ['VM.Allocate', 'VM.Audit'] } },
+      ],
     });
   });
   afterAll(async () => {
     await agent.close();
     await sim.stop();
   });
-  type Task = { upid: string; node: string; pid: number; pstart: number; starttime: number; type: string; id: string; user: string; status?: string; endtime?: number };
-  const tasksAs = async (token: { id: string; secret: string }) => dataOf<Task[]>(await simCall(agent, sim.apiUrl, 'GET', '/cluster/tasks', { token }));
+  type Task = {
+    upid: string;
+    node: string;
+    pid: number;
+    pstart: number;
+    starttime: number;
+    type: string;
+    id: string;
+    user: string;
+    status?: string;
+    endtime?: number;
+  };
+  const tasksAs = async (token: { id: string; secret: string }) =>
+    dataOf<Task[]>(await simCall(agent, sim.apiUrl, 'GET', '/cluster/tasks', { token }));
 
   it('records API creates and destroys as finished tasks, newest first; without Sys.Audit only the own', async () => {
     const created = await simCall(agent, sim.apiUrl, 'POST', '/nodes/pve2/lxc', { token: own, json: { vmid: 300 } });
@@ -508,7 +648,14 @@ describe('simulator: tasks and changes behind the API', () => {
     const create = all[3]!;
     expect(create.upid).toBe(dataOf(created));
     expect(all[2]!.upid).toBe(dataOf(destroyed));
-    expect(create).toMatchObject({ node: 'pve2', status: 'OK', pid: expect.any(Number), pstart: expect.any(Number), starttime: expect.any(Number), endtime: expect.any(Number) });
+    expect(create).toMatchObject({
+      node: 'pve2',
+      status: 'OK',
+      pid: expect.any(Number),
+      pstart: expect.any(Number),
+      starttime: expect.any(Number),
+      endtime: expect.any(Number),
+    });
     expect(create.upid).toMatch(/^UPID:pve2:[0-9A-F]{8}:[0-9A-F]{8}:[0-9A-F]{8}:vzcreate:300:own@pve!t:$/);
     expect(parseInt(create.upid.split(':')[4]!, 16)).toBe(create.starttime);
     expect((await tasksAs(own)).map((t) => t.id)).toEqual(['300', '300']);
@@ -516,15 +663,24 @@ describe('simulator: tasks and changes behind the API', () => {
   });
 
   it('POST /_sim/guests creates, DELETE /_sim/guests/{vmid} destroys (404 when absent); both record tasks', async () => {
-    const made = await simCall(agent, sim.url, 'POST', '/_sim/guests', { json: { vmid: 400, type: 'qemu', node: 'pve2', name: 'web' } });
+    const made = await simCall(agent, sim.url, 'POST', '/_sim/guests', {
+      json: { vmid: 400, type: 'qemu', node: 'pve2', name: 'web' },
+    });
     expect(made).toMatchObject({ status: 200, json: { data: { vmid: 400, type: 'qemu', node: 'pve2', name: 'web' } } });
-    const auto = dataOf<{ vmid: number; type: string }>(await simCall(agent, sim.url, 'POST', '/_sim/guests', { json: {} }));
+    const auto = dataOf<{ vmid: number; type: string }>(
+      await simCall(agent, sim.url, 'POST', '/_sim/guests', { json: {} }),
+    );
     expect(auto.vmid).toBe(sim.nextFreeVmid() - 1);
     expect((await simCall(agent, sim.url, 'POST', '/_sim/guests', { json: { vmid: 400 } })).status).toBe(400);
     expect((await simCall(agent, sim.url, 'POST', '/_sim/guests', { json: { node: 'nope' } })).status).toBe(400);
     expect((await simCall(agent, sim.url, 'DELETE', '/_sim/guests/400')).status).toBe(200);
     expect((await simCall(agent, sim.url, 'DELETE', '/_sim/guests/400')).status).toBe(404);
-    expect(sim.tasks().slice(0, 3).map((t) => [t.type, t.id])).toEqual([
+    expect(
+      sim
+        .tasks()
+        .slice(0, 3)
+        .map((t) => [t.type, t.id]),
+    ).toEqual([
       ['qmdestroy', '400'],
       [auto.type === 'lxc' ? 'vzcreate' : 'qmcreate', String(auto.vmid)],
       ['qmcreate', '400'],
@@ -557,9 +713,14 @@ describe('simulator: tasks and changes behind the API', () => {
     expect((await simCall(agent, sim.url, 'POST', '/_sim/churn', { json: { intervalMs: 5 } })).status).toBe(200);
     await waitFor(() => sim.tasks()[0]!.upid !== settled);
     expect((await simCall(agent, sim.url, 'DELETE', '/_sim/churn')).status).toBe(200);
-    expect(await simCall(agent, sim.url, 'POST', '/_sim/churn', { json: { intervalMs: 0 } })).toMatchObject({ status: 400, reason: 'intervalMs must be a number >= 1' });
+    expect(await simCall(agent, sim.url, 'POST', '/_sim/churn', { json: { intervalMs: 0 } })).toMatchObject({
+      status: 400,
+      reason: 'intervalMs must be a number >= 1',
+    });
     // Reasons outside Latin-1 cannot go on a status line; they are answered, not dropped.
-    expect((await simCall(agent, sim.url, 'POST', '/_sim/faults', { json: { kind: 'latency', ms: -1 } })).status).toBe(400);
+    expect((await simCall(agent, sim.url, 'POST', '/_sim/faults', { json: { kind: 'latency', ms: -1 } })).status).toBe(
+      400,
+    );
   });
 
   it('stop() ends the churn', async () => {
@@ -587,7 +748,13 @@ describe('simulator: members on their own ports', () => {
 
   it('every member answers with its own certificate, as itself, on the shared state', async () => {
     expect(sim.members.map((m) => m.name)).toEqual(['pve1', 'pve2', 'pve3']);
-    expect(sim.members[0]).toEqual({ name: 'pve1', host: sim.host, port: sim.port, fingerprint: sim.fingerprint, url: sim.url });
+    expect(sim.members[0]).toEqual({
+      name: 'pve1',
+      host: sim.host,
+      port: sim.port,
+      fingerprint: sim.fingerprint,
+      url: sim.url,
+    });
     expect(new Set(sim.members.map((m) => m.port)).size).toBe(3);
     for (const m of sim.members) {
       expect(m.fingerprint).toBe(sim.memberFingerprints[m.name]);
@@ -598,11 +765,22 @@ describe('simulator: members on their own ports', () => {
       expect(status.filter((e) => e.local === 1).map((e) => e.name)).toEqual([m.name]);
     }
     const pve3 = sim.members[2]!;
-    expect((await simCall(agent, `${pve3.url}/api2/json`, 'POST', '/nodes/pve1/qemu', { token: sim.token, json: { vmid: 777 } })).status).toBe(200);
-    const seen = dataOf<Array<{ vmid: number }>>(await simCall(agent, sim.apiUrl, 'GET', '/cluster/resources?type=vm', { token: sim.token }));
+    expect(
+      (
+        await simCall(agent, `${pve3.url}/api2/json`, 'POST', '/nodes/pve1/qemu', {
+          token: sim.token,
+          json: { vmid: 777 },
+        })
+      ).status,
+    ).toBe(200);
+    const seen = dataOf<Array<{ vmid: number }>>(
+      await simCall(agent, sim.apiUrl, 'GET', '/cluster/resources?type=vm', { token: sim.token }),
+    );
     expect(seen.map((g) => g.vmid)).toContain(777);
     expect(sim.tasks()[0]).toMatchObject({ type: 'qmcreate', id: '777' });
-    const join = dataOf<{ preferred_node: string }>(await simCall(agent, `${pve3.url}/api2/json`, 'GET', '/cluster/config/join', { token: sim.token }));
+    const join = dataOf<{ preferred_node: string }>(
+      await simCall(agent, `${pve3.url}/api2/json`, 'GET', '/cluster/config/join', { token: sim.token }),
+    );
     expect(join.preferred_node).toBe('pve3');
   });
 
@@ -615,15 +793,21 @@ describe('simulator: members on their own ports', () => {
     await new Promise((r) => setTimeout(r, 50));
     await sim.setMemberReachable('pve2', false);
     await expect(hanging).rejects.toThrow();
-    await expect(simCall(agent, api, 'GET', '/version', { token: sim.token })).rejects.toMatchObject({ code: 'ECONNREFUSED' });
+    await expect(simCall(agent, api, 'GET', '/version', { token: sim.token })).rejects.toMatchObject({
+      code: 'ECONNREFUSED',
+    });
     // The others still answer, and the node itself stays online for the cluster.
-    const nodes = dataOf<Array<{ node: string; status: string }>>(await simCall(agent, sim.apiUrl, 'GET', '/nodes', { token: sim.token }));
+    const nodes = dataOf<Array<{ node: string; status: string }>>(
+      await simCall(agent, sim.apiUrl, 'GET', '/nodes', { token: sim.token }),
+    );
     expect(nodes.find((n) => n.node === 'pve2')?.status).toBe('online');
     await sim.setMemberReachable('pve2', true);
     expect((await simCall(agent, api, 'GET', '/version', { token: sim.token })).status).toBe(200);
     expect(sim.members[1]!.port).toBe(pve2.port);
     expect((await simCall(agent, sim.url, 'POST', '/_sim/members/pve3/unreachable')).status).toBe(200);
-    await expect(simCall(agent, `${sim.members[2]!.url}/api2/json`, 'GET', '/version', { token: sim.token })).rejects.toMatchObject({ code: 'ECONNREFUSED' });
+    await expect(
+      simCall(agent, `${sim.members[2]!.url}/api2/json`, 'GET', '/version', { token: sim.token }),
+    ).rejects.toMatchObject({ code: 'ECONNREFUSED' });
     expect((await simCall(agent, sim.url, 'POST', '/_sim/members/pve3/reachable')).status).toBe(200);
     await expect(sim.setMemberReachable('nope', false)).rejects.toThrow(/no endpoint/);
   });

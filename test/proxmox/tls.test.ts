@@ -57,7 +57,10 @@ describe('TLS modes against a self-signed simulator', () => {
   });
 
   it('pinned mismatch → PROXMOX_TLS_FINGERPRINT_MISMATCH with the presented fingerprint; no request sent', async () => {
-    const err = await expectCode(client.version(sim.target({ tlsFingerprint: WRONG_FP })), 'PROXMOX_TLS_FINGERPRINT_MISMATCH');
+    const err = await expectCode(
+      client.version(sim.target({ tlsFingerprint: WRONG_FP })),
+      'PROXMOX_TLS_FINGERPRINT_MISMATCH',
+    );
     expect(err.extensions['fingerprint']).toBe(sim.fingerprint);
     expect(err.extensions['expected']).toBe(WRONG_FP);
     expect(sim.stats.total).toBe(0); // the token never reached the server
@@ -80,7 +83,9 @@ describe('TLS modes against a self-signed simulator', () => {
   });
 
   it('allowInsecureTls accepts any certificate', async () => {
-    expect(await client.version(sim.target({ tlsFingerprint: null, allowInsecureTls: true }))).toMatchObject({ version: '8.4.1' });
+    expect(await client.version(sim.target({ tlsFingerprint: null, allowInsecureTls: true }))).toMatchObject({
+      version: '8.4.1',
+    });
   });
 
   it('an invalid pin is BAD_USER_INPUT before any connection', async () => {
@@ -96,11 +101,19 @@ describe('TLS modes against a self-signed simulator', () => {
   });
 
   it('fetchCertificateFingerprint reads the presented certificate without sending a request', async () => {
-    const fp = await fetchCertificateFingerprint(sim.host, sim.port, { timeoutMs: 2_000, allowLoopbackHosts: true, allowPrivateHosts: false });
+    const fp = await fetchCertificateFingerprint(sim.host, sim.port, {
+      timeoutMs: 2_000,
+      allowLoopbackHosts: true,
+      allowPrivateHosts: false,
+    });
     expect(fp).toBe(sim.fingerprint);
     expect(sim.stats.total).toBe(0);
     await expectCode(
-      fetchCertificateFingerprint(sim.host, sim.port, { timeoutMs: 2_000, allowLoopbackHosts: false, allowPrivateHosts: true }),
+      fetchCertificateFingerprint(sim.host, sim.port, {
+        timeoutMs: 2_000,
+        allowLoopbackHosts: false,
+        allowPrivateHosts: true,
+      }),
       'HOST_NOT_ALLOWED',
     );
   });
@@ -136,7 +149,9 @@ describe('verified TLS (certificate signed by a CA the client trusts)', () => {
     try {
       expect(await c.version(sim.target({ tlsFingerprint: null }))).toMatchObject({ version: '8.4.1' });
       // by name: SNI + identity check on "localhost", connection to a checked loopback address
-      expect(await c.version(sim.target({ host: 'localhost', tlsFingerprint: null }))).toMatchObject({ version: '8.4.1' });
+      expect(await c.version(sim.target({ host: 'localhost', tlsFingerprint: null }))).toMatchObject({
+        version: '8.4.1',
+      });
       const r = await c.testConnection(sim.target({ tlsFingerprint: null }));
       expect(r).toMatchObject({ ok: true, fingerprint: pki.server.fingerprint });
     } finally {

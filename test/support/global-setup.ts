@@ -20,7 +20,10 @@ export default async function setup(project: TestProject) {
   // Tests that start `npm start`, `npm run demo` or `npx pvegraph` run dist/: build it from
   // the sources under test (incremental: seconds when nothing changed).
   const root = path.resolve(import.meta.dirname, '../..');
-  execFileSync(process.execPath, [path.join(root, 'node_modules/typescript/bin/tsc'), '-p', 'tsconfig.build.json'], { cwd: root, stdio: 'inherit' });
+  execFileSync(process.execPath, [path.join(root, 'node_modules/typescript/bin/tsc'), '-p', 'tsconfig.build.json'], {
+    cwd: root,
+    stdio: 'inherit',
+  });
   const runId = `pvgtest_${Date.now().toString(36)}_${randomBytes(3).toString('hex')}`;
   const templateDatabase = `${runId}_tpl`;
   await admin(`CREATE DATABASE "${templateDatabase}"`);
@@ -49,7 +52,10 @@ export default async function setup(project: TestProject) {
     const client = new pg.Client({ connectionString: TEST_POSTGRES_URL });
     await client.connect();
     try {
-      const { rows } = await client.query<{ datname: string }>('SELECT datname FROM pg_database WHERE datname LIKE $1', [`${runId}%`]);
+      const { rows } = await client.query<{ datname: string }>(
+        'SELECT datname FROM pg_database WHERE datname LIKE $1',
+        [`${runId}%`],
+      );
       for (const { datname } of rows) await client.query(`DROP DATABASE IF EXISTS "${datname}" WITH (FORCE)`);
     } finally {
       await client.end();

@@ -9,12 +9,18 @@ export async function deleteKeysWithPrefix(redis: RedisClient, prefix: string): 
   if (!isCluster(redis)) return deleteOnNode(redis, prefix, (keys) => redis.unlink(...keys));
   let deleted = 0;
   for (const master of redis.nodes('master')) {
-    deleted += await deleteOnNode(master, prefix, async (keys) => (await Promise.all(keys.map((k) => redis.unlink(k)))).reduce((a, b) => a + b, 0));
+    deleted += await deleteOnNode(master, prefix, async (keys) =>
+      (await Promise.all(keys.map((k) => redis.unlink(k)))).reduce((a, b) => a + b, 0),
+    );
   }
   return deleted;
 }
 
-async function deleteOnNode(node: RedisClient, prefix: string, unlink: (keys: string[]) => Promise<number>): Promise<number> {
+async function deleteOnNode(
+  node: RedisClient,
+  prefix: string,
+  unlink: (keys: string[]) => Promise<number>,
+): Promise<number> {
   let deleted = 0;
   let cursor = '0';
   do {

@@ -69,7 +69,14 @@ function node(port: number): RedisNode {
 }
 
 async function withClient<T>(port: number, fn: (r: Redis) => Promise<T>): Promise<T> {
-  const r = new Redis({ host: '127.0.0.1', port, lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null, connectTimeout: 1_000 });
+  const r = new Redis({
+    host: '127.0.0.1',
+    port,
+    lazyConnect: true,
+    maxRetriesPerRequest: 0,
+    retryStrategy: () => null,
+    connectTimeout: 1_000,
+  });
   r.on('error', () => undefined);
   try {
     await r.connect();
@@ -106,7 +113,18 @@ async function clearLeftover(port: number): Promise<void> {
 async function startServer(dir: string, port: number, args: string[], configFile?: string): Promise<void> {
   await clearLeftover(port);
   const pidfile = path.join(dir, `${port}.pid`);
-  const base = ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--daemonize', 'yes'];
+  const base = [
+    '--port',
+    String(port),
+    '--bind',
+    '127.0.0.1',
+    '--save',
+    '',
+    '--appendonly',
+    'no',
+    '--daemonize',
+    'yes',
+  ];
   const files = ['--pidfile', pidfile, '--logfile', path.join(dir, `${port}.log`), '--dir', dir];
   await run('redis-server', [...(configFile ? [configFile] : []), ...base, ...files, ...args]);
   await until(() => answers(port), `redis-server on port ${port}`, 15_000);
@@ -133,7 +151,10 @@ export async function startRedisCluster(basePort: number, nodeTimeoutMs = NODE_T
   const dir = await mkdtemp(path.join(tmpdir(), 'pvg-cluster-'));
   const ports = [0, 1, 2, 3, 4, 5].map((i) => basePort + i);
   const topology: RedisTopology = {
-    url: `redis+cluster://${ports.slice(0, 3).map((p) => `127.0.0.1:${p}`).join(',')}`,
+    url: `redis+cluster://${ports
+      .slice(0, 3)
+      .map((p) => `127.0.0.1:${p}`)
+      .join(',')}`,
     nodes: ports.map(node),
     async stop() {
       await stopPids(dir, ports);
@@ -144,29 +165,37 @@ export async function startRedisCluster(basePort: number, nodeTimeoutMs = NODE_T
     await Promise.all(
       ports.map((port) =>
         startServer(dir, port, [
-          '--cluster-enabled', 'yes',
-          '--cluster-config-file', path.join(dir, `nodes-${port}.conf`),
-          '--cluster-node-timeout', String(nodeTimeoutMs),
+          '--cluster-enabled',
+          'yes',
+          '--cluster-config-file',
+          path.join(dir, `nodes-${port}.conf`),
+          '--cluster-node-timeout',
+          String(nodeTimeoutMs),
           // A replica takes over however long it was apart from its master (tests kill masters at will).
-          '--cluster-replica-validity-factor', '0',
+          '--cluster-replica-validity-factor',
+          '0',
         ]),
       ),
     );
-    await run('redis-cli', ['--cluster', 'create', ...ports.map((p) => `127.0.0.1:${p}`), '--cluster-replicas', '1', '--cluster-yes']);
-    await until(
-      async () => {
-        for (const port of ports) {
-          const ok = await withClient(port, async (r) => {
-            if (!(await r.cluster('INFO')).includes('cluster_state:ok')) return false;
-            const replication = await r.info('replication');
-            return !replication.includes('role:slave') || replication.includes('master_link_status:up');
-          });
-          if (!ok) return false;
-        }
-        return true;
-      },
-      'the cluster to be ready',
-    );
+    await run('redis-cli', [
+      '--cluster',
+      'create',
+      ...ports.map((p) => `127.0.0.1:${p}`),
+      '--cluster-replicas',
+      '1',
+      '--cluster-yes',
+    ]);
+    await until(async () => {
+      for (const port of ports) {
+        const ok = await withClient(port, async (r) => {
+          if (!(await r.cluster('INFO')).includes('cluster_state:ok')) return false;
+          const replication = await r.info('replication');
+          return !replication.includes('role:slave') || replication.includes('master_link_status:up');
+        });
+        if (!ok) return false;
+      }
+      return true;
+    }, 'the cluster to be ready');
     return topology;
   } catch (err) {
     await topology.stop();
@@ -179,7 +208,12 @@ export async function startRedisCluster(basePort: number, nodeTimeoutMs = NODE_T
  * sentinelBase…+2 (quorum two) that fail over after NODE_TIMEOUT_MS without answers. Each
  * sentinel gets a writable config file (Sentinel rewrites it).
  */
-export async function startSentinelGroup(basePort: number, sentinelBase: number, masterName = 'pvgmaster', nodeTimeoutMs = NODE_TIMEOUT_MS): Promise<RedisTopology> {
+export async function startSentinelGroup(
+  basePort: number,
+  sentinelBase: number,
+  masterName = 'pvgmaster',
+  nodeTimeoutMs = NODE_TIMEOUT_MS,
+): Promise<RedisTopology> {
   const dir = await mkdtemp(path.join(tmpdir(), 'pvg-sentinel-'));
   const [masterPort, replicaPort] = [basePort, basePort + 1];
   const sentinelPorts = [0, 1, 2].map((i) => sentinelBase + i);
@@ -195,7 +229,10 @@ export async function startSentinelGroup(basePort: number, sentinelBase: number,
   try {
     await startServer(dir, masterPort, []);
     await startServer(dir, replicaPort, ['--replicaof', '127.0.0.1', String(masterPort)]);
-    await until(async () => (await withClient(replicaPort, (r) => r.info('replication'))).includes('master_link_status:up'), 'the replica to sync');
+    await until(
+      async () => (await withClient(replicaPort, (r) => r.info('replication'))).includes('master_link_status:up'),
+      'the replica to sync',
+    );
     for (const port of sentinelPorts) {
       const conf = path.join(dir, `sentinel-${port}.conf`);
       await writeFile(
@@ -211,22 +248,36 @@ export async function startSentinelGroup(basePort: number, sentinelBase: number,
       // Sentinel rejects --save / --appendonly; it takes its own config file.
       await clearLeftover(port);
       await run('redis-server', [
-        conf, '--sentinel', '--port', String(port), '--bind', '127.0.0.1', '--daemonize', 'yes',
-        '--pidfile', path.join(dir, `${port}.pid`), '--logfile', path.join(dir, `${port}.log`), '--dir', dir,
+        conf,
+        '--sentinel',
+        '--port',
+        String(port),
+        '--bind',
+        '127.0.0.1',
+        '--daemonize',
+        'yes',
+        '--pidfile',
+        path.join(dir, `${port}.pid`),
+        '--logfile',
+        path.join(dir, `${port}.log`),
+        '--dir',
+        dir,
       ]);
       await until(() => answers(port), `sentinel on port ${port}`, 15_000);
     }
-    await until(
-      async () => {
-        for (const port of sentinelPorts) {
-          const replicas = (await withClient(port, (r) => r.call('SENTINEL', 'REPLICAS', masterName))) as unknown[];
-          const others = Number(await withClient(port, (r) => r.call('SENTINEL', 'CKQUORUM', masterName)).then(() => 1, () => 0));
-          if (replicas.length < 1 || others < 1) return false;
-        }
-        return true;
-      },
-      'the sentinels to know the replica and reach their quorum',
-    );
+    await until(async () => {
+      for (const port of sentinelPorts) {
+        const replicas = (await withClient(port, (r) => r.call('SENTINEL', 'REPLICAS', masterName))) as unknown[];
+        const others = Number(
+          await withClient(port, (r) => r.call('SENTINEL', 'CKQUORUM', masterName)).then(
+            () => 1,
+            () => 0,
+          ),
+        );
+        if (replicas.length < 1 || others < 1) return false;
+      }
+      return true;
+    }, 'the sentinels to know the replica and reach their quorum');
     return topology;
   } catch (err) {
     await topology.stop();

@@ -69,7 +69,10 @@ export async function startTestServer(opts: TestServerOptions = {}): Promise<Tes
   });
   const log = createLogger(config.logLevel, opts.logStream);
   // The template is migrated already; a shared database was migrated by its first server.
-  const runtime = await openRuntime(config, log, { migrate: false, ...(opts.onQuery ? { onQuery: opts.onQuery } : {}) });
+  const runtime = await openRuntime(config, log, {
+    migrate: false,
+    ...(opts.onQuery ? { onQuery: opts.onQuery } : {}),
+  });
   const app = createApp({ services: runtime.services, log, config });
   const url = await app.listen(0, '127.0.0.1');
 

@@ -6,7 +6,8 @@ import { nodeInputFor, type Simulator, startTestSimulator } from '../support/sim
 import { startTestServer, type TestServer } from '../support/test-server.js';
 import { IsVmidTaken, NextFreeVmid, ReleaseVmid, ReserveVmid, VmidEvents, VmidsTaken } from './documents.js';
 
-const code = (res: { errors?: Array<{ extensions?: Record<string, unknown> }> }) => res.errors?.[0]?.extensions?.code as string | undefined;
+const code = (res: { errors?: Array<{ extensions?: Record<string, unknown> }> }) =>
+  res.errors?.[0]?.extensions?.code as string | undefined;
 
 /** reserveVmid asks Proxmox before it answers, and stays inside the datacenter's next-id range. */
 describe('reservations confirmed with Proxmox', () => {
@@ -28,10 +29,19 @@ describe('reservations confirmed with Proxmox', () => {
     const cached = (await server.gql(VmidsTaken, { nodeId }, token)).data!.vmidsTaken;
     expect(cached.taken).toEqual([100, 101, 102, 103, 104]);
     const events: Array<{ kind: string; vmids: number[] | null }> = [];
-    const client = createClient({ url: server.wsUrl, webSocketImpl: WebSocket, retryAttempts: 0, connectionParams: { authorization: `Bearer ${token}` } });
+    const client = createClient({
+      url: server.wsUrl,
+      webSocketImpl: WebSocket,
+      retryAttempts: 0,
+      connectionParams: { authorization: `Bearer ${token}` },
+    });
     const dispose = client.subscribe<{ vmidEvents: (typeof events)[number] }>(
       { query: VmidEvents, variables: { nodeId } },
-      { next: (r) => void (r.data && events.push(r.data.vmidEvents)), error: () => undefined, complete: () => undefined },
+      {
+        next: (r) => void (r.data && events.push(r.data.vmidEvents)),
+        error: () => undefined,
+        complete: () => undefined,
+      },
     );
     try {
       await expect.poll(() => events.length).toBe(1);
@@ -76,11 +86,14 @@ describe('reservations confirmed with Proxmox', () => {
       const id = (await server.gql(CreateNode, { input: nodeInputFor(ranged) as never }, token)).data!.createNode.id;
       expect((await server.gql(NextFreeVmid, { nodeId: id }, token)).data!.nextFreeVmid).toBe(5000);
       const got: number[] = [];
-      for (let i = 0; i < 3; i++) got.push((await server.gql(ReserveVmid, { nodeId: id, ttlSeconds: 60 }, token)).data!.reserveVmid.vmid);
+      for (let i = 0; i < 3; i++)
+        got.push((await server.gql(ReserveVmid, { nodeId: id, ttlSeconds: 60 }, token)).data!.reserveVmid.vmid);
       expect(got).toEqual([5000, 5001, 5002]);
       const full = await server.gql(ReserveVmid, { nodeId: id, ttlSeconds: 60 }, token);
       expect(code(full)).toBe('CONFLICT');
-      expect((await server.gql(ReserveVmid, { nodeId: id, vmid: 150, ttlSeconds: 60 }, token)).data!.reserveVmid.vmid).toBe(150);
+      expect(
+        (await server.gql(ReserveVmid, { nodeId: id, vmid: 150, ttlSeconds: 60 }, token)).data!.reserveVmid.vmid,
+      ).toBe(150);
     } finally {
       await ranged.stop();
     }

@@ -2,13 +2,28 @@ import { graphql } from '../gql/index.js';
 
 export const VmidsTaken = graphql(`
   query VmidsTaken($nodeId: ID!) {
-    vmidsTaken(nodeId: $nodeId) { nodeId taken reserved fromCache refreshedAt expiresAt version }
+    vmidsTaken(nodeId: $nodeId) {
+      nodeId
+      taken
+      reserved
+      fromCache
+      refreshedAt
+      expiresAt
+      version
+    }
   }
 `);
 
 export const NodeVmids = graphql(`
   query NodeVmids($id: ID!) {
-    node(id: $id) { id vmids { taken reserved version } }
+    node(id: $id) {
+      id
+      vmids {
+        taken
+        reserved
+        version
+      }
+    }
   }
 `);
 
@@ -26,7 +41,11 @@ export const NextFreeVmid = graphql(`
 
 export const RefreshVmidCache = graphql(`
   mutation RefreshVmidCache($nodeId: ID!) {
-    refreshVmidCache(nodeId: $nodeId) { taken version fromCache }
+    refreshVmidCache(nodeId: $nodeId) {
+      taken
+      version
+      fromCache
+    }
   }
 `);
 
@@ -38,7 +57,11 @@ export const InvalidateVmidCache = graphql(`
 
 export const ReserveVmid = graphql(`
   mutation ReserveVmid($nodeId: ID!, $vmid: Int, $ttlSeconds: Int) {
-    reserveVmid(nodeId: $nodeId, vmid: $vmid, ttlSeconds: $ttlSeconds) { nodeId vmid expiresAt }
+    reserveVmid(nodeId: $nodeId, vmid: $vmid, ttlSeconds: $ttlSeconds) {
+      nodeId
+      vmid
+      expiresAt
+    }
   }
 `);
 

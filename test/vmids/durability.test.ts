@@ -5,7 +5,18 @@ import { expectCode } from '../proxmox/helpers.js';
 import { createTestDatabase } from '../support/test-database.js';
 import { deleteKeysWithPrefix } from '../support/redis-keys.js';
 import { uniqueRedisPrefix } from '../support/test-server.js';
-import { connect, makeService, newNode, openStore, type Proxmox, recordDatabase, sameCluster, silentLog, startProxmox, take } from './helpers.js';
+import {
+  connect,
+  makeService,
+  newNode,
+  openStore,
+  type Proxmox,
+  recordDatabase,
+  sameCluster,
+  silentLog,
+  startProxmox,
+  take,
+} from './helpers.js';
 
 /** Deletes every key of one deployment's prefix: what a Redis restart without persistence leaves. */
 async function loseEveryKey(prefix: string): Promise<void> {
@@ -34,7 +45,11 @@ describe('durable reservations', () => {
       const [onA, onB] = [makeService(a.store, proxmox), makeService(b.store, proxmox)];
       const alice = newNode();
       const bob = sameCluster(alice);
-      const held = [await onA.reserveVmid(alice, undefined, 600), await onB.reserveVmid(bob, undefined, 600), await onA.reserveVmid(alice, 5000, 600)];
+      const held = [
+        await onA.reserveVmid(alice, undefined, 600),
+        await onB.reserveVmid(bob, undefined, 600),
+        await onA.reserveVmid(alice, 5000, 600),
+      ];
       expect(held.map((r) => r.vmid)).toEqual([110, 111, 5000]);
 
       await loseEveryKey(prefix);
@@ -60,7 +75,11 @@ describe('durable reservations', () => {
       const node = newNode();
       const got: number[] = [];
       const wave = (n: number) =>
-        Promise.all(Array.from({ length: n }, (_, i) => services[i % 2]!.reserveVmid(sameCluster(node, node.userId), undefined, 600).then((r) => got.push(r.vmid))));
+        Promise.all(
+          Array.from({ length: n }, (_, i) =>
+            services[i % 2]!.reserveVmid(sameCluster(node, node.userId), undefined, 600).then((r) => got.push(r.vmid)),
+          ),
+        );
       await wave(40);
       await Promise.all([wave(40), loseEveryKey(prefix)]);
       await wave(40);
@@ -140,7 +159,11 @@ describe('durable reservations', () => {
     const testDb = await createTestDatabase();
     const db = await openPostgres(testDb.url);
     const redis = await connect(uniqueRedisPrefix());
-    const store = new DurableVmidStore(new RedisVmidStore(redis, { log: silentLog }), new ReservationRecord(db.prisma), silentLog);
+    const store = new DurableVmidStore(
+      new RedisVmidStore(redis, { log: silentLog }),
+      new ReservationRecord(db.prisma),
+      silentLog,
+    );
     try {
       const service = makeService(store, proxmox);
       const node = newNode();

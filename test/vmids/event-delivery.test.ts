@@ -1,4 +1,12 @@
-import { type ExecutionArgs, type ExecutionResult, GraphQLObjectType, GraphQLSchema, GraphQLString, parse, subscribe } from 'graphql';
+import {
+  type ExecutionArgs,
+  type ExecutionResult,
+  GraphQLObjectType,
+  GraphQLSchema,
+  GraphQLString,
+  parse,
+  subscribe,
+} from 'graphql';
 import { describe, expect, it } from 'vitest';
 import { createErrorMasker } from '../../src/graphql/plugins/mask-errors.js';
 import { useShareSubscriptionEvents } from '../../src/fast-paths/share-subscription-events.js';
@@ -68,7 +76,9 @@ describe('a subscription written to a sink, with an asynchronous field', () => {
   // The field resolves later than the event arrives, so results are promises.
   const Event = new GraphQLObjectType({
     name: 'Event',
-    fields: { value: { type: GraphQLString, resolve: async (e: { v: string; ms: number }) => (await sleep(e.ms), e.v) } },
+    fields: {
+      value: { type: GraphQLString, resolve: async (e: { v: string; ms: number }) => (await sleep(e.ms), e.v) },
+    },
   });
   let push!: Push<{ v: string; ms: number }>;
   let stop!: Stop;
@@ -94,10 +104,17 @@ describe('a subscription written to a sink, with an asynchronous field', () => {
   async function start() {
     let subscribeFn!: (args: ExecutionArgs) => unknown;
     const plugin = useShareSubscriptionEvents(createErrorMasker(createLogger('silent')));
-    (plugin.onSubscribe as (p: unknown) => void)({ subscribeFn: subscribe, setSubscribeFn: (fn: typeof subscribeFn) => (subscribeFn = fn) });
+    (plugin.onSubscribe as (p: unknown) => void)({
+      subscribeFn: subscribe,
+      setSubscribeFn: (fn: typeof subscribeFn) => (subscribeFn = fn),
+    });
     const written: string[] = [];
     const sink = { next: (s: string) => void written.push(s) };
-    const args: ExecutionArgs = { schema, document: parse('subscription { events { value } }'), contextValue: { sink, requestId: 'r' } };
+    const args: ExecutionArgs = {
+      schema,
+      document: parse('subscription { events { value } }'),
+      contextValue: { sink, requestId: 'r' },
+    };
     const stream = (await subscribeFn(args)) as AsyncGenerator<ExecutionResult>;
     const outcome = stream.next().then(
       (r) => ({ done: r.done }),

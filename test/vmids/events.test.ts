@@ -54,7 +54,14 @@ describe('VMID events across instances (Redis pub/sub)', () => {
       await serviceA.reserveVmid(node, 4000, 60);
       await serviceA.consumeReservation(node, 4000);
       const got = await take(events, 6);
-      expect(brief(got)).toEqual(['RESERVED@2', 'RELEASED@3', 'INVALIDATED@4', 'REFRESHED@5', 'RESERVED@6', 'REFRESHED@7']);
+      expect(brief(got)).toEqual([
+        'RESERVED@2',
+        'RELEASED@3',
+        'INVALIDATED@4',
+        'REFRESHED@5',
+        'RESERVED@6',
+        'REFRESHED@7',
+      ]);
       expect(got[0]!.vmids).toEqual([104]);
       expect(got[3]).toMatchObject({ vmids: null, added: [], removed: [] }); // refilled as it was
       expect(got[5]).toMatchObject({ vmids: null, added: [4000], removed: [] });
@@ -82,11 +89,9 @@ describe('VMID events across instances (Redis pub/sub)', () => {
       await serviceA.reserveVmid(n1, 5000, 60);
       await serviceA.releaseVmid(n2, 5000);
       const got = await take(events, 3);
-      expect(got.map((e) => `${e.nodeId === n1.id ? 'n1' : e.nodeId === n2.id ? 'n2' : 'other'}:${e.kind}@${e.version}`)).toEqual([
-        'n1:REFRESHED@1',
-        'n1:RESERVED@2',
-        'n2:RELEASED@3',
-      ]);
+      expect(
+        got.map((e) => `${e.nodeId === n1.id ? 'n1' : e.nodeId === n2.id ? 'n2' : 'other'}:${e.kind}@${e.version}`),
+      ).toEqual(['n1:REFRESHED@1', 'n1:RESERVED@2', 'n2:RELEASED@3']);
     } finally {
       await events.return?.();
     }
@@ -167,7 +172,10 @@ describe('VMID events across instances (Redis pub/sub)', () => {
         expect(got[1]!.vmids).toEqual([4100]);
       }
       // Both instances' timers fired; only one found something to end.
-      const more = await Promise.race([onA.next().then(() => 'event'), new Promise((r) => setTimeout(() => r('nothing'), 300))]);
+      const more = await Promise.race([
+        onA.next().then(() => 'event'),
+        new Promise((r) => setTimeout(() => r('nothing'), 300)),
+      ]);
       expect(more).toBe('nothing');
       expect((await serviceA.getCachedVmids(node)).version).toBe(3);
     } finally {
@@ -181,14 +189,21 @@ describe('VMID events across instances (Redis pub/sub)', () => {
     try {
       const otherService = makeService(other.store, proxmox);
       const node = newNode();
-      expect(storeB().channel(node.spaceId).startsWith((b.redis!.options.keyPrefix ?? '') + 'vmid-events:')).toBe(true);
+      expect(
+        storeB()
+          .channel(node.spaceId)
+          .startsWith((b.redis!.options.keyPrefix ?? '') + 'vmid-events:'),
+      ).toBe(true);
       const foreign = otherService.subscribeNode(node);
       const own = serviceB.subscribeNode(node);
       await take(foreign, 1);
       await take(own, 1);
       await serviceA.invalidateVmidCache(node);
       expect(brief(await take(own, 1))).toEqual(['INVALIDATED@1']);
-      const none = await Promise.race([foreign.next().then(() => 'event'), new Promise((r) => setTimeout(() => r('nothing'), 200))]);
+      const none = await Promise.race([
+        foreign.next().then(() => 'event'),
+        new Promise((r) => setTimeout(() => r('nothing'), 200)),
+      ]);
       expect(none).toBe('nothing');
       await foreign.return?.();
       await own.return?.();

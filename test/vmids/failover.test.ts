@@ -3,7 +3,15 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { redisHealth } from '../../src/redis/redis.js';
 import type { NodeRef, VmidEvent } from '../../src/vmids/index.js';
 import { EVENT_LOG_KEEP } from '../../src/vmids/store.js';
-import { NODE_TIMEOUT_MS, type RedisNode, type RedisTopology, startRedisCluster, startSentinelGroup, TEST_PORTS, until } from '../support/redis-topologies.js';
+import {
+  NODE_TIMEOUT_MS,
+  type RedisNode,
+  type RedisTopology,
+  startRedisCluster,
+  startSentinelGroup,
+  TEST_PORTS,
+  until,
+} from '../support/redis-topologies.js';
 import { uniqueRedisPrefix } from '../support/test-server.js';
 import { makeService, newNode, openStore, type Proxmox, startProxmox } from './helpers.js';
 
@@ -43,7 +51,10 @@ describe.each([
 
   it('loses no reservation, hands none out twice, and its subscribers resume', async () => {
     const prefix = uniqueRedisPrefix();
-    const [a, b] = await Promise.all([openStore('redis-durable', prefix, topology.url), openStore('redis-durable', prefix, topology.url)]);
+    const [a, b] = await Promise.all([
+      openStore('redis-durable', prefix, topology.url),
+      openStore('redis-durable', prefix, topology.url),
+    ]);
     const services = [makeService(a.store, proxmox), makeService(b.store, proxmox)];
     const nodes: NodeRef[] = Array.from({ length: SPACES }, () => newNode());
     const subscription = services[1]!.subscribeNode(nodes[0]!);
@@ -80,16 +91,26 @@ describe.each([
       const versionBefore = (await a.store.state(space0.id)).version;
       process.kill(victimPid, 'SIGKILL');
       // /readyz's view: the instance sees the master gone, then the promoted replica.
-      await until(async () => (await redisHealth(a.redis!, probe)) === 'failing over', 'redis health: failing over', 20 * NODE_TIMEOUT_MS);
+      await until(
+        async () => (await redisHealth(a.redis!, probe)) === 'failing over',
+        'redis health: failing over',
+        20 * NODE_TIMEOUT_MS,
+      );
       // Reservations of the victim's space go through again once a replica was promoted.
       await until(
-        async () => granted.slice(killedAt).filter((g) => g.space === nodes[0]!.spaceId).length >= AFTER / SPACES && granted.length - killedAt >= AFTER,
+        async () =>
+          granted.slice(killedAt).filter((g) => g.space === nodes[0]!.spaceId).length >= AFTER / SPACES &&
+          granted.length - killedAt >= AFTER,
         'reservations after the failover',
         20 * NODE_TIMEOUT_MS + 30_000,
       );
       stop = true;
       await Promise.all(load);
-      await until(async () => (await redisHealth(a.redis!, probe)) === 'ok', 'redis health: ok again', 20 * NODE_TIMEOUT_MS + 30_000);
+      await until(
+        async () => (await redisHealth(a.redis!, probe)) === 'ok',
+        'redis health: ok again',
+        20 * NODE_TIMEOUT_MS + 30_000,
+      );
       expect(() => process.kill(victimPid, 0)).toThrow(); // the master really is gone
 
       // The promoted replica numbers the space's versions on from well past anything the dead
@@ -103,7 +124,10 @@ describe.each([
       // Nothing lost: every acknowledged reservation is still its holder's — a third party asking
       // for it is refused (a reservation the new master lacks is put back from the record).
       for (const g of granted) {
-        const outcome = await a.store.reserve({ id: g.space, userId: g.space, spaceId: g.space }, { vmid: g.vmid, min: 100, max: 999_999_999, owner: 'intruder', ttlSeconds: 60 });
+        const outcome = await a.store.reserve(
+          { id: g.space, userId: g.space, spaceId: g.space },
+          { vmid: g.vmid, min: 100, max: 999_999_999, owner: 'intruder', ttlSeconds: 60 },
+        );
         expect(outcome, `${g.space}/${g.vmid}`).toEqual({ status: 'already-reserved', vmid: g.vmid });
         expect(await a.store.holder({ id: g.space, userId: g.space, spaceId: g.space }, g.vmid)).toBe(g.owner);
       }
@@ -111,9 +135,15 @@ describe.each([
       // The subscriber (on the other instance) hears the space again without being restarted.
       const seen = heard.length;
       const after = await services[0]!.reserveVmid(nodes[0]!, undefined, 600);
-      await until(async () => heard.slice(seen).some((e) => e.kind === 'RESERVED' && e.vmids?.includes(after.vmid)), 'the RESERVED event after the failover');
+      await until(
+        async () => heard.slice(seen).some((e) => e.kind === 'RESERVED' && e.vmids?.includes(after.vmid)),
+        'the RESERVED event after the failover',
+      );
       for (let i = 1; i < heard.length; i++) {
-        if (heard[i]!.kind !== 'SYNC') expect(heard[i]!.version, heard.map((e) => `${e.kind}@${e.version}`).join(' ')).toBeGreaterThan(heard[i - 1]!.version);
+        if (heard[i]!.kind !== 'SYNC')
+          expect(heard[i]!.version, heard.map((e) => `${e.kind}@${e.version}`).join(' ')).toBeGreaterThan(
+            heard[i - 1]!.version,
+          );
       }
       // Reported for the run's log: how the load went through the failover.
       console.info(`${_name}: ${granted.length} reservations, ${failures} refused while failing over`);
@@ -126,12 +156,24 @@ describe.each([
 });
 
 const probe = (fn: () => Promise<unknown>) =>
-  Promise.race([fn().then(() => true, () => false), new Promise<boolean>((r) => setTimeout(() => r(false), 500))]);
+  Promise.race([
+    fn().then(
+      () => true,
+      () => false,
+    ),
+    new Promise<boolean>((r) => setTimeout(() => r(false), 500)),
+  ]);
 
 /** The master node whose keyspace holds `key` (a master that does not own its slot answers MOVED). */
 async function masterOf(nodes: RedisNode[], key: string): Promise<RedisNode> {
   for (const node of nodes) {
-    const r = new Redis({ host: '127.0.0.1', port: node.port, lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null });
+    const r = new Redis({
+      host: '127.0.0.1',
+      port: node.port,
+      lazyConnect: true,
+      maxRetriesPerRequest: 0,
+      retryStrategy: () => null,
+    });
     r.on('error', () => undefined);
     try {
       await r.connect();
@@ -143,4 +185,3 @@ async function masterOf(nodes: RedisNode[], key: string): Promise<RedisNode> {
   }
   throw new Error(`no master holds ${key}`);
 }
-

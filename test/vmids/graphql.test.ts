@@ -37,10 +37,19 @@ function subscribe(server: TestServer, token: string, nodeId?: string) {
   const events: Event[] = [];
   const errors: unknown[] = [];
   let completed = false;
-  const client: Client = createClient({ url: server.wsUrl, webSocketImpl: WebSocket, retryAttempts: 0, connectionParams: { authorization: `Bearer ${token}` } });
+  const client: Client = createClient({
+    url: server.wsUrl,
+    webSocketImpl: WebSocket,
+    retryAttempts: 0,
+    connectionParams: { authorization: `Bearer ${token}` },
+  });
   const dispose = client.subscribe<{ vmidEvents: Event }>(
     { query: VmidEvents, variables: nodeId ? { nodeId } : {} },
-    { next: (r) => (r.data ? events.push(r.data.vmidEvents) : errors.push(r.errors)), error: (e) => errors.push(e), complete: () => (completed = true) },
+    {
+      next: (r) => (r.data ? events.push(r.data.vmidEvents) : errors.push(r.errors)),
+      error: (e) => errors.push(e),
+      complete: () => (completed = true),
+    },
   );
   return {
     events,
@@ -57,7 +66,11 @@ function subscribe(server: TestServer, token: string, nodeId?: string) {
 }
 
 /** The simulator's guest ids, as Proxmox would list them. */
-const guestIds = (sim: Simulator) => sim.guests().map((g) => g.vmid).sort((a, b) => a - b);
+const guestIds = (sim: Simulator) =>
+  sim
+    .guests()
+    .map((g) => g.vmid)
+    .sort((a, b) => a - b);
 
 describe.each([
   ['Redis', true],
@@ -69,7 +82,10 @@ describe.each([
   let nodeId: string;
 
   beforeAll(async () => {
-    [server, sim] = await Promise.all([startTestServer({ redis }), startTestSimulator({ guests: 8, clusterName: 'lab', nodes: 2 })]);
+    [server, sim] = await Promise.all([
+      startTestServer({ redis }),
+      startTestSimulator({ guests: 8, clusterName: 'lab', nodes: 2 }),
+    ]);
     token = (await server.createUser()).token;
     nodeId = (await server.gql(CreateNode, { input: nodeInputFor(sim) as never }, token)).data!.createNode.id;
   });
@@ -80,12 +96,16 @@ describe.each([
   it('serves vmidsTaken from Proxmox on a miss, then from the cache, and node.vmids agrees', async () => {
     const first = (await server.gql(VmidsTaken, { nodeId }, token)).data!.vmidsTaken;
     expect(first).toMatchObject({ nodeId, taken: guestIds(sim), reserved: [], fromCache: false });
-    expect(new Date(first.expiresAt).getTime() - new Date(first.refreshedAt).getTime()).toBe(server.config.vmidCacheTtlS * 1000);
+    expect(new Date(first.expiresAt).getTime() - new Date(first.refreshedAt).getTime()).toBe(
+      server.config.vmidCacheTtlS * 1000,
+    );
     const calls = sim.stats.count('/cluster/resources');
     const second = (await server.gql(VmidsTaken, { nodeId }, token)).data!.vmidsTaken;
     expect(second).toMatchObject({ taken: first.taken, fromCache: true, version: first.version });
     expect(sim.stats.count('/cluster/resources')).toBe(calls);
-    expect((await server.gql(NodeVmids, { id: nodeId }, token)).data!.node!.vmids).toMatchObject({ taken: first.taken });
+    expect((await server.gql(NodeVmids, { id: nodeId }, token)).data!.node!.vmids).toMatchObject({
+      taken: first.taken,
+    });
   });
 
   it('shows a guest created at Proxmox after invalidate (read-through) and after refresh', async () => {
@@ -131,7 +151,9 @@ describe.each([
     const r = (await server.gql(ReserveVmid, { nodeId, vmid: 7000 }, token)).data!.reserveVmid;
     // The client creates the container at Proxmox with its reserved VMID, then registers it.
     sim.addGuest({ vmid: r.vmid, type: 'lxc' });
-    const container = (await server.gql(RegisterContainer, { input: { nodeId, vmid: r.vmid, hostname: 'ct-7000' } }, token)).data!.registerContainer;
+    const container = (
+      await server.gql(RegisterContainer, { input: { nodeId, vmid: r.vmid, hostname: 'ct-7000' } }, token)
+    ).data!.registerContainer;
     const set = (await server.gql(VmidsTaken, { nodeId }, token)).data!.vmidsTaken;
     expect(set.reserved).not.toContain(7000);
     expect(set.taken).toContain(7000);
@@ -145,7 +167,8 @@ describe.each([
     const sub = subscribe(server, token, nodeId);
     try {
       await expect.poll(() => sub.events.length).toBe(1);
-      const container = (await server.gql(RegisterContainer, { input: { nodeId, vmid } }, token)).data!.registerContainer;
+      const container = (await server.gql(RegisterContainer, { input: { nodeId, vmid } }, token)).data!
+        .registerContainer;
       expect((await server.gql(IsVmidTaken, { nodeId, vmid }, token)).data!.isVmidTaken).toBe(true);
       expect((await server.gql(VmidsTaken, { nodeId }, token)).data!.vmidsTaken.taken).toContain(vmid);
       expect(code(await server.gql(ReserveVmid, { nodeId, vmid }, token))).toBe('CONFLICT');
@@ -199,7 +222,7 @@ describe.each([
     }
   });
 
-  it('streams over SSE too, and all of the caller\'s nodes when nodeId is omitted', async () => {
+  it("streams over SSE too, and all of the caller's nodes when nodeId is omitted", async () => {
     const second = (await server.gql(CreateNode, { input: nodeInputFor(sim) as never }, token)).data!.createNode.id;
     const ac = new AbortController();
     const res = await fetch(server.graphqlUrl, {
@@ -222,7 +245,8 @@ describe.each([
           const chunk = buffer.slice(0, idx);
           buffer = buffer.slice(idx + 2);
           const data = chunk.split('\n').find((l) => l.startsWith('data:'));
-          if (data && data.length > 6) seen.push((JSON.parse(data.slice(5)) as { data: { vmidEvents: Event } }).data.vmidEvents);
+          if (data && data.length > 6)
+            seen.push((JSON.parse(data.slice(5)) as { data: { vmidEvents: Event } }).data.vmidEvents);
         }
       }
     };
@@ -236,7 +260,12 @@ describe.each([
       await server.gql(InvalidateVmidCache, { nodeId: second }, token);
       await readUntil(4);
       expect(seen.slice(2).map((e) => e.kind)).toEqual(['INVALIDATED', 'INVALIDATED']);
-      expect(seen.slice(2).map((e) => e.nodeId).sort()).toEqual([nodeId, second].sort());
+      expect(
+        seen
+          .slice(2)
+          .map((e) => e.nodeId)
+          .sort(),
+      ).toEqual([nodeId, second].sort());
       expect(seen[2]!.version).toBe(seen[0]!.version + 1);
     } finally {
       ac.abort();
@@ -247,7 +276,8 @@ describe.each([
     const owner = (await server.createUser()).token;
     // The doomed node is the only registration of its cluster: its VMID space goes with it.
     const standalone = await startTestSimulator({ guests: 2 });
-    const create = async (of: Simulator) => (await server.gql(CreateNode, { input: nodeInputFor(of) as never }, owner)).data!.createNode.id;
+    const create = async (of: Simulator) =>
+      (await server.gql(CreateNode, { input: nodeInputFor(of) as never }, owner)).data!.createNode.id;
     const kept = await create(sim);
     const doomed = await create(standalone);
     const one = subscribe(server, owner, doomed);
@@ -258,7 +288,12 @@ describe.each([
       expect((await server.gql(DeleteNode, { id: doomed }, owner)).data?.deleteNode).toBe(true);
       await expect.poll(() => one.completed).toBe(true);
       expect(one.events.map((e) => e.kind)).toEqual(['SYNC', 'DELETED']);
-      expect(one.events[1]).toMatchObject({ nodeId: doomed, version: one.events[0]!.version + 1, vmids: null, expiresAt: null });
+      expect(one.events[1]).toMatchObject({
+        nodeId: doomed,
+        version: one.events[0]!.version + 1,
+        vmids: null,
+        expiresAt: null,
+      });
       expect(one.errors).toEqual([]);
 
       await expect.poll(() => all.events.length).toBe(3);
@@ -314,7 +349,11 @@ describe.each([
   beforeAll(async () => {
     sim = await startTestSimulator({ guests: 50 });
     a = await startTestServer({ env: redisEnv() });
-    b = await startTestServer({ databaseUrl: a.databaseUrl, redisKeyPrefix: a.config.redisKeyPrefix, env: { ...redisEnv(), VMID_READ_CACHE_MS: '60000' } });
+    b = await startTestServer({
+      databaseUrl: a.databaseUrl,
+      redisKeyPrefix: a.config.redisKeyPrefix,
+      env: { ...redisEnv(), VMID_READ_CACHE_MS: '60000' },
+    });
     token = (await a.createUser()).token;
     nodeId = (await a.gql(CreateNode, { input: nodeInputFor(sim) as never }, token)).data!.createNode.id;
   });
@@ -345,7 +384,9 @@ describe.each([
     }
   });
 
-  it("shows A's reservations and releases in vmidsTaken on B once their events arrive, though B answers from memory", async ({ skip }) => {
+  it("shows A's reservations and releases in vmidsTaken on B once their events arrive, though B answers from memory", async ({
+    skip,
+  }) => {
     skip(!fastPathsOn, `${FAST_PATHS_OFF} (the local VMID snapshots)`);
     // B keeps snapshots for a minute (VMID_READ_CACHE_MS): only the events end them in time.
     const taken = async () => (await b.gql(VmidsTaken, { nodeId }, token)).data!.vmidsTaken;
@@ -397,7 +438,9 @@ describe('VMIDs while Redis is unreachable', () => {
       expect(code(await server.gql(ReserveVmid, { nodeId }, token))).toBe('SERVICE_UNAVAILABLE');
 
       await relay.up();
-      await expect.poll(async () => (await server.gql(ReserveVmid, { nodeId }, token)).errors, { timeout: 15_000 }).toBeUndefined();
+      await expect
+        .poll(async () => (await server.gql(ReserveVmid, { nodeId }, token)).errors, { timeout: 15_000 })
+        .toBeUndefined();
       expect((await server.gql(VmidsTaken, { nodeId }, token)).data!.vmidsTaken.reserved).toHaveLength(1);
     } finally {
       await server.stop();
@@ -484,7 +527,9 @@ describe('subscriptions per user', () => {
       await expect.poll(() => failed.errors.length).toBe(1);
       expect(JSON.stringify(failed.errors[0])).toContain('SERVICE_UNAVAILABLE');
       await relay.up();
-      await expect.poll(async () => (await server.gql(ReserveVmid, { nodeId }, token)).errors, { timeout: 15_000 }).toBeUndefined();
+      await expect
+        .poll(async () => (await server.gql(ReserveVmid, { nodeId }, token)).errors, { timeout: 15_000 })
+        .toBeUndefined();
 
       const second = open();
       await expect.poll(() => second.events.length, { timeout: 5_000 }).toBeGreaterThan(0);
@@ -515,9 +560,14 @@ describe('the first subscriptions of a freshly started instance', () => {
     // Another instance of the deployment, started now: its pub/sub connection is brand new,
     // and each user's first subscription SUBSCRIBEs a channel of its own.
     const fresh = await startTestServer({ databaseUrl: seed.databaseUrl, redisKeyPrefix: seed.config.redisKeyPrefix });
-    const subs = owners.flatMap(({ token, nodeId }) => [subscribe(fresh, token, nodeId), subscribe(fresh, token, nodeId)]);
+    const subs = owners.flatMap(({ token, nodeId }) => [
+      subscribe(fresh, token, nodeId),
+      subscribe(fresh, token, nodeId),
+    ]);
     try {
-      await expect.poll(() => subs.every((s) => s.events.length === 1 || s.errors.length > 0), { timeout: 10_000 }).toBe(true);
+      await expect
+        .poll(() => subs.every((s) => s.events.length === 1 || s.errors.length > 0), { timeout: 10_000 })
+        .toBe(true);
       expect(subs.flatMap((s) => s.errors)).toEqual([]);
       expect(subs.every((s) => s.events[0]?.kind === 'SYNC')).toBe(true);
     } finally {

@@ -7,13 +7,31 @@ import { InvalidateVmidCache, RefreshVmidCache, VmidsTaken } from './documents.j
 
 const NodeGuests = graphql(`
   query NodeGuests($id: ID!) {
-    node(id: $id) { id guests { vmid type name node status } }
+    node(id: $id) {
+      id
+      guests {
+        vmid
+        type
+        name
+        node
+        status
+      }
+    }
   }
 `);
 
 const NodeVmidsAndGuests = graphql(`
   query NodeVmidsAndGuests($id: ID!) {
-    node(id: $id) { id vmids { taken fromCache } guests { vmid } }
+    node(id: $id) {
+      id
+      vmids {
+        taken
+        fromCache
+      }
+      guests {
+        vmid
+      }
+    }
   }
 `);
 
@@ -47,7 +65,10 @@ describe.each([
 
   beforeAll(async () => {
     // Six generated guests over pve1-pve3 (its containers on pve3, offline) and a container on pve2.
-    [server, sim] = await Promise.all([startTestServer({ redis }), startTestSimulator({ guests: 6, clusterName: 'lab', nodes: 3, offlineNodes: [OFFLINE] })]);
+    [server, sim] = await Promise.all([
+      startTestServer({ redis }),
+      startTestSimulator({ guests: 6, clusterName: 'lab', nodes: 3, offlineNodes: [OFFLINE] }),
+    ]);
     sim.addGuest({ vmid: 300, type: 'lxc', node: 'pve2', name: 'ct-online', status: 'stopped' });
     token = (await server.createUser()).token;
     nodeId = (await server.gql(CreateNode, { input: nodeInputFor(sim) as never }, token)).data!.createNode.id;
@@ -61,7 +82,13 @@ describe.each([
     expect(res.errors).toBeUndefined();
     const guests = res.data!.node!.guests;
     expect(guests).toEqual(listed(sim));
-    expect(guests.find((g) => g.vmid === 300)).toEqual({ vmid: 300, type: 'LXC', name: 'ct-online', node: 'pve2', status: 'stopped' });
+    expect(guests.find((g) => g.vmid === 300)).toEqual({
+      vmid: 300,
+      type: 'LXC',
+      name: 'ct-online',
+      node: 'pve2',
+      status: 'stopped',
+    });
     expect(guests.some((g) => g.type === 'QEMU' && g.status === 'running')).toBe(true);
     expect(guests.filter((g) => g.node === OFFLINE).map((g) => [g.type, g.status, g.name])).toEqual([
       ['LXC', 'unknown', null],
@@ -82,7 +109,10 @@ describe.each([
     // Guests first, then the set: still one listing.
     await server.gql(InvalidateVmidCache, { nodeId }, token);
     expect((await server.gql(NodeGuests, { id: nodeId }, token)).data!.node!.guests).toEqual(listed(sim));
-    expect((await server.gql(VmidsTaken, { nodeId }, token)).data!.vmidsTaken).toMatchObject({ fromCache: true, taken: listed(sim).map((g) => g.vmid) });
+    expect((await server.gql(VmidsTaken, { nodeId }, token)).data!.vmidsTaken).toMatchObject({
+      fromCache: true,
+      taken: listed(sim).map((g) => g.vmid),
+    });
     expect(resources()).toBe(before + 2);
   });
 
@@ -92,18 +122,29 @@ describe.each([
     try {
       const before = resources();
       // Cached: not seen yet, and Proxmox is not asked.
-      expect((await server.gql(NodeGuests, { id: nodeId }, token)).data!.node!.guests.map((g) => g.vmid)).not.toContain(4242);
+      expect((await server.gql(NodeGuests, { id: nodeId }, token)).data!.node!.guests.map((g) => g.vmid)).not.toContain(
+        4242,
+      );
       expect(resources()).toBe(before);
       expect((await server.gql(RefreshVmidCache, { nodeId }, token)).data!.refreshVmidCache.taken).toContain(4242);
       const guests = (await server.gql(NodeGuests, { id: nodeId }, token)).data!.node!.guests;
       expect(guests).toEqual(listed(sim));
-      expect(guests.find((g) => g.vmid === 4242)).toEqual({ vmid: 4242, type: 'QEMU', name: 'made-elsewhere', node: 'pve1', status: 'running' });
+      expect(guests.find((g) => g.vmid === 4242)).toEqual({
+        vmid: 4242,
+        type: 'QEMU',
+        name: 'made-elsewhere',
+        node: 'pve1',
+        status: 'running',
+      });
       expect(resources()).toBe(before + 1);
 
-      const container = (await server.gql(RegisterContainer, { input: { nodeId, vmid: 4300 } }, token)).data!.registerContainer;
+      const container = (await server.gql(RegisterContainer, { input: { nodeId, vmid: 4300 } }, token)).data!
+        .registerContainer;
       try {
         expect((await server.gql(VmidsTaken, { nodeId }, token)).data!.vmidsTaken.taken).toContain(4300);
-        expect((await server.gql(NodeGuests, { id: nodeId }, token)).data!.node!.guests.map((g) => g.vmid)).not.toContain(4300);
+        expect(
+          (await server.gql(NodeGuests, { id: nodeId }, token)).data!.node!.guests.map((g) => g.vmid),
+        ).not.toContain(4300);
         // Also after a fill, which adds registered containers to the set, not to the guests.
         expect((await server.gql(RefreshVmidCache, { nodeId }, token)).data!.refreshVmidCache.taken).toContain(4300);
         expect((await server.gql(NodeGuests, { id: nodeId }, token)).data!.node!.guests).toEqual(listed(sim));

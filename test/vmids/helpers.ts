@@ -125,7 +125,12 @@ export async function openStore(
     return { store, fast, close: () => store.close() };
   }
   const redis = await connect(prefix, url);
-  const fast = new RedisVmidStore(redis, { log: silentLog, localReadMs: kind === 'redis-local' ? LOCAL_READ_MS : 0, reuseHoldMs, ...seeder });
+  const fast = new RedisVmidStore(redis, {
+    log: silentLog,
+    localReadMs: kind === 'redis-local' ? LOCAL_READ_MS : 0,
+    reuseHoldMs,
+    ...seeder,
+  });
   const store = durable(fast);
   // Reads are kept once the pattern subscription is confirmed: from the test's first read on.
   if (kind === 'redis-local') await eventually(() => fast.keepsSnapshots(), 5_000, 'snapshots kept in memory');
@@ -140,7 +145,11 @@ export async function openStore(
   };
 }
 
-export function makeService(store: VmidStore, proxmox: Proxmox, overrides: { cacheTtlSeconds?: number; fillWaitMs?: number } = {}) {
+export function makeService(
+  store: VmidStore,
+  proxmox: Proxmox,
+  overrides: { cacheTtlSeconds?: number; fillWaitMs?: number } = {},
+) {
   return new VmidService({
     store,
     fetchTakenVmids: proxmox.fetchTakenVmids,
@@ -159,7 +168,10 @@ export async function take(it: AsyncIterator<VmidEvent>, n: number, timeoutMs = 
     const left = deadline - Date.now();
     let timer: NodeJS.Timeout | undefined;
     const timeout = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new Error(`timed out after ${out.length}/${n} events: ${JSON.stringify(brief(out))}`)), Math.max(left, 1));
+      timer = setTimeout(
+        () => reject(new Error(`timed out after ${out.length}/${n} events: ${JSON.stringify(brief(out))}`)),
+        Math.max(left, 1),
+      );
     });
     try {
       const r = await Promise.race([it.next(), timeout]);
@@ -185,7 +197,11 @@ export function expectConsecutive(events: VmidEvent[]): void {
 }
 
 /** Polls `check` until it returns true (or throws after timeoutMs). */
-export async function eventually(check: () => Promise<boolean> | boolean, timeoutMs = 5_000, what = 'condition'): Promise<void> {
+export async function eventually(
+  check: () => Promise<boolean> | boolean,
+  timeoutMs = 5_000,
+  what = 'condition',
+): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     if (await check()) return;

@@ -2,9 +2,27 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { RedisClient } from '../../src/redis/redis.js';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { LocalSnapshots } from '../../src/vmids/local-snapshots.js';
-import { type NodeRef, RedisVmidStore, VMID_MAX, type VmidEvent, type VmidService, type VmidSnapshot } from '../../src/vmids/index.js';
+import {
+  type NodeRef,
+  RedisVmidStore,
+  VMID_MAX,
+  type VmidEvent,
+  type VmidService,
+  type VmidSnapshot,
+} from '../../src/vmids/index.js';
 import { uniqueRedisPrefix } from '../support/test-server.js';
-import { connect, eventually, LOCAL_READ_MS, makeService, newNode, type OpenStore, openStore, type Proxmox, silentLog, startProxmox } from './helpers.js';
+import {
+  connect,
+  eventually,
+  LOCAL_READ_MS,
+  makeService,
+  newNode,
+  type OpenStore,
+  openStore,
+  type Proxmox,
+  silentLog,
+  startProxmox,
+} from './helpers.js';
 
 /**
  * VMID_READ_CACHE_MS: an instance answers a node's snapshot from memory, and every change —
@@ -39,10 +57,14 @@ describe('snapshots kept in memory by a Redis store (two instances)', () => {
 
   /** Reads on `store` until it keeps the node's snapshot (its pattern subscription is confirmed then). */
   const untilKept = (store: RedisVmidStore, timeoutMs = 3_000) =>
-    eventually(async () => {
-      await store.read(node);
-      return store.keptSnapshots() === 1;
-    }, timeoutMs, 'a kept snapshot');
+    eventually(
+      async () => {
+        await store.read(node);
+        return store.keptSnapshots() === 1;
+      },
+      timeoutMs,
+      'a kept snapshot',
+    );
   const keptOn = async (store: OpenStore) => {
     await untilKept(store.store as RedisVmidStore);
     return store.store.read(node);
@@ -81,7 +103,11 @@ describe('snapshots kept in memory by a Redis store (two instances)', () => {
     const redis = await connect(prefix);
     const sources: string[] = [];
     const boundMs = 2_000;
-    const steady = new RedisVmidStore(redis, { log: silentLog, localReadMs: boundMs, onRead: (source) => sources.push(source) });
+    const steady = new RedisVmidStore(redis, {
+      log: silentLog,
+      localReadMs: boundMs,
+      onRead: (source) => sources.push(source),
+    });
     try {
       await untilKept(steady);
       // Over two bounds of steady reads (every 20 ms), the copy is renewed in the background.
@@ -113,9 +139,19 @@ describe('snapshots kept in memory by a Redis store (two instances)', () => {
 
   it("shows another instance's reservation, release and invalidation once their events arrive", async () => {
     const before = await keptOn(b);
-    const reserved = await a.store.reserve(node, { vmid: null, min: 100, max: VMID_MAX, owner: node.userId, ttlSeconds: 60 });
+    const reserved = await a.store.reserve(node, {
+      vmid: null,
+      min: 100,
+      max: VMID_MAX,
+      owner: node.userId,
+      ttlSeconds: 60,
+    });
     if (reserved.status !== 'reserved') throw new Error(reserved.status);
-    await eventually(async () => (await b.store.read(node)).reserved.some((r) => r.vmid === reserved.vmid), 2_000, 'the reservation on B');
+    await eventually(
+      async () => (await b.store.read(node)).reserved.some((r) => r.vmid === reserved.vmid),
+      2_000,
+      'the reservation on B',
+    );
     expect((await b.store.read(node)).version).toBe(before.version + 1);
 
     await keptOn(b);
@@ -129,7 +165,13 @@ describe('snapshots kept in memory by a Redis store (two instances)', () => {
 
   it('shows its own changes at once, without waiting for their events', async () => {
     const before = await keptOn(b);
-    const reserved = await b.store.reserve(node, { vmid: 4242, min: 100, max: VMID_MAX, owner: node.userId, ttlSeconds: 60 });
+    const reserved = await b.store.reserve(node, {
+      vmid: 4242,
+      min: 100,
+      max: VMID_MAX,
+      owner: node.userId,
+      ttlSeconds: 60,
+    });
     expect(reserved.status).toBe('reserved');
     const after = await b.store.read(node);
     expect(after.reserved.map((r) => r.vmid)).toEqual([4242]);
@@ -141,9 +183,15 @@ describe('snapshots kept in memory by a Redis store (two instances)', () => {
     expect(consumed.cache!.taken).toContain(4242);
   });
 
-  it("ends when the first reservation lapses, and the next read announces the lapse", async () => {
+  it('ends when the first reservation lapses, and the next read announces the lapse', async () => {
     await keptOn(b);
-    const reserved = await a.store.reserve(node, { vmid: 4343, min: 100, max: VMID_MAX, owner: node.userId, ttlSeconds: 1 });
+    const reserved = await a.store.reserve(node, {
+      vmid: 4343,
+      min: 100,
+      max: VMID_MAX,
+      owner: node.userId,
+      ttlSeconds: 1,
+    });
     expect(reserved.status).toBe('reserved');
     const events: VmidEvent[] = [];
     const stop = await b.store.listen(node.spaceId, (e) => events.push(e));
@@ -151,7 +199,11 @@ describe('snapshots kept in memory by a Redis store (two instances)', () => {
       expect((await keptOn(b)).reserved.map((r) => r.vmid)).toEqual([4343]);
       await sleep(1_100);
       expect((await b.store.read(node)).reserved).toEqual([]);
-      await eventually(() => events.some((e) => e.kind === 'RELEASED' && e.vmids?.includes(4343)), 2_000, 'the RELEASED event');
+      await eventually(
+        () => events.some((e) => e.kind === 'RELEASED' && e.vmids?.includes(4343)),
+        2_000,
+        'the RELEASED event',
+      );
     } finally {
       stop();
     }
@@ -161,7 +213,7 @@ describe('snapshots kept in memory by a Redis store (two instances)', () => {
     // B's own subscriber connection, so the test can cut it.
     const redis = await connect(prefix);
     const subscriber = redis.duplicate();
-    const id = (await subscriber.client('ID'));
+    const id = await subscriber.client('ID');
     const store = new RedisVmidStore(redis, { log: silentLog, localReadMs: LOCAL_READ_MS, subscriber });
     try {
       await untilKept(store, 5_000);
@@ -169,7 +221,13 @@ describe('snapshots kept in memory by a Redis store (two instances)', () => {
       await a.redis!.client('KILL', 'ID', String(id));
       await closed;
       // Published while B's subscriber is gone: B never receives this event.
-      const reserved = await a.store.reserve(node, { vmid: 4444, min: 100, max: VMID_MAX, owner: node.userId, ttlSeconds: 60 });
+      const reserved = await a.store.reserve(node, {
+        vmid: 4444,
+        min: 100,
+        max: VMID_MAX,
+        owner: node.userId,
+        ttlSeconds: 60,
+      });
       expect(reserved.status).toBe('reserved');
       expect((await store.read(node)).reserved.map((r) => r.vmid)).toEqual([4444]);
       await untilKept(store, 5_000);

@@ -5,7 +5,18 @@ import { expectCode } from '../proxmox/helpers.js';
 import { TEST_REDIS_URL } from '../support/env.js';
 import { startTcpProxy, type TcpProxy } from '../support/tcp-proxy.js';
 import { uniqueRedisPrefix } from '../support/test-server.js';
-import { brief, eventually, makeService, newNode, numsub, type OpenStore, openStore, type Proxmox, startProxmox, take } from './helpers.js';
+import {
+  brief,
+  eventually,
+  makeService,
+  newNode,
+  numsub,
+  type OpenStore,
+  openStore,
+  type Proxmox,
+  startProxmox,
+  take,
+} from './helpers.js';
 
 describe('Redis going away and coming back', () => {
   let proxmox: Proxmox;
@@ -49,7 +60,12 @@ describe('Redis going away and coming back', () => {
 
     // Read-only set: answered from Proxmox directly, marked as not cached, reservations unknown.
     const fallback = await flaky.getCachedVmids(node);
-    expect(fallback).toMatchObject({ taken: [100, 101, 102, 103, 105, 106, 107, 108, 110, 111], reserved: [], fromCache: false, version: 1 });
+    expect(fallback).toMatchObject({
+      taken: [100, 101, 102, 103, 105, 106, 107, 108, 110, 111],
+      reserved: [],
+      fromCache: false,
+      version: 1,
+    });
     expect(proxmox.resourceCalls()).toBe(calls + 1);
     // Everything that must see reservations, or change them, needs Redis: a clear error.
     await expectCode(flaky.reserveVmid(node, undefined, 60), 'SERVICE_UNAVAILABLE');

@@ -4,11 +4,18 @@ import * as replies from '../../src/vmids/redis-replies.js';
 /** The scripts' replies as Redis hands them to ioredis: decoded when well-formed, refused by name otherwise. */
 describe('Lua script replies', () => {
   it('decodes each script reply of the expected shape', () => {
-    expect(replies.decodeReserve(['OK', 104, '1700000060000', '7'])).toEqual({ status: 'reserved', vmid: 104, expiresAt: 1_700_000_060_000, version: 7 });
+    expect(replies.decodeReserve(['OK', 104, '1700000060000', '7'])).toEqual({
+      status: 'reserved',
+      vmid: 104,
+      expiresAt: 1_700_000_060_000,
+      version: 7,
+    });
     expect(replies.decodeReserve(['RESERVED', 104])).toEqual({ status: 'already-reserved', vmid: 104 });
     expect(replies.decodeReserve(['EXHAUSTED'])).toEqual({ status: 'exhausted' });
     expect(replies.decodeNextFree(['FREE', 200])).toEqual({ status: 'free', vmid: 200 });
-    expect(replies.decodeRead(['3', '1700000000000', ['104', '1700000060000'], '1699999990000', '1700000050000', '100,101'])).toEqual({
+    expect(
+      replies.decodeRead(['3', '1700000000000', ['104', '1700000060000'], '1699999990000', '1700000050000', '100,101']),
+    ).toEqual({
       version: 3,
       nowMs: 1_700_000_000_000,
       reservedFlat: ['104', '1700000060000'],
@@ -16,10 +23,21 @@ describe('Lua script replies', () => {
       expiresAt: 1_700_000_050_000,
       taken: '100,101',
     });
-    expect(replies.decodeRead(['0', '1700000000000', [], '', '', []])).toMatchObject({ refreshedAt: null, expiresAt: null, taken: [] });
+    expect(replies.decodeRead(['0', '1700000000000', [], '', '', []])).toMatchObject({
+      refreshedAt: null,
+      expiresAt: null,
+      taken: [],
+    });
     expect(replies.decodeRefresh(['STALE', '4'])).toEqual({ status: 'stale', version: 4 });
     expect(replies.decodeRefresh(['GONE'])).toEqual({ status: 'gone' });
-    expect(replies.decodeRefresh(['OK', 1, '5', '1', '2', []])).toEqual({ status: 'ok', changed: true, version: 5, refreshedAt: 1, expiresAt: 2, reservedFlat: [] });
+    expect(replies.decodeRefresh(['OK', 1, '5', '1', '2', []])).toEqual({
+      status: 'ok',
+      changed: true,
+      version: 5,
+      refreshedAt: 1,
+      expiresAt: 2,
+      reservedFlat: [],
+    });
     expect(replies.decodeInvalidate([-1, 9])).toEqual({ existed: -1, version: 9 });
     expect(replies.decodeConsume([1, 0])).toEqual({ released: true, added: false });
     expect(replies.decodeExpireDue(['1000', ''])).toEqual({ nowMs: 1000, nextMs: null });

@@ -23,7 +23,9 @@ describe('reservations across instances', () => {
     cleanup.push(proxmox);
     const services = await twoInstances(proxmox);
     const node = newNode();
-    const reservations = await Promise.all(Array.from({ length: 200 }, (_, i) => services[i % 2]!.reserveVmid(node, undefined, 60)));
+    const reservations = await Promise.all(
+      Array.from({ length: 200 }, (_, i) => services[i % 2]!.reserveVmid(node, undefined, 60)),
+    );
     const vmids = reservations.map((r) => r.vmid);
     expect(new Set(vmids).size).toBe(200);
     const guests = new Set(proxmox.sim.guests().map((g) => g.vmid));
@@ -41,7 +43,9 @@ describe('reservations across instances', () => {
     cleanup.push(proxmox);
     const services = await twoInstances(proxmox);
     const node = newNode();
-    const results = await Promise.allSettled(Array.from({ length: 200 }, (_, i) => services[i % 2]!.reserveVmid(node, 4242, 60)));
+    const results = await Promise.allSettled(
+      Array.from({ length: 200 }, (_, i) => services[i % 2]!.reserveVmid(node, 4242, 60)),
+    );
     expect(results.filter((r) => r.status === 'fulfilled')).toHaveLength(1);
     const codes = results.flatMap((r) => (r.status === 'rejected' ? [(r.reason as DomainError).code] : []));
     expect(codes).toEqual(Array(199).fill('CONFLICT'));
@@ -76,12 +80,20 @@ describe('reservations across instances', () => {
     const held = range(10_100, 10_000, 2);
     for (let i = 0; i < held.length; i += 500) {
       await Promise.all(
-        held.slice(i, i + 500).map((vmid) => store.reserve(large, { vmid, min: 100, max: VMID_MAX, owner: large.userId, ttlSeconds: 600 })),
+        held
+          .slice(i, i + 500)
+          .map((vmid) => store.reserve(large, { vmid, min: 100, max: VMID_MAX, owner: large.userId, ttlSeconds: 600 })),
       );
     }
     const timed = async (node: typeof small) => {
       const start = performance.now();
-      const outcome = await store.reserve(node, { vmid: null, min: 100, max: VMID_MAX, owner: node.userId, ttlSeconds: 600 });
+      const outcome = await store.reserve(node, {
+        vmid: null,
+        min: 100,
+        max: VMID_MAX,
+        owner: node.userId,
+        ttlSeconds: 600,
+      });
       return { ms: performance.now() - start, vmid: outcome.status === 'reserved' ? outcome.vmid : null };
     };
     const times = { small: [] as number[], large: [] as number[] };

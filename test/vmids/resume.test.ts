@@ -15,16 +15,26 @@ interface Event {
   removed: number[];
 }
 
-const RESUME = 'subscription ($nodeId: ID, $afterVersion: Int) { vmidEvents(nodeId: $nodeId, afterVersion: $afterVersion) { nodeId kind version vmids added removed } }';
+const RESUME =
+  'subscription ($nodeId: ID, $afterVersion: Int) { vmidEvents(nodeId: $nodeId, afterVersion: $afterVersion) { nodeId kind version vmids added removed } }';
 
 /** A graphql-ws subscription on `server`, collecting events and errors. */
 function subscribe(server: TestServer, token: string, variables: Record<string, unknown>) {
   const events: Event[] = [];
   const errors: unknown[] = [];
-  const client = createClient({ url: server.wsUrl, webSocketImpl: WebSocket, retryAttempts: 0, connectionParams: { authorization: `Bearer ${token}` } });
+  const client = createClient({
+    url: server.wsUrl,
+    webSocketImpl: WebSocket,
+    retryAttempts: 0,
+    connectionParams: { authorization: `Bearer ${token}` },
+  });
   const dispose = client.subscribe<{ vmidEvents: Event }>(
     { query: RESUME, variables },
-    { next: (r) => (r.data ? events.push(r.data.vmidEvents) : errors.push(r.errors)), error: (e) => errors.push(e), complete: () => undefined },
+    {
+      next: (r) => (r.data ? events.push(r.data.vmidEvents) : errors.push(r.errors)),
+      error: (e) => errors.push(e),
+      complete: () => undefined,
+    },
   );
   return {
     events,
@@ -47,7 +57,10 @@ describe('resuming vmidEvents after a version', () => {
   beforeAll(async () => {
     const prefix = uniqueRedisPrefix();
     a = await startTestServer({ redisKeyPrefix: prefix });
-    [b, sim] = await Promise.all([startTestServer({ databaseUrl: a.databaseUrl, redisKeyPrefix: prefix }), startTestSimulator({ guests: 4 })]);
+    [b, sim] = await Promise.all([
+      startTestServer({ databaseUrl: a.databaseUrl, redisKeyPrefix: prefix }),
+      startTestSimulator({ guests: 4 }),
+    ]);
     token = (await a.createUser()).token;
     nodeId = (await a.gql(CreateNode, { input: nodeInputFor(sim) as never }, token)).data!.createNode.id;
     await a.gql(VmidsTaken, { nodeId }, token);
@@ -146,9 +159,13 @@ describe('resuming vmidEvents over SSE, embedded', () => {
         buffer += new TextDecoder().decode(value);
         let idx;
         while ((idx = buffer.indexOf('\n\n')) >= 0) {
-          const data = buffer.slice(0, idx).split('\n').find((l) => l.startsWith('data:'));
+          const data = buffer
+            .slice(0, idx)
+            .split('\n')
+            .find((l) => l.startsWith('data:'));
           buffer = buffer.slice(idx + 2);
-          if (data && data.length > 6) seen.push((JSON.parse(data.slice(5)) as { data: { vmidEvents: Event } }).data.vmidEvents);
+          if (data && data.length > 6)
+            seen.push((JSON.parse(data.slice(5)) as { data: { vmidEvents: Event } }).data.vmidEvents);
         }
       }
     } finally {

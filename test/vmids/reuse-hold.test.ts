@@ -33,7 +33,9 @@ describe('reuse hold (memory store, a clock of its own)', () => {
     expect(await free()).toBe(103);
     advance(1);
     expect(await free()).toBe(101);
-    expect((await store.reserve(node, { vmid: null, min: 100, max: VMID_MAX, owner: 'u', ttlSeconds: 60 })).status).toBe('reserved');
+    expect(
+      (await store.reserve(node, { vmid: null, min: 100, max: VMID_MAX, owner: 'u', ttlSeconds: 60 })).status,
+    ).toBe('reserved');
     expect(await free()).toBe(103);
   });
 
@@ -46,7 +48,8 @@ describe('reuse hold (memory store, a clock of its own)', () => {
   it('a reservation that lapses is held from when it ended; one consumed is not freed until a fill no longer lists it', async () => {
     const { store, node, free, advance } = open();
     await store.refresh(node, [100], 3_600, null);
-    const reserve = (vmid: number | null, ttlSeconds = 10) => store.reserve(node, { vmid, min: 100, max: VMID_MAX, owner: 'u', ttlSeconds });
+    const reserve = (vmid: number | null, ttlSeconds = 10) =>
+      store.reserve(node, { vmid, min: 100, max: VMID_MAX, owner: 'u', ttlSeconds });
     expect(await reserve(101)).toMatchObject({ status: 'reserved' });
     expect(await reserve(102, 600)).toMatchObject({ status: 'reserved' });
     advance(10_000); // 101 lapses (announced by the next look), held until now + HOLD_MS

@@ -61,7 +61,12 @@ describe('a cache miss asks Proxmox once, however many requests miss at once', (
     opened.push(a, b);
     proxmox.sim.clearFaults();
     proxmox.sim.addFault({ kind: 'latency', ms: 200, pathPrefix: '/cluster/resources' });
-    proxmox.sim.addFault({ kind: 'status', status: 403, reason: 'Permission check failed', pathPrefix: '/cluster/resources' });
+    proxmox.sim.addFault({
+      kind: 'status',
+      status: 403,
+      reason: 'Permission check failed',
+      pathPrefix: '/cluster/resources',
+    });
     const node = newNode();
     const [ra, rb] = await Promise.allSettled([
       makeService(a.store, proxmox).getCachedVmids(node),

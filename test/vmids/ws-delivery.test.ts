@@ -104,16 +104,32 @@ describe('subscription events over graphql-ws', () => {
     await client.until((f) => ['full-1', 'full-2', 'small'].every((id) => nexts(f, id).length === 1), 'three SYNCs');
 
     await server.gql(ReserveVmid, { nodeId, vmid: 7100 }, token);
-    await client.until((f) => ['full-1', 'full-2', 'small'].every((id) => nexts(f, id).length === 2), 'three RESERVED events');
+    await client.until(
+      (f) => ['full-1', 'full-2', 'small'].every((id) => nexts(f, id).length === 2),
+      'three RESERVED events',
+    );
     for (const id of ['full-1', 'full-2', 'small']) {
       const frame = nexts(client.frames, id)[1]!;
       // Byte for byte what graphql-ws's own stringifyMessage writes.
       expect(frame.raw).toBe(stringifyMessage({ id, type: MessageType.Next, payload: frame.message.payload as never }));
     }
-    const full = nexts(client.frames, 'full-1')[1]!.message.payload as { data: { vmidEvents: Record<string, unknown> } };
+    const full = nexts(client.frames, 'full-1')[1]!.message.payload as {
+      data: { vmidEvents: Record<string, unknown> };
+    };
     expect(full.data.vmidEvents).toMatchObject({ nodeId, kind: 'RESERVED', vmids: [7100] });
-    expect(Object.keys(full.data.vmidEvents)).toEqual(['nodeId', 'kind', 'version', 'at', 'vmids', 'added', 'removed', 'expiresAt']);
-    expect(nexts(client.frames, 'small')[1]!.message.payload).toEqual({ data: { vmidEvents: { kind: 'RESERVED', version: full.data.vmidEvents.version } } });
+    expect(Object.keys(full.data.vmidEvents)).toEqual([
+      'nodeId',
+      'kind',
+      'version',
+      'at',
+      'vmids',
+      'added',
+      'removed',
+      'expiresAt',
+    ]);
+    expect(nexts(client.frames, 'small')[1]!.message.payload).toEqual({
+      data: { vmidEvents: { kind: 'RESERVED', version: full.data.vmidEvents.version } },
+    });
 
     // Completing one operation stops its events only, and it no longer counts as active.
     const active = await activeSubscriptions(server);
@@ -145,7 +161,9 @@ describe('a client that stops reading', () => {
     await Promise.all([server?.stop(), sim?.stop()]);
   });
 
-  it('has its subscriptions ended with SERVICE_UNAVAILABLE once its socket holds WS_MAX_BUFFERED_BYTES; the socket stays usable', async ({ skip }) => {
+  it('has its subscriptions ended with SERVICE_UNAVAILABLE once its socket holds WS_MAX_BUFFERED_BYTES; the socket stays usable', async ({
+    skip,
+  }) => {
     // WS_MAX_BUFFERED_BYTES is the fast path's socket sink's; plain graphql-ws waits for each
     // write, and the event stream ends a subscription 1024 events behind instead.
     skip(!fastPathsOn, FAST_PATHS_OFF);
@@ -172,7 +190,10 @@ describe('a client that stops reading', () => {
     expect(await activeSubscriptions(server)).toBe(before - 100);
 
     client.ws.resume();
-    await client.until((f) => ids.every((id) => ofId(f, id).some((x) => x.message.type === 'error')), 'an error for every operation');
+    await client.until(
+      (f) => ids.every((id) => ofId(f, id).some((x) => x.message.type === 'error')),
+      'an error for every operation',
+    );
     for (const id of ids) {
       const frames = ofId(client.frames, id);
       const last = frames.at(-1)!;
@@ -182,7 +203,9 @@ describe('a client that stops reading', () => {
       const [error] = last.message.payload as Array<{ message: string; extensions?: { code?: string } }>;
       expect(error!.extensions?.code).toBe('SERVICE_UNAVAILABLE');
       expect(error!.message).toMatch(/fell behind/);
-      const versions = frames.slice(0, -1).map((f) => (f.message.payload as { data: { vmidEvents: { version: number } } }).data.vmidEvents.version);
+      const versions = frames
+        .slice(0, -1)
+        .map((f) => (f.message.payload as { data: { vmidEvents: { version: number } } }).data.vmidEvents.version);
       expect(versions.length).toBeGreaterThan(1);
       // What did arrive arrived in order, without gaps.
       expect(versions).toEqual(versions.map((_, i) => versions[0]! + i));
@@ -192,6 +215,9 @@ describe('a client that stops reading', () => {
     expect(client.ws.readyState).toBe(WebSocket.OPEN);
     client.send({ id: 'again', type: 'subscribe', payload: { query: VmidEvents, variables: { nodeId } } });
     await client.until((f) => nexts(f, 'again').length === 1, 'a new SYNC');
-    expect((nexts(client.frames, 'again')[0]!.message.payload as { data: { vmidEvents: { kind: string } } }).data.vmidEvents.kind).toBe('SYNC');
+    expect(
+      (nexts(client.frames, 'again')[0]!.message.payload as { data: { vmidEvents: { kind: string } } }).data.vmidEvents
+        .kind,
+    ).toBe('SYNC');
   });
 });

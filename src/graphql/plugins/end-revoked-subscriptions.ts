@@ -24,7 +24,8 @@ export function useEndRevokedSubscriptions(watch: RevocationWatch, onRevoked?: (
       if (!token) return;
       return {
         onSubscribeResult({ result, setResult }) {
-          if (Symbol.asyncIterator in result) setResult(endOnRevocation(result as ResultStream, watch, token, onRevoked));
+          if (Symbol.asyncIterator in result)
+            setResult(endOnRevocation(result as ResultStream, watch, token, onRevoked));
         },
       };
     },
@@ -32,7 +33,12 @@ export function useEndRevokedSubscriptions(watch: RevocationWatch, onRevoked?: (
 }
 
 /** `stream`, until the token is revoked: then one error result, and done. */
-export function endOnRevocation(stream: ResultStream, watch: RevocationWatch, token: string, onRevoked?: () => void): AsyncGenerator<ExecutionResult, void, void> {
+export function endOnRevocation(
+  stream: ResultStream,
+  watch: RevocationWatch,
+  token: string,
+  onRevoked?: () => void,
+): AsyncGenerator<ExecutionResult, void, void> {
   let unwatch = () => {};
   const endable = endableStream(stream, () => unwatch());
   unwatch = watch.watch(token, {

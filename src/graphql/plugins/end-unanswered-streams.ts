@@ -12,7 +12,8 @@ import type { RequestContext } from '../context.js';
 export function useEndUnansweredStreams(): Plugin<RequestContext> {
   return {
     onResultProcess({ result, resultProcessor }) {
-      if (resultProcessor || typeof (result as Partial<AsyncIterable<unknown>>)[Symbol.asyncIterator] !== 'function') return;
+      if (resultProcessor || typeof (result as Partial<AsyncIterable<unknown>>)[Symbol.asyncIterator] !== 'function')
+        return;
       const stream = (result as AsyncIterable<unknown>)[Symbol.asyncIterator]();
       void (async () => {
         await stream.return?.();

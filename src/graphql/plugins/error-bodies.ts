@@ -17,7 +17,9 @@ export function useErrorBodies(): Plugin<RequestContext> {
       const error = new GraphQLError('Unsupported media type: send the request as application/json.', {
         extensions: { code: 'BAD_REQUEST', http: { status: 415 } },
       });
-      const mediaType = /application\/graphql-response\+json/i.test(request.headers.get('accept') ?? '') ? 'application/graphql-response+json' : 'application/json';
+      const mediaType = /application\/graphql-response\+json/i.test(request.headers.get('accept') ?? '')
+        ? 'application/graphql-response+json'
+        : 'application/json';
       const answer = processRegularResult({ errors: [error] }, fetchAPI, mediaType);
       // Yoga's CORS headers, if any, stay.
       response.headers.forEach((value, name) => {

@@ -22,7 +22,10 @@ export interface ErrorMasker {
 export function createErrorMasker(log: Logger): ErrorMasker {
   const answered = new WeakSet<GraphQLError>();
   const databaseUnavailable = (cause: unknown, path: GraphQLError['path'], at: object): GraphQLError => {
-    log.warn({ ...at, err: { message: (cause as Error).message, code: (cause as { code?: string }).code }, path }, 'database unavailable');
+    log.warn(
+      { ...at, err: { message: (cause as Error).message, code: (cause as { code?: string }).code }, path },
+      'database unavailable',
+    );
     return new GraphQLError('The database is unreachable right now; try again shortly.', {
       path,
       extensions: { code: ErrorCode.SERVICE_UNAVAILABLE },
@@ -38,7 +41,8 @@ export function createErrorMasker(log: Logger): ErrorMasker {
       const requestError = asRequestError(error);
       if (requestError) return requestError;
       if (isDatabaseUnavailable(original)) return databaseUnavailable(original, error.path, at);
-      if (!original || (original instanceof GraphQLError && !original.originalError)) return withCode(error, 'GRAPHQL_VALIDATION_FAILED');
+      if (!original || (original instanceof GraphQLError && !original.originalError))
+        return withCode(error, 'GRAPHQL_VALIDATION_FAILED');
       log.error({ ...at, err: original, path: error.path }, 'unexpected error in resolver');
     } else if (isDatabaseUnavailable(error)) {
       // Raised outside any resolver: checking the request's token while PostgreSQL is down.
@@ -59,7 +63,8 @@ export function createErrorMasker(log: Logger): ErrorMasker {
   };
   return {
     mask,
-    maskResult: (result, requestId) => (result.errors?.length ? { ...result, errors: result.errors.map((e) => mask(e, requestId)) } : result),
+    maskResult: (result, requestId) =>
+      result.errors?.length ? { ...result, errors: result.errors.map((e) => mask(e, requestId)) } : result,
   };
 }
 
@@ -78,7 +83,9 @@ export function useMaskErrors(masker: ErrorMasker): Plugin<RequestContext> {
   const { maskResult } = masker;
   return {
     onPluginInit({ registerContextErrorHandler }) {
-      registerContextErrorHandler(({ context, error, setError }) => setError(masker.mask(error, (context as { requestId?: string }).requestId)));
+      registerContextErrorHandler(({ context, error, setError }) =>
+        setError(masker.mask(error, (context as { requestId?: string }).requestId)),
+      );
     },
     onExecute() {
       return {
@@ -111,7 +118,11 @@ export function useMaskErrors(masker: ErrorMasker): Plugin<RequestContext> {
       const setResult = (r: typeof result) => payload.setResult(r);
       if (Symbol.asyncIterator in result) return; // streams: masked per event above
       const requestId = (serverContext as { requestId?: string } | undefined)?.requestId;
-      setResult(Array.isArray(result) ? result.map((r) => maskResult(r, requestId)) : maskResult(result as ExecutionResult, requestId));
+      setResult(
+        Array.isArray(result)
+          ? result.map((r) => maskResult(r, requestId))
+          : maskResult(result as ExecutionResult, requestId),
+      );
     },
   };
 }
@@ -162,10 +173,17 @@ function asRequestError(error: GraphQLError): GraphQLError | null {
     yogaCode === 'BAD_REQUEST' ||
     yogaCode === 'OPERATION_RESOLUTION_FAILURE' ||
     // Uncoded 4xx about the request, not the document: documents' errors have locations.
-    (yogaCode === undefined && status >= 400 && status < 500 && !error.locations?.length && !error.message.startsWith('Syntax Error'));
+    (yogaCode === undefined &&
+      status >= 400 &&
+      status < 500 &&
+      !error.locations?.length &&
+      !error.message.startsWith('Syntax Error'));
   if (!isRequestError) return null;
   return new GraphQLError(error.message, {
-    extensions: { code: ErrorCode.BAD_REQUEST, http: { status: status || 400, ...(http?.headers ? { headers: http.headers } : {}) } },
+    extensions: {
+      code: ErrorCode.BAD_REQUEST,
+      http: { status: status || 400, ...(http?.headers ? { headers: http.headers } : {}) },
+    },
   });
 }
 

@@ -46,12 +46,21 @@ export function recordOperation(
   const errors = op.errors ?? [];
   const seconds = (performance.now() - op.started) / 1000;
   metrics.graphqlOperations.observe({ type: op.type, outcome: errors.length ? 'error' : 'ok' }, seconds);
-  const codes = errors.map((e) => (typeof e.extensions?.code === 'string' ? e.extensions.code : 'INTERNAL_SERVER_ERROR'));
+  const codes = errors.map((e) =>
+    typeof e.extensions?.code === 'string' ? e.extensions.code : 'INTERNAL_SERVER_ERROR',
+  );
   for (const code of codes) metrics.graphqlErrors.inc({ code });
   // Checked first: the line's object would be built per operation even at LOG_LEVEL=warn.
   if (!ctx.log.isLevelEnabled('info')) return;
   ctx.log.info(
-    { requestId: ctx.requestId, operation: op.operationName, type: op.type, ms: Math.round(seconds * 1000), user: ctx.viewer?.userId ?? null, errors: codes.length ? codes : undefined },
+    {
+      requestId: ctx.requestId,
+      operation: op.operationName,
+      type: op.type,
+      ms: Math.round(seconds * 1000),
+      user: ctx.viewer?.userId ?? null,
+      errors: codes.length ? codes : undefined,
+    },
     'graphql operation',
   );
 }

@@ -1,5 +1,11 @@
 import { EnvelopArmorPlugin } from '@escape.tech/graphql-armor';
-import { type DocumentNode, getIntrospectionQuery, GraphQLError, stripIgnoredCharacters, type ValidationContext } from 'graphql';
+import {
+  type DocumentNode,
+  getIntrospectionQuery,
+  GraphQLError,
+  stripIgnoredCharacters,
+  type ValidationContext,
+} from 'graphql';
 import type { Plugin } from 'graphql-yoga';
 import type { RequestContext } from '../context.js';
 
@@ -28,7 +34,10 @@ type ValidationLimit = 'maxDepth' | 'maxAliases' | 'maxDirectives' | 'maxCost';
  *   isStandardIntrospectionQuery) GraphiQL loads the schema with, whose type references nest 9
  *   deep. Introspection is not charged by the cost limit (armor's ignoreIntrospection).
  */
-export function useQueryLimits(limits: QueryLimits, opts: { fieldSuggestions: boolean }): Array<Plugin<RequestContext>> {
+export function useQueryLimits(
+  limits: QueryLimits,
+  opts: { fieldSuggestions: boolean },
+): Array<Plugin<RequestContext>> {
   const reportAs =
     (limit: ValidationLimit) =>
     (context: ValidationContext | null, rejection: GraphQLError): void => {
@@ -51,10 +60,13 @@ export function useQueryLimits(limits: QueryLimits, opts: { fieldSuggestions: bo
     blockFieldSuggestion: { enabled: !opts.fieldSuggestions },
   }) as Plugin<RequestContext>;
   const depthBeforeCost: Plugin<RequestContext> = {
-    onValidate: () => ({ result: errors, setResult }) => {
-      const result = errors as readonly GraphQLError[];
-      if (result.some((e) => e.extensions?.['limit'] === 'maxDepth')) setResult(result.filter((e) => e.extensions?.['limit'] !== 'maxCost'));
-    },
+    onValidate:
+      () =>
+      ({ result: errors, setResult }) => {
+        const result = errors as readonly GraphQLError[];
+        if (result.some((e) => e.extensions?.['limit'] === 'maxDepth'))
+          setResult(result.filter((e) => e.extensions?.['limit'] !== 'maxCost'));
+      },
   };
   return [armor, depthBeforeCost];
 }
@@ -79,7 +91,15 @@ export function isStandardIntrospectionQuery(document: DocumentNode): boolean {
   return standardIntrospectionQueries().has(stripped);
 }
 
-const INTROSPECTION_OPTIONS = ['descriptions', 'specifiedByUrl', 'directiveIsRepeatable', 'schemaDescription', 'inputValueDeprecation', 'experimentalDirectiveDeprecation', 'oneOf'] as const;
+const INTROSPECTION_OPTIONS = [
+  'descriptions',
+  'specifiedByUrl',
+  'directiveIsRepeatable',
+  'schemaDescription',
+  'inputValueDeprecation',
+  'experimentalDirectiveDeprecation',
+  'oneOf',
+] as const;
 let standard: Set<string> | undefined;
 
 /** Every variant, without ignored characters; made once, on the first document over the depth limit (~10 ms). */

@@ -15,11 +15,19 @@ export function useRequireViewer(): Plugin<RequestContext> {
   };
   return {
     onExecute({ args, setResultAndStopExecution }) {
-      const error = check(args.document as DocumentNode, args.operationName as string | null | undefined, args.contextValue);
+      const error = check(
+        args.document as DocumentNode,
+        args.operationName as string | null | undefined,
+        args.contextValue,
+      );
       if (error) setResultAndStopExecution({ errors: [error] });
     },
     onSubscribe({ args, setResultAndStopExecution }) {
-      const error = check(args.document as DocumentNode, args.operationName as string | null | undefined, args.contextValue);
+      const error = check(
+        args.document as DocumentNode,
+        args.operationName as string | null | undefined,
+        args.contextValue,
+      );
       if (error) setResultAndStopExecution({ errors: [error] });
     },
   };
@@ -28,13 +36,17 @@ export function useRequireViewer(): Plugin<RequestContext> {
 /** The error of an operation refused for its token (also raised by the prepared-query path). */
 export function unauthenticated(failure: RequestContext['authFailure']): UnauthenticatedError {
   return new UnauthenticatedError(
-    failure === 'invalid' ? 'The API token is not valid (unknown or revoked).' : 'A valid API token is required (Authorization: Bearer <token>).',
+    failure === 'invalid'
+      ? 'The API token is not valid (unknown or revoked).'
+      : 'A valid API token is required (Authorization: Bearer <token>).',
   );
 }
 
 /** Operations that only introspect may run without a token (GraphiQL loads the schema first). */
 export function isIntrospectionOnly(document: DocumentNode, operationName: string | null | undefined): boolean {
-  const operations = document.definitions.filter((d): d is OperationDefinitionNode => d.kind === Kind.OPERATION_DEFINITION);
+  const operations = document.definitions.filter(
+    (d): d is OperationDefinitionNode => d.kind === Kind.OPERATION_DEFINITION,
+  );
   const operation = operationName ? operations.find((o) => o.name?.value === operationName) : operations[0];
   if (!operation || operation.operation !== OperationTypeNode.QUERY) return false;
   // Conservative: fragments at the root count as "not introspection".

@@ -21,7 +21,11 @@ export function useSubscriptionCap(max: number): Plugin<RequestContext> {
       const current = open.get(userId) ?? 0;
       if (current >= max) {
         setResultAndStopExecution({
-          errors: [new DomainError(ErrorCode.RATE_LIMITED, `At most ${max} subscriptions per user are allowed at once.`, { limit: max })],
+          errors: [
+            new DomainError(ErrorCode.RATE_LIMITED, `At most ${max} subscriptions per user are allowed at once.`, {
+              limit: max,
+            }),
+          ],
         });
         return;
       }
