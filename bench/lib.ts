@@ -106,6 +106,8 @@ export async function spawnServer(env: ServerEnv, name = 'server'): Promise<Serv
         RATE_LIMIT_RESERVATIONS_PER_MIN: '0',
         WS_MAX_CONNECTIONS_PER_USER: '20000',
         MAX_SUBSCRIPTIONS_PER_USER: '20000',
+        // `PVEGRAPH_FAST_PATHS=false npm run bench` measures the servers without their shortcuts.
+        ...(process.env.PVEGRAPH_FAST_PATHS ? { PVEGRAPH_FAST_PATHS: process.env.PVEGRAPH_FAST_PATHS } : {}),
         ...env.extraEnv,
       },
     }),

@@ -1770,6 +1770,7 @@ function envSuffix() {
     'BENCH_SUBSCRIBERS',
     'BENCH_SAMPLES',
     'BENCH_SERVER_ROOT',
+    'PVEGRAPH_FAST_PATHS',
   ].filter((k) => process.env[k]);
   return set.length ? ` (with ${set.map((k) => `${k}=${process.env[k]}`).join(' ')})` : '';
 }
