@@ -222,7 +222,10 @@ function isDomain(err: unknown): err is DomainError {
   return err instanceof DomainError;
 }
 
-function tlsModeOf(t: Pick<ProxmoxTarget, 'tlsFingerprint' | 'allowInsecureTls'>, caCerts: readonly string[] | undefined): TlsMode {
+function tlsModeOf(
+  t: Pick<ProxmoxTarget, 'tlsFingerprint' | 'allowInsecureTls'>,
+  caCerts: readonly string[] | undefined,
+): TlsMode {
   if (t.tlsFingerprint != null && t.tlsFingerprint.trim() !== '') {
     const fp = normalizeFingerprint(t.tlsFingerprint);
     if (!fp) {
@@ -393,7 +396,11 @@ export class ProxmoxClient {
     const members = new Map<string, ClusterMember>();
     for (const e of entries) {
       if (e.type !== 'node' || typeof e.name !== 'string' || e.name === '') continue;
-      members.set(e.name, { name: e.name, address: e.ip || null, online: e.online === undefined ? true : e.online === 1 });
+      members.set(e.name, {
+        name: e.name,
+        address: e.ip || null,
+        online: e.online === undefined ? true : e.online === 1,
+      });
     }
     return {
       clusterName: cluster?.name ?? null,
@@ -566,7 +573,12 @@ export class ProxmoxClient {
       return await this.missingPrivileges(t);
     } catch (err) {
       this.opts.logger?.debug?.(
-        { host: bareHost(t.host), port: t.port, code: err instanceof DomainError ? err.code : undefined, message: err instanceof Error ? redact(err, t.tokenSecret).message : String(err) },
+        {
+          host: bareHost(t.host),
+          port: t.port,
+          code: err instanceof DomainError ? err.code : undefined,
+          message: err instanceof Error ? redact(err, t.tokenSecret).message : String(err),
+        },
         'could not read the token permissions; reporting none missing',
       );
       return [];
@@ -771,7 +783,15 @@ export class ProxmoxClient {
         // Never sleep past the deadline: give up with the real error instead of a timeout.
         if (Date.now() + delay + 20 >= deadline) break;
         this.opts.logger?.debug?.(
-          { host: bareHost(t.host), port: t.port, path, attempt: round, delayMs: delay, code: lastErr instanceof DomainError ? lastErr.code : undefined, message: lastErr ? redact(lastErr, t.tokenSecret).message : undefined },
+          {
+            host: bareHost(t.host),
+            port: t.port,
+            path,
+            attempt: round,
+            delayMs: delay,
+            code: lastErr instanceof DomainError ? lastErr.code : undefined,
+            message: lastErr ? redact(lastErr, t.tokenSecret).message : undefined,
+          },
           'retrying Proxmox request',
         );
         try {
@@ -808,7 +828,8 @@ export class ProxmoxClient {
           return raw;
         } catch (e) {
           if (signal.aborted) err = new ProxmoxTimeoutError(this.opts.timeoutMs);
-          else if (attemptAc.signal.aborted) err = new ProxmoxTimeoutError(shareMs, `Proxmox at ${bareHost(ep.host)}:${ep.port} did not answer`);
+          else if (attemptAc.signal.aborted)
+            err = new ProxmoxTimeoutError(shareMs, `Proxmox at ${bareHost(ep.host)}:${ep.port} did not answer`);
           else err = mapTransportError(e, target, this.opts.timeoutMs);
         } finally {
           clearTimeout(shareTimer);
@@ -826,7 +847,14 @@ export class ProxmoxClient {
         if (!isRetryable(err)) alive.delete(index);
         if (k < order.length - 1) {
           this.opts.logger?.debug?.(
-            { host: bareHost(ep.host), port: ep.port, path, endpoint: index, code: err instanceof DomainError ? err.code : undefined, message: err.message },
+            {
+              host: bareHost(ep.host),
+              port: ep.port,
+              path,
+              endpoint: index,
+              code: err instanceof DomainError ? err.code : undefined,
+              message: err.message,
+            },
             'Proxmox endpoint failed, trying the next one',
           );
         }
@@ -885,7 +913,10 @@ export class ProxmoxClient {
     });
     const max = this.opts.maxResponseBytes;
     const tooLarge = () =>
-      new ProxmoxApiError(`Proxmox response too large (over ${max} bytes).`, res.statusCode, { path, maxResponseBytes: max });
+      new ProxmoxApiError(`Proxmox response too large (over ${max} bytes).`, res.statusCode, {
+        path,
+        maxResponseBytes: max,
+      });
     const declared = Number(res.headers['content-length']);
     if (Number.isFinite(declared) && declared > max) {
       res.body.destroy();
@@ -950,7 +981,9 @@ export class ProxmoxClient {
     if (!data.success) {
       const issue = data.error.issues[0];
       const where = issue ? `${issue.path.join('.') || '(root)'}: ${issue.message}` : 'invalid';
-      throw new ProxmoxApiError(`Proxmox returned an unexpected response for ${p} (${where}).`, raw.status, { path: p });
+      throw new ProxmoxApiError(`Proxmox returned an unexpected response for ${p} (${where}).`, raw.status, {
+        path: p,
+      });
     }
     return data.data as z.output<S>;
   }

@@ -113,4 +113,3 @@ export const errorBodySchema = z
     errors: z.record(z.string(), z.unknown()).nullable().optional(),
   })
   .catch({});
-
