@@ -8,7 +8,18 @@ import { isCluster, type RedisClient } from '../redis/redis.js';
 import { RedisEventHub } from './redis-event-hub.js';
 import * as replies from './redis-replies.js';
 import * as scripts from './redis-scripts.js';
-import type { Guest, GuestListing, HeldReservation, NextFreeOutcome, RefreshOutcome, ReservationSeeder, ReserveOutcome, ReserveRequest, VmidSnapshot, VmidStore } from './store.js';
+import type {
+  Guest,
+  GuestListing,
+  HeldReservation,
+  NextFreeOutcome,
+  RefreshOutcome,
+  ReservationSeeder,
+  ReserveOutcome,
+  ReserveRequest,
+  VmidSnapshot,
+  VmidStore,
+} from './store.js';
 import type { NodeRef, VmidEvent } from './types.js';
 
 /**
@@ -34,15 +45,33 @@ interface ScriptCommands {
   pvgVmidRefresh(...args: [...NodeKeys, ...argv: string[]]): Promise<unknown>;
   pvgVmidInvalidate(...args: [...NodeKeys, channel: string, nodeJson: string]): Promise<unknown>;
   pvgVmidReserve(
-    ...args: [...NodeKeys, vmid: string, min: string, ttlMs: string, channel: string, nodeJson: string, max: string, owner: string, holdMs: string]
+    ...args: [
+      ...NodeKeys,
+      vmid: string,
+      min: string,
+      ttlMs: string,
+      channel: string,
+      nodeJson: string,
+      max: string,
+      owner: string,
+      holdMs: string,
+    ]
   ): Promise<unknown>;
-  pvgVmidNextFree(...args: [...NodeKeys, min: string, max: string, channel: string, nodeJson: string, holdMs: string]): Promise<unknown>;
-  pvgVmidRelease(...args: [...NodeKeys, vmid: string, channel: string, nodeJson: string, owner: string, holdMs: string]): Promise<unknown>;
-  pvgVmidConsume(...args: [...NodeKeys, vmid: string, channel: string, nodeJson: string, holdMs: string]): Promise<unknown>;
+  pvgVmidNextFree(
+    ...args: [...NodeKeys, min: string, max: string, channel: string, nodeJson: string, holdMs: string]
+  ): Promise<unknown>;
+  pvgVmidRelease(
+    ...args: [...NodeKeys, vmid: string, channel: string, nodeJson: string, owner: string, holdMs: string]
+  ): Promise<unknown>;
+  pvgVmidConsume(
+    ...args: [...NodeKeys, vmid: string, channel: string, nodeJson: string, holdMs: string]
+  ): Promise<unknown>;
   pvgVmidExpireDue(...args: [...NodeKeys, channel: string, nodeJson: string, holdMs: string]): Promise<unknown>;
   pvgVmidUnlock(lock: string, token: string): Promise<unknown>;
   pvgVmidForget(...args: [...NodeKeys, channel: string, nodeJson: string]): Promise<unknown>;
-  pvgVmidSeed(...args: [...NodeKeys, channel: string, nodeJson: string, force: '0' | '1', versionFloor: string, ...held: string[]]): Promise<unknown>;
+  pvgVmidSeed(
+    ...args: [...NodeKeys, channel: string, nodeJson: string, force: '0' | '1', versionFloor: string, ...held: string[]]
+  ): Promise<unknown>;
   pvgVmidRevive(state: string): Promise<unknown>;
 }
 
@@ -172,7 +201,9 @@ export class RedisVmidStore implements VmidStore {
    * prefixes a sharded channel like a key, so it gets the name without the prefix).
    */
   private publish(channel: string, message: string): Promise<unknown> {
-    return this.sharded ? this.redis.spublish(channel.slice(this.keyPrefix.length), message) : this.redis.publish(channel, message);
+    return this.sharded
+      ? this.redis.spublish(channel.slice(this.keyPrefix.length), message)
+      : this.redis.publish(channel, message);
   }
 
   private async run<T>(op: () => Promise<T>): Promise<T> {
@@ -262,7 +293,10 @@ export class RedisVmidStore implements VmidStore {
       return;
     }
     const escaped = this.keyPrefix.replace(/[\\*?[\]]/g, '\\$&');
-    this.stopWatching = this.eventHub().watchPattern(`${escaped}vmid-events:*`, { onMessage: (message) => this.changeAnnounced(local, message), ...delivery });
+    this.stopWatching = this.eventHub().watchPattern(`${escaped}vmid-events:*`, {
+      onMessage: (message) => this.changeAnnounced(local, message),
+      ...delivery,
+    });
   }
 
   private changeAnnounced(local: LocalSnapshots, message: string): void {
@@ -293,7 +327,9 @@ export class RedisVmidStore implements VmidStore {
     const watch = new SpaceWatch(() => local.changed(node.id));
     this.spaceWatches.set(node.id, watch);
     try {
-      const stop = await this.eventHub().listen(this.channel(node.id), (message) => this.changeAnnounced(local, message));
+      const stop = await this.eventHub().listen(this.channel(node.id), (message) =>
+        this.changeAnnounced(local, message),
+      );
       watch.subscribed(stop);
     } catch {
       watch.stop();
@@ -346,14 +382,29 @@ export class RedisVmidStore implements VmidStore {
   private async seed(node: NodeRef): Promise<void> {
     const { held, version } = this.seeder ? await this.seeder(node.id) : { held: [], version: 0 };
     if ((await this.putBack(node, held, false, version)) && held.length > 0) {
-      this.log?.info({ spaceId: node.id, reservations: held.length }, 'vmid reservations put back from the durable record');
+      this.log?.info(
+        { spaceId: node.id, reservations: held.length },
+        'vmid reservations put back from the durable record',
+      );
     }
   }
 
-  private async putBack(node: NodeRef, held: readonly HeldReservation[], force: boolean, versionFloor = 0): Promise<boolean> {
+  private async putBack(
+    node: NodeRef,
+    held: readonly HeldReservation[],
+    force: boolean,
+    versionFloor = 0,
+  ): Promise<boolean> {
     const args = held.flatMap((r) => [String(r.vmid), String(r.expiresAt.getTime()), r.owner]);
     const done = await this.run(() =>
-      this.redis.pvgVmidSeed(...nodeKeys(node.id), this.channel(node.id), JSON.stringify(node.id), force ? '1' : '0', String(versionFloor), ...args),
+      this.redis.pvgVmidSeed(
+        ...nodeKeys(node.id),
+        this.channel(node.id),
+        JSON.stringify(node.id),
+        force ? '1' : '0',
+        String(versionFloor),
+        ...args,
+      ),
     );
     return replies.decodeInteger('seed', done) === 1;
   }
@@ -389,12 +440,21 @@ export class RedisVmidStore implements VmidStore {
   }
 
   private async readFromRedis(node: NodeRef): Promise<{ snapshot: VmidSnapshot; redisNowMs: number }> {
-    const reply = await this.seeded(node, () => this.redis.pvgVmidRead(...nodeKeys(node.id), this.channel(node.id), JSON.stringify(node.id), this.holdMs));
+    const reply = await this.seeded(node, () =>
+      this.redis.pvgVmidRead(...nodeKeys(node.id), this.channel(node.id), JSON.stringify(node.id), this.holdMs),
+    );
     const { version, nowMs, reservedFlat, refreshedAt, expiresAt, taken } = replies.decodeRead(reply);
     const snapshot: VmidSnapshot = {
       version,
       reserved: reservations(reservedFlat),
-      cache: refreshedAt === null ? null : { taken: takenList(taken), refreshedAt: new Date(refreshedAt), expiresAt: new Date(expiresAt ?? refreshedAt) },
+      cache:
+        refreshedAt === null
+          ? null
+          : {
+              taken: takenList(taken),
+              refreshedAt: new Date(refreshedAt),
+              expiresAt: new Date(expiresAt ?? refreshedAt),
+            },
     };
     return { snapshot, redisNowMs: nowMs };
   }
@@ -402,15 +462,21 @@ export class RedisVmidStore implements VmidStore {
   /** Seeds the space first when it lost its mark, so a version read never goes backwards. */
   async state(nodeId: string) {
     const read = () => this.run(() => this.redis.hmget(keys(nodeId).state, 'version', 'epoch', 'deleted', 'seeded'));
-    let [version, epoch, deleted, seeded] = await read();
-    if (seeded === null) {
+    let fields = await read();
+    if (fields[3] === null) {
       await this.seed({ id: nodeId, userId: nodeId, spaceId: nodeId });
-      [version, epoch, deleted, seeded] = await read();
+      fields = await read();
     }
+    const [version, epoch, deleted] = fields;
     return { version: Number(version ?? 0), epoch: Number(epoch ?? 0), deleted: deleted === '1' };
   }
 
-  async refresh(node: NodeRef, taken: readonly number[], ttlSeconds: number, expectedEpoch: number | null): Promise<RefreshOutcome> {
+  async refresh(
+    node: NodeRef,
+    taken: readonly number[],
+    ttlSeconds: number,
+    expectedEpoch: number | null,
+  ): Promise<RefreshOutcome> {
     const list = ascendingUnique(taken);
     const raw = await this.change(node, () =>
       this.redis.pvgVmidRefresh(
@@ -437,10 +503,11 @@ export class RedisVmidStore implements VmidStore {
     };
   }
 
-
   async invalidate(node: NodeRef) {
     const { existed, version } = replies.decodeInvalidate(
-      await this.change(node, () => this.redis.pvgVmidInvalidate(...nodeKeys(node.id), this.channel(node.id), JSON.stringify(node.id))),
+      await this.change(node, () =>
+        this.redis.pvgVmidInvalidate(...nodeKeys(node.id), this.channel(node.id), JSON.stringify(node.id)),
+      ),
     );
     if (existed === -1) throw new NotFoundError('Node', node.id);
     return { existed: existed === 1, version };
@@ -468,47 +535,84 @@ export class RedisVmidStore implements VmidStore {
   async nextFree(node: NodeRef, min: number, max: number): Promise<NextFreeOutcome> {
     return replies.decodeNextFree(
       await this.change(node, () =>
-        this.redis.pvgVmidNextFree(...nodeKeys(node.id), String(min), String(max), this.channel(node.id), JSON.stringify(node.id), this.holdMs),
+        this.redis.pvgVmidNextFree(
+          ...nodeKeys(node.id),
+          String(min),
+          String(max),
+          this.channel(node.id),
+          JSON.stringify(node.id),
+          this.holdMs,
+        ),
       ),
     );
   }
 
   async release(node: NodeRef, vmid: number, owner: string) {
     const removed = await this.change(node, () =>
-      this.redis.pvgVmidRelease(...nodeKeys(node.id), String(vmid), this.channel(node.id), JSON.stringify(node.id), owner, this.holdMs),
+      this.redis.pvgVmidRelease(
+        ...nodeKeys(node.id),
+        String(vmid),
+        this.channel(node.id),
+        JSON.stringify(node.id),
+        owner,
+        this.holdMs,
+      ),
     );
     return replies.decodeInteger('release', removed) === 1;
   }
 
   async consume(node: NodeRef, vmid: number) {
     return replies.decodeConsume(
-      await this.change(node, () => this.redis.pvgVmidConsume(...nodeKeys(node.id), String(vmid), this.channel(node.id), JSON.stringify(node.id), this.holdMs)),
+      await this.change(node, () =>
+        this.redis.pvgVmidConsume(
+          ...nodeKeys(node.id),
+          String(vmid),
+          this.channel(node.id),
+          JSON.stringify(node.id),
+          this.holdMs,
+        ),
+      ),
     );
   }
 
   async expireDue(node: NodeRef) {
     const { nowMs, nextMs } = replies.decodeExpireDue(
-      await this.change(node, () => this.redis.pvgVmidExpireDue(...nodeKeys(node.id), this.channel(node.id), JSON.stringify(node.id), this.holdMs)),
+      await this.change(node, () =>
+        this.redis.pvgVmidExpireDue(...nodeKeys(node.id), this.channel(node.id), JSON.stringify(node.id), this.holdMs),
+      ),
     );
     return { nextInMs: nextMs === null ? null : Math.max(0, nextMs - nowMs) };
   }
 
   async holder(node: NodeRef, vmid: number) {
     const k = nodeKeys(node.id);
-    const [until, owner] = await this.run(async () => Promise.all([this.redis.zscore(k[2], String(vmid)), this.redis.hget(k[7], String(vmid))]));
+    const [until, owner] = await this.run(async () =>
+      Promise.all([this.redis.zscore(k[2], String(vmid)), this.redis.hget(k[7], String(vmid))]),
+    );
     return until !== null && Number(until) > Date.now() ? (owner ?? '') : null;
   }
 
   async announceGone(node: NodeRef, registrationId: string) {
     await this.run(async () => {
       const version = Number((await this.redis.hget(keys(node.id).state, 'version')) ?? 0);
-      const event = { nodeId: node.id, kind: 'DELETED', version, at: Date.now(), vmids: null, added: [], removed: [], registration: registrationId };
+      const event = {
+        nodeId: node.id,
+        kind: 'DELETED',
+        version,
+        at: Date.now(),
+        vmids: null,
+        added: [],
+        removed: [],
+        registration: registrationId,
+      };
       await this.publish(this.channel(node.id), JSON.stringify(event));
     });
   }
 
   async forget(node: NodeRef) {
-    await this.change(node, () => this.redis.pvgVmidForget(...nodeKeys(node.id), this.channel(node.id), JSON.stringify(node.id)));
+    await this.change(node, () =>
+      this.redis.pvgVmidForget(...nodeKeys(node.id), this.channel(node.id), JSON.stringify(node.id)),
+    );
   }
 
   /** See REVIVE. */
@@ -522,7 +626,9 @@ export class RedisVmidStore implements VmidStore {
 
   async eventsAfter(node: NodeRef, version: number) {
     const { version: current, messages } = replies.decodeEventsAfter(
-      await this.run(() => this.redis.pvgVmidEventsAfter(`vmid-log:{${node.id}}`, keys(node.id).state, String(version))),
+      await this.run(() =>
+        this.redis.pvgVmidEventsAfter(`vmid-log:{${node.id}}`, keys(node.id).state, String(version)),
+      ),
     );
     const events: VmidEvent[] = [];
     for (const message of messages) {
@@ -548,18 +654,26 @@ export class RedisVmidStore implements VmidStore {
 
   /** Not under `vmid-events:` (the kept snapshots' pattern): a notice is not a change of a space. */
   private registrationChannel(userId: string): string {
-    return this.sharded ? `${this.keyPrefix}vmid-registrations:{${userId}}` : `${this.keyPrefix}vmid-registrations:${userId}`;
+    return this.sharded
+      ? `${this.keyPrefix}vmid-registrations:{${userId}}`
+      : `${this.keyPrefix}vmid-registrations:${userId}`;
   }
 
   async announceRegistration(node: NodeRef) {
-    await this.run(() => this.publish(this.registrationChannel(node.userId), JSON.stringify({ id: node.id, userId: node.userId, spaceId: node.spaceId })));
+    await this.run(() =>
+      this.publish(
+        this.registrationChannel(node.userId),
+        JSON.stringify({ id: node.id, userId: node.userId, spaceId: node.spaceId }),
+      ),
+    );
   }
 
   async listenRegistrations(userId: string, onNode: (node: NodeRef) => void) {
     return this.eventHub().listen(this.registrationChannel(userId), (message) => {
       try {
         const raw = JSON.parse(message) as Partial<NodeRef>;
-        if (typeof raw.id === 'string' && raw.userId === userId && typeof raw.spaceId === 'string') onNode({ id: raw.id, userId, spaceId: raw.spaceId });
+        if (typeof raw.id === 'string' && raw.userId === userId && typeof raw.spaceId === 'string')
+          onNode({ id: raw.id, userId, spaceId: raw.spaceId });
       } catch {
         this.log?.warn({ message: message.slice(0, 200) }, 'ignored a malformed registration notice');
       }
@@ -690,10 +804,16 @@ function parseEvent(message: string): VmidEvent | null {
       expiresAt?: unknown;
       registration?: unknown;
     };
-    if (typeof raw.nodeId !== 'string' || typeof raw.kind !== 'string' || typeof raw.version !== 'number' || typeof raw.at !== 'number') {
+    if (
+      typeof raw.nodeId !== 'string' ||
+      typeof raw.kind !== 'string' ||
+      typeof raw.version !== 'number' ||
+      typeof raw.at !== 'number'
+    ) {
       return null;
     }
-    const numbers = (list: unknown) => (Array.isArray(list) ? list.filter((v): v is number => typeof v === 'number') : null);
+    const numbers = (list: unknown) =>
+      Array.isArray(list) ? list.filter((v): v is number => typeof v === 'number') : null;
     const event: VmidEvent = {
       nodeId: raw.nodeId,
       kind: raw.kind as VmidEvent['kind'],
@@ -720,7 +840,13 @@ function parseGuests(value: string): GuestListing | null {
     const guests: Guest[] = [];
     for (const g of raw.g as unknown[]) {
       if (!Array.isArray(g) || typeof g[0] !== 'number' || (g[1] !== 'l' && g[1] !== 'q')) return null;
-      guests.push({ vmid: g[0], type: g[1] === 'l' ? 'lxc' : 'qemu', name: text(g[2]), node: text(g[3]), status: text(g[4]) });
+      guests.push({
+        vmid: g[0],
+        type: g[1] === 'l' ? 'lxc' : 'qemu',
+        name: text(g[2]),
+        node: text(g[3]),
+        status: text(g[4]),
+      });
     }
     return { guests, refreshedAt: new Date(raw.r), expiresAt: new Date(raw.e) };
   } catch {
