@@ -486,7 +486,7 @@ export class RedisVmidStore implements VmidStore {
         this.channel(node.id),
         JSON.stringify(node.id),
         this.holdMs,
-        ...list.map(String),
+        list.join(','),
       ),
     );
     const reply = replies.decodeRefresh(raw);
