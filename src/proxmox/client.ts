@@ -22,6 +22,7 @@ import {
   nodeGuestsSchema,
   nodeListSchema,
   permissionsSchema,
+  plainResources,
   resourcesSchema,
   tasksSchema,
   versionSchema,
@@ -429,7 +430,7 @@ export class ProxmoxClient {
 
   /** Every guest (QEMU and LXC) of the cluster the token may audit, ascending by vmid. */
   async guests(t: ProxmoxTarget): Promise<ProxmoxGuest[]> {
-    const entries = await this.get(t, '/cluster/resources?type=vm', resourcesSchema);
+    const entries = await this.get(t, '/cluster/resources?type=vm', resourcesSchema, plainResources);
     const out: ProxmoxGuest[] = [];
     for (const e of entries) {
       if (e.type !== 'qemu' && e.type !== 'lxc') continue;
@@ -711,13 +712,22 @@ export class ProxmoxClient {
     }
   }
 
-  /** GET `path` (relative to /api2/json), with retries, deadline and validation of `data`. */
-  private async get<S extends z.ZodType>(t: ProxmoxTarget, path: string, schema: S): Promise<z.output<S>> {
+  /**
+   * GET `path` (relative to /api2/json), with retries, deadline and validation of `data`.
+   * `plain`: a hand check of the usual shape, for large answers; null leaves the answer to
+   * `schema` (so zod's errors stay the errors).
+   */
+  private async get<S extends z.ZodType>(
+    t: ProxmoxTarget,
+    path: string,
+    schema: S,
+    plain?: (data: unknown) => z.output<S> | null,
+  ): Promise<z.output<S>> {
     const started = performance.now();
     const report = (outcome: string) =>
       this.opts.onCall?.({ path: path.split('?')[0]!, outcome, durationMs: performance.now() - started });
     try {
-      const data = await this.getUnreported(t, path, schema);
+      const data = await this.getUnreported(t, path, schema, plain);
       report('ok');
       return data;
     } catch (err) {
@@ -726,7 +736,12 @@ export class ProxmoxClient {
     }
   }
 
-  private async getUnreported<S extends z.ZodType>(t: ProxmoxTarget, path: string, schema: S): Promise<z.output<S>> {
+  private async getUnreported<S extends z.ZodType>(
+    t: ProxmoxTarget,
+    path: string,
+    schema: S,
+    plain?: (data: unknown) => z.output<S> | null,
+  ): Promise<z.output<S>> {
     try {
       this.validateTarget(t);
       const timeoutMs = this.opts.timeoutMs;
@@ -743,7 +758,7 @@ export class ProxmoxClient {
       work.catch(() => undefined); // may settle after the deadline
       try {
         const raw = await Promise.race([work, expired]);
-        return this.parse(raw, path, schema);
+        return this.parse(raw, path, schema, plain);
       } finally {
         // Do not abort `ac` here: aborting a finished request would destroy its
         // (reusable) keep-alive socket.
@@ -965,7 +980,12 @@ export class ProxmoxClient {
     throw new ProxmoxApiError(message, status, ext);
   }
 
-  private parse<S extends z.ZodType>(raw: RawResponse, path: string, schema: S): z.output<S> {
+  private parse<S extends z.ZodType>(
+    raw: RawResponse,
+    path: string,
+    schema: S,
+    plain?: (data: unknown) => z.output<S> | null,
+  ): z.output<S> {
     const p = path.replace(/\?.*$/, '');
     let json: unknown;
     try {
@@ -977,6 +997,8 @@ export class ProxmoxClient {
     if (!env.success) {
       throw new ProxmoxApiError(`Proxmox returned an unexpected response for ${p} (no data).`, raw.status, { path: p });
     }
+    const checked = plain?.(env.data.data);
+    if (checked) return checked;
     const data = schema.safeParse(env.data.data);
     if (!data.success) {
       const issue = data.error.issues[0];

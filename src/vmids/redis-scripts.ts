@@ -326,10 +326,18 @@ return { version, int(now), reserved, meta[1], meta[2], list or redis.call('SMEM
 `;
 
 /**
- * ARGV: ttlMs, expectedEpoch ('' = unconditional), channel, nodeJson, holdMs, vmid… (ascending, unique)
+ * ARGV: ttlMs, expectedEpoch ('' = unconditional), channel, nodeJson, holdMs, vmids (ascending,
+ * unique, comma-separated: one argument, not one per VMID, is cheaper to send and parse, and it is
+ * the list meta and vmid-last keep as it is)
  * → { 'STALE', version } | { 'GONE' } (the node was deleted) | { 'OK', changed(0|1), version, refreshedAt, expiresAt, reservations(flat vmid, expiry…) }
  * The caller sorts (cheaper outside Redis's one thread); the digest is of that canonical list.
  * The used index is rebuilt from the new set, the live reservations and the live holds.
+ * A set equal to the cached one (the usual refresh: nothing changed in Proxmox) keeps the cache
+ * and its used index as they are, when both are this version's (list and usedAt made for the
+ * cached set's refreshedAt, sizes agreeing: what READ and lowest_free trust too): only their
+ * expiry and times move on, and holds that ended are swept out of the index. Rebuilding them
+ * (SADD and ZADD of every VMID, freeing the old ones) was most of a 10,000-guest refresh's
+ * time in Redis.
  *
  * The VMIDs of the set as last written (vmid-last: the previous fill, or a consume since) that
  * the new set lacks are guests that went: they are held (see hold). This works the same when
@@ -348,47 +356,69 @@ if ARGV[2] ~= '' and epoch ~= ARGV[2] then
 end
 local now = now_ms()
 lapse(ARGV[3], ARGV[4], now)
-redis.call('DEL', K.tmp)
-local n = #ARGV
--- unpack() has a stack limit: add in chunks.
-for i = 6, n, 1000 do
-  redis.call('SADD', K.tmp, unpack(ARGV, i, math.min(i + 999, n)))
-end
-local joined = table.concat(ARGV, ',', 6, n)
+local joined = ARGV[6]
 local previous = redis.call('GET', K.last)
+local meta = redis.call('HMGET', K.meta, 'refreshedAt', 'list', 'listAt', 'listCard', 'usedAt')
+local same = meta[1] and meta[2] == joined and previous == joined and meta[3] == meta[1]
+  and meta[5] == meta[1] and tonumber(meta[4]) == redis.call('SCARD', K.cache)
+  and redis.call('EXISTS', K.used) == 1
+-- The VMIDs one by one are needed only when the set is written again.
+local ids, n = {}, 0
+if same then
+  n = tonumber(meta[4])
+else
+  for id in string.gmatch(joined, '%d+') do
+    n = n + 1
+    ids[n] = id
+  end
+  redis.call('DEL', K.tmp)
+  -- unpack() has a stack limit: add in chunks.
+  for i = 1, n, 1000 do
+    redis.call('SADD', K.tmp, unpack(ids, i, math.min(i + 999, n)))
+  end
+end
 -- The change against the set as last written (both ascending: one merge). Nothing written
 -- before (a first fill, or Redis lost it): the whole set is new. Guests gone start a hold.
 local added, removed = {}, {}
 if previous ~= joined then
   if previous then
-    local j = 6
+    local j = 1
     for id in string.gmatch(previous, '%d+') do
       local v = tonumber(id)
-      while j <= n and tonumber(ARGV[j]) < v do
-        added[#added + 1] = ARGV[j]
+      while j <= n and tonumber(ids[j]) < v do
+        added[#added + 1] = ids[j]
         j = j + 1
       end
-      if j <= n and tonumber(ARGV[j]) == v then j = j + 1 else removed[#removed + 1] = id end
+      if j <= n and tonumber(ids[j]) == v then j = j + 1 else removed[#removed + 1] = id end
     end
-    for k = j, n do added[#added + 1] = ARGV[k] end
+    for k = j, n do added[#added + 1] = ids[k] end
     hold(removed, now)
   else
-    for k = 6, n do added[#added + 1] = ARGV[k] end
+    added = ids
   end
   redis.call('SET', K.last, joined)
 else
 end
 local expires_at = now + tonumber(ARGV[1])
-if n >= 6 then
+if same then
+  redis.call('PEXPIREAT', K.cache, expires_at)
+elseif n >= 1 then
   redis.call('RENAME', K.tmp, K.cache)
   redis.call('PEXPIREAT', K.cache, expires_at)
 else
   redis.call('DEL', K.cache)
 end
 redis.call('HSET', K.meta, 'refreshedAt', int(now), 'expiresAt', int(expires_at),
-  'list', joined, 'listAt', int(now), 'listCard', int(n - 5))
+  'list', joined, 'listAt', int(now), 'listCard', int(n))
 redis.call('PEXPIREAT', K.meta, expires_at)
-build_used(ARGV, 6, n, int(now), expires_at, now)
+if same then
+  -- What build_used does to an index that is right already: ended holds leave it.
+  sweep_holds(now)
+  redis.call('PEXPIREAT', K.used, expires_at)
+  redis.call('HSET', K.meta, 'usedAt', int(now))
+else
+  build_used(ids, 1, n, int(now), expires_at, now)
+end
 local digest = redis.sha1hex(joined)
 local changed = 0
 local version

@@ -462,13 +462,12 @@ export class RedisVmidStore implements VmidStore {
   /** Seeds the space first when it lost its mark, so a version read never goes backwards. */
   async state(nodeId: string) {
     const read = () => this.run(() => this.redis.hmget(keys(nodeId).state, 'version', 'epoch', 'deleted', 'seeded'));
-    const first = await read();
-    let [version, epoch, deleted] = first;
-    if (first[3] === null) {
-      // Not seeded: seed, then read what the seeding left.
+    let fields = await read();
+    if (fields[3] === null) {
       await this.seed({ id: nodeId, userId: nodeId, spaceId: nodeId });
-      [version, epoch, deleted] = await read();
+      fields = await read();
     }
+    const [version, epoch, deleted] = fields;
     return { version: Number(version ?? 0), epoch: Number(epoch ?? 0), deleted: deleted === '1' };
   }
 
@@ -487,7 +486,7 @@ export class RedisVmidStore implements VmidStore {
         this.channel(node.id),
         JSON.stringify(node.id),
         this.holdMs,
-        ...list.map(String),
+        list.join(','),
       ),
     );
     const reply = replies.decodeRefresh(raw);

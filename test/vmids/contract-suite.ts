@@ -904,6 +904,9 @@ export function vmidStoreContract(kind: StoreKind, url = TEST_REDIS_URL, where =
               await fill(subset());
               break;
           }
+          // The same set again, after whatever this step did: the Redis store then keeps its
+          // cache and used index as they are.
+          if (step % 5 === 4) await fill(taken);
           expect(await free(min, max), `step ${step}`).toBe(expected());
         }
         const snap = await store.read(node);
