@@ -81,6 +81,8 @@ export async function openRuntime(config: Config, log: Logger, opts: RuntimeOpti
     // targets; node management tells the VMID capability about containers and connection
     // changes (through VmidHooks). Built in that order: neither needs the other first.
     const targets = new ClusterTargets(db.prisma, secretBox, proxmox);
+    // Closed before the database: its endpoint-health writes stop first.
+    closers.push(async () => targets.close());
     const snapshotReads = {
       memory: metrics.vmidSnapshotReads.labels({ source: 'memory' }),
       redis: metrics.vmidSnapshotReads.labels({ source: 'redis' }),

@@ -154,7 +154,7 @@ const envSchema = z.object({
   MAX_SUBSCRIPTIONS_PER_USER: int('MAX_SUBSCRIPTIONS_PER_USER', 1_000, 1, 10_000_000),
   WS_MAX_BUFFERED_BYTES: int('WS_MAX_BUFFERED_BYTES', 4 * 1024 * 1024, 1_024, 1_073_741_824),
   METRICS_TOKEN: z.string().optional(),
-  PVEGRAPH_FAST_PATHS: z.stringbool({ error: 'PVEGRAPH_FAST_PATHS must be true or false' }).default(true),
+  PVEGRAPH_FAST_PATHS: bool('PVEGRAPH_FAST_PATHS', true),
 });
 
 export type LogLevel = (typeof LOG_LEVELS)[number];

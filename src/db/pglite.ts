@@ -13,7 +13,7 @@ const run = promisify(execFile);
  * ~160 MB of the process's RSS). pvegraph's embedded database holds a few users, nodes and
  * reservations; 16 MB of buffers hold all of it many times over.
  */
-export const PGLITE_SETTINGS: readonly string[] = ['-c', 'shared_buffers=16MB', '-c', 'wal_buffers=512kB'];
+const PGLITE_SETTINGS: readonly string[] = ['-c', 'shared_buffers=16MB', '-c', 'wal_buffers=512kB'];
 
 /**
  * V8 flags for a process that runs PGlite: WebAssembly stays on the baseline compiler
@@ -23,9 +23,9 @@ export const PGLITE_SETTINGS: readonly string[] = ['-c', 'shared_buffers=16MB', 
  * cost a loaded 2-core machine ~1 s of start, and made 2,000 Prisma queries no faster
  * (2.7 s vs 2.5 s). Only embedded mode sets them; with PostgreSQL nothing changes.
  */
-export const LIFTOFF_ONLY_FLAGS: readonly string[] = ['--no-wasm-tier-up', '--no-wasm-dynamic-tiering'];
+const LIFTOFF_ONLY_FLAGS: readonly string[] = ['--no-wasm-tier-up', '--no-wasm-dynamic-tiering'];
 
-export function pgliteOptions(): PGliteOptions {
+function pgliteOptions(): PGliteOptions {
   // startParams replaces PGlite's defaults (single-user mode, no workers, …): keep them.
   return { startParams: [...PGlite.defaultStartParams, ...PGLITE_SETTINGS] };
 }

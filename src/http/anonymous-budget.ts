@@ -131,7 +131,7 @@ export function checkHttpToken(
  * 429 with the GraphQL error a client of this API expects (the one RateLimitedError makes,
  * without building it: a flood is answered here), readable cross-origin.
  */
-export function answer429(
+function answer429(
   req: IncomingMessage,
   res: ServerResponse,
   { retryAfterSeconds, bucket }: { retryAfterSeconds: number; bucket: AnonymousBucket },

@@ -11,7 +11,7 @@ const SHUTDOWN_GRACE_MS = 10_000;
 const COMPLETE_WAIT_MS = 1_000;
 
 /** Server shutting down (RFC 6455 "going away"). */
-export const GOING_AWAY = 1001;
+const GOING_AWAY = 1001;
 
 /** Binds the server; resolves with its URL (errors such as EADDRINUSE reject). */
 export function listen(server: Server, port: number, host: string): Promise<string> {

@@ -103,9 +103,13 @@ function parseAuth(auth: string | undefined): { username?: string; password?: st
 
 function parseHostPort(text: string, defaultPort: number): HostPort {
   const m = /^(\[[0-9a-fA-F:.]+\]|[^:[\]]+)(?::(\d+))?$/.exec(text);
-  if (!m) throw new RedisUrlError(`has an invalid host "${text}" (host:port, IPv6 in brackets)`);
+  // The text is not quoted: a password with an unencoded '/' or '@' ends up here.
+  if (!m)
+    throw new RedisUrlError(
+      "has an invalid host (host:port, IPv6 in brackets; percent-encode '/' and '@' in a password)",
+    );
   const port = m[2] === undefined ? defaultPort : Number(m[2]);
-  if (port < 1 || port > 65535) throw new RedisUrlError(`has an invalid port in "${text}"`);
+  if (port < 1 || port > 65535) throw new RedisUrlError(`has an invalid port ${port} (1–65535)`);
   const host = m[1]!.startsWith('[') ? m[1]!.slice(1, -1) : m[1]!;
   return { host, port };
 }

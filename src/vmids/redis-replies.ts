@@ -171,3 +171,17 @@ export function decodeEventsAfter(reply: unknown): { version: number; messages: 
   const [version, messages] = must('events-after', '[version, events]', reply, tuple(reply, [num, strings]));
   return { version, messages };
 }
+
+/** A hash field read in a script: its value, or null when the field is absent. */
+const field: Decoder<string | null> = (v) => (v === null ? null : str(v));
+
+/** STATE: version, epoch, deleted (absent fields as nil). */
+export function decodeState(reply: unknown): [version: number, epoch: number, deleted: boolean] {
+  const [version, epoch, deleted] = must(
+    'state',
+    '[version, epoch, deleted]',
+    reply,
+    tuple(reply, [field, field, field]),
+  );
+  return [Number(version ?? 0), Number(epoch ?? 0), deleted === '1'];
+}

@@ -618,12 +618,25 @@ return 1
 `;
 
 /**
+ * → { version, epoch, deleted ('1' or false) }
+ * The space's state as the other scripts see it: read after the seeded check and after a new
+ * master's version step (FOLLOW_MASTER), so a version read right after a failover is never
+ * one announced before.
+ */
+export const STATE = `${COMMON}
+return redis.call('HMGET', K.state, 'version', 'epoch', 'deleted')
+`;
+
+/**
  * KEYS: log, state
  * ARGV: version
  * → { current version, events with a greater version (as published), ascending }
- * One step, so a subscriber that resumes sees the version its replay ends at.
+ * One step, so a subscriber that resumes sees the version its replay ends at (after a new
+ * master's version step, as every script).
  */
 export const EVENTS_AFTER = `
+local K = { state = KEYS[2] }
+${FOLLOW_MASTER}
 return { redis.call('HGET', KEYS[2], 'version') or '0', redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[1], '+inf') }
 `;
 

@@ -42,6 +42,7 @@ type NodeKeys = [
 interface ScriptCommands {
   pvgVmidEventsAfter(log: string, state: string, version: string): Promise<unknown>;
   pvgVmidRead(...args: [...NodeKeys, channel: string, nodeJson: string, holdMs: string]): Promise<unknown>;
+  pvgVmidState(...args: NodeKeys): Promise<unknown>;
   pvgVmidRefresh(...args: [...NodeKeys, ...argv: string[]]): Promise<unknown>;
   pvgVmidInvalidate(...args: [...NodeKeys, channel: string, nodeJson: string]): Promise<unknown>;
   pvgVmidReserve(
@@ -78,6 +79,7 @@ interface ScriptCommands {
 const NODE_KEYS = 11;
 const SCRIPTS: Record<keyof ScriptCommands, { keys: number; lua: string }> = {
   pvgVmidRead: { keys: NODE_KEYS, lua: scripts.READ },
+  pvgVmidState: { keys: NODE_KEYS, lua: scripts.STATE },
   pvgVmidRefresh: { keys: NODE_KEYS, lua: scripts.REFRESH },
   pvgVmidInvalidate: { keys: NODE_KEYS, lua: scripts.INVALIDATE },
   pvgVmidReserve: { keys: NODE_KEYS, lua: scripts.RESERVE },
@@ -461,14 +463,11 @@ export class RedisVmidStore implements VmidStore {
 
   /** Seeds the space first when it lost its mark, so a version read never goes backwards. */
   async state(nodeId: string) {
-    const read = () => this.run(() => this.redis.hmget(keys(nodeId).state, 'version', 'epoch', 'deleted', 'seeded'));
-    let fields = await read();
-    if (fields[3] === null) {
-      await this.seed({ id: nodeId, userId: nodeId, spaceId: nodeId });
-      fields = await read();
-    }
-    const [version, epoch, deleted] = fields;
-    return { version: Number(version ?? 0), epoch: Number(epoch ?? 0), deleted: deleted === '1' };
+    const node = { id: nodeId, userId: nodeId, spaceId: nodeId };
+    const [version, epoch, deleted] = replies.decodeState(
+      await this.seeded(node, () => this.redis.pvgVmidState(...nodeKeys(nodeId))),
+    );
+    return { version, epoch, deleted };
   }
 
   async refresh(
@@ -593,8 +592,9 @@ export class RedisVmidStore implements VmidStore {
   }
 
   async announceGone(node: NodeRef, registrationId: string) {
+    // The version as the scripts see it (after a new master's step), so DELETED never goes back.
+    const { version } = await this.state(node.id);
     await this.run(async () => {
-      const version = Number((await this.redis.hget(keys(node.id).state, 'version')) ?? 0);
       const event = {
         nodeId: node.id,
         kind: 'DELETED',

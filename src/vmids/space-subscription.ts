@@ -247,6 +247,8 @@ export class SpaceSubscription {
       if (!this.active) return stopListening();
       this.unlisten.push(stopListening);
       const { version } = await this.deps.store.state(ref.spaceId);
+      // Stopped meanwhile: release() has run, and a watch started now would never end.
+      if (!this.active) return;
       if (this.floors && !this.floors.has(ref.spaceId)) this.floors.set(ref.spaceId, version);
       this.watch(ref.spaceId);
     } catch (err) {

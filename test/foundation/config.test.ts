@@ -45,6 +45,12 @@ describe('configuration', () => {
     ],
     [{ REDIS_URL: 'redis+cluster://127.0.0.1:7000,127.0.0.1:99999' }, /REDIS_URL has an invalid port/],
     [{ REDIS_URL: 'redis+cluster://127.0.0.1:7000/0' }, /REDIS_URL redis\+cluster:\/\/ takes no path/],
+    // A password with an unencoded '/' lands in the host list: the message must not quote it.
+    [
+      { REDIS_URL: 'redis+sentinel://user:hunter/2@h:26379/m' },
+      /^(?![\s\S]*hunter)[\s\S]*REDIS_URL has an invalid host/,
+    ],
+    [{ PVEGRAPH_FAST_PATHS: 'sometimes' }, /PVEGRAPH_FAST_PATHS must be true or false \(got "sometimes"\)/],
     [{ REDIS_URL: 'redis+cluster://127.0.0.1:7000', REDIS_KEY_PREFIX: 'app{x}:' }, /REDIS_KEY_PREFIX must not contain/],
     [{ ENCRYPTION_KEY: 'c2hvcnQ=' }, /ENCRYPTION_KEY must be 32 bytes/],
     [{ LOG_LEVEL: 'loud' }, /LOG_LEVEL must be one of/],

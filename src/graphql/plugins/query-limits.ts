@@ -79,7 +79,7 @@ export function useQueryLimits(
  * the other options are other tools' (codegen, IDE plugins) choices of the same query. Only
  * checked for a document over the depth limit.
  */
-export function isStandardIntrospectionQuery(document: DocumentNode): boolean {
+function isStandardIntrospectionQuery(document: DocumentNode): boolean {
   const text = document.loc?.source.body;
   if (text === undefined || !text.includes('IntrospectionQuery')) return false;
   let stripped: string;
