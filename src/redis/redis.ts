@@ -132,3 +132,16 @@ export async function redisHealth(
   if (client.status === 'ready' || client.status === 'end') return 'fail';
   return client.options.sentinels ? 'failing over' : 'reconnecting';
 }
+
+/** Whether a connection that has worked before is currently reconnecting. */
+export interface ConnectionWatch {
+  down(): boolean;
+}
+
+export function watchConnection(redis: RedisClient): ConnectionWatch {
+  let wasReady = redis.status === 'ready';
+  redis.on('ready', () => {
+    wasReady = true;
+  });
+  return { down: () => wasReady && redis.status !== 'ready' };
+}

@@ -1,11 +1,6 @@
 import type { Logger } from 'pino';
-import { isCluster, type RedisClient } from '../redis/redis.js';
+import { type ConnectionWatch, isCluster, type RedisClient } from '../redis/redis.js';
 import { CacheUnavailableError } from './errors.js';
-
-/** Whether the subscriber's connection, having worked before, is reconnecting (redis-store.ts's watchConnection; declared here so the store and its hub do not import each other). */
-interface ConnectionWatch {
-  down(): boolean;
-}
 
 type Listener = { onMessage: (message: string) => void; onResync?: (() => void) | undefined };
 

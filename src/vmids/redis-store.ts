@@ -4,7 +4,7 @@ import type { Logger } from 'pino';
 import { DomainError, NotFoundError } from '../errors.js';
 import { CacheUnavailableError } from './errors.js';
 import { LocalSnapshots } from './local-snapshots.js';
-import { isCluster, type RedisClient } from '../redis/redis.js';
+import { type ConnectionWatch, isCluster, type RedisClient, watchConnection } from '../redis/redis.js';
 import { RedisEventHub } from './redis-event-hub.js';
 import * as replies from './redis-replies.js';
 import * as scripts from './redis-scripts.js';
@@ -762,19 +762,6 @@ class SpaceWatch {
     this.unsubscribe?.();
     this.onEnd();
   }
-}
-
-/** Whether a connection that has worked before is currently reconnecting. */
-export interface ConnectionWatch {
-  down(): boolean;
-}
-
-export function watchConnection(redis: RedisClient): ConnectionWatch {
-  let wasReady = redis.status === 'ready';
-  redis.on('ready', () => {
-    wasReady = true;
-  });
-  return { down: () => wasReady && redis.status !== 'ready' };
 }
 
 /**
