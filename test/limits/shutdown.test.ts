@@ -26,71 +26,8 @@ describe('graceful shutdown on SIGTERM', () => {
     await db.drop();
   });
 
-  it('finishes in-flight requests, closes WebSockets with 1001 and exits 0', { timeout: 60_000 }, async () => {
-    const handle = await openPostgres(db.url);
-    const { token } = await new AuthService(handle.prisma, { cacheTtlMs: 0 }).createUser('ops');
-    await handle.close();
-
-    const { VITEST: _v, NODE_ENV: _n, ...env } = process.env;
-    child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts'], {
-      cwd: ROOT,
-      env: {
-        ...env,
-        DATABASE_URL: db.url,
-        REDIS_URL: TEST_REDIS_URL,
-        REDIS_KEY_PREFIX: uniqueRedisPrefix(),
-        ENCRYPTION_KEY: randomBytes(32).toString('base64'),
-        ALLOW_LOOPBACK_NODE_HOSTS: 'true',
-        PORT: '0',
-        LOG_LEVEL: 'info',
-      },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let out = '';
-    child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
-    child.stderr!.on('data', (d: Buffer) => (out += d.toString()));
-    const exited = new Promise<number | null>((resolve) => child!.once('exit', (code) => resolve(code)));
-    await expect
-      .poll(() => /listening at (http:\/\/[^\s"]+)\/graphql|GraphiQL at (http:\/\/[^\s"]+)\/graphql/.test(out), {
-        timeout: 30_000,
-      })
-      .toBe(true);
-    const url = /(http:\/\/127\.0\.0\.1:\d+)\/graphql/.exec(out)![1]!;
-
-    const gql = (query: string, variables?: unknown) =>
-      fetch(`${url}/graphql`, {
-        method: 'POST',
-        headers: { 'content-type': 'application/json', authorization: `Bearer ${token}` },
-        body: JSON.stringify({ query, variables }),
-      }).then((r) => r.json() as Promise<{ data?: Record<string, { id?: string; ok?: boolean }>; errors?: unknown }>);
-    const created = await gql('mutation($i: CreateNodeInput!) { createNode(input: $i) { id } }', {
-      i: nodeInputFor(sim),
-    });
-    const nodeId = created.data!.createNode!.id!;
-
-    const socket = new WebSocket(url.replace('http', 'ws') + '/graphql', 'graphql-transport-ws');
-    const wsClosed = new Promise<number>((resolve) => socket.once('close', (code) => resolve(code)));
-    await new Promise<void>((resolve) => {
-      socket.once('open', () =>
-        socket.send(JSON.stringify({ type: 'connection_init', payload: { authorization: `Bearer ${token}` } })),
-      );
-      socket.on('message', (m) => JSON.parse(String(m)).type === 'connection_ack' && resolve());
-    });
-
-    // A request that is still waiting on Proxmox when the signal arrives.
-    sim.addFault({ kind: 'latency', ms: 1_500, pathPrefix: '/version' });
-    const inFlight = gql('mutation($id: ID!) { testNodeConnection(id: $id) { ok } }', { id: nodeId });
-    await new Promise((r) => setTimeout(r, 300));
-    child.kill('SIGTERM');
-
-    expect(await wsClosed).toBe(1001);
-    expect((await inFlight).data?.testNodeConnection?.ok).toBe(true);
-    expect(await exited).toBe(0);
-    expect(out).toMatch(/"signal":"SIGTERM"/);
-    await expect(fetch(`${url}/healthz`)).rejects.toThrow();
-  });
-
-  it('completes SSE and WebSocket subscriptions before closing, and cuts nothing', { timeout: 60_000 }, async () => {
+  /** The server as a process (a user of its own, on the shared database), once it listens. */
+  async function startServer() {
     const handle = await openPostgres(db.url);
     const { token } = await new AuthService(handle.prisma, { cacheTtlMs: 0 }).createUser(
       `ops-${randomBytes(3).toString('hex')}`,
@@ -119,6 +56,47 @@ describe('graceful shutdown on SIGTERM', () => {
     const exited = new Promise<number | null>((resolve) => server.once('exit', (code) => resolve(code)));
     await expect.poll(() => /(http:\/\/127\.0\.0\.1:\d+)\/graphql/.test(out), { timeout: 30_000 }).toBe(true);
     const url = /(http:\/\/127\.0\.0\.1:\d+)\/graphql/.exec(out)![1]!;
+    return { server, token, url, exited, output: () => out };
+  }
+
+  it('finishes in-flight requests, closes WebSockets with 1001 and exits 0', { timeout: 60_000 }, async () => {
+    const { server, token, url, exited, output } = await startServer();
+
+    const gql = (query: string, variables?: unknown) =>
+      fetch(`${url}/graphql`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', authorization: `Bearer ${token}` },
+        body: JSON.stringify({ query, variables }),
+      }).then((r) => r.json() as Promise<{ data?: Record<string, { id?: string; ok?: boolean }>; errors?: unknown }>);
+    const created = await gql('mutation($i: CreateNodeInput!) { createNode(input: $i) { id } }', {
+      i: nodeInputFor(sim),
+    });
+    const nodeId = created.data!.createNode!.id!;
+
+    const socket = new WebSocket(url.replace('http', 'ws') + '/graphql', 'graphql-transport-ws');
+    const wsClosed = new Promise<number>((resolve) => socket.once('close', (code) => resolve(code)));
+    await new Promise<void>((resolve) => {
+      socket.once('open', () =>
+        socket.send(JSON.stringify({ type: 'connection_init', payload: { authorization: `Bearer ${token}` } })),
+      );
+      socket.on('message', (m) => JSON.parse(String(m)).type === 'connection_ack' && resolve());
+    });
+
+    // A request that is still waiting on Proxmox when the signal arrives.
+    sim.addFault({ kind: 'latency', ms: 1_500, pathPrefix: '/version' });
+    const inFlight = gql('mutation($id: ID!) { testNodeConnection(id: $id) { ok } }', { id: nodeId });
+    await new Promise((r) => setTimeout(r, 300));
+    server.kill('SIGTERM');
+
+    expect(await wsClosed).toBe(1001);
+    expect((await inFlight).data?.testNodeConnection?.ok).toBe(true);
+    expect(await exited).toBe(0);
+    expect(output()).toMatch(/"signal":"SIGTERM"/);
+    await expect(fetch(`${url}/healthz`)).rejects.toThrow();
+  });
+
+  it('completes SSE and WebSocket subscriptions before closing, and cuts nothing', { timeout: 60_000 }, async () => {
+    const { server, token, url, exited, output } = await startServer();
     const headers = { 'content-type': 'application/json', authorization: `Bearer ${token}` };
     const created = (await (
       await fetch(`${url}/graphql`, {
@@ -175,6 +153,6 @@ describe('graceful shutdown on SIGTERM', () => {
     expect(sseText.trimEnd()).toMatch(/event: complete\s*(data:\s*)?$/);
     expect(await exited).toBe(0);
     // Nothing was left for the grace period to cut.
-    expect(out).not.toMatch(/cutting connections/);
+    expect(output()).not.toMatch(/cutting connections/);
   });
 });
