@@ -13,6 +13,7 @@ import path from 'node:path';
 import type { Simulator } from '../src/sim/index.js';
 import { fmt, freePort, gqlOk, pool, ROOT, rssKb, sleep, START_NODE_ARGS, stopChild, track } from './lib.js';
 
+/** One row of a scenario's table in BENCHMARKS.md (run.ts prints and writes them). */
 export interface ScenarioRow {
   scenario: number;
   metric: string;

@@ -36,7 +36,7 @@ import { AuthService } from '../src/auth/auth-service.js';
 import { openPostgres, type Database } from '../src/db/database.js';
 import { migrate } from '../src/db/migrate.js';
 import { type Simulator, startSimulator } from '../src/sim/index.js';
-import { scenario0 } from './embedded.js';
+import { scenario0, type ScenarioRow } from './embedded.js';
 import * as vmidScripts from '../src/vmids/redis-scripts.js';
 import { type RedisTopology, startRedisCluster } from '../test/support/redis-topologies.js';
 import {
@@ -102,15 +102,7 @@ for (const u of [ADMIN_PG, REDIS_URL]) {
 }
 
 // ------------------------------------------------------------------ results
-interface Row {
-  scenario: number;
-  metric: string;
-  server: string;
-  baseline: string;
-  ratio: string;
-  goal: string;
-  status: 'PASS' | 'MISS' | '—';
-}
+type Row = ScenarioRow;
 const rows: Row[] = [];
 const notes = new Map<number, string[]>();
 function row(r: Row) {
