@@ -7,9 +7,9 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { EXIT } from '../../src/cli/vmid.js';
 import { nodeInputFor, type Simulator, startTestSimulator } from '../support/simulator.js';
+import { docBlock, ROOT, userEnv } from '../support/readme.js';
 import { startTestServer, type TestServer, uniqueRedisPrefix } from '../support/test-server.js';
 
-const ROOT = path.resolve(import.meta.dirname, '../..');
 const BIN = path.join(ROOT, 'bin/pvegraph.js');
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 
@@ -35,29 +35,6 @@ function exec(file: string, args: string[], env: NodeJS.ProcessEnv, input?: stri
 
 /** The last line of stdout. */
 const last = (r: Result) => r.stdout.trim().split('\n').at(-1)!;
-
-/** The fenced block after `<!-- test: NAME -->` in docs/automation.md (the README links it). */
-async function docBlock(name: string): Promise<string> {
-  const doc = await readFile(path.join(ROOT, 'docs', 'automation.md'), 'utf8');
-  const m = new RegExp(`<!-- test: ${name} -->\\n\`\`\`\\w+\\n([\\s\\S]*?)\`\`\`\\n`).exec(doc);
-  if (!m) throw new Error(`docs/automation.md: no block "${name}"`);
-  return m[1]!;
-}
-
-/** What a user's shell has: none of the test runner's own settings. */
-function cleanEnv(extra: Record<string, string>): NodeJS.ProcessEnv {
-  const {
-    DATABASE_URL: _d,
-    REDIS_URL: _r,
-    ENCRYPTION_KEY: _k,
-    VITEST: _v,
-    NODE_ENV: _n,
-    PVEGRAPH_TOKEN: _t,
-    PVEGRAPH_URL: _u,
-    ...rest
-  } = process.env;
-  return { ...rest, ...extra };
-}
 
 /**
  * `npx pvegraph vmid …` as a process against real servers: two instances of one deployment
@@ -125,7 +102,7 @@ describe('npx pvegraph vmid (CLI against running servers)', () => {
     );
     await writeFile(path.join(shims, 'pct'), '#!/bin/sh\necho "pct $*" >> "$PCT_LOG"\nexit "${PCT_EXIT:-0}"\n');
     await Promise.all([chmod(path.join(shims, 'npx'), 0o755), chmod(path.join(shims, 'pct'), 0o755)]);
-    env = cleanEnv({
+    env = userEnv({
       PATH: `${shims}:${process.env.PATH}`,
       PVEGRAPH_URL: a.url,
       PVEGRAPH_TOKEN: token,
@@ -162,7 +139,7 @@ describe('npx pvegraph vmid (CLI against running servers)', () => {
   });
 
   it('docs/automation.md: the command lines run as shown', async () => {
-    const lines = (await docBlock('commands')).trim().split('\n');
+    const lines = (await docBlock('automation.md', 'commands')).trim().split('\n');
     expect(lines).toHaveLength(6);
     const out: Result[] = [];
     for (const line of lines) {
@@ -186,7 +163,7 @@ describe('npx pvegraph vmid (CLI against running servers)', () => {
   });
 
   it('docs/automation.md: the job script registers the container when pct succeeds and releases the VMID when it fails', async () => {
-    const job = await docBlock('job');
+    const job = await docBlock('automation.md', 'job');
     const ok = await sh(job, { CI_JOB_ID: '2001', PCT_EXIT: '0' });
     expect(ok.code, ok.stderr).toBe(0);
     const log = await readFile(path.join(shims, 'pct.log'), 'utf8');
@@ -209,7 +186,7 @@ describe('npx pvegraph vmid (CLI against running servers)', () => {
   });
 
   it('docs/automation.md: the exit-status example branches on 0 and 3', async () => {
-    const script = await docBlock('exit-status');
+    const script = await docBlock('automation.md', 'exit-status');
     const first = await sh(script);
     expect(first.code).toBe(0);
     expect(first.stdout).toMatch(/4300 is ours for 10 minutes/);
@@ -312,9 +289,9 @@ describe('npx pvegraph vmid (CLI against running servers)', () => {
 
   it('--terraform: the documented query on stdin gives one JSON object of strings; a re-run the same; errors on stderr', async () => {
     const [hcl, stdin, documented] = await Promise.all([
-      docBlock('terraform'),
-      docBlock('terraform-stdin'),
-      docBlock('terraform-stdout'),
+      docBlock('automation.md', 'terraform'),
+      docBlock('automation.md', 'terraform-stdin'),
+      docBlock('automation.md', 'terraform-stdout'),
     ]);
     // The module's program and query are what the protocol test feeds.
     expect(hcl).toContain('program = ["npx", "pvegraph", "vmid", "reserve", "--terraform"]');
@@ -369,7 +346,7 @@ describe('npx pvegraph vmid (CLI against running servers)', () => {
   });
 
   it('docs/automation.md: the Ansible tasks run: reserve (twice, the same VMID), consume, release answers 7 (allowed); on failure release gives it back', async () => {
-    const yaml = await docBlock('ansible');
+    const yaml = await docBlock('automation.md', 'ansible');
     const cmds = [...yaml.matchAll(/^\s+cmd: (npx pvegraph .*)$/gm)].map((m) => m[1]!);
     expect(cmds.map((c) => c.split(' ')[3])).toEqual(['reserve', 'consume', 'release']);
     const allowed = /failed_when: released\.rc not in \[([\d, ]+)\]/.exec(yaml)![1]!.split(',').map(Number);

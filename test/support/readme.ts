@@ -12,8 +12,17 @@ export async function readmeBlock(section: string, name: string): Promise<string
   const rest = readme.slice(start + 1);
   const next = rest.indexOf('\n## ', 1);
   const body = next < 0 ? rest : rest.slice(0, next);
-  const m = new RegExp(`<!-- test: ${name} -->\\n\`\`\`\\w+\\n([\\s\\S]*?)\`\`\`\\n`).exec(body);
-  if (!m) throw new Error(`README: no block "${name}" in "${section}"`);
+  return blockIn(body, name, `README "${section}"`);
+}
+
+/** The fenced block after `<!-- test: NAME -->` in a document of docs/ (e.g. `automation.md`). */
+export async function docBlock(file: string, name: string): Promise<string> {
+  return blockIn(await readFile(path.join(ROOT, 'docs', file), 'utf8'), name, `docs/${file}`);
+}
+
+function blockIn(text: string, name: string, where: string): string {
+  const m = new RegExp(`<!-- test: ${name} -->\\n\`\`\`\\w+\\n([\\s\\S]*?)\`\`\`\\n`).exec(text);
+  if (!m) throw new Error(`${where}: no block "${name}"`);
   return m[1]!;
 }
 
@@ -26,6 +35,8 @@ export function userEnv(extra: Record<string, string>): NodeJS.ProcessEnv {
     VITEST: _v,
     NODE_ENV: _n,
     LOG_LEVEL: _l,
+    PVEGRAPH_TOKEN: _t,
+    PVEGRAPH_URL: _u,
     ...rest
   } = process.env;
   return { ...rest, ...extra };
