@@ -1,6 +1,6 @@
 import { type ChildProcess, fork, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import net from 'node:net';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import path from 'node:path';
@@ -542,6 +542,47 @@ export function processCpuMs(pid: number): number {
   const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
   const ticks = Number(fields[11]) + Number(fields[12]);
   return (ticks * 1000) / CLOCK_TICKS_PER_SECOND;
+}
+/** Pids of every process whose command name (/proc/<pid>/comm) is `comm`. */
+export function pidsNamed(comm: string): number[] {
+  const pids: number[] = [];
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      if (readFileSync(`/proc/${entry}/comm`, 'utf8').trim() === comm) pids.push(Number(entry));
+    } catch {
+      /* gone meanwhile */
+    }
+  }
+  return pids;
+}
+
+/**
+ * CPU time spent by groups of processes from now on: `stop()` answers ms per group. A group's
+ * pids are read again at the end (PostgreSQL starts a backend per connection), and a process
+ * that ended meanwhile counts for what it had used at the start only.
+ */
+export function cpuSpent(groups: Record<string, () => number[]>): () => Record<string, number> {
+  const read = (pids: number[]) =>
+    new Map(
+      pids.flatMap((pid) => {
+        try {
+          return [[pid, processCpuMs(pid)] as const];
+        } catch {
+          return [];
+        }
+      }),
+    );
+  const start = Object.fromEntries(Object.entries(groups).map(([k, pids]) => [k, read(pids())]));
+  return () =>
+    Object.fromEntries(
+      Object.entries(groups).map(([k, pids]) => {
+        const end = read(pids());
+        let ms = 0;
+        for (const [pid, t] of end) ms += t - (start[k]!.get(pid) ?? 0);
+        return [k, ms];
+      }),
+    );
 }
 /** USER_HZ: 100 on every Linux architecture Node supports. */
 const CLOCK_TICKS_PER_SECOND = 100;

@@ -59,6 +59,8 @@ import {
   serverVitals,
   pool,
   processCpuMs,
+  cpuSpent,
+  pidsNamed,
   ROOT,
   rssKb,
   type ServerChild,
@@ -1162,6 +1164,8 @@ interface ReserveLoad {
   p99: number;
   vmids: number[];
   errors: Map<string, number>;
+  /** CPU ms each group of processes spent during the load. */
+  cpu: Record<string, number>;
   /** Commands of this run's keys that took ≥ S5_SLOWLOG_US, slowest first. */
   slow: Array<{ us: number; command: string }>;
 }
@@ -1179,6 +1183,7 @@ async function scenario5(_sim: Simulator, pair: { a: ServerChild; b: ServerChild
   for (const n of [small, large, flushed]) await gqlOk(a.graphqlUrl, token, VMIDS_TAKEN, { n });
   const headers = { 'content-type': 'application/json', authorization: `Bearer ${token}` };
   const per = Math.max(1, Math.floor(CONNECTIONS / 2));
+  const redisPid = await redisProcessId();
 
   // Baseline: the same two-instance load with vmidsTaken cache hits (same HTTP, GraphQL,
   // auth and ownership path; only the resolver's Redis work differs).
@@ -1188,6 +1193,12 @@ async function scenario5(_sim: Simulator, pair: { a: ServerChild; b: ServerChild
       cannon({ url: s.graphqlUrl, method: 'POST', headers, body: readBody, connections: per, duration: 2 }),
     ),
   );
+  const readSpent = cpuSpent({
+    servers: () => [a.pid, b.pid],
+    'bench (load + simulator)': () => [process.pid],
+    redis: () => [redisPid],
+    postgres: () => pidsNamed('postgres'),
+  });
   const reads = await Promise.all(
     [a, b].map((s) =>
       cannon({ url: s.graphqlUrl, method: 'POST', headers, body: readBody, connections: per, duration: SECONDS }),
@@ -1195,6 +1206,8 @@ async function scenario5(_sim: Simulator, pair: { a: ServerChild; b: ServerChild
   );
   reads.forEach((r, i) => checkCannon(`read ${i}`, r));
   const readRps = reads.reduce((x, r) => x + r.requests.average, 0);
+  const readCpu = readSpent();
+  const readsDone = reads.reduce((x, r) => x + r.requests.total, 0);
 
   // The large node's live reservations: every other VMID above its guests, so what the load
   // reserves are gaps deep inside the used range (the lowest free VMID is never at an end).
@@ -1243,7 +1256,15 @@ async function scenario5(_sim: Simulator, pair: { a: ServerChild; b: ServerChild
       })
     ).node.clusterId;
     const { result, slow } = await withSlowlog(space, async () => {
+      const spent = cpuSpent({
+        servers: () => [a.pid, b.pid],
+        'bench (load + simulator)': () => [process.pid],
+        redis: () => [redisPid],
+        postgres: () => pidsNamed('postgres'),
+      });
       const start = now();
+      // BENCH_PROFILE_WINDOW=reserve-small (or -large, -flush): a CPU profile of that load alone.
+      for (const s of [a, b]) profileWindow(s, `reserve-${label}`);
       const loads = [a, b].map((s) =>
         cannon({
           url: s.graphqlUrl,
@@ -1254,10 +1275,12 @@ async function scenario5(_sim: Simulator, pair: { a: ServerChild; b: ServerChild
       );
       if (midway) await new Promise((r) => setTimeout(r, (SECONDS * 1000) / 2)).then(midway);
       const res = await Promise.all(loads);
-      return { res, elapsed: (now() - start) / 1000 };
+      for (const s of [a, b]) profileWindow(s, `reserve-${label}`);
+      return { res, elapsed: (now() - start) / 1000, cpu: spent() };
     });
     result.res.forEach((r, i) => checkCannon(`reserve ${label} ${i}`, r));
     return {
+      cpu: result.cpu,
       rps: vmids.length / result.elapsed,
       p99: Math.max(...result.res.map((r) => r.latency.p99)),
       vmids,
@@ -1355,12 +1378,23 @@ async function scenario5(_sim: Simulator, pair: { a: ServerChild; b: ServerChild
     goal: '0 duplicates, all held',
     status: cf.dups + cf.notHeld + cf.overlap === 0 ? 'PASS' : 'MISS',
   });
+  const perReservation = (l: ReserveLoad) =>
+    Object.entries(l.cpu)
+      .map(([k, cpuMs]) => `${k} ${fmt((cpuMs * 1000) / Math.max(1, l.vmids.length), 0)} µs`)
+      .join(', ');
+  note(
+    5,
+    `cache-hit reads (the baseline): CPU per read: ${Object.entries(readCpu)
+      .map(([k, cpuMs]) => `${k} ${fmt((cpuMs * 1000) / Math.max(1, readsDone), 0)} µs`)
+      .join(', ')}.`,
+  );
   for (const [label, l, c] of [
     ['100 guests', atSmall, cs],
     [`${S5_LARGE_GUESTS} guests`, atLarge, cl],
     ['100 guests, Redis keys lost halfway', atFlush, cf],
   ] as const) {
     note(5, `${label}: ${profile(l)}.`);
+    note(5, `${label}: CPU per reservation: ${perReservation(l)}.`);
     note(
       5,
       `${label}: errors ${l.errors.size ? JSON.stringify(Object.fromEntries(l.errors)) : 'none'}; VMIDs ${c.range}, all ${c.notHeld === 0 ? '' : 'but ' + c.notHeld + ' '}held afterwards (${c.reserved} reserved: the extra ones were answered after autocannon stopped counting), ${c.overlap} overlap with guests; ${l.slow.length} commands of its keys took ≥ ${S5_SLOWLOG_US} µs${
@@ -1381,6 +1415,16 @@ async function scenario5(_sim: Simulator, pair: { a: ServerChild; b: ServerChild
     5,
     'baseline of the first row: the same two-instance autocannon load reading vmidsTaken (cache hit) — identical HTTP/GraphQL/auth/ownership path, so the ratio isolates the reservation itself (Lua script, rate-limit check, event publish).',
   );
+}
+
+/** The bench Redis server's process id (INFO server). */
+async function redisProcessId(): Promise<number> {
+  const admin = new Redis(REDIS_URL);
+  try {
+    return Number(/process_id:(\d+)/.exec(await admin.info('server'))?.[1]);
+  } finally {
+    admin.disconnect();
+  }
 }
 
 /** Deletes every Redis key of this run's deployment (what a restart without persistence leaves); answers how many. */

@@ -1,8 +1,15 @@
 import type { Logger } from 'pino';
+import { KeyedBatcher } from '../concurrency/batcher.js';
 import { DomainError, ErrorCode } from '../errors.js';
 import type { ReservationRecord } from './reservation-record.js';
 import type { GuestListing, HeldReservation, ReserveOutcome, ReserveRequest, VmidStore } from './store.js';
 import type { NodeRef, VmidEvent } from './types.js';
+
+/**
+ * The most reservations of one space a batch decides: one script of about 2 µs per
+ * reservation of a run of free VMIDs in Redis (a search costs more), one INSERT.
+ */
+const MAX_BATCH = 32;
 
 /** How often a reservation is tried again when the record refuses what the fast store chose. */
 const RECORD_CONFLICT_ATTEMPTS = 3;
@@ -20,6 +27,15 @@ const RECORD_CONFLICT_ATTEMPTS = 3;
  * into the fast store and another VMID is chosen.
  */
 export class DurableVmidStore implements VmidStore {
+  /** Reservations of one space on this instance, decided and recorded in batches. */
+  private readonly batches = new KeyedBatcher<string, { node: NodeRef; request: ReserveRequest }, ReserveOutcome>(
+    (_, items) =>
+      this.reserveMany(
+        items[0]!.node,
+        items.map((i) => i.request),
+      ),
+    MAX_BATCH,
+  );
   /** The highest version recorded per space by this instance (writes only what is newer). */
   private readonly recorded = new Map<string, number>();
 
@@ -45,32 +61,69 @@ export class DurableVmidStore implements VmidStore {
     });
   }
 
-  async reserve(node: NodeRef, request: ReserveRequest): Promise<ReserveOutcome> {
-    for (let attempt = 1; ; attempt++) {
-      const outcome = await this.fast.reserve(node, request);
-      if (outcome.status !== 'reserved') return outcome;
-      const held: HeldReservation = { vmid: outcome.vmid, owner: request.owner, expiresAt: outcome.expiresAt };
-      let kept: boolean;
-      try {
-        kept = await this.record.put(node.id, held, outcome.version);
-        this.recorded.set(node.id, Math.max(this.recorded.get(node.id) ?? 0, outcome.version));
-      } catch (err) {
-        await this.fast.release(node, outcome.vmid, request.owner).catch(() => undefined);
-        throw recordUnavailable(err);
-      }
-      if (kept) return outcome;
-      await this.fast.release(node, outcome.vmid, request.owner);
-      const lost = await this.record.holder(node.id, outcome.vmid);
+  /**
+   * Concurrent reservations of one space on this instance go as batches (reserveMany): one
+   * script and one database statement serve a batch, where each reservation would take one of
+   * each. A reservation that finds its space quiet goes at once.
+   */
+  reserve(node: NodeRef, request: ReserveRequest): Promise<ReserveOutcome> {
+    return this.batches.run(node.id, { node, request });
+  }
+
+  reserveMany(node: NodeRef, requests: readonly ReserveRequest[]): Promise<ReserveOutcome[]> {
+    return this.reserveRecorded(node, requests, 1);
+  }
+
+  /**
+   * The fast store decides, the record keeps what it decided, then the answers go out. A
+   * reservation the record refuses (it holds a live one of the VMID: the fast store lost it)
+   * is ended in the fast store, the lost one put back there, and another VMID chosen
+   * (RECORD_CONFLICT_ATTEMPTS), or with a vmid: already reserved.
+   */
+  private async reserveRecorded(
+    node: NodeRef,
+    requests: readonly ReserveRequest[],
+    attempt: number,
+  ): Promise<ReserveOutcome[]> {
+    const outcomes = await this.fast.reserveMany(node, requests);
+    const made: Array<{ index: number; held: HeldReservation }> = [];
+    let version = 0;
+    outcomes.forEach((o, index) => {
+      if (o.status !== 'reserved') return;
+      made.push({ index, held: { vmid: o.vmid, owner: requests[index]!.owner, expiresAt: o.expiresAt } });
+      version = Math.max(version, o.version);
+    });
+    if (made.length === 0) return outcomes;
+    let kept: Set<number>;
+    try {
+      kept = await this.record.putMany(
+        node.id,
+        made.map((m) => m.held),
+        version,
+      );
+      this.recorded.set(node.id, Math.max(this.recorded.get(node.id) ?? 0, version));
+    } catch (err) {
+      await Promise.all(made.map((m) => this.fast.release(node, m.held.vmid, m.held.owner).catch(() => undefined)));
+      throw recordUnavailable(err);
+    }
+    for (const { index, held } of made) {
+      if (kept.has(held.vmid)) continue;
+      const request = requests[index]!;
+      await this.fast.release(node, held.vmid, held.owner);
+      const lost = await this.record.holder(node.id, held.vmid);
       if (lost) {
         this.log?.warn(
-          { spaceId: node.id, vmid: outcome.vmid },
+          { spaceId: node.id, vmid: held.vmid },
           'vmid store had lost a reservation the record holds; put back',
         );
         await this.fast.restore(node, [lost]);
       }
-      if (request.vmid !== null || attempt >= RECORD_CONFLICT_ATTEMPTS)
-        return { status: 'already-reserved', vmid: outcome.vmid };
+      outcomes[index] =
+        request.vmid !== null || attempt >= RECORD_CONFLICT_ATTEMPTS
+          ? { status: 'already-reserved', vmid: held.vmid }
+          : (await this.reserveRecorded(node, [request], attempt + 1))[0]!;
     }
+    return outcomes;
   }
 
   /** Ends it in both; true when either held it (the fast store may have lost it). */

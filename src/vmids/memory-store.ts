@@ -331,27 +331,62 @@ export class MemoryVmidStore implements VmidStore {
   }
 
   async reserve(node: NodeRef, request: ReserveRequest): Promise<ReserveOutcome> {
+    return (await this.reserveMany(node, [request]))[0]!;
+  }
+
+  async reserveMany(node: NodeRef, requests: readonly ReserveRequest[]): Promise<ReserveOutcome[]> {
     const seeding = this.seed(node.id);
     if (seeding) await seeding;
     const s = this.node(node.id);
-    if (!s.cache) return { status: 'miss' };
+    const cache = s.cache;
+    if (!cache) return requests.map(() => ({ status: 'miss' }));
     this.lapse(node, s);
-    let vmid: number;
-    if (request.vmid !== null) {
-      vmid = request.vmid;
-      if (s.cache.taken.has(vmid)) return { status: 'taken', vmid };
-      if (s.reservations.has(vmid)) return { status: 'already-reserved', vmid };
-    } else {
-      this.sweepHolds(s);
-      vmid = lowestUnused(s.cache.used, request.min);
-      if (vmid > request.max) return { status: 'exhausted' };
+    this.sweepHolds(s);
+    const now = this.now();
+    const out: ReserveOutcome[] = [];
+    /** The reservations made, by expiry: one RESERVED event each. */
+    const byExpiry = new Map<number, number[]>();
+    for (const request of requests) {
+      let vmid: number;
+      if (request.vmid !== null) {
+        vmid = request.vmid;
+        if (cache.taken.has(vmid)) {
+          out.push({ status: 'taken', vmid });
+          continue;
+        }
+        if (s.reservations.has(vmid)) {
+          out.push({ status: 'already-reserved', vmid });
+          continue;
+        }
+      } else {
+        vmid = lowestUnused(cache.used, request.min);
+        if (vmid > request.max) {
+          out.push({ status: 'exhausted' });
+          continue;
+        }
+      }
+      const expiresAt = now + request.ttlSeconds * 1000;
+      s.reservations.set(vmid, { until: expiresAt, owner: request.owner });
+      s.nextDue = Math.min(s.nextDue, expiresAt);
+      insertSorted(cache.used, vmid);
+      byExpiry.set(expiresAt, [...(byExpiry.get(expiresAt) ?? []), vmid]);
+      out.push({ status: 'reserved', vmid, expiresAt: new Date(expiresAt), version: 0 });
     }
-    const expiresAt = this.now() + request.ttlSeconds * 1000;
-    s.reservations.set(vmid, { until: expiresAt, owner: request.owner });
-    s.nextDue = Math.min(s.nextDue, expiresAt);
-    insertSorted(s.cache.used, vmid);
-    const version = this.bump(node, s, 'RESERVED', [vmid], expiresAt);
-    return { status: 'reserved', vmid, expiresAt: new Date(expiresAt), version };
+    const versions = new Map<number, number>();
+    for (const [expiresAt, vmids] of byExpiry) {
+      versions.set(
+        expiresAt,
+        this.bump(
+          node,
+          s,
+          'RESERVED',
+          [...vmids].sort((a, b) => a - b),
+          expiresAt,
+        ),
+      );
+    }
+    for (const o of out) if (o.status === 'reserved') o.version = versions.get(o.expiresAt.getTime())!;
+    return out;
   }
 
   async nextFree(node: NodeRef, min: number, max: number): Promise<NextFreeOutcome> {

@@ -137,6 +137,21 @@ export function decodeReserve(reply: unknown): ReserveReply {
   }
 }
 
+/** RESERVE: ['MISS'] for the whole batch, or one reply per request (decodeReserve's shapes). */
+export function decodeReserveMany(reply: unknown, requests: number): ReserveReply[] {
+  if (Array.isArray(reply) && reply.length === 1 && reply[0] === 'MISS') {
+    return Array.from({ length: requests }, () => ({ status: 'miss' }) as const);
+  }
+  if (!Array.isArray(reply) || reply.length !== requests) {
+    throw new ScriptReplyError('reserve', `['MISS'] or ${requests} replies`, reply);
+  }
+  return reply.map((one) => {
+    const decoded = decodeReserve(one);
+    if (decoded.status === 'miss') throw new ScriptReplyError('reserve', 'no MISS among replies', reply);
+    return decoded;
+  });
+}
+
 export type NextFreeReply = { status: 'free'; vmid: number } | { status: 'miss' } | { status: 'exhausted' };
 export function decodeNextFree(reply: unknown): NextFreeReply {
   const expected = "['FREE', vmid] | ['MISS'] | ['EXHAUSTED']";

@@ -190,13 +190,16 @@ end
 -- search, each once (O(log n) per freed VMID, amortised). Worst case, a search after a fill
 -- that dropped k guests k holds ago sweeps all k: O(k log n), once. The repeat is bounded by the
 -- members an earlier version left out of the index (each is added once).
-local function lowest_free(min, max, now)
+local function use_index(now)
   local meta = redis.call('HMGET', K.meta, 'refreshedAt', 'expiresAt', 'usedAt')
   if meta[3] ~= meta[1] then
     local taken = redis.call('SMEMBERS', K.cache)
     build_used(taken, 1, #taken, meta[1], meta[2], now)
   end
   sweep_holds(now)
+end
+-- The search itself, once use_index has run in this script.
+local function search(min, max, now)
   while true do
     local base = redis.call('ZCOUNT', K.used, '-inf', '(' .. int(min))
     local lo, hi = 0, redis.call('ZCARD', K.used) - base
@@ -211,8 +214,33 @@ local function lowest_free(min, max, now)
     if redis.call('SISMEMBER', K.cache, id) == 0 and not redis.call('ZSCORE', K.reservations, id)
       and not is_held(id, now) then return vmid end
     redis.call('ZADD', K.used, id, id)
-    redis.call('PEXPIREAT', K.used, meta[2])
+    redis.call('PEXPIREAT', K.used, redis.call('HGET', K.meta, 'expiresAt'))
   end
+end
+local function lowest_free(min, max, now)
+  use_index(now)
+  return search(min, max, now)
+end
+-- The same answer as lowest_free, usually cheaper, once use_index has run in this script: the
+-- first WALK members of the used index from min on are read in one call (O(log n + WALK)) and
+-- the first gap among them is the answer, checked as search checks its own. A window without
+-- a gap goes on with the binary search from past it; a gap the check refutes (the index lacks
+-- a member: an earlier version's script) is left to the search, which mends the index.
+local WALK = 32
+local function next_free(min, max, now)
+  if min > max then return nil end
+  local members = redis.call('ZRANGEBYSCORE', K.used, int(min), '+inf', 'LIMIT', 0, WALK)
+  local gap = min
+  for _, m in ipairs(members) do
+    if tonumber(m) ~= gap then break end
+    gap = gap + 1
+  end
+  if gap == min + WALK then return search(gap, max, now) end
+  if gap > max then return nil end
+  local id = int(gap)
+  if redis.call('SISMEMBER', K.cache, id) == 0 and not redis.call('ZSCORE', K.reservations, id)
+    and not is_held(id, now) then return gap end
+  return search(min, max, now)
 end
 -- A reservation set outlives its last member by a day, so a lapse nobody was watching is
 -- still found (and announced) by the next script that looks, instead of vanishing with the key.
@@ -451,39 +479,79 @@ return { existed, v }
 `;
 
 /**
- * ARGV: vmid ('' = lowest free in [min, max]), min, ttlMs, channel, nodeJson, max, owner, holdMs
- * → { 'OK', vmid, expiresAt, version } | { 'MISS' } | { 'TAKEN', vmid } | { 'RESERVED', vmid } | { 'EXHAUSTED' }
- * Without a vmid the search is O(log² n) (lowest_free) and skips held VMIDs; an explicit vmid
- * is not bounded by max, nor refused for a hold (it is free: the client asked for it).
+ * ARGV: channel, nodeJson, holdMs, then for each request: vmid ('' = lowest free in
+ * [min, max]), min, max, ttlMs, owner
+ * → { 'MISS' } (the set is not cached: nothing decided) | one reply per request, in order:
+ *   { 'OK', vmid, expiresAt, version } | { 'TAKEN', vmid } | { 'RESERVED', vmid } | { 'EXHAUSTED' }
+ * The requests are decided in order, each seeing the ones before it, in one atomic step; the
+ * reservations made are announced with one RESERVED event per expiry (VMIDs ascending), so a
+ * batch with one TTL is one event. Without a vmid the search (next_free: a walk over the next
+ * 32 used VMIDs, else lowest_free's O(log² n)) skips held VMIDs; a request with the same
+ * min as an earlier one of the batch starts after the VMID that one got (everything from min
+ * up to it is used). An explicit vmid is not bounded by max, nor refused for a hold (it is free: the
+ * client asked for it).
  */
 export const RESERVE = `${COMMON}
-HOLD_MS = tonumber(ARGV[8]) or 0
+HOLD_MS = tonumber(ARGV[3]) or 0
 if redis.call('EXISTS', K.meta) == 0 then
   return { 'MISS' }
 end
 local now = now_ms()
-lapse(ARGV[4], ARGV[5], now)
-local vmid
-if ARGV[1] ~= '' then
-  vmid = tonumber(ARGV[1])
-  if redis.call('SISMEMBER', K.cache, ARGV[1]) == 1 then return { 'TAKEN', vmid } end
-  if redis.call('ZSCORE', K.reservations, ARGV[1]) then return { 'RESERVED', vmid } end
-else
-  vmid = lowest_free(tonumber(ARGV[2]), tonumber(ARGV[6]), now)
-  if not vmid then return { 'EXHAUSTED' } end
+lapse(ARGV[1], ARGV[2], now)
+local out = {}
+local ready = false
+local after = {}
+local expiries = {}
+local by_expiry = {}
+for b = 4, #ARGV, 5 do
+  local want, min, max = ARGV[b], tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2])
+  local vmid
+  if want ~= '' then
+    vmid = tonumber(want)
+    if redis.call('SISMEMBER', K.cache, want) == 1 then out[#out + 1] = { 'TAKEN', vmid }; vmid = nil
+    elseif redis.call('ZSCORE', K.reservations, want) then out[#out + 1] = { 'RESERVED', vmid }; vmid = nil end
+  else
+    if not ready then
+      use_index(now)
+      ready = true
+    end
+    vmid = next_free(after[min] or min, max, now)
+    if vmid then after[min] = vmid + 1 else out[#out + 1] = { 'EXHAUSTED' } end
+  end
+  if vmid then
+    local id = int(vmid)
+    local expires_at = now + tonumber(ARGV[b + 3])
+    redis.call('ZADD', K.reservations, expires_at, id)
+    redis.call('HSET', K.owners, id, ARGV[b + 4])
+    redis.call('ZADD', K.used, id, id)
+    local reply = { 'OK', vmid, int(expires_at), 0 }
+    out[#out + 1] = reply
+    local group = by_expiry[expires_at]
+    if not group then
+      group = { ids = {}, replies = {} }
+      by_expiry[expires_at] = group
+      expiries[#expiries + 1] = expires_at
+    end
+    group.ids[#group.ids + 1] = vmid
+    group.replies[#group.replies + 1] = reply
+  end
 end
-local id = int(vmid)
-local expires_at = now + tonumber(ARGV[3])
-redis.call('ZADD', K.reservations, expires_at, id)
-redis.call('HSET', K.owners, id, ARGV[7])
-local last = redis.call('ZRANGE', K.reservations, -1, -1, 'WITHSCORES')
-local keep_until = int(tonumber(last[2]) + LAPSE_GRACE_MS)
-redis.call('PEXPIREAT', K.reservations, keep_until)
-redis.call('PEXPIREAT', K.owners, keep_until)
-redis.call('ZADD', K.used, id, id)
-redis.call('PEXPIREAT', K.used, redis.call('HGET', K.meta, 'expiresAt'))
-local v = bump(K.state, ARGV[4], ARGV[5], 'RESERVED', '[' .. id .. ']', now, ',"expiresAt":' .. int(expires_at))
-return { 'OK', vmid, int(expires_at), v }
+if #expiries > 0 then
+  local last = redis.call('ZRANGE', K.reservations, -1, -1, 'WITHSCORES')
+  local keep_until = int(tonumber(last[2]) + LAPSE_GRACE_MS)
+  redis.call('PEXPIREAT', K.reservations, keep_until)
+  redis.call('PEXPIREAT', K.owners, keep_until)
+  redis.call('PEXPIREAT', K.used, redis.call('HGET', K.meta, 'expiresAt'))
+end
+for _, expires_at in ipairs(expiries) do
+  local group = by_expiry[expires_at]
+  table.sort(group.ids)
+  for i, n in ipairs(group.ids) do group.ids[i] = int(n) end
+  local v = bump(K.state, ARGV[1], ARGV[2], 'RESERVED', '[' .. table.concat(group.ids, ',') .. ']', now,
+    ',"expiresAt":' .. int(expires_at))
+  for _, reply in ipairs(group.replies) do reply[4] = v end
+end
+return out
 `;
 
 /**

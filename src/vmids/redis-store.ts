@@ -45,18 +45,9 @@ interface ScriptCommands {
   pvgVmidState(...args: NodeKeys): Promise<unknown>;
   pvgVmidRefresh(...args: [...NodeKeys, ...argv: string[]]): Promise<unknown>;
   pvgVmidInvalidate(...args: [...NodeKeys, channel: string, nodeJson: string]): Promise<unknown>;
+  /** ARGV: channel, nodeJson, holdMs, then vmid, min, max, ttlMs, owner per request. */
   pvgVmidReserve(
-    ...args: [
-      ...NodeKeys,
-      vmid: string,
-      min: string,
-      ttlMs: string,
-      channel: string,
-      nodeJson: string,
-      max: string,
-      owner: string,
-      holdMs: string,
-    ]
+    ...args: [...NodeKeys, channel: string, nodeJson: string, holdMs: string, ...requests: string[]]
   ): Promise<unknown>;
   pvgVmidNextFree(
     ...args: [...NodeKeys, min: string, max: string, channel: string, nodeJson: string, holdMs: string]
@@ -513,21 +504,29 @@ export class RedisVmidStore implements VmidStore {
   }
 
   async reserve(node: NodeRef, request: ReserveRequest): Promise<ReserveOutcome> {
+    return (await this.reserveMany(node, [request]))[0]!;
+  }
+
+  async reserveMany(node: NodeRef, requests: readonly ReserveRequest[]): Promise<ReserveOutcome[]> {
+    const args = requests.flatMap((r) => [
+      r.vmid === null ? '' : String(r.vmid),
+      String(r.min),
+      String(r.max),
+      String(r.ttlSeconds * 1000),
+      r.owner,
+    ]);
     const raw = await this.change(node, () =>
       this.redis.pvgVmidReserve(
         ...nodeKeys(node.id),
-        request.vmid === null ? '' : String(request.vmid),
-        String(request.min),
-        String(request.ttlSeconds * 1000),
         this.channel(node.id),
         JSON.stringify(node.id),
-        String(request.max),
-        request.owner,
         this.holdMs,
+        ...args,
       ),
     );
-    const reply = replies.decodeReserve(raw);
-    return reply.status === 'reserved' ? { ...reply, expiresAt: new Date(reply.expiresAt) } : reply;
+    return replies
+      .decodeReserveMany(raw, requests.length)
+      .map((reply) => (reply.status === 'reserved' ? { ...reply, expiresAt: new Date(reply.expiresAt) } : reply));
   }
 
   /** A change: it may announce lapses. */

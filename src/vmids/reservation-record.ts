@@ -67,6 +67,30 @@ export class ReservationRecord {
     return rows.length === 1;
   }
 
+  /**
+   * Records reservations the fast store just made in one step (put, for a batch): answers
+   * the VMIDs recorded. One missing: the record holds a live one of it already (as in put).
+   */
+  async putMany(spaceId: string, held: readonly HeldReservation[], version: number): Promise<Set<number>> {
+    if (held.length === 1) return new Set((await this.put(spaceId, held[0]!, version)) ? [held[0]!.vmid] : []);
+    const rows = await this.prisma.$queryRaw<Array<{ vmid: number }>>`
+      WITH space AS (
+        INSERT INTO vmid_spaces (space_id, version) VALUES (${spaceId}, ${version})
+        ON CONFLICT (space_id) DO UPDATE SET version = EXCLUDED.version, updated_at = CURRENT_TIMESTAMP
+          WHERE vmid_spaces.version < EXCLUDED.version
+      )
+      INSERT INTO vmid_reservations (space_id, vmid, owner_id, expires_at)
+      SELECT ${spaceId}, r.vmid, r.owner_id, r.expires_at
+        FROM unnest(${held.map((r) => r.vmid)}::int[], ${held.map((r) => r.owner)}::text[],
+                    ${held.map((r) => r.expiresAt.toISOString())}::timestamptz[]) AS r(vmid, owner_id, expires_at)
+      ON CONFLICT (space_id, vmid) DO UPDATE
+        SET owner_id = EXCLUDED.owner_id, expires_at = EXCLUDED.expires_at, created_at = CURRENT_TIMESTAMP
+        WHERE vmid_reservations.expires_at <= CURRENT_TIMESTAMP
+      RETURNING vmid`;
+    this.purgeNowAndThen();
+    return new Set(rows.map((r) => r.vmid));
+  }
+
   /** The live reservation of `vmid` in the space, if any (whoever holds it). */
   async holder(spaceId: string, vmid: number): Promise<HeldReservation | null> {
     const row = await this.prisma.vmidReservation.findFirst({

@@ -49,6 +49,13 @@ export interface VmidStore {
    */
   reserve(node: NodeRef, request: ReserveRequest): Promise<ReserveOutcome>;
   /**
+   * Several reservations as one atomic step, decided in order (each sees those before it): one
+   * answer per request, as `reserve` would give it. The reservations made are announced with
+   * one RESERVED event per expiry (their VMIDs ascending): a batch with one TTL is one event.
+   * When the set is not cached, every answer is `miss`.
+   */
+  reserveMany(node: NodeRef, requests: readonly ReserveRequest[]): Promise<ReserveOutcome[]>;
+  /**
    * The lowest VMID in [min, max] that is neither taken nor reserved nor held, reserving
    * nothing (and changing nothing but the lapses it announces first). As cheap as `reserve`.
    */

@@ -671,7 +671,7 @@ export function vmidStoreContract(kind: StoreKind, url = TEST_REDIS_URL, where =
         const vmid = 100 + rand(70);
         const min = 100 + rand(40);
         const max = min + rand(50);
-        switch (rand(8)) {
+        switch (rand(9)) {
           case 0:
             await store.refresh(node, subset(), 60, null);
             break;
@@ -701,6 +701,32 @@ export function vmidStoreContract(kind: StoreKind, url = TEST_REDIS_URL, where =
             await store.invalidate(node);
             await store.refresh(node, subset(), 60, null);
             break;
+          case 7: {
+            // A batch answers what the same requests one after another would.
+            const snap = await store.read(node);
+            const used = [...snap.cache!.taken, ...snap.reserved.map((r) => r.vmid)];
+            const batch = Array.from({ length: 1 + rand(6) }, () =>
+              rand(3) === 0 ? req(100 + rand(70)) : req(null, { min: 100 + rand(40), max: 140 + rand(40) }),
+            );
+            const expected = batch.map((r) => {
+              if (r.vmid !== null) {
+                if (snap.cache!.taken.includes(r.vmid)) return 'taken';
+                if (used.includes(r.vmid)) return 'already-reserved';
+                used.push(r.vmid);
+                return r.vmid;
+              }
+              const v = lowestFree(r.min, used);
+              if (v > r.max) return 'exhausted';
+              used.push(v);
+              return v;
+            });
+            const outcomes = await store.reserveMany(node, batch);
+            expect(
+              outcomes.map((o) => (o.status === 'reserved' ? o.vmid : o.status)),
+              `step ${step}`,
+            ).toEqual(expected);
+            break;
+          }
         }
         const snap = await store.read(node);
         const expected = lowestFree(
@@ -709,6 +735,71 @@ export function vmidStoreContract(kind: StoreKind, url = TEST_REDIS_URL, where =
           snap.reserved.map((r) => r.vmid),
         );
         expect(await nextFree(min, max), `step ${step}`).toBe(expected > max ? 'exhausted' : expected);
+      }
+    });
+
+    it('a batch is one step decided in order: each request sees those before it; one RESERVED event per expiry, VMIDs ascending', async () => {
+      const store = opened.store;
+      await store.refresh(node, TAKEN, 60, null); // lowest free 104, then 109, 112…
+      const events = service.subscribeNode(node);
+      try {
+        expect(brief(await take(events, 1))).toEqual(['SYNC@1']);
+        const outcomes = await store.reserveMany(node, [
+          req(null),
+          req(null, { ttlSeconds: 660 }),
+          req(104), // the first request's VMID: already reserved by then
+          req(103), // a guest
+          req(null, { min: 105 }),
+          req(4_000),
+          req(null, { min: 150, max: 149 }), // an empty range
+          req(null),
+        ]);
+        expect(outcomes.map((o) => (o.status === 'reserved' ? o.vmid : o.status))).toEqual([
+          104,
+          109,
+          'already-reserved',
+          'taken',
+          112,
+          4_000,
+          'exhausted',
+          113,
+        ]);
+        const got = await take(events, 2);
+        expect(brief(got)).toEqual(['RESERVED@2', 'RESERVED@3']);
+        // Equal TTLs share an event (and its version); the longer one has its own.
+        expect(got[0]!.vmids).toEqual([104, 112, 113, 4_000]);
+        expect(got[1]!.vmids).toEqual([109]);
+        expect(got[1]!.expiresAt!.getTime() - got[0]!.expiresAt!.getTime()).toBe(60_000);
+        const versions = outcomes.flatMap((o) => (o.status === 'reserved' ? [[o.vmid, o.version]] : []));
+        expect(Object.fromEntries(versions)).toEqual({ 104: 2, 109: 3, 112: 2, 113: 2, 4000: 2 });
+        expect((await store.read(node)).reserved.map((r) => r.vmid)).toEqual([104, 109, 112, 113, 4_000]);
+        // A set that is not cached decides nothing: every answer is a miss.
+        await store.invalidate(node);
+        expect((await store.reserveMany(node, [req(null), req(5_000)])).map((o) => o.status)).toEqual(['miss', 'miss']);
+      } finally {
+        await events.return?.();
+      }
+    });
+
+    it('concurrent reservations of one space get the lowest free VMIDs, each once, each announced', async () => {
+      await service.getCachedVmids(node);
+      const events = service.subscribeNode(node);
+      try {
+        await take(events, 1); // SYNC
+        const got = await Promise.all(Array.from({ length: 40 }, () => service.reserveVmid(node, null, 60)));
+        const vmids = got.map((r) => r.vmid).sort((a, b) => a - b);
+        const free = Array.from({ length: 60 }, (_, i) => 100 + i).filter((v) => !TAKEN.includes(v));
+        expect(vmids).toEqual(free.slice(0, 40));
+        const announced: number[] = [];
+        while (announced.length < 40) {
+          const [event] = await take(events, 1);
+          expect(event!.kind).toBe('RESERVED');
+          announced.push(...event!.vmids!);
+        }
+        expect(announced.sort((a, b) => a - b)).toEqual(vmids);
+        expect((await service.getCachedVmids(node)).reserved).toEqual(vmids);
+      } finally {
+        await events.return?.();
       }
     });
 
