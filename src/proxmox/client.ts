@@ -22,6 +22,7 @@ import {
   nodeGuestsSchema,
   nodeListSchema,
   permissionsSchema,
+  plainInt,
   plainResources,
   resourcesSchema,
   tasksSchema,
@@ -213,6 +214,38 @@ interface PoolEntry {
   fingerprint: string | null;
 }
 
+/**
+ * One endpoint of a target as its requests use it, made once per target (see prepared()):
+ * checked against the input rules and the host policy, with its TLS mode and pool key.
+ */
+interface PreparedEndpoint {
+  /** 0 = the primary, i ≥ 1 = fallbacks[i - 1]. */
+  index: number;
+  /** host, port and tlsFingerprint as given (reported to onEndpointResult, compared by prepared()). */
+  given: ProxmoxEndpoint;
+  /** bareHost(given.host). */
+  host: string;
+  port: number;
+  tls: TlsMode;
+  poolKey: string;
+}
+
+/** What a target's requests need, computed once per target object and the values it was made from. */
+interface PreparedTarget {
+  /** The target's fields this was made from: a target changed in place is prepared again. */
+  host: string;
+  port: number;
+  tokenId: string;
+  tokenSecret: string;
+  tlsFingerprint: string | null | undefined;
+  allowInsecureTls: boolean | undefined;
+  /** The primary, then the fallbacks in order. */
+  endpoints: PreparedEndpoint[];
+  /** Key of the endpoint list for preferWorkingEndpointMs ('' for one endpoint). */
+  stickyKey: string;
+  authorization: string;
+}
+
 interface RawResponse {
   status: number;
   statusText: string;
@@ -258,8 +291,8 @@ function redact<E>(err: E, secret: string): E {
   return err;
 }
 
-/** Maps an error thrown by undici into a DomainError. */
-function mapTransportError(err: unknown, t: ProxmoxTarget, timeoutMs: number): Error {
+/** Maps an error thrown by undici into a DomainError (`host` bare, as bareHost gives it). */
+function mapTransportError(err: unknown, host: string, port: number, timeoutMs: number): Error {
   if (isDomain(err)) return err;
   const code = (err as { code?: string } | undefined)?.code ?? '';
   if (
@@ -272,15 +305,16 @@ function mapTransportError(err: unknown, t: ProxmoxTarget, timeoutMs: number): E
     return new ProxmoxTimeoutError(timeoutMs);
   }
   if (code === 'UND_ERR_SOCKET') {
-    return new ProxmoxUnreachableError(
-      `Connection to Proxmox at ${bareHost(t.host)}:${t.port} was closed unexpectedly.`,
-      { host: bareHost(t.host), port: t.port, cause: 'ECONNRESET' },
-    );
+    return new ProxmoxUnreachableError(`Connection to Proxmox at ${host}:${port} was closed unexpectedly.`, {
+      host,
+      port,
+      cause: 'ECONNRESET',
+    });
   }
   if (code === 'UND_ERR_CLOSED' || code === 'UND_ERR_DESTROYED') {
     return new ProxmoxUnreachableError('The Proxmox client was closed.', { cause: code });
   }
-  return networkError(err, bareHost(t.host), t.port);
+  return networkError(err, host, port);
 }
 
 /**
@@ -316,6 +350,84 @@ function endpointsKey(endpoints: readonly ProxmoxEndpoint[]): string {
   return endpoints.map((e) => `${bareHost(e.host).toLowerCase()}|${e.port}|${e.tlsFingerprint ?? ''}`).join(',');
 }
 
+function poolKeyOf(host: string, port: number, mode: TlsMode): string {
+  return `${host.toLowerCase()}|${port}|${modeKey(mode)}`;
+}
+
+/** Whether `p` was made from the values `t` holds now. */
+function preparedFrom(p: PreparedTarget, t: ProxmoxTarget): boolean {
+  if (
+    p.host !== t.host ||
+    p.port !== t.port ||
+    p.tokenId !== t.tokenId ||
+    p.tokenSecret !== t.tokenSecret ||
+    p.tlsFingerprint !== t.tlsFingerprint ||
+    p.allowInsecureTls !== t.allowInsecureTls
+  ) {
+    return false;
+  }
+  const fallbacks = t.fallbacks;
+  const n = fallbacks?.length ?? 0;
+  if (n !== p.endpoints.length - 1) return false;
+  for (let i = 0; i < n; i++) {
+    const e = fallbacks![i]!;
+    const given = p.endpoints[i + 1]!.given;
+    if (e.host !== given.host || e.port !== given.port || e.tlsFingerprint !== given.tlsFingerprint) return false;
+  }
+  return true;
+}
+
+const ONLY_PRIMARY: readonly number[] = Object.freeze([0]);
+
+/** The order of a round over `n` endpoints: `start`, then the others in order; the dead left out. */
+function roundOrder(start: number, n: number, dead: readonly boolean[] | undefined): readonly number[] {
+  if (n === 1) return dead?.[0] ? [] : ONLY_PRIMARY;
+  const order: number[] = [];
+  if (!dead?.[start]) order.push(start);
+  for (let i = 0; i < n; i++) if (i !== start && !dead?.[i]) order.push(i);
+  return order;
+}
+
+/** `path` without its query, as reported to onCall. */
+function pathOf(path: string): string {
+  const q = path.indexOf('?');
+  return q === -1 ? path : path.slice(0, q);
+}
+
+/**
+ * An attempt's share of the time left while other endpoints are left in its round: aborted
+ * with the request or when the share is used up.
+ */
+interface Share {
+  signal: AbortSignal;
+  /** Rejects when `signal` aborts. */
+  abandoned: Promise<never>;
+  /** Whether the share (not the request) ran out. */
+  expired(): boolean;
+  dispose(): void;
+}
+
+function shareOf(request: AbortSignal, shareMs: number): Share {
+  const ac = new AbortController();
+  const signal = AbortSignal.any([request, ac.signal]);
+  const timer = setTimeout(() => ac.abort(), shareMs);
+  let onAbort: (() => void) | undefined;
+  const abandoned = new Promise<never>((_, reject) => {
+    onAbort = () => reject(new Error('attempt aborted'));
+    signal.addEventListener('abort', onAbort, { once: true });
+  });
+  abandoned.catch(() => undefined);
+  return {
+    signal,
+    abandoned,
+    expired: () => ac.signal.aborted,
+    dispose: () => {
+      clearTimeout(timer);
+      if (onAbort) signal.removeEventListener('abort', onAbort);
+    },
+  };
+}
+
 function isRetryable(err: unknown): boolean {
   if (err instanceof ProxmoxUnreachableError) {
     // DNS answers are not retried (a missing name stays missing within a request).
@@ -336,6 +448,19 @@ export interface VmidRange {
   upper: number;
 }
 
+/**
+ * envelopeSchema's answer (`{ data }`), or undefined where it fails. The usual answer, an
+ * object with `data` set, is read by hand; anything else goes to zod, which decides.
+ */
+function envelopeData(json: unknown): { data: unknown } | undefined {
+  if (typeof json === 'object' && json !== null && !Array.isArray(json)) {
+    const data = (json as { data?: unknown }).data;
+    if (data !== undefined) return { data };
+  }
+  const env = envelopeSchema.safeParse(json);
+  return env.success ? { data: env.data.data } : undefined;
+}
+
 /** A SHA-256 fingerprint as Proxmox writes it (upper-case, colon-separated). */
 const SHA256_FINGERPRINT = /^[0-9A-F]{2}(:[0-9A-F]{2}){31}$/;
 
@@ -346,6 +471,12 @@ export class ProxmoxClient {
   private readonly pools: LRUCache<string, PoolEntry>;
   /** Endpoint lists (by key) whose calls start at a fallback that worked, for preferWorkingEndpointMs. */
   private readonly preferred = lruCache<string, { index: number }>({ max: 4_096 });
+  private readonly policy: HostPolicy;
+  /**
+   * Each target's checked endpoints, pool keys and TLS modes, made on its first request and
+   * again when one of its values changed (a target may be changed in place, see preparedFrom).
+   */
+  private readonly preparedTargets = new WeakMap<ProxmoxTarget, PreparedTarget>();
 
   constructor(opts: ProxmoxClientOptions) {
     if (!Number.isFinite(opts.timeoutMs) || opts.timeoutMs <= 0) {
@@ -359,6 +490,11 @@ export class ProxmoxClient {
       preferWorkingEndpointMs: 30_000,
       ...opts,
     };
+    this.policy = {
+      allowLoopbackHosts: this.opts.allowLoopbackHosts,
+      allowPrivateHosts: this.opts.allowPrivateHosts,
+      ...(this.opts.loopbackEndpoints ? { loopbackEndpoints: this.opts.loopbackEndpoints } : {}),
+    };
     this.pools = lruCache({
       max: this.opts.maxPools,
       onEvict: (old, key) => {
@@ -367,14 +503,6 @@ export class ProxmoxClient {
         old.pool.close().catch(() => undefined);
       },
     });
-  }
-
-  private get policy(): HostPolicy {
-    return {
-      allowLoopbackHosts: this.opts.allowLoopbackHosts,
-      allowPrivateHosts: this.opts.allowPrivateHosts,
-      ...(this.opts.loopbackEndpoints ? { loopbackEndpoints: this.opts.loopbackEndpoints } : {}),
-    };
   }
 
   // ---------------------------------------------------------------- public API
@@ -480,14 +608,14 @@ export class ProxmoxClient {
    * Reserves nothing.
    */
   async nextId(t: ProxmoxTarget, vmid?: number): Promise<number> {
-    if (vmid === undefined) return this.get(t, '/cluster/nextid', nextIdSchema);
+    if (vmid === undefined) return this.get(t, '/cluster/nextid', nextIdSchema, plainInt);
     if (!Number.isInteger(vmid) || vmid < MIN_VMID || vmid > MAX_VMID) {
       throw new BadUserInputError(`VMID must be an integer from ${MIN_VMID} to ${MAX_VMID}.`, {
         vmid: `must be an integer from ${MIN_VMID} to ${MAX_VMID}`,
       });
     }
     try {
-      return await this.get(t, `/cluster/nextid?vmid=${vmid}`, nextIdSchema);
+      return await this.get(t, `/cluster/nextid?vmid=${vmid}`, nextIdSchema, plainInt);
     } catch (err) {
       if (err instanceof ProxmoxApiError && err.status === 400) {
         const errors = err.extensions['proxmoxErrors'] as Record<string, unknown> | undefined;
@@ -656,17 +784,15 @@ export class ProxmoxClient {
   // ---------------------------------------------------------------- internals
 
   private poolKey(t: ProxmoxTarget): string {
-    return `${bareHost(t.host).toLowerCase()}|${t.port}|${modeKey(tlsModeOf(t, this.opts.caCerts))}`;
+    return poolKeyOf(bareHost(t.host), t.port, tlsModeOf(t, this.opts.caCerts));
   }
 
-  private poolFor(t: ProxmoxTarget): PoolEntry {
-    const mode = tlsModeOf(t, this.opts.caCerts);
-    const host = bareHost(t.host);
-    const key = `${host.toLowerCase()}|${t.port}|${modeKey(mode)}`;
-    const existing = this.pools.get(key);
+  private poolFor(ep: PreparedEndpoint): PoolEntry {
+    const existing = this.pools.get(ep.poolKey);
     if (existing) return existing;
+    const { host, port, poolKey: key } = ep;
     const entry: PoolEntry = { key, pool: undefined as unknown as Pool, fingerprint: null };
-    entry.pool = new Pool(`https://${urlHost(host)}:${t.port}`, {
+    entry.pool = new Pool(`https://${urlHost(host)}:${port}`, {
       connections: this.opts.connectionsPerNode,
       pipelining: 1,
       keepAliveTimeout: 4_000,
@@ -675,8 +801,8 @@ export class ProxmoxClient {
       bodyTimeout: this.opts.timeoutMs,
       connect: makeConnector({
         host,
-        port: t.port,
-        tls: mode,
+        port,
+        tls: ep.tls,
         policy: this.policy,
         timeoutMs: this.opts.timeoutMs,
         onFingerprint: (fp) => {
@@ -688,7 +814,17 @@ export class ProxmoxClient {
     return entry;
   }
 
-  private validateTarget(t: ProxmoxTarget): void {
+  /** The target, checked and prepared for requests (once, until one of its values changes). */
+  private prepared(t: ProxmoxTarget): PreparedTarget {
+    const known = this.preparedTargets.get(t);
+    if (known && preparedFrom(known, t)) return known;
+    const p = this.prepare(t);
+    this.preparedTargets.set(t, p);
+    return p;
+  }
+
+  /** Checks the target (throws BAD_USER_INPUT, HOST_NOT_ALLOWED) and computes what its requests need. */
+  private prepare(t: ProxmoxTarget): PreparedTarget {
     if (!Number.isInteger(t.port) || t.port < 1 || t.port > 65535) {
       throw new BadUserInputError('The port must be an integer from 1 to 65535.', { port: 'out of range' });
     }
@@ -702,14 +838,38 @@ export class ProxmoxClient {
         tokenSecret: 'invalid token secret',
       });
     }
+    const given = endpointsOf(t);
+    const endpoints: PreparedEndpoint[] = [];
     // Every endpoint is held to the same rules as the primary, before anything is sent.
-    for (const ep of endpointsOf(t)) {
+    for (const [index, ep] of given.entries()) {
       if (!Number.isInteger(ep.port) || ep.port < 1 || ep.port > 65535) {
         throw new BadUserInputError('The port must be an integer from 1 to 65535.', { port: 'out of range' });
       }
       assertLiteralAllowed(ep.host, this.policy, ep.port);
-      tlsModeOf(ep, this.opts.caCerts); // a malformed pin is BAD_USER_INPUT
+      // A malformed pin is BAD_USER_INPUT.
+      const tls = tlsModeOf({ ...ep, allowInsecureTls: t.allowInsecureTls }, this.opts.caCerts);
+      const host = bareHost(ep.host);
+      endpoints.push({
+        index,
+        // A copy: a fallback changed in place must not change what it is compared with.
+        given: index === 0 ? ep : { host: ep.host, port: ep.port, tlsFingerprint: ep.tlsFingerprint },
+        host,
+        port: ep.port,
+        tls,
+        poolKey: poolKeyOf(host, ep.port, tls),
+      });
     }
+    return {
+      host: t.host,
+      port: t.port,
+      tokenId: t.tokenId,
+      tokenSecret: t.tokenSecret,
+      tlsFingerprint: t.tlsFingerprint,
+      allowInsecureTls: t.allowInsecureTls,
+      endpoints,
+      stickyKey: endpoints.length > 1 ? endpointsKey(given) : '',
+      authorization: `PVEAPIToken=${t.tokenId}=${t.tokenSecret}`,
+    };
   }
 
   /**
@@ -723,9 +883,11 @@ export class ProxmoxClient {
     schema: S,
     plain?: (data: unknown) => z.output<S> | null,
   ): Promise<z.output<S>> {
+    const onCall = this.opts.onCall;
+    if (!onCall) return this.getUnreported(t, path, schema, plain);
     const started = performance.now();
     const report = (outcome: string) =>
-      this.opts.onCall?.({ path: path.split('?')[0]!, outcome, durationMs: performance.now() - started });
+      onCall({ path: pathOf(path), outcome, durationMs: performance.now() - started });
     try {
       const data = await this.getUnreported(t, path, schema, plain);
       report('ok');
@@ -743,7 +905,7 @@ export class ProxmoxClient {
     plain?: (data: unknown) => z.output<S> | null,
   ): Promise<z.output<S>> {
     try {
-      this.validateTarget(t);
+      const p = this.prepared(t);
       const timeoutMs = this.opts.timeoutMs;
       const deadline = Date.now() + timeoutMs;
       const ac = new AbortController();
@@ -754,7 +916,7 @@ export class ProxmoxClient {
           reject(new ProxmoxTimeoutError(timeoutMs));
         }, timeoutMs);
       });
-      const work = this.attempts(t, path, deadline, ac.signal);
+      const work = this.attempts(t, p, path, deadline, ac.signal, expired);
       work.catch(() => undefined); // may settle after the deadline
       try {
         const raw = await Promise.race([work, expired]);
@@ -780,17 +942,23 @@ export class ProxmoxClient {
    * Not undici's retry interceptor: it retries one origin before the next is tried, where a
    * round here fails over at once and retries only after every endpoint failed, in one deadline.
    */
-  private async attempts(t: ProxmoxTarget, path: string, deadline: number, signal: AbortSignal): Promise<RawResponse> {
-    const endpoints = endpointsOf(t);
+  private async attempts(
+    t: ProxmoxTarget,
+    p: PreparedTarget,
+    path: string,
+    deadline: number,
+    signal: AbortSignal,
+    expired: Promise<never>,
+  ): Promise<RawResponse> {
+    const endpoints = p.endpoints;
     const n = endpoints.length;
     const retries = Math.max(0, this.opts.retries);
-    const stickyKey = n > 1 ? endpointsKey(endpoints) : '';
-    const start = n > 1 ? this.preferredEndpoint(stickyKey, n) : 0;
-    /** Endpoints still worth an attempt in a later round. */
-    const alive = new Set(endpoints.map((_, i) => i));
+    const start = n > 1 ? this.preferredEndpoint(p.stickyKey, n) : 0;
+    /** Endpoints no longer worth an attempt in a later round (made at the first one). */
+    let dead: boolean[] | undefined;
     let lastErr: Error | undefined;
     for (let round = 0; round <= retries; round++) {
-      const order = [start, ...endpoints.map((_, i) => i).filter((i) => i !== start)].filter((i) => alive.has(i));
+      const order = roundOrder(start, n, dead);
       if (order.length === 0) break;
       if (round > 0) {
         const base = BACKOFF_MS[Math.min(round - 1, BACKOFF_MS.length - 1)] ?? 300;
@@ -818,52 +986,46 @@ export class ProxmoxClient {
       for (let k = 0; k < order.length; k++) {
         const index = order[k]!;
         const ep = endpoints[index]!;
-        const target: ProxmoxTarget = { ...t, host: ep.host, port: ep.port, tlsFingerprint: ep.tlsFingerprint ?? null };
-        // The last endpoint of a round has only the whole-request bound.
+        // The last endpoint of a round has only the whole-request bound: it runs on the
+        // request's own signal, no share of its own.
         const left = order.length - k;
         const shareMs = left > 1 ? Math.max(1, Math.floor((deadline - Date.now()) / left)) : 0;
-        const attemptAc = new AbortController();
-        const attemptSignal = AbortSignal.any([signal, attemptAc.signal]);
-        const shareTimer = shareMs > 0 ? setTimeout(() => attemptAc.abort(), shareMs) : undefined;
-        // undici does not settle a request still waiting for its connection when it is
-        // aborted, so the attempt is raced against its signal (as the whole request is).
-        let onAbort: (() => void) | undefined;
-        const abandoned = new Promise<never>((_, reject) => {
-          onAbort = () => reject(new Error('attempt aborted'));
-          attemptSignal.addEventListener('abort', onAbort, { once: true });
-        });
+        const share = shareMs > 0 ? shareOf(signal, shareMs) : null;
         let err: Error;
         try {
-          const request = this.once(target, this.poolFor(target), path, attemptSignal);
+          const request = this.once(p, this.poolFor(ep), path, share ? share.signal : signal);
           request.catch(() => undefined);
-          const raw = await Promise.race([request, abandoned]);
+          // undici does not settle a request still waiting for its connection when it is
+          // aborted, so the attempt is raced against its signal (as the whole request is):
+          // against its share's, or against the request's deadline (`expired`, which rejects
+          // right after the request's signal aborted).
+          const raw = await Promise.race([request, share ? share.abandoned : expired]);
           this.checkStatus(raw, path);
-          this.reportEndpoint(t, index, ep, null);
-          if (n > 1) this.rememberEndpoint(stickyKey, index);
+          this.reportEndpoint(t, ep, null);
+          if (n > 1) this.rememberEndpoint(p.stickyKey, index);
           return raw;
         } catch (e) {
           if (signal.aborted) err = new ProxmoxTimeoutError(this.opts.timeoutMs);
-          else if (attemptAc.signal.aborted)
-            err = new ProxmoxTimeoutError(shareMs, `Proxmox at ${bareHost(ep.host)}:${ep.port} did not answer`);
-          else err = mapTransportError(e, target, this.opts.timeoutMs);
+          else if (share?.expired())
+            err = new ProxmoxTimeoutError(shareMs, `Proxmox at ${ep.host}:${ep.port} did not answer`);
+          else err = mapTransportError(e, ep.host, ep.port, this.opts.timeoutMs);
         } finally {
-          clearTimeout(shareTimer);
-          if (onAbort) attemptSignal.removeEventListener('abort', onAbort);
+          share?.dispose();
         }
         redact(err, t.tokenSecret);
         if (n > 1 && err instanceof DomainError) {
           err.extensions['endpointIndex'] ??= index;
-          err.extensions['host'] ??= bareHost(ep.host);
+          err.extensions['host'] ??= ep.host;
           err.extensions['port'] ??= ep.port;
         }
-        this.reportEndpoint(t, index, ep, err);
+        this.reportEndpoint(t, ep, err);
         if (signal.aborted || !isFailover(err)) throw err;
         lastErr = err;
-        if (!isRetryable(err)) alive.delete(index);
+        if (!isRetryable(err)) (dead ??= [])[index] = true;
         if (k < order.length - 1) {
           this.opts.logger?.debug?.(
             {
-              host: bareHost(ep.host),
+              host: ep.host,
               port: ep.port,
               path,
               endpoint: index,
@@ -879,14 +1041,14 @@ export class ProxmoxClient {
   }
 
   /** Tells the target's callback how an attempt on one endpoint went (never throws). */
-  private reportEndpoint(t: ProxmoxTarget, index: number, ep: ProxmoxEndpoint, err: Error | null): void {
+  private reportEndpoint(t: ProxmoxTarget, ep: PreparedEndpoint, err: Error | null): void {
     if (!t.onEndpointResult) return;
     const failed = err !== null && endpointFailed(err);
     try {
       t.onEndpointResult({
-        index,
-        host: ep.host,
-        port: ep.port,
+        index: ep.index,
+        host: ep.given.host,
+        port: ep.given.port,
         ok: !failed,
         error: failed ? err.message : null,
         code: failed ? (err instanceof DomainError ? err.code : 'INTERNAL') : null,
@@ -916,12 +1078,12 @@ export class ProxmoxClient {
     this.preferred.set(key, { index }, { ttl: ms });
   }
 
-  private async once(t: ProxmoxTarget, entry: PoolEntry, path: string, signal: AbortSignal): Promise<RawResponse> {
+  private async once(p: PreparedTarget, entry: PoolEntry, path: string, signal: AbortSignal): Promise<RawResponse> {
     const res: Dispatcher.ResponseData = await entry.pool.request({
       path: `/api2/json${path}`,
       method: 'GET',
       headers: {
-        authorization: `PVEAPIToken=${t.tokenId}=${t.tokenSecret}`,
+        authorization: p.authorization,
         accept: 'application/json',
       },
       signal,
@@ -986,21 +1148,23 @@ export class ProxmoxClient {
     schema: S,
     plain?: (data: unknown) => z.output<S> | null,
   ): z.output<S> {
-    const p = path.replace(/\?.*$/, '');
     let json: unknown;
     try {
       json = JSON.parse(raw.text);
     } catch {
+      const p = path.replace(/\?.*$/, '');
       throw new ProxmoxApiError(`Proxmox returned malformed JSON for ${p}.`, raw.status, { path: p });
     }
-    const env = envelopeSchema.safeParse(json);
-    if (!env.success) {
+    const inner = envelopeData(json);
+    if (inner === undefined) {
+      const p = path.replace(/\?.*$/, '');
       throw new ProxmoxApiError(`Proxmox returned an unexpected response for ${p} (no data).`, raw.status, { path: p });
     }
-    const checked = plain?.(env.data.data);
-    if (checked) return checked;
-    const data = schema.safeParse(env.data.data);
+    const checked = plain?.(inner.data);
+    if (checked !== null && checked !== undefined) return checked;
+    const data = schema.safeParse(inner.data);
     if (!data.success) {
+      const p = path.replace(/\?.*$/, '');
       const issue = data.error.issues[0];
       const where = issue ? `${issue.path.join('.') || '(root)'}: ${issue.message}` : 'invalid';
       throw new ProxmoxApiError(`Proxmox returned an unexpected response for ${p} (${where}).`, raw.status, {

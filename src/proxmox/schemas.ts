@@ -15,6 +15,18 @@ export const intLike = z.union([
     .transform((s) => Number.parseInt(s, 10)),
 ]);
 
+const DIGITS = /^\d+$/;
+
+/**
+ * intLike's answer for a safe integer or a string of digits, checked by hand: a union's first
+ * branch failing on a string costs zod its issues. null for anything else: zod decides.
+ */
+export function plainInt(data: unknown): number | null {
+  if (typeof data === 'number') return Number.isSafeInteger(data) ? data : null;
+  if (typeof data === 'string' && DIGITS.test(data)) return Number.parseInt(data, 10);
+  return null;
+}
+
 const stringLike = z.union([z.string(), z.number().transform((n) => String(n))]);
 
 /** 0/1, "0"/"1" or booleans. */

@@ -1,5 +1,5 @@
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import type { ProxmoxClient } from '../../src/proxmox/index.js';
+import type { ProxmoxClient, ProxmoxTarget } from '../../src/proxmox/index.js';
 import { startSimulator, type Simulator } from '../../src/sim/index.js';
 import { expectCode, makeClient } from './helpers.js';
 
@@ -137,6 +137,27 @@ describe('ProxmoxClient against a standalone simulator', () => {
     } finally {
       await small.close();
     }
+  });
+
+  it('checks a target changed in place again (secret, pin, fallbacks) before it is used', async () => {
+    const t: ProxmoxTarget = sim.target();
+    expect(await client.nextId(t, 5000)).toBe(5000);
+    const secret = t.tokenSecret;
+    t.tokenSecret = 'bad\nsecret';
+    await expectCode(client.nextId(t, 5000), 'BAD_USER_INPUT');
+    t.tokenSecret = 'wrong-secret';
+    await expectCode(client.nextId(t, 5000), 'PROXMOX_AUTH_FAILED');
+    t.tokenSecret = secret;
+    t.tlsFingerprint = 'AB'.repeat(32);
+    await expectCode(client.nextId(t, 5000), 'PROXMOX_TLS_FINGERPRINT_MISMATCH');
+    t.tlsFingerprint = sim.fingerprint;
+    const fallback = { host: '127.0.0.1', port: sim.port };
+    t.fallbacks = [fallback];
+    expect(await client.nextId(t, 5000)).toBe(5000);
+    fallback.host = '169.254.169.254'; // the same array, its endpoint changed
+    await expectCode(client.nextId(t, 5000), 'HOST_NOT_ALLOWED');
+    t.fallbacks = [];
+    expect(await client.nextId(t, 5000)).toBe(5000);
   });
 
   it('testConnection: ok with version, fingerprint, node names', async () => {
