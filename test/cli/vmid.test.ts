@@ -7,7 +7,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { EXIT } from '../../src/cli/vmid.js';
 import { nodeInputFor, type Simulator, startTestSimulator } from '../support/simulator.js';
-import { docBlock, ROOT, userEnv } from '../support/readme.js';
+import { docBlock, readmeBlock, ROOT, userEnv } from '../support/readme.js';
 import { startTestServer, type TestServer, uniqueRedisPrefix } from '../support/test-server.js';
 
 const BIN = path.join(ROOT, 'bin/pvegraph.js');
@@ -289,9 +289,9 @@ describe('npx pvegraph vmid (CLI against running servers)', () => {
 
   it('--terraform: the documented query on stdin gives one JSON object of strings; a re-run the same; errors on stderr', async () => {
     const [hcl, stdin, documented] = await Promise.all([
-      docBlock('automation.md', 'terraform'),
-      docBlock('automation.md', 'terraform-stdin'),
-      docBlock('automation.md', 'terraform-stdout'),
+      readmeBlock('VMIDs for scripts', 'terraform'),
+      readmeBlock('VMIDs for scripts', 'terraform-stdin'),
+      readmeBlock('VMIDs for scripts', 'terraform-stdout'),
     ]);
     // The module's program and query are what the protocol test feeds.
     expect(hcl).toContain('program = ["npx", "pvegraph", "vmid", "reserve", "--terraform"]');
@@ -346,7 +346,7 @@ describe('npx pvegraph vmid (CLI against running servers)', () => {
   });
 
   it('docs/automation.md: the Ansible tasks run: reserve (twice, the same VMID), consume, release answers 7 (allowed); on failure release gives it back', async () => {
-    const yaml = await docBlock('automation.md', 'ansible');
+    const yaml = await readmeBlock('VMIDs for scripts', 'ansible');
     const cmds = [...yaml.matchAll(/^\s+cmd: (npx pvegraph .*)$/gm)].map((m) => m[1]!);
     expect(cmds.map((c) => c.split(' ')[3])).toEqual(['reserve', 'consume', 'release']);
     const allowed = /failed_when: released\.rc not in \[([\d, ]+)\]/.exec(yaml)![1]!.split(',').map(Number);

@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, describe, expect, it } from 'vitest';
-import { readmeBlock, ROOT, startGroup, stopGroup, userEnv, waitForOutput } from '../support/readme.js';
+import { docBlock, readmeBlock, ROOT, startGroup, stopGroup, userEnv, waitForOutput } from '../support/readme.js';
 
 const run = promisify(execFile);
 
@@ -76,7 +76,7 @@ describe("README's first run", () => {
         /listening on https:\/\/127\.0\.0\.1:(\d+)\/api2\/json/,
         'listening',
       );
-      const block = (await readmeBlock('Try it without a Proxmox', 'sim-control'))
+      const block = (await docBlock('simulator.md', 'sim-control'))
         .replaceAll('127.0.0.1:8006', `127.0.0.1:${listening[1]}`)
         // -f: an HTTP error (e.g. a 404 for a node the default mode does not have) fails the line.
         .replaceAll('curl -k', 'curl -fsSk');
