@@ -45,34 +45,12 @@ export class ReservationRecord {
   }
 
   /**
-   * Records a reservation the fast store just made. false when the record holds a live one of
-   * the VMID already: the fast store lost it (restore it there) and this one must not stand.
-   * A row whose time is up is taken over in the same statement.
-   */
-  async put(spaceId: string, held: HeldReservation, version: number): Promise<boolean> {
-    // The space's version is recorded in the same statement (it never goes backwards).
-    const rows = await this.prisma.$queryRaw<Array<{ vmid: number }>>`
-      WITH space AS (
-        INSERT INTO vmid_spaces (space_id, version) VALUES (${spaceId}, ${version})
-        ON CONFLICT (space_id) DO UPDATE SET version = EXCLUDED.version, updated_at = CURRENT_TIMESTAMP
-          WHERE vmid_spaces.version < EXCLUDED.version
-      )
-      INSERT INTO vmid_reservations (space_id, vmid, owner_id, expires_at)
-      VALUES (${spaceId}, ${held.vmid}, ${held.owner}, ${held.expiresAt})
-      ON CONFLICT (space_id, vmid) DO UPDATE
-        SET owner_id = EXCLUDED.owner_id, expires_at = EXCLUDED.expires_at, created_at = CURRENT_TIMESTAMP
-        WHERE vmid_reservations.expires_at <= CURRENT_TIMESTAMP
-      RETURNING vmid`;
-    this.purgeNowAndThen();
-    return rows.length === 1;
-  }
-
-  /**
-   * Records reservations the fast store just made in one step (put, for a batch): answers
-   * the VMIDs recorded. One missing: the record holds a live one of it already (as in put).
+   * Records reservations the fast store just made, in one statement, and the space's version
+   * with them (it never goes backwards): answers the VMIDs recorded. One missing: the record
+   * holds a live one of it already (the fast store lost it: restore it there; this one must
+   * not stand). Rows whose time is up are taken over.
    */
   async putMany(spaceId: string, held: readonly HeldReservation[], version: number): Promise<Set<number>> {
-    if (held.length === 1) return new Set((await this.put(spaceId, held[0]!, version)) ? [held[0]!.vmid] : []);
     const rows = await this.prisma.$queryRaw<Array<{ vmid: number }>>`
       WITH space AS (
         INSERT INTO vmid_spaces (space_id, version) VALUES (${spaceId}, ${version})
