@@ -107,7 +107,7 @@ export async function openRuntime(config: Config, log: Logger, opts: RuntimeOpti
       onListing: (outcome) => metrics.clusterWatchListings.inc({ outcome }),
     });
     const vmids = new VmidService({
-      store: createVmidStore(redis, db.prisma, {
+      store: createVmidStore(redis, db, {
         log: log.child({ component: 'vmids' }),
         // The local snapshots are a fast path (src/fast-paths/index.ts): off with the others.
         localReadMs: config.fastPaths ? config.vmidReadCacheMs : 0,

@@ -17,26 +17,40 @@ export type { Prisma } from './generated/prisma/client.js';
 export interface Database {
   readonly kind: 'postgresql' | 'embedded';
   readonly prisma: PrismaClient;
+  /**
+   * One parameterised statement on the pool Prisma uses (PGlite's single session when
+   * embedded). For the few statements on a hot path: Prisma's `$queryRaw` costs about 0.3 ms
+   * of CPU per statement on top of the driver's 0.2 ms (one reservation batch's record).
+   */
+  readonly sql: SqlQuery;
   /** A raw session for migrations. */
   withSession<T>(fn: (session: SqlSession) => Promise<T>): Promise<T>;
   ping(): Promise<void>;
   close(): Promise<void>;
 }
 
+export type SqlQuery = <Row = Record<string, unknown>>(text: string, params?: unknown[]) => Promise<Row[]>;
+
 export interface OpenOptions {
   poolMax?: number;
-  /** Called with every SQL statement Prisma sends (tests count round trips with it). */
+  /** Called with every SQL statement sent, through Prisma or `sql` (tests count round trips with it). */
   onQuery?: (sql: string) => void;
 }
 
 export async function openPostgres(url: string, opts: OpenOptions = {}): Promise<Database> {
-  const adapter = new PrismaPg({ connectionString: url, max: opts.poolMax ?? 10, connectionTimeoutMillis: 5_000 });
+  const pool = new pg.Pool({ connectionString: url, max: opts.poolMax ?? 10, connectionTimeoutMillis: 5_000 });
+  // The adapter leaves the pool to its owner: close() ends it.
+  const adapter = new PrismaPg(pool);
   const prisma = opts.onQuery
     ? withQueryListener(new PrismaClient({ adapter, log: [{ emit: 'event', level: 'query' }] }), opts.onQuery)
     : new PrismaClient({ adapter });
   return {
     kind: 'postgresql',
     prisma,
+    async sql<Row>(text: string, params?: unknown[]) {
+      opts.onQuery?.(text);
+      return (await pool.query(text, params)).rows as Row[];
+    },
     async withSession(fn) {
       const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: 5_000 });
       await client.connect();
@@ -56,6 +70,7 @@ export async function openPostgres(url: string, opts: OpenOptions = {}): Promise
     },
     async close() {
       await prisma.$disconnect();
+      await pool.end();
     },
   };
 }
@@ -79,6 +94,9 @@ export async function openEmbedded(dataDir: string): Promise<Database> {
   return {
     kind: 'embedded',
     prisma,
+    async sql<Row>(text: string, params?: unknown[]) {
+      return (await pglite.query<Row>(text, params)).rows;
+    },
     // PGlite has one session underneath: migrations run before Prisma is used.
     withSession: (fn) => fn(session),
     async ping() {

@@ -1,5 +1,5 @@
 import type { RedisClient } from '../redis/redis.js';
-import type { PrismaClient } from '../db/database.js';
+import type { Database } from '../db/database.js';
 import { DurableVmidStore } from './durable-store.js';
 import { MemoryVmidStore } from './memory-store.js';
 import { RedisVmidStore, type RedisVmidStoreOptions } from './redis-store.js';
@@ -14,10 +14,10 @@ import type { VmidStore } from './store.js';
  */
 export function createVmidStore(
   redis: RedisClient | null,
-  prisma: PrismaClient,
+  db: Pick<Database, 'prisma' | 'sql'>,
   opts: Omit<RedisVmidStoreOptions, 'seeder'> = {},
 ): VmidStore {
-  const record = new ReservationRecord(prisma);
+  const record = new ReservationRecord(db);
   const seeder = (spaceId: string) => record.seedState(spaceId);
   const fast = redis
     ? new RedisVmidStore(redis, { ...opts, seeder })

@@ -161,7 +161,7 @@ describe('durable reservations', () => {
     const redis = await connect(uniqueRedisPrefix());
     const store = new DurableVmidStore(
       new RedisVmidStore(redis, { log: silentLog }),
-      new ReservationRecord(db.prisma),
+      new ReservationRecord(db),
       silentLog,
     );
     try {
@@ -189,7 +189,7 @@ describe('durable reservations', () => {
       await loseEveryKey(prefix);
       expect(await service.isVmidTaken(node, 8000)).toBe(false);
       expect((await service.reserveVmid(sameCluster(node), 8000, 60)).vmid).toBe(8000);
-      const record = new ReservationRecord((await recordDatabase()).prisma);
+      const record = new ReservationRecord(await recordDatabase());
       expect((await record.live(node.spaceId)).map((r) => r.vmid)).toEqual([8000]);
     } finally {
       await opened.close();

@@ -116,7 +116,7 @@ export async function openStore(
   opts: { reuseHoldMs?: number } = {},
 ): Promise<OpenStore> {
   const reuseHoldMs = opts.reuseHoldMs ?? 0;
-  const record = kind.endsWith('-durable') ? new ReservationRecord((await recordDatabase()).prisma) : null;
+  const record = kind.endsWith('-durable') ? new ReservationRecord(await recordDatabase()) : null;
   const seeder = record ? { seeder: (spaceId: string) => record.seedState(spaceId) } : {};
   const durable = (fast: VmidStore) => (record ? new DurableVmidStore(fast, record, silentLog) : fast);
   if (kind === 'memory' || kind === 'memory-durable') {
