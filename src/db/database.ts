@@ -39,6 +39,11 @@ export interface OpenOptions {
 
 export async function openPostgres(url: string, opts: OpenOptions = {}): Promise<Database> {
   const pool = new pg.Pool({ connectionString: url, max: opts.poolMax ?? 10, connectionTimeoutMillis: 5_000 });
+  // An idle connection the server ended (a restart, a dropped database) is an 'error' on the
+  // pool, fatal to the process when nobody listens (Prisma's adapter listens only while it is
+  // connected; close() ends the pool after it): the pool drops that client by itself, and the
+  // next statement connects afresh (or fails, and its caller answers for it).
+  pool.on('error', () => undefined);
   // The adapter leaves the pool to its owner: close() ends it.
   const adapter = new PrismaPg(pool);
   const prisma = opts.onQuery

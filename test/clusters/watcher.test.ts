@@ -1,9 +1,12 @@
 import { setTimeout as sleep } from 'node:timers/promises';
-import { createClient } from 'graphql-ws';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import WebSocket from 'ws';
 import { CreateNode } from '../nodes/documents.js';
 import { nodeInputFor, type Simulator, startTestSimulator } from '../support/simulator.js';
+import {
+  subscribeSse as sseSubscription,
+  type Subscription,
+  subscribeWs as wsSubscription,
+} from '../support/subscriptions.js';
 import { createTestDatabase } from '../support/test-database.js';
 import { metricValue, startTestServer, type TestServer, uniqueRedisPrefix } from '../support/test-server.js';
 import { VmidEvents } from '../vmids/documents.js';
@@ -27,66 +30,12 @@ interface Event {
   vmids: number[] | null;
 }
 
-interface Subscriber {
-  events: Event[];
-  close(): Promise<void>;
-}
+type Subscriber = Subscription<Event>;
 
-function subscribeWs(server: TestServer, token: string, nodeId?: string): Subscriber {
-  const events: Event[] = [];
-  const client = createClient({
-    url: server.wsUrl,
-    webSocketImpl: WebSocket,
-    retryAttempts: 0,
-    connectionParams: { authorization: `Bearer ${token}` },
-  });
-  const dispose = client.subscribe<{ vmidEvents: Event }>(
-    { query: VmidEvents, variables: nodeId ? { nodeId } : {} },
-    { next: (r) => void (r.data && events.push(r.data.vmidEvents)), error: () => undefined, complete: () => undefined },
-  );
-  return {
-    events,
-    close: async () => {
-      dispose();
-      await client.dispose();
-    },
-  };
-}
-
-function subscribeSse(server: TestServer, token: string, nodeId?: string): Subscriber {
-  const events: Event[] = [];
-  const ac = new AbortController();
-  void (async () => {
-    const res = await fetch(server.graphqlUrl, {
-      method: 'POST',
-      headers: { 'content-type': 'application/json', accept: 'text/event-stream', authorization: `Bearer ${token}` },
-      body: JSON.stringify({ query: VmidEvents, variables: nodeId ? { nodeId } : {} }),
-      signal: ac.signal,
-    });
-    const reader = res.body!.getReader();
-    const decoder = new TextDecoder();
-    let buffer = '';
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) return;
-      buffer += decoder.decode(value, { stream: true });
-      let idx;
-      while ((idx = buffer.indexOf('\n\n')) >= 0) {
-        const chunk = buffer.slice(0, idx);
-        buffer = buffer.slice(idx + 2);
-        const data = chunk.split('\n').find((l) => l.startsWith('data:'));
-        if (data && data.length > 6) {
-          const payload = JSON.parse(data.slice(5)) as { data?: { vmidEvents: Event } };
-          if (payload.data) events.push(payload.data.vmidEvents);
-        }
-      }
-    }
-  })().catch(() => undefined);
-  return {
-    events,
-    close: async () => ac.abort(),
-  };
-}
+const subscribeWs = (server: TestServer, token: string, nodeId?: string) =>
+  wsSubscription<Event>(server, token, VmidEvents, nodeId ? { nodeId } : {});
+const subscribeSse = (server: TestServer, token: string, nodeId?: string) =>
+  sseSubscription<Event>(server, token, VmidEvents, nodeId ? { nodeId } : {});
 
 const probes = (server: TestServer, outcome: string) =>
   metricValue(server, `pvegraph_cluster_watch_probes_total{outcome="${outcome}"}`).then((v) =>

@@ -1,10 +1,9 @@
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
-import { type Client, createClient } from 'graphql-ws';
-import WebSocket from 'ws';
 import { CreateNode, DeleteNode, RegisterContainer, UnregisterContainer } from '../nodes/documents.js';
 import { TEST_REDIS_URL } from '../support/env.js';
 import { FAST_PATHS_OFF, fastPathsOn } from '../support/fast-paths.js';
 import { nodeInputFor, type Simulator, startTestSimulator } from '../support/simulator.js';
+import { subscribeSse, subscribeWs } from '../support/subscriptions.js';
 import { startTcpProxy } from '../support/tcp-proxy.js';
 import { metricValue, startTestServer, type TestServer } from '../support/test-server.js';
 import {
@@ -33,37 +32,8 @@ interface Event {
 const code = (res: { errors?: Array<{ extensions?: Record<string, unknown> }> }) => res.errors?.[0]?.extensions?.code;
 
 /** A graphql-ws subscription collecting events. */
-function subscribe(server: TestServer, token: string, nodeId?: string) {
-  const events: Event[] = [];
-  const errors: unknown[] = [];
-  let completed = false;
-  const client: Client = createClient({
-    url: server.wsUrl,
-    webSocketImpl: WebSocket,
-    retryAttempts: 0,
-    connectionParams: { authorization: `Bearer ${token}` },
-  });
-  const dispose = client.subscribe<{ vmidEvents: Event }>(
-    { query: VmidEvents, variables: nodeId ? { nodeId } : {} },
-    {
-      next: (r) => (r.data ? events.push(r.data.vmidEvents) : errors.push(r.errors)),
-      error: (e) => errors.push(e),
-      complete: () => (completed = true),
-    },
-  );
-  return {
-    events,
-    errors,
-    /** The server completed the subscription. */
-    get completed() {
-      return completed;
-    },
-    async close() {
-      dispose();
-      await client.dispose();
-    },
-  };
-}
+const subscribe = (server: TestServer, token: string, nodeId?: string) =>
+  subscribeWs<Event>(server, token, VmidEvents, nodeId ? { nodeId } : {});
 
 /** The simulator's guest ids, as Proxmox would list them. */
 const guestIds = (sim: Simulator) =>
@@ -224,32 +194,10 @@ describe.each([
 
   it("streams over SSE too, and all of the caller's nodes when nodeId is omitted", async () => {
     const second = (await server.gql(CreateNode, { input: nodeInputFor(sim) as never }, token)).data!.createNode.id;
-    const ac = new AbortController();
-    const res = await fetch(server.graphqlUrl, {
-      method: 'POST',
-      headers: { 'content-type': 'application/json', accept: 'text/event-stream', authorization: `Bearer ${token}` },
-      body: JSON.stringify({ query: VmidEvents }),
-      signal: ac.signal,
-    });
-    expect(res.headers.get('content-type')).toMatch(/text\/event-stream/);
-    const reader = res.body!.getReader();
-    const seen: Event[] = [];
-    let buffer = '';
-    const readUntil = async (count: number) => {
-      while (seen.length < count) {
-        const { value, done } = await reader.read();
-        if (done) break;
-        buffer += new TextDecoder().decode(value);
-        let idx;
-        while ((idx = buffer.indexOf('\n\n')) >= 0) {
-          const chunk = buffer.slice(0, idx);
-          buffer = buffer.slice(idx + 2);
-          const data = chunk.split('\n').find((l) => l.startsWith('data:'));
-          if (data && data.length > 6)
-            seen.push((JSON.parse(data.slice(5)) as { data: { vmidEvents: Event } }).data.vmidEvents);
-        }
-      }
-    };
+    const sse = subscribeSse<Event>(server, token, VmidEvents);
+    expect(await sse.contentType).toMatch(/text\/event-stream/);
+    const seen = sse.events;
+    const readUntil = (count: number) => sse.until(count);
     try {
       await readUntil(2);
       expect(seen.map((e) => e.kind)).toEqual(['SYNC', 'SYNC']);
@@ -268,7 +216,7 @@ describe.each([
       ).toEqual([nodeId, second].sort());
       expect(seen[2]!.version).toBe(seen[0]!.version + 1);
     } finally {
-      ac.abort();
+      await sse.close();
     }
   });
 

@@ -1,8 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createClient } from 'graphql-ws';
-import WebSocket from 'ws';
 import { CreateNode } from '../nodes/documents.js';
 import { nodeInputFor, type Simulator, startTestSimulator } from '../support/simulator.js';
+import { subscribeSse, subscribeWs } from '../support/subscriptions.js';
 import { startTestServer, type TestServer, uniqueRedisPrefix } from '../support/test-server.js';
 import { InvalidateVmidCache, ReleaseVmid, ReserveVmid, VmidsTaken } from './documents.js';
 
@@ -19,32 +18,8 @@ const RESUME =
   'subscription ($nodeId: ID, $afterVersion: Int) { vmidEvents(nodeId: $nodeId, afterVersion: $afterVersion) { nodeId kind version vmids added removed } }';
 
 /** A graphql-ws subscription on `server`, collecting events and errors. */
-function subscribe(server: TestServer, token: string, variables: Record<string, unknown>) {
-  const events: Event[] = [];
-  const errors: unknown[] = [];
-  const client = createClient({
-    url: server.wsUrl,
-    webSocketImpl: WebSocket,
-    retryAttempts: 0,
-    connectionParams: { authorization: `Bearer ${token}` },
-  });
-  const dispose = client.subscribe<{ vmidEvents: Event }>(
-    { query: RESUME, variables },
-    {
-      next: (r) => (r.data ? events.push(r.data.vmidEvents) : errors.push(r.errors)),
-      error: (e) => errors.push(e),
-      complete: () => undefined,
-    },
-  );
-  return {
-    events,
-    errors,
-    async close() {
-      dispose();
-      await client.dispose();
-    },
-  };
-}
+const subscribe = (server: TestServer, token: string, variables: Record<string, unknown>) =>
+  subscribeWs<Event>(server, token, RESUME, variables);
 
 /** A dashboard that lost its connection resumes through another instance and misses nothing. */
 describe('resuming vmidEvents after a version', () => {
@@ -142,36 +117,12 @@ describe('resuming vmidEvents over SSE, embedded', () => {
 
   /** Reads SSE events of one subscription until `count` arrived. */
   async function sse(variables: Record<string, unknown>, count: number): Promise<Event[]> {
-    const ac = new AbortController();
-    const res = await fetch(server.graphqlUrl, {
-      method: 'POST',
-      headers: { 'content-type': 'application/json', accept: 'text/event-stream', authorization: `Bearer ${token}` },
-      body: JSON.stringify({ query: RESUME, variables }),
-      signal: ac.signal,
-    });
-    const reader = res.body!.getReader();
-    const seen: Event[] = [];
-    let buffer = '';
+    const sub = subscribeSse<Event>(server, token, RESUME, variables);
     try {
-      while (seen.length < count) {
-        const { value, done } = await reader.read();
-        if (done) break;
-        buffer += new TextDecoder().decode(value);
-        let idx;
-        while ((idx = buffer.indexOf('\n\n')) >= 0) {
-          const data = buffer
-            .slice(0, idx)
-            .split('\n')
-            .find((l) => l.startsWith('data:'));
-          buffer = buffer.slice(idx + 2);
-          if (data && data.length > 6)
-            seen.push((JSON.parse(data.slice(5)) as { data: { vmidEvents: Event } }).data.vmidEvents);
-        }
-      }
+      return await sub.until(count);
     } finally {
-      ac.abort();
+      await sub.close();
     }
-    return seen;
   }
 
   it('replays the missed events in order, then the live ones', async () => {
