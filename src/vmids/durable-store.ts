@@ -1,16 +1,8 @@
 import type { Logger } from 'pino';
-import { KeyedBatcher } from '../concurrency/batcher.js';
 import { DomainError, ErrorCode } from '../errors.js';
 import type { ReservationRecord } from './reservation-record.js';
 import type { GuestListing, HeldReservation, ReserveOutcome, ReserveRequest, VmidStore } from './store.js';
 import type { NodeRef, VmidEvent } from './types.js';
-
-/**
- * The most reservations of one space a batch decides. It bounds the RESERVE script's time
- * (measured alone on one Redis: about 0.1 ms for one reservation, 0.3 ms for 5, 0.5 ms for
- * 16), which no other command of Redis waits longer than.
- */
-const MAX_BATCH = 16;
 
 /** How often a reservation is tried again when the record refuses what the fast store chose. */
 const RECORD_CONFLICT_ATTEMPTS = 3;
@@ -28,15 +20,6 @@ const RECORD_CONFLICT_ATTEMPTS = 3;
  * into the fast store and another VMID is chosen.
  */
 export class DurableVmidStore implements VmidStore {
-  /** Reservations of one space on this instance, decided and recorded in batches. */
-  private readonly batches = new KeyedBatcher<string, { node: NodeRef; request: ReserveRequest }, ReserveOutcome>(
-    (_, items) =>
-      this.reserveMany(
-        items[0]!.node,
-        items.map((i) => i.request),
-      ),
-    MAX_BATCH,
-  );
   /** The highest version recorded per space by this instance (writes only what is newer). */
   private readonly recorded = new Map<string, number>();
 
@@ -62,13 +45,8 @@ export class DurableVmidStore implements VmidStore {
     });
   }
 
-  /**
-   * Concurrent reservations of one space on this instance go as batches (reserveMany): one
-   * script and one database statement serve a batch, where each reservation would take one of
-   * each. A reservation that finds its space quiet goes at once.
-   */
-  reserve(node: NodeRef, request: ReserveRequest): Promise<ReserveOutcome> {
-    return this.batches.run(node.id, { node, request });
+  async reserve(node: NodeRef, request: ReserveRequest): Promise<ReserveOutcome> {
+    return (await this.reserveRecorded(node, [request], 1))[0]!;
   }
 
   reserveMany(node: NodeRef, requests: readonly ReserveRequest[]): Promise<ReserveOutcome[]> {

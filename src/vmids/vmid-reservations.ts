@@ -1,9 +1,10 @@
 import type { Logger } from 'pino';
 import { lruCache } from '../cache/lru.js';
+import { KeyedBatcher } from '../concurrency/batcher.js';
 import { ConflictError, FailedPreconditionError } from '../errors.js';
 import { checkReservationKey, type KeyEntry, type ReservationKeys } from './reservation-keys.js';
 import { bestEffort, spaceOf } from './spaces.js';
-import type { VmidStore } from './store.js';
+import type { ReserveOutcome, ReserveRequest, VmidStore } from './store.js';
 import { type NodeRef, VMID_MAX, VMID_MIN, type VmidReservation } from './types.js';
 import { checkMin, checkTtlSeconds, checkVmid, DEFAULT_RESERVATION_TTL_S } from './validation.js';
 import { FILL_ATTEMPTS, notFillable, type VmidCache } from './vmid-cache.js';
@@ -39,6 +40,22 @@ export interface VmidReservationsOptions {
  */
 const CONFIRM_ATTEMPTS = 5;
 
+/**
+ * The most reservations of one cluster a batch decides (see decide). It bounds the RESERVE
+ * script's time, which no other command of Redis waits longer than (measured alone on one
+ * Redis: about 0.1 ms for one reservation, 0.2 ms for 5, 0.3 ms for 16).
+ */
+const MAX_BATCH = 16;
+
+/** One reservation of a batch, as decided: the store's outcome and, for one made, Proxmox's word on it. */
+interface Decided {
+  outcome: ReserveOutcome;
+  /** Made and confirmed free by Proxmox (false: Proxmox reports it in use; it is taken now). */
+  free?: boolean;
+  /** Made, but Proxmox could not be asked: it ended, and this is the answer. */
+  error?: Error;
+}
+
 /** How often a keyed reservation retries when concurrent calls with its key overtake it. */
 const KEY_ROUNDS = 3;
 
@@ -57,6 +74,11 @@ export class VmidReservations {
   private readonly log: Logger | undefined;
   /** Each space's `next-id` range as last read, with when it stops being trusted. */
   private readonly ranges = lruCache<string, { range: VmidRange | null }>({ max: 10_000, ttlMs: RANGE_TTL_MS });
+  /** Reservations of one cluster on this instance, decided and confirmed in batches. */
+  private readonly batches = new KeyedBatcher<string, { node: NodeRef; request: ReserveRequest }, Decided>(
+    (_, items) => this.decide(items),
+    MAX_BATCH,
+  );
 
   constructor(opts: VmidReservationsOptions) {
     this.store = opts.store;
@@ -109,16 +131,14 @@ export class VmidReservations {
     const bounds = vmid == null ? await this.searchBounds(node, min) : { min, max: VMID_MAX };
     let fills = 0;
     let refused = 0;
+    const request: ReserveRequest = { vmid: vmid ?? null, ...bounds, owner: node.userId, ttlSeconds };
     for (;;) {
-      const outcome = await this.store.reserve(spaceOf(node), {
-        vmid: vmid ?? null,
-        ...bounds,
-        owner: node.userId,
-        ttlSeconds,
-      });
+      const decided = await this.batches.run(node.spaceId, { node, request });
+      if (decided.error !== undefined) throw decided.error;
+      const outcome = decided.outcome;
       switch (outcome.status) {
         case 'reserved':
-          if (await this.confirmedFree(node, outcome.vmid)) {
+          if (decided.free) {
             this.cache.sawVersion(node.id, outcome.version);
             return { nodeId: node.id, vmid: outcome.vmid, expiresAt: outcome.expiresAt };
           }
@@ -219,6 +239,31 @@ export class VmidReservations {
       }
     }
     return this.reserveVmid(node, vmid, ttlSeconds, min);
+  }
+
+  /**
+   * Concurrent reservations of one cluster on this instance go together: a reservation that
+   * finds its cluster quiet goes at once, the ones that arrive meanwhile go as the next batch.
+   * One script decides the whole batch (and one statement records it: the store's
+   * reserveMany), then Proxmox confirms each VMID made, all at once. A batch spans a whole
+   * reservation, confirmation included, so under load it gathers what the instance has in
+   * flight for the cluster: the script, the record and the event are shared by more.
+   */
+  private async decide(items: ReadonlyArray<{ node: NodeRef; request: ReserveRequest }>): Promise<Decided[]> {
+    const outcomes = await this.store.reserveMany(
+      spaceOf(items[0]!.node),
+      items.map((i) => i.request),
+    );
+    return Promise.all(
+      outcomes.map(async (outcome, i): Promise<Decided> => {
+        if (outcome.status !== 'reserved') return { outcome };
+        try {
+          return { outcome, free: await this.confirmedFree(items[i]!.node, outcome.vmid) };
+        } catch (error) {
+          return { outcome, error: error instanceof Error ? error : new Error(String(error)) };
+        }
+      }),
+    );
   }
 
   /**
