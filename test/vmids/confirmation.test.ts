@@ -1,8 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createClient } from 'graphql-ws';
-import WebSocket from 'ws';
 import { CreateNode } from '../nodes/documents.js';
 import { nodeInputFor, type Simulator, startTestSimulator } from '../support/simulator.js';
+import { subscribeWs } from '../support/subscriptions.js';
 import { startTestServer, type TestServer } from '../support/test-server.js';
 import { IsVmidTaken, NextFreeVmid, ReleaseVmid, ReserveVmid, VmidEvents, VmidsTaken } from './documents.js';
 
@@ -28,21 +27,8 @@ describe('reservations confirmed with Proxmox', () => {
   it('never answers a VMID Proxmox has in use, even when the cache does not know it yet; the cache and subscribers learn it', async () => {
     const cached = (await server.gql(VmidsTaken, { nodeId }, token)).data!.vmidsTaken;
     expect(cached.taken).toEqual([100, 101, 102, 103, 104]);
-    const events: Array<{ kind: string; vmids: number[] | null }> = [];
-    const client = createClient({
-      url: server.wsUrl,
-      webSocketImpl: WebSocket,
-      retryAttempts: 0,
-      connectionParams: { authorization: `Bearer ${token}` },
-    });
-    const dispose = client.subscribe<{ vmidEvents: (typeof events)[number] }>(
-      { query: VmidEvents, variables: { nodeId } },
-      {
-        next: (r) => void (r.data && events.push(r.data.vmidEvents)),
-        error: () => undefined,
-        complete: () => undefined,
-      },
-    );
+    const sub = subscribeWs<{ kind: string; vmids: number[] | null }>(server, token, VmidEvents, { nodeId });
+    const events = sub.events;
     try {
       await expect.poll(() => events.length).toBe(1);
       // Created in the Proxmox GUI (or by Terraform) a moment ago: the cached set lacks them.
@@ -61,9 +47,35 @@ describe('reservations confirmed with Proxmox', () => {
       expect((await server.gql(IsVmidTaken, { nodeId, vmid: 120 }, token)).data!.isVmidTaken).toBe(true);
       await server.gql(ReleaseVmid, { nodeId, vmid: 107 }, token);
     } finally {
-      dispose();
-      await client.dispose();
+      await sub.close();
       for (const v of [105, 106, 120]) sim.removeGuest(v);
+    }
+  });
+
+  it('concurrent reservations that meet guests the cache does not know yet each get a free VMID, once', async () => {
+    // A cluster of its own: no VMID of it is held from an earlier test (reuse hold).
+    const own = await startTestSimulator({ guests: 5 }); // guests 100…104
+    try {
+      const id = (await server.gql(CreateNode, { input: nodeInputFor(own) as never }, token)).data!.createNode.id;
+      expect((await server.gql(VmidsTaken, { nodeId: id }, token)).data!.vmidsTaken.taken).toEqual([
+        100, 101, 102, 103, 104,
+      ]);
+      // Created behind pvegraph's back, among the VMIDs the cache holds free.
+      const behind = [105, 107, 108, 111];
+      for (const v of behind) own.addGuest({ vmid: v });
+      const answers = await Promise.all(
+        Array.from({ length: 12 }, () => server.gql(ReserveVmid, { nodeId: id, ttlSeconds: 60 }, token)),
+      );
+      expect(answers.map((a) => a.errors)).toEqual(Array(12).fill(undefined));
+      const got = answers.map((a) => a.data!.reserveVmid.vmid).sort((a, b) => a - b);
+      // The twelve lowest VMIDs that are free in Proxmox, none of them twice.
+      const free = Array.from({ length: 30 }, (_, i) => 105 + i).filter((v) => !behind.includes(v));
+      expect(got).toEqual(free.slice(0, 12));
+      const now = (await server.gql(VmidsTaken, { nodeId: id }, token)).data!.vmidsTaken;
+      expect(now.taken).toEqual(expect.arrayContaining(behind));
+      expect(now.reserved).toEqual(got);
+    } finally {
+      await own.stop();
     }
   });
 
