@@ -1,9 +1,8 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createClient } from 'graphql-ws';
-import WebSocket from 'ws';
 import { graphql } from '../gql/index.js';
 import { DeleteNode, RegisterContainer, UnregisterContainer } from '../nodes/documents.js';
 import { nodeInputFor, type Simulator, startTestSimulator } from '../support/simulator.js';
+import { subscribeWs } from '../support/subscriptions.js';
 import { startTestServer, type TestServer, uniqueRedisPrefix } from '../support/test-server.js';
 import {
   InvalidateVmidCache,
@@ -160,21 +159,13 @@ describe('one VMID space per Proxmox cluster', () => {
   });
 
   it("streams one user's changes to another user's subscribers of the cluster, under their own node id", async () => {
-    const events: Array<{ nodeId: string; kind: string; version: number; vmids: number[] | null }> = [];
-    const client = createClient({
-      url: b.wsUrl,
-      webSocketImpl: WebSocket,
-      retryAttempts: 0,
-      connectionParams: { authorization: `Bearer ${bob}` },
-    });
-    const dispose = client.subscribe<{ vmidEvents: (typeof events)[number] }>(
-      { query: VmidEvents, variables: { nodeId: bobNode.id } },
-      {
-        next: (r) => void (r.data && events.push(r.data.vmidEvents)),
-        error: () => undefined,
-        complete: () => undefined,
-      },
+    const sub = subscribeWs<{ nodeId: string; kind: string; version: number; vmids: number[] | null }>(
+      b,
+      bob,
+      VmidEvents,
+      { nodeId: bobNode.id },
     );
+    const events = sub.events;
     try {
       await expect.poll(() => events.length).toBe(1);
       const held = (await a.gql(ReserveVmid, { nodeId: aliceNode.id, vmid: 6006, ttlSeconds: 60 }, alice)).data!
@@ -190,8 +181,7 @@ describe('one VMID space per Proxmox cluster', () => {
       await expect.poll(() => events.length).toBe(3);
       expect(events[2]).toMatchObject({ nodeId: bobNode.id, kind: 'RELEASED' });
     } finally {
-      dispose();
-      await client.dispose();
+      await sub.close();
     }
   });
 
@@ -218,21 +208,8 @@ describe('one VMID space per Proxmox cluster', () => {
 
   it('a subscription to every node of a user follows a node registered later, through any instance', async () => {
     const dave = (await a.createUser()).token;
-    const events: Array<{ nodeId: string; kind: string }> = [];
-    const client = createClient({
-      url: b.wsUrl,
-      webSocketImpl: WebSocket,
-      retryAttempts: 0,
-      connectionParams: { authorization: `Bearer ${dave}` },
-    });
-    const dispose = client.subscribe<{ vmidEvents: (typeof events)[number] }>(
-      { query: VmidEvents, variables: {} },
-      {
-        next: (r) => void (r.data && events.push(r.data.vmidEvents)),
-        error: () => undefined,
-        complete: () => undefined,
-      },
-    );
+    const sub = subscribeWs<{ nodeId: string; kind: string }>(b, dave, VmidEvents);
+    const events = sub.events;
     const later = await startTestSimulator({ guests: 2 });
     try {
       await new Promise((r) => setTimeout(r, 300)); // subscribed, with no node yet
@@ -244,8 +221,7 @@ describe('one VMID space per Proxmox cluster', () => {
         })
         .toBe(true);
     } finally {
-      dispose();
-      await client.dispose();
+      await sub.close();
       await later.stop();
     }
   });
@@ -255,23 +231,8 @@ describe('one VMID space per Proxmox cluster', () => {
     const carolNode = await create(a, sim, carol);
     expect(carolNode.clusterId).toBe(aliceNode.clusterId);
     const watch = (server: TestServer, token: string, nodeId: string) => {
-      const seen: Array<{ nodeId: string; kind: string }> = [];
-      let completed = false;
-      const client = createClient({
-        url: server.wsUrl,
-        webSocketImpl: WebSocket,
-        retryAttempts: 0,
-        connectionParams: { authorization: `Bearer ${token}` },
-      });
-      const dispose = client.subscribe<{ vmidEvents: (typeof seen)[number] }>(
-        { query: VmidEvents, variables: { nodeId } },
-        {
-          next: (r) => void (r.data && seen.push(r.data.vmidEvents)),
-          error: () => undefined,
-          complete: () => (completed = true),
-        },
-      );
-      return { seen, done: () => completed, close: async () => (dispose(), await client.dispose()) };
+      const sub = subscribeWs<{ nodeId: string; kind: string }>(server, token, VmidEvents, { nodeId });
+      return { seen: sub.events, done: () => sub.completed, close: () => sub.close() };
     };
     const carols = watch(b, carol, carolNode.id);
     const bobs = watch(b, bob, bobNode.id);
