@@ -38,7 +38,10 @@ const VmidEventKindEnum = builder.enumType('VmidEventKind', {
       description:
         'The set was written after asking Proxmox (or a container was registered): added and removed say what changed since the previous version; vmids is the whole set.',
     },
-    RESERVED: { description: 'vmids holds the VMID just reserved.' },
+    RESERVED: {
+      description:
+        'vmids holds the VMIDs just reserved, ascending: one, or several reserved together (concurrent reservations of the cluster are decided in batches) with one expiry.',
+    },
     RELEASED: {
       description:
         'vmids holds the VMIDs whose reservations ended, ascending: the one released (or consumed), or every one that lapsed at once when its time was up.',
