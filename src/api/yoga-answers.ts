@@ -3,7 +3,8 @@ import { getCORSHeadersByRequestAndOptions } from '@whatwg-node/server';
 
 /**
  * The pieces of Yoga's answer that a request answered outside Yoga must share with it (the
- * anonymous budget's 429, the prepared-query path). CORS is Yoga's own (@whatwg-node/server's
+ * anonymous budget's 429, the prepared-query path); its media type is resultMediaType
+ * (src/graphql/result-media-type.ts). CORS is Yoga's own (@whatwg-node/server's
  * export), which reads nothing of a request but `headers.get(name)`: a Node request's headers
  * are handed to it as that, instead of building a Fetch Request per call.
  */
@@ -16,34 +17,6 @@ function fetchHeadersOf(headers: IncomingHttpHeaders): Pick<Request, 'headers'> 
       },
     } as Headers,
   };
-}
-
-const RESULT_MEDIA_TYPES = ['application/graphql-response+json', 'application/json'] as const;
-
-/**
- * The media type Yoga answers a single (non-streamed) result with for this Accept header, or
- * null when Yoga would pick no JSON type (406, or a streaming format). A copy of Yoga's
- * negotiation (result-processor/accept.js, use-result-processor.js), because graphql-yoga
- * 5.24 does not export it: utf-8 only, q-values ignored, of all matches the one for the
- * earliest listed type wins.
- */
-export function resultMediaType(accept: string | undefined): string | null {
-  const asked: string[] = [];
-  for (const entry of (accept || '*/*').replace(/\s/g, '').toLowerCase().split(',')) {
-    const [mediaType, ...params] = entry.split(';');
-    const charset = params.find((p) => p.includes('charset=')) ?? 'charset=utf-8';
-    if (mediaType === undefined || charset !== 'charset=utf-8') continue;
-    asked.push(mediaType);
-  }
-  let chosen: string | null = null;
-  for (const mediaType of asked.reverse()) {
-    const [pre, suf] = mediaType.split('/');
-    for (const candidate of RESULT_MEDIA_TYPES) {
-      const [cPre, cSuf] = candidate.split('/');
-      if ((pre === '*' || pre === cPre) && (suf === '*' || suf === cSuf)) chosen = candidate;
-    }
-  }
-  return chosen;
 }
 
 /** What Yoga's default CORS (any origin, credentials) adds to a simple request's answer; empty without an Origin. */

@@ -10,7 +10,8 @@ import { MAX_PREPARED_QUERY_LENGTH, type PreparedQueries } from './prepared-quer
 import type { PvegraphYoga } from '../api/yoga.js';
 import type { Services } from '../services.js';
 import type { TokenCheck, UnrefusedTokenCheck } from '../auth/authenticate.js';
-import { corsHeaders, resultMediaType } from '../api/yoga-answers.js';
+import { corsHeaders } from '../api/yoga-answers.js';
+import { resultMediaType } from '../graphql/result-media-type.js';
 
 /** Bodies above this go straight to Yoga (a prepared query plus its variables is far smaller). */
 const MAX_PREPARED_BODY_BYTES = MAX_PREPARED_QUERY_LENGTH + 8_192;

@@ -5,7 +5,8 @@ import { ErrorCode } from '../errors.js';
 import { rateLimitedMessage } from '../ratelimit/rate-limiter.js';
 import type { Services } from '../services.js';
 import { budgetKeyOf, type ClientAddressOf, siteKeyOf } from './client-address.js';
-import { corsHeaders, resultMediaType } from '../api/yoga-answers.js';
+import { corsHeaders } from '../api/yoga-answers.js';
+import { resultMediaType } from '../graphql/result-media-type.js';
 
 /** The refusal for a bucket's answer (seconds until a unit is back; 0: there is one). */
 const refusal = (bucket: AnonymousBucket, retryAfterSeconds: number): Refused | null =>

@@ -109,4 +109,25 @@ describe('error answers', () => {
       }
     },
   );
+
+  it.each([
+    'application/json, application/graphql-response+json',
+    'application/graphql-response+json;q=0.9, application/json',
+    '*/*',
+    'text/html, */*;q=0.8',
+  ])('a 415 answers in the media type Yoga picks for its own errors (Accept: %s)', async (accept) => {
+    const headers = { accept, authorization: `Bearer ${token}` };
+    const yoga = await fetch(server.graphqlUrl, {
+      method: 'POST',
+      headers: { ...headers, 'content-type': 'application/json' },
+      body: '{}',
+    });
+    const ours = await fetch(server.graphqlUrl, {
+      method: 'POST',
+      headers: { ...headers, 'content-type': 'text/plain' },
+      body: '{ me { id } }',
+    });
+    expect([yoga.status, ours.status]).toEqual([400, 415]);
+    expect(ours.headers.get('content-type')).toBe(yoga.headers.get('content-type'));
+  });
 });
