@@ -31,6 +31,8 @@ export interface ServerContext {
   requestId?: string;
   /** graphql-ws over ws: where this operation's subscription events are written. */
   sink?: SubscriptionSink;
+  /** Set by the WebSocket server: its operations have no HTTP request of their own. */
+  transport?: 'websocket';
 }
 
 export type PvegraphYoga = YogaServerInstance<ServerContext, RequestContext>;

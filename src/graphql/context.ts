@@ -21,6 +21,8 @@ export interface RequestContext extends Omit<GraphQLContext, 'viewer'> {
   authFailure: 'missing' | 'invalid' | null;
   /** Given by a transport that can write a subscription's events itself (graphql-ws over ws). */
   sink?: SubscriptionSink;
+  /** 'websocket' for an operation of a graphql-ws socket; absent over HTTP (SSE included). */
+  transport?: 'websocket';
 }
 
 /**

@@ -170,6 +170,7 @@ export function createGraphqlWsServer({
           socket: ctx.extra.socket,
           params: payload,
           tokenCheck,
+          transport: 'websocket',
           requestId: randomUUID(),
           ...(sinkFor ? { sink: sinkFor(ctx.extra.socket, id) } : {}),
           // envelop types what it hands back loosely (any): these are graphql-js's own signatures.

@@ -12,14 +12,14 @@ type ResultStream = AsyncIterable<ExecutionResult>;
  * An SSE subscription is authenticated once, when its request arrives, and may then stream for
  * days. When its token is revoked, the stream's last event is an UNAUTHENTICATED error and the
  * stream completes (within about 1.2 token cache lifetimes; RevocationWatch), as a revoked
- * token's WebSocket is closed with 4403. WebSocket operations are left to the socket's own
- * watch (src/http/graphql-ws-server.ts): they have a sink.
+ * token's WebSocket is closed with 4403. WebSocket operations (`transport` 'websocket') are
+ * left to the socket's own watch (src/http/graphql-ws-server.ts).
  */
 export function useEndRevokedSubscriptions(watch: RevocationWatch, onRevoked?: () => void): Plugin<RequestContext> {
   return {
     onSubscribe({ args }) {
       const ctx = args.contextValue as RequestContext & { request?: Request };
-      if (ctx.sink || !ctx.viewer) return;
+      if (ctx.transport === 'websocket' || !ctx.viewer) return;
       const token = bearerToken(ctx.request?.headers.get('authorization'));
       if (!token) return;
       return {
