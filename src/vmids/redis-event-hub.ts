@@ -100,10 +100,7 @@ export class RedisEventHub {
         subscriber
           .ping()
           .then(() => {
-            for (const channel of [...this.stale]) {
-              this.stale.delete(channel);
-              if (!this.channels.has(channel)) this.unsubscribe(channel);
-            }
+            this.retryStale();
             for (const w of this.deliveryWatchers) w.onLive();
             for (const entry of this.channels.values()) for (const l of [...entry.listeners]) l.onResync?.();
           })
@@ -132,6 +129,7 @@ export class RedisEventHub {
       // the next 'subscribersReady' (ioredis retries) tries again.
       Promise.all(channels.map((channel) => this.subscribe(channel)))
         .then(() => {
+          this.retryStale();
           if (!this.lost) return;
           this.lost = false;
           for (const w of this.deliveryWatchers) w.onLive();
@@ -287,6 +285,17 @@ export class RedisEventHub {
     // Redis handles commands of one connection in order: a later SUBSCRIBE of the same
     // channel (a new first listener) still wins over this UNSUBSCRIBE.
     this.unsubscribe(channel);
+  }
+
+  /**
+   * Unsubscribes that failed while the connection was down: the reconnect subscribed their
+   * channels again (ioredis re-sends what it had), though nobody listens any more.
+   */
+  private retryStale(): void {
+    for (const channel of [...this.stale]) {
+      this.stale.delete(channel);
+      if (!this.channels.has(channel)) this.unsubscribe(channel);
+    }
   }
 
   private unsubscribe(channel: string): void {
