@@ -828,7 +828,7 @@ function collectGarbage(): void {
   (globalThis as { gc?: () => void }).gc?.();
 }
 
-/** BENCH_PROFILE_WINDOW=A|B: toggles the server's window profiler (bench/profile-window.mjs). */
+/** BENCH_PROFILE_WINDOW names the phases to profile (A, B, reserve-small, …): toggles the server's window profiler (bench/profile-window.mjs). */
 function profileWindow(server: ServerChild, phase: string): void {
   if (process.env.BENCH_PROFILE_WINDOW?.includes(phase)) server.child.kill('SIGUSR2');
 }
