@@ -45,10 +45,6 @@ export class DurableVmidStore implements VmidStore {
     });
   }
 
-  async reserve(node: NodeRef, request: ReserveRequest): Promise<ReserveOutcome> {
-    return (await this.reserveRecorded(node, [request], 1))[0]!;
-  }
-
   reserveMany(node: NodeRef, requests: readonly ReserveRequest[]): Promise<ReserveOutcome[]> {
     return this.reserveRecorded(node, requests, 1);
   }

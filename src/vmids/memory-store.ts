@@ -330,10 +330,6 @@ export class MemoryVmidStore implements VmidStore {
     return { existed, version: this.bump(node, s, 'INVALIDATED', null) };
   }
 
-  async reserve(node: NodeRef, request: ReserveRequest): Promise<ReserveOutcome> {
-    return (await this.reserveMany(node, [request]))[0]!;
-  }
-
   async reserveMany(node: NodeRef, requests: readonly ReserveRequest[]): Promise<ReserveOutcome[]> {
     const seeding = this.seed(node.id);
     if (seeding) await seeding;

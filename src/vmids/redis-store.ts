@@ -503,10 +503,6 @@ export class RedisVmidStore implements VmidStore {
     return { existed: existed === 1, version };
   }
 
-  async reserve(node: NodeRef, request: ReserveRequest): Promise<ReserveOutcome> {
-    return (await this.reserveMany(node, [request]))[0]!;
-  }
-
   async reserveMany(node: NodeRef, requests: readonly ReserveRequest[]): Promise<ReserveOutcome[]> {
     const args = requests.flatMap((r) => [
       r.vmid === null ? '' : String(r.vmid),

@@ -11,7 +11,7 @@ import type { NodeRef, VmidEvent } from './types.js';
  *
  * The reuse hold (a store option, VMID_REUSE_HOLD_S): a VMID that leaves the used set — a
  * guest a fill no longer lists, a reservation released, lapsed, or consumed and then no longer
- * listed — is skipped by a search without a vmid (`reserve` with `vmid: null`, `nextFree`) for
+ * listed — is skipped by a search without a vmid (`reserveMany` with `vmid: null`, `nextFree`) for
  * that long, in the same atomic step as what freed it: Proxmox may still be deleting the guest.
  * An explicit vmid is not refused for it, and `read` shows it free. A fill finds the guests
  * that went by comparing with the set as last written, also when the cache had expired or was
@@ -43,21 +43,18 @@ export interface VmidStore {
   /** Drops the cached set; always bumps the version (INVALIDATED). NOT_FOUND for a deleted node. */
   invalidate(node: NodeRef): Promise<{ existed: boolean; version: number }>;
   /**
-   * Holds a VMID for `owner`. Without a vmid: the lowest free one in [min, max] that is not
-   * held (reuse hold), found in O(log n) steps of the taken set's, the reservations' and the
-   * holds' sizes (never by walking them).
-   */
-  reserve(node: NodeRef, request: ReserveRequest): Promise<ReserveOutcome>;
-  /**
-   * Several reservations as one atomic step, decided in order (each sees those before it): one
-   * answer per request, as `reserve` would give it. The reservations made are announced with
-   * one RESERVED event per expiry (their VMIDs ascending): a batch with one TTL is one event.
-   * When the set is not cached, every answer is `miss`.
+   * Holds VMIDs for their owners, one per request, as one atomic step decided in order (each
+   * request sees those before it): one answer per request. Without a vmid a request gets the
+   * lowest free VMID in [min, max] that is not held (reuse hold), found in O(log n) steps of
+   * the taken set's, the reservations' and the holds' sizes (never by walking them). The
+   * reservations made are announced with one RESERVED event per expiry (their VMIDs
+   * ascending): a batch with one TTL is one event. When the set is not cached, every answer is
+   * `miss`.
    */
   reserveMany(node: NodeRef, requests: readonly ReserveRequest[]): Promise<ReserveOutcome[]>;
   /**
    * The lowest VMID in [min, max] that is neither taken nor reserved nor held, reserving
-   * nothing (and changing nothing but the lapses it announces first). As cheap as `reserve`.
+   * nothing (and changing nothing but the lapses it announces first). As cheap as a reservation's search.
    */
   nextFree(node: NodeRef, min: number, max: number): Promise<NextFreeOutcome>;
   /**

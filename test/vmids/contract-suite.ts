@@ -25,6 +25,7 @@ import {
   startProxmox,
   type StoreKind,
   take,
+  reserveOne,
 } from './helpers.js';
 import { TEST_REDIS_URL } from '../support/env.js';
 
@@ -541,7 +542,7 @@ export function vmidStoreContract(kind: StoreKind, url = TEST_REDIS_URL, where =
       return outcome.status === 'free' ? outcome.vmid : outcome.status;
     };
     const reserveNext = async (more: Partial<ReserveRequest> = {}) => {
-      const outcome = await opened.store.reserve(node, req(null, more));
+      const outcome = await reserveOne(opened.store, node, req(null, more));
       return outcome.status === 'reserved' ? outcome.vmid : outcome.status;
     };
 
@@ -554,7 +555,7 @@ export function vmidStoreContract(kind: StoreKind, url = TEST_REDIS_URL, where =
       expect(await reserveNext()).toBe(102);
       expect(await nextFree()).toBe(104);
       // Reserved, then listed by Proxmox before it was consumed: taken and reserved at once.
-      expect(await store.reserve(node, req(104))).toMatchObject({ status: 'reserved', vmid: 104 });
+      expect(await reserveOne(store, node, req(104))).toMatchObject({ status: 'reserved', vmid: 104 });
       await store.refresh(node, [100, 101, 103, 104], 60, null);
       expect(await store.release(node, 104, node.userId)).toBe(true);
       expect(await nextFree()).toBe(105); // still taken
@@ -582,8 +583,8 @@ export function vmidStoreContract(kind: StoreKind, url = TEST_REDIS_URL, where =
     it('lapsed reservations free their VMIDs unless a guest has them too', async () => {
       const store = opened.store;
       await store.refresh(node, [100], 60, null);
-      await store.reserve(node, req(200, { ttlSeconds: 1 }));
-      await store.reserve(node, req(201, { ttlSeconds: 1 }));
+      await reserveOne(store, node, req(200, { ttlSeconds: 1 }));
+      await reserveOne(store, node, req(201, { ttlSeconds: 1 }));
       await store.refresh(node, [100, 201], 60, null);
       expect(await nextFree(200)).toBe(202);
       await sleep(1_100);
@@ -621,7 +622,7 @@ export function vmidStoreContract(kind: StoreKind, url = TEST_REDIS_URL, where =
       expect(await reserveNext({ max: 105 })).toBe('exhausted');
       expect(await reserveNext({ min: 200, max: 199 })).toBe('exhausted');
       // Proxmox's next-id range is not a hard limit.
-      expect(await store.reserve(node, req(107, { max: 105 }))).toMatchObject({ status: 'reserved', vmid: 107 });
+      expect(await reserveOne(store, node, req(107, { max: 105 }))).toMatchObject({ status: 'reserved', vmid: 107 });
       expect(await reserveNext({ max: 107 })).toBe(106);
       expect(await nextFree(100, 107)).toBe('exhausted');
       expect(await nextFree(100, 108)).toBe(108);
@@ -635,19 +636,25 @@ export function vmidStoreContract(kind: StoreKind, url = TEST_REDIS_URL, where =
       const store = opened.store;
       const [alice, bob] = ['alice', 'bob'];
       await store.refresh(node, TAKEN, 60, null);
-      expect(await store.reserve(node, req(null, { owner: alice }))).toMatchObject({ status: 'reserved', vmid: 104 });
+      expect(await reserveOne(store, node, req(null, { owner: alice }))).toMatchObject({
+        status: 'reserved',
+        vmid: 104,
+      });
       const before = await store.read(node);
       expect(await store.release(node, 104, bob)).toBe(false);
       expect(await store.release(node, 4_000, bob)).toBe(false); // reserved by nobody: the same answer
       expect(await store.read(node)).toEqual(before); // nothing ended, no version
       expect(before.reserved.map((r) => r.vmid)).toEqual([104]); // shown whoever holds it
-      expect(await store.reserve(node, req(104, { owner: bob }))).toEqual({ status: 'already-reserved', vmid: 104 });
-      expect(await store.reserve(node, req(null, { owner: bob }))).toMatchObject({ status: 'reserved', vmid: 109 });
+      expect(await reserveOne(store, node, req(104, { owner: bob }))).toEqual({
+        status: 'already-reserved',
+        vmid: 104,
+      });
+      expect(await reserveOne(store, node, req(null, { owner: bob }))).toMatchObject({ status: 'reserved', vmid: 109 });
       expect(await store.release(node, 109, alice)).toBe(false);
       expect(await store.release(node, 104, alice)).toBe(true);
       expect(await store.release(node, 104, alice)).toBe(false);
       // Whoever reserves a VMID next owns it: nothing of the earlier owner is left.
-      expect(await store.reserve(node, req(104, { owner: bob }))).toMatchObject({ status: 'reserved' });
+      expect(await reserveOne(store, node, req(104, { owner: bob }))).toMatchObject({ status: 'reserved' });
       expect(await store.release(node, 104, alice)).toBe(false);
       // A guest created for a VMID ends its reservation whoever held it.
       expect(await store.consume(node, 109)).toEqual({ released: true, added: true });
@@ -676,7 +683,7 @@ export function vmidStoreContract(kind: StoreKind, url = TEST_REDIS_URL, where =
             await store.refresh(node, subset(), 60, null);
             break;
           case 1:
-            await store.reserve(node, req(vmid, { owner: owners[rand(2)]! }));
+            await reserveOne(store, node, req(vmid, { owner: owners[rand(2)]! }));
             break;
           case 2:
           case 3: {
@@ -835,7 +842,7 @@ export function vmidStoreContract(kind: StoreKind, url = TEST_REDIS_URL, where =
         return outcome.status === 'free' ? outcome.vmid : outcome.status;
       };
       const next = async (more: Partial<ReserveRequest> = {}) => {
-        const outcome = await h.store.reserve(node, req(null, more));
+        const outcome = await reserveOne(h.store, node, req(null, more));
         return outcome.status === 'reserved' ? outcome.vmid : outcome.status;
       };
       return { h, store: h.store, free, next };
@@ -845,8 +852,8 @@ export function vmidStoreContract(kind: StoreKind, url = TEST_REDIS_URL, where =
       const { h, store, free, next } = await withHold(HOLD_MS);
       try {
         await store.refresh(node, [100, 101, 102, 103], 60, null);
-        expect(await store.reserve(node, req(110, { ttlSeconds: 1 }))).toMatchObject({ status: 'reserved' }); // lapses below
-        expect(await store.reserve(node, req(104))).toMatchObject({ status: 'reserved' });
+        expect(await reserveOne(store, node, req(110, { ttlSeconds: 1 }))).toMatchObject({ status: 'reserved' }); // lapses below
+        expect(await reserveOne(store, node, req(104))).toMatchObject({ status: 'reserved' });
         expect(await store.release(node, 104, node.userId)).toBe(true); // held
         expect(await free()).toBe(105);
         expect(await next()).toBe(105);
@@ -876,8 +883,8 @@ export function vmidStoreContract(kind: StoreKind, url = TEST_REDIS_URL, where =
         expect(snap.cache?.taken).toEqual([103]);
         expect(snap.reserved.map((r) => r.vmid)).toEqual([105, 110]);
         // An explicit vmid: the client asked for it, and it is free.
-        expect(await store.reserve(node, req(101))).toMatchObject({ status: 'reserved', vmid: 101 });
-        expect(await store.reserve(node, req(102))).toMatchObject({ status: 'reserved', vmid: 102 });
+        expect(await reserveOne(store, node, req(101))).toMatchObject({ status: 'reserved', vmid: 101 });
+        expect(await reserveOne(store, node, req(102))).toMatchObject({ status: 'reserved', vmid: 102 });
         expect(await store.release(node, 102, node.userId)).toBe(true); // held again
         expect(await free()).toBe(106);
 
@@ -963,7 +970,7 @@ export function vmidStoreContract(kind: StoreKind, url = TEST_REDIS_URL, where =
               await fill(subset());
               break;
             case 1: {
-              const outcome = await store.reserve(node, req(vmid, { owner }));
+              const outcome = await reserveOne(store, node, req(vmid, { owner }));
               const status = taken.includes(vmid) ? 'taken' : holders.has(vmid) ? 'already-reserved' : 'reserved';
               expect(outcome.status, `step ${step}`).toBe(status);
               if (status === 'reserved') holders.set(vmid, owner);

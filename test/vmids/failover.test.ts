@@ -13,7 +13,7 @@ import {
   until,
 } from '../support/redis-topologies.js';
 import { uniqueRedisPrefix } from '../support/test-server.js';
-import { makeService, newNode, openStore, type Proxmox, startProxmox } from './helpers.js';
+import { makeService, newNode, openStore, type Proxmox, startProxmox, reserveOne } from './helpers.js';
 
 /**
  * A master dies (killed by its pid, as a crash would) while two instances reserve VMIDs as
@@ -124,7 +124,8 @@ describe.each([
       // Nothing lost: every acknowledged reservation is still its holder's — a third party asking
       // for it is refused (a reservation the new master lacks is put back from the record).
       for (const g of granted) {
-        const outcome = await a.store.reserve(
+        const outcome = await reserveOne(
+          a.store,
           { id: g.space, userId: g.space, spaceId: g.space },
           { vmid: g.vmid, min: 100, max: 999_999_999, owner: 'intruder', ttlSeconds: 60 },
         );

@@ -12,6 +12,8 @@ import {
   type NodeRef,
   RedisVmidStore,
   ReservationRecord,
+  type ReserveOutcome,
+  type ReserveRequest,
   type VmidAuthority,
   type VmidEvent,
   VmidService,
@@ -234,4 +236,9 @@ export async function numsub(channel: string): Promise<number> {
   } finally {
     r.disconnect();
   }
+}
+
+/** One reservation, as a batch of one (the stores decide reservations in batches: reserveMany). */
+export async function reserveOne(store: VmidStore, node: NodeRef, request: ReserveRequest): Promise<ReserveOutcome> {
+  return (await store.reserveMany(node, [request]))[0]!;
 }

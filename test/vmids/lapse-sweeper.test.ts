@@ -2,7 +2,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, expect, it } from 'vitest';
 import { MemoryVmidStore, type NodeRef, VMID_MAX } from '../../src/vmids/index.js';
 import { LapseSweeper } from '../../src/vmids/lapse-sweeper.js';
-import { newNode } from './helpers.js';
+import { newNode, reserveOne } from './helpers.js';
 
 /** The in-process store, its expireDue calls counted. */
 function countedStore() {
@@ -52,7 +52,7 @@ describe('LapseSweeper', () => {
     const sweeper = new LapseSweeper(counted);
     const node = newNode();
     await store.refresh(node, [100], 60, null);
-    await store.reserve(node, { vmid: 101, min: 100, max: VMID_MAX, owner: node.userId, ttlSeconds: 1 });
+    await reserveOne(store, node, { vmid: 101, min: 100, max: VMID_MAX, owner: node.userId, ttlSeconds: 1 });
     sweeper.watch(node);
     await sleep(10);
     expect(counted.calls).toBe(1); // armed for the reservation's expiry

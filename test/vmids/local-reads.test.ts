@@ -22,6 +22,7 @@ import {
   type Proxmox,
   silentLog,
   startProxmox,
+  reserveOne,
 } from './helpers.js';
 
 /**
@@ -139,7 +140,7 @@ describe('snapshots kept in memory by a Redis store (two instances)', () => {
 
   it("shows another instance's reservation, release and invalidation once their events arrive", async () => {
     const before = await keptOn(b);
-    const reserved = await a.store.reserve(node, {
+    const reserved = await reserveOne(a.store, node, {
       vmid: null,
       min: 100,
       max: VMID_MAX,
@@ -165,7 +166,7 @@ describe('snapshots kept in memory by a Redis store (two instances)', () => {
 
   it('shows its own changes at once, without waiting for their events', async () => {
     const before = await keptOn(b);
-    const reserved = await b.store.reserve(node, {
+    const reserved = await reserveOne(b.store, node, {
       vmid: 4242,
       min: 100,
       max: VMID_MAX,
@@ -185,7 +186,7 @@ describe('snapshots kept in memory by a Redis store (two instances)', () => {
 
   it('ends when the first reservation lapses, and the next read announces the lapse', async () => {
     await keptOn(b);
-    const reserved = await a.store.reserve(node, {
+    const reserved = await reserveOne(a.store, node, {
       vmid: 4343,
       min: 100,
       max: VMID_MAX,
@@ -221,7 +222,7 @@ describe('snapshots kept in memory by a Redis store (two instances)', () => {
       await a.redis!.client('KILL', 'ID', String(id));
       await closed;
       // Published while B's subscriber is gone: B never receives this event.
-      const reserved = await a.store.reserve(node, {
+      const reserved = await reserveOne(a.store, node, {
         vmid: 4444,
         min: 100,
         max: VMID_MAX,

@@ -2,7 +2,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { DomainError } from '../../src/errors.js';
 import { uniqueRedisPrefix } from '../support/test-server.js';
 import { VMID_MAX } from '../../src/vmids/index.js';
-import { makeService, newNode, type OpenStore, openStore, type Proxmox, startProxmox } from './helpers.js';
+import { makeService, newNode, type OpenStore, openStore, type Proxmox, startProxmox, reserveOne } from './helpers.js';
 
 describe('reservations across instances', () => {
   const cleanup: Array<{ close(): Promise<void> }> = [];
@@ -82,12 +82,14 @@ describe('reservations across instances', () => {
       await Promise.all(
         held
           .slice(i, i + 500)
-          .map((vmid) => store.reserve(large, { vmid, min: 100, max: VMID_MAX, owner: large.userId, ttlSeconds: 600 })),
+          .map((vmid) =>
+            reserveOne(store, large, { vmid, min: 100, max: VMID_MAX, owner: large.userId, ttlSeconds: 600 }),
+          ),
       );
     }
     const timed = async (node: typeof small) => {
       const start = performance.now();
-      const outcome = await store.reserve(node, {
+      const outcome = await reserveOne(store, node, {
         vmid: null,
         min: 100,
         max: VMID_MAX,

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { MemoryVmidStore, VMID_MAX } from '../../src/vmids/index.js';
 import type { NextFreeOutcome } from '../../src/vmids/store.js';
-import { newNode } from './helpers.js';
+import { newNode, reserveOne } from './helpers.js';
 
 /**
  * The reuse hold (VMID_REUSE_HOLD_S) on a clock of the test's own: what the contract suite
@@ -34,7 +34,7 @@ describe('reuse hold (memory store, a clock of its own)', () => {
     advance(1);
     expect(await free()).toBe(101);
     expect(
-      (await store.reserve(node, { vmid: null, min: 100, max: VMID_MAX, owner: 'u', ttlSeconds: 60 })).status,
+      (await reserveOne(store, node, { vmid: null, min: 100, max: VMID_MAX, owner: 'u', ttlSeconds: 60 })).status,
     ).toBe('reserved');
     expect(await free()).toBe(103);
   });
@@ -49,7 +49,7 @@ describe('reuse hold (memory store, a clock of its own)', () => {
     const { store, node, free, advance } = open();
     await store.refresh(node, [100], 3_600, null);
     const reserve = (vmid: number | null, ttlSeconds = 10) =>
-      store.reserve(node, { vmid, min: 100, max: VMID_MAX, owner: 'u', ttlSeconds });
+      reserveOne(store, node, { vmid, min: 100, max: VMID_MAX, owner: 'u', ttlSeconds });
     expect(await reserve(101)).toMatchObject({ status: 'reserved' });
     expect(await reserve(102, 600)).toMatchObject({ status: 'reserved' });
     advance(10_000); // 101 lapses (announced by the next look), held until now + HOLD_MS
