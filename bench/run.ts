@@ -354,30 +354,18 @@ async function scenario1(sim: Simulator) {
     goal: '',
     status: '—',
   });
-  row({
-    scenario: 1,
-    metric: 'latency p50 at full load',
-    server: ms(avg(s, (r) => r.latency.p50)),
-    baseline: ms(avg(b, (r) => r.latency.p50)),
-    ratio: ratio(
-      avg(s, (r) => r.latency.p50),
-      avg(b, (r) => r.latency.p50),
-    ),
-    goal: '',
-    status: '—',
-  });
-  row({
-    scenario: 1,
-    metric: 'latency p99 at full load',
-    server: ms(avg(s, (r) => r.latency.p99)),
-    baseline: ms(avg(b, (r) => r.latency.p99)),
-    ratio: ratio(
-      avg(s, (r) => r.latency.p99),
-      avg(b, (r) => r.latency.p99),
-    ),
-    goal: '',
-    status: '—',
-  });
+  for (const p of ['p50', 'p99'] as const) {
+    const [server, baseline] = [avg(s, (r) => r.latency[p]), avg(b, (r) => r.latency[p])];
+    row({
+      scenario: 1,
+      metric: `latency ${p} at full load`,
+      server: ms(server),
+      baseline: ms(baseline),
+      ratio: ratio(server, baseline),
+      goal: '',
+      status: '—',
+    });
+  }
 
   const rate = Math.max(1, Math.floor(sRps / 2));
   // Whether the host lets the VM run steadily just now: after a second for the servers to

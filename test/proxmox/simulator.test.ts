@@ -3,7 +3,7 @@ import { connect as tlsConnect } from 'node:tls';
 import { fileURLToPath } from 'node:url';
 import { Agent, request } from 'undici';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { generateSelfSigned, startSimulator, type Simulator } from '../../src/sim/index.js';
+import { generateSelfSigned, type SimTask, startSimulator, type Simulator } from '../../src/sim/index.js';
 import { makeClient } from './helpers.js';
 
 describe('simulator', () => {
@@ -618,20 +618,8 @@ describe('simulator: tasks and changes behind the API', () => {
     await agent.close();
     await sim.stop();
   });
-  type Task = {
-    upid: string;
-    node: string;
-    pid: number;
-    pstart: number;
-    starttime: number;
-    type: string;
-    id: string;
-    user: string;
-    status?: string;
-    endtime?: number;
-  };
   const tasksAs = async (token: { id: string; secret: string }) =>
-    dataOf<Task[]>(await simCall(agent, sim.apiUrl, 'GET', '/cluster/tasks', { token }));
+    dataOf<SimTask[]>(await simCall(agent, sim.apiUrl, 'GET', '/cluster/tasks', { token }));
 
   it('records API creates and destroys as finished tasks, newest first; without Sys.Audit only the own', async () => {
     const created = await simCall(agent, sim.apiUrl, 'POST', '/nodes/pve2/lxc', { token: own, json: { vmid: 300 } });
@@ -685,7 +673,7 @@ describe('simulator: tasks and changes behind the API', () => {
       [auto.type === 'lxc' ? 'vzcreate' : 'qmcreate', String(auto.vmid)],
       ['qmcreate', '400'],
     ]);
-    expect(dataOf<Task[]>(await simCall(agent, sim.url, 'GET', '/_sim/tasks'))).toEqual(sim.tasks());
+    expect(dataOf<SimTask[]>(await simCall(agent, sim.url, 'GET', '/_sim/tasks'))).toEqual(sim.tasks());
   });
 
   it('keeps the last 1000 tasks', async () => {
