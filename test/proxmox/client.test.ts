@@ -119,8 +119,10 @@ describe('ProxmoxClient against a standalone simulator', () => {
     // undici's pool may open a second socket when a request is dispatched in the same tick
     // the previous one completed; it never opens one per request.
     expect(sim.stats.connections).toBeLessThanOrEqual(2);
-    await Promise.all(Array.from({ length: 8 }, () => client.version(t)));
-    expect(sim.stats.connections).toBeLessThanOrEqual(4); // connectionsPerNode
+    // Concurrent calls open more, up to connectionsPerNode (16 by default), and queue beyond.
+    await Promise.all(Array.from({ length: 40 }, () => client.version(t)));
+    expect(sim.stats.count('/version')).toBe(50);
+    expect(sim.stats.connections).toBeLessThanOrEqual(16);
   });
 
   it('keeps a bounded number of pools (evicted pools are closed, calls still work)', async () => {
