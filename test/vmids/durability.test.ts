@@ -91,6 +91,42 @@ describe('durable reservations', () => {
     }
   });
 
+  it('a space holding 20,000 reservations comes back once per instance when 32 concurrent calls find it lost', async () => {
+    const prefix = uniqueRedisPrefix();
+    const seeds: string[] = [];
+    const onSeed = (spaceId: string) => seeds.push(spaceId);
+    const [a, b] = await Promise.all([
+      openStore('redis-durable', prefix, undefined, { onSeed }),
+      openStore('redis-durable', prefix, undefined, { onSeed }),
+    ]);
+    try {
+      const services = [makeService(a.store, proxmox), makeService(b.store, proxmox)];
+      const node = newNode();
+      // What a Redis that lost everything leaves: the reservations are in the record only.
+      const expiresAt = new Date(Date.now() + 600_000);
+      const held = Array.from({ length: 20_000 }, (_, i) => ({ vmid: 1000 + 2 * i, owner: node.userId, expiresAt }));
+      await new ReservationRecord(await recordDatabase()).putMany(node.spaceId, held, 1);
+
+      const calls = Array.from({ length: 32 }, (_, i) => {
+        const service = services[i % 2]!;
+        return i % 4 < 2
+          ? service.reserveVmid(node, undefined, 600).then((r) => ({ reserved: r.vmid }))
+          : service.getCachedVmids(node).then((s) => ({ read: s.reserved.length }));
+      });
+      const answers = await Promise.all(calls);
+
+      expect(seeds.length).toBeGreaterThanOrEqual(1);
+      expect(seeds.length).toBeLessThanOrEqual(2); // one per instance at most
+      const reserved = answers.flatMap((x) => ('reserved' in x ? [x.reserved] : []));
+      expect(new Set(reserved).size).toBe(16);
+      expect(reserved.filter((v) => v >= 1000 && v < 41_000 && v % 2 === 0)).toEqual([]);
+      // Every read saw the whole record back (and the reservations made meanwhile, at most).
+      for (const x of answers) if ('read' in x) expect(x.read).toBeGreaterThanOrEqual(20_000);
+    } finally {
+      await Promise.all([a.close(), b.close()]);
+    }
+  });
+
   it("keep the space's version going up across the loss of every Redis key", async () => {
     const prefix = uniqueRedisPrefix();
     const opened = await openStore('redis-durable', prefix);

@@ -109,17 +109,25 @@ export const LOCAL_READ_MS = 60_000;
 /**
  * `prefix`: share one Redis key prefix between stores (instances of one deployment).
  * `reuseHoldMs`: the reuse hold (VMID_REUSE_HOLD_S); 0 by default, so a freed VMID is handed
- * out again at once unless a test opts in.
+ * out again at once unless a test opts in. `onSeed`: told each time the store reads a space's
+ * reservations back from the durable record ('*-durable').
  */
 export async function openStore(
   kind: StoreKind,
   prefix: string,
   url = TEST_REDIS_URL,
-  opts: { reuseHoldMs?: number } = {},
+  opts: { reuseHoldMs?: number; onSeed?: (spaceId: string) => void } = {},
 ): Promise<OpenStore> {
   const reuseHoldMs = opts.reuseHoldMs ?? 0;
   const record = kind.endsWith('-durable') ? new ReservationRecord(await recordDatabase()) : null;
-  const seeder = record ? { seeder: (spaceId: string) => record.seedState(spaceId) } : {};
+  const seeder = record
+    ? {
+        seeder: (spaceId: string) => {
+          opts.onSeed?.(spaceId);
+          return record.seedState(spaceId);
+        },
+      }
+    : {};
   const durable = (fast: VmidStore) => (record ? new DurableVmidStore(fast, record, silentLog) : fast);
   if (kind === 'memory' || kind === 'memory-durable') {
     const fast = new MemoryVmidStore({ ...seeder, reuseHoldMs });
