@@ -287,13 +287,18 @@ ${FOLLOW_MASTER}
 `;
 /**
  * ARGV: channel, nodeJson, force ('1': also when seeded), version floor (the version goes on
- * from at least there: it never goes backwards), then vmid, expiresAt (ms), owner for each
- * reservation to put back
+ * from at least there: it never goes backwards), final ('1': the last part of the seed), then
+ * vmid, expiresAt (ms), owner for each reservation to put back
  * → 1 (done) | 0 (seeded already, nothing done)
  * Puts back the reservations that are still live and not there already (a reservation made
- * meanwhile by another instance wins), indexes them when the set is cached, and marks the
- * space seeded. Nothing is announced: what comes back was announced when it was made. With
- * force it puts back reservations a seeded space lost (a failover to a replica behind).
+ * meanwhile by another instance wins), indexes them when the set is cached, and with the final
+ * part marks the space seeded. A space's reservations come in parts (the store's SEED_PART):
+ * one call with every one of them would hold Redis for as long as they take, and a client
+ * cannot pass a few hundred thousand arguments in one call. Until the final part every other
+ * script still refuses the space, so nothing is decided on a part of it; an instance that
+ * seeds meanwhile puts back the same reservations (those there already are skipped). Nothing
+ * is announced: what comes back was announced when it was made. With force it puts back
+ * reservations a seeded space lost (a failover to a replica behind).
  */
 export const SEED = `${DEFINITIONS}
 local seeded = redis.call('HEXISTS', K.state, 'seeded') == 1
@@ -309,7 +314,7 @@ if floor > 0 then floor = floor + ${EVENT_LOG_KEEP} end
 if floor > tonumber(redis.call('HGET', K.state, 'version') or '0') then
   redis.call('HSET', K.state, 'version', int(floor))
 end
-for i = 5, #ARGV, 3 do
+for i = 6, #ARGV, 3 do
   local vmid, expires_at, owner = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2]
   if expires_at > now and not redis.call('ZSCORE', K.reservations, vmid) then
     redis.call('ZADD', K.reservations, expires_at, vmid)
@@ -323,7 +328,7 @@ if last[2] then
   redis.call('PEXPIREAT', K.reservations, keep_until)
   redis.call('PEXPIREAT', K.owners, keep_until)
 end
-redis.call('HSET', K.state, 'seeded', '1')
+if ARGV[5] == '1' then redis.call('HSET', K.state, 'seeded', '1') end
 return 1
 `;
 
