@@ -105,6 +105,25 @@ describe('query limits (HTTP and WebSocket)', () => {
     },
   );
 
+  it('answers a document over the token limit with the limit named and no "Syntax Error:" (nothing was malformed)', async () => {
+    const query = `{ me { ${'id '.repeat(QUERY_LIMITS.maxTokens)} } }`;
+    for (const [headers, status] of [
+      [graphqlResponse, 400],
+      [{ accept: 'application/json' }, 200],
+    ] as const) {
+      const res = await post(server, query, token, headers);
+      expect(res.status).toBe(status);
+      expect(res.body).toEqual({
+        errors: [
+          {
+            message: `Token limit of ${QUERY_LIMITS.maxTokens} exceeded.`,
+            extensions: { code: 'GRAPHQL_PARSE_FAILED', limit: 'maxTokens' },
+          },
+        ],
+      });
+    }
+  });
+
   it('tells a too-deep document as a depth overrun only (its cost is over the limit too)', async () => {
     const res = await post(server, validDeepQuery(41), token, graphqlResponse);
     expect(res.status).toBe(400);

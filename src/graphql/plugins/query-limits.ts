@@ -68,8 +68,30 @@ export function useQueryLimits(
           setResult(result.filter((e) => e.extensions?.['limit'] !== 'maxCost'));
       },
   };
-  return [armor, depthBeforeCost];
+  // armor's token limit runs inside the parser (it stops at the first token over the limit)
+  // and throws "Syntax Error: Token limit of N exceeded.": told here like the other limits,
+  // without the prefix (nothing was malformed) and naming the limit.
+  const tokenLimitWording: Plugin<RequestContext> = {
+    onParse({ parseFn, setParseFn }) {
+      setParseFn((source, options) => {
+        try {
+          return parseFn(source, options) as DocumentNode;
+        } catch (err) {
+          if (err instanceof GraphQLError && TOKEN_LIMIT_MESSAGE.test(err.message)) {
+            throw new GraphQLError(err.message.replace(/^Syntax Error: /, ''), {
+              extensions: { code: 'GRAPHQL_PARSE_FAILED', limit: 'maxTokens' },
+            });
+          }
+          throw err;
+        }
+      });
+    },
+  };
+  return [armor, depthBeforeCost, tokenLimitWording];
 }
+
+/** armor's refusal of a document over the token limit (exposeLimits on, its default). */
+const TOKEN_LIMIT_MESSAGE = /^Syntax Error: Token limit of \d+ exceeded\.$/;
 
 /**
  * Whether `document` is, token for token, a query graphql-js's getIntrospectionQuery writes
