@@ -95,9 +95,11 @@ export function pvegraphPlugins(
     { name: 'maskErrors', plugin: useMaskErrors(masker) },
     // Before the plugins that may stop an operation, so it also sees those (UNAUTHENTICATED, caps).
     { name: 'observeOperations', plugin: useObserveOperations(metrics) },
-    // graphql-armor's limits (armor), and a depth overrun told as one rather than as its cost (depthBeforeCost).
-    ...useQueryLimits(QUERY_LIMITS, { fieldSuggestions: opts.introspection }).map((plugin, i) => ({
-      name: i === 0 ? 'armor' : 'depthBeforeCost',
+    // graphql-armor's limits (armor), a depth overrun told as one rather than as its cost
+    // (depthBeforeCost), the token limit told like the others (tokenLimitWording: after armor,
+    // whose parser it wraps).
+    ...Object.entries(useQueryLimits(QUERY_LIMITS, { fieldSuggestions: opts.introspection })).map(([name, plugin]) => ({
+      name,
       plugin,
     })),
     // Browsers can only send these headers after a CORS preflight, so a cross-site form or

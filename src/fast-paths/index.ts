@@ -29,9 +29,9 @@ import { useShareSubscriptionEvents } from './share-subscription-events.js';
  * fails when Yoga's chain gains one that is not listed here):
  * - maskErrors: the same masker (masker.maskResult);
  * - observeOperations: recordOperation, the same metrics and access-log line;
- * - armor, depthBeforeCost, csrfPrevention, disableIntrospection: only documents Yoga has
- *   parsed and validated (with its limits) are prepared, and only JSON POSTs with
- *   Authorization are answered;
+ * - armor, depthBeforeCost, tokenLimitWording, csrfPrevention, disableIntrospection: only
+ *   documents Yoga has parsed and validated (with its limits) are prepared, and only JSON
+ *   POSTs with Authorization are answered;
  * - errorBodies: a body of a content type Yoga cannot parse (415) never reaches it;
  * - requireViewer: the same refusal (unauthenticated()) and status;
  * - subscriptionCap, endRevokedSubscriptions, shareSubscriptionEvents, endUnansweredStreams,
@@ -43,6 +43,7 @@ export const PLUGINS_ACCOUNTED_FOR = [
   'observeOperations',
   'armor',
   'depthBeforeCost',
+  'tokenLimitWording',
   'csrfPrevention',
   'requireViewer',
   'subscriptionCap',

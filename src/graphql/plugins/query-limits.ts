@@ -37,7 +37,11 @@ type ValidationLimit = 'maxDepth' | 'maxAliases' | 'maxDirectives' | 'maxCost';
 export function useQueryLimits(
   limits: QueryLimits,
   opts: { fieldSuggestions: boolean },
-): Array<Plugin<RequestContext>> {
+): {
+  armor: Plugin<RequestContext>;
+  depthBeforeCost: Plugin<RequestContext>;
+  tokenLimitWording: Plugin<RequestContext>;
+} {
   const reportAs =
     (limit: ValidationLimit) =>
     (context: ValidationContext | null, rejection: GraphQLError): void => {
@@ -87,7 +91,7 @@ export function useQueryLimits(
       });
     },
   };
-  return [armor, depthBeforeCost, tokenLimitWording];
+  return { armor, depthBeforeCost, tokenLimitWording };
 }
 
 /** armor's refusal of a document over the token limit (exposeLimits on, its default). */
