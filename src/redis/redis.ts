@@ -1,6 +1,6 @@
 import { Cluster, type ClusterOptions, Redis, type RedisOptions } from 'ioredis';
 import type { Logger } from 'pino';
-import { parseRedisTarget, type RedisTarget } from './redis-target.js';
+import { describeRedisTarget, parseRedisTarget, type RedisTarget } from './redis-target.js';
 
 export type { Redis, Cluster };
 export { describeRedisTarget, parseRedisTarget, RedisUrlError, type RedisTarget } from './redis-target.js';
@@ -38,7 +38,9 @@ export async function connectRedis(target: RedisTarget | string, keyPrefix: stri
   const t = typeof target === 'string' ? parseRedisTarget(target) : target;
   const client = createClient(t, keyPrefix);
   let reported = false;
+  let lastError: string | null = null;
   client.on('error', (err: Error) => {
+    lastError = err.message;
     // Logged once per outage, not once per reconnect attempt.
     if (!reported) log.warn({ err: { message: err.message } }, 'redis connection error');
     reported = true;
@@ -53,8 +55,35 @@ export async function connectRedis(target: RedisTarget | string, keyPrefix: stri
       log.info({ node: key }, 'redis cluster: node gone (failover or topology change)'),
     );
   }
-  await client.connect();
+  try {
+    await startedWithin(client.connect(), STARTUP_WAIT_MS);
+  } catch (err) {
+    client.disconnect();
+    throw new RedisStartupError(
+      `Redis (REDIS_URL: ${describeRedisTarget(t)}) cannot be reached: ${lastError ?? (err as Error).message}`,
+    );
+  }
   return client;
+}
+
+/**
+ * How long start-up waits for Redis. One server that refuses the connection fails at once;
+ * Sentinel and Cluster clients keep asking their seed nodes, which would hold start-up for as
+ * long as none answers (without a word, for Sentinel).
+ */
+const STARTUP_WAIT_MS = 10_000;
+
+/** Redis could not be reached at start-up (the message names REDIS_URL's target and the last error). */
+export class RedisStartupError extends Error {
+  override readonly name = 'RedisStartupError';
+}
+
+function startedWithin(connecting: Promise<void>, ms: number): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`no answer within ${ms / 1000} s`)), ms);
+  });
+  return Promise.race([connecting, timeout]).finally(() => clearTimeout(timer));
 }
 
 function createClient(target: RedisTarget, keyPrefix: string): RedisClient {

@@ -218,6 +218,52 @@ describe('npm start in embedded mode (no DATABASE_URL, no REDIS_URL)', () => {
     }
   });
 
+  it(
+    'when Redis cannot be reached: one line naming REDIS_URL and the cause, exit 1 (a Sentinel group that never answers included)',
+    { timeout: 60_000 },
+    async () => {
+      const db = await createTestDatabase();
+      try {
+        const attempt = async (redisUrl: string) => {
+          const child = spawn(process.execPath, ['dist/main.js'], {
+            cwd: ROOT,
+            env: cleanEnv({
+              DATABASE_URL: db.url,
+              ENCRYPTION_KEY: KEY,
+              REDIS_URL: redisUrl,
+              PORT: '0',
+              LOG_LEVEL: 'fatal',
+            }),
+            stdio: ['ignore', 'pipe', 'pipe'],
+          });
+          children.push(child);
+          let stdout = '';
+          let stderr = '';
+          child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+          child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+          const code = await new Promise<number | null>((resolve) => child.once('exit', (c) => resolve(c)));
+          return { code, stdout, stderr: stderr.trim() };
+        };
+        const [single, sentinel] = await Promise.all([
+          attempt('redis://127.0.0.1:1'),
+          attempt('redis+sentinel://127.0.0.1:1/mymaster'),
+        ]);
+        expect(single).toEqual({
+          code: 1,
+          stdout: '',
+          stderr:
+            'pvegraph: failed to start: Redis (REDIS_URL: redis://127.0.0.1:1) cannot be reached: connect ECONNREFUSED 127.0.0.1:1',
+        });
+        expect(sentinel.code).toBe(1);
+        expect(sentinel.stderr).toMatch(
+          /^pvegraph: failed to start: Redis \(REDIS_URL: Sentinel 127\.0\.0\.1:1 master mymaster\) cannot be reached: All sentinels are unreachable\b[^\n]*$/,
+        );
+      } finally {
+        await db.drop();
+      }
+    },
+  );
+
   it('never creates an admin user when DATABASE_URL is set', async () => {
     const db = await createTestDatabase();
     try {
