@@ -126,6 +126,18 @@ describe('npm start in embedded mode (no DATABASE_URL, no REDIS_URL)', () => {
     });
   }
 
+  /** Runs the server with `args` until it exits by itself: its exit code and output. */
+  async function runToExit(args: string[], env: NodeJS.ProcessEnv) {
+    const child = spawn(process.execPath, args, { cwd: ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] });
+    children.push(child);
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    const code = await new Promise<number | null>((resolve) => child.once('exit', (c) => resolve(c)));
+    return { code, stdout, stderr: stderr.trim() };
+  }
+
   async function stop(child: ChildProcess): Promise<number | null> {
     const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
     child.kill('SIGTERM');
@@ -196,19 +208,12 @@ describe('npm start in embedded mode (no DATABASE_URL, no REDIS_URL)', () => {
     const port = (taken.address() as AddressInfo).port;
     const freshDir = await mkdtemp(path.join(tmpdir(), 'pvg-embedded-'));
     try {
-      const child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts'], {
-        cwd: ROOT,
-        env: cleanEnv({ PVEGRAPH_DATA_DIR: freshDir, HOST: '127.0.0.1', PORT: String(port), LOG_LEVEL: 'warn' }),
-        stdio: ['ignore', 'pipe', 'pipe'],
-      });
-      children.push(child);
-      let stdout = '';
-      let stderr = '';
-      child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-      child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-      const code = await new Promise<number | null>((resolve) => child.once('exit', (c) => resolve(c)));
+      const { code, stdout, stderr } = await runToExit(
+        ['--import', 'tsx', 'src/main.ts'],
+        cleanEnv({ PVEGRAPH_DATA_DIR: freshDir, HOST: '127.0.0.1', PORT: String(port), LOG_LEVEL: 'warn' }),
+      );
       expect(code).toBe(1);
-      expect(stderr.trim()).toBe(
+      expect(stderr).toBe(
         `pvegraph: failed to start: 127.0.0.1:${port} is in use by another process (set PORT or HOST)`,
       );
       expect(stdout).not.toMatch(/First start|pvg_/);
@@ -224,26 +229,11 @@ describe('npm start in embedded mode (no DATABASE_URL, no REDIS_URL)', () => {
     async () => {
       const db = await createTestDatabase();
       try {
-        const attempt = async (redisUrl: string) => {
-          const child = spawn(process.execPath, ['dist/main.js'], {
-            cwd: ROOT,
-            env: cleanEnv({
-              DATABASE_URL: db.url,
-              ENCRYPTION_KEY: KEY,
-              REDIS_URL: redisUrl,
-              PORT: '0',
-              LOG_LEVEL: 'fatal',
-            }),
-            stdio: ['ignore', 'pipe', 'pipe'],
-          });
-          children.push(child);
-          let stdout = '';
-          let stderr = '';
-          child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-          child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-          const code = await new Promise<number | null>((resolve) => child.once('exit', (c) => resolve(c)));
-          return { code, stdout, stderr: stderr.trim() };
-        };
+        const attempt = (redisUrl: string) =>
+          runToExit(
+            ['dist/main.js'],
+            cleanEnv({ DATABASE_URL: db.url, ENCRYPTION_KEY: KEY, REDIS_URL: redisUrl, PORT: '0', LOG_LEVEL: 'fatal' }),
+          );
         const [single, sentinel] = await Promise.all([
           attempt('redis://127.0.0.1:1'),
           attempt('redis+sentinel://127.0.0.1:1/mymaster'),
