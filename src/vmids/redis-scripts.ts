@@ -285,20 +285,34 @@ const COMMON = `${DEFINITIONS}
 if redis.call('HEXISTS', K.state, 'seeded') == 0 then return redis.error_reply('${UNSEEDED_REPLY}') end
 ${FOLLOW_MASTER}
 `;
+/** How long a seed in parts holds the space for its instance after its latest part (see SEED). */
+export const SEED_HOLD_MS = 10_000;
+
 /**
  * ARGV: channel, nodeJson, force ('1': also when seeded), version floor (the version goes on
- * from at least there: it never goes backwards), final ('1': the last part of the seed), then
- * vmid, expiresAt (ms), owner for each reservation to put back
- * → 1 (done) | 0 (seeded already, nothing done)
+ * from at least there: it never goes backwards), seed token, part index (from 0), final ('1':
+ * the last part), then vmid, expiresAt (ms), owner for each reservation to put back
+ * → 1 (done) | 0 (seeded already, nothing done) | -1 (another instance is seeding the space:
+ * wait, then look again) | -2 (the space lost what the earlier parts put back: seed again)
  * Puts back the reservations that are still live and not there already (a reservation made
  * meanwhile by another instance wins), indexes them when the set is cached, and with the final
- * part marks the space seeded. A space's reservations come in parts (the store's SEED_PART):
- * one call with every one of them would hold Redis for as long as they take, and a client
- * cannot pass a few hundred thousand arguments in one call. Until the final part every other
- * script still refuses the space, so nothing is decided on a part of it; an instance that
- * seeds meanwhile puts back the same reservations (those there already are skipped). Nothing
- * is announced: what comes back was announced when it was made. With force it puts back
- * reservations a seeded space lost (a failover to a replica behind).
+ * part marks the space seeded. Nothing is announced: what comes back was announced when it was
+ * made.
+ *
+ * A space's reservations come in parts (the store's SEED_PART): one call with every one of
+ * them would hold Redis for as long as they take, and a client cannot pass a few hundred
+ * thousand arguments in one call. Until the final part every other script still refuses the
+ * space, so nothing is decided on a part of it. The parts of one seed share a token, kept in
+ * the version hash with the number of parts done (seedToken, seedParts, seedUntil): a part
+ * whose predecessors are not all there (Redis lost the space between two parts: a restart, a
+ * flush, a failover to a replica that had not got them all; replication keeps their order, so
+ * the count tells) answers -2 and marks nothing, and the instance starts again. One instance
+ * seeds a space at a time: another one's first part answers -1 until the seed ends or its
+ * token is SEED_HOLD_MS past its latest part (its instance died). The store's first part
+ * carries no reservation (a claim): it reads the record only once the space is its to seed.
+ *
+ * With force it puts back reservations a seeded space lost (a failover to a replica behind),
+ * without the token: the space is seeded, and what one call puts back stands on its own.
  */
 export const SEED = `${DEFINITIONS}
 local seeded = redis.call('HEXISTS', K.state, 'seeded') == 1
@@ -306,6 +320,16 @@ if ARGV[3] ~= '1' and seeded then return 0 end
 -- Restoring into a space that lost everything would mark it seeded with one reservation.
 if ARGV[3] == '1' and not seeded then return redis.error_reply('${UNSEEDED_REPLY}') end
 local now = now_ms()
+local token, part, final = ARGV[5], tonumber(ARGV[6]), ARGV[7] == '1'
+if ARGV[3] ~= '1' then
+  local held = redis.call('HMGET', K.state, 'seedToken', 'seedParts', 'seedUntil')
+  if part == 0 then
+    if held[1] and held[1] ~= token and tonumber(held[3] or '0') > now then return -1 end
+  elseif held[1] ~= token or tonumber(held[2]) ~= part then
+    return -2
+  end
+  redis.call('HSET', K.state, 'seedToken', token, 'seedParts', int(part + 1), 'seedUntil', int(now + ${SEED_HOLD_MS}))
+end
 local cached = redis.call('EXISTS', K.meta) == 1
 -- After a loss the version goes on well past the last one recorded: changes made after that
 -- record (a release, a lapse) had numbers too, and none may be given again.
@@ -314,7 +338,7 @@ if floor > 0 then floor = floor + ${EVENT_LOG_KEEP} end
 if floor > tonumber(redis.call('HGET', K.state, 'version') or '0') then
   redis.call('HSET', K.state, 'version', int(floor))
 end
-for i = 6, #ARGV, 3 do
+for i = 8, #ARGV, 3 do
   local vmid, expires_at, owner = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2]
   if expires_at > now and not redis.call('ZSCORE', K.reservations, vmid) then
     redis.call('ZADD', K.reservations, expires_at, vmid)
@@ -328,7 +352,10 @@ if last[2] then
   redis.call('PEXPIREAT', K.reservations, keep_until)
   redis.call('PEXPIREAT', K.owners, keep_until)
 end
-if ARGV[5] == '1' then redis.call('HSET', K.state, 'seeded', '1') end
+if final and ARGV[3] ~= '1' then
+  redis.call('HSET', K.state, 'seeded', '1')
+  redis.call('HDEL', K.state, 'seedToken', 'seedParts', 'seedUntil')
+end
 return 1
 `;
 

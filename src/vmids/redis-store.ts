@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { ReplyError } from 'ioredis';
 import type { Logger } from 'pino';
 import { DomainError, NotFoundError } from '../errors.js';
@@ -68,6 +69,8 @@ interface ScriptCommands {
       nodeJson: string,
       force: '0' | '1',
       versionFloor: string,
+      token: string,
+      part: string,
       final: '0' | '1',
       ...held: string[],
     ]
@@ -83,6 +86,13 @@ const NODE_KEYS = 11;
  * seeded at all).
  */
 const SEED_PART = 250;
+/** How long a call waits before it looks again at a space another instance is seeding. */
+const SEED_RETRY_MS = 50;
+/**
+ * How long a call keeps looking at a space that is not seeded yet: past the hold of a seed whose
+ * instance died (SEED_HOLD_MS), so a call outlives a dead seeder's claim and seeds itself.
+ */
+const SEED_WAIT_LIMIT_MS = scripts.SEED_HOLD_MS + 5_000;
 const SCRIPTS: Record<keyof ScriptCommands, { keys: number; lua: string }> = {
   pvgVmidRead: { keys: NODE_KEYS, lua: scripts.READ },
   pvgVmidState: { keys: NODE_KEYS, lua: scripts.STATE },
@@ -109,7 +119,7 @@ const keys = (nodeId: string) => ({
 });
 
 /** Every key of the node, in the order the scripts take them (redis-scripts.ts). */
-const nodeKeys = (nodeId: string): NodeKeys => [
+export const nodeKeys = (nodeId: string): NodeKeys => [
   `vmid-cache:{${nodeId}}`,
   `vmid-meta:{${nodeId}}`,
   `vmid-reservations:{${nodeId}}`,
@@ -379,13 +389,17 @@ export class RedisVmidStore implements VmidStore {
    * durable record's reservations back first (SEED) and runs it again.
    */
   private async seeded<T>(node: NodeRef, op: () => Promise<T>): Promise<T> {
-    try {
-      return await this.run(op);
-    } catch (err) {
-      if (!(err instanceof ReplyError && (err as Error).message.includes(scripts.UNSEEDED_REPLY))) throw err;
+    const giveUpAt = Date.now() + SEED_WAIT_LIMIT_MS;
+    for (;;) {
+      try {
+        return await this.run(op);
+      } catch (err) {
+        if (!(err instanceof ReplyError && (err as Error).message.includes(scripts.UNSEEDED_REPLY))) throw err;
+        // Another instance's seed that never ended (or kept being lost): not this call's to wait out.
+        if (Date.now() > giveUpAt) throw new CacheUnavailableError(undefined, err);
+      }
+      await this.seed(node);
     }
-    await this.seed(node);
-    return this.run(op);
   }
 
   /**
@@ -403,9 +417,32 @@ export class RedisVmidStore implements VmidStore {
     return pending;
   }
 
+  /**
+   * One seed (see SEED): the space is claimed first, and only then are its reservations read
+   * from the record (a space's tens of thousands, not to be read by every instance that waits)
+   * and put back in parts, the last one marking it seeded. Another instance seeding the space,
+   * or the space lost between two parts: after a short wait the caller looks again (seeded()
+   * runs its script, which refuses the space until it is seeded).
+   */
   private async seedOnce(node: NodeRef): Promise<void> {
+    const token = randomUUID();
+    const claim = await this.seedPart(node, { token, part: 0, final: false, versionFloor: 0, held: [] });
+    if (claim === 0) return; // seeded meanwhile
+    if (claim !== 1) return void (await sleep(SEED_RETRY_MS)); // another instance is seeding it
     const { held, version } = this.seeder ? await this.seeder(node.id) : { held: [], version: 0 };
-    if ((await this.putBack(node, held, false, version)) && held.length > 0) {
+    // An empty record is one final part.
+    for (let part = 1, from = 0; part === 1 || from < held.length; part++, from += SEED_PART) {
+      const reply = await this.seedPart(node, {
+        token,
+        part,
+        final: from + SEED_PART >= held.length,
+        versionFloor: version,
+        held: held.slice(from, from + SEED_PART),
+      });
+      if (reply === 0) return;
+      if (reply !== 1) return void (await sleep(SEED_RETRY_MS)); // lost between parts: seed again
+    }
+    if (held.length > 0) {
       this.log?.info(
         { spaceId: node.id, reservations: held.length },
         'vmid reservations put back from the durable record',
@@ -413,39 +450,46 @@ export class RedisVmidStore implements VmidStore {
     }
   }
 
-  private async putBack(
+  /** One SEED call: 1 done, 0 seeded already, -1 another instance is seeding, -2 lost between parts. */
+  private async seedPart(
     node: NodeRef,
-    held: readonly HeldReservation[],
-    force: boolean,
-    versionFloor = 0,
-  ): Promise<boolean> {
-    let done = false;
-    // In parts (see SEED); an empty seed is one final part.
-    for (let from = 0; from === 0 || from < held.length; from += SEED_PART) {
-      const args = held
-        .slice(from, from + SEED_PART)
-        .flatMap((r) => [String(r.vmid), String(r.expiresAt.getTime()), r.owner]);
-      const reply = await this.run(() =>
+    p: {
+      token: string;
+      part: number;
+      final: boolean;
+      versionFloor: number;
+      held: readonly HeldReservation[];
+      force?: boolean;
+    },
+  ): Promise<number> {
+    const args = p.held.flatMap((r) => [String(r.vmid), String(r.expiresAt.getTime()), r.owner]);
+    return replies.decodeInteger(
+      'seed',
+      await this.run(() =>
         this.redis.pvgVmidSeed(
           ...nodeKeys(node.id),
           this.channel(node.id),
           JSON.stringify(node.id),
-          force ? '1' : '0',
-          String(versionFloor),
-          from + SEED_PART >= held.length ? '1' : '0',
+          p.force ? '1' : '0',
+          String(p.versionFloor),
+          p.token,
+          String(p.part),
+          p.final ? '1' : '0',
           ...args,
         ),
-      );
-      // 0: another instance finished seeding the space meanwhile.
-      if (replies.decodeInteger('seed', reply) !== 1) break;
-      done = true;
-    }
-    return done;
+      ),
+    );
   }
 
+  /** Puts back reservations a seeded space lost (SEED with force: no claim, in parts all the same). */
   async restore(node: NodeRef, held: readonly HeldReservation[]): Promise<void> {
     try {
-      await this.seeded(node, () => this.putBack(node, held, true));
+      for (let from = 0; from < held.length; from += SEED_PART) {
+        const part = held.slice(from, from + SEED_PART);
+        await this.seeded(node, () =>
+          this.seedPart(node, { token: '', part: 0, final: false, versionFloor: 0, held: part, force: true }),
+        );
+      }
     } finally {
       this.local?.changed(node.id);
     }
