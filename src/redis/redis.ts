@@ -56,7 +56,7 @@ export async function connectRedis(target: RedisTarget | string, keyPrefix: stri
     );
   }
   try {
-    await startedWithin(client.connect(), STARTUP_WAIT_MS);
+    await startedWithin(client, STARTUP_WAIT_MS);
   } catch (err) {
     client.disconnect();
     throw new RedisStartupError(
@@ -67,9 +67,10 @@ export async function connectRedis(target: RedisTarget | string, keyPrefix: stri
 }
 
 /**
- * How long start-up waits for Redis. One server that refuses the connection fails at once;
- * Sentinel and Cluster clients keep asking their seed nodes, which would hold start-up for as
- * long as none answers (without a word, for Sentinel).
+ * How long start-up waits for Redis to answer at all. One server that refuses the connection
+ * fails at once; Sentinel and Cluster clients keep asking their seed nodes, which would hold
+ * start-up for as long as none answers (without a word, for Sentinel). Once a connection is
+ * made there is no limit: a Redis still loading its data answers when it is done.
  */
 const STARTUP_WAIT_MS = 10_000;
 
@@ -78,12 +79,18 @@ export class RedisStartupError extends Error {
   override readonly name = 'RedisStartupError';
 }
 
-function startedWithin(connecting: Promise<void>, ms: number): Promise<void> {
+/** Connects, or rejects when nothing answered within `ms` (no limit once connected). */
+function startedWithin(client: RedisClient, ms: number): Promise<void> {
   let timer: NodeJS.Timeout | undefined;
   const timeout = new Promise<never>((_, reject) => {
     timer = setTimeout(() => reject(new Error(`no answer within ${ms / 1000} s`)), ms);
   });
-  return Promise.race([connecting, timeout]).finally(() => clearTimeout(timer));
+  const answered = () => clearTimeout(timer);
+  client.once('connect', answered);
+  return Promise.race([client.connect(), timeout]).finally(() => {
+    clearTimeout(timer);
+    client.off('connect', answered);
+  });
 }
 
 function createClient(target: RedisTarget, keyPrefix: string): RedisClient {
