@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { ReplyError } from 'ioredis';
 import type { Logger } from 'pino';
+import { SingleFlight } from '../concurrency/single-flight.js';
 import { DomainError, NotFoundError } from '../errors.js';
 import { CacheUnavailableError } from './errors.js';
 import { LocalSnapshots } from './local-snapshots.js';
@@ -184,7 +185,7 @@ export class RedisVmidStore implements VmidStore {
   private readonly onRead: ((source: SnapshotReadSource) => void) | undefined;
   private readonly seeder: ReservationSeeder | undefined;
   /** Seeds in progress, by space (see seed). */
-  private readonly seeding = new Map<string, Promise<void>>();
+  private readonly seeds = new SingleFlight<string, void>();
   /** reuseHoldMs, as the scripts' holdMs argument. */
   private readonly holdMs: string;
 
@@ -389,12 +390,13 @@ export class RedisVmidStore implements VmidStore {
    * durable record's reservations back first (SEED) and runs it again.
    */
   private async seeded<T>(node: NodeRef, op: () => Promise<T>): Promise<T> {
-    const giveUpAt = Date.now() + SEED_WAIT_LIMIT_MS;
+    let giveUpAt: number | undefined;
     for (;;) {
       try {
         return await this.run(op);
       } catch (err) {
         if (!(err instanceof ReplyError && (err as Error).message.includes(scripts.UNSEEDED_REPLY))) throw err;
+        giveUpAt ??= Date.now() + SEED_WAIT_LIMIT_MS;
         // Another instance's seed that never ended (or kept being lost): not this call's to wait out.
         if (Date.now() > giveUpAt) throw new CacheUnavailableError(undefined, err);
       }
@@ -409,12 +411,7 @@ export class RedisVmidStore implements VmidStore {
    * holding 50,000 reservations under a load of 32 calls made no progress for seconds).
    */
   private seed(node: NodeRef): Promise<void> {
-    let pending = this.seeding.get(node.id);
-    if (!pending) {
-      pending = this.seedOnce(node).finally(() => this.seeding.delete(node.id));
-      this.seeding.set(node.id, pending);
-    }
-    return pending;
+    return this.seeds.run(node.id, () => this.seedOnce(node));
   }
 
   /**
