@@ -17,7 +17,8 @@ const RECORD_CONFLICT_ATTEMPTS = 3;
  * Nothing is half-written: a reservation the record cannot keep is ended in the fast store
  * and the request fails; a reservation the record already holds for someone else (the fast
  * store lost it without losing its seeded mark: a failover to a replica behind) is put back
- * into the fast store and another VMID is chosen.
+ * into the fast store in its place, with every other live one of the space, and another VMID
+ * is chosen. Subscribers saw the VMID reserved, and reserved it stays.
  */
 export class DurableVmidStore implements VmidStore {
   /** The highest version recorded per space by this instance (writes only what is newer). */
@@ -52,8 +53,8 @@ export class DurableVmidStore implements VmidStore {
   /**
    * The fast store decides, the record keeps what it decided, then the answers go out. A
    * reservation the record refuses (it holds a live one of the VMID: the fast store lost it)
-   * is ended in the fast store, the lost one put back there, and another VMID chosen
-   * (RECORD_CONFLICT_ATTEMPTS), or with a vmid: already reserved.
+   * is replaced in the fast store by the record's, with every live one of the space, and another
+   * VMID chosen (RECORD_CONFLICT_ATTEMPTS), or with a vmid: already reserved.
    */
   private async reserveRecorded(
     node: NodeRef,
@@ -81,24 +82,44 @@ export class DurableVmidStore implements VmidStore {
       await Promise.all(made.map((m) => this.fast.release(node, m.held.vmid, m.held.owner).catch(() => undefined)));
       throw recordUnavailable(err);
     }
-    for (const { index, held } of made) {
-      if (kept.has(held.vmid)) continue;
-      const request = requests[index]!;
-      await this.fast.release(node, held.vmid, held.owner);
-      const lost = await this.record.holder(node.id, held.vmid);
-      if (lost) {
-        this.log?.warn(
-          { spaceId: node.id, vmid: held.vmid },
-          'vmid store had lost a reservation the record holds; put back',
-        );
-        await this.fast.restore(node, [lost]);
-      }
-      outcomes[index] =
-        request.vmid !== null || attempt >= RECORD_CONFLICT_ATTEMPTS
-          ? { status: 'already-reserved', vmid: held.vmid }
-          : (await this.reserveRecorded(node, [request], attempt + 1))[0]!;
-    }
+    const refused = made.filter((m) => !kept.has(m.held.vmid));
+    if (refused.length === 0) return outcomes;
+    // These must not stand: the record holds live reservations of their VMIDs. The fast store
+    // lost those (a failover to a replica behind, keys lost one by one): every live one of the
+    // space goes back, in place of these, before anything is chosen again (only the ones met
+    // here, and each retry would meet the next lost one).
+    const live = await this.putBackLost(node, refused.length);
+    // A refused one whose record row ended meanwhile was not replaced: it ends here.
+    await Promise.all(
+      refused.filter((m) => !live.has(m.held.vmid)).map((m) => this.fast.release(node, m.held.vmid, m.held.owner)),
+    );
+    const retry = refused.filter(({ index }) => requests[index]!.vmid === null && attempt < RECORD_CONFLICT_ATTEMPTS);
+    const retried =
+      retry.length > 0
+        ? await this.reserveRecorded(
+            node,
+            retry.map(({ index }) => requests[index]!),
+            attempt + 1,
+          )
+        : [];
+    for (const { index, held } of refused) outcomes[index] = { status: 'already-reserved', vmid: held.vmid };
+    retry.forEach(({ index }, i) => (outcomes[index] = retried[i]!));
     return outcomes;
+  }
+
+  /**
+   * Every live reservation of the space back into the fast store, replacing what it made of
+   * their VMIDs since; answers their VMIDs. (One batch of a space runs at a time per instance,
+   * so this is rare and never concurrent on one instance.)
+   */
+  private async putBackLost(node: NodeRef, met: number): Promise<Set<number>> {
+    const live = await this.record.live(node.id);
+    this.log?.warn(
+      { spaceId: node.id, met, live: live.length },
+      'vmid store had lost reservations the record holds; put every live one back',
+    );
+    await this.fast.restore(node, live);
+    return new Set(live.map((r) => r.vmid));
   }
 
   /** Ends it in both; true when either held it (the fast store may have lost it). */

@@ -53,8 +53,8 @@ export class ReservationRecord {
   /**
    * Records reservations the fast store just made, in one statement, and the space's version
    * with them (it never goes backwards): answers the VMIDs recorded. One missing: the record
-   * holds a live one of it already (the fast store lost it: restore it there; this one must
-   * not stand). Rows whose time is up are taken over.
+   * holds a live one of it already (the fast store lost it: put the space's live ones back
+   * there; this one must not stand). Rows whose time is up are taken over.
    */
   async putMany(spaceId: string, held: readonly HeldReservation[], version: number): Promise<Set<number>> {
     // A plain statement (db.sql): one a batch, on the reservations' hot path.
@@ -75,15 +75,6 @@ export class ReservationRecord {
     );
     this.purgeNowAndThen();
     return new Set(rows.map((r) => r.vmid));
-  }
-
-  /** The live reservation of `vmid` in the space, if any (whoever holds it). */
-  async holder(spaceId: string, vmid: number): Promise<HeldReservation | null> {
-    const row = await this.prisma.vmidReservation.findFirst({
-      where: { spaceId, vmid, expiresAt: { gt: new Date() } },
-      select: { vmid: true, ownerId: true, expiresAt: true },
-    });
-    return row ? { vmid: row.vmid, owner: row.ownerId, expiresAt: row.expiresAt } : null;
   }
 
   /**

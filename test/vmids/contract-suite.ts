@@ -663,6 +663,28 @@ export function vmidStoreContract(kind: StoreKind, url = TEST_REDIS_URL, where =
       if (opened.redis) expect(await opened.redis.exists(`vmid-owners:{${node.id}}`)).toBe(0);
     });
 
+    it('restore puts lost reservations back in place of ones made of their VMIDs since, skips ended ones, announces nothing', async () => {
+      const store = opened.store;
+      await store.refresh(node, TAKEN, 60, null);
+      // The record's reservations (of alice) that the store lost; bob reserved 104 since.
+      expect(await reserveOne(store, node, req(null, { owner: 'bob' }))).toMatchObject({ vmid: 104 });
+      const before = await store.read(node);
+      const until = new Date(Date.now() + 600_000);
+      await store.restore(node, [
+        { vmid: 104, owner: 'alice', expiresAt: until },
+        { vmid: 109, owner: 'alice', expiresAt: until },
+        { vmid: 112, owner: 'alice', expiresAt: new Date(Date.now() - 1_000) },
+      ]);
+      const after = await store.read(node);
+      expect(after.version).toBe(before.version);
+      expect(after.reserved).toEqual([
+        { vmid: 104, expiresAt: until },
+        { vmid: 109, expiresAt: until },
+      ]);
+      expect(await store.holder(node, 104)).toBe('alice');
+      expect(await reserveOne(store, node, req(null, { owner: 'bob' }))).toMatchObject({ vmid: 112 });
+    });
+
     it('reserve and nextFree always agree with the plain walk over the taken and reserved VMIDs (random changes)', async () => {
       const store = opened.store;
       // A small fixed-seed generator: the same sequence every run.

@@ -234,6 +234,37 @@ describe('durable reservations', () => {
     }
   });
 
+  it('reservations made meanwhile never meet one the seeded Redis lost: every live one of the space is put back at the first refusal', async () => {
+    const prefix = uniqueRedisPrefix();
+    const [a, b] = await Promise.all([openStore('redis-durable', prefix), openStore('redis-durable', prefix)]);
+    try {
+      const services = [makeService(a.store, proxmox), makeService(b.store, proxmox)];
+      const node = newNode();
+      const lost: number[] = [];
+      for (let i = 0; i < 30; i++) lost.push((await services[0]!.reserveVmid(node, undefined, 600)).vmid);
+      expect(lost[0]).toBe(110);
+      // A replica behind by 30 reservations, seeded mark and all: the lowest free VMIDs the
+      // space now shows are all held in the record.
+      const space = node.spaceId;
+      await a.redis!.zrem(`vmid-reservations:{${space}}`, ...lost.map(String));
+      await a.redis!.zrem(`vmid-used:{${space}}`, ...lost.map(String));
+      await a.redis!.hdel(`vmid-owners:{${space}}`, ...lost.map(String));
+
+      const other = sameCluster(node);
+      const got = await Promise.all(
+        Array.from({ length: 10 }, (_, i) => services[i % 2]!.reserveVmid(other, undefined, 600)),
+      );
+      const vmids = got.map((r) => r.vmid).sort((x, y) => x - y);
+      expect(vmids).toEqual(Array.from({ length: 10 }, (_, i) => 140 + i));
+      expect((await services[1]!.getCachedVmids(node)).reserved).toEqual([...lost, ...vmids]);
+      // Their holder still owns them; the other user does not.
+      expect(await services[1]!.releaseVmid(other, lost[0]!)).toBe(false);
+      expect(await services[1]!.releaseVmid(node, lost[0]!)).toBe(true);
+    } finally {
+      await Promise.all([a.close(), b.close()]);
+    }
+  });
+
   it('nothing is reserved when the record cannot keep it (SERVICE_UNAVAILABLE)', async () => {
     const testDb = await createTestDatabase();
     const db = await openPostgres(testDb.url);
