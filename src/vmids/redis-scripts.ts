@@ -685,6 +685,18 @@ return 0
 `;
 
 /**
+ * KEYS: the version hash; ARGV: seed token → 1 | 0
+ * A seed that failed after its claim (the record could not be read, Redis went away between
+ * parts) gives the space up at once, if the claim is still its own: the other instances need
+ * not wait SEED_HOLD_MS for it to lapse.
+ */
+export const SEED_ABANDON = `
+if redis.call('HGET', KEYS[1], 'seedToken') ~= ARGV[1] then return 0 end
+redis.call('HDEL', KEYS[1], 'seedToken', 'seedParts', 'seedUntil')
+return 1
+`;
+
+/**
  * ARGV: channel, nodeJson
  * → version of the DELETED event
  * The node was deleted: its last event, numbered after its last change; every key goes but

@@ -62,6 +62,7 @@ interface ScriptCommands {
   ): Promise<unknown>;
   pvgVmidExpireDue(...args: [...NodeKeys, channel: string, nodeJson: string, holdMs: string]): Promise<unknown>;
   pvgVmidUnlock(lock: string, token: string): Promise<unknown>;
+  pvgVmidSeedAbandon(state: string, token: string): Promise<unknown>;
   pvgVmidForget(...args: [...NodeKeys, channel: string, nodeJson: string]): Promise<unknown>;
   pvgVmidSeed(
     ...args: [
@@ -105,6 +106,7 @@ const SCRIPTS: Record<keyof ScriptCommands, { keys: number; lua: string }> = {
   pvgVmidConsume: { keys: NODE_KEYS, lua: scripts.CONSUME },
   pvgVmidExpireDue: { keys: NODE_KEYS, lua: scripts.EXPIRE_DUE },
   pvgVmidUnlock: { keys: 1, lua: scripts.UNLOCK },
+  pvgVmidSeedAbandon: { keys: 1, lua: scripts.SEED_ABANDON },
   pvgVmidForget: { keys: NODE_KEYS, lua: scripts.FORGET },
   pvgVmidSeed: { keys: NODE_KEYS, lua: scripts.SEED },
   pvgVmidEventsAfter: { keys: 2, lua: scripts.EVENTS_AFTER },
@@ -426,24 +428,30 @@ export class RedisVmidStore implements VmidStore {
     const claim = await this.seedPart(node, { token, part: 0, final: false, versionFloor: 0, held: [] });
     if (claim === 0) return; // seeded meanwhile
     if (claim !== 1) return void (await sleep(SEED_RETRY_MS)); // another instance is seeding it
-    const { held, version } = this.seeder ? await this.seeder(node.id) : { held: [], version: 0 };
-    // An empty record is one final part.
-    for (let part = 1, from = 0; part === 1 || from < held.length; part++, from += SEED_PART) {
-      const reply = await this.seedPart(node, {
-        token,
-        part,
-        final: from + SEED_PART >= held.length,
-        versionFloor: version,
-        held: held.slice(from, from + SEED_PART),
-      });
-      if (reply === 0) return;
-      if (reply !== 1) return void (await sleep(SEED_RETRY_MS)); // lost between parts: seed again
-    }
-    if (held.length > 0) {
-      this.log?.info(
-        { spaceId: node.id, reservations: held.length },
-        'vmid reservations put back from the durable record',
-      );
+    try {
+      const { held, version } = this.seeder ? await this.seeder(node.id) : { held: [], version: 0 };
+      // An empty record is one final part.
+      for (let part = 1, from = 0; part === 1 || from < held.length; part++, from += SEED_PART) {
+        const reply = await this.seedPart(node, {
+          token,
+          part,
+          final: from + SEED_PART >= held.length,
+          versionFloor: version,
+          held: held.slice(from, from + SEED_PART),
+        });
+        if (reply === 0) return;
+        if (reply !== 1) return void (await sleep(SEED_RETRY_MS)); // lost between parts: seed again
+      }
+      if (held.length > 0) {
+        this.log?.info(
+          { spaceId: node.id, reservations: held.length },
+          'vmid reservations put back from the durable record',
+        );
+      }
+    } catch (err) {
+      // Failed after the claim: another instance (or this one's next call) may seed at once.
+      await this.run(() => this.redis.pvgVmidSeedAbandon(keys(node.id).state, token)).catch(() => undefined);
+      throw err;
     }
   }
 

@@ -170,6 +170,33 @@ describe('durable reservations', () => {
     }
   });
 
+  it('a seed that fails after its claim gives the space up at once: another instance seeds it without waiting for the claim to lapse', async () => {
+    const prefix = uniqueRedisPrefix();
+    let recordDown = false;
+    const onSeed = () => {
+      if (recordDown) throw new Error('the record cannot be read');
+    };
+    const [a, b] = await Promise.all([
+      openStore('redis-durable', prefix, undefined, { onSeed }),
+      openStore('redis-durable', prefix, undefined, { onSeed }),
+    ]);
+    try {
+      const [onA, onB] = [makeService(a.store, proxmox), makeService(b.store, proxmox)];
+      const node = newNode();
+      await onA.reserveVmid(node, 7100, 600);
+      await loseEveryKey(prefix);
+
+      recordDown = true;
+      await expect(onA.getCachedVmids(node)).rejects.toThrow('the record cannot be read');
+      // The claim went with the failure (it would hold every instance off for SEED_HOLD_MS).
+      expect(await a.redis!.hget(`vmid-version:{${node.spaceId}}`, 'seedToken')).toBeNull();
+      recordDown = false;
+      expect((await onB.getCachedVmids(node)).reserved).toEqual([7100]);
+    } finally {
+      await Promise.all([a.close(), b.close()]);
+    }
+  });
+
   it("keep the space's version going up across the loss of every Redis key", async () => {
     const prefix = uniqueRedisPrefix();
     const opened = await openStore('redis-durable', prefix);
