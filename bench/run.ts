@@ -22,6 +22,7 @@
  *      local Redis Cluster of three masters with one replica each, ports 7140–7145, started
  *      and stopped by the bench)
  */
+import { execFileSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdirSync, readFileSync, writeFileSync, existsSync } from 'node:fs';
 import os from 'node:os';
@@ -1339,7 +1340,7 @@ async function scenario5(_sim: Simulator, pair: { a: ServerChild; b: ServerChild
   });
   row({
     scenario: 5,
-    metric: `slowest Redis command of the node's keys during the load at ${S5_LARGE_GUESTS} guests + ${S5_LARGE_RESERVED} reservations (SLOWLOG; commands inside scripts count too)`,
+    metric: `slowest Redis command of the node's keys during the load at ${S5_LARGE_GUESTS} guests + ${S5_LARGE_RESERVED} reservations (SLOWLOG; commands inside scripts count too${REDIS_FIFO ? '; Redis under SCHED_FIFO, BENCH_REDIS_FIFO=1' : ''})`,
     server: slowest(atLarge),
     baseline: `${slowest(atSmall)} at 100 guests`,
     ratio: atSmall.slow[0] && atLarge.slow[0] ? ratio(slowestUs(atLarge), slowestUs(atSmall)) : '—',
@@ -1397,7 +1398,7 @@ async function scenario5(_sim: Simulator, pair: { a: ServerChild; b: ServerChild
   }
   note(
     5,
-    `the large node holds ${S5_LARGE_RESERVED} reservations of every other VMID above its guests before the load (seeded through the API), so each reservation of the load is a gap deep inside ${S5_LARGE_GUESTS + S5_LARGE_RESERVED} used VMIDs. SLOWLOG: slowlog-log-slower-than set to ${S5_SLOWLOG_US} µs (and a long slowlog-max-len) during each load, restored afterwards; entries counted are those naming the node's keys.`,
+    `the large node holds ${S5_LARGE_RESERVED} reservations of every other VMID above its guests before the load (seeded through the API), so each reservation of the load is a gap deep inside ${S5_LARGE_GUESTS + S5_LARGE_RESERVED} used VMIDs. SLOWLOG: slowlog-log-slower-than set to ${S5_SLOWLOG_US} µs (and a long slowlog-max-len) during each load, restored afterwards; entries counted are those naming the node's keys.${REDIS_FIFO ? ' BENCH_REDIS_FIFO=1: Redis ran under SCHED_FIFO during each reservation load (not the read baseline), so the reservation rates are not comparable with a run without it.' : ''}`,
   );
   note(
     5,
@@ -1451,11 +1452,29 @@ const CONSTANT_TIME = new Set([
  * answers those that name the VMID space's keys, slowest first (EVALSHA named by its script). The
  * previous settings are restored whatever happens.
  */
+/**
+ * BENCH_REDIS_FIFO=1 (a diagnostic, root and a Redis on this machine): Redis's main thread runs
+ * under SCHED_FIFO during each load, so no other process of the bench takes the CPU from it
+ * in the middle of a command. SLOWLOG then shows how long the commands take, not how long the
+ * scheduler of a busy 2-core host kept Redis waiting. Every row and note says when it is on.
+ */
+const REDIS_FIFO = process.env.BENCH_REDIS_FIFO === '1';
+
+/** Puts Redis's main thread under SCHED_FIFO (REDIS_FIFO) until the returned function is called. */
+async function redisFifo(admin: Redis): Promise<() => void> {
+  if (!REDIS_FIFO) return () => undefined;
+  const pid = /process_id:(\d+)/.exec(await admin.info('server'))?.[1];
+  if (!pid) throw new Error('BENCH_REDIS_FIFO: Redis did not tell its process id');
+  execFileSync('chrt', ['-f', '-p', '10', pid]);
+  return () => execFileSync('chrt', ['-o', '-p', '0', pid]);
+}
+
 async function withSlowlog<T>(
   spaceId: string,
   load: () => Promise<T>,
 ): Promise<{ result: T; slow: Array<{ us: number; command: string }> }> {
   const admin = new Redis(REDIS_URL);
+  const restoreScheduling = await redisFifo(admin);
   const setting = async (name: string) => ((await admin.config('GET', name)) as string[])[1] ?? '';
   const threshold = await setting('slowlog-log-slower-than');
   const maxLen = await setting('slowlog-max-len');
@@ -1485,6 +1504,7 @@ async function withSlowlog<T>(
     await admin.config('SET', 'slowlog-log-slower-than', threshold).catch(() => undefined);
     await admin.slowlog('RESET').catch(() => undefined);
     await admin.config('SET', 'slowlog-max-len', maxLen).catch(() => undefined);
+    restoreScheduling();
     admin.disconnect();
   }
 }
