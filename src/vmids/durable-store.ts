@@ -17,8 +17,7 @@ const RECORD_CONFLICT_ATTEMPTS = 3;
  * Nothing is half-written: a reservation the record cannot keep is ended in the fast store
  * and the request fails; a reservation the record already holds for someone else (the fast
  * store lost it without losing its seeded mark: a failover to a replica behind) is put back
- * into the fast store in its place, with every other live one of the space, and another VMID
- * is chosen. Subscribers saw the VMID reserved, and reserved it stays.
+ * into the fast store, with every other live one of the space, and another VMID is chosen.
  */
 export class DurableVmidStore implements VmidStore {
   /** The highest version recorded per space by this instance (writes only what is newer). */
@@ -53,8 +52,8 @@ export class DurableVmidStore implements VmidStore {
   /**
    * The fast store decides, the record keeps what it decided, then the answers go out. A
    * reservation the record refuses (it holds a live one of the VMID: the fast store lost it)
-   * is replaced in the fast store by the record's, with every live one of the space, and another
-   * VMID chosen (RECORD_CONFLICT_ATTEMPTS), or with a vmid: already reserved.
+   * is ended in the fast store, every live one of the space put back there, and another VMID
+   * chosen (RECORD_CONFLICT_ATTEMPTS), or with a vmid: already reserved.
    */
   private async reserveRecorded(
     node: NodeRef,
@@ -84,14 +83,9 @@ export class DurableVmidStore implements VmidStore {
     }
     const refused = made.filter((m) => !kept.has(m.held.vmid));
     if (refused.length === 0) return outcomes;
-    // These must not stand: the record holds live reservations of their VMIDs. The fast store
-    // lost those (a failover to a replica behind, keys lost one by one): every live one of the
-    // space goes back, in place of these, before anything is chosen again (only the ones met
-    // here, and each retry would meet the next lost one).
-    const live = await this.putBackLost(node, refused.length);
-    // A refused one whose record row ended meanwhile was not replaced: it ends here.
-    await Promise.all(
-      refused.filter((m) => !live.has(m.held.vmid)).map((m) => this.fast.release(node, m.held.vmid, m.held.owner)),
+    await this.putBackLost(
+      node,
+      refused.map((m) => m.held),
     );
     const retry = refused.filter(({ index }) => requests[index]!.vmid === null && attempt < RECORD_CONFLICT_ATTEMPTS);
     const retried =
@@ -108,18 +102,34 @@ export class DurableVmidStore implements VmidStore {
   }
 
   /**
-   * Every live reservation of the space back into the fast store, replacing what it made of
-   * their VMIDs since; answers their VMIDs. (One batch of a space runs at a time per instance,
-   * so this is rare and never concurrent on one instance.)
+   * `refused` must not stand: the record holds live reservations of their VMIDs, which the fast
+   * store lost (a failover to a replica behind, keys lost one by one). Every live reservation
+   * of the space goes back, not only the ones met here (each retry would meet the next lost
+   * one); then each refused one ends and the record's takes its place at once, so the VMID is
+   * free for as short a time as one round trip (another instance choosing it then is refused
+   * by the record in turn). When the record cannot be read, the refused ones still end: the
+   * retry that follows meets the lost rows again, and tries again.
    */
-  private async putBackLost(node: NodeRef, met: number): Promise<Set<number>> {
-    const live = await this.record.live(node.id);
-    this.log?.warn(
-      { spaceId: node.id, met, live: live.length },
-      'vmid store had lost reservations the record holds; put every live one back',
+  private async putBackLost(node: NodeRef, refused: readonly HeldReservation[]): Promise<void> {
+    let live: HeldReservation[] = [];
+    try {
+      live = await this.record.live(node.id);
+      this.log?.warn(
+        { spaceId: node.id, met: refused.length, live: live.length },
+        'vmid store had lost reservations the record holds; put every live one back',
+      );
+      await this.fast.restore(node, live);
+    } catch (err) {
+      this.log?.warn({ err: { message: (err as Error).message }, spaceId: node.id }, 'could not put reservations back');
+    }
+    const byVmid = new Map(live.map((r) => [r.vmid, r]));
+    await Promise.all(
+      refused.map(async (r) => {
+        await this.fast.release(node, r.vmid, r.owner);
+        const row = byVmid.get(r.vmid);
+        if (row) await this.fast.restore(node, [row]);
+      }),
     );
-    await this.fast.restore(node, live);
-    return new Set(live.map((r) => r.vmid));
   }
 
   /** Ends it in both; true when either held it (the fast store may have lost it). */

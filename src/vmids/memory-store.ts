@@ -103,7 +103,7 @@ export class MemoryVmidStore implements VmidStore {
           const s = this.node(spaceId);
           // After a loss the version goes on well past the last one recorded (see SEED).
           s.version = Math.max(s.version, version > 0 ? version + EVENT_LOG_KEEP : 0);
-          this.putBack(spaceId, held, false);
+          this.putBack(spaceId, held);
           this.seeded.add(spaceId);
         })
         .finally(() => this.seeding.delete(spaceId));
@@ -222,18 +222,12 @@ export class MemoryVmidStore implements VmidStore {
   }
 
   /** Live reservations not held already go (back) in; nothing is announced. */
-  /**
-   * The live ones of `held` back into the space. Seeding (after a restart) keeps a reservation
-   * made meanwhile; `replace` (the record's reservations, which refused one made of the same
-   * VMID) puts the record's in its place.
-   */
-  private putBack(spaceId: string, held: readonly HeldReservation[], replace: boolean): void {
+  private putBack(spaceId: string, held: readonly HeldReservation[]): void {
     const s = this.node(spaceId);
     const now = this.now();
     for (const r of held) {
       const until = r.expiresAt.getTime();
-      if (until <= now) continue;
-      if (!replace && s.reservations.has(r.vmid)) continue;
+      if (until <= now || s.reservations.has(r.vmid)) continue;
       s.reservations.set(r.vmid, { until, owner: r.owner });
       s.nextDue = Math.min(s.nextDue, until);
       if (s.cache) insertSorted(s.cache.used, r.vmid);
@@ -243,7 +237,8 @@ export class MemoryVmidStore implements VmidStore {
   async restore(node: NodeRef, held: readonly HeldReservation[]): Promise<void> {
     const seeding = this.seed(node.id);
     if (seeding) await seeding;
-    this.putBack(node.id, held, true);
+    if (this.node(node.id).deleted) return; // as SEED: nothing goes into a tombstone
+    this.putBack(node.id, held);
   }
 
   /** Kept in the cache entry of the set it was listed with; for any other set (or none) dropped. */

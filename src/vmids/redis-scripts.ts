@@ -295,9 +295,9 @@ export const SEED_HOLD_MS = 10_000;
  * → 1 (done) | 0 (seeded already, nothing done) | -1 (another instance is seeding the space:
  * wait, then look again) | -2 (the space lost what the earlier parts put back: seed again)
  * Puts back the reservations that are still live and not there already (a reservation made
- * meanwhile by another instance wins; not with force, see below), indexes them when the set is
- * cached, and with the final part marks the space seeded. Nothing is announced: what comes
- * back was announced when it was made.
+ * meanwhile by another instance wins), indexes them when the set is cached, and with the final
+ * part marks the space seeded. Nothing is announced: what comes back was announced when it was
+ * made.
  *
  * A space's reservations come in parts (the store's SEED_PART): one call with every one of
  * them would hold Redis for as long as they take, and a client cannot pass a few hundred
@@ -312,15 +312,16 @@ export const SEED_HOLD_MS = 10_000;
  * carries no reservation (a claim): it reads the record only once the space is its to seed.
  *
  * With force it puts back reservations a seeded space lost (a failover to a replica behind),
- * without the token: the space is seeded, and what one call puts back stands on its own. They
- * come from the record and replace a reservation made of their VMID since: the record refuses
- * that one, so it can never be kept.
+ * without the token: the space is seeded, and what one call puts back stands on its own; a
+ * deleted space (its tombstone) gets nothing.
  */
 export const SEED = `${DEFINITIONS}
 local seeded = redis.call('HEXISTS', K.state, 'seeded') == 1
 if ARGV[3] ~= '1' and seeded then return 0 end
 -- Restoring into a space that lost everything would mark it seeded with one reservation.
 if ARGV[3] == '1' and not seeded then return redis.error_reply('${UNSEEDED_REPLY}') end
+-- A deleted space's tombstone keeps its seeded mark: what was read before the delete stays out.
+if ARGV[3] == '1' and deleted(K.state) then return 0 end
 local now = now_ms()
 local token, part, final = ARGV[5], tonumber(ARGV[6]), ARGV[7] == '1'
 if ARGV[3] ~= '1' then
@@ -342,7 +343,7 @@ if floor > tonumber(redis.call('HGET', K.state, 'version') or '0') then
 end
 for i = 8, #ARGV, 3 do
   local vmid, expires_at, owner = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2]
-  if expires_at > now and (ARGV[3] == '1' or not redis.call('ZSCORE', K.reservations, vmid)) then
+  if expires_at > now and not redis.call('ZSCORE', K.reservations, vmid) then
     redis.call('ZADD', K.reservations, expires_at, vmid)
     redis.call('HSET', K.owners, vmid, owner)
     if cached then redis.call('ZADD', K.used, vmid, vmid) end

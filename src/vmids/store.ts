@@ -100,8 +100,7 @@ export interface VmidStore {
 
   /**
    * Puts back reservations the store lost although its space is seeded (a failover to a
-   * replica that had not got them): the live ones, in place of any reservation the store made
-   * of their VMIDs since (the record, which has them, refuses those); nothing is announced.
+   * replica that had not got them): live ones not held already; nothing is announced.
    */
   restore(node: NodeRef, held: readonly HeldReservation[]): Promise<void>;
 

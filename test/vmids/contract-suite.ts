@@ -663,11 +663,12 @@ export function vmidStoreContract(kind: StoreKind, url = TEST_REDIS_URL, where =
       if (opened.redis) expect(await opened.redis.exists(`vmid-owners:{${node.id}}`)).toBe(0);
     });
 
-    it('restore puts lost reservations back in place of ones made of their VMIDs since, skips ended ones, announces nothing', async () => {
+    it('restore puts lost reservations back, keeps one made of their VMID since, skips ended ones, announces nothing', async () => {
       const store = opened.store;
       await store.refresh(node, TAKEN, 60, null);
       // The record's reservations (of alice) that the store lost; bob reserved 104 since.
-      expect(await reserveOne(store, node, req(null, { owner: 'bob' }))).toMatchObject({ vmid: 104 });
+      const bobs = await reserveOne(store, node, req(null, { owner: 'bob' }));
+      expect(bobs).toMatchObject({ status: 'reserved', vmid: 104 });
       const before = await store.read(node);
       const until = new Date(Date.now() + 600_000);
       await store.restore(node, [
@@ -678,11 +679,17 @@ export function vmidStoreContract(kind: StoreKind, url = TEST_REDIS_URL, where =
       const after = await store.read(node);
       expect(after.version).toBe(before.version);
       expect(after.reserved).toEqual([
-        { vmid: 104, expiresAt: until },
+        { vmid: 104, expiresAt: (bobs as { expiresAt: Date }).expiresAt },
         { vmid: 109, expiresAt: until },
       ]);
-      expect(await store.holder(node, 104)).toBe('alice');
+      expect(await store.holder(node, 104)).toBe('bob');
+      expect(await store.holder(node, 109)).toBe('alice');
       expect(await reserveOne(store, node, req(null, { owner: 'bob' }))).toMatchObject({ vmid: 112 });
+      // Nothing goes into a deleted space.
+      await store.forget(node);
+      await store.restore(node, [{ vmid: 200, owner: 'alice', expiresAt: until }]);
+      await store.revive(node);
+      expect(await store.holder(node, 200)).toBeNull();
     });
 
     it('reserve and nextFree always agree with the plain walk over the taken and reserved VMIDs (random changes)', async () => {

@@ -30,6 +30,26 @@ async function loseEveryKey(prefix: string): Promise<void> {
   }
 }
 
+/**
+ * Two instances of one deployment (one key prefix) over the durable record, with a service
+ * each; `onSeed` as openStore's.
+ */
+async function twoInstances(proxmox: Proxmox, onSeed?: (spaceId: string) => void) {
+  const prefix = uniqueRedisPrefix();
+  const opts = onSeed ? { onSeed } : {};
+  const [a, b] = await Promise.all([
+    openStore('redis-durable', prefix, undefined, opts),
+    openStore('redis-durable', prefix, undefined, opts),
+  ]);
+  return {
+    prefix,
+    a,
+    b,
+    services: [makeService(a.store, proxmox), makeService(b.store, proxmox)] as const,
+    close: async () => void (await Promise.all([a.close(), b.close()])),
+  };
+}
+
 describe('durable reservations', () => {
   let proxmox: Proxmox;
 
@@ -41,10 +61,9 @@ describe('durable reservations', () => {
   });
 
   it('survive the loss of every Redis key: nobody is handed them again, their holders still own them', async () => {
-    const prefix = uniqueRedisPrefix();
-    const [a, b] = await Promise.all([openStore('redis-durable', prefix), openStore('redis-durable', prefix)]);
+    const { prefix, services, close } = await twoInstances(proxmox);
     try {
-      const [onA, onB] = [makeService(a.store, proxmox), makeService(b.store, proxmox)];
+      const [onA, onB] = services;
       const alice = newNode();
       const bob = sameCluster(alice);
       const held = [
@@ -65,15 +84,13 @@ describe('durable reservations', () => {
       expect(await onA.isVmidTaken(alice, 110)).toBe(false);
       expect(await onB.isVmidTaken(bob, 111)).toBe(true);
     } finally {
-      await Promise.all([a.close(), b.close()]);
+      await close();
     }
   });
 
   it('never hands out one VMID twice while reservations stream in from two instances and Redis loses everything midway', async () => {
-    const prefix = uniqueRedisPrefix();
-    const [a, b] = await Promise.all([openStore('redis-durable', prefix), openStore('redis-durable', prefix)]);
+    const { prefix, services, close } = await twoInstances(proxmox);
     try {
-      const services = [makeService(a.store, proxmox), makeService(b.store, proxmox)];
       const node = newNode();
       const got: number[] = [];
       const wave = (n: number) =>
@@ -89,20 +106,14 @@ describe('durable reservations', () => {
       expect(new Set(got).size).toBe(120);
       expect(got.every((v) => v >= 110)).toBe(true);
     } finally {
-      await Promise.all([a.close(), b.close()]);
+      await close();
     }
   });
 
   it('a space holding 60,000 reservations comes back from one read of the record when 32 concurrent calls on two instances find it lost (in parts: no call carries them all)', async () => {
-    const prefix = uniqueRedisPrefix();
     const seeds: string[] = [];
-    const onSeed = (spaceId: string) => seeds.push(spaceId);
-    const [a, b] = await Promise.all([
-      openStore('redis-durable', prefix, undefined, { onSeed }),
-      openStore('redis-durable', prefix, undefined, { onSeed }),
-    ]);
+    const { services, close } = await twoInstances(proxmox, (spaceId) => seeds.push(spaceId));
     try {
-      const services = [makeService(a.store, proxmox), makeService(b.store, proxmox)];
       const node = newNode();
       // What a Redis that lost everything leaves: the reservations are in the record only.
       const expiresAt = new Date(Date.now() + 600_000);
@@ -125,7 +136,7 @@ describe('durable reservations', () => {
       // Every read saw the whole record back (and the reservations made meanwhile, at most).
       for (const x of answers) if ('read' in x) expect(x.read).toBeGreaterThanOrEqual(60_000);
     } finally {
-      await Promise.all([a.close(), b.close()]);
+      await close();
     }
   });
 
@@ -171,17 +182,12 @@ describe('durable reservations', () => {
   });
 
   it('a seed that fails after its claim gives the space up at once: another instance seeds it without waiting for the claim to lapse', async () => {
-    const prefix = uniqueRedisPrefix();
     let recordDown = false;
-    const onSeed = () => {
+    const { prefix, a, services, close } = await twoInstances(proxmox, () => {
       if (recordDown) throw new Error('the record cannot be read');
-    };
-    const [a, b] = await Promise.all([
-      openStore('redis-durable', prefix, undefined, { onSeed }),
-      openStore('redis-durable', prefix, undefined, { onSeed }),
-    ]);
+    });
     try {
-      const [onA, onB] = [makeService(a.store, proxmox), makeService(b.store, proxmox)];
+      const [onA, onB] = services;
       const node = newNode();
       await onA.reserveVmid(node, 7100, 600);
       await loseEveryKey(prefix);
@@ -193,7 +199,7 @@ describe('durable reservations', () => {
       recordDown = false;
       expect((await onB.getCachedVmids(node)).reserved).toEqual([7100]);
     } finally {
-      await Promise.all([a.close(), b.close()]);
+      await close();
     }
   });
 
@@ -262,13 +268,11 @@ describe('durable reservations', () => {
   });
 
   it('reservations made meanwhile never meet one the seeded Redis lost: every live one of the space is put back at the first refusal', async () => {
-    const prefix = uniqueRedisPrefix();
-    const [a, b] = await Promise.all([openStore('redis-durable', prefix), openStore('redis-durable', prefix)]);
+    const { a, services, close } = await twoInstances(proxmox);
     try {
-      const services = [makeService(a.store, proxmox), makeService(b.store, proxmox)];
       const node = newNode();
       const lost: number[] = [];
-      for (let i = 0; i < 30; i++) lost.push((await services[0]!.reserveVmid(node, undefined, 600)).vmid);
+      for (let i = 0; i < 30; i++) lost.push((await services[0].reserveVmid(node, undefined, 600)).vmid);
       expect(lost[0]).toBe(110);
       // A replica behind by 30 reservations, seeded mark and all: the lowest free VMIDs the
       // space now shows are all held in the record.
@@ -283,12 +287,12 @@ describe('durable reservations', () => {
       );
       const vmids = got.map((r) => r.vmid).sort((x, y) => x - y);
       expect(vmids).toEqual(Array.from({ length: 10 }, (_, i) => 140 + i));
-      expect((await services[1]!.getCachedVmids(node)).reserved).toEqual([...lost, ...vmids]);
+      expect((await services[1].getCachedVmids(node)).reserved).toEqual([...lost, ...vmids]);
       // Their holder still owns them; the other user does not.
-      expect(await services[1]!.releaseVmid(other, lost[0]!)).toBe(false);
-      expect(await services[1]!.releaseVmid(node, lost[0]!)).toBe(true);
+      expect(await services[1].releaseVmid(other, lost[0]!)).toBe(false);
+      expect(await services[1].releaseVmid(node, lost[0]!)).toBe(true);
     } finally {
-      await Promise.all([a.close(), b.close()]);
+      await close();
     }
   });
 
