@@ -1,7 +1,14 @@
 import type { Logger } from 'pino';
 import { DomainError, ErrorCode } from '../errors.js';
 import type { ReservationRecord } from './reservation-record.js';
-import type { GuestListing, HeldReservation, ReserveOutcome, ReserveRequest, VmidStore } from './store.js';
+import type {
+  GuestListing,
+  HeldReservation,
+  RefusedReservation,
+  ReserveOutcome,
+  ReserveRequest,
+  VmidStore,
+} from './store.js';
 import type { NodeRef, VmidEvent } from './types.js';
 
 /** How often a reservation is tried again when the record refuses what the fast store chose. */
@@ -103,33 +110,39 @@ export class DurableVmidStore implements VmidStore {
 
   /**
    * `refused` must not stand: the record holds live reservations of their VMIDs, which the fast
-   * store lost (a failover to a replica behind, keys lost one by one). Every live reservation
-   * of the space goes back, not only the ones met here (each retry would meet the next lost
-   * one); then each refused one ends and the record's takes its place at once, so the VMID is
-   * free for as short a time as one round trip (another instance choosing it then is refused
-   * by the record in turn). When the record cannot be read, the refused ones still end: the
-   * retry that follows meets the lost rows again, and tries again.
+   * store lost (a failover to a replica behind, keys lost one by one). Each is replaced by the
+   * record's in one atomic step (settleRefused: the VMID is never free meanwhile, and a
+   * reservation made of it since is left alone). Then every other live reservation of the
+   * space the fast store lacks goes back, not only the ones met here (each retry would meet
+   * the next lost one): only those missing from what the fast store showed before the record
+   * was read, so a stale row of one released meanwhile does not come back. When the record or
+   * the fast store cannot be read, or the put-back fails, that is logged: the retry that
+   * follows meets the lost rows again.
    */
   private async putBackLost(node: NodeRef, refused: readonly HeldReservation[]): Promise<void> {
-    let live: HeldReservation[] = [];
+    const shown = await this.fast.read(node).catch(() => null);
+    let live: HeldReservation[] | null = null;
     try {
       live = await this.record.live(node.id);
-      this.log?.warn(
-        { spaceId: node.id, met: refused.length, live: live.length },
-        'vmid store had lost reservations the record holds; put every live one back',
-      );
-      await this.fast.restore(node, live);
     } catch (err) {
-      this.log?.warn({ err: { message: (err as Error).message }, spaceId: node.id }, 'could not put reservations back');
+      this.log?.warn({ err: { message: (err as Error).message }, spaceId: node.id }, 'could not read the record');
     }
-    const byVmid = new Map(live.map((r) => [r.vmid, r]));
-    await Promise.all(
-      refused.map(async (r) => {
-        await this.fast.release(node, r.vmid, r.owner);
-        const row = byVmid.get(r.vmid);
-        if (row) await this.fast.restore(node, [row]);
-      }),
+    // Without the record's rows the refused ones still end (the record refuses their VMIDs).
+    const byVmid = new Map((live ?? []).map((r) => [r.vmid, r]));
+    await this.fast.settleRefused(
+      node,
+      refused.map((r) => ({ refused: r, row: byVmid.get(r.vmid) ?? null })),
     );
+    if (!shown || !live) return;
+    const had = new Set([...shown.reserved.map((r) => r.vmid), ...refused.map((r) => r.vmid)]);
+    const lost = live.filter((r) => !had.has(r.vmid));
+    this.log?.warn(
+      { spaceId: node.id, met: refused.length, lost: lost.length },
+      'vmid store had lost reservations the record holds; put back',
+    );
+    await this.fast.restore(node, lost).catch((err: unknown) => {
+      this.log?.warn({ err: { message: (err as Error).message }, spaceId: node.id }, 'could not put reservations back');
+    });
   }
 
   /** Ends it in both; true when either held it (the fast store may have lost it). */
@@ -188,6 +201,9 @@ export class DurableVmidStore implements VmidStore {
   }
   restore(node: NodeRef, held: readonly HeldReservation[]) {
     return this.fast.restore(node, held);
+  }
+  settleRefused(node: NodeRef, refused: readonly RefusedReservation[]) {
+    return this.fast.settleRefused(node, refused);
   }
   putGuests(node: NodeRef, listing: GuestListing) {
     return this.fast.putGuests(node, listing);

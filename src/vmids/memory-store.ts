@@ -7,6 +7,7 @@ import {
   type Guest,
   type GuestListing,
   type HeldReservation,
+  type RefusedReservation,
   type NextFreeOutcome,
   type RefreshOutcome,
   type ReservationSeeder,
@@ -407,6 +408,36 @@ export class MemoryVmidStore implements VmidStore {
     this.unreserve(s, vmid, this.now());
     this.bump(node, s, 'RELEASED', [vmid]);
     return true;
+  }
+
+  async settleRefused(node: NodeRef, refused: readonly RefusedReservation[]): Promise<void> {
+    const seeding = this.seed(node.id);
+    if (seeding) await seeding;
+    const s = this.node(node.id);
+    if (s.deleted) return;
+    this.lapse(node, s);
+    const now = this.now();
+    const ended: number[] = [];
+    for (const { refused: r, row } of refused) {
+      const held = s.reservations.get(r.vmid);
+      const isRefused = held?.owner === r.owner && held.until === r.expiresAt.getTime();
+      if ((isRefused || !held) && row && row.expiresAt.getTime() > now) {
+        s.reservations.set(r.vmid, { until: row.expiresAt.getTime(), owner: row.owner });
+        s.nextDue = Math.min(s.nextDue, row.expiresAt.getTime());
+        if (s.cache) insertSorted(s.cache.used, r.vmid);
+      } else if (isRefused) {
+        s.reservations.delete(r.vmid);
+        this.unreserve(s, r.vmid, now);
+        ended.push(r.vmid);
+      }
+    }
+    if (ended.length > 0)
+      this.bump(
+        node,
+        s,
+        'RELEASED',
+        ended.sort((a, b) => a - b),
+      );
   }
 
   async consume(node: NodeRef, vmid: number) {

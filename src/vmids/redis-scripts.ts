@@ -245,6 +245,14 @@ end
 -- A reservation set outlives its last member by a day, so a lapse nobody was watching is
 -- still found (and announced) by the next script that looks, instead of vanishing with the key.
 local LAPSE_GRACE_MS = 86400000
+-- The reservations and their owners live on until their latest one is LAPSE_GRACE_MS past.
+local function keep_reservations()
+  local last = redis.call('ZRANGE', K.reservations, -1, -1, 'WITHSCORES')
+  if not last[2] then return end
+  local keep_until = int(tonumber(last[2]) + LAPSE_GRACE_MS)
+  redis.call('PEXPIREAT', K.reservations, keep_until)
+  redis.call('PEXPIREAT', K.owners, keep_until)
+end
 -- A deleted node's version hash stays this long as its tombstone (FORGET), so what was on
 -- its way when the node was deleted (a fill, an invalidation through an instance that still
 -- had the node's ownership cached, a subscriber catching up after an outage) learns of it.
@@ -349,12 +357,7 @@ for i = 8, #ARGV, 3 do
     if cached then redis.call('ZADD', K.used, vmid, vmid) end
   end
 end
-local last = redis.call('ZRANGE', K.reservations, -1, -1, 'WITHSCORES')
-if last[2] then
-  local keep_until = int(tonumber(last[2]) + LAPSE_GRACE_MS)
-  redis.call('PEXPIREAT', K.reservations, keep_until)
-  redis.call('PEXPIREAT', K.owners, keep_until)
-end
+keep_reservations()
 if final and ARGV[3] ~= '1' then
   redis.call('HSET', K.state, 'seeded', '1')
   redis.call('HDEL', K.state, 'seedToken', 'seedParts', 'seedUntil')
@@ -572,10 +575,7 @@ for b = 4, #ARGV, 5 do
   end
 end
 if #expiries > 0 then
-  local last = redis.call('ZRANGE', K.reservations, -1, -1, 'WITHSCORES')
-  local keep_until = int(tonumber(last[2]) + LAPSE_GRACE_MS)
-  redis.call('PEXPIREAT', K.reservations, keep_until)
-  redis.call('PEXPIREAT', K.owners, keep_until)
+  keep_reservations()
   redis.call('PEXPIREAT', K.used, redis.call('HGET', K.meta, 'expiresAt'))
 end
 for _, expires_at in ipairs(expiries) do
@@ -683,6 +683,49 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
 end
 return 0
+`;
+
+/**
+ * ARGV: channel, nodeJson, holdMs, then for each reservation the record refused: its vmid,
+ * expiresAt (ms) and owner, and the record's live reservation of that VMID: expiresAt (ms, ''
+ * for none) and owner
+ * → the number ended
+ * See VmidStore.settleRefused: the record's reservation takes the refused one's place in this
+ * one step (the VMID is never free meanwhile, nothing is announced), or the refused one ends
+ * as RELEASE ends one. A VMID holding anything else keeps it; the record's goes in where
+ * there is nothing. A deleted space is left alone.
+ */
+export const SETTLE_REFUSED = `${COMMON}
+HOLD_MS = tonumber(ARGV[3]) or 0
+if deleted(K.state) then return 0 end
+local now = now_ms()
+lapse(ARGV[1], ARGV[2], now)
+local cached = redis.call('EXISTS', K.meta) == 1
+local ended = {}
+for i = 4, #ARGV, 5 do
+  local vmid = ARGV[i]
+  local score = redis.call('ZSCORE', K.reservations, vmid)
+  local refused = score and tonumber(score) == tonumber(ARGV[i + 1])
+    and redis.call('HGET', K.owners, vmid) == ARGV[i + 2]
+  local row_until = tonumber(ARGV[i + 3])
+  if (refused or not score) and row_until and row_until > now then
+    redis.call('ZADD', K.reservations, row_until, vmid)
+    redis.call('HSET', K.owners, vmid, ARGV[i + 4])
+    if cached then redis.call('ZADD', K.used, vmid, vmid) end
+  elseif refused then
+    redis.call('ZREM', K.reservations, vmid)
+    redis.call('HDEL', K.owners, vmid)
+    unreserve(vmid, now)
+    ended[#ended + 1] = tonumber(vmid)
+  end
+end
+keep_reservations()
+if #ended > 0 then
+  table.sort(ended)
+  for j, n in ipairs(ended) do ended[j] = int(n) end
+  bump(K.state, ARGV[1], ARGV[2], 'RELEASED', '[' .. table.concat(ended, ',') .. ']', now)
+end
+return #ended
 `;
 
 /**

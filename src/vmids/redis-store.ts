@@ -14,6 +14,7 @@ import type {
   Guest,
   GuestListing,
   HeldReservation,
+  RefusedReservation,
   NextFreeOutcome,
   RefreshOutcome,
   ReservationSeeder,
@@ -63,6 +64,10 @@ interface ScriptCommands {
   pvgVmidExpireDue(...args: [...NodeKeys, channel: string, nodeJson: string, holdMs: string]): Promise<unknown>;
   pvgVmidUnlock(lock: string, token: string): Promise<unknown>;
   pvgVmidSeedAbandon(state: string, token: string): Promise<unknown>;
+  /** ARGV: channel, nodeJson, holdMs, then vmid, expiresAt, owner, rowExpiresAt|'', rowOwner per refused one. */
+  pvgVmidSettleRefused(
+    ...args: [...NodeKeys, channel: string, nodeJson: string, holdMs: string, ...refused: string[]]
+  ): Promise<unknown>;
   pvgVmidForget(...args: [...NodeKeys, channel: string, nodeJson: string]): Promise<unknown>;
   pvgVmidSeed(
     ...args: [
@@ -107,6 +112,7 @@ const SCRIPTS: Record<keyof ScriptCommands, { keys: number; lua: string }> = {
   pvgVmidExpireDue: { keys: NODE_KEYS, lua: scripts.EXPIRE_DUE },
   pvgVmidUnlock: { keys: 1, lua: scripts.UNLOCK },
   pvgVmidSeedAbandon: { keys: 1, lua: scripts.SEED_ABANDON },
+  pvgVmidSettleRefused: { keys: NODE_KEYS, lua: scripts.SETTLE_REFUSED },
   pvgVmidForget: { keys: NODE_KEYS, lua: scripts.FORGET },
   pvgVmidSeed: { keys: NODE_KEYS, lua: scripts.SEED },
   pvgVmidEventsAfter: { keys: 2, lua: scripts.EVENTS_AFTER },
@@ -643,6 +649,28 @@ export class RedisVmidStore implements VmidStore {
       ),
     );
     return replies.decodeInteger('release', removed) === 1;
+  }
+
+  async settleRefused(node: NodeRef, refused: readonly RefusedReservation[]): Promise<void> {
+    const args = refused.flatMap(({ refused: r, row }) => [
+      String(r.vmid),
+      String(r.expiresAt.getTime()),
+      r.owner,
+      row ? String(row.expiresAt.getTime()) : '',
+      row?.owner ?? '',
+    ]);
+    replies.decodeInteger(
+      'settle',
+      await this.change(node, () =>
+        this.redis.pvgVmidSettleRefused(
+          ...nodeKeys(node.id),
+          this.channel(node.id),
+          JSON.stringify(node.id),
+          this.holdMs,
+          ...args,
+        ),
+      ),
+    );
   }
 
   async consume(node: NodeRef, vmid: number) {

@@ -105,6 +105,16 @@ export interface VmidStore {
   restore(node: NodeRef, held: readonly HeldReservation[]): Promise<void>;
 
   /**
+   * Reservations the durable record refused (it holds live ones of their VMIDs, which the store
+   * lost) must not stand: in one atomic step, each is replaced by the record's reservation of
+   * its VMID (`row`, when live: nothing is announced, the VMID stays reserved), or ends as a
+   * release does (held, RELEASED) when the record has none. A VMID that no longer holds exactly
+   * the refused reservation (same owner and expiry) keeps what it holds; the record's goes in
+   * only where there is none. A deleted space is left alone.
+   */
+  settleRefused(node: NodeRef, refused: readonly RefusedReservation[]): Promise<void>;
+
+  /**
    * Keeps the guest listing a fill got from Proxmox along with the set it wrote (`refreshedAt`
    * and `expiresAt` are that write's): it lives as long as that set. Written after the set
    * (not in the same atomic step), so a reader compares `refreshedAt` with the cached set's.
@@ -154,6 +164,12 @@ export interface HeldReservation {
   /** The user holding it. */
   owner: string;
   expiresAt: Date;
+}
+
+/** A reservation the store made and the record refused, and the record's live one of its VMID. */
+export interface RefusedReservation {
+  refused: HeldReservation;
+  row: HeldReservation | null;
 }
 
 /**

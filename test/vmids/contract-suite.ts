@@ -692,6 +692,34 @@ export function vmidStoreContract(kind: StoreKind, url = TEST_REDIS_URL, where =
       expect(await store.holder(node, 200)).toBeNull();
     });
 
+    it("settleRefused: the record's reservation takes a refused one's place in one step, or the refused one ends; a VMID holding anything else keeps it", async () => {
+      const store = opened.store;
+      await store.refresh(node, TAKEN, 60, null);
+      const made = async (vmid: number, owner: string) => {
+        const o = await reserveOne(store, node, req(vmid, { owner }));
+        if (o.status !== 'reserved') throw new Error(`${vmid} not reserved: ${o.status}`);
+        return { vmid, owner, expiresAt: o.expiresAt };
+      };
+      const [a, b, c] = [await made(104, 'bob'), await made(109, 'bob'), await made(112, 'carol')];
+      const before = await store.read(node);
+      const until = new Date(Date.now() + 600_000);
+      const alices = (vmid: number) => ({ vmid, owner: 'alice', expiresAt: until });
+      await store.settleRefused(node, [
+        { refused: a, row: alices(104) }, // replaced, silently
+        { refused: b, row: null }, // the record has none: it ends
+        { refused: { ...c, owner: 'bob' }, row: alices(112) }, // not the refused one: carol's stays
+        { refused: { vmid: 120, owner: 'bob', expiresAt: until }, row: alices(120) }, // nothing there: alice's goes in
+      ]);
+      const after = await store.read(node);
+      expect(after.version).toBe(before.version + 1); // one RELEASED, for 109
+      expect(after.reserved.map((r) => r.vmid)).toEqual([104, 112, 120]);
+      expect(await store.holder(node, 104)).toBe('alice');
+      expect(await store.holder(node, 109)).toBeNull();
+      expect(await store.holder(node, 112)).toBe('carol');
+      expect(await store.holder(node, 120)).toBe('alice');
+      expect(await nextFree()).toBe(109);
+    });
+
     it('reserve and nextFree always agree with the plain walk over the taken and reserved VMIDs (random changes)', async () => {
       const store = opened.store;
       // A small fixed-seed generator: the same sequence every run.
