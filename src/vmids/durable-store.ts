@@ -115,7 +115,8 @@ export class DurableVmidStore implements VmidStore {
    * reservation made of it since is left alone). Then every other live reservation of the
    * space the fast store lacks goes back, not only the ones met here (each retry would meet
    * the next lost one): only those missing from what the fast store showed before the record
-   * was read, so a stale row of one released meanwhile does not come back. When the record or
+   * was read, so a row of one released or consumed meanwhile does not come back (those end in
+   * the record first). When the record or
    * the fast store cannot be read, or the put-back fails, that is logged: the retry that
    * follows meets the lost rows again.
    */
@@ -145,19 +146,23 @@ export class DurableVmidStore implements VmidStore {
     });
   }
 
-  /** Ends it in both; true when either held it (the fast store may have lost it). */
+  /**
+   * Ends it in both, the record first: a put-back (putBackLost) that read the fast store before
+   * and the record after this never finds a row the fast store no longer has. true when either
+   * held it (the fast store may have lost it).
+   */
   async release(node: NodeRef, vmid: number, owner: string): Promise<boolean> {
-    const released = await this.fast.release(node, vmid, owner);
     const removed = await this.record.remove(node.id, vmid, owner).catch((err: unknown) => {
       throw recordUnavailable(err);
     });
+    const released = await this.fast.release(node, vmid, owner);
     return released || removed;
   }
 
+  /** As release, the record first. */
   async consume(node: NodeRef, vmid: number) {
-    const outcome = await this.fast.consume(node, vmid);
     await this.record.remove(node.id, vmid, null);
-    return outcome;
+    return this.fast.consume(node, vmid);
   }
 
   holder(node: NodeRef, vmid: number) {

@@ -296,7 +296,7 @@ describe('durable reservations', () => {
     }
   });
 
-  it('nothing is reserved when the record cannot keep it (SERVICE_UNAVAILABLE)', async () => {
+  it('nothing is reserved or released when the record cannot keep it (SERVICE_UNAVAILABLE)', async () => {
     const testDb = await createTestDatabase();
     const db = await openPostgres(testDb.url);
     const redis = await connect(uniqueRedisPrefix());
@@ -308,10 +308,14 @@ describe('durable reservations', () => {
     try {
       const service = makeService(store, proxmox);
       const node = newNode();
-      await service.getCachedVmids(node);
+      await service.reserveVmid(node, 7001, 600);
       await testDb.drop();
       await expectCode(service.reserveVmid(node, 7000, 600), 'SERVICE_UNAVAILABLE');
       expect(await service.isVmidTaken(node, 7000)).toBe(false);
+      // The record still holds 7001: a release it cannot record does not happen (in Redis
+      // either, where a loss would bring the record's reservation back after all).
+      await expectCode(service.releaseVmid(node, 7001), 'SERVICE_UNAVAILABLE');
+      expect(await service.isVmidTaken(node, 7001)).toBe(true);
     } finally {
       await store.close();
       await db.close().catch(() => undefined);
