@@ -24,7 +24,8 @@ const RECORD_CONFLICT_ATTEMPTS = 3;
  * Nothing is half-written: a reservation the record cannot keep is ended in the fast store
  * and the request fails; a reservation the record already holds for someone else (the fast
  * store lost it without losing its seeded mark: a failover to a replica behind) is put back
- * into the fast store, with every other live one of the space, and another VMID is chosen.
+ * into the fast store in place of the refused one, with every other live one of the space,
+ * and another VMID is chosen.
  */
 export class DurableVmidStore implements VmidStore {
   /** The highest version recorded per space by this instance (writes only what is newer). */
@@ -59,8 +60,9 @@ export class DurableVmidStore implements VmidStore {
   /**
    * The fast store decides, the record keeps what it decided, then the answers go out. A
    * reservation the record refuses (it holds a live one of the VMID: the fast store lost it)
-   * is ended in the fast store, every live one of the space put back there, and another VMID
-   * chosen (RECORD_CONFLICT_ATTEMPTS), or with a vmid: already reserved.
+   * gives way to the record's in the fast store, every live one of the space goes back there
+   * (putBackLost), and another VMID is chosen (RECORD_CONFLICT_ATTEMPTS), or with a vmid:
+   * already reserved.
    */
   private async reserveRecorded(
     node: NodeRef,
@@ -116,9 +118,8 @@ export class DurableVmidStore implements VmidStore {
    * space the fast store lacks goes back, not only the ones met here (each retry would meet
    * the next lost one): only those missing from what the fast store showed before the record
    * was read, so a row of one released or consumed meanwhile does not come back (those end in
-   * the record first). When the record or
-   * the fast store cannot be read, or the put-back fails, that is logged: the retry that
-   * follows meets the lost rows again.
+   * the record first). When the record or the fast store cannot be read, or the put-back
+   * fails, that is logged: the retry that follows meets the lost rows again.
    */
   private async putBackLost(node: NodeRef, refused: readonly HeldReservation[]): Promise<void> {
     const shown = await this.fast.read(node).catch(() => null);

@@ -431,13 +431,8 @@ export class MemoryVmidStore implements VmidStore {
         ended.push(r.vmid);
       }
     }
-    if (ended.length > 0)
-      this.bump(
-        node,
-        s,
-        'RELEASED',
-        ended.sort((a, b) => a - b),
-      );
+    ended.sort((a, b) => a - b);
+    if (ended.length > 0) this.bump(node, s, 'RELEASED', ended);
   }
 
   async consume(node: NodeRef, vmid: number) {

@@ -51,7 +51,7 @@ function must<T>(script: string, expected: string, reply: unknown, decoded: T | 
   return decoded;
 }
 
-/** A script answering one integer (RELEASE, UNLOCK, FORGET, SEED, REVIVE). */
+/** A script answering one integer (RELEASE, UNLOCK, FORGET, SEED, REVIVE, SETTLE_REFUSED). */
 export function decodeInteger(script: string, reply: unknown): number {
   return must(script, 'an integer', reply, typeof reply === 'number' && Number.isInteger(reply) ? reply : undefined);
 }
