@@ -1109,11 +1109,12 @@ export class ProxmoxClient {
         if (err) reject(err);
         else resolve(raw!);
       };
-      const onAbort = () => {
-        const err = new errors.RequestAbortedError();
+      /** Ends the request on its socket (once it has one) and the call with `err`. */
+      const abortWith = (err: Error) => {
         controller?.abort(err);
         settle(err);
       };
+      const onAbort = () => abortWith(new errors.RequestAbortedError());
       if (signal.aborted) return onAbort();
       signal.addEventListener('abort', onAbort, { once: true });
       const chunks: Buffer[] = [];
@@ -1131,24 +1132,15 @@ export class ProxmoxClient {
             controller = c;
             if (settled) c.abort(new errors.RequestAbortedError());
           },
-          onResponseStart: (c, statusCode, headers, statusMessage) => {
+          onResponseStart: (_c, statusCode, headers, statusMessage) => {
             status = statusCode;
             statusText = (statusMessage ?? '').trim();
             const declared = Number(headers['content-length']);
-            if (Number.isFinite(declared) && declared > max) {
-              const err = tooLarge(statusCode);
-              c.abort(err);
-              settle(err);
-            }
+            if (Number.isFinite(declared) && declared > max) abortWith(tooLarge(statusCode));
           },
-          onResponseData: (c, chunk) => {
+          onResponseData: (_c, chunk) => {
             size += chunk.length;
-            if (size > max) {
-              const err = tooLarge(status);
-              c.abort(err);
-              settle(err);
-              return;
-            }
+            if (size > max) return abortWith(tooLarge(status));
             chunks.push(chunk);
           },
           onResponseEnd: () => settle(null, { status, statusText, text: Buffer.concat(chunks).toString('utf8') }),

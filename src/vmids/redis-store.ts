@@ -127,6 +127,9 @@ const keys = (nodeId: string) => ({
   guests: `vmid-guests:{${nodeId}}`,
 });
 
+/** A reservation as the scripts take it: vmid, expiresAt (ms), owner. */
+const heldArgs = (r: HeldReservation): string[] => [String(r.vmid), String(r.expiresAt.getTime()), r.owner];
+
 /** Every key of the node, in the order the scripts take them (redis-scripts.ts). */
 export const nodeKeys = (nodeId: string): NodeKeys => [
   `vmid-cache:{${nodeId}}`,
@@ -473,7 +476,7 @@ export class RedisVmidStore implements VmidStore {
       force?: boolean;
     },
   ): Promise<number> {
-    const args = p.held.flatMap((r) => [String(r.vmid), String(r.expiresAt.getTime()), r.owner]);
+    const args = p.held.flatMap(heldArgs);
     return replies.decodeInteger(
       'seed',
       await this.run(() =>
@@ -653,9 +656,7 @@ export class RedisVmidStore implements VmidStore {
 
   async settleRefused(node: NodeRef, refused: readonly RefusedReservation[]): Promise<void> {
     const args = refused.flatMap(({ refused: r, row }) => [
-      String(r.vmid),
-      String(r.expiresAt.getTime()),
-      r.owner,
+      ...heldArgs(r),
       row ? String(row.expiresAt.getTime()) : '',
       row?.owner ?? '',
     ]);
