@@ -5,16 +5,31 @@
  * per batch). Under load one round trip then serves many calls instead of one each (a
  * database commit, a Redis script). `flush` answers one result per item, in order; when it
  * throws, every call of that batch fails with its error.
+ *
+ * With `gatherMs`, callers that come back are waited for: a batch that starts less than
+ * gatherMs after the previous one of its key ended waits (at most gatherMs) until as many
+ * calls are queued as that batch had plus those that were queued behind it, up to maxBatch. Its callers
+ * usually call again at once (a client working through a list, a load of N connections);
+ * without the wait the first of them to come back starts a batch of its own and the rest
+ * gather behind it, and the key runs two part-size batches in turn for as long as the load
+ * lasts (measured with 16 callers in a loop: batches of 1 and 15, or 8 and 8, alternating).
+ * A key that was quiet for gatherMs never waits.
  */
 export class KeyedBatcher<K, I, O> {
   private readonly queues = new Map<K, Array<Pending<I, O>>>();
   private readonly running = new Set<K>();
+  /** Each key's last batch: its size, the calls queued behind it when it ended, and when. */
+  private readonly lastBatch = new Map<K, { size: number; queuedBehind: number; endedAt: number }>();
+  /** A key's batch waiting for calls: how many it waits for, and how to end the wait. */
+  private readonly gathering = new Map<K, { target: number; wake: () => void }>();
 
   constructor(
     private readonly flush: (key: K, items: I[]) => Promise<O[]>,
     private readonly maxBatch: number,
+    private readonly gatherMs = 0,
   ) {
     if (!Number.isInteger(maxBatch) || maxBatch < 1) throw new TypeError('maxBatch must be a positive integer');
+    if (!(gatherMs >= 0)) throw new TypeError('gatherMs must be ≥ 0');
   }
 
   run(key: K, item: I): Promise<O> {
@@ -25,6 +40,8 @@ export class KeyedBatcher<K, I, O> {
         this.queues.set(key, queue);
       }
       queue.push({ item, resolve, reject });
+      const waiting = this.gathering.get(key);
+      if (waiting && queue.length >= waiting.target) waiting.wake();
       if (!this.running.has(key)) void this.drain(key);
     });
   }
@@ -33,12 +50,12 @@ export class KeyedBatcher<K, I, O> {
     this.running.add(key);
     try {
       for (;;) {
-        const queue = this.queues.get(key);
-        if (!queue || queue.length === 0) {
+        if (!this.queues.get(key)?.length) {
           this.queues.delete(key);
           return;
         }
-        const batch = queue.splice(0, this.maxBatch);
+        await this.gather(key);
+        const batch = this.queues.get(key)!.splice(0, this.maxBatch);
         try {
           const results = await this.flush(
             key,
@@ -51,10 +68,39 @@ export class KeyedBatcher<K, I, O> {
         } catch (err) {
           for (const p of batch) p.reject(err);
         }
+        if (this.gatherMs > 0) this.ended(key, batch.length);
       }
     } finally {
       this.running.delete(key);
     }
+  }
+
+  private ended(key: K, size: number): void {
+    const now = performance.now();
+    // Keys that went quiet are forgotten now and then (an entry is of no use after gatherMs).
+    if (this.lastBatch.size >= 1_000) {
+      for (const [k, b] of this.lastBatch) if (now - b.endedAt >= this.gatherMs) this.lastBatch.delete(k);
+    }
+    this.lastBatch.set(key, { size, queuedBehind: this.queues.get(key)?.length ?? 0, endedAt: now });
+  }
+
+  /** Waits for the previous batch's callers to come back (see the class comment). */
+  private async gather(key: K): Promise<void> {
+    const last = this.lastBatch.get(key);
+    this.lastBatch.delete(key);
+    if (this.gatherMs === 0 || !last || performance.now() - last.endedAt >= this.gatherMs) return;
+    // The calls queued behind that batch, and as many again as it had: its callers coming back.
+    const target = Math.min(this.maxBatch, last.size + last.queuedBehind);
+    if (this.queues.get(key)!.length >= target) return;
+    await new Promise<void>((resolve) => {
+      const wake = () => {
+        clearTimeout(timer);
+        this.gathering.delete(key);
+        resolve();
+      };
+      const timer = setTimeout(wake, this.gatherMs);
+      this.gathering.set(key, { target, wake });
+    });
   }
 }
 
