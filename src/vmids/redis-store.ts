@@ -93,6 +93,12 @@ const NODE_KEYS = 11;
  * seeded at all).
  */
 const SEED_PART = 250;
+/**
+ * The most reservations one RESERVE script decides. Redis runs one script at a time, so a
+ * script's length is what any other command may wait behind: alone, a script takes about
+ * 0.1 ms for one reservation and 0.17 ms for 8 (0.27 ms for 16); a larger batch is split.
+ */
+const RESERVE_SCRIPT_MAX = 8;
 /** How long a call waits before it looks again at a space another instance is seeding. */
 const SEED_RETRY_MS = 50;
 /**
@@ -602,7 +608,37 @@ export class RedisVmidStore implements VmidStore {
     return { existed: existed === 1, version };
   }
 
+  /**
+   * Decides the requests in order, RESERVE_SCRIPT_MAX to a script: the scripts go out together
+   * and run back to back, and no other client waits behind more than one. A script that fails
+   * fails the whole call, and what the others made is released first (nothing half-made).
+   */
   async reserveMany(node: NodeRef, requests: readonly ReserveRequest[]): Promise<ReserveOutcome[]> {
+    if (requests.length <= RESERVE_SCRIPT_MAX) return this.reservePart(node, requests);
+    const parts: Array<Promise<ReserveOutcome[]>> = [];
+    for (let i = 0; i < requests.length; i += RESERVE_SCRIPT_MAX) {
+      parts.push(this.reservePart(node, requests.slice(i, i + RESERVE_SCRIPT_MAX)));
+    }
+    const settled = await Promise.allSettled(parts);
+    const failed = settled.find((s) => s.status === 'rejected');
+    if (!failed) return settled.flatMap((s) => (s.status === 'fulfilled' ? s.value : []));
+    await Promise.all(
+      settled.map((s, part) =>
+        s.status === 'rejected'
+          ? undefined
+          : Promise.all(
+              s.value.map((o, i) =>
+                o.status === 'reserved'
+                  ? this.release(node, o.vmid, requests[part * RESERVE_SCRIPT_MAX + i]!.owner).catch(() => false)
+                  : false,
+              ),
+            ),
+      ),
+    );
+    throw failed.reason;
+  }
+
+  private async reservePart(node: NodeRef, requests: readonly ReserveRequest[]): Promise<ReserveOutcome[]> {
     const args = requests.flatMap((r) => [
       r.vmid === null ? '' : String(r.vmid),
       String(r.min),

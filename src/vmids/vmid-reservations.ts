@@ -41,9 +41,9 @@ export interface VmidReservationsOptions {
 const CONFIRM_ATTEMPTS = 5;
 
 /**
- * The most reservations of one cluster a batch decides (see decide). It bounds the RESERVE
- * script's time, which no other command of Redis waits longer than (measured alone on one
- * Redis: about 0.1 ms for one reservation, 0.2 ms for 5, 0.3 ms for 16).
+ * The most reservations of one cluster a batch decides (see decide): one database statement
+ * records them, and Proxmox is asked about each at once (the Proxmox client keeps 16 sockets
+ * per endpoint). The Redis store decides them in scripts of at most 8 (RESERVE_SCRIPT_MAX).
  */
 const MAX_BATCH = 16;
 
