@@ -622,19 +622,14 @@ export class RedisVmidStore implements VmidStore {
     const settled = await Promise.allSettled(parts);
     const failed = settled.find((s) => s.status === 'rejected');
     if (!failed) return settled.flatMap((s) => (s.status === 'fulfilled' ? s.value : []));
-    await Promise.all(
-      settled.map((s, part) =>
-        s.status === 'rejected'
-          ? undefined
-          : Promise.all(
-              s.value.map((o, i) =>
-                o.status === 'reserved'
-                  ? this.release(node, o.vmid, requests[part * RESERVE_SCRIPT_MAX + i]!.owner).catch(() => false)
-                  : false,
-              ),
-            ),
-      ),
+    const made = settled.flatMap((s, part) =>
+      s.status === 'fulfilled'
+        ? s.value.flatMap((o, i) =>
+            o.status === 'reserved' ? [{ vmid: o.vmid, owner: requests[part * RESERVE_SCRIPT_MAX + i]!.owner }] : [],
+          )
+        : [],
     );
+    await Promise.all(made.map((m) => this.release(node, m.vmid, m.owner).catch(() => false)));
     throw failed.reason;
   }
 
