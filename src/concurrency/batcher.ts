@@ -13,7 +13,9 @@
  * without the wait the first of them to come back starts a batch of its own and the rest
  * gather behind it, and the key runs two part-size batches in turn for as long as the load
  * lasts (measured with 16 callers in a loop: batches of 1 and 15, or 8 and 8, alternating).
- * A key that was quiet for gatherMs never waits.
+ * A key that was quiet for gatherMs never waits, and after a wait that ran out (callers far
+ * away, or a load that ended) the key's next batch does not wait either: where callers do not
+ * come back in time, at most every other batch waits for nothing.
  */
 export class KeyedBatcher<K, I, O> {
   private readonly queues = new Map<K, Array<Pending<I, O>>>();
@@ -22,6 +24,8 @@ export class KeyedBatcher<K, I, O> {
   private readonly lastBatch = new Map<K, { size: number; queuedBehind: number; endedAt: number }>();
   /** A key's batch waiting for calls: how many it waits for, and how to end the wait. */
   private readonly gathering = new Map<K, { target: number; wake: () => void }>();
+  /** Keys whose last wait ran out before its calls came. */
+  private readonly waitedInVain = new Set<K>();
 
   constructor(
     private readonly flush: (key: K, items: I[]) => Promise<O[]>,
@@ -29,7 +33,7 @@ export class KeyedBatcher<K, I, O> {
     private readonly gatherMs = 0,
   ) {
     if (!Number.isInteger(maxBatch) || maxBatch < 1) throw new TypeError('maxBatch must be a positive integer');
-    if (!(gatherMs >= 0)) throw new TypeError('gatherMs must be ≥ 0');
+    if (!Number.isFinite(gatherMs) || gatherMs < 0) throw new TypeError('gatherMs must be a finite number ≥ 0');
   }
 
   run(key: K, item: I): Promise<O> {
@@ -80,6 +84,7 @@ export class KeyedBatcher<K, I, O> {
     // Keys that went quiet are forgotten now and then (an entry is of no use after gatherMs).
     if (this.lastBatch.size >= 1_000) {
       for (const [k, b] of this.lastBatch) if (now - b.endedAt >= this.gatherMs) this.lastBatch.delete(k);
+      this.waitedInVain.clear();
     }
     this.lastBatch.set(key, { size, queuedBehind: this.queues.get(key)?.length ?? 0, endedAt: now });
   }
@@ -89,6 +94,7 @@ export class KeyedBatcher<K, I, O> {
     const last = this.lastBatch.get(key);
     this.lastBatch.delete(key);
     if (this.gatherMs === 0 || !last || performance.now() - last.endedAt >= this.gatherMs) return;
+    if (this.waitedInVain.delete(key)) return;
     // The calls queued behind that batch, and as many again as it had: its callers coming back.
     const target = Math.min(this.maxBatch, last.size + last.queuedBehind);
     if (this.queues.get(key)!.length >= target) return;
@@ -98,7 +104,10 @@ export class KeyedBatcher<K, I, O> {
         this.gathering.delete(key);
         resolve();
       };
-      const timer = setTimeout(wake, this.gatherMs);
+      const timer = setTimeout(() => {
+        this.waitedInVain.add(key);
+        wake();
+      }, this.gatherMs);
       this.gathering.set(key, { target, wake });
     });
   }

@@ -71,10 +71,21 @@ export class DurableVmidStore implements VmidStore {
   ): Promise<ReserveOutcome[]> {
     const outcomes = await this.fast.reserveMany(node, requests);
     const made: Array<{ index: number; held: HeldReservation }> = [];
+    /**
+     * VMIDs made a second time in this batch: the fast store decides a batch in parts (the
+     * Redis store: scripts of at most 8) and lost the space between two of them, so a later
+     * part ran on the record's reservations, which lack the earlier parts'. The first stands;
+     * the later one gives way as a reservation the record refuses does.
+     */
+    const again: typeof made = [];
+    const seen = new Set<number>();
     let version = 0;
     outcomes.forEach((o, index) => {
       if (o.status !== 'reserved') return;
-      made.push({ index, held: { vmid: o.vmid, owner: requests[index]!.owner, expiresAt: o.expiresAt } });
+      const m = { index, held: { vmid: o.vmid, owner: requests[index]!.owner, expiresAt: o.expiresAt } };
+      if (seen.has(o.vmid)) again.push(m);
+      else made.push(m);
+      seen.add(o.vmid);
       version = Math.max(version, o.version);
     });
     if (made.length === 0) return outcomes;
@@ -87,10 +98,12 @@ export class DurableVmidStore implements VmidStore {
       );
       this.recorded.set(node.id, Math.max(this.recorded.get(node.id) ?? 0, version));
     } catch (err) {
-      await Promise.all(made.map((m) => this.fast.release(node, m.held.vmid, m.held.owner).catch(() => undefined)));
+      await Promise.all(
+        [...made, ...again].map((m) => this.fast.release(node, m.held.vmid, m.held.owner).catch(() => undefined)),
+      );
       throw recordUnavailable(err);
     }
-    const refused = made.filter((m) => !kept.has(m.held.vmid));
+    const refused = [...made.filter((m) => !kept.has(m.held.vmid)), ...again];
     if (refused.length === 0) return outcomes;
     await this.putBackLost(
       node,

@@ -610,8 +610,12 @@ export class RedisVmidStore implements VmidStore {
 
   /**
    * Decides the requests in order, RESERVE_SCRIPT_MAX to a script: the scripts go out together
-   * and run back to back, and no other client waits behind more than one. A script that fails
-   * fails the whole call, and what the others made is released first (nothing half-made).
+   * and run back to back, and no other client waits behind more than one. Each part is one
+   * atomic step; should Redis lose the space between two of them, the later parts run on the
+   * record's reservations once they are back, which lack the earlier parts' (the durable store
+   * lets the first of a VMID made twice stand). A script that fails fails the whole call, and
+   * what the others made is released first; a reservation whose release fails as well (Redis
+   * unreachable) was neither recorded nor answered, and lapses at its expiry.
    */
   async reserveMany(node: NodeRef, requests: readonly ReserveRequest[]): Promise<ReserveOutcome[]> {
     if (requests.length <= RESERVE_SCRIPT_MAX) return this.reservePart(node, requests);

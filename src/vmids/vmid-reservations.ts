@@ -253,11 +253,12 @@ export class VmidReservations {
 
   /**
    * Concurrent reservations of one cluster on this instance go together: a reservation that
-   * finds its cluster quiet goes at once, the ones that arrive meanwhile go as the next batch.
-   * One script decides the whole batch (and one statement records it: the store's
-   * reserveMany), then Proxmox confirms each VMID made, all at once. A batch spans a whole
-   * reservation, confirmation included, so under load it gathers what the instance has in
-   * flight for the cluster: the script, the record and the event are shared by more.
+   * finds its cluster quiet goes at once, the ones that arrive meanwhile go as the next batch
+   * (after waiting briefly for the previous batch's callers: GATHER_MS). The store decides the
+   * batch (reserveMany: scripts of up to 8, one statement records it all), then Proxmox
+   * confirms each VMID made, all at once. A batch spans a whole reservation, confirmation
+   * included, so under load it gathers what the instance has in flight for the cluster: the
+   * scripts, the record and the events are shared by more.
    */
   private async decide(items: ReadonlyArray<{ node: NodeRef; request: ReserveRequest }>): Promise<Decided[]> {
     const outcomes = await this.store.reserveMany(

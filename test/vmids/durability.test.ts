@@ -1,8 +1,11 @@
+import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openPostgres } from '../../src/db/database.js';
 import { DurableVmidStore, RedisVmidStore, ReservationRecord } from '../../src/vmids/index.js';
 import { SEED } from '../../src/vmids/redis-scripts.js';
 import { nodeKeys } from '../../src/vmids/redis-store.js';
+import type { ReserveRequest } from '../../src/vmids/store.js';
+import type { NodeRef } from '../../src/vmids/types.js';
 import { expectCode } from '../proxmox/helpers.js';
 import { createTestDatabase } from '../support/test-database.js';
 import { deleteKeysWithPrefix } from '../support/redis-keys.js';
@@ -293,6 +296,56 @@ describe('durable reservations', () => {
       expect(await services[1].releaseVmid(node, lost[0]!)).toBe(true);
     } finally {
       await close();
+    }
+  });
+
+  it('a batch decided in parts, with its space lost in Redis between two parts, hands out no VMID twice: the first of a VMID made twice stands', async () => {
+    const opened = await openStore('redis-durable', uniqueRedisPrefix());
+    try {
+      const node = newNode();
+      await makeService(opened.store, proxmox).getCachedVmids(node); // guests 100…109
+      const redis = opened.redis!;
+      const fast = opened.fast;
+      // The Redis store decides a batch of 12 as scripts of 8 and 4. Between the two, Redis
+      // loses what the first made and the space's seeded mark (keys evicted one by one), so the
+      // second runs on what the record gives back, which lacks the first part's reservations.
+      let losses = 0;
+      const parted = new Proxy(fast, {
+        get(target, prop) {
+          if (prop === 'reserveMany') {
+            return async (n: NodeRef, requests: ReserveRequest[]) => {
+              if (requests.length <= 8 || losses++ > 0) return target.reserveMany(n, requests);
+              const first = await target.reserveMany(n, requests.slice(0, 8));
+              const lost = first.flatMap((o) => (o.status === 'reserved' ? [String(o.vmid)] : []));
+              await redis.zrem(`vmid-reservations:{${n.id}}`, ...lost);
+              await redis.zrem(`vmid-used:{${n.id}}`, ...lost);
+              await redis.hdel(`vmid-owners:{${n.id}}`, ...lost);
+              await redis.hdel(`vmid-version:{${n.id}}`, 'seeded');
+              return [...first, ...(await target.reserveMany(n, requests.slice(8)))];
+            };
+          }
+          const value: unknown = Reflect.get(target, prop);
+          return typeof value === 'function' ? (value as (...a: unknown[]) => unknown).bind(target) : value;
+        },
+      });
+      const store = new DurableVmidStore(parted, new ReservationRecord(await recordDatabase()), silentLog);
+      const owners = Array.from({ length: 12 }, () => randomUUID());
+      const outcomes = await store.reserveMany(
+        node,
+        owners.map((owner) => ({ vmid: null, min: 100, max: 999_999, owner, ttlSeconds: 600 })),
+      );
+      const vmids = outcomes.map((o) => (o.status === 'reserved' ? o.vmid : o.status));
+      // The second part got 110…113 again; those of the first part stand, the second's are
+      // made again above everything reserved.
+      expect(losses).toBe(1);
+      expect(vmids).toEqual([110, 111, 112, 113, 114, 115, 116, 117, 118, 119, 120, 121]);
+      expect((await store.read(node)).reserved.map((r) => r.vmid)).toEqual(vmids);
+      // Each VMID is held by the request it was answered to, in Redis and in the record.
+      expect(await store.release(node, 110, owners[8]!)).toBe(false);
+      expect(await store.release(node, 110, owners[0]!)).toBe(true);
+      expect(await store.release(node, 118, owners[8]!)).toBe(true);
+    } finally {
+      await opened.close();
     }
   });
 
