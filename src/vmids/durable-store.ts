@@ -158,6 +158,35 @@ export class DurableVmidStore implements VmidStore {
     await this.fast.restore(node, lost).catch((err: unknown) => {
       this.log?.warn({ err: { message: (err as Error).message }, spaceId: node.id }, 'could not put reservations back');
     });
+    await this.endReleasedMeanwhile(node, [...refused.flatMap((r) => byVmid.get(r.vmid) ?? []), ...lost]);
+  }
+
+  /**
+   * Rows put back whose holder released them (or that were consumed) after the record was
+   * read: the release found them missing from the fast store, so they would live on there
+   * until their expiry. Read the record again and end those, each exactly that reservation
+   * (settleRefused: one made of the VMID since stands). A release after this read finds them
+   * in the fast store and ends them itself.
+   */
+  private async endReleasedMeanwhile(node: NodeRef, putBack: readonly HeldReservation[]): Promise<void> {
+    if (putBack.length === 0) return;
+    try {
+      const live = await this.record.live(node.id);
+      const key = (r: HeldReservation) => `${r.vmid}/${r.owner}/${r.expiresAt.getTime()}`;
+      const still = new Set(live.map(key));
+      const gone = putBack.filter((r) => !still.has(key(r)));
+      if (gone.length === 0) return;
+      const byVmid = new Map(live.map((r) => [r.vmid, r]));
+      await this.fast.settleRefused(
+        node,
+        gone.map((r) => ({ refused: r, row: byVmid.get(r.vmid) ?? null })),
+      );
+    } catch (err) {
+      this.log?.warn(
+        { err: { message: (err as Error).message }, spaceId: node.id },
+        'could not check the put-back reservations against the record',
+      );
+    }
   }
 
   /**

@@ -51,8 +51,8 @@ const MAX_BATCH = 16;
  * How long a cluster's next batch may wait for the callers of the batch that just ended
  * (KeyedBatcher's gatherMs). Clients that reserve in a loop come back within about a
  * millisecond; without the wait their calls split into two half-size batches that alternate
- * (measured with `npm run bench -- 5`: batches of 8 on average instead of 12, and about a
- * fifth more CPU per reservation in the servers, Redis and PostgreSQL).
+ * (measured with `npm run bench -- 5`: batches of 8 on average instead of 12 to 15, and
+ * about a fifth more CPU per reservation in the servers, Redis and PostgreSQL).
  */
 const GATHER_MS = 2;
 

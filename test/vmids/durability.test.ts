@@ -4,7 +4,7 @@ import { openPostgres } from '../../src/db/database.js';
 import { DurableVmidStore, RedisVmidStore, ReservationRecord } from '../../src/vmids/index.js';
 import { SEED } from '../../src/vmids/redis-scripts.js';
 import { nodeKeys } from '../../src/vmids/redis-store.js';
-import type { ReserveRequest } from '../../src/vmids/store.js';
+import type { RefusedReservation, ReserveRequest } from '../../src/vmids/store.js';
 import type { NodeRef } from '../../src/vmids/types.js';
 import { expectCode } from '../proxmox/helpers.js';
 import { createTestDatabase } from '../support/test-database.js';
@@ -265,6 +265,45 @@ describe('durable reservations', () => {
       await expectCode(service.reserveVmid(other, 6000, 600), 'CONFLICT');
       expect(await service.isVmidTaken(other, 6000)).toBe(true);
       expect(await service.releaseVmid(node, 6000)).toBe(true);
+    } finally {
+      await opened.close();
+    }
+  });
+
+  it('a lost reservation its holder releases while it is being put back does not come back', async () => {
+    const opened = await openStore('redis-durable', uniqueRedisPrefix());
+    try {
+      const node = newNode();
+      const other = sameCluster(node);
+      const record = new ReservationRecord(await recordDatabase());
+      let releasedMeanwhile: boolean | undefined;
+      // The holder's release lands after the put-back read the record and before it writes
+      // the row back to Redis (where the release found nothing of theirs).
+      const racing = new Proxy(opened.fast, {
+        get(target, prop) {
+          if (prop === 'settleRefused') {
+            return async (n: NodeRef, refused: RefusedReservation[]) => {
+              if (releasedMeanwhile === undefined) releasedMeanwhile = await store.release(n, 6000, node.userId);
+              return target.settleRefused(n, refused);
+            };
+          }
+          const value: unknown = Reflect.get(target, prop);
+          return typeof value === 'function' ? (value as (...a: unknown[]) => unknown).bind(target) : value;
+        },
+      });
+      const store = new DurableVmidStore(racing, record, silentLog);
+      const service = makeService(store, proxmox);
+      await service.reserveVmid(node, 6000, 600);
+      // The replica missed the reservation's keys but has the space's seeded mark.
+      await opened.redis!.zrem(`vmid-reservations:{${node.spaceId}}`, '6000');
+      await opened.redis!.zrem(`vmid-used:{${node.spaceId}}`, '6000');
+      await opened.redis!.hdel(`vmid-owners:{${node.spaceId}}`, '6000');
+      await expectCode(service.reserveVmid(other, 6000, 600), 'CONFLICT');
+      expect(releasedMeanwhile).toBe(true);
+      // Released: neither Redis nor the record holds it, and it can be reserved again.
+      expect(await service.isVmidTaken(other, 6000)).toBe(false);
+      expect((await record.live(node.spaceId)).map((r) => r.vmid)).toEqual([]);
+      expect((await service.reserveVmid(other, 6000, 600)).vmid).toBe(6000);
     } finally {
       await opened.close();
     }
