@@ -19,6 +19,8 @@ export interface RemoteSim {
 }
 
 const sims: Simulator[] = [];
+// An orchestrator that died without a word leaves no simulator listening behind it.
+process.on('disconnect', () => process.exit(0));
 
 process.on('message', (m: { type: string; guests?: number[] }) => {
   if (m.type === 'start') {
