@@ -8,14 +8,14 @@
  *
  * With `gatherMs`, callers that come back are waited for: a batch that starts less than
  * gatherMs after the previous one of its key ended waits (at most gatherMs) until as many
- * calls are queued as that batch had plus those that were queued behind it, up to maxBatch. Its callers
- * usually call again at once (a client working through a list, a load of N connections);
- * without the wait the first of them to come back starts a batch of its own and the rest
- * gather behind it, and the key runs two part-size batches in turn for as long as the load
- * lasts (measured with 16 callers in a loop: batches of 1 and 15, or 8 and 8, alternating).
- * A key that was quiet for gatherMs never waits, and after a wait that ran out (callers far
- * away, or a load that ended) the key's next batch does not wait either: where callers do not
- * come back in time, at most every other batch waits for nothing.
+ * calls are queued as that batch had plus those that were queued behind it, up to maxBatch.
+ * Its callers usually call again at once (a client working through a list, a load of N
+ * connections); without the wait the first of them to come back starts a batch of its own and
+ * the rest gather behind it, and the key runs two part-size batches in turn for as long as the
+ * load lasts (measured with 16 callers in a loop: batches of 1 and 15, or 8 and 8,
+ * alternating). A key that was quiet for gatherMs never waits, and after a wait that ran out
+ * (callers far away, or a load that ended) the key's next batch does not wait either: where
+ * callers do not come back in time, at most every other batch waits for nothing.
  */
 export class KeyedBatcher<K, I, O> {
   private readonly queues = new Map<K, Array<Pending<I, O>>>();
