@@ -253,6 +253,19 @@ async function createUser(): Promise<{ token: string; userId: string }> {
   return auth.createUser(`bench-${ts}-${userSeq++}`);
 }
 
+/** Simulators in a process of their own (bench/sim-process.ts): `start` one per guest count. */
+function simProcess() {
+  const child = forkTs('bench/sim-process.ts');
+  return {
+    pid: child.pid!,
+    async start(guests: number[]): Promise<RemoteSim[]> {
+      child.send({ type: 'start', guests });
+      return (await nextMessage<{ sims: RemoteSim[] }>(child, (m) => m.type === 'started')).sims;
+    },
+    close: () => void child.send({ type: 'close' }),
+  };
+}
+
 const CREATE_NODE = 'mutation($i:CreateNodeInput!){createNode(input:$i){id}}';
 async function createNode(
   server: ServerChild,
@@ -1006,11 +1019,8 @@ async function scenario5Cluster(single: { a: ServerChild; b: ServerChild }) {
   // Proxmox clusters of their own for each Redis (both deployments share the database, whose
   // record of reservations a space's two Redis would otherwise contend for), answered from a
   // process of their own as in the rest of scenario 5.
-  const simChild = forkTs('bench/sim-process.ts');
-  const startSims = async (n: number) => {
-    simChild.send({ type: 'start', guests: Array.from({ length: n }, () => 100) });
-    return (await nextMessage<{ sims: RemoteSim[] }>(simChild, (m) => m.type === 'started')).sims;
-  };
+  const simChild = simProcess();
+  const startSims = (n: number) => simChild.start(Array.from({ length: n }, () => 100));
   const register = async (pair: { a: ServerChild }, sim: RemoteSim) => {
     const n = await createNode(pair.a, token, sim);
     await gqlOk(pair.a.graphqlUrl, token, VMIDS_TAKEN, { n });
@@ -1099,7 +1109,7 @@ async function scenario5Cluster(single: { a: ServerChild; b: ServerChild }) {
       'Redis Cluster rows: a local cluster (three masters, one replica each, loopback, same machine) against the single bench Redis in the same run; every instance and Redis share the same cores, so shards add Redis processes rather than machines. The cluster pair warms up on a space of its own first.',
     );
   } finally {
-    simChild.send({ type: 'close' });
+    simChild.close();
     await Promise.all([stopServer(ca), stopServer(cb)]);
   }
 }
@@ -1225,11 +1235,13 @@ async function scenario5(_sim: Simulator, pair: { a: ServerChild; b: ServerChild
   const { token } = await createUser();
   // The simulators answering the confirmations run in a process of their own, as Proxmox runs
   // on hosts of its own: their answers do not wait behind the load's event loop.
-  const simChild = forkTs('bench/sim-process.ts');
-  simChild.send({ type: 'start', guests: [100, S5_LARGE_GUESTS, 100, 100] });
-  const {
-    sims: [smallSim, largeSim, flushSim, warmSim],
-  } = await nextMessage<{ sims: [RemoteSim, RemoteSim, RemoteSim, RemoteSim] }>(simChild, (m) => m.type === 'started');
+  const simChild = simProcess();
+  const [smallSim, largeSim, flushSim, warmSim] = (await simChild.start([100, S5_LARGE_GUESTS, 100, 100])) as [
+    RemoteSim,
+    RemoteSim,
+    RemoteSim,
+    RemoteSim,
+  ];
   const small = await createNode(a, token, smallSim);
   const large = await createNode(a, token, largeSim);
   const flushed = await createNode(a, token, flushSim);
@@ -1250,7 +1262,7 @@ async function scenario5(_sim: Simulator, pair: { a: ServerChild; b: ServerChild
   const readSpent = cpuSpent({
     servers: () => [a.pid, b.pid],
     'bench (load)': () => [process.pid],
-    'Proxmox simulator': () => [simChild.pid!],
+    'Proxmox simulator': () => [simChild.pid],
     redis: () => [redisPid],
     postgres: () => pidsNamed('postgres'),
   });
@@ -1314,7 +1326,7 @@ async function scenario5(_sim: Simulator, pair: { a: ServerChild; b: ServerChild
       const spent = cpuSpent({
         servers: () => [a.pid, b.pid],
         'bench (load)': () => [process.pid],
-        'Proxmox simulator': () => [simChild.pid!],
+        'Proxmox simulator': () => [simChild.pid],
         redis: () => [redisPid],
         postgres: () => pidsNamed('postgres'),
       });
@@ -1382,7 +1394,7 @@ async function scenario5(_sim: Simulator, pair: { a: ServerChild; b: ServerChild
   const cs = await check(small, smallSim, atSmall);
   const cl = await check(large, largeSim, atLarge);
   const cf = await check(flushed, flushSim, atFlush);
-  simChild.send({ type: 'close' });
+  simChild.close();
   const slowest = (l: ReserveLoad) =>
     l.slow[0] ? `${ms(l.slow[0].us / 1000)} (${l.slow[0].command})` : `< ${S5_SLOWLOG_US} µs (none logged)`;
   const slowestUs = (l: ReserveLoad) => l.slow[0]?.us ?? 0;
