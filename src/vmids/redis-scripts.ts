@@ -13,7 +13,9 @@ import { EVENT_LOG_KEEP } from './store.js';
  *   vmid-meta:{id}          HASH refreshedAt, expiresAt (ms) — marks "cached" — and list
  *                           (the set ascending, comma-separated: what READ answers) with
  *                           listAt/listCard (the refreshedAt and size it was made for), and
- *                           usedAt (the refreshedAt the used index was built for)  TTL
+ *                           usedAt (the refreshedAt the used index was built for), and
+ *                           dense ('from:to': every VMID in [from, to) is in the used index,
+ *                           see DENSE)  TTL
  *   vmid-reservations:{id}  ZSET vmid → expiry (ms); expires with its last member
  *   vmid-version:{id}       HASH version, digest (of the last announced set),
  *                           epoch (bumped by invalidations), seeded (see SEED), replid
@@ -70,25 +72,50 @@ local function bump(state_key, channel, node_json, kind, vmids_json, now, extra_
   redis.call('PEXPIRE', K.log, 86400000)
   return v
 end
+-- The dense hint (meta field dense, 'from:to'): every VMID in [from, to) is in the used index,
+-- so a search from anywhere in there starts at to. Without it, each RESERVE would walk and
+-- binary-search the run of used VMIDs above min (thousands, once reservations pile up) to find
+-- where the previous one stopped. RESERVE sets it; it goes whenever a VMID leaves the index
+-- (unuse), the index is rebuilt (build_used) or the set is filled (REFRESH), and with meta. A
+-- hint an earlier version's script made stale (it removed a member without dropping it) can
+-- only skip a free VMID until the next fill, as its missing index members can.
+local DENSE_FROM, DENSE_TO = nil, nil
+local function drop_dense()
+  redis.call('HDEL', K.meta, 'dense')
+  DENSE_FROM, DENSE_TO = nil, nil
+end
+-- Where a search for the lowest free VMID >= min may start.
+local function past_dense(min)
+  if DENSE_FROM and DENSE_FROM <= min and min < DENSE_TO then return DENSE_TO end
+  return min
+end
 -- vmid (a canonical decimal string) may leave the used index: it does unless a guest has it.
 local function unuse(vmid)
-  if redis.call('SISMEMBER', K.cache, vmid) == 0 then redis.call('ZREM', K.used, vmid) end
+  if redis.call('SISMEMBER', K.cache, vmid) == 0 and redis.call('ZREM', K.used, vmid) == 1 then drop_dense() end
 end
 -- The held set outlives its latest hold by a day (as the reservations do), longer than a used
 -- index built while a hold was on can live (VMID_CACHE_TTL_S <= 86,400): a hold that ended
 -- unnoticed is still found and swept out of the index (sweep_holds).
 local HELD_GRACE_MS = 86400000
--- ids (canonical decimal strings) left the used set at now: a guest is gone, or a reservation
--- ended. With a hold they are held until now + HOLD_MS (Proxmox may still be deleting the
--- guest): they stay in, or go into, the used index, so the lowest free VMID skips them at no
--- cost, until sweep_holds takes them out. An explicit reservation is not refused for a hold.
 -- The members of a REFRESHED event that say what changed: VMIDs that became taken and that
 -- stopped being taken (canonical decimal strings, ascending). The whole set does not travel.
 local function delta(added, removed)
   return ',"added":[' .. table.concat(added, ',') .. '],"removed":[' .. table.concat(removed, ',') .. ']'
 end
+-- Whether the held set has members, as far as this script knows (nil: not asked yet): a search
+-- checks every answer against it, and it is empty most of the time.
+local HELD_ANY = nil
+local function any_held()
+  if HELD_ANY == nil then HELD_ANY = redis.call('EXISTS', K.held) == 1 end
+  return HELD_ANY
+end
+-- ids (canonical decimal strings) left the used set at now: a guest is gone, or a reservation
+-- ended. With a hold they are held until now + HOLD_MS (Proxmox may still be deleting the
+-- guest): they stay in, or go into, the used index, so the lowest free VMID skips them at no
+-- cost, until sweep_holds takes them out. An explicit reservation is not refused for a hold.
 local function hold(ids, now)
   if HOLD_MS <= 0 or #ids == 0 then return end
+  HELD_ANY = true
   local until_ms = int(now + HOLD_MS)
   local args = {}
   for _, id in ipairs(ids) do
@@ -111,6 +138,7 @@ end
 -- Holds that ended by now leave the held set, and their VMIDs the used index unless a guest or
 -- a reservation has them. Each hold is swept once: O(log n) per freed VMID, amortised.
 local function sweep_holds(now)
+  if not any_held() then return end
   local ended = redis.call('ZRANGEBYSCORE', K.held, '-inf', int(now))
   if #ended == 0 then return end
   redis.call('ZREMRANGEBYSCORE', K.held, '-inf', int(now))
@@ -119,6 +147,7 @@ local function sweep_holds(now)
   end
 end
 local function is_held(id, now)
+  if not any_held() then return false end
   local until_ms = redis.call('ZSCORE', K.held, id)
   return until_ms and tonumber(until_ms) > now
 end
@@ -141,6 +170,7 @@ end
 -- usedAt records the fill it was built for.
 local function build_used(taken, first, last, refreshed_at, expires_at, now)
   redis.call('DEL', K.used)
+  drop_dense()
   add_used(taken, first, last)
   local reserved = redis.call('ZRANGE', K.reservations, 0, -1)
   add_used(reserved, 1, #reserved)
@@ -191,13 +221,20 @@ end
 -- that dropped k guests k holds ago sweeps all k: O(k log n), once. The repeat is bounded by the
 -- members an earlier version left out of the index (each is added once).
 local function use_index(now)
-  local meta = redis.call('HMGET', K.meta, 'refreshedAt', 'expiresAt', 'usedAt')
+  local meta = redis.call('HMGET', K.meta, 'refreshedAt', 'expiresAt', 'usedAt', 'dense')
+  if meta[4] then
+    local from, to = string.match(meta[4], '^(%d+):(%d+)$')
+    DENSE_FROM, DENSE_TO = tonumber(from), tonumber(to)
+  end
   if meta[3] ~= meta[1] then
     local taken = redis.call('SMEMBERS', K.cache)
     build_used(taken, 1, #taken, meta[1], meta[2], now)
   end
   sweep_holds(now)
 end
+-- VMIDs this script decided to reserve but has not written yet (RESERVE writes them at its
+-- end, in one call per key): taken for every check meanwhile.
+local PICKED = {}
 -- The search itself, once use_index has run in this script.
 local function search(min, max, now)
   while true do
@@ -211,15 +248,15 @@ local function search(min, max, now)
     local vmid = min + lo
     if vmid > max then return nil end
     local id = int(vmid)
-    if redis.call('SISMEMBER', K.cache, id) == 0 and not redis.call('ZSCORE', K.reservations, id)
-      and not is_held(id, now) then return vmid end
+    if not PICKED[vmid] and redis.call('SISMEMBER', K.cache, id) == 0
+      and not redis.call('ZSCORE', K.reservations, id) and not is_held(id, now) then return vmid end
     redis.call('ZADD', K.used, id, id)
     redis.call('PEXPIREAT', K.used, redis.call('HGET', K.meta, 'expiresAt'))
   end
 end
 local function lowest_free(min, max, now)
   use_index(now)
-  return search(min, max, now)
+  return search(past_dense(min), max, now)
 end
 -- The same answer as lowest_free, usually cheaper, once use_index has run in this script: the
 -- first WALK members of the used index from min on are read in one call (O(log n + WALK)) and
@@ -238,8 +275,8 @@ local function next_free(min, max, now)
   if gap == min + WALK then return search(gap, max, now) end
   if gap > max then return nil end
   local id = int(gap)
-  if redis.call('SISMEMBER', K.cache, id) == 0 and not redis.call('ZSCORE', K.reservations, id)
-    and not is_held(id, now) then return gap end
+  if not PICKED[gap] and redis.call('SISMEMBER', K.cache, id) == 0
+    and not redis.call('ZSCORE', K.reservations, id) and not is_held(id, now) then return gap end
   return search(min, max, now)
 end
 -- A reservation set outlives its last member by a day, so a lapse nobody was watching is
@@ -477,6 +514,7 @@ end
 redis.call('HSET', K.meta, 'refreshedAt', int(now), 'expiresAt', int(expires_at),
   'list', joined, 'listAt', int(now), 'listCard', int(n))
 redis.call('PEXPIREAT', K.meta, expires_at)
+drop_dense()
 if same then
   -- What build_used does to an index that is right already: ended holds leave it.
   sweep_holds(now)
@@ -526,8 +564,10 @@ return { existed, v }
  * batch with one TTL is one event. Without a vmid the search (next_free: a walk over the next
  * 32 used VMIDs, else lowest_free's O(log² n)) skips held VMIDs; a request with the same
  * min as an earlier one of the batch starts after the VMID that one got (everything from min
- * up to it is used). An explicit vmid is not bounded by max, nor refused for a hold (it is free: the
- * client asked for it).
+ * up to it is used), and the first one where the dense hint says the run of used VMIDs ends
+ * (it is then set to where this batch stopped). An explicit vmid is not bounded by max, nor
+ * refused for a hold (it is free: the client asked for it). The reservations are written at
+ * the end, one call per key: each call from Lua costs about as much as the work it does.
  */
 export const RESERVE = `${COMMON}
 HOLD_MS = tonumber(ARGV[3]) or 0
@@ -539,29 +579,40 @@ lapse(ARGV[1], ARGV[2], now)
 local out = {}
 local ready = false
 local after = {}
+local first_min, first_from = nil, nil
 local expiries = {}
 local by_expiry = {}
+-- What the batch reserves, written at the end in one call per key (ZADD, HSET, ZADD): until
+-- then PICKED stands for it.
+local reserved, owned, used = {}, {}, {}
 for b = 4, #ARGV, 5 do
   local want, min, max = ARGV[b], tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2])
   local vmid
   if want ~= '' then
     vmid = tonumber(want)
     if redis.call('SISMEMBER', K.cache, want) == 1 then out[#out + 1] = { 'TAKEN', vmid }; vmid = nil
-    elseif redis.call('ZSCORE', K.reservations, want) then out[#out + 1] = { 'RESERVED', vmid }; vmid = nil end
+    elseif PICKED[vmid] or redis.call('ZSCORE', K.reservations, want) then out[#out + 1] = { 'RESERVED', vmid }; vmid = nil end
   else
     if not ready then
       use_index(now)
       ready = true
+      first_min = min
+      -- The hint's run goes on below min when the search starts from it.
+      first_from = past_dense(min) == min and min or DENSE_FROM
     end
-    vmid = next_free(after[min] or min, max, now)
+    vmid = next_free(after[min] or past_dense(min), max, now)
     if vmid then after[min] = vmid + 1 else out[#out + 1] = { 'EXHAUSTED' } end
   end
   if vmid then
     local id = int(vmid)
     local expires_at = now + tonumber(ARGV[b + 3])
-    redis.call('ZADD', K.reservations, expires_at, id)
-    redis.call('HSET', K.owners, id, ARGV[b + 4])
-    redis.call('ZADD', K.used, id, id)
+    PICKED[vmid] = true
+    reserved[#reserved + 1] = int(expires_at)
+    reserved[#reserved + 1] = id
+    owned[#owned + 1] = id
+    owned[#owned + 1] = ARGV[b + 4]
+    used[#used + 1] = id
+    used[#used + 1] = id
     local reply = { 'OK', vmid, int(expires_at), 0 }
     out[#out + 1] = reply
     local group = by_expiry[expires_at]
@@ -575,8 +626,17 @@ for b = 4, #ARGV, 5 do
   end
 end
 if #expiries > 0 then
+  redis.call('ZADD', K.reservations, unpack(reserved))
+  redis.call('HSET', K.owners, unpack(owned))
+  redis.call('ZADD', K.used, unpack(used))
   keep_reservations()
   redis.call('PEXPIREAT', K.used, redis.call('HGET', K.meta, 'expiresAt'))
+end
+-- Everything from the first search's start (or the hint's, when it started from the hint) up to
+-- where its min's searches stopped is used now: each answer was the lowest free VMID from where
+-- the previous one stopped.
+if first_min and after[first_min] then
+  redis.call('HSET', K.meta, 'dense', int(first_from) .. ':' .. int(after[first_min]))
 end
 for _, expires_at in ipairs(expiries) do
   local group = by_expiry[expires_at]

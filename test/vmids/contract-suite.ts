@@ -887,6 +887,16 @@ export function vmidStoreContract(kind: StoreKind, url = TEST_REDIS_URL, where =
       expect(await nextFree()).toBe(103);
       // An earlier version's reservation has no owner: anyone may release it, as before owners.
       expect(await store.release(node, 102, 'anyone')).toBe(true);
+      // An earlier version's release takes its VMID out of the index without dropping the dense
+      // hint that covers it (the run of used VMIDs a search starts after): the next fill, even
+      // of an unchanged set, drops the hint, so the VMID is found again.
+      await store.refresh(node, [100, 105], 60, null);
+      expect(await reserveNext()).toBe(102);
+      expect(await reserveNext()).toBe(103);
+      await redis.zrem(`vmid-reservations:{${node.id}}`, '102');
+      await redis.zrem(`vmid-used:{${node.id}}`, '102');
+      await store.refresh(node, [100, 105], 60, null);
+      expect(await nextFree()).toBe(102);
     });
 
     // The reuse hold (VMID_REUSE_HOLD_S). The other tests run without one (the helpers' default,

@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openPostgres } from '../../src/db/database.js';
+import type { RedisClient } from '../../src/redis/redis.js';
 import { DurableVmidStore, RedisVmidStore, ReservationRecord } from '../../src/vmids/index.js';
 import { SEED } from '../../src/vmids/redis-scripts.js';
 import { nodeKeys } from '../../src/vmids/redis-store.js';
@@ -31,6 +32,23 @@ async function loseEveryKey(prefix: string): Promise<void> {
   } finally {
     admin.disconnect();
   }
+}
+
+/**
+ * Redis as a replica behind by the given reservations of a space has it, seeded mark and all:
+ * without their keys, and without the dense hint the scripts that made them left (the
+ * replica's hint, if any, is from before them).
+ */
+async function loseReservations(
+  redis: RedisClient,
+  spaceId: string,
+  vmids: readonly (string | number)[],
+): Promise<void> {
+  const members = vmids.map(String);
+  await redis.zrem(`vmid-reservations:{${spaceId}}`, ...members);
+  await redis.zrem(`vmid-used:{${spaceId}}`, ...members);
+  await redis.hdel(`vmid-owners:{${spaceId}}`, ...members);
+  await redis.hdel(`vmid-meta:{${spaceId}}`, 'dense');
 }
 
 /**
@@ -259,9 +277,7 @@ describe('durable reservations', () => {
       const other = sameCluster(node);
       await service.reserveVmid(node, 6000, 600);
       // The replica missed the reservation's keys but has the space's seeded mark.
-      await opened.redis!.zrem(`vmid-reservations:{${node.spaceId}}`, '6000');
-      await opened.redis!.zrem(`vmid-used:{${node.spaceId}}`, '6000');
-      await opened.redis!.hdel(`vmid-owners:{${node.spaceId}}`, '6000');
+      await loseReservations(opened.redis!, node.spaceId, [6000]);
       await expectCode(service.reserveVmid(other, 6000, 600), 'CONFLICT');
       expect(await service.isVmidTaken(other, 6000)).toBe(true);
       expect(await service.releaseVmid(node, 6000)).toBe(true);
@@ -295,9 +311,7 @@ describe('durable reservations', () => {
       const service = makeService(store, proxmox);
       await service.reserveVmid(node, 6000, 600);
       // The replica missed the reservation's keys but has the space's seeded mark.
-      await opened.redis!.zrem(`vmid-reservations:{${node.spaceId}}`, '6000');
-      await opened.redis!.zrem(`vmid-used:{${node.spaceId}}`, '6000');
-      await opened.redis!.hdel(`vmid-owners:{${node.spaceId}}`, '6000');
+      await loseReservations(opened.redis!, node.spaceId, [6000]);
       await expectCode(service.reserveVmid(other, 6000, 600), 'CONFLICT');
       expect(releasedMeanwhile).toBe(true);
       // Released: neither Redis nor the record holds it, and it can be reserved again.
@@ -319,9 +333,7 @@ describe('durable reservations', () => {
       // A replica behind by 30 reservations, seeded mark and all: the lowest free VMIDs the
       // space now shows are all held in the record.
       const space = node.spaceId;
-      await a.redis!.zrem(`vmid-reservations:{${space}}`, ...lost.map(String));
-      await a.redis!.zrem(`vmid-used:{${space}}`, ...lost.map(String));
-      await a.redis!.hdel(`vmid-owners:{${space}}`, ...lost.map(String));
+      await loseReservations(a.redis!, space, lost);
 
       const other = sameCluster(node);
       const got = await Promise.all(
@@ -356,9 +368,7 @@ describe('durable reservations', () => {
               if (requests.length <= 8 || losses++ > 0) return target.reserveMany(n, requests);
               const first = await target.reserveMany(n, requests.slice(0, 8));
               const lost = first.flatMap((o) => (o.status === 'reserved' ? [String(o.vmid)] : []));
-              await redis.zrem(`vmid-reservations:{${n.id}}`, ...lost);
-              await redis.zrem(`vmid-used:{${n.id}}`, ...lost);
-              await redis.hdel(`vmid-owners:{${n.id}}`, ...lost);
+              await loseReservations(redis, n.id, lost);
               await redis.hdel(`vmid-version:{${n.id}}`, 'seeded');
               return [...first, ...(await target.reserveMany(n, requests.slice(8)))];
             };
