@@ -15,7 +15,7 @@ import { EVENT_LOG_KEEP } from './store.js';
  *                           listAt/listCard (the refreshedAt and size it was made for), and
  *                           usedAt (the refreshedAt the used index was built for), and
  *                           dense ('from:to': every VMID in [from, to) is in the used index,
- *                           see DENSE)  TTL
+ *                           see "The dense hint")  TTL
  *   vmid-reservations:{id}  ZSET vmid → expiry (ms); expires with its last member
  *   vmid-version:{id}       HASH version, digest (of the last announced set),
  *                           epoch (bumped by invalidations), seeded (see SEED), replid
@@ -76,12 +76,15 @@ end
 -- so a search from anywhere in there starts at to. Without it, each RESERVE would walk and
 -- binary-search the run of used VMIDs above min (thousands, once reservations pile up) to find
 -- where the previous one stopped. RESERVE sets it; it goes whenever a VMID leaves the index
--- (unuse), the index is rebuilt (build_used) or the set is filled (REFRESH), and with meta. A
--- hint an earlier version's script made stale (it removed a member without dropping it) can
--- only skip a free VMID until the next fill, as its missing index members can.
+-- (unuse), the index is rebuilt (build_used) or the set is filled (REFRESH), and with meta.
+-- Before a search trusts it, the index is checked to hold every VMID of its run (use_index):
+-- one the index lost otherwise (an earlier version's script took it out, the key was evicted)
+-- would be skipped.
 local DENSE_FROM, DENSE_TO = nil, nil
+local dense_dropped = false
 local function drop_dense()
-  redis.call('HDEL', K.meta, 'dense')
+  if not dense_dropped then redis.call('HDEL', K.meta, 'dense') end
+  dense_dropped = true
   DENSE_FROM, DENSE_TO = nil, nil
 end
 -- Where a search for the lowest free VMID >= min may start.
@@ -231,6 +234,9 @@ local function use_index(now)
     build_used(taken, 1, #taken, meta[1], meta[2], now)
   end
   sweep_holds(now)
+  if DENSE_FROM and redis.call('ZCOUNT', K.used, int(DENSE_FROM), int(DENSE_TO - 1)) ~= DENSE_TO - DENSE_FROM then
+    drop_dense()
+  end
 end
 -- VMIDs this script decided to reserve but has not written yet (RESERVE writes them at its
 -- end, in one call per key): taken for every check meanwhile.
@@ -600,7 +606,7 @@ for b = 4, #ARGV, 5 do
       -- The hint's run goes on below min when the search starts from it.
       first_from = past_dense(min) == min and min or DENSE_FROM
     end
-    vmid = next_free(after[min] or past_dense(min), max, now)
+    vmid = next_free(past_dense(after[min] or min), max, now)
     if vmid then after[min] = vmid + 1 else out[#out + 1] = { 'EXHAUSTED' } end
   end
   if vmid then
@@ -637,6 +643,7 @@ end
 -- the previous one stopped.
 if first_min and after[first_min] then
   redis.call('HSET', K.meta, 'dense', int(first_from) .. ':' .. int(after[first_min]))
+  dense_dropped = false
 end
 for _, expires_at in ipairs(expiries) do
   local group = by_expiry[expires_at]
