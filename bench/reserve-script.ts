@@ -1,0 +1,88 @@
+/**
+ * What one RESERVE script costs Redis on its own: `npm run bench:script` (REDIS_URL, default
+ * redis://127.0.0.1:6379; run it on an idle Redis, the figures are Redis's own command time).
+ * For 100 guests, and for 10,000 guests + 10,000 reservations (every other VMID above the
+ * guests, as scenario 5 seeds them), it reserves in batches of 1 and of 8 (one script each)
+ * and prints Redis's time per script (INFO commandstats, EVALSHA, before and after) and the
+ * commands the script called, per script. Keys live under a prefix of their own, deleted after.
+ */
+import { randomUUID } from 'node:crypto';
+import { Redis } from 'ioredis';
+import { RedisVmidStore } from '../src/vmids/redis-store.js';
+import type { ReserveRequest } from '../src/vmids/store.js';
+
+const URL = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
+const SCRIPTS = 2_000;
+const OWNER = 'bench';
+
+type Stats = Map<string, { calls: number; usec: number }>;
+
+async function commandStats(redis: Redis): Promise<Stats> {
+  const stats: Stats = new Map();
+  for (const line of (await redis.info('commandstats')).split('\n')) {
+    const m = /^cmdstat_([^:]+):calls=(\d+),usec=(\d+)/.exec(line);
+    if (m) stats.set(m[1]!, { calls: Number(m[2]), usec: Number(m[3]) });
+  }
+  return stats;
+}
+
+const search = (): ReserveRequest => ({ vmid: null, min: 100, max: 999_999_999, ttlSeconds: 3_600, owner: OWNER });
+
+async function measure(guests: number, reserved: number, batch: number): Promise<void> {
+  const prefix = `pvgscript_${randomUUID().slice(0, 8)}:`;
+  const redis = new Redis(URL, { keyPrefix: prefix });
+  const admin = new Redis(URL);
+  const store = new RedisVmidStore(redis, { reuseHoldMs: 60_000 });
+  const node = { id: 'space', userId: OWNER, spaceId: 'space' };
+  try {
+    await store.refresh(
+      node,
+      Array.from({ length: guests }, (_, i) => 100 + i),
+      3_600,
+      null,
+    );
+    for (let i = 0; i < reserved; i += 8) {
+      const explicit = Array.from({ length: Math.min(8, reserved - i) }, (_, k) => ({
+        ...search(),
+        vmid: 100 + guests + 2 * (i + k),
+      }));
+      await store.reserveMany(node, explicit);
+    }
+    const before = await commandStats(admin);
+    for (let i = 0; i < SCRIPTS; i++) await store.reserveMany(node, Array.from({ length: batch }, search));
+    const after = await commandStats(admin);
+    const delta = [...after]
+      .map(([name, a]) => {
+        const b = before.get(name) ?? { calls: 0, usec: 0 };
+        return { name, calls: a.calls - b.calls, usec: a.usec - b.usec };
+      })
+      .filter((d) => d.calls > 0);
+    const evalsha = delta.find((d) => d.name === 'evalsha');
+    if (!evalsha) throw new Error('no EVALSHA counted');
+    const called = delta
+      .filter((d) => d.name !== 'evalsha' && d.calls >= evalsha.calls / 2)
+      .sort((x, y) => y.usec - x.usec)
+      .map((d) => `${d.name} ${(d.calls / evalsha.calls).toFixed(1)}`)
+      .join(', ');
+    console.log(
+      `${guests} guests + ${reserved} reservations, ${batch} per script: ${(evalsha.usec / evalsha.calls).toFixed(1)} µs per script (${evalsha.calls} scripts); calls per script: ${called}`,
+    );
+  } finally {
+    await store.close();
+    let cursor = '0';
+    do {
+      const [next, keys] = await admin.scan(cursor, 'MATCH', `${prefix}*`, 'COUNT', 1000);
+      if (keys.length > 0) await admin.del(...keys);
+      cursor = next;
+    } while (cursor !== '0');
+    admin.disconnect();
+    redis.disconnect();
+  }
+}
+
+for (const [guests, reserved] of [
+  [100, 0],
+  [10_000, 10_000],
+] as const) {
+  for (const batch of [1, 8]) await measure(guests, reserved, batch);
+}
