@@ -4,7 +4,8 @@
  * For 100 guests, and for 10,000 guests + 10,000 reservations (every other VMID above the
  * guests, as scenario 5 seeds them), it reserves in batches of 1 and of 8 (one script each)
  * and prints Redis's time per script (INFO commandstats, EVALSHA, before and after) and the
- * commands the script called, per script. Keys live under a prefix of their own, deleted after.
+ * commands the script called, per script; and, first, what one read that reaches Redis (READ)
+ * costs it. Keys live under a prefix of their own, deleted after.
  */
 import { randomUUID } from 'node:crypto';
 import { Redis } from 'ioredis';
@@ -13,6 +14,7 @@ import type { ReserveRequest } from '../src/vmids/store.js';
 
 const URL = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
 const SCRIPTS = 2_000;
+const READS = 200;
 const OWNER = 'bench';
 
 type Stats = Map<string, { calls: number; usec: number }>;
@@ -48,6 +50,17 @@ async function measure(guests: number, reserved: number, batch: number): Promise
       }));
       await store.reserveMany(node, explicit);
     }
+    if (batch === 1) {
+      // A read that reaches Redis (READ), before the reservations below add to the space.
+      const before = await commandStats(admin);
+      for (let i = 0; i < READS; i++) await store.read(node);
+      const after = await commandStats(admin);
+      const calls = after.get('evalsha')!.calls - (before.get('evalsha')?.calls ?? 0);
+      const usec = after.get('evalsha')!.usec - (before.get('evalsha')?.usec ?? 0);
+      console.log(
+        `${guests} guests + ${reserved} reservations, read: ${(usec / calls).toFixed(1)} µs per READ (${calls} reads)`,
+      );
+    }
     const before = await commandStats(admin);
     for (let i = 0; i < SCRIPTS; i++) await store.reserveMany(node, Array.from({ length: batch }, search));
     const after = await commandStats(admin);
@@ -82,6 +95,7 @@ async function measure(guests: number, reserved: number, batch: number): Promise
 
 for (const [guests, reserved] of [
   [100, 0],
+  [100, 500],
   [10_000, 10_000],
 ] as const) {
   for (const batch of [1, 8]) await measure(guests, reserved, batch);
