@@ -149,7 +149,7 @@ export class DurableVmidStore implements VmidStore {
       refused.map((r) => ({ refused: r, row: byVmid.get(r.vmid) ?? null })),
     );
     if (!shown || !live) return;
-    const had = new Set([...shown.reserved.map((r) => r.vmid), ...refused.map((r) => r.vmid)]);
+    const had = new Set([...shown.reserved, ...refused.map((r) => r.vmid)]);
     const lost = live.filter((r) => !had.has(r.vmid));
     this.log?.warn(
       { spaceId: node.id, met: refused.length, lost: lost.length },

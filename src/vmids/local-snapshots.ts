@@ -94,7 +94,7 @@ export class LocalSnapshots {
     this.abandon(read);
     if (read.stale || !this.live || !snapshot.cache) return;
     let lifetime = Math.min(this.maxAgeMs, snapshot.cache.expiresAt.getTime() - redisNowMs);
-    for (const r of snapshot.reserved) lifetime = Math.min(lifetime, r.expiresAt.getTime() - redisNowMs);
+    if (snapshot.firstExpiry) lifetime = Math.min(lifetime, snapshot.firstExpiry.getTime() - redisNowMs);
     if (lifetime <= 0) return;
     this.sweep();
     this.entries.delete(read.nodeId);
@@ -189,7 +189,6 @@ export interface PendingRead {
  */
 function frozen(snapshot: VmidSnapshot): VmidSnapshot {
   if (snapshot.cache) Object.freeze(Object.freeze(snapshot.cache).taken);
-  for (const r of snapshot.reserved) Object.freeze(r);
   Object.freeze(snapshot.reserved);
   return Object.freeze(snapshot);
 }

@@ -272,9 +272,8 @@ export class MemoryVmidStore implements VmidStore {
             expiresAt: new Date(s.cache.expiresAt),
           }
         : null,
-      reserved: [...s.reservations]
-        .sort(([a], [b]) => a - b)
-        .map(([vmid, { until }]) => ({ vmid, expiresAt: new Date(until) })),
+      reserved: [...s.reservations.keys()].sort((a, b) => a - b),
+      firstExpiry: firstExpiry(s.reservations.values()),
     };
   }
 
@@ -468,7 +467,7 @@ export class MemoryVmidStore implements VmidStore {
   /** As FORGET: DELETED, then a tombstone that refresh and invalidate refuse. */
   async holder(node: NodeRef, vmid: number) {
     const held = this.node(node.id).reservations.get(vmid);
-    return held && held.until > this.now() ? held.owner : null;
+    return held && held.until > this.now() ? { owner: held.owner, expiresAt: new Date(held.until) } : null;
   }
 
   async announceGone(node: NodeRef, registrationId: string) {
@@ -590,6 +589,13 @@ export class MemoryVmidStore implements VmidStore {
   async close() {
     this.listeners.clear();
   }
+}
+
+/** When the first of these reservations lapses (null: none). */
+function firstExpiry(reservations: Iterable<{ until: number }>): Date | null {
+  let first = Infinity;
+  for (const r of reservations) first = Math.min(first, r.until);
+  return first === Infinity ? null : new Date(first);
 }
 
 function sorted(values: Iterable<number>): number[] {

@@ -56,11 +56,11 @@ export function decodeInteger(script: string, reply: unknown): number {
   return must(script, 'an integer', reply, typeof reply === 'number' && Number.isInteger(reply) ? reply : undefined);
 }
 
-/** READ: version, Redis's now, reservations (flat vmid, expiry…), refreshedAt|'', expiresAt|'', taken (a list string or members). */
+/** READ: version, Redis's now, the first reservation's expiry|'', refreshedAt|'', expiresAt|'', taken (a list string or members). */
 export interface ReadReply {
   version: number;
   nowMs: number;
-  reservedFlat: string[];
+  firstExpiry: number | null;
   refreshedAt: number | null;
   expiresAt: number | null;
   taken: string | string[];
@@ -69,32 +69,45 @@ export function decodeRead(reply: unknown): ReadReply {
   const takenOf: Decoder<string | string[]> = (v) => str(v) ?? strings(v);
   const t = must(
     'read',
-    '[version, now, reservations, refreshedAt, expiresAt, taken]',
+    '[version, now, firstExpiry, refreshedAt, expiresAt, taken]',
     reply,
-    tuple(reply, [num, num, strings, optionalNum, optionalNum, takenOf]),
+    tuple(reply, [num, num, optionalNum, optionalNum, optionalNum, takenOf]),
   );
-  return { version: t[0], nowMs: t[1], reservedFlat: t[2], refreshedAt: t[3], expiresAt: t[4], taken: t[5] };
+  return { version: t[0], nowMs: t[1], firstExpiry: t[2], refreshedAt: t[3], expiresAt: t[4], taken: t[5] };
+}
+
+/** A plain ZRANGE of the reservations (after READ or REFRESH): their VMIDs, ascending. */
+export function decodeVmids(script: string, reply: unknown): number[] {
+  const members = must(script, "the reservations' VMIDs", reply, strings(reply));
+  return members.map(Number).sort((a, b) => a - b);
 }
 
 export type RefreshReply =
   | { status: 'stale'; version: number }
   | { status: 'gone' }
-  | { status: 'ok'; changed: boolean; version: number; refreshedAt: number; expiresAt: number; reservedFlat: string[] };
+  | {
+      status: 'ok';
+      changed: boolean;
+      version: number;
+      refreshedAt: number;
+      expiresAt: number;
+      firstExpiry: number | null;
+    };
 export function decodeRefresh(reply: unknown): RefreshReply {
-  const expected = "['OK', changed, version, refreshedAt, expiresAt, reservations] | ['STALE', version] | ['GONE']";
+  const expected = "['OK', changed, version, refreshedAt, expiresAt, firstExpiry] | ['STALE', version] | ['GONE']";
   const head: unknown = Array.isArray(reply) ? reply[0] : undefined;
   if (head === 'GONE' && (reply as unknown[]).length === 1) return { status: 'gone' };
   if (head === 'STALE') {
     const [, version] = must('refresh', expected, reply, tuple(reply, [str, num]));
     return { status: 'stale', version };
   }
-  const [, changed, version, refreshedAt, expiresAt, reservedFlat] = must(
+  const [, changed, version, refreshedAt, expiresAt, firstExpiry] = must(
     'refresh',
     expected,
     reply,
-    tuple(reply, [literal('OK'), num, num, num, num, strings]),
+    tuple(reply, [literal('OK'), num, num, num, num, optionalNum]),
   );
-  return { status: 'ok', changed: changed === 1, version, refreshedAt, expiresAt, reservedFlat };
+  return { status: 'ok', changed: changed === 1, version, refreshedAt, expiresAt, firstExpiry };
 }
 
 function literal<const L extends string>(value: L): Decoder<L> {

@@ -177,7 +177,7 @@ export class VmidCache {
   async isVmidTaken(node: NodeRef, vmid: number): Promise<boolean> {
     checkVmid(vmid);
     const snap = await this.filledSnapshot(node);
-    return snap.cache.taken.includes(vmid) || snap.reserved.some((r) => r.vmid === vmid);
+    return snap.cache.taken.includes(vmid) || snap.reserved.includes(vmid);
   }
 
   /**
@@ -344,7 +344,7 @@ export class VmidCache {
     return {
       nodeId,
       taken: cache.taken,
-      reserved: snap.reserved.map((r) => r.vmid),
+      reserved: snap.reserved,
       fromCache,
       refreshedAt: cache.refreshedAt,
       expiresAt: cache.expiresAt,

@@ -221,12 +221,14 @@ export class VmidReservations {
 
   /** What a key's entry answers now: its live reservation, its VMID consumed, or nothing. */
   private async keyAnswer(node: NodeRef, keys: ReservationKeys, entry: KeyEntry): Promise<VmidReservation | null> {
-    const snap = await this.store.read(spaceOf(node));
-    // The caller's reservation: the one the entry recorded (its expiry to the millisecond).
-    if (snap.reserved.some((r) => r.vmid === entry.vmid && r.expiresAt.getTime() === entry.expiresAt.getTime())) {
-      return { nodeId: node.id, vmid: entry.vmid, expiresAt: entry.expiresAt, consumed: false };
+    const held = await this.store.holder(spaceOf(node), entry.vmid);
+    if (held) {
+      // The caller's reservation: the one the entry recorded (its expiry to the millisecond).
+      if (held.owner === node.userId && held.expiresAt.getTime() === entry.expiresAt.getTime()) {
+        return { nodeId: node.id, vmid: entry.vmid, expiresAt: entry.expiresAt, consumed: false };
+      }
+      return null; // another reservation of the VMID now
     }
-    if (snap.reserved.some((r) => r.vmid === entry.vmid)) return null; // someone else's now
     const guest =
       (await keys.registered(node.spaceId, node.userId, entry.vmid)) ||
       !(await this.authority.isFree(node, entry.vmid));

@@ -150,15 +150,15 @@ export class VmidService {
    */
   async assertRegistrable(node: NodeRef, vmid: number): Promise<void> {
     checkVmid(vmid);
-    let owner: string | null;
+    let owner: string | undefined;
     try {
-      owner = await this.store.holder(spaceOf(node), vmid);
+      owner = (await this.store.holder(spaceOf(node), vmid))?.owner;
     } catch (err) {
       // Redis down: registrations still succeed (the README's promise); nothing can be checked.
       if (err instanceof CacheUnavailableError) return;
       throw err;
     }
-    if (owner !== null && owner !== node.userId) {
+    if (owner !== undefined && owner !== node.userId) {
       throw new ConflictError(`VMID ${vmid} is reserved by another user of this node's cluster.`, { vmid });
     }
   }

@@ -8,6 +8,7 @@ import {
   VMID_MAX,
   VmidService,
 } from '../../src/vmids/index.js';
+import { isCluster } from '../../src/redis/redis.js';
 import { lowestFree } from '../../src/vmids/store.js';
 import { expectCode } from '../proxmox/helpers.js';
 import { uniqueRedisPrefix } from '../support/test-server.js';
@@ -113,7 +114,7 @@ export function vmidStoreContract(kind: StoreKind, url = TEST_REDIS_URL, where =
       expect(written).toMatchObject({ written: true, changed: true });
       const snapshot = written.written ? written.snapshot : null;
       expect(snapshot?.cache.taken).toEqual(TAKEN.slice(0, 3));
-      expect(snapshot?.reserved.map((r) => r.vmid)).toEqual([7000]);
+      expect(snapshot?.reserved).toEqual([7000]);
       expect(await opened.store.read(node)).toEqual(snapshot);
       expect(await opened.store.refresh(node, TAKEN.slice(0, 3), 60, null)).toMatchObject({
         written: true,
@@ -472,7 +473,7 @@ export function vmidStoreContract(kind: StoreKind, url = TEST_REDIS_URL, where =
         // The deleted node's reservation no longer has a lapse to watch for.
         expect(service.nodesWatchedForLapses()).toBe(1);
         expect(await opened.store.state(node.id)).toMatchObject({ version: 3, deleted: true });
-        expect(await opened.store.read(node)).toEqual({ version: 3, cache: null, reserved: [] });
+        expect(await opened.store.read(node)).toEqual({ version: 3, cache: null, reserved: [], firstExpiry: null });
       } finally {
         await own.return?.();
         await all.return?.();
@@ -499,7 +500,7 @@ export function vmidStoreContract(kind: StoreKind, url = TEST_REDIS_URL, where =
         await expectCode(service.refreshVmidCache(node), 'NOT_FOUND');
         await expectCode(service.reserveVmid(node, undefined, 60), 'NOT_FOUND');
         expect(proxmox.resourceCalls()).toBe(calls);
-        expect(await opened.store.read(node)).toEqual({ version: 2, cache: null, reserved: [] });
+        expect(await opened.store.read(node)).toEqual({ version: 2, cache: null, reserved: [], firstExpiry: null });
         await sleep(50); // an event published would have arrived
         expect(events).toEqual([]);
       } finally {
@@ -577,7 +578,7 @@ export function vmidStoreContract(kind: StoreKind, url = TEST_REDIS_URL, where =
       expect(await reserveNext()).toBe(101);
       expect(await nextFree()).toBe(103);
       expect(await nextFree(5_000)).toBe(5_000);
-      expect((await store.read(node)).reserved.map((r) => r.vmid)).toEqual([101, 102]);
+      expect((await store.read(node)).reserved).toEqual([101, 102]);
     });
 
     it('lapsed reservations free their VMIDs unless a guest has them too', async () => {
@@ -591,7 +592,7 @@ export function vmidStoreContract(kind: StoreKind, url = TEST_REDIS_URL, where =
       expect(await nextFree(200)).toBe(200);
       expect(await reserveNext({ min: 200 })).toBe(200);
       expect(await reserveNext({ min: 200 })).toBe(202);
-      expect((await store.read(node)).reserved.map((r) => r.vmid)).toEqual([200, 202]);
+      expect((await store.read(node)).reserved).toEqual([200, 202]);
     });
 
     it('nextFree reserves nothing and announces nothing', async () => {
@@ -629,7 +630,7 @@ export function vmidStoreContract(kind: StoreKind, url = TEST_REDIS_URL, where =
       expect(await reserveNext({ min: VMID_MAX - 1 })).toBe(VMID_MAX - 1);
       expect(await reserveNext({ min: VMID_MAX - 1 })).toBe(VMID_MAX);
       expect(await reserveNext({ min: VMID_MAX - 1 })).toBe('exhausted');
-      expect((await store.read(node)).reserved.map((r) => r.vmid)).toEqual([105, 106, 107, VMID_MAX - 1, VMID_MAX]);
+      expect((await store.read(node)).reserved).toEqual([105, 106, 107, VMID_MAX - 1, VMID_MAX]);
     });
 
     it("only a reservation's owner releases it; anyone else is answered as if there were none; consume is anyone's", async () => {
@@ -644,7 +645,7 @@ export function vmidStoreContract(kind: StoreKind, url = TEST_REDIS_URL, where =
       expect(await store.release(node, 104, bob)).toBe(false);
       expect(await store.release(node, 4_000, bob)).toBe(false); // reserved by nobody: the same answer
       expect(await store.read(node)).toEqual(before); // nothing ended, no version
-      expect(before.reserved.map((r) => r.vmid)).toEqual([104]); // shown whoever holds it
+      expect(before.reserved).toEqual([104]); // shown whoever holds it
       expect(await reserveOne(store, node, req(104, { owner: bob }))).toEqual({
         status: 'already-reserved',
         vmid: 104,
@@ -678,12 +679,13 @@ export function vmidStoreContract(kind: StoreKind, url = TEST_REDIS_URL, where =
       ]);
       const after = await store.read(node);
       expect(after.version).toBe(before.version);
-      expect(after.reserved).toEqual([
-        { vmid: 104, expiresAt: (bobs as { expiresAt: Date }).expiresAt },
-        { vmid: 109, expiresAt: until },
-      ]);
-      expect(await store.holder(node, 104)).toBe('bob');
-      expect(await store.holder(node, 109)).toBe('alice');
+      expect(after.reserved).toEqual([104, 109]);
+      expect(after.firstExpiry).toEqual((bobs as { expiresAt: Date }).expiresAt);
+      expect(await store.holder(node, 104)).toEqual({
+        owner: 'bob',
+        expiresAt: (bobs as { expiresAt: Date }).expiresAt,
+      });
+      expect(await store.holder(node, 109)).toEqual({ owner: 'alice', expiresAt: until });
       expect(await reserveOne(store, node, req(null, { owner: 'bob' }))).toMatchObject({ vmid: 112 });
       // Nothing goes into a deleted space.
       await store.forget(node);
@@ -712,11 +714,11 @@ export function vmidStoreContract(kind: StoreKind, url = TEST_REDIS_URL, where =
       ]);
       const after = await store.read(node);
       expect(after.version).toBe(before.version + 1); // one RELEASED, for 109
-      expect(after.reserved.map((r) => r.vmid)).toEqual([104, 112, 120]);
-      expect(await store.holder(node, 104)).toBe('alice');
+      expect(after.reserved).toEqual([104, 112, 120]);
+      expect(await store.holder(node, 104)).toEqual({ owner: 'alice', expiresAt: until });
       expect(await store.holder(node, 109)).toBeNull();
-      expect(await store.holder(node, 112)).toBe('carol');
-      expect(await store.holder(node, 120)).toBe('alice');
+      expect(await store.holder(node, 112)).toEqual({ owner: 'carol', expiresAt: c.expiresAt });
+      expect(await store.holder(node, 120)).toEqual({ owner: 'alice', expiresAt: until });
       expect(await nextFree()).toBe(109);
     });
 
@@ -745,11 +747,7 @@ export function vmidStoreContract(kind: StoreKind, url = TEST_REDIS_URL, where =
           case 2:
           case 3: {
             const snap = await store.read(node);
-            const expected = lowestFree(
-              min,
-              snap.cache!.taken,
-              snap.reserved.map((r) => r.vmid),
-            );
+            const expected = lowestFree(min, snap.cache!.taken, snap.reserved);
             expect(await reserveNext({ min, max, owner: owners[rand(2)]! }), `step ${step}`).toBe(
               expected > max ? 'exhausted' : expected,
             );
@@ -769,7 +767,7 @@ export function vmidStoreContract(kind: StoreKind, url = TEST_REDIS_URL, where =
             // A batch answers what the same requests one after another would, also when the
             // store decides it in parts (the Redis store: scripts of at most 8).
             const snap = await store.read(node);
-            const used = [...snap.cache!.taken, ...snap.reserved.map((r) => r.vmid)];
+            const used = [...snap.cache!.taken, ...snap.reserved];
             const batch = Array.from({ length: 1 + rand(20) }, () =>
               rand(3) === 0 ? req(100 + rand(70)) : req(null, { min: 100 + rand(40), max: 140 + rand(40) }),
             );
@@ -794,11 +792,7 @@ export function vmidStoreContract(kind: StoreKind, url = TEST_REDIS_URL, where =
           }
         }
         const snap = await store.read(node);
-        const expected = lowestFree(
-          min,
-          snap.cache!.taken,
-          snap.reserved.map((r) => r.vmid),
-        );
+        const expected = lowestFree(min, snap.cache!.taken, snap.reserved);
         expect(await nextFree(min, max), `step ${step}`).toBe(expected > max ? 'exhausted' : expected);
       }
     });
@@ -837,7 +831,7 @@ export function vmidStoreContract(kind: StoreKind, url = TEST_REDIS_URL, where =
         expect(got[1]!.expiresAt!.getTime() - got[0]!.expiresAt!.getTime()).toBe(60_000);
         const versions = outcomes.flatMap((o) => (o.status === 'reserved' ? [[o.vmid, o.version]] : []));
         expect(Object.fromEntries(versions)).toEqual({ 104: 2, 109: 3, 112: 2, 113: 2, 4000: 2 });
-        expect((await store.read(node)).reserved.map((r) => r.vmid)).toEqual([104, 109, 112, 113, 4_000]);
+        expect((await store.read(node)).reserved).toEqual([104, 109, 112, 113, 4_000]);
         // A set that is not cached decides nothing: every answer is a miss.
         await store.invalidate(node);
         expect((await store.reserveMany(node, [req(null), req(5_000)])).map((o) => o.status)).toEqual(['miss', 'miss']);
@@ -906,6 +900,25 @@ export function vmidStoreContract(kind: StoreKind, url = TEST_REDIS_URL, where =
       expect(await nextFree()).toBe(101);
     });
 
+    it('reads, fills and holder checks work right after Redis forgot its scripts (a restart, a new master)', async () => {
+      // SCRIPT FLUSH would reach every other test file's connections on the shared test Redis:
+      // only on the topologies' own servers.
+      if (!opened.redis || url === TEST_REDIS_URL) return;
+      const redis = opened.redis;
+      const forgetScripts = () =>
+        Promise.all((isCluster(redis) ? redis.nodes('master') : [redis]).map((r) => r.script('FLUSH')));
+      const store = opened.store;
+      await store.refresh(node, [100, 101], 60, null);
+      expect(await reserveNext()).toBe(102);
+      await forgetScripts();
+      expect(await store.read(node)).toMatchObject({ reserved: [102], cache: { taken: [100, 101] } });
+      await forgetScripts();
+      const filled = await store.refresh(node, [100, 101, 103], 60, null);
+      expect(filled.written && filled.snapshot.reserved).toEqual([102]);
+      await forgetScripts();
+      expect(await store.holder(node, 102)).toMatchObject({ owner: node.userId });
+    });
+
     // The reuse hold (VMID_REUSE_HOLD_S). The other tests run without one (the helpers' default,
     // 0): they expect a freed VMID to be handed out again at once.
     const HOLD_MS = 1_000;
@@ -956,7 +969,7 @@ export function vmidStoreContract(kind: StoreKind, url = TEST_REDIS_URL, where =
         expect(await free(100, 105)).toBe('exhausted');
         const snap = await store.read(node);
         expect(snap.cache?.taken).toEqual([103]);
-        expect(snap.reserved.map((r) => r.vmid)).toEqual([105, 110]);
+        expect(snap.reserved).toEqual([105, 110]);
         // An explicit vmid: the client asked for it, and it is free.
         expect(await reserveOne(store, node, req(101))).toMatchObject({ status: 'reserved', vmid: 101 });
         expect(await reserveOne(store, node, req(102))).toMatchObject({ status: 'reserved', vmid: 102 });
@@ -972,7 +985,7 @@ export function vmidStoreContract(kind: StoreKind, url = TEST_REDIS_URL, where =
         expect(await free(107)).toBe(107);
         expect(await free(110)).toBe(111);
         expect(await next({ min: 110 })).toBe(111);
-        expect((await store.read(node)).reserved.map((r) => r.vmid)).toEqual([100, 101, 102, 104, 105, 111]);
+        expect((await store.read(node)).reserved).toEqual([100, 101, 102, 104, 105, 111]);
         await sleep(HOLD_MS + 100);
         expect(await free(110)).toBe(110);
 
@@ -1102,7 +1115,7 @@ export function vmidStoreContract(kind: StoreKind, url = TEST_REDIS_URL, where =
         }
         const snap = await store.read(node);
         expect(snap.cache?.taken).toEqual(taken);
-        expect(snap.reserved.map((r) => r.vmid)).toEqual([...holders.keys()].sort((a, b) => a - b));
+        expect(snap.reserved).toEqual([...holders.keys()].sort((a, b) => a - b));
       } finally {
         await h.close();
       }

@@ -130,7 +130,7 @@ describe.each([
           { vmid: g.vmid, min: 100, max: 999_999_999, owner: 'intruder', ttlSeconds: 60 },
         );
         expect(outcome, `${g.space}/${g.vmid}`).toEqual({ status: 'already-reserved', vmid: g.vmid });
-        expect(await a.store.holder({ id: g.space, userId: g.space, spaceId: g.space }, g.vmid)).toBe(g.owner);
+        expect((await a.store.holder({ id: g.space, userId: g.space, spaceId: g.space }, g.vmid))?.owner).toBe(g.owner);
       }
 
       // The subscriber (on the other instance) hears the space again without being restarted.

@@ -149,7 +149,7 @@ describe('snapshots kept in memory by a Redis store (two instances)', () => {
     });
     if (reserved.status !== 'reserved') throw new Error(reserved.status);
     await eventually(
-      async () => (await b.store.read(node)).reserved.some((r) => r.vmid === reserved.vmid),
+      async () => (await b.store.read(node)).reserved.includes(reserved.vmid),
       2_000,
       'the reservation on B',
     );
@@ -175,7 +175,7 @@ describe('snapshots kept in memory by a Redis store (two instances)', () => {
     });
     expect(reserved.status).toBe('reserved');
     const after = await b.store.read(node);
-    expect(after.reserved.map((r) => r.vmid)).toEqual([4242]);
+    expect(after.reserved).toEqual([4242]);
     expect(after.version).toBe(before.version + 1);
     await keptOn(b);
     await b.store.consume(node, 4242);
@@ -197,7 +197,7 @@ describe('snapshots kept in memory by a Redis store (two instances)', () => {
     const events: VmidEvent[] = [];
     const stop = await b.store.listen(node.spaceId, (e) => events.push(e));
     try {
-      expect((await keptOn(b)).reserved.map((r) => r.vmid)).toEqual([4343]);
+      expect((await keptOn(b)).reserved).toEqual([4343]);
       await sleep(1_100);
       expect((await b.store.read(node)).reserved).toEqual([]);
       await eventually(
@@ -230,7 +230,7 @@ describe('snapshots kept in memory by a Redis store (two instances)', () => {
         ttlSeconds: 60,
       });
       expect(reserved.status).toBe('reserved');
-      expect((await store.read(node)).reserved.map((r) => r.vmid)).toEqual([4444]);
+      expect((await store.read(node)).reserved).toEqual([4444]);
       await untilKept(store, 5_000);
     } finally {
       await store.close();
@@ -246,7 +246,8 @@ describe('LocalSnapshots', () => {
   const snapshot = (opts: { expiresAt?: number; reservations?: number[] } = {}): VmidSnapshot => ({
     version: 3,
     cache: { taken: [100, 101], refreshedAt: new Date(0), expiresAt: new Date(opts.expiresAt ?? 1_000_000) },
-    reserved: (opts.reservations ?? []).map((at, i) => ({ vmid: 200 + i, expiresAt: new Date(at) })),
+    reserved: (opts.reservations ?? []).map((_, i) => 200 + i),
+    firstExpiry: opts.reservations?.length ? new Date(Math.min(...opts.reservations)) : null,
   });
   beforeEach(() => {
     clock = 1_000;
@@ -343,7 +344,7 @@ describe('LocalSnapshots', () => {
   it('keeps neither a set that is not cached nor one that has expired', () => {
     const local = new LocalSnapshots(1_000, now);
     local.resumed();
-    local.keep(local.begin('n')!, { version: 1, cache: null, reserved: [] }, 0);
+    local.keep(local.begin('n')!, { version: 1, cache: null, reserved: [], firstExpiry: null }, 0);
     expect(local.get('n')).toBeNull();
     local.keep(local.begin('n')!, snapshot({ expiresAt: 10 }), 10);
     expect(local.get('n')).toBeNull();

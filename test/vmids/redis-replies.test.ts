@@ -14,30 +14,32 @@ describe('Lua script replies', () => {
     expect(replies.decodeReserve(['EXHAUSTED'])).toEqual({ status: 'exhausted' });
     expect(replies.decodeNextFree(['FREE', 200])).toEqual({ status: 'free', vmid: 200 });
     expect(
-      replies.decodeRead(['3', '1700000000000', ['104', '1700000060000'], '1699999990000', '1700000050000', '100,101']),
+      replies.decodeRead(['3', '1700000000000', '1700000060000', '1699999990000', '1700000050000', '100,101']),
     ).toEqual({
       version: 3,
       nowMs: 1_700_000_000_000,
-      reservedFlat: ['104', '1700000060000'],
+      firstExpiry: 1_700_000_060_000,
       refreshedAt: 1_699_999_990_000,
       expiresAt: 1_700_000_050_000,
       taken: '100,101',
     });
-    expect(replies.decodeRead(['0', '1700000000000', [], '', '', []])).toMatchObject({
+    expect(replies.decodeRead(['0', '1700000000000', '', '', '', []])).toMatchObject({
+      firstExpiry: null,
       refreshedAt: null,
       expiresAt: null,
       taken: [],
     });
     expect(replies.decodeRefresh(['STALE', '4'])).toEqual({ status: 'stale', version: 4 });
     expect(replies.decodeRefresh(['GONE'])).toEqual({ status: 'gone' });
-    expect(replies.decodeRefresh(['OK', 1, '5', '1', '2', []])).toEqual({
+    expect(replies.decodeRefresh(['OK', 1, '5', '1', '2', ''])).toEqual({
       status: 'ok',
       changed: true,
       version: 5,
       refreshedAt: 1,
       expiresAt: 2,
-      reservedFlat: [],
+      firstExpiry: null,
     });
+    expect(replies.decodeVmids('read', ['110', '104', '2000'])).toEqual([104, 110, 2000]);
     expect(replies.decodeInvalidate([-1, 9])).toEqual({ existed: -1, version: 9 });
     expect(replies.decodeConsume([1, 0])).toEqual({ released: true, added: false });
     expect(replies.decodeExpireDue(['1000', ''])).toEqual({ nowMs: 1000, nextMs: null });
@@ -50,7 +52,8 @@ describe('Lua script replies', () => {
     ['reserve', () => replies.decodeReserve(['MAYBE', 104])],
     ['reserve', () => replies.decodeReserve(null)],
     ['next-free', () => replies.decodeNextFree(['FREE', 'abc'])],
-    ['read', () => replies.decodeRead(['3', '1', 'not a list', '', '', []])],
+    ['read', () => replies.decodeRead(['3', '1', 'not a time', '', '', []])],
+    ['read', () => replies.decodeVmids('read', '104,110')],
     ['refresh', () => replies.decodeRefresh(['OK', 1, '5', '1', '2'])],
     ['invalidate', () => replies.decodeInvalidate([2, 1])],
     ['consume', () => replies.decodeConsume(1)],
