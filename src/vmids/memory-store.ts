@@ -466,6 +466,8 @@ export class MemoryVmidStore implements VmidStore {
 
   /** As FORGET: DELETED, then a tombstone that refresh and invalidate refuse. */
   async holder(node: NodeRef, vmid: number) {
+    const seeding = this.seed(node.id);
+    if (seeding) await seeding;
     const held = this.node(node.id).reservations.get(vmid);
     return held && held.until > this.now() ? { owner: held.owner, expiresAt: new Date(held.until) } : null;
   }

@@ -76,6 +76,12 @@ export function decodeRead(reply: unknown): ReadReply {
   return { version: t[0], nowMs: t[1], firstExpiry: t[2], refreshedAt: t[3], expiresAt: t[4], taken: t[5] };
 }
 
+/** TIME ([seconds, microseconds]) in milliseconds, as the scripts' now_ms. */
+export function decodeTime(reply: unknown): number {
+  const [seconds, micros] = must('time', '[seconds, microseconds]', reply, tuple(reply, [num, num]));
+  return seconds * 1000 + Math.floor(micros / 1000);
+}
+
 /** A plain ZRANGE of the reservations (after READ or REFRESH): their VMIDs, ascending. */
 export function decodeVmids(script: string, reply: unknown): number[] {
   const members = must(script, "the reservations' VMIDs", reply, strings(reply));

@@ -787,14 +787,17 @@ export class RedisVmidStore implements VmidStore {
     return { nextInMs: nextMs === null ? null : Math.max(0, nextMs - nowMs) };
   }
 
-  /** After the seeded check (STATE): a space that lost its reservations gets them back first. */
+  /**
+   * After the seeded check (STATE): a space that lost its reservations gets them back first.
+   * Whether it lapsed is judged by Redis's clock, as the scripts judge it (TIME in the MULTI).
+   */
   async holder(node: NodeRef, vmid: number) {
     const k = nodeKeys(node.id);
-    const [, until, owner] = await this.seeded(node, () =>
-      this.inTransaction('pvgVmidState', k, (tx) => tx.zscore(k[2], String(vmid)).hget(k[7], String(vmid))),
+    const [, until, owner, time] = await this.seeded(node, () =>
+      this.inTransaction('pvgVmidState', k, (tx) => tx.zscore(k[2], String(vmid)).hget(k[7], String(vmid)).time()),
     );
     const expiresAt = typeof until === 'string' ? Number(until) : NaN;
-    return expiresAt > Date.now()
+    return expiresAt > replies.decodeTime(time)
       ? { owner: typeof owner === 'string' ? owner : '', expiresAt: new Date(expiresAt) }
       : null;
   }

@@ -224,7 +224,7 @@ export class VmidReservations {
     const held = await this.store.holder(spaceOf(node), entry.vmid);
     if (held) {
       // The caller's reservation: the one the entry recorded (its expiry to the millisecond).
-      if (held.owner === node.userId && held.expiresAt.getTime() === entry.expiresAt.getTime()) {
+      if (held.expiresAt.getTime() === entry.expiresAt.getTime()) {
         return { nodeId: node.id, vmid: entry.vmid, expiresAt: entry.expiresAt, consumed: false };
       }
       return null; // another reservation of the VMID now

@@ -4,6 +4,7 @@ import { openPostgres } from '../../src/db/database.js';
 import type { RedisClient } from '../../src/redis/redis.js';
 import { DurableVmidStore, RedisVmidStore, ReservationRecord } from '../../src/vmids/index.js';
 import { SEED } from '../../src/vmids/redis-scripts.js';
+import { spaceOf } from '../../src/vmids/spaces.js';
 import { nodeKeys } from '../../src/vmids/redis-store.js';
 import type { RefusedReservation, ReserveRequest } from '../../src/vmids/store.js';
 import type { NodeRef } from '../../src/vmids/types.js';
@@ -82,7 +83,7 @@ describe('durable reservations', () => {
   });
 
   it('survive the loss of every Redis key: nobody is handed them again, their holders still own them', async () => {
-    const { prefix, services, close } = await twoInstances(proxmox);
+    const { prefix, b, services, close } = await twoInstances(proxmox);
     try {
       const [onA, onB] = services;
       const alice = newNode();
@@ -96,7 +97,9 @@ describe('durable reservations', () => {
 
       await loseEveryKey(prefix);
 
-      // Every instance learns it at its next look, and gets them back before deciding anything.
+      // Every instance learns it at its next look, and gets them back before deciding anything:
+      // also when that look asks who holds one (a keyed retry, a container's registration).
+      expect(await b.store.holder(spaceOf(bob), 5000)).toEqual({ owner: alice.userId, expiresAt: held[2]!.expiresAt });
       expect((await onB.getCachedVmids(bob)).reserved).toEqual([110, 111, 5000]);
       expect((await onA.reserveVmid(alice, undefined, 600)).vmid).toBe(112);
       await expectCode(onB.reserveVmid(bob, 5000, 600), 'CONFLICT');
@@ -259,6 +262,8 @@ describe('durable reservations', () => {
     await before.close();
     const after = await openStore('memory-durable', uniqueRedisPrefix());
     try {
+      // The rebuilt store's first look, asking who holds it (a keyed retry), finds it.
+      expect(await after.store.holder(spaceOf(node), 4242)).toEqual({ owner: node.userId, expiresAt: r.expiresAt });
       const service = makeService(after.store, proxmox);
       expect(await service.isVmidTaken(node, r.vmid)).toBe(true);
       expect((await service.getCachedVmids(node)).reserved).toEqual([4242]);

@@ -40,6 +40,7 @@ describe('Lua script replies', () => {
       firstExpiry: null,
     });
     expect(replies.decodeVmids('read', ['110', '104', '2000'])).toEqual([104, 110, 2000]);
+    expect(replies.decodeTime(['1700000000', '123456'])).toBe(1_700_000_000_123);
     expect(replies.decodeInvalidate([-1, 9])).toEqual({ existed: -1, version: 9 });
     expect(replies.decodeConsume([1, 0])).toEqual({ released: true, added: false });
     expect(replies.decodeExpireDue(['1000', ''])).toEqual({ nowMs: 1000, nextMs: null });
@@ -54,6 +55,7 @@ describe('Lua script replies', () => {
     ['next-free', () => replies.decodeNextFree(['FREE', 'abc'])],
     ['read', () => replies.decodeRead(['3', '1', 'not a time', '', '', []])],
     ['read', () => replies.decodeVmids('read', '104,110')],
+    ['time', () => replies.decodeTime(['1700000000'])],
     ['refresh', () => replies.decodeRefresh(['OK', 1, '5', '1', '2'])],
     ['invalidate', () => replies.decodeInvalidate([2, 1])],
     ['consume', () => replies.decodeConsume(1)],
