@@ -12,6 +12,7 @@ import { randomUUID } from 'node:crypto';
 import { Redis } from 'ioredis';
 import { RedisVmidStore } from '../src/vmids/redis-store.js';
 import type { ReserveRequest } from '../src/vmids/store.js';
+import { deleteKeysWithPrefix } from '../test/support/redis-keys.js';
 
 const URL = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
 const SCRIPTS = 2_000;
@@ -87,12 +88,7 @@ async function measure(guests: number, reserved: number, batch: number): Promise
     );
   } finally {
     await store.close();
-    let cursor = '0';
-    do {
-      const [next, keys] = await admin.scan(cursor, 'MATCH', `${prefix}*`, 'COUNT', 1000);
-      if (keys.length > 0) await admin.del(...keys);
-      cursor = next;
-    } while (cursor !== '0');
+    await deleteKeysWithPrefix(admin, prefix);
     admin.disconnect();
     redis.disconnect();
   }

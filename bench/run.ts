@@ -40,6 +40,7 @@ import { type Simulator, startSimulator } from '../src/sim/index.js';
 import type { RemoteSim } from './sim-process.js';
 import { scenario0, type ScenarioRow } from './embedded.js';
 import * as vmidScripts from '../src/vmids/redis-scripts.js';
+import { deleteKeysWithPrefix } from '../test/support/redis-keys.js';
 import { type RedisTopology, startRedisCluster } from '../test/support/redis-topologies.js';
 import {
   dist,
@@ -197,12 +198,7 @@ async function cleanup() {
   const redis = new Redis(REDIS_URL, { lazyConnect: true, maxRetriesPerRequest: 1 });
   try {
     await redis.connect();
-    let cursor = '0';
-    do {
-      const [next, keys] = await redis.scan(cursor, 'MATCH', `${prefix}*`, 'COUNT', 1000);
-      if (keys.length) await redis.unlink(...keys);
-      cursor = next;
-    } while (cursor !== '0');
+    await deleteKeysWithPrefix(redis, prefix);
   } catch (e) {
     console.error(`could not clean Redis prefix ${prefix}: ${(e as Error).message}`);
   } finally {
@@ -1510,18 +1506,11 @@ async function redisProcessId(): Promise<number> {
 /** Deletes every Redis key of this run's deployment (what a restart without persistence leaves); answers how many. */
 async function deletePrefix(): Promise<number> {
   const admin = new Redis(REDIS_URL);
-  let deleted = 0;
   try {
-    let cursor = '0';
-    do {
-      const [next, keys] = await admin.scan(cursor, 'MATCH', `${prefix}*`, 'COUNT', 1000);
-      if (keys.length) deleted += await admin.unlink(...keys);
-      cursor = next;
-    } while (cursor !== '0');
+    return await deleteKeysWithPrefix(admin, prefix);
   } finally {
     admin.disconnect();
   }
-  return deleted;
 }
 
 /** Commands whose cost does not grow with a node's sets (scripts call them; SLOWLOG logs those too). */

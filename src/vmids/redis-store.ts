@@ -44,9 +44,7 @@ type NodeKeys = [
 ];
 interface ScriptCommands {
   pvgVmidEventsAfter(log: string, state: string, version: string): Promise<unknown>;
-  pvgVmidRead(...args: [...NodeKeys, channel: string, nodeJson: string, holdMs: string]): Promise<unknown>;
   pvgVmidState(...args: NodeKeys): Promise<unknown>;
-  pvgVmidRefresh(...args: [...NodeKeys, ...argv: string[]]): Promise<unknown>;
   pvgVmidInvalidate(...args: [...NodeKeys, channel: string, nodeJson: string]): Promise<unknown>;
   /** ARGV: channel, nodeJson, holdMs, then vmid, min, max, ttlMs, owner per request. */
   pvgVmidReserve(
@@ -108,9 +106,7 @@ const SEED_RETRY_MS = 50;
  */
 const SEED_WAIT_LIMIT_MS = scripts.SEED_HOLD_MS + 5_000;
 const SCRIPTS: Record<keyof ScriptCommands, { keys: number; lua: string }> = {
-  pvgVmidRead: { keys: NODE_KEYS, lua: scripts.READ },
   pvgVmidState: { keys: NODE_KEYS, lua: scripts.STATE },
-  pvgVmidRefresh: { keys: NODE_KEYS, lua: scripts.REFRESH },
   pvgVmidInvalidate: { keys: NODE_KEYS, lua: scripts.INVALIDATE },
   pvgVmidReserve: { keys: NODE_KEYS, lua: scripts.RESERVE },
   pvgVmidNextFree: { keys: NODE_KEYS, lua: scripts.NEXT_FREE },
@@ -126,9 +122,13 @@ const SCRIPTS: Record<keyof ScriptCommands, { keys: number; lua: string }> = {
   pvgVmidRevive: { keys: 1, lua: scripts.REVIVE },
 };
 
-/** Scripts that run with plain commands after them in one MULTI (RedisVmidStore.inTransaction). */
-type TransactionScript = 'pvgVmidRead' | 'pvgVmidRefresh' | 'pvgVmidState';
-const TRANSACTION_SCRIPTS: ReadonlySet<TransactionScript> = new Set(['pvgVmidRead', 'pvgVmidRefresh', 'pvgVmidState']);
+/**
+ * Scripts that run with plain commands after them in one MULTI (RedisVmidStore.inTransaction),
+ * all with the node's keys: READ (ARGV: channel, nodeJson, holdMs), REFRESH (ARGV: see the
+ * script) and STATE (no ARGV; also a command of its own, pvgVmidState).
+ */
+const TRANSACTION_SCRIPTS = { read: scripts.READ, refresh: scripts.REFRESH, state: scripts.STATE } as const;
+type TransactionScript = keyof typeof TRANSACTION_SCRIPTS;
 
 /** Key names relative to the connection's keyPrefix (ioredis adds it to every key). */
 const keys = (nodeId: string) => ({
@@ -218,14 +218,14 @@ export class RedisVmidStore implements VmidStore {
     for (const [name, { keys: numberOfKeys, lua }] of Object.entries(SCRIPTS)) {
       // On a cluster an event goes to the shard that owns the space (SPUBLISH): its channel is
       // hash-tagged with the space, so the script's keys and channel are in one slot.
+      redis.defineCommand(name, { numberOfKeys, lua: this.sharded ? scripts.sharded(lua) : lua });
+    }
+    for (const [name, lua] of Object.entries(TRANSACTION_SCRIPTS)) {
       const source = this.sharded ? scripts.sharded(lua) : lua;
-      redis.defineCommand(name, { numberOfKeys, lua: source });
-      if (TRANSACTION_SCRIPTS.has(name as TransactionScript)) {
-        this.sources.set(name as TransactionScript, {
-          lua: source,
-          sha: createHash('sha1').update(source).digest('hex'),
-        });
-      }
+      this.sources.set(name as TransactionScript, {
+        lua: source,
+        sha: createHash('sha1').update(source).digest('hex'),
+      });
     }
     this.redis = redis as RedisClient & ScriptCommands;
     this.connection = watchConnection(redis);
@@ -585,7 +585,7 @@ export class RedisVmidStore implements VmidStore {
   private async readFromRedis(node: NodeRef): Promise<{ snapshot: VmidSnapshot; redisNowMs: number }> {
     const k = nodeKeys(node.id);
     const [reply, members] = await this.seeded(node, () =>
-      this.inTransaction('pvgVmidRead', [...k, this.channel(node.id), JSON.stringify(node.id), this.holdMs], (tx) =>
+      this.inTransaction('read', [...k, this.channel(node.id), JSON.stringify(node.id), this.holdMs], (tx) =>
         tx.zrange(k[2], 0, -1),
       ),
     );
@@ -625,7 +625,7 @@ export class RedisVmidStore implements VmidStore {
     const k = nodeKeys(node.id);
     const [raw, members] = await this.change(node, () =>
       this.inTransaction(
-        'pvgVmidRefresh',
+        'refresh',
         [
           ...k,
           String(ttlSeconds * 1000),
@@ -794,7 +794,7 @@ export class RedisVmidStore implements VmidStore {
   async holder(node: NodeRef, vmid: number) {
     const k = nodeKeys(node.id);
     const [, until, owner, time] = await this.seeded(node, () =>
-      this.inTransaction('pvgVmidState', k, (tx) => tx.zscore(k[2], String(vmid)).hget(k[7], String(vmid)).time()),
+      this.inTransaction('state', k, (tx) => tx.zscore(k[2], String(vmid)).hget(k[7], String(vmid)).time()),
     );
     const expiresAt = typeof until === 'string' ? Number(until) : NaN;
     return expiresAt > replies.decodeTime(time)
