@@ -143,11 +143,7 @@ export class DurableVmidStore implements VmidStore {
       this.log?.warn({ err: { message: (err as Error).message }, spaceId: node.id }, 'could not read the record');
     }
     // Without the record's rows the refused ones still end (the record refuses their VMIDs).
-    const byVmid = new Map((live ?? []).map((r) => [r.vmid, r]));
-    await this.fast.settleRefused(
-      node,
-      refused.map((r) => ({ refused: r, row: byVmid.get(r.vmid) ?? null })),
-    );
+    const byVmid = await this.settleAgainst(node, refused, live ?? []);
     if (!shown || !live) return;
     const had = new Set([...shown.reserved, ...refused.map((r) => r.vmid)]);
     const lost = live.filter((r) => !had.has(r.vmid));
@@ -159,6 +155,23 @@ export class DurableVmidStore implements VmidStore {
       this.log?.warn({ err: { message: (err as Error).message }, spaceId: node.id }, 'could not put reservations back');
     });
     await this.endReleasedMeanwhile(node, [...refused.flatMap((r) => byVmid.get(r.vmid) ?? []), ...lost]);
+  }
+
+  /**
+   * settleRefused of `refused`, each against the record's live row of its VMID (`live`; none:
+   * it ends); answers those rows by VMID.
+   */
+  private async settleAgainst(
+    node: NodeRef,
+    refused: readonly HeldReservation[],
+    live: readonly HeldReservation[],
+  ): Promise<Map<number, HeldReservation>> {
+    const byVmid = new Map(live.map((r) => [r.vmid, r]));
+    await this.fast.settleRefused(
+      node,
+      refused.map((r) => ({ refused: r, row: byVmid.get(r.vmid) ?? null })),
+    );
+    return byVmid;
   }
 
   /**
@@ -176,11 +189,7 @@ export class DurableVmidStore implements VmidStore {
       const still = new Set(live.map(key));
       const gone = putBack.filter((r) => !still.has(key(r)));
       if (gone.length === 0) return;
-      const byVmid = new Map(live.map((r) => [r.vmid, r]));
-      await this.fast.settleRefused(
-        node,
-        gone.map((r) => ({ refused: r, row: byVmid.get(r.vmid) ?? null })),
-      );
+      await this.settleAgainst(node, gone, live);
     } catch (err) {
       this.log?.warn(
         { err: { message: (err as Error).message }, spaceId: node.id },

@@ -301,6 +301,17 @@ export class RedisVmidStore implements VmidStore {
     }
   }
 
+  /** READ or REFRESH (ARGV after the node's keys: `argv`), then the reservations' VMIDs, ascending. */
+  private async withReserved(
+    name: 'read' | 'refresh',
+    node: NodeRef,
+    argv: readonly string[],
+  ): Promise<{ reply: unknown; reserved: number[] }> {
+    const k = nodeKeys(node.id);
+    const [reply, members] = await this.inTransaction(name, [...k, ...argv], (tx) => tx.zrange(k[2], 0, -1));
+    return { reply, reserved: replies.decodeVmids(name, members) };
+  }
+
   async read(node: NodeRef): Promise<VmidSnapshot> {
     const local = this.local;
     const kept = local?.get(node.id);
@@ -583,16 +594,13 @@ export class RedisVmidStore implements VmidStore {
   }
 
   private async readFromRedis(node: NodeRef): Promise<{ snapshot: VmidSnapshot; redisNowMs: number }> {
-    const k = nodeKeys(node.id);
-    const [reply, members] = await this.seeded(node, () =>
-      this.inTransaction('read', [...k, this.channel(node.id), JSON.stringify(node.id), this.holdMs], (tx) =>
-        tx.zrange(k[2], 0, -1),
-      ),
+    const { reply, reserved } = await this.seeded(node, () =>
+      this.withReserved('read', node, [this.channel(node.id), JSON.stringify(node.id), this.holdMs]),
     );
     const { version, nowMs, firstExpiry, refreshedAt, expiresAt, taken } = replies.decodeRead(reply);
     const snapshot: VmidSnapshot = {
       version,
-      reserved: replies.decodeVmids('read', members),
+      reserved,
       firstExpiry: firstExpiry === null ? null : new Date(firstExpiry),
       cache:
         refreshedAt === null
@@ -622,21 +630,15 @@ export class RedisVmidStore implements VmidStore {
     expectedEpoch: number | null,
   ): Promise<RefreshOutcome> {
     const list = ascendingUnique(taken);
-    const k = nodeKeys(node.id);
-    const [raw, members] = await this.change(node, () =>
-      this.inTransaction(
-        'refresh',
-        [
-          ...k,
-          String(ttlSeconds * 1000),
-          expectedEpoch === null ? '' : String(expectedEpoch),
-          this.channel(node.id),
-          JSON.stringify(node.id),
-          this.holdMs,
-          list.join(','),
-        ],
-        (tx) => tx.zrange(k[2], 0, -1),
-      ),
+    const { reply: raw, reserved } = await this.change(node, () =>
+      this.withReserved('refresh', node, [
+        String(ttlSeconds * 1000),
+        expectedEpoch === null ? '' : String(expectedEpoch),
+        this.channel(node.id),
+        JSON.stringify(node.id),
+        this.holdMs,
+        list.join(','),
+      ]),
     );
     const reply = replies.decodeRefresh(raw);
     if (reply.status === 'stale') return { written: false, version: reply.version };
@@ -646,7 +648,7 @@ export class RedisVmidStore implements VmidStore {
       changed: reply.changed,
       snapshot: {
         version: reply.version,
-        reserved: replies.decodeVmids('refresh', members),
+        reserved,
         firstExpiry: reply.firstExpiry === null ? null : new Date(reply.firstExpiry),
         cache: { taken: list, refreshedAt: new Date(reply.refreshedAt), expiresAt: new Date(reply.expiresAt) },
       },
