@@ -2,8 +2,10 @@
  * What one RESERVE script costs Redis on its own: `npm run bench:script` (REDIS_URL, default
  * redis://127.0.0.1:6379; run it on an idle Redis, the figures are Redis's own command time).
  * For 100 guests (with no and with 500 reservations) and for 10,000 guests + 10,000
- * reservations (every other VMID above the guests, as scenario 5 seeds them), it first reads
- * the space from Redis (the READ script and a ZRANGE in one MULTI: EXEC's time), then reserves
+ * reservations (every other VMID above the guests, as scenario 5 seeds them), it first fills
+ * the space again, with the same set and with a set one guest created and one destroyed
+ * (REFRESH or REFRESH_DELTA and a ZRANGE in one MULTI: EXEC's time), reads it from Redis (the
+ * READ script and a ZRANGE in one MULTI), then reserves
  * in batches of 1 and of 8 (one RESERVE script each), and prints Redis's time per read and per
  * script (INFO commandstats, before and after) and the commands a script called. Keys live
  * under a prefix of their own, deleted after.
@@ -53,6 +55,19 @@ async function measure(guests: number, reserved: number, batch: number): Promise
       await store.reserveMany(node, explicit);
     }
     if (batch === 1) {
+      // Fills (REFRESH and a ZRANGE in one MULTI: EXEC's time): the same set again (the usual
+      // refresh), then a set with one guest more and one less (a change seen in Proxmox).
+      const guestsNow = Array.from({ length: guests }, (_, i) => 100 + i);
+      for (const [kind, taken] of [
+        ['unchanged', guestsNow],
+        ['one guest created and one destroyed', [...guestsNow.slice(1), 100 + guests + 2 * reserved + 1]],
+      ] as const) {
+        const before = await commandStats(admin);
+        await store.refresh(node, taken, 3_600, null);
+        const after = await commandStats(admin);
+        const usec = (after.get('exec')?.usec ?? 0) - (before.get('exec')?.usec ?? 0);
+        console.log(`${guests} guests + ${reserved} reservations, fill (${kind}): ${usec} µs`);
+      }
       // A read that reaches Redis (READ), before the reservations below add to the space.
       const before = await commandStats(admin);
       for (let i = 0; i < READS; i++) await store.read(node);

@@ -116,6 +116,11 @@ export function decodeRefresh(reply: unknown): RefreshReply {
   return { status: 'ok', changed: changed === 1, version, refreshedAt, expiresAt, firstExpiry };
 }
 
+/** REFRESH_DELTA's answer that it did nothing: the set goes to REFRESH. */
+export function isFullRefresh(reply: unknown): boolean {
+  return Array.isArray(reply) && reply.length === 1 && reply[0] === 'FULL';
+}
+
 function literal<const L extends string>(value: L): Decoder<L> {
   return (v) => (v === value ? value : undefined);
 }

@@ -392,12 +392,28 @@ if floor > 0 then floor = floor + ${EVENT_LOG_KEEP} end
 if floor > tonumber(redis.call('HGET', K.state, 'version') or '0') then
   redis.call('HSET', K.state, 'version', int(floor))
 end
-for i = 8, #ARGV, 3 do
-  local vmid, expires_at, owner = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2]
-  if expires_at > now and not redis.call('ZSCORE', K.reservations, vmid) then
-    redis.call('ZADD', K.reservations, expires_at, vmid)
-    redis.call('HSET', K.owners, vmid, owner)
-    if cached then redis.call('ZADD', K.used, vmid, vmid) end
+-- One call per key, not per reservation (a part of 250 took Redis 3 to 4 ms one by one, under
+-- load): which are there already, then every one put back at once.
+local vmids = {}
+for i = 8, #ARGV, 3 do vmids[#vmids + 1] = ARGV[i] end
+if #vmids > 0 then
+  local there = redis.call('ZMSCORE', K.reservations, unpack(vmids))
+  local reserved, owned, used = {}, {}, {}
+  for k, vmid in ipairs(vmids) do
+    local expires_at = ARGV[6 + 3 * k]
+    if not there[k] and tonumber(expires_at) > now then
+      reserved[#reserved + 1] = expires_at
+      reserved[#reserved + 1] = vmid
+      owned[#owned + 1] = vmid
+      owned[#owned + 1] = ARGV[7 + 3 * k]
+      used[#used + 1] = vmid
+      used[#used + 1] = vmid
+    end
+  end
+  if #reserved > 0 then
+    redis.call('ZADD', K.reservations, unpack(reserved))
+    redis.call('HSET', K.owners, unpack(owned))
+    if cached then redis.call('ZADD', K.used, unpack(used)) end
   end
 end
 keep_reservations()
@@ -537,6 +553,82 @@ local changed = 0
 local version
 if redis.call('HGET', K.state, 'digest') ~= digest then
   redis.call('HSET', K.state, 'digest', digest)
+  version = bump(K.state, ARGV[3], ARGV[4], 'REFRESHED', 'null', now, delta(added, removed))
+  changed = 1
+else
+  version = redis.call('HGET', K.state, 'version') or '0'
+end
+local first = redis.call('ZRANGE', K.reservations, 0, 0, 'WITHSCORES')[2] or ''
+return { 'OK', changed, int(version), int(now), int(expires_at), first }
+`;
+
+/**
+ * ARGV: ttlMs, expectedEpoch, channel, nodeJson, holdMs, vmids (as for REFRESH), then the set
+ * as last written that the caller compared with (vmid-last as it read it), the VMIDs added and
+ * the VMIDs removed since (each ascending, comma-separated), and the new set's digest (SHA-1
+ * of vmids, as REFRESH computes it)
+ * → { 'FULL' } (nothing done: send the set to REFRESH) | REFRESH's replies
+ * A fill that changes the set, at the cost of the change: REFRESH writes the whole set again
+ * and rebuilds the used index from every guest, reservation and hold (at 10,000 guests and
+ * 10,000 reservations that held Redis for about 50 ms on a 2-core machine, on every guest
+ * created or destroyed in the cluster). Here the caller finds what changed against vmid-last
+ * (it reads it first, outside the script), and the script applies it: the cached set, the used
+ * index and meta move by the VMIDs that changed (O(d log n)), the new list is stored as it
+ * came (a copy), and the event and holds are REFRESH's. It does so only where REFRESH would
+ * trust the cache and its index (as its unchanged case does) and vmid-last is still what the
+ * caller compared with; otherwise it answers FULL before it changes anything.
+ */
+export const REFRESH_DELTA = `${COMMON}
+HOLD_MS = tonumber(ARGV[5]) or 0
+if deleted(K.state) then return { 'GONE' } end
+local epoch = redis.call('HGET', K.state, 'epoch') or '0'
+if ARGV[2] ~= '' and epoch ~= ARGV[2] then
+  return { 'STALE', redis.call('HGET', K.state, 'version') or '0' }
+end
+local joined, previous = ARGV[6], ARGV[7]
+local meta = redis.call('HMGET', K.meta, 'refreshedAt', 'list', 'listAt', 'listCard', 'usedAt')
+if not (meta[1] and meta[2] == previous and meta[3] == meta[1] and meta[5] == meta[1]
+  and tonumber(meta[4]) == redis.call('SCARD', K.cache) and redis.call('EXISTS', K.used) == 1
+  and redis.call('GET', K.last) == previous) then
+  return { 'FULL' }
+end
+local added, removed = {}, {}
+for id in string.gmatch(ARGV[8], '%d+') do added[#added + 1] = id end
+for id in string.gmatch(ARGV[9], '%d+') do removed[#removed + 1] = id end
+local n = tonumber(meta[4]) + #added - #removed
+-- An empty set is REFRESH's (the cache key goes).
+if n < 1 then return { 'FULL' } end
+local now = now_ms()
+lapse(ARGV[3], ARGV[4], now)
+hold(removed, now)
+redis.call('SET', K.last, joined)
+for i = 1, #added, 1000 do
+  redis.call('SADD', K.cache, unpack(added, i, math.min(i + 999, #added)))
+end
+for i = 1, #removed, 1000 do
+  redis.call('SREM', K.cache, unpack(removed, i, math.min(i + 999, #removed)))
+end
+local expires_at = now + tonumber(ARGV[1])
+redis.call('PEXPIREAT', K.cache, expires_at)
+redis.call('HSET', K.meta, 'refreshedAt', int(now), 'expiresAt', int(expires_at),
+  'list', joined, 'listAt', int(now), 'listCard', int(n))
+redis.call('PEXPIREAT', K.meta, expires_at)
+drop_dense()
+-- The index build_used would make: guests that came join it; guests that went stay while
+-- held (hold put them there), else leave it unless reserved or held from before.
+add_used(added, 1, #added)
+if HOLD_MS <= 0 then
+  for _, id in ipairs(removed) do
+    if not redis.call('ZSCORE', K.reservations, id) and not is_held(id, now) then unuse(id) end
+  end
+end
+sweep_holds(now)
+redis.call('PEXPIREAT', K.used, expires_at)
+redis.call('HSET', K.meta, 'usedAt', int(now))
+local changed = 0
+local version
+if redis.call('HGET', K.state, 'digest') ~= ARGV[10] then
+  redis.call('HSET', K.state, 'digest', ARGV[10])
   version = bump(K.state, ARGV[3], ARGV[4], 'REFRESHED', 'null', now, delta(added, removed))
   changed = 1
 else
