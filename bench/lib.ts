@@ -1,7 +1,8 @@
-import { type ChildProcess, fork, spawn } from 'node:child_process';
+import { type ChildProcess, execFileSync, fork, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { readdirSync, readFileSync } from 'node:fs';
 import net from 'node:net';
+import os from 'node:os';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -555,6 +556,60 @@ export function pidsNamed(comm: string): number[] {
     }
   }
   return pids;
+}
+
+/** The pids given and every process descended from them (/proc: each process's parent). */
+function withDescendants(pids: readonly number[]): number[] {
+  const children = new Map<number, number[]>();
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
+      const parent = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+      children.set(parent, [...(children.get(parent) ?? []), Number(entry)]);
+    } catch {
+      /* gone meanwhile */
+    }
+  }
+  const all = [...pids];
+  for (let i = 0; i < all.length; i++) all.push(...(children.get(all[i]!) ?? []));
+  return all;
+}
+
+/**
+ * Gives Redis's main thread the machine's last core to itself while a load runs, as a Redis on
+ * a host of its own has it: pinned there under SCHED_FIFO (no process of the bench preempts it in
+ * the middle of a command), with `others` (pids, with their threads and child processes) kept
+ * off that core. PostgreSQL keeps every core (FIFO puts Redis first on its own). Answers the
+ * function that puts everything back, or why it cannot be done here.
+ */
+export function redisOnOwnCore(redisPid: number, others: readonly number[]): (() => void) | string {
+  const cores = os.cpus().length;
+  if (cores < 2) return 'fewer than 2 cores';
+  if (process.getuid?.() !== 0) return 'not root';
+  try {
+    if (!readFileSync(`/proc/${redisPid}/comm`, 'utf8').startsWith('redis-server')) throw new Error();
+  } catch {
+    return 'Redis does not run on this machine';
+  }
+  const pin = (cpus: string, pids: readonly number[], threads: boolean) => {
+    for (const pid of pids) {
+      try {
+        execFileSync('taskset', [...(threads ? ['-a'] : []), '-p', '-c', cpus, String(pid)], { stdio: 'ignore' });
+      } catch {
+        /* ended meanwhile */
+      }
+    }
+  };
+  const all = `0-${cores - 1}`;
+  pin(`0-${cores - 2}`, withDescendants(others), true);
+  pin(String(cores - 1), [redisPid], false);
+  execFileSync('chrt', ['-f', '-p', '10', String(redisPid)]);
+  return () => {
+    execFileSync('chrt', ['-o', '-p', '0', String(redisPid)]);
+    pin(all, [redisPid], false);
+    pin(all, withDescendants(others), true);
+  };
 }
 
 /**

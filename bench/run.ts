@@ -64,6 +64,7 @@ import {
   processCpuMs,
   cpuSpent,
   pidsNamed,
+  redisOnOwnCore,
   ROOT,
   rssKb,
   type ServerChild,
@@ -1232,17 +1233,19 @@ async function scenario5(_sim: Simulator, pair: { a: ServerChild; b: ServerChild
   // The simulators answering the confirmations run in a process of their own, as Proxmox runs
   // on hosts of its own: their answers do not wait behind the load's event loop.
   const simChild = simProcess();
-  const [smallSim, largeSim, flushSim, warmSim] = (await simChild.start([100, S5_LARGE_GUESTS, 100, 100])) as [
-    RemoteSim,
-    RemoteSim,
-    RemoteSim,
-    RemoteSim,
-  ];
+  const [smallSim, largeSim, flushSim, warmSim, flushOwnSim] = (await simChild.start([
+    100,
+    S5_LARGE_GUESTS,
+    100,
+    100,
+    100,
+  ])) as [RemoteSim, RemoteSim, RemoteSim, RemoteSim, RemoteSim];
   const small = await createNode(a, token, smallSim);
   const large = await createNode(a, token, largeSim);
   const flushed = await createNode(a, token, flushSim);
   const warm = await createNode(a, token, warmSim);
-  for (const n of [small, large, flushed, warm]) await gqlOk(a.graphqlUrl, token, VMIDS_TAKEN, { n });
+  const flushedOwn = await createNode(a, token, flushOwnSim);
+  for (const n of [small, large, flushed, warm, flushedOwn]) await gqlOk(a.graphqlUrl, token, VMIDS_TAKEN, { n });
   const headers = { 'content-type': 'application/json', authorization: `Bearer ${token}` };
   const per = Math.max(1, Math.floor(CONNECTIONS / 2));
   const redisPid = await redisProcessId();
@@ -1291,7 +1294,19 @@ async function scenario5(_sim: Simulator, pair: { a: ServerChild; b: ServerChild
   await agent.close();
   console.log(`  seeded ${held.length} reservations in ${fmt((now() - t0) / 1000, 1)} s`);
 
-  const run = async (nodeId: string, label: string, midway?: () => Promise<void>): Promise<ReserveLoad> => {
+  // Loads with Redis on a core of its own (redisOnOwnCore): why they could not have it here, if so.
+  let ownCoreMissing: string | undefined;
+  const ownCore = () => {
+    const restore = redisOnOwnCore(redisPid, [process.pid, a.pid, b.pid, simChild.pid]);
+    if (typeof restore === 'string') ownCoreMissing = restore;
+    return typeof restore === 'string' ? () => undefined : restore;
+  };
+  const run = async (
+    nodeId: string,
+    label: string,
+    opts: { midway?: () => Promise<void>; ownCore?: boolean } = {},
+  ): Promise<ReserveLoad> => {
+    const { midway } = opts;
     const vmids: number[] = [];
     const errors = new Map<string, number>();
     const reserveBody = JSON.stringify({
@@ -1318,7 +1333,7 @@ async function scenario5(_sim: Simulator, pair: { a: ServerChild; b: ServerChild
         n: nodeId,
       })
     ).node.clusterId;
-    const { result, slow } = await withSlowlog(space, async () => {
+    const { result, slow } = await withSlowlog(space, opts.ownCore ? ownCore : undefined, async () => {
       const spent = cpuSpent({
         servers: () => [a.pid, b.pid],
         'bench (load)': () => [process.pid],
@@ -1365,11 +1380,20 @@ async function scenario5(_sim: Simulator, pair: { a: ServerChild; b: ServerChild
   );
   const atSmall = await run(small, 'small');
   const atLarge = await run(large, 'large');
+  // The same load on the same space, Redis on a core of its own: how long its commands take
+  // when the bench's processes do not take its CPU in the middle of one.
+  const atLargeOwn = await run(large, 'large-own', { ownCore: true });
   // Redis loses every key of the deployment halfway through (a restart without persistence):
   // the reservations come back from the database, none is handed out twice.
   let lostKeys = 0;
-  const atFlush = await run(flushed, 'flush', async () => {
-    lostKeys = await deletePrefix();
+  const atFlush = await run(flushed, 'flush', {
+    midway: async () => {
+      lostKeys = await deletePrefix();
+    },
+  });
+  const atFlushOwn = await run(flushedOwn, 'flush-own', {
+    midway: () => deletePrefix().then(() => undefined),
+    ownCore: true,
   });
 
   /** Duplicates, answers not held (read back through the API), overlaps with guests. */
@@ -1390,6 +1414,8 @@ async function scenario5(_sim: Simulator, pair: { a: ServerChild; b: ServerChild
   const cs = await check(small, smallSim, atSmall);
   const cl = await check(large, largeSim, atLarge);
   const cf = await check(flushed, flushSim, atFlush);
+  const clo = await check(large, largeSim, atLargeOwn);
+  const cfo = await check(flushedOwn, flushOwnSim, atFlushOwn);
   simChild.close();
   const slowest = (l: ReserveLoad) =>
     l.slow[0] ? `${ms(l.slow[0].us / 1000)} (${l.slow[0].command})` : `< ${S5_SLOWLOG_US} µs (none logged)`;
@@ -1404,7 +1430,10 @@ async function scenario5(_sim: Simulator, pair: { a: ServerChild; b: ServerChild
     const d = dist(l.slow.filter((e) => e.command === 'EVALSHA RESERVE').map((e) => e.us));
     const over = l.slow.filter((e) => e.command === 'EVALSHA RESERVE' && e.us >= 1000).length;
     const control = l.slow.find((e) => CONSTANT_TIME.has(e.command));
-    return `RESERVE scripts logged ≥ ${S5_SLOWLOG_US} µs: ${d.n}, p50 ${fmt(d.p50, 0)} µs, p99 ${fmt(d.p99, 0)} µs, max ${fmt(d.max, 0)} µs, ${over} ≥ 1 ms; slowest constant-time command ${control ? `${fmt(control.us, 0)} µs (${control.command})` : `< ${S5_SLOWLOG_US} µs`}`;
+    const overByCommand = new Map<string, number>();
+    for (const e of l.slow) if (e.us >= 1000) overByCommand.set(e.command, (overByCommand.get(e.command) ?? 0) + 1);
+    const overAll = [...overByCommand].map(([c, n]) => `${n} ${c}`).join(', ') || 'none';
+    return `RESERVE scripts logged ≥ ${S5_SLOWLOG_US} µs: ${d.n}, p50 ${fmt(d.p50, 0)} µs, p99 ${fmt(d.p99, 0)} µs, max ${fmt(d.max, 0)} µs, ${over} ≥ 1 ms; slowest constant-time command ${control ? `${fmt(control.us, 0)} µs (${control.command})` : `< ${S5_SLOWLOG_US} µs`}; every command ≥ 1 ms: ${overAll}`;
   };
 
   row({
@@ -1425,20 +1454,32 @@ async function scenario5(_sim: Simulator, pair: { a: ServerChild; b: ServerChild
     goal: '≥ 0.8× the rate at 100 guests',
     status: atLarge.rps >= 0.8 * atSmall.rps ? 'PASS' : 'MISS',
   });
+  const ownCoreSays = ownCoreMissing
+    ? `Redis could not have a core of its own here (${ownCoreMissing}): it shared them`
+    : 'Redis on a core of its own under SCHED_FIFO, the bench off it';
   row({
     scenario: 5,
-    metric: `slowest Redis command of the node's keys during the load at ${S5_LARGE_GUESTS} guests + ${S5_LARGE_RESERVED} reservations (SLOWLOG; commands inside scripts count too${REDIS_FIFO ? '; Redis under SCHED_FIFO, BENCH_REDIS_FIFO=1' : ''})`,
-    server: slowest(atLarge),
-    baseline: `${slowest(atSmall)} at 100 guests`,
-    ratio: atSmall.slow[0] && atLarge.slow[0] ? ratio(slowestUs(atLarge), slowestUs(atSmall)) : '—',
+    metric: `slowest Redis command of the space's keys during the load on the ${S5_LARGE_GUESTS}-guest space again (${ownCoreSays}; SLOWLOG, commands inside scripts count too)`,
+    server: slowest(atLargeOwn),
+    baseline: `${slowest(atLarge)} sharing the cores`,
+    ratio: atLarge.slow[0] && atLargeOwn.slow[0] ? ratio(slowestUs(atLargeOwn), slowestUs(atLarge)) : '—',
     goal: '< 1 ms',
-    status: slowestUs(atLarge) < 1000 ? 'PASS' : 'MISS',
+    status: slowestUs(atLargeOwn) < 1000 ? 'PASS' : 'MISS',
   });
-  const dups = cs.dups + cl.dups;
-  const bad = dups + cs.notHeld + cl.notHeld + cs.overlap + cl.overlap;
   row({
     scenario: 5,
-    metric: `duplicate VMIDs among ${atSmall.vmids.length} + ${atLarge.vmids.length} reservations`,
+    metric: `slowest Redis command of the space's keys during a load at 100 guests that loses every Redis key halfway (${ownCoreSays})`,
+    server: slowest(atFlushOwn),
+    baseline: `${slowest(atFlush)} sharing the cores`,
+    ratio: atFlush.slow[0] && atFlushOwn.slow[0] ? ratio(slowestUs(atFlushOwn), slowestUs(atFlush)) : '—',
+    goal: '< 1 ms',
+    status: slowestUs(atFlushOwn) < 1000 ? 'PASS' : 'MISS',
+  });
+  const dups = cs.dups + cl.dups + clo.dups;
+  const bad = dups + cs.notHeld + cl.notHeld + clo.notHeld + cs.overlap + cl.overlap + clo.overlap;
+  row({
+    scenario: 5,
+    metric: `duplicate VMIDs among ${atSmall.vmids.length} + ${atLarge.vmids.length} + ${atLargeOwn.vmids.length} reservations`,
     server: String(dups),
     baseline: '0',
     ratio: '—',
@@ -1447,12 +1488,12 @@ async function scenario5(_sim: Simulator, pair: { a: ServerChild; b: ServerChild
   });
   row({
     scenario: 5,
-    metric: `duplicate VMIDs among ${atFlush.vmids.length} reservations at 100 guests, every Redis key of the deployment (${lostKeys}) deleted halfway`,
-    server: String(cf.dups),
+    metric: `duplicate VMIDs among ${atFlush.vmids.length} + ${atFlushOwn.vmids.length} reservations at 100 guests, every Redis key of the deployment (${lostKeys}) deleted halfway`,
+    server: String(cf.dups + cfo.dups),
     baseline: `${fmt(atFlush.rps, 0)} /s (p99 ${ms(atFlush.p99)})`,
     ratio: '—',
     goal: '0 duplicates, all held',
-    status: cf.dups + cf.notHeld + cf.overlap === 0 ? 'PASS' : 'MISS',
+    status: cf.dups + cf.notHeld + cf.overlap + cfo.dups + cfo.notHeld + cfo.overlap === 0 ? 'PASS' : 'MISS',
   });
   const perReservation = (l: ReserveLoad) =>
     Object.entries(l.cpu)
@@ -1467,7 +1508,9 @@ async function scenario5(_sim: Simulator, pair: { a: ServerChild; b: ServerChild
   for (const [label, l, c] of [
     ['100 guests', atSmall, cs],
     [`${S5_LARGE_GUESTS} guests`, atLarge, cl],
+    [`${S5_LARGE_GUESTS} guests again, Redis on a core of its own`, atLargeOwn, clo],
     ['100 guests, Redis keys lost halfway', atFlush, cf],
+    ['100 guests, Redis keys lost halfway, Redis on a core of its own', atFlushOwn, cfo],
   ] as const) {
     note(5, `${label}: ${profile(l)}.`);
     note(5, `${label}: CPU per reservation: ${perReservation(l)}.`);
@@ -1485,7 +1528,7 @@ async function scenario5(_sim: Simulator, pair: { a: ServerChild; b: ServerChild
   }
   note(
     5,
-    `the large node holds ${S5_LARGE_RESERVED} reservations of every other VMID above its guests before the load (seeded through the API), so each reservation of the load is a gap deep inside ${S5_LARGE_GUESTS + S5_LARGE_RESERVED} used VMIDs. SLOWLOG: slowlog-log-slower-than set to ${S5_SLOWLOG_US} µs (and a long slowlog-max-len) during each load, restored afterwards; entries counted are those naming the node's keys.${REDIS_FIFO ? ' BENCH_REDIS_FIFO=1: Redis ran under SCHED_FIFO during each reservation load (not the read baseline), so the reservation rates are not comparable with a run without it.' : ''}`,
+    `the large node holds ${S5_LARGE_RESERVED} reservations of every other VMID above its guests before the load (seeded through the API), so each reservation of the load is a gap deep inside ${S5_LARGE_GUESTS + S5_LARGE_RESERVED} used VMIDs. SLOWLOG: slowlog-log-slower-than set to ${S5_SLOWLOG_US} µs (and a long slowlog-max-len) during each load, restored afterwards; entries counted are those naming the node's keys. The loads "on a core of its own" pin Redis's main thread to the last core under SCHED_FIFO and keep the bench's processes (servers, simulator, load) off it, as a Redis on a host of its own; the rates come from the loads before, where every process shares the cores.`,
   );
   note(
     5,
@@ -1529,32 +1572,17 @@ const CONSTANT_TIME = new Set([
 
 /**
  * Runs `load` with Redis's SLOWLOG recording every command of at least S5_SLOWLOG_US, and
- * answers those that name the VMID space's keys, slowest first (EVALSHA named by its script). The
- * previous settings are restored whatever happens.
+ * answers those that name the VMID space's keys, slowest first (EVALSHA named by its script).
+ * `schedule` (redisOnOwnCore) changes where Redis runs for the load and answers how to undo it.
+ * The previous settings are restored whatever happens.
  */
-/**
- * BENCH_REDIS_FIFO=1 (a diagnostic, root and a Redis on this machine): Redis's main thread runs
- * under SCHED_FIFO during each load, so no other process of the bench takes the CPU from it
- * in the middle of a command. SLOWLOG then shows how long the commands take, not how long the
- * scheduler of a busy 2-core host kept Redis waiting. Every row and note says when it is on.
- */
-const REDIS_FIFO = process.env.BENCH_REDIS_FIFO === '1';
-
-/** Puts Redis's main thread under SCHED_FIFO (REDIS_FIFO) until the returned function is called. */
-async function redisFifo(admin: Redis): Promise<() => void> {
-  if (!REDIS_FIFO) return () => undefined;
-  const pid = /process_id:(\d+)/.exec(await admin.info('server'))?.[1];
-  if (!pid) throw new Error('BENCH_REDIS_FIFO: Redis did not tell its process id');
-  execFileSync('chrt', ['-f', '-p', '10', pid]);
-  return () => execFileSync('chrt', ['-o', '-p', '0', pid]);
-}
-
 async function withSlowlog<T>(
   spaceId: string,
+  schedule: (() => () => void) | undefined,
   load: () => Promise<T>,
 ): Promise<{ result: T; slow: Array<{ us: number; command: string }> }> {
   const admin = new Redis(REDIS_URL);
-  const restoreScheduling = await redisFifo(admin);
+  const restoreScheduling = schedule?.() ?? (() => undefined);
   const setting = async (name: string) => ((await admin.config('GET', name)) as string[])[1] ?? '';
   const threshold = await setting('slowlog-log-slower-than');
   const maxLen = await setting('slowlog-max-len');
