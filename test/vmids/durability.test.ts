@@ -112,6 +112,33 @@ describe('durable reservations', () => {
     }
   });
 
+  it('after the loss of every key, the used index comes from what the seed puts back (kept by releases), and the first fill adds its guests to it', async () => {
+    const { prefix, a, services, close } = await twoInstances(proxmox);
+    try {
+      const [onA] = services;
+      const alice = newNode();
+      for (const vmid of [5000, 5002, 5004]) await onA.reserveVmid(alice, vmid, 600);
+      await loseEveryKey(prefix);
+      const used = () => a.redis!.zrange(`vmid-used:{${alice.spaceId}}`, 0, -1);
+      const state = `vmid-version:{${alice.spaceId}}`;
+
+      // A look that seeds without filling (who holds a VMID): the index is the reservations.
+      expect(await a.store.holder(spaceOf(alice), 5002)).toMatchObject({ owner: alice.userId });
+      expect(await a.redis!.hget(state, 'usedSeed')).toBe('1');
+      expect(await used()).toEqual(['5000', '5002', '5004']);
+      expect(await onA.releaseVmid(alice, 5002)).toBe(true);
+      expect(await used()).toEqual(['5000', '5004']);
+
+      // The first fill adds the guests; the index is every guest and live reservation.
+      expect((await onA.getCachedVmids(alice)).reserved).toEqual([5000, 5004]);
+      expect(await a.redis!.hexists(state, 'usedSeed')).toBe(0);
+      expect(await used()).toEqual([...(await proxmox.fetchTakenVmids(alice)), 5000, 5004].map(String));
+      expect((await onA.reserveVmid(alice, undefined, 600)).vmid).toBe(110);
+    } finally {
+      await close();
+    }
+  });
+
   it('never hands out one VMID twice while reservations stream in from two instances and Redis loses everything midway', async () => {
     const { prefix, services, close } = await twoInstances(proxmox);
     try {
