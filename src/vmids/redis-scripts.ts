@@ -409,8 +409,8 @@ if floor > 0 then floor = floor + ${EVENT_LOG_KEEP} end
 if floor > tonumber(redis.call('HGET', K.state, 'version') or '0') then
   redis.call('HSET', K.state, 'version', int(floor))
 end
--- One call per key, not per reservation (a part of 250 took Redis 3 to 4 ms one by one, under
--- load): which are there already, then every one put back at once.
+-- One call per key, not per reservation (each call from Lua costs about as much as its work):
+-- which are there already, then every one put back at once.
 local vmids = {}
 for i = 8, #ARGV, 3 do vmids[#vmids + 1] = ARGV[i] end
 if #vmids > 0 then

@@ -85,12 +85,13 @@ interface ScriptCommands {
 
 const NODE_KEYS = 11;
 /**
- * Reservations put back per SEED call: well under 1 ms of Redis a part, whatever the space
- * holds (SEED writes a part with one call per key). A space's tens of thousands in one call would hold Redis that much
+ * Reservations put back per SEED call: under 1 ms of Redis a part, whatever the space holds
+ * (a part of 250 took 2.4 ms on a slow 2-core VM, each reservation about 2 µs in each of two
+ * sets that grow to the space's size, written with one call per key). A space's tens of thousands in one call would hold Redis that much
  * longer, and overflow the client's call stack as arguments (a space of 60,000 could not be
  * seeded at all).
  */
-const SEED_PART = 250;
+const SEED_PART = 64;
 /**
  * The most reservations one RESERVE script decides. Redis runs one script at a time, so a
  * script's length is what any other command may wait behind: alone, a script takes about
