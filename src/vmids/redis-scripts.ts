@@ -816,6 +816,28 @@ return 1
  * An added VMID joins vmid-last too, so a fill that no longer lists it holds it.
  */
 export const CONSUME = `${COMMON}
+-- The kept list (ascending, comma-separated) with vmid put in its place: a binary search over
+-- the list's byte offsets (O(log n) finds) and one copy, where sorting the whole set again took
+-- Redis 5.5 ms at 10,000 guests.
+local function list_with(list, vmid)
+  if list == '' then return vmid end
+  local v, last = tonumber(vmid), #list + 2
+  -- Where the first VMID starting at or after byte p starts (last: none does).
+  local function start_from(p)
+    if p <= 1 then return 1 end
+    local comma = string.find(list, ',', p - 1, true)
+    return comma and comma + 1 or last
+  end
+  local lo, hi = 1, last
+  while lo < hi do
+    local mid = math.floor((lo + hi) / 2)
+    local at = start_from(mid)
+    if at == last or tonumber(string.match(list, '^%d+', at)) >= v then hi = mid else lo = mid + 1 end
+  end
+  local at = start_from(lo)
+  if at == last then return list .. ',' .. vmid end
+  return string.sub(list, 1, at - 1) .. vmid .. ',' .. string.sub(list, at)
+end
 HOLD_MS = tonumber(ARGV[4]) or 0
 local now = now_ms()
 lapse(ARGV[2], ARGV[3], now)
@@ -832,9 +854,15 @@ elseif released == 1 then
   unuse(ARGV[1])
 end
 if added == 1 then
-  local joined = table.concat(redis.call('SORT', K.cache), ',')
-  redis.call('HSET', K.meta, 'list', joined, 'listAt', redis.call('HGET', K.meta, 'refreshedAt'),
-    'listCard', redis.call('SCARD', K.cache))
+  local meta = redis.call('HMGET', K.meta, 'list', 'listAt', 'refreshedAt', 'listCard')
+  local card = redis.call('SCARD', K.cache)
+  local joined
+  if meta[1] and meta[2] == meta[3] and tonumber(meta[4]) == card - 1 then
+    joined = list_with(meta[1], ARGV[1])
+  else
+    joined = table.concat(redis.call('SORT', K.cache), ',')
+  end
+  redis.call('HSET', K.meta, 'list', joined, 'listAt', meta[3], 'listCard', card)
   redis.call('HSET', K.state, 'digest', redis.sha1hex(joined))
   redis.call('SET', K.last, joined)
   bump(K.state, ARGV[2], ARGV[3], 'REFRESHED', 'null', now, delta({ ARGV[1] }, {}))

@@ -664,6 +664,22 @@ export function vmidStoreContract(kind: StoreKind, url = TEST_REDIS_URL, where =
       if (opened.redis) expect(await opened.redis.exists(`vmid-owners:{${node.id}}`)).toBe(0);
     });
 
+    it('a consumed VMID joins the set in its place, wherever it falls, and a fill of the same set afterwards changes nothing', async () => {
+      const store = opened.store;
+      await store.refresh(node, [200, 210, 220], 60, null);
+      for (const vmid of [215, 100, 300, 201, 219]) {
+        expect(await store.consume(node, vmid)).toEqual({ released: false, added: true });
+      }
+      const after = await store.read(node);
+      expect(after.cache!.taken).toEqual([100, 200, 201, 210, 215, 219, 220, 300]);
+      const refill = await store.refresh(node, after.cache!.taken, 60, null);
+      expect(refill).toMatchObject({ written: true, changed: false, snapshot: { version: after.version } });
+      // From an empty set, too.
+      await store.refresh(node, [], 60, null);
+      expect(await store.consume(node, 150)).toEqual({ released: false, added: true });
+      expect((await store.read(node)).cache!.taken).toEqual([150]);
+    });
+
     it('restore puts lost reservations back, keeps one made of their VMID since, skips ended ones, announces nothing', async () => {
       const store = opened.store;
       await store.refresh(node, TAKEN, 60, null);
