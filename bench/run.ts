@@ -22,7 +22,6 @@
  *      local Redis Cluster of three masters with one replica each, ports 7140–7145, started
  *      and stopped by the bench)
  */
-import { execFileSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdirSync, readFileSync, writeFileSync, existsSync } from 'node:fs';
 import os from 'node:os';
@@ -1222,6 +1221,9 @@ interface ReserveLoad {
   cpu: Record<string, number>;
   /** Commands of this run's keys that took ≥ S5_SLOWLOG_US, slowest first. */
   slow: Array<{ us: number; command: string }>;
+  /** Time the hypervisor ran something else on the machine's cores (steal, every core together), ms, and the load's length, s. */
+  stealMs: number;
+  seconds: number;
 }
 
 async function scenario5(_sim: Simulator, pair: { a: ServerChild; b: ServerChild }) {
@@ -1342,6 +1344,7 @@ async function scenario5(_sim: Simulator, pair: { a: ServerChild; b: ServerChild
         postgres: () => pidsNamed('postgres'),
       });
       const start = now();
+      const steal = machineSteal();
       // BENCH_PROFILE_WINDOW=reserve-small (or -large, -flush): a CPU profile of that load alone.
       for (const s of [a, b]) profileWindow(s, `reserve-${label}`);
       const loads = [a, b].map((s) =>
@@ -1355,7 +1358,7 @@ async function scenario5(_sim: Simulator, pair: { a: ServerChild; b: ServerChild
       if (midway) await new Promise((r) => setTimeout(r, (SECONDS * 1000) / 2)).then(midway);
       const res = await Promise.all(loads);
       for (const s of [a, b]) profileWindow(s, `reserve-${label}`);
-      return { res, elapsed: (now() - start) / 1000, cpu: spent() };
+      return { res, elapsed: (now() - start) / 1000, cpu: spent(), stealMs: steal() };
     });
     result.res.forEach((r, i) => checkCannon(`reserve ${label} ${i}`, r));
     return {
@@ -1365,6 +1368,8 @@ async function scenario5(_sim: Simulator, pair: { a: ServerChild; b: ServerChild
       vmids,
       errors,
       slow,
+      stealMs: result.stealMs,
+      seconds: result.elapsed,
     };
   };
   // Warm-up, as the read baseline has one: the reservation path's first seconds run partly
@@ -1512,7 +1517,7 @@ async function scenario5(_sim: Simulator, pair: { a: ServerChild; b: ServerChild
     ['100 guests, Redis keys lost halfway', atFlush, cf],
     ['100 guests, Redis keys lost halfway, Redis on a core of its own', atFlushOwn, cfo],
   ] as const) {
-    note(5, `${label}: ${profile(l)}.`);
+    note(5, `${label}: ${profile(l)}; steal ${fmt(l.stealMs, 0)} ms over ${fmt(l.seconds, 1)} s.`);
     note(5, `${label}: CPU per reservation: ${perReservation(l)}.`);
     note(
       5,
