@@ -19,7 +19,7 @@ import { EVENT_LOG_KEEP } from './store.js';
  *   vmid-reservations:{id}  ZSET vmid → expiry (ms); expires with its last member
  *   vmid-version:{id}       HASH version, digest (of the last announced set),
  *                           epoch (bumped by invalidations), seeded (see SEED), usedSeed
- *                           (the used index was built by SEED, see build_used), replid
+ *                           (when SEED began building the used index, see build_used), replid
  *                           (the master it was last written on: FOLLOW_MASTER) — never
  *                           expires, except as a deleted node's tombstone (deleted=1, kept
  *                           a day: FORGET; a space registered again is revived: REVIVE)
@@ -169,6 +169,25 @@ local function add_used(ids, first, last)
   end
   if #args > 0 then redis.call('ZADD', K.used, unpack(args)) end
 end
+-- How long an index SEED builds for a space that is not cached (usedSeed: when it began) is
+-- kept for the first fill: well under the day the held set and the reservations outlive their
+-- last member, so nothing can have left those sets without leaving the index meanwhile (an
+-- index kept longer could keep a VMID nobody holds any more, and the search trusts its members).
+local SEEDED_INDEX_MS = 3600000
+-- Adds reserved VMIDs (ZADD arguments: vmid, vmid, …) to the used index where one is kept: the
+-- set is cached, or SEED is building the index for the first fill (usedSeed).
+local function index_reserved(cached, args)
+  if #args == 0 then return end
+  if cached then
+    redis.call('ZADD', K.used, unpack(args))
+    return
+  end
+  local since = tonumber(redis.call('HGET', K.state, 'usedSeed') or '')
+  if since then
+    redis.call('ZADD', K.used, unpack(args))
+    redis.call('PEXPIREAT', K.used, int(since + SEEDED_INDEX_MS))
+  end
+end
 -- Builds the used index from what it indexes: taken (the cached set, as a list), the live
 -- reservations and the live holds (ended ones are dropped here); it expires with the cache.
 -- usedAt records the fill it was built for. After a loss, SEED has built it from the
@@ -176,7 +195,9 @@ end
 -- reservations one by one were most of a first fill's time (20,000 of them: 6 to 10 ms).
 -- The old index is freed by Redis's background thread (UNLINK), not inside the script.
 local function build_used(taken, first, last, refreshed_at, expires_at, now)
-  local seeded_index = redis.call('HDEL', K.state, 'usedSeed') == 1 and redis.call('EXISTS', K.used) == 1
+  local since = tonumber(redis.call('HGET', K.state, 'usedSeed') or '')
+  redis.call('HDEL', K.state, 'usedSeed')
+  local seeded_index = since and now - since < SEEDED_INDEX_MS and redis.call('EXISTS', K.used) == 1
   drop_dense()
   if seeded_index then
     sweep_holds(now)
@@ -225,7 +246,7 @@ end
 -- rolling upgrade), and an answer that is taken or reserved or held all the same (such a
 -- script reserved or consumed without it, or released a held VMID out of it) is added to it and
 -- the search repeated. An earlier version's release can only leave an extra member: a free VMID
--- skipped until the next fill.
+-- skipped until the index is next built whole (a fill of a set not cached: see REFRESH_DELTA).
 --
 -- Held VMIDs are members of the index while held, so they cost the search nothing: it stays
 -- O(log² n) (n: taken + reserved + held), plus sweeping the holds that ended since the last
@@ -394,14 +415,13 @@ if ARGV[3] ~= '1' then
   redis.call('HSET', K.state, 'seedToken', token, 'seedParts', int(part + 1), 'seedUntil', int(now + ${SEED_HOLD_MS}))
 end
 local cached = redis.call('EXISTS', K.meta) == 1
--- A space that is not cached gets its used index from the parts (usedSeed): the first fill then
--- adds its guests to it instead of every reservation again (build_used). Releases and lapses
--- keep it meanwhile, as they keep any index; nothing reserves before a fill.
+-- A space that is not cached gets its used index from the parts (usedSeed: when the seed began):
+-- the first fill then adds its guests to it instead of every reservation again (build_used).
+-- Releases and lapses keep it meanwhile, as they keep any index; nothing reserves before a fill.
 if ARGV[3] ~= '1' and part == 0 and not cached then
   redis.call('UNLINK', K.used)
-  redis.call('HSET', K.state, 'usedSeed', '1')
+  redis.call('HSET', K.state, 'usedSeed', int(now))
 end
-local index = cached or redis.call('HEXISTS', K.state, 'usedSeed') == 1
 -- After a loss the version goes on well past the last one recorded: changes made after that
 -- record (a release, a lapse) had numbers too, and none may be given again.
 local floor = tonumber(ARGV[4])
@@ -418,11 +438,16 @@ if #vmids > 0 then
   local reserved, owned, used = {}, {}, {}
   for k, vmid in ipairs(vmids) do
     local expires_at = ARGV[6 + 3 * k]
-    if not there[k] and tonumber(expires_at) > now then
+    local back = not there[k] and tonumber(expires_at) > now
+    if back then
       reserved[#reserved + 1] = expires_at
       reserved[#reserved + 1] = vmid
       owned[#owned + 1] = vmid
       owned[#owned + 1] = ARGV[7 + 3 * k]
+    end
+    -- Those there already are indexed too: an earlier seed of the space that did not end may
+    -- have put them back before this seed's claim emptied the index.
+    if back or there[k] then
       used[#used + 1] = vmid
       used[#used + 1] = vmid
     end
@@ -430,8 +455,8 @@ if #vmids > 0 then
   if #reserved > 0 then
     redis.call('ZADD', K.reservations, unpack(reserved))
     redis.call('HSET', K.owners, unpack(owned))
-    if index then redis.call('ZADD', K.used, unpack(used)) end
   end
+  index_reserved(cached, used)
 end
 keep_reservations()
 if final and ARGV[3] ~= '1' then
@@ -920,7 +945,7 @@ for i = 4, #ARGV, 5 do
   if (refused or not score) and row_until and row_until > now then
     redis.call('ZADD', K.reservations, row_until, vmid)
     redis.call('HSET', K.owners, vmid, ARGV[i + 4])
-    if cached then redis.call('ZADD', K.used, vmid, vmid) end
+    index_reserved(cached, { vmid, vmid })
   elseif refused then
     redis.call('ZREM', K.reservations, vmid)
     redis.call('HDEL', K.owners, vmid)

@@ -86,10 +86,10 @@ interface ScriptCommands {
 const NODE_KEYS = 11;
 /**
  * Reservations put back per SEED call: under 1 ms of Redis a part, whatever the space holds
- * (a part of 250 took 2.4 ms on a slow 2-core VM, each reservation about 2 µs in each of two
- * sets that grow to the space's size, written with one call per key). A space's tens of thousands in one call would hold Redis that much
- * longer, and overflow the client's call stack as arguments (a space of 60,000 could not be
- * seeded at all).
+ * (a part of 250 took 2.4 ms on a slow 2-core VM: each reservation costs about 2 µs in each of
+ * two sets that grow to the space's size, even written with one call per key). A space's tens
+ * of thousands in one call would hold Redis that much longer, and overflow the client's call
+ * stack as arguments (a space of 60,000 could not be seeded at all).
  */
 const SEED_PART = 64;
 /**
@@ -667,9 +667,9 @@ export class RedisVmidStore implements VmidStore {
   /**
    * A fill of a set that changed since it was last written, sent as the change (REFRESH_DELTA:
    * Redis's work grows with the change, not with the cluster), or null where REFRESH must do it:
-   * nothing written before, the same set again (REFRESH keeps it as it is), an empty set, or a
-   * cache REFRESH_DELTA does not trust. vmid-last is read first; the script checks it is still
-   * what the change was found against.
+   * nothing written before, a set not cached, the same set again (REFRESH keeps it as it is),
+   * an empty set, or a cache REFRESH_DELTA does not trust. vmid-last is read first; the script
+   * checks it is still what the change was found against.
    */
   private async refreshByDelta(
     node: NodeRef,
@@ -677,8 +677,13 @@ export class RedisVmidStore implements VmidStore {
     argv: readonly string[],
   ): Promise<{ reply: unknown; reserved: number[] } | null> {
     const joined = argv[5]!;
-    const previous = await this.redis.get(nodeKeys(node.id)[9]);
-    if (previous === null || previous === joined || list.length === 0) return null;
+    const k = nodeKeys(node.id);
+    // Without meta the set is not cached (expired, invalidated): REFRESH's, no need to ask.
+    const [[, previous], [, cached]] = (await this.redis.multi().get(k[9]).exists(k[1]).exec()) as [
+      [unknown, string | null],
+      [unknown, number],
+    ];
+    if (previous === null || cached !== 1 || previous === joined || list.length === 0) return null;
     const { added, removed } = changeBetween(previous === '' ? [] : previous.split(',').map(Number), list);
     const delta = await this.withReserved('refreshDelta', node, [
       ...argv,
@@ -1089,7 +1094,6 @@ function parseGuests(value: string): GuestListing | null {
   }
 }
 
-/** `values` itself when it is ascending without duplicates already (Proxmox lists usually are), else a sorted copy. */
 /** What changed from one ascending list of VMIDs to another: one merge, O(n). */
 function changeBetween(before: readonly number[], after: readonly number[]): { added: number[]; removed: number[] } {
   const added: number[] = [];
@@ -1113,6 +1117,7 @@ function changeBetween(before: readonly number[], after: readonly number[]): { a
   return { added, removed };
 }
 
+/** `values` itself when it is ascending without duplicates already (Proxmox lists usually are), else a sorted copy. */
 function ascendingUnique(values: readonly number[]): number[] {
   for (let i = 1; i < values.length; i++) {
     if (!(values[i - 1]! < values[i]!)) return [...new Set(values)].sort((a, b) => a - b);

@@ -3,7 +3,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openPostgres } from '../../src/db/database.js';
 import type { RedisClient } from '../../src/redis/redis.js';
 import { DurableVmidStore, RedisVmidStore, ReservationRecord } from '../../src/vmids/index.js';
-import { SEED } from '../../src/vmids/redis-scripts.js';
+import { SEED, SEED_ABANDON } from '../../src/vmids/redis-scripts.js';
 import { spaceOf } from '../../src/vmids/spaces.js';
 import { nodeKeys } from '../../src/vmids/redis-store.js';
 import type { RefusedReservation, ReserveRequest } from '../../src/vmids/store.js';
@@ -124,7 +124,7 @@ describe('durable reservations', () => {
 
       // A look that seeds without filling (who holds a VMID): the index is the reservations.
       expect(await a.store.holder(spaceOf(alice), 5002)).toMatchObject({ owner: alice.userId });
-      expect(await a.redis!.hget(state, 'usedSeed')).toBe('1');
+      expect(await a.redis!.hget(state, 'usedSeed')).toMatch(/^\d+$/);
       expect(await used()).toEqual(['5000', '5002', '5004']);
       expect(await onA.releaseVmid(alice, 5002)).toBe(true);
       expect(await used()).toEqual(['5000', '5004']);
@@ -227,6 +227,42 @@ describe('durable reservations', () => {
       expect(await redis.zrange(`vmid-reservations:{${node.spaceId}}`, 0, -1)).toEqual(['100', '101']);
       // Seeded: a late part of any seed changes nothing.
       expect(await seed('a', 1, true, '102', until, 'alice')).toBe(0);
+    } finally {
+      redis.disconnect();
+    }
+  });
+
+  it('a seed started again after one that did not end indexes what the first put back; the index lives an hour unless a fill adopts it', async () => {
+    const prefix = uniqueRedisPrefix();
+    const redis = await connect(prefix);
+    try {
+      const node = newNode();
+      const state = `vmid-version:{${node.spaceId}}`;
+      const used = `vmid-used:{${node.spaceId}}`;
+      const seed = (token: string, part: number, final: boolean, ...held: string[]) =>
+        redis.eval(
+          SEED,
+          11,
+          ...nodeKeys(node.spaceId),
+          'channel',
+          JSON.stringify(node.spaceId),
+          '0',
+          '0',
+          token,
+          String(part),
+          final ? '1' : '0',
+          ...held,
+        );
+      const until = String(Date.now() + 600_000);
+      expect(await seed('d', 0, false)).toBe(1);
+      expect(await seed('d', 1, false, '200', until, 'alice')).toBe(1);
+      // Its instance gives the seed up; the next one claims the space and puts everything back.
+      expect(await redis.eval(SEED_ABANDON, 1, state, 'd')).toBe(1);
+      expect(await seed('e', 0, false)).toBe(1);
+      expect(await seed('e', 1, true, '200', until, 'alice', '201', until, 'alice')).toBe(1);
+      expect(await redis.zrange(used, 0, -1)).toEqual(['200', '201']);
+      const since = Number(await redis.hget(state, 'usedSeed'));
+      expect(await redis.pexpiretime(used)).toBe(since + 3_600_000);
     } finally {
       redis.disconnect();
     }
