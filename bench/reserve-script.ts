@@ -3,8 +3,9 @@
  * redis://127.0.0.1:6379; run it on an idle Redis, the figures are Redis's own command time).
  * For 100 guests (with no and with 500 reservations) and for 10,000 guests + 10,000
  * reservations (every other VMID above the guests, as scenario 5 seeds them), it first fills
- * the space again, with the same set and with a set one guest created and one destroyed
- * (REFRESH or REFRESH_DELTA and a ZRANGE in one MULTI: EXEC's time), reads it from Redis (the
+ * the space again, with the same set, with one guest created and one destroyed, and after an
+ * invalidation with one more created (REFRESH or REFRESH_DELTA and a ZRANGE in one MULTI:
+ * EXEC's time), reads it from Redis (the
  * READ script and a ZRANGE in one MULTI), then reserves
  * in batches of 1 and of 8 (one RESERVE script each), and prints Redis's time per read and per
  * script (INFO commandstats, before and after) and the commands a script called. Keys live
@@ -58,10 +59,13 @@ async function measure(guests: number, reserved: number, batch: number): Promise
       // Fills (REFRESH and a ZRANGE in one MULTI: EXEC's time): the same set again (the usual
       // refresh), then a set with one guest more and one less (a change seen in Proxmox).
       const guestsNow = Array.from({ length: guests }, (_, i) => 100 + i);
-      for (const [kind, taken] of [
-        ['unchanged', guestsNow],
-        ['one guest created and one destroyed', [...guestsNow.slice(1), 100 + guests + 2 * reserved + 1]],
+      const changed = [...guestsNow.slice(1), 100 + guests + 2 * reserved + 1];
+      for (const [kind, taken, invalidated] of [
+        ['unchanged', guestsNow, false],
+        ['one guest created and one destroyed', changed, false],
+        ['after an invalidation, one guest created', [...changed, 100 + guests + 2 * reserved + 3], true],
       ] as const) {
+        if (invalidated) await store.invalidate(node);
         const before = await commandStats(admin);
         await store.refresh(node, taken, 3_600, null);
         const after = await commandStats(admin);

@@ -9,7 +9,8 @@ import { EVENT_LOG_KEEP } from './store.js';
  * Keys of one node (nodeId in braces: one Redis Cluster hash slot per node). Every script but
  * UNLOCK, REVIVE and EVENTS_AFTER is given all of them, in this order (KEYS[1…11], named
  * K.cache … K.log in Lua):
- *   vmid-cache:{id}         SET of taken VMIDs (absent when the set is empty)  TTL
+ *   vmid-cache:{id}         SET of taken VMIDs (absent when the set is empty); kept up to
+ *                           RETAIN_MS past meta for the next fill, trusted only with meta
  *   vmid-meta:{id}          HASH refreshedAt, expiresAt (ms) — marks "cached" — and list
  *                           (the set ascending, comma-separated: what READ answers) with
  *                           listAt/listCard (the refreshedAt and size it was made for), and
@@ -27,8 +28,8 @@ import { EVENT_LOG_KEEP } from './store.js';
  *   vmid-lock:{id}          fill lock (SET NX PX)
  *   vmid-used:{id}          ZSET vmid → vmid: taken ∪ reserved ∪ held, the index the lowest
  *                           free VMID is found in by binary search (lowest_free). Kept with the
- *                           cache (same expiry; invalidation drops it; a fill rebuilds it),
- *                           since only a cached set is searched  TTL
+ *                           set (RETAIN_MS), moved by each fill, built whole by a fill
+ *                           without a set to move  TTL
  *   vmid-owners:{id}        HASH vmid → user id holding the reservation; expires with the
  *                           reservations
  *   vmid-held:{id}          ZSET vmid → until (ms): VMIDs that left the used set lately (the
@@ -169,6 +170,17 @@ local function add_used(ids, first, last)
   end
   if #args > 0 then redis.call('ZADD', K.used, unpack(args)) end
 end
+-- The cached set and the used index outlive the cache (meta) by up to RETAIN_MS after their
+-- fill, so the next fill, after the cache expired or was invalidated, can move them by what
+-- changed (REFRESH_DELTA) instead of writing them whole: O(n) for a large cluster, every
+-- VMID_CACHE_TTL_S of a space not refreshed before. Only meta says "cached"; nothing decides on
+-- the set without it. Under a day less a hold, so nothing the held set or the reservations held
+-- can have left them unseen while the index keeps it (every script that lapses and sweeps
+-- runs before a fill moves the index on).
+local RETAIN_MS = 43200000
+local function kept_until(refreshed_at, expires_at)
+  return int(math.max(tonumber(expires_at), tonumber(refreshed_at) + RETAIN_MS))
+end
 -- How long an index SEED builds for a space that is not cached (usedSeed: when it began) is
 -- kept for the first fill: well under the day the held set and the reservations outlive their
 -- last member, so nothing can have left those sets without leaving the index meanwhile (an
@@ -210,7 +222,7 @@ local function build_used(taken, first, last, refreshed_at, expires_at, now)
   redis.call('ZREMRANGEBYSCORE', K.held, '-inf', int(now))
   local held = redis.call('ZRANGE', K.held, 0, -1)
   add_used(held, 1, #held)
-  redis.call('PEXPIREAT', K.used, expires_at)
+  redis.call('PEXPIREAT', K.used, kept_until(refreshed_at, expires_at))
   redis.call('HSET', K.meta, 'usedAt', refreshed_at)
 end
 -- Ends the reservations whose time is up. A lapse is a change like a release: if any lapsed,
@@ -287,7 +299,8 @@ local function search(min, max, now)
     if not PICKED[vmid] and redis.call('SISMEMBER', K.cache, id) == 0
       and not redis.call('ZSCORE', K.reservations, id) and not is_held(id, now) then return vmid end
     redis.call('ZADD', K.used, id, id)
-    redis.call('PEXPIREAT', K.used, redis.call('HGET', K.meta, 'expiresAt'))
+    local meta = redis.call('HMGET', K.meta, 'refreshedAt', 'expiresAt')
+    redis.call('PEXPIREAT', K.used, kept_until(meta[1], meta[2]))
   end
 end
 local function lowest_free(min, max, now)
@@ -571,12 +584,12 @@ else
 end
 local expires_at = now + tonumber(ARGV[1])
 if same then
-  redis.call('PEXPIREAT', K.cache, expires_at)
+  redis.call('PEXPIREAT', K.cache, kept_until(now, expires_at))
 elseif n >= 1 then
   -- Freed by Redis's background thread, not by RENAME inside the script.
   redis.call('UNLINK', K.cache)
   redis.call('RENAME', K.tmp, K.cache)
-  redis.call('PEXPIREAT', K.cache, expires_at)
+  redis.call('PEXPIREAT', K.cache, kept_until(now, expires_at))
 else
   redis.call('DEL', K.cache)
 end
@@ -587,7 +600,7 @@ drop_dense()
 if same then
   -- What build_used does to an index that is right already: ended holds leave it.
   sweep_holds(now)
-  redis.call('PEXPIREAT', K.used, expires_at)
+  redis.call('PEXPIREAT', K.used, kept_until(now, expires_at))
   redis.call('HSET', K.meta, 'usedAt', int(now))
 else
   build_used(ids, 1, n, int(now), expires_at, now)
@@ -609,8 +622,8 @@ return { 'OK', changed, int(version), int(now), int(expires_at), first }
 /**
  * ARGV: ttlMs, expectedEpoch, channel, nodeJson, holdMs, vmids (as for REFRESH), then the set
  * as last written that the caller compared with (vmid-last as it read it), the VMIDs added and
- * the VMIDs removed since (each ascending, comma-separated), and the new set's digest (SHA-1
- * of vmids, as REFRESH computes it)
+ * the VMIDs removed since (each ascending, comma-separated), the new set's digest (SHA-1 of
+ * vmids, as REFRESH computes it), and how many VMIDs vmid-last holds
  * → { 'FULL' } (nothing done: send the set to REFRESH) | REFRESH's replies
  * A fill that changes the set, at the cost of the change: REFRESH writes the whole set again
  * and rebuilds the used index from every guest, reservation and hold (at 10,000 guests and
@@ -618,9 +631,12 @@ return { 'OK', changed, int(version), int(now), int(expires_at), first }
  * created or destroyed in the cluster). Here the caller finds what changed against vmid-last
  * (it reads it first, outside the script), and the script applies it: the cached set, the used
  * index and meta move by the VMIDs that changed (O(d log n)), the new list is stored as it
- * came (a copy), and the event and holds are REFRESH's. It does so only where REFRESH would
- * trust the cache and its index (as its unchanged case does) and vmid-last is still what the
- * caller compared with; otherwise it answers FULL before it changes anything.
+ * came (a copy), and the event and holds are REFRESH's. It does so where REFRESH would trust
+ * the cache and its index (as its unchanged case does), or, with the cache expired or
+ * invalidated, where the set and index it kept (RETAIN_MS) are there and the set is as large
+ * as vmid-last, and where vmid-last is still what the caller compared with; otherwise it
+ * answers FULL before it changes anything. With nothing changed, it is the fill of a set that
+ * is not cached any more, kept as it is.
  */
 export const REFRESH_DELTA = `${COMMON}
 HOLD_MS = tonumber(ARGV[5]) or 0
@@ -631,15 +647,19 @@ if ARGV[2] ~= '' and epoch ~= ARGV[2] then
 end
 local joined, previous = ARGV[6], ARGV[7]
 local meta = redis.call('HMGET', K.meta, 'refreshedAt', 'list', 'listAt', 'listCard', 'usedAt')
-if not (meta[1] and meta[2] == previous and meta[3] == meta[1] and meta[5] == meta[1]
-  and tonumber(meta[4]) == redis.call('SCARD', K.cache) and redis.call('EXISTS', K.used) == 1
-  and redis.call('GET', K.last) == previous) then
+local card = redis.call('SCARD', K.cache)
+-- Cached: the set, its list and its index are this version's, made for this fill (as REFRESH's
+-- unchanged case trusts them). Not cached (expired, invalidated): the set and the index kept
+-- for this fill (RETAIN_MS), the set the size of vmid-last.
+if not ((meta[1] and meta[2] == previous and meta[3] == meta[1] and meta[5] == meta[1]
+    and tonumber(meta[4]) == card or not meta[1] and card == tonumber(ARGV[11]))
+  and card > 0 and redis.call('EXISTS', K.used) == 1 and redis.call('GET', K.last) == previous) then
   return { 'FULL' }
 end
 local added, removed = {}, {}
 for id in string.gmatch(ARGV[8], '%d+') do added[#added + 1] = id end
 for id in string.gmatch(ARGV[9], '%d+') do removed[#removed + 1] = id end
-local n = tonumber(meta[4]) + #added - #removed
+local n = card + #added - #removed
 -- An empty set is REFRESH's (the cache key goes).
 if n < 1 then return { 'FULL' } end
 local now = now_ms()
@@ -653,7 +673,7 @@ for i = 1, #removed, 1000 do
   redis.call('SREM', K.cache, unpack(removed, i, math.min(i + 999, #removed)))
 end
 local expires_at = now + tonumber(ARGV[1])
-redis.call('PEXPIREAT', K.cache, expires_at)
+redis.call('PEXPIREAT', K.cache, kept_until(now, expires_at))
 redis.call('HSET', K.meta, 'refreshedAt', int(now), 'expiresAt', int(expires_at),
   'list', joined, 'listAt', int(now), 'listCard', int(n))
 redis.call('PEXPIREAT', K.meta, expires_at)
@@ -667,7 +687,7 @@ if HOLD_MS <= 0 then
   end
 end
 sweep_holds(now)
-redis.call('PEXPIREAT', K.used, expires_at)
+redis.call('PEXPIREAT', K.used, kept_until(now, expires_at))
 redis.call('HSET', K.meta, 'usedAt', int(now))
 local changed = 0
 local version
@@ -685,14 +705,14 @@ return { 'OK', changed, int(version), int(now), int(expires_at), first }
 /**
  * ARGV: channel, nodeJson
  * → { existed(0|1), version } | { -1, version } (the node was deleted: nothing done)
- * The used index goes with the cache (reservations stay): the next fill rebuilds it.
+ * The cache goes (meta: nothing is decided on the set until the next fill); the set and the used
+ * index stay for that fill to move by what changed (see RETAIN_MS).
  */
 export const INVALIDATE = `${COMMON}
 if deleted(K.state) then return { -1, tonumber(redis.call('HGET', K.state, 'version') or '0') } end
 local now = now_ms()
 local existed = redis.call('EXISTS', K.meta)
-redis.call('DEL', K.cache, K.meta)
-redis.call('UNLINK', K.used)
+redis.call('DEL', K.meta)
 redis.call('HDEL', K.state, 'digest', 'usedSeed')
 redis.call('HINCRBY', K.state, 'epoch', 1)
 local v = bump(K.state, ARGV[1], ARGV[2], 'INVALIDATED', 'null', now)
@@ -775,7 +795,8 @@ if #expiries > 0 then
   redis.call('HSET', K.owners, unpack(owned))
   redis.call('ZADD', K.used, unpack(used))
   keep_reservations()
-  redis.call('PEXPIREAT', K.used, redis.call('HGET', K.meta, 'expiresAt'))
+  local meta = redis.call('HMGET', K.meta, 'refreshedAt', 'expiresAt')
+  redis.call('PEXPIREAT', K.used, kept_until(meta[1], meta[2]))
 end
 -- Everything from the first search's start (or the hint's, when it started from the hint) up to
 -- where its min's searches stopped is used now: each answer was the lowest free VMID from where
@@ -868,13 +889,14 @@ local now = now_ms()
 lapse(ARGV[2], ARGV[3], now)
 local released = redis.call('ZREM', K.reservations, ARGV[1])
 redis.call('HDEL', K.owners, ARGV[1])
-local expires_at = redis.call('HGET', K.meta, 'expiresAt')
+local times = redis.call('HMGET', K.meta, 'refreshedAt', 'expiresAt')
 local added = 0
-if expires_at then
+if times[2] then
+  local keep = kept_until(times[1], times[2])
   added = redis.call('SADD', K.cache, ARGV[1])
-  redis.call('PEXPIREAT', K.cache, expires_at)
+  redis.call('PEXPIREAT', K.cache, keep)
   redis.call('ZADD', K.used, ARGV[1], ARGV[1])
-  redis.call('PEXPIREAT', K.used, expires_at)
+  redis.call('PEXPIREAT', K.used, keep)
 elseif released == 1 then
   unuse(ARGV[1])
 end

@@ -665,11 +665,12 @@ export class RedisVmidStore implements VmidStore {
   }
 
   /**
-   * A fill of a set that changed since it was last written, sent as the change (REFRESH_DELTA:
-   * Redis's work grows with the change, not with the cluster), or null where REFRESH must do it:
-   * nothing written before, a set not cached, the same set again (REFRESH keeps it as it is),
-   * an empty set, or a cache REFRESH_DELTA does not trust. vmid-last is read first; the script
-   * checks it is still what the change was found against.
+   * A fill sent as the change since the set was last written (REFRESH_DELTA: Redis's work
+   * grows with the change, not with the cluster), also when the cache expired or was
+   * invalidated since; or null where REFRESH must do it: nothing written before, no set kept
+   * (an empty one, or none for RETAIN_MS), the same set still cached (REFRESH keeps it as it
+   * is), or a set REFRESH_DELTA does not trust. vmid-last is read first; the script checks it is
+   * still what the change was found against.
    */
   private async refreshByDelta(
     node: NodeRef,
@@ -678,19 +679,23 @@ export class RedisVmidStore implements VmidStore {
   ): Promise<{ reply: unknown; reserved: number[] } | null> {
     const joined = argv[5]!;
     const k = nodeKeys(node.id);
-    // Without meta the set is not cached (expired, invalidated): REFRESH's, no need to ask.
-    const [[, previous], [, cached]] = (await this.redis.multi().get(k[9]).exists(k[1]).exec()) as [
-      [unknown, string | null],
-      [unknown, number],
-    ];
-    if (previous === null || cached !== 1 || previous === joined || list.length === 0) return null;
-    const { added, removed } = changeBetween(previous === '' ? [] : previous.split(',').map(Number), list);
+    const [[, previous], [, cached], [, kept]] = (await this.redis
+      .multi()
+      .get(k[9])
+      .exists(k[1])
+      .exists(k[0])
+      .exec()) as [[unknown, string | null], [unknown, number], [unknown, number]];
+    // No set kept to move (REFRESH writes it whole), or the same set still cached (REFRESH keeps it).
+    if (previous === null || kept !== 1 || list.length === 0 || (previous === joined && cached === 1)) return null;
+    const before = previous === '' ? [] : previous.split(',').map(Number);
+    const { added, removed } = changeBetween(before, list);
     const delta = await this.withReserved('refreshDelta', node, [
       ...argv,
       previous,
       added.join(','),
       removed.join(','),
       createHash('sha1').update(joined).digest('hex'),
+      String(before.length),
     ]);
     return replies.isFullRefresh(delta.reply) ? null : delta;
   }

@@ -581,6 +581,37 @@ export function vmidStoreContract(kind: StoreKind, url = TEST_REDIS_URL, where =
       expect((await store.read(node)).reserved).toEqual([101, 102]);
     });
 
+    it('a fill after the cache expired or was invalidated answers as a whole new set would, also when Redis lost part of the kept set', async () => {
+      const store = opened.store;
+      const cacheKey = `vmid-cache:{${node.id}}`;
+      await store.refresh(node, [100, 101, 102, 103], 1, null);
+      expect(await reserveNext()).toBe(104);
+      await sleep(1_100);
+      expect(await nextFree()).toBe('miss');
+      // The set outlives its cache for the next fill to move it by what changed.
+      if (opened.redis) expect(await opened.redis.scard(cacheKey)).toBe(4);
+      expect(await store.refresh(node, [100, 102, 103, 105], 60, null)).toMatchObject({ written: true, changed: true });
+      expect((await store.read(node)).cache!.taken).toEqual([100, 102, 103, 105]);
+      expect((await reserveOne(store, node, req(105))).status).toBe('taken');
+      expect(await reserveNext()).toBe(101);
+      expect(await reserveNext()).toBe(106);
+      // Invalidated, and the kept set lost a VMID meanwhile (an eviction): written whole again.
+      await store.invalidate(node);
+      expect(await nextFree()).toBe('miss');
+      if (opened.redis) await opened.redis.srem(cacheKey, '103');
+      await store.refresh(node, [100, 102, 103, 105, 107], 60, null);
+      expect((await store.read(node)).cache!.taken).toEqual([100, 102, 103, 105, 107]);
+      expect((await reserveOne(store, node, req(103))).status).toBe('taken');
+      expect(await reserveNext()).toBe(108);
+      // The same set again after an invalidation: kept as it is, announced again.
+      const before = await store.read(node);
+      await store.invalidate(node);
+      const again = await store.refresh(node, [100, 102, 103, 105, 107], 60, null);
+      expect(again).toMatchObject({ written: true, changed: true });
+      expect((await store.read(node)).cache!.taken).toEqual(before.cache!.taken);
+      expect(await reserveNext()).toBe(109);
+    });
+
     it('lapsed reservations free their VMIDs unless a guest has them too', async () => {
       const store = opened.store;
       await store.refresh(node, [100], 60, null);
