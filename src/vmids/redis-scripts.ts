@@ -171,12 +171,12 @@ local function add_used(ids, first, last)
   if #args > 0 then redis.call('ZADD', K.used, unpack(args)) end
 end
 -- The cached set and the used index outlive the cache (meta) by up to RETAIN_MS after their
--- fill, so the next fill, after the cache expired or was invalidated, can move them by what
--- changed (REFRESH_DELTA) instead of writing them whole: O(n) for a large cluster, every
--- VMID_CACHE_TTL_S of a space not refreshed before. Only meta says "cached"; nothing decides on
--- the set without it. Under a day less a hold, so nothing the held set or the reservations held
--- can have left them unseen while the index keeps it (every script that lapses and sweeps
--- runs before a fill moves the index on).
+-- fill (or the cache's own lifetime, when longer), so the next fill after the cache expired can
+-- move them by what changed (REFRESH_DELTA) instead of writing them whole: O(n) for a large
+-- cluster, every VMID_CACHE_TTL_S of a space not refreshed before. Only meta says "cached";
+-- nothing decides on the set without it. The held set and the reservations outlive their last
+-- member by a day, and a fill lapses and sweeps before it moves the index on, so nothing can
+-- leave them unseen while the index keeps it.
 local RETAIN_MS = 43200000
 local function kept_until(refreshed_at, expires_at)
   return int(math.max(tonumber(expires_at), tonumber(refreshed_at) + RETAIN_MS))
@@ -186,22 +186,19 @@ end
 -- last member, so nothing can have left those sets without leaving the index meanwhile (an
 -- index kept longer could keep a VMID nobody holds any more, and the search trusts its members).
 local SEEDED_INDEX_MS = 3600000
--- Adds reserved VMIDs (ZADD arguments: vmid, vmid, …) to the used index where one is kept: the
--- set is cached, or SEED is building the index for the first fill (usedSeed).
+-- Adds reserved VMIDs (ZADD arguments: vmid, vmid, …) to the used index where there is one: the
+-- set is cached, SEED is building the index for the first fill (usedSeed), or the index is
+-- kept past the cache for the next fill to move on (RETAIN_MS).
 local function index_reserved(cached, args)
   if #args == 0 then return end
-  if cached then
+  local since = not cached and tonumber(redis.call('HGET', K.state, 'usedSeed') or '')
+  if cached or since or redis.call('EXISTS', K.used) == 1 then
     redis.call('ZADD', K.used, unpack(args))
-    return
-  end
-  local since = tonumber(redis.call('HGET', K.state, 'usedSeed') or '')
-  if since then
-    redis.call('ZADD', K.used, unpack(args))
-    redis.call('PEXPIREAT', K.used, int(since + SEEDED_INDEX_MS))
+    if since then redis.call('PEXPIREAT', K.used, int(since + SEEDED_INDEX_MS)) end
   end
 end
 -- Builds the used index from what it indexes: taken (the cached set, as a list), the live
--- reservations and the live holds (ended ones are dropped here); it expires with the cache.
+-- reservations and the live holds (ended ones are dropped here); it is kept with the set.
 -- usedAt records the fill it was built for. After a loss, SEED has built it from the
 -- reservations it put back (usedSeed, see SEED), and the fill adds only its guests: the
 -- reservations one by one were most of a first fill's time (20,000 of them: 6 to 10 ms).
@@ -258,7 +255,7 @@ end
 -- rolling upgrade), and an answer that is taken or reserved or held all the same (such a
 -- script reserved or consumed without it, or released a held VMID out of it) is added to it and
 -- the search repeated. An earlier version's release can only leave an extra member: a free VMID
--- skipped until the index is next built whole (a fill of a set not cached: see REFRESH_DELTA).
+-- skipped until the index is next built whole (a fill after an invalidation, or a cold one).
 --
 -- Held VMIDs are members of the index while held, so they cost the search nothing: it stays
 -- O(log² n) (n: taken + reserved + held), plus sweeping the holds that ended since the last
@@ -430,7 +427,8 @@ end
 local cached = redis.call('EXISTS', K.meta) == 1
 -- A space that is not cached gets its used index from the parts (usedSeed: when the seed began):
 -- the first fill then adds its guests to it instead of every reservation again (build_used).
--- Releases and lapses keep it meanwhile, as they keep any index; nothing reserves before a fill.
+-- Releases and lapses keep it meanwhile, as they keep any index; nothing reserves before a fill,
+-- and REFRESH_DELTA leaves such an index to REFRESH.
 if ARGV[3] ~= '1' and part == 0 and not cached then
   redis.call('UNLINK', K.used)
   redis.call('HSET', K.state, 'usedSeed', int(now))
@@ -525,7 +523,7 @@ return { version, int(now), first, meta[1], meta[2], list or redis.call('SMEMBER
  * The VMIDs of the set as last written (vmid-last: the previous fill, or a consume since) that
  * the new set lacks are guests that went: they are held (see hold). This works the same when
  * the cache had expired or was invalidated meanwhile (an unregistered container is invalidated,
- * then missing from the next fill): vmid-last outlives the cache by a day. A fill without it
+ * then missing from the next fill): vmid-last outlives the cache, as long as the space. A fill without it
  * (the space's first, the first after a day without one, or after Redis lost its data) holds
  * nothing: whatever went, went at an unknown time, most likely long enough ago. The comparison
  * is a merge of two ascending lists, O(n), and only when the set differs from vmid-last.
@@ -632,9 +630,9 @@ return { 'OK', changed, int(version), int(now), int(expires_at), first }
  * (it reads it first, outside the script), and the script applies it: the cached set, the used
  * index and meta move by the VMIDs that changed (O(d log n)), the new list is stored as it
  * came (a copy), and the event and holds are REFRESH's. It does so where REFRESH would trust
- * the cache and its index (as its unchanged case does), or, with the cache expired or
- * invalidated, where the set and index it kept (RETAIN_MS) are there and the set is as large
- * as vmid-last, and where vmid-last is still what the caller compared with; otherwise it
+ * the cache and its index (as its unchanged case does), or, with the cache expired, where the
+ * set and index it kept (RETAIN_MS) are there, the set as large as vmid-last and the index not
+ * SEED's (usedSeed), and where vmid-last is still what the caller compared with; otherwise it
  * answers FULL before it changes anything. With nothing changed, it is the fill of a set that
  * is not cached any more, kept as it is.
  */
@@ -653,7 +651,8 @@ local card = redis.call('SCARD', K.cache)
 -- for this fill (RETAIN_MS), the set the size of vmid-last.
 if not ((meta[1] and meta[2] == previous and meta[3] == meta[1] and meta[5] == meta[1]
     and tonumber(meta[4]) == card or not meta[1] and card == tonumber(ARGV[11]))
-  and card > 0 and redis.call('EXISTS', K.used) == 1 and redis.call('GET', K.last) == previous) then
+  and card > 0 and redis.call('EXISTS', K.used) == 1 and redis.call('GET', K.last) == previous
+  and redis.call('HEXISTS', K.state, 'usedSeed') == 0) then
   return { 'FULL' }
 end
 local added, removed = {}, {}
@@ -705,13 +704,16 @@ return { 'OK', changed, int(version), int(now), int(expires_at), first }
 /**
  * ARGV: channel, nodeJson
  * → { existed(0|1), version } | { -1, version } (the node was deleted: nothing done)
- * The cache goes (meta: nothing is decided on the set until the next fill); the set and the used
- * index stay for that fill to move by what changed (see RETAIN_MS).
+ * The cache goes with its set and used index (reservations stay): the next fill writes them
+ * whole, so an invalidation also rebuilds an index that kept a member it should not have (an
+ * eviction of the held set, an earlier version's script), where a fill after an expiry moves the
+ * kept one on (RETAIN_MS).
  */
 export const INVALIDATE = `${COMMON}
 if deleted(K.state) then return { -1, tonumber(redis.call('HGET', K.state, 'version') or '0') } end
 local now = now_ms()
 local existed = redis.call('EXISTS', K.meta)
+redis.call('UNLINK', K.cache, K.used)
 redis.call('DEL', K.meta)
 redis.call('HDEL', K.state, 'digest', 'usedSeed')
 redis.call('HINCRBY', K.state, 'epoch', 1)

@@ -1,3 +1,4 @@
+import { setTimeout as sleep } from 'node:timers/promises';
 import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openPostgres } from '../../src/db/database.js';
@@ -229,6 +230,45 @@ describe('durable reservations', () => {
       expect(await seed('a', 1, true, '102', until, 'alice')).toBe(0);
     } finally {
       redis.disconnect();
+    }
+  });
+
+  it('a space that lost its seeded mark while its cache had expired gets its whole index back at the next fill, not the kept set moved on', async () => {
+    const prefix = uniqueRedisPrefix();
+    const opened = await openStore('redis-durable', prefix);
+    try {
+      const service = makeService(opened.store, proxmox, { cacheTtlSeconds: 1 });
+      const node = newNode();
+      await service.reserveVmid(node, 5000, 600);
+      await sleep(1_100);
+      // The version hash goes (an eviction, a failover to a replica without it): SEED runs
+      // again, with the set and index the expired cache kept still there.
+      await opened.redis!.del(`vmid-version:{${node.spaceId}}`);
+      expect((await service.getCachedVmids(node)).reserved).toEqual([5000]);
+      const guests = await proxmox.fetchTakenVmids(node);
+      expect(await opened.redis!.zrange(`vmid-used:{${node.spaceId}}`, 0, -1)).toEqual([...guests, 5000].map(String));
+      expect(await opened.redis!.hexists(`vmid-version:{${node.spaceId}}`, 'usedSeed')).toBe(0);
+    } finally {
+      await opened.close();
+    }
+  });
+
+  it('reservations put back while the cache has expired join the index kept for the next fill', async () => {
+    const opened = await openStore('redis-durable', uniqueRedisPrefix());
+    try {
+      const service = makeService(opened.store, proxmox, { cacheTtlSeconds: 1 });
+      const node = newNode();
+      await service.getCachedVmids(node);
+      await sleep(1_100);
+      const until = new Date(Date.now() + 600_000);
+      await opened.store.restore(spaceOf(node), [{ vmid: 7000, owner: node.userId, expiresAt: until }]);
+      const used = `vmid-used:{${node.spaceId}}`;
+      expect(await opened.redis!.zscore(used, '7000')).toBe('7000');
+      expect((await service.getCachedVmids(node)).reserved).toEqual([7000]);
+      const guests = await proxmox.fetchTakenVmids(node);
+      expect(await opened.redis!.zrange(used, 0, -1)).toEqual([...guests, 7000].map(String));
+    } finally {
+      await opened.close();
     }
   });
 
