@@ -506,6 +506,36 @@ return { version, int(now), first, meta[1], meta[2], list or redis.call('SMEMBER
 `;
 
 /**
+ * How REFRESH and REFRESH_DELTA end, given digest (of the new list), added, removed, now and
+ * expires_at: a set whose digest changed is announced (REFRESHED with what changed), and the
+ * reply is the same.
+ */
+const FILL_END = `local changed = 0
+local version
+if redis.call('HGET', K.state, 'digest') ~= digest then
+  redis.call('HSET', K.state, 'digest', digest)
+  version = bump(K.state, ARGV[3], ARGV[4], 'REFRESHED', 'null', now, delta(added, removed))
+  changed = 1
+else
+  version = redis.call('HGET', K.state, 'version') or '0'
+end
+local first = redis.call('ZRANGE', K.reservations, 0, 0, 'WITHSCORES')[2] or ''
+return { 'OK', changed, int(version), int(now), int(expires_at), first }
+`;
+
+/**
+ * How REFRESH and REFRESH_DELTA begin: a deleted space is GONE, and a fill that read the set
+ * before an invalidation (its epoch) is STALE.
+ */
+const FILL_START = `HOLD_MS = tonumber(ARGV[5]) or 0
+if deleted(K.state) then return { 'GONE' } end
+local epoch = redis.call('HGET', K.state, 'epoch') or '0'
+if ARGV[2] ~= '' and epoch ~= ARGV[2] then
+  return { 'STALE', redis.call('HGET', K.state, 'version') or '0' }
+end
+`;
+
+/**
  * ARGV: ttlMs, expectedEpoch ('' = unconditional), channel, nodeJson, holdMs, vmids (ascending,
  * unique, comma-separated: one argument, not one per VMID, is cheaper to send and parse, and it is
  * the list meta and vmid-last keep as it is)
@@ -529,13 +559,7 @@ return { version, int(now), first, meta[1], meta[2], list or redis.call('SMEMBER
  * is a merge of two ascending lists, O(n), and only when the set differs from vmid-last.
  */
 export const REFRESH = `${COMMON}
-HOLD_MS = tonumber(ARGV[5]) or 0
-if deleted(K.state) then return { 'GONE' } end
-local epoch = redis.call('HGET', K.state, 'epoch') or '0'
-if ARGV[2] ~= '' and epoch ~= ARGV[2] then
-  return { 'STALE', redis.call('HGET', K.state, 'version') or '0' }
-end
-local now = now_ms()
+${FILL_START}local now = now_ms()
 lapse(ARGV[3], ARGV[4], now)
 local joined = ARGV[6]
 local previous = redis.call('GET', K.last)
@@ -604,18 +628,7 @@ else
   build_used(ids, 1, n, int(now), expires_at, now)
 end
 local digest = redis.sha1hex(joined)
-local changed = 0
-local version
-if redis.call('HGET', K.state, 'digest') ~= digest then
-  redis.call('HSET', K.state, 'digest', digest)
-  version = bump(K.state, ARGV[3], ARGV[4], 'REFRESHED', 'null', now, delta(added, removed))
-  changed = 1
-else
-  version = redis.call('HGET', K.state, 'version') or '0'
-end
-local first = redis.call('ZRANGE', K.reservations, 0, 0, 'WITHSCORES')[2] or ''
-return { 'OK', changed, int(version), int(now), int(expires_at), first }
-`;
+${FILL_END}`;
 
 /**
  * ARGV: ttlMs, expectedEpoch, channel, nodeJson, holdMs, vmids (as for REFRESH), then the set
@@ -637,13 +650,7 @@ return { 'OK', changed, int(version), int(now), int(expires_at), first }
  * is not cached any more, kept as it is.
  */
 export const REFRESH_DELTA = `${COMMON}
-HOLD_MS = tonumber(ARGV[5]) or 0
-if deleted(K.state) then return { 'GONE' } end
-local epoch = redis.call('HGET', K.state, 'epoch') or '0'
-if ARGV[2] ~= '' and epoch ~= ARGV[2] then
-  return { 'STALE', redis.call('HGET', K.state, 'version') or '0' }
-end
-local joined, previous = ARGV[6], ARGV[7]
+${FILL_START}local joined, previous = ARGV[6], ARGV[7]
 local meta = redis.call('HMGET', K.meta, 'refreshedAt', 'list', 'listAt', 'listCard', 'usedAt')
 local card = redis.call('SCARD', K.cache)
 -- Cached: the set, its list and its index are this version's, made for this fill (as REFRESH's
@@ -688,18 +695,8 @@ end
 sweep_holds(now)
 redis.call('PEXPIREAT', K.used, kept_until(now, expires_at))
 redis.call('HSET', K.meta, 'usedAt', int(now))
-local changed = 0
-local version
-if redis.call('HGET', K.state, 'digest') ~= ARGV[10] then
-  redis.call('HSET', K.state, 'digest', ARGV[10])
-  version = bump(K.state, ARGV[3], ARGV[4], 'REFRESHED', 'null', now, delta(added, removed))
-  changed = 1
-else
-  version = redis.call('HGET', K.state, 'version') or '0'
-end
-local first = redis.call('ZRANGE', K.reservations, 0, 0, 'WITHSCORES')[2] or ''
-return { 'OK', changed, int(version), int(now), int(expires_at), first }
-`;
+local digest = ARGV[10]
+${FILL_END}`;
 
 /**
  * ARGV: channel, nodeJson

@@ -53,6 +53,24 @@ async function loseReservations(
   await redis.hdel(`vmid-meta:{${spaceId}}`, 'dense');
 }
 
+/** SEED on a space's keys as the store calls it (not forced, no version floor): token, part, final, then the reservations. */
+function seedCall(redis: RedisClient, spaceId: string) {
+  return (token: string, part: number, final: boolean, ...held: string[]) =>
+    redis.eval(
+      SEED,
+      11,
+      ...nodeKeys(spaceId),
+      'channel',
+      JSON.stringify(spaceId),
+      '0',
+      '0',
+      token,
+      String(part),
+      final ? '1' : '0',
+      ...held,
+    );
+}
+
 /**
  * Two instances of one deployment (one key prefix) over the durable record, with a service
  * each; `onSeed` as openStore's.
@@ -197,20 +215,7 @@ describe('durable reservations', () => {
     const redis = await connect(prefix);
     try {
       const node = newNode();
-      const seed = (token: string, part: number, final: boolean, ...held: string[]) =>
-        redis.eval(
-          SEED,
-          11,
-          ...nodeKeys(node.spaceId),
-          'channel',
-          JSON.stringify(node.spaceId),
-          '0',
-          '0',
-          token,
-          String(part),
-          final ? '1' : '0',
-          ...held,
-        );
+      const seed = seedCall(redis, node.spaceId);
       const until = String(Date.now() + 600_000);
       const state = `vmid-version:{${node.spaceId}}`;
       expect(await seed('a', 0, false, '100', until, 'alice')).toBe(1);
@@ -279,20 +284,7 @@ describe('durable reservations', () => {
       const node = newNode();
       const state = `vmid-version:{${node.spaceId}}`;
       const used = `vmid-used:{${node.spaceId}}`;
-      const seed = (token: string, part: number, final: boolean, ...held: string[]) =>
-        redis.eval(
-          SEED,
-          11,
-          ...nodeKeys(node.spaceId),
-          'channel',
-          JSON.stringify(node.spaceId),
-          '0',
-          '0',
-          token,
-          String(part),
-          final ? '1' : '0',
-          ...held,
-        );
+      const seed = seedCall(redis, node.spaceId);
       const until = String(Date.now() + 600_000);
       expect(await seed('d', 0, false)).toBe(1);
       expect(await seed('d', 1, false, '200', until, 'alice')).toBe(1);
