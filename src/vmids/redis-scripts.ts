@@ -20,7 +20,8 @@ import { EVENT_LOG_KEEP } from './store.js';
  *   vmid-reservations:{id}  ZSET vmid → expiry (ms); expires with its last member
  *   vmid-version:{id}       HASH version, digest (of the last announced set),
  *                           epoch (bumped by invalidations), seeded (see SEED), usedSeed
- *                           (when SEED began building the used index, see build_used), replid
+ *                           (when SEED began building the used index, see build_used),
+ *                           usedBuilt (when the used index was last built whole), replid
  *                           (the master it was last written on: FOLLOW_MASTER) — never
  *                           expires, except as a deleted node's tombstone (deleted=1, kept
  *                           a day: FORGET; a space registered again is revived: REVIVE)
@@ -221,6 +222,7 @@ local function build_used(taken, first, last, refreshed_at, expires_at, now)
   add_used(held, 1, #held)
   redis.call('PEXPIREAT', K.used, kept_until(refreshed_at, expires_at))
   redis.call('HSET', K.meta, 'usedAt', refreshed_at)
+  redis.call('HSET', K.state, 'usedBuilt', int(now))
 end
 -- Ends the reservations whose time is up. A lapse is a change like a release: if any lapsed,
 -- the version grows by one and one RELEASED event carries them all, ascending.
@@ -255,7 +257,8 @@ end
 -- rolling upgrade), and an answer that is taken or reserved or held all the same (such a
 -- script reserved or consumed without it, or released a held VMID out of it) is added to it and
 -- the search repeated. An earlier version's release can only leave an extra member: a free VMID
--- skipped until the index is next built whole (a fill after an invalidation, or a cold one).
+-- skipped until the index is next built whole (at the latest RETAIN_MS after the last time:
+-- usedBuilt, see REFRESH_DELTA).
 --
 -- Held VMIDs are members of the index while held, so they cost the search nothing: it stays
 -- O(log² n) (n: taken + reserved + held), plus sweeping the holds that ended since the last
@@ -567,6 +570,7 @@ local meta = redis.call('HMGET', K.meta, 'refreshedAt', 'list', 'listAt', 'listC
 local same = meta[1] and meta[2] == joined and previous == joined and meta[3] == meta[1]
   and meta[5] == meta[1] and tonumber(meta[4]) == redis.call('SCARD', K.cache)
   and redis.call('EXISTS', K.used) == 1
+  and now - tonumber(redis.call('HGET', K.state, 'usedBuilt') or '0') < RETAIN_MS
 -- The VMIDs one by one are needed only when the set is written again.
 local ids, n = {}, 0
 if same then
@@ -643,14 +647,18 @@ ${FILL_END}`;
  * (it reads it first, outside the script), and the script applies it: the cached set, the used
  * index and meta move by the VMIDs that changed (O(d log n)), the new list is stored as it
  * came (a copy), and the event and holds are REFRESH's. It does so where REFRESH would trust
- * the cache and its index (as its unchanged case does), or, with the cache expired, where the
- * set and index it kept (RETAIN_MS) are there, the set as large as vmid-last and the index not
- * SEED's (usedSeed), and where vmid-last is still what the caller compared with; otherwise it
+ * the cache and its index (as its unchanged case does), or, with the cache expired or
+ * invalidated, where the set and index it kept (RETAIN_MS) are there, the set as large as
+ * vmid-last and the index not SEED's (usedSeed); where vmid-last is still what the caller
+ * compared with; and where the index was last built whole less than RETAIN_MS ago (usedBuilt:
+ * a whole build drops a member the index kept but should not have, after an eviction of the
+ * held set or an earlier version's script, which no move by a change would); otherwise it
  * answers FULL before it changes anything. With nothing changed, it is the fill of a set that
  * is not cached any more, kept as it is.
  */
 export const REFRESH_DELTA = `${COMMON}
 ${FILL_START}local joined, previous = ARGV[6], ARGV[7]
+local now = now_ms()
 local meta = redis.call('HMGET', K.meta, 'refreshedAt', 'list', 'listAt', 'listCard', 'usedAt')
 local card = redis.call('SCARD', K.cache)
 -- Cached: the set, its list and its index are this version's, made for this fill (as REFRESH's
@@ -659,7 +667,8 @@ local card = redis.call('SCARD', K.cache)
 if not ((meta[1] and meta[2] == previous and meta[3] == meta[1] and meta[5] == meta[1]
     and tonumber(meta[4]) == card or not meta[1] and card == tonumber(ARGV[11]))
   and card > 0 and redis.call('EXISTS', K.used) == 1 and redis.call('GET', K.last) == previous
-  and redis.call('HEXISTS', K.state, 'usedSeed') == 0) then
+  and redis.call('HEXISTS', K.state, 'usedSeed') == 0
+  and now - tonumber(redis.call('HGET', K.state, 'usedBuilt') or '0') < RETAIN_MS) then
   return { 'FULL' }
 end
 local added, removed = {}, {}
@@ -668,7 +677,6 @@ for id in string.gmatch(ARGV[9], '%d+') do removed[#removed + 1] = id end
 local n = card + #added - #removed
 -- An empty set is REFRESH's (the cache key goes).
 if n < 1 then return { 'FULL' } end
-local now = now_ms()
 lapse(ARGV[3], ARGV[4], now)
 hold(removed, now)
 redis.call('SET', K.last, joined)
@@ -701,18 +709,15 @@ ${FILL_END}`;
 /**
  * ARGV: channel, nodeJson
  * → { existed(0|1), version } | { -1, version } (the node was deleted: nothing done)
- * The cache goes with its set and used index (reservations stay): the next fill writes them
- * whole, so an invalidation also rebuilds an index that kept a member it should not have (an
- * eviction of the held set, an earlier version's script), where a fill after an expiry moves the
- * kept one on (RETAIN_MS).
+ * The cache goes (meta: nothing is decided on the set until the next fill); the set and the used
+ * index stay for that fill to move by what changed (RETAIN_MS), as after an expiry.
  */
 export const INVALIDATE = `${COMMON}
 if deleted(K.state) then return { -1, tonumber(redis.call('HGET', K.state, 'version') or '0') } end
 local now = now_ms()
 local existed = redis.call('EXISTS', K.meta)
-redis.call('UNLINK', K.cache, K.used)
 redis.call('DEL', K.meta)
-redis.call('HDEL', K.state, 'digest', 'usedSeed')
+redis.call('HDEL', K.state, 'digest')
 redis.call('HINCRBY', K.state, 'epoch', 1)
 local v = bump(K.state, ARGV[1], ARGV[2], 'INVALIDATED', 'null', now)
 return { existed, v }

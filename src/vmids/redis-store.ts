@@ -666,10 +666,10 @@ export class RedisVmidStore implements VmidStore {
 
   /**
    * A fill sent as the change since the set was last written (REFRESH_DELTA: Redis's work
-   * grows with the change, not with the cluster), also when the cache expired since; or null
-   * where REFRESH must do it: nothing written before, no set kept (an empty one, one an
-   * invalidation dropped, or none for RETAIN_MS), the same set still cached (REFRESH keeps it
-   * as it is), or a set REFRESH_DELTA does not trust. vmid-last is read first; the script checks it is
+   * grows with the change, not with the cluster), also when the cache expired or was
+   * invalidated since; or null where REFRESH must do it: nothing written before, no set kept
+   * (an empty one, or none for RETAIN_MS), the same set still cached (REFRESH keeps it as it
+   * is), or a set REFRESH_DELTA does not trust. vmid-last is read first; the script checks it is
    * still what the change was found against.
    */
   private async refreshByDelta(
