@@ -30,7 +30,8 @@ import { EVENT_LOG_KEEP } from './store.js';
  *   vmid-used:{id}          ZSET vmid → vmid: taken ∪ reserved ∪ held, the index the lowest
  *                           free VMID is found in by binary search (lowest_free). Kept with the
  *                           set (RETAIN_MS), moved by each fill, built whole by a fill
- *                           without a set to move  TTL
+ *                           without a set to move and by the first fill RETAIN_MS after
+ *                           its last whole build (usedBuilt)  TTL
  *   vmid-owners:{id}        HASH vmid → user id holding the reservation; expires with the
  *                           reservations
  *   vmid-held:{id}          ZSET vmid → until (ms): VMIDs that left the used set lately (the
@@ -172,8 +173,8 @@ local function add_used(ids, first, last)
   if #args > 0 then redis.call('ZADD', K.used, unpack(args)) end
 end
 -- The cached set and the used index outlive the cache (meta) by up to RETAIN_MS after their
--- fill (or the cache's own lifetime, when longer), so the next fill after the cache expired can
--- move them by what changed (REFRESH_DELTA) instead of writing them whole: O(n) for a large
+-- fill (or the cache's own lifetime, when longer), so the next fill after the cache expired or
+-- was invalidated can move them by what changed (REFRESH_DELTA) instead of writing them whole: O(n) for a large
 -- cluster, every VMID_CACHE_TTL_S of a space not refreshed before. Only meta says "cached";
 -- nothing decides on the set without it. The held set and the reservations outlive their last
 -- member by a day, and a fill lapses and sweeps before it moves the index on, so nothing can

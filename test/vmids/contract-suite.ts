@@ -609,6 +609,12 @@ export function vmidStoreContract(kind: StoreKind, url = TEST_REDIS_URL, where =
       expect(again).toMatchObject({ written: true, changed: true });
       expect((await store.read(node)).cache!.taken).toEqual(before.cache!.taken);
       expect(await reserveNext()).toBe(109);
+      // Invalidated, and the kept set lost a VMID meanwhile: written whole.
+      await store.invalidate(node);
+      if (opened.redis) await opened.redis.srem(cacheKey, '107');
+      await store.refresh(node, [100, 102, 103, 105, 107, 110], 60, null);
+      expect((await store.read(node)).cache!.taken).toEqual([100, 102, 103, 105, 107, 110]);
+      expect((await reserveOne(store, node, req(107))).status).toBe('taken');
     });
 
     it('the used index is built whole again at least every 12 hours: a VMID it kept by mistake is handed out then', async () => {
