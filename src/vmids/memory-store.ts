@@ -447,6 +447,8 @@ export class MemoryVmidStore implements VmidStore {
       const list = sorted(s.cache.taken);
       s.digest = list.join(',');
       s.last = list;
+      // A fill that read the set (or the registered containers) before it joined is not written over it.
+      s.epoch += 1;
       this.bump(node, s, 'REFRESHED', null, undefined, { added: [vmid], removed: [] });
     } else if (released) {
       this.bump(node, s, 'RELEASED', [vmid]);

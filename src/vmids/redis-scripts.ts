@@ -864,7 +864,8 @@ return 1
  * ARGV: vmid, channel, nodeJson, holdMs
  * → { released(0|1), added(0|1) }
  * Whoever holds the reservation: the guest exists now (nothing is held: the VMID is not freed).
- * An added VMID joins vmid-last too, so a fill that no longer lists it holds it.
+ * An added VMID joins vmid-last too, so a fill that no longer lists it holds it, and the epoch
+ * grows, so a fill that read the set before it joined is not written (STALE).
  */
 export const CONSUME = `${COMMON}
 -- The kept list (ascending, comma-separated) with vmid put in its place: a binary search over
@@ -916,6 +917,9 @@ if added == 1 then
   end
   redis.call('HSET', K.meta, 'list', joined, 'listAt', meta[3], 'listCard', card)
   redis.call('HSET', K.state, 'digest', redis.sha1hex(joined))
+  -- A fill that read the set (or the registered containers) before it joined is not written
+  -- over it: it would drop it (a container registered meanwhile, a guest Proxmox reported).
+  redis.call('HINCRBY', K.state, 'epoch', 1)
   redis.call('SET', K.last, joined)
   bump(K.state, ARGV[2], ARGV[3], 'REFRESHED', 'null', now, delta({ ARGV[1] }, {}))
 elseif released == 1 then

@@ -718,6 +718,17 @@ export function vmidStoreContract(kind: StoreKind, url = TEST_REDIS_URL, where =
       if (opened.redis) expect(await opened.redis.exists(`vmid-owners:{${node.id}}`)).toBe(0);
     });
 
+    it('a fill that read the set before a VMID was consumed into it is not written over it', async () => {
+      const store = opened.store;
+      await store.refresh(node, [200, 210], 60, null);
+      // A fill reads the epoch, then Proxmox and the registered containers; a container is
+      // registered meanwhile (its VMID consumed into the set); then the fill writes.
+      const { epoch } = await store.state(node.spaceId);
+      expect(await store.consume(node, 205)).toEqual({ released: false, added: true });
+      expect(await store.refresh(node, [200, 210, 220], 60, epoch)).toMatchObject({ written: false });
+      expect((await store.read(node)).cache!.taken).toEqual([200, 205, 210]);
+    });
+
     it('a consumed VMID joins the set in its place, wherever it falls, and a fill of the same set afterwards changes nothing', async () => {
       const store = opened.store;
       await store.refresh(node, [200, 210, 220], 60, null);
