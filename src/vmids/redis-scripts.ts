@@ -1,3 +1,4 @@
+import { withDefinitionsUsed } from './lua-definitions.js';
 import { EVENT_LOG_KEEP } from './store.js';
 
 /**
@@ -22,7 +23,7 @@ import { EVENT_LOG_KEEP } from './store.js';
  *                           epoch (bumped by invalidations), seeded (see SEED), usedSeed
  *                           (when SEED began building the used index, see build_used),
  *                           usedBuilt (when the used index was last built whole), replid
- *                           (the master it was last written on: FOLLOW_MASTER) — never
+ *                           (the master it was last written on: followMaster) — never
  *                           expires, except as a deleted node's tombstone (deleted=1, kept
  *                           a day: FORGET; a space registered again is revived: REVIVE)
  *   vmid-cache-tmp:{id}     scratch SET, only inside vmid_refresh
@@ -72,7 +73,8 @@ local function bump(state_key, channel, node_json, kind, vmids_json, now, extra_
     ',"at":' .. int(now) .. ',"vmids":' .. vmids_json .. (extra_json or '') .. '}'
   redis.call('PUBLISH', channel, message)
   redis.call('ZADD', K.log, v, message)
-  if redis.call('ZCARD', K.log) > ${EVENT_LOG_KEEP} then redis.call('ZREMRANGEBYRANK', K.log, 0, -${EVENT_LOG_KEEP + 1}) end
+  -- Ranks past the log's start remove nothing: no ZCARD first (one call less per event).
+  redis.call('ZREMRANGEBYRANK', K.log, 0, -${EVENT_LOG_KEEP + 1})
   redis.call('PEXPIRE', K.log, 86400000)
   return v
 end
@@ -266,8 +268,7 @@ end
 -- search, each once (O(log n) per freed VMID, amortised). Worst case, a search after a fill
 -- that dropped k guests k holds ago sweeps all k: O(k log n), once. The repeat is bounded by the
 -- members an earlier version left out of the index (each is added once).
-local function use_index(now)
-  local meta = redis.call('HMGET', K.meta, 'refreshedAt', 'expiresAt', 'usedAt', 'dense')
+local function use_index(now, meta)
   if meta[4] then
     local from, to = string.match(meta[4], '^(%d+):(%d+)$')
     DENSE_FROM, DENSE_TO = tonumber(from), tonumber(to)
@@ -304,30 +305,85 @@ local function search(min, max, now)
     redis.call('PEXPIREAT', K.used, kept_until(meta[1], meta[2]))
   end
 end
-local function lowest_free(min, max, now)
-  use_index(now)
+-- meta: HMGET of K.meta refreshedAt, expiresAt, usedAt, dense (the caller has read it).
+local function lowest_free(min, max, now, meta)
+  use_index(now, meta)
   return search(past_dense(min), max, now)
 end
--- The same answer as lowest_free, usually cheaper, once use_index has run in this script: the
--- first WALK members of the used index from min on are read in one call (O(log n + WALK)) and
--- the first gap among them is the answer, checked as search checks its own. A window without
--- a gap goes on with the binary search from past it; a gap the check refutes (the index lacks
--- a member: an earlier version's script) is left to the search, which mends the index.
-local WALK = 32
-local function next_free(min, max, now)
-  if min > max then return nil end
-  local members = redis.call('ZRANGEBYSCORE', K.used, int(min), '+inf', 'LIMIT', 0, WALK)
-  local gap = min
-  for _, m in ipairs(members) do
-    if tonumber(m) ~= gap then break end
-    gap = gap + 1
+-- Whether every one of ids (numbers) is free after all: in neither the cached set nor the
+-- reservations nor held. One call per set for all of them. Any that is not is one the index
+-- lacks (an earlier version's script took it out or never put it in): it is added, and the
+-- caller reads the index again.
+local function all_free(ids, now)
+  local args = {}
+  for i, n in ipairs(ids) do args[i] = int(n) end
+  local taken = redis.call('SMISMEMBER', K.cache, unpack(args))
+  local reserved = redis.call('ZMSCORE', K.reservations, unpack(args))
+  local held = any_held() and redis.call('ZMSCORE', K.held, unpack(args))
+  local missing = {}
+  for i, id in ipairs(args) do
+    if taken[i] == 1 or reserved[i] or (held and held[i] and tonumber(held[i]) > now) then
+      missing[#missing + 1] = id
+      missing[#missing + 1] = id
+    end
   end
-  if gap == min + WALK then return search(gap, max, now) end
-  if gap > max then return nil end
-  local id = int(gap)
-  if not PICKED[gap] and redis.call('SISMEMBER', K.cache, id) == 0
-    and not redis.call('ZSCORE', K.reservations, id) and not is_held(id, now) then return gap end
-  return search(min, max, now)
+  if #missing == 0 then return true end
+  redis.call('ZADD', K.used, unpack(missing))
+  local meta = redis.call('HMGET', K.meta, 'refreshedAt', 'expiresAt')
+  redis.call('PEXPIREAT', K.used, kept_until(meta[1], meta[2]))
+  return false
+end
+-- Free VMIDs the last window read found and checked (ascending; see next_free), and the range
+-- they were read from: every VMID in [FREE_FROM, FREE_TO) but these is used or PICKED.
+local FREE, FREE_FROM, FREE_TO = {}, nil, nil
+-- The same answer as lowest_free, usually much cheaper, once use_index has run in this script,
+-- for a batch of searches: the first WALK members of the used index from min on are read in one
+-- call (O(log n + WALK)), and the gaps among them, as many as the batch still needs (need),
+-- are checked in one call per set (all_free) and kept for the batch's next searches (FREE): a
+-- batch of 8 from one min costs three calls, not three per reservation. A window without a gap
+-- goes on with the binary search from past it; a gap the check refutes (the index lacks a
+-- member) has been added to the index by the check, and the window is read again.
+local WALK = 32
+local function next_free(min, max, need, now)
+  while min <= max do
+    if FREE_FROM and FREE_FROM <= min and min < FREE_TO then
+      for _, n in ipairs(FREE) do
+        if n >= min and not PICKED[n] then
+          if n > max then return nil end
+          return n
+        end
+      end
+      min = FREE_TO
+    else
+      local members = redis.call('ZRANGEBYSCORE', K.used, int(min), '+inf', 'LIMIT', 0, WALK)
+      local found, gap = {}, min
+      for _, m in ipairs(members) do
+        m = tonumber(m)
+        while gap < m and #found < need do
+          if not PICKED[gap] then found[#found + 1] = gap end
+          gap = gap + 1
+        end
+        if #found >= need then break end
+        gap = m + 1
+      end
+      -- Past the index's last member every VMID is free.
+      if #members < WALK then
+        while #found < need do
+          if not PICKED[gap] then found[#found + 1] = gap end
+          gap = gap + 1
+        end
+      end
+      if #found == 0 then
+        -- A window without a gap: the binary search checks its own answer.
+        local vmid = search(gap, max, now)
+        if not vmid then return nil end
+        FREE, FREE_FROM, FREE_TO = { vmid }, min, vmid + 1
+      elseif all_free(found, now) then
+        FREE, FREE_FROM, FREE_TO = found, min, gap
+      end
+    end
+  end
+  return nil
 end
 -- A reservation set outlives its last member by a day, so a lapse nobody was watching is
 -- still found (and announced) by the next script that looks, instead of vanishing with the key.
@@ -360,10 +416,10 @@ export const UNSEEDED_REPLY = 'PVG_UNSEEDED';
  * gap in the log and gets a SYNC). The id is kept in the version hash (replid); a space that
  * has none yet just takes the current one.
  */
-const FOLLOW_MASTER = `
+const followMaster = (known: string) => `
 do
   local replid = string.match(redis.call('INFO', 'replication'), 'master_replid:(%x+)')
-  local known = redis.call('HGET', K.state, 'replid')
+  local known = ${known}
   if replid and known ~= replid then
     if known then redis.call('HINCRBY', K.state, 'version', ${EVENT_LOG_KEEP}) end
     redis.call('HSET', K.state, 'replid', replid)
@@ -377,9 +433,13 @@ end`;
  * the durable record's reservations back. The store sees the error, seeds, and tries again.
  */
 const COMMON = `${DEFINITIONS}
-if redis.call('HEXISTS', K.state, 'seeded') == 0 then return redis.error_reply('${UNSEEDED_REPLY}') end
-${FOLLOW_MASTER}
+local state_fields = redis.call('HMGET', K.state, 'seeded', 'replid')
+if not state_fields[1] then return redis.error_reply('${UNSEEDED_REPLY}') end
+${followMaster('state_fields[2]')}
 `;
+/** A script of the ones below with only the definitions it uses (see lua-definitions.ts). */
+const usedOnly = (script: string) => withDefinitionsUsed(DEFINITIONS, script);
+
 /** How long a seed in parts holds the space for its instance after its latest part (see SEED). */
 export const SEED_HOLD_MS = 10_000;
 
@@ -410,7 +470,7 @@ export const SEED_HOLD_MS = 10_000;
  * without the token: the space is seeded, and what one call puts back stands on its own; a
  * deleted space (its tombstone) gets nothing.
  */
-export const SEED = `${DEFINITIONS}
+export const SEED = usedOnly(`${DEFINITIONS}
 local seeded = redis.call('HEXISTS', K.state, 'seeded') == 1
 if ARGV[3] ~= '1' and seeded then return 0 end
 -- Restoring into a space that lost everything would mark it seeded with one reservation.
@@ -479,7 +539,7 @@ if final and ARGV[3] ~= '1' then
   redis.call('HDEL', K.state, 'seedToken', 'seedParts', 'seedUntil')
 end
 return 1
-`;
+`);
 
 /**
  * ARGV: channel, nodeJson, holdMs
@@ -492,7 +552,7 @@ return 1
  * instance of an earlier version (during a rolling upgrade) refreshes or consumes without
  * keeping the list, which changes refreshedAt or the set's size.
  */
-export const READ = `${COMMON}
+export const READ = usedOnly(`${COMMON}
 HOLD_MS = tonumber(ARGV[3]) or 0
 local now = now_ms()
 lapse(ARGV[1], ARGV[2], now)
@@ -507,7 +567,7 @@ if list and (meta[4] ~= meta[1] or tonumber(meta[5]) ~= redis.call('SCARD', K.ca
   list = false
 end
 return { version, int(now), first, meta[1], meta[2], list or redis.call('SMEMBERS', K.cache) }
-`;
+`);
 
 /**
  * How REFRESH and REFRESH_DELTA end, given digest (of the new list), added, removed, now and
@@ -562,7 +622,7 @@ end
  * nothing: whatever went, went at an unknown time, most likely long enough ago. The comparison
  * is a merge of two ascending lists, O(n), and only when the set differs from vmid-last.
  */
-export const REFRESH = `${COMMON}
+export const REFRESH = usedOnly(`${COMMON}
 ${FILL_START}local now = now_ms()
 lapse(ARGV[3], ARGV[4], now)
 local joined = ARGV[6]
@@ -633,7 +693,7 @@ else
   build_used(ids, 1, n, int(now), expires_at, now)
 end
 local digest = redis.sha1hex(joined)
-${FILL_END}`;
+${FILL_END}`);
 
 /**
  * ARGV: ttlMs, expectedEpoch, channel, nodeJson, holdMs, vmids (as for REFRESH), then the set
@@ -657,7 +717,7 @@ ${FILL_END}`;
  * answers FULL before it changes anything. With nothing changed, it is the fill of a set that
  * is not cached any more, kept as it is.
  */
-export const REFRESH_DELTA = `${COMMON}
+export const REFRESH_DELTA = usedOnly(`${COMMON}
 ${FILL_START}local joined, previous = ARGV[6], ARGV[7]
 local now = now_ms()
 local meta = redis.call('HMGET', K.meta, 'refreshedAt', 'list', 'listAt', 'listCard', 'usedAt')
@@ -705,7 +765,7 @@ sweep_holds(now)
 redis.call('PEXPIREAT', K.used, kept_until(now, expires_at))
 redis.call('HSET', K.meta, 'usedAt', int(now))
 local digest = ARGV[10]
-${FILL_END}`;
+${FILL_END}`);
 
 /**
  * ARGV: channel, nodeJson
@@ -713,7 +773,7 @@ ${FILL_END}`;
  * The cache goes (meta: nothing is decided on the set until the next fill); the set and the used
  * index stay for that fill to move by what changed (RETAIN_MS), as after an expiry.
  */
-export const INVALIDATE = `${COMMON}
+export const INVALIDATE = usedOnly(`${COMMON}
 if deleted(K.state) then return { -1, tonumber(redis.call('HGET', K.state, 'version') or '0') } end
 local now = now_ms()
 local existed = redis.call('EXISTS', K.meta)
@@ -722,7 +782,7 @@ redis.call('HDEL', K.state, 'digest')
 redis.call('HINCRBY', K.state, 'epoch', 1)
 local v = bump(K.state, ARGV[1], ARGV[2], 'INVALIDATED', 'null', now)
 return { existed, v }
-`;
+`);
 
 /**
  * ARGV: channel, nodeJson, holdMs, then for each request: vmid ('' = lowest free in
@@ -731,17 +791,21 @@ return { existed, v }
  *   { 'OK', vmid, expiresAt, version } | { 'TAKEN', vmid } | { 'RESERVED', vmid } | { 'EXHAUSTED' }
  * The requests are decided in order, each seeing the ones before it, in one atomic step; the
  * reservations made are announced with one RESERVED event per expiry (VMIDs ascending), so a
- * batch with one TTL is one event. Without a vmid the search (next_free: a walk over the next
- * 32 used VMIDs, else lowest_free's O(log² n)) skips held VMIDs; a request with the same
+ * batch with one TTL is one event. Without a vmid the search (next_free: the gaps in the next
+ * 32 used VMIDs, found and checked once for the batch's searches, else lowest_free's
+ * O(log² n)) skips held VMIDs; a request with the same
  * min as an earlier one of the batch starts after the VMID that one got (everything from min
  * up to it is used), and the first one where the dense hint says the run of used VMIDs ends
  * (it is then set to where this batch stopped). An explicit vmid is not bounded by max, nor
  * refused for a hold (it is free: the client asked for it). The reservations are written at
  * the end, one call per key: each call from Lua costs about as much as the work it does.
+ * Everything the script reads once (meta, the state's seeded mark and master) is read in one
+ * call.
  */
-export const RESERVE = `${COMMON}
+export const RESERVE = usedOnly(`${COMMON}
 HOLD_MS = tonumber(ARGV[3]) or 0
-if redis.call('EXISTS', K.meta) == 0 then
+local meta = redis.call('HMGET', K.meta, 'refreshedAt', 'expiresAt', 'usedAt', 'dense')
+if not meta[1] then
   return { 'MISS' }
 end
 local now = now_ms()
@@ -755,6 +819,11 @@ local by_expiry = {}
 -- What the batch reserves, written at the end in one call per key (ZADD, HSET, ZADD): until
 -- then PICKED stands for it.
 local reserved, owned, used = {}, {}, {}
+-- The searches (requests without a vmid) still to decide: how many gaps a window read checks.
+local searches = 0
+for b = 4, #ARGV, 5 do
+  if ARGV[b] == '' then searches = searches + 1 end
+end
 for b = 4, #ARGV, 5 do
   local want, min, max = ARGV[b], tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2])
   local vmid
@@ -764,13 +833,14 @@ for b = 4, #ARGV, 5 do
     elseif PICKED[vmid] or redis.call('ZSCORE', K.reservations, want) then out[#out + 1] = { 'RESERVED', vmid }; vmid = nil end
   else
     if not ready then
-      use_index(now)
+      use_index(now, meta)
       ready = true
       first_min = min
       -- The hint's run goes on below min when the search starts from it.
       first_from = past_dense(min) == min and min or DENSE_FROM
     end
-    vmid = next_free(past_dense(after[min] or min), max, now)
+    vmid = next_free(past_dense(after[min] or min), max, searches, now)
+    searches = searches - 1
     if vmid then after[min] = vmid + 1 else out[#out + 1] = { 'EXHAUSTED' } end
   end
   if vmid then
@@ -800,7 +870,6 @@ if #expiries > 0 then
   redis.call('HSET', K.owners, unpack(owned))
   redis.call('ZADD', K.used, unpack(used))
   keep_reservations()
-  local meta = redis.call('HMGET', K.meta, 'refreshedAt', 'expiresAt')
   redis.call('PEXPIREAT', K.used, kept_until(meta[1], meta[2]))
 end
 -- Everything from the first search's start (or the hint's, when it started from the hint) up to
@@ -819,7 +888,7 @@ for _, expires_at in ipairs(expiries) do
   for _, reply in ipairs(group.replies) do reply[4] = v end
 end
 return out
-`;
+`);
 
 /**
  * ARGV: min, max, channel, nodeJson, holdMs
@@ -827,17 +896,18 @@ return out
  * What RESERVE without a vmid would pick, reserving nothing. Lapses are announced first (a
  * reservation whose time is up does not count).
  */
-export const NEXT_FREE = `${COMMON}
+export const NEXT_FREE = usedOnly(`${COMMON}
 HOLD_MS = tonumber(ARGV[5]) or 0
-if redis.call('EXISTS', K.meta) == 0 then
+local meta = redis.call('HMGET', K.meta, 'refreshedAt', 'expiresAt', 'usedAt', 'dense')
+if not meta[1] then
   return { 'MISS' }
 end
 local now = now_ms()
 lapse(ARGV[3], ARGV[4], now)
-local vmid = lowest_free(tonumber(ARGV[1]), tonumber(ARGV[2]), now)
+local vmid = lowest_free(tonumber(ARGV[1]), tonumber(ARGV[2]), now, meta)
 if not vmid then return { 'EXHAUSTED' } end
 return { 'FREE', vmid }
-`;
+`);
 
 /**
  * ARGV: vmid, channel, nodeJson, owner, holdMs
@@ -846,7 +916,7 @@ return { 'FREE', vmid }
  * without a recorded owner (made by an earlier version, during a rolling upgrade) is anyone's.
  * The VMID released is held (see hold).
  */
-export const RELEASE = `${COMMON}
+export const RELEASE = usedOnly(`${COMMON}
 HOLD_MS = tonumber(ARGV[5]) or 0
 local now = now_ms()
 lapse(ARGV[2], ARGV[3], now)
@@ -858,7 +928,7 @@ redis.call('HDEL', K.owners, ARGV[1])
 unreserve(ARGV[1], now)
 bump(K.state, ARGV[2], ARGV[3], 'RELEASED', '[' .. ARGV[1] .. ']', now)
 return 1
-`;
+`);
 
 /**
  * ARGV: vmid, channel, nodeJson, holdMs
@@ -867,7 +937,7 @@ return 1
  * An added VMID joins vmid-last too, so a fill that no longer lists it holds it, and the epoch
  * grows, so a fill that read the set before it joined is not written (STALE).
  */
-export const CONSUME = `${COMMON}
+export const CONSUME = usedOnly(`${COMMON}
 -- The kept list (ascending, comma-separated) with vmid put in its place: a binary search over
 -- the list's byte offsets (O(log n) finds) and one copy, where sorting the whole set again took
 -- Redis 5.5 ms at 10,000 guests.
@@ -926,7 +996,7 @@ elseif released == 1 then
   bump(K.state, ARGV[2], ARGV[3], 'RELEASED', '[' .. ARGV[1] .. ']', now)
 end
 return { released, added }
-`;
+`);
 
 /**
  * ARGV: channel, nodeJson, holdMs
@@ -934,13 +1004,13 @@ return { released, added }
  * Announces the lapsed reservations (see lapse) and tells when the next one is due, in
  * Redis's time, so the caller's timer does not depend on its own clock.
  */
-export const EXPIRE_DUE = `${COMMON}
+export const EXPIRE_DUE = usedOnly(`${COMMON}
 HOLD_MS = tonumber(ARGV[3]) or 0
 local now = now_ms()
 lapse(ARGV[1], ARGV[2], now)
 local first = redis.call('ZRANGE', K.reservations, 0, 0, 'WITHSCORES')
 return { int(now), first[2] or '' }
-`;
+`);
 
 /** KEYS: lock; ARGV: token. Deletes the lock only if it is still ours. */
 export const UNLOCK = `
@@ -960,7 +1030,7 @@ return 0
  * as RELEASE ends one. A VMID holding anything else keeps it; the record's goes in where
  * there is nothing. A deleted space is left alone.
  */
-export const SETTLE_REFUSED = `${COMMON}
+export const SETTLE_REFUSED = usedOnly(`${COMMON}
 HOLD_MS = tonumber(ARGV[3]) or 0
 if deleted(K.state) then return 0 end
 local now = now_ms()
@@ -991,7 +1061,7 @@ if #ended > 0 then
   bump(K.state, ARGV[1], ARGV[2], 'RELEASED', '[' .. table.concat(ended, ',') .. ']', now)
 end
 return #ended
-`;
+`);
 
 /**
  * KEYS: the version hash; ARGV: seed token → 1 | 0
@@ -1014,7 +1084,7 @@ return 1
  * told DELETED. Reservations due but not yet announced end without a RELEASED: DELETED
  * covers them. A second FORGET does nothing.
  */
-export const FORGET = `${COMMON}
+export const FORGET = usedOnly(`${COMMON}
 if deleted(K.state) then return tonumber(redis.call('HGET', K.state, 'version')) end
 local v = bump(K.state, ARGV[1], ARGV[2], 'DELETED', 'null', now_ms())
 redis.call('UNLINK', K.cache, K.meta, K.reservations, K.tmp, K.lock, K.used, K.owners, K.held, K.last)
@@ -1022,7 +1092,7 @@ redis.call('HDEL', K.state, 'digest', 'usedSeed')
 redis.call('HSET', K.state, 'deleted', '1')
 redis.call('PEXPIRE', K.state, TOMBSTONE_MS)
 return v
-`;
+`);
 
 /**
  * KEYS: the version hash (vmid-version:{id}) → 1 (revived) | 0 (not a tombstone: nothing done)
@@ -1043,12 +1113,12 @@ return 1
 /**
  * → { version, epoch, deleted ('1' or false) }
  * The space's state as the other scripts see it: read after the seeded check and after a new
- * master's version step (FOLLOW_MASTER), so a version read right after a failover is never
+ * master's version step (followMaster), so a version read right after a failover is never
  * one announced before.
  */
-export const STATE = `${COMMON}
+export const STATE = usedOnly(`${COMMON}
 return redis.call('HMGET', K.state, 'version', 'epoch', 'deleted')
-`;
+`);
 
 /**
  * KEYS: log, state
@@ -1059,7 +1129,7 @@ return redis.call('HMGET', K.state, 'version', 'epoch', 'deleted')
  */
 export const EVENTS_AFTER = `
 local K = { state = KEYS[2] }
-${FOLLOW_MASTER}
+${followMaster(`redis.call('HGET', K.state, 'replid')`)}
 return { redis.call('HGET', KEYS[2], 'version') or '0', redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[1], '+inf') }
 `;
 
