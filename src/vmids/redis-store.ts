@@ -85,18 +85,19 @@ interface ScriptCommands {
 
 const NODE_KEYS = 11;
 /**
- * Reservations put back per SEED call: under 1 ms of Redis a part, whatever the space holds
- * (a part of 250 took 2.4 ms on a slow 2-core VM: each reservation costs about 2 µs in each of
- * two sets that grow to the space's size, even written with one call per key). A space's tens
- * of thousands in one call would hold Redis that much longer, and overflow the client's call
- * stack as arguments (a space of 60,000 could not be seeded at all).
+ * Reservations put back per SEED call: a part costs Redis no more than a RESERVE script of 8,
+ * whatever the space holds (a part of 250 took 2.4 ms on a slow 2-core VM: each reservation
+ * costs about 2 µs in each of two sets that grow to the space's size, even written with one
+ * call per key; a part of 64 reached 1 ms under load where RESERVE scripts stayed under 0.8).
+ * A space's tens of thousands in one call would hold Redis that much longer, and overflow the
+ * client's call stack as arguments (a space of 60,000 could not be seeded at all).
  */
-const SEED_PART = 64;
+const SEED_PART = 32;
 /**
  * The most reservations one RESERVE script decides. Redis runs one script at a time, so a
  * script's length is what any other command may wait behind: alone, a script takes about
- * 0.06–0.08 ms for one reservation and 0.13–0.19 ms for 8 (`npm run bench:script`), more the
- * larger the batch; a larger batch is split.
+ * 0.08–0.1 ms for one reservation and 0.14 ms for 8 (`npm run bench:script`), more the larger
+ * the batch; a larger batch is split.
  */
 const RESERVE_SCRIPT_MAX = 8;
 /** How long a call waits before it looks again at a space another instance is seeding. */
