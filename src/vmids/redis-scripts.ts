@@ -345,6 +345,8 @@ local FREE, FREE_FROM, FREE_TO = {}, nil, nil
 -- member) has been added to the index by the check, and the window is read again.
 local WALK = 32
 local function next_free(min, max, need, now)
+  -- unpack() in all_free has a stack limit; a script decides a few at a time anyway.
+  need = math.min(need, WALK)
   while min <= max do
     if FREE_FROM and FREE_FROM <= min and min < FREE_TO then
       for _, n in ipairs(FREE) do
@@ -357,22 +359,24 @@ local function next_free(min, max, need, now)
     else
       local members = redis.call('ZRANGEBYSCORE', K.used, int(min), '+inf', 'LIMIT', 0, WALK)
       local found, gap = {}, min
+      -- Gaps above max are not this search's: it stops there.
       for _, m in ipairs(members) do
         m = tonumber(m)
-        while gap < m and #found < need do
+        while gap < m and gap <= max and #found < need do
           if not PICKED[gap] then found[#found + 1] = gap end
           gap = gap + 1
         end
-        if #found >= need then break end
+        if #found >= need or gap > max then break end
         gap = m + 1
       end
       -- Past the index's last member every VMID is free.
       if #members < WALK then
-        while #found < need do
+        while #found < need and gap <= max do
           if not PICKED[gap] then found[#found + 1] = gap end
           gap = gap + 1
         end
       end
+      if #found == 0 and gap > max then return nil end
       if #found == 0 then
         -- A window without a gap: the binary search checks its own answer.
         local vmid = search(gap, max, now)

@@ -1,6 +1,8 @@
+import { Redis } from 'ioredis';
 import { describe, expect, it } from 'vitest';
 import { withDefinitionsUsed } from '../../src/vmids/lua-definitions.js';
 import * as scripts from '../../src/vmids/redis-scripts.js';
+import { TEST_REDIS_URL } from '../support/env.js';
 
 const DEFINITIONS = `
 local K = { a = KEYS[1],
@@ -63,5 +65,24 @@ return until_ms() + #K.a
     expect(scripts.RESERVE).not.toMatch(/local function index_reserved\(/);
     // STATE only reads the version hash after the common checks.
     expect(scripts.STATE).not.toMatch(/local function (bump|lapse|build_used)\(/);
+  });
+
+  it('every script of the store, plain and as sent to a Redis Cluster, compiles in Redis', async () => {
+    // A definition split in the wrong place (a column-0 line inside a function) would leave a
+    // kept part without its end: Redis refuses to load it.
+    const redis = new Redis(TEST_REDIS_URL);
+    try {
+      const sources = Object.entries(scripts).filter(
+        (entry): entry is [string, string] => typeof entry[1] === 'string' && entry[1].includes('redis.call'),
+      );
+      expect(sources.length).toBeGreaterThanOrEqual(14);
+      for (const [name, lua] of sources) {
+        for (const source of [lua, scripts.sharded(lua)]) {
+          await expect(redis.script('LOAD', source), name).resolves.toMatch(/^[0-9a-f]{40}$/);
+        }
+      }
+    } finally {
+      redis.disconnect();
+    }
   });
 });
