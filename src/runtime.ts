@@ -98,9 +98,7 @@ export async function openRuntime(config: Config, log: Logger, opts: RuntimeOpti
         await rateLimiter.consume('proxmox', node.userId);
         return targets.clusterTasks(node.id);
       },
-      refresh: async (node): Promise<void> => {
-        await vmids.refreshVmidCache(node);
-      },
+      refresh: (node): Promise<void> => vmids.refreshSet(node),
       isCached: (node): Promise<boolean> => vmids.hasCachedSet(node),
       log: log.child({ component: 'cluster-watch' }),
       onProbe: (outcome) => metrics.clusterWatchProbes.inc({ outcome }),

@@ -18,7 +18,7 @@ export interface ClusterWatcherOptions {
    * charged to its owner's Proxmox budget (RATE_LIMITED: skipped this interval).
    */
   probe: (node: NodeRef) => Promise<ProxmoxTask[]>;
-  /** The full listing: asks Proxmox and publishes REFRESHED when the set changed (refreshVmidCache). */
+  /** The full listing: asks Proxmox and publishes REFRESHED when the set changed (VmidService.refreshSet). */
   refresh: (node: NodeRef) => Promise<unknown>;
   /**
    * Whether the space has a cached set (VmidService.hasCachedSet). When the probe cannot tell

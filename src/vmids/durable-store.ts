@@ -245,6 +245,14 @@ export class DurableVmidStore implements VmidStore {
     this.reached(node.id, outcome.written ? outcome.snapshot.version : outcome.version);
     return outcome;
   }
+  async refreshSet(node: NodeRef, taken: readonly number[], ttlSeconds: number, expectedEpoch: number | null) {
+    const outcome = await this.fast.refreshSet(node, taken, ttlSeconds, expectedEpoch);
+    this.reached(node.id, outcome.version);
+    return outcome;
+  }
+  isCached(node: NodeRef) {
+    return this.fast.isCached(node);
+  }
   async invalidate(node: NodeRef) {
     const outcome = await this.fast.invalidate(node);
     this.reached(node.id, outcome.version);

@@ -319,6 +319,17 @@ export class MemoryVmidStore implements VmidStore {
     return { written: true, changed, snapshot: (await this.read(node)) as FilledSnapshot };
   }
 
+  async refreshSet(node: NodeRef, taken: readonly number[], ttlSeconds: number, expectedEpoch: number | null) {
+    const outcome = await this.refresh(node, taken, ttlSeconds, expectedEpoch);
+    if (!outcome.written) return outcome;
+    const { version, cache } = outcome.snapshot;
+    return { written: true as const, changed: outcome.changed, version, cache };
+  }
+
+  async isCached(node: NodeRef) {
+    return (await this.read(node)).cache !== null;
+  }
+
   async invalidate(node: NodeRef) {
     const seeding = this.seed(node.id);
     if (seeding) await seeding;

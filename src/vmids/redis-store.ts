@@ -17,6 +17,7 @@ import type {
   RefusedReservation,
   NextFreeOutcome,
   RefreshOutcome,
+  SetRefreshOutcome,
   ReservationSeeder,
   ReserveOutcome,
   ReserveRequest,
@@ -308,15 +309,21 @@ export class RedisVmidStore implements VmidStore {
     }
   }
 
-  /** READ, REFRESH or REFRESH_DELTA (ARGV after the node's keys: `argv`), then the reservations' VMIDs, ascending. */
+  /**
+   * READ, REFRESH or REFRESH_DELTA (ARGV after the node's keys: `argv`), then the reservations'
+   * VMIDs, ascending; `reserved` false: the script alone (the reservations answered as none).
+   */
   private async withReserved(
     name: 'read' | 'refresh' | 'refreshDelta',
     node: NodeRef,
     argv: readonly string[],
+    reserved = true,
   ): Promise<{ reply: unknown; reserved: number[] }> {
     const k = nodeKeys(node.id);
-    const [reply, members] = await this.inTransaction(name, [...k, ...argv], (tx) => tx.zrange(k[2], 0, -1));
-    return { reply, reserved: replies.decodeVmids(name, members) };
+    const [reply, members] = await this.inTransaction(name, [...k, ...argv], (tx) =>
+      reserved ? tx.zrange(k[2], 0, -1) : tx,
+    );
+    return { reply, reserved: reserved ? replies.decodeVmids(name, members) : [] };
   }
 
   async read(node: NodeRef): Promise<VmidSnapshot> {
@@ -636,6 +643,36 @@ export class RedisVmidStore implements VmidStore {
     ttlSeconds: number,
     expectedEpoch: number | null,
   ): Promise<RefreshOutcome> {
+    return this.fill(node, taken, ttlSeconds, expectedEpoch, true);
+  }
+
+  async refreshSet(
+    node: NodeRef,
+    taken: readonly number[],
+    ttlSeconds: number,
+    expectedEpoch: number | null,
+  ): Promise<SetRefreshOutcome> {
+    const outcome = await this.fill(node, taken, ttlSeconds, expectedEpoch, false);
+    if (!outcome.written) return outcome;
+    const { version, cache } = outcome.snapshot;
+    return { written: true, changed: outcome.changed, version, cache };
+  }
+
+  /** What a read answers as cached: the meta hash is there (an instance's current copy first). */
+  async isCached(node: NodeRef): Promise<boolean> {
+    const kept = this.local?.get(node.id);
+    if (kept) return kept.cache !== null;
+    return (await this.run(() => this.redis.exists(nodeKeys(node.id)[1]))) === 1;
+  }
+
+  /** refresh, with the reservations read in the same step or (`reserved` false) not. */
+  private async fill(
+    node: NodeRef,
+    taken: readonly number[],
+    ttlSeconds: number,
+    expectedEpoch: number | null,
+    reserved: boolean,
+  ): Promise<RefreshOutcome> {
     const list = ascendingUnique(taken);
     const joined = list.join(',');
     const argv = [
@@ -646,9 +683,10 @@ export class RedisVmidStore implements VmidStore {
       this.holdMs,
       joined,
     ];
-    const { reply: raw, reserved } = await this.change(
+    const { reply: raw, reserved: live } = await this.change(
       node,
-      async () => (await this.refreshByDelta(node, list, argv)) ?? this.withReserved('refresh', node, argv),
+      async () =>
+        (await this.refreshByDelta(node, list, argv, reserved)) ?? this.withReserved('refresh', node, argv, reserved),
     );
     const reply = replies.decodeRefresh(raw);
     if (reply.status === 'stale') return { written: false, version: reply.version };
@@ -658,7 +696,7 @@ export class RedisVmidStore implements VmidStore {
       changed: reply.changed,
       snapshot: {
         version: reply.version,
-        reserved,
+        reserved: live,
         firstExpiry: reply.firstExpiry === null ? null : new Date(reply.firstExpiry),
         cache: { taken: list, refreshedAt: new Date(reply.refreshedAt), expiresAt: new Date(reply.expiresAt) },
       },
@@ -677,6 +715,7 @@ export class RedisVmidStore implements VmidStore {
     node: NodeRef,
     list: readonly number[],
     argv: readonly string[],
+    reserved: boolean,
   ): Promise<{ reply: unknown; reserved: number[] } | null> {
     const joined = argv[5]!;
     const k = nodeKeys(node.id);
@@ -690,14 +729,19 @@ export class RedisVmidStore implements VmidStore {
     if (previous === null || kept !== 1 || list.length === 0 || (previous === joined && cached === 1)) return null;
     const before = previous === '' ? [] : previous.split(',').map(Number);
     const { added, removed } = changeBetween(before, list);
-    const delta = await this.withReserved('refreshDelta', node, [
-      ...argv,
-      previous,
-      added.join(','),
-      removed.join(','),
-      createHash('sha1').update(joined).digest('hex'),
-      String(before.length),
-    ]);
+    const delta = await this.withReserved(
+      'refreshDelta',
+      node,
+      [
+        ...argv,
+        previous,
+        added.join(','),
+        removed.join(','),
+        createHash('sha1').update(joined).digest('hex'),
+        String(before.length),
+      ],
+      reserved,
+    );
     return replies.isFullRefresh(delta.reply) ? null : delta;
   }
 

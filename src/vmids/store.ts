@@ -40,6 +40,19 @@ export interface VmidStore {
     ttlSeconds: number,
     expectedEpoch: number | null,
   ): Promise<RefreshOutcome>;
+  /**
+   * `refresh` for a caller that reads nothing back (a fill a reservation or a search waits
+   * for): the same write, answered without the live reservations, which `refresh` reads with
+   * its snapshot (a space's tens of thousands take Redis over a millisecond in one command).
+   */
+  refreshSet(
+    node: NodeRef,
+    taken: readonly number[],
+    ttlSeconds: number,
+    expectedEpoch: number | null,
+  ): Promise<SetRefreshOutcome>;
+  /** Whether the set is cached: `read`'s `cache !== null`, without reading the snapshot. */
+  isCached(node: NodeRef): Promise<boolean>;
   /** Drops the cached set; always bumps the version (INVALIDATED). NOT_FOUND for a deleted node. */
   invalidate(node: NodeRef): Promise<{ existed: boolean; version: number }>;
   /**
@@ -234,6 +247,9 @@ export type FilledSnapshot = VmidSnapshot & { cache: CachedSet };
 export type RefreshOutcome =
   /** `snapshot`: the set just written, the live reservations and the version after the write. */
   { written: true; changed: boolean; snapshot: FilledSnapshot } | { written: false; version: number };
+
+export type SetRefreshOutcome =
+  { written: true; changed: boolean; version: number; cache: CachedSet } | { written: false; version: number };
 
 export interface ReserveRequest {
   /** null: the lowest VMID in [min, max] that is neither taken nor reserved nor held (reuse hold). */

@@ -69,6 +69,8 @@ export class VmidCache {
   private readonly onLookup: ((hit: boolean) => void) | undefined;
   /** In-process single-flight: concurrent misses of one node share one fill. */
   private readonly fills = new SingleFlight<string, Fill>();
+  /** Same for fills nobody reads back (fillSet). */
+  private readonly setFills = new SingleFlight<string, void>();
   /** Same for direct Proxmox reads while the store is down. */
   private readonly directReads = new Map<string, Promise<Fetched>>();
   /** The last version this process saw per node, for answers given while the store is down. */
@@ -115,7 +117,7 @@ export class VmidCache {
    * next read asks Proxmox anyway.
    */
   async hasCachedSet(node: NodeRef): Promise<boolean> {
-    return (await this.store.read(spaceOf(node))).cache !== null;
+    return this.store.isCached(spaceOf(node));
   }
 
   /**
@@ -192,11 +194,65 @@ export class VmidCache {
   }
 
   /**
+   * `fill` for a caller that goes back to the store afterwards (a reservation or a search that
+   * found no set cached): whether another instance filled it meanwhile is asked without the
+   * snapshot, and the write answers without the reservations. A snapshot carries every live
+   * reservation of the space (tens of thousands take Redis over a millisecond in one command),
+   * and this caller would not look at it. Shares Proxmox calls with `fill` through the store's
+   * lock, not in this process.
+   */
+  fillSet(node: NodeRef): Promise<void> {
+    return this.setFills.run(node.spaceId, () =>
+      this.underFillLock(
+        node,
+        async () => (await this.store.isCached(spaceOf(node))) || null,
+        async (epoch) => {
+          await this.fetchAndWriteSet(node, epoch);
+          return true;
+        },
+      ).then(() => undefined),
+    );
+  }
+
+  /**
+   * refreshVmidCache for a caller that reads nothing back (the cluster watcher, when Proxmox's
+   * tasks say the guests changed): the write answers without the reservations (see fillSet).
+   * With the store down it fails before Proxmox is asked (nothing could be written or
+   * announced): the watcher lists again on its next round.
+   */
+  async refreshSet(node: NodeRef): Promise<void> {
+    // Read before Proxmox is asked, as refreshVmidCache does.
+    await this.fetchAndWriteSet(node, await this.epochOf(node));
+  }
+
+  private async fetchAndWriteSet(node: NodeRef, epoch: number): Promise<void> {
+    const fetched = await this.fetch(node);
+    const outcome = await this.store.refreshSet(spaceOf(node), fetched.taken, this.ttlS, epoch);
+    if (outcome.written) await this.keepGuests(node, fetched.guests, outcome.cache);
+  }
+
+  /**
    * `withGuests`: a cached set is not enough, its guest listing must be there too (a set
    * written by an earlier version keeps none); without it Proxmox is asked (the set is
    * written again with the listing).
    */
-  private async fillOnce(node: NodeRef, withGuests: boolean): Promise<Fill> {
+  private fillOnce(node: NodeRef, withGuests: boolean): Promise<Fill> {
+    return this.underFillLock(
+      node,
+      async () => this.filled(node, await this.store.read(spaceOf(node)), withGuests),
+      (epoch) => this.fetchAndWrite(node, epoch),
+    );
+  }
+
+  /**
+   * Fills under the store's lock: `done` answers what a fill would once the set is there
+   * (null: not yet), `fetchAndWrite` asks Proxmox and writes (given the epoch read first).
+   */
+  private async underFillLock<T>(
+    node: NodeRef,
+    done: () => Promise<T | null>,
+    fetchAndWrite: (epoch: number) => Promise<T>,
+  ): Promise<T> {
     const deadline = Date.now() + this.fillWaitMs;
     for (;;) {
       const token = await this.store.tryLock(node.spaceId, this.fillLockMs);
@@ -204,23 +260,22 @@ export class VmidCache {
         try {
           const epoch = await this.epochOf(node);
           // Someone may have filled between our miss and our lock.
-          const current = await this.store.read(spaceOf(node));
-          const done = await this.filled(node, current, withGuests);
-          if (done) return done;
-          return await this.fetchAndWrite(node, epoch);
+          const already = await done();
+          if (already) return already;
+          return await fetchAndWrite(epoch);
         } finally {
           await this.store.unlock(node.spaceId, token).catch(() => undefined);
         }
       }
       while (Date.now() < deadline) {
         await sleep(this.fillPollMs);
-        const done = await this.filled(node, await this.store.read(spaceOf(node)), withGuests);
-        if (done) return done;
+        const already = await done();
+        if (already) return already;
         if (!(await this.store.isLocked(node.spaceId))) break;
       }
       if (Date.now() >= deadline) {
         this.log?.warn({ nodeId: node.id }, 'vmid cache: gave up waiting for another instance to fill; asking Proxmox');
-        return this.fetchAndWrite(node, await this.epochOf(node));
+        return fetchAndWrite(await this.epochOf(node));
       }
     }
   }
@@ -278,13 +333,7 @@ export class VmidCache {
     const taken = fetched.taken;
     const outcome = await this.store.refresh(spaceOf(node), taken, this.ttlS, epoch);
     if (outcome.written) {
-      const { guests } = fetched;
-      const { refreshedAt, expiresAt } = outcome.snapshot.cache;
-      // Without it the next guests read asks Proxmox again: not worth failing the fill for.
-      if (guests)
-        await bestEffort(this.log, 'keep the guest listing', () =>
-          this.store.putGuests(spaceOf(node), { guests, refreshedAt, expiresAt }),
-        );
+      await this.keepGuests(node, fetched.guests, outcome.snapshot.cache);
       return outcome.snapshot;
     }
     const snap = await this.store.read(spaceOf(node));
@@ -294,6 +343,16 @@ export class VmidCache {
       ...snap,
       cache: { taken: [...new Set(taken)].sort((a, b) => a - b), refreshedAt: at, expiresAt: at },
     };
+  }
+
+  /** Keeps the listing a fill fetched with the set it wrote, as long as that set is cached. */
+  private async keepGuests(node: NodeRef, guests: Guest[] | null, cache: CachedSet): Promise<void> {
+    if (!guests) return;
+    const { refreshedAt, expiresAt } = cache;
+    // Without it the next guests read asks Proxmox again: not worth failing the fill for.
+    await bestEffort(this.log, 'keep the guest listing', () =>
+      this.store.putGuests(spaceOf(node), { guests, refreshedAt, expiresAt }),
+    );
   }
 
   /** A snapshot with a filled cache, filling it first if needed. */

@@ -111,7 +111,7 @@ export class VmidReservations {
       if (outcome.status === 'free') return outcome.vmid;
       if (outcome.status === 'exhausted') throw exhausted(bounds);
       if (attempt >= FILL_ATTEMPTS) throw notFillable(node);
-      await this.cache.fill(node);
+      await this.cache.fillSet(node);
     }
   }
 
@@ -168,7 +168,7 @@ export class VmidReservations {
           throw exhausted(bounds);
         case 'miss':
           if (++fills >= FILL_ATTEMPTS) throw notFillable(node);
-          await this.cache.fill(node);
+          await this.cache.fillSet(node);
       }
     }
   }

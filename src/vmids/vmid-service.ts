@@ -95,6 +95,11 @@ export class VmidService {
     return this.cache.refreshVmidCache(node);
   }
 
+  /** refreshVmidCache without the answer (the cluster watcher): no snapshot is read for it. */
+  refreshSet(node: NodeRef): Promise<void> {
+    return this.cache.refreshSet(node);
+  }
+
   invalidateVmidCache(node: NodeRef): Promise<boolean> {
     return this.cache.invalidateVmidCache(node);
   }

@@ -102,6 +102,33 @@ export function vmidStoreContract(kind: StoreKind, url = TEST_REDIS_URL, where =
       }
     });
 
+    it('refreshSet writes what refresh would and answers the set and version without the reservations; isCached follows what a read sees', async () => {
+      const store = opened.store;
+      expect(await store.isCached(node)).toBe(false);
+      await service.getCachedVmids(node);
+      expect(await store.isCached(node)).toBe(true);
+      await service.reserveVmid(node, 7000, 600, 100);
+      await store.invalidate(node);
+      expect(await store.isCached(node)).toBe(false);
+      const outcome = await store.refreshSet(node, [...TAKEN, 500], 60, null);
+      if (!outcome.written) throw new Error('not written');
+      expect(outcome).toEqual({
+        written: true,
+        changed: true,
+        version: expect.any(Number),
+        cache: { taken: [...TAKEN, 500], refreshedAt: expect.any(Date), expiresAt: expect.any(Date) },
+      });
+      expect(Object.keys(outcome)).not.toContain('reserved');
+      expect(await store.isCached(node)).toBe(true);
+      const read = await store.read(node);
+      expect(read).toMatchObject({ version: outcome.version, reserved: [7000], cache: outcome.cache });
+      // A stale write (the cache invalidated since its epoch was read) is refused, as refresh's.
+      const { epoch } = await store.state(node.id);
+      await store.invalidate(node);
+      expect(await store.refreshSet(node, TAKEN, 60, epoch)).toEqual({ written: false, version: expect.any(Number) });
+      expect(await store.isCached(node)).toBe(false);
+    });
+
     it('a refresh answers what a read then sees: the set ascending and once each, the live reservations', async () => {
       await service.getCachedVmids(node);
       await service.reserveVmid(node, 7000, 600, 100);

@@ -1,5 +1,7 @@
+import { Redis } from 'ioredis';
 import { afterEach, describe, expect, it } from 'vitest';
 import { DomainError } from '../../src/errors.js';
+import { TEST_REDIS_URL } from '../support/env.js';
 import { uniqueRedisPrefix } from '../support/test-server.js';
 import { VMID_MAX } from '../../src/vmids/index.js';
 import { makeService, newNode, type OpenStore, openStore, type Proxmox, startProxmox, reserveOne } from './helpers.js';
@@ -112,5 +114,43 @@ describe('reservations across instances', () => {
     // A search that walks the set (20,000 ids here) takes tens of times longer; the bound
     // leaves room for a busy machine.
     expect(median(times.large)).toBeLessThan(3 * median(times.small));
+  });
+
+  it("reservations that find no set cached fill it on two instances with one listing, without reading the space's reservations", async () => {
+    const proxmox = await startProxmox({ guests: 50 });
+    cleanup.push(proxmox);
+    const prefix = uniqueRedisPrefix();
+    const a: OpenStore = await openStore('redis', prefix);
+    const b: OpenStore = await openStore('redis', prefix);
+    cleanup.push(a, b);
+    const services = [makeService(a.store, proxmox), makeService(b.store, proxmox)] as const;
+    const node = newNode();
+    const first = await Promise.all(Array.from({ length: 20 }, () => services[0].reserveVmid(node, undefined, 600)));
+    await services[0].invalidateVmidCache(node);
+    const listings = proxmox.resourceCalls();
+    // Every command Redis runs, from anyone: this test's are those naming its prefix.
+    const monitor = await new Redis(TEST_REDIS_URL).monitor();
+    const reads: string[][] = [];
+    monitor.on('monitor', (_time: string, args: string[]) => {
+      // Every reservation (scripts read the first or the last one alone: O(log n)).
+      const all = args[2] === '0' && args[3] === '-1';
+      if (args[0]?.toLowerCase() === 'zrange' && args[1]?.startsWith(`${prefix}vmid-reservations:`) && all)
+        reads.push(args);
+    });
+    try {
+      const more = await Promise.all(
+        Array.from({ length: 20 }, (_, i) => services[i % 2]!.reserveVmid(node, undefined, 600)),
+      );
+      const vmids = [...first, ...more].map((r) => r.vmid);
+      expect(new Set(vmids).size).toBe(40);
+      expect(proxmox.resourceCalls()).toBe(listings + 1);
+      expect(reads).toEqual([]);
+      // A read wants the reservations, and the monitor sees them read.
+      const set = await services[1].getCachedVmids(node);
+      expect(set.reserved).toEqual([...vmids].sort((x, y) => x - y));
+      await expect.poll(() => reads.length).toBeGreaterThan(0);
+    } finally {
+      monitor.disconnect();
+    }
   });
 });
