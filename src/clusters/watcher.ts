@@ -35,7 +35,7 @@ export interface ClusterWatcherOptions {
   onListing?: (outcome: ListingOutcome) => void;
 }
 
-/** While Proxmox fails, the delay doubles up to this many intervals. */
+/** While Proxmox (or the store a listing is written to) fails, the delay doubles up to this many intervals. */
 const MAX_BACKOFF_INTERVALS = 6;
 /** With /cluster/tasks forbidden, the full listing stands in for it; the tasks are tried again after this many intervals. */
 const FORBIDDEN_RETRY_INTERVALS = 60;
@@ -71,7 +71,7 @@ interface Space {
  * tasks, and for the full guest listing only when a guest task appeared since the last probe
  * or the probe cannot tell (first probe of a holder without a saved cursor, tasks forbidden,
  * an earlier failure). Changes reach subscribers as REFRESHED through the listing
- * (refreshVmidCache). Every instance with local subscribers of a space competes for its lease;
+ * (VmidService.refreshSet). Every instance with local subscribers of a space competes for its lease;
  * the last local subscriber leaving releases it.
  */
 export class ClusterWatcher {

@@ -228,6 +228,8 @@ export class VmidCache {
   private async fetchAndWriteSet(node: NodeRef, epoch: number): Promise<void> {
     const fetched = await this.fetch(node);
     const outcome = await this.store.refreshSet(spaceOf(node), fetched.taken, this.ttlS, epoch);
+    // As a set answered would (toSet): answers given while the store is down go on from it.
+    this.lastVersions.set(node.id, outcome.version);
     if (outcome.written) await this.keepGuests(node, fetched.guests, outcome.cache);
   }
 

@@ -125,32 +125,60 @@ describe('reservations across instances', () => {
     cleanup.push(a, b);
     const services = [makeService(a.store, proxmox), makeService(b.store, proxmox)] as const;
     const node = newNode();
-    const first = await Promise.all(Array.from({ length: 20 }, () => services[0].reserveVmid(node, undefined, 600)));
-    await services[0].invalidateVmidCache(node);
-    const listings = proxmox.resourceCalls();
-    // Every command Redis runs, from anyone: this test's are those naming its prefix.
-    const monitor = await new Redis(TEST_REDIS_URL).monitor();
-    const reads: string[][] = [];
-    monitor.on('monitor', (_time: string, args: string[]) => {
-      // Every reservation (scripts read the first or the last one alone: O(log n)).
-      const all = args[2] === '0' && args[3] === '-1';
-      if (args[0]?.toLowerCase() === 'zrange' && args[1]?.startsWith(`${prefix}vmid-reservations:`) && all)
-        reads.push(args);
+    const vmids = (
+      await Promise.all(Array.from({ length: 20 }, () => services[0].reserveVmid(node, undefined, 600)))
+    ).map((r) => r.vmid);
+    const client = new Redis(TEST_REDIS_URL);
+    // Every command Redis runs, from anyone, in order: this test's are those naming its prefix.
+    const monitor = await client.monitor();
+    const seen: string[] = [];
+    monitor.on('monitor', (_time: string, args: string[], source: string) => {
+      // Command names as sent (ioredis: lower case) or as a script calls them: lower case here.
+      const command = [args[0]!.toLowerCase(), ...args.slice(1)].join(' ');
+      if (args[1]?.startsWith(prefix)) seen.push(source === 'lua' ? `lua: ${command}` : command);
     });
+    // Every reservation of the space, read by the store for a snapshot (not by a script: a whole
+    // build of the used index reads them too, and the scripts read the first or the last one).
+    const readAll = `zrange ${prefix}vmid-reservations:{${node.spaceId}} 0 -1`;
+    /** What Redis ran of this test's keys up to now: a marker command, then what came before it. */
+    const ranUntilNow = async (): Promise<string[]> => {
+      const marker = `${prefix}marker:${seen.length}`;
+      await client.exists(marker);
+      await expect.poll(() => seen.some((c) => c.endsWith(marker))).toBe(true);
+      return seen.splice(0);
+    };
     try {
-      const more = await Promise.all(
-        Array.from({ length: 20 }, (_, i) => services[i % 2]!.reserveVmid(node, undefined, 600)),
-      );
-      const vmids = [...first, ...more].map((r) => r.vmid);
-      expect(new Set(vmids).size).toBe(40);
-      expect(proxmox.resourceCalls()).toBe(listings + 1);
-      expect(reads).toEqual([]);
-      // A read wants the reservations, and the monitor sees them read.
+      // After an invalidation the fill moves the kept set (REFRESH_DELTA); with the set as last
+      // written gone too, it writes it whole (REFRESH).
+      for (const lost of ['nothing', 'the set as last written']) {
+        await services[0].invalidateVmidCache(node);
+        if (lost !== 'nothing') await client.del(`${prefix}vmid-last:{${node.spaceId}}`);
+        const listings = proxmox.resourceCalls();
+        await ranUntilNow();
+        const more = await Promise.all(
+          Array.from({ length: 20 }, (_, i) => services[i % 2]!.reserveVmid(node, undefined, 600)),
+        );
+        vmids.push(...more.map((r) => r.vmid));
+        expect(new Set(vmids).size, lost).toBe(vmids.length);
+        expect(proxmox.resourceCalls(), lost).toBe(listings + 1);
+        const ran = await ranUntilNow();
+        // The reservations were made (a script's writes show), their reads were not.
+        expect(
+          ran.some((c) => c.startsWith(`lua: zadd ${prefix}vmid-reservations:`)),
+          lost,
+        ).toBe(true);
+        expect(
+          ran.filter((c) => c.startsWith(readAll)),
+          lost,
+        ).toEqual([]);
+      }
+      // A read wants the reservations: the monitor sees them read.
       const set = await services[1].getCachedVmids(node);
       expect(set.reserved).toEqual([...vmids].sort((x, y) => x - y));
-      await expect.poll(() => reads.length).toBeGreaterThan(0);
+      expect((await ranUntilNow()).filter((c) => c.startsWith(readAll))).toHaveLength(1);
     } finally {
       monitor.disconnect();
+      client.disconnect();
     }
   });
 });
