@@ -10,7 +10,14 @@
  * in batches of 1 and of 8 (one RESERVE script each), and prints Redis's time per read and per
  * script (INFO commandstats, before and after) and the commands a script called. Keys live
  * under a prefix of their own, deleted after.
+ *
+ * Times move with the machine; instruction counts do not. With CALLGRIND_PID set to a Redis
+ * run under callgrind (`valgrind --tool=callgrind --instr-atstart=no redis-server --port 6391
+ * --save ''`, then `REDIS_URL=redis://127.0.0.1:6391 CALLGRIND_PID=<its pid>`), the reserving
+ * loops also print Redis's instructions per script, Lua's garbage collection included (its
+ * step after every 50th script is part of that script's cost).
  */
+import { execFileSync } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { Redis } from 'ioredis';
 import { RedisVmidStore } from '../src/vmids/redis-store.js';
@@ -31,6 +38,15 @@ async function commandStats(redis: Redis): Promise<Stats> {
     if (m) stats.set(m[1]!, { calls: Number(m[2]), usec: Number(m[3]) });
   }
   return stats;
+}
+
+const CALLGRIND_PID = process.env.CALLGRIND_PID;
+const callgrind = (...args: string[]) =>
+  execFileSync('callgrind_control', [...args, CALLGRIND_PID!], { encoding: 'utf8' });
+/** Redis's instructions since the last call (callgrind_control -e: the totals of its threads). */
+function instructionsSinceZero(): number {
+  const totals = callgrind('-e');
+  return [...totals.matchAll(/Th \d+\s+([\d,]+)/g)].reduce((n, m) => n + Number(m[1]!.replaceAll(',', '')), 0);
 }
 
 const search = (): ReserveRequest => ({ vmid: null, min: 100, max: 999_999_999, ttlSeconds: 3_600, owner: OWNER });
@@ -88,7 +104,13 @@ async function measure(guests: number, reserved: number, batch: number): Promise
       );
     }
     const before = await commandStats(admin);
+    if (CALLGRIND_PID) {
+      callgrind('-i', 'on');
+      callgrind('-z');
+    }
     for (let i = 0; i < SCRIPTS; i++) await store.reserveMany(node, Array.from({ length: batch }, search));
+    const instructions = CALLGRIND_PID ? instructionsSinceZero() : null;
+    if (CALLGRIND_PID) callgrind('-i', 'off');
     const after = await commandStats(admin);
     const delta = [...after]
       .map(([name, a]) => {
@@ -103,8 +125,10 @@ async function measure(guests: number, reserved: number, batch: number): Promise
       .sort((x, y) => y.usec - x.usec)
       .map((d) => `${d.name} ${(d.calls / evalsha.calls).toFixed(1)}`)
       .join(', ');
+    const counted =
+      instructions === null ? '' : `, ${Math.round(instructions / SCRIPTS).toLocaleString('en')} instructions`;
     console.log(
-      `${guests} guests + ${reserved} reservations, ${batch} per script: ${(evalsha.usec / evalsha.calls).toFixed(1)} µs per script (${evalsha.calls} scripts); calls per script: ${called}`,
+      `${guests} guests + ${reserved} reservations, ${batch} per script: ${(evalsha.usec / evalsha.calls).toFixed(1)} µs per script${counted} (${evalsha.calls} scripts); calls per script: ${called}`,
     );
   } finally {
     await store.close();
