@@ -11,6 +11,7 @@ import {
   type NextFreeOutcome,
   type RefreshOutcome,
   type ReservationSeeder,
+  setOutcome,
   type ReserveOutcome,
   type ReserveRequest,
   type VmidSnapshot,
@@ -320,10 +321,7 @@ export class MemoryVmidStore implements VmidStore {
   }
 
   async refreshSet(node: NodeRef, taken: readonly number[], ttlSeconds: number, expectedEpoch: number | null) {
-    const outcome = await this.refresh(node, taken, ttlSeconds, expectedEpoch);
-    if (!outcome.written) return outcome;
-    const { version, cache } = outcome.snapshot;
-    return { written: true as const, changed: outcome.changed, version, cache };
+    return setOutcome(await this.refresh(node, taken, ttlSeconds, expectedEpoch));
   }
 
   async isCached(node: NodeRef) {

@@ -24,6 +24,7 @@ import type {
   VmidSnapshot,
   VmidStore,
 } from './store.js';
+import { setOutcome } from './store.js';
 import type { NodeRef, VmidEvent } from './types.js';
 
 /**
@@ -652,10 +653,7 @@ export class RedisVmidStore implements VmidStore {
     ttlSeconds: number,
     expectedEpoch: number | null,
   ): Promise<SetRefreshOutcome> {
-    const outcome = await this.fill(node, taken, ttlSeconds, expectedEpoch, false);
-    if (!outcome.written) return outcome;
-    const { version, cache } = outcome.snapshot;
-    return { written: true, changed: outcome.changed, version, cache };
+    return setOutcome(await this.fill(node, taken, ttlSeconds, expectedEpoch, false));
   }
 
   /** What a read answers as cached: the meta hash is there (an instance's current copy first). */

@@ -251,6 +251,13 @@ export type RefreshOutcome =
 export type SetRefreshOutcome =
   { written: true; changed: boolean; version: number; cache: CachedSet } | { written: false; version: number };
 
+/** A refresh's outcome as refreshSet answers it: the set and the version, no reservations. */
+export function setOutcome(outcome: RefreshOutcome): SetRefreshOutcome {
+  if (!outcome.written) return outcome;
+  const { version, cache } = outcome.snapshot;
+  return { written: true, changed: outcome.changed, version, cache };
+}
+
 export interface ReserveRequest {
   /** null: the lowest VMID in [min, max] that is neither taken nor reserved nor held (reuse hold). */
   vmid: number | null;
