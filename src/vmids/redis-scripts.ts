@@ -282,33 +282,17 @@ local function use_index(now, meta)
     drop_dense()
   end
 end
--- VMIDs this script decided to reserve but has not written yet (RESERVE writes them at its
--- end, in one call per key): taken for every check meanwhile.
-local PICKED = {}
--- The search itself, once use_index has run in this script.
-local function search(min, max, now)
-  while true do
-    local base = redis.call('ZCOUNT', K.used, '-inf', '(' .. int(min))
-    local lo, hi = 0, redis.call('ZCARD', K.used) - base
-    while lo < hi do
-      local mid = math.floor((lo + hi) / 2)
-      local at = base + mid
-      if tonumber(redis.call('ZRANGE', K.used, at, at)[1]) == min + mid then lo = mid + 1 else hi = mid end
-    end
-    local vmid = min + lo
-    if vmid > max then return nil end
-    local id = int(vmid)
-    if not PICKED[vmid] and redis.call('SISMEMBER', K.cache, id) == 0
-      and not redis.call('ZSCORE', K.reservations, id) and not is_held(id, now) then return vmid end
-    redis.call('ZADD', K.used, id, id)
-    local meta = redis.call('HMGET', K.meta, 'refreshedAt', 'expiresAt')
-    redis.call('PEXPIREAT', K.used, kept_until(meta[1], meta[2]))
+-- Adds used VMIDs (canonical decimal strings) the index lacks, keeping its expiry (the ZADD
+-- may have made the key).
+local function index_used(ids)
+  local args = {}
+  for _, id in ipairs(ids) do
+    args[#args + 1] = id
+    args[#args + 1] = id
   end
-end
--- meta: HMGET of K.meta refreshedAt, expiresAt, usedAt, dense (the caller has read it).
-local function lowest_free(min, max, now, meta)
-  use_index(now, meta)
-  return search(past_dense(min), max, now)
+  redis.call('ZADD', K.used, unpack(args))
+  local meta = redis.call('HMGET', K.meta, 'refreshedAt', 'expiresAt')
+  redis.call('PEXPIREAT', K.used, kept_until(meta[1], meta[2]))
 end
 -- Whether every one of ids (numbers) is free after all: in neither the cached set nor the
 -- reservations nor held. One call per set for all of them. Any that is not is one the index
@@ -324,14 +308,35 @@ local function all_free(ids, now)
   for i, id in ipairs(args) do
     if taken[i] == 1 or reserved[i] or (held and held[i] and tonumber(held[i]) > now) then
       missing[#missing + 1] = id
-      missing[#missing + 1] = id
     end
   end
   if #missing == 0 then return true end
-  redis.call('ZADD', K.used, unpack(missing))
-  local meta = redis.call('HMGET', K.meta, 'refreshedAt', 'expiresAt')
-  redis.call('PEXPIREAT', K.used, kept_until(meta[1], meta[2]))
+  index_used(missing)
   return false
+end
+-- VMIDs this script decided to reserve but has not written yet (RESERVE writes them at its
+-- end, in one call per key): taken for every check meanwhile.
+local PICKED = {}
+-- The search itself, once use_index has run in this script.
+local function search(min, max, now)
+  while true do
+    local base = redis.call('ZCOUNT', K.used, '-inf', '(' .. int(min))
+    local lo, hi = 0, redis.call('ZCARD', K.used) - base
+    while lo < hi do
+      local mid = math.floor((lo + hi) / 2)
+      local at = base + mid
+      if tonumber(redis.call('ZRANGE', K.used, at, at)[1]) == min + mid then lo = mid + 1 else hi = mid end
+    end
+    local vmid = min + lo
+    if vmid > max then return nil end
+    -- What this script picked is used: the index gets it now (RESERVE adds it at its end too).
+    if PICKED[vmid] then index_used({ int(vmid) }) elseif all_free({ vmid }, now) then return vmid end
+  end
+end
+-- meta: HMGET of K.meta refreshedAt, expiresAt, usedAt, dense (the caller has read it).
+local function lowest_free(min, max, now, meta)
+  use_index(now, meta)
+  return search(past_dense(min), max, now)
 end
 -- Free VMIDs the last window read found and checked (ascending; see next_free), and the range
 -- they were read from: every VMID in [FREE_FROM, FREE_TO) but these is used or PICKED.

@@ -10,21 +10,21 @@ import { type ConnectionWatch, isCluster, type RedisClient, watchConnection } fr
 import { RedisEventHub } from './redis-event-hub.js';
 import * as replies from './redis-replies.js';
 import * as scripts from './redis-scripts.js';
-import type {
-  Guest,
-  GuestListing,
-  HeldReservation,
-  RefusedReservation,
-  NextFreeOutcome,
-  RefreshOutcome,
-  SetRefreshOutcome,
-  ReservationSeeder,
-  ReserveOutcome,
-  ReserveRequest,
-  VmidSnapshot,
-  VmidStore,
+import {
+  type Guest,
+  type GuestListing,
+  type HeldReservation,
+  type RefusedReservation,
+  type NextFreeOutcome,
+  type RefreshOutcome,
+  type SetRefreshOutcome,
+  type ReservationSeeder,
+  type ReserveOutcome,
+  type ReserveRequest,
+  setOutcome,
+  type VmidSnapshot,
+  type VmidStore,
 } from './store.js';
-import { setOutcome } from './store.js';
 import type { NodeRef, VmidEvent } from './types.js';
 
 /**
